@@ -1,0 +1,41 @@
+# Entry points documented in README.md.  Everything runs from a local virtual environment
+# (.venv) built with the machine's python3; nothing is installed by hand.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PRESET ?= default
+SEED   ?= 0
+DATA   ?= data/raw
+PROCESSED ?= data/processed
+REPORTS ?= reports
+PYTEST_ARGS ?=
+
+.PHONY: setup report test simulate lab bench clean clean-data
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name analysis --display-name "Python (analysis)"
+	touch $(STAMP)
+
+simulate: setup
+	$(PY) -m analysis simulate --out $(DATA) --preset $(PRESET) --seed $(SEED) --if-empty
+
+report: simulate
+	$(PY) -m analysis report --data $(DATA) --processed $(PROCESSED) --reports $(REPORTS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+
+clean-data:
+	find data/raw data/processed reports -mindepth 1 ! -name README.md -exec rm -rf {} +

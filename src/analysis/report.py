@@ -1,0 +1,185 @@
+"""Run the notebooks with papermill and render HTML for reviewers.
+
+Notebooks are executed in order on the ``analysis`` Jupyter kernel.  Executed copies go to
+``reports/executed/``; the reviewer HTML (no code cells) goes to ``reports/<name>.html``.
+Notebooks hand their key numbers to tests and to the report index with :func:`record`;
+:func:`recorded` reads them back from an executed notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from analysis.files import atomic_path
+
+__all__ = ["NOTEBOOKS", "ReportError", "record", "recorded", "run_notebook", "export_html", "run_report"]
+
+log = logging.getLogger(__name__)
+
+#: Notebooks of the report, in the order they run.
+NOTEBOOKS: tuple[str, ...] = ("00_study_design",)
+
+#: MIME type of the values a notebook records for tests and the index.
+RECORD_MIMETYPE = "application/vnd.analysis.record+json"
+
+
+class ReportError(RuntimeError):
+    """A notebook failed; the message names the notebook, the cell and the error."""
+
+
+def record(name: str, value: Any) -> None:
+    """Record a named, JSON-serialisable value in the running notebook's outputs.
+
+    The value is invisible in the rendered HTML; :func:`recorded` reads it back from the
+    executed notebook, so tests assert on the numbers a notebook computed.
+
+    Examples
+    --------
+    >>> record("n_animals", 112)  # doctest: +SKIP
+    """
+    from IPython.display import display
+
+    json.dumps(value)  # fail early on values the notebook format cannot hold
+    display({RECORD_MIMETYPE: {name: value}}, raw=True)
+
+
+def recorded(notebook: str | os.PathLike[str]) -> dict[str, Any]:
+    """All values recorded with :func:`record` in an executed notebook (later ones win)."""
+    nb = nbformat.read(notebook, as_version=4)
+    out: dict[str, Any] = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if RECORD_MIMETYPE in data:
+                out.update(data[RECORD_MIMETYPE])
+    return out
+
+
+def _notebook_parameters(path: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(path)))
+
+
+def run_notebook(
+    notebook: str | os.PathLike[str],
+    executed: str | os.PathLike[str],
+    parameters: Mapping[str, Any],
+    *,
+    kernel_name: str = "analysis",
+) -> Path:
+    """Execute one notebook with papermill; parameters it does not declare are dropped.
+
+    Raises
+    ------
+    ReportError
+        A cell failed: the message names the notebook, the cell number and the error, and
+        the executed notebook (with the traceback) is kept for inspection.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    src = Path(notebook)
+    dst = Path(executed)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    declared = _notebook_parameters(src)
+    params = {k: v for k, v in parameters.items() if k in declared}
+    log.info("running %s with %s", src.name, params)
+    try:
+        papermill.execute_notebook(
+            str(src),
+            str(dst),
+            parameters=params,
+            kernel_name=kernel_name,
+            cwd=str(src.parent),
+            progress_bar=False,
+        )
+    except PapermillExecutionError as exc:
+        raise ReportError(
+            f"notebook {src.name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
+            f"the executed notebook with the traceback is {dst}"
+        ) from None
+    except Exception as exc:  # e.g. no such kernel
+        if "No such kernel" in str(exc):
+            raise ReportError(
+                f"Jupyter kernel {kernel_name!r} is not installed; run 'make setup' (it registers it)"
+            ) from None
+        raise
+    return dst
+
+
+def export_html(executed: str | os.PathLike[str], html: str | os.PathLike[str], *, include_code: bool = False) -> Path:
+    """Render an executed notebook to HTML; without code cells for reviewers by default."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab")
+    exporter.exclude_input = not include_code
+    exporter.exclude_input_prompt = not include_code
+    exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    with atomic_path(html) as tmp:
+        tmp.write_text(body, encoding="utf-8")
+    return Path(html)
+
+
+def run_report(
+    data_dir: str | os.PathLike[str] = "data/raw",
+    processed_dir: str | os.PathLike[str] = "data/processed",
+    reports_dir: str | os.PathLike[str] = "reports",
+    notebooks_dir: str | os.PathLike[str] = "notebooks",
+    *,
+    kernel_name: str = "analysis",
+    only: Iterable[str] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Validate the inputs, run the report notebooks in order and write their HTML.
+
+    Parameters
+    ----------
+    data_dir : path
+        Folder with ``samples.csv`` (read only).
+    processed_dir : path
+        Folder for derived tables.
+    reports_dir : path
+        Output folder: ``<name>.html`` per notebook, executed notebooks in ``executed/``.
+    notebooks_dir : path
+        Folder with the ``.ipynb`` sources.
+    kernel_name : str
+        Jupyter kernel to run them on.
+    only : iterable of str, optional
+        Run only these notebooks (names without ``.ipynb``).
+    parameters : mapping, optional
+        Extra notebook parameters (each notebook receives those it declares).
+
+    Returns
+    -------
+    list of Path
+        The HTML files written.
+    """
+    from analysis.io import load_samples
+
+    data = Path(data_dir).resolve()
+    processed = Path(processed_dir).resolve()
+    reports = Path(reports_dir).resolve()
+    nbdir = Path(notebooks_dir).resolve()
+    load_samples(data / "samples.csv")  # bad input stops here with a clear message
+    processed.mkdir(parents=True, exist_ok=True)
+    params = {"data_dir": str(data), "processed_dir": str(processed), **(parameters or {})}
+    names = list(only) if only else list(NOTEBOOKS)
+    unknown = [n for n in names if not (nbdir / f"{n}.ipynb").exists()]
+    if unknown:
+        raise ReportError(f"no such notebook(s) in {nbdir}: {', '.join(unknown)}")
+    written = []
+    for name in names:
+        executed = run_notebook(nbdir / f"{name}.ipynb", reports / "executed" / f"{name}.ipynb", params,
+                                kernel_name=kernel_name)
+        written.append(export_html(executed, reports / f"{name}.html"))
+        log.info("wrote %s", written[-1])
+    return written

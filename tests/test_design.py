@@ -1,0 +1,90 @@
+"""The simulated study designs follow the issue's requirements."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from analysis.design import PRESETS, build_design, design_summary
+from analysis.truth import calibrated_model
+
+
+@pytest.fixture(scope="module")
+def default_design() -> pd.DataFrame:
+    return build_design(PRESETS["default"], calibrated_model(), seed=0)
+
+
+def test_default_design_groups(default_design: pd.DataFrame) -> None:
+    d = default_design
+    dzp = d[(d.compound == "diazepam") & (d.genotype == "WT")]
+    doses = sorted(dzp.dose_mg_kg.unique())
+    assert len(doses) >= 3 and min(doses) == 0.5 and max(doses) == 5.0
+    assert set(dzp.treatment_days) == {7, 28, 56}
+    assert (d.compound == "vehicle").any()
+    assert set(d.genotype) == {"WT", "TSPO_KO"}
+    assert (d[d.genotype == "TSPO_KO"].compound == "diazepam").any()
+    assert (d.compound == "XBD173").any()
+    per_group = d.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"]).animal_id.nunique()
+    assert per_group.between(5, 8).all()
+    sexes = d.drop_duplicates("animal_id").groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"]).sex
+    assert (sexes.nunique() == 2).all()
+
+
+def test_default_sessions(default_design: pd.DataFrame) -> None:
+    d = default_design
+    syn = d[d.readout == "synapse"]
+    since_last = syn.day - syn.treatment_days
+    assert (syn.day < 0).any()  # baseline
+    assert ((syn.day > 0) & (syn.day < syn.treatment_days)).any()  # during dosing
+    assert since_last.max() >= 56  # withdrawal up to >= 56 days after the last dose
+    fields = syn.groupby(["animal_id", "day"]).size()
+    assert (fields >= 2).all()
+    # every animal has a baseline and a terminal readout with microglia and lysosome channels
+    assert syn.groupby("animal_id").day.min().lt(0).all()
+    term = d[d.readout == "terminal"]
+    assert term.animal_id.nunique() == d.animal_id.nunique()
+    assert term.microglia_channel.notna().all() and term.lysosome_channel.notna().all()
+    assert syn.microglia_channel.isna().all()
+
+
+def test_truth_columns_follow_the_model(default_design: pd.DataFrame) -> None:
+    d = default_design
+    ko = d[d.genotype == "TSPO_KO"]
+    assert (ko.activation == 0).all()
+    base = d[d.day < 0]
+    assert (base.activation == 0).all()
+    end = d[(d.genotype == "WT") & (d.compound == "diazepam") & (d.dose_mg_kg == 5) & (d.treatment_days == 7) & (d.day == 7)]
+    assert end.true_synapse_loss.round(6).eq(0.13).all()
+    term_high = d[(d.readout == "terminal") & (d.activation > 0.5)]
+    term_veh = d[(d.readout == "terminal") & (d.compound == "vehicle")]
+    assert term_high.engulfed_per_cell.mean() > 2 * term_veh.engulfed_per_cell.mean()
+    assert term_high.process_length_scale.mean() < 0.85 * term_veh.process_length_scale.mean()
+
+
+def test_presets_sizes() -> None:
+    model = calibrated_model()
+    sizes = {name: len(build_design(p, model, 0)) for name, p in PRESETS.items()}
+    assert sizes["small"] <= 40
+    assert sizes["large"] >= 1000
+    null = build_design(PRESETS["null"], model.without_drug_effect(), 0)
+    assert (null.true_synapse_loss == 0).all()
+    assert sizes["null"] == sizes["default"]
+
+
+def test_same_seed_same_design() -> None:
+    model = calibrated_model()
+    a = build_design(PRESETS["small"], model, 3)
+    b = build_design(PRESETS["small"], model, 3)
+    c = build_design(PRESETS["small"], model, 4)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.true_density_per_100um2.equals(c.true_density_per_100um2)
+
+
+def test_design_summary_counts_animals(default_design: pd.DataFrame) -> None:
+    s = design_summary(default_design)
+    assert len(s) == 14
+    assert s.n_animals.sum() == default_design.animal_id.nunique() == 112
+    assert (s.n_female == 4).all() and (s.n_male == 4).all()
+    row = s[s.group == "WT diazepam 5 mg/kg x 7 d"].iloc[0]
+    assert row.session_days == "-3, 7, 14, 28, 42, 63"
+    assert row.n_terminal_images == 16
