@@ -92,7 +92,7 @@ class Preset:
         256 x 256 at 0.1 um (25.6 um square): a confocal 63x/1.4 oil field at Nyquist for
         puncta of ~0.3 um.
     terminal_shape, terminal_pixel_size_um : field of the terminal 3-channel images
-        512 x 512 at 0.2 um (102 um square): a 40x/1.3 oil max projection large enough for
+        640 x 640 at 0.2 um (128 um square): a 40x/1.3 oil max projection large enough for
         whole microglia (territory ~50 um) while still resolving puncta.
     snr_mix : dict
         Probability of each SNR level (see :data:`analysis.phantoms.SNR_LEVELS`).
@@ -110,7 +110,7 @@ class Preset:
     withdrawal_days: tuple[int, ...] = (7, 21, 35, 56)
     synapse_shape: tuple[int, int] = (256, 256)
     synapse_pixel_size_um: float = 0.1
-    terminal_shape: tuple[int, int] = (512, 512)
+    terminal_shape: tuple[int, int] = (640, 640)
     terminal_pixel_size_um: float = 0.2
     snr_mix: dict[str, float] = field(
         default_factory=lambda: {"high": 0.2, "default": 0.5, "low": 0.2, "hard": 0.1}

@@ -123,7 +123,11 @@ def export_html(executed: str | os.PathLike[str], html: str | os.PathLike[str], 
     exporter.exclude_input = not include_code
     exporter.exclude_input_prompt = not include_code
     exporter.exclude_output_prompt = True
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:  # recorded values are for tests and the index, not for readers
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if RECORD_MIMETYPE not in o.get("data", {})]
+    body, _ = exporter.from_notebook_node(nb)
     with atomic_path(html) as tmp:
         tmp.write_text(body, encoding="utf-8")
     return Path(html)
