@@ -133,7 +133,7 @@ def _voids(rng: np.random.Generator, shape: tuple[int, int], px: float) -> np.nd
     """Neuronal somata (10-15 um ellipses) and sometimes a vessel: no neuropil, no puncta."""
     area_um2 = shape[0] * shape[1] * px * px
     mask = np.zeros(shape, bool)
-    for _ in range(rng.poisson(area_um2 / 700.0)):
+    for _ in range(rng.poisson(area_um2 / 1500.0)):
         d = rng.uniform(10, 15) / px
         mask |= _ellipse_mask(
             shape, rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), d / 2 * rng.uniform(0.8, 1.0), d / 2,

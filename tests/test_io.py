@@ -1,0 +1,184 @@
+"""Sample-sheet validation and image reading: every bad input names file, line, column and fix."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from analysis.errors import ImageReadError, SampleSheetError
+from analysis.io import image_info, load_samples, read_image, register_reader
+
+HEADER = [
+    "image_id", "path", "animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "day",
+    "pixel_size_um", "synapse_channel", "microglia_channel", "lysosome_channel", "sex",
+]
+
+
+def _ome(path: Path, data: np.ndarray, axes: str, size: float | None = 0.2, unit: str = "µm") -> None:
+    md = {"axes": axes}
+    if size is not None:
+        md.update({"PhysicalSizeX": size, "PhysicalSizeY": size, "PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit})
+    tifffile.imwrite(path, data, ome=True, photometric="minisblack", metadata=md)
+
+
+@pytest.fixture()
+def study(tmp_path: Path) -> Path:
+    """A valid sheet: a 3-channel image, a 1-channel image without pixel size in the sheet."""
+    img = tmp_path / "images"
+    img.mkdir()
+    _ome(img / "t.ome.tif", np.arange(3 * 8 * 9, dtype=np.uint16).reshape(3, 8, 9), "CYX", 0.2)
+    _ome(img / "s.ome.tif", np.ones((8, 9), np.uint16), "YX", 100.0, "nm")
+    rows = [
+        ["t1", "images/t.ome.tif", "001", "WT", "diazepam", "5", "7", "7", "0.2", "0", "1", "2", "F"],
+        ["s1", "images/s.ome.tif", "001", "WT", "diazepam", "5", "7", "-3", "", "0", "", "", "F"],
+        ["v1", "images/s.ome.tif", "002", "TSPO_KO", "vehicle", "0", "7", "7", "0.1", "0", "", "", "M"],
+    ]
+    write(tmp_path / "samples.csv", rows)
+    return tmp_path
+
+
+def write(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def edit(study: Path, row: int, column: str, value: str) -> Path:
+    df = pd.read_csv(study / "samples.csv", dtype=str, keep_default_na=False)
+    df.loc[row, column] = value
+    df.to_csv(study / "samples.csv", index=False)
+    return study / "samples.csv"
+
+
+def test_valid_sheet_loads_with_types(study: Path) -> None:
+    s = load_samples(study / "samples.csv")
+    assert list(s["image_id"]) == ["t1", "s1", "v1"]  # row order kept
+    assert s["animal_id"].tolist()[0] == "001"  # ids stay strings
+    assert s["dose_mg_kg"].dtype == float and s["day"].tolist() == [7.0, -3.0, 7.0]
+    assert s["pixel_size_um"].tolist() == pytest.approx([0.2, 0.1, 0.1])  # s1 filled from metadata (100 nm)
+    assert str(s["microglia_channel"].dtype) == "Int64" and pd.isna(s.loc[1, "microglia_channel"])
+    assert s["sex"].tolist() == ["F", "F", "M"]  # extra columns kept
+    assert Path(s.loc[0, "abs_path"]) == (study / "images" / "t.ome.tif").resolve()
+
+
+def _problem(exc: pytest.ExceptionInfo, sheet: Path, line: int, column: str, *phrases: str) -> None:
+    msg = str(exc.value)
+    assert str(sheet) in msg
+    assert f"line {line}, column '{column}'" in msg, msg
+    for p in phrases:
+        assert p in msg, msg
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "value", "phrases"),
+    [
+        (0, "dose_mg_kg", "-1", ["dose_mg_kg is -1", ">= 0 (use 0 for vehicle)"]),
+        (0, "dose_mg_kg", "five", ["'five', not a number", "use 0 for vehicle"]),
+        (2, "treatment_days", "-7", ["treatment_days", ">= 0"]),
+        (1, "day", "baseline", ["'baseline', not a number", "negative for baseline"]),
+        (0, "pixel_size_um", "0", ["pixel_size_um is 0", "> 0 in micrometres"]),
+        (0, "path", "images/missing.tif", ["image file not found", "images/missing.tif", "fix the path"]),
+        (0, "microglia_channel", "3", ["microglia_channel is 3", "has 3 channel(s) (valid: 0-2)"]),
+        (1, "synapse_channel", "1", ["synapse_channel is 1", "has 1 channel(s) (valid: 0-0)"]),
+        (0, "lysosome_channel", "1.5", ["whole numbers >= 0"]),
+        (0, "animal_id", "", ["animal_id is empty"]),
+        (1, "genotype", "TSPO_KO", ["animal '001' has more than one genotype", "'WT' on line 2", "'TSPO_KO' on line 3"]),
+        (1, "compound", "XBD173", ["animal '001' has more than one compound", "an animal has one compound"]),
+    ],
+)
+def test_each_bad_value_is_named(study: Path, row: int, column: str, value: str, phrases: list[str]) -> None:
+    sheet = edit(study, row, column, value)
+    with pytest.raises(SampleSheetError) as exc:
+        load_samples(sheet)
+    _problem(exc, sheet, row + 2, column, *phrases)
+
+
+def test_duplicate_image_id(study: Path) -> None:
+    sheet = edit(study, 2, "image_id", "t1")
+    with pytest.raises(SampleSheetError) as exc:
+        load_samples(sheet)
+    _problem(exc, sheet, 4, "image_id", "'t1' appears on lines 2, 4", "must be unique")
+
+
+def test_missing_column(study: Path) -> None:
+    df = pd.read_csv(study / "samples.csv", dtype=str).drop(columns=["compound", "day"])
+    df.to_csv(study / "samples.csv", index=False)
+    with pytest.raises(SampleSheetError) as exc:
+        load_samples(study / "samples.csv")
+    msg = str(exc.value)
+    assert "missing required column(s) compound, day" in msg and "line 1" in msg and "add them" in msg
+
+
+def test_pixel_size_missing_from_sheet_and_metadata(study: Path) -> None:
+    _ome(study / "images" / "nopx.ome.tif", np.ones((8, 9), np.uint16), "YX", None)
+    sheet = edit(study, 1, "path", "images/nopx.ome.tif")
+    with pytest.raises(SampleSheetError) as exc:
+        load_samples(sheet)
+    _problem(exc, sheet, 3, "pixel_size_um", "no pixel size in its metadata", "add pixel_size_um to the sheet")
+
+
+def test_all_problems_reported_together(study: Path) -> None:
+    edit(study, 0, "dose_mg_kg", "-2")
+    sheet = edit(study, 2, "path", "images/nope.tif")
+    with pytest.raises(SampleSheetError) as exc:
+        load_samples(sheet)
+    assert len(exc.value.problems) == 2
+    assert "2 problems" in str(exc.value)
+
+
+def test_check_images_false_skips_files(study: Path) -> None:
+    sheet = edit(study, 0, "path", "images/absent.tif")
+    s = load_samples(sheet, check_images=False)
+    assert len(s) == 3
+
+
+@pytest.mark.parametrize(
+    ("axes", "shape", "czyx"),
+    [("YX", (8, 9), (1, 1, 8, 9)), ("ZYX", (4, 8, 9), (1, 4, 8, 9)), ("CYX", (2, 8, 9), (2, 1, 8, 9)),
+     ("CZYX", (2, 4, 8, 9), (2, 4, 8, 9))],
+)
+def test_read_image_gives_czyx(tmp_path: Path, axes: str, shape: tuple, czyx: tuple) -> None:
+    data = np.random.default_rng(0).integers(0, 1000, shape).astype(np.uint16)
+    _ome(tmp_path / "x.ome.tif", data, axes, 0.15)
+    out, info = read_image(tmp_path / "x.ome.tif")
+    assert out.shape == czyx and info.axes == axes and info.pixel_size_um == pytest.approx(0.15)
+    np.testing.assert_array_equal(out.reshape(shape), data)
+
+
+def test_imagej_resolution_and_spacing(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "ij.tif", np.zeros((3, 8, 9), np.uint16), imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 0.5})
+    info = image_info(tmp_path / "ij.tif")
+    assert info.pixel_size_um == pytest.approx(0.25) and info.z_step_um == pytest.approx(0.5) and info.n_z == 3
+
+
+def test_unsupported_and_corrupt_files(tmp_path: Path) -> None:
+    (tmp_path / "a.czi").write_bytes(b"not a tiff")
+    with pytest.raises(ImageReadError, match=r"a\.czi.*unsupported image format.*bfconvert.*register_reader"):
+        read_image(tmp_path / "a.czi")
+    _ome(tmp_path / "t.ome.tif", np.ones((64, 64), np.uint16), "YX")
+    raw = (tmp_path / "t.ome.tif").read_bytes()
+    (tmp_path / "cut.ome.tif").write_bytes(raw[:200])
+    with pytest.raises(ImageReadError, match=r"cut\.ome\.tif.*(truncated or corrupt)"):
+        read_image(tmp_path / "cut.ome.tif")
+
+
+def test_register_reader(tmp_path: Path) -> None:
+    from analysis.io import ImageInfo
+
+    p = tmp_path / "x.fake"
+    p.write_bytes(b"")
+    register_reader(
+        [".fake"],
+        lambda path: ImageInfo(Path(path), (2, 4, 5), "CYX", 2, 1, np.dtype("uint8"), 0.3, None),
+        lambda path: np.ones((2, 4, 5), np.uint8),
+    )
+    data, info = read_image(p)
+    assert data.shape == (2, 1, 4, 5) and info.pixel_size_um == 0.3
