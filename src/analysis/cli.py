@@ -37,6 +37,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantify(args: argparse.Namespace) -> int:
+    from analysis.quantify import quantify_study
+
+    m = quantify_study(args.samples, args.out, workers=args.workers)
+    print(f"quantified {len(m)} images into {args.out}/measurements.parquet and cells.parquet")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import run_report
 
@@ -78,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a sample sheet and its images against the contract")
     p.add_argument("samples", help="path to samples.csv")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("quantify", help="measure puncta, microglia and engulfment in every image of a sheet")
+    p.add_argument("--samples", default="data/raw/samples.csv", help="sample sheet (default: data/raw/samples.csv)")
+    p.add_argument("--out", default="data/processed", help="output folder (default: data/processed)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.set_defaults(func=_cmd_quantify)
 
     p = sub.add_parser("report", help="run the notebooks with papermill and write HTML reports")
     p.add_argument("--data", default="data/raw", help="folder with samples.csv (default: data/raw)")

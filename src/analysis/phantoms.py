@@ -43,6 +43,7 @@ GAIN_ADU_PER_E = 2.0
 READ_NOISE_ADU = 3.0
 OFFSET_ADU = 100.0
 PUNCTA_COLUMNS = ["y", "x", "amplitude", "sigma_um", "engulfed", "cell"]
+_HWHM = float(np.sqrt(2 * np.log(2)))  # half width at half maximum of a Gaussian, in sigmas
 
 
 @dataclass(frozen=True)
@@ -538,7 +539,7 @@ def render_terminal_field(
                 continue
             s = rng.uniform(0.3, 0.6) / px
             blobs.append((c[0], c[1], s))
-            union |= (yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= (1.5 * s) ** 2
+            union |= (yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= (_HWHM * s) ** 2
         union &= own
         cd68_mask |= union
         if blobs:
