@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from analysis.design import GROUP_COLUMNS, group_label
 from analysis.io import read_image
 
-__all__ = ["add_scale_bar", "display_range", "example_fields"]
+__all__ = ["add_scale_bar", "display_range", "example_fields", "qc_overlay"]
 
 log = logging.getLogger(__name__)
 
@@ -95,4 +95,79 @@ def example_fields(samples: pd.DataFrame, *, max_groups: int | None = None, pane
                 ax.set_title(titles[c], fontsize=9)
             if c == 0:
                 ax.set_ylabel(group_label(*keys), fontsize=8)
+    return fig
+
+
+def qc_overlay(
+    data: np.ndarray,
+    pixel_size_um: float,
+    *,
+    synapse_channel: int | None = 0,
+    microglia_channel: int | None = None,
+    lysosome_channel: int | None = None,
+    sholl_step_um: float = 5.0,
+    panel_inches: float = 4.0,
+) -> Figure:
+    """Draw what the quantification found on the image, for a human check.
+
+    Left: the PSD95 channel with detected puncta (red circles).  Right (when a microglia
+    channel exists): Iba1 with cell outlines (one colour per cell, cells cut by the border
+    dashed), pruned skeletons (cyan), CD68 (yellow outline) and Sholl circles around each
+    soma every ``sholl_step_um``.
+
+    Parameters
+    ----------
+    data : ndarray
+        Image with axes CZYX (:func:`analysis.io.read_image`).
+    pixel_size_um : float
+    synapse_channel, microglia_channel, lysosome_channel : int or None
+        Channel roles.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from skimage.segmentation import find_boundaries
+
+    from analysis import engulfment, microglia, synapses
+
+    panels = [c for c in (synapse_channel, microglia_channel) if c is not None and not pd.isna(c)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(panel_inches * len(panels), panel_inches),
+                             squeeze=False, layout="constrained")
+    axes = axes[0]
+    i = 0
+    if synapse_channel is not None and not pd.isna(synapse_channel):
+        plane = data[int(synapse_channel)].max(axis=0)
+        puncta = synapses.detect_puncta(plane, pixel_size_um)
+        mask = synapses.analysed_area_mask(plane, pixel_size_um)
+        ax = axes[i]
+        ax.imshow(display_range(plane), cmap="gray", interpolation="nearest")
+        ax.contour(mask, levels=[0.5], colors="orange", linewidths=0.8)
+        ax.scatter(puncta["x"], puncta["y"], s=12, facecolors="none", edgecolors="red", linewidths=0.5)
+        ax.set_title(f"PSD95: {len(puncta)} puncta (orange: analysed area)", fontsize=9)
+        add_scale_bar(ax, pixel_size_um)
+        i += 1
+    if microglia_channel is not None and not pd.isna(microglia_channel):
+        plane = data[int(microglia_channel)].max(axis=0)
+        labels = microglia.segment_microglia(plane, pixel_size_um)
+        cells = microglia.measure_microglia(labels, None, pixel_size_um)
+        ax = axes[i]
+        ax.imshow(display_range(plane), cmap="gray", interpolation="nearest")
+        ax.imshow(np.ma.masked_where(~find_boundaries(labels), labels), cmap="tab20", interpolation="nearest")
+        sk = microglia.skeleton_image(labels, pixel_size_um)
+        ax.imshow(np.ma.masked_where(~sk, sk), cmap="cool", interpolation="nearest", alpha=0.9)
+        if lysosome_channel is not None and not pd.isna(lysosome_channel):
+            lys = engulfment.segment_lysosomes(data[int(lysosome_channel)].max(axis=0), pixel_size_um)
+            ax.contour(lys, levels=[0.5], colors="yellow", linewidths=0.6)
+        for r in cells.itertuples():
+            for rad in np.arange(sholl_step_um, 30.0 + 1e-9, sholl_step_um):
+                ax.add_patch(plt.Circle((r.soma_x, r.soma_y), rad / pixel_size_um, fill=False, lw=0.3,
+                                        color="white", ls="--" if r.touches_border else "-", alpha=0.5))
+        ax.set_title(f"Iba1: {len(cells)} cells ({int(cells.touches_border.sum())} cut by the border)", fontsize=9)
+        add_scale_bar(ax, pixel_size_um)
+    for ax in axes:
+        ax.set_xlim(-0.5, data.shape[-1] - 0.5)
+        ax.set_ylim(data.shape[-2] - 0.5, -0.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
     return fig

@@ -29,12 +29,16 @@ from skimage.measure import regionprops
 from skimage.morphology import disk, skeletonize
 from skimage.segmentation import relabel_sequential, watershed
 
-__all__ = ["segment_microglia", "measure_microglia", "sholl_profile", "border_cells"]
+from analysis.synapses import robust_sd
+
+__all__ = ["segment_microglia", "measure_microglia", "sholl_profile", "border_cells", "skeleton_image"]
 
 log = logging.getLogger(__name__)
 
-_MAD_TO_SD = 1.4826
 _EIGHT = np.ones((3, 3), bool)
+#: Terminal skeleton branches shorter than this are spurs (blunt process ends and boundary
+#: noise fork the skeleton over about one process width, ~1-1.5 um).
+_SPUR_UM = 1.5
 
 
 def _foreground_signal(image: np.ndarray, pixel_size_um: float, smoothing_um: float,
@@ -44,9 +48,7 @@ def _foreground_signal(image: np.ndarray, pixel_size_um: float, smoothing_um: fl
     background = ndi.gaussian_filter(ndi.grey_opening(smooth, size=int(2 * 2.0 / pixel_size_um) + 1),
                                      background_um / pixel_size_um)
     signal = smooth - background
-    sample = signal.ravel()[:: max(1, signal.size // 200_000)]
-    sd = _MAD_TO_SD * float(np.median(np.abs(sample - np.median(sample)))) or float(sample.std()) or 1.0
-    return signal, sd
+    return signal, robust_sd(signal)
 
 
 def _soma_mask(cell: np.ndarray, pixel_size_um: float, soma_min_diameter_um: float) -> np.ndarray:
@@ -140,33 +142,28 @@ def _length_px(sk: np.ndarray) -> float:
 
 
 def _prune(sk: np.ndarray, max_spur_px: float) -> np.ndarray:
-    """Remove terminal spurs shorter than ``max_spur_px`` (boundary-noise branches), once."""
-    sk = sk.copy()
+    """Remove terminal branches shorter than ``max_spur_px`` (boundary-noise spurs), once.
+
+    Junction pixels are taken out so the skeleton falls apart into branches; branches that
+    end in a tip and are shorter than the limit are deleted; the junctions go back and the
+    result is thinned again.
+    """
     nb = _neighbours(sk)
-    ends = np.argwhere((nb == 1) & sk)
-    for y, x in ends:
-        path = [(y, x)]
-        prev = None
-        cur = (y, x)
-        while len(path) <= max_spur_px + 1:
-            yy, xx = cur
-            nbrs = [
-                (yy + dy, xx + dx)
-                for dy in (-1, 0, 1)
-                for dx in (-1, 0, 1)
-                if (dy or dx) and 0 <= yy + dy < sk.shape[0] and 0 <= xx + dx < sk.shape[1] and sk[yy + dy, xx + dx]
-                and (yy + dy, xx + dx) != prev and (yy + dy, xx + dx) not in path
-            ]
-            if len(nbrs) != 1:
-                break
-            prev, cur = cur, nbrs[0]
-            if nb[cur] >= 3:  # reached a junction: this was a spur
-                if len(path) < max_spur_px:
-                    for p in path:
-                        sk[p] = False
-                break
-            path.append(cur)
-    return skeletonize(sk) if sk.any() else sk
+    junction = sk & (nb >= 3)
+    if not junction.any():
+        return sk
+    branches, n = ndi.label(sk & ~junction, structure=_EIGHT)
+    if n == 0:
+        return sk
+    size = np.bincount(branches.ravel(), minlength=n + 1)
+    has_tip = np.zeros(n + 1, bool)
+    has_tip[np.unique(branches[(nb == 1) & sk])] = True
+    touches_junction = np.zeros(n + 1, bool)
+    touches_junction[np.unique(branches[ndi.binary_dilation(junction, structure=_EIGHT) & (branches > 0)])] = True
+    spur = has_tip & touches_junction & (size < max_spur_px)
+    spur[0] = False
+    pruned = sk & ~spur[branches]
+    return skeletonize(pruned)
 
 
 def _geodesic_max(sk: np.ndarray, sources: np.ndarray) -> float:
@@ -216,7 +213,7 @@ def _cell_skeleton(cell: np.ndarray, pixel_size_um: float, soma_min_diameter_um:
         dt = ndi.distance_transform_edt(cell)
         soma = dt >= dt.max() * 0.7
     sk = skeletonize(cell)
-    sk = _prune(sk, max(1.0 / pixel_size_um, 2))
+    sk = _prune(sk, max(_SPUR_UM / pixel_size_um, 2))
     ring = ndi.binary_dilation(soma, structure=_EIGHT) & ~soma
     outside = sk & ~soma
     return soma, sk, outside, ring
@@ -332,3 +329,13 @@ def sholl_profile(
             n = 0 if rp_px <= soma_r else _ring_crossings(pts, dist, rp_px, cell.shape)
             out.append({"label": int(rp.label), "radius_um": float(r), "intersections": n})
     return pd.DataFrame(out, columns=["label", "radius_um", "intersections"])
+
+
+def skeleton_image(labels: np.ndarray, pixel_size_um: float, *, soma_min_diameter_um: float = 5.0) -> np.ndarray:
+    """The pruned skeleton of every cell (as measured), as one boolean image (for QC overlays)."""
+    out = np.zeros(labels.shape, bool)
+    for rp in regionprops(labels):
+        y0, x0, y1, x1 = rp.bbox
+        _, sk, _, _ = _cell_skeleton(np.pad(rp.image, 1), pixel_size_um, soma_min_diameter_um)
+        out[y0:y1, x0:x1] |= sk[1:-1, 1:-1]
+    return out

@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
-__all__ = ["detect_puncta", "analysed_area_mask", "synapse_density", "match_points"]
+__all__ = ["detect_puncta", "analysed_area_mask", "synapse_density", "match_points", "robust_sd"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,13 @@ def _sigmas_px(spot_sigma_um: float, pixel_size_um: float, z_step_um: float | No
     return out
 
 
-def _robust_sd(x: np.ndarray) -> float:
+def robust_sd(x: np.ndarray, max_samples: int = 200_000) -> float:
+    """Noise SD from the median absolute deviation (robust to the signal in a few pixels).
+
+    Large arrays are subsampled on a regular grid to ``max_samples`` values.
+    """
+    x = np.asarray(x).ravel()
+    x = x[:: max(1, x.size // max_samples)]
     med = np.median(x)
     return float(_MAD_TO_SD * np.median(np.abs(x - med))) or float(np.std(x)) or 1.0
 
@@ -131,7 +137,7 @@ def detect_puncta(
     zstack = np.empty((len(sigmas),) + img.shape, np.float32)
     for i, s in enumerate(sigmas):
         r = -ndi.gaussian_laplace(img, s) * float(np.mean(s) ** 2)
-        zstack[i] = r / _robust_sd(r.ravel()[:: max(1, r.size // 200_000)])
+        zstack[i] = r / robust_sd(r)
     best = zstack.argmax(axis=0)
     # Maxima are found at the finest scale: coarser scales merge touching puncta into one
     # blob.  The best scale at each maximum only reports the punctum's size.

@@ -1,0 +1,61 @@
+"""quantify_study on the small simulated study: tables, carried columns, numbers against truth."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.figures import qc_overlay
+from analysis.io import read_image
+from analysis.quantify import quantify_study
+
+
+@pytest.fixture(scope="module")
+def quantified(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("processed")
+    quantify_study(small_study / "samples.csv", out, workers=2, progress=False)
+    return out
+
+
+def test_tables_one_row_per_image_with_sheet_columns(quantified: Path, small_study: Path) -> None:
+    m = pd.read_parquet(quantified / "measurements.parquet")
+    sheet = pd.read_csv(small_study / "samples.csv", dtype=str)
+    assert m["image_id"].tolist() == sheet["image_id"].tolist()
+    assert set(sheet.columns) <= set(m.columns)  # every sheet column carried through
+    assert {"n_puncta", "puncta_density_per_100um2", "microglia_count", "microglia_density_per_mm2",
+            "mean_skeleton_length_um", "engulfed_puncta_total"} <= set(m.columns)
+    cells = pd.read_parquet(quantified / "cells.parquet")
+    term = m[m["microglia_channel"].notna()]
+    assert cells.groupby("image_id").size().reindex(term["image_id"], fill_value=0).tolist() == \
+        term["microglia_count"].astype(int).tolist()
+    assert m.loc[m["microglia_channel"].isna(), "microglia_count"].isna().all()
+
+
+def test_numbers_follow_the_truth(quantified: Path, small_study: Path) -> None:
+    m = pd.read_parquet(quantified / "measurements.parquet").merge(
+        pd.read_csv(small_study / "ground_truth.csv"), on="image_id")
+    syn = m[(m["readout"] == "synapse") & m["snr_level"].isin(["high", "default"])]
+    ratio = syn["n_puncta"] / syn["true_puncta_count"]
+    assert ratio.between(0.75, 1.1).all()  # counts within the measured recall range
+    term = m[m["readout"] == "terminal"]
+    assert (term["microglia_count"] - term["true_microglia_count"]).abs().max() <= 2
+
+
+def test_cli_quantify_and_qc_overlay(small_study: Path, tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "analysis", "-q", "quantify", "--samples",
+                          str(small_study / "samples.csv"), "--out", str(tmp_path), "--workers", "1"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "measurements.parquet").exists() and (tmp_path / "cells.parquet").exists()
+    term = sorted((small_study / "images").glob("*_term_*"))[0]
+    data, info = read_image(term)
+    fig = qc_overlay(data, info.pixel_size_um, synapse_channel=0, microglia_channel=1, lysosome_channel=2)
+    assert len(fig.axes) == 2 and "cells" in fig.axes[1].get_title()
+    assert len(fig.axes[1].patches) > 0  # Sholl circles drawn
+    plt.close(fig)
