@@ -110,7 +110,8 @@ def test_accuracy_on_phantoms(phantom_pairs) -> None:
     interior = p[~p.t_touches_border.astype(bool)]
     assert len(interior) >= 8
     rel = interior.m_skeleton_length_um / interior.t_skeleton_length_um - 1
-    # Measured median -28 % (target 15 %: NOT met; ~-16 % of it is already in the skeleton of
-    # the true mask, see the issue note). The test pins the current level so regressions show.
-    assert -0.40 <= rel.median() <= -0.10
-    assert spearmanr(interior.m_branch_points, interior.t_branch_points)[0] >= 0.5  # target 0.8: not met
+    # issue target: median relative error within 15 % (measured -7 % to -11 % at SNR high to
+    # low, -17 % at the hardest level)
+    assert abs(rel.median()) <= 0.15
+    # issue target rho >= 0.8: NOT met yet (measured 0.66-0.77); pinned so regressions show
+    assert spearmanr(interior.m_branch_points, interior.t_branch_points)[0] >= 0.6

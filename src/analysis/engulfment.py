@@ -25,6 +25,7 @@ def segment_lysosomes(
     low_sd: float = 3.0,
     high_sd: float = 8.0,
     min_area_um2: float = 0.1,
+    peak_radius_um: float = 1.0,
 ) -> np.ndarray:
     """CD68 (lysosome) mask from the image's own background and noise.
 
@@ -55,12 +56,13 @@ def segment_lysosomes(
     signal = smooth - background
     sd = robust_sd(signal)
     mask = apply_hysteresis_threshold(signal, low_sd * sd, high_sd * sd)
-    # each lysosome extends to half its peak (full width at half maximum, the usual size of
-    # a diffraction-blurred object), not to wherever it clears the noise
-    lab, n = ndi.label(mask)
-    if n:
-        peaks = np.concatenate([[np.inf], ndi.maximum(signal, lab, index=np.arange(1, n + 1))])
-        mask &= signal >= 0.5 * peaks[lab]
+    # each lysosome extends to half its own peak (full width at half maximum, the usual size
+    # of a diffraction-blurred object), not to wherever it clears the noise; the peak is the
+    # local maximum within ``peak_radius_um`` so a dim lysosome next to a bright one keeps
+    # its own extent
+    r = max(int(round(peak_radius_um / pixel_size_um)), 1)
+    local_peak = ndi.maximum_filter(signal, size=2 * r + 1)
+    mask &= signal >= 0.5 * local_peak
     lab, _ = ndi.label(mask)
     sizes = np.bincount(lab.ravel())
     keep = sizes >= max(min_area_um2 / pixel_size_um**2, 1)

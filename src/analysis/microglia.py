@@ -135,10 +135,15 @@ def _neighbours(sk: np.ndarray) -> np.ndarray:
 
 
 def _length_px(sk: np.ndarray) -> float:
+    """Length of a skeleton in pixels from its orthogonal and diagonal neighbour steps.
+
+    Counting steps as 1 and sqrt(2) overestimates the length of curves of random direction
+    (the digital path zig-zags); Kulpa's weights (0.948, 1.343) make it unbiased.
+    """
     s = sk.astype(int)
     orth = ndi.convolve(s, np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]]), mode="constant")[sk].sum() / 2
     diag = ndi.convolve(s, np.array([[1, 0, 1], [0, 0, 0], [1, 0, 1]]), mode="constant")[sk].sum() / 2
-    return float(orth + np.sqrt(2) * diag)
+    return float(0.948 * orth + 1.343 * diag)
 
 
 def _prune(sk: np.ndarray, max_spur_px: float) -> np.ndarray:

@@ -332,6 +332,7 @@ class _Tree:
     width_um: np.ndarray  # process width at each point
     bright: np.ndarray  # relative brightness at each point
     seg_len_um: np.ndarray  # length represented by each point (for the truth length)
+    segment: np.ndarray  # index of the branch segment of each point (parents before children)
     branch_nodes: np.ndarray  # (k, 2)
     tips: np.ndarray  # (m, 2)
     proximal: np.ndarray  # points of order 0-1 (for lysosomes)
@@ -342,20 +343,20 @@ def _grow_tree(
     rng: np.random.Generator, cy: float, cx: float, px: float, length_scale: float, branching_scale: float
 ) -> _Tree:
     """A ramified microglia process tree rooted at the soma centre."""
-    step = 0.5  # um between samples
+    step = 0.1  # um between samples (<= half a pixel, so drawn processes are continuous)
     n_primary = int(rng.integers(4, 7))
     base = rng.uniform(0, 2 * np.pi)
     angles = base + np.arange(n_primary) * 2 * np.pi / n_primary + rng.normal(0, 0.25, n_primary)
     territory = rng.uniform(16, 26) * length_scale
     stack = [(np.array([cy * px, cx * px]), a, 0) for a in angles]
-    pts, wid, bri, order_of = [], [], [], []
+    pts, wid, bri, order_of, seg_of = [], [], [], [], []
     nodes, tips = [], []
     centre = np.array([cy * px, cx * px])
     while stack:
         start, ang, order = stack.pop()
         seg = (8.0 if order == 0 else 6.0 * 0.85 ** (order - 1)) * rng.uniform(0.6, 1.4) * length_scale
         n = max(int(seg / step), 2)
-        turns = np.cumsum(rng.normal(0, 0.08, n))
+        turns = np.cumsum(rng.normal(0, 0.08 * np.sqrt(step / 0.5), n))  # 0.08 rad per 0.5 um
         radial = np.arctan2(*(start - centre)) if order else ang
         heading = ang + turns
         # bias towards the outward direction so processes do not loop back
@@ -368,6 +369,7 @@ def _grow_tree(
         wid.append(np.linspace(w0, w1, n))
         bri.append(np.linspace(0.9, 0.8, n) * 0.85**order)
         order_of.append(np.full(n, order))
+        seg_of.append(np.full(n, len(seg_of)))
         end = path[-1]
         end_ang = heading[-1]
         too_far = np.hypot(*(end - centre)) > territory
@@ -387,11 +389,43 @@ def _grow_tree(
         width_um=np.concatenate(wid),
         bright=np.concatenate(bri),
         seg_len_um=np.full(len(points), step),
+        segment=np.concatenate(seg_of),
         branch_nodes=np.array(nodes).reshape(-1, 2) / px,
         tips=np.array(tips).reshape(-1, 2) / px,
         proximal=points[order_all <= 1],
         n_primary=n_primary,
     )
+
+
+def _visible(tree: _Tree, own: np.ndarray, soma: np.ndarray, px: float) -> np.ndarray:
+    """Centre-line points that can be seen in the drawn cell.
+
+    A point is hidden when it lies inside the tube of an earlier-drawn branch of the same
+    cell (where two children leave a node together, or a process crosses another) or in
+    pixels that belong to another cell; overlapping stretches therefore count once.  Points
+    in the soma always count (the tree is measured from the soma centre).
+    """
+    pts = tree.points
+    iy = np.clip(np.rint(pts[:, 0]).astype(int), 0, own.shape[0] - 1)
+    ix = np.clip(np.rint(pts[:, 1]).astype(int), 0, own.shape[1] - 1)
+    in_field = _inside(pts, own.shape)
+    in_soma = in_field & soma[iy, ix]
+    visible = ~in_field | own[iy, ix]
+    tree_kd = cKDTree(pts)
+    radius = tree.width_um / 2 / px
+    pairs = tree_kd.query_pairs(float(radius.max()), output_type="ndarray")
+    if len(pairs):
+        a, b = pairs[:, 0], pairs[:, 1]
+        d = np.hypot(*(pts[a] - pts[b]).T)
+        seg_a, seg_b = tree.segment[a], tree.segment[b]
+        # a point is hidden by an earlier segment's tube, never by its own segment
+        hide_b = (seg_a < seg_b) & (d < radius[a])
+        hide_a = (seg_b < seg_a) & (d < radius[b])
+        hidden = np.zeros(len(pts), bool)
+        hidden[b[hide_b]] = True
+        hidden[a[hide_a]] = True
+        visible &= ~hidden
+    return visible | in_soma
 
 
 def _inside(yx: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -575,7 +609,7 @@ def render_terminal_field(
                 "soma_y": float(cy),
                 "soma_x": float(cx),
                 "soma_radius_um": float(rs * px),
-                "skeleton_length_um": float(tree.seg_len_um[inside_pts].sum()),
+                "skeleton_length_um": float(tree.seg_len_um[inside_pts & _visible(tree, own, soma, px)].sum()),
                 "branch_points": int(nodes_in.sum()),
                 "endpoints": int(tips_in.sum()),
                 "n_primary": tree.n_primary,
