@@ -113,5 +113,5 @@ def test_accuracy_on_phantoms(phantom_pairs) -> None:
     # issue target: median relative error within 15 % (measured -7 % to -11 % at SNR high to
     # low, -17 % at the hardest level)
     assert abs(rel.median()) <= 0.15
-    # issue target rho >= 0.8: NOT met yet (measured 0.66-0.77); pinned so regressions show
+    # issue target rho >= 0.8: met only at some SNR levels (measured 0.68-0.80); pinned
     assert spearmanr(interior.m_branch_points, interior.t_branch_points)[0] >= 0.6

@@ -65,11 +65,14 @@ def segment_microglia(
     background_um: float = 10.0,
     low_sd: float = 2.5,
     high_sd: float = 8.0,
+    half_maximum: bool = True,
 ) -> np.ndarray:
     """Segment microglia in an Iba1 image: one label per cell, processes attached to their soma.
 
     Foreground is a hysteresis threshold of the background-corrected image at ``low_sd`` and
-    ``high_sd`` robust noise SDs (dim process tips stay attached to bright processes).  Somata
+    ``high_sd`` robust noise SDs (dim process tips stay attached to bright processes), cut
+    back to half of the local peak (full width at half maximum) with the centre line of the
+    hysteresis mask kept for connectivity.  Somata
     are found as cores of the foreground deeper than 0.3 x ``soma_min_diameter_um`` from its
     edge (processes, < ~1.5 um wide, have no core); cores smaller than a disk of 0.2 x
     ``soma_min_diameter_um`` radius are debris.  A watershed on the
@@ -100,6 +103,13 @@ def segment_microglia(
     """
     signal, sd = _foreground_signal(image, pixel_size_um, smoothing_um, background_um)
     fg = apply_hysteresis_threshold(signal, low_sd * sd, high_sd * sd)
+    if half_maximum:
+        # a process or soma extends to half its own local peak (its full width at half
+        # maximum), not into the blur halo where a bright cell still clears the noise
+        # (the centre line of the noise-level mask is kept, so dim stretches do not cut a
+        # process off its cell)
+        r = max(int(round(1.0 / pixel_size_um)), 1)
+        fg = (fg & (signal >= 0.5 * ndi.maximum_filter(signal, size=2 * r + 1))) | skeletonize(fg)
     holes = ndi.binary_fill_holes(fg) & ~fg  # fill pinholes only, not loops between processes
     hole_lab, _ = ndi.label(holes)
     hole_size = np.bincount(hole_lab.ravel())
