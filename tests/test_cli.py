@@ -13,7 +13,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("command", ["simulate", "validate", "report"])
+@pytest.mark.parametrize("command", ["simulate", "validate", "quantify", "fit", "report"])
 def test_help(command: str) -> None:
     res = run(command, "--help")
     assert res.returncode == 0

@@ -45,6 +45,14 @@ def _cmd_quantify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from analysis.stats import fit_study
+
+    for name, path in fit_study(args.measurements, args.out).items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import run_report
 
@@ -92,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/processed", help="output folder (default: data/processed)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     p.set_defaults(func=_cmd_quantify)
+
+    p = sub.add_parser("fit", help="fit the longitudinal synapse mixed model and write its tables")
+    p.add_argument("--measurements", default="data/processed/measurements.parquet",
+                   help="measurements table (default: data/processed/measurements.parquet)")
+    p.add_argument("--out", default="data/processed", help="output folder (default: data/processed)")
+    p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("report", help="run the notebooks with papermill and write HTML reports")
     p.add_argument("--data", default="data/raw", help="folder with samples.csv (default: data/raw)")

@@ -1,0 +1,250 @@
+"""Statistics of dose and duration effects with the animal as the unit of replication.
+
+Fields are repeated measures within an animal and session, sessions are repeated measures
+within an animal.  The models here therefore never treat fields (or cells) as independent:
+
+* :func:`session_means` aggregates images to one row per animal and session (mean and the
+  number of fields) for plots and animal-level summaries;
+* :func:`fit_synapse_lmm` fits a linear mixed model on log density with one mean per
+  treatment group and session (a cell-means model, so no shape of the dose or time course is
+  assumed), a random intercept per animal and a random animal x session intercept, to the
+  image-level rows; :func:`session_contrasts` turns it into percent changes from baseline
+  and versus the matching vehicle group with 95 % confidence intervals and Holm-adjusted
+  p values, reporting n as animals.
+
+Development tables can be drawn straight from a simulated design with
+:func:`simulate_measurements` (no images needed).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import statsmodels.formula.api as smf
+from scipy import stats as sps
+
+from analysis.design import GROUP_COLUMNS, PRESETS, build_design, group_label
+from analysis.truth import VEHICLE, calibrated_model
+
+__all__ = ["simulate_measurements", "session_means", "fit_synapse_lmm", "session_contrasts", "SynapseFit"]
+
+log = logging.getLogger(__name__)
+
+
+def simulate_measurements(preset: str = "default", seed: int = 0, *, field_area_um2: float = 600.0) -> pd.DataFrame:
+    """Image-level synapse densities drawn from a simulated design, without rendering images.
+
+    Each longitudinal image gets a Poisson count with mean ``true density x field area`` (the
+    design already holds the between-animal and between-field variation), divided by the
+    area, like a perfect detector would report.
+
+    Returns
+    -------
+    DataFrame
+        The design's sheet and truth columns plus ``puncta_density_per_100um2``.
+    """
+    p = PRESETS[preset]
+    model = calibrated_model()
+    design = build_design(p, model.without_drug_effect() if p.null else model, seed)
+    syn = design[design["readout"] == "synapse"].copy()
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+    counts = rng.poisson(syn["true_density_per_100um2"].to_numpy() * field_area_um2 / 100.0)
+    syn["puncta_density_per_100um2"] = 100.0 * counts / field_area_um2
+    return syn.reset_index(drop=True)
+
+
+def _with_group(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    out["group"] = [group_label(*k) for k in out[GROUP_COLUMNS].itertuples(index=False)]
+    return out
+
+
+def session_means(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2") -> pd.DataFrame:
+    """One row per animal and session: mean of ``value`` over fields and the number of fields."""
+    df = _with_group(measurements.dropna(subset=[value]))
+    keys = ["group", *GROUP_COLUMNS, "animal_id", "day"]
+    out = df.groupby(keys, sort=True, dropna=False)[value].agg(["mean", "count"]).reset_index()
+    return out.rename(columns={"mean": value, "count": "n_fields"})
+
+
+@dataclass(frozen=True)
+class SynapseFit:
+    """A fitted longitudinal synapse model and the tables it reports."""
+
+    coefficients: pd.DataFrame
+    variance_components: pd.DataFrame
+    cells: pd.DataFrame
+    result: object
+    converged: bool
+    warnings: tuple[str, ...]
+
+
+def fit_synapse_lmm(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2") -> SynapseFit:
+    """Linear mixed model of log density: group x session means, animal and animal x session effects.
+
+    Parameters
+    ----------
+    measurements : DataFrame
+        Image-level rows of the synapse readout (sheet columns plus ``value``); images
+        with a microglia channel (terminal fields) should be excluded by the caller when the
+        longitudinal series is wanted.
+    value : str
+        Density column.
+
+    Returns
+    -------
+    SynapseFit
+        ``coefficients`` (one row per group x session cell: estimate on the log scale, SE),
+        ``variance_components`` (animal, animal x session, residual), ``cells`` (the group and
+        day of each coefficient with the number of animals), the statsmodels result, whether
+        it converged and the warnings raised while fitting (surfaced, not hidden).
+    """
+    df = _with_group(measurements.dropna(subset=[value]))
+    df = df[df[value] > 0].copy()
+    df["log_value"] = np.log(df[value])
+    df["cell"] = df["group"] + " @ day " + df["day"].astype(int).astype(str)
+    cells = (
+        df.groupby(["cell", "group", *GROUP_COLUMNS, "day"], sort=True)["animal_id"].nunique()
+        .rename("n_animals").reset_index()
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = smf.mixedlm(
+            "log_value ~ 0 + C(cell)", df, groups="animal_id", re_formula="1",
+            vc_formula={"session": "0 + C(day)"},
+        )
+        result = model.fit(reml=True, method=["lbfgs", "powell"])
+    messages = tuple(sorted({str(w.message) for w in caught}))
+    for m in messages:
+        log.warning("mixed model: %s", m)
+    fe = result.fe_params
+    se = result.bse_fe
+    coef = pd.DataFrame({"term": fe.index, "estimate": fe.to_numpy(), "se": se.to_numpy()})
+    coef["cell"] = coef["term"].str.replace(r"^C\(cell\)\[(.*)\]$", r"\1", regex=True)
+    coef = coef.merge(cells, on="cell", how="left")
+    vc = pd.DataFrame(
+        {
+            "component": ["animal", "animal x session", "residual (field)"],
+            "variance": [float(result.cov_re.iloc[0, 0]), float(result.vcomp[0]), float(result.scale)],
+        }
+    )
+    return SynapseFit(coef, vc, cells, result, bool(result.converged), messages)
+
+
+def _holm(p: np.ndarray) -> np.ndarray:
+    order = np.argsort(p)
+    adj = np.empty_like(p)
+    running = 0.0
+    m = len(p)
+    for rank, i in enumerate(order):
+        running = max(running, (m - rank) * p[i])
+        adj[i] = min(running, 1.0)
+    return adj
+
+
+def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
+    """Percent change from baseline and versus vehicle for every group and session.
+
+    The change from baseline of group g at day d is ``exp(mu[g, d] - mu[g, baseline]) - 1``;
+    the effect versus vehicle is the same change divided by the change of the vehicle group of
+    the same genotype and dosing duration (a difference in differences on the log scale).
+    Confidence intervals use the model's fixed-effect covariance (normal approximation).
+    The planned contrasts are each treated group versus its vehicle at the end of dosing
+    (``planned``); their p values are Holm-adjusted as one family (``p_vs_vehicle_holm``).
+    Other sessions are reported with unadjusted p values and CIs, as estimates.
+
+    Returns
+    -------
+    DataFrame
+        ``group``, ``genotype``, ``compound``, ``dose_mg_kg``, ``treatment_days``, ``day``,
+        ``days_since_last_dose``, ``n_animals``, ``n_animals_vehicle``, ``pct_change_from_baseline``
+        with ``_ci_low``/``_ci_high``, ``pct_vs_vehicle`` with ``_ci_low``/``_ci_high``,
+        ``p_vs_vehicle``, ``planned``, ``p_vs_vehicle_holm``.
+    """
+    coef = fit.coefficients.reset_index(drop=True)
+    cov = fit.result.cov_params().loc[fit.result.fe_params.index, fit.result.fe_params.index].to_numpy()
+    beta = coef["estimate"].to_numpy()
+    z = sps.norm.ppf(1 - alpha / 2)
+    idx = {(r.group, int(r.day)): i for i, r in coef.iterrows()}
+    baseline = coef.groupby("group")["day"].min().to_dict()
+    rows = []
+    for i, r in coef.iterrows():
+        g, d = r["group"], int(r["day"])
+        b = idx[(g, int(baseline[g]))]
+        if d == baseline[g]:
+            continue
+        L = np.zeros(len(beta))
+        L[i], L[b] = 1.0, -1.0
+        est, se = L @ beta, np.sqrt(L @ cov @ L)
+        rec = {
+            "group": g,
+            **{c: r[c] for c in GROUP_COLUMNS},
+            "day": d,
+            "days_since_last_dose": d - r["treatment_days"],
+            "n_animals": int(r["n_animals"]),
+            "pct_change_from_baseline": 100 * np.expm1(est),
+            "pct_change_from_baseline_ci_low": 100 * np.expm1(est - z * se),
+            "pct_change_from_baseline_ci_high": 100 * np.expm1(est + z * se),
+        }
+        veh = group_label(r["genotype"], VEHICLE, 0.0, r["treatment_days"])
+        if r["compound"] != VEHICLE and (veh, d) in idx and veh in baseline:
+            Lv = L.copy()
+            Lv[idx[(veh, d)]] -= 1.0
+            Lv[idx[(veh, int(baseline[veh]))]] += 1.0
+            est_v, se_v = Lv @ beta, np.sqrt(Lv @ cov @ Lv)
+            rec.update(
+                {
+                    "n_animals_vehicle": int(coef.loc[idx[(veh, d)], "n_animals"]),
+                    "pct_vs_vehicle": 100 * np.expm1(est_v),
+                    "pct_vs_vehicle_ci_low": 100 * np.expm1(est_v - z * se_v),
+                    "pct_vs_vehicle_ci_high": 100 * np.expm1(est_v + z * se_v),
+                    "p_vs_vehicle": float(2 * sps.norm.sf(abs(est_v / se_v))),
+                }
+            )
+        rows.append(rec)
+    out = pd.DataFrame(rows).sort_values(["group", "day"]).reset_index(drop=True)
+    if "p_vs_vehicle" in out:
+        planned = out["p_vs_vehicle"].notna() & (out["day"] == out["treatment_days"])
+        out["planned"] = planned
+        out.loc[planned, "p_vs_vehicle_holm"] = _holm(out.loc[planned, "p_vs_vehicle"].to_numpy())
+    return out
+
+
+def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density_per_100um2") -> dict[str, str]:
+    """Fit the longitudinal synapse model to a measurements table and write its tidy tables.
+
+    Only longitudinal synapse images (no microglia channel) enter the model.  Written into
+    ``out_dir``: ``synapse_session_means.csv`` (animal x session), ``synapse_lmm_coefficients.csv``,
+    ``synapse_lmm_variance.csv`` (with ``converged`` and any fitting warnings) and
+    ``synapse_contrasts.csv``.
+
+    Returns
+    -------
+    dict
+        Table name -> path written.
+    """
+    from pathlib import Path
+
+    from analysis.files import write_csv
+
+    m = pd.read_parquet(measurements_path)
+    if "microglia_channel" in m:
+        m = m[m["microglia_channel"].isna()]
+    fit = fit_synapse_lmm(m, value)
+    out = Path(out_dir)
+    paths = {
+        "session_means": out / "synapse_session_means.csv",
+        "coefficients": out / "synapse_lmm_coefficients.csv",
+        "variance": out / "synapse_lmm_variance.csv",
+        "contrasts": out / "synapse_contrasts.csv",
+    }
+    write_csv(session_means(m, value), paths["session_means"])
+    write_csv(fit.coefficients, paths["coefficients"])
+    write_csv(fit.variance_components.assign(converged=fit.converged, warnings="; ".join(fit.warnings)),
+              paths["variance"])
+    write_csv(session_contrasts(fit), paths["contrasts"])
+    return {k: str(v) for k, v in paths.items()}

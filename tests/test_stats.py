@@ -1,0 +1,62 @@
+"""Longitudinal synapse statistics against the simulated truth (animal = unit of replication)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.stats import _holm, fit_synapse_lmm, session_contrasts, session_means, simulate_measurements
+
+
+@pytest.fixture(scope="module")
+def contrasts() -> pd.DataFrame:
+    return session_contrasts(fit_synapse_lmm(simulate_measurements("default", 0)))
+
+
+def row(c: pd.DataFrame, group: str, day: int) -> pd.Series:
+    return c[(c.group == group) & (c.day == day)].iloc[0]
+
+
+def test_sedative_arm_ci_contains_truth_and_n_is_animals(contrasts: pd.DataFrame) -> None:
+    r = row(contrasts, "WT diazepam 5 mg/kg x 7 d", 7)
+    assert r.pct_vs_vehicle_ci_low < -13.0 < r.pct_vs_vehicle_ci_high
+    assert r.pct_vs_vehicle_ci_high < 0  # detected with 8 animals per group
+    assert r.n_animals == 8 and r.n_animals_vehicle == 8
+
+
+def test_tspo_knockout_ci_contains_zero(contrasts: pd.DataFrame) -> None:
+    r = row(contrasts, "TSPO_KO diazepam 5 mg/kg x 7 d", 7)
+    assert r.pct_vs_vehicle_ci_low < 0 < r.pct_vs_vehicle_ci_high
+
+
+def test_planned_family_and_holm(contrasts: pd.DataFrame) -> None:
+    planned = contrasts[contrasts.planned]
+    assert set(planned.day) == set(planned.treatment_days)
+    assert planned.p_vs_vehicle_holm.notna().all() and contrasts[~contrasts.planned].p_vs_vehicle_holm.isna().all()
+    np.testing.assert_allclose(_holm(np.array([0.01, 0.04, 0.03])), [0.03, 0.06, 0.06])
+
+
+def test_session_means_count_fields() -> None:
+    m = simulate_measurements("small", 0)
+    s = session_means(m)
+    assert (s.n_fields == 1).all() and len(s) == len(m)
+    m2 = simulate_measurements("default", 0)
+    s2 = session_means(m2)
+    assert (s2.n_fields == 2).all() and s2.animal_id.nunique() == 112
+
+
+@pytest.mark.slow
+def test_null_error_rate_and_coverage_small_calibration() -> None:
+    """A small version of the calibration (the full one: >= 200 studies, benchmarks)."""
+    false_pos, covered, n = 0, 0, 12
+    for seed in range(n):
+        null = session_contrasts(fit_synapse_lmm(simulate_measurements("null", 100 + seed)))
+        false_pos += int(row(null, "WT diazepam 5 mg/kg x 7 d", 7).p_vs_vehicle < 0.05)
+        eff = session_contrasts(fit_synapse_lmm(simulate_measurements("default", 200 + seed)))
+        r = row(eff, "WT diazepam 5 mg/kg x 7 d", 7)
+        covered += int(r.pct_vs_vehicle_ci_low < -13.0 < r.pct_vs_vehicle_ci_high)
+    # honest, wide tolerances for 12 studies: P(>= 3 false positives | alpha 0.05) = 2 %,
+    # P(<= 8 covered | 95 % coverage) = 0.2 %
+    assert false_pos <= 2
+    assert covered >= 9
