@@ -60,3 +60,19 @@ def test_null_error_rate_and_coverage_small_calibration() -> None:
     # P(<= 8 covered | 95 % coverage) = 0.2 %
     assert false_pos <= 2
     assert covered >= 9
+
+
+def test_dose_response_trend_and_vehicle() -> None:
+    from analysis.stats import animal_changes, dose_responses, fit_dose_response
+
+    m = simulate_measurements("default", 0)
+    ch = animal_changes(m)
+    assert ch.animal_id.is_unique  # one value per animal
+    sub = ch[(ch.genotype == "WT") & (ch.treatment_days == 7) & ch.compound.isin(["vehicle", "diazepam"])]
+    t = fit_dose_response(sub, n_boot=200).set_index("parameter")
+    assert t.loc["trend_slope", "estimate"] < 0 and t.loc["trend_slope", "p_value"] < 0.05
+    assert t.loc["e0_pct", "ci_low"] < 0 < t.loc["e0_pct", "ci_high"]  # vehicle: no change
+    assert t.loc["emax_pct", "estimate"] < -10  # true maximal loss at 7 days: 16 % x 0.81
+    assert (t.n_animals == 40).all()
+    all_dr = dose_responses(m)
+    assert set(all_dr.treatment_days) == {7}  # only the 7-day arm has >= 3 doses

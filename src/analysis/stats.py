@@ -30,7 +30,17 @@ from scipy import stats as sps
 from analysis.design import GROUP_COLUMNS, PRESETS, build_design, group_label
 from analysis.truth import VEHICLE, calibrated_model
 
-__all__ = ["simulate_measurements", "session_means", "fit_synapse_lmm", "session_contrasts", "SynapseFit"]
+__all__ = [
+    "simulate_measurements",
+    "session_means",
+    "fit_synapse_lmm",
+    "session_contrasts",
+    "SynapseFit",
+    "animal_changes",
+    "fit_dose_response",
+    "fit_study",
+    "dose_responses",
+]
 
 log = logging.getLogger(__name__)
 
@@ -247,4 +257,125 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     write_csv(fit.variance_components.assign(converged=fit.converged, warnings="; ".join(fit.warnings)),
               paths["variance"])
     write_csv(session_contrasts(fit), paths["contrasts"])
+    dose_tables = dose_responses(m, value)
+    if len(dose_tables):
+        paths["dose_response"] = out / "synapse_dose_response.csv"
+        write_csv(dose_tables, paths["dose_response"])
     return {k: str(v) for k, v in paths.items()}
+
+
+def dose_responses(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2") -> pd.DataFrame:
+    """:func:`fit_dose_response` for every genotype x compound x duration with >= 3 doses and vehicle."""
+    ch = animal_changes(measurements, value)
+    tables = []
+    for (genotype, compound, days), sub in ch[ch["compound"] != VEHICLE].groupby(
+        ["genotype", "compound", "treatment_days"]
+    ):
+        if sub["dose_mg_kg"].nunique() < 3:
+            continue
+        veh = ch[(ch["genotype"] == genotype) & (ch["compound"] == VEHICLE) & (ch["treatment_days"] == days)]
+        if veh.empty:
+            continue
+        t = fit_dose_response(pd.concat([veh, sub]))
+        tables.append(t.assign(genotype=genotype, compound=compound, treatment_days=days))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def animal_changes(
+    measurements: pd.DataFrame, value: str = "puncta_density_per_100um2", *, day: str | int = "end_of_dosing"
+) -> pd.DataFrame:
+    """One row per animal: log ratio of ``value`` at a session to the animal's baseline.
+
+    Parameters
+    ----------
+    measurements : DataFrame
+        Image-level longitudinal rows.
+    value : str
+        Density column.
+    day : "end_of_dosing" or int
+        The session compared with baseline (the last dosing day of each animal by default).
+
+    Returns
+    -------
+    DataFrame
+        ``animal_id``, group columns, ``day``, ``log_ratio`` and ``pct_change_from_baseline`` (field means
+        per session first, so each animal counts once).
+    """
+    s = session_means(measurements, value)
+    base = s.loc[s.groupby("animal_id")["day"].idxmin(), ["animal_id", value]].rename(columns={value: "baseline"})
+    target = s[s["day"] == s["treatment_days"]] if day == "end_of_dosing" else s[s["day"] == int(day)]
+    out = target.merge(base, on="animal_id")
+    out["log_ratio"] = np.log(out[value] / out["baseline"])
+    out["pct_change_from_baseline"] = 100 * np.expm1(out["log_ratio"])
+    return out.drop(columns=["n_fields"]).reset_index(drop=True)
+
+
+def _emax(d: np.ndarray, e0: float, emax: float, ed50: float) -> np.ndarray:
+    return e0 + emax * d / (d + ed50)
+
+
+def fit_dose_response(
+    changes: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> pd.DataFrame:
+    """Emax fit of the end-of-dosing change against dose, with an animal-level bootstrap.
+
+    The model on the log-ratio scale is ``E0 + Emax * d / (d + ED50)`` (Hill coefficient 1;
+    five dose levels do not identify a free Hill slope).  Confidence intervals are
+    percentiles of ``n_boot`` bootstrap refits that resample animals within each dose.  A
+    log-linear trend test (ordinary least squares of the log ratio on log(dose + d0), with d0
+    half the lowest non-zero dose, one value per animal) is reported alongside.
+
+    Parameters
+    ----------
+    changes : DataFrame
+        :func:`animal_changes` rows of one genotype, compound and dosing duration, with its
+        vehicle animals (dose 0).
+
+    Returns
+    -------
+    DataFrame
+        One row per parameter (``e0_pct``, ``emax_pct``, ``ed50_mg_kg``, ``trend_slope``):
+        ``estimate``, ``ci_low``, ``ci_high``, ``p_value`` (trend only) and ``n_animals``.
+        Percent parameters are converted from the log-ratio scale.
+    """
+    from scipy.optimize import curve_fit
+
+    d = changes["dose_mg_kg"].to_numpy(float)
+    y = changes["log_ratio"].to_numpy(float)
+    doses = np.unique(d)
+    positive = doses[doses > 0]
+    p0 = [float(np.mean(y[d == 0])) if (d == 0).any() else 0.0, float(np.min([np.mean(y[d == x]) for x in doses])), float(np.median(positive))]
+    bounds = ([-np.inf, -np.inf, positive.min() / 100], [np.inf, np.inf, positive.max() * 100])
+
+    def fit(dd: np.ndarray, yy: np.ndarray) -> np.ndarray:
+        par, _ = curve_fit(_emax, dd, yy, p0=p0, bounds=bounds, maxfev=20000)
+        return par
+
+    est = fit(d, y)
+    rng = np.random.default_rng(seed)
+    idx_by_dose = [np.flatnonzero(d == x) for x in doses]
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(ix, len(ix), replace=True) for ix in idx_by_dose])
+        try:
+            boots.append(fit(d[idx], y[idx]))
+        except RuntimeError:
+            continue
+    boots = np.array(boots)
+    lo, hi = np.percentile(boots, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    d0 = positive.min() / 2
+    x = np.log(d + d0)
+    slope, intercept, r, p, se = sps.linregress(x, y)
+    tcrit = sps.t.ppf(1 - alpha / 2, len(y) - 2)
+    to_pct = lambda v: 100 * np.expm1(v)  # noqa: E731
+    rows = [
+        {"parameter": "e0_pct", "estimate": to_pct(est[0]), "ci_low": to_pct(lo[0]), "ci_high": to_pct(hi[0])},
+        {"parameter": "emax_pct", "estimate": to_pct(est[1]), "ci_low": to_pct(lo[1]), "ci_high": to_pct(hi[1])},
+        {"parameter": "ed50_mg_kg", "estimate": est[2], "ci_low": lo[2], "ci_high": hi[2]},
+        {"parameter": "trend_slope", "estimate": slope, "ci_low": slope - tcrit * se, "ci_high": slope + tcrit * se,
+         "p_value": p},
+    ]
+    out = pd.DataFrame(rows)
+    out["n_animals"] = len(y)
+    out["n_boot"] = len(boots)
+    return out
