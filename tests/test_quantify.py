@@ -43,6 +43,8 @@ def test_numbers_follow_the_truth(quantified: Path, small_study: Path) -> None:
     syn = m[(m["readout"] == "synapse") & m["snr_level"].isin(["high", "default"])]
     ratio = syn["n_puncta"] / syn["true_puncta_count"]
     assert ratio.between(0.75, 1.1).all()  # counts within the measured recall range
+    snr = m[m["readout"] == "synapse"].groupby("snr_level")["puncta_median_snr"].median()
+    assert snr["high"] > snr["default"] > snr["hard"]  # the QC figure follows image quality
     term = m[m["readout"] == "terminal"]
     assert (term["microglia_count"] - term["true_microglia_count"]).abs().max() <= 2
 

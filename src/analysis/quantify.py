@@ -107,6 +107,7 @@ def quantify_image(
     row : dict
         Image-level readouts: ``n_puncta``, ``analysed_area_um2``,
         ``puncta_density_per_100um2`` (or ``puncta_density_per_um3`` for z-stacks),
+        ``puncta_median_snr`` (median LoG response of the puncta in noise SDs, a QC figure),
         ``microglia_count``, ``microglia_density_per_mm2``, mean morphology of interior
         cells (``mean_<readout>``), ``engulfed_puncta_total``, ``engulfed_per_cell``,
         ``cd68_area_fraction``.
@@ -121,7 +122,9 @@ def quantify_image(
         mask = synapses.analysed_area_mask(syn, pixel_size_um)
         puncta = synapses.detect_puncta(syn, pixel_size_um, z_step_um=z_step_um, **params.puncta)
         density = synapses.synapse_density(puncta, mask, pixel_size_um, z_step_um=z_step_um)
-        row.update({k: v for k, v in density.items()})
+        row.update(density)
+        # image-quality figure for QC: the median detection SNR of the puncta found
+        row["puncta_median_snr"] = float(puncta["snr"].median()) if len(puncta) else np.nan
     cells = pd.DataFrame()
     mg = _channel(data, microglia_channel)
     if mg is not None:
