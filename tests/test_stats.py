@@ -76,3 +76,19 @@ def test_dose_response_trend_and_vehicle() -> None:
     assert (t.n_animals == 40).all()
     all_dr = dose_responses(m)
     assert set(all_dr.treatment_days) == {7}  # only the 7-day arm has >= 3 doses
+
+
+def test_mechanism_and_recovery_tables() -> None:
+    from analysis.stats import mechanism_contrasts, recovery
+
+    fit = fit_synapse_lmm(simulate_measurements("default", 0))
+    mech = mechanism_contrasts(fit).set_index("contrast")
+    inter = mech.loc[[c for c in mech.index if "interaction" in c][0]]
+    # truth: no effect in knockouts, -13 % in wild type -> ratio 1 / 0.87 = +14.9 %
+    assert inter.ci_low < 14.9 < inter.ci_high and inter.ci_low > 0
+    comp = mech.loc[[c for c in mech.index if "compound" in c][0]]
+    assert comp.ci_low < 0 < comp.ci_high  # XBD173 10 mg/kg acts like diazepam 5 mg/kg
+    rec = recovery(session_contrasts(fit)).set_index("group")
+    r = rec.loc["WT diazepam 5 mg/kg x 7 d"]
+    assert r.n_animals == 4 and r.pct_at_end_of_dosing < -5
+    assert r.first_recovered_day_after_last_dose in (7, 21, 35, 56)

@@ -40,6 +40,9 @@ __all__ = [
     "fit_dose_response",
     "fit_study",
     "dose_responses",
+    "change_difference",
+    "mechanism_contrasts",
+    "recovery",
 ]
 
 log = logging.getLogger(__name__)
@@ -256,7 +259,16 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     write_csv(fit.coefficients, paths["coefficients"])
     write_csv(fit.variance_components.assign(converged=fit.converged, warnings="; ".join(fit.warnings)),
               paths["variance"])
-    write_csv(session_contrasts(fit), paths["contrasts"])
+    contrasts = session_contrasts(fit)
+    write_csv(contrasts, paths["contrasts"])
+    mech = mechanism_contrasts(fit)
+    if len(mech):
+        paths["mechanism"] = out / "synapse_mechanism.csv"
+        write_csv(mech, paths["mechanism"])
+    rec = recovery(contrasts)
+    if len(rec):
+        paths["recovery"] = out / "synapse_recovery.csv"
+        write_csv(rec, paths["recovery"])
     dose_tables = dose_responses(m, value)
     if len(dose_tables):
         paths["dose_response"] = out / "synapse_dose_response.csv"
@@ -379,3 +391,115 @@ def fit_dose_response(
     out["n_animals"] = len(y)
     out["n_boot"] = len(boots)
     return out
+
+
+def _cell_index(fit: SynapseFit) -> tuple[dict[tuple[str, int], int], dict[str, int], np.ndarray, np.ndarray]:
+    coef = fit.coefficients.reset_index(drop=True)
+    names = fit.result.fe_params.index
+    cov = fit.result.cov_params().loc[names, names].to_numpy()
+    idx = {(r.group, int(r.day)): i for i, r in coef.iterrows()}
+    baseline = {g: int(d) for g, d in coef.groupby("group")["day"].min().items()}
+    return idx, baseline, coef["estimate"].to_numpy(), cov
+
+
+def change_difference(
+    fit: SynapseFit, group_a: str, group_b: str, vehicle_a: str, vehicle_b: str, day: int, *, alpha: float = 0.05
+) -> dict[str, float]:
+    """Ratio of two vehicle-corrected changes from baseline at one session (an interaction).
+
+    ``(a - vehicle_a) - (b - vehicle_b)`` on the log scale, each term a change from its own
+    baseline: with ``a`` = TSPO-knockout diazepam and ``b`` = wild-type diazepam this is the
+    genotype x treatment interaction; with ``a`` = XBD173 and ``b`` = diazepam (same vehicle)
+    the compound comparison.
+
+    Returns
+    -------
+    dict
+        ``pct_difference`` (100 x (ratio - 1)) with ``ci_low``, ``ci_high`` and ``p_value``.
+    """
+    idx, base, beta, cov = _cell_index(fit)
+    L = np.zeros(len(beta))
+    for g, sign in ((group_a, 1), (vehicle_a, -1), (group_b, -1), (vehicle_b, 1)):
+        L[idx[(g, day)]] += sign
+        L[idx[(g, base[g])]] -= sign
+    est, se = float(L @ beta), float(np.sqrt(L @ cov @ L))
+    z = sps.norm.ppf(1 - alpha / 2)
+    return {
+        "pct_difference": 100 * np.expm1(est),
+        "ci_low": 100 * np.expm1(est - z * se),
+        "ci_high": 100 * np.expm1(est + z * se),
+        "p_value": float(2 * sps.norm.sf(abs(est / se))) if se > 0 else np.nan,
+    }
+
+
+def mechanism_contrasts(fit: SynapseFit, *, dose_mg_kg: float = 5.0, days: int = 7) -> pd.DataFrame:
+    """Genotype x treatment (TSPO knockout) and compound (XBD173 vs diazepam) at the end of dosing."""
+    from analysis.truth import TSPO_KO, WILD_TYPE
+
+    groups = set(fit.coefficients["group"])
+    wt_dzp = group_label(WILD_TYPE, "diazepam", dose_mg_kg, days)
+    wt_veh = group_label(WILD_TYPE, VEHICLE, 0.0, days)
+    rows = []
+    ko_dzp, ko_veh = group_label(TSPO_KO, "diazepam", dose_mg_kg, days), group_label(TSPO_KO, VEHICLE, 0.0, days)
+    if {wt_dzp, wt_veh, ko_dzp, ko_veh} <= groups:
+        rows.append({"contrast": f"TSPO_KO vs WT: diazepam {dose_mg_kg:g} mg/kg effect (interaction)",
+                     **change_difference(fit, ko_dzp, wt_dzp, ko_veh, wt_veh, days)})
+    for g in sorted(groups):
+        if g.startswith(f"{WILD_TYPE} XBD173") and g.endswith(f"x {days} d") and {wt_dzp, wt_veh} <= groups:
+            rows.append({"contrast": f"{g} vs {wt_dzp} (compound)",
+                         **change_difference(fit, g, wt_dzp, wt_veh, wt_veh, days)})
+    return pd.DataFrame(rows)
+
+
+def recovery(contrasts: pd.DataFrame) -> pd.DataFrame:
+    """Recovery after withdrawal per treated group, from :func:`session_contrasts`.
+
+    Returns
+    -------
+    DataFrame
+        One row per group with withdrawal sessions: ``n_animals`` (the fewest at any of
+        those sessions), ``pct_at_end_of_dosing``,
+        ``first_recovered_day_after_last_dose`` (first session after the last dose whose 95 %
+        CI versus vehicle includes 0 and stays so afterwards; NaN when none) and
+        ``recovery_tau_days`` (time constant of an exponential ``a exp(-t / tau)`` fitted by
+        weighted least squares to the log effect versus vehicle from the end of dosing on,
+        NaN when the fit is not identified).
+
+    Notes
+    -----
+    A CI that includes 0 is absence of evidence, not evidence of recovery: with few animals
+    in the withdrawal cohort it happens early.  Read it together with the effect sizes.
+    """
+    from scipy.optimize import curve_fit
+
+    z = sps.norm.ppf(0.975)
+    rows = []
+    for g, sub in contrasts[contrasts["pct_vs_vehicle"].notna()].groupby("group"):
+        after = sub[sub["days_since_last_dose"] >= 0].sort_values("days_since_last_dose")
+        if (after["days_since_last_dose"] > 0).sum() < 2:
+            continue
+        includes0 = (after["pct_vs_vehicle_ci_low"] <= 0) & (after["pct_vs_vehicle_ci_high"] >= 0)
+        withdrawal = after[after["days_since_last_dose"] > 0]
+        ok = includes0[withdrawal.index]
+        first = np.nan
+        for k in range(len(ok)):
+            if ok.iloc[k:].all():
+                first = float(withdrawal["days_since_last_dose"].iloc[k])
+                break
+        t = after["days_since_last_dose"].to_numpy(float)
+        y = np.log1p(after["pct_vs_vehicle"].to_numpy() / 100)
+        se = (np.log1p(after["pct_vs_vehicle_ci_high"] / 100) - np.log1p(after["pct_vs_vehicle_ci_low"] / 100)).to_numpy() / (2 * z)
+        tau = np.nan
+        try:
+            (a, tau_fit), _ = curve_fit(lambda tt, a, tau: a * np.exp(-tt / tau), t, y, p0=[y[0], 20.0],
+                                        sigma=se, absolute_sigma=True, bounds=([-1, 0.5], [1, 1000]), maxfev=10000)
+            if a < 0:
+                tau = float(tau_fit)
+        except RuntimeError:
+            pass
+        rows.append({
+            "group": g, "n_animals": int(after["n_animals"].min()),
+            "pct_at_end_of_dosing": float(after["pct_vs_vehicle"].iloc[0]),
+            "first_recovered_day_after_last_dose": first, "recovery_tau_days": tau,
+        })
+    return pd.DataFrame(rows)
