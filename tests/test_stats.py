@@ -92,3 +92,23 @@ def test_mechanism_and_recovery_tables() -> None:
     r = rec.loc["WT diazepam 5 mg/kg x 7 d"]
     assert r.n_animals == 4 and r.pct_at_end_of_dosing < -5
     assert r.first_recovered_day_after_last_dose in (7, 21, 35, 56)
+
+
+def test_microglia_endpoints_against_truth() -> None:
+    from analysis.stats import fit_count_endpoint, fit_morphology_endpoint, simulate_terminal_measurements
+
+    img, cells = simulate_terminal_measurements("default", 0)
+    cc = cells.merge(img, on="image_id")
+    eng, diag = fit_count_endpoint(cc, "engulfed_puncta")
+    assert 0.7 < diag["dispersion"] < 1.5  # Poisson counts in the simulation
+    e = eng[eng.planned].set_index("group")
+    # truth at the end of 7 days of 5 mg/kg: x (1 + 2 x 0.8125) = 2.6 engulfed puncta
+    assert e.loc["WT diazepam 5 mg/kg x 7 d", "ci_low"] < 2.625 < e.loc["WT diazepam 5 mg/kg x 7 d", "ci_high"]
+    assert e.loc["TSPO_KO diazepam 5 mg/kg x 7 d", "ci_low"] < 1 < e.loc["TSPO_KO diazepam 5 mg/kg x 7 d", "ci_high"]
+    assert (e.n_animals == 4).all()  # animals, not cells or fields
+    dens, _ = fit_count_endpoint(img, "microglia_count", exposure="field_area_mm2")
+    assert {"ratio_vs_vehicle", "ci_low", "ci_high", "p_holm"} <= set(dens.columns)
+    morph = fit_morphology_endpoint(cc, "skeleton_length_um")
+    m = morph[morph.planned].set_index("group")
+    # truth: process length x (1 - 0.30 x 0.8125) = 0.756
+    assert m.loc["WT diazepam 5 mg/kg x 7 d", "ci_low"] < 0.756 < m.loc["WT diazepam 5 mg/kg x 7 d", "ci_high"]

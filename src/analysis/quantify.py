@@ -108,7 +108,7 @@ def quantify_image(
         Image-level readouts: ``n_puncta``, ``analysed_area_um2``,
         ``puncta_density_per_100um2`` (or ``puncta_density_per_um3`` for z-stacks),
         ``puncta_median_snr`` (median LoG response of the puncta in noise SDs, a QC figure),
-        ``microglia_count``, ``microglia_density_per_mm2``, mean morphology of interior
+        ``microglia_count``, ``microglia_field_area_mm2``, ``microglia_density_per_mm2``, mean morphology of interior
         cells (``mean_<readout>``), ``engulfed_puncta_total``, ``engulfed_per_cell``,
         ``cd68_area_fraction``.
     cells : DataFrame
@@ -133,6 +133,7 @@ def quantify_image(
         cells = microglia.measure_microglia(labels, mg2, pixel_size_um)
         field_mm2 = mg2.size * (pixel_size_um / 1000.0) ** 2
         row["microglia_count"] = int(len(cells))
+        row["microglia_field_area_mm2"] = field_mm2
         row["microglia_density_per_mm2"] = len(cells) / field_mm2
         interior = cells[~cells["touches_border"]] if len(cells) else cells
         row["microglia_interior_count"] = int(len(interior))

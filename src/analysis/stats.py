@@ -43,6 +43,9 @@ __all__ = [
     "change_difference",
     "mechanism_contrasts",
     "recovery",
+    "simulate_terminal_measurements",
+    "fit_count_endpoint",
+    "fit_morphology_endpoint",
 ]
 
 log = logging.getLogger(__name__)
@@ -244,9 +247,8 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
 
     from analysis.files import write_csv
 
-    m = pd.read_parquet(measurements_path)
-    if "microglia_channel" in m:
-        m = m[m["microglia_channel"].isna()]
+    everything = pd.read_parquet(measurements_path)
+    m = everything[everything["microglia_channel"].isna()] if "microglia_channel" in everything else everything
     fit = fit_synapse_lmm(m, value)
     out = Path(out_dir)
     paths = {
@@ -273,7 +275,36 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     if len(dose_tables):
         paths["dose_response"] = out / "synapse_dose_response.csv"
         write_csv(dose_tables, paths["dose_response"])
+    cells_path = Path(measurements_path).with_name("cells.parquet")
+    if "microglia_count" in everything and cells_path.exists():
+        paths.update(_fit_microglia(everything, pd.read_parquet(cells_path), out))
     return {k: str(v) for k, v in paths.items()}
+
+
+def _fit_microglia(measurements: pd.DataFrame, cells: pd.DataFrame, out) -> dict[str, object]:
+    """Microglia endpoints of a quantified study: density, engulfment and morphology tables."""
+    from analysis.files import write_csv
+
+    term = measurements[measurements["microglia_count"].notna()].copy()
+    if term.empty or cells.empty:
+        return {}
+    if "field_area_mm2" not in term:
+        term["field_area_mm2"] = term["microglia_field_area_mm2"]
+    sheet_cols = ["image_id", "animal_id", *GROUP_COLUMNS, "day"]
+    per_cell = cells.merge(term[sheet_cols], on="image_id", how="inner")
+    interior = per_cell[~per_cell["touches_border"].astype(bool)]
+    tables = []
+    dens, d1 = fit_count_endpoint(term, "microglia_count", exposure="field_area_mm2")
+    tables.append(dens.assign(endpoint="microglia density (rate ratio)", dispersion=d1["dispersion"]))
+    if "engulfed_puncta" in per_cell:
+        eng, d2 = fit_count_endpoint(per_cell, "engulfed_puncta")
+        tables.append(eng.assign(endpoint="engulfed puncta per cell (rate ratio)", dispersion=d2["dispersion"]))
+    for col in ("skeleton_length_um", "branch_points", "sholl_auc", "cd68_area_fraction"):
+        if col in interior and (interior[col] > 0).sum() > 10:
+            tables.append(fit_morphology_endpoint(interior, col).assign(endpoint=f"{col} (ratio of geometric means)"))
+    path = out / "microglia_contrasts.csv"
+    write_csv(pd.concat(tables, ignore_index=True), path)
+    return {"microglia": path}
 
 
 def dose_responses(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2") -> pd.DataFrame:
@@ -503,3 +534,131 @@ def recovery(contrasts: pd.DataFrame) -> pd.DataFrame:
             "first_recovered_day_after_last_dose": first, "recovery_tau_days": tau,
         })
     return pd.DataFrame(rows)
+
+
+def simulate_terminal_measurements(
+    preset: str = "default", seed: int = 0, *, field_area_mm2: float = 0.0164
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Terminal (microglia) readouts drawn from a simulated design, without images.
+
+    Per terminal image a Poisson microglia count (``true density x field area``); per cell a
+    Poisson engulfed-puncta count and a log-normal skeleton length (baseline 190 um, SD 0.25 on
+    the log scale) scaled by the design's process-length multiplier.
+
+    Returns
+    -------
+    images, cells : DataFrame
+        Image rows with ``microglia_count`` and ``field_area_mm2``; cell rows with
+        ``image_id``, ``engulfed_puncta`` and ``skeleton_length_um``.
+    """
+    p = PRESETS[preset]
+    model = calibrated_model()
+    design = build_design(p, model.without_drug_effect() if p.null else model, seed)
+    term = design[design["readout"] == "terminal"].copy().reset_index(drop=True)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
+    term["field_area_mm2"] = field_area_mm2
+    term["microglia_count"] = rng.poisson(term["true_microglia_per_mm2"] * field_area_mm2)
+    rows = []
+    for r in term.itertuples():
+        n = int(r.microglia_count)
+        rows.append(pd.DataFrame({
+            "image_id": r.image_id,
+            "engulfed_puncta": rng.poisson(r.engulfed_per_cell, n),
+            "skeleton_length_um": 190.0 * r.process_length_scale * np.exp(rng.normal(0, 0.25, n)),
+        }))
+    cells = pd.concat(rows, ignore_index=True)
+    return term, cells
+
+
+def _terminal_cells(df: pd.DataFrame) -> pd.DataFrame:
+    out = _with_group(df)
+    out["cell"] = out["group"] + " @ day " + out["day"].astype(int).astype(str)
+    return out
+
+
+def _ratio_vs_vehicle(params: pd.Series, cov: pd.DataFrame, cells: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    z = sps.norm.ppf(1 - alpha / 2)
+    name = {c: f"C(cell)[{c}]" for c in cells["cell"]}
+    rows = []
+    for r in cells.itertuples():
+        if r.compound == VEHICLE:
+            continue
+        veh = group_label(r.genotype, VEHICLE, 0.0, r.treatment_days) + f" @ day {int(r.day)}"
+        if veh not in name:
+            continue
+        a, b = name[r.cell], name[veh]
+        est = params[a] - params[b]
+        se = float(np.sqrt(cov.loc[a, a] + cov.loc[b, b] - 2 * cov.loc[a, b]))
+        rows.append({
+            "group": r.group, "genotype": r.genotype, "compound": r.compound, "dose_mg_kg": r.dose_mg_kg,
+            "treatment_days": r.treatment_days, "day": int(r.day), "n_animals": int(r.n_animals),
+            "ratio_vs_vehicle": float(np.exp(est)), "ci_low": float(np.exp(est - z * se)),
+            "ci_high": float(np.exp(est + z * se)), "p_value": float(2 * sps.norm.sf(abs(est / se))),
+        })
+    out = pd.DataFrame(rows)
+    if len(out):
+        planned = out["day"] == out["treatment_days"]
+        out["planned"] = planned
+        out.loc[planned, "p_holm"] = _holm(out.loc[planned, "p_value"].to_numpy())
+    return out
+
+
+def fit_count_endpoint(
+    table: pd.DataFrame, count: str, *, exposure: str | None = None, alpha: float = 0.05
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Counts per image or per cell: Poisson GEE with animals as clusters, ratio versus vehicle.
+
+    One mean per group x sacrifice day, an exchangeable working correlation within each
+    animal, robust (sandwich) standard errors, so over-dispersion and within-animal
+    correlation do not make the intervals too narrow.  The Pearson dispersion is reported
+    (values well above 1 mean over-dispersion, which the robust errors already absorb).
+
+    Parameters
+    ----------
+    table : DataFrame
+        Rows with the sheet columns (``animal_id``, group columns, ``day``) and ``count``.
+    count : str
+        Count column.
+    exposure : str, optional
+        Column to use as exposure (e.g. field area for a density).
+
+    Returns
+    -------
+    contrasts : DataFrame
+        Rate ratio of each treated group versus its vehicle at the same day, with CI,
+        p value, ``planned`` (end of dosing) and Holm-adjusted ``p_holm``; n is animals.
+    diagnostics : dict
+        ``dispersion`` and ``n_observations``.
+    """
+    import statsmodels.api as sm
+
+    df = _terminal_cells(table.dropna(subset=[count]))
+    kwargs = {}
+    if exposure:
+        kwargs["offset"] = np.log(df[exposure].to_numpy(float))
+    model = smf.gee(f"{count} ~ 0 + C(cell)", groups="animal_id", data=df, family=sm.families.Poisson(),
+                    cov_struct=sm.cov_struct.Exchangeable(), **kwargs)
+    res = model.fit()
+    cells = df.groupby(["cell", "group", *GROUP_COLUMNS, "day"])["animal_id"].nunique().rename("n_animals").reset_index()
+    mu = res.fittedvalues
+    dispersion = float(np.sum((df[count] - mu) ** 2 / mu) / max(len(df) - len(res.params), 1))
+    return _ratio_vs_vehicle(res.params, res.cov_params(), cells, alpha), {
+        "dispersion": dispersion, "n_observations": int(len(df))}
+
+
+def fit_morphology_endpoint(table: pd.DataFrame, value: str, *, alpha: float = 0.05) -> pd.DataFrame:
+    """A per-cell morphology readout: LMM on its log with a random intercept per animal.
+
+    Returns
+    -------
+    DataFrame
+        Ratio of each treated group's geometric mean to its vehicle's at the same day (CI,
+        p value, planned, Holm), n as animals.
+    """
+    df = _terminal_cells(table.dropna(subset=[value]))
+    df = df[df[value] > 0].copy()
+    df["log_value"] = np.log(df[value])
+    res = smf.mixedlm("log_value ~ 0 + C(cell)", df, groups="animal_id").fit(reml=True, method=["bfgs", "powell"])
+    names = res.fe_params.index
+    cells = df.groupby(["cell", "group", *GROUP_COLUMNS, "day"])["animal_id"].nunique().rename("n_animals").reset_index()
+    return _ratio_vs_vehicle(res.fe_params, res.cov_params().loc[names, names], cells, alpha)
