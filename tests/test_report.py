@@ -43,6 +43,11 @@ def test_design_html_for_reviewers(design_report: Path) -> None:
     assert "Study design" in html and "Example fields" in html
     assert html.count("data:image/png;base64") >= 1  # the figure is embedded
     assert "from analysis" not in html  # reviewer HTML has no code cells
+    import re
+
+    external = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?://[^"]+)"', html)
+    assert external == []  # nothing is fetched from another host
+    assert "import(\"http" not in html and "cdnjs" not in html
     assert "Traceback" not in html
     nb = nbformat.read(design_report / "reports" / "executed" / "00_study_design.ipynb", as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

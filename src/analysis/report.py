@@ -116,10 +116,15 @@ def run_notebook(
 
 
 def export_html(executed: str | os.PathLike[str], html: str | os.PathLike[str], *, include_code: bool = False) -> Path:
-    """Render an executed notebook to HTML; without code cells for reviewers by default."""
+    """Render an executed notebook to self-contained HTML; without code cells by default.
+
+    Figures are embedded; no script or style is fetched from another host (TeX in markdown is
+    shown as written, since MathJax is not loaded).
+    """
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab")
+    # the "offline" template is JupyterLab's without require.js, MathJax or mermaid from a CDN
+    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(Path(__file__).parent / "templates")])
     exporter.exclude_input = not include_code
     exporter.exclude_input_prompt = not include_code
     exporter.exclude_output_prompt = True
