@@ -40,7 +40,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_quantify(args: argparse.Namespace) -> int:
     from analysis.quantify import quantify_study
 
-    m = quantify_study(args.samples, args.out, workers=args.workers)
+    m = quantify_study(args.samples, args.out, workers=args.workers, strict=args.strict)
     print(f"quantified {len(m)} images into {args.out}/measurements.parquet and cells.parquet")
     return 0
 
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", default="data/raw/samples.csv", help="sample sheet (default: data/raw/samples.csv)")
     p.add_argument("--out", default="data/processed", help="output folder (default: data/processed)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on any unreadable, blank or saturated image instead of listing it in failures.csv")
     p.set_defaults(func=_cmd_quantify)
 
     p = sub.add_parser("fit", help="fit the longitudinal synapse mixed model and write its tables")

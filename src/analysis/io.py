@@ -7,6 +7,7 @@ file, the line (as a spreadsheet shows it: the header is line 1) and the column,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import xml.etree.ElementTree as ET
@@ -183,11 +184,23 @@ def _tiff_resolution_um(tif) -> float | None:
     return None  # inches or no unit: not a physical pixel size we can trust
 
 
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """tifffile logs its own tracebacks for damaged files; we report them as ImageReadError."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _tiff_info(path: Path) -> ImageInfo:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape = tuple(int(s) for s in series.shape)
             raw_axes = series.axes
@@ -266,7 +279,8 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, ImageInfo]:
         import tifffile
 
         try:
-            data = tifffile.imread(p, series=0)
+            with _quiet_tifffile():
+                data = tifffile.imread(p, series=0)
         except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
             raise ImageReadError.for_file(
                 p, f"cannot read pixel data ({exc}); the file may be truncated or corrupt: export it again"

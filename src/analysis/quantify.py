@@ -21,10 +21,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from analysis import engulfment, microglia, synapses
-from analysis.files import write_parquet
+from analysis.errors import ImageReadError, InputError, Problem
+from analysis.files import check_manifest, write_csv, write_parquet
 from analysis.io import load_samples, read_image
 
-__all__ = ["QuantifyParams", "quantify_image", "quantify_study"]
+__all__ = ["QuantifyParams", "quantify_image", "quantify_study", "image_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +150,60 @@ def quantify_image(
     return row, cells
 
 
-def _quantify_row(task: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
-    data, info = read_image(task["abs_path"])
+def image_problem(data: np.ndarray, roles: dict[str, Any]) -> str | None:
+    """Why an image cannot be quantified (wrong channels, blank or saturated), or None.
+
+    Parameters
+    ----------
+    data : ndarray
+        Image, axes CZYX.
+    roles : dict
+        Channel role -> index (None / NA when absent).
+    """
+    for role, ch in roles.items():
+        if ch is None or pd.isna(ch):
+            continue
+        ch = int(ch)
+        if ch >= data.shape[0]:
+            return (f"{role} is {ch} but the image has {data.shape[0]} channel(s) (valid: 0-{data.shape[0] - 1}); "
+                    "fix the sample sheet or export the image with all channels")
+        plane = data[ch]
+        lo, hi = plane.min(), plane.max()
+        if lo == hi:
+            return f"{role} (channel {ch}) is blank: every pixel is {lo}; check the acquisition and the export"
+        if np.issubdtype(plane.dtype, np.integer):
+            top = np.iinfo(plane.dtype).max
+            saturated = float(np.mean(plane == top))
+            if saturated > 0.01:
+                return (f"{role} (channel {ch}) is saturated: {saturated:.1%} of pixels at {top}; "
+                        "re-acquire with lower gain or laser power")
+    return None
+
+
+def _quantify_row(task: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame, dict[str, str] | None]:
+    roles = {k: task[k] for k in ("synapse_channel", "microglia_channel", "lysosome_channel")}
+    try:
+        data, info = read_image(task["abs_path"])
+    except ImageReadError as exc:
+        return {}, pd.DataFrame(), {"image_id": task["image_id"], "path": task["path"],
+                                    "reason": "; ".join(p.message for p in exc.problems)}
+    problem = image_problem(data, roles)
+    pixel_size = task["pixel_size_um"] if not pd.isna(task["pixel_size_um"]) else info.pixel_size_um
+    if problem is None and pixel_size is None:
+        problem = "no pixel size in the sheet or the file's metadata; add pixel_size_um to the sheet"
+    if problem is not None:
+        return {}, pd.DataFrame(), {"image_id": task["image_id"], "path": task["path"], "reason": problem}
     row, cells = quantify_image(
         data,
-        task["pixel_size_um"],
-        synapse_channel=task["synapse_channel"],
-        microglia_channel=task["microglia_channel"],
-        lysosome_channel=task["lysosome_channel"],
+        float(pixel_size),
+        **roles,
         z_step_um=info.z_step_um,
         params=task["params"],
     )
     row["image_id"] = task["image_id"]
     if len(cells):
         cells.insert(0, "image_id", task["image_id"])
-    return row, cells
+    return row, cells, None
 
 
 def quantify_study(
@@ -173,32 +213,47 @@ def quantify_study(
     params: QuantifyParams | None = None,
     workers: int | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> pd.DataFrame:
     """Quantify every image of a sample sheet and write the measurement tables.
+
+    The sheet itself must be valid (:func:`analysis.io.load_samples`); problems of single
+    images (unreadable or truncated file, channel index beyond the file's channels, blank or
+    saturated channel, no pixel size anywhere) are recorded in ``failures.csv`` with the file
+    and the reason, and the other images are still quantified, unless ``strict``.  Before
+    anything is read, the SHA-256 of every file in the sheet's folder is checked against
+    ``raw_manifest.csv`` in ``out_dir`` (written on the first run), so a changed or missing
+    raw file is reported instead of silently mixing results.
 
     Parameters
     ----------
     samples_csv : path
-        Sample sheet (validated with :func:`analysis.io.load_samples`).
+        Sample sheet.
     out_dir : path
-        Folder for ``measurements.parquet`` and ``cells.parquet``.
+        Folder for ``measurements.parquet``, ``cells.parquet``, ``failures.csv`` and
+        ``raw_manifest.csv``.
     params : QuantifyParams, optional
         Method parameters.
     workers : int, optional
         Worker processes (default: all cores).
     progress : bool
         Show a progress bar.
+    strict : bool
+        Fail (``InputError`` listing every bad image) instead of recording failures.
 
     Returns
     -------
     DataFrame
-        The measurements table: every sheet column plus the readouts of each image.
+        The measurements table: every sheet column plus the readouts of each quantified image.
     """
-    samples = load_samples(samples_csv)
+    samples = load_samples(samples_csv, check_images=False)
+    out = Path(out_dir)
+    check_manifest(Path(samples_csv).resolve().parent, out / "raw_manifest.csv")
     params = params or QuantifyParams()
     tasks = [
         {
             "abs_path": r["abs_path"],
+            "path": r["path"],
             "image_id": r["image_id"],
             "pixel_size_um": float(r["pixel_size_um"]),
             "synapse_channel": r["synapse_channel"],
@@ -215,12 +270,19 @@ def quantify_study(
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(tqdm(pool.map(_quantify_row, tasks, chunksize=2), **bar))
-    rows = pd.DataFrame([r for r, _ in results])
-    measurements = samples.drop(columns=["abs_path"]).merge(rows, on="image_id", how="left", validate="1:1")
-    cell_tables = [c for _, c in results if len(c)]
+    failures = pd.DataFrame([f for _, _, f in results if f], columns=["image_id", "path", "reason"])
+    if strict and len(failures):
+        raise InputError([Problem(str(Path(samples_csv).resolve().parent / f.path), f.reason)
+                          for f in failures.itertuples()])
+    rows = pd.DataFrame([r for r, _, f in results if not f])
+    ok = samples[~samples["image_id"].isin(failures["image_id"])]
+    measurements = ok.drop(columns=["abs_path"]).merge(rows, on="image_id", how="left", validate="1:1")
+    cell_tables = [c for _, c, f in results if not f and len(c)]
     cells = pd.concat(cell_tables, ignore_index=True) if cell_tables else pd.DataFrame()
-    out = Path(out_dir)
     write_parquet(measurements, out / "measurements.parquet")
     write_parquet(cells, out / "cells.parquet")
+    write_csv(failures, out / "failures.csv")
+    if len(failures):
+        log.warning("%d image(s) could not be quantified; see %s", len(failures), out / "failures.csv")
     log.info("quantified %d images (%d cells) into %s", len(measurements), len(cells), out)
     return measurements
