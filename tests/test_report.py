@@ -21,7 +21,7 @@ def design_report(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -
         processed_dir=out / "processed",
         reports_dir=out / "reports",
         notebooks_dir=ROOT / "notebooks",
-        only=["00_study_design"],
+        workers=2,
     )
     return out
 
@@ -85,5 +85,24 @@ def test_bad_sheet_stops_the_report_before_any_notebook(small_study: Path, tmp_p
     from analysis.errors import SampleSheetError
 
     with pytest.raises(SampleSheetError, match="dose_mg_kg"):
-        run_report(data, tmp_path / "p", tmp_path / "r", ROOT / "notebooks")
+        run_report(data, tmp_path / "p", tmp_path / "r", ROOT / "notebooks", quantify=False)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_whole_report_on_the_small_study(design_report: Path, small_study: Path) -> None:
+    import pandas as pd
+
+    reports = design_report / "reports"
+    for name in ("00_study_design", "01_quantify_images", "02_synapse_dose_duration"):
+        html = (reports / f"{name}.html").read_text()
+        assert "data:image/png;base64" in html and "Traceback" not in html
+    q = recorded(reports / "executed" / "01_quantify_images.ipynb")
+    assert q["n_images_quantified"] == 30 and q["n_images_failed"] == 0
+    s = recorded(reports / "executed" / "02_synapse_dose_duration.ipynb")
+    contrasts = pd.read_csv(design_report / "processed" / "synapse_contrasts.csv")
+    planned = contrasts[contrasts.planned].set_index("group")
+    key = "WT diazepam 5 mg/kg x 7 d"
+    est, lo, hi, n = s[f"pct_vs_vehicle/{key}"]
+    assert est == pytest.approx(planned.loc[key, "pct_vs_vehicle"], abs=0.01)  # notebook = table
+    assert n == 2  # animals per group in the small preset

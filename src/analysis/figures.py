@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from analysis.design import GROUP_COLUMNS, group_label
 from analysis.io import read_image
 
-__all__ = ["add_scale_bar", "display_range", "example_fields", "qc_overlay"]
+__all__ = ["add_scale_bar", "display_range", "example_fields", "qc_overlay", "longitudinal_plot", "forest_plot"]
 
 log = logging.getLogger(__name__)
 
@@ -170,4 +170,52 @@ def qc_overlay(
         ax.set_ylim(data.shape[-2] - 0.5, -0.5)
         ax.set_xticks([])
         ax.set_yticks([])
+    return fig
+
+
+def longitudinal_plot(session_means: pd.DataFrame, value: str = "puncta_density_per_100um2",
+                      groups: list[str] | None = None, panel_inches: float = 2.6) -> Figure:
+    """Density over days for each group: one thin line per animal, the group mean in bold.
+
+    Values are normalised to each animal's baseline session (1 = baseline), the dosing period
+    is shaded.  n in each title counts animals.
+    """
+    sm = session_means.copy()
+    base = sm.loc[sm.groupby("animal_id")["day"].idxmin(), ["animal_id", value]].rename(columns={value: "_base"})
+    sm = sm.merge(base, on="animal_id")
+    sm["relative"] = sm[value] / sm["_base"]
+    names = groups or sorted(sm["group"].unique())
+    ncol = 4
+    nrow = int(np.ceil(len(names) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(ncol * panel_inches, nrow * panel_inches * 0.8),
+                             squeeze=False, sharey=True, layout="constrained")
+    for ax, g in zip(axes.ravel(), names):
+        sub = sm[sm["group"] == g]
+        for _, a in sub.groupby("animal_id"):
+            ax.plot(a["day"], a["relative"], color="0.6", lw=0.6)
+        mean = sub.groupby("day")["relative"].mean()
+        ax.plot(mean.index, mean.to_numpy(), color="C3", lw=2)
+        ax.axvspan(0, float(sub["treatment_days"].iloc[0]), color="C0", alpha=0.1)
+        ax.axhline(1, color="k", lw=0.5)
+        ax.set_title(f"{g}\n(n = {sub['animal_id'].nunique()} animals)", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(names):]:
+        ax.set_visible(False)
+    fig.supxlabel("day since first dose (shaded: dosing)", fontsize=8)
+    fig.supylabel("synapse density / baseline", fontsize=8)
+    return fig
+
+
+def forest_plot(contrasts: pd.DataFrame, *, estimate: str = "pct_vs_vehicle", label: str = "group",
+                xlabel: str = "% change versus vehicle (95 % CI)") -> Figure:
+    """Estimates with 95 % CIs, one row per contrast (e.g. the planned contrasts)."""
+    c = contrasts.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(c) + 1), layout="constrained")
+    y = np.arange(len(c))[::-1]
+    lo, hi = c[f"{estimate}_ci_low"], c[f"{estimate}_ci_high"]
+    ax.errorbar(c[estimate], y, xerr=[c[estimate] - lo, hi - c[estimate]], fmt="o", color="k", capsize=2)
+    ax.axvline(0, color="C3", lw=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{g} (n={n})" for g, n in zip(c[label], c["n_animals"])], fontsize=7)
+    ax.set_xlabel(xlabel, fontsize=8)
     return fig

@@ -24,7 +24,7 @@ __all__ = ["NOTEBOOKS", "ReportError", "record", "recorded", "run_notebook", "ex
 log = logging.getLogger(__name__)
 
 #: Notebooks of the report, in the order they run.
-NOTEBOOKS: tuple[str, ...] = ("00_study_design",)
+NOTEBOOKS: tuple[str, ...] = ("00_study_design", "01_quantify_images", "02_synapse_dose_duration")
 
 #: MIME type of the values a notebook records for tests and the index.
 RECORD_MIMETYPE = "application/vnd.analysis.record+json"
@@ -147,8 +147,10 @@ def run_report(
     kernel_name: str = "analysis",
     only: Iterable[str] | None = None,
     parameters: Mapping[str, Any] | None = None,
+    quantify: bool = True,
+    workers: int | None = None,
 ) -> list[Path]:
-    """Validate the inputs, run the report notebooks in order and write their HTML.
+    """Validate the inputs, run the pipeline and the report notebooks in order, write their HTML.
 
     Parameters
     ----------
@@ -166,6 +168,10 @@ def run_report(
         Run only these notebooks (names without ``.ipynb``).
     parameters : mapping, optional
         Extra notebook parameters (each notebook receives those it declares).
+    quantify : bool
+        Run the pipeline first (quantification and model fits into ``processed_dir``).
+    workers : int, optional
+        Worker processes for the quantification.
 
     Returns
     -------
@@ -180,6 +186,12 @@ def run_report(
     nbdir = Path(notebooks_dir).resolve()
     load_samples(data / "samples.csv")  # bad input stops here with a clear message
     processed.mkdir(parents=True, exist_ok=True)
+    if quantify:
+        from analysis.quantify import quantify_study
+        from analysis.stats import fit_study
+
+        quantify_study(data / "samples.csv", processed, workers=workers)
+        fit_study(str(processed / "measurements.parquet"), str(processed))
     params = {"data_dir": str(data), "processed_dir": str(processed), **(parameters or {})}
     names = list(only) if only else list(NOTEBOOKS)
     unknown = [n for n in names if not (nbdir / f"{n}.ipynb").exists()]
