@@ -106,3 +106,24 @@ def test_whole_report_on_the_small_study(design_report: Path, small_study: Path)
     est, lo, hi, n = s[f"pct_vs_vehicle/{key}"]
     assert est == pytest.approx(planned.loc[key, "pct_vs_vehicle"], abs=0.01)  # notebook = table
     assert n == 2  # animals per group in the small preset
+
+
+@pytest.mark.slow
+def test_index_has_contents_results_and_provenance(design_report: Path, small_study: Path) -> None:
+    import hashlib
+    import re
+
+    import pandas as pd
+
+    html = (design_report / "reports" / "index.html").read_text()
+    for name in ("00_study_design", "01_quantify_images", "02_synapse_dose_duration"):
+        assert f'href="{name}.html"' in html
+    sheet_sha = hashlib.sha256((small_study / "samples.csv").read_bytes()).hexdigest()
+    assert sheet_sha in html
+    image = sorted((small_study / "images").iterdir())[0]
+    assert hashlib.sha256(image.read_bytes()).hexdigest() in html
+    c = pd.read_csv(design_report / "processed" / "synapse_contrasts.csv")
+    r = c[c.planned & (c.group == "WT diazepam 5 mg/kg x 7 d")].iloc[0]
+    assert f"{r.pct_vs_vehicle:+.1f} ({r.pct_vs_vehicle_ci_low:+.1f} to {r.pct_vs_vehicle_ci_high:+.1f})" in html
+    assert "numpy" in html and "git commit" in html and "run time" in html
+    assert re.findall(r'(?:src|href)="https?://', html) == []

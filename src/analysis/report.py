@@ -178,8 +178,12 @@ def run_report(
     list of Path
         The HTML files written.
     """
+    import datetime as dt
+
+    from analysis.index_page import write_index
     from analysis.io import load_samples
 
+    started = dt.datetime.now(dt.timezone.utc)
     data = Path(data_dir).resolve()
     processed = Path(processed_dir).resolve()
     reports = Path(reports_dir).resolve()
@@ -203,4 +207,8 @@ def run_report(
                                 kernel_name=kernel_name)
         written.append(export_html(executed, reports / f"{name}.html"))
         log.info("wrote %s", written[-1])
+    from analysis.quantify import QuantifyParams
+
+    all_params = {**params, "kernel": kernel_name, "quantify": QuantifyParams().to_dict()}
+    written.append(write_index(reports, processed, data, names, all_params, started, dt.datetime.now(dt.timezone.utc)))
     return written

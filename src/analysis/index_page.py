@@ -1,0 +1,125 @@
+"""``reports/index.html``: table of contents, key results and provenance of a report run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import logging
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.files import atomic_path, sha256_file
+
+__all__ = ["write_index"]
+
+log = logging.getLogger(__name__)
+
+_PACKAGES = ("analysis", "numpy", "scipy", "scikit-image", "pandas", "statsmodels", "tifffile", "papermill")
+_CSS = """body{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:0.5rem 0}td,th{border:1px solid #ccc;padding:0.2rem 0.5rem;font-size:0.9rem}
+th{background:#f3f3f3}code{font-size:0.85rem}details{margin:0.5rem 0}"""
+
+
+def _git_commit(start: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=start, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=start, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    if out.returncode != 0:
+        return "unknown (not a git checkout)"
+    return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in _PACKAGES:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, border=0, float_format=lambda v: f"{v:.3g}", escape=True)
+
+
+def key_results(processed: Path) -> pd.DataFrame:
+    """Planned synapse contrasts (effect vs vehicle at the end of dosing) with CIs and n animals."""
+    path = processed / "synapse_contrasts.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    c = pd.read_csv(path)
+    c = c[c["planned"]]
+    return pd.DataFrame(
+        {
+            "group": c["group"],
+            "synapse density vs vehicle, % (95 % CI)": [
+                f"{r.pct_vs_vehicle:+.1f} ({r.pct_vs_vehicle_ci_low:+.1f} to {r.pct_vs_vehicle_ci_high:+.1f})"
+                for r in c.itertuples()
+            ],
+            "p (Holm)": c["p_vs_vehicle_holm"].round(3),
+            "n animals (treated / vehicle)": [f"{int(a)} / {int(b)}" for a, b in zip(c["n_animals"], c["n_animals_vehicle"])],
+        }
+    )
+
+
+def write_index(
+    reports_dir: Path,
+    processed_dir: Path,
+    data_dir: Path,
+    notebooks: list[str],
+    parameters: dict,
+    started: dt.datetime,
+    finished: dt.datetime,
+) -> Path:
+    """Write ``index.html``: links to each notebook's HTML, key results and provenance.
+
+    Provenance: git commit, Python and package versions, parameters, SHA-256 of the sample
+    sheet and of every input file (from ``raw_manifest.csv`` when the pipeline wrote one),
+    date and run time.
+    """
+    reports_dir, processed_dir, data_dir = Path(reports_dir), Path(processed_dir), Path(data_dir)
+    manifest_csv = processed_dir / "raw_manifest.csv"
+    if manifest_csv.exists():
+        manifest = pd.read_csv(manifest_csv)
+    else:
+        files = sorted(p for p in data_dir.rglob("*") if p.is_file())
+        manifest = pd.DataFrame({"path": [str(p.relative_to(data_dir)) for p in files],
+                                 "sha256": [sha256_file(p) for p in files]})
+    sheet_sha = sha256_file(data_dir / "samples.csv")
+    toc = "".join(f'<li><a href="{html.escape(n)}.html">{html.escape(n)}</a></li>' for n in notebooks)
+    results = key_results(processed_dir)
+    failures_csv = processed_dir / "failures.csv"
+    n_failed = len(pd.read_csv(failures_csv)) if failures_csv.exists() else 0
+    versions = pd.DataFrame(sorted(_versions().items()), columns=["package", "version"])
+    params = pd.DataFrame(sorted((k, str(v)) for k, v in parameters.items()), columns=["parameter", "value"])
+    body = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<title>Synapse and microglia report</title><style>{_CSS}</style></head><body>
+<h1>Long-term benzodiazepine study: synapse and microglia report</h1>
+<h2>Contents</h2><ol>{toc}</ol>
+<h2>Key results</h2>
+<p>Change in PSD95 synapse density from baseline to the end of dosing, relative to the vehicle
+group of the same genotype and duration (linear mixed model, animals as the unit; p values
+Holm-adjusted over these planned contrasts). Images excluded from quantification: {n_failed}.</p>
+{_table(results) if len(results) else "<p>No synapse contrasts were computed.</p>"}
+<h2>Provenance</h2>
+<table><tr><th>git commit</th><td><code>{html.escape(_git_commit(Path(__file__).parent))}</code></td></tr>
+<tr><th>date (UTC)</th><td>{finished.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}</td></tr>
+<tr><th>run time</th><td>{(finished - started).total_seconds():.0f} s</td></tr>
+<tr><th>sample sheet SHA-256</th><td><code>{sheet_sha}</code></td></tr>
+<tr><th>input files</th><td>{len(manifest)}</td></tr></table>
+<details><summary>Package versions</summary>{_table(versions)}</details>
+<details><summary>Parameters</summary>{_table(params)}</details>
+<details><summary>SHA-256 of every input file</summary>{_table(manifest[["path", "sha256"]])}</details>
+</body></html>
+"""
+    out = reports_dir / "index.html"
+    with atomic_path(out) as tmp:
+        tmp.write_text(body, encoding="utf-8")
+    return out
