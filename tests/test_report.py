@@ -94,7 +94,7 @@ def test_whole_report_on_the_small_study(design_report: Path, small_study: Path)
     import pandas as pd
 
     reports = design_report / "reports"
-    for name in ("00_study_design", "01_quantify_images", "02_synapse_dose_duration"):
+    for name in ("00_study_design", "01_quantify_images", "02_synapse_dose_duration", "03_microglia"):
         html = (reports / f"{name}.html").read_text()
         assert "data:image/png;base64" in html and "Traceback" not in html
     q = recorded(reports / "executed" / "01_quantify_images.ipynb")
@@ -106,6 +106,10 @@ def test_whole_report_on_the_small_study(design_report: Path, small_study: Path)
     est, lo, hi, n = s[f"pct_vs_vehicle/{key}"]
     assert est == pytest.approx(planned.loc[key, "pct_vs_vehicle"], abs=0.01)  # notebook = table
     assert n == 2  # animals per group in the small preset
+    mg = recorded(reports / "executed" / "03_microglia.ipynb")
+    table = pd.read_csv(design_report / "processed" / "microglia_contrasts.csv")
+    row = table[table.planned & table.endpoint.str.startswith("engulfed") & (table.group == key)].iloc[0]
+    assert mg[f"{row.endpoint}/{key}"][0] == pytest.approx(row.ratio_vs_vehicle, abs=1e-3)
 
 
 @pytest.mark.slow
@@ -116,7 +120,7 @@ def test_index_has_contents_results_and_provenance(design_report: Path, small_st
     import pandas as pd
 
     html = (design_report / "reports" / "index.html").read_text()
-    for name in ("00_study_design", "01_quantify_images", "02_synapse_dose_duration"):
+    for name in ("00_study_design", "01_quantify_images", "02_synapse_dose_duration", "03_microglia"):
         assert f'href="{name}.html"' in html
     sheet_sha = hashlib.sha256((small_study / "samples.csv").read_bytes()).hexdigest()
     assert sheet_sha in html

@@ -218,4 +218,5 @@ def forest_plot(contrasts: pd.DataFrame, *, estimate: str = "pct_vs_vehicle", la
     ax.set_yticks(y)
     ax.set_yticklabels([f"{g} (n={n})" for g, n in zip(c[label], c["n_animals"])], fontsize=7)
     ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
     return fig

@@ -24,7 +24,7 @@ __all__ = ["NOTEBOOKS", "ReportError", "record", "recorded", "run_notebook", "ex
 log = logging.getLogger(__name__)
 
 #: Notebooks of the report, in the order they run.
-NOTEBOOKS: tuple[str, ...] = ("00_study_design", "01_quantify_images", "02_synapse_dose_duration")
+NOTEBOOKS: tuple[str, ...] = ("00_study_design", "01_quantify_images", "02_synapse_dose_duration", "03_microglia")
 
 #: MIME type of the values a notebook records for tests and the index.
 RECORD_MIMETYPE = "application/vnd.analysis.record+json"
