@@ -210,5 +210,6 @@ def run_report(
     from analysis.quantify import QuantifyParams
 
     all_params = {**params, "kernel": kernel_name, "quantify": QuantifyParams().to_dict()}
-    written.append(write_index(reports, processed, data, names, all_params, started, dt.datetime.now(dt.timezone.utc)))
+    in_report = [n for n in NOTEBOOKS if (reports / f"{n}.html").exists()]  # also those of earlier runs
+    written.append(write_index(reports, processed, data, in_report, all_params, started, dt.datetime.now(dt.timezone.utc)))
     return written
