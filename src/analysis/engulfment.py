@@ -9,7 +9,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.filters import apply_hysteresis_threshold
 
-from analysis.synapses import robust_sd
+from analysis.synapses import background_corrected
 
 __all__ = ["segment_lysosomes", "measure_engulfment", "engulfment_totals"]
 
@@ -49,12 +49,8 @@ def segment_lysosomes(
     --------
     >>> mask = segment_lysosomes(cd68, 0.2)  # doctest: +SKIP
     """
-    img = np.asarray(image, dtype=np.float32)
-    smooth = ndi.gaussian_filter(img, max(smoothing_um / pixel_size_um, 0.5))
-    size = int(2 * 1.5 / pixel_size_um) + 1
-    background = ndi.gaussian_filter(ndi.grey_opening(smooth, size=size), background_um / pixel_size_um)
-    signal = smooth - background
-    sd = robust_sd(signal)
+    signal, sd = background_corrected(image, pixel_size_um, smoothing_um=smoothing_um, opening_um=1.5,
+                                      background_um=background_um)
     mask = apply_hysteresis_threshold(signal, low_sd * sd, high_sd * sd)
     # each lysosome extends to half its own peak (full width at half maximum, the usual size
     # of a diffraction-blurred object), not to wherever it clears the noise; the peak is the

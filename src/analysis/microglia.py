@@ -29,7 +29,7 @@ from skimage.measure import regionprops
 from skimage.morphology import disk, skeletonize
 from skimage.segmentation import relabel_sequential, watershed
 
-from analysis.synapses import robust_sd
+from analysis.synapses import background_corrected
 
 __all__ = ["segment_microglia", "measure_microglia", "sholl_profile", "border_cells", "skeleton_image"]
 
@@ -39,16 +39,6 @@ _EIGHT = np.ones((3, 3), bool)
 #: Terminal skeleton branches shorter than this are spurs (blunt process ends and boundary
 #: noise fork the skeleton over about one process width, ~1-1.5 um).
 _SPUR_UM = 1.5
-
-
-def _foreground_signal(image: np.ndarray, pixel_size_um: float, smoothing_um: float,
-                       background_um: float) -> tuple[np.ndarray, float]:
-    img = np.asarray(image, dtype=np.float32)
-    smooth = ndi.gaussian_filter(img, max(smoothing_um / pixel_size_um, 0.5))
-    background = ndi.gaussian_filter(ndi.grey_opening(smooth, size=int(2 * 2.0 / pixel_size_um) + 1),
-                                     background_um / pixel_size_um)
-    signal = smooth - background
-    return signal, robust_sd(signal)
 
 
 def _soma_mask(cell: np.ndarray, pixel_size_um: float, soma_min_diameter_um: float) -> np.ndarray:
@@ -101,7 +91,8 @@ def segment_microglia(
     >>> labels = segment_microglia(iba1, 0.2)  # doctest: +SKIP
     >>> labels.max()  # number of cells  # doctest: +SKIP
     """
-    signal, sd = _foreground_signal(image, pixel_size_um, smoothing_um, background_um)
+    signal, sd = background_corrected(image, pixel_size_um, smoothing_um=smoothing_um, opening_um=2.0,
+                                      background_um=background_um)
     fg = apply_hysteresis_threshold(signal, low_sd * sd, high_sd * sd)
     if half_maximum:
         # a process or soma extends to half its own local peak (its full width at half

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from analysis import __version__, phantoms
 from analysis.design import PRESETS, SYNAPSE_CHANNELS, TERMINAL_CHANNELS, Preset, build_design
 from analysis.files import atomic_path, write_csv
+from analysis.io import REQUIRED_COLUMNS
 from analysis.truth import calibrated_model
 
 __all__ = ["simulate_study", "SAMPLE_COLUMNS"]
@@ -41,25 +42,7 @@ __all__ = ["simulate_study", "SAMPLE_COLUMNS"]
 log = logging.getLogger(__name__)
 
 #: Columns written to ``samples.csv``, in order.
-SAMPLE_COLUMNS = [
-    "image_id",
-    "path",
-    "animal_id",
-    "genotype",
-    "compound",
-    "dose_mg_kg",
-    "treatment_days",
-    "day",
-    "pixel_size_um",
-    "synapse_channel",
-    "microglia_channel",
-    "lysosome_channel",
-    "sex",
-    "region",
-    "cohort",
-    "session",
-    "field",
-]
+SAMPLE_COLUMNS = [*REQUIRED_COLUMNS, "sex", "region", "cohort", "session", "field"]
 
 _UUID_NAMESPACE = uuid.UUID("6f1c2a51-3b7e-4d55-9a37-0e1f2d3c4b5a")
 

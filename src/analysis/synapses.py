@@ -54,6 +54,22 @@ def robust_sd(x: np.ndarray, max_samples: int = 200_000) -> float:
     return float(_MAD_TO_SD * np.median(np.abs(x - med))) or float(np.std(x)) or 1.0
 
 
+def background_corrected(
+    image: np.ndarray, pixel_size_um: float, *, smoothing_um: float, opening_um: float, background_um: float
+) -> tuple[np.ndarray, float]:
+    """Smoothed image minus a broad background, and the robust noise SD of the result.
+
+    The background is a grey opening with a square of ``opening_um`` (removes objects
+    smaller than that) blurred by a Gaussian of ``background_um``.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    smooth = ndi.gaussian_filter(img, max(smoothing_um / pixel_size_um, 0.5))
+    size = int(2 * opening_um / pixel_size_um) + 1
+    background = ndi.gaussian_filter(ndi.grey_opening(smooth, size=size), background_um / pixel_size_um)
+    signal = smooth - background
+    return signal, robust_sd(signal)
+
+
 def _subpixel(z: np.ndarray, peaks: np.ndarray) -> np.ndarray:
     """Quadratic (parabola) refinement of integer peak positions along each axis."""
     out = peaks.astype(float)
