@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from analysis import engulfment, microglia, synapses
 from analysis.errors import ImageReadError, InputError, Problem
+from analysis.progress import progress as track
 from analysis.files import check_manifest, write_csv, write_parquet
 from analysis.io import load_samples, read_image
 
@@ -237,7 +237,7 @@ def quantify_study(
     workers : int, optional
         Worker processes (default: all cores).
     progress : bool
-        Show a progress bar.
+        Report progress (a tqdm bar in terminals and Jupyter, log lines otherwise).
     strict : bool
         Fail (``InputError`` listing every bad image) instead of recording failures.
 
@@ -264,12 +264,12 @@ def quantify_study(
         for r in samples.to_dict("records")
     ]
     workers = workers or os.cpu_count() or 1
-    bar = dict(total=len(tasks), desc="quantify", unit="image", disable=not progress)
+    bar = dict(total=len(tasks), desc="quantify", enabled=progress)
     if workers == 1:
-        results = [_quantify_row(t) for t in tqdm(tasks, **bar)]
+        results = list(track(map(_quantify_row, tasks), **bar))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(tqdm(pool.map(_quantify_row, tasks, chunksize=2), **bar))
+            results = list(track(pool.map(_quantify_row, tasks, chunksize=2), **bar))
     failures = pd.DataFrame([f for _, _, f in results if f], columns=["image_id", "path", "reason"])
     if strict and len(failures):
         raise InputError([Problem(str(Path(samples_csv).resolve().parent / f.path), f.reason)

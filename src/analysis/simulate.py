@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import tifffile
-from tqdm.auto import tqdm
 
 from analysis import __version__, phantoms
 from analysis.design import PRESETS, SYNAPSE_CHANNELS, TERMINAL_CHANNELS, Preset, build_design
+from analysis.progress import progress as track
 from analysis.files import atomic_path, write_csv
 from analysis.io import REQUIRED_COLUMNS
 from analysis.truth import calibrated_model
@@ -161,7 +161,7 @@ def simulate_study(
     overwrite : bool
         Allow writing into a non-empty folder (files of the same name are replaced).
     progress : bool
-        Show a progress bar.
+        Report progress (a tqdm bar in terminals and Jupyter, log lines otherwise).
 
     Returns
     -------
@@ -199,12 +199,12 @@ def simulate_study(
     tasks = [{**common, **rec} for rec in design.to_dict("records")]
     workers = workers or os.cpu_count() or 1
     log.info("simulating %d images of preset %r (seed %d) with %d workers", len(tasks), preset, seed, workers)
-    bar = dict(total=len(tasks), desc=f"simulate {preset}", unit="image", disable=not progress)
+    bar = dict(total=len(tasks), desc=f"simulate {preset}", enabled=progress)
     if workers == 1:
-        truths = [_render_one(t) for t in tqdm(tasks, **bar)]
+        truths = list(track(map(_render_one, tasks), **bar))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            truths = list(tqdm(pool.map(_render_one, tasks, chunksize=4), **bar))
+            truths = list(track(pool.map(_render_one, tasks, chunksize=4), **bar))
 
     samples = design[SAMPLE_COLUMNS]
     truth_cols = [c for c in design.columns if c not in SAMPLE_COLUMNS or c == "image_id"]
