@@ -1,103 +1,269 @@
-"""Puncta detection against hand-built scenes and simulated fields with known truth."""
+"""Puncta detection, analysed area and density against hand-built scenes and simulated fields.
+
+Hand-built scenes are sums of Gaussian puncta (apparent sigma 0.13 um) on a background,
+with Poisson shot noise, gain, offset and read noise like a confocal detector; positions are
+in micrometres, so the same scene can be rendered at any pixel size.  Detections are matched
+one-to-one to the truth within 0.25 um (Hungarian, :func:`match_points`).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from analysis.phantoms import render_synapse_field
-from analysis.synapses import analysed_area_mask, detect_puncta, match_points, synapse_density
+from analysis.synapses import (
+    analysed_area_mask,
+    detect_puncta,
+    match_points,
+    noise_sd_map,
+    synapse_density,
+)
+
+MATCH_UM = 0.25
+GAIN, OFFSET, READ = 2.0, 100.0, 3.0
 
 
-def scene(yx_um, px=0.1, size_um=12.8, amp=60.0, sigma_um=0.14, bg=20.0, seed=0, z=None):
-    n = int(round(size_um / px))
-    yy, xx = np.mgrid[:n, :n] * px
-    img = np.full((n, n), bg)
-    for y, x in yx_um:
-        img += amp * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma_um**2))
+def render(points_um, amp, *, px=0.1, shape_um=(25.6, 25.6), sigma_um=0.13, background=20.0, seed=0):
+    """Camera image (ADU) of puncta (peak ``amp`` photons/um^2-scaled) on ``background``.
+
+    ``background`` (photons per 0.1 x 0.1 um pixel) may be an array-valued function of
+    (y, x) in um; photon numbers scale with the pixel area, so a scene looks the same
+    (per um^2) at every pixel size.
+    """
+    ny, nx = (int(round(s / px)) for s in shape_um)
+    yy, xx = np.mgrid[:ny, :nx] * px
+    area = (px / 0.1) ** 2
+    bg = background(yy, xx) if callable(background) else np.full((ny, nx), float(background))
+    lam = bg.copy()
+    amp = np.broadcast_to(np.asarray(amp, float), (len(points_um),))
+    for (y, x), a in zip(points_um, amp):
+        r = 4 * sigma_um
+        sl = tuple(slice(max(int((c - r) / px), 0), int((c + r) / px) + 2) for c in (y, x))
+        lam[sl] += a * np.exp(-((yy[sl] - y) ** 2 + (xx[sl] - x) ** 2) / (2 * sigma_um**2))
     rng = np.random.default_rng(seed)
-    return rng.poisson(img).astype(float) * 2 + 100 + rng.normal(0, 3, img.shape)
+    return rng.poisson(lam * area) * GAIN + OFFSET + rng.normal(0, READ, lam.shape)
 
 
-def test_isolated_puncta_found_and_localised() -> None:
+def spread_points(n, rng, shape_um=(25.6, 25.6), min_dist=1.0, margin=0.5):
+    """``n`` random points (um) at least ``min_dist`` apart."""
+    pts = []
+    while len(pts) < n:
+        p = rng.uniform(margin, np.array(shape_um) - margin)
+        if all(np.hypot(*(p - q)) >= min_dist for q in pts):
+            pts.append(p)
+    return np.array(pts)
+
+
+def match(p: pd.DataFrame, truth_um: np.ndarray, px: float = 0.1):
+    return match_points(p[["y", "x"]].to_numpy() * px, truth_um, MATCH_UM)
+
+
+def gradient(yy, xx):
+    return 12.0 + 16.0 * xx / 25.6  # 12 -> 28 photons per pixel across the field
+
+
+# --------------------------------------------------------------------------- hand-built scenes
+
+
+def test_isolated_puncta_of_varied_brightness_on_a_gradient() -> None:
     rng = np.random.default_rng(1)
-    truth = rng.uniform(1, 11.8, (40, 2))
-    truth = truth[np.all(np.linalg.norm(truth[:, None] - truth[None], axis=2) + np.eye(40) * 9 > 1.0, axis=1)]
-    img = scene(truth)
-    p = detect_puncta(img, 0.1)
-    m = match_points(p[["y", "x"]].to_numpy() * 0.1, truth, 0.25)
-    assert m["recall"] == 1.0
-    assert m["fp"] <= 2  # the documented noise false-positive rate (~2 per 128 x 128 field)
-    assert np.median(m["distances"]) < 0.03  # sub-pixel localisation (um)
+    truth = spread_points(80, rng)
+    amp = rng.uniform(20, 60, len(truth))  # 4.5-13 x the background noise SD (~4.5 photons)
+    p = detect_puncta(render(truth, amp, background=gradient), 0.1)
+    m = match(p, truth)
+    # false positives come from the noise at the documented rate (~0.5 per 100 um^2 of a
+    # 655 um^2 field at threshold 4: ~3, Poisson)
+    assert m.recall >= 0.98 and m.fp <= 8
+    assert np.median(m.distances) < 0.025 and np.percentile(m.distances, 90) < 0.05  # um
+    # the fitted peak height is the punctum's amplitude in image units (gain 2)
+    ratio = p["intensity"].to_numpy()[m.pairs[:, 0]] / (GAIN * amp[m.pairs[:, 1]])
+    assert 0.85 < np.median(ratio) < 1.15
+    assert np.corrcoef(p["intensity"].to_numpy()[m.pairs[:, 0]], amp[m.pairs[:, 1]])[0, 1] > 0.9
+    assert p["sigma_um"].between(0.09, 0.19).all() and (p["snr"] >= 4.0).all()
 
 
-def test_touching_pair_is_separated() -> None:
-    truth = np.array([[6.0, 6.0], [6.0, 6.38], [3.0, 3.0], [3.35, 3.0]])
-    p = detect_puncta(scene(truth, amp=120), 0.1)
-    m = match_points(p[["y", "x"]].to_numpy() * 0.1, truth, 0.25)
-    assert m["tp"] == 4 and m["fp"] <= 2
+def test_touching_pairs_are_separated() -> None:
+    rng = np.random.default_rng(2)
+    centres = spread_points(30, rng, min_dist=1.5, margin=1.0)
+    angle = rng.uniform(0, np.pi, len(centres))
+    offset = 0.175 * np.column_stack([np.sin(angle), np.cos(angle)])  # pairs 0.35 um apart
+    truth = np.concatenate([centres - offset, centres + offset])
+    for amp in (40.0, np.r_[np.full(30, 60.0), np.full(30, 30.0)]):  # equal, and 2:1 pairs
+        p = detect_puncta(render(truth, amp, seed=3), 0.1)
+        m = match(p, truth)
+        assert m.recall >= 0.95 and m.precision >= 0.95, (m.recall, m.precision)
 
 
-def test_noise_alone_gives_almost_nothing() -> None:
-    counts = [len(detect_puncta(scene([], seed=s), 0.1)) for s in range(10)]
-    assert np.mean(counts) <= 2.5  # measured 1.9 per 128 x 128 field (documented in detect_puncta)
+def test_noise_alone_gives_the_documented_false_positive_rate() -> None:
+    # pure Poisson-Gaussian noise on an illumination gradient: the threshold (4 noise SDs)
+    # lets through ~0.5 noise maxima per 100 um^2 (module docstring; ~1 % of a PSD95 density)
+    counts = [len(detect_puncta(render([], 0.0, background=gradient, seed=s), 0.1)) for s in range(6)]
+    per_100um2 = 100 * np.mean(counts) / (25.6 * 25.6)
+    assert per_100um2 < 1.0
+    # halving the threshold must let noise through: the test would notice a noise estimate
+    # that is far too high
+    loose = [len(detect_puncta(render([], 0.0, seed=s), 0.1, threshold_sd=3.0)) for s in range(2)]
+    assert np.mean(loose) > 3 * max(np.mean(counts), 0.5)
 
 
-def test_mask_is_respected_and_3d_works() -> None:
-    truth = np.array([[3.0, 3.0], [9.0, 9.0]])
-    img = scene(truth, amp=100)
+def test_no_per_image_threshold_gain_and_offset_do_not_matter() -> None:
+    rng = np.random.default_rng(4)
+    truth = spread_points(50, rng, min_dist=0.6)
+    img = render(truth, rng.uniform(15, 40, len(truth)), background=gradient, seed=5)
+    a = detect_puncta(img, 0.1)
+    b = detect_puncta(img * 7.5 + 1000.0, 0.1)  # other gain and offset
+    assert len(a) == len(b)
+    np.testing.assert_allclose(a[["y", "x"]].to_numpy(), b[["y", "x"]].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(a["snr"], b["snr"], rtol=1e-6)
+
+
+def test_same_physical_scene_at_two_pixel_sizes() -> None:
+    rng = np.random.default_rng(6)
+    truth = spread_points(70, rng, min_dist=0.5)
+    amp = rng.uniform(25, 50, len(truth))
+    n = {}
+    for px in (0.1, 0.05):
+        p = detect_puncta(render(truth, amp, px=px, seed=7), px)
+        m = match(p, truth, px)
+        assert m.recall >= 0.95 and m.precision >= 0.95, (px, m.recall, m.precision)
+        assert np.median(m.distances) < 0.03
+        n[px] = len(p)
+    assert abs(n[0.1] - n[0.05]) <= 0.05 * n[0.1]
+
+
+def test_mask_restricts_the_reported_puncta() -> None:
+    truth = np.array([[3.0, 3.0], [3.0, 20.0], [20.0, 3.0], [20.0, 20.0]])
+    img = render(truth, 50.0)
     mask = np.zeros(img.shape, bool)
-    mask[:64, :64] = True
+    mask[:128, :128] = True
     p = detect_puncta(img, 0.1, mask=mask)
-    assert len(p) == 1 and abs(p.y[0] * 0.1 - 3.0) < 0.05
-    stack = np.stack([scene([], seed=3), img, scene([], seed=4)])
-    p3 = detect_puncta(stack, 0.1, z_step_um=0.4)
-    assert {"z", "y", "x"} <= set(p3.columns)
-    m = match_points(p3[["y", "x"]].to_numpy() * 0.1, truth, 0.25)
-    assert m["tp"] == 2 and (p3.z.round() == 1).all() and len(p3) == 2
+    assert ((p[["y", "x"]] < 127.5).all(axis=1)).all()  # nothing outside the mask
+    assert match(p, truth).tp == 1 and match(detect_puncta(img, 0.1), truth).tp == 4
 
 
-def test_same_scene_at_two_samplings() -> None:
-    truth = np.random.default_rng(5).uniform(1, 11.8, (60, 2))
-    n01 = len(detect_puncta(scene(truth, px=0.1, amp=80), 0.1))
-    n005 = len(detect_puncta(scene(truth, px=0.05, amp=80), 0.05))
-    assert abs(n01 - n005) <= 0.1 * n01
+def test_3d_stack_with_anisotropic_sampling() -> None:
+    rng = np.random.default_rng(8)
+    dz, px, shape = 0.3, 0.1, (12, 96, 96)
+    truth = np.column_stack([rng.uniform(0.6, 2.7, 40), spread_points(40, rng, (9.6, 9.6), min_dist=0.8)])
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]] * np.array([dz, px, px])[:, None, None, None]
+    lam = np.full(shape, 20.0)
+    for z, y, x in truth:
+        lam += 50 * np.exp(-((zz - z) ** 2 / (2 * 0.3**2) + ((yy - y) ** 2 + (xx - x) ** 2) / (2 * 0.13**2)))
+    rng2 = np.random.default_rng(9)
+    stack = rng2.poisson(lam) * GAIN + OFFSET + rng2.normal(0, READ, shape)
+    p = detect_puncta(stack, px, z_step_um=dz)
+    assert list(p.columns[:3]) == ["z", "y", "x"] and p.attrs["n_z"] == 12
+    scale = np.array([dz, px, px])
+    m = match_points(p[["z", "y", "x"]].to_numpy() * scale, truth, 0.3)
+    assert m.recall >= 0.95 and m.fp <= 4
+    dz_err = np.abs(p["z"].to_numpy()[m.pairs[:, 0]] * dz - truth[m.pairs[:, 1], 0])
+    assert np.median(dz_err) < 0.05
+    # pure noise stack: few false puncta
+    noise = rng2.poisson(np.full(shape, 20.0)) * GAIN + OFFSET
+    assert len(detect_puncta(noise, px, z_step_um=dz)) <= 3
+    d = synapse_density(p, np.ones(shape[1:], bool), px, z_step_um=dz)
+    assert d["analysed_volume_um3"] == pytest.approx(9.6 * 9.6 * 12 * 0.3)
+    assert d["puncta_density_per_um3"] == pytest.approx(len(p) / d["analysed_volume_um3"])
 
 
-def test_density_counts_inside_mask() -> None:
-    import pandas as pd
+def test_noise_model_matches_the_camera() -> None:
+    img = render([], 0.0, background=gradient, seed=10)
+    sd, info = noise_sd_map(img, 0.1)
+    assert info["alpha"] == pytest.approx(GAIN, rel=0.1)  # variance per ADU of signal
+    assert info["zero_level"] == pytest.approx(OFFSET - READ**2 / GAIN, abs=4.0)
+    photons = gradient(*np.mgrid[:256, :256] * 0.1)
+    np.testing.assert_allclose(np.median(sd / np.sqrt(GAIN**2 * photons + READ**2)), 1.0, atol=0.05)
 
+
+# --------------------------------------------------------------------------- analysed area
+
+
+def _field_with_voids(seed: int, voids: bool):
+    """25.6 um field, vignetted, puncta at 40 per 100 um^2 outside a soma and a vessel."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256] * 0.1
+    void = np.zeros((256, 256), bool)
+    if voids:
+        void |= (yy - 9.0) ** 2 + (xx - 16.0) ** 2 < 5.5**2  # soma, 11 um across
+        void |= np.abs(xx - 0.5 * yy - 2.0) < 2.5  # vessel, 5 um wide
+    pts = rng.uniform(0, 25.6, (int(0.4 * 25.6**2), 2))
+    pts = pts[~void[tuple(np.clip((pts / 0.1).astype(int), 0, 255).T)]]
+    illum = 1.0 - 0.35 * ((yy - 12.8) ** 2 + (xx - 12.8) ** 2) / 12.8**2
+    from scipy import ndimage as ndi
+
+    neuropil = ndi.gaussian_filter(np.where(void, 5.0, 20.0), 5.0)
+    img = render(pts, rng.uniform(20, 50, len(pts)), background=lambda y, x: neuropil * illum, seed=seed)
+    return img, ~void
+
+
+def test_voids_are_excluded_from_the_analysed_area() -> None:
+    img, truth = _field_with_voids(11, voids=True)
+    mask = analysed_area_mask(img, 0.1)
+    assert mask.sum() / truth.sum() == pytest.approx(1.0, abs=0.03)
+    assert (mask != truth).mean() < 0.03
+    # the same field without voids (but the same vignetting) keeps its whole area
+    img, truth = _field_with_voids(12, voids=False)
+    assert analysed_area_mask(img, 0.1).mean() > 0.99
+
+
+def test_density_counts_puncta_inside_the_mask() -> None:
     mask = np.zeros((100, 100), bool)
     mask[:50] = True
-    p = pd.DataFrame({"y": [10.0, 20.0, 70.0], "x": [5.0, 5.0, 5.0]})
+    p = pd.DataFrame({"y": [10.0, 20.0, 70.0, 49.4], "x": [5.0, 5.0, 5.0, 5.0]})
     d = synapse_density(p, mask, 0.1)
-    assert d["n_puncta"] == 2 and d["analysed_area_um2"] == pytest.approx(50.0)
-    assert d["puncta_density_per_100um2"] == pytest.approx(4.0)
+    assert d["n_puncta"] == 3 and d["analysed_area_um2"] == pytest.approx(50.0)
+    assert d["puncta_density_per_100um2"] == pytest.approx(6.0)
+    empty = synapse_density(p.iloc[:0], mask, 0.1)
+    assert empty["n_puncta"] == 0 and empty["puncta_density_per_100um2"] == 0.0
+
+
+def test_match_points_is_one_to_one() -> None:
+    pred = np.array([[0.0, 0.0], [0.0, 0.2], [5.0, 5.0]])
+    true = np.array([[0.0, 0.1], [0.0, 0.3], [9.0, 9.0]])
+    pairs, precision, recall, f1 = match_points(pred, true, 0.25)
+    # greedy nearest matching would pair (1, 0) and leave 0 alone; Hungarian pairs both
+    assert sorted(map(tuple, pairs.tolist())) == [(0, 0), (1, 1)]
+    assert precision == recall == f1 == pytest.approx(2 / 3)
+    m = match_points(pred, true, 0.25)
+    assert m["tp"] == 2 and m.fp == 1 and m.fn == 1 and np.allclose(m.distances, 0.1)
+    assert match_points(np.empty((0, 2)), true, 1.0).recall == 0.0
+
+
+# --------------------------------------------------------------------------- simulated fields
 
 
 @pytest.fixture(scope="module")
-def simulated():
+def simulated() -> dict[str, np.ndarray]:
+    """Pooled F1, mean density bias and mean analysed-area bias over 8 fields per level."""
+    from analysis.phantoms import SNR_LEVELS, render_synapse_field
+
     out = {}
-    for level, snr in {"default": 8.0, "hard": 3.0}.items():
-        res = []
-        for s in range(4):
-            f = render_synapse_field(np.random.default_rng(100 + s), snr=snr)
+    for level in ("default", "hard"):
+        tp = fp = fn = 0
+        bias, area = [], []
+        for s in range(8):
+            f = render_synapse_field(np.random.default_rng([2024, s]), snr=SNR_LEVELS[level])
             p = detect_puncta(f.image, 0.1)
-            mask = analysed_area_mask(f.image, 0.1)
+            mask = analysed_area_mask(f.image, 0.1, puncta=p)
             d = synapse_density(p, mask, 0.1)
-            m = match_points(p[["y", "x"]].to_numpy(), f.puncta[["y", "x"]].to_numpy(), 2.5)
-            true_density = 100 * len(f.puncta) / f.analysed_area_um2
-            res.append((m["f1"], d["puncta_density_per_100um2"] / true_density - 1,
-                        d["analysed_area_um2"] / f.analysed_area_um2 - 1))
-        out[level] = np.mean(res, axis=0)
+            m = match(p, f.puncta[["y", "x"]].to_numpy() * 0.1)
+            tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+            bias.append(d["puncta_density_per_100um2"] / (100 * len(f.puncta) / f.analysed_area_um2) - 1)
+            area.append(d["analysed_area_um2"] / f.analysed_area_um2 - 1)
+        out[level] = np.array([2 * tp / (2 * tp + fp + fn), np.mean(bias), np.mean(area)])
     return out
 
 
-def test_accuracy_on_simulated_fields(simulated) -> None:
-    # Measured (benchmarks/validate_quantification.py): default F1 0.94, hard F1 0.76.
-    # The issue's targets are F1 >= 0.90 (default, met) and >= 0.80 (hard, NOT yet met).
+def test_accuracy_on_simulated_fields(simulated: dict[str, np.ndarray]) -> None:
+    # issue targets that are met (benchmarks/validate_puncta.py: F1 ~0.93-0.95 at default)
     assert simulated["default"][0] >= 0.90
-    assert simulated["hard"][0] >= 0.70
-    # count bias at default SNR: about -10 % (touching puncta merge); target +-5 % not yet met
-    assert -0.15 <= simulated["default"][1] <= 0.05
-    assert abs(simulated["default"][2]) <= 0.06  # analysed area (voids excluded), measured +5 %
+    assert abs(simulated["default"][2]) <= 0.05  # analysed area (voids excluded)
+    assert abs(simulated["hard"][2]) <= 0.05
+
+
+def test_issue_targets_hard_f1_and_count_bias(simulated: dict[str, np.ndarray]) -> None:
+    # benchmarks/validate_puncta.py over 3 x 30 fields: hard F1 0.814-0.818, default density
+    # bias +1.8 to +2.3 %
+    assert simulated["hard"][0] >= 0.80
+    assert abs(simulated["default"][1]) <= 0.05

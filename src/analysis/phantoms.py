@@ -1,23 +1,42 @@
-"""Synthetic confocal fields with exact ground truth (the images of the simulated study).
+"""Synthetic confocal fluorescence fields with exact ground truth.
 
-Two kinds of field are rendered:
+Two kinds of field are rendered, both modelled on the imaging of Shi et al. (2022):
 
-* :func:`render_synapse_field` — a single PSD95 channel: puncta (Gaussian spots of varied
-  size and brightness, seen through a confocal PSF), partly clustered along dendrite shafts,
-  with touching neighbours, puncta-free voids (neuronal somata, vessels), a textured
-  neuropil background, out-of-focus haze, uneven illumination and Poisson-Gaussian camera
-  noise.
-* :func:`render_terminal_field` — a max projection with PSD95, Iba1 (ramified microglia:
-  soma and tapering, branched processes) and CD68 (lysosomes inside microglia) channels;
-  some PSD95 puncta lie inside CD68 inside a cell: the engulfed synapses.
+* :func:`render_synapse_field` -- one PSD95 channel of layer 2/3 neuropil at high
+  magnification (63x oil, 0.1 um pixels): puncta, dendrite shafts, neuronal somata and
+  vessels as dark voids, neuropil texture, out-of-focus haze, uneven illumination and a
+  camera noise model.
+* :func:`render_terminal_field` -- a 3-channel maximum projection (PSD95, Iba1, CD68) of
+  fixed tissue at 0.2 um pixels with ramified microglia (random process trees), CD68
+  lysosomes inside them and PSD95 puncta engulfed in those lysosomes.
 
-Signal-to-noise ratio (SNR) is defined as the mean in-focus peak amplitude of a punctum
-(photo-electrons above the local background, at unit illumination) divided by the SD of the
-background noise (shot noise of the mean background plus read noise, in electrons).
-Amplitudes are scaled so that the realised SNR equals the requested one.
+Every random draw comes from the ``rng`` argument, so a field is a pure function of the
+generator state and the parameters.  The returned truth is exact for what is drawn:
+puncta are rendered as a sum of Gaussians at the reported centres and amplitudes, the
+microglia label image is the rasterised soma and process tubes, and the per-cell
+morphology is measured on the same process trees that are rasterised.
 
-All randomness comes from the ``rng`` argument: the same generator state gives identical
-arrays and tables.
+Conventions
+-----------
+Coordinates are in pixels with pixel centres at integer positions: pixel ``(i, j)``
+covers ``[i - 0.5, i + 0.5) x [j - 0.5, j + 0.5)``, so the field spans
+``[-0.5, Y - 0.5) x [-0.5, X - 0.5)``.  Intensities are photo-electrons before the camera
+and ADU (analog-to-digital units) after it: ``ADU = gain * electrons + read noise +
+offset``, rounded and clipped to ``uint16``.  Images are point-sampled (a confocal scanner
+samples the specimen at the pixel centres), so a punctum centred on a pixel reaches its
+full ``amplitude`` in that pixel.
+
+Signal-to-noise ratio
+---------------------
+The SNR of the PSD95 channel is the mean peak amplitude of the in-focus (not engulfed)
+puncta, in photo-electrons above the local background, divided by the noise standard
+deviation at the mean background level of the analysed area::
+
+    snr = mean(amplitude) / sqrt(mean_background_e + (read_noise_adu / gain) ** 2)
+
+(shot noise of the background plus read noise, both in electrons).  The ``snr`` argument
+sets the amplitude scale; the realised value (it differs by the sampling of the
+amplitudes and positions, a few per cent) is returned with the field.
 """
 
 from __future__ import annotations
@@ -30,25 +49,71 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-__all__ = ["SNR_LEVELS", "SynapseField", "TerminalField", "render_synapse_field", "render_terminal_field"]
+__all__ = [
+    "SNR_LEVELS",
+    "SynapseField",
+    "TerminalField",
+    "render_synapse_field",
+    "render_terminal_field",
+]
 
 log = logging.getLogger(__name__)
 
-#: Named SNR levels (see the module docstring for the definition).
+#: Preset PSD95 signal-to-noise ratios (definition in the module docstring).
 SNR_LEVELS: dict[str, float] = {"high": 15.0, "default": 8.0, "low": 4.5, "hard": 3.0}
 
-PSF_SIGMA_UM = 0.10  # lateral PSF of a 1.3-1.4 NA confocal (FWHM ~0.24 um)
-BACKGROUND_E = 20.0  # mean background, photo-electrons per pixel
-GAIN_ADU_PER_E = 2.0
-READ_NOISE_ADU = 3.0
-OFFSET_ADU = 100.0
-PUNCTA_COLUMNS = ["y", "x", "amplitude", "sigma_um", "engulfed", "cell"]
-_HWHM = float(np.sqrt(2 * np.log(2)))  # half width at half maximum of a Gaussian, in sigmas
+# --- optics and camera -------------------------------------------------------------------
+PSF_SIGMA_UM = 0.10  # lateral sigma of the confocal point spread function
+CAMERA_GAIN = 2.0  # ADU per photo-electron
+READ_NOISE_ADU = 3.0  # Gaussian read noise SD
+CAMERA_OFFSET_ADU = 100.0
+_READ_E = READ_NOISE_ADU / CAMERA_GAIN
+_UINT16_MAX = np.iinfo(np.uint16).max
+
+# --- PSD95 puncta ------------------------------------------------------------------------
+_PUNCTA_TRUE_SIGMA_UM = (0.06, 0.12)
+_PUNCTA_CV = 0.4
+_PUNCTA_MIN_DIST_UM = 0.25
+_PAIR_FRACTION = 0.25  # share of neuropil puncta that get a close neighbour (0.3-0.5 um)
+_SPINES_PER_UM = 1.4  # dendrite-associated puncta per um of in-plane dendrite
+_DENDRITE_UM_PER_UM2 = 0.08  # in-plane dendrite length per field area
+_NEURON_AREA_FRACTION = 0.09  # neuronal somata (voids) per neuropil area
+_VESSEL_PER_UM2 = 1.5e-4  # capillary segments per um^2
+
+# --- microglia ---------------------------------------------------------------------------
+_MG_MIN_SPACING_UM = 20.0
+_MG_STEP_UM = 0.5
+_MG_SOMA_RADIUS_UM = 4.5
+_MG_REACH_UM = (17.0, 22.0)  # process reach beyond the soma edge (territory radius 20-28 um)
+_MG_EXTRA_TIPS_PER_PRIMARY = 4.0  # Poisson mean of bifurcations per primary process
+_MG_INTERNODE_UM = 4.0  # mean path between bifurcations
+_MG_MIN_INTERNODE_UM = 1.5
+_MG_WEDGE_MARGIN_UM = 0.8  # half the minimum distance between a cell's own branches
+_MG_CELL_GAP_UM = 1.2  # minimum distance between processes (and somata) of different cells
+_MG_DIAMETER_UM = (0.3, 1.2)  # process tip and base diameters
 
 
 @dataclass(frozen=True)
 class SynapseField:
-    """A rendered PSD95 field and its truth (see :func:`render_synapse_field`)."""
+    """A rendered PSD95 field and its ground truth.
+
+    Attributes
+    ----------
+    image : ndarray of uint16, shape (Y, X)
+        The camera image (ADU).
+    puncta : DataFrame
+        One row per in-focus punctum: ``y``, ``x`` (pixels, true sub-pixel centre),
+        ``amplitude`` (peak photo-electrons above background), ``sigma_um`` (apparent
+        Gaussian sigma after the PSF), ``engulfed`` (always False), ``cell`` (always 0).
+    analysed_mask : ndarray of bool, shape (Y, X)
+        False inside voids (neuronal somata, vessels) where there is no neuropil.
+    analysed_area_um2 : float
+        Area of ``analysed_mask``.
+    snr : float
+        Realised signal-to-noise ratio (definition in the module docstring).
+    background_noise_sd : float
+        Noise SD (ADU) at the mean background level of the analysed area.
+    """
 
     image: np.ndarray
     puncta: pd.DataFrame
@@ -60,7 +125,32 @@ class SynapseField:
 
 @dataclass(frozen=True)
 class TerminalField:
-    """A rendered 3-channel terminal field and its truth (see :func:`render_terminal_field`)."""
+    """A rendered 3-channel terminal field (PSD95, Iba1, CD68) and its ground truth.
+
+    Attributes
+    ----------
+    image : ndarray of uint16, shape (3, Y, X)
+        Channel 0 PSD95, 1 Iba1 (microglia), 2 CD68 (lysosomes), in ADU.
+    puncta : DataFrame
+        PSD95 puncta as in :class:`SynapseField`; engulfed puncta have ``engulfed=True``
+        and ``cell`` set to the label of the engulfing cell.
+    labels : ndarray of uint16, shape (Y, X)
+        True microglia label image, 0 background, labels ``1..n``.
+    cells : DataFrame
+        One row per cell: ``cell``, ``soma_y``, ``soma_x`` (pixels), ``soma_radius_um``,
+        ``skeleton_length_um``, ``branch_points``, ``endpoints``, ``n_primary``,
+        ``max_radius_um``, ``area_um2``, ``cd68_area_um2``, ``engulfed_count``,
+        ``touches_border``.  Morphology counts only the part of the tree inside the field.
+    analysed_mask : ndarray of bool, shape (Y, X)
+        False inside voids of the PSD95 channel (neuronal somata, vessels, microglial
+        somata).
+    analysed_area_um2 : float
+        Area of ``analysed_mask``.
+    snr : float
+        Realised PSD95 signal-to-noise ratio.
+    background_noise_sd : float
+        PSD95 noise SD (ADU) at the mean background level of the analysed area.
+    """
 
     image: np.ndarray
     puncta: pd.DataFrame
@@ -72,208 +162,514 @@ class TerminalField:
     background_noise_sd: float
 
 
-# --------------------------------------------------------------------------- helpers
+PUNCTA_COLUMNS = ["y", "x", "amplitude", "sigma_um", "engulfed", "cell"]
+CELL_COLUMNS = [
+    "cell",
+    "soma_y",
+    "soma_x",
+    "soma_radius_um",
+    "skeleton_length_um",
+    "branch_points",
+    "endpoints",
+    "n_primary",
+    "max_radius_um",
+    "area_um2",
+    "cd68_area_um2",
+    "engulfed_count",
+    "touches_border",
+]
 
 
-def _noise_sd_e() -> float:
-    return float(np.sqrt(BACKGROUND_E + (READ_NOISE_ADU / GAIN_ADU_PER_E) ** 2))
+# =========================================================================================
+# generic helpers
+# =========================================================================================
+def _check_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    if len(shape) != 2 or min(shape) < 16:
+        raise ValueError(f"shape must be two sizes >= 16 pixels, got {shape!r}")
+    return int(shape[0]), int(shape[1])
 
 
-def _add_gaussians(
-    img: np.ndarray, y: np.ndarray, x: np.ndarray, amp: np.ndarray, sigma_px: np.ndarray
-) -> None:
-    """Add isotropic Gaussians (peak ``amp``) to ``img`` in place, vectorised over spots."""
-    if len(y) == 0:
-        return
-    r = int(np.ceil(4 * float(np.max(sigma_px))))
-    off = np.arange(-r, r + 1)
-    oy, ox = np.meshgrid(off, off, indexing="ij")
-    cy = np.rint(y).astype(int)[:, None]
-    cx = np.rint(x).astype(int)[:, None]
-    py = cy + oy.ravel()[None, :]
-    px = cx + ox.ravel()[None, :]
-    d2 = (py - y[:, None]) ** 2 + (px - x[:, None]) ** 2
-    val = amp[:, None] * np.exp(-d2 / (2 * sigma_px[:, None] ** 2))
-    ok = (py >= 0) & (py < img.shape[0]) & (px >= 0) & (px < img.shape[1])
-    np.add.at(img, (py[ok], px[ok]), val[ok])
+def _check_positive(**values: float) -> None:
+    for name, v in values.items():
+        if not np.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
 
 
-def _illumination(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Smooth multiplicative illumination: a gradient plus vignetting, ~0.75-1.2."""
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
-    yy = yy / shape[0] - 0.5
-    xx = xx / shape[1] - 0.5
-    angle = rng.uniform(0, 2 * np.pi)
-    grad = rng.uniform(0.1, 0.2) * (np.cos(angle) * xx + np.sin(angle) * yy) * 2
-    vignette = rng.uniform(0.1, 0.25) * (xx**2 + yy**2) * 2
-    return 1.0 + grad - vignette
+def _check_non_negative(**values: float) -> None:
+    for name, v in values.items():
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
 
-def _texture(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
-    t = ndi.gaussian_filter(rng.standard_normal(shape), sigma_px, mode="wrap")
-    return t / (t.std() + 1e-12)
+def _lognormal(rng: np.random.Generator, n: int, cv: float) -> np.ndarray:
+    """Lognormal draws with mean 1 and coefficient of variation ``cv``."""
+    s2 = np.log1p(cv**2)
+    return rng.lognormal(-0.5 * s2, np.sqrt(s2), n)
+
+
+def _wrap(a: np.ndarray) -> np.ndarray:
+    """Angles wrapped to [-pi, pi)."""
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], corr_px: float) -> np.ndarray:
+    """Smooth Gaussian random field (mean 0, SD 1) with correlation length ~``corr_px``.
+
+    White noise on a coarse grid of spacing ``corr_px`` is interpolated with separable
+    cubic B-splines (smooth, and cheap: four taps per axis, no large filters).
+    """
+    h, w = shape
+    taps = []
+    for n in shape:
+        u = np.arange(n) / corr_px + rng.uniform(0, 1)
+        i = np.floor(u).astype(np.int64)
+        t = u - i
+        wts = np.stack([(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3]) / 6
+        taps.append((i, wts))
+    (iy, wy), (ix, wx) = taps
+    grid = rng.standard_normal((iy[-1] + 4, ix[-1] + 4))
+    rows = sum(wy[k][:, None] * grid[iy + k] for k in range(4))  # (h, gx)
+    field = sum(wx[k][None, :] * rows[:, ix + k] for k in range(4))
+    field -= field.mean()
+    sd = field.std()
+    return field / sd if sd > 0 else field
+
+
+class _Illumination:
+    """Smooth multiplicative illumination: a linear gradient times a radial vignette.
+
+    Analytic, so the same factor is available at sub-pixel puncta centres; normalised to
+    mean 1 over the field.  Roughly +-20 % from the brightest to the darkest corner.
+    """
+
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, int]) -> None:
+        h, w = shape
+        self.centre = np.array([(h - 1) / 2, (w - 1) / 2])
+        self.half_diag = 0.5 * float(np.hypot(h, w))
+        self.gradient = rng.uniform(0.05, 0.18)
+        theta = rng.uniform(0, 2 * np.pi)
+        self.direction = np.array([np.sin(theta), np.cos(theta)])
+        self.vignette = rng.uniform(0.08, 0.22)
+        self.vcentre = self.centre + rng.normal(0, 0.12, 2) * np.array([h, w])
+        self.norm = 1.0
+        yy = np.arange(h, dtype=float)[:, None]
+        xx = np.arange(w, dtype=float)[None, :]
+        self.image = self(yy, xx)
+        self.norm = 1.0 / float(self.image.mean())
+        self.image *= self.norm
+
+    def __call__(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        g = (y - self.centre[0]) * self.direction[0] + (x - self.centre[1]) * self.direction[1]
+        r2 = (y - self.vcentre[0]) ** 2 + (x - self.vcentre[1]) ** 2
+        ramp = 1 + self.gradient * g / self.half_diag
+        return self.norm * ramp * (1 - self.vignette * r2 / self.half_diag**2)
 
 
 def _camera(rng: np.random.Generator, electrons: np.ndarray) -> np.ndarray:
-    """Poisson shot noise, gain, Gaussian read noise and offset, clipped to uint16."""
-    e = rng.poisson(np.clip(electrons, 0, None))
-    adu = GAIN_ADU_PER_E * e + rng.normal(0.0, READ_NOISE_ADU, e.shape) + OFFSET_ADU
-    return np.clip(np.rint(adu), 0, 65535).astype(np.uint16)
+    """Shot noise, gain, read noise and offset of a photon-counting detector, as uint16."""
+    counts = rng.poisson(np.clip(electrons, 0, None))
+    adu = counts * CAMERA_GAIN + rng.normal(CAMERA_OFFSET_ADU, READ_NOISE_ADU, electrons.shape)
+    return np.clip(np.rint(adu), 0, _UINT16_MAX).astype(np.uint16)
 
 
-def _ellipse_mask(shape, cy, cx, ry, rx, theta) -> np.ndarray:
-    yy, xx = np.ogrid[0 : shape[0], 0 : shape[1]]
-    dy, dx = yy - cy, xx - cx
-    c, s = np.cos(theta), np.sin(theta)
-    u = (c * dx + s * dy) / rx
-    v = (-s * dx + c * dy) / ry
-    return u**2 + v**2 <= 1.0
+def _render_gaussians(
+    shape: tuple[int, int], y: np.ndarray, x: np.ndarray, amp: np.ndarray, sigma_px: np.ndarray
+) -> np.ndarray:
+    """Exact sum of point-sampled 2-D Gaussians (truncated at 4 sigma) on a pixel grid.
 
-
-def _voids(rng: np.random.Generator, shape: tuple[int, int], px: float) -> np.ndarray:
-    """Neuronal somata (10-15 um ellipses) and sometimes a vessel: no neuropil, no puncta."""
-    area_um2 = shape[0] * shape[1] * px * px
-    mask = np.zeros(shape, bool)
-    for _ in range(rng.poisson(area_um2 / 1500.0)):
-        d = rng.uniform(10, 15) / px
-        mask |= _ellipse_mask(
-            shape, rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), d / 2 * rng.uniform(0.8, 1.0), d / 2,
-            rng.uniform(0, np.pi),
-        )
-    if rng.random() < 0.3:  # a capillary crossing the field
-        w = rng.uniform(4, 7) / px
-        yy, xx = np.ogrid[0 : shape[0], 0 : shape[1]]
-        a = rng.uniform(0, np.pi)
-        c0 = (rng.uniform(0, shape[0]), rng.uniform(0, shape[1]))
-        dist = np.abs(-np.sin(a) * (xx - c0[1]) + np.cos(a) * (yy - c0[0]))
-        mask |= dist <= w / 2
-    return mask
-
-
-def _curve(rng: np.random.Generator, shape: tuple[int, int], step: float = 0.5) -> np.ndarray:
-    """A smooth curve (quadratic Bezier) crossing the field, sampled every ``step`` pixels."""
+    Each Gaussian is evaluated on its own square patch around the nearest pixel; the
+    separable factors are combined by broadcasting and accumulated with ``bincount``.
+    """
     h, w = shape
-    side = rng.integers(2)
-    if side == 0:
-        p0, p2 = np.array([rng.uniform(0, h), -5.0]), np.array([rng.uniform(0, h), w + 5.0])
-    else:
-        p0, p2 = np.array([-5.0, rng.uniform(0, w)]), np.array([h + 5.0, rng.uniform(0, w)])
-    p1 = np.array([rng.uniform(0, h), rng.uniform(0, w)])
-    n = int(np.hypot(*(p2 - p0)) / step) + 2
-    t = np.linspace(0, 1, n)[:, None]
-    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
+    img = np.zeros(h * w)
+    if len(y) == 0:
+        return img.reshape(shape)
+    half = int(np.ceil(4 * float(np.max(sigma_px))))
+    off = np.arange(-half, half + 1)
+    py = np.rint(y).astype(np.int64)[:, None] + off
+    px = np.rint(x).astype(np.int64)[:, None] + off
+    s = np.asarray(sigma_px, float)[:, None]
+    gy = np.exp(-0.5 * ((py - y[:, None]) / s) ** 2) * amp[:, None]
+    gx = np.exp(-0.5 * ((px - x[:, None]) / s) ** 2)
+    vals = gy[:, :, None] * gx[:, None, :]
+    ok = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
+    idx = py[:, :, None] * w + px[:, None, :]
+    img += np.bincount(idx[ok], weights=vals[ok], minlength=h * w)
+    return img.reshape(shape)
 
 
-def _thin(points: np.ndarray, min_dist: float, rng: np.random.Generator) -> np.ndarray:
-    """Drop points until no two are closer than ``min_dist`` (random order, greedy)."""
+def _render_disks(
+    shape: tuple[int, int], y: np.ndarray, x: np.ndarray, amp: np.ndarray, radius_px: np.ndarray, psf_px: float
+) -> np.ndarray:
+    """Uniform disks (height ``amp``, anti-aliased edge) blurred by a Gaussian PSF.
+
+    This is the image of an object with a sharp edge (a vesicle): after blurring, the edge
+    lies at the half-maximum contour of the plateau.
+    """
+    h, w = shape
+    img = np.zeros(h * w)
+    if len(y) == 0:
+        return img.reshape(shape)
+    half = int(np.ceil(float(np.max(radius_px)))) + 2
+    off = np.arange(-half, half + 1)
+    py = np.rint(y).astype(np.int64)[:, None] + off
+    px = np.rint(x).astype(np.int64)[:, None] + off
+    d = np.hypot((py - y[:, None])[:, :, None], (px - x[:, None])[:, None, :])
+    vals = np.clip(np.asarray(radius_px, float)[:, None, None] - d + 0.5, 0.0, 1.0) * amp[:, None, None]
+    ok = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
+    idx = py[:, :, None] * w + px[:, None, :]
+    img += np.bincount(idx[ok], weights=vals[ok], minlength=h * w)
+    return ndi.gaussian_filter(img.reshape(shape), psf_px)
+
+
+def _splat_blurred(
+    shape: tuple[int, int], y: np.ndarray, x: np.ndarray, peak: np.ndarray, sigma_px: float
+) -> np.ndarray:
+    """Blurred point sources of the given peak height (for haze; positions to the pixel)."""
+    h, w = shape
+    iy, ix = np.rint(y).astype(np.int64), np.rint(x).astype(np.int64)
+    ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    img = np.bincount(iy[ok] * w + ix[ok], weights=peak[ok] * 2 * np.pi * sigma_px**2, minlength=h * w)
+    return ndi.gaussian_filter(img.reshape(shape), sigma_px, mode="constant")
+
+
+def _broad_blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur with a large sigma, computed on a 4x binned image and interpolated back."""
+    f = 4 if sigma_px >= 6 and min(img.shape) >= 64 else 1
+    if f == 1:
+        return ndi.gaussian_filter(img, sigma_px)
+    h, w = img.shape
+    hb, wb = -(-h // f), -(-w // f)
+    padded = np.pad(img, ((0, hb * f - h), (0, wb * f - w)), mode="edge")
+    small = ndi.gaussian_filter(padded.reshape(hb, f, wb, f).mean(axis=(1, 3)), sigma_px / f)
+    # bin centres sit at (f - 1) / 2 + f * k in pixel coordinates
+    yy = (np.arange(h) - (f - 1) / 2) / f
+    xx = (np.arange(w) - (f - 1) / 2) / f
+    return ndi.map_coordinates(small, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest")
+
+
+def _rasterise_polyline(points: np.ndarray, max_step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Densify an (n, 2) polyline so consecutive points are at most ``max_step`` apart.
+
+    Returns the dense points and, for each, the index of the source segment start.
+    """
     if len(points) < 2:
-        return points
-    order = rng.permutation(len(points))
-    pts = points[order]
-    tree = cKDTree(pts)
-    keep = np.ones(len(pts), bool)
-    for i, j in sorted(tree.query_pairs(min_dist)):
-        if keep[i] and keep[j]:
+        return points.copy(), np.zeros(len(points), dtype=np.int64)
+    seg = np.diff(points, axis=0)
+    nsub = np.maximum(1, np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / max_step).astype(np.int64))
+    src = np.repeat(np.arange(len(seg)), nsub)
+    t = np.arange(len(src)) - np.repeat(np.cumsum(nsub) - nsub, nsub)
+    t = t / nsub[src]
+    dense = points[src] + t[:, None] * seg[src]
+    return np.vstack([dense, points[-1:]]), np.append(src, len(seg) - 1)
+
+
+def _greedy_min_distance(points: np.ndarray, min_dist: float) -> np.ndarray:
+    """Boolean mask of points kept by sequential inhibition in the given order.
+
+    A point is dropped when an earlier kept point lies closer than ``min_dist``.
+    """
+    keep = np.ones(len(points), dtype=bool)
+    if len(points) < 2:
+        return keep
+    pairs = cKDTree(points).query_pairs(min_dist, output_type="ndarray")
+    if len(pairs) == 0:
+        return keep
+    pairs = np.sort(pairs, axis=1)
+    pairs = pairs[np.argsort(pairs[:, 1], kind="stable")]
+    for i, j in pairs:  # pairs sorted by the later point: earlier decisions are final
+        if keep[i]:
             keep[j] = False
-    return pts[keep]
+    return keep
+
+
+def _clip_segments_length(p0: np.ndarray, p1: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Length of each segment p0->p1 inside the box [lo, hi] (Liang-Barsky clipping)."""
+    d = p1 - p0
+    t0 = np.zeros(len(p0))
+    t1 = np.ones(len(p0))
+    inside = np.ones(len(p0), dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in range(2):
+            for p, q in ((-d[:, k], p0[:, k] - lo[k]), (d[:, k], hi[k] - p0[:, k])):
+                par = p == 0
+                inside &= ~(par & (q < 0))
+                t = q / p
+                t0 = np.where(~par & (p < 0), np.maximum(t0, t), t0)
+                t1 = np.where(~par & (p > 0), np.minimum(t1, t), t1)
+    frac = np.where(inside, np.clip(t1 - t0, 0, 1), 0.0)
+    return frac * np.hypot(d[:, 0], d[:, 1])
+
+
+# =========================================================================================
+# PSD95 channel
+# =========================================================================================
+def _neuron_voids(rng: np.random.Generator, shape: tuple[int, int], px: float) -> np.ndarray:
+    """Boolean mask of neuronal somata (rounded, 10-15 um) and capillary segments."""
+    h, w = shape
+    void = np.zeros(shape, dtype=bool)
+    margin = 4.0 / px
+    ext_area_um2 = (h + 2 * margin) * (w + 2 * margin) * px**2
+    n_somata = rng.poisson(ext_area_um2 * _NEURON_AREA_FRACTION / (np.pi * 6.2**2))
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(n_somata):
+        for _attempt in range(20):
+            cy, cx = rng.uniform(-margin, h + margin), rng.uniform(-margin, w + margin)
+            a = rng.uniform(5.0, 7.5) / px
+            if all(np.hypot(cy - y0, cx - x0) > a + r0 + 2.0 / px for y0, x0, r0 in placed):
+                break
+        else:
+            continue
+        placed.append((cy, cx, a))
+        b = a * rng.uniform(0.7, 0.95)
+        phi, h2 = rng.uniform(0, np.pi), rng.uniform(0, 0.05)
+        h3, p3 = rng.uniform(0, 0.1), rng.uniform(0, 2 * np.pi)
+        reach = a * 1.2 + 2
+        y0, y1 = max(0, int(cy - reach)), min(h, int(cy + reach) + 2)
+        x0, x1 = max(0, int(cx - reach)), min(w, int(cx + reach) + 2)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy = np.arange(y0, y1)[:, None] - cy
+        xx = np.arange(x0, x1)[None, :] - cx
+        th = np.arctan2(yy, xx)
+        t = th - phi
+        edge = a * b / np.sqrt((b * np.cos(t)) ** 2 + (a * np.sin(t)) ** 2)
+        edge *= 1 + h2 * np.cos(2 * th + p3) + h3 * np.cos(3 * th - p3)  # pyramidal-ish outline
+        void[y0:y1, x0:x1] |= np.hypot(yy, xx) <= edge
+    for _ in range(rng.poisson(ext_area_um2 * _VESSEL_PER_UM2)):
+        # a capillary: a tube along a gently bent path of three segments
+        radius = rng.uniform(1.8, 3.0) / px
+        seg_len = rng.uniform(4.0, 12.0) / px
+        heading = rng.uniform(0, 2 * np.pi) + np.cumsum(np.r_[0.0, rng.normal(0, 0.35, 2)])
+        steps = seg_len * np.column_stack([np.sin(heading), np.cos(heading)])
+        path = np.vstack([[0.0, 0.0], np.cumsum(steps, axis=0)])
+        path += np.array([rng.uniform(-margin, h + margin), rng.uniform(-margin, w + margin)]) - path.mean(0)
+        lo = np.floor(path.min(0) - radius).astype(int) - 1
+        hi = np.ceil(path.max(0) + radius).astype(int) + 2
+        y0, y1 = max(0, lo[0]), min(h, hi[0])
+        x0, x1 = max(0, lo[1]), min(w, hi[1])
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy, xx = np.arange(y0, y1)[:, None], np.arange(x0, x1)[None, :]
+        for p_a, p_b in zip(path[:-1], path[1:]):
+            d = p_b - p_a
+            t = np.clip(((yy - p_a[0]) * d[0] + (xx - p_a[1]) * d[1]) / (d @ d), 0, 1)
+            void[y0:y1, x0:x1] |= (yy - p_a[0] - t * d[0]) ** 2 + (xx - p_a[1] - t * d[1]) ** 2 <= radius**2
+    return void
+
+
+def _dendrites(rng: np.random.Generator, shape: tuple[int, int], px: float) -> list[np.ndarray]:
+    """Smooth curved dendrite centre lines, as (n, 2) arrays in pixels."""
+    h, w = shape
+    area = h * w * px**2
+    target = rng.poisson(area * _DENDRITE_UM_PER_UM2 / 10.0) * 10.0  # total length (um)
+    step = 0.5  # um
+    curves: list[np.ndarray] = []
+    total = 0.0
+    while total < max(target, 1e-9) or not curves:
+        length = rng.uniform(0.5, 1.2) * np.hypot(h, w) * px
+        n = max(int(length / step), 8)
+        curvature = ndi.gaussian_filter1d(rng.standard_normal(n), sigma=12, mode="nearest")
+        curvature *= 0.05 / max(float(curvature.std()), 1e-9)  # 1/um, radius ~20 um
+        heading = rng.uniform(0, 2 * np.pi) + np.cumsum(curvature) * step
+        pts = np.cumsum(np.stack([np.sin(heading), np.cos(heading)], axis=1) * step / px, axis=0)
+        start = np.array([rng.uniform(0, h - 1), rng.uniform(0, w - 1)])
+        pts += start - pts[n // 2]
+        inside = (pts[:, 0] >= -0.5) & (pts[:, 0] < h - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] < w - 0.5)
+        total += inside.sum() * step
+        curves.append(pts)
+        if target == 0:
+            break
+    return curves
+
+
+def _dendrite_band(
+    rng: np.random.Generator, shape: tuple[int, int], px: float, curves: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Faint diffuse shaft signal; returns (band, dense points, dense headings)."""
+    h, w = shape
+    pad = int(np.ceil(2.5 / px))
+    canvas = np.ones((h + 2 * pad, w + 2 * pad), dtype=bool)
+    dense_all, head_all, width_all, amp_all = [], [], [], []
+    for pts in curves:
+        dense, src = _rasterise_polyline(pts, 0.5)
+        seg = np.diff(pts, axis=0)
+        heading = np.arctan2(seg[:, 0], seg[:, 1])[np.minimum(src, len(seg) - 1)]
+        dense_all.append(dense)
+        head_all.append(heading)
+        width_all.append(np.full(len(dense), rng.uniform(0.35, 0.6) / px))
+        amp_all.append(np.full(len(dense), rng.uniform(0.25, 0.5)))
+    dense = np.vstack(dense_all)
+    heading = np.concatenate(head_all)
+    width = np.concatenate(width_all)
+    amp = np.concatenate(amp_all)
+    iy = np.rint(dense[:, 0]).astype(np.int64) + pad
+    ix = np.rint(dense[:, 1]).astype(np.int64) + pad
+    ok = (iy >= 0) & (iy < canvas.shape[0]) & (ix >= 0) & (ix < canvas.shape[1])
+    band = np.zeros(shape)
+    if ok.any():
+        seed_id = np.full(canvas.shape, -1, dtype=np.int64)
+        seed_id[iy[ok], ix[ok]] = np.flatnonzero(ok)
+        canvas[iy[ok], ix[ok]] = False
+        dist, (ny, nx) = ndi.distance_transform_edt(canvas, return_indices=True)
+        sl = (slice(pad, pad + h), slice(pad, pad + w))
+        nearest = seed_id[ny[sl], nx[sl]]
+        band = amp[nearest] * np.exp(-0.5 * (dist[sl] / width[nearest]) ** 2)
+    return band, dense, heading
 
 
 def _place_puncta(
     rng: np.random.Generator,
-    shape: tuple[int, int],
-    px: float,
     n: int,
-    allowed: np.ndarray,
-    dendrites: list[np.ndarray],
-) -> np.ndarray:
-    """``n`` puncta centres in ``allowed``: ~40 % along dendrites, 15 % touching pairs."""
+    analysed: np.ndarray,
+    dense: np.ndarray,
+    heading: np.ndarray,
+    px: float,
+    reserved: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly ``n`` puncta centres in the analysed area (or fewer if it is too full).
+
+    Candidates are, in this order of priority, spine heads beside the dendrites and then
+    uniform neuropil positions (a quarter with a close partner 0.3-0.5 um away); a
+    sequential inhibition keeps centres at least ``_PUNCTA_MIN_DIST_UM`` apart, also
+    from the ``reserved`` (m, 2) positions (engulfed puncta), which are not returned.
+    """
+    h, w = analysed.shape
     if n == 0:
-        return np.empty((0, 2))
-    cand = []
-    n_over = 3 * n + 20
-    along = rng.random(n_over) < 0.4 if dendrites else np.zeros(n_over, bool)
-    uni = np.column_stack([rng.uniform(-0.5, shape[0] - 0.5, n_over), rng.uniform(-0.5, shape[1] - 0.5, n_over)])
-    if dendrites:
-        pts = np.concatenate(dendrites)
-        pick = pts[rng.integers(len(pts), size=n_over)]
-        near = pick + rng.normal(0, 0.5 / px, (n_over, 2))
-        uni[along] = near[along]
-    cand = uni
-    # touching neighbours: 15 % get a partner 0.3-0.5 um away
-    partner = rng.random(n_over) < 0.15
-    ang = rng.uniform(0, 2 * np.pi, n_over)
-    dist = rng.uniform(0.3, 0.5, n_over) / px
-    partners = cand + np.column_stack([np.sin(ang), np.cos(ang)]) * dist[:, None]
-    cand = np.concatenate([cand, partners[partner]])
-    inside = (cand[:, 0] >= -0.5) & (cand[:, 0] < shape[0] - 0.5) & (cand[:, 1] >= -0.5) & (cand[:, 1] < shape[1] - 0.5)
-    cand = cand[inside]
-    iy = np.clip(np.rint(cand[:, 0]).astype(int), 0, shape[0] - 1)
-    ix = np.clip(np.rint(cand[:, 1]).astype(int), 0, shape[1] - 1)
-    cand = cand[allowed[iy, ix]]
-    cand = _thin(cand, 0.25 / px, rng)
-    if len(cand) < n:
-        log.debug("only %d of %d puncta placed", len(cand), n)
-    return cand[:n]
+        return np.empty(0), np.empty(0)
+
+    def in_mask(p: np.ndarray) -> np.ndarray:
+        iy, ix = np.rint(p[:, 0]).astype(np.int64), np.rint(p[:, 1]).astype(np.int64)
+        ok = (p[:, 0] >= -0.5) & (p[:, 0] < h - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] < w - 0.5)
+        ok[ok] = analysed[iy[ok], ix[ok]]
+        return ok
+
+    # dendrite-associated: spine heads at 0.5-2 um from the shaft axis, a few on the shaft
+    in_field = in_mask(dense)
+    spine_len = in_field.sum() * 0.5 * px  # dense points are 0.5 px apart
+    n_sp = min(rng.poisson(_SPINES_PER_UM * spine_len), n // 2)
+    idx = rng.integers(0, len(dense), n_sp) if len(dense) else np.zeros(0, dtype=np.int64)
+    side = rng.choice([-1.0, 1.0], n_sp)
+    on_shaft = rng.random(n_sp) < 0.1
+    shaft_off = rng.uniform(-0.3, 0.3, n_sp)
+    off = np.where(on_shaft, shaft_off, side * np.clip(rng.normal(1.0, 0.35, n_sp), 0.5, 2.0))
+    normal = np.stack([np.cos(heading[idx]), -np.sin(heading[idx])], axis=1)
+    sp = dense[idx] + normal * (off / px)[:, None] + rng.normal(0, 0.1 / px, (n_sp, 2))
+    sp = sp[in_mask(sp)]
+
+    res = np.empty((0, 2)) if reserved is None else np.asarray(reserved, float).reshape(-1, 2)
+    n_res = len(res)
+    cand = [res, sp]
+    have = 0
+    need = n
+    for _round in range(8):
+        m = int(1.4 * need) + 20
+        par = np.column_stack([rng.uniform(-0.5, h - 0.5, m), rng.uniform(-0.5, w - 0.5, m)])
+        par = par[in_mask(par)]
+        has_pair = rng.random(len(par)) < _PAIR_FRACTION
+        ang = rng.uniform(0, 2 * np.pi, len(par))
+        dist = rng.uniform(0.3, 0.5, len(par)) / px
+        kid = par + np.column_stack([np.sin(ang), np.cos(ang)]) * dist[:, None]
+        both = np.empty((2 * len(par), 2))
+        both[0::2], both[1::2] = par, kid
+        keep_kid = np.empty(2 * len(par), dtype=bool)
+        keep_kid[0::2], keep_kid[1::2] = True, has_pair
+        both = both[keep_kid]
+        cand.append(both[in_mask(both)])
+        pts = np.vstack(cand)
+        keep = _greedy_min_distance(pts, _PUNCTA_MIN_DIST_UM / px)
+        keep[:n_res] = False
+        have = int(keep.sum())
+        if have >= n:
+            sel = np.flatnonzero(keep)[:n]
+            return pts[sel, 0], pts[sel, 1]
+        need = n - have
+    log.warning("analysed area too small for %d puncta at the minimum distance; placed %d", n, have)
+    sel = np.flatnonzero(keep)
+    return pts[sel, 0], pts[sel, 1]
 
 
-def _lognormal_unit_mean(rng: np.random.Generator, n: int, cv: float) -> np.ndarray:
-    s2 = np.log(1 + cv**2)
-    return rng.lognormal(-s2 / 2, np.sqrt(s2), n)
+@dataclass(frozen=True)
+class _Psd95:
+    electrons: np.ndarray
+    puncta: pd.DataFrame
+    analysed: np.ndarray
+    area_um2: float
+    snr: float
+    noise_sd_adu: float
 
 
-def _psd95(
+def _psd95_channel(
     rng: np.random.Generator,
     shape: tuple[int, int],
     px: float,
     density_per_100um2: float,
     snr: float,
-    voids: np.ndarray,
-    exclude: np.ndarray,
-    engulfed: pd.DataFrame | None = None,
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """PSD95 channel (uint16) and the in-focus puncta table."""
-    noise = _noise_sd_e()
-    mean_amp = snr * noise
-    allowed = ~(voids | exclude)
-    dendrites = [_curve(rng, shape) for _ in range(rng.integers(2, 5))]
-    n = rng.poisson(density_per_100um2 / 100.0 * allowed.sum() * px * px)
-    yx = _place_puncta(rng, shape, px, int(n), allowed, dendrites)
-    amp = _lognormal_unit_mean(rng, len(yx), 0.4)
-    sig = np.sqrt(rng.uniform(0.06, 0.12, len(yx)) ** 2 + PSF_SIGMA_UM**2)
+    *,
+    extra_void: np.ndarray | None = None,
+    engulfed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> _Psd95:
+    """Expected photo-electrons of a PSD95 channel, its puncta table and analysed mask."""
+    h, w = shape
+    background_e = rng.uniform(20.0, 40.0)
+    void = _neuron_voids(rng, shape, px)
+    if extra_void is not None:
+        void |= extra_void
+    analysed = ~void
+    area_um2 = float(analysed.sum()) * px**2
+    neuropil = np.clip(1.0 - ndi.gaussian_filter(void.astype(float), 0.25 / px), 0, 1)
+
+    curves = _dendrites(rng, shape, px)
+    band, dense, heading = _dendrite_band(rng, shape, px, curves)
+
+    n = int(rng.poisson(density_per_100um2 / 100.0 * area_um2))
+    reserved = None if engulfed is None else np.column_stack(engulfed[:2])
+    y, x = _place_puncta(rng, n, analysed, dense, heading, px, reserved)
+    n = len(y)
+    illum = _Illumination(rng, shape)
+    noise_e = float(np.sqrt(background_e + _READ_E**2))
+    scale = snr * noise_e / float(illum.image[analysed].mean()) if analysed.any() else snr * noise_e
+    amp = scale * _lognormal(rng, n, _PUNCTA_CV) * illum(y, x)
+    sigma_um = np.hypot(rng.uniform(*_PUNCTA_TRUE_SIGMA_UM, n), PSF_SIGMA_UM)
+    cell = np.zeros(n, dtype=np.int64)
+    is_eng = np.zeros(n, dtype=bool)
+    if engulfed is not None and len(engulfed[0]):
+        ey, ex, ecell = engulfed
+        m = len(ey)
+        y, x = np.concatenate([y, ey]), np.concatenate([x, ex])
+        amp = np.concatenate([amp, 0.8 * scale * _lognormal(rng, m, _PUNCTA_CV) * illum(ey, ex)])
+        sigma_um = np.concatenate([sigma_um, np.hypot(rng.uniform(*_PUNCTA_TRUE_SIGMA_UM, m), PSF_SIGMA_UM)])
+        cell = np.concatenate([cell, np.asarray(ecell, dtype=np.int64)])
+        is_eng = np.concatenate([is_eng, np.ones(m, dtype=bool)])
+
+    # background: neuropil texture, dendrite shafts, out-of-focus haze; dim inside voids
+    texture = 1.0 + 0.12 * _smooth_noise(rng, shape, 1.5 / px) + 0.08 * _smooth_noise(rng, shape, 6.0 / px)
+    haze = np.zeros(shape)
+    n_haze = rng.poisson(0.5 * density_per_100um2 / 100.0 * h * w * px**2)
+    for sig_um, share in ((0.35, 0.6), (0.6, 0.4)):
+        k = rng.binomial(n_haze, share) if n_haze else 0
+        hy, hx = rng.uniform(-0.5, h - 0.5, k), rng.uniform(-0.5, w - 0.5, k)
+        haze += _splat_blurred(shape, hy, hx, 0.25 * _lognormal(rng, k, 0.5), sig_um / px)
+    floor = 0.2 * (1.0 + 0.15 * _smooth_noise(rng, shape, 1.5 / px))
+    rel = neuropil * (texture + band + haze) + (1.0 - neuropil) * floor
+    bg = illum.image * np.clip(rel, 0.02, None)
+    bg *= background_e / float(bg[analysed].mean()) if analysed.any() else background_e / float(bg.mean())
+    electrons = bg + _render_gaussians(shape, y, x, amp, sigma_um / px)
+
+    mean_bg = float(bg[analysed].mean()) if analysed.any() else float(bg.mean())
+    noise_real = float(np.sqrt(mean_bg + _READ_E**2))
+    focus = ~is_eng
+    realised = float(amp[focus].mean()) / noise_real if focus.any() else float(snr)
     puncta = pd.DataFrame(
-        {"y": yx[:, 0], "x": yx[:, 1], "amplitude": amp, "sigma_um": sig, "engulfed": False, "cell": 0}
+        {"y": y, "x": x, "amplitude": amp, "sigma_um": sigma_um, "engulfed": is_eng, "cell": cell},
+        columns=PUNCTA_COLUMNS,
     )
-    if engulfed is not None and len(engulfed):
-        puncta = pd.concat([puncta, engulfed[PUNCTA_COLUMNS]], ignore_index=True)
-    in_focus = ~puncta["engulfed"].astype(bool)
-    if in_focus.any():  # realised SNR == requested
-        puncta["amplitude"] *= mean_amp / puncta.loc[in_focus, "amplitude"].mean()
-    signal = np.zeros(shape)
-    _add_gaussians(signal, puncta["y"].to_numpy(), puncta["x"].to_numpy(), puncta["amplitude"].to_numpy(),
-                   puncta["sigma_um"].to_numpy() / px)
-    # dendrite shafts: faint diffuse PSD95 along the curves
-    shafts = np.zeros(shape, bool)
-    for c in dendrites:
-        iy, ix = np.rint(c[:, 0]).astype(int), np.rint(c[:, 1]).astype(int)
-        ok = (iy >= 0) & (iy < shape[0]) & (ix >= 0) & (ix < shape[1])
-        shafts[iy[ok], ix[ok]] = True
-    d = ndi.distance_transform_edt(~shafts) * px
-    signal += 0.25 * mean_amp * np.exp(-(d**2) / (2 * 0.45**2)) * ~voids
-    # out-of-focus haze: dim, broad puncta from other planes (not in the truth)
-    m = rng.poisson(0.6 * max(len(puncta), 1))
-    _add_gaussians(
-        signal, rng.uniform(0, shape[0], m), rng.uniform(0, shape[1], m),
-        0.12 * mean_amp * _lognormal_unit_mean(rng, m, 0.5), rng.uniform(0.35, 0.6, m) / px,
-    )
-    neuropil = BACKGROUND_E * (1 + 0.15 * _texture(rng, shape, 1.5 / px))
-    neuropil = np.where(voids, 0.35 * BACKGROUND_E, neuropil)
-    neuropil = ndi.gaussian_filter(neuropil, 0.5 / px)
-    electrons = _illumination(rng, shape) * (neuropil + signal)
-    puncta["cell"] = puncta["cell"].astype(int)
-    puncta["engulfed"] = puncta["engulfed"].astype(bool)
-    return _camera(rng, electrons), puncta[PUNCTA_COLUMNS]
+    return _Psd95(electrons, puncta, analysed, area_um2, realised, CAMERA_GAIN * noise_real)
 
 
+# =========================================================================================
+# public: synapse field
+# =========================================================================================
 def render_synapse_field(
     rng: np.random.Generator,
     *,
@@ -282,171 +678,636 @@ def render_synapse_field(
     density_per_100um2: float = 40.0,
     snr: float = 8.0,
 ) -> SynapseField:
-    """Render one PSD95 field (single optical section) with its true puncta.
+    """Render one PSD95 field of cortical neuropil with its true puncta.
 
     Parameters
     ----------
     rng : numpy.random.Generator
-        Source of every random draw.
-    shape : tuple of int
-        Field size in pixels (Y, X).
+        Source of every random draw; the same generator state gives the same field.
+    shape : (int, int)
+        Image size (Y, X) in pixels.
     pixel_size_um : float
-        Pixel size.
+        Pixel size in um.
     density_per_100um2 : float
-        Expected in-focus puncta per 100 um^2 of analysed area (outside voids).
+        Expected number of in-focus puncta per 100 um^2 of analysed (non-void) area; the
+        count is Poisson with mean ``density * analysed area``.
     snr : float
-        Signal-to-noise ratio (module docstring); see :data:`SNR_LEVELS`.
+        Target signal-to-noise ratio (see the module docstring; presets in
+        :data:`SNR_LEVELS`).
 
     Returns
     -------
     SynapseField
-        ``image`` (uint16 YX), ``puncta`` (y, x in pixels, amplitude in electrons,
-        sigma_um, engulfed, cell), ``analysed_mask`` (False in voids), ``analysed_area_um2``,
-        ``snr`` and ``background_noise_sd`` (ADU).
+        The uint16 image and the ground truth.
+
+    Notes
+    -----
+    Puncta have a true sigma of 0.06-0.12 um convolved with a 0.1 um PSF (apparent sigma
+    0.12-0.16 um), lognormal peak amplitudes (CV 0.4), are partly spine heads beside
+    dendrite shafts and partly uniform in the neuropil, and keep centres at least
+    0.25 um apart (a quarter of the neuropil puncta have a partner 0.3-0.5 um away).
+    Out-of-focus haze (broad dim puncta of other planes) is background, not truth.
 
     Examples
     --------
-    >>> f = render_synapse_field(np.random.default_rng(0))
-    >>> f.image.shape, f.image.dtype
+    >>> import numpy as np
+    >>> from analysis.phantoms import render_synapse_field
+    >>> fld = render_synapse_field(np.random.default_rng(0), snr=8.0)
+    >>> fld.image.shape, fld.image.dtype
     ((256, 256), dtype('uint16'))
+    >>> bool(abs(fld.snr - 8.0) < 0.8)
+    True
     """
-    voids = _voids(rng, shape, pixel_size_um)
-    image, puncta = _psd95(rng, shape, pixel_size_um, density_per_100um2, snr, voids, np.zeros(shape, bool))
-    analysed = ~voids
-    return SynapseField(
-        image=image,
-        puncta=puncta,
-        analysed_mask=analysed,
-        analysed_area_um2=float(analysed.sum() * pixel_size_um**2),
-        snr=float(puncta["amplitude"].mean() / _noise_sd_e()) if len(puncta) else float(snr),  # no engulfed here
-        background_noise_sd=_noise_sd_e() * GAIN_ADU_PER_E,
-    )
+    shape = _check_shape(shape)
+    _check_positive(pixel_size_um=pixel_size_um, snr=snr)
+    _check_non_negative(density_per_100um2=density_per_100um2)
+    ch = _psd95_channel(rng, shape, pixel_size_um, density_per_100um2, snr)
+    image = _camera(rng, ch.electrons)
+    log.debug("synapse field %s: %d puncta, snr %.2f", shape, len(ch.puncta), ch.snr)
+    return SynapseField(image, ch.puncta, ch.analysed, ch.area_um2, ch.snr, ch.noise_sd_adu)
 
 
-# --------------------------------------------------------------------------- microglia
-
-
-@dataclass
-class _Tree:
-    points: np.ndarray  # (n, 2) y, x in pixels, densely sampled along all processes
-    width_um: np.ndarray  # process width at each point
-    bright: np.ndarray  # relative brightness at each point
-    seg_len_um: np.ndarray  # length represented by each point (for the truth length)
-    segment: np.ndarray  # index of the branch segment of each point (parents before children)
-    branch_nodes: np.ndarray  # (k, 2)
-    tips: np.ndarray  # (m, 2)
-    proximal: np.ndarray  # points of order 0-1 (for lysosomes)
-    n_primary: int
-
-
-def _grow_tree(
-    rng: np.random.Generator, cy: float, cx: float, px: float, length_scale: float, branching_scale: float
-) -> _Tree:
-    """A ramified microglia process tree rooted at the soma centre."""
-    step = 0.1  # um between samples (<= half a pixel, so drawn processes are continuous)
-    n_primary = int(rng.integers(4, 7))
-    base = rng.uniform(0, 2 * np.pi)
-    angles = base + np.arange(n_primary) * 2 * np.pi / n_primary + rng.normal(0, 0.25, n_primary)
-    territory = rng.uniform(16, 26) * length_scale
-    stack = [(np.array([cy * px, cx * px]), a, 0) for a in angles]
-    pts, wid, bri, order_of, seg_of = [], [], [], [], []
-    nodes, tips = [], []
-    centre = np.array([cy * px, cx * px])
-    while stack:
-        start, ang, order = stack.pop()
-        seg = (8.0 if order == 0 else 6.0 * 0.85 ** (order - 1)) * rng.uniform(0.6, 1.4) * length_scale
-        n = max(int(seg / step), 2)
-        turns = np.cumsum(rng.normal(0, 0.08 * np.sqrt(step / 0.5), n))  # 0.08 rad per 0.5 um
-        radial = np.arctan2(*(start - centre)) if order else ang
-        heading = ang + turns
-        # bias towards the outward direction so processes do not loop back
-        heading = np.angle(0.85 * np.exp(1j * heading) + 0.15 * np.exp(1j * radial))
-        steps = step * np.column_stack([np.sin(heading), np.cos(heading)])
-        path = start + np.cumsum(steps, axis=0)
-        w0 = max(1.2 * 0.7**order, 0.3)
-        w1 = max(w0 * 0.75, 0.3)
-        pts.append(path)
-        wid.append(np.linspace(w0, w1, n))
-        bri.append(np.linspace(0.9, 0.8, n) * 0.85**order)
-        order_of.append(np.full(n, order))
-        seg_of.append(np.full(n, len(seg_of)))
-        end = path[-1]
-        end_ang = heading[-1]
-        too_far = np.hypot(*(end - centre)) > territory
-        p_branch = 0.85 * 0.8**order * branching_scale
-        if order < 5 and not too_far and rng.random() < p_branch:
-            nodes.append(end)
-            spread = rng.uniform(np.radians(30), np.radians(70))
-            split = rng.uniform(0.35, 0.65)
-            stack.append((end, end_ang - spread * split, order + 1))
-            stack.append((end, end_ang + spread * (1 - split), order + 1))
-        else:
-            tips.append(end)
-    points = np.concatenate(pts) / px
-    order_all = np.concatenate(order_of)
-    return _Tree(
-        points=points,
-        width_um=np.concatenate(wid),
-        bright=np.concatenate(bri),
-        seg_len_um=np.full(len(points), step),
-        segment=np.concatenate(seg_of),
-        branch_nodes=np.array(nodes).reshape(-1, 2) / px,
-        tips=np.array(tips).reshape(-1, 2) / px,
-        proximal=points[order_all <= 1],
-        n_primary=n_primary,
-    )
-
-
-def _visible(tree: _Tree, own: np.ndarray, soma: np.ndarray, px: float) -> np.ndarray:
-    """Centre-line points that can be seen in the drawn cell.
-
-    A point is hidden when it lies inside the tube of an earlier-drawn branch of the same
-    cell (where two children leave a node together, or a process crosses another) or in
-    pixels that belong to another cell; overlapping stretches therefore count once.  Points
-    in the soma always count (the tree is measured from the soma centre).
-    """
-    pts = tree.points
-    iy = np.clip(np.rint(pts[:, 0]).astype(int), 0, own.shape[0] - 1)
-    ix = np.clip(np.rint(pts[:, 1]).astype(int), 0, own.shape[1] - 1)
-    in_field = _inside(pts, own.shape)
-    in_soma = in_field & soma[iy, ix]
-    visible = ~in_field | own[iy, ix]
-    tree_kd = cKDTree(pts)
-    radius = tree.width_um / 2 / px
-    pairs = tree_kd.query_pairs(float(radius.max()), output_type="ndarray")
-    if len(pairs):
-        a, b = pairs[:, 0], pairs[:, 1]
-        d = np.hypot(*(pts[a] - pts[b]).T)
-        seg_a, seg_b = tree.segment[a], tree.segment[b]
-        # a point is hidden by an earlier segment's tube, never by its own segment
-        hide_b = (seg_a < seg_b) & (d < radius[a])
-        hide_a = (seg_b < seg_a) & (d < radius[b])
-        hidden = np.zeros(len(pts), bool)
-        hidden[b[hide_b]] = True
-        hidden[a[hide_a]] = True
-        visible &= ~hidden
-    return visible | in_soma
-
-
-def _inside(yx: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return (yx[:, 0] >= -0.5) & (yx[:, 0] < shape[0] - 0.5) & (yx[:, 1] >= -0.5) & (yx[:, 1] < shape[1] - 0.5)
-
-
-def _place_somata(rng: np.random.Generator, shape, px, per_mm2, margin_um, min_sep_um) -> np.ndarray:
-    """Soma centres (pixels) in the field plus a margin, with a minimum spacing."""
-    m = margin_um / px
-    area_mm2 = (shape[0] + 2 * m) * (shape[1] + 2 * m) * (px / 1000) ** 2
-    n = rng.poisson(per_mm2 * area_mm2)
+# =========================================================================================
+# microglia
+# =========================================================================================
+def _place_somata(rng: np.random.Generator, n: int, shape: tuple[int, int], min_px: float) -> np.ndarray:
+    """Sequential inhibition of ``n`` soma centres (pixels) with a minimum spacing."""
+    h, w = shape
     out: list[np.ndarray] = []
-    for _ in range(50 * max(n, 1)):
-        if len(out) == n:
-            break
-        p = np.array([rng.uniform(-m, shape[0] + m), rng.uniform(-m, shape[1] + m)])
-        if all(np.hypot(*(p - q)) * px >= min_sep_um for q in out):
-            out.append(p)
+    tries = 0
+    while len(out) < n and tries < 50 * max(n, 1):
+        batch = np.column_stack([rng.uniform(0, h - 1, 64), rng.uniform(0, w - 1, 64)])
+        for p in batch:
+            tries += 1
+            if all(np.hypot(*(p - q)) >= min_px for q in out):
+                out.append(p)
+                if len(out) == n:
+                    break
+    if len(out) < n:
+        log.warning("only %d of %d microglia fit at %.0f px spacing", len(out), n, min_px)
     return np.array(out).reshape(-1, 2)
 
 
+def _grow_trees(
+    rng: np.random.Generator,
+    somata_um: np.ndarray,
+    soma_r_um: np.ndarray,
+    box_um: tuple[np.ndarray, np.ndarray],
+    process_length_scale: float,
+    branching_scale: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Grow the process trees of all cells at once (um coordinates).
+
+    Each cell has 4-6 primary processes starting at the soma centre, each owning an
+    angular wedge around the soma; a process grows outward in steps with a slight
+    meander, is kept inside its wedge (with a margin, so branches of one cell never
+    cross or touch), bifurcates after gamma-distributed internodes while its tip budget
+    lasts (children split the wedge and the budget), and stops at its own radius, at the
+    image border (+2 um) or before it comes within 1.2 um of another cell (territories
+    may interdigitate but never touch).
+
+    Returns
+    -------
+    seg_cell, seg_parent : (S,) arrays
+        Cell index and parent segment (-1 for primaries) of every segment; children are
+        numbered after their parents.
+    pt_seg, pt_yx : (P,) and (P, 2) arrays
+        Segment and position (um) of every point, in order along each segment; a child's
+        first point is its parent's last.
+    n_primary : (n_cells,) array
+    """
+    n_cells = len(somata_um)
+    ds = _MG_STEP_UM
+    pls = process_length_scale
+    mean_internode = _MG_INTERNODE_UM * pls / branching_scale
+    min_internode = min(_MG_MIN_INTERNODE_UM * pls, 0.5 * mean_internode)
+
+    def internodes(k: int) -> np.ndarray:
+        # gamma-distributed path lengths to the next bifurcation (fairly regular)
+        return min_internode + rng.gamma(4.0, (mean_internode - min_internode) / 4.0, k)
+
+    lo_box, hi_box = box_um[0] - 2.0, box_um[1] + 2.0
+
+    reach = rng.uniform(*_MG_REACH_UM, n_cells) * pls  # process extent beyond the soma
+    n_prim = rng.integers(4, 7, n_cells)
+    t_cell, t_head, t_lo, t_hi, t_stop = [], [], [], [], []
+    for c in range(n_cells):
+        k = n_prim[c]
+        base = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(k) / k
+        ang = base + rng.uniform(-0.22, 0.22, k) * 2 * np.pi / k
+        prev = np.roll(ang, 1) - np.where(np.arange(k) == 0, 2 * np.pi, 0)
+        nxt = np.roll(ang, -1) + np.where(np.arange(k) == k - 1, 2 * np.pi, 0)
+        t_cell.append(np.full(k, c))
+        t_head.append(ang)
+        t_lo.append(0.5 * (prev + ang))
+        t_hi.append(0.5 * (ang + nxt))
+        t_stop.append(soma_r_um[c] + reach[c] * rng.uniform(0.75, 1.0, k))
+    cell = np.concatenate(t_cell).astype(np.int64)
+    head = np.concatenate(t_head)
+    lo = np.concatenate(t_lo)
+    hi = np.concatenate(t_hi)
+    stop_r = np.concatenate(t_stop)
+    n_tips = len(cell)
+    seg = np.arange(n_tips)
+    pos = somata_um[cell].copy()
+    since = -(soma_r_um[cell] + 1.0)  # path since the last node; primaries count from the soma edge
+    next_br = internodes(n_tips)
+    # tip budget: the number of process tips a primary may end in, shared between the
+    # children at every bifurcation (bifurcations per primary = budget - 1 at most)
+    budget = 1 + rng.poisson(_MG_EXTRA_TIPS_PER_PRIMARY * branching_scale, n_tips)
+    seg_cell = list(cell)
+    seg_parent = [-1] * n_tips
+    pts_seg, pts_y, pts_x = [seg.copy()], [pos[:, 0].copy()], [pos[:, 1].copy()]
+
+    # occupancy grid (cells of _MG_CELL_GAP_UM): which cell owns the processes there; a
+    # tip stops before entering the 3 x 3 neighbourhood of another cell's grid cell
+    gap = _MG_CELL_GAP_UM
+    g_lo = lo_box - gap
+    g_shape = tuple(np.ceil((hi_box - lo_box) / gap).astype(int) + 3)
+    owner = np.full(g_shape, -1, dtype=np.int64)
+    gc = (np.indices(g_shape).reshape(2, -1).T + 0.5) * gap + g_lo  # grid cell centres
+    for c in range(n_cells):  # somata plus a margin belong to their cell
+        near = np.hypot(*(gc - somata_um[c]).T) <= soma_r_um[c] * 1.25 + gap
+        owner.reshape(-1)[near & (owner.reshape(-1) < 0)] = c
+    nb_off = np.array([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)])
+
+    def foreign(where: np.ndarray, who: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        idx = np.floor((where - g_lo) / gap).astype(np.int64)[:, None, :] + nb_off
+        idx = np.clip(idx, 0, np.array(g_shape) - 1)
+        vals = grid[idx[..., 0], idx[..., 1]]
+        return ((vals >= 0) & (vals != who[:, None])).any(axis=1)
+    max_steps = int(np.ceil((soma_r_um.max(initial=0) + _MG_REACH_UM[1] * pls) * 3 / ds)) + 10
+    for _ in range(max_steps):
+        if n_tips == 0:
+            break
+        centre = somata_um[cell]
+        rel = pos - centre
+        r = np.hypot(rel[:, 0], rel[:, 1])
+        mid_w = 0.5 * (lo + hi)
+        theta = mid_w + _wrap(np.arctan2(rel[:, 0], rel[:, 1]) - mid_w)
+        pull = np.where(r > 1.0, _wrap(theta - head), 0.0)
+        head = head + rng.normal(0, 0.16, n_tips) + 0.12 * pull
+        new = pos + ds * np.column_stack([np.sin(head), np.cos(head)])
+        nrel = new - centre
+        nr = np.hypot(nrel[:, 0], nrel[:, 1])
+        nth = mid_w + _wrap(np.arctan2(nrel[:, 0], nrel[:, 1]) - mid_w)
+        # children: the margin to the sibling's wedge grows from the bifurcation on
+        margin = np.where(since >= 0, np.minimum(_MG_WEDGE_MARGIN_UM, 0.25 * since + 0.05), _MG_WEDGE_MARGIN_UM)
+        m_ang = np.minimum(margin / np.maximum(nr, 1e-6), 0.45 * (hi - lo))
+        clamped = np.clip(nth, lo + m_ang, hi - m_ang)
+        moved = clamped != nth
+        unit = np.column_stack([np.sin(clamped[moved]), np.cos(clamped[moved])])
+        new[moved] = centre[moved] + nr[moved, None] * unit
+        step_vec = new - pos
+        head = np.where(moved, np.arctan2(step_vec[:, 0], step_vec[:, 1]), head)
+        ok = np.all((new >= lo_box) & (new <= hi_box), axis=1)
+        if n_cells > 1:
+            ok &= ~foreign(new, cell, owner)
+            # tips of different cells arriving side by side in the same step stop both
+            step_grid = np.full(g_shape, -1, dtype=np.int64)
+            gi = np.floor((new[ok] - g_lo) / gap).astype(np.int64)
+            step_grid[gi[:, 0], gi[:, 1]] = cell[ok]
+            ok[ok] = ~foreign(new[ok], cell[ok], step_grid)
+            gi = np.floor((new[ok] - g_lo) / gap).astype(np.int64)
+            owner[gi[:, 0], gi[:, 1]] = cell[ok]
+        pos = np.where(ok[:, None], new, pos)
+        since = since + ds
+        pts_seg.append(seg[ok])
+        pts_y.append(pos[ok, 0])
+        pts_x.append(pos[ok, 1])
+        alive = ok & (nr < stop_r)
+
+        # bifurcations
+        theta_b = mid_w + _wrap(np.arctan2(pos[:, 0] - centre[:, 0], pos[:, 1] - centre[:, 1]) - mid_w)
+        room = 1.05 * _MG_WEDGE_MARGIN_UM / np.maximum(nr, 1e-6)
+        can = (
+            alive
+            & (nr > soma_r_um[cell] + 1.5)
+            & (since >= next_br)
+            & (budget >= 2)
+            & (theta_b - lo > room)
+            & (hi - theta_b > room)
+        )
+        br = can
+        nb = int(br.sum())
+        keep = alive & ~br
+        if nb:
+            b = np.flatnonzero(br)
+            total = np.deg2rad(rng.uniform(30, 70, nb))
+            share = rng.uniform(0.0, 0.45, nb)
+            wedge_ccw = (hi[b] - theta_b[b]) / (hi[b] - lo[b])
+            b_ccw = 1 + rng.binomial(budget[b] - 2, wedge_ccw)
+            first_ccw = rng.random(nb) < 0.5
+            a_ccw = np.where(first_ccw, share, 1 - share) * total
+            a_cw = total - a_ccw
+            new_seg = len(seg_cell) + np.arange(2 * nb)
+            seg_cell.extend(np.repeat(cell[b], 2).tolist())
+            seg_parent.extend(np.repeat(seg[b], 2).tolist())
+            rem = np.maximum(stop_r[b] - nr[b], 0)
+            c_stop = nr[b, None] + np.maximum(rem[:, None] * rng.uniform(0.7, 1.2, (nb, 2)), 2.0 * pls)
+            k_cell = np.repeat(cell[b], 2)
+            k_head = np.column_stack([head[b] + a_ccw, head[b] - a_cw]).ravel()
+            k_lo = np.column_stack([theta_b[b], lo[b]]).ravel()
+            k_hi = np.column_stack([hi[b], theta_b[b]]).ravel()
+            k_pos = np.repeat(pos[b], 2, axis=0)
+            pts_seg.append(new_seg)
+            pts_y.append(k_pos[:, 0])
+            pts_x.append(k_pos[:, 1])
+            cell = np.concatenate([cell[keep], k_cell])
+            head = np.concatenate([head[keep], k_head])
+            lo = np.concatenate([lo[keep], k_lo])
+            hi = np.concatenate([hi[keep], k_hi])
+            stop_r = np.concatenate([stop_r[keep], c_stop.ravel()])
+            seg = np.concatenate([seg[keep], new_seg])
+            pos = np.concatenate([pos[keep], k_pos])
+            since = np.concatenate([since[keep], np.zeros(2 * nb)])
+            next_br = np.concatenate([next_br[keep], internodes(2 * nb)])
+            budget = np.concatenate([budget[keep], np.column_stack([b_ccw, budget[b] - b_ccw]).ravel()])
+        else:
+            cell, head, lo, hi, stop_r = cell[keep], head[keep], lo[keep], hi[keep], stop_r[keep]
+            seg, pos, since, next_br, budget = seg[keep], pos[keep], since[keep], next_br[keep], budget[keep]
+        n_tips = len(cell)
+    step_id = np.concatenate([np.full(len(s), i) for i, s in enumerate(pts_seg)])
+    pt_seg = np.concatenate(pts_seg)
+    srt = np.lexsort((step_id, pt_seg))
+    yx = np.column_stack([np.concatenate(pts_y), np.concatenate(pts_x)])[srt]
+    return np.array(seg_cell, dtype=np.int64), np.array(seg_parent, dtype=np.int64), pt_seg[srt], yx, n_prim
+
+
+def _prune_stubs(
+    seg_parent: np.ndarray, pt_seg: np.ndarray, yx: np.ndarray, px: float, min_um: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop side branches shorter than ``min_um`` (stopped right after a bifurcation).
+
+    Such stubs would hide inside the parent's tube and fake a branch point.  Returns the
+    remaining points and the number of remaining children of every segment; a node with
+    one remaining child is a plain continuation, not a branch point.
+    """
+    n_seg = len(seg_parent)
+    same = pt_seg[1:] == pt_seg[:-1]
+    step = np.where(same, np.hypot(*(yx[1:] - yx[:-1]).T), 0.0) * px
+    seg_len = np.bincount(pt_seg[:-1], weights=step, minlength=n_seg)
+    n_children = np.bincount(seg_parent[seg_parent >= 0], minlength=n_seg)
+    kept = np.ones(n_seg, dtype=bool)
+    for s in range(n_seg - 1, -1, -1):  # children come after their parents
+        if seg_parent[s] >= 0 and n_children[s] == 0 and seg_len[s] < min_um:
+            kept[s] = False
+            n_children[seg_parent[s]] -= 1
+    keep_pt = kept[pt_seg]
+    return pt_seg[keep_pt], yx[keep_pt], n_children
+
+
+def _soma_geometry(rng: np.random.Generator, n: int, soma_scale: float) -> dict[str, np.ndarray]:
+    r = np.clip(rng.normal(_MG_SOMA_RADIUS_UM, 0.35, n), 3.6, 5.4) * soma_scale
+    ecc = rng.uniform(0.05, 0.18, n)
+    return {
+        "r": r,
+        "a": r * (1 + ecc),
+        "b": r * (1 - ecc),
+        "phi": rng.uniform(0, np.pi, n),
+        "h3": rng.uniform(0.0, 0.06, n),
+        "p3": rng.uniform(0, 2 * np.pi, n),
+        "nucleus_shift": rng.uniform(0.0, 0.25, n),
+        "nucleus_angle": rng.uniform(0, 2 * np.pi, n),
+    }
+
+
+def _soma_radius_at(geo: dict[str, np.ndarray], c: int, theta: np.ndarray) -> np.ndarray:
+    """Polar radius (um) of soma ``c`` at angle ``theta`` (smooth, slightly elliptical)."""
+    t = theta - geo["phi"][c]
+    a, b = geo["a"][c], geo["b"][c]
+    ell = a * b / np.sqrt((b * np.cos(t)) ** 2 + (a * np.sin(t)) ** 2)
+    return ell * (1 + geo["h3"][c] * np.cos(3 * theta - geo["p3"][c]))
+
+
+@dataclass(frozen=True)
+class _Cells:
+    labels: np.ndarray
+    intensity: np.ndarray  # unblurred Iba1 signal, relative (soma ~1.3, processes ~1)
+    soma_mask: np.ndarray
+    table: pd.DataFrame
+    somata_px: np.ndarray
+    soma_r_um: np.ndarray
+
+
+def _microglia(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    px: float,
+    microglia_per_mm2: float,
+    process_length_scale: float,
+    branching_scale: float,
+    soma_scale: float,
+) -> _Cells:
+    """Place, grow and rasterise the microglia of a field and measure their truth."""
+    h, w = shape
+    n_exp = microglia_per_mm2 * h * w * px**2 * 1e-6
+    somata = _place_somata(rng, int(rng.poisson(n_exp)), shape, _MG_MIN_SPACING_UM / px)
+    n = len(somata)
+    geo = _soma_geometry(rng, n, soma_scale)
+    labels = np.zeros(shape, dtype=np.uint16)
+    intensity = np.zeros(shape)
+    soma_mask = np.zeros(shape, dtype=bool)
+    if n == 0:
+        empty = pd.DataFrame({c: pd.Series(dtype=float) for c in CELL_COLUMNS})
+        return _Cells(labels, intensity, soma_mask, _cell_dtypes(empty), somata, geo["r"])
+
+    box = (np.array([-0.5, -0.5]) * px, np.array([h - 0.5, w - 0.5]) * px)
+    seg_cell, seg_parent, pt_seg, yx_um, n_prim = _grow_trees(
+        rng, somata * px, geo["r"], box, process_length_scale, branching_scale
+    )
+    yx = yx_um / px
+    n_seg = len(seg_cell)
+    pt_seg, yx, n_children = _prune_stubs(seg_parent, pt_seg, yx, px)
+
+    # --- per-segment geometry: lengths, downstream length, path distance -------------
+    same = pt_seg[1:] == pt_seg[:-1]
+    step = np.where(same, np.hypot(*(yx[1:] - yx[:-1]).T), 0.0) * px
+    seg_len = np.bincount(pt_seg[:-1], weights=step, minlength=n_seg)
+    downstream = seg_len.copy()
+    for s in range(n_seg - 1, -1, -1):  # children are created after their parents
+        if seg_parent[s] >= 0:
+            downstream[seg_parent[s]] += downstream[s]
+    path_start = np.zeros(n_seg)
+    for s in range(n_seg):
+        if seg_parent[s] >= 0:
+            path_start[s] = path_start[seg_parent[s]] + seg_len[seg_parent[s]]
+    cum = np.concatenate([[0.0], np.cumsum(step)])
+    first = np.r_[True, ~same]
+    along = cum - np.maximum.accumulate(np.where(first, cum, 0.0))  # distance from segment start
+    pt_down = downstream[pt_seg] - along
+    pt_path = path_start[pt_seg] + along
+    pt_cell = seg_cell[pt_seg]
+
+    # --- widths, brightness and dense points for rasterisation ---------------------------
+    ref = np.array([downstream[(seg_cell == c) & (seg_parent < 0)].max() for c in range(n)])
+    d_tip, d_base = _MG_DIAMETER_UM
+    diam = d_tip + (d_base - d_tip) * np.clip(pt_down / ref[pt_cell], 0, 1) ** 0.7
+    # primary processes leave the soma as cones (about 2.5 um wide at the soma edge)
+    rel = yx - somata[pt_cell]
+    beyond = np.hypot(rel[:, 0], rel[:, 1]) * px
+    for c in range(n):
+        on = pt_cell == c
+        beyond[on] -= _soma_radius_at(geo, c, np.arctan2(rel[on, 0], rel[on, 1]))
+    diam += 1.3 * np.exp(-np.maximum(beyond, 0.0) / 1.2) * (seg_parent[pt_seg] < 0)
+    max_path = np.array([pt_path[pt_cell == c].max() for c in range(n)])
+    cell_gain = _lognormal(rng, n, 0.15)
+    bright = cell_gain[pt_cell] * (1.0 - 0.35 * pt_path / np.maximum(max_path[pt_cell], 1e-9))
+    dense_idx, dense_t = _densify_index(pt_seg, yx, max_step=0.5)
+    j0 = dense_idx
+    j1 = np.minimum(dense_idx + 1, len(yx) - 1)
+    dy = yx[j0] + dense_t[:, None] * (yx[j1] - yx[j0])
+    d_rad = 0.5 * (diam[j0] + dense_t * (diam[j1] - diam[j0])) / px
+    # varicosities: smooth brightness modulation along the processes (about 1 um)
+    bead = ndi.gaussian_filter1d(rng.standard_normal(len(dy)), 0.5 / (0.5 * px), mode="wrap")
+    bead /= max(float(bead.std()), 1e-9)
+    d_bright = (bright[j0] + dense_t * (bright[j1] - bright[j0])) * np.clip(1.0 + 0.2 * bead, 0.5, 1.6)
+    depth, owner, proc_int = _tubes(shape, dy, d_rad, d_bright, pt_cell[j0])
+
+    # --- somata --------------------------------------------------------------------------
+    soma_int = np.zeros(shape)
+    for c in range(n):
+        rmax = geo["a"][c] * (1 + geo["h3"][c]) / px + 2
+        y0, y1 = max(0, int(somata[c, 0] - rmax)), min(h, int(somata[c, 0] + rmax) + 2)
+        x0, x1 = max(0, int(somata[c, 1] - rmax)), min(w, int(somata[c, 1] + rmax) + 2)
+        yy = np.arange(y0, y1)[:, None] - somata[c, 0]
+        xx = np.arange(x0, x1)[None, :] - somata[c, 1]
+        rho = np.hypot(yy, xx)
+        edge = _soma_radius_at(geo, c, np.arctan2(yy, xx)) / px
+        inside = rho <= edge
+        soma_mask[y0:y1, x0:x1] |= inside
+        score = np.where(inside, rho - edge, np.inf)
+        win = score < depth[y0:y1, x0:x1]
+        depth[y0:y1, x0:x1][win] = score[win]
+        owner[y0:y1, x0:x1][win] = c
+        # Iba1 fills the cytoplasm; the nucleus (about half the soma) is a little dimmer
+        shift = geo["nucleus_shift"][c] * geo["r"][c] / px
+        ny_, nx_ = yy - shift * np.sin(geo["nucleus_angle"][c]), xx - shift * np.cos(geo["nucleus_angle"][c])
+        nucleus = np.clip((0.55 * edge - np.hypot(ny_, nx_)) / (0.6 / px) + 0.5, 0, 1)
+        soft = np.clip(edge - rho + 0.5, 0, 1) * cell_gain[c] * 1.3 * (1 - 0.25 * nucleus)
+        soma_int[y0:y1, x0:x1] = np.maximum(soma_int[y0:y1, x0:x1], soft)
+
+    intensity = np.maximum(proc_int, soma_int)
+    labels = (owner + 1).astype(np.uint16)  # owner -1 (no cell) becomes 0
+
+    # --- truth per cell, inside the field only ----------------------------------------------
+    lo_px, hi_px = np.array([-0.5, -0.5]), np.array([h - 0.5, w - 0.5])
+    seg_start = np.flatnonzero(first)
+    seg_end = np.r_[seg_start[1:], len(pt_seg)] - 1
+    p0, p1 = yx[:-1][same], yx[1:][same]
+    clipped = _clip_segments_length(p0, p1, lo_px, hi_px) * px
+    length = np.bincount(pt_cell[:-1][same], weights=clipped, minlength=n)
+    end_yx = yx[seg_end]
+    end_in = np.all((end_yx >= lo_px) & (end_yx < hi_px), axis=1)
+    seg_ids = pt_seg[seg_end]
+    branch = np.bincount(seg_cell[seg_ids], weights=(n_children[seg_ids] >= 2) & end_in, minlength=n)
+    tips = np.bincount(seg_cell[seg_ids], weights=(n_children[seg_ids] == 0) & end_in, minlength=n)
+    pin = np.all((yx >= lo_px) & (yx < hi_px), axis=1)
+    rad = np.hypot(*(yx - somata[pt_cell]).T) * px
+    max_r = np.array([rad[pin & (pt_cell == c)].max(initial=0.0) for c in range(n)])
+    lab_id = np.arange(1, n + 1)
+    area = ndi.sum_labels(np.ones(shape), labels, lab_id) * px**2
+    edge_lab = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    table = pd.DataFrame(
+        {
+            "cell": lab_id,
+            "soma_y": somata[:, 0],
+            "soma_x": somata[:, 1],
+            "soma_radius_um": geo["r"],
+            "skeleton_length_um": length,
+            "branch_points": branch,
+            "endpoints": tips,
+            "n_primary": n_prim,
+            "max_radius_um": max_r,
+            "area_um2": area,
+            "cd68_area_um2": 0.0,
+            "engulfed_count": 0,
+            "touches_border": np.isin(lab_id, edge_lab),
+        }
+    )
+    return _Cells(labels, intensity, soma_mask, _cell_dtypes(table), somata, geo["r"])
+
+
+def _cell_dtypes(table: pd.DataFrame) -> pd.DataFrame:
+    ints = ["cell", "branch_points", "endpoints", "n_primary", "engulfed_count"]
+    out = table[CELL_COLUMNS].copy()
+    for c in CELL_COLUMNS:
+        out[c] = out[c].astype(np.int64 if c in ints else bool if c == "touches_border" else float)
+    return out.reset_index(drop=True)
+
+
+def _densify_index(pt_seg: np.ndarray, yx: np.ndarray, max_step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the starting point and fraction along each step for dense sampling."""
+    same = pt_seg[1:] == pt_seg[:-1]
+    length = np.hypot(*(yx[1:] - yx[:-1]).T)
+    nsub = np.where(same, np.maximum(1, np.ceil(length / max_step)), 1).astype(np.int64)
+    src = np.repeat(np.arange(len(nsub)), nsub)
+    t = (np.arange(len(src)) - np.repeat(np.cumsum(nsub) - nsub, nsub)) / nsub[src]
+    t = np.where(same[src], t, 0.0)
+    return np.append(src, len(yx) - 1), np.append(t, 0.0)
+
+
+def _tubes(
+    shape: tuple[int, int], yx: np.ndarray, radius_px: np.ndarray, bright: np.ndarray, cell: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Union of disks around dense skeleton points (pixels), with anti-aliased intensity.
+
+    Radii are quantised down to classes (0.5 px steps below 3 px, 1 px above).  For each
+    cell and class, one Euclidean distance transform over the bounding box of the seeds
+    (every point with at least that radius) gives the tube (distance <= class radius)
+    and an intensity falling from 1 at the axis to 0 half a pixel beyond the class
+    radius, scaled by the brightness of the nearest seed.
+
+    Returns the depth (distance minus radius, <= 0 inside a tube, inf elsewhere), the
+    cell owning each pixel (the deepest tube; -1 outside) and the intensity.
+    """
+    h, w = shape
+    if len(yx) == 0:
+        return np.full(shape, np.inf), np.full(shape, -1, dtype=np.int64), np.zeros(shape)
+    pad = int(np.ceil(radius_px.max())) + 2
+    H, W = h + 2 * pad, w + 2 * pad
+    iy = np.rint(yx[:, 0]).astype(np.int64) + pad
+    ix = np.rint(yx[:, 1]).astype(np.int64) + pad
+    ok = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+    iy, ix, rad, br, cl = iy[ok], ix[ok], radius_px[ok], bright[ok], cell[ok]
+    rq = np.where(rad < 3, np.floor(rad * 2) / 2, np.floor(rad))
+    rq = np.maximum(rq, 0.5)
+    depth = np.full((H, W), np.inf)
+    owner = np.full((H, W), -1, dtype=np.int64)
+    inten = np.zeros((H, W))
+    for c in np.unique(cl):
+        in_c = cl == c
+        for r in np.unique(rq[in_c]):
+            sel = in_c & (rq >= r)
+            sy, sx, sb = iy[sel], ix[sel], br[sel]
+            m = int(np.ceil(r)) + 2
+            y0, y1 = max(sy.min() - m, 0), min(sy.max() + m + 1, H)
+            x0, x1 = max(sx.min() - m, 0), min(sx.max() + m + 1, W)
+            seed_b = np.zeros((y1 - y0, x1 - x0))
+            order = np.argsort(sb)  # the brightest point wins where points share a pixel
+            seed_b[sy[order] - y0, sx[order] - x0] = sb[order]
+            free = np.ones(seed_b.shape, dtype=bool)
+            free[sy - y0, sx - x0] = False
+            dist, (ny, nx) = ndi.distance_transform_edt(free, return_indices=True)
+            score = dist - r  # <= 0 inside the tube; the deepest tube owns the pixel
+            win = (score <= 0) & (score < depth[y0:y1, x0:x1])
+            depth[y0:y1, x0:x1][win] = score[win]
+            owner[y0:y1, x0:x1][win] = c
+            val = np.clip(r + 0.5 - dist, 0, 1) * seed_b[ny, nx]
+            np.maximum(inten[y0:y1, x0:x1], val, out=inten[y0:y1, x0:x1])
+    sl = (slice(pad, pad + h), slice(pad, pad + w))
+    return depth[sl], owner[sl], inten[sl]
+
+
+# =========================================================================================
+# lysosomes and engulfment
+# =========================================================================================
+@dataclass(frozen=True)
+class _Lysosomes:
+    y: np.ndarray  # blob centres (pixels)
+    x: np.ndarray
+    rho_px: np.ndarray  # radius of the lysosome disk (its edge; defines the CD68 area)
+    cell: np.ndarray  # label of the host cell
+    area_um2: np.ndarray  # union of the disks per cell (index = label - 1)
+
+
+def _lysosomes(rng: np.random.Generator, cells: _Cells, px: float, area_fraction: float) -> _Lysosomes:
+    """CD68 blobs inside each cell, concentrated in the soma and proximal processes.
+
+    Lysosomes are disks of radius 0.45-0.9 um (phagolysosomes), added one by one until the
+    union of the disks (rasterised at pixel centres) reaches ``area_fraction`` of the cell
+    label area; every disk lies entirely inside the cell's label.
+    """
+    labels = cells.labels
+    h, w = labels.shape
+    n = len(cells.table)
+    out_y, out_x, out_r, out_c = [], [], [], []
+    area = np.zeros(n)
+    for c in range(n):
+        lab = c + 1
+        target_px = area_fraction * cells.table["area_um2"].iat[c] / px**2
+        if target_px <= 0:
+            continue
+        cy, cx = cells.somata_px[c]
+        half = int(np.ceil((1.3 * cells.soma_r_um[c] + 6.0) / px))
+        y0, y1 = max(0, int(cy) - half), min(h, int(cy) + half + 1)
+        x0, x1 = max(0, int(cx) - half), min(w, int(cx) + half + 1)
+        mine = np.pad(labels[y0:y1, x0:x1] == lab, 1)  # padding: outside the crop is outside
+        inner = ndi.distance_transform_edt(mine)
+        py, pxx = np.nonzero(mine)
+        rr = np.hypot(py - 1 + y0 - cy, pxx - 1 + x0 - cx) * px
+        weight = np.exp(-np.maximum(rr - cells.soma_r_um[c], 0.0) / 1.5)
+        union = np.zeros(mine.shape, dtype=bool)
+        got = 0
+        for _blob in range(200):
+            rho = rng.uniform(0.45, 0.9) / px
+            fits = inner[py, pxx] > rho + 0.75
+            if not fits.any():
+                rho = 0.45 / px
+                fits = inner[py, pxx] > rho + 0.75
+                if not fits.any():
+                    break
+            p = weight * fits
+            k = rng.choice(len(py), p=p / p.sum())
+            by, bx = py[k] + rng.uniform(-0.5, 0.5), pxx[k] + rng.uniform(-0.5, 0.5)
+            r0 = int(np.ceil(rho)) + 1
+            wy = np.arange(max(0, int(by) - r0), min(mine.shape[0], int(by) + r0 + 2))
+            wx = np.arange(max(0, int(bx) - r0), min(mine.shape[1], int(bx) + r0 + 2))
+            disk = (wy[:, None] - by) ** 2 + (wx[None, :] - bx) ** 2 <= rho**2
+            win = union[wy[0] : wy[-1] + 1, wx[0] : wx[-1] + 1]
+            new = got + int((disk & ~win).sum())
+            if new - target_px > target_px - got:  # this blob would overshoot more than it fills
+                break
+            win |= disk
+            got = new
+            out_y.append(by - 1 + y0)
+            out_x.append(bx - 1 + x0)
+            out_r.append(rho)
+            out_c.append(lab)
+            if got >= target_px:
+                break
+        area[c] = got * px**2
+    return _Lysosomes(
+        np.array(out_y, float),
+        np.array(out_x, float),
+        np.array(out_r, float),
+        np.array(out_c, dtype=np.int64),
+        area,
+    )
+
+
+def _engulfed_positions(
+    rng: np.random.Generator, lys: _Lysosomes, n_cells: int, per_cell: float, px: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Poisson(``per_cell``) puncta per cell, each inside one of the cell's CD68 disks."""
+    ys, xs, cs = [], [], []
+    min_px = _PUNCTA_MIN_DIST_UM / px
+    for lab in range(1, n_cells + 1):
+        k = rng.poisson(per_cell)
+        blobs = np.flatnonzero(lys.cell == lab)
+        if k == 0 or len(blobs) == 0:
+            continue
+        wgt = lys.rho_px[blobs] ** 2
+        placed: list[tuple[float, float]] = []
+        for _ in range(k):
+            for _try in range(30):
+                b = blobs[rng.choice(len(blobs), p=wgt / wgt.sum())]
+                reach = max(lys.rho_px[b] - 0.75, 0.0)  # the nearest pixel stays in the disk
+                rad = reach * np.sqrt(rng.uniform())
+                ang = rng.uniform(0, 2 * np.pi)
+                p = (lys.y[b] + rad * np.sin(ang), lys.x[b] + rad * np.cos(ang))
+                if all(np.hypot(p[0] - q[0], p[1] - q[1]) >= min_px for q in placed):
+                    placed.append(p)
+                    break
+        ys += [p[0] for p in placed]
+        xs += [p[1] for p in placed]
+        cs += [lab] * len(placed)
+    return np.array(ys, float), np.array(xs, float), np.array(cs, dtype=np.int64)
+
+
+# =========================================================================================
+# public: terminal field
+# =========================================================================================
 def render_terminal_field(
     rng: np.random.Generator,
     *,
@@ -461,188 +1322,126 @@ def render_terminal_field(
     cd68_area_fraction: float = 0.04,
     snr: float = 8.0,
 ) -> TerminalField:
-    """Render a terminal field: PSD95, Iba1 (microglia) and CD68 (lysosomes) channels.
+    """Render one 3-channel terminal field (PSD95, Iba1, CD68) with its ground truth.
 
     Parameters
     ----------
     rng : numpy.random.Generator
-        Source of every random draw.
-    shape, pixel_size_um
-        Field size (pixels) and pixel size (um).
+        Source of every random draw; the same generator state gives the same field.
+    shape : (int, int)
+        Image size (Y, X) in pixels.
+    pixel_size_um : float
+        Pixel size in um.
     density_per_100um2 : float
-        Expected PSD95 puncta density in the analysed area.
+        Expected PSD95 puncta per 100 um^2 of analysed area (Poisson count).
     microglia_per_mm2 : float
-        Expected microglia somata per mm^2 (cells outside the field, within 25 um, send
-        processes into it but are not counted).
-    process_length_scale, branching_scale, soma_scale : float
-        Morphology multipliers (activated microglia: shorter, less branched, larger somata).
+        Expected number of microglia somata per mm^2 of field (Poisson count, placed with
+        a minimum spacing of 20 um).
+    process_length_scale : float
+        Multiplies all process lengths (territory radius and internodes); activated
+        microglia have values < 1.  The branching topology does not depend on it.
+    branching_scale : float
+        Multiplies the branching probability: the expected number of bifurcations per
+        primary process and the bifurcation rate per um (activated: < 1).
+    soma_scale : float
+        Multiplies the soma radius (activated: > 1).
     engulfed_per_cell : float
-        Poisson mean of engulfed puncta per cell.
+        Poisson mean of PSD95 puncta engulfed in each cell's CD68 lysosomes.
     cd68_area_fraction : float
-        Expected CD68 area as a fraction of the cell area.
+        Target CD68 area as a fraction of the cell label area.
     snr : float
-        SNR of the PSD95 channel (Iba1 at 2x, CD68 at 1.5x that).
+        Target PSD95 signal-to-noise ratio (module docstring, :data:`SNR_LEVELS`).
 
     Returns
     -------
     TerminalField
-        ``image`` (uint16, (3, Y, X)), ``puncta``, ``labels`` (one label per counted cell),
-        ``cells`` (per-cell truth), ``analysed_mask``, ``analysed_area_um2``, ``snr``,
-        ``background_noise_sd``.
+        The uint16 (3, Y, X) image and the ground truth.
+
+    Notes
+    -----
+    Each microglia has a slightly elliptical soma (radius ~4.5 um x ``soma_scale``) and
+    4-6 primary processes grown from the soma centre as a random tree: outward steps with
+    a slight meander, bifurcations of 30-70 degrees, tapering from 1.2 um to 0.3 um
+    diameter with the length of tree beyond each point (primaries widen into cones at
+    the soma).  A cell's processes never cross or touch each other, and a process stops
+    before it comes within 1.2 um of another cell, so territories interdigitate without
+    contact and the label image (the soma and process tubes of each cell) is exactly
+    what is drawn.  ``skeleton_length_um`` is the length of the tree from the
+    soma centre inside the field; ``branch_points`` and ``endpoints`` count bifurcations
+    and process tips inside the field (cut processes do not end in a tip);
+    ``max_radius_um`` is the largest distance of a tree point inside the field from the
+    soma centre; ``touches_border`` is true when the label reaches the image edge.
+    CD68 area is the union of the lysosome disks (radius 0.45-0.9 um, uniform CD68 inside,
+    blurred by the PSF), all inside the label.
 
     Examples
     --------
-    >>> f = render_terminal_field(np.random.default_rng(0))
-    >>> f.image.shape
+    >>> import numpy as np
+    >>> from analysis.phantoms import render_terminal_field
+    >>> fld = render_terminal_field(np.random.default_rng(1))
+    >>> fld.image.shape
     (3, 512, 512)
+    >>> int(fld.labels.max()) == len(fld.cells)
+    True
     """
-    px = pixel_size_um
-    somata = _place_somata(rng, shape, px, microglia_per_mm2, 25.0, 20.0)
-    in_field = _inside(somata, shape)
-    somata = np.concatenate([somata[in_field], somata[~in_field]])  # counted cells first
-    n_counted = int(in_field.sum())
-    iba = np.zeros(shape)
-    best = np.zeros(shape)
-    labels = np.zeros(shape, np.uint16)
-    soma_mask_all = np.zeros(shape, bool)
-    cell_rows, trees, soma_masks = [], [], []
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-    for k, (cy, cx) in enumerate(somata):
-        label = k + 1 if k < n_counted else 0
-        tree = _grow_tree(rng, cy, cx, px, process_length_scale, branching_scale)
-        rs = rng.uniform(4.0, 5.0) * soma_scale / px
-        ry, theta = rs * rng.uniform(0.75, 0.95), rng.uniform(0, np.pi)
-        # bounding box of the cell
-        ext = np.concatenate([tree.points, [[cy, cx]]])
-        pad = int(np.ceil(rs + 2 / px))
-        y0, x0 = np.maximum(np.floor(ext.min(0)).astype(int) - pad, 0)
-        y1, x1 = np.minimum(np.ceil(ext.max(0)).astype(int) + pad + 1, shape)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        box = (slice(y0, y1), slice(x0, x1))
-        bshape = (y1 - y0, x1 - x0)
-        raster = np.zeros(bshape, bool)
-        idx = np.full(bshape, -1)
-        p = np.rint(tree.points).astype(int) - [y0, x0]
-        ok = (p[:, 0] >= 0) & (p[:, 0] < bshape[0]) & (p[:, 1] >= 0) & (p[:, 1] < bshape[1])
-        raster[p[ok, 0], p[ok, 1]] = True
-        idx[p[ok, 0], p[ok, 1]] = np.nonzero(ok)[0]
-        if raster.any():
-            dist, (iy, ix) = ndi.distance_transform_edt(~raster, return_indices=True)
-            nearest = idx[iy, ix]
-            radius_px = np.maximum(tree.width_um[nearest] / 2 / px, 0.5)
-            proc = dist <= radius_px
-            proc_int = np.where(proc, tree.bright[nearest], 0.0)
-        else:
-            proc = np.zeros(bshape, bool)
-            proc_int = np.zeros(bshape)
-        soma = _ellipse_mask(bshape, cy - y0, cx - x0, ry, rs, theta)
-        intensity = np.maximum(proc_int, soma * 1.0)
-        cell_mask = proc | soma
-        sub_best = best[box]
-        win = cell_mask & (intensity > sub_best)
-        iba[box] = np.maximum(iba[box], intensity)
-        sub_best[win] = intensity[win]
-        labels[box][win] = label
-        full_soma = np.zeros(shape, bool)
-        full_soma[box] = soma
-        soma_mask_all |= full_soma
-        if label:
-            trees.append((label, tree, (cy, cx), rs, full_soma))
-    # per-cell truth and lysosomes (counted cells only)
-    voids = _voids(rng, shape, px) & ~ndi.binary_dilation(soma_mask_all, iterations=int(3 / px))
-    cd68_signal = np.zeros(shape)
-    cd68_mask = np.zeros(shape, bool)
-    engulfed_rows = []
-    for label, tree, (cy, cx), rs, soma in trees:
-        own = labels == label
-        area_px = int(own.sum())
-        target = cd68_area_fraction * area_px
-        union = np.zeros(shape, bool)
-        blobs = []
-        for _ in range(200):
-            if union[own].sum() >= target:
-                break
-            if rng.random() < 0.7 or len(tree.proximal) == 0:
-                r = rs * 0.7 * np.sqrt(rng.random())
-                a = rng.uniform(0, 2 * np.pi)
-                c = np.array([cy + r * np.sin(a), cx + r * np.cos(a)])
-            else:
-                c = tree.proximal[rng.integers(len(tree.proximal))]
-            if not _inside(c[None], shape)[0] or not own[int(np.rint(c[0])), int(np.rint(c[1]))]:
-                continue
-            s = rng.uniform(0.3, 0.6) / px
-            blobs.append((c[0], c[1], s))
-            union |= (yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= (_HWHM * s) ** 2
-        union &= own
-        cd68_mask |= union
-        if blobs:
-            b = np.array(blobs)
-            _add_gaussians(cd68_signal, b[:, 0], b[:, 1], rng.uniform(0.7, 1.3, len(b)), b[:, 2])
-        # engulfed puncta: inside CD68 inside this cell
-        k = rng.poisson(engulfed_per_cell)
-        cand = np.argwhere(union)
-        n_eng = min(k, len(cand))
-        if n_eng:
-            chosen = cand[rng.choice(len(cand), n_eng, replace=False)] + rng.uniform(-0.3, 0.3, (n_eng, 2))
-            engulfed_rows.append(
-                pd.DataFrame(
-                    {
-                        "y": chosen[:, 0],
-                        "x": chosen[:, 1],
-                        "amplitude": _lognormal_unit_mean(rng, n_eng, 0.4),
-                        "sigma_um": np.sqrt(rng.uniform(0.06, 0.12, n_eng) ** 2 + PSF_SIGMA_UM**2),
-                        "engulfed": True,
-                        "cell": label,
-                    }
-                )
-            )
-        inside_pts = _inside(tree.points, shape)
-        tips_in = _inside(tree.tips, shape) if len(tree.tips) else np.zeros(0, bool)
-        nodes_in = _inside(tree.branch_nodes, shape) if len(tree.branch_nodes) else np.zeros(0, bool)
-        rows, cols = np.nonzero(own)
-        touches = bool(rows.min() == 0 or cols.min() == 0 or rows.max() == shape[0] - 1 or cols.max() == shape[1] - 1)
-        tip_r = np.hypot(tree.tips[:, 0] - cy, tree.tips[:, 1] - cx) * px if len(tree.tips) else np.zeros(1)
-        cell_rows.append(
-            {
-                "cell": label,
-                "soma_y": float(cy),
-                "soma_x": float(cx),
-                "soma_radius_um": float(rs * px),
-                "skeleton_length_um": float(tree.seg_len_um[inside_pts & _visible(tree, own, soma, px)].sum()),
-                "branch_points": int(nodes_in.sum()),
-                "endpoints": int(tips_in.sum()),
-                "n_primary": tree.n_primary,
-                "max_radius_um": float(tip_r.max()),
-                "area_um2": float(area_px * px * px),
-                "cd68_area_um2": float(union.sum() * px * px),
-                "engulfed_count": int(n_eng),
-                "touches_border": touches,
-            }
-        )
-    cells = pd.DataFrame(
-        cell_rows,
-        columns=["cell", "soma_y", "soma_x", "soma_radius_um", "skeleton_length_um", "branch_points", "endpoints",
-                 "n_primary", "max_radius_um", "area_um2", "cd68_area_um2", "engulfed_count", "touches_border"],
+    shape = _check_shape(shape)
+    _check_positive(
+        pixel_size_um=pixel_size_um,
+        snr=snr,
+        process_length_scale=process_length_scale,
+        branching_scale=branching_scale,
+        soma_scale=soma_scale,
     )
-    engulfed = pd.concat(engulfed_rows, ignore_index=True) if engulfed_rows else None
-    psd, puncta = _psd95(rng, shape, px, density_per_100um2, snr, voids, soma_mask_all, engulfed)
-    noise = _noise_sd_e()
-    # Iba1: cell intensity blurred by the PSF, process SNR ~2x the PSD95 SNR
-    iba_e = ndi.gaussian_filter(iba, PSF_SIGMA_UM / px) * (2.0 * snr * noise / 0.8)
-    iba_bg = BACKGROUND_E * (1 + 0.1 * _texture(rng, shape, 3 / px))
-    iba_img = _camera(rng, _illumination(rng, shape) * (iba_bg + iba_e))
-    cd68_e = cd68_signal * (1.5 * snr * noise) + 0.05 * snr * noise * (_texture(rng, shape, 2 / px) > 2.5)
-    cd68_img = _camera(rng, _illumination(rng, shape) * (BACKGROUND_E + cd68_e))
-    analysed = ~(voids | soma_mask_all)
-    in_focus = puncta[~puncta["engulfed"]]
+    _check_non_negative(
+        density_per_100um2=density_per_100um2,
+        microglia_per_mm2=microglia_per_mm2,
+        engulfed_per_cell=engulfed_per_cell,
+        cd68_area_fraction=cd68_area_fraction,
+    )
+    if cd68_area_fraction > 0.5:
+        raise ValueError(f"cd68_area_fraction must be <= 0.5, got {cd68_area_fraction!r}")
+    px = pixel_size_um
+    cells = _microglia(rng, shape, px, microglia_per_mm2, process_length_scale, branching_scale, soma_scale)
+    n_cells = len(cells.table)
+    lys = _lysosomes(rng, cells, px, cd68_area_fraction)
+    eng = _engulfed_positions(rng, lys, n_cells, engulfed_per_cell, px)
+    psd = _psd95_channel(
+        rng, shape, px, density_per_100um2, snr, extra_void=cells.soma_mask, engulfed=eng
+    )
+
+    # Iba1: processes clearly visible (SNR ~15 for thick processes, tips dimmer)
+    b1 = rng.uniform(6.0, 12.0)
+    a1 = 15.0 * np.sqrt(b1 + _READ_E**2)
+    cell_sig = ndi.gaussian_filter(cells.intensity, 0.15 / px) + 0.12 * _broad_blur(cells.intensity, 1.5 / px)
+    bg1 = b1 * (1.0 + 0.15 * _smooth_noise(rng, shape, 8.0 / px))
+    iba1 = _Illumination(rng, shape).image * (bg1 + a1 * cell_sig)
+
+    # CD68: moderate SNR, lysosomes inside cells plus sparse dim nonspecific blobs
+    b2 = rng.uniform(6.0, 12.0)
+    a2 = 7.0 * np.sqrt(b2 + _READ_E**2)
+    k_ns = rng.poisson(1.5e-3 * shape[0] * shape[1] * px**2)
+    ns_y, ns_x = rng.uniform(-0.5, shape[0] - 0.5, k_ns), rng.uniform(-0.5, shape[1] - 0.5, k_ns)
+    lys_a = a2 * _lognormal(rng, len(lys.y), 0.35)
+    ns_a = 0.3 * a2 * _lognormal(rng, k_ns, 0.4)
+    ns_s = rng.uniform(0.3, 0.5, k_ns) / px
+    diffuse = 0.06 * a2 * ndi.gaussian_filter(cells.soma_mask.astype(float), 0.5 / px)
+    bg2 = b2 * (1.0 + 0.1 * _smooth_noise(rng, shape, 5.0 / px))
+    blobs = _render_disks(shape, lys.y, lys.x, lys_a, lys.rho_px, PSF_SIGMA_UM / px)
+    blobs += _render_gaussians(shape, ns_y, ns_x, ns_a, ns_s)
+    cd68 = _Illumination(rng, shape).image * (bg2 + diffuse + blobs)
+
+    image = np.stack([_camera(rng, psd.electrons), _camera(rng, iba1), _camera(rng, cd68)])
+    table = cells.table.copy()
+    table["cd68_area_um2"] = lys.area_um2
+    table["engulfed_count"] = np.bincount(eng[2], minlength=n_cells + 1)[1:].astype(np.int64)
+    log.debug(
+        "terminal field %s: %d cells, %d puncta (%d engulfed), snr %.2f",
+        shape,
+        n_cells,
+        len(psd.puncta),
+        len(eng[0]),
+        psd.snr,
+    )
     return TerminalField(
-        image=np.stack([psd, iba_img, cd68_img]),
-        puncta=puncta,
-        labels=labels,
-        cells=cells,
-        analysed_mask=analysed,
-        analysed_area_um2=float(analysed.sum() * px * px),
-        snr=float(in_focus["amplitude"].mean() / noise) if len(in_focus) else float(snr),
-        background_noise_sd=noise * GAIN_ADU_PER_E,
+        image, psd.puncta, cells.labels, table, psd.analysed, psd.area_um2, psd.snr, psd.noise_sd_adu
     )

@@ -1,13 +1,41 @@
-"""Automatic detection of synaptic puncta (PSD95) and synapse density.
+"""Automatic detection of synaptic puncta (e.g. PSD95) and synapse density.
 
-The detector is a multi-scale, scale-normalised Laplacian of Gaussian (LoG), like
-:func:`skimage.feature.blob_log`, with two differences that matter for puncta:
+Like Fiji's Puncta Analyzer or SynQuant, but with no per-image threshold.  The image is
+modelled as a smooth background plus Gaussian spots plus pixel noise, and every spot whose
+fitted amplitude is significant is kept:
 
-* the threshold is set from the image's own noise: each scale's response is divided by a
-  robust (median absolute deviation) estimate of its SD, so ``threshold_sd`` is a number of
-  noise SDs and means the same thing whatever the brightness, gain or offset of the image;
-* maxima are taken in space only (over the best scale at each pixel), with a minimum
-  separation of a fraction of a punctum, so touching puncta stay separate.
+1. **Noise.**  The pixel noise of a photon-counting (point-scanning confocal) image is white
+   and its variance grows linearly with the local intensity (Poisson-Gaussian model,
+   ``var = alpha * intensity + beta``).  Both coefficients are fitted to the image itself: the
+   median absolute deviation (MAD) of Immerkaer's noise residual (a 3 x 3 second difference
+   that cancels smooth signal) in boxes of a few micrometres, against the box intensity
+   (:func:`noise_sd_map`).
+2. **Significance.**  A punctum's amplitude is estimated by least squares (a Gaussian of the
+   expected size on top of a local background: everything smoother than
+   ``background_radius_um`` is removed by subtracting a Gaussian blur) and divided by its
+   exact noise SD under the fitted noise model.  For an isolated punctum this is a matched
+   filter with ~87 % of the ideal sensitivity (~1.3 x that of a Laplacian of Gaussian).
+3. **Candidates.**  Local maxima of a sharper Laplacian of Gaussian (0.6 x the punctum size),
+   at least ``min_separation_um`` apart, plus maxima of the residual after subtracting the
+   fitted puncta (second pass), so that touching puncta each get a candidate.
+4. **Joint fit and pruning.**  The amplitudes of all candidates are fitted jointly (linear
+   least squares with closed-form Gaussian overlaps), so a faint punctum next to a bright
+   one is judged on its own light.  A candidate's size is re-estimated when the data prefer
+   another size (likelihood-ratio gain > 4, p ~ 0.05 for one extra parameter), and its centre
+   is re-fitted on its deblended response (log-parabola, sub-pixel).  Candidates whose
+   amplitude is below ``threshold_sd`` noise SDs, or that a blob 2.5 x broader explains
+   significantly better (out-of-focus light of other planes), are dropped, weakest first,
+   and the fit is repeated until every remaining punctum is significant.
+
+The threshold is a number of noise SDs, so it means the same false-positive rate whatever
+the brightness, gain, offset or pixel size.  Random-field theory gives the rate of noise
+maxima above ``u`` SDs as ~``lambda / (2 pi)^(3/2) * u * exp(-u^2 / 2)`` per unit area
+(2-D; ``lambda`` ~ 1 / (2 sigma^2) for a filter of width ``sigma``), which falls 6-fold
+from u = 3.5 to 4 and again from 4 to 4.5.  Measured on pure Poisson-Gaussian noise (5-50
+photons per 0.1 um pixel) with the default sizes: 0.45-0.7 false puncta per 100 um^2
+at ``u = 4`` (the default), 0.1-0.25 at 4.5 and < 0.07 at 5.  At the default this
+is 1-2 % of a cortical PSD95 density (30-60 puncta per 100 um^2) while keeping puncta of
+~4 noise SDs (matched-filter units) detectable; raise it for sparse puncta.
 
 All sizes are in micrometres and converted with the pixel size, so the same parameters work
 at any sampling.
@@ -15,38 +43,66 @@ at any sampling.
 
 from __future__ import annotations
 
+import functools
 import logging
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-__all__ = ["detect_puncta", "analysed_area_mask", "synapse_density", "match_points", "robust_sd"]
+__all__ = [
+    "detect_puncta",
+    "analysed_area_mask",
+    "synapse_density",
+    "match_points",
+    "PointMatch",
+    "noise_sd_map",
+    "robust_sd",
+    "background_corrected",
+]
 
 log = logging.getLogger(__name__)
 
 _MAD_TO_SD = 1.4826
+_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+#: Immerkaer's noise operator (difference of two Laplacians), scaled to unit noise gain.
+_IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]) / 6.0
+_IN_FOCUS_SCALES = (0.8, 0.9, 1.0, 1.12, 1.25, 1.4)  # multiples of the nominal punctum size
+_OUT_OF_FOCUS_SCALES = (2.5,)  # blobs this much broader than a punctum are out-of-focus light
+_LIKELIHOOD_GAIN = 4.0  # chi-square gain needed to prefer another size (~p 0.05, 1 d.o.f.)
+_SHARP = 0.6  # scale of the candidate (Laplacian of Gaussian) map, x punctum sigma
+_PROTECT = 0.1  # two weak candidates compete for the same light above this correlation
 
 
-def _sigmas_px(spot_sigma_um: float, pixel_size_um: float, z_step_um: float | None, ndim: int,
-               scales: tuple[float, ...]) -> list[tuple[float, ...]]:
-    out = []
-    for s in scales:
-        lateral = max(s * spot_sigma_um / pixel_size_um, 0.6)
-        if ndim == 3:
-            axial = max(s * 3.0 * spot_sigma_um / (z_step_um or pixel_size_um), 0.6)
-            out.append((axial, lateral, lateral))
-        else:
-            out.append((lateral, lateral))
-    return out
+# --------------------------------------------------------------------------- noise
 
 
 def robust_sd(x: np.ndarray, max_samples: int = 200_000) -> float:
     """Noise SD from the median absolute deviation (robust to the signal in a few pixels).
 
-    Large arrays are subsampled on a regular grid to ``max_samples`` values.
+    Parameters
+    ----------
+    x : ndarray
+        Values (any shape).  Large arrays are subsampled on a regular grid to
+        ``max_samples`` values.
+    max_samples : int
+        Largest number of values used.
+
+    Returns
+    -------
+    float
+        ``1.4826 * MAD`` (the SD for Gaussian data); the plain SD, or 1.0, when the MAD is 0.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> round(robust_sd(rng.normal(0, 2, 10_000)), 1)
+    2.0
     """
     x = np.asarray(x).ravel()
     x = x[:: max(1, x.size // max_samples)]
@@ -60,7 +116,36 @@ def background_corrected(
     """Smoothed image minus a broad background, and the robust noise SD of the result.
 
     The background is a grey opening with a square of ``opening_um`` (removes objects
-    smaller than that) blurred by a Gaussian of ``background_um``.
+    smaller than that) blurred by a Gaussian of ``background_um``.  (Shared by the
+    microglia and lysosome segmentations.)
+
+    Parameters
+    ----------
+    image : ndarray
+        Intensities, YX.
+    pixel_size_um : float
+        Pixel size.
+    smoothing_um : float
+        Gaussian smoothing (at least 0.5 pixel).
+    opening_um : float
+        Half side of the square of the grey opening.
+    background_um : float
+        Gaussian blur of the opened image.
+
+    Returns
+    -------
+    signal : ndarray of float32
+        Smoothed image minus background.
+    sd : float
+        :func:`robust_sd` of ``signal``.
+
+    Examples
+    --------
+    >>> img = np.full((64, 64), 100.0)
+    >>> img[30:33, 30:33] += 50
+    >>> signal, sd = background_corrected(img, 0.2, smoothing_um=0.1, opening_um=1.0, background_um=2.0)
+    >>> bool(signal[31, 31] > 20), float(abs(signal[5, 5])) < 1e-3
+    (True, True)
     """
     img = np.asarray(image, dtype=np.float32)
     smooth = ndi.gaussian_filter(img, max(smoothing_um / pixel_size_um, 0.5))
@@ -70,22 +155,344 @@ def background_corrected(
     return signal, robust_sd(signal)
 
 
+def _blocks(a: np.ndarray, nb: list[int], bs: list[int]) -> np.ndarray:
+    """(planes x boxes, pixels per box) view of the lateral boxes of a (Z)YX array."""
+    a = a[..., : nb[0] * bs[0], : nb[1] * bs[1]].reshape(-1, nb[0], bs[0], nb[1], bs[1])
+    return np.moveaxis(a, 2, 3).reshape(-1, bs[0] * bs[1])
+
+
+def noise_sd_map(
+    image: np.ndarray, pixel_size_um: float, *, box_um: float = 3.0, level: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-pixel SD of the white pixel noise, from a Poisson-Gaussian model fitted to the image.
+
+    The noise of each box of ``box_um`` (per plane of a stack) is the MAD of Immerkaer's
+    residual (a second difference that cancels smooth signal, so puncta barely count).  The
+    box variances are regressed on the box intensity level with a robust (Theil-Sen) line,
+    ``var = alpha * level + beta`` (photon shot noise plus read noise), and the line is
+    evaluated at every pixel.  When the boxes do not span enough intensity (or the slope is
+    not positive), one global variance is used.
+
+    Parameters
+    ----------
+    image : ndarray
+        YX or ZYX intensities.
+    pixel_size_um : float
+        Lateral pixel size.
+    box_um : float
+        Box side for the local noise estimates.
+    level : ndarray, optional
+        Local intensity level at which the noise is evaluated (same shape as ``image``);
+        default: the image blurred by 0.5 um.
+
+    Returns
+    -------
+    sd : ndarray
+        Noise SD per pixel (same shape as ``image``).
+    info : dict
+        ``alpha``, ``beta`` (the fitted line) and ``zero_level`` (``-beta / alpha``: the
+        intensity with no photons, i.e. the offset, NaN without a slope).
+
+    Examples
+    --------
+    Shot noise at a gain of 2 (variance 4 x photons) on an offset of 100, brightening from
+    left to right:
+
+    >>> rng = np.random.default_rng(0)
+    >>> photons = np.linspace(10, 100, 256)[None, :].repeat(256, 0)
+    >>> img = rng.poisson(photons) * 2.0 + 100
+    >>> sd, info = noise_sd_map(img, 0.1)
+    >>> round(info["alpha"], 1), round(float(np.median(sd / np.sqrt(4 * photons))), 1)
+    (2.0, 1.0)
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if level is None:
+        level = ndi.gaussian_filter(img, [0.0] * (img.ndim - 2) + [0.5 / pixel_size_um] * 2)
+    resid = ndi.correlate(img, _IMMERKAER.reshape((1,) * (img.ndim - 2) + (3, 3)), mode="reflect")
+    box = max(box_um / pixel_size_um, 8.0)
+    lat = img.shape[-2:]
+    nb = [max(1, int(round(n / box))) for n in lat]
+    bs = [n // m for n, m in zip(lat, nb)]
+    rb = _blocks(resid, nb, bs)
+    var = (_MAD_TO_SD * np.median(np.abs(rb - np.median(rb, axis=1, keepdims=True)), axis=1)) ** 2
+    lev = np.median(_blocks(level, nb, bs), axis=1)
+    ok = var > 0
+    if not ok.any():
+        log.warning("no pixel noise found (noise-free image?); using 1 %% of the range as noise")
+        sd0 = 1e-2 * float(np.ptp(img)) or 1.0
+        return np.full(img.shape, sd0), {"alpha": 0.0, "beta": sd0**2, "zero_level": np.nan}
+    var, lev = var[ok], lev[ok]
+    v0 = float(np.median(var))
+    alpha, beta = 0.0, v0
+    # straight line through the medians of up to 16 equal-count intensity classes of boxes
+    # (medians: robust to boxes crowded with puncta); kept if the slope is positive at 95 %
+    n_cls = min(16, len(lev) // 3)
+    if n_cls >= 3 and np.ptp(lev) > 0:
+        order = np.argsort(lev)
+        groups = np.array_split(order, n_cls)
+        xs = np.array([np.median(lev[g]) for g in groups])
+        vs = np.array([np.median(var[g]) for g in groups])
+        if np.ptp(xs) > 0:
+            coef, cov = np.polyfit(xs, vs, 1, cov=True)
+            if coef[0] > 2.0 * np.sqrt(max(cov[0, 0], 0.0)):
+                alpha, beta = float(coef[0]), float(coef[1])
+    vmap = np.clip(alpha * level + beta, 0.25 * var.min(), 4.0 * var.max())
+    zero = -beta / alpha if alpha > 0 else np.nan
+    return np.sqrt(vmap), {"alpha": alpha, "beta": beta, "zero_level": float(zero)}
+
+
+# --------------------------------------------------------------------------- spot models
+
+
+def _gauss(d2: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Product over the last axis of 1-D normal densities with variances ``var``."""
+    return np.prod(np.exp(-d2 / (2.0 * var)) / np.sqrt(2.0 * np.pi * var), axis=-1)
+
+
+def _overlap(
+    d2: np.ndarray,
+    s_i: np.ndarray,
+    s_j: np.ndarray,
+    c_i: float | np.ndarray,
+    c_j: float | np.ndarray,
+    b: np.ndarray,
+    weights: tuple[float, ...],
+) -> np.ndarray:
+    """Closed-form inner products of background-subtracted Gaussian spots at offsets ``d2``.
+
+    A spot ``g = c N(0, s^2)`` seen through the high pass ``H = 1 - G_b`` is
+    ``c (N_s - N_{s^2 + b^2})``; products of such terms are sums of Gaussians of summed
+    variances ``s_i^2 + s_j^2 + q b^2`` with the binomial ``weights``.
+    """
+    v = s_i**2 + s_j**2
+    b2 = b**2
+    return c_i * c_j * sum(w * _gauss(d2, v + q * b2) for q, w in enumerate(weights))
+
+
+_W_K = (1.0, -2.0, 1.0)  # <H g_i, H g_j>
+_W_Q = (1.0, -4.0, 6.0, -4.0, 1.0)  # <H'H g_i, H'H g_j>: noise covariance of the responses
+
+
+class _Scale:
+    """The response of the image to one punctum size: the least-squares numerator
+    ``F = <H g, H I>`` and its noise SD (per unit pixel noise), with reflecting edges."""
+
+    def __init__(self, shape: tuple[int, ...], sigma: np.ndarray, b: np.ndarray) -> None:
+        self.sigma = np.asarray(sigma, float)
+        self.b = np.asarray(b, float)
+        self.c = float((2 * np.pi) ** (len(sigma) / 2) * np.prod(self.sigma))
+        self.k0 = float(_overlap(np.zeros(len(sigma)), self.sigma, self.sigma, self.c, self.c, self.b, _W_K))
+        self.filters = [self.sigma, np.sqrt(self.sigma**2 + self.b**2), np.sqrt(self.sigma**2 + 2 * self.b**2)]
+        self.shape = shape
+        # per axis: sum_j w_m(i, j) w_n(i, j) for the filter pairs (m, n); inner value elsewhere
+        self._profiles = {
+            (m, n): [
+                _edge_profile(int(shape[ax]), float(self.filters[m][ax]), float(self.filters[n][ax]))
+                for ax in range(len(shape))
+            ]
+            for m in range(3)
+            for n in range(m, 3)
+        }
+
+    def unit_sd(self, p: np.ndarray | None = None) -> np.ndarray:
+        """Noise SD of ``F`` for unit white pixel noise, at points ``p`` (or as a full map)."""
+        var = 0.0
+        for (m, n), prof in self._profiles.items():
+            w = _W_K[m] * _W_K[n] * (1 if m == n else 2)
+            if p is None:
+                term = prof[0]
+                for v in prof[1:]:
+                    term = np.multiply.outer(term, v)
+            else:
+                term = np.prod([np.interp(p[:, ax], np.arange(len(v)), v) for ax, v in enumerate(prof)], axis=0)
+            var = var + w * term
+        return self.c * np.sqrt(np.maximum(var, 0.0))
+
+    def response(self, levels: list[np.ndarray]) -> np.ndarray:
+        """``F`` as a full map from the image and its two background blurs."""
+        return self.c * sum(w * ndi.gaussian_filter(lv, self.sigma, mode="reflect") for w, lv in zip(_W_K, levels))
+
+    def response_at(self, patches: np.ndarray, frac: np.ndarray, radius: np.ndarray) -> np.ndarray:
+        """``F`` at sub-pixel points from patches of the doubly background-subtracted image
+        ``I - 2 G_b I + G_b G_b I`` around them (exact, no interpolation of a map)."""
+        acc = patches
+        for ax in range(len(radius)):
+            r = int(np.ceil(4 * self.sigma[ax]))
+            off = np.arange(-r, r + 1)[None, :] - frac[:, ax : ax + 1]
+            k = np.exp(-(off**2) / (2 * self.sigma[ax] ** 2))
+            k /= k.sum(axis=1, keepdims=True)
+            sl = slice(radius[ax] - r, radius[ax] + r + 1)
+            # contract the first remaining spatial axis of each point's patch
+            acc = np.einsum("ni...,ni->n...", acc[(slice(None), sl)], k)
+        return self.c * acc
+
+
+@functools.lru_cache(maxsize=512)
+def _edge_profile(n: int, sa: float, sb: float) -> np.ndarray:
+    """``sum_j w_a(i, j) w_b(i, j)`` for 1-D Gaussian filters with reflecting edges (cached:
+    images of one size share them; callers must not modify the result)."""
+    w = int(np.ceil(4 * max(sa, sb))) + 2
+    m = min(n, 2 * w + 1)
+    eye = np.eye(m)
+    small = (
+        ndi.gaussian_filter1d(eye, sa, axis=0, mode="reflect") * ndi.gaussian_filter1d(eye, sb, axis=0, mode="reflect")
+    ).sum(axis=0)
+    if m == n:
+        return small
+    out = np.full(n, small[w])
+    out[:w] = small[:w]
+    out[n - w :] = small[m - w :]
+    return out
+
+
+def _patches(level: np.ndarray, centres: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Patches of ``(2 r + 1)`` pixels per axis around integer centres (edges reflected)."""
+    idx = []
+    for ax, r in enumerate(radius):
+        n = level.shape[ax]
+        i = centres[:, ax : ax + 1] + np.arange(-r, r + 1)[None, :]
+        i = np.where(i < 0, -i - 1, i)  # half-sample symmetric, like scipy's 'reflect'
+        i = np.where(i >= n, 2 * n - 1 - i, i)
+        idx.append(np.clip(i, 0, n - 1))
+    shape = (len(centres),) + tuple(2 * r + 1 for r in radius)
+    nd = len(radius)
+    sel = tuple(idx[ax].reshape((len(centres),) + (1,) * ax + (-1,) + (1,) * (nd - ax - 1)) for ax in range(nd))
+    return np.broadcast_to(level[sel], shape)
+
+
 def _subpixel(z: np.ndarray, peaks: np.ndarray) -> np.ndarray:
     """Quadratic (parabola) refinement of integer peak positions along each axis."""
     out = peaks.astype(float)
+    f0 = z[tuple(peaks.T)]
     for ax in range(z.ndim):
         lo = peaks.copy()
         hi = peaks.copy()
         lo[:, ax] = np.clip(lo[:, ax] - 1, 0, z.shape[ax] - 1)
         hi[:, ax] = np.clip(hi[:, ax] + 1, 0, z.shape[ax] - 1)
-        f0 = z[tuple(peaks.T)]
-        fm = z[tuple(lo.T)]
-        fp = z[tuple(hi.T)]
-        denom = fm - 2 * f0 + fp
+        fm, fp = z[tuple(lo.T)], z[tuple(hi.T)]
+        den = fm - 2 * f0 + fp
         with np.errstate(divide="ignore", invalid="ignore"):
-            off = np.where(denom < 0, 0.5 * (fm - fp) / denom, 0.0)
+            off = np.where(den < 0, 0.5 * (fm - fp) / den, 0.0)
         out[:, ax] += np.clip(off, -0.5, 0.5)
     return out
+
+
+def _render(shape: tuple[int, ...], pos: np.ndarray, amp: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Sum of Gaussian spots (peak ``amp``, per-axis ``sigma``) rendered on the pixel grid."""
+    img = np.zeros(int(np.prod(shape)))
+    if len(pos) == 0:
+        return img.reshape(shape)
+    r = np.ceil(4 * sigma.max(axis=0)).astype(int)
+    offs = np.stack(np.meshgrid(*[np.arange(-ri, ri + 1) for ri in r], indexing="ij"), -1).reshape(-1, len(shape))
+    coords = np.rint(pos).astype(int)[:, None, :] + offs[None]
+    val = amp[:, None] * np.exp(-(((coords - pos[:, None, :]) ** 2) / (2 * sigma[:, None, :] ** 2)).sum(-1))
+    ok = np.all((coords >= 0) & (coords < np.array(shape)), axis=-1)
+    flat = np.ravel_multi_index(tuple(coords[ok].T), shape)
+    return np.bincount(flat, val[ok], minlength=img.size).reshape(shape)
+
+
+def _solve_clusters(
+    n: int,
+    i: np.ndarray,
+    j: np.ndarray,
+    m: np.ndarray,
+    q: np.ndarray,
+    kij: np.ndarray,
+    qij: np.ndarray,
+    y: np.ndarray,
+    corr: np.ndarray | None = None,
+    max_cluster: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares amplitudes ``M^-1 y`` and their variances ``diag(M^-1 Q M^-1)``,
+    one connected cluster of overlapping candidates at a time (batched by cluster size).
+
+    Clusters larger than ``max_cluster`` (long chains of puncta along a dendrite) are split
+    by ignoring their weakest overlaps (correlation below 0.03, then 0.1, 0.3), which keeps
+    the cost linear in the number of puncta.
+    """
+    a = y / m
+    va = q / m**2
+    if len(i) == 0:
+        return a, va
+    n_comp, lab = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
+    sizes = np.bincount(lab, minlength=n_comp)
+    if corr is not None:
+        for weakest in (0.03, 0.1, 0.3, np.inf):
+            big = sizes[lab] > max_cluster
+            if not big.any():
+                break
+            use = ~(big[i] & (np.abs(corr) < weakest))
+            i, j, kij, qij, corr = i[use], j[use], kij[use], qij[use], corr[use]
+            n_comp, lab = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
+            sizes = np.bincount(lab, minlength=n_comp)
+    order = np.argsort(lab, kind="stable")
+    loc = np.empty(n, int)
+    loc[order] = np.arange(n) - np.repeat(np.r_[0, np.cumsum(sizes)[:-1]], sizes)
+    for size in np.unique(sizes[sizes > 1]):
+        comps = np.flatnonzero(sizes == size)
+        cmap = np.full(n_comp, -1)
+        cmap[comps] = np.arange(len(comps))
+        inside = cmap[lab] >= 0
+        members = np.empty((len(comps), size), int)
+        members[cmap[lab[inside]], loc[inside]] = np.flatnonzero(inside)
+        diag = np.arange(size)
+        mm = np.zeros((len(comps), size, size))
+        qq = np.zeros((len(comps), size, size))
+        mm[:, diag, diag] = m[members]
+        qq[:, diag, diag] = q[members]
+        sel = cmap[lab[i]] >= 0
+        c, li, lj = cmap[lab[i[sel]]], loc[i[sel]], loc[j[sel]]
+        mm[c, li, lj] = mm[c, lj, li] = kij[sel]
+        qq[c, li, lj] = qq[c, lj, li] = qij[sel]
+        minv = np.linalg.inv(mm)
+        a[members] = np.einsum("cij,cj->ci", minv, y[members])
+        va[members] = np.einsum("cij,cjk,cik->ci", minv, qq, minv)
+    return a, va
+
+
+def _refine(
+    p: np.ndarray,
+    amp: np.ndarray,
+    sig: np.ndarray,
+    cc: np.ndarray,
+    i: np.ndarray,
+    j: np.ndarray,
+    f_nom: np.ndarray,
+    nominal: _Scale,
+    bg: np.ndarray,
+) -> np.ndarray:
+    """Sub-pixel centres from the deblended nominal response (the response map minus the
+    neighbours' fitted models) at each centre pixel and its axial neighbours, by fitting a
+    parabola to the logarithm along each axis (exact for a Gaussian peak)."""
+    n, ndim = p.shape
+    c = np.rint(p).astype(int)
+    shape = np.array(f_nom.shape)
+    vals = np.empty((n, ndim, 3))
+
+    def neighbours(at: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """Neighbour ``src``'s model response at the probe points of ``dst``."""
+        d2 = (at[dst] - p[src]) ** 2
+        model = amp[src] * _overlap(d2, nominal.sigma, sig[src], nominal.c, cc[src], bg, _W_K)
+        return np.bincount(dst, model, minlength=n)
+
+    for ax in range(ndim):
+        for o in (-1, 0, 1):
+            x = c.copy()
+            x[:, ax] += o
+            x = np.clip(x, 0, shape - 1)
+            v = f_nom[tuple(x.T)].astype(float)
+            if len(i):
+                v -= neighbours(x, j, i) + neighbours(x, i, j)
+            vals[:, ax, o + 1] = v
+    with np.errstate(divide="ignore", invalid="ignore"):
+        positive = (vals > 0).all(axis=2)
+        lv = np.where(positive[..., None], np.log(np.where(vals > 0, vals, 1.0)), vals)
+        den = lv[..., 0] - 2 * lv[..., 1] + lv[..., 2]
+        off = np.where(den < 0, 0.5 * (lv[..., 0] - lv[..., 2]) / den, 0.0)
+    return c + np.clip(np.nan_to_num(off), -1.0, 1.0)
+
+
+# --------------------------------------------------------------------------- detection
 
 
 def detect_puncta(
@@ -93,164 +500,436 @@ def detect_puncta(
     pixel_size_um: float,
     *,
     z_step_um: float | None = None,
-    spot_sigma_um: float = 0.14,
-    scales: tuple[float, ...] = (0.8, 1.0, 1.3),
+    punctum_radius_um: float = 0.15,
+    axial_radius_um: float = 0.35,
     threshold_sd: float = 4.0,
-    min_separation_um: float = 0.2,
-    background_radius_um: float = 1.0,
+    min_separation_um: float = 0.25,
+    background_radius_um: float = 0.3,
     mask: np.ndarray | None = None,
+    noise_box_um: float = 3.0,
+    reject_out_of_focus: bool = True,
 ) -> pd.DataFrame:
     """Detect puncta (diffraction-limited spots) in a 2-D (YX) or 3-D (ZYX) image.
+
+    See the module docstring for the method.  No parameter depends on the image's
+    brightness: sizes are physical and the threshold is in units of the image's own noise.
 
     Parameters
     ----------
     image : ndarray
-        Raw intensities, YX or ZYX.
+        Raw intensities (not background-subtracted, not deconvolved: the noise model assumes
+        independent pixel noise), YX or ZYX.
     pixel_size_um : float
         Lateral pixel size.
     z_step_um : float, optional
-        Axial step of a ZYX stack (default: isotropic).
-    spot_sigma_um : float
-        Apparent Gaussian sigma of a punctum (PSF convolved with the synapse; PSD95 puncta
-        under a 1.3-1.4 NA objective: ~0.12-0.16 um).  The axial sigma is taken as 3x.
-    scales : tuple of float
-        LoG scales as multiples of ``spot_sigma_um``; puncta are found at the first (finest)
-        one, the others estimate their size.
+        Axial step of a ZYX stack (default: the lateral pixel size).
+    punctum_radius_um : float
+        Apparent radius (half width at half maximum) of a typical punctum: the confocal PSF
+        (FWHM ~0.22-0.25 um at NA 1.3-1.4) convolved with a PSD of 0.2-0.4 um gives an
+        apparent FWHM of ~0.3 um.  The nominal Gaussian sigma is this / 1.177 (0.127 um);
+        sizes from 0.8x to 1.4x of it are fitted.
+    axial_radius_um : float
+        Apparent axial half width at half maximum (3-D only; confocal axial FWHM ~0.7 um).
     threshold_sd : float
-        Detection threshold in noise SDs of the LoG response (robust SD of the response).
-        Measured on pure Poisson-Gaussian camera noise: ~7 false detections per 256 x 256
-        field at 4 SDs (~2 at 4.5, ~0.2 at 5), i.e. ~3 % of the ~250 puncta of a typical
-        PSD95 field; raise it for sparse puncta.
+        Significance of a punctum's fitted amplitude, in noise SDs.  The default 4 gives
+        ~0.45-0.7 false detections per 100 um^2 of pure noise, 1-2 % of a typical PSD95
+        density (module docstring); 4.5 gives 0.1-0.25.
     min_separation_um : float
-        Minimum distance between two puncta (touching puncta are ~0.3-0.5 um apart).
+        Two puncta closer than this are one (the lateral resolution of a confocal, ~0.25 um).
     background_radius_um : float
-        Radius of the local background (grey opening) subtracted for ``intensity``.
+        Structures broader than about this (dendritic shafts, haze, illumination) count as
+        background: the image minus its Gaussian blur of this sigma is fitted.  The default is
+        twice the punctum radius: the test then keeps ~87 % of the sensitivity of a matched
+        filter while out-of-focus puncta (sigma >~ 0.35 um) and dendritic shafts lose most of
+        their response.  Larger values gain sensitivity and admit more of that clutter.
     mask : ndarray of bool, optional
-        Only report puncta whose centre pixel is in the mask.
+        Only report puncta whose nearest pixel is True (same shape as ``image``, or YX for a
+        stack).  Puncta just outside still take part in the fit.
+    noise_box_um : float
+        Box size of the local noise estimates (:func:`noise_sd_map`).
+    reject_out_of_focus : bool
+        Drop spots that a blob 2.5x broader than a punctum explains significantly better
+        (out-of-focus puncta of neighbouring planes in a single optical section).
 
     Returns
     -------
     DataFrame
-        One row per punctum: ``y``, ``x`` (and ``z``) in pixels (sub-pixel, pixel centres at
-        integer coordinates); ``intensity`` (background-corrected peak of the image
-        smoothed at 0.5 pixel); ``sigma_um`` (best LoG scale); ``snr`` (LoG response in
-        noise SDs).
+        One row per punctum, sorted by position: ``y``, ``x`` (and ``z``) in pixels
+        (sub-pixel, pixel centres at integer coordinates); ``intensity`` (fitted peak height
+        above the local background, deblended from neighbours, image units);
+        ``integrated_intensity`` (``intensity`` x the Gaussian's volume, image units x
+        pixels); ``sigma_um`` (lateral sigma of the fitted Gaussian: the nominal size unless
+        the data prefer another); ``snr`` (fitted amplitude / its noise SD, >= threshold_sd);
+        ``noise_sd`` (local pixel noise SD).  ``attrs`` holds ``n_z`` (planes) and the
+        parameters.
 
     Examples
     --------
-    >>> import numpy as np
+    Two puncta 0.35 um apart on a noisy background:
+
+    >>> rng = np.random.default_rng(0)
     >>> yy, xx = np.mgrid[:64, :64]
-    >>> img = 100 + 50 * np.exp(-((yy - 20.3) ** 2 + (xx - 30.6) ** 2) / (2 * 1.4 ** 2))
-    >>> img = np.random.default_rng(0).poisson(img).astype(float)
+    >>> spots = sum(60 * np.exp(-((yy - 30) ** 2 + (xx - x) ** 2) / (2 * 1.3**2)) for x in (30, 33.5))
+    >>> img = rng.poisson(20 + spots).astype(float)
     >>> p = detect_puncta(img, 0.1)
-    >>> len(p), round(p.y[0]), round(p.x[0])
-    (1, 20, 31)
+    >>> len(p), p["x"].round().tolist()
+    (2, [30.0, 34.0])
     """
-    img = np.asarray(image, dtype=np.float32)
+    img = np.asarray(image, dtype=np.float64)
     if img.ndim not in (2, 3):
         raise ValueError(f"image must be YX or ZYX, got shape {img.shape}")
-    sigmas = _sigmas_px(spot_sigma_um, pixel_size_um, z_step_um, img.ndim, scales)
-    zstack = np.empty((len(sigmas),) + img.shape, np.float32)
-    for i, s in enumerate(sigmas):
-        r = -ndi.gaussian_laplace(img, s) * float(np.mean(s) ** 2)
-        zstack[i] = r / robust_sd(r)
-    best = zstack.argmax(axis=0)
-    # Maxima are found at the finest scale: coarser scales merge touching puncta into one
-    # blob.  The best scale at each maximum only reports the punctum's size.
-    z = zstack[0]
-    significance = zstack.max(axis=0)
-    sep_px = max(min_separation_um / pixel_size_um, 1.0)
-    size = [2 * int(sep_px) + 1] * img.ndim
-    if img.ndim == 3:
-        size[0] = 2 * max(int(min_separation_um * 3 / (z_step_um or pixel_size_um)), 1) + 1
-    # a maximum of the finest scale counts when the best scale clears the threshold (and the
-    # finest scale clears half of it, so noise maxima on a neighbour's flank do not count)
-    local_max = (
-        (z == ndi.maximum_filter(z, size=size, mode="nearest"))
-        & (significance >= threshold_sd)
-        & (z >= 0.5 * threshold_sd)
-    )
-    # the outermost pixels (and planes) see a mirrored image: LoG noise there is correlated and
-    # maxima are unreliable, so they are not searched (analysed_area_mask excludes them too)
-    frame = np.zeros(img.shape, bool)
-    frame[(slice(1, -1),) * img.ndim] = True
-    local_max &= frame
-    if mask is not None:
-        local_max &= np.asarray(mask, bool)
-    peaks = np.argwhere(local_max)
-    cols = ["z", "y", "x"][3 - img.ndim :]
-    if len(peaks) == 0:
-        return pd.DataFrame(columns=[*cols, "intensity", "sigma_um", "snr"], dtype=float)
-    pos = _subpixel(z, peaks)
-    footprint = max(int(round(background_radius_um / pixel_size_um)), 1)
-    smooth = ndi.gaussian_filter(img, 0.5)
-    background = ndi.grey_opening(smooth, size=[2 * footprint + 1] * img.ndim)
-    idx = tuple(peaks.T)
-    scale_idx = best[idx]
+    if not pixel_size_um > 0:
+        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
+    if not np.isfinite(img).all():
+        raise ValueError("image contains NaN or infinite values; replace them (e.g. by the median) first")
+    if mask is not None and np.shape(mask) not in (img.shape, img.shape[-2:]):
+        raise ValueError(f"mask shape {np.shape(mask)} does not match the image {img.shape} (or its YX plane)")
+    ndim = img.ndim
+    dz = float(z_step_um) if z_step_um else float(pixel_size_um)
+    sigma0 = np.full(ndim, punctum_radius_um / (_FWHM_PER_SIGMA / 2) / pixel_size_um)
+    bg = np.full(ndim, background_radius_um / pixel_size_um)
+    sep = np.full(ndim, max(min_separation_um / pixel_size_um, 1.0))
+    if ndim == 3:
+        ratio = axial_radius_um / punctum_radius_um
+        sigma0[0] = axial_radius_um / (_FWHM_PER_SIGMA / 2) / dz
+        bg[0] = background_radius_um * ratio / dz
+        sep[0] = max(min_separation_um * ratio / dz, 1.0)
+
+    blur1 = ndi.gaussian_filter(img, bg, mode="reflect")
+    blur2 = ndi.gaussian_filter(blur1, bg, mode="reflect")
+    levels = [img, blur1, blur2]
+    hh_img = img - 2.0 * blur1 + blur2  # H'H I: the image seen by every size's response
+    noise, noise_info = noise_sd_map(img, pixel_size_um, box_um=noise_box_um, level=blur2)
+    scales = [_Scale(img.shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]
+    if reject_out_of_focus:
+        scales.extend(_Scale(img.shape, sigma0 * f, bg) for f in _OUT_OF_FOCUS_SCALES)
+    n_in = len(_IN_FOCUS_SCALES)
+    nom = _IN_FOCUS_SCALES.index(1.0)
+    nominal = scales[nom]
+    f_nom = nominal.response(levels)
+    sd_nom = noise * nominal.unit_sd()
+    z_nom = f_nom / sd_nom
+
+    footprint = tuple(2 * int(s) + 1 for s in sep)
+    sharp = -ndi.gaussian_laplace(img, _SHARP * sigma0, mode="reflect")
+    cand = (sharp == ndi.maximum_filter(sharp, size=footprint, mode="nearest")) & (z_nom >= 0.5 * threshold_sd)
+    pos = _subpixel(sharp, np.argwhere(cand))
+
+    sig_all = np.stack([s.sigma for s in scales])
+    c_all = np.array([s.c for s in scales])
+    k0_all = np.array([s.k0 for s in scales])
+    radius = np.ceil(4 * np.max([s.filters[0] for s in scales], axis=0)).astype(int)
+    unit = np.maximum(sig_all.max(axis=0), bg)  # neighbour search in units of the widest model
+    cut = 4.0 * np.sqrt(2.0) * np.sqrt(2.0)  # |overlap| < ~1e-3 beyond 4 SD of sqrt(2 s^2 + 2 b^2)
+
+    def at(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Responses at every size, their unit noise SDs, pixel noise and close pairs."""
+        if len(points) == 0:
+            return np.zeros((len(scales), 0)), np.zeros((n_in, 0)), np.zeros(0), np.zeros((0, 2), int)
+        centres = np.rint(points).astype(int)
+        patches = _patches(hh_img, centres, radius)
+        resp = np.stack([s.response_at(patches, points - centres, radius) for s in scales])
+        unit_sd = np.stack([s.unit_sd(points) for s in scales[:n_in]])
+        sn = ndi.map_coordinates(noise, points.T, order=1, mode="nearest")
+        pairs = cKDTree(points / unit).query_pairs(cut, output_type="ndarray")
+        return resp, unit_sd, sn, pairs  # (pairs are recomputed for the full set by callers)
+
+    a = t = np.zeros(0)
+    k = np.zeros(0, int)
+    for rnd in range(2):
+        resp, unit_sd, sn, pairs = at(pos)
+        keep = np.ones(len(pos), bool)
+        k = np.concatenate([k, np.full(len(pos) - len(k), nom)]) if rnd else np.full(len(pos), nom)
+        final, k_used, ok = np.zeros(0, int), np.zeros(0, int), np.zeros(0, bool)
+        a = t = np.zeros(0)
+        resized, refined = (0, 0) if rnd == 0 else (2, 1)  # survivors are settled already
+        for _ in range(100):
+            idx = np.flatnonzero(keep)
+            n = len(idx)
+            if n == 0:
+                final, k_used, ok = idx, np.zeros(0, int), np.zeros(0, bool)
+                a = t = np.zeros(0)
+                break
+            remap = np.full(len(pos), -1)
+            remap[idx] = np.arange(n)
+            pr = remap[pairs]
+            pr = pr[(pr >= 0).all(axis=1)]
+            i, j = pr.T
+            p = pos[idx]
+            kk = k[idx]
+            sig, cc = sig_all[kk], c_all[kk]
+            d2 = (p[i] - p[j]) ** 2
+            m = k0_all[kk]
+            kij = _overlap(d2, sig[i], sig[j], cc[i], cc[j], bg, _W_K)
+            corr = kij / np.sqrt(m[i] * m[j])
+            strong = np.abs(corr) > 0.01
+            i, j, d2, kij, corr = i[strong], j[strong], d2[strong], kij[strong], corr[strong]
+            qij = _overlap(d2, sig[i], sig[j], cc[i], cc[j], bg, _W_Q)
+            y = resp[kk, idx]
+            q = unit_sd[kk, idx] ** 2
+            amp, var = _solve_clusters(n, i, j, m, q, kij, qij, y, corr)
+            tt = amp / (sn[idx] * np.sqrt(np.maximum(var, 1e-300)))
+            # responses with the neighbours' fitted models removed (deblended), every scale
+            deb = resp[:, idx].copy()
+            for si, s in enumerate(scales):
+                deb[si] -= np.bincount(i, amp[j] * _overlap(d2, s.sigma, sig[j], s.c, cc[j], bg, _W_K), minlength=n)
+                deb[si] -= np.bincount(j, amp[i] * _overlap(d2, s.sigma, sig[i], s.c, cc[i], bg, _W_K), minlength=n)
+            fit = np.sign(deb) * deb**2 / k0_all[:, None]  # least-squares gain of each size
+            z2 = (deb[nom] / (sn[idx] * unit_sd[nom, idx])) ** 2
+            best_in = fit[:n_in].argmax(axis=0)
+            f_in = fit[best_in, np.arange(n)]
+
+            def gain(f1: np.ndarray, f0: np.ndarray) -> np.ndarray:
+                return z2 * (f1 / np.maximum(f0, 1e-300) - 1.0)
+
+            new_k = np.where(gain(f_in, fit[nom]) > _LIKELIHOOD_GAIN, best_in, nom)
+            broad = np.zeros(n, bool)
+            if reject_out_of_focus:
+                broad = gain(fit[n_in:].max(axis=0), f_in) > _LIKELIHOOD_GAIN
+            # two puncta closer than the minimum separation (re-centring can bring them
+            # together) are one: the weaker goes
+            close = ((d2 / sep**2).sum(axis=1) < 1.0) if len(i) else np.zeros(0, bool)
+            merged = np.zeros(n, bool)
+            merged[np.where(tt[i] < tt[j], i, j)[close]] = True
+            low = (tt < threshold_sd) | broad | merged
+            a, t, ok, final, k_used = amp, tt, ~low, idx, kk
+            if low.any():
+                # drop the weak ones, but of two overlapping weak candidates only the weaker
+                weak = low & ~broad & ~merged
+                both = weak[i] & weak[j] & (np.abs(corr) > _PROTECT)
+                drop = low.copy()
+                drop[np.where(tt[i] >= tt[j], i, j)[both]] = False
+                keep[idx[drop]] = False
+                k[idx] = new_k
+                continue
+            # all significant: re-estimate sizes (a few times at most: the sizes of
+            # neighbours can trade off and flip back and forth) and re-centre each punctum
+            # on its deblended response (twice), then refit
+            resize = resized < 3 and not np.array_equal(new_k, kk)
+            moved = np.zeros(n, bool)
+            if refined < 2:
+                refined += 1
+                new_p = _refine(p, amp, sig, cc, i, j, f_nom, nominal, bg)
+                moved = np.abs(new_p - p).max(axis=1) > 0.02
+            if not (resize or moved.any()):
+                break
+            if resize:
+                resized += 1
+                k[idx] = new_k
+            if moved.any():
+                pos = pos.copy()
+                pos[idx[moved]] = new_p[moved]
+                r_, u_, s_, _ = at(new_p[moved])
+                resp[:, idx[moved]], unit_sd[:, idx[moved]], sn[idx[moved]] = r_, u_, s_
+                pairs = cKDTree(pos / unit).query_pairs(cut, output_type="ndarray")
+        # (normally all of ``final`` passed; after the iteration cap, keep only those that did)
+        pos, k, a, t = pos[final][ok], k_used[ok], a[ok], t[ok]
+        if rnd == 1 or len(pos) == 0:
+            break
+        # second pass: maxima of the residual significance (puncta hidden by brighter ones)
+        model = _render(img.shape, pos, a, sig_all[k])
+        m1 = ndi.gaussian_filter(model, bg, mode="reflect")
+        z_res = (f_nom - nominal.response([model, m1, ndi.gaussian_filter(m1, bg, mode="reflect")])) / sd_nom
+        is_max = z_res == ndi.maximum_filter(z_res, size=footprint, mode="nearest")
+        peaks = np.argwhere(is_max & (z_res >= threshold_sd))
+        new = _subpixel(z_res, peaks)
+        if len(new):
+            dist, _ = cKDTree(pos / sep).query(new / sep)
+            new = new[dist >= 1.0]
+        if len(new) == 0:
+            break
+        pos = np.concatenate([pos, new])
+
+    # a punctum counts when its centre lies in the imaged field: laterally within the outer
+    # pixels, axially between the first and last plane (maxima beyond them are light from
+    # puncta outside the stack, and noise maxima crowd at reflecting borders)
+    lo = np.full(ndim, -0.5)
+    hi = np.array(img.shape, float) - 0.5
+    if ndim == 3:
+        lo[0], hi[0] = 0.0, img.shape[0] - 1.0
+    inside = np.all((pos >= lo) & (pos <= hi), axis=1) if len(pos) else np.zeros(0, bool)
+    pos, k, a, t = pos[inside], k[inside], a[inside], t[inside]
+    cols = ["z", "y", "x"][3 - ndim :]
     out = pd.DataFrame(pos, columns=cols)
-    out["intensity"] = (smooth - background)[idx]
-    out["sigma_um"] = np.asarray(scales)[scale_idx] * spot_sigma_um
-    out["snr"] = significance[idx]
-    log.debug("detected %d puncta", len(out))
+    out["intensity"] = a
+    out["integrated_intensity"] = a * c_all[k]
+    out["sigma_um"] = sig_all[k, -1] * pixel_size_um
+    out["snr"] = t
+    out["noise_sd"] = ndi.map_coordinates(noise, pos.T, order=1, mode="nearest") if len(pos) else np.zeros(0)
+    if mask is not None and len(out):
+        mk = np.asarray(mask, bool)
+        ij = np.clip(np.rint(pos[:, -mk.ndim :]).astype(int), 0, np.array(mk.shape) - 1)
+        out = out[mk[tuple(ij.T)]]
+    out = out.sort_values(cols, ignore_index=True)
+    out.attrs.update(
+        {
+            "n_z": img.shape[0] if ndim == 3 else 1,
+            "pixel_size_um": float(pixel_size_um),
+            "z_step_um": dz if ndim == 3 else None,
+            "threshold_sd": float(threshold_sd),
+            "noise_alpha": noise_info["alpha"],
+            "noise_beta": noise_info["beta"],
+        }
+    )
+    log.debug("detected %d puncta (%d candidates)", len(out), len(cand.nonzero()[0]))
     return out
+
+
+# --------------------------------------------------------------------------- analysed area
+
+
+def _normalized_blur(values: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-weighted local mean of ``values`` over the pixels with ``weights``."""
+    num = ndi.gaussian_filter(values * weights, sigma, mode="reflect")
+    den = ndi.gaussian_filter(weights.astype(float), sigma, mode="reflect")
+    fill = float(np.average(values, weights=weights)) if weights.any() else float(np.mean(values))
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), fill)
 
 
 def analysed_area_mask(
     image: np.ndarray,
     pixel_size_um: float,
     *,
+    puncta: pd.DataFrame | None = None,
     void_min_diameter_um: float = 5.0,
-    smoothing_um: float = 1.0,
-    contrast: float = 0.5,
+    void_level: float = 0.6,
+    void_clearance_um: float = 1.5,
+    block_um: float = 1.0,
+    neuropil_scale_um: float = 10.0,
+    smoothing_um: float = 0.5,
 ) -> np.ndarray:
     """Mask of the neuropil in which puncta are counted: dark voids (somata, vessels) excluded.
 
-    A void is a connected region of the smoothed image below Otsu's threshold that is at
-    least ``void_min_diameter_um`` across and clearly darker than the neuropil: its mean lies
-    more than ``contrast`` of the way from the neuropil level down to the dark level of the
-    image (0.1th percentile).  Images without voids (only illumination gradients) keep
-    their whole area.
+    Neuronal somata and blood vessels hold no synapses: in a PSD95 image they are large
+    regions that are both dim and free of puncta.  Both properties are required:
+
+    1. the diffuse signal of each block of ``block_um`` is its lower quartile (puncta and
+       dendritic shafts, which cover a minority of the pixels, do not raise it), expressed
+       as a fraction of the surrounding neuropil's (averaged over ``neuropil_scale_um``
+       outside voids, so uneven illumination cancels); both are measured above the
+       detector's zero-photon level (from the Poisson-Gaussian noise fit of
+       :func:`noise_sd_map`; 0 when the image does not allow the fit);
+    2. a block is a void core when this fraction is below ``void_level`` *and* no punctum
+       lies within ``void_clearance_um`` of it (in neuropil with >= 20 puncta per 100 um^2
+       a punctum-free disk of 1.5 um radius has a probability of < 25 %, and it must also be
+       dim);
+    3. at full resolution a void extends to where the smoothed image is half-way between
+       the voids' level and the local neuropil's (the half-maximum of a blurred edge), its
+       small holes are filled, and it counts when its area is at least that of a disk of
+       ``void_min_diameter_um``.
 
     Parameters
     ----------
     image : ndarray
-        YX (or ZYX: the max projection is used).
+        YX, or ZYX (the mean over planes is used).
     pixel_size_um : float
+        Lateral pixel size.
+    puncta : DataFrame, optional
+        Puncta of this image (``y``, ``x`` in pixels), e.g. from :func:`detect_puncta`;
+        detected here (on the 2-D image) when not given.
     void_min_diameter_um : float
-        Smallest void (a disk of this diameter) to exclude.
+        Smallest void (area of a disk of this diameter) to exclude.
+    void_level : float
+        A void core has less than this fraction of the neuropil's diffuse signal: half-way
+        between a void (somata and vessels carry little PSD95, <= ~40 % of the neuropil
+        level, mostly out-of-focus light) and dim neuropil (>= ~80 %).
+    void_clearance_um : float
+        A void core has no punctum within this distance.
+    block_um : float
+        Block size of the diffuse-level estimate.
+    neuropil_scale_um : float
+        Scale over which the neuropil level (illumination) may vary.
     smoothing_um : float
-        Gaussian smoothing before thresholding (averages over puncta).
-    contrast : float
-        Required darkness of a void (see above).
+        Gaussian smoothing of the full-resolution image that places the void borders.
 
     Returns
     -------
     ndarray of bool
         True where puncta are counted (YX).
-    """
-    from skimage.filters import threshold_otsu
 
-    img = np.asarray(image, dtype=np.float32)
+    Examples
+    --------
+    A field of puncta with a dark, punctum-free soma of 8 um diameter in its centre:
+
+    >>> rng = np.random.default_rng(0)
+    >>> yy, xx = np.mgrid[:256, :256]
+    >>> soma = (yy - 128) ** 2 + (xx - 128) ** 2 < 40**2
+    >>> centres = rng.uniform(0, 256, (300, 2))
+    >>> centres = centres[~soma[tuple(centres.astype(int).T)]]
+    >>> spots = sum(40 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 3.0) for y, x in centres)
+    >>> img = rng.poisson(np.where(soma, 5.0, 20.0) + spots) * 2.0 + 100
+    >>> mask = analysed_area_mask(img, 0.1)
+    >>> round(float((~mask).sum() / soma.sum()), 1)
+    1.0
+    """
+    img = np.asarray(image, dtype=np.float64)
     if img.ndim == 3:
-        img = img.max(axis=0)
-    smooth = ndi.gaussian_filter(img, smoothing_um / pixel_size_um)
-    thr = threshold_otsu(smooth)
-    dark = smooth < thr
-    labels, n = ndi.label(dark)
-    keep = np.zeros(img.shape, bool)
-    keep[1:-1, 1:-1] = True  # detect_puncta does not search the outermost pixels
-    if n == 0:
-        return keep
+        img = img.mean(axis=0)
+    if img.ndim != 2:
+        raise ValueError(f"image must be YX or ZYX, got shape {np.shape(image)}")
+    if puncta is None:
+        puncta = detect_puncta(img, pixel_size_um)
+    smooth = ndi.gaussian_filter(img, smoothing_um / pixel_size_um, mode="reflect")
+    _, info = noise_sd_map(img, pixel_size_um, level=smooth)
+    dark = info["zero_level"]
+    if not np.isfinite(dark) or dark >= np.median(smooth):
+        log.info("analysed_area_mask: no photon-transfer fit, dark level taken as 0")
+        dark = 0.0
+    # diffuse level per block: lower quartile (the image is padded by reflection)
+    bs = max(int(round(block_um / pixel_size_um)), 2)
+    nb = [-(-n // bs) for n in img.shape]
+    padded = np.pad(img, [(0, m * bs - n) for n, m in zip(img.shape, nb)], mode="reflect")
+    diffuse = np.percentile(_blocks(padded, nb, [bs, bs]), 25, axis=1).reshape(nb) - dark
+    # blocks without a punctum within the clearance
+    centres = (np.stack(np.meshgrid(*[np.arange(m) for m in nb], indexing="ij"), -1).reshape(-1, 2) + 0.5) * bs - 0.5
+    if len(puncta):
+        dist, _ = cKDTree(puncta[["y", "x"]].to_numpy(float)).query(centres)
+    else:
+        dist = np.full(len(centres), np.inf)
+    empty = (dist * pixel_size_um > void_clearance_um).reshape(nb)
+    # neuropil level: a local median (dendritic shafts are a minority of the blocks), first
+    # the upper quartile (not pulled down by voids covering up to half the neighbourhood),
+    # then the median with the voids found filled by the neuropil level, until stable
+    width = 2 * int(round(neuropil_scale_um / block_um)) + 1
+    neuropil = ndi.percentile_filter(diffuse, 75, size=width, mode="reflect")
+    void_blocks = (diffuse < void_level * neuropil) & empty
+    for _ in range(5):
+        filled = np.where(void_blocks, neuropil, diffuse)
+        neuropil = ndi.median_filter(filled, size=width, mode="reflect")
+        new = (diffuse < void_level * neuropil) & empty
+        if np.array_equal(new, void_blocks):
+            break
+        void_blocks = new
+    if not void_blocks.any():
+        return np.ones(img.shape, bool)
+    core = np.kron(void_blocks, np.ones((bs, bs), bool))[: img.shape[0], : img.shape[1]]
+    # void borders at the half-way level between the voids and the neuropil just outside
+    # them (the neuropil level is taken beyond the blurred edge: > 2 um from a first border)
+    level = float(np.median(smooth[core]))
+    first = smooth < (level + float(np.median(smooth[~core]))) / 2
+    margin = int(round(2.0 / pixel_size_um))
+    outside = ~ndi.binary_dilation(first & ndi.binary_dilation(core, iterations=margin), iterations=margin)
+    if not outside.any():
+        outside = ~core
+    local = _normalized_blur(smooth, outside, 2.0 / pixel_size_um)
+    lab, n = ndi.label(smooth < (level + local) / 2)
     min_area = np.pi * (void_min_diameter_um / 2 / pixel_size_um) ** 2
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    means = ndi.mean(smooth, labels, index=np.arange(1, n + 1))
-    neuropil = float(np.median(smooth[~dark])) if (~dark).any() else float(np.median(smooth))
-    floor = float(np.percentile(img, 0.1))
-    cutoff = neuropil - contrast * (neuropil - floor)
-    void_ids = np.flatnonzero((areas[1:] >= min_area) & (np.asarray(means) < cutoff)) + 1
-    if len(void_ids):
-        keep &= ~np.isin(labels, void_ids)
-    return keep
+    keep = np.bincount(lab[core], minlength=n + 1) > 0
+    keep[0] = False
+    voids = keep[lab]
+    # fill holes (brighter specks, a punctum) smaller than a void inside voids
+    holes = ndi.binary_fill_holes(voids) & ~voids
+    hole_lab, n_holes = ndi.label(holes)
+    small = np.bincount(hole_lab.ravel(), minlength=n_holes + 1) < min_area
+    small[0] = False
+    voids |= small[hole_lab]
+    lab, n = ndi.label(voids)
+    big = np.bincount(lab.ravel(), minlength=n + 1) >= min_area
+    big[0] = False
+    return ~big[lab]
+
+
+# --------------------------------------------------------------------------- density
 
 
 def synapse_density(
@@ -258,55 +937,131 @@ def synapse_density(
 ) -> dict[str, float]:
     """Puncta count and density inside the analysed mask.
 
+    Parameters
+    ----------
+    puncta : DataFrame
+        Output of :func:`detect_puncta` (``y``, ``x`` in pixels; ``z`` for a stack).
+    mask : ndarray of bool
+        Analysed area (YX, as from :func:`analysed_area_mask`; a ZYX mask is projected).
+    pixel_size_um : float
+        Lateral pixel size.
+    z_step_um : float, optional
+        Axial step: with a ``z`` column the density is per volume, over
+        ``puncta.attrs['n_z']`` planes (default 1) of the mask.
+
     Returns
     -------
     dict
-        ``n_puncta``, ``analysed_area_um2`` and ``puncta_density_per_100um2`` (2-D), or
-        ``analysed_volume_um3`` and ``puncta_density_per_um3`` for a ZYX stack (then
-        ``mask`` is the YX mask applied to every plane of ``n_z`` planes given by
-        ``puncta.attrs['n_z']`` or 1).
+        ``n_puncta`` (puncta whose nearest pixel is in the mask), ``analysed_area_um2``
+        and ``puncta_density_per_100um2`` (2-D); for a stack with ``z_step_um`` also
+        ``analysed_volume_um3`` and ``puncta_density_per_um3`` instead of the areal density.
+
+    Examples
+    --------
+    >>> mask = np.zeros((100, 100), bool)
+    >>> mask[:50] = True
+    >>> p = pd.DataFrame({"y": [10.0, 20.0, 70.0], "x": [5.0, 5.0, 5.0]})
+    >>> d = synapse_density(p, mask, 0.1)
+    >>> d["n_puncta"], round(d["analysed_area_um2"], 6), round(d["puncta_density_per_100um2"], 6)
+    (2, 50.0, 4.0)
     """
     mask = np.asarray(mask, bool)
+    if mask.ndim == 3:
+        mask = mask.any(axis=0)
+    n = 0
     if len(puncta):
-        iy = np.clip(np.rint(puncta["y"].to_numpy(float)).astype(int), 0, mask.shape[-2] - 1)
-        ix = np.clip(np.rint(puncta["x"].to_numpy(float)).astype(int), 0, mask.shape[-1] - 1)
-        n = int(mask[iy, ix].sum()) if mask.ndim == 2 else int(mask.max(axis=0)[iy, ix].sum())
-    else:
-        n = 0
-    area = float(mask.sum() if mask.ndim == 2 else mask.max(axis=0).sum()) * pixel_size_um**2
+        iy = np.clip(np.rint(puncta["y"].to_numpy(float)).astype(int), 0, mask.shape[0] - 1)
+        ix = np.clip(np.rint(puncta["x"].to_numpy(float)).astype(int), 0, mask.shape[1] - 1)
+        n = int(mask[iy, ix].sum())
+    area = float(mask.sum() * float(pixel_size_um) ** 2)
     if "z" in puncta.columns and z_step_um:
-        volume = area * int(puncta.attrs.get("n_z", 1)) * z_step_um
-        return {"n_puncta": n, "analysed_volume_um3": volume, "puncta_density_per_um3": n / volume if volume else np.nan}
+        volume = area * int(puncta.attrs.get("n_z", 1)) * float(z_step_um)
+        return {
+            "n_puncta": n,
+            "analysed_area_um2": area,
+            "analysed_volume_um3": volume,
+            "puncta_density_per_um3": n / volume if volume else np.nan,
+        }
     return {"n_puncta": n, "analysed_area_um2": area, "puncta_density_per_100um2": 100.0 * n / area if area else np.nan}
 
 
-def match_points(pred: np.ndarray, true: np.ndarray, max_distance: float) -> dict[str, object]:
-    """One-to-one matching of detected to true points (Hungarian) within ``max_distance``.
+# --------------------------------------------------------------------------- validation
+
+
+class _Match(NamedTuple):
+    pairs: np.ndarray
+    precision: float
+    recall: float
+    f1: float
+
+
+class PointMatch(_Match):
+    """Result of :func:`match_points`: unpacks as ``(pairs, precision, recall, f1)``.
+
+    Also has ``distances`` (of the matched pairs), ``tp``, ``fp``, ``fn``, and
+    ``match["name"]`` item access to every field.
+    """
+
+    distances: np.ndarray
+    tp: int
+    fp: int
+    fn: int
+
+    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+        if isinstance(key, str):
+            return getattr(self, key)
+        return super().__getitem__(key)
+
+
+def match_points(pred: np.ndarray, true: np.ndarray, max_distance: float) -> PointMatch:
+    """One-to-one matching of detected to true points within ``max_distance`` (Hungarian).
+
+    The assignment minimises the summed distance over all pairs closer than
+    ``max_distance`` (:func:`scipy.optimize.linear_sum_assignment`).
+
+    Parameters
+    ----------
+    pred, true : array_like
+        (n, d) coordinates (same units as ``max_distance``).
+    max_distance : float
+        Largest distance of a match.
 
     Returns
     -------
-    dict
-        ``pairs`` (k, 2 indices into pred and true), ``distances``, ``tp``, ``fp``, ``fn``,
-        ``precision``, ``recall``, ``f1``.
+    PointMatch
+        ``pairs`` (k, 2: index into ``pred``, index into ``true``), ``precision``,
+        ``recall``, ``f1`` (1.0 for empty sets), and ``distances``, ``tp``, ``fp``, ``fn``.
+
+    Examples
+    --------
+    >>> pairs, precision, recall, f1 = match_points([[0, 0], [5, 5]], [[0.1, 0], [9, 9]], 1.0)
+    >>> pairs.tolist(), precision, recall
+    ([[0, 0]], 0.5, 0.5)
     """
-    pred = np.asarray(pred, float).reshape(-1, np.asarray(true).shape[-1] if np.size(true) else 2)
-    true = np.asarray(true, float).reshape(-1, pred.shape[1])
-    pairs = np.empty((0, 2), int)
+    pred = np.asarray(pred, float)
+    true = np.asarray(true, float)
+    dim = pred.shape[-1] if pred.size else (true.shape[-1] if true.size else 2)
+    pred, true = pred.reshape(-1, dim), true.reshape(-1, dim)
+    pairs = np.empty((0, 2), np.int64)
     dist = np.empty(0)
     if len(pred) and len(true):
-        tree = cKDTree(true)
-        sparse = tree.sparse_distance_matrix(cKDTree(pred), max_distance, output_type="coo_matrix")
+        sparse = cKDTree(pred).sparse_distance_matrix(cKDTree(true), max_distance, output_type="coo_matrix")
         if sparse.nnz:
-            cost = np.full((len(true), len(pred)), 1e9)
-            cost[sparse.row, sparse.col] = sparse.data
-            rows, cols = linear_sum_assignment(cost)
-            ok = cost[rows, cols] <= max_distance
-            pairs = np.column_stack([cols[ok], rows[ok]])
-            dist = cost[rows[ok], cols[ok]]
+            # only rows and columns with a candidate partner enter the assignment
+            rows, ri = np.unique(sparse.row, return_inverse=True)
+            cols, ci = np.unique(sparse.col, return_inverse=True)
+            big = max_distance * (len(rows) + len(cols) + 1) + 1.0
+            cost = np.full((len(rows), len(cols)), big)
+            cost[ri, ci] = sparse.data
+            r, c = linear_sum_assignment(cost)
+            ok = cost[r, c] <= max_distance
+            pairs = np.column_stack([rows[r[ok]], cols[c[ok]]]).astype(np.int64)
+            dist = np.linalg.norm(pred[pairs[:, 0]] - true[pairs[:, 1]], axis=1)
     tp = len(pairs)
     fp, fn = len(pred) - tp, len(true) - tp
     precision = tp / (tp + fp) if tp + fp else 1.0
     recall = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"pairs": pairs, "distances": dist, "tp": tp, "fp": fp, "fn": fn,
-            "precision": precision, "recall": recall, "f1": f1}
+    out = PointMatch(pairs, float(precision), float(recall), float(f1))
+    out.distances, out.tp, out.fp, out.fn = dist, tp, fp, fn
+    return out
