@@ -100,7 +100,8 @@ def test_microglia_endpoints_against_truth() -> None:
     img, cells = simulate_terminal_measurements("default", 0)
     cc = cells.merge(img, on="image_id")
     eng, diag = fit_count_endpoint(cc, "engulfed_puncta")
-    assert 0.7 < diag["dispersion"] < 1.5  # Poisson counts in the simulation
+    assert diag["family"] == "quasi-Poisson" and diag["n_animals"] == 112
+    assert 1.0 < diag["dispersion"] < 3.0  # animals differ in activation: per-animal totals over-dispersed
     e = eng[eng.planned].set_index("group")
     # truth at the end of 7 days of 5 mg/kg: x (1 + 2 x 0.8125) = 2.6 engulfed puncta
     assert e.loc["WT diazepam 5 mg/kg x 7 d", "ci_low"] < 2.625 < e.loc["WT diazepam 5 mg/kg x 7 d", "ci_high"]
@@ -112,3 +113,30 @@ def test_microglia_endpoints_against_truth() -> None:
     m = morph[morph.planned].set_index("group")
     # truth: process length x (1 - 0.30 x 0.8125) = 0.756
     assert m.loc["WT diazepam 5 mg/kg x 7 d", "ci_low"] < 0.756 < m.loc["WT diazepam 5 mg/kg x 7 d", "ci_high"]
+
+
+def _counts(rng: np.random.Generator, animal_sd: float) -> pd.DataFrame:
+    """Ten cells per animal, 8 animals per arm, rate 3 per cell (x an animal factor)."""
+    rows = []
+    for compound, dose in (("vehicle", 0.0), ("diazepam", 5.0)):
+        for a in range(8):
+            rate = 3.0 * np.exp(rng.normal(0, animal_sd))
+            rows += [{"animal_id": f"{compound}{a}", "genotype": "WT", "compound": compound, "dose_mg_kg": dose,
+                      "treatment_days": 7, "day": 7, "n": int(k)} for k in rng.poisson(rate, 10)]
+    return pd.DataFrame(rows)
+
+
+def test_count_endpoint_checks_overdispersion_and_stays_calibrated() -> None:
+    from analysis.stats import fit_count_endpoint
+
+    rng = np.random.default_rng(11)
+    disp, rejections = [], 0
+    for _ in range(40):
+        c, d = fit_count_endpoint(_counts(rng, 0.0), "n")
+        disp.append(d["dispersion"])
+        rejections += bool(c["p_value"].iloc[0] < 0.05)
+    assert 0.8 < np.mean(disp) < 1.2  # pure Poisson: dispersion ~1
+    c, d = fit_count_endpoint(_counts(rng, 0.5), "n")
+    assert d["dispersion"] > 2 and d["p_overdispersion"] < 0.01 and c["n_animals"].iloc[0] == 8
+    # no effect in either set: P(>= 7 of 40 rejections | alpha 0.05) = 1.4 %
+    assert rejections <= 6

@@ -97,6 +97,7 @@ class SynapseFit:
     result: object
     converged: bool
     warnings: tuple[str, ...]
+    sd_animal_log: float = float("nan")
 
 
 def fit_synapse_lmm(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2") -> SynapseFit:
@@ -148,7 +149,10 @@ def fit_synapse_lmm(measurements: pd.DataFrame, value: str = "puncta_density_per
             "variance": [float(result.cov_re.iloc[0, 0]), float(result.vcomp[0]), float(result.scale)],
         }
     )
-    return SynapseFit(coef, vc, cells, result, bool(result.converged), messages)
+    # between-animal SD of one animal's session mean (log scale): the scale of Cohen's d
+    fields = float(df.groupby(["animal_id", "day"]).size().mean())
+    sd_animal = float(np.sqrt(vc["variance"].iloc[0] + vc["variance"].iloc[1] + vc["variance"].iloc[2] / fields))
+    return SynapseFit(coef, vc, cells, result, bool(result.converged), messages, sd_animal)
 
 
 def _holm(p: np.ndarray) -> np.ndarray:
@@ -179,7 +183,10 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
         ``group``, ``genotype``, ``compound``, ``dose_mg_kg``, ``treatment_days``, ``day``,
         ``days_since_last_dose``, ``n_animals``, ``n_animals_vehicle``, ``pct_change_from_baseline``
         with ``_ci_low``/``_ci_high``, ``pct_vs_vehicle`` with ``_ci_low``/``_ci_high``,
-        ``p_vs_vehicle``, ``planned``, ``p_vs_vehicle_holm``.
+        ``p_vs_vehicle``, ``effect_size_d`` with ``_ci_low``/``_ci_high`` (the log ratio
+        versus vehicle over the between-animal SD of a session mean, ``fit.sd_animal_log``:
+        Cohen's d of animal means, its interval that of the ratio on the same scale),
+        ``planned``, ``p_vs_vehicle_holm``.
     """
     coef = fit.coefficients.reset_index(drop=True)
     cov = fit.result.cov_params().loc[fit.result.fe_params.index, fit.result.fe_params.index].to_numpy()
@@ -221,6 +228,14 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
                     "p_vs_vehicle": float(2 * sps.norm.sf(abs(est_v / se_v))),
                 }
             )
+            if np.isfinite(fit.sd_animal_log) and fit.sd_animal_log > 0:
+                rec.update(
+                    {
+                        "effect_size_d": est_v / fit.sd_animal_log,
+                        "effect_size_d_ci_low": (est_v - z * se_v) / fit.sd_animal_log,
+                        "effect_size_d_ci_high": (est_v + z * se_v) / fit.sd_animal_log,
+                    }
+                )
         rows.append(rec)
     out = pd.DataFrame(rows).sort_values(["group", "day"]).reset_index(drop=True)
     if "p_vs_vehicle" in out:
@@ -236,7 +251,11 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     Only longitudinal synapse images (no microglia channel) enter the model.  Written into
     ``out_dir``: ``synapse_session_means.csv`` (animal x session), ``synapse_lmm_coefficients.csv``,
     ``synapse_lmm_variance.csv`` (with ``converged`` and any fitting warnings) and
-    ``synapse_contrasts.csv``.
+    ``synapse_contrasts.csv``, ``synapse_lmm_diagnostics.csv`` (residual checks) with
+    ``synapse_lmm_residuals.csv`` and ``synapse_lmm_animal_effects.csv`` (for the figure),
+    ``synapse_trend.csv`` (the parametric dose x time model, :mod:`analysis.trend`), and
+    where the design allows ``synapse_mechanism.csv``, ``synapse_recovery.csv``,
+    ``synapse_dose_response.csv`` and ``microglia_contrasts.csv``.
 
     Returns
     -------
@@ -271,6 +290,23 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     if len(rec):
         paths["recovery"] = out / "synapse_recovery.csv"
         write_csv(rec, paths["recovery"])
+    from analysis.diagnostics import diagnostics_summary, lmm_residuals
+    from analysis.trend import fit_synapse_trend
+
+    paths["diagnostics"] = out / "synapse_lmm_diagnostics.csv"
+    write_csv(diagnostics_summary(fit), paths["diagnostics"])
+    residuals, effects = lmm_residuals(fit)
+    paths["residuals"] = out / "synapse_lmm_residuals.csv"
+    write_csv(residuals, paths["residuals"])
+    paths["animal_effects"] = out / "synapse_lmm_animal_effects.csv"
+    write_csv(effects.rename_axis("animal_id").reset_index(), paths["animal_effects"])
+    try:
+        trend = fit_synapse_trend(m, value)
+    except ValueError as exc:  # e.g. a study without vehicle or diazepam animals
+        log.warning("dose x time trend model skipped: %s", exc)
+    else:
+        paths["trend"] = out / "synapse_trend.csv"
+        write_csv(trend, paths["trend"])
     dose_tables = dose_responses(m, value)
     if len(dose_tables):
         paths["dose_response"] = out / "synapse_dose_response.csv"
@@ -576,8 +612,18 @@ def _terminal_cells(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _ratio_vs_vehicle(params: pd.Series, cov: pd.DataFrame, cells: pd.DataFrame, alpha: float) -> pd.DataFrame:
-    z = sps.norm.ppf(1 - alpha / 2)
+def _ratio_vs_vehicle(
+    params: pd.Series, cov: pd.DataFrame, cells: pd.DataFrame, alpha: float, df_resid: float | None = None,
+    sd_log: float | None = None,
+) -> pd.DataFrame:
+    """Ratio of each treated cell to its vehicle cell (same genotype, duration and day).
+
+    Intervals and p values use Student's t with ``df_resid`` degrees of freedom (normal when
+    None).  With ``sd_log`` (the between-animal SD on the log scale) a standardised effect
+    size ``effect_size_d`` (log ratio / ``sd_log``, Cohen's d of animal means) is added, its
+    interval the ratio's interval on the same scale.
+    """
+    q = sps.t.ppf(1 - alpha / 2, df_resid) if df_resid else sps.norm.ppf(1 - alpha / 2)
     name = {c: f"C(cell)[{c}]" for c in cells["cell"]}
     rows = []
     for r in cells.itertuples():
@@ -589,12 +635,19 @@ def _ratio_vs_vehicle(params: pd.Series, cov: pd.DataFrame, cells: pd.DataFrame,
         a, b = name[r.cell], name[veh]
         est = params[a] - params[b]
         se = float(np.sqrt(cov.loc[a, a] + cov.loc[b, b] - 2 * cov.loc[a, b]))
-        rows.append({
+        tstat = est / se
+        p = 2 * (sps.t.sf(abs(tstat), df_resid) if df_resid else sps.norm.sf(abs(tstat)))
+        row = {
             "group": r.group, "genotype": r.genotype, "compound": r.compound, "dose_mg_kg": r.dose_mg_kg,
             "treatment_days": r.treatment_days, "day": int(r.day), "n_animals": int(r.n_animals),
-            "ratio_vs_vehicle": float(np.exp(est)), "ci_low": float(np.exp(est - z * se)),
-            "ci_high": float(np.exp(est + z * se)), "p_value": float(2 * sps.norm.sf(abs(est / se))),
-        })
+            "n_animals_vehicle": int(cells.loc[cells["cell"] == veh, "n_animals"].iloc[0]),
+            "ratio_vs_vehicle": float(np.exp(est)), "ci_low": float(np.exp(est - q * se)),
+            "ci_high": float(np.exp(est + q * se)), "p_value": float(p),
+        }
+        if sd_log:
+            row.update({"effect_size_d": est / sd_log, "effect_size_d_ci_low": (est - q * se) / sd_log,
+                        "effect_size_d_ci_high": (est + q * se) / sd_log})
+        rows.append(row)
     out = pd.DataFrame(rows)
     if len(out):
         planned = out["day"] == out["treatment_days"]
@@ -603,15 +656,30 @@ def _ratio_vs_vehicle(params: pd.Series, cov: pd.DataFrame, cells: pd.DataFrame,
     return out
 
 
+def _per_animal(df: pd.DataFrame) -> pd.DataFrame:
+    """Group keys of one row per animal (its treatment cell and sacrifice day)."""
+    return df.groupby(["animal_id", "cell", "group", *GROUP_COLUMNS, "day"], sort=True)
+
+
+def _cells_of(animals: pd.DataFrame) -> pd.DataFrame:
+    return (animals.groupby(["cell", "group", *GROUP_COLUMNS, "day"])["animal_id"].nunique()
+            .rename("n_animals").reset_index())
+
+
 def fit_count_endpoint(
     table: pd.DataFrame, count: str, *, exposure: str | None = None, alpha: float = 0.05
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Counts per image or per cell: Poisson GEE with animals as clusters, ratio versus vehicle.
+    """Counts per image or per cell, analysed per animal: quasi-Poisson GLM, ratio versus vehicle.
 
-    One mean per group x sacrifice day, an exchangeable working correlation within each
-    animal, robust (sandwich) standard errors, so over-dispersion and within-animal
-    correlation do not make the intervals too narrow.  The Pearson dispersion is reported
-    (values well above 1 mean over-dispersion, which the robust errors already absorb).
+    The counts of each animal are summed (with their exposure: the summed ``exposure``
+    column, e.g. field area, or the number of rows, e.g. cells), so the animal is the unit.
+    A Poisson GLM with one rate per group x sacrifice day and ``log(exposure)`` as offset is
+    fitted with its scale estimated from the Pearson chi-square (quasi-Poisson): between-animal
+    variation in the rate shows up as over-dispersion and widens the intervals accordingly.
+    Intervals and p values use Student's t on the residual degrees of freedom (animals minus
+    groups), which keeps the error rate near nominal with 4-8 animals per group, where
+    sandwich (GEE) errors are too small.  Over-dispersion is checked and reported: the Pearson
+    dispersion and the p value of the chi-square test of dispersion = 1.
 
     Parameters
     ----------
@@ -620,7 +688,9 @@ def fit_count_endpoint(
     count : str
         Count column.
     exposure : str, optional
-        Column to use as exposure (e.g. field area for a density).
+        Column summed per animal as exposure (default: one per row).
+    alpha : float
+        1 - confidence level.
 
     Returns
     -------
@@ -628,37 +698,60 @@ def fit_count_endpoint(
         Rate ratio of each treated group versus its vehicle at the same day, with CI,
         p value, ``planned`` (end of dosing) and Holm-adjusted ``p_holm``; n is animals.
     diagnostics : dict
-        ``dispersion`` and ``n_observations``.
+        ``dispersion``, ``p_overdispersion``, ``df_resid``, ``n_animals``, ``n_observations``
+        and ``family`` (``"quasi-Poisson"``).
+
+    Examples
+    --------
+    >>> img, cells = simulate_terminal_measurements("small", 0)
+    >>> contrasts, diag = fit_count_endpoint(img, "microglia_count", exposure="field_area_mm2")
+    >>> diag["family"], bool(contrasts["n_animals"].min() >= 2)
+    ('quasi-Poisson', True)
     """
     import statsmodels.api as sm
 
     df = _terminal_cells(table.dropna(subset=[count]))
-    kwargs = {}
-    if exposure:
-        kwargs["offset"] = np.log(df[exposure].to_numpy(float))
-    model = smf.gee(f"{count} ~ 0 + C(cell)", groups="animal_id", data=df, family=sm.families.Poisson(),
-                    cov_struct=sm.cov_struct.Exchangeable(), **kwargs)
-    res = model.fit()
-    cells = df.groupby(["cell", "group", *GROUP_COLUMNS, "day"])["animal_id"].nunique().rename("n_animals").reset_index()
-    mu = res.fittedvalues
-    dispersion = float(np.sum((df[count] - mu) ** 2 / mu) / max(len(df) - len(res.params), 1))
-    return _ratio_vs_vehicle(res.params, res.cov_params(), cells, alpha), {
-        "dispersion": dispersion, "n_observations": int(len(df))}
+    df["_exposure"] = df[exposure].astype(float) if exposure else 1.0
+    animals = _per_animal(df).agg(total=(count, "sum"), exposure=("_exposure", "sum"),
+                                  n_observations=(count, "size")).reset_index()
+    model = smf.glm("total ~ 0 + C(cell)", data=animals, family=sm.families.Poisson(),
+                    offset=np.log(animals["exposure"].to_numpy(float)))
+    res = model.fit(scale="X2")
+    df_resid = float(res.df_resid)
+    pearson = float(res.pearson_chi2)
+    dispersion = pearson / df_resid if df_resid > 0 else np.nan
+    diag = {
+        "dispersion": dispersion,
+        "p_overdispersion": float(sps.chi2.sf(pearson, df_resid)) if df_resid > 0 else np.nan,
+        "df_resid": df_resid,
+        "n_animals": int(len(animals)),
+        "n_observations": int(len(df)),
+        "family": "quasi-Poisson",
+    }
+    log.info("%s: Pearson dispersion %.2f on %d df (p = %.3g)", count, dispersion, df_resid,
+             diag["p_overdispersion"])
+    return _ratio_vs_vehicle(res.params, res.cov_params(), _cells_of(animals), alpha, df_resid), diag
 
 
 def fit_morphology_endpoint(table: pd.DataFrame, value: str, *, alpha: float = 0.05) -> pd.DataFrame:
-    """A per-cell morphology readout: LMM on its log with a random intercept per animal.
+    """A per-cell morphology readout, analysed per animal: mean of its log per animal, then OLS.
+
+    Each animal contributes the mean of ``log(value)`` over its cells (so cells are not
+    counted as replicates); a linear model with one mean per group x sacrifice day gives the
+    ratio of each treated group's geometric mean to its vehicle's, with Student-t intervals on
+    the residual degrees of freedom (animals minus groups) and a standardised effect size
+    (Cohen's d: the log ratio over the between-animal SD).
 
     Returns
     -------
     DataFrame
-        Ratio of each treated group's geometric mean to its vehicle's at the same day (CI,
-        p value, planned, Holm), n as animals.
+        Ratio versus vehicle with CI, p value, ``planned``, Holm-adjusted ``p_holm``,
+        ``effect_size_d`` with its CI, and n as animals.
     """
     df = _terminal_cells(table.dropna(subset=[value]))
     df = df[df[value] > 0].copy()
     df["log_value"] = np.log(df[value])
-    res = smf.mixedlm("log_value ~ 0 + C(cell)", df, groups="animal_id").fit(reml=True, method=["bfgs", "powell"])
-    names = res.fe_params.index
-    cells = df.groupby(["cell", "group", *GROUP_COLUMNS, "day"])["animal_id"].nunique().rename("n_animals").reset_index()
-    return _ratio_vs_vehicle(res.fe_params, res.cov_params().loc[names, names], cells, alpha)
+    animals = _per_animal(df)["log_value"].mean().rename("animal_mean").reset_index()
+    res = smf.ols("animal_mean ~ 0 + C(cell)", data=animals).fit()
+    sd = float(np.sqrt(res.scale))
+    return _ratio_vs_vehicle(res.params, res.cov_params(), _cells_of(animals), alpha, float(res.df_resid), sd)

@@ -1,0 +1,112 @@
+"""Diagnostics of the longitudinal mixed model: residuals, random effects, convergence.
+
+A mixed model on log density assumes roughly normal, homoscedastic field residuals and normal
+animal effects.  :func:`lmm_residuals` returns the per-image residuals and the predicted
+animal effects, :func:`diagnostics_summary` the numbers a reviewer checks (skewness, excess
+kurtosis, the largest standardised residual, a Shapiro-Wilk test of the animal effects, the
+spread of residuals across fitted values, convergence and warnings) and
+:func:`diagnostics_figure` the usual three panels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+__all__ = ["lmm_residuals", "diagnostics_summary", "diagnostics_figure"]
+
+
+def lmm_residuals(fit) -> tuple[pd.DataFrame, pd.Series]:
+    """Per-image fitted values and residuals, and the predicted animal intercepts.
+
+    Parameters
+    ----------
+    fit : analysis.stats.SynapseFit
+        A fitted longitudinal model.
+
+    Returns
+    -------
+    residuals : DataFrame
+        ``image_id`` and ``day`` (when the model table has them), ``animal_id``, ``fitted`` (log scale, including the predicted random effects),
+        ``residual`` and ``standardised`` (residual / residual SD).
+    animal_effects : Series
+        Predicted random intercept per animal (log scale).
+    """
+    res = fit.result
+    groups = res.model.group_labels
+    resid = np.asarray(res.resid, float)
+    fitted = np.asarray(res.fittedvalues, float)
+    frame = res.model.data.frame
+    table = pd.DataFrame({"animal_id": np.asarray(res.model.groups), "fitted": fitted, "residual": resid})
+    for col in ("image_id", "day"):
+        if col in frame:
+            table.insert(0 if col == "image_id" else 2, col, frame[col].to_numpy())
+    table["standardised"] = resid / np.sqrt(float(res.scale))
+    effects = pd.Series({g: float(np.asarray(res.random_effects[g])[0]) for g in groups}, name="animal_effect")
+    return table, effects
+
+
+def diagnostics_summary(fit) -> pd.DataFrame:
+    """One-row table of residual and random-effect checks of a fitted model.
+
+    Returns
+    -------
+    DataFrame
+        ``n_images``, ``n_animals``, ``residual_skewness``, ``residual_excess_kurtosis``,
+        ``max_abs_standardised_residual``, ``share_abs_standardised_gt_3``,
+        ``heteroscedasticity_rho`` (Spearman correlation of |residual| with the fitted value),
+        ``animal_effects_shapiro_p``, ``converged``, ``warnings``.
+
+    Examples
+    --------
+    >>> from analysis.stats import fit_synapse_lmm, simulate_measurements
+    >>> d = diagnostics_summary(fit_synapse_lmm(simulate_measurements("small", 0)))
+    >>> bool(d["n_animals"].iloc[0] > 0)
+    True
+    """
+    table, effects = lmm_residuals(fit)
+    z = table["standardised"].to_numpy()
+    rho = sps.spearmanr(np.abs(table["residual"]), table["fitted"])[0] if len(table) > 2 else np.nan
+    shapiro = sps.shapiro(effects.to_numpy())[1] if 3 <= len(effects) <= 5000 and effects.std() > 0 else np.nan
+    return pd.DataFrame([{
+        "n_images": int(len(table)),
+        "n_animals": int(len(effects)),
+        "residual_skewness": float(sps.skew(z)),
+        "residual_excess_kurtosis": float(sps.kurtosis(z)),
+        "max_abs_standardised_residual": float(np.abs(z).max()) if len(z) else np.nan,
+        "share_abs_standardised_gt_3": float((np.abs(z) > 3).mean()) if len(z) else np.nan,
+        "heteroscedasticity_rho": float(rho),
+        "animal_effects_shapiro_p": float(shapiro),
+        "converged": bool(fit.converged),
+        "warnings": "; ".join(fit.warnings),
+    }])
+
+
+def diagnostics_figure(table: pd.DataFrame, effects: pd.Series, *, figsize: tuple[float, float] = (11.0, 3.4)):
+    """Residuals vs fitted, normal Q-Q of the standardised residuals, animal effects histogram.
+
+    Parameters
+    ----------
+    table, effects
+        The two results of :func:`lmm_residuals` (also written by ``python -m analysis fit``
+        as ``synapse_lmm_residuals.csv`` and ``synapse_lmm_animal_effects.csv``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    effects = pd.Series(effects).dropna()
+    fig, ax = plt.subplots(1, 3, figsize=figsize, constrained_layout=True)
+    ax[0].scatter(table["fitted"], table["residual"], s=4, alpha=0.4, color="0.3")
+    ax[0].axhline(0, color="tab:red", lw=1)
+    ax[0].set(xlabel="fitted log density", ylabel="residual (log)", title="Residuals vs fitted (images)")
+    (osm, osr), (slope, intercept, _) = sps.probplot(table["standardised"], dist="norm")
+    ax[1].scatter(osm, osr, s=4, alpha=0.4, color="0.3")
+    ax[1].plot(osm, slope * osm + intercept, color="tab:red", lw=1)
+    ax[1].set(xlabel="normal quantile", ylabel="standardised residual", title="Normal Q-Q (images)")
+    ax[2].hist(effects, bins=max(5, min(30, len(effects) // 3)), color="0.5")
+    ax[2].set(xlabel="animal intercept (log)", ylabel="animals", title=f"Animal effects (n = {len(effects)})")
+    return fig
