@@ -127,11 +127,11 @@ def test_engulfment_on_phantoms(phantom_fields) -> None:
     assert len(p) >= 40
     recall = p["true_hits"].sum() / p["engulfed_count"].sum()
     false_per_cell = (p["engulfed_puncta"] - p["true_hits"]).mean()
-    # lysosomes are disks blurred by the PSF; the half-maximum mask finds their edge where
-    # they stand alone but overlapping lysosomes (their sum in the projection) are cut short:
-    # measured recall 0.84, 0.07 false per cell, area ratio 0.75, r 0.92
-    assert 0.75 <= recall <= 0.95
+    # lysosomes are disks blurred by the PSF; the half-maximum mask finds their edge, but a
+    # dim lysosome merged with a bright one is cut at half the bright one's peak:
+    # measured recall 0.92, 0.07 false per cell, area ratio 0.81, r 0.96 (CD68 area r 0.88)
+    assert 0.85 <= recall <= 0.98
     assert false_per_cell <= 0.2
-    assert 0.6 <= p["cd68_area_um2"].sum() / p["cd68_area_um2_true"].sum() <= 0.95
-    assert pearsonr(p["engulfed_puncta"], p["engulfed_count"])[0] >= 0.88
-    assert pearsonr(p["cd68_area_um2"], p["cd68_area_um2_true"])[0] >= 0.65
+    assert 0.7 <= p["cd68_area_um2"].sum() / p["cd68_area_um2_true"].sum() <= 1.0
+    assert pearsonr(p["engulfed_puncta"], p["engulfed_count"])[0] >= 0.9
+    assert pearsonr(p["cd68_area_um2"], p["cd68_area_um2_true"])[0] >= 0.75

@@ -304,7 +304,8 @@ def _render_disks(
     """Uniform disks (height ``amp``, anti-aliased edge) blurred by a Gaussian PSF.
 
     This is the image of an object with a sharp edge (a vesicle): after blurring, the edge
-    lies at the half-maximum contour of the plateau.
+    lies at the half-maximum contour of the plateau.  Where disks overlap the brighter one
+    shows (a maximum projection of vesicles at different depths), not their sum.
     """
     h, w = shape
     img = np.zeros(h * w)
@@ -318,7 +319,7 @@ def _render_disks(
     vals = np.clip(np.asarray(radius_px, float)[:, None, None] - d + 0.5, 0.0, 1.0) * amp[:, None, None]
     ok = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
     idx = py[:, :, None] * w + px[:, None, :]
-    img += np.bincount(idx[ok], weights=vals[ok], minlength=h * w)
+    np.maximum.at(img, idx[ok], vals[ok])
     return ndi.gaussian_filter(img.reshape(shape), psf_px)
 
 

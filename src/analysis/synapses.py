@@ -233,7 +233,9 @@ def noise_sd_map(
         xs = np.array([np.median(lev[g]) for g in groups])
         vs = np.array([np.median(var[g]) for g in groups])
         if np.ptp(xs) > 0:
-            coef, cov = np.polyfit(xs, vs, 1, cov=True)
+            # weighted by 1 / variance: a variance estimate's SD is proportional to the
+            # variance, and the bright classes are the ones inflated by unresolved puncta
+            coef, cov = np.polyfit(xs, vs, 1, w=1.0 / np.maximum(vs, 1e-12), cov=True)
             if coef[0] > 2.0 * np.sqrt(max(cov[0, 0], 0.0)):
                 alpha, beta = float(coef[0]), float(coef[1])
     vmap = np.clip(alpha * level + beta, 0.25 * var.min(), 4.0 * var.max())
