@@ -31,6 +31,9 @@ report: simulate
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: setup
+	$(PY) benchmarks/bench_quantify.py
+
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 

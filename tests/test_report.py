@@ -8,22 +8,22 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from analysis.report import ReportError, recorded, run_notebook, run_report
+from analysis.report import NOTEBOOKS, ReportError, recorded, run_notebook, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _figures(html: str) -> list[str]:
+    """Embedded figures of a rendered notebook (img elements with PNG data, not CSS icons)."""
+    import re
+
+    return re.findall(r'<img[^>]+src="data:image/png;base64,', html)
+
+
 @pytest.fixture(scope="module")
-def design_report(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("report")
-    run_report(
-        data_dir=small_study,
-        processed_dir=out / "processed",
-        reports_dir=out / "reports",
-        notebooks_dir=ROOT / "notebooks",
-        workers=2,
-    )
-    return out
+def design_report(small_report: Path) -> Path:
+    """The session's small-preset report (tests/conftest.py)."""
+    return small_report
 
 
 @pytest.mark.slow
@@ -41,7 +41,7 @@ def test_design_notebook_records_the_design(design_report: Path) -> None:
 def test_design_html_for_reviewers(design_report: Path) -> None:
     html = (design_report / "reports" / "00_study_design.html").read_text()
     assert "Study design" in html and "Example fields" in html
-    assert html.count("data:image/png;base64") >= 1  # the figure is embedded
+    assert len(_figures(html)) >= 1  # the figure is embedded
     assert "from analysis" not in html  # reviewer HTML has no code cells
     import re
 
@@ -96,7 +96,7 @@ def test_whole_report_on_the_small_study(design_report: Path, small_study: Path)
     reports = design_report / "reports"
     for name in ("00_study_design", "01_quantify_images", "02_synapse_dose_duration", "03_microglia"):
         html = (reports / f"{name}.html").read_text()
-        assert "data:image/png;base64" in html and "Traceback" not in html
+        assert len(_figures(html)) >= 1 and "Traceback" not in html, name
     q = recorded(reports / "executed" / "01_quantify_images.ipynb")
     assert q["n_images_quantified"] == 30 and q["n_images_failed"] == 0
     s = recorded(reports / "executed" / "02_synapse_dose_duration.ipynb")
@@ -120,8 +120,9 @@ def test_index_has_contents_results_and_provenance(design_report: Path, small_st
     import pandas as pd
 
     html = (design_report / "reports" / "index.html").read_text()
-    for name in ("00_study_design", "01_quantify_images", "02_synapse_dose_duration", "03_microglia"):
+    for name in NOTEBOOKS:
         assert f'href="{name}.html"' in html
+        assert f'href="audit/{name}.html"' in html  # the auditor version "with code"
     sheet_sha = hashlib.sha256((small_study / "samples.csv").read_bytes()).hexdigest()
     assert sheet_sha in html
     image = sorted((small_study / "images").iterdir())[0]
@@ -131,3 +132,96 @@ def test_index_has_contents_results_and_provenance(design_report: Path, small_st
     assert f"{r.pct_vs_vehicle:+.1f} ({r.pct_vs_vehicle_ci_low:+.1f} to {r.pct_vs_vehicle_ci_high:+.1f})" in html
     assert "numpy" in html and "git commit" in html and "run time" in html
     assert re.findall(r'(?:src|href)="https?://', html) == []
+
+
+@pytest.mark.slow
+def test_auditor_html_has_the_code_and_is_self_contained(design_report: Path) -> None:
+    import re
+
+    for name in NOTEBOOKS:
+        reviewer = (design_report / "reports" / f"{name}.html").read_text()
+        audit = (design_report / "reports" / "audit" / f"{name}.html").read_text()
+        assert "from analysis" not in reviewer
+        assert "from analysis" in re.sub(r"<[^>]+>", "", audit), name  # the code cells are shown
+        assert len(_figures(audit)) == len(_figures(reviewer)) >= 1, name
+        assert re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?://[^"]+)"', audit) == []
+        assert "cdnjs" not in audit and "Traceback" not in audit
+
+
+@pytest.mark.slow
+def test_validation_notebook_against_ground_truth(design_report: Path, small_study: Path) -> None:
+    import pandas as pd
+
+    v = recorded(design_report / "reports" / "executed" / "04_validation.ipynb")
+    assert v["validation_skipped"] is False
+    truth = pd.read_csv(small_study / "ground_truth.csv")
+    assert v["n_images_validated"] == len(truth) == 30
+    assert v["n_animals_validated"] == 10
+    # microglia counts are nearly exact in the simulated fields
+    mg = v["agreement/microglia_count"]
+    assert mg["n_images"] == int((truth["readout"] == "terminal").sum()) == 10
+    assert mg["pearson_r"] > 0.95 and abs(mg["mean_relative_bias"]) < 0.05
+    assert v["agreement/synapse_density"]["n_images"] == 20
+    assert abs(v["agreement/synapse_density"]["mean_relative_bias"]) < 0.15
+    assert v["agreement/skeleton_length_um"]["pearson_r"] > 0.9
+    # puncta recall falls with SNR; at the default level it is high
+    assert v["accuracy/default"]["puncta_recall"] > 0.9
+    assert v["accuracy/hard"]["puncta_recall"] < v["accuracy/high"]["puncta_recall"]
+    # calibration: 20 null and 20 effect studies of the small design, 3 planned contrasts each
+    assert v["calibration/studies"] == 20
+    assert 0.0 <= v["calibration/type1_error"] <= 0.25
+    assert 0.75 <= v["calibration/coverage"] <= 1.0
+    assert v["calibration/effect/WT diazepam 5 mg/kg x 7 d"]["true_pct"] == pytest.approx(-13.0, abs=0.01)
+    html = (design_report / "reports" / "04_validation.html").read_text()
+    assert len(_figures(html)) == 3 and "Traceback" not in html
+    assert "Calibration of the synapse statistics" in html
+
+
+def test_validation_notebook_skips_without_ground_truth(small_study: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(small_study, data)
+    (data / "ground_truth.csv").unlink()
+    out = run_notebook(ROOT / "notebooks" / "04_validation.ipynb", tmp_path / "04.ipynb",
+                       {"data_dir": str(data), "processed_dir": str(tmp_path / "nothing")})
+    values = recorded(out)
+    assert values == {"validation_skipped": True}
+    text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []))
+    assert "No ground truth" in text and "validation skipped" in text
+
+
+def _normalised_html(path: Path, roots: list[Path]) -> str:
+    """HTML with the run's own folders, date and run time replaced by placeholders."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    for k, root in enumerate(roots):
+        text = text.replace(str(root), "<ROOT>")
+    text = re.sub(r"<tr><th>date \(UTC\)</th><td>[^<]*</td></tr>", "<tr><th>date (UTC)</th><td>DATE</td></tr>", text)
+    return re.sub(r"<tr><th>run time</th><td>[^<]*</td></tr>", "<tr><th>run time</th><td>RUN TIME</td></tr>", text)
+
+
+@pytest.mark.slow
+def test_report_twice_gives_identical_tables_and_html(design_report: Path, small_study: Path,
+                                                      tmp_path: Path) -> None:
+    import pandas as pd
+
+    again = tmp_path / "again"
+    run_report(small_study, again / "processed", again / "reports", ROOT / "notebooks", workers=2)
+    first, second = design_report / "processed", again / "processed"
+    tables = sorted(p.relative_to(first) for p in first.rglob("*") if p.suffix in {".csv", ".parquet"})
+    assert {p.relative_to(second) for p in second.rglob("*") if p.suffix in {".csv", ".parquet"}} == set(tables)
+    assert len(tables) >= 8
+    for rel in tables:
+        read = pd.read_csv if rel.suffix == ".csv" else pd.read_parquet
+        pd.testing.assert_frame_equal(read(first / rel), read(second / rel), check_exact=True, obj=str(rel))
+    for name in NOTEBOOKS:  # the same numbers in every notebook ...
+        assert recorded(design_report / "reports" / "executed" / f"{name}.ipynb") == \
+            recorded(again / "reports" / "executed" / f"{name}.ipynb"), name
+    htmls = sorted(p.relative_to(design_report / "reports") for p in (design_report / "reports").rglob("*.html"))
+    assert len(htmls) == 2 * len(NOTEBOOKS) + 1
+    for rel in htmls:  # ... and the same HTML up to the date and run time
+        a = _normalised_html(design_report / "reports" / rel, [design_report, small_study])
+        b = _normalised_html(again / "reports" / rel, [again, small_study])
+        if a != b:
+            i = next(k for k, (x, y) in enumerate(zip(a, b)) if x != y) if len(a) == len(b) else min(len(a), len(b))
+            pytest.fail(f"{rel} differs at {i}: {a[max(0, i - 80):i + 80]!r} vs {b[max(0, i - 80):i + 80]!r}")

@@ -40,7 +40,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_quantify(args: argparse.Namespace) -> int:
     from analysis.quantify import quantify_study
 
-    m = quantify_study(args.samples, args.out, workers=args.workers, strict=args.strict)
+    m = quantify_study(args.samples, args.out, workers=args.workers, scheduler=args.scheduler, strict=args.strict,
+                       use_cache=not args.no_cache)
     print(f"quantified {len(m)} images into {args.out}/measurements.parquet and cells.parquet")
     return 0
 
@@ -63,6 +64,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         notebooks_dir=args.notebooks,
         kernel_name=args.kernel,
         only=args.only,
+        workers=args.workers,
+        scheduler=args.scheduler,
     )
     for path in written:
         print(path)
@@ -98,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantify", help="measure puncta, microglia and engulfment in every image of a sheet")
     p.add_argument("--samples", default="data/raw/samples.csv", help="sample sheet (default: data/raw/samples.csv)")
     p.add_argument("--out", default="data/processed", help="output folder (default: data/processed)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes of the local dask cluster (default: all cores; 1: no cluster)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="use an existing dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute every image instead of reusing the per-image cache in OUT/cache")
     p.add_argument("--strict", action="store_true",
                    help="fail on any unreadable, blank or saturated image instead of listing it in failures.csv")
     p.set_defaults(func=_cmd_quantify)
@@ -116,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", default="notebooks", help="notebook folder (default: notebooks)")
     p.add_argument("--kernel", default="analysis", help="Jupyter kernel name (default: analysis)")
     p.add_argument("--only", action="append", help="run only this notebook (repeatable), e.g. 00_study_design")
+    p.add_argument("--workers", type=int, default=None, help="quantification workers (default: all cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="use an existing dask cluster for the quantification (default: a local cluster)")
     p.set_defaults(func=_cmd_report)
     return parser
 

@@ -220,3 +220,225 @@ def forest_plot(contrasts: pd.DataFrame, *, estimate: str = "pct_vs_vehicle", la
     ax.set_xlabel(xlabel, fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     return fig
+
+
+# --- validation against simulated ground truth (notebook 04_validation) ---------------------
+
+__all__ += ["measured_vs_true_plot", "accuracy_per_snr_plot", "calibration_plot"]
+
+_SNR_ORDER = ("high", "default", "low", "hard")
+
+
+def measured_vs_true_plot(pairs: pd.DataFrame, panel_inches: float = 2.6) -> Figure:
+    """Measured against true value per image, one panel per quantity, coloured by SNR level.
+
+    Parameters
+    ----------
+    pairs : DataFrame
+        From :func:`analysis.validation.measured_vs_true`.
+    panel_inches : float
+        Size of each panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The identity line is dashed; each title gives n images and Pearson r.
+    """
+    quantities = list(dict.fromkeys(pairs["quantity"]))
+    ncol = 3
+    nrow = max(1, int(np.ceil(len(quantities) / ncol)))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(ncol * panel_inches, nrow * panel_inches), squeeze=False,
+                             layout="constrained")
+    levels = [lv for lv in _SNR_ORDER if lv in set(pairs["snr_level"])] + sorted(
+        set(pairs["snr_level"]) - set(_SNR_ORDER))
+    for ax, q in zip(axes.ravel(), quantities):
+        sub = pairs[pairs["quantity"] == q]
+        for k, lv in enumerate(levels):
+            s = sub[sub["snr_level"] == lv]
+            ax.scatter(s["true"], s["measured"], s=12, color=f"C{k}", label=lv)
+        lim = [min(sub["true"].min(), sub["measured"].min()), max(sub["true"].max(), sub["measured"].max())]
+        ax.plot(lim, lim, "k--", lw=0.7)
+        r = np.corrcoef(sub["true"], sub["measured"])[0, 1] if len(sub) > 2 else np.nan
+        ax.set_title(f"{sub['label'].iloc[0]}\n(n = {len(sub)} images, r = {r:.2f})", fontsize=7)
+        ax.set_xlabel("true", fontsize=7)
+        ax.set_ylabel("measured", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(quantities):]:
+        ax.set_visible(False)
+    if quantities:
+        axes.ravel()[0].legend(title="SNR level", fontsize=6, title_fontsize=6)
+    return fig
+
+
+def accuracy_per_snr_plot(accuracy: pd.DataFrame) -> Figure:
+    """Detection and morphology accuracy against the SNR of fresh phantom fields.
+
+    Parameters
+    ----------
+    accuracy : DataFrame
+        From :func:`analysis.validation.accuracy_per_snr`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: puncta recall, precision and microglia count F1; right: relative bias of the
+        synapse density and median relative error of the skeleton length.
+    """
+    a = accuracy.sort_values("snr")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3), layout="constrained")
+    for col, name in [("puncta_recall", "puncta recall"), ("puncta_precision", "puncta precision"),
+                      ("microglia_count_f1", "microglia count F1"),
+                      ("engulfed_pearson_detected_puncta", "engulfed per cell, Pearson r")]:
+        left.plot(a["snr"], a[col], "o-", label=name)
+    left.set_ylim(0, 1.05)
+    left.set_ylabel("score", fontsize=8)
+    for col, name in [("puncta_count_bias", "synapse density"),
+                      ("skeleton_length_median_rel_error", "skeleton length (median)")]:
+        right.plot(a["snr"], 100 * a[col], "o-", label=name)
+    right.axhline(0, color="k", lw=0.5)
+    right.set_ylabel("relative error, %", fontsize=8)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xticks(a["snr"], [f"{lv}\n{s:g}" for lv, s in zip(a["snr_level"], a["snr"])], fontsize=7)
+        ax.minorticks_off()
+        ax.set_xlabel("SNR level", fontsize=8)
+        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=7)
+    return fig
+
+
+def calibration_plot(null: pd.DataFrame, effect: pd.DataFrame, alpha: float = 0.05) -> Figure:
+    """Calibration of the synapse model: null p values and CI coverage of the true effect.
+
+    Parameters
+    ----------
+    null : DataFrame
+        :func:`analysis.validation.calibrate` rows of studies without drug effect.
+    effect : DataFrame
+        Rows of studies with the drug effect.
+    alpha : float
+        Level marked in the histogram.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: histogram of p values of every planned contrast in the null studies (uniform
+        when calibrated); right: the 95 % CIs of the effect studies per contrast, sorted by
+        estimate, red where they miss the truth (black line).
+    """
+    groups = sorted(effect["group"].unique())
+    fig, axes = plt.subplots(1, 1 + len(groups), figsize=(3 + 2.4 * len(groups), 3), squeeze=False,
+                             layout="constrained")
+    ax = axes[0, 0]
+    ax.hist(null["p"], bins=np.linspace(0, 1, 11), color="0.6", edgecolor="k")
+    ax.axhline(len(null) / 10, color="C0", lw=1, label="uniform")
+    ax.axvline(alpha, color="C3", lw=1)
+    ax.set_title(f"null studies: p values\n(n = {len(null)} contrasts, "
+                 f"{null['seed'].nunique()} studies; {100 * (null['p'] < alpha).mean():.0f} % < {alpha})", fontsize=7)
+    ax.set_xlabel("p (vs vehicle)", fontsize=7)
+    ax.legend(fontsize=6)
+    for ax, g in zip(axes[0, 1:], groups):
+        s = effect[effect["group"] == g].sort_values("pct_vs_vehicle").reset_index(drop=True)
+        colors = np.where(s["covered"], "k", "C3")
+        ax.hlines(np.arange(len(s)), s["ci_low"], s["ci_high"], colors=colors, lw=1)
+        ax.plot(s["pct_vs_vehicle"], np.arange(len(s)), "o", ms=2, color="k")
+        ax.axvline(float(s["true_pct"].iloc[0]), color="C0", lw=1.2)
+        ax.set_title(f"{g}\ntrue {s['true_pct'].iloc[0]:+.1f} %, coverage {100 * s['covered'].mean():.0f} % "
+                     f"(n = {len(s)} studies)", fontsize=7)
+        ax.set_xlabel("% vs vehicle (95 % CI)", fontsize=7)
+        ax.set_yticks([])
+    for ax in axes.ravel():
+        ax.tick_params(labelsize=7)
+    return fig
+
+
+# --- dose response and recovery (notebook 02_synapse_dose_duration) --------------------------
+
+__all__ += ["dose_response_plot", "recovery_plot"]
+
+
+def dose_response_plot(animals: pd.DataFrame, curve: pd.DataFrame, parameters: pd.DataFrame) -> Figure:
+    """End-of-dosing change per animal against dose, with the Emax fit and its 95 % band.
+
+    Parameters
+    ----------
+    animals : DataFrame
+        One row per animal: ``dose_mg_kg``, ``pct_change_from_baseline`` (vehicle at dose 0).
+    curve : DataFrame
+        ``dose_mg_kg``, ``pct_change``, ``ci_low``, ``ci_high`` (fitted curve and band).
+    parameters : DataFrame
+        The :func:`analysis.stats.fit_dose_response` table (for ED50, Emax and n).
+
+    Returns
+    -------
+    Figure
+        Doses on a symmetric-log axis (vehicle at 0); grey points are animals.
+    """
+    fig, ax = plt.subplots(figsize=(4.6, 3.4), layout="constrained")
+    c = curve.sort_values("dose_mg_kg")
+    ax.fill_between(c["dose_mg_kg"], c["ci_low"], c["ci_high"], color="C0", alpha=0.2, lw=0,
+                    label="95 % band (animal bootstrap)")
+    ax.plot(c["dose_mg_kg"], c["pct_change"], color="C0", label="Emax fit")
+    rng = np.random.default_rng(0)  # horizontal jitter only, for visibility
+    d = animals["dose_mg_kg"].to_numpy(float)
+    ax.scatter(d * np.exp(rng.uniform(-0.06, 0.06, len(d))), animals["pct_change_from_baseline"], s=10,
+               color="0.35", alpha=0.7, zorder=3, label="animals")
+    ax.axhline(0, color="0.6", lw=0.8)
+    positive = np.unique(d[d > 0])
+    lin = float(positive.min()) / 2 if len(positive) else 0.1
+    ax.set_xscale("symlog", linthresh=lin)
+    ax.set_xlim(-0.3 * lin, float(c["dose_mg_kg"].max()) * 1.1)
+    ax.set_xticks(np.concatenate([[0.0], positive]))
+    ax.set_xticklabels(["vehicle"] + [f"{x:g}" for x in positive])
+    p = parameters.set_index("parameter")
+    title = []
+    if "ed50_mg_kg" in p.index:
+        r = p.loc["ed50_mg_kg"]
+        title.append(f"ED50 {r.estimate:.2g} mg/kg ({r.ci_low:.2g}-{r.ci_high:.2g})")
+    if "emax_pct" in p.index:
+        r = p.loc["emax_pct"]
+        title.append(f"Emax {r.estimate:.1f} % ({r.ci_low:.1f} to {r.ci_high:.1f})")
+    n = int(p["n_animals"].iloc[0]) if "n_animals" in p else len(animals)
+    ax.set_title("\n".join(title + [f"n = {n} animals"]), fontsize=8)
+    ax.set_xlabel("dose (mg/kg/day)", fontsize=8)
+    ax.set_ylabel("% change from baseline at end of dosing", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+def recovery_plot(contrasts: pd.DataFrame, groups: list[str] | None = None) -> Figure:
+    """Change versus vehicle (95 % CI) against days since the last dose, one line per group.
+
+    Parameters
+    ----------
+    contrasts : DataFrame
+        :func:`analysis.stats.session_contrasts` rows (``group``, ``days_since_last_dose``,
+        ``pct_vs_vehicle`` with its CI, ``n_animals``).
+    groups : list of str, optional
+        Groups to draw (default: the highest dose of each genotype, compound and duration
+        among the groups with at least two sessions after the last dose).
+
+    Returns
+    -------
+    Figure
+    """
+    c = contrasts[contrasts["pct_vs_vehicle"].notna() & (contrasts["days_since_last_dose"] >= 0)]
+    if groups is None:
+        after = c[c["days_since_last_dose"] > 0].groupby("group").size()
+        eligible = c[c["group"].isin(after[after >= 2].index)]
+        top = eligible.groupby(["genotype", "compound", "treatment_days"])["dose_mg_kg"].transform("max")
+        groups = sorted(eligible.loc[eligible["dose_mg_kg"] == top, "group"].unique())
+    fig, ax = plt.subplots(figsize=(7.5, 3.4), layout="constrained")
+    for k, g in enumerate(groups):
+        s = c[c["group"] == g].sort_values("days_since_last_dose")
+        x = s["days_since_last_dose"].to_numpy(float) + 0.6 * (k - (len(groups) - 1) / 2)
+        ax.errorbar(x, s["pct_vs_vehicle"], yerr=[s["pct_vs_vehicle"] - s["pct_vs_vehicle_ci_low"],
+                                                  s["pct_vs_vehicle_ci_high"] - s["pct_vs_vehicle"]],
+                    fmt="o-", ms=3, lw=1, capsize=2, label=f"{g} (n={int(s['n_animals'].min())})")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("days since the last dose", fontsize=8)
+    ax.set_ylabel("% change versus vehicle (95 % CI)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig

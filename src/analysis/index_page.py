@@ -49,6 +49,13 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, border=0, float_format=lambda v: f"{v:.3g}", escape=True)
 
 
+def _toc_entry(reports_dir: Path, name: str) -> str:
+    """A contents line: the reviewer HTML, and the auditor HTML (with code) when it exists."""
+    n = html.escape(name)
+    audit = f' (<a href="audit/{n}.html">with code</a>)' if (reports_dir / "audit" / f"{name}.html").exists() else ""
+    return f'<li><a href="{n}.html">{n}</a>{audit}</li>'
+
+
 def key_results(processed: Path) -> pd.DataFrame:
     """Planned synapse contrasts (effect vs vehicle at the end of dosing) with CIs and n animals."""
     path = processed / "synapse_contrasts.csv"
@@ -80,6 +87,9 @@ def write_index(
 ) -> Path:
     """Write ``index.html``: links to each notebook's HTML, key results and provenance.
 
+    Each notebook is linked to its reviewer HTML (``<name>.html``) and, when present, to its
+    auditor HTML with code (``audit/<name>.html``).
+
     Provenance: git commit, Python and package versions, parameters, SHA-256 of the sample
     sheet and of every input file (from ``raw_manifest.csv`` when the pipeline wrote one),
     date and run time.
@@ -93,7 +103,7 @@ def write_index(
         manifest = pd.DataFrame({"path": [str(p.relative_to(data_dir)) for p in files],
                                  "sha256": [sha256_file(p) for p in files]})
     sheet_sha = sha256_file(data_dir / "samples.csv")
-    toc = "".join(f'<li><a href="{html.escape(n)}.html">{html.escape(n)}</a></li>' for n in notebooks)
+    toc = "".join(_toc_entry(reports_dir, n) for n in notebooks)
     results = key_results(processed_dir)
     failures_csv = processed_dir / "failures.csv"
     n_failed = len(pd.read_csv(failures_csv)) if failures_csv.exists() else 0
@@ -102,7 +112,9 @@ def write_index(
     body = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>Synapse and microglia report</title><style>{_CSS}</style></head><body>
 <h1>Long-term benzodiazepine study: synapse and microglia report</h1>
-<h2>Contents</h2><ol>{toc}</ol>
+<h2>Contents</h2>
+<p>Each notebook for reviewers (results and prose only); "with code" is the same executed notebook
+with every code cell, for auditors.</p><ol>{toc}</ol>
 <h2>Key results</h2>
 <p>Change in PSD95 synapse density from baseline to the end of dosing, relative to the vehicle
 group of the same genotype and duration (linear mixed model, animals as the unit; p values

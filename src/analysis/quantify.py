@@ -2,16 +2,19 @@
 
 :func:`quantify_image` turns one image (axes CZYX) and its channel roles into one row of
 readouts plus a per-cell table; :func:`quantify_study` runs it over every image of a sample
-sheet in parallel and writes ``measurements.parquet`` (one row per image, every sheet column
-carried through) and ``cells.parquet`` (one row per microglia cell) into ``out_dir``.
-Units are part of every readout's column name.
+sheet in parallel (dask.distributed: a local cluster by default, or an existing cluster)
+and writes ``measurements.parquet`` (one row per image, every sheet column carried through)
+and ``cells.parquet`` (one row per microglia cell) into ``out_dir``.  Each image's result is
+streamed to a per-image cache entry (:mod:`analysis.cache`) as soon as it is computed, so a
+rerun skips unchanged images and a killed run resumes.  Units are part of every readout's
+column name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import engulfment, microglia, synapses
+from analysis import cache, engulfment, microglia, synapses
 from analysis.errors import ImageReadError, InputError, Problem
 from analysis.progress import progress as track
-from analysis.files import check_manifest, write_csv, write_parquet
+from analysis.files import atomic_path, check_manifest, sha256_file, write_csv, write_parquet
 from analysis.io import load_samples, read_image
 
 __all__ = ["QuantifyParams", "quantify_image", "quantify_study", "image_problem"]
@@ -120,8 +123,9 @@ def quantify_image(
     puncta = None
     syn = _channel(data, synapse_channel)
     if syn is not None:
-        mask = synapses.analysed_area_mask(syn, pixel_size_um)
         puncta = synapses.detect_puncta(syn, pixel_size_um, z_step_um=z_step_um, **params.puncta)
+        # the mask needs the puncta of this image: pass the counted ones (no second detection)
+        mask = synapses.analysed_area_mask(syn, pixel_size_um, puncta=puncta)
         density = synapses.synapse_density(puncta, mask, pixel_size_um, z_step_um=z_step_um)
         row.update(density)
         # image-quality figure for QC: the median detection SNR of the puncta found
@@ -180,8 +184,16 @@ def image_problem(data: np.ndarray, roles: dict[str, Any]) -> str | None:
     return None
 
 
+_ROLES = ("synapse_channel", "microglia_channel", "lysosome_channel")
+#: Outputs of :func:`quantify_study` in ``out_dir`` (stray temporaries of these are removed).
+_OUTPUTS = ("measurements.parquet", "cells.parquet", "failures.csv", "raw_manifest.csv")
+#: Rows of the per-cell table buffered before a row group is written to ``cells.parquet``.
+_CELLS_ROW_GROUP = 50_000
+
+
 def _quantify_row(task: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame, dict[str, str] | None]:
-    roles = {k: task[k] for k in ("synapse_channel", "microglia_channel", "lysosome_channel")}
+    """Read and quantify one image: (readouts, per-cell table, None) or ({}, empty, failure record)."""
+    roles = {k: task[k] for k in _ROLES}
     try:
         data, info = read_image(task["abs_path"])
     except ImageReadError as exc:
@@ -200,10 +212,154 @@ def _quantify_row(task: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame, d
         z_step_um=info.z_step_um,
         params=task["params"],
     )
-    row["image_id"] = task["image_id"]
-    if len(cells):
-        cells.insert(0, "image_id", task["image_id"])
     return row, cells, None
+
+
+def _quantify_to_cache(task: dict[str, Any]) -> dict[str, str] | None:
+    """Quantify one image and write its cache entry (runs in a worker).
+
+    Returns the failure record of a bad image (nothing is cached for it) or None.  Only
+    this small record travels back to the parent; the tables go to disk.
+    """
+    try:
+        row, cells, failure = _quantify_row(task)
+    except Exception as exc:  # an unexpected error: name the image, keep the traceback
+        exc.add_note(f"while quantifying image {task['image_id']!r} ({task['abs_path']})")
+        raise
+    if failure is None:
+        cache.write_entry(task["entry"], row, cells)
+    return failure
+
+
+def _local_cluster(n_workers: int) -> Any:
+    """A LocalCluster of ``n_workers`` processes with one thread each, no dashboard, quiet."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",  # a free port: never collides with another cluster
+        scheduler_port=0,
+        silence_logs=logging.ERROR,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_dask() -> Any:
+    """Keep dask's own INFO chatter (cluster start and shutdown) out of our log, unless debugging."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    if not logging.getLogger("analysis").isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _connect(scheduler: str, timeout: str = "20s") -> Any:
+    """A Client for a scheduler address, with an error that says what to do when it fails."""
+    from distributed import Client
+
+    try:
+        return Client(scheduler, set_as_default=False, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise InputError([Problem(f"dask scheduler {scheduler}", f"cannot connect ({exc}); start the scheduler "
+                                  "(or the cluster) first, check the address, or omit --scheduler to use a local "
+                                  "cluster")]) from None
+
+
+def _run_tasks(todo: list[dict[str, Any]], workers: int, scheduler: Any) -> Any:
+    """Yield the failure record (or None) of each task as it completes.
+
+    In-process when ``workers == 1`` (or a single task) and no scheduler is given; otherwise
+    one dask task per image on ``scheduler`` (an address or a ``distributed.Client``) or on
+    a LocalCluster of ``min(workers, len(todo))`` processes started for this run.
+    """
+    if scheduler is None and (workers <= 1 or len(todo) <= 1):
+        yield from map(_quantify_to_cache, todo)
+        return
+    from distributed import Client, as_completed
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_quiet_dask())
+        if isinstance(scheduler, Client):
+            client = scheduler  # the caller's: not closed here
+        elif scheduler is not None:
+            client = stack.enter_context(_connect(scheduler))
+        else:
+            cluster = stack.enter_context(_local_cluster(min(workers, len(todo))))
+            client = stack.enter_context(Client(cluster, set_as_default=False))
+        log.info("quantifying on dask scheduler %s", client.scheduler.address)
+        keys = [f"quantify-{t['image_id']}-{t['key'][:16]}" for t in todo]
+        futures = client.map(_quantify_to_cache, todo, key=keys, pure=False)
+        try:
+            for future in as_completed(futures, loop=client.loop):
+                yield future.result()
+                future.release()
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+
+
+def _image_hashes(samples: pd.DataFrame, raw_dir: Path, recorded: pd.DataFrame) -> list[str]:
+    """SHA-256 of each sheet image, from the raw manifest (or hashed here when outside it)."""
+    known = dict(zip(recorded["path"], recorded["sha256"], strict=True))
+    root = raw_dir.resolve()
+    out = []
+    for abs_path in samples["abs_path"]:
+        p = Path(abs_path).resolve()
+        rel = str(p.relative_to(root)) if p.is_relative_to(root) else None
+        if rel in known:
+            out.append(known[rel])
+        elif p.is_file():
+            out.append(sha256_file(p))
+        else:
+            out.append("missing")  # fails when read, so never cached
+    return out
+
+
+def _conform(table: Any, schema: Any) -> Any:
+    """``table`` with exactly the columns and types of ``schema`` (missing columns null)."""
+    import pyarrow as pa
+
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _write_cells(entries: list[tuple[str, Path]], path: Path) -> int:
+    """Stream the per-cell tables of the cache entries into one Parquet file; returns the rows.
+
+    Only one row group (at most :data:`_CELLS_ROW_GROUP` rows) is held in memory at a time.
+    Columns absent from some images (e.g. engulfment without a lysosome channel) are null there.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schemas = [s for s in (pq.read_schema(e).remove_metadata() for _, e in entries) if len(s)]
+    if not schemas:
+        write_parquet(pd.DataFrame(), path)
+        return 0
+    schema = pa.unify_schemas([pa.schema([("image_id", pa.string())]), *schemas], promote_options="permissive")
+    n = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        buffer: list[Any] = []
+        buffered = 0
+        for image_id, entry in entries:
+            table = cache.read_cells(entry)
+            if not table.num_rows:
+                continue
+            table = table.add_column(0, "image_id", pa.array([image_id] * table.num_rows, pa.string()))
+            buffer.append(_conform(table, schema))
+            buffered += table.num_rows
+            if buffered >= _CELLS_ROW_GROUP:
+                writer.write_table(pa.concat_tables(buffer))
+                n, buffer, buffered = n + buffered, [], 0
+        if buffer:
+            writer.write_table(pa.concat_tables(buffer))
+            n += buffered
+    return n
 
 
 def quantify_study(
@@ -212,8 +368,11 @@ def quantify_study(
     *,
     params: QuantifyParams | None = None,
     workers: int | None = None,
+    scheduler: Any = None,
     progress: bool = True,
     strict: bool = False,
+    use_cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Quantify every image of a sample sheet and write the measurement tables.
 
@@ -225,64 +384,99 @@ def quantify_study(
     ``raw_manifest.csv`` in ``out_dir`` (written on the first run), so a changed or missing
     raw file is reported instead of silently mixing results.
 
+    Images run in parallel, one dask task per image, on a local cluster of ``workers``
+    processes (one thread each) or on an existing cluster (``scheduler``).  Each result is
+    written to a cache entry in ``cache_dir`` as soon as it is computed, keyed by the image's
+    SHA-256, ``params``, the sheet fields that enter the quantification (pixel size, channel
+    roles), the package version and the source of the image-analysis code
+    (:func:`analysis.cache.code_digest`): a rerun quantifies only what changed (a change of
+    other sheet columns or of the statistics reuses every entry), and a killed run resumes
+    where it stopped.  Bad images are never cached, so ``failures.csv`` is complete
+    on every run.  The final tables are assembled from the entries in sheet order, one image
+    at a time, so memory does not grow with the number of images.
+
     Parameters
     ----------
     samples_csv : path
         Sample sheet.
     out_dir : path
-        Folder for ``measurements.parquet``, ``cells.parquet``, ``failures.csv`` and
-        ``raw_manifest.csv``.
+        Folder for ``measurements.parquet``, ``cells.parquet``, ``failures.csv``,
+        ``raw_manifest.csv`` and (by default) the ``cache/`` folder.
     params : QuantifyParams, optional
         Method parameters.
     workers : int, optional
-        Worker processes (default: all cores).
+        Worker processes of the local cluster (default: all cores).  ``1`` runs in this
+        process without a cluster (debugging, tests).  Ignored when ``scheduler`` is given.
+    scheduler : str or distributed.Client, optional
+        An existing dask cluster: a scheduler address such as ``"tcp://10.0.0.5:8786"`` or
+        a connected ``Client`` (left open).  Workers need the ``analysis`` package and must
+        see the image and ``out_dir`` paths (a shared file system).
     progress : bool
         Report progress (a tqdm bar in terminals and Jupyter, log lines otherwise).
     strict : bool
         Fail (``InputError`` listing every bad image) instead of recording failures.
+    use_cache : bool
+        Reuse cached results; ``False`` recomputes every image (and rewrites its entry).
+    cache_dir : path, optional
+        Folder of the per-image cache (default: ``out_dir / "cache"``).
 
     Returns
     -------
     DataFrame
         The measurements table: every sheet column plus the readouts of each quantified image.
+
+    Examples
+    --------
+    >>> from analysis.quantify import quantify_study
+    >>> m = quantify_study("data/raw/samples.csv", "data/processed")  # doctest: +SKIP
+    >>> m = quantify_study("data/raw/samples.csv", "data/processed",
+    ...                    scheduler="tcp://10.0.0.5:8786")  # doctest: +SKIP
     """
     samples = load_samples(samples_csv, check_images=False)
     out = Path(out_dir)
-    check_manifest(Path(samples_csv).resolve().parent, out / "raw_manifest.csv")
+    raw_dir = Path(samples_csv).resolve().parent
+    recorded = check_manifest(raw_dir, out / "raw_manifest.csv")
     params = params or QuantifyParams()
-    tasks = [
-        {
+    store = Path(cache_dir) if cache_dir is not None else out / "cache"
+    cache.remove_stray_temporaries(store)
+    cache.remove_stray_temporaries(out, names=_OUTPUTS)
+    hashes = _image_hashes(samples, raw_dir, recorded)
+    param_dict = params.to_dict()
+    tasks = []
+    for r, sha in zip(samples.to_dict("records"), hashes, strict=True):
+        fields = {"pixel_size_um": float(r["pixel_size_um"]), **{k: r[k] for k in _ROLES}}
+        key = cache.entry_key(sha, param_dict, fields)
+        tasks.append({
             "abs_path": r["abs_path"],
             "path": r["path"],
             "image_id": r["image_id"],
-            "pixel_size_um": float(r["pixel_size_um"]),
-            "synapse_channel": r["synapse_channel"],
-            "microglia_channel": r["microglia_channel"],
-            "lysosome_channel": r["lysosome_channel"],
+            **fields,
             "params": params,
-        }
-        for r in samples.to_dict("records")
-    ]
+            "key": key,
+            "entry": str(cache.entry_path(store, key)),
+        })
+    todo = [t for t in tasks if not (use_cache and Path(t["entry"]).exists())]
+    log.info("%d of %d images cached%s; quantifying %d", len(tasks) - len(todo), len(tasks),
+             "" if use_cache else " (cache ignored)", len(todo))
     workers = workers or os.cpu_count() or 1
-    bar = dict(total=len(tasks), desc="quantify", enabled=progress)
-    if workers == 1:
-        results = list(track(map(_quantify_row, tasks), **bar))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(track(pool.map(_quantify_row, tasks, chunksize=2), **bar))
-    failures = pd.DataFrame([f for _, _, f in results if f], columns=["image_id", "path", "reason"])
+    results = _run_tasks(todo, workers, scheduler) if todo else iter(())
+    failed = [f for f in track(results, total=len(todo), desc="quantify", enabled=progress) if f]
+    failures = pd.DataFrame(failed, columns=["image_id", "path", "reason"])
+    order = {image_id: i for i, image_id in enumerate(samples["image_id"])}
+    failures = failures.sort_values("image_id", key=lambda s: s.map(order), ignore_index=True)
     if strict and len(failures):
-        raise InputError([Problem(str(Path(samples_csv).resolve().parent / f.path), f.reason)
-                          for f in failures.itertuples()])
-    rows = pd.DataFrame([r for r, _, f in results if not f])
-    ok = samples[~samples["image_id"].isin(failures["image_id"])]
+        raise InputError([Problem(str(raw_dir / f.path), f.reason) for f in failures.itertuples()])
+    bad = set(failures["image_id"])
+    entries = [(t["image_id"], Path(t["entry"])) for t in tasks if t["image_id"] not in bad]
+    rows = pd.DataFrame([{**cache.read_row(e), "image_id": image_id} for image_id, e in entries])
+    if rows.empty:
+        rows = pd.DataFrame({"image_id": pd.Series([], dtype=object)})
+    ok = samples[~samples["image_id"].isin(bad)]
     measurements = ok.drop(columns=["abs_path"]).merge(rows, on="image_id", how="left", validate="1:1")
-    cell_tables = [c for _, c, f in results if not f and len(c)]
-    cells = pd.concat(cell_tables, ignore_index=True) if cell_tables else pd.DataFrame()
+    n_cells = _write_cells(entries, out / "cells.parquet")
     write_parquet(measurements, out / "measurements.parquet")
-    write_parquet(cells, out / "cells.parquet")
     write_csv(failures, out / "failures.csv")
     if len(failures):
         log.warning("%d image(s) could not be quantified; see %s", len(failures), out / "failures.csv")
-    log.info("quantified %d images (%d cells) into %s", len(measurements), len(cells), out)
+    log.info("quantified %d images (%d cells) into %s", len(measurements), n_cells, out)
     return measurements

@@ -1,17 +1,20 @@
 """Run the notebooks with papermill and render HTML for reviewers.
 
 Notebooks are executed in order on the ``analysis`` Jupyter kernel.  Executed copies go to
-``reports/executed/``; the reviewer HTML (no code cells) goes to ``reports/<name>.html``.
+``reports/executed/``; the reviewer HTML (no code cells) goes to ``reports/<name>.html`` and
+the auditor HTML (the same notebook with its code) to ``reports/audit/<name>.html``.  Both are
+self-contained (figures embedded, nothing fetched from another host).
 Notebooks hand their key numbers to tests and to the report index with :func:`record`;
 :func:`recorded` reads them back from an executed notebook.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,12 @@ __all__ = ["NOTEBOOKS", "ReportError", "record", "recorded", "run_notebook", "ex
 log = logging.getLogger(__name__)
 
 #: Notebooks of the report, in the order they run.
-NOTEBOOKS: tuple[str, ...] = ("00_study_design", "01_quantify_images", "02_synapse_dose_duration", "03_microglia")
+NOTEBOOKS: tuple[str, ...] = (
+    "00_study_design", "01_quantify_images", "02_synapse_dose_duration", "03_microglia", "04_validation",
+)
+
+#: Subfolder of the reports folder with the auditor HTML (notebooks with their code).
+AUDIT_DIR = "audit"
 
 #: MIME type of the values a notebook records for tests and the index.
 RECORD_MIMETYPE = "application/vnd.analysis.record+json"
@@ -62,6 +70,25 @@ def recorded(notebook: str | os.PathLike[str]) -> dict[str, Any]:
     return out
 
 
+#: Matplotlib backend of the notebook kernels: figures become PNG outputs of their cells.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables (inherited by kernels started inside) and restore them after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _notebook_parameters(path: Path) -> set[str]:
     import papermill
 
@@ -92,15 +119,18 @@ def run_notebook(
     declared = _notebook_parameters(src)
     params = {k: v for k, v in parameters.items() if k in declared}
     log.info("running %s with %s", src.name, params)
+    # the kernel inherits this process's environment: a non-interactive MPLBACKEND (e.g. Agg
+    # in CI and tests) would make plt.show() a no-op and leave every figure out of the report
     try:
-        papermill.execute_notebook(
-            str(src),
-            str(dst),
-            parameters=params,
-            kernel_name=kernel_name,
-            cwd=str(src.parent),
-            progress_bar=False,
-        )
+        with _environment(MPLBACKEND=INLINE_BACKEND):
+            papermill.execute_notebook(
+                str(src),
+                str(dst),
+                parameters=params,
+                kernel_name=kernel_name,
+                cwd=str(src.parent),
+                progress_bar=False,
+            )
     except PapermillExecutionError as exc:
         raise ReportError(
             f"notebook {src.name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
@@ -112,7 +142,24 @@ def run_notebook(
                 f"Jupyter kernel {kernel_name!r} is not installed; run 'make setup' (it registers it)"
             ) from None
         raise
+    _stable_cell_ids(dst)
     return dst
+
+
+def _stable_cell_ids(executed: Path) -> None:
+    """Give papermill's injected-parameters cell a fixed id (it draws a random one).
+
+    The same inputs then give the same executed notebook and HTML, up to run times.
+    """
+    nb = nbformat.read(executed, as_version=4)
+    changed = False
+    for k, cell in enumerate(nb.cells):
+        if "injected-parameters" in cell.metadata.get("tags", []) and cell.get("id") != f"injected-parameters-{k}":
+            cell["id"] = f"injected-parameters-{k}"
+            changed = True
+    if changed:
+        with atomic_path(executed) as tmp:
+            nbformat.write(nb, tmp)
 
 
 def export_html(executed: str | os.PathLike[str], html: str | os.PathLike[str], *, include_code: bool = False) -> Path:
@@ -149,6 +196,7 @@ def run_report(
     parameters: Mapping[str, Any] | None = None,
     quantify: bool = True,
     workers: int | None = None,
+    scheduler: str | None = None,
 ) -> list[Path]:
     """Validate the inputs, run the pipeline and the report notebooks in order, write their HTML.
 
@@ -159,7 +207,8 @@ def run_report(
     processed_dir : path
         Folder for derived tables.
     reports_dir : path
-        Output folder: ``<name>.html`` per notebook, executed notebooks in ``executed/``.
+        Output folder: ``<name>.html`` per notebook (reviewers, no code), ``audit/<name>.html``
+        (auditors, with code), executed notebooks in ``executed/``.
     notebooks_dir : path
         Folder with the ``.ipynb`` sources.
     kernel_name : str
@@ -171,12 +220,16 @@ def run_report(
     quantify : bool
         Run the pipeline first (quantification and model fits into ``processed_dir``).
     workers : int, optional
-        Worker processes for the quantification.
+        Worker processes for the quantification (also passed to notebooks that declare
+        ``workers``).
+    scheduler : str, optional
+        Address of an existing dask scheduler for the quantification (default: a local
+        cluster sized to the machine).
 
     Returns
     -------
     list of Path
-        The HTML files written.
+        The HTML files written (reviewer and auditor HTML per notebook, then the index).
     """
     import datetime as dt
 
@@ -194,9 +247,10 @@ def run_report(
         from analysis.quantify import quantify_study
         from analysis.stats import fit_study
 
-        quantify_study(data / "samples.csv", processed, workers=workers)
+        quantify_study(data / "samples.csv", processed, workers=workers, scheduler=scheduler)
         fit_study(str(processed / "measurements.parquet"), str(processed))
-    params = {"data_dir": str(data), "processed_dir": str(processed), **(parameters or {})}
+    params = {"data_dir": str(data), "processed_dir": str(processed),
+              **({"workers": workers} if workers is not None else {}), **(parameters or {})}
     names = list(only) if only else list(NOTEBOOKS)
     unknown = [n for n in names if not (nbdir / f"{n}.ipynb").exists()]
     if unknown:
@@ -206,7 +260,8 @@ def run_report(
         executed = run_notebook(nbdir / f"{name}.ipynb", reports / "executed" / f"{name}.ipynb", params,
                                 kernel_name=kernel_name)
         written.append(export_html(executed, reports / f"{name}.html"))
-        log.info("wrote %s", written[-1])
+        written.append(export_html(executed, reports / AUDIT_DIR / f"{name}.html", include_code=True))
+        log.info("wrote %s and %s", written[-2], written[-1])
     from analysis.quantify import QuantifyParams
 
     all_params = {**params, "kernel": kernel_name, "quantify": QuantifyParams().to_dict()}

@@ -98,6 +98,7 @@ class SynapseFit:
     converged: bool
     warnings: tuple[str, ...]
     sd_animal_log: float = float("nan")
+    df_contrast: float = float("inf")
 
 
 def fit_synapse_lmm(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2") -> SynapseFit:
@@ -152,7 +153,10 @@ def fit_synapse_lmm(measurements: pd.DataFrame, value: str = "puncta_density_per
     # between-animal SD of one animal's session mean (log scale): the scale of Cohen's d
     fields = float(df.groupby(["animal_id", "day"]).size().mean())
     sd_animal = float(np.sqrt(vc["variance"].iloc[0] + vc["variance"].iloc[1] + vc["variance"].iloc[2] / fields))
-    return SynapseFit(coef, vc, cells, result, bool(result.converged), messages, sd_animal)
+    # degrees of freedom of group contrasts: animals minus groups (the between-animal,
+    # "containment" rule; Wald z is too liberal with a handful of animals per group)
+    df_contrast = float(max(df["animal_id"].nunique() - df["group"].nunique(), 1))
+    return SynapseFit(coef, vc, cells, result, bool(result.converged), messages, sd_animal, df_contrast)
 
 
 def _holm(p: np.ndarray) -> np.ndarray:
@@ -172,7 +176,8 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
     The change from baseline of group g at day d is ``exp(mu[g, d] - mu[g, baseline]) - 1``;
     the effect versus vehicle is the same change divided by the change of the vehicle group of
     the same genotype and dosing duration (a difference in differences on the log scale).
-    Confidence intervals use the model's fixed-effect covariance (normal approximation).
+    Confidence intervals use the model's fixed-effect covariance and Student's t with
+    ``fit.df_contrast`` degrees of freedom (animals minus groups; column ``df``).
     The planned contrasts are each treated group versus its vehicle at the end of dosing
     (``planned``); their p values are Holm-adjusted as one family (``p_vs_vehicle_holm``).
     Other sessions are reported with unadjusted p values and CIs, as estimates.
@@ -191,7 +196,8 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
     coef = fit.coefficients.reset_index(drop=True)
     cov = fit.result.cov_params().loc[fit.result.fe_params.index, fit.result.fe_params.index].to_numpy()
     beta = coef["estimate"].to_numpy()
-    z = sps.norm.ppf(1 - alpha / 2)
+    dfc = fit.df_contrast
+    z = sps.t.ppf(1 - alpha / 2, dfc)
     idx = {(r.group, int(r.day)): i for i, r in coef.iterrows()}
     baseline = coef.groupby("group")["day"].min().to_dict()
     rows = []
@@ -209,6 +215,7 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
             "day": d,
             "days_since_last_dose": d - r["treatment_days"],
             "n_animals": int(r["n_animals"]),
+            "df": dfc,
             "pct_change_from_baseline": 100 * np.expm1(est),
             "pct_change_from_baseline_ci_low": 100 * np.expm1(est - z * se),
             "pct_change_from_baseline_ci_high": 100 * np.expm1(est + z * se),
@@ -225,7 +232,7 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
                     "pct_vs_vehicle": 100 * np.expm1(est_v),
                     "pct_vs_vehicle_ci_low": 100 * np.expm1(est_v - z * se_v),
                     "pct_vs_vehicle_ci_high": 100 * np.expm1(est_v + z * se_v),
-                    "p_vs_vehicle": float(2 * sps.norm.sf(abs(est_v / se_v))),
+                    "p_vs_vehicle": float(2 * sps.t.sf(abs(est_v / se_v), dfc)),
                 }
             )
             if np.isfinite(fit.sd_animal_log) and fit.sd_animal_log > 0:
@@ -311,6 +318,10 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     if len(dose_tables):
         paths["dose_response"] = out / "synapse_dose_response.csv"
         write_csv(dose_tables, paths["dose_response"])
+        paths["dose_response_curve"] = out / "synapse_dose_response_curve.csv"
+        write_csv(dose_tables.attrs["curves"], paths["dose_response_curve"])
+        paths["dose_response_animals"] = out / "synapse_dose_response_animals.csv"
+        write_csv(dose_tables.attrs["animals"], paths["dose_response_animals"])
     cells_path = Path(measurements_path).with_name("cells.parquet")
     if "microglia_count" in everything and cells_path.exists():
         paths.update(_fit_microglia(everything, pd.read_parquet(cells_path), out))
@@ -344,9 +355,14 @@ def _fit_microglia(measurements: pd.DataFrame, cells: pd.DataFrame, out) -> dict
 
 
 def dose_responses(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2") -> pd.DataFrame:
-    """:func:`fit_dose_response` for every genotype x compound x duration with >= 3 doses and vehicle."""
+    """:func:`fit_dose_response` for every genotype x compound x duration with >= 3 doses and vehicle.
+
+    ``attrs["curves"]`` holds the fitted curves with their bootstrap bands and
+    ``attrs["animals"]`` the per-animal changes they were fitted to (``compound_arm`` names
+    the compound whose fit a vehicle animal entered).
+    """
     ch = animal_changes(measurements, value)
-    tables = []
+    tables, curves, points = [], [], []
     for (genotype, compound, days), sub in ch[ch["compound"] != VEHICLE].groupby(
         ["genotype", "compound", "treatment_days"]
     ):
@@ -355,9 +371,16 @@ def dose_responses(measurements: pd.DataFrame, value: str = "puncta_density_per_
         veh = ch[(ch["genotype"] == genotype) & (ch["compound"] == VEHICLE) & (ch["treatment_days"] == days)]
         if veh.empty:
             continue
-        t = fit_dose_response(pd.concat([veh, sub]))
-        tables.append(t.assign(genotype=genotype, compound=compound, treatment_days=days))
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        both = pd.concat([veh, sub])
+        t = fit_dose_response(both)
+        keys = {"genotype": genotype, "compound": compound, "treatment_days": days}
+        tables.append(t.assign(**keys))
+        curves.append(t.attrs["curve"].assign(**keys))
+        points.append(both.assign(compound_arm=compound))
+    out = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    out.attrs["curves"] = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    out.attrs["animals"] = pd.concat(points, ignore_index=True) if points else pd.DataFrame()
+    return out
 
 
 def animal_changes(
@@ -415,7 +438,9 @@ def fit_dose_response(
     DataFrame
         One row per parameter (``e0_pct``, ``emax_pct``, ``ed50_mg_kg``, ``trend_slope``):
         ``estimate``, ``ci_low``, ``ci_high``, ``p_value`` (trend only) and ``n_animals``.
-        Percent parameters are converted from the log-ratio scale.
+        Percent parameters are converted from the log-ratio scale.  ``attrs["curve"]`` holds
+        the fitted curve on a dose grid with its pointwise bootstrap band (``dose_mg_kg``,
+        ``pct_change``, ``ci_low``, ``ci_high``).
     """
     from scipy.optimize import curve_fit
 
@@ -457,6 +482,11 @@ def fit_dose_response(
     out = pd.DataFrame(rows)
     out["n_animals"] = len(y)
     out["n_boot"] = len(boots)
+    # the fitted curve with its pointwise bootstrap band, for figures
+    grid = np.concatenate([[0.0], np.geomspace(positive.min() / 4, positive.max() * 1.5, 60)])
+    band = np.percentile([_emax(grid, *b) for b in boots], [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    out.attrs["curve"] = pd.DataFrame({"dose_mg_kg": grid, "pct_change": to_pct(_emax(grid, *est)),
+                                       "ci_low": to_pct(band[0]), "ci_high": to_pct(band[1])})
     return out
 
 
@@ -490,12 +520,13 @@ def change_difference(
         L[idx[(g, day)]] += sign
         L[idx[(g, base[g])]] -= sign
     est, se = float(L @ beta), float(np.sqrt(L @ cov @ L))
-    z = sps.norm.ppf(1 - alpha / 2)
+    z = sps.t.ppf(1 - alpha / 2, fit.df_contrast)
     return {
         "pct_difference": 100 * np.expm1(est),
         "ci_low": 100 * np.expm1(est - z * se),
         "ci_high": 100 * np.expm1(est + z * se),
-        "p_value": float(2 * sps.norm.sf(abs(est / se))) if se > 0 else np.nan,
+        "p_value": float(2 * sps.t.sf(abs(est / se), fit.df_contrast)) if se > 0 else np.nan,
+        "df": fit.df_contrast,
     }
 
 
@@ -539,9 +570,9 @@ def recovery(contrasts: pd.DataFrame) -> pd.DataFrame:
     """
     from scipy.optimize import curve_fit
 
-    z = sps.norm.ppf(0.975)
     rows = []
     for g, sub in contrasts[contrasts["pct_vs_vehicle"].notna()].groupby("group"):
+        z = sps.t.ppf(0.975, sub["df"].iloc[0]) if "df" in sub else sps.norm.ppf(0.975)
         after = sub[sub["days_since_last_dose"] >= 0].sort_values("days_since_last_dose")
         if (after["days_since_last_dose"] > 0).sum() < 2:
             continue

@@ -1,0 +1,194 @@
+"""Per-image result cache of the quantification (one Parquet file per image).
+
+An entry holds the per-cell table of one image as Parquet, with the image-level readouts
+(one row) as JSON in the file's key-value metadata.  Its name is a SHA-256 over everything
+that determines the result: the image file's content hash, the quantification parameters,
+the sample-sheet fields that enter the quantification (pixel size, channel roles), the
+package version, a digest of the source of the image-analysis modules (so an edit to the
+algorithms during development is never served stale results), the versions of numpy, scipy
+and scikit-image, and the entry format.  Entries are written to a temporary file that is then
+renamed into place, so only complete entries are ever visible; a killed run leaves at most
+``.tmp-*`` files, which :func:`remove_stray_temporaries` deletes at the start of the next run.
+
+Examples
+--------
+>>> key = entry_key("ab" * 32, {"puncta": {}}, {"pixel_size_um": 0.1})
+>>> len(key)
+64
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis import __version__
+from analysis.errors import InputError, Problem
+from analysis.files import atomic_path
+
+__all__ = ["CACHE_FORMAT", "code_digest", "entry_key", "entry_path", "write_entry", "read_row", "read_cells",
+           "remove_stray_temporaries"]
+
+log = logging.getLogger(__name__)
+
+#: Version of the entry layout; bump it when the layout or its meaning changes.
+CACHE_FORMAT = 1
+
+_ROW_KEY = b"analysis.row"
+
+#: Modules whose source decides a per-image result.
+_CODE_MODULES = ("analysis.quantify", "analysis.synapses", "analysis.microglia", "analysis.engulfment",
+                 "analysis.io", "analysis.cache")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe form of a value (numpy scalars to Python, NA to None)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 over the source files of the image-analysis modules and the numeric libraries' versions."""
+    import numpy
+    import scipy
+    import skimage
+
+    h = hashlib.sha256()
+    for name in _CODE_MODULES:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        h.update(name.encode())
+        h.update(Path(origin).read_bytes() if origin else b"?")
+    h.update(f"numpy {numpy.__version__} scipy {scipy.__version__} scikit-image {skimage.__version__}".encode())
+    return h.hexdigest()
+
+
+def entry_key(image_sha256: str, params: dict[str, Any], fields: dict[str, Any]) -> str:
+    """Cache key of one image's result.
+
+    Parameters
+    ----------
+    image_sha256 : str
+        SHA-256 of the image file's bytes.
+    params : dict
+        The quantification parameters (:meth:`analysis.quantify.QuantifyParams.to_dict`).
+    fields : dict
+        Sample-sheet fields that enter the quantification (pixel size, channel roles).
+
+    Returns
+    -------
+    str
+        64 hex digits; it also covers the package version, :func:`code_digest` and
+        :data:`CACHE_FORMAT`.
+    """
+    payload = {
+        "format": CACHE_FORMAT,
+        "version": __version__,
+        "code": code_digest(),
+        "image_sha256": image_sha256,
+        "params": _plain(params),
+        "fields": _plain(fields),
+    }
+    blob = json.dumps(payload, sort_keys=True, allow_nan=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def entry_path(cache_dir: str | os.PathLike[str], key: str) -> Path:
+    """File of the entry ``key`` (sharded by its first two hex digits)."""
+    return Path(cache_dir) / key[:2] / f"{key}.parquet"
+
+
+def write_entry(path: str | os.PathLike[str], row: dict[str, Any], cells: pd.DataFrame) -> None:
+    """Write one entry atomically (temporary file, then rename).
+
+    Parameters
+    ----------
+    path : path
+        Entry file (:func:`entry_path`).
+    row : dict
+        Image-level readouts (numbers; NaN allowed).
+    cells : DataFrame
+        Per-cell table (may be empty).
+    """
+    table = pa.Table.from_pandas(cells.reset_index(drop=True), preserve_index=False)
+    row_json = json.dumps({k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()},
+                          allow_nan=True)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _ROW_KEY: row_json.encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _corrupt(path: Path, exc: Exception) -> InputError:
+    return InputError([Problem(str(path), f"unreadable cache entry ({exc}); delete it (or the whole cache "
+                                          "folder) or run with --no-cache / use_cache=False")])
+
+
+def read_row(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The image-level readouts stored in an entry (reads the file footer only)."""
+    p = Path(path)
+    try:
+        meta = pq.read_schema(p).metadata or {}
+        return json.loads(meta[_ROW_KEY])
+    except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
+        raise _corrupt(p, exc) from None
+
+
+def read_cells(path: str | os.PathLike[str]) -> pa.Table:
+    """The per-cell table stored in an entry, as an Arrow table without pandas metadata."""
+    p = Path(path)
+    try:
+        table = pq.read_table(p)
+    except (OSError, pa.ArrowException) as exc:
+        raise _corrupt(p, exc) from None
+    return table.replace_schema_metadata(None)
+
+
+def remove_stray_temporaries(folder: str | os.PathLike[str], names: tuple[str, ...] | None = None) -> int:
+    """Delete ``.tmp-*`` files left by a killed run; returns how many.
+
+    Parameters
+    ----------
+    folder : path
+        Folder to clean.
+    names : tuple of str, optional
+        Only the temporaries of these final file names, directly in ``folder`` (other
+        writers' temporaries are left alone); by default every ``.tmp-*`` file below it.
+    """
+    root = Path(folder)
+    if not root.exists():
+        return 0
+    if names is None:
+        stray = list(root.rglob(".tmp-*"))
+    else:
+        stray = [p for name in names for p in root.glob(f".tmp-*-{name}")]
+    n = 0
+    for tmp in stray:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            n += 1
+    if n:
+        log.info("removed %d partial file(s) of an interrupted run in %s", n, root)
+    return n
