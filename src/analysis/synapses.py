@@ -682,7 +682,9 @@ def detect_puncta(
             f_in = fit[best_in, np.arange(n)]
 
             def gain(f1: np.ndarray, f0: np.ndarray) -> np.ndarray:
-                return z2 * (f1 / np.maximum(f0, 1e-300) - 1.0)
+                # f0 <= 0 (no gain at the nominal size): the ratio is +inf, any size is better
+                with np.errstate(over="ignore"):
+                    return z2 * (f1 / np.maximum(f0, 1e-300) - 1.0)
 
             new_k = np.where(gain(f_in, fit[nom]) > _LIKELIHOOD_GAIN, best_in, nom)
             broad = np.zeros(n, bool)
