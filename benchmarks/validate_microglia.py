@@ -34,27 +34,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
-from scipy.stats import pearsonr, spearmanr
 
 from analysis.engulfment import measure_engulfment, segment_lysosomes
 from analysis.microglia import measure_microglia, segment_microglia
+from analysis.validation import correlation, match_cells
 
 PX = 0.2
-
-
-def match_cells(labels: np.ndarray, cells: pd.DataFrame, truth_labels: np.ndarray, truth_cells: pd.DataFrame):
-    """One-to-one matches ``(pred_index, true_index)`` by soma centre inside the true cell."""
-    cost = np.ones((len(cells), len(truth_cells)))
-    pos = {int(c): k for k, c in enumerate(truth_cells["cell"])}
-    for k, r in enumerate(cells.itertuples()):
-        t = int(truth_labels[int(round(r.soma_y)), int(round(r.soma_x))])
-        if t in pos:
-            cost[k, pos[t]] = 0
-    if not cost.size:
-        return np.zeros(0, int), np.zeros(0, int)
-    ri, ci = linear_sum_assignment(cost)
-    ok = cost[ri, ci] == 0
-    return ri[ok], ci[ok]
 
 
 def iou_matches(labels: np.ndarray, truth_labels: np.ndarray, truth_cells: pd.DataFrame) -> int:
@@ -94,7 +79,7 @@ def evaluate_field(f, detect: bool = True) -> tuple[dict[str, float], pd.DataFra
         eng_det = measure_engulfment(labels, lys, det, PX)[["label", "engulfed_puncta"]]
         cells = cells.merge(eng_det.rename(columns={"engulfed_puncta": "engulfed_detected_puncta"}), on="label",
                             how="left")
-    ri, ci = match_cells(labels, cells, f.labels, f.cells)
+    ri, ci = match_cells(cells, f.labels, len(f.cells))
     pairs = pd.concat(
         [
             cells.iloc[ri].add_prefix("m_").reset_index(drop=True),
@@ -114,13 +99,6 @@ def _f1(tp: float, n_pred: float, n_true: float) -> float:
     return 2 * tp / (n_pred + n_true) if n_pred + n_true else np.nan
 
 
-def _corr(fn, a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
-        return np.nan
-    return float(fn(a, b)[0])
-
-
 def summarise(counts: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, float]:
     """Metrics of one SNR level from the per-field counts and the matched pairs."""
     tp, n_pred, n_true = counts["tp"].sum(), counts["n_pred"].sum(), counts["n_true"].sum()
@@ -136,19 +114,19 @@ def summarise(counts: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, float]:
         "interior_cells": len(interior),
         "skeleton_length_median_rel_error": float(rel.median()),
         "skeleton_length_median_abs_rel_error": float(rel.abs().median()),
-        "branch_points_spearman": _corr(spearmanr, interior["m_branch_points"], interior["t_branch_points"]),
-        "endpoints_spearman": _corr(spearmanr, interior["m_endpoints"], interior["t_endpoints"]),
-        "engulfed_pearson_true_puncta": _corr(pearsonr, pairs["m_engulfed_true_puncta"], pairs["t_engulfed_count"]),
+        "branch_points_spearman": correlation(interior["m_branch_points"], interior["t_branch_points"], "spearman"),
+        "endpoints_spearman": correlation(interior["m_endpoints"], interior["t_endpoints"], "spearman"),
+        "engulfed_pearson_true_puncta": correlation(pairs["m_engulfed_true_puncta"], pairs["t_engulfed_count"]),
         "engulfed_recall_true_puncta": float(pairs["m_engulfed_true_hits"].sum() / pairs["t_engulfed_count"].sum()),
         "false_engulfed_per_cell_true_puncta": float(
             (pairs["m_engulfed_true_puncta"] - pairs["m_engulfed_true_hits"]).mean()),
         "cd68_area_ratio": float(pairs["m_cd68_area_um2"].sum() / pairs["t_cd68_area_um2"].sum()),
-        "cd68_area_pearson": _corr(pearsonr, pairs["m_cd68_area_um2"], pairs["t_cd68_area_um2"]),
+        "cd68_area_pearson": correlation(pairs["m_cd68_area_um2"], pairs["t_cd68_area_um2"]),
         "seconds_segment_measure_per_field": float(counts["seconds_microglia"].mean()),
         "seconds_lysosomes_per_field": float(counts["seconds_lysosomes"].mean()),
     }
     if "m_engulfed_detected_puncta" in pairs:
-        out["engulfed_pearson_detected_puncta"] = _corr(pearsonr, pairs["m_engulfed_detected_puncta"],
+        out["engulfed_pearson_detected_puncta"] = correlation(pairs["m_engulfed_detected_puncta"],
                                                         pairs["t_engulfed_count"])
     return out
 

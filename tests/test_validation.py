@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis.validation import (
-    _match_cells,
+    match_cells,
     agreement,
     calibrate,
     calibration_study,
@@ -95,7 +95,7 @@ def test_match_cells_by_soma_position() -> None:
     labels[:5, :5] = 1
     labels[5:, 5:] = 2
     cells = pd.DataFrame({"soma_y": [7.2, 1.0, 2.0, 7.0], "soma_x": [7.0, 1.4, 8.0, 6.0]})
-    ri, ci = _match_cells(cells, labels, 3)  # true cell 3 has no pixels: a miss
+    ri, ci = match_cells(cells, labels, 3)  # true cell 3 has no pixels: a miss
     assert sorted(zip(ri.tolist(), ci.tolist())) in ([(0, 1), (1, 0)], [(1, 0), (3, 1)])
     assert len(ri) == 2  # cells 0 and 3 compete for true cell 2, cell 2 is in the background
 

@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.filters import apply_hysteresis_threshold
 
-from analysis.microglia import _dominant_maxima, _label_max, noise_sd
+from analysis.microglia import _dominant_maxima, noise_sd
 
 __all__ = ["segment_lysosomes", "measure_engulfment", "engulfment_totals"]
 

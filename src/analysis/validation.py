@@ -38,6 +38,8 @@ __all__ = [
     "study_preset",
     "measured_vs_true",
     "agreement",
+    "correlation",
+    "match_cells",
     "puncta_accuracy",
     "microglia_accuracy",
     "accuracy_per_snr",
@@ -166,7 +168,7 @@ def measured_vs_true(measurements: pd.DataFrame, truth: pd.DataFrame) -> pd.Data
     return out.dropna(subset=["measured", "true"]).reset_index(drop=True)
 
 
-def _corr(x: np.ndarray, y: np.ndarray, kind: str = "pearson") -> float:
+def correlation(x: np.ndarray, y: np.ndarray, kind: str = "pearson") -> float:
     """Correlation, NaN when it is undefined (fewer than 3 pairs or a constant input)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -207,7 +209,7 @@ def agreement(pairs: pd.DataFrame, by: Iterable[str] = ("quantity",)) -> pd.Data
         rows.append({
             **dict(zip(by, keys)),
             "n_images": len(g),
-            "pearson_r": _corr(g["measured"], g["true"]),
+            "pearson_r": correlation(g["measured"], g["true"]),
             "mean_bias": float((g["measured"] - g["true"]).mean()),
             "mean_relative_bias": float(rel.mean()) if len(rel) else float("nan"),
             "mean_abs_relative_error": float(rel.abs().mean()) if len(rel) else float("nan"),
@@ -259,7 +261,7 @@ def puncta_accuracy(snr: float, fields: int, seed: int, *, pixel_size_um: float 
     return {f"puncta_{k}": float(np.mean(v)) for k, v in pd.DataFrame(rows).items()}
 
 
-def _match_cells(cells: pd.DataFrame, true_labels: np.ndarray, n_true: int) -> tuple[np.ndarray, np.ndarray]:
+def match_cells(cells: pd.DataFrame, true_labels: np.ndarray, n_true: int) -> tuple[np.ndarray, np.ndarray]:
     """Hungarian matching: a detected cell matches the true cell its soma centre lies in."""
     cost = np.ones((len(cells), n_true))
     for k, r in enumerate(cells.itertuples()):
@@ -316,7 +318,7 @@ def microglia_accuracy(snr: float, fields: int, seed: int, *, shape: tuple[int, 
         eng_true_pos = measure_engulfment(labels, lys, f.puncta, pixel_size_um).rename(
             columns={"engulfed_puncta": "engulfed_true_positions"})
         cells = cells.merge(eng, on="label").merge(eng_true_pos[["label", "engulfed_true_positions"]], on="label")
-        ri, ci = _match_cells(cells, f.labels, len(f.cells))
+        ri, ci = match_cells(cells, f.labels, len(f.cells))
         tp += len(ri)
         fp += len(cells) - len(ri)
         fn += len(f.cells) - len(ri)
@@ -335,9 +337,9 @@ def microglia_accuracy(snr: float, fields: int, seed: int, *, shape: tuple[int, 
         "microglia_interior_cells": int(len(interior)),
         "skeleton_length_median_rel_error": float(rel.median()),
         "skeleton_length_median_abs_rel_error": float(rel.abs().median()),
-        "branch_points_spearman": _corr(interior["m_branch_points"], interior["t_branch_points"], "spearman"),
-        "engulfed_pearson_detected_puncta": _corr(p["m_engulfed_puncta"], p["t_engulfed_count"]),
-        "engulfed_pearson_true_puncta": _corr(p["m_engulfed_true_positions"], p["t_engulfed_count"]),
+        "branch_points_spearman": correlation(interior["m_branch_points"], interior["t_branch_points"], "spearman"),
+        "engulfed_pearson_detected_puncta": correlation(p["m_engulfed_puncta"], p["t_engulfed_count"]),
+        "engulfed_pearson_true_puncta": correlation(p["m_engulfed_true_positions"], p["t_engulfed_count"]),
     }
 
 
