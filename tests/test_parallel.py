@@ -26,6 +26,23 @@ def test_cluster_gives_the_tables_of_the_in_process_run(small_study: Path, tmp_p
     assert len(list((tmp_path / "dask" / "cache").rglob("*.parquet"))) == 5  # written by the workers
 
 
+def _worker_environ() -> tuple[str | None, str | None]:
+    import os
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OPENBLAS_NUM_THREADS")
+
+
+def test_local_workers_keep_the_default_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dask's MALLOC_TRIM_THRESHOLD_ (1.5x slower numpy work here) is not set in our workers; its
+    one-thread-per-library settings are kept (no oversubscription of the cores)."""
+    from distributed import Client
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with _local_cluster(1) as cluster, Client(cluster, set_as_default=False) as client:
+        seen = list(client.run(_worker_environ).values())
+    assert seen == [(None, "1")]
+
+
 def test_cli_options() -> None:
     args = build_parser().parse_args(["quantify", "--scheduler", "tcp://10.0.0.5:8786", "--no-cache"])
     assert args.scheduler == "tcp://10.0.0.5:8786" and args.no_cache

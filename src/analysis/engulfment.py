@@ -1,8 +1,8 @@
 """Synapse engulfment: synaptic puncta inside CD68 lysosomes inside each microglia cell.
 
 * :func:`segment_lysosomes` finds CD68 lysosomes with thresholds set by the image's own
-  background and noise, each lysosome extending to half its own peak (its full width at half
-  maximum, the usual extent of a diffraction-blurred object).
+  background and noise, each lysosome extending to half its own level (the half-height of
+  its PSF-blurred edge, where the membrane of a sharp-edged vesicle lies).
 * :func:`measure_engulfment` counts, per cell, the puncta whose centre lies in CD68 inside that
   cell, and the CD68 area (or volume) inside it.
 * :func:`engulfment_totals` sums a per-cell table into per-image figures.
@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.filters import apply_hysteresis_threshold
 
-from analysis.microglia import _dominant_maxima, noise_sd
+from analysis.microglia import noise_sd
 
 __all__ = ["segment_lysosomes", "measure_engulfment", "engulfment_totals"]
 
@@ -47,13 +47,21 @@ def _smoothing_gain(sigma: np.ndarray) -> float:
     return float(np.sqrt((ndi.gaussian_filter(impulse, sigma, mode="constant") ** 2).sum()))
 
 
+def _ellipsoid(radius_px: np.ndarray) -> np.ndarray:
+    """Boolean footprint of the ellipsoid (ellipse in 2-D) with the given radius per axis."""
+    half = np.floor(radius_px).astype(int)
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    return sum((g / max(r, 1e-9)) ** 2 for g, r in zip(grids, radius_px)) <= 1.0
+
+
 def segment_lysosomes(
     image: np.ndarray,
     pixel_size_um: float,
     *,
     z_step_um: float | None = None,
-    smoothing_um: float = 0.1,
+    smoothing_um: float | None = None,
     detection_smoothing_um: float = 0.2,
+    psf_sigma_um: float | tuple[float, ...] = 0.1,
     background_um: float = 3.0,
     threshold_sd: tuple[float, float] = (3.0, 7.0),
     min_area_um2: float = 0.1,
@@ -69,13 +77,18 @@ def segment_lysosomes(
        smoothed image (from the pixel noise of the raw image, Immerkaer's estimator, scaled by
        the smoothing; or the robust SD of the corrected image when that is larger, e.g.
        with a textured background) finds lysosomes.
-    3. Touching lysosomes are separated by a watershed from their intensity peaks (peaks
-       that rise at least the low threshold above the saddle to a brighter neighbour), and
-       each is cut at ``edge_fraction`` of its own peak: by default half (the full width at
-       half maximum, where the edge of a blurred object lies).  Extents are measured on the
-       image smoothed only by ``smoothing_um`` (smoothing widens objects); each peak height
-       is read from that image at the position of the basin's maximum in the detection image
-       (the maximum of the lightly smoothed image itself is biased upwards by its noise).
+    3. Each lysosome is cut at ``edge_fraction`` (default half) of its *own* level: a pixel
+       is kept when it reaches ``edge_fraction`` of the brightest detected value within the
+       *edge reach* ``2 * sqrt(psf_sigma_um**2 + smoothing**2)``.  A lysosome is a vesicle
+       with a sharp membrane; in the blurred image its edge is a step smoothed by the PSF
+       and the smoothing, which crosses half its height at the true edge and has reached
+       98 % of its plateau two blur SDs inside.  Intensity farther away belongs to another
+       object, so a dim lysosome next to a bright one (a terrace in a maximum projection,
+       with no peak of its own) is still cut at half of its own plateau, not of the bright
+       one's.  The extent is read on the detection image: a Gaussian blur leaves the
+       half-height point of a straight edge in place (curvature moves it inwards by about
+       ``s**2 / 2R``, < 0.05 um for R >= 0.45 um), and the smoothing removes the pixel noise
+       that would otherwise punch holes along the edge.
     4. Objects smaller than ``min_area_um2`` (in 3-D: the volume of a sphere with that
        cross-section) are dropped.
 
@@ -87,8 +100,15 @@ def segment_lysosomes(
         Lateral pixel size in um.
     z_step_um : float, optional
         Axial step of a ZYX stack (default: the lateral pixel size).
-    smoothing_um, detection_smoothing_um : float
-        Gaussian SDs for the extent and for the detection (see above).
+    smoothing_um : float, optional
+        Gaussian SD of the image the extent is read on (default: the detection image).
+    detection_smoothing_um : float
+        Gaussian SD for the detection (about the PSF width: averages the noise without
+        merging lysosomes).
+    psf_sigma_um : float or tuple of float
+        Gaussian SD of the microscope's point spread function (lateral; 0.1 um is a
+        high-NA confocal, FWHM 0.24 um); a tuple gives one value per axis (e.g. a larger
+        axial SD for a ZYX stack).
     background_um : float
         Half-width of the background opening.
     threshold_sd : (float, float)
@@ -96,8 +116,8 @@ def segment_lysosomes(
     min_area_um2 : float
         Smallest lysosome (area in 2-D).
     edge_fraction : float or None
-        Extent of each lysosome as a fraction of its peak; None keeps the whole detection
-        mask (its extent then grows with brightness and SNR).
+        Extent of each lysosome as a fraction of its local level; None keeps the whole
+        detection mask (its extent then grows with brightness and SNR).
 
     Returns
     -------
@@ -106,8 +126,8 @@ def segment_lysosomes(
 
     Examples
     --------
-    One Gaussian lysosome (sigma 0.5 um) on a noisy background: the mask is its half-maximum
-    disk (radius 1.18 sigma = 0.59 um, 1.1 um^2, ~27 pixels of 0.2 um).
+    One Gaussian lysosome (sigma 0.5 um) on a noisy background: the mask is about its
+    half-maximum disk (radius 1.18 sigma = 0.59 um, 1.1 um^2, ~27 pixels of 0.2 um).
 
     >>> rng = np.random.default_rng(0)
     >>> yy, xx = np.mgrid[:100, :100]
@@ -138,21 +158,18 @@ def segment_lysosomes(
     if not mask.any():
         return mask
     if edge_fraction is not None:
-        # separate touching lysosomes at their peaks (those rising at least the low threshold
-        # above the saddle to a brighter neighbour); each extends to edge_fraction of its own
-        # peak, measured on the lightly smoothed image (more smoothing would widen it)
-        signal, sd_e = corrected(smoothing_um)
-        _, basins = _dominant_maxima(signal, mask, low * sd_e)
-        n = int(basins.max())
-        peak_val = np.zeros(n + 1, np.float32)
-        if n:
-            # the height of each peak is read from the lightly smoothed image at the position
-            # of the basin's maximum in the detection image: the maximum of the noisy, lightly
-            # smoothed image itself is biased upwards by its noise (more so on the plateau of
-            # a large lysosome), which would shrink every extent
-            where = ndi.maximum_position(detect, basins, np.arange(1, n + 1))
-            peak_val[1:] = signal[tuple(np.array(where).T)]
-        mask &= signal >= edge_fraction * peak_val[basins]
+        if smoothing_um is None or smoothing_um == detection_smoothing_um:
+            smoothing_um, signal = detection_smoothing_um, detect
+        else:
+            signal, _ = corrected(smoothing_um)
+        # blur SD per axis (PSF and smoothing, the latter at least half a pixel as applied)
+        psf = np.broadcast_to(np.asarray(psf_sigma_um, float), scales.shape)
+        blur = np.hypot(psf, np.maximum(smoothing_um, 0.5 * scales))
+        footprint = _ellipsoid(2.0 * blur / scales)
+        # brightest detected value within the edge reach: the level of the lysosome the
+        # pixel belongs to (objects not detected do not raise it)
+        level = ndi.maximum_filter(np.where(mask, signal, -np.inf), footprint=footprint)
+        mask &= signal >= edge_fraction * level
     lab, nobj = ndi.label(mask)
     if nobj:
         sizes = np.bincount(lab.ravel())

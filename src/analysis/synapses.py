@@ -248,7 +248,7 @@ def noise_sd_map(
 
 def _gauss(d2: np.ndarray, var: np.ndarray) -> np.ndarray:
     """Product over the last axis of 1-D normal densities with variances ``var``."""
-    return np.prod(np.exp(-d2 / (2.0 * var)) / np.sqrt(2.0 * np.pi * var), axis=-1)
+    return np.exp(-0.5 * (d2 / var).sum(axis=-1)) / np.sqrt(np.prod(2.0 * np.pi * var, axis=-1))
 
 
 def _overlap(
@@ -295,6 +295,9 @@ class _Scale:
             for m in range(3)
             for n in range(m, 3)
         }
+        # the same, stacked per axis (pairs x positions), with the pairs' weights
+        self._weights = np.array([_W_K[m] * _W_K[n] * (1 if m == n else 2) for m, n in self._profiles])
+        self._stacked = [np.stack([prof[ax] for prof in self._profiles.values()]) for ax in range(len(shape))]
 
     def unit_sd(self, p: np.ndarray | None = None) -> np.ndarray:
         """Noise SD of ``F`` for unit white pixel noise, at points ``p`` (or as a full map)."""
@@ -306,13 +309,24 @@ class _Scale:
                 for v in prof[1:]:
                     term = np.multiply.outer(term, v)
             else:
-                term = np.prod([np.interp(p[:, ax], np.arange(len(v)), v) for ax, v in enumerate(prof)], axis=0)
+                return self._unit_sd_at(p)
             var = var + w * term
         return self.c * np.sqrt(np.maximum(var, 0.0))
 
-    def response(self, levels: list[np.ndarray]) -> np.ndarray:
-        """``F`` as a full map from the image and its two background blurs."""
-        return self.c * sum(w * ndi.gaussian_filter(lv, self.sigma, mode="reflect") for w, lv in zip(_W_K, levels))
+    def _unit_sd_at(self, p: np.ndarray) -> np.ndarray:
+        """:meth:`unit_sd` at points: the edge profiles linearly interpolated, all pairs at once."""
+        term = 1.0
+        for ax, stack in enumerate(self._stacked):
+            x = np.clip(p[:, ax], 0, stack.shape[1] - 1)
+            i0 = np.minimum(x.astype(int), stack.shape[1] - 2) if stack.shape[1] > 1 else np.zeros(len(x), int)
+            f = x - i0
+            term = term * (stack[:, i0] * (1.0 - f) + stack[:, np.minimum(i0 + 1, stack.shape[1] - 1)] * f)
+        return self.c * np.sqrt(np.maximum(self._weights @ term, 0.0))
+
+    def response(self, hh: np.ndarray) -> np.ndarray:
+        """``F`` as a full map from the doubly background-subtracted image
+        ``H'H I = I - 2 G_b I + G_b G_b I`` (``F`` is linear: one Gaussian pass)."""
+        return self.c * ndi.gaussian_filter(hh, self.sigma, mode="reflect")
 
     def response_at(self, patches: np.ndarray, frac: np.ndarray, radius: np.ndarray) -> np.ndarray:
         """``F`` at sub-pixel points from patches of the doubly background-subtracted image
@@ -327,6 +341,24 @@ class _Scale:
             # contract the first remaining spatial axis of each point's patch
             acc = np.einsum("ni...,ni->n...", acc[(slice(None), sl)], k)
         return self.c * acc
+
+
+def _responses_at(scales: list[_Scale], patches: np.ndarray, frac: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """:meth:`_Scale.response_at` of every scale at once (scales x points): the per-point
+    kernels of all scales, zero-padded to the patch ``radius``, contract one axis at a time."""
+    acc = patches[None]  # (1, points, *patch)
+    for ax in range(len(radius)):
+        off = np.arange(-radius[ax], radius[ax] + 1)[None, None, :] - frac[None, :, ax : ax + 1]
+        sig = np.array([s.sigma[ax] for s in scales])[:, None, None]
+        r = np.ceil(4 * sig)
+        k = np.where(np.abs(np.arange(-radius[ax], radius[ax] + 1))[None, None, :] <= r, np.exp(-(off**2) / (2 * sig**2)), 0.0)
+        k /= k.sum(axis=2, keepdims=True)
+        # contract the first remaining spatial axis of each point's patch, per scale
+        if acc.shape[0] == 1:
+            acc = np.einsum("pi...,spi->sp...", acc[0], k)
+        else:
+            acc = np.einsum("spi...,spi->sp...", acc, k)
+    return np.array([s.c for s in scales])[:, None] * acc
 
 
 @functools.lru_cache(maxsize=512)
@@ -381,16 +413,30 @@ def _subpixel(z: np.ndarray, peaks: np.ndarray) -> np.ndarray:
 
 def _render(shape: tuple[int, ...], pos: np.ndarray, amp: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """Sum of Gaussian spots (peak ``amp``, per-axis ``sigma``) rendered on the pixel grid."""
-    img = np.zeros(int(np.prod(shape)))
+    shape = tuple(int(n) for n in shape)
     if len(pos) == 0:
-        return img.reshape(shape)
+        return np.zeros(shape)
+    ndim = len(shape)
     r = np.ceil(4 * sigma.max(axis=0)).astype(int)
-    offs = np.stack(np.meshgrid(*[np.arange(-ri, ri + 1) for ri in r], indexing="ij"), -1).reshape(-1, len(shape))
-    coords = np.rint(pos).astype(int)[:, None, :] + offs[None]
-    val = amp[:, None] * np.exp(-(((coords - pos[:, None, :]) ** 2) / (2 * sigma[:, None, :] ** 2)).sum(-1))
-    ok = np.all((coords >= 0) & (coords < np.array(shape)), axis=-1)
-    flat = np.ravel_multi_index(tuple(coords[ok].T), shape)
-    return np.bincount(flat, val[ok], minlength=img.size).reshape(shape)
+    centre = np.rint(pos).astype(int)
+    # separable: one 1-D profile per spot and axis, multiplied out over the spot's box
+    prof = []
+    for ax in range(ndim):
+        off = centre[:, ax : ax + 1] + np.arange(-r[ax], r[ax] + 1)[None, :] - pos[:, ax : ax + 1]
+        prof.append(np.exp(-(off**2) / (2 * sigma[:, ax : ax + 1] ** 2)))
+    val = amp.reshape((-1,) + (1,) * ndim)
+    for ax, pr in enumerate(prof):
+        val = val * pr.reshape((len(pos),) + (1,) * ax + (-1,) + (1,) * (ndim - ax - 1))
+    # accumulate on a canvas padded to hold every box (no bounds checks), then crop
+    lo = r + np.maximum(0, -centre.min(axis=0))
+    hi = r + np.maximum(0, centre.max(axis=0) - (np.array(shape) - 1))
+    padded = tuple(int(n + a + b) for n, a, b in zip(shape, lo, hi))
+    strides = np.cumprod((1,) + padded[:0:-1])[::-1]
+    box = sum(np.arange(2 * r[ax] + 1).reshape((1,) * ax + (-1,) + (1,) * (ndim - ax - 1)) * strides[ax]
+              for ax in range(ndim))
+    start = ((centre - r + lo) @ strides).reshape((-1,) + (1,) * ndim)
+    canvas = np.bincount((start + box).ravel(), val.ravel(), minlength=int(np.prod(padded))).reshape(padded)
+    return canvas[tuple(slice(int(a), int(a) + n) for n, a in zip(shape, lo))]
 
 
 def _solve_clusters(
@@ -599,7 +645,6 @@ def detect_puncta(
 
     blur1 = ndi.gaussian_filter(img, bg, mode="reflect")
     blur2 = ndi.gaussian_filter(blur1, bg, mode="reflect")
-    levels = [img, blur1, blur2]
     hh_img = img - 2.0 * blur1 + blur2  # H'H I: the image seen by every size's response
     noise, noise_info = noise_sd_map(img, pixel_size_um, box_um=noise_box_um, level=blur2)
     scales = [_Scale(img.shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]
@@ -608,7 +653,7 @@ def detect_puncta(
     n_in = len(_IN_FOCUS_SCALES)
     nom = _IN_FOCUS_SCALES.index(1.0)
     nominal = scales[nom]
-    f_nom = nominal.response(levels)
+    f_nom = nominal.response(hh_img)
     sd_nom = noise * nominal.unit_sd()
     z_nom = f_nom / sd_nom
 
@@ -630,7 +675,7 @@ def detect_puncta(
             return np.zeros((len(scales), 0)), np.zeros((n_in, 0)), np.zeros(0), np.zeros((0, 2), int)
         centres = np.rint(points).astype(int)
         patches = _patches(hh_img, centres, radius)
-        resp = np.stack([s.response_at(patches, points - centres, radius) for s in scales])
+        resp = _responses_at(scales, patches, points - centres, radius)
         unit_sd = np.stack([s.unit_sd(points) for s in scales[:n_in]])
         sn = ndi.map_coordinates(noise, points.T, order=1, mode="nearest")
         pairs = cKDTree(points / unit).query_pairs(cut, output_type="ndarray")
@@ -673,9 +718,14 @@ def detect_puncta(
             tt = amp / (sn[idx] * np.sqrt(np.maximum(var, 1e-300)))
             # responses with the neighbours' fitted models removed (deblended), every scale
             deb = resp[:, idx].copy()
-            for si, s in enumerate(scales):
-                deb[si] -= np.bincount(i, amp[j] * _overlap(d2, s.sigma, sig[j], s.c, cc[j], bg, _W_K), minlength=n)
-                deb[si] -= np.bincount(j, amp[i] * _overlap(d2, s.sigma, sig[i], s.c, cc[i], bg, _W_K), minlength=n)
+            if len(i):
+                n_s = len(scales)
+                sig_s, c_s = sig_all[:, None, :], c_all[:, None]
+                into_i = amp[j] * _overlap(d2[None], sig_s, sig[j][None], c_s, cc[j][None], bg, _W_K)
+                into_j = amp[i] * _overlap(d2[None], sig_s, sig[i][None], c_s, cc[i][None], bg, _W_K)
+                rows = np.arange(n_s)[:, None] * n
+                deb -= np.bincount((rows + i).ravel(), into_i.ravel(), minlength=n_s * n).reshape(n_s, n)
+                deb -= np.bincount((rows + j).ravel(), into_j.ravel(), minlength=n_s * n).reshape(n_s, n)
             fit = np.sign(deb) * deb**2 / k0_all[:, None]  # least-squares gain of each size
             z2 = (deb[nom] / (sn[idx] * unit_sd[nom, idx])) ** 2
             best_in = fit[:n_in].argmax(axis=0)
@@ -733,7 +783,7 @@ def detect_puncta(
         # second pass: maxima of the residual significance (puncta hidden by brighter ones)
         model = _render(img.shape, pos, a, sig_all[k])
         m1 = ndi.gaussian_filter(model, bg, mode="reflect")
-        z_res = (f_nom - nominal.response([model, m1, ndi.gaussian_filter(m1, bg, mode="reflect")])) / sd_nom
+        z_res = (f_nom - nominal.response(model - 2.0 * m1 + ndi.gaussian_filter(m1, bg, mode="reflect"))) / sd_nom
         is_max = z_res == ndi.maximum_filter(z_res, size=footprint, mode="nearest")
         peaks = np.argwhere(is_max & (z_res >= threshold_sd))
         new = _subpixel(z_res, peaks)
@@ -782,12 +832,74 @@ def detect_puncta(
 # --------------------------------------------------------------------------- analysed area
 
 
+def _interp_matrix(n: int, at: np.ndarray) -> np.ndarray:
+    """(n, len(at)) matrix of linear interpolation from samples at ``at`` (increasing, from
+    0 to n - 1) onto the integer positions 0 .. n - 1."""
+    x = np.arange(n, dtype=float)
+    hi = np.clip(np.searchsorted(at, x, side="right"), 1, len(at) - 1)
+    lo = hi - 1
+    span = np.maximum(at[hi] - at[lo], 1e-12)
+    w = np.clip((x - at[lo]) / span, 0.0, 1.0)
+    out = np.zeros((n, len(at)))
+    out[np.arange(n), lo] = 1.0 - w
+    out[np.arange(n), hi] += w
+    return out
+
+
+def _local_percentile(a: np.ndarray, q: float, width: int, step: int) -> np.ndarray:
+    """Percentile ``q`` of the ``width`` x ``width`` window (reflecting edges, like
+    :func:`scipy.ndimage.percentile_filter`) evaluated every ``step`` elements per axis (and at
+    the last one) and linearly interpolated in between.
+
+    For a level that varies slowly on the scale of the window this equals the full filter up
+    to the interpolation, at ~1 / step^2 of its cost.
+
+    Examples
+    --------
+    >>> a = np.add.outer(np.arange(40.0), np.arange(40.0))
+    >>> full = ndi.percentile_filter(a, 50, size=9, mode="reflect")
+    >>> bool(np.abs(_local_percentile(a, 50, 9, 3) - full)[5:-5, 5:-5].max() < 1e-9)
+    True
+    """
+    h = width // 2
+    pad = np.pad(a, h, mode="symmetric")  # numpy's "symmetric" is scipy's "reflect"
+    windows = np.lib.stride_tricks.sliding_window_view(pad, (width, width))
+    at = [np.unique(np.r_[np.arange(0, n, max(step, 1)), n - 1]) for n in a.shape]
+    vals = np.percentile(windows[np.ix_(at[0], at[1])].reshape(len(at[0]), len(at[1]), -1), q, axis=-1,
+                         method="nearest")
+    if len(at[0]) == a.shape[0] and len(at[1]) == a.shape[1]:
+        return vals
+    return _interp_matrix(a.shape[0], at[0].astype(float)) @ vals @ _interp_matrix(a.shape[1], at[1].astype(float)).T
+
+
 def _normalized_blur(values: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-weighted local mean of ``values`` over the pixels with ``weights``."""
-    num = ndi.gaussian_filter(values * weights, sigma, mode="reflect")
-    den = ndi.gaussian_filter(weights.astype(float), sigma, mode="reflect")
-    fill = float(np.average(values, weights=weights)) if weights.any() else float(np.mean(values))
-    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), fill)
+    """Gaussian-weighted local mean of ``values`` (2-D) over the pixels with ``weights``.
+
+    For ``sigma`` of 6 pixels or more the sums are taken over blocks of ``sigma // 3`` pixels,
+    blurred at that resolution and interpolated back (the block adds ``block^2 / 12`` to the
+    variance of the Gaussian, < 1 %).
+    """
+    w = weights.astype(float)
+    fill = float(np.average(values, weights=w)) if weights.any() else float(np.mean(values))
+    f = max(1, int(sigma // 3))
+    if f == 1:
+        num = ndi.gaussian_filter(values * w, sigma, mode="reflect")
+        den = ndi.gaussian_filter(w, sigma, mode="reflect")
+        return np.where(den > 1e-3, num / np.maximum(den, 1e-3), fill)
+    nb = [-(-n // f) for n in values.shape]
+    pad = [(0, m * f - n) for n, m in zip(values.shape, nb)]
+    vw = _blocks(np.pad(values * w, pad), nb, [f, f]).sum(axis=1).reshape(nb)
+    ws = _blocks(np.pad(w, pad), nb, [f, f]).sum(axis=1).reshape(nb)
+    num = ndi.gaussian_filter(vw, sigma / f, mode="reflect")
+    den = ndi.gaussian_filter(ws, sigma / f, mode="reflect")
+    ok = den > 1e-3 * f * f
+    coarse = np.where(ok, num / np.maximum(den, 1e-300), fill)
+    # block centres (the last, partial block's centre is that of its pixels)
+    at = []
+    for n, m in zip(values.shape, nb):
+        start = np.arange(m) * f
+        at.append(start + (np.minimum(start + f, n) - start - 1) / 2.0)
+    return _interp_matrix(values.shape[0], at[0]) @ coarse @ _interp_matrix(values.shape[1], at[1]).T
 
 
 def analysed_area_mask(
@@ -830,7 +942,9 @@ def analysed_area_mask(
         Lateral pixel size.
     puncta : DataFrame, optional
         Puncta of this image (``y``, ``x`` in pixels), e.g. from :func:`detect_puncta`;
-        detected here (on the 2-D image) when not given.
+        detected here (on the 2-D image) when not given.  Its ``attrs`` ``noise_alpha`` and
+        ``noise_beta`` (set by :func:`detect_puncta`) give the dark level; without them the
+        noise model is fitted here.
     void_min_diameter_um : float
         Smallest void (area of a disk of this diameter) to exclude.
     void_level : float
@@ -874,8 +988,12 @@ def analysed_area_mask(
     if puncta is None:
         puncta = detect_puncta(img, pixel_size_um)
     smooth = ndi.gaussian_filter(img, smoothing_um / pixel_size_um, mode="reflect")
-    _, info = noise_sd_map(img, pixel_size_um, level=smooth)
-    dark = info["zero_level"]
+    alpha, beta = puncta.attrs.get("noise_alpha"), puncta.attrs.get("noise_beta")
+    if alpha is None or beta is None:
+        _, info = noise_sd_map(img, pixel_size_um, level=smooth)
+        alpha, beta = info["alpha"], info["beta"]
+    # (the detector's photon-transfer fit of this image is reused when the puncta carry it)
+    dark = -beta / alpha if alpha > 0 else np.nan
     if not np.isfinite(dark) or dark >= np.median(smooth):
         log.info("analysed_area_mask: no photon-transfer fit, dark level taken as 0")
         dark = 0.0
@@ -895,11 +1013,15 @@ def analysed_area_mask(
     # the upper quartile (not pulled down by voids covering up to half the neighbourhood),
     # then the median with the voids found filled by the neuropil level, until stable
     width = 2 * int(round(neuropil_scale_um / block_um)) + 1
-    neuropil = ndi.percentile_filter(diffuse, 75, size=width, mode="reflect")
+    # (evaluated every ~neuropil_scale_um / 3 and interpolated in between: the level varies
+    # over neuropil_scale_um, and the full filters were 3/4 of the whole quantification time
+    # of a 640 x 640 field)
+    step = max(1, int(round(width / 7)))
+    neuropil = _local_percentile(diffuse, 75, width, step)
     void_blocks = (diffuse < void_level * neuropil) & empty
     for _ in range(5):
         filled = np.where(void_blocks, neuropil, diffuse)
-        neuropil = ndi.median_filter(filled, size=width, mode="reflect")
+        neuropil = _local_percentile(filled, 50, width, step)
         new = (diffuse < void_level * neuropil) & empty
         if np.array_equal(new, void_blocks):
             break
