@@ -200,6 +200,36 @@ def _line_kernels(length_px: float, n_orientations: int) -> list[np.ndarray]:
     return out
 
 
+def _disk_rank(img: np.ndarray, radius: int, op: str) -> np.ndarray:
+    """Grey erosion (``op="min"``) or dilation (``"max"``) of a 2-D image with ``disk(radius)``,
+    reflecting edges: identical to :func:`scipy.ndimage.grey_erosion` / ``grey_dilation`` with
+    that footprint, computed as rows of 1-D filters (the disk is a stack of horizontal
+    segments; each distinct half-width is filtered once along x), ~2x faster."""
+    filt1d = ndi.minimum_filter1d if op == "min" else ndi.maximum_filter1d
+    pick = np.minimum if op == "min" else np.maximum
+    fp = disk(radius).astype(bool)
+    h = img.shape[0]
+    by_width: dict[int, np.ndarray] = {}
+    out = None
+    for dy in range(-radius, radius + 1):
+        half = int(fp[dy + radius].sum()) // 2
+        if half not in by_width:
+            # rows beyond the edges reflected like scipy's "reflect" (numpy's "symmetric")
+            by_width[half] = np.pad(filt1d(img, 2 * half + 1, axis=1, mode="reflect"), ((radius, radius), (0, 0)),
+                                    mode="symmetric")
+        shifted = by_width[half][dy + radius : dy + radius + h]
+        if out is None:
+            out = shifted.copy()
+        else:
+            pick(out, shifted, out=out)
+    return out
+
+
+def _disk_grey_opening(img: np.ndarray, radius: int) -> np.ndarray:
+    """:func:`scipy.ndimage.grey_opening` with ``footprint=disk(radius)`` (same result, faster)."""
+    return _disk_rank(_disk_rank(img, radius, "min"), radius, "max")
+
+
 def _disk_opening(mask: np.ndarray, radius_px: float) -> np.ndarray:
     """Binary opening with a Euclidean disk, by two distance transforms (fast for big disks)."""
     core = ndi.distance_transform_edt(mask) >= radius_px
@@ -240,7 +270,7 @@ def _foreground(
     # thin, dim processes: local background (removes texture wider than a process), line
     # averages in 12 orientations, thresholds from the background statistics of the response
     r_local = max(process_max_width_um / 2 / px, 1.0)
-    local = smooth - ndi.gaussian_filter(ndi.grey_opening(smooth, footprint=disk(int(np.ceil(r_local)))), r_local)
+    local = smooth - ndi.gaussian_filter(_disk_grey_opening(smooth, int(np.ceil(r_local))), r_local)
     length_px = max(line_length_um / px, 3.0)
     resp = np.max([ndi.correlate(local, k, mode="nearest") for k in _line_kernels(length_px, 12)], axis=0)
     near = ndi.binary_dilation(bright, iterations=int(np.ceil(length_px)) + 2)
