@@ -58,12 +58,28 @@ def test_bad_input_is_reported() -> None:
                     ["engulfed_per_cell"])
 
 
-def test_lysosome_mask_is_the_half_maximum_disk() -> None:
+def test_lysosome_mask_is_the_vesicle() -> None:
+    # a vesicle of radius 0.7 um (sharp edge, blurred by the PSF) at a moderate SNR: its
+    # blurred edge crosses half the plateau at the true edge, so the mask is the disk.
+    # Measured 0.95-1.05 of the disk area (the lightly smoothed, single-pixel-peak cut: 0.84-1.16)
+    for s in range(4):
+        disks = [(50, 50, 3.5, 25.0)]
+        img = blurred_disks((100, 100), disks, seed=s)
+        mask = segment_lysosomes(img, PX)
+        assert ndi.label(mask)[1] == 1
+        assert mask.sum() == pytest.approx(disk_union(img.shape, disks).sum(), rel=0.1)
+
+
+def test_gaussian_lysosome_is_about_its_half_maximum_disk() -> None:
+    # a smooth Gaussian blob (sigma 0.5 um) has no sharp edge: its mask is somewhat wider than
+    # the half-maximum disk (the 0.2 um smoothing widens it to sigma 0.54 um, and a slope pixel
+    # is compared with the brightest value within the edge reach, 0.45 um, not with the
+    # peak).  Measured 37 pixels against 27 (1.36x)
     sig = 2.5  # pixels (0.5 um)
     img = gaussian_blobs((200, 200), [(100, 100, sig, 200.0)])
     mask = segment_lysosomes(img, PX)
     assert ndi.label(mask)[1] == 1
-    assert mask.sum() == pytest.approx(np.pi * (HWHM * sig) ** 2, rel=0.3)
+    assert 1.0 <= mask.sum() / (np.pi * (HWHM * sig) ** 2) <= 1.5
 
 
 def test_touching_lysosomes_each_keep_their_own_extent() -> None:
@@ -76,6 +92,68 @@ def test_touching_lysosomes_each_keep_their_own_extent() -> None:
     assert mask.sum() == pytest.approx(2 * np.pi * (HWHM * sig) ** 2, rel=0.5)
 
 
+def blurred_disks(shape, disks, background=10.0, psf_px=0.5, seed=0):
+    """Poisson-noise image (ADU, gain 2, offset 100) of uniform disks (y, x, radius_px, level_e).
+
+    Vesicles with a sharp edge, combined by maximum (a maximum projection: where two overlap
+    the brighter shows) and blurred by a Gaussian PSF (SD ``psf_px``, 0.1 um).
+    """
+    grids = np.indices(shape).astype(float)
+    img = np.zeros(shape)
+    for y, x, r, level in disks:
+        img = np.maximum(img, np.clip(r - np.hypot(grids[0] - y, grids[1] - x) + 0.5, 0, 1) * level)
+    return np.random.default_rng(seed).poisson(background + ndi.gaussian_filter(img, psf_px)) * 2.0 + 100
+
+
+def disk_union(shape, disks):
+    grids = np.indices(shape)
+    out = np.zeros(shape, bool)
+    for y, x, r, _ in disks:
+        out |= np.hypot(grids[0] - y, grids[1] - x) <= r
+    return out
+
+
+def test_points_inside_lysosomes_are_inside_the_mask() -> None:
+    # 100 vesicles of radius 0.45-0.9 um at a moderate SNR (plateau ~7 background noise SDs);
+    # points at least 0.15 um inside an edge must fall in the mask: the edge must not be
+    # dented by pixel noise nor pulled in by a noisy peak estimate.  Measured: 0.992 of the
+    # points inside, area 0.92 of the disks (cutting the lightly smoothed image at half of a
+    # peak read at one pixel gave 0.956 and 0.87)
+    inside, area = [], []
+    for s in range(3):
+        rng = np.random.default_rng(s)
+        disks = [(y, x, rng.uniform(2.25, 4.5), 25 * rng.lognormal(0, 0.35))
+                 for y in range(12, 200, 20) for x in range(12, 200, 20)]
+        img = blurred_disks((210, 210), disks, seed=10 + s)
+        mask = segment_lysosomes(img, PX)
+        pts = []
+        for y, x, r, _ in disks:
+            for _ in range(3):
+                rad, ang = (r - 0.75) * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
+                pts.append((y + rad * np.sin(ang), x + rad * np.cos(ang)))
+        pts = np.rint(np.array(pts)).astype(int)
+        inside.append(mask[pts[:, 0], pts[:, 1]])
+        area.append(mask.sum() / disk_union(img.shape, disks).sum())
+    assert np.concatenate(inside).mean() >= 0.98
+    assert 0.85 <= np.mean(area) <= 1.1
+
+
+def test_dim_lysosome_overlapped_by_a_bright_one_keeps_its_extent() -> None:
+    # maximum projection of a vesicle 3x brighter overlapping a dim one: the dim one is a
+    # terrace with no peak of its own.  Cut at half of the bright peak it vanishes (measured
+    # 0-0.33 of its own area kept); cut at half of its own level it is kept except for a
+    # band of about two blur SDs along the bright one's edge (measured 0.69-0.76)
+    for s in range(4):
+        disks = [(40, 34, 4.0, 75.0), (40, 40, 4.0, 25.0)]
+        img = blurred_disks((80, 80), disks, seed=s)
+        mask = segment_lysosomes(img, PX)
+        grids = np.indices(img.shape)
+        dim_only = (np.hypot(grids[0] - 40, grids[1] - 40) <= 4) & ~(np.hypot(grids[0] - 40, grids[1] - 34) <= 4)
+        assert mask[dim_only].mean() >= 0.6
+        assert 0.75 <= mask.sum() / disk_union(img.shape, disks).sum() <= 1.1
+        assert mask[40, 34] and mask[40, 42]  # the bright centre, the dim one's own side
+
+
 def test_no_lysosomes_in_noise_and_texture() -> None:
     rng = np.random.default_rng(3)
     texture = ndi.gaussian_filter(rng.standard_normal((512, 512)), 10)
@@ -85,11 +163,16 @@ def test_no_lysosomes_in_noise_and_texture() -> None:
 
 
 def test_three_dimensional_stack() -> None:
-    sig = 2.5
-    img = gaussian_blobs((21, 80, 80), [(10, 40, 40, sig, 300.0)])
+    # a vesicle (ball of radius 0.7 um, sharp edge) blurred by the PSF in a ZYX stack: the
+    # mask is about the ball: measured 0.80 of its volume (the smoothing moves the half-height
+    # surface of a curved edge inwards by about s**2 / R in 3-D; the older cut gave 0.87)
+    r = 3.5
+    grids = np.indices((21, 80, 80)).astype(float)
+    ball = np.clip(r - np.sqrt((grids[0] - 10) ** 2 + (grids[1] - 40) ** 2 + (grids[2] - 40) ** 2) + 0.5, 0, 1)
+    img = np.random.default_rng(0).poisson(10.0 + ndi.gaussian_filter(40.0 * ball, 0.5)) * 2.0 + 100
     mask = segment_lysosomes(img, PX, z_step_um=PX)
     assert ndi.label(mask)[1] == 1
-    assert mask.sum() == pytest.approx(4 / 3 * np.pi * (HWHM * sig) ** 3, rel=0.4)
+    assert 0.75 <= mask.sum() / (ball >= 0.5).sum() <= 1.1
     labels = np.zeros(img.shape, int)
     labels[:, 20:60, 20:60] = 1
     puncta = pd.DataFrame({"z": [10.0, 2.0], "y": [40.3, 40.0], "x": [39.8, 40.0]})  # in CD68, below it
@@ -127,11 +210,13 @@ def test_engulfment_on_phantoms(phantom_fields) -> None:
     assert len(p) >= 40
     recall = p["true_hits"].sum() / p["engulfed_count"].sum()
     false_per_cell = (p["engulfed_puncta"] - p["true_hits"]).mean()
-    # lysosomes are disks blurred by the PSF; the half-maximum mask finds their edge, but a
-    # dim lysosome merged with a bright one is cut at half the bright one's peak:
-    # measured recall 0.92, 0.07 false per cell, area ratio 0.81, r 0.96 (CD68 area r 0.88)
-    assert 0.85 <= recall <= 0.98
+    # lysosomes are disks blurred by the PSF, combined by maximum; each is cut at half of its
+    # own level (the brightest value within the edge reach): measured recall 1.00, 0.07 false
+    # per cell, area ratio 0.97, r 0.99 (CD68 area r 0.97).  Cutting a dim lysosome merged
+    # with a bright one at half the bright peak, on the lightly smoothed image, gave recall
+    # 0.92, area ratio 0.82, r 0.96 (CD68 area r 0.88)
+    assert 0.97 <= recall <= 1.0
     assert false_per_cell <= 0.2
-    assert 0.7 <= p["cd68_area_um2"].sum() / p["cd68_area_um2_true"].sum() <= 1.0
-    assert pearsonr(p["engulfed_puncta"], p["engulfed_count"])[0] >= 0.9
-    assert pearsonr(p["cd68_area_um2"], p["cd68_area_um2_true"])[0] >= 0.75
+    assert 0.9 <= p["cd68_area_um2"].sum() / p["cd68_area_um2_true"].sum() <= 1.05
+    assert pearsonr(p["engulfed_puncta"], p["engulfed_count"])[0] >= 0.97
+    assert pearsonr(p["cd68_area_um2"], p["cd68_area_um2_true"])[0] >= 0.93

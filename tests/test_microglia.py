@@ -256,3 +256,17 @@ def test_morphology_on_phantoms(phantom_pairs) -> None:
     assert spearmanr(interior["m_branch_points"], interior["t_branch_points"])[0] >= 0.8  # target
     assert spearmanr(interior["m_endpoints"], interior["t_endpoints"])[0] >= 0.8
     assert (interior["m_n_primary"] - interior["t_n_primary"]).abs().mean() <= 1.0
+
+
+@pytest.mark.parametrize("shape", [(64, 80), (7, 30), (3, 3)])
+@pytest.mark.parametrize("radius", [1, 4, 7])
+def test_row_decomposed_disk_morphology_equals_scipy(shape: tuple[int, int], radius: int) -> None:
+    from skimage.morphology import disk as disk_footprint
+
+    from analysis.microglia import _disk_grey_opening, _disk_rank
+
+    img = np.random.default_rng(radius).normal(size=shape).astype(np.float32)
+    fp = disk_footprint(radius)
+    np.testing.assert_array_equal(_disk_rank(img, radius, "min"), ndi.grey_erosion(img, footprint=fp))
+    np.testing.assert_array_equal(_disk_rank(img, radius, "max"), ndi.grey_dilation(img, footprint=fp))
+    np.testing.assert_array_equal(_disk_grey_opening(img, radius), ndi.grey_opening(img, footprint=fp))
