@@ -328,37 +328,30 @@ class _Scale:
         ``H'H I = I - 2 G_b I + G_b G_b I`` (``F`` is linear: one Gaussian pass)."""
         return self.c * ndi.gaussian_filter(hh, self.sigma, mode="reflect")
 
-    def response_at(self, patches: np.ndarray, frac: np.ndarray, radius: np.ndarray) -> np.ndarray:
-        """``F`` at sub-pixel points from patches of the doubly background-subtracted image
-        ``I - 2 G_b I + G_b G_b I`` around them (exact, no interpolation of a map)."""
-        acc = patches
-        for ax in range(len(radius)):
-            r = int(np.ceil(4 * self.sigma[ax]))
-            off = np.arange(-r, r + 1)[None, :] - frac[:, ax : ax + 1]
-            k = np.exp(-(off**2) / (2 * self.sigma[ax] ** 2))
-            k /= k.sum(axis=1, keepdims=True)
-            sl = slice(radius[ax] - r, radius[ax] + r + 1)
-            # contract the first remaining spatial axis of each point's patch
-            acc = np.einsum("ni...,ni->n...", acc[(slice(None), sl)], k)
-        return self.c * acc
-
 
 def _responses_at(scales: list[_Scale], patches: np.ndarray, frac: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    """:meth:`_Scale.response_at` of every scale at once (scales x points): the per-point
-    kernels of all scales, zero-padded to the patch ``radius``, contract one axis at a time."""
-    acc = patches[None]  # (1, points, *patch)
-    for ax in range(len(radius)):
-        off = np.arange(-radius[ax], radius[ax] + 1)[None, None, :] - frac[None, :, ax : ax + 1]
-        sig = np.array([s.sigma[ax] for s in scales])[:, None, None]
-        r = np.ceil(4 * sig)
-        k = np.where(np.abs(np.arange(-radius[ax], radius[ax] + 1))[None, None, :] <= r, np.exp(-(off**2) / (2 * sig**2)), 0.0)
-        k /= k.sum(axis=2, keepdims=True)
-        # contract the first remaining spatial axis of each point's patch, per scale
-        if acc.shape[0] == 1:
-            acc = np.einsum("pi...,spi->sp...", acc[0], k)
-        else:
-            acc = np.einsum("spi...,spi->sp...", acc, k)
-    return np.array([s.c for s in scales])[:, None] * acc
+    """``F`` of every scale at sub-pixel points (scales x points), exactly (no interpolation of
+    a map): each point's patch of the doubly background-subtracted image ``H'H I`` (centred on
+    its nearest pixel, ``radius`` per axis) is contracted with the point's Gaussian kernel of
+    each scale (truncated at 4 SD, normalised), one axis at a time.  Scales of equal support
+    share one (cropped) patch."""
+    sig = np.array([s.sigma for s in scales])  # (scales, ndim)
+    support = np.ceil(4 * sig).astype(int)
+    out = np.empty((len(scales), len(patches)))
+    for r in np.unique(support, axis=0):
+        group = np.flatnonzero((support == r).all(axis=1))
+        acc = patches[(slice(None),) + tuple(slice(R - ri, R + ri + 1) for R, ri in zip(radius, r))][None]
+        for ax in range(len(r)):
+            off = np.arange(-r[ax], r[ax] + 1)[None, None, :] - frac[None, :, ax : ax + 1]
+            k = np.exp(-(off**2) / (2 * sig[group, ax][:, None, None] ** 2))
+            k /= k.sum(axis=2, keepdims=True)
+            # contract the first remaining spatial axis of each point's patch, per scale
+            if ax == 0:
+                acc = np.einsum("pi...,spi->sp...", acc[0], k)
+            else:
+                acc = np.einsum("spi...,spi->sp...", acc, k)
+        out[group] = acc
+    return np.array([s.c for s in scales])[:, None] * out
 
 
 @functools.lru_cache(maxsize=512)
@@ -380,7 +373,16 @@ def _edge_profile(n: int, sa: float, sb: float) -> np.ndarray:
 
 
 def _patches(level: np.ndarray, centres: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    """Patches of ``(2 r + 1)`` pixels per axis around integer centres (edges reflected)."""
+    """Patches of ``(2 r + 1)`` pixels per axis around integer centres (edges reflected, like
+    scipy's ``"reflect"``), from a padded copy of ``level`` (centres up to 3 pixels outside the
+    image allowed; further out, or for images smaller than the pad, indices are reflected once
+    and clipped)."""
+    pad = np.asarray(radius) + 3
+    shape = np.array(level.shape)
+    if len(centres) and (shape >= pad).all() and (centres >= -3).all() and (centres <= shape + 2).all():
+        padded = np.pad(level, [(int(p), int(p)) for p in pad], mode="symmetric")
+        windows = np.lib.stride_tricks.sliding_window_view(padded, tuple(2 * int(r) + 1 for r in radius))
+        return windows[tuple((centres + 3).T)]
     idx = []
     for ax, r in enumerate(radius):
         n = level.shape[ax]
@@ -388,10 +390,10 @@ def _patches(level: np.ndarray, centres: np.ndarray, radius: np.ndarray) -> np.n
         i = np.where(i < 0, -i - 1, i)  # half-sample symmetric, like scipy's 'reflect'
         i = np.where(i >= n, 2 * n - 1 - i, i)
         idx.append(np.clip(i, 0, n - 1))
-    shape = (len(centres),) + tuple(2 * r + 1 for r in radius)
+    out_shape = (len(centres),) + tuple(2 * r + 1 for r in radius)
     nd = len(radius)
     sel = tuple(idx[ax].reshape((len(centres),) + (1,) * ax + (-1,) + (1,) * (nd - ax - 1)) for ax in range(nd))
-    return np.broadcast_to(level[sel], shape)
+    return np.broadcast_to(level[sel], out_shape)
 
 
 def _subpixel(z: np.ndarray, peaks: np.ndarray) -> np.ndarray:
