@@ -113,6 +113,15 @@ def test_notebook_html_opens_offline_with_visible_figures(browser, small_report:
     _assert_clean(load)
     figures = [i for i in load.images if i["width"] > 50]
     assert len(figures) >= 2, load.images
+    # the tab shows the notebook's first heading (nbconvert's default title is "Notebook")
+    import nbformat
+
+    from analysis.report import notebook_title
+
+    source = nbformat.read(Path(__file__).parents[1] / "notebooks" / f"{Path(html).stem}.ipynb", as_version=4)
+    expected = notebook_title(source, "")
+    assert expected and load.title.startswith(expected), (load.title, expected)
+    assert load.title.endswith("(with code)") == html.startswith("audit/")
     for img in load.images:  # every embedded figure decoded and laid out
         assert img["complete"] and img["naturalWidth"] > 0 and img["visible"], img
         assert img["width"] > 0 and img["height"] > 0, img

@@ -95,6 +95,14 @@ def test_refuses_to_write_into_existing_data(small_study: Path) -> None:
         simulate_study(small_study, preset="small", seed=1)
 
 
+@pytest.mark.parametrize("where", ["raw", "raw/study"])
+def test_output_path_through_a_file_is_a_clear_error(tmp_path: Path, where: str) -> None:
+    (tmp_path / "raw").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"raw is a file, not a folder"):
+        simulate_study(tmp_path / where, preset="small", seed=1)
+    assert (tmp_path / "raw").read_text() == "not a folder"
+
+
 def test_cli_if_empty_keeps_existing_study(small_study: Path) -> None:
     before = _digest(small_study)
     res = subprocess.run(

@@ -168,6 +168,17 @@ def _stable_cell_ids(executed: Path) -> None:
             nbformat.write(nb, tmp)
 
 
+def notebook_title(nb: nbformat.NotebookNode, default: str) -> str:
+    """The text of the first Markdown heading of a notebook (``default`` without one)."""
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for line in cell.source.splitlines():
+            if line.startswith("#"):
+                return line.lstrip("#").strip() or default
+    return default
+
+
 def export_html(executed: str | os.PathLike[str], html: str | os.PathLike[str], *, include_code: bool = False) -> Path:
     """Render an executed notebook to self-contained HTML; without code cells by default.
 
@@ -185,6 +196,9 @@ def export_html(executed: str | os.PathLike[str], html: str | os.PathLike[str], 
     for cell in nb.cells:  # recorded values are for tests and the index, not for readers
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs if RECORD_MIMETYPE not in o.get("data", {})]
+    # the page title (browser tab, bookmarks): the notebook's first heading, not "Notebook"
+    title = notebook_title(nb, Path(executed).stem)
+    nb.metadata["title"] = f"{title} (with code)" if include_code else title
     body, _ = exporter.from_notebook_node(nb)
     with atomic_path(html) as tmp:
         tmp.write_text(body, encoding="utf-8")

@@ -179,6 +179,9 @@ def simulate_study(
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p: Preset = PRESETS[preset]
     out = Path(out_dir)
+    existing = next((a for a in (out, *out.parents) if a.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, not a folder; choose another output folder for the study")
     if out.exists() and any(x.name != "README.md" for x in out.iterdir()) and not overwrite:
         raise FileExistsError(
             f"{out} is not empty; raw data are never overwritten. Choose an empty folder, "
