@@ -132,6 +132,13 @@ def test_index_has_contents_results_and_provenance(design_report: Path, small_st
     assert f"{r.pct_vs_vehicle:+.1f} ({r.pct_vs_vehicle_ci_low:+.1f} to {r.pct_vs_vehicle_ci_high:+.1f})" in html
     assert "numpy" in html and "git commit" in html and "run time" in html
     assert re.findall(r'(?:src|href)="https?://', html) == []
+    # the validation notebook's numbers (the small study is simulated, so it has a truth)
+    v = recorded(design_report / "reports" / "executed" / "04_validation.ipynb")
+    assert "Validation against the simulated truth" in html
+    assert f"type I error {v['calibration/type1_error']:.3f}" in html
+    assert f"coverage of the true effect {v['calibration/coverage']:.3f}" in html
+    r_micro = v["agreement/microglia_count"]["pearson_r"]
+    assert re.search(rf"<td>microglia per field</td>\s*<td>\d+</td>\s*<td>{r_micro:.3g}</td>", html)
 
 
 @pytest.mark.slow

@@ -49,6 +49,18 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, border=0, float_format=lambda v: f"{v:.3g}", escape=True)
 
 
+def _validation_html(reports_dir: Path) -> str:
+    summary = validation_summary(reports_dir)
+    if summary is None:
+        return ""
+    sentence, table = summary
+    return ("<h2>Validation against the simulated truth</h2><p>Each image's measured value against its "
+            "true value (from <code>04_validation</code>, where the accuracy per SNR level is shown too). "
+            f"{html.escape(sentence)} The synapse statistics use the longitudinal fields only: in the "
+            "terminal fields (0.2 um pixels) the puncta are undersampled, and their density is not used by "
+            "a QC figure.</p>" + (_table(table) if len(table) else ""))
+
+
 def _toc_entry(reports_dir: Path, name: str) -> str:
     """A contents line: the reviewer HTML, and the auditor HTML (with code) when it exists."""
     n = html.escape(name)
@@ -74,6 +86,48 @@ def key_results(processed: Path) -> pd.DataFrame:
             "n animals (treated / vehicle)": [f"{int(a)} / {int(b)}" for a, b in zip(c["n_animals"], c["n_animals_vehicle"])],
         }
     )
+
+
+#: Labels of the quantities that notebook 04_validation compares with the simulated truth.
+_QUANTITY_LABELS = {
+    "synapse_density": "synapse density (longitudinal fields)",
+    "terminal_synapse_density": "synapse density (terminal fields, 0.2 um pixels)",
+    "microglia_count": "microglia per field",
+    "engulfed_per_cell": "engulfed puncta per cell",
+    "skeleton_length_um": "mean skeleton length",
+    "branch_points": "mean branch points",
+}
+
+
+def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
+    """What the executed ``04_validation`` notebook recorded, for the index: a sentence on the
+    calibration of the synapse model and a table of measured-versus-true agreement per image.
+
+    Returns None when that notebook did not run or had no ground truth.
+    """
+    from analysis.report import recorded
+
+    executed = reports_dir / "executed" / "04_validation.ipynb"
+    if not executed.exists():
+        return None
+    rec = recorded(executed)
+    if rec.get("validation_skipped", True):
+        return None
+    agreement = {k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith("agreement/")}
+    order = sorted(agreement, key=lambda q: list(_QUANTITY_LABELS).index(q) if q in _QUANTITY_LABELS else 99)
+    rows = [
+        {"quantity": _QUANTITY_LABELS.get(q, q), "images": agreement[q]["n_images"],
+         "Pearson r": agreement[q]["pearson_r"],
+         "mean relative bias": f"{100 * agreement[q]['mean_relative_bias']:+.1f} %"}
+        for q in order
+    ]
+    sentence = ""
+    if "calibration/studies" in rec:
+        sentence = (f"Synapse model on {rec['calibration/studies']} simulated studies of this design without and "
+                    f"{rec['calibration/studies']} with the drug effect: type I error "
+                    f"{rec['calibration/type1_error']:.3f} (nominal 0.05), 95 % CI coverage of the true effect "
+                    f"{rec['calibration/coverage']:.3f}.")
+    return sentence, pd.DataFrame(rows)
 
 
 def write_index(
@@ -120,7 +174,7 @@ with every code cell, for auditors.</p><ol>{toc}</ol>
 group of the same genotype and duration (linear mixed model, animals as the unit; p values
 Holm-adjusted over these planned contrasts). Images excluded from quantification: {n_failed}.</p>
 {_table(results) if len(results) else "<p>No synapse contrasts were computed.</p>"}
-<h2>Provenance</h2>
+{_validation_html(reports_dir)}<h2>Provenance</h2>
 <table><tr><th>git commit</th><td><code>{html.escape(_git_commit(Path(__file__).parent))}</code></td></tr>
 <tr><th>date (UTC)</th><td>{finished.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}</td></tr>
 <tr><th>run time</th><td>{(finished - started).total_seconds():.0f} s</td></tr>
