@@ -58,7 +58,7 @@ def _validation_html(reports_dir: Path) -> str:
             "true value (from <code>04_validation</code>, where the accuracy per SNR level is shown too). "
             f"{html.escape(sentence)} The synapse statistics use the longitudinal fields only: in the "
             "terminal fields (0.2 um pixels) the puncta are undersampled, and their density is not used by "
-            "a QC figure.</p>" + (_table(table) if len(table) else ""))
+            "the models.</p>" + (_table(table) if len(table) else ""))
 
 
 def _toc_entry(reports_dir: Path, name: str) -> str:
