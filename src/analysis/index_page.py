@@ -88,17 +88,6 @@ def key_results(processed: Path) -> pd.DataFrame:
     )
 
 
-#: Labels of the quantities that notebook 04_validation compares with the simulated truth.
-_QUANTITY_LABELS = {
-    "synapse_density": "synapse density (longitudinal fields)",
-    "terminal_synapse_density": "synapse density (terminal fields, 0.2 um pixels)",
-    "microglia_count": "microglia per field",
-    "engulfed_per_cell": "engulfed puncta per cell",
-    "skeleton_length_um": "mean skeleton length",
-    "branch_points": "mean branch points",
-}
-
-
 def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
     """What the executed ``04_validation`` notebook recorded, for the index: a sentence on the
     calibration of the synapse model and a table of measured-versus-true agreement per image.
@@ -113,10 +102,13 @@ def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
     rec = recorded(executed)
     if rec.get("validation_skipped", True):
         return None
+    from analysis.validation import COMPARISONS
+
+    labels = {c.key: c.label for c in COMPARISONS}  # in the notebook's order
     agreement = {k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith("agreement/")}
-    order = sorted(agreement, key=lambda q: list(_QUANTITY_LABELS).index(q) if q in _QUANTITY_LABELS else 99)
+    order = sorted(agreement, key=lambda q: list(labels).index(q) if q in labels else len(labels))
     rows = [
-        {"quantity": _QUANTITY_LABELS.get(q, q), "images": agreement[q]["n_images"],
+        {"quantity": labels.get(q, q), "images": agreement[q]["n_images"],
          "Pearson r": agreement[q]["pearson_r"],
          "mean relative bias": f"{100 * agreement[q]['mean_relative_bias']:+.1f} %"}
         for q in order
