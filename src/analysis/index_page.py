@@ -95,6 +95,7 @@ def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
     Returns None when that notebook did not run or had no ground truth.
     """
     from analysis.report import recorded
+    from analysis.validation import COMPARISONS
 
     executed = reports_dir / "executed" / "04_validation.ipynb"
     if not executed.exists():
@@ -102,8 +103,6 @@ def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
     rec = recorded(executed)
     if rec.get("validation_skipped", True):
         return None
-    from analysis.validation import COMPARISONS
-
     labels = {c.key: c.label for c in COMPARISONS}  # in the notebook's order
     agreement = {k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith("agreement/")}
     order = sorted(agreement, key=lambda q: list(labels).index(q) if q in labels else len(labels))

@@ -301,15 +301,13 @@ class _Scale:
 
     def unit_sd(self, p: np.ndarray | None = None) -> np.ndarray:
         """Noise SD of ``F`` for unit white pixel noise, at points ``p`` (or as a full map)."""
+        if p is not None:
+            return self._unit_sd_at(p)
         var = 0.0
-        for (m, n), prof in self._profiles.items():
-            w = _W_K[m] * _W_K[n] * (1 if m == n else 2)
-            if p is None:
-                term = prof[0]
-                for v in prof[1:]:
-                    term = np.multiply.outer(term, v)
-            else:
-                return self._unit_sd_at(p)
+        for w, prof in zip(self._weights, self._profiles.values()):
+            term = prof[0]
+            for v in prof[1:]:
+                term = np.multiply.outer(term, v)
             var = var + w * term
         return self.c * np.sqrt(np.maximum(var, 0.0))
 
