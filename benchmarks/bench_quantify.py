@@ -16,8 +16,7 @@ one run on this machine:
 - peak resident memory of the whole process tree (parent, scheduler, nanny and worker
   processes; RSS summed, sampled every 0.25 s with psutil) for a 100-image and a 1,000-image
   sheet (target: within 20 %);
-- a cProfile of one synapse and one terminal image (``results/profile_*.txt``), with the time
-  spent inside scipy.ndimage's compiled filters (the full-image passes) against the floor.
+- a cProfile of one synapse and one terminal image (``results/profile_*.txt``).
 
 To keep the benchmark under 15 minutes on 2 cores, 1,000 of the 2,528 images of the ``large``
 design are rendered (every k-th image, which keeps the synapse/terminal mix); the 100-image
@@ -134,9 +133,8 @@ def _ndimage_seconds(stats: pstats.Stats) -> float:
                if "scipy.ndimage._nd_image." in func)
 
 
-def profile_image(sheet: Path, kind: str, dest: Path) -> dict[str, Any]:
-    """cProfile of one image of ``kind``; writes the report and returns the top functions and
-    the seconds spent inside scipy.ndimage's compiled filters (the full-image passes)."""
+def profile_image(sheet: Path, kind: str, dest: Path) -> list[tuple[str, float]]:
+    """cProfile of one image of ``kind``; writes the report and returns the top functions."""
     from analysis.io import load_samples
     from analysis.quantify import QuantifyParams, _quantify_row
 
@@ -154,8 +152,7 @@ def profile_image(sheet: Path, kind: str, dest: Path) -> dict[str, Any]:
     for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
         if "/analysis/" in file and func not in {"_quantify_row", "quantify_image"}:
             top.append((f"{Path(file).stem}.{func}", ct / total))
-    return {"image_id": r["image_id"], "total_s": total, "ndimage_filters_s": _ndimage_seconds(stats),
-            "top": sorted(top, key=lambda x: -x[1])[:8]}
+    return sorted(top, key=lambda x: -x[1])[:8]
 
 
 def measured_run(sheet: Path, out: Path, workers: int) -> dict[str, float]:
@@ -314,7 +311,7 @@ def main() -> None:
         ("median s / megapixel / channel", f"{summary['median_s_per_mp_channel']:.3f}", ""),
         ("per-image time / floor (median of ratios)", f"{summary['ratio_to_floor_median_per_image']:.1f}", "<= 4"),
         ("total time / total floor", f"{summary['ratio_to_floor_total']:.1f}", "<= 4"),
-        ("time inside ndimage filters / floor (median)", f"{per.ndimage_to_floor.median():.1f}", ""),
+        ("time inside ndimage filters / floor (median)", f"{summary['ndimage_to_floor_median_per_image']:.1f}", ""),
         ("throughput 1 worker (img/s)", f"{thr1:.2f}", ""),
         ("throughput 2 workers (img/s)", f"{thr2:.2f}", ""),
         ("scaling efficiency, 2 workers (wall)", f"{summary['scaling_efficiency_2_workers']:.2f}", ">= 0.8"),
@@ -328,13 +325,9 @@ def main() -> None:
     ]
     print()
     print(pd.DataFrame(rows, columns=["figure", "value", "target"]).to_string(index=False))
-    floor_by_id = per.set_index("image_id").floor_s
-    for kind, prof in profiles.items():
-        floor = floor_by_id[prof["image_id"]]
-        print(f"\nprofile, one {kind} image ({prof['total_s'] * 1e3:.0f} ms under cProfile; floor "
-              f"{floor * 1e3:.1f} ms; inside scipy.ndimage filters {prof['ndimage_filters_s'] * 1e3:.0f} ms "
-              f"= {prof['ndimage_filters_s'] / floor:.1f}x the floor); share of its time, cumulative:")
-        for name, share in prof["top"]:
+    for kind, top in profiles.items():
+        print(f"\nprofile, one {kind} image (share of its time, cumulative):")
+        for name, share in top:
             print(f"  {share:6.1%}  {name}")
     print(f"\nresults in {RESULTS}; benchmark took {summary['bench_seconds'] / 60:.1f} min")
 
