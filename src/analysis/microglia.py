@@ -251,8 +251,9 @@ def _foreground(
     line_length_um: float,
     threshold_sd: tuple[float, float],
     line_threshold_sd: tuple[float, float],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground mask and the smoothed, background-corrected intensity."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Foreground mask, the smoothed, background-corrected intensity, and the bright
+    structure cut to its full width at half maximum."""
     smooth = ndi.gaussian_filter(img, max(smoothing_um / px, 0.5))
     signal = smooth - _broad_background(smooth, background_um / px)
     # the opening sits below the noise (a minimum filter first): centre the background
@@ -265,7 +266,13 @@ def _foreground(
     # stretches connected
     r = max(int(round(process_max_width_um / 2 / px)), 1)
     peak = ndi.maximum_filter(signal, size=2 * r + 1)
-    fg = (bright & (signal >= 0.5 * peak)) | skeletonize(bright)
+    halfmax = bright & (signal >= 0.5 * peak)
+    if r >= 2:
+        fg = halfmax | skeletonize(bright)
+    else:
+        # pixels coarser than a quarter of the widest process: the blur halo lies inside the
+        # edge pixels, and the cut would only strip partial-volume edges off every process
+        fg = bright.copy()
 
     # thin, dim processes: local background (removes texture wider than a process), line
     # averages in 12 orientations, thresholds from the background statistics of the response
@@ -296,16 +303,22 @@ def _foreground(
         fill = size <= max(1.0 / px**2, 4)
         fill[0] = False
         fg |= fill[hole_lab]
-    return fg, signal
+    return fg, signal, halfmax
 
 
-def _dominant_maxima(f: np.ndarray, mask: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
-    """Maxima of ``f`` in ``mask`` whose dynamics exceed ``h``, and the regions they drain.
+def _dominant_maxima(
+    f: np.ndarray, mask: np.ndarray, h: float, rel: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maxima of ``f`` in ``mask`` whose dynamics exceed ``max(h, rel * peak)``, and the
+    regions they drain.
 
     The dynamics of a regional maximum is how far one must descend from it before reaching
     a higher maximum (the height above the highest saddle towards higher ground; infinite for
-    the top of each connected region).  Computed with a watershed from every regional
-    maximum and a union-find over the basin saddles, in descending order (Kruskal).
+    the top of each connected region).  With ``rel > 0`` a maximum of height ``peak`` (above
+    0) must also descend by the fraction ``rel`` of its own height (``rel = 0.5``: the two
+    hills are resolved when the valley between them falls below half the lower one).
+    Computed with a watershed from every regional maximum and a union-find over the basin
+    saddles, in descending order (Kruskal).
 
     Returns
     -------
@@ -364,7 +377,7 @@ def _dominant_maxima(f: np.ndarray, mask: np.ndarray, h: float) -> tuple[np.ndar
             continue
         ta, tb = top[ra], top[rb]
         low, high = (ta, tb) if peak[ta] < peak[tb] else (tb, ta)
-        if peak[low] - sad[k] < h:
+        if peak[low] - sad[k] < max(h, rel * peak[low]):
             dominant[low] = False
             drain[low] = high
         parent[ra] = rb
@@ -380,20 +393,47 @@ def _dominant_maxima(f: np.ndarray, mask: np.ndarray, h: float) -> tuple[np.ndar
     return dominant[seeds], resolved[basins] * (basins > 0)
 
 
-def _soma_markers(fg: np.ndarray, px: float, soma_min_diameter_um: float) -> tuple[np.ndarray, int]:
-    """Soma regions (label image): foreground containing a disk of 0.8 x the minimum soma
-    diameter; touching somata are split where the distance transform has a neck."""
-    r = 0.4 * soma_min_diameter_um / px
-    dist = ndi.distance_transform_edt(fg)
-    core = dist >= r
-    if not core.any():
-        return np.zeros(fg.shape, np.int32), 0
-    soma = (ndi.distance_transform_edt(~core) <= r) & fg
-    # split touching somata: distance-transform maxima that stand out by > 1/4 soma radius
-    peaks, _ = _dominant_maxima(dist, soma, max(0.25 * r, 1.0))
-    seeds, n = ndi.label(peaks, structure=_EIGHT)
-    markers = watershed(-dist, seeds, mask=soma)
-    return markers.astype(np.int32), n
+def _somata(
+    signal: np.ndarray,
+    halfmax: np.ndarray,
+    px: float,
+    soma_diameter_um: float,
+    soma_min_diameter_um: float,
+    separation: float,
+) -> tuple[np.ndarray, int]:
+    """Somata (label image 1..n): one per hill of the image smoothed at the scale of a soma.
+
+    The background-corrected intensity (negative values clipped) is smoothed with a Gaussian
+    of SD ``soma_diameter_um / (2 sqrt 2)`` (the scale at which a disk of that diameter gives
+    the strongest blob response): a soma becomes one round hill, whatever its texture,
+    nucleus or saturation, while processes (narrower than a soma) flatten to low ridges.
+    Hills that stand out by ``separation`` of their own height above the saddle towards a
+    higher hill are candidates (:func:`_dominant_maxima`); only hills above 4 SDs of the
+    smoothed background count.  A candidate is a soma when the upper half of its hill holds
+    a compact bright body: bright structure at half maximum that contains a disk of
+    ``0.8 * soma_min_diameter_um`` (a morphological opening).  Bulbs, varicosities and
+    fragments of processes are smaller and seed nothing; their foreground goes to the cell
+    it is connected to.
+    """
+    sigma = max(soma_diameter_um / (2 * np.sqrt(2)) / px, 1.0)
+    f = ndi.gaussian_filter(np.maximum(signal, 0), sigma)
+    floor = 4.0 * _robust_sd(ndi.gaussian_filter(signal, sigma))
+    peaks, regions = _dominant_maxima(f, f > floor, 0.0, rel=separation)
+    tops, n = ndi.label(peaks, structure=_EIGHT)
+    if n == 0:
+        return np.zeros(f.shape, np.int32), 0
+    # the hill of each top: its drainage region, above half the top's height
+    top_region = np.zeros(int(regions.max()) + 1, np.int64)
+    top_region[regions[tops > 0]] = tops[tops > 0]
+    hill = top_region[regions] * (regions > 0)
+    height = _label_max(f, hill, n)
+    height[0] = np.inf
+    hill = np.where(f >= 0.5 * height[hill], hill, 0)
+    # compact bright body on each hill (pixels next to another hill excluded)
+    edge = (ndi.maximum_filter(hill, size=3) != hill) | (ndi.minimum_filter(np.where(hill > 0, hill, n + 1), size=3) != hill)
+    body = _disk_opening((hill > 0) & ~edge & halfmax, 0.4 * soma_min_diameter_um / px)
+    somata, _, _ = relabel_sequential(np.where(body, hill, 0).astype(np.int32))
+    return somata, int(somata.max())
 
 
 def segment_microglia(
@@ -401,9 +441,11 @@ def segment_microglia(
     pixel_size_um: float,
     *,
     soma_min_diameter_um: float = 5.0,
+    soma_diameter_um: float = 8.0,
+    soma_separation: float = 0.5,
     process_max_width_um: float = 2.0,
     smoothing_um: float = 0.15,
-    background_um: float = 10.0,
+    background_um: float = 20.0,
     line_length_um: float = 1.0,
     threshold_sd: tuple[float, float] = (4.0, 8.0),
     line_threshold_sd: tuple[float, float] = (3.0, 6.0),
@@ -427,13 +469,20 @@ def segment_microglia(
         Smallest soma diameter (microglia somata are ~6-10 um across).  Foreground that does
         not contain a disk of ``0.8 *`` this diameter is not a soma; debris smaller than that
         and fragments not connected to a soma are dropped.
+    soma_diameter_um : float
+        Typical soma diameter: sets the scale (Gaussian SD ``soma_diameter_um / (2 sqrt 2)``)
+        at which somata are found as hills of the smoothed intensity.
+    soma_separation : float
+        Two soma-scale hills are separate somata when the valley between them falls below
+        ``1 - soma_separation`` of the lower hill's height (0.5: below half).
     process_max_width_um : float
         Widest process.  Sets the local background of the thin-process detection and the
         window of the half-maximum cut.
     smoothing_um : float
         SD of the Gaussian smoothing (at least half a pixel).
     background_um : float
-        Radius of the broad background (grey opening, larger than a soma radius).
+        Radius of the broad background (grey opening, wider than the half-width of the
+        widest cell body, so that thick or amoeboid cell bodies are not taken for background).
     line_length_um : float
         Length of the line segments averaged by the thin-process detector.
     threshold_sd : (float, float)
@@ -488,12 +537,12 @@ def segment_microglia(
     if border_somata not in ("centre", "all"):
         raise ValueError(f"border_somata must be 'centre' or 'all', got {border_somata!r}")
     px = float(pixel_size_um)
-    fg, signal = _foreground(
+    fg, signal, halfmax = _foreground(
         img, px, smoothing_um=smoothing_um, process_max_width_um=process_max_width_um,
         background_um=background_um, line_length_um=line_length_um, threshold_sd=threshold_sd,
         line_threshold_sd=line_threshold_sd,
     )
-    markers, n = _soma_markers(fg, px, soma_min_diameter_um)
+    markers, n = _somata(signal, halfmax, px, soma_diameter_um, soma_min_diameter_um, soma_separation)
     if n == 0:
         log.debug("no soma found")
         return np.zeros(img.shape, np.int32)
