@@ -756,7 +756,9 @@ class _Cell:
     def __init__(self, cell: np.ndarray, px: float, soma_min_diameter_um: float, min_branch_length_um: float):
         self.cell = cell
         width = ndi.distance_transform_edt(cell)
-        soma = _disk_opening(cell, 0.4 * soma_min_diameter_um / px)
+        # the soma is the thickest part of the cell: at least half as wide as the widest part
+        # (thick processes of activated cells are not soma) and wide enough for a soma
+        soma = _disk_opening(cell, max(0.4 * soma_min_diameter_um / px, 0.5 * float(width.max())))
         if soma.any():
             lab, n = ndi.label(soma)
             if n > 1:
