@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+VALIDATE_STAMP := $(VENV)/.installed-validate
 PRESET ?= default
 SEED   ?= 0
 DATA   ?= data/raw
@@ -11,7 +12,7 @@ PROCESSED ?= data/processed
 REPORTS ?= reports
 PYTEST_ARGS ?=
 
-.PHONY: setup report test simulate lab bench clean clean-data
+.PHONY: setup report test simulate lab bench validate clean clean-data
 
 setup: $(STAMP)
 
@@ -33,6 +34,14 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_quantify.py
+
+# validation against real images, an independent simulator (sim-fish) and the peer big-fish
+validate: $(VALIDATE_STAMP)
+	$(PY) benchmarks/validate_real.py
+
+$(VALIDATE_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[dev,validate]"
+	touch $(VALIDATE_STAMP)
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
