@@ -8,10 +8,14 @@ Segmentation (:func:`segment_microglia`)
 1. *Foreground*, from two complementary detections:
 
    * bright structure (somata, processes): the smoothed image minus a broad background (a
-     grey opening wider than a soma, blurred), hysteresis-thresholded at ``threshold_sd``
-     robust SDs.  The mask is cut back to half of the local peak (the full width at half
+     grey opening wider than a cell body, blurred), hysteresis-thresholded at
+     ``threshold_sd`` robust SDs (8-bit data with a median absolute deviation of 0 falls
+     back to the SD).  Where the pixels resolve the widest process (its half-width is
+     at least 2 pixels), the mask is cut back to half of the local peak (the full width at half
      maximum of each process), so that the blur halo does not fuse neighbouring processes,
-     and its centre line is kept, so that dim stretches stay connected;
+     and its centre line is kept, so that dim stretches stay connected; with coarser pixels
+     the halo lies inside the edge pixels and no cut is made (it would strip every process
+     of its partial-volume edge);
    * thin, dim processes: the image minus a *local* background (a grey opening just wider
      than the widest process, which also removes background texture), averaged along short
      line segments in 12 orientations (the best orientation wins), hysteresis-thresholded
@@ -19,16 +23,26 @@ Segmentation (:func:`segment_microglia`)
      bright structure (tips, dim branches) are added, not those running alongside it, so
      nearby processes are not bridged.
 
-2. *Somata* are the parts of the foreground that contain a disk of diameter
-   ``0.8 * soma_min_diameter_um`` (a morphological opening): processes are thinner, debris
-   smaller.  Somata that touch are split where their distance transform has a neck.
+2. *Somata*, found at the scale of a soma, so that one cell with one soma is one label:
+   the background-corrected intensity is smoothed with a Gaussian of SD
+   ``soma_diameter_um / (2 sqrt 2)`` (the scale of the strongest blob response of a disk
+   of that diameter).  A soma becomes one round hill whatever its texture, nucleus or
+   saturation; processes, narrower than a soma, flatten to low ridges.  Hills are separate
+   when the valley between them falls below half of the lower one (``soma_separation``;
+   dynamics relative to height, so the rule is the same for dim and bright cells and for
+   any gain).  A hill is a soma when the upper half of it holds a compact bright body: the
+   structure at half maximum contains a disk of ``0.8 * soma_min_diameter_um``.  Bulbs,
+   varicosities and process fragments are smaller and seed nothing.
 3. *Cells*: a watershed on the inverted intensity, seeded from the somata, splits touching
    cells (it floods in steps of two noise SDs, so that noise does not decide where a
    uniform process is split: within a step the flood advances by path length); foreground
-   not connected to any soma (debris, fragments) is dropped.  Processes
-   that enter the field from a cell outside it are brightest where they cross the edge;
-   such an edge maximum that rises well above the saddle linking it to a cell seeds its own
-   basin, which is dropped, instead of being captured by the neighbouring cell.
+   not connected to any soma (debris, fragments) is dropped.  A soma-scale hill less than
+   ``soma_relative_height`` as high as the soma of a cell it touches is a thickening of
+   that cell's process (a bulb, an end-foot), not a soma: its seed is removed and the
+   flood repeated.  Processes that enter the field from a cell outside it are brightest
+   where they cross the edge; such an edge maximum that rises well above the saddle
+   linking it to a cell seeds its own basin, which is dropped, instead of being captured
+   by the neighbouring cell.
 4. *Counting rule*: a cell whose soma is cut by the image border is kept only when the
    centre of the circle fitted to the visible soma outline lies inside the field, so the
    count per field area estimates the density of somata without edge bias.  Kept cells
@@ -38,7 +52,9 @@ Segmentation (:func:`segment_microglia`)
 Morphology (:func:`measure_microglia`)
 --------------------------------------
 * The soma of each cell is the opening of its mask with a disk of diameter
-  ``0.8 * soma_min_diameter_um``; its centroid is the soma centre.
+  ``0.8 * soma_min_diameter_um``, or of half the width of the widest part of the cell if
+  that is larger (the soma is the thickest part; thick processes of activated cells are
+  not soma); its centroid is the soma centre.
 * The skeleton is the 2-D skeleton of the cell mask, pruned of terminal spurs whose
   protrusion beyond the local half-width of their parent process is shorter than
   ``min_branch_length_um`` (outline noise).
@@ -433,7 +449,18 @@ def _somata(
     edge = (ndi.maximum_filter(hill, size=3) != hill) | (ndi.minimum_filter(np.where(hill > 0, hill, n + 1), size=3) != hill)
     body = _disk_opening((hill > 0) & ~edge & halfmax, 0.4 * soma_min_diameter_um / px)
     somata, _, _ = relabel_sequential(np.where(body, hill, 0).astype(np.int32))
-    return somata, int(somata.max())
+    return somata, int(somata.max()), f
+
+
+def _touching_pairs(labels: np.ndarray) -> np.ndarray:
+    """Pairs ``(a, b)``, ``a < b``, of non-zero labels that are 8-neighbours somewhere."""
+    out = []
+    for a, b in ((labels[:, 1:], labels[:, :-1]), (labels[1:, :], labels[:-1, :]),
+                 (labels[1:, 1:], labels[:-1, :-1]), (labels[1:, :-1], labels[:-1, 1:])):
+        m = (a != b) & (a > 0) & (b > 0)
+        out.append(np.stack([np.minimum(a[m], b[m]), np.maximum(a[m], b[m])], axis=1))
+    pairs = np.concatenate(out)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 
 
 def segment_microglia(
@@ -443,6 +470,7 @@ def segment_microglia(
     soma_min_diameter_um: float = 5.0,
     soma_diameter_um: float = 8.0,
     soma_separation: float = 0.5,
+    soma_relative_height: float = 1 / 3,
     process_max_width_um: float = 2.0,
     smoothing_um: float = 0.15,
     background_um: float = 20.0,
@@ -454,8 +482,9 @@ def segment_microglia(
 ) -> np.ndarray:
     """Segment microglia in an Iba1 image: one label per cell, processes attached to their soma.
 
-    Somata are found as large compact bright blobs, touching cells are split by a watershed
-    seeded from the somata, processes stay attached to their soma, fragments not connected
+    Somata are found as hills of the image smoothed at the scale of a soma (one seed per
+    soma, however textured, saturated or coarsely sampled), touching cells are split by a
+    watershed seeded from the somata, processes stay attached to their soma, fragments not connected
     to a soma and debris smaller than a soma are dropped.  See the module docstring for the
     method and the counting rule at the border.
 
@@ -475,6 +504,9 @@ def segment_microglia(
     soma_separation : float
         Two soma-scale hills are separate somata when the valley between them falls below
         ``1 - soma_separation`` of the lower hill's height (0.5: below half).
+    soma_relative_height : float
+        A soma-scale hill lower than this fraction of the soma of a cell it touches is a
+        thickening of that cell's process, not a soma (0: no such test).
     process_max_width_um : float
         Widest process.  Sets the local background of the thin-process detection and the
         window of the half-maximum cut.
@@ -542,7 +574,7 @@ def segment_microglia(
         background_um=background_um, line_length_um=line_length_um, threshold_sd=threshold_sd,
         line_threshold_sd=line_threshold_sd,
     )
-    markers, n = _somata(signal, halfmax, px, soma_diameter_um, soma_min_diameter_um, soma_separation)
+    markers, n, soma_scale = _somata(signal, halfmax, px, soma_diameter_um, soma_min_diameter_um, soma_separation)
     if n == 0:
         log.debug("no soma found")
         return np.zeros(img.shape, np.int32)
@@ -552,6 +584,16 @@ def segment_microglia(
     # so within such a step the flood advances breadth-first (by path length)
     levels = -np.floor(signal / (2.0 * _robust_sd(signal)))
     labels = watershed(levels, markers, mask=fg, connectivity=2)
+    if soma_relative_height > 0:
+        # a hill that reaches less than this fraction of the soma of a cell it touches is a
+        # thickening of that cell's process (a bulb, an end-foot), not a soma of its own
+        height = _label_max(soma_scale, np.where(markers <= n, markers, 0), n)
+        pairs = _touching_pairs(np.where(labels <= n, labels, 0))
+        a, b = pairs[:, 0], pairs[:, 1]
+        weak = np.r_[a[height[a] < soma_relative_height * height[b]], b[height[b] < soma_relative_height * height[a]]]
+        if len(weak):
+            markers = np.where(np.isin(markers, weak), 0, markers)
+            labels = watershed(levels, markers, mask=fg, connectivity=2)
     labels[labels > n] = 0  # basins of processes entering from outside the field
     if border_somata == "centre":
         drop = _somata_centred_outside(np.where(markers <= n, markers, 0))
