@@ -30,6 +30,11 @@ def test_tables_one_row_per_image_with_sheet_columns(quantified: Path, small_stu
     assert set(sheet.columns) <= set(m.columns)  # every sheet column carried through
     assert {"n_puncta", "puncta_density_per_100um2", "microglia_count", "microglia_density_per_mm2",
             "mean_skeleton_length_um", "engulfed_puncta_total"} <= set(m.columns)
+    # every image row carries its quality (DESIGN.md, analysis.quality)
+    quality = ["measured_snr", "spike_in_recall", "spike_in_recall_ci_low", "spike_in_recall_ci_high",
+               "est_precision", "saturated_fraction", "in_validated_range"]
+    assert set(quality) <= set(m.columns)
+    assert m[quality].notna().all().all() and m["in_validated_range"].dtype == bool
     cells = pd.read_parquet(quantified / "cells.parquet")
     term = m[m["microglia_channel"].notna()]
     assert cells.groupby("image_id").size().reindex(term["image_id"], fill_value=0).tolist() == \
@@ -47,6 +52,14 @@ def test_numbers_follow_the_truth(quantified: Path, small_study: Path) -> None:
     assert snr["high"] > snr["default"] > snr["hard"]  # the QC figure follows image quality
     term = m[m["readout"] == "terminal"]
     assert (term["microglia_count"] - term["true_microglia_count"]).abs().max() <= 2
+    # quality columns: measured SNR near the phantoms' level, estimated recall falls with it
+    syn = m[m["readout"] == "synapse"]
+    assert ((syn["measured_snr"] / syn["snr"] - 1).abs() < 0.2).all()  # the phantoms' realised SNR
+    recall = syn.groupby("snr_level")["spike_in_recall"].median()
+    assert recall["high"] >= recall["default"] > recall["hard"] and recall["high"] > 0.9
+    assert (syn["spike_in_recall_ci_low"] <= syn["spike_in_recall"]).all()
+    assert m["est_precision"].between(0.85, 1.0).all() and (m["saturated_fraction"] == 0).all()
+    assert m["in_validated_range"].all()  # 0.1 / 0.2 um pixels, 16 bit, SNR >= 3
 
 
 def test_cli_quantify_and_qc_overlay(small_study: Path, tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ _ROW_KEY = b"analysis.row"
 
 #: Modules whose source decides a per-image result.
 _CODE_MODULES = ("analysis.quantify", "analysis.synapses", "analysis.microglia", "analysis.engulfment",
-                 "analysis.io", "analysis.cache")
+                 "analysis.quality", "analysis.io", "analysis.cache")
 
 
 def _plain(value: Any) -> Any:

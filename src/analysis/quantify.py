@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import cache, engulfment, microglia, synapses
+from analysis import cache, engulfment, microglia, quality, synapses
 from analysis.errors import ImageReadError, InputError, Problem
 from analysis.progress import progress as track
 from analysis.files import atomic_path, check_manifest, sha256_file, write_csv, write_parquet
@@ -58,15 +59,32 @@ class QuantifyParams:
         Keyword arguments of :func:`analysis.microglia.segment_microglia`.
     lysosomes : dict
         Keyword arguments of :func:`analysis.engulfment.segment_lysosomes`.
+    quality : dict
+        Overrides of :data:`QUALITY_DEFAULTS`: ``spike_in`` (False: no spike-in, recall and
+        precision NaN), ``seed`` (combined with a checksum of the pixels, so every image gets
+        its own reproducible spike layout) and the arguments of
+        :func:`analysis.quality.spike_in_recall` (``min_spikes``, ``rounds``, ``window_px``, ...).
     """
 
     puncta: dict[str, Any] = field(default_factory=dict)
     microglia: dict[str, Any] = field(default_factory=dict)
     lysosomes: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form (for provenance and cache keys)."""
         return asdict(self)
+
+
+#: Spike-in settings of the per-image quality columns: one extra detection per image (one
+#: round), in a 192 x 192 window, of at least 30 spikes (per-image cost measured in the
+#: closing note of issue 12: +X %); see :func:`analysis.quality.spike_in_recall`.
+QUALITY_DEFAULTS: dict[str, Any] = {"spike_in": True, "seed": 0, "min_spikes": 30, "rounds": 1, "window_px": 192}
+
+
+def _image_seed(seed: int, plane: np.ndarray) -> list[int]:
+    """Seed of one image's random draws: the configured seed and a checksum of its pixels."""
+    return [int(seed), zlib.crc32(np.ascontiguousarray(plane).view(np.uint8))]
 
 
 def _channel(data: np.ndarray, index: Any) -> np.ndarray | None:
@@ -111,15 +129,23 @@ def quantify_image(
     row : dict
         Image-level readouts: ``n_puncta``, ``analysed_area_um2``,
         ``puncta_density_per_100um2`` (or ``puncta_density_per_um3`` for z-stacks),
-        ``puncta_median_snr`` (median LoG response of the puncta in noise SDs, a QC figure),
-        ``microglia_count``, ``microglia_field_area_mm2``, ``microglia_density_per_mm2``, mean morphology of interior
+        ``puncta_median_snr`` (median detection SNR of the puncta found: fitted amplitude in
+        units of its noise SD, a QC figure), the image's quality (synapse channel:
+        ``measured_snr``, ``spike_in_recall``, ``spike_in_recall_ci_low``,
+        ``spike_in_recall_ci_high``, ``est_precision``; every image: ``saturated_fraction``, the
+        largest over the channels read, and ``in_validated_range``, true when every readout
+        of the row lies in :data:`analysis.quality.VALIDATED_RANGE`; see
+        :func:`analysis.quality.image_quality`), ``microglia_count``, ``microglia_field_area_mm2``, ``microglia_density_per_mm2``, mean morphology of interior
         cells (``mean_<readout>``), ``engulfed_puncta_total``, ``engulfed_per_cell``,
         ``cd68_area_fraction``.
     cells : DataFrame
         One row per microglia cell (empty without a microglia channel).
     """
     params = params or QuantifyParams()
+    qp = {**QUALITY_DEFAULTS, **params.quality}
+    run_spike_in, seed = bool(qp.pop("spike_in")), qp.pop("seed")
     row: dict[str, Any] = {}
+    quality_rows: list[dict[str, Any]] = []
     puncta = None
     syn = _channel(data, synapse_channel)
     if syn is not None:
@@ -130,9 +156,14 @@ def quantify_image(
         row.update(density)
         # image-quality figure for QC: the median detection SNR of the puncta found
         row["puncta_median_snr"] = float(puncta["snr"].median()) if len(puncta) else np.nan
+        detect_params = {**params.puncta, **({"z_step_um": z_step_um} if z_step_um and syn.ndim == 3 else {})}
+        quality_rows.append(quality.image_quality(
+            syn, pixel_size_um, puncta, mask=mask if syn.ndim == 2 else None, n_detected=density["n_puncta"],
+            seed=_image_seed(seed, syn), detect_params=detect_params, spike_in=run_spike_in, **qp))
     cells = pd.DataFrame()
     mg = _channel(data, microglia_channel)
     if mg is not None:
+        quality_rows.append(quality.image_quality(mg, pixel_size_um, readout="microglia"))
         mg2 = _projection(mg)
         labels = microglia.segment_microglia(mg2, pixel_size_um, **params.microglia)
         cells = microglia.measure_microglia(labels, mg2, pixel_size_um)
@@ -151,6 +182,13 @@ def quantify_image(
             eng = engulfment.measure_engulfment(labels, lys_mask, pts, pixel_size_um)
             cells = cells.merge(eng, on="label", how="left")
             row.update(engulfment.engulfment_totals(eng))
+        if lys is not None:
+            quality_rows.append({"saturated_fraction": quality.saturated_fraction(lys)})
+    if quality_rows:
+        for q in quality_rows:
+            row.update({k: v for k, v in q.items() if k not in ("saturated_fraction", "in_validated_range")})
+        row["saturated_fraction"] = max(q["saturated_fraction"] for q in quality_rows)
+        row["in_validated_range"] = all(q.get("in_validated_range", True) for q in quality_rows)
     return row, cells
 
 

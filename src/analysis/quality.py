@@ -1,0 +1,781 @@
+"""Quality of one image's measurement: SNR, detector recall and precision, saturation, range.
+
+Every image row of the measurement table carries these figures (DESIGN.md, "Contracts"), so
+a reader can tell a density measured on a good image from one measured near the detector's
+limits:
+
+* :func:`image_snr` -- the puncta's signal-to-noise ratio: the mean peak amplitude of the
+  image's puncta population over the median local pixel-noise SD, with the population's
+  brightness corrected for the puncta too faint to be detected (:func:`fit_brightness`);
+  comparable with the SNR of the phantoms (:mod:`analysis.phantoms`), whose levels the
+  validation covers.
+* :func:`spike_in_recall` -- the detector's recall on *this* image, measured by adding
+  synthetic puncta (the image's own punctum size, brightness distribution and noise model)
+  at known positions and detecting again with the same parameters; in the same run, the
+  expected number of false detections, from puncta found where the surrogate image holds
+  only sign-flipped noise (:func:`flipped_surrogate`), gives :func:`estimated_precision`.
+* :func:`saturated_fraction` and :func:`bit_depth` -- acquisition checks.
+* :func:`in_validated_range` -- whether pixel size, bit depth, SNR and saturation lie inside
+  what the validation covered (:data:`VALIDATED_RANGE`).
+
+:func:`image_quality` bundles them into the columns of one image row (used by
+:func:`analysis.quantify.quantify_image`).  All functions are pure; every random draw takes
+a seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+from scipy import optimize, special
+
+from analysis.synapses import detect_puncta, match_points, noise_sd_map
+
+__all__ = [
+    "VALIDATED_RANGE",
+    "bit_depth",
+    "saturated_fraction",
+    "fit_brightness",
+    "image_snr",
+    "flipped_surrogate",
+    "spike_in_recall",
+    "estimated_precision",
+    "in_validated_range",
+    "image_quality",
+    "wilson_interval",
+]
+
+log = logging.getLogger(__name__)
+
+#: What the validation covers, per readout; one dict so that the validation suite can widen it.
+#: ``pixel_size_um`` (inclusive range), ``bit_depth`` (integer data of these depths; float data
+#: is not covered), ``min_snr`` (:func:`image_snr`: the hardest SNR level of the phantom
+#: validation, ``analysis.phantoms.SNR_LEVELS["hard"]`` = 3, where puncta F1 is ~0.82 and
+#: recall ~0.73, less the ~10 % scatter of the SNR measured on single 256 x 256 fields),
+#: ``max_saturated_fraction`` (images above it are rejected by
+#: :func:`analysis.quantify.image_problem` anyway).
+VALIDATED_RANGE: dict[str, dict[str, Any]] = {
+    "puncta": {
+        "pixel_size_um": (0.05, 0.8),
+        "bit_depth": (8, 12, 16),
+        "min_snr": 2.7,
+        "max_saturated_fraction": 0.01,
+    },
+    "microglia": {
+        # phantoms at 0.2 um, the EMBL Iba1 images at 0.755 um
+        "pixel_size_um": (0.1, 0.8),
+        "bit_depth": (8, 12, 16),
+        "max_saturated_fraction": 0.01,
+    },
+}
+
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+_MIN_FIT = 20  # fewer detected puncta than this: no truncated fit of the brightness
+
+
+# --------------------------------------------------------------------------- acquisition
+
+
+def bit_depth(image: np.ndarray) -> int | None:
+    """Bit depth of integer image data: the smallest of 8, 12, 16 (or the dtype's) holding its maximum.
+
+    A 12-bit camera's data stored as ``uint16`` reads 12 (its maximum is <= 4095).
+
+    Parameters
+    ----------
+    image : ndarray
+        Image of any shape.
+
+    Returns
+    -------
+    int or None
+        8, 12, 16 or the dtype's number of bits (e.g. 32) for integer data; None for
+        floating-point data (the depth of the acquisition is unknown).
+
+    Examples
+    --------
+    >>> bit_depth(np.array([[0, 4000]], np.uint16)), bit_depth(np.array([[0, 5000]], np.uint16))
+    (12, 16)
+    >>> bit_depth(np.zeros((2, 2), np.float32)) is None
+    True
+    """
+    a = np.asarray(image)
+    if not np.issubdtype(a.dtype, np.integer):
+        return None
+    top = int(a.max()) if a.size else 0
+    for bits in (8, 12, 16):
+        if bits <= a.dtype.itemsize * 8 and top < 2**bits:
+            return bits
+    return a.dtype.itemsize * 8
+
+
+def saturated_fraction(image: np.ndarray, dtype_max: float | None = None) -> float:
+    """Fraction of pixels at the saturation level of the detector.
+
+    Parameters
+    ----------
+    image : ndarray
+        Image of any shape.
+    dtype_max : float, optional
+        Saturation level.  Default, integer data: the dtype's maximum, or the image's maximum
+        when that is a smaller full scale ``2**k - 1`` (k = 8, 10, 12, 14: e.g. 12-bit data in a
+        ``uint16`` container saturates at 4095).  Default, floating-point data: the image's
+        maximum when at least 3 pixels share it (a clipped export; a natural float image has
+        a unique maximum), else nothing is saturated.
+
+    Returns
+    -------
+    float
+        Fraction of pixels (0-1) at or above the level.
+
+    Examples
+    --------
+    >>> img = np.zeros((10, 10), np.uint8)
+    >>> img[:2] = 255
+    >>> saturated_fraction(img)
+    0.2
+    >>> img12 = np.full((10, 10), 100, np.uint16)
+    >>> img12[0, :5] = 4095
+    >>> saturated_fraction(img12)
+    0.05
+    >>> saturated_fraction(np.linspace(0, 1, 100).reshape(10, 10))
+    0.0
+    """
+    a = np.asarray(image)
+    if a.size == 0:
+        return 0.0
+    if dtype_max is not None:
+        return float(np.mean(a >= dtype_max))
+    top = a.max()
+    if np.issubdtype(a.dtype, np.integer):
+        full = int(np.iinfo(a.dtype).max)
+        level = full
+        if int(top) < full and int(top) + 1 in {2**k for k in (8, 10, 12, 14)}:
+            level = int(top)
+        return float(np.mean(a >= level))
+    if not np.isfinite(top):
+        return float(np.mean(np.isinf(a)))
+    n_top = int(np.count_nonzero(a == top))
+    return n_top / a.size if n_top >= 3 else 0.0
+
+
+# --------------------------------------------------------------------------- brightness
+
+
+def fit_brightness(puncta: pd.DataFrame, threshold_sd: float | None = None) -> dict[str, Any]:
+    """Brightness distribution of an image's puncta, corrected for the undetected faint ones.
+
+    Brightness is expressed in units of each punctum's own amplitude noise SD: the
+    detection SNR ``snr`` of :func:`analysis.synapses.detect_puncta` (fitted amplitude over
+    its noise SD).  In these units the detector's selection is one sharp cut at
+    ``threshold_sd`` for every punctum, and uneven illumination (which scales amplitude
+    and, as shot noise, its noise) largely cancels.  The detected puncta are then a
+    truncated, noisy sample: the true SNRs ``Z`` are modelled as lognormal,
+    ``log Z ~ N(mu, sigma^2)``, each measured with unit Gaussian error, ``snr ~ N(Z, 1)``,
+    and kept when ``snr >= threshold_sd``.  ``mu`` and ``sigma`` maximise the likelihood of
+    the detected SNRs given their detection, evaluated on a fine grid of ``log Z``.  At high
+    SNR this is close to a plain lognormal fit; at low SNR (a quarter of the puncta below the
+    threshold) a plain fit would overstate the brightness and the recall of a spike-in drawn
+    from it.  (False detections pile up just above the threshold and pull the fit towards
+    fainter puncta; the spike-in recall is then slightly pessimistic.)
+
+    With fewer than 20 detected puncta the fit is not attempted: the model is the lognormal
+    with the detected SNRs' median and log-SD (0.4 when fewer than 3), ``method`` says
+    ``"detected"``, and the recall of a spike-in drawn from it is optimistic (the faint end
+    is missing).
+
+    Parameters
+    ----------
+    puncta : DataFrame
+        Detected puncta with ``intensity``, ``snr`` and ``noise_sd``.
+    threshold_sd : float, optional
+        Detection threshold in noise SDs (default: ``puncta.attrs["threshold_sd"]``, else 4).
+
+    Returns
+    -------
+    dict
+        ``mu``, ``sigma`` (of log detection SNR), ``mean_snr`` (``exp(mu + sigma^2/2)``),
+        ``peak_per_sd`` (median ratio of a punctum's amplitude noise SD to the local pixel
+        noise SD: converts a detection SNR to peak height / pixel noise SD), ``model_recall``
+        (share of the modelled population detected under the noise model alone, without
+        crowding or clutter: a cross-check of the spike-in), ``n`` (puncta used) and
+        ``method`` (``"truncated"``, ``"detected"`` or ``"none"``).
+
+    Examples
+    --------
+    True SNRs lognormal around 6, measured with unit noise, cut at 4:
+
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.lognormal(np.log(6.0), 0.4, 4000)
+    >>> snr = z + rng.standard_normal(z.size)
+    >>> det = snr >= 4.0
+    >>> p = pd.DataFrame({"intensity": 3 * snr[det], "snr": snr[det], "noise_sd": 1.0})
+    >>> b = fit_brightness(p, threshold_sd=4.0)
+    >>> round(float(np.exp(b["mu"])), 1), round(b["sigma"], 2), round(b["model_recall"], 2), round(det.mean(), 2)
+    (6.0, 0.4, 0.83, 0.83)
+    """
+    t = float(threshold_sd if threshold_sd is not None else puncta.attrs.get("threshold_sd", 4.0))
+    empty = {"mu": np.nan, "sigma": np.nan, "mean_snr": np.nan, "peak_per_sd": np.nan, "model_recall": np.nan,
+             "n": 0, "method": "none"}
+    if len(puncta) == 0:
+        return empty
+    a = puncta["intensity"].to_numpy(float)
+    z = puncta["snr"].to_numpy(float)
+    noise = puncta["noise_sd"].to_numpy(float) if "noise_sd" in puncta else np.full(len(a), np.nan)
+    ok = (a > 0) & (z > 0) & np.isfinite(a) & np.isfinite(z)
+    if not ok.any():
+        return empty
+    a, z, noise = a[ok], z[ok], noise[ok]
+    ratio = (a / z) / noise
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    peak_per_sd = float(np.median(ratio)) if len(ratio) else np.nan
+    lz = np.log(z)
+    if len(z) < _MIN_FIT:
+        mu = float(np.median(lz))
+        sig = float(np.std(lz, ddof=1)) if len(z) >= 3 else 0.4
+        return {"mu": mu, "sigma": sig, "mean_snr": float(np.exp(mu + sig**2 / 2)), "peak_per_sd": peak_per_sd,
+                "model_recall": np.nan, "n": int(len(z)), "method": "detected"}
+    # grid of log Z, step 0.01 (finer than the unit measurement error up to Z ~ 100), from where
+    # detection is impossible (P < 1e-4 at Z = t - 3.7); the measured SNRs binned to 0.5 % (the
+    # likelihood is a sum over bins with counts: the cost does not grow with the puncta)
+    u = np.arange(np.log(max(t - 3.7, 0.05)), np.log(z.max()) + 1.0, 0.01)
+    zz = np.exp(u)
+    zb, cnt = np.unique(np.round(lz, 2), return_counts=True)
+    k = np.exp(-0.5 * (np.exp(zb)[:, None] - zz[None, :]) ** 2)  # density of the measured SNR given Z
+    d = special.ndtr(zz - t)  # P(detected | Z)
+
+    def nll(theta: np.ndarray) -> float:
+        mu, log_s = theta
+        s = np.exp(log_s)
+        f = np.exp(-0.5 * ((u - mu) / s) ** 2) / s
+        return float(-cnt @ np.log(np.maximum(k @ f, 1e-300)) + len(z) * np.log(max(float(d @ f), 1e-300)))
+
+    start = np.array([lz.mean(), np.log(max(lz.std(), 0.1))])
+    res = optimize.minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-3, "maxiter": 400})
+    mu, s = float(res.x[0]), float(np.clip(np.exp(res.x[1]), 0.05, 2.0))
+    f = np.exp(-0.5 * ((u - mu) / s) ** 2)
+    model_recall = float(d @ f / f.sum())
+    return {"mu": mu, "sigma": s, "mean_snr": float(np.exp(mu + s**2 / 2)), "peak_per_sd": peak_per_sd,
+            "model_recall": model_recall, "n": int(len(z)), "method": "truncated"}
+
+
+def image_snr(puncta: pd.DataFrame, brightness: dict[str, Any] | None = None) -> float:
+    """Signal-to-noise ratio of an image's puncta: mean peak height over the pixel noise SD.
+
+    ``snr = mean peak amplitude of the puncta population / local pixel-noise SD``, averaged
+    over the population *including* the puncta too faint to be detected: the mean detection
+    SNR of the population (:func:`fit_brightness`) times ``peak_per_sd`` (the ratio of a
+    punctum's amplitude noise SD to the pixel noise SD, from the detected puncta).  This is
+    the definition of the phantoms' SNR (:mod:`analysis.phantoms`: mean amplitude over the
+    background noise SD), so a measured value can be compared with the validated levels.  It
+    differs from the detection ``snr`` of single puncta (``puncta_median_snr``: the fitted
+    amplitude in units of its own noise SD, a matched-filter figure ~2.5x larger, and only
+    over the puncta above the threshold).
+
+    Parameters
+    ----------
+    puncta : DataFrame
+        Detected puncta with ``intensity``, ``snr`` and ``noise_sd``.
+    brightness : dict, optional
+        Result of :func:`fit_brightness` (computed when not given).
+
+    Returns
+    -------
+    float
+        The SNR; NaN without puncta.
+    """
+    if len(puncta) == 0:
+        return float("nan")
+    b = brightness if brightness is not None else fit_brightness(puncta)
+    return float(b["mean_snr"] * b["peak_per_sd"])
+
+
+# --------------------------------------------------------------------------- spike-in
+
+
+def _render(shape: tuple[int, int], pos: np.ndarray, amp: np.ndarray, sigma_px: np.ndarray) -> np.ndarray:
+    """Point-sampled 2-D Gaussians (peak ``amp``, sigma in pixels, truncated at 4 sigma)."""
+    h, w = shape
+    out = np.zeros(h * w)
+    if len(pos) == 0:
+        return out.reshape(shape)
+    half = int(np.ceil(4 * float(np.max(sigma_px))))
+    off = np.arange(-half, half + 1)
+    py = np.rint(pos[:, 0]).astype(np.int64)[:, None] + off
+    px = np.rint(pos[:, 1]).astype(np.int64)[:, None] + off
+    s = np.asarray(sigma_px, float)[:, None]
+    gy = np.exp(-0.5 * ((py - pos[:, :1]) / s) ** 2) * np.asarray(amp, float)[:, None]
+    gx = np.exp(-0.5 * ((px - pos[:, 1:]) / s) ** 2)
+    vals = gy[:, :, None] * gx[:, None, :]
+    ok = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
+    idx = py[:, :, None] * w + px[:, None, :]
+    out += np.bincount(idx[ok], weights=vals[ok], minlength=h * w)
+    return out.reshape(shape)
+
+
+def _puncta_model(shape: tuple[int, int], puncta: pd.DataFrame, pixel_size_um: float) -> np.ndarray:
+    if len(puncta) == 0:
+        return np.zeros(shape)
+    pos = puncta[["y", "x"]].to_numpy(float)
+    return _render(shape, pos, puncta["intensity"].to_numpy(float), puncta["sigma_um"].to_numpy(float) / pixel_size_um)
+
+
+def _pixel_noise_sd(image: np.ndarray, pixel_size_um: float, puncta: pd.DataFrame) -> np.ndarray:
+    """Pixel noise SD map on the scale of the detector's ``noise_sd`` column.
+
+    The detector's Poisson-Gaussian fit (``noise_alpha``, ``noise_beta``) evaluated at the
+    image blurred by 0.42 um (about the detector's local level), rescaled so that its median
+    ratio to the ``noise_sd`` of the detected puncta is 1; without the fit attributes,
+    :func:`analysis.synapses.noise_sd_map`.
+    """
+    alpha, beta = puncta.attrs.get("noise_alpha"), puncta.attrs.get("noise_beta")
+    if alpha is None or beta is None:
+        sd, _ = noise_sd_map(image, pixel_size_um)
+    else:
+        level = ndi.gaussian_filter(image, 0.42 / pixel_size_um, mode="reflect")
+        var = float(alpha) * level + float(beta)
+        floor = max(float(np.median(var)) * 1e-2, 1e-12)
+        sd = np.sqrt(np.maximum(var, floor))
+    if len(puncta) and "noise_sd" in puncta:
+        at = ndi.map_coordinates(sd, puncta[["y", "x"]].to_numpy(float).T, order=1, mode="nearest")
+        ratio = puncta["noise_sd"].to_numpy(float) / at
+        ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+        if len(ratio):
+            sd = sd * float(np.median(ratio))
+    return sd
+
+
+def flipped_surrogate(
+    image: np.ndarray, pixel_size_um: float, puncta: pd.DataFrame, *, smoothing_um: float = 1.0
+) -> np.ndarray:
+    """The image with its detected puncta kept and everything finer than ``smoothing_um`` sign-flipped.
+
+    With ``M`` the detected puncta rendered as Gaussians (their fitted positions, peak
+    ``intensity`` and ``sigma_um``), ``R = image - M`` the residual and ``S`` its Gaussian blur
+    of ``smoothing_um``, the surrogate is ``S - (R - S) + M``.  Pixel noise is symmetric, so
+    the flipped residual has the image's noise (same variance at the same level, and white
+    over the detector's pass band: the notch of ``2 G - 1`` lies at wavelengths of a few
+    ``smoothing_um``, far beyond the detector's background radius); symmetric clutter such
+    as neuropil texture is flipped into texture.  But every bright structure the detector did
+    not explain -- faint puncta it missed, out-of-focus light -- becomes a dip.  Puncta
+    detected in the surrogate away from the kept ones and from anything added on purpose are
+    therefore false detections that noise and symmetric clutter produce in this image.
+
+    Parameters
+    ----------
+    image : ndarray
+        YX intensities.
+    pixel_size_um : float
+        Pixel size.
+    puncta : DataFrame
+        The image's puncta (``y``, ``x``, ``intensity``, ``sigma_um``).
+    smoothing_um : float
+        Scale of the kept background (structures broader than this are not flipped).
+
+    Returns
+    -------
+    ndarray of float64
+        The surrogate image.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    model = _puncta_model(img.shape, puncta, pixel_size_um)
+    resid = img - model
+    smooth = ndi.gaussian_filter(resid, smoothing_um / pixel_size_um, mode="reflect")
+    return 2.0 * smooth - resid + model
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion ``k / n``.
+
+    Examples
+    --------
+    >>> lo, hi = wilson_interval(45, 50)
+    >>> round(lo, 3), round(hi, 3)
+    (0.786, 0.957)
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = float(special.ndtri(0.5 + level / 2))
+    p = k / n
+    den = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
+    lo = 0.0 if k <= 0 else max(0.0, centre - half)
+    hi = 1.0 if k >= n else min(1.0, centre + half)
+    return lo, hi
+
+
+def _spike_positions(
+    rng: np.random.Generator, allowed: np.ndarray, existing: np.ndarray, n: int, clearance_px: float,
+    spacing_px: float,
+) -> np.ndarray:
+    """Up to ``n`` random positions in ``allowed``, >= clearance from ``existing`` and >= spacing apart."""
+    from scipy.spatial import cKDTree
+
+    cand_pix = np.flatnonzero(allowed)
+    if len(cand_pix) == 0 or n == 0:
+        return np.zeros((0, 2))
+    m = 8 * n + 64
+    pick = cand_pix[rng.integers(0, len(cand_pix), m)]
+    pts = np.column_stack(np.unravel_index(pick, allowed.shape)).astype(float) + rng.uniform(-0.5, 0.5, (m, 2))
+    if len(existing):
+        dist, _ = cKDTree(existing).query(pts)
+        pts = pts[dist >= clearance_px]
+    chosen: list[np.ndarray] = []
+    for p in pts:
+        if len(chosen) >= n:
+            break
+        if not chosen or np.min(np.hypot(*(np.asarray(chosen) - p).T)) >= spacing_px:
+            chosen.append(p)
+    return np.asarray(chosen).reshape(-1, 2)
+
+
+def spike_in_recall(
+    image: np.ndarray,
+    pixel_size_um: float,
+    puncta: pd.DataFrame,
+    *,
+    mask: np.ndarray | None = None,
+    n_spikes: int | None = None,
+    spike_fraction: float = 0.1,
+    min_spikes: int = 30,
+    rounds: int = 2,
+    window_px: int | None = None,
+    seed: int | np.random.SeedSequence | list[int] = 0,
+    surrogate: bool = True,
+    match_sigma: float = 1.5,
+    clearance_sigma: float = 2.0,
+    smoothing_um: float = 1.0,
+    detect: Callable[..., pd.DataFrame] = detect_puncta,
+    **detect_params: Any,
+) -> dict[str, Any]:
+    """Recall of the puncta detector on this image, by spiking in synthetic puncta.
+
+    Synthetic puncta are added at known random positions and the detector is run again
+    with the same parameters; the share of them found (one-to-one within ``match_sigma``
+    punctum sigmas, :func:`analysis.synapses.match_points`) estimates the recall on the
+    image's own puncta:
+
+    * **size**: Gaussians of the median ``sigma_um`` of the detected puncta (the image's
+      measured punctum size), point-sampled like a scanning microscope;
+    * **brightness**: detection SNRs drawn from the image's puncta population,
+      :func:`fit_brightness` (a lognormal fitted to the detected SNRs with the undetected
+      faint end restored; with fewer than 20 puncta a plain fit to the detected ones, which
+      overstates the recall), turned into peak heights with the local pixel noise SD
+      (the photon-transfer fit of the detector at the spike's place), so that a spike is as
+      detectable as a punctum of that SNR there;
+    * **noise**: each spike adds its own shot noise, ``N(0, alpha * spike)`` with the
+      detector's photon-transfer slope ``alpha`` (``puncta.attrs["noise_alpha"]``;
+      none when the fit found no slope), so the noise stays ``alpha * I + beta``;
+    * **place**: uniform over ``mask`` (the analysed area), at least ``clearance_sigma``
+      sigmas from every detected punctum (no spike on top of a punctum) and twice that from
+      each other; per round ``spike_fraction`` (10 %) of the detected puncta, but at least
+      ``min_spikes / rounds`` (so a small field gets a denser spike-in, up to ~15 % of a
+      cortical PSD95 density for 30 spikes in a 256 x 256 field at 0.1 um).
+
+    With ``surrogate`` (default) the spikes are added to :func:`flipped_surrogate` of the
+    image rather than to the image itself: the detected puncta and the background are
+    kept, the noise is the image's own, sign-flipped.  The same detection run then also
+    counts false detections: puncta found that match neither a spike nor a detected
+    punctum of the image (one-to-one within ``clearance_sigma`` sigmas), inside ``mask``.
+    This makes the precision estimate (:func:`estimated_precision`) cost no extra detection.
+    On phantoms the recall agrees with that of spikes added to the image itself within the
+    binomial error.
+
+    With ``window_px``, each round detects only in a random window of that many pixels
+    square (cut from the spiked surrogate; spikes and false detections are taken at least
+    ``max(4 sigma, 0.5 um)`` from the cut edges), which bounds the cost of a large image at
+    that of one small detection; the false detections are scaled from the window's analysed
+    area to the image's.
+
+    Parameters
+    ----------
+    image : ndarray
+        YX intensities (the image the puncta were detected on).
+    pixel_size_um : float
+        Pixel size.
+    puncta : DataFrame
+        The detected puncta of ``image`` (:func:`analysis.synapses.detect_puncta` output:
+        ``y``, ``x``, ``intensity``, ``sigma_um``, ``snr``, ``noise_sd``, attrs).
+    mask : ndarray of bool, optional
+        Analysed area (spikes are placed and false detections counted only there; default:
+        the whole image).
+    n_spikes : int, optional
+        Least total number of spikes (default ``min_spikes``).
+    spike_fraction : float
+        Spikes per round as a fraction of the detected puncta in the analysed area (of the
+        window).
+    min_spikes : int
+        Default least total number of spikes.
+    rounds : int
+        Detection runs (new positions, amplitudes and window each).
+    window_px : int, optional
+        Side of the detection window (default: the whole image).
+    seed : int or sequence of int
+        Seed of the positions, amplitudes, shot noise and windows.
+    surrogate : bool
+        Spike into the sign-flipped surrogate (and count false detections) or into the image.
+    match_sigma, clearance_sigma : float
+        Matching radius of a recovered spike, and the distance of spikes from detected
+        puncta, in punctum sigmas.
+    smoothing_um : float
+        Background scale of :func:`flipped_surrogate`.
+    detect : callable
+        The detector (``detect(image, pixel_size_um, **detect_params)``).
+    **detect_params
+        Its parameters, as used on the image.
+
+    Returns
+    -------
+    dict
+        ``recall``, ``recall_ci_low``, ``recall_ci_high`` (Wilson 95 % interval of the
+        binomial count; it does not include the uncertainty of the brightness model),
+        ``n_spikes``, ``n_recovered``, ``rounds``, ``spike_sigma_um``, ``brightness``
+        (:func:`fit_brightness`); with ``surrogate`` also ``false_per_100um2`` (false
+        detections per area of the analysed area searched) and ``false_detections`` (that
+        rate times the analysed area of the image: the expected number among the image's
+        counted puncta).  NaN figures when the image has no puncta or no room for spikes;
+        ZYX stacks are not supported (NaN, logged).
+
+    Examples
+    --------
+    >>> from analysis.phantoms import render_synapse_field
+    >>> f = render_synapse_field(np.random.default_rng(3), snr=8.0)
+    >>> p = detect_puncta(f.image, 0.1)
+    >>> r = spike_in_recall(f.image, 0.1, p, mask=f.analysed_mask, seed=0)
+    >>> r["n_spikes"] >= 30, 0.8 < r["recall"] <= 1.0, 0.0 <= r["false_per_100um2"] < 5.0
+    (True, True, True)
+    """
+    img = np.asarray(image, dtype=np.float64)
+    nan = float("nan")
+    out: dict[str, Any] = {"recall": nan, "recall_ci_low": nan, "recall_ci_high": nan, "n_spikes": 0,
+                           "n_recovered": 0, "rounds": 0, "spike_sigma_um": nan,
+                           "false_detections": nan, "false_per_100um2": nan}
+    if img.ndim != 2:
+        log.info("spike-in recall is only implemented for 2-D images (got shape %s)", img.shape)
+        return out
+    allowed = np.ones(img.shape, bool) if mask is None else np.asarray(mask, bool)
+    if allowed.shape != img.shape:
+        raise ValueError(f"mask shape {allowed.shape} does not match the image {img.shape}")
+    brightness = fit_brightness(puncta)
+    out["brightness"] = brightness
+    if len(puncta) == 0 or not allowed.any():
+        log.info("spike-in recall: no puncta (or no analysed area) to take size and brightness from")
+        return out
+    rng = np.random.default_rng(seed)
+    sigma_um = float(np.median(puncta["sigma_um"]))
+    sig = sigma_um / pixel_size_um
+    out["spike_sigma_um"] = sigma_um
+    pos_det = puncta[["y", "x"]].to_numpy(float)
+    det_pix = np.clip(np.rint(pos_det).astype(int), 0, np.array(img.shape) - 1)
+    alpha = float(puncta.attrs.get("noise_alpha", 0.0) or 0.0)
+    noise_sd = _pixel_noise_sd(img, pixel_size_um, puncta)
+    base = flipped_surrogate(img, pixel_size_um, puncta, smoothing_um=smoothing_um) if surrogate else img
+    least = math.ceil((n_spikes if n_spikes is not None else min_spikes) / max(int(rounds), 1))
+    h, w = img.shape
+    wy, wx = (h, w) if window_px is None else (min(h, int(window_px)), min(w, int(window_px)))
+    margin = int(math.ceil(max(4.0 * sig, 0.5 / pixel_size_um)))
+    n_sp = n_rec = n_rounds = 0
+    false = 0
+    searched_px = 0
+    for _ in range(max(int(rounds), 1)):
+        y0, x0 = int(rng.integers(0, h - wy + 1)), int(rng.integers(0, w - wx + 1))
+        inner = np.zeros((wy, wx), bool)
+        # keep off the window's cut edges (not the image's own edges)
+        inner[margin if y0 > 0 else 0: wy - margin if y0 + wy < h else wy,
+              margin if x0 > 0 else 0: wx - margin if x0 + wx < w else wx] = True
+        win_allowed = allowed[y0:y0 + wy, x0:x0 + wx] & inner
+        in_win = win_allowed[tuple((det_pix - [y0, x0]).clip(0, [wy - 1, wx - 1]).T)] & \
+            np.all((det_pix >= [y0, x0]) & (det_pix < [y0 + wy, x0 + wx]), axis=1)
+        k = max(int(round(spike_fraction * int(in_win.sum()))), least)
+        pos = _spike_positions(rng, win_allowed, pos_det - [y0, x0], k, clearance_sigma * sig,
+                               2 * clearance_sigma * sig)
+        if len(pos) == 0:
+            continue
+        z = np.exp(brightness["mu"] + brightness["sigma"] * rng.standard_normal(len(pos)))
+        amp = z * brightness["peak_per_sd"] * ndi.map_coordinates(noise_sd, (pos + [y0, x0]).T, order=1,
+                                                                   mode="nearest")
+        spikes = _render((wy, wx), pos, amp, np.full(len(pos), sig))
+        if alpha > 0:
+            spikes = spikes + np.sqrt(alpha * spikes) * rng.standard_normal(spikes.shape)
+        found = detect(base[y0:y0 + wy, x0:x0 + wx] + spikes, pixel_size_um, **detect_params)
+        fpos = found[["y", "x"]].to_numpy(float)
+        m = match_points(fpos, pos, match_sigma * sig)
+        n_sp += len(pos)
+        n_rec += m.tp
+        n_rounds += 1
+        if surrogate:
+            rest = fpos[np.setdiff1d(np.arange(len(fpos)), m.pairs[:, 0])]
+            kept = match_points(rest, pos_det - [y0, x0], clearance_sigma * sig)
+            extra = rest[np.setdiff1d(np.arange(len(rest)), kept.pairs[:, 0])]
+            if len(extra):
+                ij = np.clip(np.rint(extra).astype(int), 0, [wy - 1, wx - 1])
+                false += int(win_allowed[tuple(ij.T)].sum())
+            searched_px += int(win_allowed.sum())
+    if n_sp == 0:
+        log.info("spike-in recall: no room for spikes in the analysed area")
+        return out
+    lo, hi = wilson_interval(n_rec, n_sp)
+    out.update({"recall": n_rec / n_sp, "recall_ci_low": lo, "recall_ci_high": hi, "n_spikes": n_sp,
+                "n_recovered": n_rec, "rounds": n_rounds})
+    if surrogate and searched_px:
+        rate = false / searched_px  # per analysed pixel
+        out.update({"false_per_100um2": 100.0 * rate / pixel_size_um**2,
+                    "false_detections": rate * float(allowed.sum())})
+    log.debug("spike-in: %d/%d recovered, %s false detections expected", n_rec, n_sp, out["false_detections"])
+    return out
+
+
+def estimated_precision(n_detected: int, false_detections: float) -> float:
+    """Precision of a detection from the expected number of false detections among it.
+
+    ``1 - false_detections / n_detected``, clipped to [0, 1] (NaN for no detections or an
+    unknown false count).  ``false_detections`` comes from :func:`spike_in_recall`
+    (sign-flipped surrogate, same area): it counts what noise and symmetric clutter make the
+    detector report, not out-of-focus light or other one-signed structure, so it is an upper
+    bound of the precision where such structure exists.
+
+    Examples
+    --------
+    >>> estimated_precision(200, 10.0)
+    0.95
+    """
+    if not n_detected or not np.isfinite(false_detections):
+        return float("nan")
+    return float(np.clip(1.0 - false_detections / n_detected, 0.0, 1.0))
+
+
+# --------------------------------------------------------------------------- range
+
+
+def in_validated_range(
+    pixel_size_um: float,
+    bit_depth: int | None,
+    snr: float | None = None,
+    *,
+    saturated: float = 0.0,
+    readout: str = "puncta",
+    ranges: dict[str, dict[str, Any]] | None = None,
+) -> bool:
+    """Whether an image's acquisition lies inside what the validation covered.
+
+    Parameters
+    ----------
+    pixel_size_um : float
+        Lateral pixel size (um).
+    bit_depth : int or None
+        :func:`bit_depth` of the data (None: floating-point data, not covered).
+    snr : float, optional
+        :func:`image_snr` (required for readouts with a ``min_snr``; NaN is outside).
+    saturated : float
+        :func:`saturated_fraction`.
+    readout : str
+        Key of ``ranges`` ("puncta" or "microglia").
+    ranges : dict, optional
+        The ranges (default :data:`VALIDATED_RANGE`).
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> in_validated_range(0.1, 16, 8.0)
+    True
+    >>> in_validated_range(100, 16, 8.0)  # nanometres typed as micrometres
+    False
+    """
+    r = (ranges or VALIDATED_RANGE)[readout]
+    lo, hi = r["pixel_size_um"]
+    reasons = []
+    if not (pixel_size_um is not None and lo <= float(pixel_size_um) <= hi):
+        reasons.append(f"pixel size {pixel_size_um} um outside {lo}-{hi}")
+    if bit_depth not in r["bit_depth"]:
+        reasons.append(f"bit depth {bit_depth} not in {r['bit_depth']}")
+    if "min_snr" in r and not (snr is not None and np.isfinite(snr) and snr >= r["min_snr"]):
+        reasons.append(f"SNR {snr} below {r['min_snr']}")
+    if saturated > r.get("max_saturated_fraction", 1.0):
+        reasons.append(f"saturated fraction {saturated:.3g} above {r['max_saturated_fraction']}")
+    if reasons:
+        log.debug("%s outside the validated range: %s", readout, "; ".join(reasons))
+    return not reasons
+
+
+# --------------------------------------------------------------------------- image row
+
+
+def image_quality(
+    image: np.ndarray,
+    pixel_size_um: float,
+    puncta: pd.DataFrame | None = None,
+    *,
+    mask: np.ndarray | None = None,
+    n_detected: int | None = None,
+    seed: int | list[int] = 0,
+    detect_params: dict[str, Any] | None = None,
+    readout: str = "puncta",
+    spike_in: bool = True,
+    **spike_params: Any,
+) -> dict[str, Any]:
+    """Quality columns of one image row.
+
+    Parameters
+    ----------
+    image : ndarray
+        The channel the readout was measured on (YX; ZYX stacks get no spike-in).
+    pixel_size_um : float
+        Pixel size.
+    puncta : DataFrame, optional
+        Its detected puncta (puncta readout).
+    mask : ndarray of bool, optional
+        Analysed area.
+    n_detected : int, optional
+        Puncta counted in ``mask`` (default: counted here).
+    seed : int or sequence of int
+        Seed of the spike-in.
+    detect_params : dict, optional
+        Parameters the puncta were detected with.
+    readout : str
+        "puncta" or "microglia" (no SNR, recall, precision).
+    spike_in : bool
+        Run the spike-in (one more detection).
+    **spike_params
+        Further arguments of :func:`spike_in_recall`.
+
+    Returns
+    -------
+    dict
+        ``saturated_fraction``, ``in_validated_range`` and, for puncta, ``measured_snr``,
+        ``spike_in_recall``, ``spike_in_recall_ci_low``, ``spike_in_recall_ci_high``,
+        ``est_precision``.
+    """
+    sat = saturated_fraction(image)
+    depth = bit_depth(image)
+    if readout != "puncta" or puncta is None:
+        return {"saturated_fraction": sat,
+                "in_validated_range": in_validated_range(pixel_size_um, depth, saturated=sat, readout=readout)}
+    brightness = fit_brightness(puncta)
+    snr = image_snr(puncta, brightness)
+    row: dict[str, Any] = {"measured_snr": snr, "spike_in_recall": np.nan, "spike_in_recall_ci_low": np.nan,
+                           "spike_in_recall_ci_high": np.nan, "est_precision": np.nan}
+    if spike_in:
+        r = spike_in_recall(image, pixel_size_um, puncta, mask=mask, seed=seed, **spike_params,
+                            **(detect_params or {}))
+        if n_detected is None:
+            n_detected = len(puncta)
+            if mask is not None and len(puncta):
+                m = np.asarray(mask, bool)
+                iy = np.clip(np.rint(puncta["y"].to_numpy(float)).astype(int), 0, m.shape[0] - 1)
+                ix = np.clip(np.rint(puncta["x"].to_numpy(float)).astype(int), 0, m.shape[1] - 1)
+                n_detected = int(m[iy, ix].sum())
+        row.update({"spike_in_recall": r["recall"], "spike_in_recall_ci_low": r["recall_ci_low"],
+                    "spike_in_recall_ci_high": r["recall_ci_high"],
+                    "est_precision": estimated_precision(n_detected, r["false_detections"])})
+    row["saturated_fraction"] = sat
+    row["in_validated_range"] = in_validated_range(pixel_size_um, depth, snr, saturated=sat, readout=readout)
+    return row
