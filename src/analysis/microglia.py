@@ -416,7 +416,7 @@ def _somata(
     soma_diameter_um: float,
     soma_min_diameter_um: float,
     separation: float,
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, np.ndarray]:
     """Somata (label image 1..n): one per hill of the image smoothed at the scale of a soma.
 
     The background-corrected intensity (negative values clipped) is smoothed with a Gaussian
@@ -429,15 +429,27 @@ def _somata(
     a compact bright body: bright structure at half maximum that contains a disk of
     ``0.8 * soma_min_diameter_um`` (a morphological opening).  Bulbs, varicosities and
     fragments of processes are smaller and seed nothing; their foreground goes to the cell
-    it is connected to.
+    it is connected to.  Returns the somata, their number and the soma-scale intensity.
     """
     sigma = max(soma_diameter_um / (2 * np.sqrt(2)) / px, 1.0)
-    f = ndi.gaussian_filter(np.maximum(signal, 0), sigma)
-    floor = 4.0 * _robust_sd(ndi.gaussian_filter(signal, sigma))
-    peaks, regions = _dominant_maxima(f, f > floor, 0.0, rel=separation)
+    # smooth at soma scale on a grid binned to a third of the smoothing SD (the result is
+    # smooth at that scale; fine pixels would make the wide kernel expensive), then back
+    h, w = signal.shape
+    k = max(int(sigma // 3), 1)
+    hp, wp = -(-h // k) * k, -(-w // k) * k
+    padded = np.pad(signal, ((0, hp - h), (0, wp - w)), mode="edge").reshape(hp // k, k, wp // k, k)
+    f_small = ndi.gaussian_filter(np.maximum(padded, 0).mean(axis=(1, 3)), sigma / k)
+    floor = 4.0 * _robust_sd(ndi.gaussian_filter(padded.mean(axis=(1, 3)), sigma / k))
+    peaks, regions = _dominant_maxima(f_small, f_small > floor, 0.0, rel=separation)
     tops, n = ndi.label(peaks, structure=_EIGHT)
+    if k > 1:
+        f = ndi.zoom(f_small, k, order=1, grid_mode=True, mode="nearest")[:h, :w]
+        regions = np.repeat(np.repeat(regions, k, axis=0), k, axis=1)[:h, :w]
+        tops = np.repeat(np.repeat(tops, k, axis=0), k, axis=1)[:h, :w]
+    else:
+        f = f_small
     if n == 0:
-        return np.zeros(f.shape, np.int32), 0
+        return np.zeros(signal.shape, np.int32), 0, f
     # the hill of each top: its drainage region, above half the top's height
     top_region = np.zeros(int(regions.max()) + 1, np.int64)
     top_region[regions[tops > 0]] = tops[tops > 0]
