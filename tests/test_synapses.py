@@ -14,9 +14,11 @@ import pytest
 from scipy import ndimage as ndi
 
 from analysis.synapses import (
+    estimate_punctum_radius,
     analysed_area_mask,
     detect_puncta,
     match_points,
+    noise_detection_rate,
     noise_sd_map,
     synapse_density,
 )
@@ -91,21 +93,30 @@ def test_touching_pairs_are_separated() -> None:
     offset = 0.175 * np.column_stack([np.sin(angle), np.cos(angle)])  # pairs 0.35 um apart
     truth = np.concatenate([centres - offset, centres + offset])
     for amp in (40.0, np.r_[np.full(30, 60.0), np.full(30, 30.0)]):  # equal, and 2:1 pairs
-        p = detect_puncta(render(truth, amp, seed=3), 0.1)
+        # every spot of this scene is half of a pair, so the image cannot tell the size of one
+        # punctum: it is given (sigma 0.13 um, the PSF of the microscope)
+        p = detect_puncta(render(truth, amp, seed=3), 0.1, punctum_radius_um=0.153)
         m = match(p, truth)
         assert m.recall >= 0.95 and m.precision >= 0.95, (m.recall, m.precision)
 
 
 def test_noise_alone_gives_the_documented_false_positive_rate() -> None:
-    # pure Poisson-Gaussian noise on an illumination gradient: the threshold (4 noise SDs)
-    # lets through ~0.5 noise maxima per 100 um^2 (module docstring; ~1 % of a PSD95 density)
-    counts = [len(detect_puncta(render([], 0.0, background=gradient, seed=s), 0.1)) for s in range(6)]
-    per_100um2 = 100 * np.mean(counts) / (25.6 * 25.6)
-    assert per_100um2 < 1.0
+    # pure Poisson-Gaussian noise on an illumination gradient: the fixed threshold (4 noise
+    # SDs, noise_fdr=None) lets through ~0.5 noise maxima per 100 um^2 (module docstring),
+    # as the calibrated noise rate predicts
+    images = [render([], 0.0, background=gradient, seed=s) for s in range(6)]
+    fixed = [len(detect_puncta(im, 0.1, punctum_radius_um=0.15, noise_fdr=None)) for im in images]
+    per_100um2 = 100 * np.mean(fixed) / (25.6 * 25.6)
+    expected = 1e4 * noise_detection_rate(4.0, 0.15 / 1.1774 / 0.1)  # per 100 um^2 of 0.1 um pixels
+    assert 0.2 < per_100um2 < 1.0 and per_100um2 == pytest.approx(expected, rel=0.6)
+    # with the noise-FDR step-up (the default), pure noise gives (almost) nothing: <= 1 per
+    # 1,000 um^2 (issue 12)
+    default = [len(detect_puncta(im, 0.1)) for im in images]
+    assert 1000 * np.mean(default) / (25.6 * 25.6) <= 1.0
     # halving the threshold must let noise through: the test would notice a noise estimate
     # that is far too high
-    loose = [len(detect_puncta(render([], 0.0, seed=s), 0.1, threshold_sd=3.0)) for s in range(2)]
-    assert np.mean(loose) > 3 * max(np.mean(counts), 0.5)
+    loose = [len(detect_puncta(render([], 0.0, seed=s), 0.1, threshold_sd=3.0, noise_fdr=None)) for s in range(2)]
+    assert np.mean(loose) > 3 * max(np.mean(fixed), 0.5)
 
 
 def test_no_per_image_threshold_gain_and_offset_do_not_matter() -> None:
@@ -323,3 +334,72 @@ def test_block_resolution_normalised_blur_matches_the_full_resolution_one() -> N
     # within 1 % of the 50-unit step everywhere, far less on average
     assert np.abs(fast - exact).max() < 0.5
     assert np.abs(fast - exact).mean() < 0.05
+
+
+# --------------------------------------------------------------------------- failure modes on data not made by us
+# (issue 12: each guards a failure found on an independent simulator or real images; the scenes
+# are built here with plain numpy, not with analysis.phantoms)
+
+
+def _spots(shape, centres, sigma_px, amp, background, seed):
+    """Poisson image of Gaussian spots (peak ``amp`` photons) on a flat ``background``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    lam = np.full(shape, float(background))
+    for y, x in centres:
+        lam += amp * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma_px**2))
+    return rng.poisson(lam).astype(np.uint16)
+
+
+def test_sparse_bright_spots_on_a_flat_background_give_no_false_puncta_around_them() -> None:
+    # sim-fish's sparse case: 20 spots ~200 noise SDs bright; the old detector put ~3 false
+    # puncta in the ring around each (precision 0.24)
+    rng = np.random.default_rng(4)
+    centres = spread_points(20, rng, (25.6, 25.6), min_dist=3.0, margin=1.0) / 0.1
+    img = _spots((256, 256), centres, 1.5, 5000.0, 300.0, seed=5)
+    m = match_points(detect_puncta(img, 0.1)[["y", "x"]].to_numpy(), centres, 2.0)
+    assert m.recall == 1.0 and m.fp <= 1, (m.recall, m.fp)
+
+
+@pytest.mark.parametrize("sigma_nm", [100, 250])
+def test_punctum_size_is_measured_on_the_image(sigma_nm: int) -> None:
+    # spots much broader than a confocal PSD95 punctum (a widefield PSF): the fixed 0.15 um
+    # model lost most of them (F1 0.29 at sigma 250 nm on sim-fish)
+    rng = np.random.default_rng(sigma_nm)
+    centres = spread_points(60, rng, (25.6, 25.6), min_dist=1.2, margin=0.8) / 0.1
+    img = _spots((256, 256), centres, sigma_nm / 100.0, 60.0, 40.0, seed=6)
+    p = detect_puncta(img, 0.1)
+    sigma_px = np.sqrt((sigma_nm / 100.0) ** 2 + 1 / 12)  # pixel-sampled spot
+    assert p.attrs["punctum_radius_um"] == pytest.approx(sigma_px * 1.1774 * 0.1, rel=0.1)
+    assert estimate_punctum_radius(img, 0.1) == pytest.approx(p.attrs["punctum_radius_um"])
+    m = match_points(p[["y", "x"]].to_numpy(), centres, 2.5)
+    assert m.f1 >= 0.95, (m.precision, m.recall)
+
+
+def _noise(kind: str, rng: np.random.Generator, shape=(512, 512)) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]] / shape[0]
+    if kind == "poisson-gaussian 16-bit with offset":
+        return (rng.poisson(50, shape) * 3 + 500 + rng.normal(0, 4, shape)).clip(0, 65535).astype(np.uint16)
+    if kind == "widefield haze":
+        return rng.poisson(200 + 3000 * np.exp(-((yy - 0.4) ** 2 + (xx - 0.6) ** 2) / 0.1)).astype(np.uint16)
+    if kind == "8-bit low counts":
+        return np.clip(rng.poisson(3, shape) * 2 + 5, 0, 255).astype(np.uint8)
+    if kind == "clipped at zero":
+        return np.clip(rng.normal(2, 6, shape), 0, None).astype(np.uint16)
+    if kind == "photomultiplier excess noise":
+        return np.clip(rng.gamma(rng.poisson(8, shape) + 1e-9, 20) + 10, 0, 4095).astype(np.uint16)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", [
+    "poisson-gaussian 16-bit with offset",
+    "widefield haze",
+    "8-bit low counts",  # these three are skewed: the Cornish-Fisher term of the noise FDR step
+    "clipped at zero",
+    "photomultiplier excess noise",
+])
+@pytest.mark.parametrize("pixel_size_um", [0.1, 0.3])
+def test_pure_noise_of_each_kind_gives_at_most_one_false_punctum_per_1000um2(kind: str, pixel_size_um: float) -> None:
+    img = _noise(kind, np.random.default_rng(11))
+    p = detect_puncta(img, pixel_size_um)
+    assert 1000 * len(p) / (img.size * pixel_size_um**2) <= 1.0, len(p)

@@ -27,15 +27,28 @@ fitted amplitude is significant is kept:
    significantly better (out-of-focus light of other planes), are dropped, weakest first,
    and the fit is repeated until every remaining punctum is significant.
 
-The threshold is a number of noise SDs, so it means the same false-positive rate whatever
-the brightness, gain, offset or pixel size.  Random-field theory gives the rate of noise
-maxima above ``u`` SDs as ~``lambda / (2 pi)^(3/2) * u * exp(-u^2 / 2)`` per unit area
-(2-D; ``lambda`` ~ 1 / (2 sigma^2) for a filter of width ``sigma``), which falls 6-fold
-from u = 3.5 to 4 and again from 4 to 4.5.  Measured on pure Poisson-Gaussian noise (5-50
-photons per 0.1 um pixel) with the default sizes: 0.45-0.7 false puncta per 100 um^2
-at ``u = 4`` (the default), 0.1-0.25 at 4.5 and < 0.07 at 5.  At the default this
-is 1-2 % of a cortical PSD95 density (30-60 puncta per 100 um^2) while keeping puncta of
-~4 noise SDs (matched-filter units) detectable; raise it for sparse puncta.
+5. **Size from the image.**  The punctum size (PSF convolved with the synapse) differs
+   between microscopes; unless given, it is measured on the image
+   (:func:`estimate_punctum_radius`: pixel-integrated Gaussian fits to the most prominent
+   spots, median, within 0.1-0.6 um HWHM), and the background radius and minimum separation
+   scale with it.
+6. **Model error near bright puncta.**  The PSF is not exactly Gaussian (Airy rings,
+   aberrations), so light within the reach of a bright punctum's model and below 5 % of its
+   amplitude is not a punctum of its own, however many noise SDs it has.
+7. **Noise false-discovery control.**  The threshold is a number of noise SDs, so it means
+   the same false-positive rate per pixel whatever the brightness, gain, offset or pixel
+   size.  Random-field theory gives the rate of noise maxima above ``u`` SDs as
+   ~``lambda / (2 pi)^(3/2) * u * exp(-u^2 / 2)`` per unit area (2-D), which falls 6-fold from
+   u = 3.5 to 4 and again from 4 to 4.5; the detector's own rate on white Gaussian noise is
+   calibrated (:func:`noise_detection_rate`; ~0.5 per 100 x 100 pixels above 4 SDs).  At
+   ``threshold_sd`` (default 4) that is 1-2 % of a cortical PSD95 density (30-60 puncta per
+   100 um^2 at 0.1 um pixels), but in a sparse field or in pure noise it would be most of
+   what is reported.  So (2-D) the threshold is raised, Benjamini-Hochberg fashion, until
+   the expected number of noise maxima in the field is at most ``noise_fdr`` (5 %) of the
+   puncta reported: crowded fields keep ``threshold_sd``, pure noise gives nothing.  Skewed
+   pixel noise (few photons per pixel, clipping at zero, photomultiplier gain noise) has a
+   heavier upper tail: its skewness is measured in the darkest parts of the image
+   (:func:`noise_sd_map`) and the expected rate is corrected (Cornish-Fisher).
 
 All sizes are in micrometres and converted with the pixel size, so the same parameters work
 at any sampling.
@@ -62,6 +75,8 @@ __all__ = [
     "match_points",
     "PointMatch",
     "noise_sd_map",
+    "noise_detection_rate",
+    "estimate_punctum_radius",
     "robust_sd",
     "background_corrected",
 ]
@@ -76,6 +91,14 @@ _IN_FOCUS_SCALES = (0.8, 0.9, 1.0, 1.12, 1.25, 1.4)  # multiples of the nominal 
 _OUT_OF_FOCUS_SCALES = (2.5,)  # blobs this much broader than a punctum are out-of-focus light
 _LIKELIHOOD_GAIN = 4.0  # chi-square gain needed to prefer another size (~p 0.05, 1 d.o.f.)
 _SHARP = 0.6  # scale of the candidate (Laplacian of Gaussian) map, x punctum sigma
+#: Rate of noise maxima that the detector reports above a significance ``u`` on white Gaussian
+#: noise, per pixel: ``exp(a(sigma) + b u + c u^2)``, with ``a`` tabulated against the nominal
+#: punctum sigma in pixels (measured by ``benchmarks/calibrate_noise_rate.py``: 16 noise images
+#: of 512 x 512 pixels per size, threshold 3, Poisson maximum likelihood).
+_NOISE_RATE_SIGMA_PX = (0.5, 0.8, 1.3, 2.0, 3.0)
+_NOISE_RATE_A = (-8.600, -8.023, -8.801, -9.600, -10.337)
+_NOISE_RATE_B, _NOISE_RATE_C = 3.2215, -0.87421
+_PSF_MODEL_ERROR = 0.05  # relative error of the Gaussian PSF model near a bright punctum
 _PROTECT = 0.1  # two weak candidates compete for the same light above this correlation
 
 
@@ -190,8 +213,9 @@ def noise_sd_map(
     sd : ndarray
         Noise SD per pixel (same shape as ``image``).
     info : dict
-        ``alpha``, ``beta`` (the fitted line) and ``zero_level`` (``-beta / alpha``: the
-        intensity with no photons, i.e. the offset, NaN without a slope).
+        ``alpha``, ``beta`` (the fitted line), ``zero_level`` (``-beta / alpha``: the
+        intensity with no photons, i.e. the offset, NaN without a slope) and ``skew`` (the
+        skewness of the pixel noise in the darkest quarter of the boxes, in [0, 2]).
 
     Examples
     --------
@@ -220,7 +244,8 @@ def noise_sd_map(
     if not ok.any():
         log.warning("no pixel noise found (noise-free image?); using 1 %% of the range as noise")
         sd0 = 1e-2 * float(np.ptp(img)) or 1.0
-        return np.full(img.shape, sd0), {"alpha": 0.0, "beta": sd0**2, "zero_level": np.nan}
+        return np.full(img.shape, sd0), {"alpha": 0.0, "beta": sd0**2, "zero_level": np.nan, "skew": 0.0}
+    skew = _dark_skewness(rb[ok], lev[ok], var[ok])
     var, lev = var[ok], lev[ok]
     v0 = float(np.median(var))
     alpha, beta = 0.0, v0
@@ -238,9 +263,32 @@ def noise_sd_map(
             coef, cov = np.polyfit(xs, vs, 1, w=1.0 / np.maximum(vs, 1e-12), cov=True)
             if coef[0] > 2.0 * np.sqrt(max(cov[0, 0], 0.0)):
                 alpha, beta = float(coef[0]), float(coef[1])
-    vmap = np.clip(alpha * level + beta, 0.25 * var.min(), 4.0 * var.max())
+    # below the darkest class the line is an extrapolation (and a steep line from classes
+    # inflated by unresolved puncta dives towards zero there): the noise of the darkest
+    # class is the floor
+    floor = float(vs[0]) if alpha > 0 else 0.25 * float(var.min())
+    vmap = np.clip(alpha * level + beta, floor, 4.0 * var.max())
     zero = -beta / alpha if alpha > 0 else np.nan
-    return np.sqrt(vmap), {"alpha": alpha, "beta": beta, "zero_level": float(zero)}
+    return np.sqrt(vmap), {"alpha": alpha, "beta": beta, "zero_level": float(zero), "skew": skew}
+
+
+def _dark_skewness(resid_blocks: np.ndarray, level: np.ndarray, var: np.ndarray) -> float:
+    """Skewness of the pixel noise, from Immerkaer's residual in the darkest quarter of the
+    boxes (fewest puncta; the shot noise is most skewed there).  For independent pixel noise
+    the residual (kernel weights ``k``, ``sum k^2 = 1``, ``sum k^3 = 1/6``) has 1/6 of the
+    pixels' skewness.  Residuals are winsorised at 6 robust SDs (a few puncta must not
+    decide) and the result is clipped to [0, 2] (the range where a Cornish-Fisher correction
+    of the tail holds)."""
+    dark = level <= np.quantile(level, 0.25)
+    r = resid_blocks[dark] / np.sqrt(np.maximum(var[dark], 1e-300))[:, None]
+    r = np.clip(r - np.median(r, axis=1, keepdims=True), -6.0, 6.0).ravel()
+    if r.size < 100:
+        return 0.0
+    m2 = float(np.mean((r - r.mean()) ** 2))
+    if m2 <= 0:
+        return 0.0
+    g = float(np.mean((r - r.mean()) ** 3)) / m2**1.5
+    return float(np.clip(6.0 * g, 0.0, 2.0))
 
 
 # --------------------------------------------------------------------------- spot models
@@ -543,19 +591,172 @@ def _refine(
 # --------------------------------------------------------------------------- detection
 
 
+_RADIUS_RANGE_UM = (0.1, 0.6)  # HWHM of a punctum: diffraction limit .. large widefield puncta
+_SIZE_SPOT_SD = 8.0  # spots measured for the size stand this many noise SDs above the background
+_SIZE_MIN_SPOTS = 5  # fewer such spots: no estimate
+_NOMINAL_RADIUS_UM = 0.15  # a confocal PSD95 punctum (used when the image shows no spot)
+_SEPARATION_PER_RADIUS = 0.25 / 0.15  # confocal resolution (0.25 um) per punctum radius
+
+
+def noise_detection_rate(u: np.ndarray | float, sigma_px: float) -> np.ndarray:
+    """Expected number of puncta per pixel that :func:`detect_puncta` reports on pure white
+    Gaussian noise with a significance above ``u``, for a nominal punctum sigma of
+    ``sigma_px`` pixels (2-D; a calibration of the method, see ``_NOISE_RATE_*``).
+
+    Examples
+    --------
+    Noise maxima above 4 SDs per 100 x 100 pixels, for a punctum sigma of 1.3 pixels:
+
+    >>> round(float(noise_detection_rate(4.0, 1.3) * 1e4), 1)
+    0.5
+    """
+    log_s = np.log(np.asarray(_NOISE_RATE_SIGMA_PX))
+    ls = float(np.log(sigma_px))
+    a = np.interp(ls, log_s, _NOISE_RATE_A)
+    if ls > log_s[-1]:  # coarser than the table: maxima scale with the area of a punctum
+        a = _NOISE_RATE_A[-1] - 2.0 * (ls - log_s[-1])
+    u = np.asarray(u, float)
+    return np.exp(a + _NOISE_RATE_B * u + _NOISE_RATE_C * u**2)
+
+
+def _kernel_skew_factor(scale: "_Scale") -> float:
+    """``sum w^3 / (sum w^2)^(3/2)`` of the response kernel of a scale (2-D): the skewness of
+    the response per unit skewness of independent pixel noise."""
+    r = int(np.ceil(4 * max(scale.filters[2].max(), 1.0)))
+    delta = np.zeros((2 * r + 1,) * 2)
+    delta[r, r] = 1.0
+    b1 = ndi.gaussian_filter(delta, scale.b[-2:], mode="constant")
+    hh = delta - 2.0 * b1 + ndi.gaussian_filter(b1, scale.b[-2:], mode="constant")
+    w = ndi.gaussian_filter(hh, scale.sigma[-2:], mode="constant")
+    return float(np.sum(w**3) / np.sum(w**2) ** 1.5)
+
+
+def estimate_punctum_radius(
+    image: np.ndarray,
+    pixel_size_um: float,
+    *,
+    radius_range_um: tuple[float, float] = _RADIUS_RANGE_UM,
+    n_points: int = 200,
+    n_sizes: int = 14,
+) -> float:
+    """Apparent punctum radius (half width at half maximum, um) measured on the image itself.
+
+    The ``n_points`` most prominent local maxima of the lightly smoothed image (at least
+    8 local noise SDs above a broad background, one per neighbourhood of the largest size,
+    away from the border; at least 5 of them) are each fitted by least squares with a pixel-integrated Gaussian plus
+    a constant background, for sizes on a log grid over ``radius_range_um``; each spot's
+    best size is refined by a parabola in log size and the median over spots is returned.
+    The brightest spots are the in-focus ones and the least disturbed by noise, so the
+    median is close to the optical size of a punctum (PSF convolved with the synapse).
+
+    Parameters
+    ----------
+    image : ndarray
+        YX or ZYX intensities (a stack is measured on its maximum projection).
+    pixel_size_um : float
+        Lateral pixel size.
+    radius_range_um : (float, float)
+        Physically plausible HWHM: from the diffraction limit of a high-NA objective (0.1 um)
+        to a large widefield punctum (0.6 um).  The lower end is at least 0.47 pixel (a
+        spot cannot look narrower than a pixel).
+    n_points : int
+        Largest number of spots measured.
+    n_sizes : int
+        Number of sizes on the grid.
+
+    Returns
+    -------
+    float
+        HWHM in um of the point-sampled Gaussian that matches the spots (the
+        pixel-integrated sigma plus the pixel's own 1/12 px^2 variance, as used by
+        :func:`detect_puncta`), or NaN when fewer than 5 spots stand out of the noise.
+
+    Examples
+    --------
+    Spots of sigma 2 pixels (HWHM 0.235 um at 0.1 um pixels):
+
+    >>> rng = np.random.default_rng(1)
+    >>> yy, xx = np.mgrid[:128, :128]
+    >>> centres = rng.uniform(10, 118, (15, 2))
+    >>> spots = sum(200 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 2.0**2)) for y, x in centres)
+    >>> img = rng.poisson(30 + spots).astype(float)
+    >>> round(estimate_punctum_radius(img, 0.1), 2)
+    0.24
+    """
+    from scipy.special import erf
+
+    img = np.asarray(image, dtype=np.float64)
+    stack = img if img.ndim == 3 else img[None]
+    img = stack.max(axis=0)  # spots are found on the maximum projection, fitted in their plane
+    hw = _FWHM_PER_SIGMA / 2
+    s_lo = max(radius_range_um[0] / hw / pixel_size_um, 0.4)
+    s_hi = max(radius_range_um[1] / hw / pixel_size_um, 1.5 * s_lo)
+    sizes = np.geomspace(s_lo, s_hi, n_sizes)
+    smooth = ndi.gaussian_filter(img, s_lo)
+    height = smooth - ndi.gaussian_filter(img, 3 * s_hi)
+    r = int(np.ceil(s_hi))
+    is_max = (smooth == ndi.maximum_filter(smooth, size=2 * r + 1)) & (height > 0)
+    edge = 2 * r + 1
+    is_max[:edge] = is_max[-edge:] = False
+    is_max[:, :edge] = is_max[:, -edge:] = False
+    # noise of the smoothed image: the local pixel noise (:func:`noise_sd_map`) times the
+    # filter's gain for white noise
+    delta = np.zeros((2 * edge + 1,) * 2)
+    delta[edge, edge] = 1.0
+    gain = float(np.sqrt((ndi.gaussian_filter(delta, s_lo) ** 2).sum()))
+    pts = np.argwhere(is_max)
+    if len(pts) == 0:
+        return float("nan")
+    noise, _ = noise_sd_map(img, pixel_size_um)
+    h = height[tuple(pts.T)] / (gain * noise[tuple(pts.T)])
+    pts, h = pts[h > _SIZE_SPOT_SD], h[h > _SIZE_SPOT_SD]
+    if len(pts) < _SIZE_MIN_SPOTS:
+        return float("nan")
+    pts = pts[np.argsort(h)[::-1][:n_points]]
+    plane = stack[:, pts[:, 0], pts[:, 1]].argmax(axis=0)
+    log_s = np.log(sizes)
+    # fit in a window of 2.5 x the size: first the largest size, then the first estimate
+    # (a smaller window keeps crowded neighbours out of the fit)
+    sigma_px = s_hi
+    for _ in range(2):
+        R = max(2, int(np.ceil(2.5 * sigma_px)))
+        padded = np.pad(stack, [(0, 0), (R, R), (R, R)], mode="reflect")
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * R + 1,) * 2, axis=(1, 2))
+        win = windows[(plane,) + tuple(pts.T)].reshape(len(pts), -1)
+        off = np.arange(-R, R + 1)[:, None]
+        sse = np.empty((len(pts), n_sizes))
+        for k, s in enumerate(sizes):
+            e = erf((off + 0.5) / (np.sqrt(2) * s)) - erf((off - 0.5) / (np.sqrt(2) * s))
+            design = np.stack([(e * e.T).ravel(), np.ones(e.size**2)], axis=1)
+            coef, *_ = np.linalg.lstsq(design, win.T, rcond=None)
+            sse[:, k] = ((win.T - design @ coef) ** 2).sum(axis=0)
+        best = sse.argmin(axis=1)
+        est = log_s[best]
+        inner = (best > 0) & (best < n_sizes - 1)
+        b = best[inner]
+        y0, y1, y2 = sse[inner, b - 1], sse[inner, b], sse[inner, b + 1]
+        den = y0 - 2 * y1 + y2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.where(den > 0, 0.5 * (y0 - y2) / den, 0.0)
+        est[inner] += np.clip(step, -1.0, 1.0) * (log_s[1] - log_s[0])
+        sigma_px = float(np.exp(np.median(est)))
+    return float(np.sqrt(sigma_px**2 + 1.0 / 12.0) * hw * pixel_size_um)
+
+
 def detect_puncta(
     image: np.ndarray,
     pixel_size_um: float,
     *,
     z_step_um: float | None = None,
-    punctum_radius_um: float = 0.15,
+    punctum_radius_um: float | None = None,
     axial_radius_um: float = 0.35,
     threshold_sd: float = 4.0,
-    min_separation_um: float = 0.25,
-    background_radius_um: float = 0.3,
+    min_separation_um: float | None = None,
+    background_radius_um: float | None = None,
     mask: np.ndarray | None = None,
     noise_box_um: float = 3.0,
     reject_out_of_focus: bool = True,
+    noise_fdr: float | None = 0.05,
 ) -> pd.DataFrame:
     """Detect puncta (diffraction-limited spots) in a 2-D (YX) or 3-D (ZYX) image.
 
@@ -571,25 +772,28 @@ def detect_puncta(
         Lateral pixel size.
     z_step_um : float, optional
         Axial step of a ZYX stack (default: the lateral pixel size).
-    punctum_radius_um : float
-        Apparent radius (half width at half maximum) of a typical punctum: the confocal PSF
-        (FWHM ~0.22-0.25 um at NA 1.3-1.4) convolved with a PSD of 0.2-0.4 um gives an
-        apparent FWHM of ~0.3 um.  The nominal Gaussian sigma is this / 1.177 (0.127 um);
-        sizes from 0.8x to 1.4x of it are fitted.
+    punctum_radius_um : float, optional
+        Apparent radius (half width at half maximum) of a typical punctum.  Default: measured
+        on the image (:func:`estimate_punctum_radius`, within 0.1-0.6 um), so that the model
+        fits the microscope's own PSF; a confocal PSD95 punctum is ~0.15 um (PSF FWHM
+        ~0.22-0.25 um at NA 1.3-1.4 convolved with a PSD of 0.2-0.4 um), a widefield one
+        larger.  The nominal Gaussian sigma is this / 1.177; sizes from 0.8x to 1.4x of it
+        are fitted.
     axial_radius_um : float
         Apparent axial half width at half maximum (3-D only; confocal axial FWHM ~0.7 um).
     threshold_sd : float
         Significance of a punctum's fitted amplitude, in noise SDs.  The default 4 gives
         ~0.45-0.7 false detections per 100 um^2 of pure noise, 1-2 % of a typical PSD95
         density (module docstring); 4.5 gives 0.1-0.25.
-    min_separation_um : float
-        Two puncta closer than this are one (the lateral resolution of a confocal, ~0.25 um).
-    background_radius_um : float
+    min_separation_um : float, optional
+        Two puncta closer than this are one.  Default: 5/3 of the punctum radius (0.25 um,
+        the lateral resolution of a confocal, for a 0.15 um punctum).
+    background_radius_um : float, optional
         Structures broader than about this (dendritic shafts, haze, illumination) count as
-        background: the image minus its Gaussian blur of this sigma is fitted.  The default is
-        twice the punctum radius: the test then keeps ~87 % of the sensitivity of a matched
-        filter while out-of-focus puncta (sigma >~ 0.35 um) and dendritic shafts lose most of
-        their response.  Larger values gain sensitivity and admit more of that clutter.
+        background: the image minus its Gaussian blur of this sigma is fitted.  Default: twice
+        the punctum radius: the test then keeps ~87 % of the sensitivity of a matched filter
+        while out-of-focus puncta and dendritic shafts lose most of their response.  Larger
+        values gain sensitivity and admit more of that clutter.
     mask : ndarray of bool, optional
         Only report puncta whose nearest pixel is True (same shape as ``image``, or YX for a
         stack).  Puncta just outside still take part in the fit.
@@ -598,6 +802,14 @@ def detect_puncta(
     reject_out_of_focus : bool
         Drop spots that a blob 2.5x broader than a punctum explains significantly better
         (out-of-focus puncta of neighbouring planes in a single optical section).
+    noise_fdr : float or None
+        Largest expected fraction of the reported puncta that are noise maxima (2-D images).
+        The threshold is raised above ``threshold_sd`` to the lowest significance ``u`` at
+        which the number of noise maxima expected in the field (:func:`noise_detection_rate`
+        times the number of pixels) is at most ``noise_fdr`` times the number of puncta
+        above ``u`` (a Benjamini-Hochberg step-up with the calibrated noise rate).  In a
+        crowded field this keeps ``threshold_sd``; in a sparse field it rises; in pure noise
+        nothing is reported.  None: ``threshold_sd`` only.
 
     Returns
     -------
@@ -613,13 +825,14 @@ def detect_puncta(
 
     Examples
     --------
-    Two puncta 0.35 um apart on a noisy background:
+    Two puncta 0.35 um apart on a noisy background (the punctum size is given: a field
+    holding only this pair could as well hold one broad spot):
 
     >>> rng = np.random.default_rng(0)
     >>> yy, xx = np.mgrid[:64, :64]
     >>> spots = sum(60 * np.exp(-((yy - 30) ** 2 + (xx - x) ** 2) / (2 * 1.3**2)) for x in (30, 33.5))
     >>> img = rng.poisson(20 + spots).astype(float)
-    >>> p = detect_puncta(img, 0.1)
+    >>> p = detect_puncta(img, 0.1, punctum_radius_um=0.15)
     >>> len(p), p["x"].round().tolist()
     (2, [30.0, 34.0])
     """
@@ -634,6 +847,16 @@ def detect_puncta(
         raise ValueError(f"mask shape {np.shape(mask)} does not match the image {img.shape} (or its YX plane)")
     ndim = img.ndim
     dz = float(z_step_um) if z_step_um else float(pixel_size_um)
+    estimated = punctum_radius_um is None
+    if estimated:
+        punctum_radius_um = estimate_punctum_radius(img, pixel_size_um)
+        if not np.isfinite(punctum_radius_um):  # no spot stands out: a confocal punctum
+            punctum_radius_um = max(_NOMINAL_RADIUS_UM, 0.6 * _FWHM_PER_SIGMA / 2 * pixel_size_um)
+        log.debug("punctum radius estimated from the image: %.3f um", punctum_radius_um)
+    if background_radius_um is None:
+        background_radius_um = 2.0 * punctum_radius_um
+    if min_separation_um is None:
+        min_separation_um = _SEPARATION_PER_RADIUS * punctum_radius_um
     sigma0 = np.full(ndim, punctum_radius_um / (_FWHM_PER_SIGMA / 2) / pixel_size_um)
     bg = np.full(ndim, background_radius_um / pixel_size_um)
     sep = np.full(ndim, max(min_separation_um / pixel_size_um, 1.0))
@@ -794,6 +1017,18 @@ def detect_puncta(
             break
         pos = np.concatenate([pos, new])
 
+    # light within the reach of a bright punctum's fitted model and below the error of that
+    # model (the PSF is not exactly Gaussian: Airy rings, aberrations, pixel integration) is
+    # not a punctum of its own, however many noise SDs it has
+    if len(pos) > 1:
+        reach = 3.0 * np.sqrt(sigma0**2 + 2.0 * bg**2)
+        pr = cKDTree(pos / reach).query_pairs(1.0, output_type="ndarray")
+        if len(pr):
+            i, j = pr.T
+            shadowed = np.zeros(len(pos), bool)
+            shadowed[i[a[i] < _PSF_MODEL_ERROR * a[j]]] = True
+            shadowed[j[a[j] < _PSF_MODEL_ERROR * a[i]]] = True
+            pos, k, a, t = pos[~shadowed], k[~shadowed], a[~shadowed], t[~shadowed]
     # a punctum counts when its centre lies in the imaged field: laterally within the outer
     # pixels, axially between the first and last plane (maxima beyond them are light from
     # puncta outside the stack, and noise maxima crowd at reflecting borders)
@@ -803,6 +1038,18 @@ def detect_puncta(
         lo[0], hi[0] = 0.0, img.shape[0] - 1.0
     inside = np.all((pos >= lo) & (pos <= hi), axis=1) if len(pos) else np.zeros(0, bool)
     pos, k, a, t = pos[inside], k[inside], a[inside], t[inside]
+    threshold_used = float(threshold_sd)
+    if noise_fdr is not None and ndim == 2 and len(t):
+        # step-up: the lowest significance at which expected noise maxima <= fdr x reported
+        order = np.sort(t)[::-1]
+        # skewed pixel noise (few photons, clipping, photomultiplier gain) has a heavier upper
+        # tail: Cornish-Fisher, with the skewness of the nominal response
+        gamma = noise_info["skew"] * _kernel_skew_factor(nominal)
+        expected = noise_detection_rate(order - gamma * (order**2 - 1.0) / 6.0, float(sigma0[-1])) * img.size
+        ok = expected <= noise_fdr * np.arange(1, len(order) + 1)
+        threshold_used = float(order[np.flatnonzero(ok).max()]) if ok.any() else np.inf
+        keep = t >= threshold_used
+        pos, k, a, t = pos[keep], k[keep], a[keep], t[keep]
     cols = ["z", "y", "x"][3 - ndim :]
     out = pd.DataFrame(pos, columns=cols)
     out["intensity"] = a
@@ -821,6 +1068,9 @@ def detect_puncta(
             "pixel_size_um": float(pixel_size_um),
             "z_step_um": dz if ndim == 3 else None,
             "threshold_sd": float(threshold_sd),
+            "threshold_used": threshold_used,
+            "punctum_radius_um": float(punctum_radius_um),
+            "punctum_radius_estimated": bool(estimated),
             "noise_alpha": noise_info["alpha"],
             "noise_beta": noise_info["beta"],
         }
