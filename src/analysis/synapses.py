@@ -215,7 +215,8 @@ def noise_sd_map(
     info : dict
         ``alpha``, ``beta`` (the fitted line), ``zero_level`` (``-beta / alpha``: the
         intensity with no photons, i.e. the offset, NaN without a slope) and ``skew`` (the
-        skewness of the pixel noise in the darkest quarter of the boxes, in [0, 2]).
+        skewness of the pixel noise in the darkest quarter of the boxes, in [0, 2]);
+        ``var_min``, ``var_max``: the variance range the line is clipped to.
 
     Examples
     --------
@@ -244,7 +245,8 @@ def noise_sd_map(
     if not ok.any():
         log.warning("no pixel noise found (noise-free image?); using 1 %% of the range as noise")
         sd0 = 1e-2 * float(np.ptp(img)) or 1.0
-        return np.full(img.shape, sd0), {"alpha": 0.0, "beta": sd0**2, "zero_level": np.nan, "skew": 0.0}
+        info = {"alpha": 0.0, "beta": sd0**2, "zero_level": np.nan, "skew": 0.0, "var_min": sd0**2, "var_max": sd0**2}
+        return np.full(img.shape, sd0), info
     skew = _dark_skewness(rb[ok], lev[ok], var[ok])
     var, lev = var[ok], lev[ok]
     v0 = float(np.median(var))
@@ -267,9 +269,15 @@ def noise_sd_map(
     # inflated by unresolved puncta dives towards zero there): the noise of the darkest
     # class is the floor
     floor = float(vs[0]) if alpha > 0 else 0.25 * float(var.min())
-    vmap = np.clip(alpha * level + beta, floor, 4.0 * var.max())
     zero = -beta / alpha if alpha > 0 else np.nan
-    return np.sqrt(vmap), {"alpha": alpha, "beta": beta, "zero_level": float(zero), "skew": skew}
+    info = {"alpha": alpha, "beta": beta, "zero_level": float(zero), "skew": skew,
+            "var_min": floor, "var_max": 4.0 * float(var.max())}
+    return _noise_at(info, level), info
+
+
+def _noise_at(info: dict[str, float], level: np.ndarray) -> np.ndarray:
+    """The fitted noise line of :func:`noise_sd_map` evaluated at another intensity level."""
+    return np.sqrt(np.clip(info["alpha"] * level + info["beta"], info["var_min"], info["var_max"]))
 
 
 def _dark_skewness(resid_blocks: np.ndarray, level: np.ndarray, var: np.ndarray) -> float:
@@ -638,6 +646,7 @@ def estimate_punctum_radius(
     radius_range_um: tuple[float, float] = _RADIUS_RANGE_UM,
     n_points: int = 200,
     n_sizes: int = 14,
+    noise_sd: np.ndarray | None = None,
 ) -> float:
     """Apparent punctum radius (half width at half maximum, um) measured on the image itself.
 
@@ -663,6 +672,9 @@ def estimate_punctum_radius(
         Largest number of spots measured.
     n_sizes : int
         Number of sizes on the grid.
+    noise_sd : ndarray, optional
+        Per-pixel noise SD of the (projected) image, as from :func:`noise_sd_map` (computed
+        when not given).
 
     Returns
     -------
@@ -707,7 +719,7 @@ def estimate_punctum_radius(
     pts = np.argwhere(is_max)
     if len(pts) == 0:
         return float("nan")
-    noise, _ = noise_sd_map(img, pixel_size_um)
+    noise = noise_sd_map(img, pixel_size_um)[0] if noise_sd is None else np.asarray(noise_sd)
     h = height[tuple(pts.T)] / (gain * noise[tuple(pts.T)])
     pts, h = pts[h > _SIZE_SPOT_SD], h[h > _SIZE_SPOT_SD]
     if len(pts) < _SIZE_MIN_SPOTS:
@@ -725,11 +737,14 @@ def estimate_punctum_radius(
         win = windows[(plane,) + tuple(pts.T)].reshape(len(pts), -1)
         off = np.arange(-R, R + 1)[:, None]
         sse = np.empty((len(pts), n_sizes))
+        total = (win**2).sum(axis=1)
         for k, s in enumerate(sizes):
+            # least squares of amplitude and offset by the 2 x 2 normal equations (all spots)
             e = erf((off + 0.5) / (np.sqrt(2) * s)) - erf((off - 0.5) / (np.sqrt(2) * s))
             design = np.stack([(e * e.T).ravel(), np.ones(e.size**2)], axis=1)
-            coef, *_ = np.linalg.lstsq(design, win.T, rcond=None)
-            sse[:, k] = ((win.T - design @ coef) ** 2).sum(axis=0)
+            xtw = win @ design
+            coef = np.linalg.solve(design.T @ design, xtw.T)
+            sse[:, k] = total - np.einsum("pi,ip->p", xtw, coef)
         best = sse.argmin(axis=1)
         est = log_s[best]
         inner = (best > 0) & (best < n_sizes - 1)
@@ -848,8 +863,11 @@ def detect_puncta(
     ndim = img.ndim
     dz = float(z_step_um) if z_step_um else float(pixel_size_um)
     estimated = punctum_radius_um is None
+    # the noise model (boxes at the 0.5 um level); evaluated at the background level below
+    noise0, noise_info = noise_sd_map(img, pixel_size_um, box_um=noise_box_um)
     if estimated:
-        punctum_radius_um = estimate_punctum_radius(img, pixel_size_um)
+        projected = noise0 if ndim == 2 else None  # (a stack's projection has its own noise)
+        punctum_radius_um = estimate_punctum_radius(img, pixel_size_um, noise_sd=projected)
         if not np.isfinite(punctum_radius_um):  # no spot stands out: a confocal punctum
             punctum_radius_um = max(_NOMINAL_RADIUS_UM, 0.6 * _FWHM_PER_SIGMA / 2 * pixel_size_um)
         log.debug("punctum radius estimated from the image: %.3f um", punctum_radius_um)
@@ -869,7 +887,7 @@ def detect_puncta(
     blur1 = ndi.gaussian_filter(img, bg, mode="reflect")
     blur2 = ndi.gaussian_filter(blur1, bg, mode="reflect")
     hh_img = img - 2.0 * blur1 + blur2  # H'H I: the image seen by every size's response
-    noise, noise_info = noise_sd_map(img, pixel_size_um, box_um=noise_box_um, level=blur2)
+    noise = _noise_at(noise_info, blur2)
     scales = [_Scale(img.shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]
     if reject_out_of_focus:
         scales.extend(_Scale(img.shape, sigma0 * f, bg) for f in _OUT_OF_FOCUS_SCALES)
