@@ -14,10 +14,14 @@ For each image, and their mean, two segmentations are compared with the hand lab
   smallest soma (a disk of ``soma_min_diameter_um``, the library's default) dropped.
 
 Metrics: number of labels; precision, recall and F1 of one-to-one (Hungarian) matching at
-IoU >= 0.5; over the matched cells, Spearman rho of our ``skeleton_length_um`` and
-``branch_points`` (:func:`analysis.microglia.measure_microglia` on the predicted label)
-against ``SkeletonTotalLength_Pixel`` and ``SkeletonNumBranchPoints`` of the true label in
-the table; seconds per image for the segmentation alone and with the skeletonisation
+IoU >= 0.5; over the matched cells, Spearman rho of our ``skeleton_length_um``,
+``branch_points`` and ``skeleton_junctions`` (:func:`analysis.microglia.measure_microglia`
+on the predicted label) against ``SkeletonTotalLength_Pixel`` and ``SkeletonNumBranchPoints``
+(both count columns against the latter) of the true label in the table.  ``branch_points``
+is our biological count (forks of the processes outside the soma, soma collapsed to its
+centre); ``skeleton_junctions`` is the common Fiji AnalyzeSkeleton convention (junction
+clusters of the whole cell's skeleton, soma included), closer to what Fiji-based tools
+report.  Then seconds per image for the segmentation alone and with the skeletonisation
 (``seg+skel``: the binary skeleton of the label mask, the least a plain pipeline needs for
 morphology) and with the full morphology (``seg+measure``).  A reference row ``truth``
 measures the hand labels themselves, so the morphology rho of a segmentation can be read
@@ -108,6 +112,8 @@ def evaluate(name: str, segment, image: np.ndarray, truth: np.ndarray, table: pd
                                                 ref["SkeletonTotalLength_Pixel"], "spearman"),
         "branch_points_spearman": correlation(cells.loc[p, "branch_points"], ref["SkeletonNumBranchPoints"],
                                               "spearman"),
+        "junctions_spearman": correlation(cells.loc[p, "skeleton_junctions"], ref["SkeletonNumBranchPoints"],
+                                          "spearman"),
         "seconds_seg": min(seg_t),
         "seconds_seg_skel": min(seg_t) + min(skel_t),
         "seconds_seg_measure": min(seg_t) + t_measure,
@@ -143,7 +149,7 @@ def main() -> None:
     mean = per_image.groupby("method", sort=False).mean(numeric_only=True).reset_index().assign(image="mean")
     out = pd.concat([per_image, mean], ignore_index=True)
     cols = ["image", "method", "n_labels", "precision", "recall", "f1", "skeleton_length_spearman",
-            "branch_points_spearman", "seconds_seg", "seconds_seg_skel", "seconds_seg_measure"]
+            "branch_points_spearman", "junctions_spearman", "seconds_seg", "seconds_seg_skel", "seconds_seg_measure"]
     with pd.option_context("display.width", 200):
         print(out[cols].round(3).to_string(index=False))
     ours = mean.set_index("method")

@@ -76,6 +76,8 @@ def test_plus_shaped_label_exact_geometry() -> None:
     # the skeleton of a 3-pixel bar stops one pixel short of its blunt end: 4 x 14.8 um
     assert m.skeleton_length_um == pytest.approx(60.0, abs=1.0)
     assert (m.n_primary, m.endpoints, m.branch_points) == (4, 4, 0)
+    # Fiji AnalyzeSkeleton's convention: the four processes meet in one junction in the soma
+    assert m.skeleton_junctions == 1
     assert m.longest_branch_um == pytest.approx(15.0, abs=0.4)
     assert (m.soma_y, m.soma_x) == (pytest.approx(100, abs=0.5), pytest.approx(100, abs=0.5))
     assert m.soma_area_um2 == pytest.approx(np.pi * 4.0**2, rel=0.1)
@@ -130,6 +132,24 @@ def test_branch_point_counted_once_and_soma_centre_not_counted() -> None:
     assert (m.branch_points, m.endpoints, m.n_primary) == (1, 3, 2)
     assert m.skeleton_length_um == pytest.approx(14 + 8 + 8 + 10, rel=0.06)
     assert m.longest_branch_um == pytest.approx(22.0, rel=0.06)
+
+
+def test_skeleton_junctions_count_the_soma_and_forks_of_the_whole_skeleton() -> None:
+    # soma with two opposite processes, one forking 14 um out: the whole skeleton runs
+    # straight through the soma (no junction there), the fork is one junction
+    mask = np.zeros((400, 400), bool)
+    mask[disk((200, 150), 4 / PX, shape=mask.shape)] = True
+    y, x = draw_process(mask, 200, 150, 0, 14)
+    draw_process(mask, y, x, 45, 8)
+    draw_process(mask, y, x, -45, 8)
+    draw_process(mask, 200, 150, 180, 10)
+    m = measure_microglia(mask.astype(int), None, PX).iloc[0]
+    assert (m.branch_points, m.skeleton_junctions) == (1, 1)
+    # a third primary process: its meeting with the others in the soma is a junction of the
+    # whole skeleton, not a branch point of the processes
+    draw_process(mask, 200, 150, 90, 10)
+    m = measure_microglia(mask.astype(int), None, PX).iloc[0]
+    assert (m.branch_points, m.skeleton_junctions, m.n_primary) == (1, 2, 3)
 
 
 def test_touching_cells_split_debris_and_fragments_dropped() -> None:

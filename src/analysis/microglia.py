@@ -70,6 +70,13 @@ Morphology (:func:`measure_microglia`)
     adjacent junction pixels once; the soma centre, where the primary processes meet, is
     not a branch point (nor is a fork inside the soma);
   - ``endpoints`` counts process tips;
+  - ``skeleton_junctions`` follows the common convention of Fiji's AnalyzeSkeleton
+    ("# Junctions") instead: junctions of the whole cell's 2-D skeleton, soma *not*
+    collapsed (forks inside the soma and the meeting of the primary processes count), after
+    the same spur pruning; a junction is a cluster of 8-adjacent skeleton pixels with more
+    than two skeleton neighbours.  It is comparable with tables made by Fiji-based tools;
+    ``branch_points`` is the biological count (ramification of the processes) and does not
+    depend on how the skeletoniser happens to thread the soma;
   - Sholl intersections at radius ``r`` are the separate skeleton pieces crossing a ring of
     radius ``r`` (1.5 pixels wide) around the soma centre; inside the soma this is the
     number of primary processes.
@@ -115,6 +122,7 @@ MEASURE_COLUMNS = [
     "soma_area_um2",
     "skeleton_length_um",
     "branch_points",
+    "skeleton_junctions",
     "endpoints",
     "n_primary",
     "longest_branch_um",
@@ -826,6 +834,7 @@ class _Cell:
         self.centre = np.argwhere(soma).mean(axis=0)
         sk = skeletonize(cell)
         sk = _prune(sk, width, max(min_branch_length_um / px, 2.0))
+        self.whole_skeleton = sk  # pruned, soma not collapsed (for ``skeleton_junctions``)
         outside = sk & ~soma
         # exits: skeleton pixels next to the soma, one cluster per primary process
         rim = ndi.binary_dilation(soma, structure=_EIGHT) & outside
@@ -859,6 +868,12 @@ class _Cell:
         n_branch = int(ndi.label(junctions, structure=_EIGHT)[1])
         n_end = int(((nb == 1) & off).sum())
         return n_branch, n_end
+
+    def junctions(self) -> int:
+        """Junctions of the whole cell's pruned skeleton, soma included (AnalyzeSkeleton's
+        convention): clusters of 8-adjacent skeleton pixels with more than two neighbours."""
+        sk = self.whole_skeleton
+        return int(ndi.label(sk & (_neighbours(sk) >= 3), structure=_EIGHT)[1])
 
     def longest_path_px(self) -> float:
         pts, g = _graph(self.skeleton)
@@ -912,7 +927,9 @@ def measure_microglia(
     -------
     DataFrame
         One row per cell: ``label``, ``area_um2``, ``soma_y``, ``soma_x`` (soma centre,
-        pixels), ``soma_area_um2``, ``skeleton_length_um``, ``branch_points``, ``endpoints``,
+        pixels), ``soma_area_um2``, ``skeleton_length_um``, ``branch_points`` (forks of the
+        processes outside the soma), ``skeleton_junctions`` (junction clusters of the whole
+        cell's skeleton, soma included: Fiji AnalyzeSkeleton's convention), ``endpoints``,
         ``n_primary``, ``longest_branch_um`` (longest path from the soma centre to a tip),
         ``convex_hull_area_um2``, ``solidity`` (area / convex hull area; low = ramified),
         ``touches_border``, ``sholl_max_intersections``, ``sholl_critical_radius_um``
@@ -932,6 +949,8 @@ def measure_microglia(
     >>> m = measure_microglia(lab, None, 0.2).iloc[0]
     >>> round(m.skeleton_length_um), int(m.n_primary), int(m.endpoints), int(m.branch_points)
     (59, 4, 4, 0)
+    >>> int(m.skeleton_junctions)  # the four processes meet at one junction in the soma
+    1
     >>> int(m.sholl_max_intersections)
     4
     """
@@ -961,6 +980,7 @@ def measure_microglia(
                 "soma_area_um2": float(c.soma.sum() * px**2),
                 "skeleton_length_um": float(c.length_px() * px),
                 "branch_points": n_branch,
+                "skeleton_junctions": c.junctions(),
                 "endpoints": n_end,
                 "n_primary": c.n_primary,
                 "longest_branch_um": float(c.longest_path_px() * px),
