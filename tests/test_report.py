@@ -134,7 +134,7 @@ def test_index_has_contents_results_and_provenance(design_report: Path, small_st
     assert re.findall(r'(?:src|href)="https?://', html) == []
     # the validation notebook's numbers (the small study is simulated, so it has a truth)
     v = recorded(design_report / "reports" / "executed" / "04_validation.ipynb")
-    assert "Validation against the simulated truth" in html
+    assert "<h2>Validation</h2>" in html and "Against the simulated truth" in html
     assert f"type I error {v['calibration/type1_error']:.3f}" in html
     assert f"coverage of the true effect {v['calibration/coverage']:.3f}" in html
     r_micro = v["agreement/microglia_count"]["pearson_r"]
@@ -194,6 +194,10 @@ def test_validation_notebook_skips_without_ground_truth(small_study: Path, tmp_p
     assert values == {"validation_skipped": True}
     text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []))
     assert "No ground truth" in text and "validation skipped" in text
+    # the validation against data we did not make does not need a ground truth: it is shown
+    outputs = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])]
+    tables = [o["data"]["text/html"] for o in outputs if "<table" in o.get("data", {}).get("text/html", "")]
+    assert any("<td>big-fish</td>" in t and "<td>ours</td>" in t for t in tables)
 
 
 def _normalised_html(path: Path, roots: list[Path]) -> str:

@@ -14,6 +14,12 @@ Three checks, each usable on its own:
   (:func:`analysis.stats.simulate_measurements`), fitted like the real data, and the planned
   contrasts compared with the true effect of the simulation (also used by
   ``benchmarks/calibrate_stats.py``).
+
+Validation against data we did not make (real images from other labs, the independent
+simulator sim-fish, pure noise; ours beside the peer detectors) runs outside the report
+(``make validate``, ``benchmarks/validate_real.py``) and is committed as
+``benchmarks/validation_real.md``; :func:`load_real_validation` reads it back for the report
+(:func:`parse_validation_markdown` parses any such markdown file of pipe tables).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +55,12 @@ __all__ = [
     "calibration_study",
     "calibrate",
     "calibration_summary",
+    "RealValidation",
+    "REAL_VALIDATION_FILE",
+    "real_validation_path",
+    "parse_validation_markdown",
+    "load_real_validation",
+    "section_purpose",
 ]
 
 log = logging.getLogger(__name__)
@@ -538,3 +551,219 @@ def calibration_summary(calibration: pd.DataFrame, alpha: float = 0.05) -> pd.Da
             "bias_in_se": float((g["log_est"].mean() - g["log_true"].mean()) / g["log_se"].mean()),
         })
     return pd.DataFrame(rows)
+
+
+# --- validation against data we did not make (benchmarks/validation_real.md) ----------------
+
+#: The committed summary of ``make validate``, relative to the repository root.
+REAL_VALIDATION_FILE = Path("benchmarks") / "validation_real.md"
+
+#: What each part of the real-data validation tests, keyed by a word of its section title
+#: (lower case; the first key found in a title wins).
+_SECTION_PURPOSES: tuple[tuple[str, str], ...] = (
+    ("culture", "Real images of cultured neurons from another lab, without annotations, checked "
+                "label-free: true synaptic puncta lie on MAP2 dendrites (enrichment above 1), rarely in "
+                "DAPI nuclei, and pre- and postsynaptic puncta pair more often than with the "
+                "presynaptic channel shifted (pairing above chance above 0)."),
+    ("sim-fish", "Images from sim-fish, a simulator none of us wrote, with known spot positions: "
+                 "precision, recall and F1 of each detector (one-to-one matching) across spot "
+                 "density, size, signal-to-noise ratio and bit depth."),
+    ("phantom", "Our own simulated fields at each SNR level (the detector's authors wrote them, so "
+                "agreement here proves the least): precision, recall, F1 and count bias."),
+    ("noise", "Images without any punctum, of several noise kinds: every detection is false "
+              "(target: at most 1 per 1,000 um^2)."),
+    ("speed", "Detection time per image at several image sizes, on the same machine."),
+)
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+_NUMBER = re.compile(r"^[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$")
+_DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")
+_COMMIT = re.compile(r"\bcommit\s+`?([0-9a-f]{7,40})`?(\s*\([^)]*\))?")
+
+
+@dataclass(frozen=True)
+class RealValidation:
+    """A parsed validation summary: header paragraph and the tables of each section.
+
+    Attributes
+    ----------
+    title : str
+        The first-level heading ("" without one).
+    header : str
+        The paragraphs between the title and the first section (where the numbers come from:
+        command, date, commit, detectors), paragraphs separated by a blank line.
+    sections : dict of str to list of DataFrame
+        Section title (a heading of level 2 or deeper) -> its markdown tables, in file order.
+        Bold markers (``**``) are removed from the cells; columns whose every cell is a number
+        (thousands separators allowed) are numeric, all others text.  Tables before the first
+        section are under the key ``""``.
+    notes : dict of str to list of str
+        Section title -> its paragraphs (other than tables), in file order.
+    path : Path or None
+        The file it was read from.
+    """
+
+    title: str
+    header: str
+    sections: dict[str, list[pd.DataFrame]]
+    notes: dict[str, list[str]]
+    path: Path | None = None
+
+    @property
+    def date(self) -> str | None:
+        """The first ISO date (YYYY-MM-DD) of the header: when the numbers were generated."""
+        m = _DATE.search(self.header)
+        return m.group(1) if m else None
+
+    @property
+    def commit(self) -> str | None:
+        """The commit the numbers were generated at, with the file's remark on it if any."""
+        m = _COMMIT.search(self.header)
+        return None if m is None else m.group(1) + (m.group(2) or "")
+
+
+def real_validation_path() -> Path:
+    """Where the committed ``benchmarks/validation_real.md`` is in a source checkout.
+
+    The repository root is three levels above the installed package's ``__init__.py``
+    (``src/analysis/__init__.py``); in an installed wheel the path does not exist.
+    """
+    import analysis
+
+    return Path(analysis.__file__).resolve().parents[2] / REAL_VALIDATION_FILE
+
+
+def _cells(line: str) -> list[str]:
+    line = line.strip()
+    if line.startswith("|"):
+        line = line[1:]
+    if line.endswith("|") and not line.endswith("\\|"):
+        line = line[:-1]
+    return [c.replace("\\|", "|").replace("**", "").strip() for c in re.split(r"(?<!\\)\|", line)]
+
+
+def _table(lines: list[str]) -> pd.DataFrame:
+    columns = _cells(lines[0])
+    rows = [(_cells(x) + [""] * len(columns))[: len(columns)] for x in lines[2:]]
+    df = pd.DataFrame(rows, columns=columns)
+    for k in range(df.shape[1]):
+        col = df.iloc[:, k]
+        filled = col[col != ""]
+        if len(filled) and filled.map(lambda v: bool(_NUMBER.match(v))).all():
+            values = pd.to_numeric(col.str.replace(",", "", regex=False).replace("", np.nan))
+            if not filled.str.contains(".", regex=False).any() and values.notna().all():
+                values = values.astype(np.int64)
+            df.isetitem(k, values)
+    return df
+
+
+def parse_validation_markdown(text: str, path: Path | None = None) -> RealValidation:
+    r"""Parse a markdown summary into its header paragraph and the pipe tables of each section.
+
+    Generic: any headings (``#`` title, ``##`` ... sections), paragraphs and pipe tables (a
+    row of cells, a ``---`` separator row, rows), so a regenerated file with other parts
+    still parses.
+
+    Parameters
+    ----------
+    text : str
+        Markdown.
+    path : Path, optional
+        Recorded as :attr:`RealValidation.path`.
+
+    Returns
+    -------
+    RealValidation
+
+    Examples
+    --------
+    >>> md = (
+    ...     "# Detection on data we did not make\n\n"
+    ...     "Generated on 2026-11-30, commit 8f04b5d.\n\n"
+    ...     "## Pure noise\n\n"
+    ...     "| noise | ours | peer |\n|---|---|---|\n| Poisson | **0.25** | 1,204 |\n\n"
+    ...     "3 images per kind.\n")
+    >>> v = parse_validation_markdown(md)
+    >>> v.date, v.commit
+    ('2026-11-30', '8f04b5d')
+    >>> v.sections["Pure noise"][0]
+         noise  ours  peer
+    0  Poisson  0.25  1204
+    >>> v.notes["Pure noise"]
+    ['3 images per kind.']
+    """
+    title, header = "", []
+    sections: dict[str, list[pd.DataFrame]] = {}
+    notes: dict[str, list[str]] = {}
+    current: str | None = None
+    paragraph: list[str] = []
+
+    def end_paragraph() -> None:
+        if paragraph:
+            (header if current is None else notes.setdefault(current, [])).append(" ".join(paragraph))
+            paragraph.clear()
+
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        heading = _HEADING.match(line)
+        if heading:
+            end_paragraph()
+            if len(heading.group(1)) == 1 and not title and current is None:
+                title = heading.group(2)
+            else:
+                current = name = heading.group(2)
+                n = 2
+                while current in sections:  # a repeated title gets a number
+                    current, n = f"{name} ({n})", n + 1
+                sections[current], notes[current] = [], []
+        elif "|" in line and i + 1 < len(lines) and _SEPARATOR.match(lines[i + 1]):
+            end_paragraph()
+            j = i + 2
+            while j < len(lines) and lines[j].strip() and "|" in lines[j]:
+                j += 1
+            sections.setdefault("" if current is None else current, []).append(_table(lines[i:j]))
+            i = j
+            continue
+        elif line.strip():
+            paragraph.append(line.strip())
+        else:
+            end_paragraph()
+        i += 1
+    end_paragraph()
+    return RealValidation(title, "\n\n".join(header), sections, notes, path)
+
+
+def load_real_validation(path: str | os.PathLike[str] | None = None) -> RealValidation | None:
+    """The committed validation against data we did not make, or None when the file is absent.
+
+    Parameters
+    ----------
+    path : path, optional
+        The markdown file (default: :func:`real_validation_path`, i.e.
+        ``benchmarks/validation_real.md`` of the source checkout the package runs from).
+
+    Returns
+    -------
+    RealValidation or None
+        None when the file does not exist (e.g. the package installed from a wheel).
+    """
+    path = real_validation_path() if path is None else Path(path)
+    if not path.is_file():
+        log.info("no real-data validation summary at %s", path)
+        return None
+    return parse_validation_markdown(path.read_text(encoding="utf-8"), path=path)
+
+
+def section_purpose(title: str) -> str:
+    """One sentence on what a section of the real-data validation tests ("" if unknown).
+
+    Examples
+    --------
+    >>> section_purpose("b. sim-fish (independent simulator)")[:35]
+    'Images from sim-fish, a simulator n'
+    """
+    low = title.lower()
+    return next((sentence for key, sentence in _SECTION_PURPOSES if key in low), "")
