@@ -13,6 +13,7 @@ import pytest
 
 from analysis.figures import qc_overlay
 from analysis.io import read_image
+from analysis.quality import VALIDATED_RANGE
 from analysis.quantify import quantify_study
 
 
@@ -54,12 +55,17 @@ def test_numbers_follow_the_truth(quantified: Path, small_study: Path) -> None:
     assert (term["microglia_count"] - term["true_microglia_count"]).abs().max() <= 2
     # quality columns: measured SNR near the phantoms' level, estimated recall falls with it
     syn = m[m["readout"] == "synapse"]
-    assert ((syn["measured_snr"] / syn["snr"] - 1).abs() < 0.2).all()  # the phantoms' realised SNR
+    error = syn["measured_snr"] / syn["snr"] - 1  # against the phantoms' realised SNR
+    assert error.abs().max() < 0.25 and error[syn["snr_level"] != "hard"].abs().max() < 0.15
     recall = syn.groupby("snr_level")["spike_in_recall"].median()
     assert recall["high"] >= recall["default"] > recall["hard"] and recall["high"] > 0.9
     assert (syn["spike_in_recall_ci_low"] <= syn["spike_in_recall"]).all()
-    assert m["est_precision"].between(0.85, 1.0).all() and (m["saturated_fraction"] == 0).all()
-    assert m["in_validated_range"].all()  # 0.1 / 0.2 um pixels, 16 bit, SNR >= 3
+    # (the phantoms' detections have a precision of 0.92-0.95)
+    assert m["est_precision"].between(0.8, 1.0).all() and m["est_precision"].median() > 0.9
+    assert (m["saturated_fraction"] == 0).all()
+    # 0.1 / 0.2 um pixels, 16 bit, unsaturated: only the SNR can put a row outside
+    assert (m["in_validated_range"] == (m["measured_snr"] >= VALIDATED_RANGE["puncta"]["min_snr"])).all()
+    assert m.loc[m["snr_level"] != "hard", "in_validated_range"].all()
 
 
 def test_cli_quantify_and_qc_overlay(small_study: Path, tmp_path: Path) -> None:

@@ -77,8 +77,13 @@ class QuantifyParams:
 
 
 #: Spike-in settings of the per-image quality columns: one extra detection per image (one
-#: round), in a 192 x 192 window, of at least 30 spikes (per-image cost measured in the
-#: closing note of issue 12: +X %); see :func:`analysis.quality.spike_in_recall`.
+#: round), in a 192 x 192 window, of at least 30 spikes; see
+#: :func:`analysis.quality.spike_in_recall`.  Measured (CPU time of ``quantify_image``, median
+#: over fields, synapse channel only, on a shared 2-core machine): +0.04-0.05 s per 256 x 256
+#: field (1.5-1.8x), +0.08-0.09 s per 640 x 640 field (1.25-1.3x); the small study (30 images,
+#: 1 worker) 1.15-1.3x.  The whole 256 x 256 field instead of the window costs 2.1-2.3x and
+#: reads the recall of phantom fields 0.01-0.03 lower (closer to the truth).
+#: ``{"spike_in": False}`` in :attr:`QuantifyParams.quality` skips it (recall, precision NaN).
 QUALITY_DEFAULTS: dict[str, Any] = {"spike_in": True, "seed": 0, "min_spikes": 30, "rounds": 1, "window_px": 192}
 
 
@@ -135,7 +140,8 @@ def quantify_image(
         ``spike_in_recall_ci_high``, ``est_precision``; every image: ``saturated_fraction``, the
         largest over the channels read, and ``in_validated_range``, true when every readout
         of the row lies in :data:`analysis.quality.VALIDATED_RANGE`; see
-        :func:`analysis.quality.image_quality`), ``microglia_count``, ``microglia_field_area_mm2``, ``microglia_density_per_mm2``, mean morphology of interior
+        :func:`analysis.quality.image_quality`), ``microglia_count``, ``microglia_field_area_mm2``,
+        ``microglia_density_per_mm2``, mean morphology of interior
         cells (``mean_<readout>``), ``engulfed_puncta_total``, ``engulfed_per_cell``,
         ``cd68_area_fraction``.
     cells : DataFrame
@@ -183,7 +189,8 @@ def quantify_image(
             cells = cells.merge(eng, on="label", how="left")
             row.update(engulfment.engulfment_totals(eng))
         if lys is not None:
-            quality_rows.append({"saturated_fraction": quality.saturated_fraction(lys)})
+            # (the CD68 channel is validated with the microglia, in the same terminal fields)
+            quality_rows.append(quality.image_quality(lys, pixel_size_um, readout="microglia"))
     if quality_rows:
         for q in quality_rows:
             row.update({k: v for k, v in q.items() if k not in ("saturated_fraction", "in_validated_range")})
