@@ -48,7 +48,10 @@ def test_numbers_follow_the_truth(quantified: Path, small_study: Path) -> None:
         pd.read_csv(small_study / "ground_truth.csv"), on="image_id")
     syn = m[(m["readout"] == "synapse") & m["snr_level"].isin(["high", "default"])]
     ratio = syn["n_puncta"] / syn["true_puncta_count"]
-    assert ratio.between(0.75, 1.1).all()  # counts within the measured recall range
+    # counts within the measured range per field: benchmarks/validate_puncta.py (8 fields per
+    # level, size measured on each image) gives count bias +7.4 % (SD 5.2) at high SNR and
+    # +3.4 % (SD 2.4) at default, recall >= 0.95
+    assert ratio.between(0.75, 1.15).all(), ratio.round(3).tolist()
     snr = m[m["readout"] == "synapse"].groupby("snr_level")["puncta_median_snr"].median()
     assert snr["high"] > snr["default"] > snr["hard"]  # the QC figure follows image quality
     term = m[m["readout"] == "terminal"]
