@@ -168,6 +168,45 @@ def test_touching_cells_split_debris_and_fragments_dropped() -> None:
     assert labels[350, 500] == 0 and labels[60:90, 420:480].max() == 0
 
 
+def test_bulb_at_the_end_of_a_process_is_not_a_cell() -> None:
+    # a bright end bulb (6 um across, as bright as the soma) at the tip of a 35-um process:
+    # soma-sized and bright enough to seed, but it has no process of its own and is joined to
+    # one cell only, through the process it ends
+    for bulb_radius_um in (2.5, 3.0, 3.5):
+        mask = np.zeros((400, 500), bool)
+        plus_cell(mask, 200, 150)
+        y, x = draw_process(mask, 200, 150, 20, 35)
+        mask[disk((y, x), bulb_radius_um / PX, shape=mask.shape)] = True
+        image = to_image(mask)
+        assert segment_microglia(image, PX, terminal_swellings=False).max() == 2  # the failure
+        labels = segment_microglia(image, PX)
+        assert labels.max() == 1
+        assert (labels[mask] == 1).mean() >= 0.95  # the bulb and its process stay with the cell
+        m = measure_microglia(labels, None, PX).iloc[0]
+        assert m.soma_x == pytest.approx(150, abs=2) and m.n_primary == 5
+
+
+def test_small_ramified_or_round_neighbours_are_not_taken_for_bulbs() -> None:
+    # a smaller, dimmer ramified cell whose process tip touches a bigger cell: it has
+    # processes of its own, so it stays a cell
+    mask = np.zeros((400, 600), bool)
+    plus_cell(mask, 200, 150)
+    small = np.zeros_like(mask)
+    plus_cell(small, 200, 290, length_um=12, soma_radius_um=3.0)
+    bright = mask * 80.0 + small * 50.0
+    labels = segment_microglia(to_image(mask | small, brightness=np.maximum(bright, 0)), PX)
+    assert labels.max() == 2
+    assert measure_microglia(labels, None, PX).soma_x.round(-1).tolist() == [150.0, 290.0]
+    # a round, process-free (amoeboid) cell, larger than the soma next to it, touching the
+    # tip of its process: a cell, not a bulb
+    mask = np.zeros((400, 500), bool)
+    plus_cell(mask, 200, 150)
+    mask[disk((200, 250), 5 / PX, shape=mask.shape)] = True
+    labels = segment_microglia(to_image(mask), PX)
+    assert labels.max() == 2
+    assert measure_microglia(labels, None, PX).soma_x.round(-1).tolist() == [150.0, 250.0]
+
+
 def test_touching_somata_are_split() -> None:
     mask = np.zeros((300, 400), bool)
     plus_cell(mask, 150, 160, length_um=12)

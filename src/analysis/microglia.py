@@ -31,18 +31,25 @@ Segmentation (:func:`segment_microglia`)
    when the valley between them falls below half of the lower one (``soma_separation``;
    dynamics relative to height, so the rule is the same for dim and bright cells and for
    any gain).  A hill is a soma when the upper half of it holds a compact bright body: the
-   structure at half maximum contains a disk of ``0.8 * soma_min_diameter_um``.  Bulbs,
-   varicosities and process fragments are smaller and seed nothing.
+   structure at half maximum contains a disk of ``0.8 * soma_min_diameter_um``.  Most
+   bulbs, varicosities and process fragments are smaller and seed nothing (for larger
+   bulbs see step 3).
 3. *Cells*: a watershed on the inverted intensity, seeded from the somata, splits touching
    cells (it floods in steps of two noise SDs, so that noise does not decide where a
    uniform process is split: within a step the flood advances by path length); foreground
    not connected to any soma (debris, fragments) is dropped.  A soma-scale hill less than
    ``soma_relative_height`` as high as the soma of a cell it touches is a thickening of
    that cell's process (a bulb, an end-foot), not a soma: its seed is removed and the
-   flood repeated.  Processes that enter the field from a cell outside it are brightest
-   where they cross the edge; such an edge maximum that rises well above the saddle
-   linking it to a cell seeds its own basin, which is dropped, instead of being captured
-   by the neighbouring cell.
+   flood repeated.  Likewise a candidate joined to exactly one other cell, lower and thinner
+   than that cell's soma, whose own cell has no process of its own (no skeleton branch
+   outside its soma, other than the one leading to the other cell, as long as
+   ``soma_min_diameter_um``) is a bright swelling at the end of that cell's process (an
+   end bulb), not a soma: a soma is the hub its processes radiate from and the thickest
+   part of its cell (``terminal_swellings``).  A round, process-free cell larger than the
+   soma it touches stays a cell.  Processes that enter the field from a cell outside it
+   are brightest where they cross the edge; such an edge maximum that rises well above the
+   saddle linking it to a cell seeds its own basin, which is dropped, instead of being
+   captured by the neighbouring cell.
 4. *Counting rule*: a cell whose soma is cut by the image border is kept only when the
    centre of the circle fitted to the visible soma outline lies inside the field, so the
    count per field area estimates the density of somata without edge bias.  Kept cells
@@ -499,6 +506,7 @@ def segment_microglia(
     line_threshold_sd: tuple[float, float] = (3.0, 6.0),
     border_somata: str = "centre",
     entering_process_rise: tuple[float, float] | None = (8.0, 0.3),
+    terminal_swellings: bool = True,
 ) -> np.ndarray:
     """Segment microglia in an Iba1 image: one label per cell, processes attached to their soma.
 
@@ -551,6 +559,12 @@ def segment_microglia(
         ``(k, f)``: a maximum at the field edge rising more than ``max(k * noise SD,
         f * median soma peak)`` above the saddle that links it to a cell is a process of a
         cell outside the field and is dropped.  None: no such test.
+    terminal_swellings : bool
+        Attach terminal swellings to the cell whose process they end: a candidate soma
+        joined to exactly one other cell, lower and thinner than that cell's soma, whose own
+        cell has no process (skeleton branch outside its soma, not leading to the other
+        cell) as long as ``soma_min_diameter_um``, is a swelling at the end of the other
+        cell's process (an end bulb), not a soma.  False: no such test.
 
     Returns
     -------
@@ -614,6 +628,11 @@ def segment_microglia(
         if len(weak):
             markers = np.where(np.isin(markers, weak), 0, markers)
             labels = watershed(levels, markers, mask=fg, connectivity=2)
+    if terminal_swellings:
+        swollen = _terminal_swellings(labels, markers, n, soma_scale, px, soma_min_diameter_um)
+        if len(swollen):
+            markers = np.where(np.isin(markers, swollen), 0, markers)
+            labels = watershed(levels, markers, mask=fg, connectivity=2)
     labels[labels > n] = 0  # basins of processes entering from outside the field
     if border_somata == "centre":
         drop = _somata_centred_outside(np.where(markers <= n, markers, 0))
@@ -622,6 +641,61 @@ def segment_microglia(
     labels, _, _ = relabel_sequential(labels)
     log.debug("segmented %d microglia", int(labels.max()))
     return labels.astype(np.int32)
+
+
+def _terminal_swellings(
+    labels: np.ndarray,
+    markers: np.ndarray,
+    n: int,
+    soma_scale: np.ndarray,
+    px: float,
+    soma_min_diameter_um: float,
+) -> list[int]:
+    """Seeds (1..n) that are swellings at the end of another cell's process, not somata.
+
+    A soma is the hub of its cell, from which the processes radiate, and the thickest and
+    (at soma scale) brightest part of it.  A bright bulb at the end of a process is none of
+    these: its cell is joined to exactly one other cell (through the process it ends), its
+    body is thinner and its soma-scale hill lower than that cell's soma, and it has no
+    process of its own: every skeleton branch outside its soma (:class:`_Cell`, the same
+    conventions as :func:`measure_microglia`) that does not lead to the other cell is
+    shorter than the smallest soma diameter.
+    """
+    cells = np.where(labels <= n, labels, 0)
+    pairs = _touching_pairs(cells)
+    if not len(pairs):
+        return []
+    partners: dict[int, list[int]] = {}
+    for a, b in pairs:
+        partners.setdefault(int(a), []).append(int(b))
+        partners.setdefault(int(b), []).append(int(a))
+    seeds = np.where(markers <= n, markers, 0)
+    height = _label_max(soma_scale, seeds, n)
+    thickness = _label_max(ndi.distance_transform_edt(seeds > 0), seeds, n)
+    candidates = [(a, nb[0]) for a, nb in partners.items()
+                  if len(nb) == 1 and height[a] < height[nb[0]] and thickness[a] < thickness[nb[0]]]
+    if not candidates:
+        return []
+    boxes = ndi.find_objects(cells)
+    min_process_px = soma_min_diameter_um / px
+    out = []
+    for a, b in candidates:
+        box = boxes[a - 1]
+        if box is None:
+            continue
+        sl = tuple(slice(max(s.start - 3, 0), s.stop + 3) for s in box)
+        crop = cells[sl]
+        cell = np.pad(crop == a, 1)
+        c = _Cell(cell, px, soma_min_diameter_um, 1.0)
+        # a branch leads to the other cell when it ends there: the skeleton stops about a
+        # half-width short of the cut, so its tip is within the local half-width of it
+        reach = ndi.distance_transform_edt(cell) + 1.5 - ndi.distance_transform_edt(np.pad(crop != b, 1, constant_values=True))
+        branches, nb = ndi.label(c.outside, structure=_EIGHT)
+        own = [_length_px(br) for br in (branches == k for k in range(1, nb + 1)) if not (reach[br] >= 0).any()]
+        if max(own, default=0.0) < min_process_px:
+            out.append(a)
+    log.debug("%d terminal swellings attached to the cell whose process they end", len(out))
+    return out
 
 
 def _add_entering_markers(
