@@ -80,7 +80,8 @@ def test_recall_estimate_follows_image_quality(phantom_estimates: pd.DataFrame) 
 @pytest.mark.parametrize("level", ["default", "low"])
 def test_precision_estimate_agrees_with_true_precision(phantom_estimates: pd.DataFrame, level: str) -> None:
     d = phantom_estimates[phantom_estimates["level"] == level]
-    assert d["true_precision"].between(0.85, 0.99).all()  # there are false detections to find
+    # there are false detections to find (in at least one field; a field may have none)
+    assert d["true_precision"].between(0.85, 1.0).all() and d["true_precision"].min() < 0.99
     # measured on 8 fields per level: mean error +0.00 to +0.03, per field RMS 0.03-0.04
     assert abs(d["precision"].mean() - d["true_precision"].mean()) <= 0.05
     assert (d["precision"] - d["true_precision"]).abs().max() <= 0.08
