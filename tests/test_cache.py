@@ -92,7 +92,9 @@ def test_changes_recompute_only_what_they_affect(study: Path, tmp_path: Path, ca
     stricter = QuantifyParams(puncta={"threshold_sd": 6.0})
     changed = quantify_study(study / "samples.csv", out, params=stricter, workers=1, progress=False)
     assert len(calls) == 4  # a method parameter: every image again
-    assert (changed["n_puncta"] < base["n_puncta"]).all()  # and the new parameter took effect
+    # and the new parameter took effect (an image whose noise false-discovery step had already
+    # raised its threshold near 6 may keep its count)
+    assert (changed["n_puncta"] <= base["n_puncta"]).all() and changed["n_puncta"].sum() < base["n_puncta"].sum()
     calls.clear()
     quantify_study(study / "samples.csv", out, workers=1, progress=False)
     assert calls == []  # the old parameters' entries are still there

@@ -56,6 +56,11 @@ def test_numbers_follow_the_truth(quantified: Path, small_study: Path) -> None:
     assert snr["high"] > snr["default"] > snr["hard"]  # the QC figure follows image quality
     term = m[m["readout"] == "terminal"]
     assert (term["microglia_count"] - term["true_microglia_count"]).abs().max() <= 2
+    # the undersampled (0.2 um) terminal fields keep most of their puncta at high and default
+    # SNR (0.82-0.94 of the truth; a noise-control step that removed a third to half of them
+    # once passed every other test)
+    bright = term[term["snr_level"].isin(["high", "default"])]
+    assert (bright["n_puncta"] / bright["true_puncta_count"]).between(0.75, 1.05).all()
     # quality columns: measured SNR near the phantoms' level, estimated recall falls with it
     syn = m[m["readout"] == "synapse"]
     error = syn["measured_snr"] / syn["snr"] - 1  # against the phantoms' realised SNR

@@ -196,7 +196,8 @@ def fit_brightness(puncta: pd.DataFrame, threshold_sd: float | None = None) -> d
     puncta : DataFrame
         Detected puncta with ``intensity``, ``snr`` and ``noise_sd``.
     threshold_sd : float, optional
-        Detection threshold in noise SDs (default: ``puncta.attrs["threshold_sd"]``, else 4).
+        Detection threshold in noise SDs (default: ``puncta.attrs["threshold_used"]``, the
+        threshold the detector applied, else ``puncta.attrs["threshold_sd"]``, else 4).
 
     Returns
     -------
@@ -225,7 +226,12 @@ def fit_brightness(puncta: pd.DataFrame, threshold_sd: float | None = None) -> d
     >>> round(float(np.exp(np.log(snr[det]).mean())), 1)  # the detected ones alone: too bright
     6.8
     """
-    t = float(threshold_sd if threshold_sd is not None else puncta.attrs.get("threshold_sd", 4.0))
+    # the detector may raise its threshold above threshold_sd (noise false-discovery step):
+    # the brightness distribution is truncated where it actually cut
+    t = float(threshold_sd if threshold_sd is not None
+              else puncta.attrs.get("threshold_used", puncta.attrs.get("threshold_sd", 4.0)))
+    if not np.isfinite(t):
+        t = float(puncta.attrs.get("threshold_sd", 4.0))
     empty = {"mu": np.nan, "sigma": np.nan, "mean_snr": np.nan, "peak_per_sd": np.nan, "model_recall": np.nan,
              "n": 0, "method": "none"}
     if len(puncta) == 0:
