@@ -48,7 +48,9 @@ fitted amplitude is significant is kept:
    puncta reported: crowded fields keep ``threshold_sd``, pure noise gives nothing.  Skewed
    pixel noise (few photons per pixel, clipping at zero, photomultiplier gain noise) has a
    heavier upper tail: its skewness is measured in the darkest parts of the image
-   (:func:`noise_sd_map`) and the expected rate is corrected (Cornish-Fisher).  (A
+   (:func:`noise_sd_map`) and the expected rate is corrected (the significance is converted
+   to the Gaussian one with the same tail probability under a standardised gamma law of that
+   skewness).  (A
    permutation null, the image's own residuals shuffled, was tried and rejected: with puncta
    of about one pixel, as at 0.2 um sampling, a shuffled field reproduces the puncta and the
    step removed a third to half of the real ones.)
@@ -288,8 +290,9 @@ def _dark_skewness(resid_blocks: np.ndarray, level: np.ndarray, var: np.ndarray)
     boxes (fewest puncta; the shot noise is most skewed there).  For independent pixel noise
     the residual (kernel weights ``k``, ``sum k^2 = 1``, ``sum k^3 = 1/6``) has 1/6 of the
     pixels' skewness.  Residuals are winsorised at 6 robust SDs (a few puncta must not
-    decide) and the result is clipped to [0, 2] (the range where a Cornish-Fisher correction
-    of the tail holds)."""
+    decide) and the result is clipped to [0, 2] (a photon count of 1/4 per pixel, or noise
+    clipped at zero over half the pixels; more than that is punctate structure of the dark
+    regions rather than noise)."""
     dark = level <= np.quantile(level, 0.25)
     r = resid_blocks[dark] / np.sqrt(np.maximum(var[dark], 1e-300))[:, None]
     r = np.clip(r - np.median(r, axis=1, keepdims=True), -6.0, 6.0).ravel()
@@ -631,6 +634,32 @@ def noise_detection_rate(u: np.ndarray | float, sigma_px: float) -> np.ndarray:
         a = _NOISE_RATE_A[-1] - 2.0 * (ls - log_s[-1])
     u = np.asarray(u, float)
     return np.exp(a + _NOISE_RATE_B * u + _NOISE_RATE_C * u**2)
+
+
+def _gaussian_equivalent(u: np.ndarray, skew: float) -> np.ndarray:
+    """The Gaussian significance with the same upper-tail probability as ``u`` standard
+    deviations of a unit-variance variable with skewness ``skew`` (a standardised gamma
+    variable: monotone in ``u`` for any skewness, unlike the Cornish-Fisher expansion, and
+    Gaussian as the skewness goes to 0).  Not below 2 (the calibrated noise rate holds from
+    about there up).
+
+    Examples
+    --------
+    >>> _gaussian_equivalent(np.array([4.0]), 0.0).round(2).tolist()
+    [4.0]
+    >>> bool(_gaussian_equivalent(np.array([4.0]), 0.5)[0] < 3.5)  # a heavier upper tail
+    True
+    """
+    from scipy import stats
+
+    u = np.asarray(u, float)
+    if skew < 1e-3:
+        return np.maximum(u, 2.0)
+    k = 4.0 / skew**2
+    tail = stats.gamma.logsf(k + u * np.sqrt(k), k)
+    with np.errstate(under="ignore"):
+        p = np.exp(tail)
+    return np.clip(stats.norm.isf(p), 2.0, 40.0)  # (p underflowing to 0: far beyond any noise)
 
 
 def _kernel_skew_factor(scale: "_Scale") -> float:
@@ -1068,9 +1097,9 @@ def detect_puncta(
         # step-up: the lowest significance at which expected noise maxima <= fdr x reported
         order = np.sort(t)[::-1]
         # skewed pixel noise (few photons, clipping, photomultiplier gain) has a heavier upper
-        # tail: Cornish-Fisher, with the skewness of the nominal response
+        # tail: the Gaussian equivalent of each significance, with the response's skewness
         gamma = noise_info["skew"] * _kernel_skew_factor(nominal)
-        expected = noise_detection_rate(order - gamma * (order**2 - 1.0) / 6.0, float(sigma0[-1])) * img.size
+        expected = noise_detection_rate(_gaussian_equivalent(order, gamma), float(sigma0[-1])) * img.size
         ok = expected <= noise_fdr * np.arange(1, len(order) + 1)
         threshold_used = float(order[np.flatnonzero(ok).max()]) if ok.any() else np.inf
         keep = t >= threshold_used
