@@ -155,16 +155,21 @@ def test_culture_field11_with_our_detector() -> None:
     from analysis.synapses import detect_puncta
 
     px = 0.325
-    post = tifffile.imread(CULTURE / "field11_postEx.tif")
-    pre = tifffile.imread(CULTURE / "field11_preEx.tif")
-    dend = dendrite_mask(tifffile.imread(CULTURE / "field11_MAP2.tif"), px)
-    nuc = nucleus_mask(tifffile.imread(CULTURE / "field11_DAPI.tif"), px)
+    # a 512 x 512 crop (166 um) with dendrites, somata and a nucleus keeps the test fast
+    crop = (slice(300, 812), slice(150, 662))
+    post = tifffile.imread(CULTURE / "field11_postEx.tif")[crop]
+    pre = tifffile.imread(CULTURE / "field11_preEx.tif")[crop]
+    dend = dendrite_mask(tifffile.imread(CULTURE / "field11_MAP2.tif")[crop], px)
+    nuc = nucleus_mask(tifffile.imread(CULTURE / "field11_DAPI.tif")[crop], px)
     p_post = detect_puncta(post, px)[["y", "x"]].to_numpy()
     p_pre = detect_puncta(pre, px)[["y", "x"]].to_numpy()
     assert len(p_post) > 0 and len(p_pre) > 0
     assert 0.05 < dend.mean() < 0.6 and 0.0 < nuc.mean() < 0.2
-    assert np.isfinite(enrichment_near(p_post, dend, px))
+    # puncta are paired above chance and not depleted near dendrites (a detector painting the
+    # field uniformly gives 0 and 1; measured on this crop: 0.20 and 1.07, where dendrites
+    # cover much of the field); the targets (big-fish's 2.0-2.3 enrichment and
+    # 0.40-0.45 pairing on the whole fields) are not met yet: benchmarks/RESULTS.md
+    assert enrichment_near(p_post, dend, px) > 1.0
     assert np.isfinite(density_per_10um(p_post, dend, px))
-    assert np.isfinite(pairing_above_chance(p_pre, p_post, px, shape=post.shape)["above_chance"])
-    # the detector is being improved: only the nuclei check is pinned
+    assert pairing_above_chance(p_pre, p_post, px, shape=post.shape)["above_chance"] > 0.1
     assert fraction_inside(p_post, nuc) <= 0.05
