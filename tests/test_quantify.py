@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import quantify, synapses
 from analysis.figures import qc_overlay
 from analysis.io import read_image
 from analysis.quality import VALIDATED_RANGE
-from analysis.quantify import quantify_study
+from analysis.quantify import quantify_study, read_puncta
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,42 @@ def test_tables_one_row_per_image_with_sheet_columns(quantified: Path, small_stu
     assert cells.groupby("image_id").size().reindex(term["image_id"], fill_value=0).tolist() == \
         term["microglia_count"].astype(int).tolist()
     assert m.loc[m["microglia_channel"].isna(), "microglia_count"].isna().all()
+
+
+def test_puncta_table_holds_the_counted_detections(quantified: Path, small_study: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    m = pd.read_parquet(quantified / "measurements.parquet")
+    puncta = pd.read_parquet(quantified / "puncta.parquet")
+    assert list(puncta.columns) == ["image_id", "y", "x", "intensity", "snr", "sigma_um", "in_analysed_area"]
+    assert puncta["image_id"].isin(m["image_id"]).all() and puncta.notna().all().all()
+    # every image (longitudinal and terminal fields): the counted rows are the n_puncta of the row
+    counted = puncta[puncta["in_analysed_area"]].groupby("image_id").size()
+    assert counted.reindex(m["image_id"], fill_value=0).tolist() == m["n_puncta"].astype(int).tolist()
+    assert (puncta.groupby("image_id").size() >= counted).all()
+    # one image's rows carry the detector's attrs: its analysed area is reproduced exactly from them
+    sheet = pd.read_csv(small_study / "samples.csv")
+    for image_id in (m.loc[m.microglia_channel.isna(), "image_id"].iloc[0],
+                     m.loc[m.microglia_channel.notna(), "image_id"].iloc[-1]):
+        mine = read_puncta(quantified, image_id)
+        assert len(mine) == (puncta["image_id"] == image_id).sum() and "noise_alpha" in mine.attrs
+        row = sheet.set_index("image_id").loc[image_id]
+        data, _ = read_image(small_study / row.path)
+        mask = synapses.analysed_area_mask(data[0][0], row.pixel_size_um, puncta=mine)
+        d = synapses.synapse_density(mine, mask, row.pixel_size_um)
+        mrow = m.set_index("image_id").loc[image_id]
+        assert d["n_puncta"] == mrow.n_puncta and d["analysed_area_um2"] == mrow.analysed_area_um2
+        assert (synapses.synapse_density(mine[mine.in_analysed_area], mask, row.pixel_size_um)["n_puncta"]
+                == mrow.n_puncta)
+
+    # a rerun from the cache (nothing quantified) writes the same file
+    def fail(task: object) -> None:
+        raise AssertionError("quantified again")
+
+    monkeypatch.setattr(quantify, "_quantify_row", fail)
+    again = quantified.parent / f"{quantified.name}-again"
+    quantify_study(small_study / "samples.csv", again, workers=1, progress=False, cache_dir=quantified / "cache")
+    assert (again / "puncta.parquet").read_bytes() == (quantified / "puncta.parquet").read_bytes()
+    assert (again / "cells.parquet").read_bytes() == (quantified / "cells.parquet").read_bytes()
 
 
 def test_numbers_follow_the_truth(quantified: Path, small_study: Path) -> None:
@@ -76,7 +113,7 @@ def test_numbers_follow_the_truth(quantified: Path, small_study: Path) -> None:
     assert m.loc[m["snr_level"] != "hard", "in_validated_range"].all()
 
 
-def test_cli_quantify_and_qc_overlay(small_study: Path, tmp_path: Path) -> None:
+def test_cli_quantify_and_qc_overlay(small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     res = subprocess.run([sys.executable, "-m", "analysis", "-q", "quantify", "--samples",
                           str(small_study / "samples.csv"), "--out", str(tmp_path), "--workers", "1"],
                          capture_output=True, text=True)
@@ -84,7 +121,20 @@ def test_cli_quantify_and_qc_overlay(small_study: Path, tmp_path: Path) -> None:
     assert (tmp_path / "measurements.parquet").exists() and (tmp_path / "cells.parquet").exists()
     term = sorted((small_study / "images").glob("*_term_*"))[0]
     data, info = read_image(term)
-    fig = qc_overlay(data, info.pixel_size_um, synapse_channel=0, microglia_channel=1, lysosome_channel=2)
+    puncta = read_puncta(tmp_path / "puncta.parquet", term.name.removesuffix(".ome.tif"))
+    n_counted = pd.read_parquet(tmp_path / "measurements.parquet").set_index("image_id").loc[
+        term.name.removesuffix(".ome.tif"), "n_puncta"]
+    assert len(puncta) >= n_counted > 0
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("detected again")
+
+    monkeypatch.setattr(synapses, "detect_puncta", fail)  # the stored puncta are drawn
+    fig = qc_overlay(data, info.pixel_size_um, synapse_channel=0, microglia_channel=1, lysosome_channel=2,
+                     puncta=puncta)
+    (drawn,) = [c for c in fig.axes[0].collections if c.get_label() == "puncta"]
+    assert len(drawn.get_offsets()) == len(puncta)
+    assert fig.axes[0].get_title().startswith(f"PSD95: {n_counted} puncta counted")
     assert len(fig.axes) == 2 and "cells" in fig.axes[1].get_title()
     assert len(fig.axes[1].patches) > 0  # Sholl circles drawn
     plt.close(fig)

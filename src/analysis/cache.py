@@ -1,7 +1,9 @@
 """Per-image result cache of the quantification (one Parquet file per image).
 
 An entry holds the per-cell table of one image as Parquet, with the image-level readouts
-(one row) as JSON in the file's key-value metadata.  Its name is a SHA-256 over everything
+(one row) as JSON and the per-punctum detections of its synapse channel (a small Parquet
+table, :func:`read_puncta`) in the file's key-value metadata, so one file (written atomically)
+holds everything the outputs are assembled from.  Its name is a SHA-256 over everything
 that determines the result: the image file's content hash, the quantification parameters,
 the sample-sheet fields that enter the quantification (pixel size, channel roles), the
 package version, a digest of the source of the image-analysis modules (so an edit to the
@@ -40,14 +42,16 @@ from analysis.errors import InputError, Problem
 from analysis.files import atomic_path
 
 __all__ = ["CACHE_FORMAT", "code_digest", "entry_key", "entry_path", "write_entry", "read_row", "read_cells",
-           "remove_stray_temporaries"]
+           "read_puncta", "puncta_attrs", "remove_stray_temporaries"]
 
 log = logging.getLogger(__name__)
 
 #: Version of the entry layout; bump it when the layout or its meaning changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the per-punctum detections are stored too
 
 _ROW_KEY = b"analysis.row"
+_PUNCTA_KEY = b"analysis.puncta"
+_ATTRS_KEY = b"analysis.attrs"
 
 #: Modules whose source decides a per-image result.
 _CODE_MODULES = ("analysis.quantify", "analysis.synapses", "analysis.microglia", "analysis.engulfment",
@@ -121,7 +125,8 @@ def entry_path(cache_dir: str | os.PathLike[str], key: str) -> Path:
     return Path(cache_dir) / key[:2] / f"{key}.parquet"
 
 
-def write_entry(path: str | os.PathLike[str], row: dict[str, Any], cells: pd.DataFrame) -> None:
+def write_entry(path: str | os.PathLike[str], row: dict[str, Any], cells: pd.DataFrame,
+                puncta: pd.DataFrame | None = None) -> None:
     """Write one entry atomically (temporary file, then rename).
 
     Parameters
@@ -132,11 +137,20 @@ def write_entry(path: str | os.PathLike[str], row: dict[str, Any], cells: pd.Dat
         Image-level readouts (numbers; NaN allowed).
     cells : DataFrame
         Per-cell table (may be empty).
+    puncta : DataFrame, optional
+        Per-punctum table of the synapse channel (None or empty: no puncta).
     """
     table = pa.Table.from_pandas(cells.reset_index(drop=True), preserve_index=False)
     row_json = json.dumps({k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()},
                           allow_nan=True)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _ROW_KEY: row_json.encode()})
+    meta = {**(table.schema.metadata or {}), _ROW_KEY: row_json.encode()}
+    if puncta is not None and len(puncta.columns):
+        sink = pa.BufferOutputStream()
+        attrs = json.dumps(_plain(dict(puncta.attrs)), allow_nan=True).encode()
+        pq.write_table(pa.Table.from_pandas(puncta.reset_index(drop=True), preserve_index=False)
+                       .replace_schema_metadata({_ATTRS_KEY: attrs}), sink)
+        meta[_PUNCTA_KEY] = sink.getvalue().to_pybytes()
+    table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -164,6 +178,25 @@ def read_cells(path: str | os.PathLike[str]) -> pa.Table:
     except (OSError, pa.ArrowException) as exc:
         raise _corrupt(p, exc) from None
     return table.replace_schema_metadata(None)
+
+
+def read_puncta(path: str | os.PathLike[str]) -> pa.Table:
+    """The per-punctum table stored in an entry (no columns when the image had no synapse channel).
+
+    Its schema metadata holds the detector's attrs (:func:`puncta_attrs`).
+    """
+    p = Path(path)
+    try:
+        blob = (pq.read_schema(p).metadata or {}).get(_PUNCTA_KEY)
+        return pa.table({}) if blob is None else pq.read_table(pa.BufferReader(blob))
+    except (OSError, pa.ArrowException) as exc:
+        raise _corrupt(p, exc) from None
+
+
+def puncta_attrs(table: pa.Table) -> dict[str, Any]:
+    """The detector's attrs stored with a :func:`read_puncta` table."""
+    blob = (table.schema.metadata or {}).get(_ATTRS_KEY)
+    return json.loads(blob) if blob else {}
 
 
 def remove_stray_temporaries(folder: str | os.PathLike[str], names: tuple[str, ...] | None = None) -> int:

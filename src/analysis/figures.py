@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,7 +13,8 @@ from matplotlib.figure import Figure
 from analysis.design import GROUP_COLUMNS, group_label
 from analysis.io import read_image
 
-__all__ = ["add_scale_bar", "display_range", "example_fields", "qc_overlay", "longitudinal_plot", "forest_plot"]
+__all__ = ["add_scale_bar", "display_range", "example_fields", "qc_overlay", "qc_crops", "crop_windows", "qc_images",
+           "longitudinal_plot", "forest_plot"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,43 @@ def example_fields(samples: pd.DataFrame, *, max_groups: int | None = None, pane
     return fig
 
 
+def _synapse_stack(data: np.ndarray, channel: int) -> np.ndarray:
+    """The synapse channel as quantified: YX for a single plane, ZYX for a stack."""
+    plane = data[int(channel)]
+    return plane[0] if plane.shape[0] == 1 else plane
+
+
+def _counted_puncta(stack: np.ndarray, pixel_size_um: float, puncta: pd.DataFrame | None,
+                    params: Any) -> tuple[np.ndarray, pd.DataFrame]:
+    """(image the mask is computed on, puncta): the given puncta with the channel as quantified,
+    or (with a warning) a new detection on its max projection when none are given."""
+    from analysis import synapses
+
+    if puncta is not None:
+        return stack, puncta
+    log.warning("no puncta given: detecting them again for the QC picture, which may differ from the counted "
+                "ones; pass puncta= (the image's rows of puncta.parquet)")
+    plane = stack if stack.ndim == 2 else stack.max(axis=0)
+    return plane, synapses.detect_puncta(plane, pixel_size_um, **(getattr(params, "puncta", None) or {}))
+
+
+def _analysed_area(stack: np.ndarray, pixel_size_um: float, puncta: pd.DataFrame) -> np.ndarray:
+    """The analysed-area mask as the quantification computes it (with the counted puncta), as YX."""
+    from analysis import synapses
+
+    mask = synapses.analysed_area_mask(stack, pixel_size_um, puncta=puncta)
+    return mask if mask.ndim == 2 else mask.any(axis=0)
+
+
+def _counted(puncta: pd.DataFrame, mask: np.ndarray) -> np.ndarray:
+    """Which puncta are counted: the stored ``in_analysed_area``, else their nearest pixel in ``mask``."""
+    if "in_analysed_area" in puncta:
+        return puncta["in_analysed_area"].to_numpy(bool)
+    iy = np.clip(np.rint(np.asarray(puncta["y"], float)).astype(int), 0, mask.shape[0] - 1)
+    ix = np.clip(np.rint(np.asarray(puncta["x"], float)).astype(int), 0, mask.shape[1] - 1)
+    return mask[iy, ix].astype(bool)
+
+
 def qc_overlay(
     data: np.ndarray,
     pixel_size_um: float,
@@ -105,15 +144,18 @@ def qc_overlay(
     synapse_channel: int | None = 0,
     microglia_channel: int | None = None,
     lysosome_channel: int | None = None,
+    puncta: pd.DataFrame | None = None,
+    params: Any = None,
     sholl_step_um: float = 5.0,
     panel_inches: float = 4.0,
 ) -> Figure:
     """Draw what the quantification found on the image, for a human check.
 
-    Left: the PSD95 channel with detected puncta (red circles).  Right (when a microglia
+    Left: the PSD95 channel (max projection) with the puncta (red circles: counted; blue:
+    detected outside the analysed area, whose border is orange).  Right (when a microglia
     channel exists): Iba1 with cell outlines (one colour per cell, cells cut by the border
-    dashed), pruned skeletons (cyan), CD68 (yellow outline) and Sholl circles around each
-    soma every ``sholl_step_um``.
+    dashed), pruned skeletons (cyan), CD68 (yellow outline) and Sholl circles around each soma
+    every ``sholl_step_um``.
 
     Parameters
     ----------
@@ -122,14 +164,24 @@ def qc_overlay(
     pixel_size_um : float
     synapse_channel, microglia_channel, lysosome_channel : int or None
         Channel roles.
+    puncta : DataFrame, optional
+        The image's rows of ``puncta.parquet`` (written by
+        :func:`analysis.quantify.quantify_study`): exactly these points are drawn, so the
+        picture shows what was counted.  Without it the puncta are detected again (with
+        ``params.puncta``, default parameters otherwise) and a warning is logged.
+    params : QuantifyParams, optional
+        Parameters of the quantification (microglia and CD68 segmentation; puncta only when
+        ``puncta`` is not given).
+    sholl_step_um, panel_inches : float
 
     Returns
     -------
     matplotlib.figure.Figure
+        The puncta are the scatter collection labelled ``"puncta"`` of the first axis.
     """
     from skimage.segmentation import find_boundaries
 
-    from analysis import engulfment, microglia, synapses
+    from analysis import engulfment, microglia
 
     panels = [c for c in (synapse_channel, microglia_channel) if c is not None and not pd.isna(c)]
     fig, axes = plt.subplots(1, len(panels), figsize=(panel_inches * len(panels), panel_inches),
@@ -137,19 +189,23 @@ def qc_overlay(
     axes = axes[0]
     i = 0
     if synapse_channel is not None and not pd.isna(synapse_channel):
-        plane = data[int(synapse_channel)].max(axis=0)
-        puncta = synapses.detect_puncta(plane, pixel_size_um)
-        mask = synapses.analysed_area_mask(plane, pixel_size_um)
+        stack = _synapse_stack(data, synapse_channel)
+        plane = stack if stack.ndim == 2 else stack.max(axis=0)
+        stack, pts = _counted_puncta(stack, pixel_size_um, puncta, params)
+        mask = _analysed_area(stack, pixel_size_um, pts)
         ax = axes[i]
         ax.imshow(display_range(plane), cmap="gray", interpolation="nearest")
         ax.contour(mask, levels=[0.5], colors="orange", linewidths=0.8)
-        ax.scatter(puncta["x"], puncta["y"], s=12, facecolors="none", edgecolors="red", linewidths=0.5)
-        ax.set_title(f"PSD95: {len(puncta)} puncta (orange: analysed area)", fontsize=9)
+        counted = _counted(pts, mask)
+        ax.scatter(pts["x"], pts["y"], s=12, facecolors="none", edgecolors=np.where(counted, "red", "deepskyblue"),
+                   linewidths=0.5, label="puncta")
+        ax.set_title(f"PSD95: {int(counted.sum())} puncta counted (red; blue: outside the analysed area, orange)",
+                     fontsize=9)
         add_scale_bar(ax, pixel_size_um)
         i += 1
     if microglia_channel is not None and not pd.isna(microglia_channel):
         plane = data[int(microglia_channel)].max(axis=0)
-        labels = microglia.segment_microglia(plane, pixel_size_um)
+        labels = microglia.segment_microglia(plane, pixel_size_um, **(getattr(params, "microglia", None) or {}))
         cells = microglia.measure_microglia(labels, None, pixel_size_um)
         ax = axes[i]
         ax.imshow(display_range(plane), cmap="gray", interpolation="nearest")
@@ -157,7 +213,8 @@ def qc_overlay(
         sk = microglia.skeleton_image(labels, pixel_size_um)
         ax.imshow(np.ma.masked_where(~sk, sk), cmap="cool", interpolation="nearest", alpha=0.9)
         if lysosome_channel is not None and not pd.isna(lysosome_channel):
-            lys = engulfment.segment_lysosomes(data[int(lysosome_channel)].max(axis=0), pixel_size_um)
+            lys = engulfment.segment_lysosomes(data[int(lysosome_channel)].max(axis=0), pixel_size_um,
+                                               **(getattr(params, "lysosomes", None) or {}))
             ax.contour(lys, levels=[0.5], colors="yellow", linewidths=0.6)
         for r in cells.itertuples():
             for rad in np.arange(sholl_step_um, 30.0 + 1e-9, sholl_step_um):
@@ -171,6 +228,187 @@ def qc_overlay(
         ax.set_xticks([])
         ax.set_yticks([])
     return fig
+
+
+def crop_windows(mask: np.ndarray, puncta: pd.DataFrame, pixel_size_um: float, *, n_crops: int = 3,
+                 side_um: float = 10.0, min_analysed: float = 0.5) -> pd.DataFrame:
+    """Square windows of an image chosen for QC crops: densest, median, ..., sparsest.
+
+    The field is tiled by non-overlapping squares of ``side_um`` (the grid centred on the
+    image); squares with at least ``min_analysed`` of their area inside the analysed area are
+    ranked by detections per analysed pixel (ties: the first in reading order), and
+    ``n_crops`` are taken at evenly spaced ranks from the densest to the sparsest.
+
+    Parameters
+    ----------
+    mask : ndarray
+        Analysed area, YX (bool).
+    puncta : DataFrame
+        Detections (``y``, ``x`` in pixels).
+    pixel_size_um : float
+    n_crops : int
+    side_um : float
+        Side of a window.
+    min_analysed : float
+        Least fraction of a window inside the analysed area.
+
+    Returns
+    -------
+    DataFrame
+        One row per window (at most ``n_crops``; fewer when the field has fewer windows),
+        densest first: ``y0``, ``x0``, ``side_px``, ``n_puncta``, ``analysed_fraction``,
+        ``density_per_100um2`` (detections per 100 um^2 of analysed area), ``rank``.
+    """
+    side = max(int(round(side_um / pixel_size_um)), 1)
+    ny, nx = mask.shape[0] // side, mask.shape[1] // side
+    cols = ["y0", "x0", "side_px", "n_puncta", "analysed_fraction", "density_per_100um2", "rank"]
+    if ny == 0 or nx == 0 or n_crops < 1:
+        return pd.DataFrame(columns=cols)
+    oy, ox = (mask.shape[0] - ny * side) // 2, (mask.shape[1] - nx * side) // 2
+    area = mask[oy:oy + ny * side, ox:ox + nx * side].reshape(ny, side, nx, side).mean(axis=(1, 3))
+    iy = np.floor((np.asarray(puncta["y"], float) + 0.5 - oy) / side).astype(int)
+    ix = np.floor((np.asarray(puncta["x"], float) + 0.5 - ox) / side).astype(int)
+    inside = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
+    counts = np.zeros((ny, nx), int)
+    np.add.at(counts, (iy[inside], ix[inside]), 1)
+    wy, wx = np.nonzero(area >= min_analysed)
+    if len(wy) == 0:
+        return pd.DataFrame(columns=cols)
+    dens = counts[wy, wx] / (area[wy, wx] * (side * pixel_size_um) ** 2) * 100.0
+    order = np.lexsort((np.arange(len(wy)), -dens))  # densest first, reading order on ties
+    picks = np.unique(np.round(np.linspace(0, len(order) - 1, min(n_crops, len(order)))).astype(int))
+    sel = order[picks]
+    return pd.DataFrame({"y0": oy + wy[sel] * side, "x0": ox + wx[sel] * side, "side_px": side,
+                         "n_puncta": counts[wy[sel], wx[sel]], "analysed_fraction": area[wy[sel], wx[sel]],
+                         "density_per_100um2": dens[sel], "rank": picks})
+
+
+def qc_crops(
+    data: np.ndarray,
+    pixel_size_um: float,
+    puncta: pd.DataFrame,
+    *,
+    synapse_channel: int = 0,
+    n_crops: int = 3,
+    side_um: float = 10.0,
+    mask: np.ndarray | None = None,
+    panel_inches: float = 3.0,
+) -> Figure:
+    """Zoomed crops of the synapse channel with every counted punctum marked, to judge each one.
+
+    The crops are chosen by :func:`crop_windows` (densest, median and sparsest ~10 um squares
+    of the analysed area by default) from the given detections, never from a new detection.
+    Pixels are drawn as blocks (nearest interpolation) on the grey scale of the whole field
+    (0.5-99.8 percentiles of its max projection, so crops compare with each other and with
+    :func:`qc_overlay`); each punctum is a ring of radius 2 sigma (its fitted size) around its
+    centre (at least 1.5 pixels), red when counted, blue when outside the analysed area (border orange); scale bars
+    are 2 um.
+
+    Parameters
+    ----------
+    data : ndarray
+        Image with axes CZYX (:func:`analysis.io.read_image`).
+    pixel_size_um : float
+    puncta : DataFrame
+        The image's rows of ``puncta.parquet`` (``y``, ``x`` in pixels; ``sigma_um``).
+    synapse_channel : int
+    n_crops : int
+    side_um : float
+        Side of each crop.
+    mask : ndarray, optional
+        Analysed area (YX); by default computed as the quantification does, with ``puncta``.
+    panel_inches : float
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axis per crop (fewer than ``n_crops`` when the field holds fewer windows), in
+        image pixel coordinates; each has one scatter collection labelled ``"puncta"``.
+    """
+    stack = _synapse_stack(data, synapse_channel)
+    plane = stack if stack.ndim == 2 else stack.max(axis=0)
+    if mask is None:
+        mask = _analysed_area(stack, pixel_size_um, puncta)
+    windows = crop_windows(mask, puncta, pixel_size_um, n_crops=n_crops, side_um=side_um)
+    fig, axes = plt.subplots(1, max(len(windows), 1), figsize=(panel_inches * max(len(windows), 1), panel_inches),
+                             squeeze=False, layout="constrained")
+    axes = axes[0]
+    if windows.empty:
+        axes[0].text(0.5, 0.5, f"no {side_um:g} um window in the analysed area", ha="center", va="center",
+                     transform=axes[0].transAxes, fontsize=8)
+        axes[0].set_axis_off()
+        return fig
+    shown = display_range(plane)
+    names = {0: "densest"}
+    ranks = windows["rank"].to_numpy()
+    last = int(ranks.max())
+    y = np.asarray(puncta["y"], float)
+    x = np.asarray(puncta["x"], float)
+    sigma_px = (np.asarray(puncta["sigma_um"], float) / pixel_size_um if "sigma_um" in puncta
+                else np.ones(len(puncta)))
+    counted = _counted(puncta, mask)
+    for ax, w in zip(axes, windows.itertuples()):
+        y0, x0, n = int(w.y0), int(w.x0), int(w.side_px)
+        ax.imshow(shown[y0:y0 + n, x0:x0 + n], cmap="gray", interpolation="nearest", vmin=0, vmax=1,
+                  extent=(x0 - 0.5, x0 + n - 0.5, y0 + n - 0.5, y0 - 0.5))
+        ax.contour(np.arange(x0, x0 + n), np.arange(y0, y0 + n), mask[y0:y0 + n, x0:x0 + n].astype(float),
+                   levels=[0.5], colors="orange", linewidths=0.8)
+        sel = (y >= y0 - 0.5) & (y < y0 + n - 0.5) & (x >= x0 - 0.5) & (x < x0 + n - 0.5)
+        points_per_px = panel_inches * 72.0 / n
+        ring = np.maximum(2.0 * sigma_px[sel], 1.5) * points_per_px  # radius in points (>= 1.5 px)
+        ax.scatter(x[sel], y[sel], s=(2.0 * ring) ** 2, facecolors="none", linewidths=0.8,
+                   edgecolors=np.where(counted[sel], "red", "deepskyblue"), label="puncta")
+        ax.set_xlim(x0 - 0.5, x0 + n - 0.5)
+        ax.set_ylim(y0 + n - 0.5, y0 - 0.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        add_scale_bar(ax, pixel_size_um, length_um=2.0)
+        kind = names.get(int(w.rank), "sparsest" if int(w.rank) == last else "median" if len(windows) == 3 else
+                         f"rank {int(w.rank) + 1}")
+        ax.set_title(f"{kind}: {int(sel.sum())} puncta, {w.density_per_100um2:.0f}/100 um² analysed\n"
+                     f"(x {x0}-{x0 + n}, y {y0}-{y0 + n} px)", fontsize=8)
+    return fig
+
+
+def qc_images(measurements: pd.DataFrame, *, max_images: int = 6) -> pd.DataFrame:
+    """The images to show in QC: fields the statistics use, across quality and session kinds.
+
+    In this order, without repeats, at most ``max_images``: the synapse field with the lowest
+    and the one with the highest measured SNR (``measured_snr``), then for each session kind
+    (``session`` column when present, else longitudinal / terminal) the field of median
+    measured SNR.  Synapse fields are those without a microglia channel; terminal fields
+    carry one.  Only images with a synapse readout (``n_puncta``) are candidates.
+
+    Parameters
+    ----------
+    measurements : DataFrame
+        ``measurements.parquet``.
+    max_images : int
+
+    Returns
+    -------
+    DataFrame
+        The chosen rows of ``measurements`` with a column ``qc_reason``.
+    """
+    m = measurements.reset_index(drop=True)
+    if "n_puncta" in m:
+        m = m[m["n_puncta"].notna()]  # a synapse readout to show
+    snr = m["measured_snr"] if "measured_snr" in m else pd.Series(np.nan, index=m.index)
+    terminal = m["microglia_channel"].notna() if "microglia_channel" in m else pd.Series(False, index=m.index)
+    kind = m["session"].astype(str) if "session" in m else terminal.map({True: "terminal", False: "longitudinal"})
+    picks: list[tuple[int, str]] = []
+    syn = snr[~terminal & snr.notna()].sort_values(kind="stable")
+    if len(syn):
+        picks += [(int(syn.index[0]), "lowest measured SNR"), (int(syn.index[-1]), "highest measured SNR")]
+    for k in dict.fromkeys(kind):
+        sub = snr[(kind == k)].sort_values(kind="stable")
+        if len(sub):
+            picks.append((int(sub.index[(len(sub) - 1) // 2]), f"{k}: median measured SNR"))
+    seen: dict[int, str] = {}
+    for i, why in picks:
+        seen.setdefault(i, why)
+    idx = list(seen)[:max_images]
+    return m.loc[idx].assign(qc_reason=[seen[i] for i in idx])
 
 
 def longitudinal_plot(session_means: pd.DataFrame, value: str = "puncta_density_per_100um2",

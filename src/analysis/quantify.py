@@ -3,8 +3,9 @@
 :func:`quantify_image` turns one image (axes CZYX) and its channel roles into one row of
 readouts plus a per-cell table; :func:`quantify_study` runs it over every image of a sample
 sheet in parallel (dask.distributed: a local cluster by default, or an existing cluster)
-and writes ``measurements.parquet`` (one row per image, every sheet column carried through)
-and ``cells.parquet`` (one row per microglia cell) into ``out_dir``.  Each image's result is
+and writes ``measurements.parquet`` (one row per image, every sheet column carried through),
+``cells.parquet`` (one row per microglia cell) and ``puncta.parquet`` (one row per detected
+punctum, marked when counted, for QC overlays) into ``out_dir``.  Each image's result is
 streamed to a per-image cache entry (:mod:`analysis.cache`) as soon as it is computed, so a
 rerun skips unchanged images and a killed run resumes.  Units are part of every readout's
 column name.
@@ -29,7 +30,7 @@ from analysis.progress import progress as track
 from analysis.files import atomic_path, check_manifest, sha256_file, write_csv, write_parquet
 from analysis.io import load_samples, read_image
 
-__all__ = ["QuantifyParams", "quantify_image", "quantify_study", "image_problem"]
+__all__ = ["QuantifyParams", "quantify_image", "quantify_study", "image_problem", "read_puncta"]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ def quantify_image(
     lysosome_channel: int | None = None,
     z_step_um: float | None = None,
     params: QuantifyParams | None = None,
-) -> tuple[dict[str, Any], pd.DataFrame]:
+    return_puncta: bool = False,
+) -> tuple[dict[str, Any], pd.DataFrame] | tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """Quantify one image.
 
     Parameters
@@ -128,6 +130,8 @@ def quantify_image(
         Axial step of z-stacks (3-D puncta detection; microglia use the max projection).
     params : QuantifyParams, optional
         Method parameters.
+    return_puncta : bool
+        Also return the detected puncta (see below).
 
     Returns
     -------
@@ -146,6 +150,11 @@ def quantify_image(
         ``cd68_area_fraction``.
     cells : DataFrame
         One row per microglia cell (empty without a microglia channel).
+    puncta : DataFrame
+        Only with ``return_puncta``: one row per detected punctum of the synapse channel,
+        columns :data:`PUNCTA_COLUMNS` (``z`` first for z-stacks) and ``in_analysed_area``
+        (true for the ``n_puncta`` counted), with the detector's scalar attrs; no columns
+        without a synapse channel.
     """
     params = params or QuantifyParams()
     qp = {**QUALITY_DEFAULTS, **params.quality}
@@ -196,7 +205,24 @@ def quantify_image(
             row.update({k: v for k, v in q.items() if k not in ("saturated_fraction", "in_validated_range")})
         row["saturated_fraction"] = max(q["saturated_fraction"] for q in quality_rows)
         row["in_validated_range"] = all(q.get("in_validated_range", True) for q in quality_rows)
-    return row, cells
+    if not return_puncta:
+        return row, cells
+    return row, cells, _kept_puncta(puncta, mask if puncta is not None else None)
+
+
+def _kept_puncta(puncta: pd.DataFrame | None, mask: np.ndarray | None) -> pd.DataFrame:
+    """The stored form of the detections: :data:`PUNCTA_COLUMNS`, ``in_analysed_area``, scalar attrs."""
+    if puncta is None or mask is None:
+        return pd.DataFrame()
+    kept = puncta[[c for c in ("z", *PUNCTA_COLUMNS) if c in puncta]].reset_index(drop=True)
+    m = mask if mask.ndim == 2 else mask.any(axis=0)
+    # the rule of analysis.synapses.synapse_density: the nearest pixel lies in the analysed area
+    iy = np.clip(np.rint(kept["y"].to_numpy(float)).astype(int), 0, m.shape[0] - 1)
+    ix = np.clip(np.rint(kept["x"].to_numpy(float)).astype(int), 0, m.shape[1] - 1)
+    kept["in_analysed_area"] = m[iy, ix].astype(bool)
+    kept.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in puncta.attrs.items()
+                  if v is None or isinstance(v, bool | int | float | str | np.generic)}
+    return kept
 
 
 def image_problem(data: np.ndarray, roles: dict[str, Any]) -> str | None:
@@ -231,33 +257,44 @@ def image_problem(data: np.ndarray, roles: dict[str, Any]) -> str | None:
 
 _ROLES = ("synapse_channel", "microglia_channel", "lysosome_channel")
 #: Outputs of :func:`quantify_study` in ``out_dir`` (stray temporaries of these are removed).
-_OUTPUTS = ("measurements.parquet", "cells.parquet", "failures.csv", "raw_manifest.csv")
+_OUTPUTS = ("measurements.parquet", "cells.parquet", "puncta.parquet", "failures.csv", "raw_manifest.csv")
+#: Columns of the per-punctum table kept in the cache and in ``puncta.parquet`` (with ``z``
+#: first for z-stacks): position in pixels, fitted intensity, detection SNR, fitted size.
+PUNCTA_COLUMNS = ("y", "x", "intensity", "snr", "sigma_um")
+#: Key of ``puncta.parquet``'s metadata: JSON of image id -> the detector's attrs of that
+#: image (noise model, threshold used, ...), which :func:`read_puncta` restores.
+_PUNCTA_ATTRS_KEY = b"analysis.puncta_attrs"
 #: Rows of the per-cell table buffered before a row group is written to ``cells.parquet``.
 _CELLS_ROW_GROUP = 50_000
 
 
-def _quantify_row(task: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame, dict[str, str] | None]:
-    """Read and quantify one image: (readouts, per-cell table, None) or ({}, empty, failure record)."""
+def _quantify_row(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, str] | None]:
+    """Read and quantify one image.
+
+    Returns (readouts, {"cells": per-cell table, "puncta": per-punctum table}, None), or
+    ({}, {}, failure record) for a bad image.
+    """
     roles = {k: task[k] for k in _ROLES}
     try:
         data, info = read_image(task["abs_path"])
     except ImageReadError as exc:
-        return {}, pd.DataFrame(), {"image_id": task["image_id"], "path": task["path"],
-                                    "reason": "; ".join(p.message for p in exc.problems)}
+        return {}, {}, {"image_id": task["image_id"], "path": task["path"],
+                        "reason": "; ".join(p.message for p in exc.problems)}
     problem = image_problem(data, roles)
     pixel_size = task["pixel_size_um"] if not pd.isna(task["pixel_size_um"]) else info.pixel_size_um
     if problem is None and pixel_size is None:
         problem = "no pixel size in the sheet or the file's metadata; add pixel_size_um to the sheet"
     if problem is not None:
-        return {}, pd.DataFrame(), {"image_id": task["image_id"], "path": task["path"], "reason": problem}
-    row, cells = quantify_image(
+        return {}, {}, {"image_id": task["image_id"], "path": task["path"], "reason": problem}
+    row, cells, puncta = quantify_image(
         data,
         float(pixel_size),
         **roles,
         z_step_um=info.z_step_um,
         params=task["params"],
+        return_puncta=True,
     )
-    return row, cells, None
+    return row, {"cells": cells, "puncta": puncta}, None
 
 
 def _quantify_to_cache(task: dict[str, Any]) -> dict[str, str] | None:
@@ -267,12 +304,12 @@ def _quantify_to_cache(task: dict[str, Any]) -> dict[str, str] | None:
     this small record travels back to the parent; the tables go to disk.
     """
     try:
-        row, cells, failure = _quantify_row(task)
+        row, tables, failure = _quantify_row(task)
     except Exception as exc:  # an unexpected error: name the image, keep the traceback
         exc.add_note(f"while quantifying image {task['image_id']!r} ({task['abs_path']})")
         raise
     if failure is None:
-        cache.write_entry(task["entry"], row, cells)
+        cache.write_entry(task["entry"], row, tables["cells"], tables["puncta"])
     return failure
 
 
@@ -393,20 +430,91 @@ def _write_cells(entries: list[tuple[str, Path]], path: Path) -> int:
     Only one row group (at most :data:`_CELLS_ROW_GROUP` rows) is held in memory at a time.
     Columns absent from some images (e.g. engulfment without a lysosome channel) are null there.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     schemas = [s for s in (pq.read_schema(e).remove_metadata() for _, e in entries) if len(s)]
+    return _stream_tables(entries, path, schemas, cache.read_cells)
+
+
+def _write_puncta(entries: list[tuple[str, Path]], path: Path) -> int:
+    """Stream the per-punctum tables of the cache entries into ``puncta.parquet``; returns the rows.
+
+    Columns ``image_id``, (``z``, when some image is a stack; null for single planes,)
+    :data:`PUNCTA_COLUMNS`, ``in_analysed_area`` (counted in ``n_puncta``); row groups of at
+    most :data:`_CELLS_ROW_GROUP` rows, as the cells.  The detector's attrs of each image are
+    kept in the file's metadata (:func:`read_puncta`).
+    """
+    import json
+
+    import pyarrow as pa
+
+    base = [pa.field(c, pa.float64()) for c in PUNCTA_COLUMNS] + [pa.field("in_analysed_area", pa.bool_())]
+    schemas = [pa.schema(base)]
+    stacked = False
+    attrs = {}
+    for image_id, e in entries:
+        table = cache.read_puncta(e)
+        stacked |= "z" in table.schema.names
+        if len(table.schema):
+            schemas.append(table.schema.remove_metadata())
+            attrs[image_id] = cache.puncta_attrs(table)
+    if stacked:
+        schemas.insert(0, pa.schema([pa.field("z", pa.float64())]))
+    meta = {_PUNCTA_ATTRS_KEY: json.dumps(attrs, allow_nan=True).encode()}
+    return _stream_tables(entries, path, schemas, cache.read_puncta, metadata=meta)
+
+
+def read_puncta(path: str | os.PathLike[str], image_id: str | None = None) -> pd.DataFrame:
+    """The detections stored by :func:`quantify_study` (``puncta.parquet``), of one image or all.
+
+    Parameters
+    ----------
+    path : path
+        ``puncta.parquet``, or the folder holding it.
+    image_id : str, optional
+        Only this image's rows; their ``attrs`` are the detector's attrs of that image (noise
+        model, threshold used, ...), so :func:`analysis.synapses.analysed_area_mask` given
+        these puncta reproduces the mask they were counted in.
+
+    Returns
+    -------
+    DataFrame
+        ``image_id``, (``z``,) ``y``, ``x`` (pixels), ``intensity``, ``snr``, ``sigma_um``,
+        ``in_analysed_area`` (the punctum is counted in ``n_puncta``).
+    """
+    import json
+
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    p = p / "puncta.parquet" if p.is_dir() else p
+    filters = [("image_id", "==", image_id)] if image_id is not None else None
+    table = pq.read_table(p, filters=filters)
+    out = table.replace_schema_metadata(None).to_pandas()
+    if image_id is not None:
+        blob = (table.schema.metadata or {}).get(_PUNCTA_ATTRS_KEY)
+        out.attrs.update(json.loads(blob).get(str(image_id), {}) if blob else {})
+    return out
+
+
+def _stream_tables(entries: list[tuple[str, Path]], path: Path, schemas: list[Any], read: Any,
+                   metadata: dict[bytes, bytes] | None = None) -> int:
+    """Write the tables ``read(entry)`` of the entries, with an ``image_id`` column, to one Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if not schemas:
         write_parquet(pd.DataFrame(), path)
         return 0
     schema = pa.unify_schemas([pa.schema([("image_id", pa.string())]), *schemas], promote_options="permissive")
+    if metadata:
+        schema = schema.with_metadata(metadata)
     n = 0
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         buffer: list[Any] = []
         buffered = 0
         for image_id, entry in entries:
-            table = cache.read_cells(entry)
+            table = read(entry)
             if not table.num_rows:
                 continue
             table = table.add_column(0, "image_id", pa.array([image_id] * table.num_rows, pa.string()))
@@ -459,7 +567,7 @@ def quantify_study(
     samples_csv : path
         Sample sheet.
     out_dir : path
-        Folder for ``measurements.parquet``, ``cells.parquet``, ``failures.csv``,
+        Folder for ``measurements.parquet``, ``cells.parquet``, ``puncta.parquet``, ``failures.csv``,
         ``raw_manifest.csv`` and (by default) the ``cache/`` folder.
     params : QuantifyParams, optional
         Method parameters.
@@ -533,9 +641,10 @@ def quantify_study(
     ok = samples[~samples["image_id"].isin(bad)]
     measurements = ok.drop(columns=["abs_path"]).merge(rows, on="image_id", how="left", validate="1:1")
     n_cells = _write_cells(entries, out / "cells.parquet")
+    n_puncta = _write_puncta(entries, out / "puncta.parquet")
     write_parquet(measurements, out / "measurements.parquet")
     write_csv(failures, out / "failures.csv")
     if len(failures):
         log.warning("%d image(s) could not be quantified; see %s", len(failures), out / "failures.csv")
-    log.info("quantified %d images (%d cells) into %s", len(measurements), n_cells, out)
+    log.info("quantified %d images (%d cells, %d puncta) into %s", len(measurements), n_cells, n_puncta, out)
     return measurements
