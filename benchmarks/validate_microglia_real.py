@@ -120,20 +120,14 @@ def evaluate(name: str, segment, image: np.ndarray, truth: np.ndarray, table: pd
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--repeat", type=int, default=3, help="segmentations per image (the fastest is reported)")
-    ap.add_argument("--out", type=Path, default=None, help="optional CSV of the per-image rows")
-    args = ap.parse_args()
-    if not args.data.is_dir():
-        raise SystemExit(f"{args.data} not found: the real data live in ../shared/realdata (see its README)")
-    table = pd.read_csv(args.data / "pg6_t1-3_cells.tsv", sep="\t")
+def evaluate_all(data_dir: Path = DATA, repeat: int = 3) -> pd.DataFrame:
+    """Rows per image and method (ours, triangle, li, the hand masks) plus their means."""
+    table = pd.read_csv(data_dir / "pg6_t1-3_cells.tsv", sep="\t")
     rows = []
     for i, name in enumerate(IMAGES, start=1):
-        data, info = read_image(args.data / f"{name}.tif")
+        data, info = read_image(data_dir / f"{name}.tif")
         image = data[0, 0]
-        truth, _ = read_image(args.data / f"{name}_labels.tif")
+        truth, _ = read_image(data_dir / f"{name}_labels.tif")
         truth = truth[0, 0].astype(np.int64)
         px = float(info.pixel_size_um)
         ref = table[table["Centroid_Time_Frames"] == i]
@@ -144,10 +138,22 @@ def main() -> None:
             "truth": lambda im: truth,
         }
         for m, f in methods.items():
-            rows.append({"image": name, **evaluate(m, f, image, truth, ref, px, args.repeat)})
+            rows.append({"image": name, **evaluate(m, f, image, truth, ref, px, repeat)})
     per_image = pd.DataFrame(rows)
     mean = per_image.groupby("method", sort=False).mean(numeric_only=True).reset_index().assign(image="mean")
-    out = pd.concat([per_image, mean], ignore_index=True)
+    return pd.concat([per_image, mean], ignore_index=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--repeat", type=int, default=3, help="segmentations per image (the fastest is reported)")
+    ap.add_argument("--out", type=Path, default=None, help="optional CSV of the per-image rows")
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        raise SystemExit(f"{args.data} not found: the real data live in ../shared/realdata (see its README)")
+    out = evaluate_all(args.data, args.repeat)
+    mean = out[out["image"] == "mean"]
     cols = ["image", "method", "n_labels", "precision", "recall", "f1", "skeleton_length_spearman",
             "branch_points_spearman", "junctions_spearman", "seconds_seg", "seconds_seg_skel", "seconds_seg_measure"]
     with pd.option_context("display.width", 200):
