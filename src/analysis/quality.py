@@ -34,6 +34,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy import optimize, special
 
+from analysis.synapses import _render as render_spots
 from analysis.synapses import detect_puncta, match_points, noise_sd_map
 
 __all__ = [
@@ -343,23 +344,10 @@ def image_snr(puncta: pd.DataFrame, brightness: dict[str, Any] | None = None, *,
 
 
 def _render(shape: tuple[int, int], pos: np.ndarray, amp: np.ndarray, sigma_px: np.ndarray) -> np.ndarray:
-    """Point-sampled 2-D Gaussians (peak ``amp``, sigma in pixels, truncated at 4 sigma)."""
-    h, w = shape
-    out = np.zeros(h * w)
-    if len(pos) == 0:
-        return out.reshape(shape)
-    half = int(np.ceil(4 * float(np.max(sigma_px))))
-    off = np.arange(-half, half + 1)
-    py = np.rint(pos[:, 0]).astype(np.int64)[:, None] + off
-    px = np.rint(pos[:, 1]).astype(np.int64)[:, None] + off
-    s = np.asarray(sigma_px, float)[:, None]
-    gy = np.exp(-0.5 * ((py - pos[:, :1]) / s) ** 2) * np.asarray(amp, float)[:, None]
-    gx = np.exp(-0.5 * ((px - pos[:, 1:]) / s) ** 2)
-    vals = gy[:, :, None] * gx[:, None, :]
-    ok = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
-    idx = py[:, :, None] * w + px[:, None, :]
-    out += np.bincount(idx[ok], weights=vals[ok], minlength=h * w)
-    return out.reshape(shape)
+    """Point-sampled 2-D Gaussians (peak ``amp``, isotropic sigma in pixels, truncated at
+    4 sigma): the detector's own spot model (:func:`analysis.synapses._render`)."""
+    s = np.asarray(sigma_px, float)
+    return render_spots(shape, np.asarray(pos, float), np.asarray(amp, float), np.column_stack([s, s]))
 
 
 def _puncta_model(shape: tuple[int, int], puncta: pd.DataFrame, pixel_size_um: float) -> np.ndarray:

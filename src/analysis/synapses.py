@@ -68,10 +68,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
+from scipy import stats
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+from scipy.special import erf
 
 __all__ = [
     "detect_puncta",
@@ -650,8 +652,6 @@ def _gaussian_equivalent(u: np.ndarray, skew: float) -> np.ndarray:
     >>> bool(_gaussian_equivalent(np.array([4.0]), 0.5)[0] < 3.5)  # a heavier upper tail
     True
     """
-    from scipy import stats
-
     u = np.asarray(u, float)
     if skew < 1e-3:
         return np.maximum(u, 2.0)
@@ -730,8 +730,6 @@ def estimate_punctum_radius(
     >>> round(estimate_punctum_radius(img, 0.1), 2)
     0.24
     """
-    from scipy.special import erf
-
     img = np.asarray(image, dtype=np.float64)
     stack = img if img.ndim == 3 else img[None]
     img = stack.max(axis=0)  # spots are found on the maximum projection, fitted in their plane
