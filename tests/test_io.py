@@ -28,15 +28,19 @@ def _ome(path: Path, data: np.ndarray, axes: str, size: float | None = 0.2, unit
 
 @pytest.fixture()
 def study(tmp_path: Path) -> Path:
-    """A valid sheet: a 3-channel image, a 1-channel image without pixel size in the sheet."""
+    """A valid sheet: a 3-channel image, 1-channel images with and without pixel size in the sheet.
+
+    The planes are the smallest the readouts accept (>= 32 pixels and >= 10 um on a side).
+    """
     img = tmp_path / "images"
     img.mkdir()
-    _ome(img / "t.ome.tif", np.arange(3 * 8 * 9, dtype=np.uint16).reshape(3, 8, 9), "CYX", 0.2)
-    _ome(img / "s.ome.tif", np.ones((8, 9), np.uint16), "YX", 100.0, "nm")
+    _ome(img / "t.ome.tif", np.arange(3 * 64 * 65, dtype=np.uint16).reshape(3, 64, 65), "CYX", 0.2)
+    _ome(img / "s.ome.tif", np.ones((112, 113), np.uint16), "YX", 100.0, "nm")
+    _ome(img / "v.ome.tif", np.ones((112, 113), np.uint16), "YX", 100.0, "nm")
     rows = [
         ["t1", "images/t.ome.tif", "001", "WT", "diazepam", "5", "7", "7", "0.2", "0", "1", "2", "F"],
         ["s1", "images/s.ome.tif", "001", "WT", "diazepam", "5", "7", "-3", "", "0", "", "", "F"],
-        ["v1", "images/s.ome.tif", "002", "TSPO_KO", "vehicle", "0", "7", "7", "0.1", "0", "", "", "M"],
+        ["v1", "images/v.ome.tif", "002", "TSPO_KO", "vehicle", "0", "7", "7", "0.1", "0", "", "", "M"],
     ]
     write(tmp_path / "samples.csv", rows)
     return tmp_path
@@ -117,7 +121,7 @@ def test_missing_column(study: Path) -> None:
 
 
 def test_pixel_size_missing_from_sheet_and_metadata(study: Path) -> None:
-    _ome(study / "images" / "nopx.ome.tif", np.ones((8, 9), np.uint16), "YX", None)
+    _ome(study / "images" / "nopx.ome.tif", np.ones((112, 113), np.uint16), "YX", None)
     sheet = edit(study, 1, "path", "images/nopx.ome.tif")
     with pytest.raises(SampleSheetError) as exc:
         load_samples(sheet)

@@ -2,14 +2,24 @@
 
 Every problem with the input is reported as an :class:`analysis.errors.Problem` naming the
 file, the line (as a spreadsheet shows it: the header is line 1) and the column, with the fix;
-:func:`load_samples` collects all of them and raises one :class:`SampleSheetError`.
+:func:`load_samples` collects all of them and raises one :class:`SampleSheetError`.  A sheet
+that :func:`load_samples` accepts (``python -m analysis validate``) is one that ``quantify``,
+``fit`` and ``report`` can run on: plausible physical units, agreement with the files'
+metadata, a z step for every stack, images large enough to measure, one image per row,
+distinct channels for distinct roles and the group names the models use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import errno
+import io
 import logging
+import math
 import os
+import re
+import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,12 +33,21 @@ from analysis.errors import ImageReadError, Problem, SampleSheetError
 __all__ = [
     "REQUIRED_COLUMNS",
     "CHANNEL_COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "REFERENCE_COMPOUND",
+    "KNOWN_COMPOUNDS",
+    "KNOWN_GENOTYPES",
+    "PIXEL_SIZE_RANGE_UM",
+    "Z_STEP_RANGE_UM",
+    "MIN_IMAGE_PIXELS",
+    "MIN_IMAGE_UM",
     "ImageInfo",
     "image_info",
     "read_image",
     "register_reader",
     "load_samples",
     "resolve_image_path",
+    "normalise_vocabulary",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +70,28 @@ CHANNEL_COLUMNS: tuple[str, ...] = ("synapse_channel", "microglia_channel", "lys
 _NON_EMPTY = ("image_id", "path", "animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "day")
 _TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6, "cm": 1e4}
+#: Optional sheet columns with a meaning (any other extra column is kept and carried through).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("z_step_um", "pixel_size_override")
+#: The control group every treated group is compared with (equals ``analysis.truth.VEHICLE``).
+REFERENCE_COMPOUND = "vehicle"
+#: Spellings the models use; sheet values matching one case-insensitively are normalised to it.
+KNOWN_COMPOUNDS: tuple[str, ...] = (REFERENCE_COMPOUND, "diazepam", "XBD173", "PLX5622")
+KNOWN_GENOTYPES: tuple[str, ...] = ("WT", "TSPO_KO")
+#: Plausible pixel size and z step of a light microscope image, micrometres.
+PIXEL_SIZE_RANGE_UM: tuple[float, float] = (0.01, 5.0)
+Z_STEP_RANGE_UM: tuple[float, float] = (0.01, 20.0)
+#: The smallest plane the readouts can measure: pixels and micrometres on a side.
+MIN_IMAGE_PIXELS = 32
+MIN_IMAGE_UM = 10.0
+_PIXEL_SIZE_TOLERANCE = 0.01  # sheet vs metadata, relative
+_YES = {"yes", "y", "true", "1"}
+_NO = {"", "no", "n", "false", "0"}
+_RGB_NAMES = ("red", "green", "blue", "alpha")
+_FIJI_AXES_FIX = (
+    "in Fiji set the dimensions with Image > Properties... (channels, slices, frames) or "
+    "Image > Hyperstacks > Re-order Hyperstack..., or split the file with Image > Stacks > "
+    "Stack to Images..., then save it again (File > Save As > Tiff...)"
+)
 
 
 @dataclass(frozen=True)
@@ -61,14 +102,21 @@ class ImageInfo:
     ----------
     path : Path
     shape : tuple of int
-        Shape as stored.
+        Shape as stored, without axes of length 1 other than C, Z, Y, X (e.g. a single time
+        point of a Fiji hyperstack).
     axes : str
-        Axes as stored, a subsequence of ``"CZYX"``.
+        The axes of ``shape``: each of C, Z, Y, X at most once, Y and X present, in the stored
+        order (``"CZYX"``, ``"ZCYX"`` for a Fiji hyperstack, ``"YXC"`` for an RGB TIFF, whose
+        samples are the channels); :func:`read_image` returns them as CZYX.
     n_channels, n_z : int
     dtype : numpy.dtype
     pixel_size_um : float or None
         From OME ``PhysicalSizeX`` (converted to um) or the TIFF/ImageJ resolution tags.
     z_step_um : float or None
+        From OME ``PhysicalSizeZ`` or the ImageJ ``spacing`` (with a physical unit).
+    channel_names : tuple of str
+        Names of the channels where the file gives them (OME ``Channel Name``; ``red``,
+        ``green``, ``blue`` for RGB), else empty.
     """
 
     path: Path
@@ -79,6 +127,12 @@ class ImageInfo:
     dtype: np.dtype
     pixel_size_um: float | None
     z_step_um: float | None
+    channel_names: tuple[str, ...] = ()
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        """(ny, nx) of one plane."""
+        return self.shape[self.axes.index("Y")], self.shape[self.axes.index("X")]
 
 
 InfoFunc = Callable[[Path], ImageInfo]
@@ -144,11 +198,12 @@ def _unsupported(path: Path) -> ImageReadError:
     )
 
 
-def _ome_sizes(xml: str) -> tuple[float | None, float | None]:
+def _ome_sizes(xml: str) -> tuple[float | None, float | None, tuple[str, ...]]:
+    """Pixel size, z step (um) and channel names from OME-XML."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
-        return None, None
+        return None, None, ()
     for el in root.iter():
         if el.tag.endswith("Pixels"):
             def size(attr: str) -> float | None:
@@ -156,10 +211,21 @@ def _ome_sizes(xml: str) -> tuple[float | None, float | None]:
                 if value is None:
                     return None
                 unit = el.attrib.get(f"PhysicalSize{attr}Unit", "µm")
-                return float(value) * _UNIT_TO_UM.get(unit, 1.0)
+                try:
+                    return float(value) * _UNIT_TO_UM.get(unit, 1.0)
+                except ValueError:
+                    return None
 
-            return size("X"), size("Z")
-    return None, None
+            names = tuple(ch.attrib.get("Name", "") for ch in el if ch.tag.endswith("Channel"))
+            return size("X"), size("Z"), names if all(names) else ()
+    return None, None, ()
+
+
+def _imagej_unit_um(tif) -> float | None:
+    """Micrometres per ImageJ calibration unit, None for pixels or an unknown unit."""
+    ij = tif.imagej_metadata or {}
+    unit = str(ij.get("unit", "")).replace("\\u00B5", "µ")
+    return _UNIT_TO_UM.get(unit)
 
 
 def _tiff_resolution_um(tif) -> float | None:
@@ -171,16 +237,13 @@ def _tiff_resolution_um(tif) -> float | None:
     if not num or not den:
         return None
     px_per_unit = num / den
-    ij = tif.imagej_metadata or {}
-    unit = str(ij.get("unit", "")).replace("\\u00B5", "µ")
-    if unit in _UNIT_TO_UM:
-        return _UNIT_TO_UM[unit] / px_per_unit
+    ij_unit = _imagej_unit_um(tif)
+    if ij_unit is not None:
+        return ij_unit / px_per_unit
     res_unit = page.tags.get("ResolutionUnit")
     code = int(res_unit.value) if res_unit is not None else 2
     if code == 3:  # centimetre
         return 1e4 / px_per_unit
-    if ij and not unit:
-        return None
     return None  # inches or no unit: not a physical pixel size we can trust
 
 
@@ -196,73 +259,150 @@ def _quiet_tifffile():
         logger.setLevel(level)
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be opened as an image file (symlink loop, missing, folder...), or None."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return ("is a symbolic link loop (the link leads back to itself); replace it with the image "
+                    "file or point the link at the file (ls -l shows where it points)")
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return (f"is a symbolic link to {os.readlink(path)!r}, which does not exist; fix the link or "
+                    "copy the image here")
+        if exc.errno == errno.ENOENT:
+            return "file not found; check the path in the sample sheet"
+        if exc.errno == errno.EACCES:
+            return "permission denied; make the file readable (chmod a+r) or copy it somewhere readable"
+        return f"cannot open it ({exc.strerror or exc}); check the path and the disk"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not an image file; give the path of the image file inside it"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a device, pipe or socket); give the path of an image file"
+    if st.st_size == 0:
+        return "is empty (0 bytes); copy or export the image again"
+    return None
+
+
+def _read_failure(exc: BaseException) -> str:
+    text = str(exc)
+    if "imagecodecs" in text:
+        return (f"it is compressed with a codec that needs the imagecodecs package ({text}); install it "
+                "(pip install imagecodecs, or conda install -c conda-forge imagecodecs) or save the "
+                "image uncompressed")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"cannot read it ({exc.strerror or text}); check the file and the disk"
+    return f"cannot read TIFF ({text}); the file may be truncated or corrupt: export it again"
+
+
+def _map_axes(path: Path, raw_axes: str, raw_shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """tifffile axes -> our axes (C, Z, Y, X in stored order), singleton extras dropped."""
+    mapped = []
+    for a, n in zip(raw_axes, raw_shape, strict=True):
+        if a == "S":  # samples of an RGB(A) pixel are the channels
+            a = "C"
+        elif a in "QI":  # generic pages without metadata: read as z-slices
+            a = "Z"
+        mapped.append((a, int(n)))
+    mapped = [(a, n) for a, n in mapped if not (n == 1 and (a not in "CZYX" or [b for b, _ in mapped].count(a) > 1))]
+    axes = "".join(a for a, _ in mapped)
+    shape = tuple(n for _, n in mapped)
+    if "T" in axes:
+        nt = shape[axes.index("T")]
+        raise ImageReadError.for_file(
+            path,
+            f"has {nt} time points (axes {raw_axes!r}, shape {raw_shape}); one row of the sheet is one "
+            "image at one time: if these are really z-slices, swap them in Fiji with Image > Hyperstacks > "
+            "Re-order Hyperstack... (frames <-> slices) or Image > Properties...; if they are time points, "
+            "split them with Image > Stacks > Stack to Images... (or Image > Hyperstacks > Reduce "
+            "Dimensionality...) and list each file on its own row",
+        )
+    if any(a not in "CZYX" for a in axes) or len(set(axes)) != len(axes) or "Y" not in axes or "X" not in axes:
+        raise ImageReadError.for_file(
+            path,
+            f"axes {raw_axes!r} (shape {raw_shape}) cannot be read as channels (C), z-slices (Z), Y and X; "
+            + _FIJI_AXES_FIX + ", or export it as OME-TIFF (File > Export > OME-TIFF...)",
+        )
+    return axes, shape
+
+
 def _tiff_info(path: Path) -> ImageInfo:
     import tifffile
 
     try:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            shape = tuple(int(s) for s in series.shape)
+            raw_shape = tuple(int(s) for s in series.shape)
             raw_axes = series.axes
-            px, dz = (None, None)
+            px, dz, names = (None, None, ())
             if tif.is_ome and tif.ome_metadata:
-                px, dz = _ome_sizes(tif.ome_metadata)
+                px, dz, names = _ome_sizes(tif.ome_metadata)
             if px is None:
                 px = _tiff_resolution_um(tif)
-            if dz is None and tif.imagej_metadata and "spacing" in tif.imagej_metadata:
-                dz = float(tif.imagej_metadata["spacing"])
+            ij = tif.imagej_metadata or {}
+            if dz is None and "spacing" in ij and _imagej_unit_um(tif) is not None:
+                dz = float(ij["spacing"]) * _imagej_unit_um(tif)
+            rgb = int(tif.pages[0].photometric) == 2 and "S" in raw_axes
             dtype = np.dtype(series.dtype)
-    except (OSError, ValueError, IndexError, KeyError, tifffile.TiffFileError) as exc:
-        raise ImageReadError.for_file(
-            path, f"cannot read TIFF ({exc}); the file may be truncated or corrupt: export it again"
-        ) from None
-    axes = raw_axes.replace("S", "C").replace("Q", "Z").replace("I", "Z")
-    keep = [(a, s) for a, s in zip(axes, shape) if not (a not in "CZYX" and s == 1)]
-    axes = "".join(a for a, _ in keep)
-    shape = tuple(s for _, s in keep)
-    if not axes.endswith("YX") or any(a not in "CZYX" for a in axes) or len(set(axes)) != len(axes) or (
-        "C" in axes and "Z" in axes and axes.index("C") > axes.index("Z")
-    ):
-        raise ImageReadError.for_file(
-            path, f"axes {raw_axes!r} (shape {shape}) are not (C)(Z)YX; save the image as C, Z, Y, X (e.g. in Fiji)"
-        )
+    except (OSError, ValueError, IndexError, KeyError, TypeError, tifffile.TiffFileError) as exc:
+        raise ImageReadError.for_file(path, _read_failure(exc)) from None
+    axes, shape = _map_axes(path, raw_axes, raw_shape)
     n_c = shape[axes.index("C")] if "C" in axes else 1
     n_z = shape[axes.index("Z")] if "Z" in axes else 1
-    return ImageInfo(Path(path), shape, axes, n_c, n_z, dtype, px, dz)
+    if rgb:
+        names = _RGB_NAMES[:n_c]
+    if len(names) != n_c:
+        names = ()
+    return ImageInfo(Path(path), shape, axes, n_c, n_z, dtype, px, dz, tuple(names))
 
 
 def image_info(path: str | os.PathLike[str]) -> ImageInfo:
     """Header information of an image file (no pixel data read).
 
+    TIFF and OME-TIFF files are read by their axes: channels (``C``, or the ``S`` samples of an
+    RGB TIFF: channel 0 = red, 1 = green, 2 = blue), z-slices (``Z``), ``Y``, ``X`` in any order
+    (e.g. Fiji/ImageJ hyperstacks, stored ``ZCYX``); a time axis of length 1 is dropped.
+    LZW / deflate / zstd compressed TIFFs are read through ``imagecodecs``.
+
     Raises
     ------
     ImageReadError
-        Unsupported format, unreadable file or axes other than (C)(Z)YX.
+        Unsupported format, missing or unreadable file (symlink loop, folder, empty file),
+        more than one time point, or axes that are not channels, z-slices, Y and X; the
+        message says how to fix it (in Fiji where that applies).
     """
     p = Path(path)
     plugin = _plugin_for(p)
     if plugin is not None:
-        return plugin[0](p)
+        try:
+            return plugin[0](p)
+        except OSError as exc:
+            raise ImageReadError.for_file(p, _file_problem(p) or _read_failure(exc)) from None
     if not _is_tiff(p):
         raise _unsupported(p)
-    if not p.exists():
-        raise ImageReadError.for_file(p, "file not found; check the path in the sample sheet")
+    problem = _file_problem(p)
+    if problem is not None:
+        raise ImageReadError.for_file(p, problem)
     return _tiff_info(p)
 
 
 def _to_czyx(data: np.ndarray, axes: str) -> np.ndarray:
-    """Insert missing C and Z axes; ``axes`` is validated (C)(Z)YX."""
+    """Add missing C and Z axes and transpose to CZYX; ``axes`` holds Y, X and at most one C, Z."""
     for a in "CZ":
         if a not in axes:
-            pos = 1 if (a == "Z" and axes.startswith("C")) else 0
-            data = np.expand_dims(data, pos)
-            axes = axes[:pos] + a + axes[pos:]
-    assert axes == "CZYX", axes
-    return data
+            data = data[np.newaxis]
+            axes = a + axes
+    order = [axes.index(a) for a in "CZYX"]
+    if order == [0, 1, 2, 3]:
+        return data
+    return np.ascontiguousarray(np.transpose(data, order))
 
 
 def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, ImageInfo]:
     """Read an image as a 4-D array with axes CZYX (singleton C/Z added), native dtype.
+
+    Channels of an RGB TIFF are its colour components (0 = red, 1 = green, 2 = blue); Fiji
+    hyperstacks (ZCYX, TZCYX with one time point) are transposed to CZYX.
 
     Examples
     --------
@@ -274,17 +414,19 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, ImageInfo]:
     info = image_info(p)
     plugin = _plugin_for(p)
     if plugin is not None:
-        data = np.asarray(plugin[1](p))
+        try:
+            data = np.asarray(plugin[1](p))
+        except OSError as exc:
+            raise ImageReadError.for_file(p, _file_problem(p) or _read_failure(exc)) from None
     else:
         import tifffile
 
         try:
             with _quiet_tifffile():
                 data = tifffile.imread(p, series=0)
-        except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
-            raise ImageReadError.for_file(
-                p, f"cannot read pixel data ({exc}); the file may be truncated or corrupt: export it again"
-            ) from None
+        except (OSError, ValueError, IndexError, KeyError, TypeError, tifffile.TiffFileError) as exc:
+            raise ImageReadError.for_file(p, _file_problem(p) or _read_failure(exc).replace(
+                "cannot read TIFF", "cannot read pixel data")) from None
     data = data.reshape(info.shape)
     return _to_czyx(data, info.axes), info
 
@@ -299,25 +441,217 @@ def _numeric(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values.str.strip(), errors="coerce")
 
 
+def _resolved(path: str) -> str:
+    """The file a path finally names (symlinks followed) for comparing rows; the path if that fails."""
+    try:
+        return str(Path(path).resolve())
+    except (OSError, RuntimeError):  # a symlink loop: reported elsewhere
+        return os.path.normpath(path)
+
+
+def _unit_hint(value: float, lo: float, hi: float) -> str:
+    """``"; 100 looks like nanometres: 0.1 um?"`` when a unit slip explains an implausible value."""
+    for factor, unit in ((1e-3, "nanometres"), (1e3, "millimetres")):
+        if lo <= value * factor <= hi:
+            return f"; {value:g} looks like {unit}: {value * factor:g} um?"
+    return ""
+
+
+def normalise_vocabulary(
+    table: pd.DataFrame, file: str, lines: pd.Series | None = None
+) -> tuple[pd.DataFrame, list[Problem]]:
+    """Spell ``compound`` and ``genotype`` the way the models do and check the reference group.
+
+    Values that match a known name (:data:`KNOWN_COMPOUNDS`, :data:`KNOWN_GENOTYPES`) ignoring
+    case and surrounding spaces are replaced by it (``" Vehicle"`` -> ``"vehicle"``; logged);
+    other names are kept.  A table with treated rows but no ``vehicle`` row is a problem: every
+    treated group is compared with the vehicle group.
+
+    Parameters
+    ----------
+    table : DataFrame
+        With ``compound`` and ``genotype`` columns (a sample sheet or a measurements table).
+    file : str
+        Named in the problems and the log.
+    lines : Series, optional
+        Line number of each row (as an editor shows it) for the messages.
+
+    Returns
+    -------
+    (DataFrame, list of Problem)
+        A copy with the normalised names, and the problems found.
+    """
+    out = table.copy()
+    for col, known in (("compound", KNOWN_COMPOUNDS), ("genotype", KNOWN_GENOTYPES)):
+        if col not in out:
+            continue
+        lookup = {k.lower(): k for k in known}
+        values = out[col].astype("string")
+        fixed = values.str.strip().map(lambda v: lookup.get(v.lower(), v) if isinstance(v, str) else v)
+        changed = values.notna() & (fixed != values).fillna(False)
+        for (old, new), idx in out[changed].groupby([values[changed], fixed[changed]]).groups.items():
+            where = "" if lines is None else " on line(s) " + ", ".join(str(int(lines[i])) for i in idx[:10])
+            log.info("%s: %s %r read as %r%s", file, col, old, new, where)
+        out[col] = fixed.astype(object).where(values.notna(), out[col])
+    if "compound" in out:
+        compounds = set(out["compound"].dropna()) - {""}
+        treated = sorted(compounds - {REFERENCE_COMPOUND})
+        if treated and REFERENCE_COMPOUND not in compounds:
+            return out, [Problem(
+                file,
+                f"no {REFERENCE_COMPOUND} group: every row is treated ({', '.join(treated)}), but the models compare "
+                f"each treated group with the reference group compound '{REFERENCE_COMPOUND}' (dose 0); add the "
+                f"vehicle-treated animals, or rename your control group to '{REFERENCE_COMPOUND}'",
+                column="compound",
+            )]
+    return out, []
+
+
+def _sheet_problem(f: str, message: str, row: int | None = None, column: str | None = None) -> SampleSheetError:
+    return SampleSheetError([Problem(f, message, row=row, column=column)])
+
+
+def _read_text(sheet: Path) -> str:
+    f = str(sheet)
+    if sheet.is_dir():
+        inside = sheet / "samples.csv"
+        hint = f" ({inside} exists)" if inside.is_file() else ""
+        raise _sheet_problem(f, f"is a folder, not a sample sheet; give the path of the sheet inside it, e.g. {inside}{hint}")
+    problem = _file_problem(sheet)
+    if problem is not None:
+        if "not found" in problem:
+            problem = "sample sheet not found; check the path (data/raw/samples.csv by default)"
+        raise _sheet_problem(f, problem)
+    try:
+        data = sheet.read_bytes()
+    except OSError as exc:
+        raise _sheet_problem(f, f"cannot read the sheet ({exc.strerror or exc}); check the file and its permissions") from None
+    if data.startswith(b"PK\x03\x04") or b"\x00" in data[:4096]:
+        raise _sheet_problem(f, "is a binary file (an Excel workbook?), not CSV text; save it as 'CSV UTF-8 (comma delimited)'")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise _sheet_problem(
+            f, f"is not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as 'CSV UTF-8 (comma delimited)'", row=line
+        ) from None
+
+
+def _parse_sheet(sheet: Path) -> tuple[pd.DataFrame, pd.Series]:
+    """The sheet as a table of stripped strings and the line of each row; header problems raised."""
+    f = str(sheet)
+    text = _read_text(sheet)
+    first = next((ln for ln in text.splitlines() if ln.strip()), None)
+    if first is None:
+        raise _sheet_problem(f, "the sheet is empty; it needs a header line and one row per image (see the sample-sheet contract in README.md)")
+    delimiter = max((",", ";", "\t"), key=lambda d: (sum(c.strip() in REQUIRED_COLUMNS for c in first.split(d)), d == ","))
+    if delimiter != ",":
+        log.info("%s: reading the sheet as %s-separated", f, "tab" if delimiter == "\t" else "semicolon")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    records: list[tuple[int, list[str]]] = []
+    start = 1
+    try:
+        for rec in reader:
+            if any(c.strip() for c in rec):
+                records.append((start, rec))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise _sheet_problem(f, f"cannot parse as CSV ({exc}); save the sheet as comma-separated UTF-8", row=reader.line_num) from None
+    header_line, header = records[0]
+    names = [c.strip().lstrip("\ufeff").strip() for c in header]
+    rows = records[1:]
+    problems: list[Problem] = []
+    for line, rec in records:
+        for j, value in enumerate(rec):
+            if "\n" in value or "\r" in value:
+                problems.append(Problem(f, f"a quote (\") opens a value that runs over several lines ({value[:30]!r}...); close the quote or remove it", row=line,
+                                        column=names[j] if j < len(names) else None))
+                break
+    seen: dict[str, list[int]] = {}
+    for j, name in enumerate(names):
+        if name:
+            seen.setdefault(name, []).append(j + 1)
+    for name, positions in seen.items():
+        if len(positions) > 1:
+            problems.append(Problem(
+                f, f"column name {name!r} appears {len(positions)} times in the header (columns "
+                f"{', '.join(map(str, positions))}); each column needs its own name: delete the extra column or rename it",
+                row=header_line, column=name))
+    unnamed = [j for j, name in enumerate(names) if not name]
+    for j in unnamed:
+        used = [line for line, rec in rows if j < len(rec) and rec[j].strip()]
+        if used:
+            problems.append(Problem(f, f"column {j + 1} has values (e.g. on line {used[0]}) but no name in the header; name it or delete it",
+                                    row=header_line))
+    n = len(names)
+    for line, rec in rows:
+        extra = [c for c in rec[n:] if c.strip()]
+        if extra:
+            problems.append(Problem(
+                f, f"this row has {len(rec)} values but the header has {n} columns (extra: {', '.join(map(repr, extra[:3]))}); "
+                f"a value containing {delimiter!r} must be quoted, or remove the extra values", row=line))
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        near = {re.sub(r"[\s\-]+", "_", x.lower()): x for x in names if x}
+        hints = [f"{near[c]!r} -> {c!r}" for c in missing if c in near]
+        rename = f"; rename {', '.join(hints)}" if hints else ""
+        problems.append(Problem(
+            f, f"missing required column(s) {', '.join(missing)} (found: {', '.join(x for x in names if x)}){rename}; "
+            "add them to the header (see the sample-sheet contract in README.md)", row=header_line))
+    if problems:
+        raise SampleSheetError(problems)
+    if not rows:
+        raise _sheet_problem(f, "no images listed: the sheet has a header but no rows; add one row per image below the header", row=header_line + 1)
+    keep = [j for j, name in enumerate(names) if name]
+    table = pd.DataFrame(
+        [[(rec[j] if j < len(rec) else "").strip() for j in keep] for _, rec in rows],
+        columns=[names[j] for j in keep], dtype=object,
+    )
+    return table, pd.Series([line for line, _ in rows], index=table.index)
+
+
 def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = True) -> pd.DataFrame:
     """Load a sample sheet and check it against the contract in DESIGN.md.
 
-    All problems are collected and reported together.  Extra columns and the row order are
-    kept; identifiers stay strings (``"001"`` is not turned into ``1``).
+    All problems are collected and reported together, each naming the file, line and column
+    and the fix.  Extra columns and the row order are kept; identifiers stay strings (``"001"``
+    is not turned into ``1``).  Comma-, semicolon- or tab-separated UTF-8 (with or without a
+    byte-order mark, any line endings) is read; blank lines are skipped.
+
+    Besides the required columns (DESIGN.md) two optional columns have a meaning:
+
+    ``z_step_um``
+        Distance between z-slices in micrometres (0.01-20), for stacks whose file metadata
+        lack it (OME ``PhysicalSizeZ``, ImageJ ``spacing``); when both are given the sheet wins.
+        Every stack needs one from either source.
+    ``pixel_size_override``
+        ``yes`` keeps the sheet's ``pixel_size_um`` on that row although the file's metadata
+        say otherwise (by more than 1 %); without it such a row is an error.  Empty or ``no``
+        otherwise.
+
+    ``compound`` and ``genotype`` values that match a name the models use ignoring case
+    (``Vehicle`` for ``vehicle``, ``wt`` for ``WT``; see :func:`normalise_vocabulary`) are
+    normalised to that spelling; a sheet with treated animals needs a ``vehicle`` group.
+    Channel indices of an RGB TIFF name its colour components: 0 = red, 1 = green, 2 = blue.
 
     Parameters
     ----------
     samples_csv : path
         The sheet; image paths in it are relative to its folder.
     check_images : bool
-        Also check that every image exists, read its header for a missing pixel size and check
-        the channel indices against its number of channels.
+        Also open every image's header: check that it exists and is readable, fill a missing
+        pixel size from its metadata and check it against the sheet's, take the z step of
+        stacks, check the channel indices against its number of channels and its size against
+        :data:`MIN_IMAGE_PIXELS` and :data:`MIN_IMAGE_UM`.
 
     Returns
     -------
     DataFrame
-        The sheet with ``dose_mg_kg``, ``treatment_days``, ``day``, ``pixel_size_um`` as floats,
-        channel columns as nullable integers and an added ``abs_path`` column.
+        The sheet with ``dose_mg_kg``, ``treatment_days``, ``day``, ``pixel_size_um`` and
+        ``z_step_um`` as floats (``z_step_um``: the sheet's value, else the file's, NaN for a
+        single plane or, without ``check_images``, when the sheet leaves it empty), channel
+        columns as nullable integers, normalised ``compound``/``genotype`` and an added
+        ``abs_path`` column.
 
     Raises
     ------
@@ -331,28 +665,8 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
     """
     sheet = Path(samples_csv)
     f = str(sheet)
-    if not sheet.exists():
-        raise SampleSheetError([Problem(f, "sample sheet not found; check the path (data/raw/samples.csv by default)")])
-    try:
-        raw = pd.read_csv(sheet, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise SampleSheetError([Problem(f, f"cannot parse as CSV ({exc}); save the sheet as comma-separated UTF-8")]) from None
-    raw.columns = [c.strip() for c in raw.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
-    if missing:
-        raise SampleSheetError(
-            [
-                Problem(
-                    f,
-                    f"missing required column(s) {', '.join(missing)} (found: {', '.join(raw.columns)}); "
-                    "add them to the header (see the sample-sheet contract in README.md)",
-                    row=1,
-                )
-            ]
-        )
-    raw = raw.apply(lambda s: s.str.strip())
+    raw, line = _parse_sheet(sheet)
     problems: list[Problem] = []
-    line = pd.Series(np.arange(len(raw)) + 2, index=raw.index)
 
     def add(i: int, col: str | None, msg: str) -> None:
         problems.append(Problem(f, msg, row=int(line[i]), column=col))
@@ -366,23 +680,61 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
         lines = ", ".join(str(line[i]) for i in grp.index)
         add(grp.index[1], "image_id", f"image_id {image_id!r} appears on lines {lines}; image ids must be unique")
 
+    raw, vocab = normalise_vocabulary(raw, f, line)
     out = raw.copy()
     rules = {
-        "dose_mg_kg": ("doses must be numbers >= 0 (use 0 for vehicle)", 0.0, True),
-        "treatment_days": ("treatment_days must be a number of days >= 0", 0.0, True),
-        "day": ("day must be a number of days since the first dose (negative for baseline)", None, True),
-        "pixel_size_um": ("pixel_size_um must be a number > 0 in micrometres", 0.0, False),
+        "dose_mg_kg": ("doses must be numbers >= 0 (use 0 for vehicle)", 0.0),
+        "treatment_days": ("treatment_days must be a number of days >= 0", 0.0),
+        "day": ("day must be a number of days since the first dose (negative for baseline)", None),
+        "pixel_size_um": ("pixel_size_um must be a number > 0 in micrometres", 0.0),
+        "z_step_um": ("z_step_um must be the distance between z-slices in micrometres (> 0), or empty", 0.0),
     }
-    for col, (fix, lower, _) in rules.items():
-        num = _numeric(raw[col])
-        bad_text = (raw[col] != "") & num.isna()
-        for i in raw.index[bad_text]:
-            add(i, col, f"{col} is {raw.at[i, col]!r}, not a number; {fix}")
+    valid: dict[str, pd.Series] = {}
+    for col, (fix, lower) in rules.items():
+        if col not in raw:
+            out[col] = np.nan
+            continue
+        num = _numeric(raw[col]).astype(float)
+        ok = pd.Series(True, index=raw.index)
+        for i in raw.index[(raw[col] != "") & num.isna()]:
+            text = raw.at[i, col]
+            comma = re.fullmatch(r"[-+]?\d+,\d+", text)
+            hint = f"; use a decimal point: {text.replace(',', '.')}" if comma else ""
+            add(i, col, f"{col} is {text!r}, not a number{hint}; {fix}")
+        for i in raw.index[num.notna() & ~np.isfinite(num)]:
+            add(i, col, f"{col} is {raw.at[i, col]}, not a finite number; {fix}")
+            ok[i] = False
         if lower is not None:
-            too_low = num < lower if col != "pixel_size_um" else num <= lower
+            too_low = num <= lower if col in ("pixel_size_um", "z_step_um") else num < lower
             for i in raw.index[too_low.fillna(False)]:
                 add(i, col, f"{col} is {raw.at[i, col]}; {fix}")
-        out[col] = num.astype(float)
+                ok[i] = False
+        if col in ("pixel_size_um", "z_step_um"):
+            lo, hi = PIXEL_SIZE_RANGE_UM if col == "pixel_size_um" else Z_STEP_RANGE_UM
+            what = "pixel size" if col == "pixel_size_um" else "z step"
+            odd = num.notna() & np.isfinite(num) & (num > 0) & ((num < lo) | (num > hi))
+            for i in raw.index[odd]:
+                v = float(num[i])
+                add(i, col, f"{col} is {raw.at[i, col]}, outside the plausible {what} of {lo:g}-{hi:g} um"
+                            f"{_unit_hint(v, lo, hi)}; write the {what} in micrometres (um)")
+                ok[i] = False
+        valid[col] = ok & num.notna()
+        out[col] = num.where(ok)
+
+    for i in raw.index[(out["compound"] == REFERENCE_COMPOUND) & (out["dose_mg_kg"] > 0)]:
+        add(i, "dose_mg_kg", f"compound is {REFERENCE_COMPOUND} but dose_mg_kg is {raw.at[i, 'dose_mg_kg']}; "
+                             "vehicle rows have dose 0: fix the dose or the compound")
+    for i in raw.index[(out["compound"] != REFERENCE_COMPOUND) & (out["compound"] != "") & (out["dose_mg_kg"] == 0)]:
+        add(i, "dose_mg_kg", f"dose_mg_kg is 0 but compound is {out.at[i, 'compound']!r}; give the dose, or set "
+                             f"compound to {REFERENCE_COMPOUND} for a control animal")
+
+    override = pd.Series(False, index=raw.index)
+    if "pixel_size_override" in raw:
+        values = raw["pixel_size_override"].str.lower()
+        override = values.isin(_YES)
+        for i in raw.index[~values.isin(_YES | _NO)]:
+            add(i, "pixel_size_override", f"pixel_size_override is {raw.at[i, 'pixel_size_override']!r}; write yes "
+                                          "to keep the sheet's pixel size against the file's metadata, or leave it empty")
 
     for col in CHANNEL_COLUMNS:
         num = _numeric(raw[col])
@@ -393,46 +745,125 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
     no_channel = (raw[list(CHANNEL_COLUMNS)] == "").all(axis=1)
     for i in raw.index[no_channel]:
         add(i, "synapse_channel", "no channel role is set; give at least one of synapse_channel, microglia_channel, lysosome_channel")
+    for a_pos, a in enumerate(CHANNEL_COLUMNS):
+        for b in CHANNEL_COLUMNS[a_pos + 1:]:
+            same = out[a].notna() & out[b].notna() & (out[a] == out[b]).fillna(False)
+            for i in raw.index[same]:
+                add(i, b, f"{a} and {b} are both {int(out.at[i, a])}; each role reads its own channel: fix the channel index "
+                          "(or leave a role empty if the image does not have that stain)")
 
-    for attr in ("genotype", "compound"):
-        sub = raw[(raw["animal_id"] != "") & (raw[attr] != "")]
+    for attr in ("genotype", "compound", "dose_mg_kg", "treatment_days"):
+        sub = out[(out["animal_id"] != "") & (raw[attr] != "") & out[attr].notna()]
         counts = sub.groupby("animal_id")[attr].nunique()
         for animal in counts.index[counts > 1]:
             rows = sub[sub["animal_id"] == animal]
             first = rows.drop_duplicates(attr)
-            desc = "; ".join(f"{v!r} on line {line[i]}" for i, v in first[attr].items())
+            desc = "; ".join(f"{raw.at[i, attr]!r} on line {line[i]}" for i in first.index)
             add(first.index[1], attr, f"animal {animal!r} has more than one {attr} ({desc}); an animal has one {attr}: fix the animal_id or the {attr}")
 
     out["abs_path"] = [str(resolve_image_path(sheet, p)) if p else "" for p in raw["path"]]
-    if check_images:
-        infos: dict[str, ImageInfo] = {}
-        for i in raw.index:
-            p = out.at[i, "abs_path"]
-            if not p:
-                continue
-            if not Path(p).exists():
-                add(i, "path", f"image file not found: looked for {raw.at[i, 'path']!r} relative to {sheet.resolve().parent}; fix the path or add the file")
-                continue
-            if p not in infos:
-                try:
-                    infos[p] = image_info(p)
-                except ImageReadError as exc:
-                    for prob in exc.problems:
-                        add(i, "path", prob.message + f" ({raw.at[i, 'path']})")
-                    continue
-            info = infos[p]
-            if raw.at[i, "pixel_size_um"] == "":
-                if info.pixel_size_um is None:
-                    add(i, "pixel_size_um", f"pixel_size_um is empty and {raw.at[i, 'path']} has no pixel size in its metadata; add pixel_size_um to the sheet or write PhysicalSizeX into the OME metadata")
-                else:
-                    out.at[i, "pixel_size_um"] = info.pixel_size_um
-            for col in CHANNEL_COLUMNS:
-                ch = out.at[i, col]
-                if pd.notna(ch) and int(ch) >= info.n_channels:
-                    add(i, col, f"{col} is {int(ch)} but {raw.at[i, 'path']} has {info.n_channels} channel(s) (valid: 0-{info.n_channels - 1}); fix the channel index")
+    same_image = ["animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "day"]
+    first_row: dict[str, int] = {}
+    for i in raw.index:
+        if not out.at[i, "abs_path"]:
+            continue
+        key = _resolved(out.at[i, "abs_path"])
+        if key not in first_row:
+            first_row[key] = i
+            continue
+        j = first_row[key]
+        differ = [c for c in same_image if str(out.at[i, c]) != str(out.at[j, c])]
+        if differ:
+            desc = ", ".join(f"{c} {raw.at[j, c]!r} vs {raw.at[i, c]!r}" for c in differ)
+            add(i, "path", f"{raw.at[i, 'path']} is also listed on line {line[j]} with a different {', '.join(differ)} ({desc}); "
+                           "one image shows one animal at one time: fix the path or the row's metadata")
 
+    out["z_step_um"] = out["z_step_um"].astype(float)
+    if check_images:
+        _check_images(sheet, raw, out, line, valid, override, add)
+    problems.extend(vocab)
     if problems:
-        problems.sort(key=lambda p: (p.row or 0, REQUIRED_COLUMNS.index(p.column) if p.column in REQUIRED_COLUMNS else 99))
+        order = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+        problems.sort(key=lambda p: (p.row or 0, order.index(p.column) if p.column in order else 99))
         raise SampleSheetError(problems)
     log.info("%s: %d images of %d animals", f, len(out), out["animal_id"].nunique())
     return out
+
+
+def _check_images(
+    sheet: Path, raw: pd.DataFrame, out: pd.DataFrame, line: pd.Series, valid: dict[str, pd.Series],
+    override: pd.Series, add: Callable[[int, str | None, str], None],
+) -> None:
+    """The checks of :func:`load_samples` that read each image's header; fills ``out`` in place."""
+    infos: dict[str, ImageInfo | list[str]] = {}
+    lo, hi = PIXEL_SIZE_RANGE_UM
+    for i in raw.index:
+        p = out.at[i, "abs_path"]
+        rel = raw.at[i, "path"]
+        if not p:
+            continue
+        if p not in infos:
+            problem = None if _plugin_for(Path(p)) is not None else _file_problem(Path(p))
+            if problem is not None and problem.startswith("file not found"):
+                problem = f"image file not found: looked for {rel!r} relative to {sheet.resolve().parent}; fix the path or add the file"
+            elif problem is not None:
+                problem = f"{rel} {problem}"
+            if problem is not None:
+                infos[p] = [problem]
+            else:
+                try:
+                    infos[p] = image_info(p)
+                except ImageReadError as exc:
+                    infos[p] = [prob.message + f" ({rel})" for prob in exc.problems]
+        info = infos[p]
+        if isinstance(info, list):
+            for message in info:
+                add(i, "path", message)
+            continue
+        names = info.channel_names
+        meta_px = info.pixel_size_um
+        if raw.at[i, "pixel_size_um"] == "":
+            if meta_px is None:
+                add(i, "pixel_size_um", f"pixel_size_um is empty and {rel} has no pixel size in its metadata; add pixel_size_um to the sheet or write PhysicalSizeX into the OME metadata")
+            elif not lo <= meta_px <= hi:
+                add(i, "pixel_size_um", f"pixel_size_um is empty and the metadata of {rel} give {meta_px:g} um, outside the plausible pixel size of {lo:g}-{hi:g} um"
+                                        f"{_unit_hint(meta_px, lo, hi)}; write the pixel size in micrometres into the sheet")
+            else:
+                out.at[i, "pixel_size_um"] = meta_px
+        elif valid["pixel_size_um"][i] and meta_px is not None and not override[i]:
+            sheet_px = float(out.at[i, "pixel_size_um"])
+            if abs(sheet_px - meta_px) > _PIXEL_SIZE_TOLERANCE * meta_px:
+                add(i, "pixel_size_um", f"pixel_size_um is {raw.at[i, 'pixel_size_um']} but the metadata of {rel} give {meta_px:g} um; "
+                                        "correct the sheet, or leave pixel_size_um empty to use the file's value, or add a column "
+                                        "pixel_size_override set to yes on this row to keep the sheet's value")
+        for col in CHANNEL_COLUMNS:
+            ch = out.at[i, col]
+            if pd.notna(ch) and int(ch) >= info.n_channels:
+                named = ""
+                if names:
+                    kind = "an RGB image: " if names[0] == "red" else ""
+                    named = f"; {kind}" + ", ".join(f"{k} = {n}" for k, n in enumerate(names))
+                add(i, col, f"{col} is {int(ch)} but {rel} has {info.n_channels} channel(s) (valid: 0-{info.n_channels - 1}{named}); fix the channel index")
+        ny, nx = info.plane_shape
+        px = out.at[i, "pixel_size_um"]
+        if min(ny, nx) < MIN_IMAGE_PIXELS or (pd.notna(px) and min(ny, nx) * px < MIN_IMAGE_UM):
+            size_um = f" ({ny * px:.3g} x {nx * px:.3g} um)" if pd.notna(px) else ""
+            add(i, "path", f"{rel} is {ny} x {nx} pixels{size_um}; the readouts need at least {MIN_IMAGE_PIXELS} x {MIN_IMAGE_PIXELS} "
+                           f"pixels and {MIN_IMAGE_UM:g} um on a side: check that this is the full field (not a thumbnail or a crop) "
+                           "and the pixel size")
+        if info.n_z > 1:
+            if raw.get("z_step_um") is not None and raw.at[i, "z_step_um"] != "":
+                continue  # the sheet's value (checked above) wins
+            zs = info.z_step_um
+            zlo, zhi = Z_STEP_RANGE_UM
+            if zs is None:
+                add(i, "z_step_um", f"{rel} is a stack of {info.n_z} z-slices without a z step in its metadata; add a column z_step_um "
+                                    "with the distance between slices in micrometres (e.g. 0.5) on this row, or set it in the file "
+                                    "(Fiji: Image > Properties... > Voxel depth, then save)")
+            elif not zlo <= zs <= zhi:
+                add(i, "z_step_um", f"the metadata of {rel} give a z step of {zs:g} um, outside the plausible {zlo:g}-{zhi:g} um"
+                                    f"{_unit_hint(zs, zlo, zhi)}; write the z step in micrometres in a column z_step_um")
+            else:
+                out.at[i, "z_step_um"] = zs
+        else:
+            out.at[i, "z_step_um"] = np.nan
