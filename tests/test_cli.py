@@ -6,18 +6,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+
+from analysis.cli import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("command", ["simulate", "validate", "quantify", "fit", "report"])
-def test_help(command: str) -> None:
-    res = run(command, "--help")
-    assert res.returncode == 0
-    assert "usage: python -m analysis " + command in res.stdout
+OPTIONS = {
+    "simulate": ["--out", "--preset", "--seed", "--workers", "--overwrite", "--if-empty", "small", "default"],
+    "validate": ["samples", "path to samples.csv"],
+    "quantify": ["--samples", "--out", "--workers", "--scheduler", "--no-cache", "--strict", "data/raw/samples.csv"],
+    "fit": ["--measurements", "--out", "data/processed/measurements.parquet"],
+    "report": ["--data", "--processed", "--reports", "--notebooks", "--kernel", "--only", "--workers", "--scheduler"],
+}
+
+
+def test_entry_point_lists_every_command() -> None:
+    res = run("--help")
+    assert res.returncode == 0, res.stderr
+    assert "usage: python -m analysis" in res.stdout
+    for command in OPTIONS:
+        assert command in res.stdout
+
+
+@pytest.mark.parametrize("command", sorted(OPTIONS))
+def test_help_names_the_options(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m analysis " + command)
+    for option in OPTIONS[command]:
+        assert option in out, f"{option} missing from `{command} --help`"
 
 
 def test_validate_good_sheet(small_study: Path) -> None:
@@ -40,3 +65,106 @@ def test_validate_bad_sheet_exits_2_with_message(small_study: Path, tmp_path: Pa
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert str(bad) in res.stderr and "line 2" in res.stderr and "animal_id" in res.stderr
+
+
+def _error(argv: list[str], capsys: pytest.CaptureFixture[str], status: int = 2) -> str:
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_samples_given_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "samples.csv").write_text("image_id\n")
+    err = _error(["validate", str(tmp_path)], capsys)
+    assert f"{tmp_path}: is a folder, not a sample sheet" in err and str(tmp_path / "samples.csv") in err
+    err = _error(["quantify", "--samples", str(tmp_path), "--out", str(tmp_path / "out")], capsys)
+    assert "is a folder, not a sample sheet" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_fit_rejects_what_is_not_a_measurements_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sheet = tmp_path / "samples.csv"
+    sheet.write_text("image_id,path\na,b.tif\n")
+    err = _error(["fit", "--measurements", str(sheet), "--out", str(tmp_path)], capsys)
+    assert f"{sheet}: is not a Parquet table" in err and "quantify --samples" in err
+    err = _error(["fit", "--measurements", str(tmp_path), "--out", str(tmp_path)], capsys)
+    assert "is a folder, not a measurements table" in err
+    err = _error(["fit", "--measurements", str(tmp_path / "none.parquet"), "--out", str(tmp_path)], capsys)
+    assert "measurements table not found" in err and "python -m analysis quantify" in err
+    pd.DataFrame({"image_id": ["a"], "day": [1]}).to_parquet(tmp_path / "few.parquet")
+    err = _error(["fit", "--measurements", str(tmp_path / "few.parquet"), "--out", str(tmp_path)], capsys)
+    assert "missing column(s) animal_id, genotype, compound" in err
+    (tmp_path / "loop.parquet").symlink_to(tmp_path / "loop.parquet")
+    err = _error(["fit", "--measurements", str(tmp_path / "loop.parquet"), "--out", str(tmp_path)], capsys)
+    assert "loop.parquet: is a symbolic link loop" in err
+    assert not list(tmp_path.glob("synapse_*.csv"))
+
+
+@pytest.fixture(scope="module")
+def measurements() -> pd.DataFrame:
+    from analysis.stats import simulate_measurements
+
+    return simulate_measurements("small", 1)
+
+
+def test_fit_reads_case_variants_of_the_group_names(
+    measurements: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = measurements.copy()
+    assert (m["compound"] == "vehicle").any()
+    m["compound"] = m["compound"].replace({"vehicle": " Vehicle", "diazepam": "DIAZEPAM"})
+    m["genotype"] = m["genotype"].replace({"WT": "wt"})
+    m.to_parquet(tmp_path / "m.parquet")
+    assert main(["-q", "fit", "--measurements", str(tmp_path / "m.parquet"), "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    contrasts = pd.read_csv(tmp_path / "synapse_contrasts.csv")
+    treated = contrasts[contrasts["compound"] == "diazepam"]
+    assert len(treated) and treated["pct_vs_vehicle"].notna().any()
+    assert set(contrasts["genotype"]) <= {"WT", "TSPO_KO"}
+    assert pd.read_parquet(tmp_path / "m.parquet")["compound"].str.contains("Vehicle").any()  # input untouched
+
+
+def test_fit_without_vehicle_group_says_so(
+    measurements: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = measurements[measurements["compound"] != "vehicle"]
+    m.to_parquet(tmp_path / "m.parquet")
+    err = _error(["fit", "--measurements", str(tmp_path / "m.parquet"), "--out", str(tmp_path)], capsys)
+    assert "no vehicle group" in err and "column 'compound'" in err and "diazepam" in err
+
+
+def test_fit_with_no_measured_image(measurements: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = measurements.assign(puncta_density_per_100um2=np.nan)
+    m.to_parquet(tmp_path / "m.parquet")
+    err = _error(["fit", "--measurements", str(tmp_path / "m.parquet"), "--out", str(tmp_path)], capsys)
+    assert "nothing to fit" in err and "failures.csv" in err
+
+
+def test_symlink_loop_image_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "loop.tif").symlink_to(tmp_path / "loop.tif")
+    (tmp_path / "samples.csv").write_text(
+        "image_id,path,animal_id,genotype,compound,dose_mg_kg,treatment_days,day,pixel_size_um,"
+        "synapse_channel,microglia_channel,lysosome_channel\n"
+        "a,loop.tif,1,WT,vehicle,0,7,7,0.1,0,,\n"
+    )
+    err = _error(["validate", str(tmp_path / "samples.csv")], capsys)
+    assert "line 2, column 'path'" in err and "loop.tif is a symbolic link loop" in err
+
+
+def test_os_errors_are_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import analysis.io
+
+    def deny(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x.csv"))
+
+    monkeypatch.setattr(analysis.io, "load_samples", deny)
+    err = _error(["validate", str(tmp_path / "x.csv")], capsys)
+    assert f"{tmp_path / 'x.csv'}: Permission denied; check the permissions" in err
+
+
+def test_unexpected_error_is_one_line_and_status_1(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import analysis.io
+
+    monkeypatch.setattr(analysis.io, "load_samples", lambda *a, **k: {}["boom"])
+    err = _error(["validate", "x.csv"], capsys, status=1)
+    assert "unexpected KeyError: 'boom'" in err and "--verbose" in err

@@ -1,19 +1,23 @@
 """Command line: ``python -m analysis <command> --help``.
 
-Bad input (an :class:`analysis.errors.InputError`) is printed as a plain message naming the
-file, line and column, and the command exits with status 2, without a traceback.
+Bad input (an :class:`analysis.errors.InputError`, or a file that cannot be opened) is printed
+as a plain message naming the file, line and column, and the command exits with status 2,
+without a traceback.  Any other error is a bug: a one-line message (the traceback with
+``--verbose``) and status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from analysis import __version__
-from analysis.errors import InputError
+from analysis.errors import InputError, Problem
 
 log = logging.getLogger("analysis")
 
@@ -46,10 +50,62 @@ def _cmd_quantify(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Columns ``fit`` needs in the measurements table (written by ``quantify``).
+FIT_COLUMNS = ("image_id", "animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "day",
+               "puncta_density_per_100um2")
+
+
+def load_measurements(path: str | Path):
+    """The measurements table for ``fit``, checked and with the models' group names.
+
+    Raises
+    ------
+    InputError
+        Not a file, not a Parquet table, columns missing, nothing to fit, or no vehicle group;
+        the message names the file and the fix.
+    """
+    import pandas as pd
+
+    from analysis.io import _file_problem, normalise_vocabulary
+
+    p = Path(path)
+    f = str(p)
+    made_by = "the measurements.parquet that `python -m analysis quantify` writes"
+    if p.is_dir():
+        raise InputError(Problem(f, f"is a folder, not a measurements table; give {made_by} (e.g. {p / 'measurements.parquet'})"))
+    problem = _file_problem(p)
+    if problem is not None and problem.startswith("file not found"):
+        problem = f"measurements table not found; run `python -m analysis quantify` first or give {made_by} with --measurements"
+    if problem is not None:
+        raise InputError(Problem(f, problem))
+    try:
+        table = pd.read_parquet(p)
+    except Exception as exc:  # pyarrow raises its own types for non-Parquet bytes
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(Problem(f, f"is not a Parquet table ({reason}); give {made_by} (a CSV sample sheet goes to `quantify --samples`)")) from None
+    missing = [c for c in FIT_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(Problem(f, f"missing column(s) {', '.join(missing)}; give {made_by}", column=missing[0]))
+    synapse = table[table["microglia_channel"].isna()] if "microglia_channel" in table else table
+    if synapse["puncta_density_per_100um2"].notna().sum() == 0:
+        raise InputError(Problem(f, "no synapse image has a puncta density, so there is nothing to fit; check failures.csv "
+                                    "beside it for the images that could not be measured", column="puncta_density_per_100um2"))
+    table, problems = normalise_vocabulary(table, f)
+    if problems:
+        raise InputError(problems)
+    return table
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from analysis.stats import fit_study
 
-    for name, path in fit_study(args.measurements, args.out).items():
+    table = load_measurements(args.measurements)
+    with tempfile.TemporaryDirectory(prefix="analysis-fit-") as tmp:
+        # fit_study reads a file: hand it the checked table with the models' group names
+        checked = Path(tmp) / "measurements.parquet"
+        table.to_parquet(checked)
+        written = fit_study(str(checked), args.out)
+    for name, path in written.items():
         print(f"{name}: {path}")
     return 0
 
@@ -141,16 +197,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (FileExistsError, FileNotFoundError, NotADirectoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:  # a file that cannot be opened, created or read: the user can fix it
+        print(f"error: {_os_message(exc)}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
+    except Exception as exc:
         from analysis.report import ReportError
 
-        if not isinstance(exc, ReportError):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, ReportError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if args.verbose:
+            log.exception("unexpected error")
+        print(f"error: unexpected {type(exc).__name__}: {exc}\nThis is a bug in analysis, not in your input; "
+              "rerun with --verbose to see the traceback and report it.", file=sys.stderr)
         return 1
+
+
+def _os_message(exc: OSError) -> str:
+    """An OSError as 'file: what happened; fix'."""
+    where = " -> ".join(str(x) for x in (exc.filename, exc.filename2) if x is not None)
+    what = exc.strerror or str(exc)
+    fixes = {
+        errno.ENOENT: "check the path",
+        errno.EEXIST: "remove it or choose another output folder",
+        errno.ELOOP: "it is a symbolic link loop: replace the link with the file or point it at the file",
+        errno.EACCES: "check the permissions (chmod) or choose another folder",
+        errno.EPERM: "check the permissions (chmod) or choose another folder",
+        errno.ENOSPC: "free some disk space or write to another disk",
+        errno.EISDIR: "give a file, not a folder",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+        errno.EROFS: "the disk is read-only: choose another output folder",
+    }
+    fix = fixes.get(exc.errno, "check the path and the disk")
+    return f"{where + ': ' if where else ''}{what}; {fix}"
 
 
 if __name__ == "__main__":  # pragma: no cover

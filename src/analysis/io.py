@@ -265,7 +265,7 @@ def _file_problem(path: Path) -> str | None:
         st = os.stat(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return ("is a symbolic link loop (the link leads back to itself); replace it with the image "
+            return ("is a symbolic link loop (the link leads back to itself); replace it with the real "
                     "file or point the link at the file (ls -l shows where it points)")
         if exc.errno == errno.ENOENT and os.path.islink(path):
             return (f"is a symbolic link to {os.readlink(path)!r}, which does not exist; fix the link or "
