@@ -280,7 +280,7 @@ def _file_problem(path: Path) -> str | None:
     if not stat.S_ISREG(st.st_mode):
         return "is not a regular file (a device, pipe or socket); give the path of an image file"
     if st.st_size == 0:
-        return "is empty (0 bytes); copy or export the image again"
+        return "is empty (0 bytes); copy or export it again"
     return None
 
 
@@ -326,6 +326,14 @@ def _map_axes(path: Path, raw_axes: str, raw_shape: tuple[int, ...]) -> tuple[st
     return axes, shape
 
 
+def _missing_bytes(path: Path, series) -> int:
+    """How many bytes of the first and last page's pixel data lie beyond the end of the file."""
+    size = os.path.getsize(path)
+    pages = [pg for pg in (series.pages[0], series.pages[-1]) if pg is not None] if len(series.pages) else []
+    ends = [o + c for pg in pages for o, c in zip(getattr(pg, "dataoffsets", ()), getattr(pg, "databytecounts", ()))]
+    return max(0, max(ends, default=0) - size)
+
+
 def _tiff_info(path: Path) -> ImageInfo:
     import tifffile
 
@@ -344,8 +352,13 @@ def _tiff_info(path: Path) -> ImageInfo:
                 dz = float(ij["spacing"]) * _imagej_unit_um(tif)
             rgb = int(tif.pages[0].photometric) == 2 and "S" in raw_axes
             dtype = np.dtype(series.dtype)
+            truncated = _missing_bytes(path, series)
     except (OSError, ValueError, IndexError, KeyError, TypeError, tifffile.TiffFileError) as exc:
         raise ImageReadError.for_file(path, _read_failure(exc)) from None
+    if truncated:
+        raise ImageReadError.for_file(
+            path, f"the file ends {truncated} bytes before its pixel data do: it is truncated or corrupt (an "
+                  "interrupted copy or export?); copy or export it again")
     axes, shape = _map_axes(path, raw_axes, raw_shape)
     n_c = shape[axes.index("C")] if "C" in axes else 1
     n_z = shape[axes.index("Z")] if "Z" in axes else 1
@@ -519,8 +532,10 @@ def _read_text(sheet: Path) -> str:
         raise _sheet_problem(f, f"is a folder, not a sample sheet; give the path of the sheet inside it, e.g. {inside}{hint}")
     problem = _file_problem(sheet)
     if problem is not None:
-        if "not found" in problem:
+        if problem.startswith("file not found"):
             problem = "sample sheet not found; check the path (data/raw/samples.csv by default)"
+        elif problem.startswith("is empty"):
+            problem = "the sheet is empty (0 bytes); it needs a header line and one row per image (see README.md)"
         raise _sheet_problem(f, problem)
     try:
         data = sheet.read_bytes()
@@ -575,7 +590,7 @@ def _parse_sheet(sheet: Path) -> tuple[pd.DataFrame, pd.Series]:
         if len(positions) > 1:
             problems.append(Problem(
                 f, f"column name {name!r} appears {len(positions)} times in the header (columns "
-                f"{', '.join(map(str, positions))}); each column needs its own name: delete the extra column or rename it",
+                f"{', '.join(map(str, positions[:-1]))} and {positions[-1]}); each column needs its own name: delete the extra column or rename it",
                 row=header_line, column=name))
     unnamed = [j for j, name in enumerate(names) if not name]
     for j in unnamed:
