@@ -46,6 +46,8 @@ __all__ = [
     "simulate_terminal_measurements",
     "fit_count_endpoint",
     "fit_morphology_endpoint",
+    "fixed_effects_covariance",
+    "ZERO_POLICIES",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,9 +89,90 @@ def session_means(measurements: pd.DataFrame, value: str = "puncta_density_per_1
     return out.rename(columns={"mean": value, "count": "n_fields"})
 
 
+ZERO_POLICIES = ("exclude", "offset")
+
+
+def log_with_zeros(values: pd.Series, zeros: str, what: str) -> tuple[pd.Series, pd.Series, float]:
+    """Log of a non-negative readout with an explicit policy for zeros.
+
+    Parameters
+    ----------
+    values : Series
+        The readout (NaN already removed).  Negative values are an error.
+    zeros : {"exclude", "offset"}
+        ``"exclude"``: zeros are left out (returned as NaN, to be dropped by the caller) and
+        counted; ``"offset"``: ``log(x + c)`` with ``c`` half the smallest positive value of the
+        readout, so zeros stay in.
+    what : str
+        Name of the readout for messages.
+
+    Returns
+    -------
+    log_values, is_zero, offset : Series, Series, float
+        ``offset`` is 0 unless zeros were offset.
+
+    Examples
+    --------
+    >>> lv, z, c = log_with_zeros(pd.Series([0.0, 2.0, 4.0]), "offset", "x")
+    >>> c, [round(v, 4) for v in lv]
+    (1.0, [0.0, 1.0986, 1.6094])
+    """
+    if zeros not in ZERO_POLICIES:
+        raise ValueError(f"zeros={zeros!r}: choose one of {ZERO_POLICIES}")
+    v = values.astype(float)
+    if (v < 0).any():
+        raise ValueError(f"column {what!r} has {int((v < 0).sum())} negative values; a density, length or count "
+                         "cannot be negative: check the measurement table")
+    is_zero = v == 0
+    offset = 0.0
+    if zeros == "offset" and is_zero.any():
+        positive = v[v > 0]
+        if positive.empty:
+            raise ValueError(f"column {what!r} is zero everywhere: nothing to model")
+        offset = float(positive.min()) / 2.0
+    with np.errstate(divide="ignore"):
+        out = np.log(v + offset)
+    return out.where(~is_zero | (offset > 0)), is_zero, offset
+
+
+def fixed_effects_covariance(result) -> pd.DataFrame:
+    """Covariance of the fixed effects of a statsmodels ``MixedLM`` fit, as lme4 and SAS report it.
+
+    ``(X' V^-1 X)^-1`` with ``V`` built from the fitted variance components (random effects,
+    variance components and residual), the usual GLS covariance of the fixed effects at the
+    (RE)ML variance estimates.  statsmodels' own ``cov_params()`` inverts the joint Hessian of
+    fixed effects and variance parameters instead, whose standard errors differ from lme4 /
+    lmerTest / emmeans by up to ~0.3 % (tests/test_stats_reference.py).
+
+    Returns
+    -------
+    DataFrame
+        Square, indexed by the fixed-effect names.
+    """
+    m = result.model
+    cov_re = np.atleast_2d(np.asarray(result.cov_re, float))
+    vcomp = np.asarray(getattr(result, "vcomp", []), float)
+    info = np.zeros((m.k_fe, m.k_fe))
+    for i, x in enumerate(m.exog_li):
+        z = m.exog_re_li[i]
+        v = z @ cov_re @ z.T + float(result.scale) * np.eye(len(x))
+        for j, var in enumerate(vcomp):
+            mat = np.asarray(m.exog_vc.mats[j][i])
+            v += var * mat @ mat.T
+        info += x.T @ np.linalg.solve(v, x)
+    names = result.fe_params.index
+    return pd.DataFrame(np.linalg.inv(info), index=names, columns=names)
+
+
 @dataclass(frozen=True)
 class SynapseFit:
-    """A fitted longitudinal synapse model and the tables it reports."""
+    """A fitted longitudinal synapse model and the tables it reports.
+
+    ``cov_fe`` is the covariance of the fixed effects (:func:`fixed_effects_covariance`);
+    ``n_zero_excluded`` the number of fields left out because their density was zero
+    (``zeros="exclude"``) and ``zero_offset`` the constant added before the log
+    (``zeros="offset"``).
+    """
 
     coefficients: pd.DataFrame
     variance_components: pd.DataFrame
@@ -99,9 +182,20 @@ class SynapseFit:
     warnings: tuple[str, ...]
     sd_animal_log: float = float("nan")
     df_contrast: float = float("inf")
+    cov_fe: pd.DataFrame | None = None
+    n_zero_excluded: int = 0
+    zero_offset: float = 0.0
+
+    def fe_cov(self) -> np.ndarray:
+        """Covariance matrix of the fixed effects in the order of ``coefficients``."""
+        names = self.result.fe_params.index
+        cov = self.cov_fe if self.cov_fe is not None else self.result.cov_params()
+        return cov.loc[names, names].to_numpy()
 
 
-def fit_synapse_lmm(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2") -> SynapseFit:
+def fit_synapse_lmm(
+    measurements: pd.DataFrame, value: str = "puncta_density_per_100um2", *, zeros: str = "exclude"
+) -> SynapseFit:
     """Linear mixed model of log density: group x session means, animal and animal x session effects.
 
     Parameters
@@ -112,23 +206,48 @@ def fit_synapse_lmm(measurements: pd.DataFrame, value: str = "puncta_density_per
         longitudinal series is wanted.
     value : str
         Density column.
+    zeros : {"exclude", "offset"}
+        What to do with fields of zero density, which a log model cannot take.  ``"exclude"``
+        (default): leave them out, counted per cell (``n_zero_fields_excluded`` in
+        ``coefficients`` and ``cells``), in ``n_zero_excluded`` and in ``warnings``.  A field of a
+        few hundred um^2 of cortex without a single punctum (~40 per 100 um^2 expected) is a
+        failed image or detection, not a density, and ``log(0 + c)`` would put it 5-6 log units
+        (~60 SDs) below the rest and dominate the Gaussian fit.  ``"offset"``: model
+        ``log(x + c)``, ``c`` half the smallest positive density, for sparse readouts where a
+        zero is a real value (``zero_offset``).
 
     Returns
     -------
     SynapseFit
-        ``coefficients`` (one row per group x session cell: estimate on the log scale, SE),
+        ``coefficients`` (one row per group x session cell: estimate on the log scale, SE as
+        lme4 reports it, :func:`fixed_effects_covariance`),
         ``variance_components`` (animal, animal x session, residual), ``cells`` (the group and
         day of each coefficient with the number of animals), the statsmodels result, whether
         it converged and the warnings raised while fitting (surfaced, not hidden).
     """
     df = _with_group(measurements.dropna(subset=[value]))
-    df = df[df[value] > 0].copy()
-    df["log_value"] = np.log(df[value])
+    df["log_value"], is_zero, offset = log_with_zeros(df[value], zeros, value)
     df["cell"] = df["group"] + " @ day " + df["day"].astype(int).astype(str)
+    zero_by_cell = df.loc[is_zero].groupby("cell").size() if zeros == "exclude" else pd.Series(dtype=int)
+    n_zero = int(zero_by_cell.sum())
+    df = df[df["log_value"].notna()].copy()
     cells = (
         df.groupby(["cell", "group", *GROUP_COLUMNS, "day"], sort=True)["animal_id"].nunique()
         .rename("n_animals").reset_index()
     )
+    cells["n_zero_fields_excluded"] = cells["cell"].map(zero_by_cell).fillna(0).astype(int)
+    notes = []
+    if n_zero:
+        lost = sorted(set(zero_by_cell.index) - set(cells["cell"]))
+        notes.append(
+            f"{n_zero} field(s) with zero {value} excluded from the log model "
+            f"({', '.join(f'{c}: {k}' for c, k in zero_by_cell.items())})"
+            + (f"; cells left without data: {', '.join(lost)}" if lost else "")
+            + "; check these images (failed focus or detection?) or refit with zeros='offset'"
+        )
+    elif offset > 0:
+        notes.append(f"{int(is_zero.sum())} field(s) with zero {value} modelled as log(x + {offset:.4g}) "
+                     "(half the smallest positive value)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = smf.mixedlm(
@@ -136,11 +255,12 @@ def fit_synapse_lmm(measurements: pd.DataFrame, value: str = "puncta_density_per
             vc_formula={"session": "0 + C(day)"},
         )
         result = model.fit(reml=True, method=["lbfgs", "powell"])
-    messages = tuple(sorted({str(w.message) for w in caught}))
+    messages = tuple(notes) + tuple(sorted({str(w.message) for w in caught}))
     for m in messages:
         log.warning("mixed model: %s", m)
     fe = result.fe_params
-    se = result.bse_fe
+    cov_fe = fixed_effects_covariance(result)
+    se = pd.Series(np.sqrt(np.diag(cov_fe.to_numpy())), index=cov_fe.index)[fe.index]
     coef = pd.DataFrame({"term": fe.index, "estimate": fe.to_numpy(), "se": se.to_numpy()})
     coef["cell"] = coef["term"].str.replace(r"^C\(cell\)\[(.*)\]$", r"\1", regex=True)
     coef = coef.merge(cells, on="cell", how="left")
@@ -156,7 +276,8 @@ def fit_synapse_lmm(measurements: pd.DataFrame, value: str = "puncta_density_per
     # degrees of freedom of group contrasts: animals minus groups (the between-animal,
     # "containment" rule; Wald z is too liberal with a handful of animals per group)
     df_contrast = float(max(df["animal_id"].nunique() - df["group"].nunique(), 1))
-    return SynapseFit(coef, vc, cells, result, bool(result.converged), messages, sd_animal, df_contrast)
+    return SynapseFit(coef, vc, cells, result, bool(result.converged), messages, sd_animal, df_contrast,
+                      cov_fe, n_zero, offset)
 
 
 def _holm(p: np.ndarray) -> np.ndarray:
@@ -191,11 +312,13 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
         ``p_vs_vehicle``, ``effect_size_d`` with ``_ci_low``/``_ci_high`` (the log ratio
         versus vehicle over the between-animal SD of a session mean, ``fit.sd_animal_log``:
         Cohen's d of animal means, its interval that of the ratio on the same scale),
-        ``planned``, ``p_vs_vehicle_holm``.
+        ``planned``, ``p_vs_vehicle_holm``, and ``n_zero_fields_excluded`` (zero-density fields
+        left out of the cells this contrast uses, see :func:`fit_synapse_lmm`).
     """
     coef = fit.coefficients.reset_index(drop=True)
-    cov = fit.result.cov_params().loc[fit.result.fe_params.index, fit.result.fe_params.index].to_numpy()
+    cov = fit.fe_cov()
     beta = coef["estimate"].to_numpy()
+    zeros = coef["n_zero_fields_excluded"].to_numpy() if "n_zero_fields_excluded" in coef else np.zeros(len(coef))
     dfc = fit.df_contrast
     z = sps.t.ppf(1 - alpha / 2, dfc)
     idx = {(r.group, int(r.day)): i for i, r in coef.iterrows()}
@@ -219,6 +342,7 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
             "pct_change_from_baseline": 100 * np.expm1(est),
             "pct_change_from_baseline_ci_low": 100 * np.expm1(est - z * se),
             "pct_change_from_baseline_ci_high": 100 * np.expm1(est + z * se),
+            "n_zero_fields_excluded": int(zeros[i] + zeros[b]),
         }
         veh = group_label(r["genotype"], VEHICLE, 0.0, r["treatment_days"])
         if r["compound"] != VEHICLE and (veh, d) in idx and veh in baseline:
@@ -233,6 +357,8 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
                     "pct_vs_vehicle_ci_low": 100 * np.expm1(est_v - z * se_v),
                     "pct_vs_vehicle_ci_high": 100 * np.expm1(est_v + z * se_v),
                     "p_vs_vehicle": float(2 * sps.t.sf(abs(est_v / se_v), dfc)),
+                    "n_zero_fields_excluded": int(zeros[i] + zeros[b] + zeros[idx[(veh, d)]]
+                                                  + zeros[idx[(veh, int(baseline[veh]))]]),
                 }
             )
             if np.isfinite(fit.sd_animal_log) and fit.sd_animal_log > 0:
@@ -492,8 +618,7 @@ def fit_dose_response(
 
 def _cell_index(fit: SynapseFit) -> tuple[dict[tuple[str, int], int], dict[str, int], np.ndarray, np.ndarray]:
     coef = fit.coefficients.reset_index(drop=True)
-    names = fit.result.fe_params.index
-    cov = fit.result.cov_params().loc[names, names].to_numpy()
+    cov = fit.fe_cov()
     idx = {(r.group, int(r.day)): i for i, r in coef.iterrows()}
     baseline = {g: int(d) for g, d in coef.groupby("group")["day"].min().items()}
     return idx, baseline, coef["estimate"].to_numpy(), cov
@@ -764,7 +889,9 @@ def fit_count_endpoint(
     return _ratio_vs_vehicle(res.params, res.cov_params(), _cells_of(animals), alpha, df_resid), diag
 
 
-def fit_morphology_endpoint(table: pd.DataFrame, value: str, *, alpha: float = 0.05) -> pd.DataFrame:
+def fit_morphology_endpoint(
+    table: pd.DataFrame, value: str, *, alpha: float = 0.05, zeros: str = "offset"
+) -> pd.DataFrame:
     """A per-cell morphology readout, analysed per animal: mean of its log per animal, then OLS.
 
     Each animal contributes the mean of ``log(value)`` over its cells (so cells are not
@@ -773,16 +900,26 @@ def fit_morphology_endpoint(table: pd.DataFrame, value: str, *, alpha: float = 0
     the residual degrees of freedom (animals minus groups) and a standardised effect size
     (Cohen's d: the log ratio over the between-animal SD).
 
+    Zeros are real values of some readouts (a cell without branch points, without CD68): by
+    default (``zeros="offset"``) they stay in as ``log(x + c)``, ``c`` half the smallest positive
+    value of the readout (0 when there are no zeros, so the model is then plain ``log x``); with
+    ``zeros="exclude"`` they are left out.  Either way they are counted (``n_zero_cells``,
+    ``zero_offset`` columns) and a warning is logged.
+
     Returns
     -------
     DataFrame
         Ratio versus vehicle with CI, p value, ``planned``, Holm-adjusted ``p_holm``,
-        ``effect_size_d`` with its CI, and n as animals.
+        ``effect_size_d`` with its CI, n as animals, ``n_zero_cells`` and ``zero_offset``.
     """
     df = _terminal_cells(table.dropna(subset=[value]))
-    df = df[df[value] > 0].copy()
-    df["log_value"] = np.log(df[value])
+    df["log_value"], is_zero, offset = log_with_zeros(df[value], zeros, value)
+    if is_zero.any():
+        log.warning("%s: %d cell(s) with value 0 %s", value, int(is_zero.sum()),
+                    f"modelled as log(x + {offset:.4g})" if offset > 0 else "excluded")
+    df = df[df["log_value"].notna()]
     animals = _per_animal(df)["log_value"].mean().rename("animal_mean").reset_index()
     res = smf.ols("animal_mean ~ 0 + C(cell)", data=animals).fit()
     sd = float(np.sqrt(res.scale))
-    return _ratio_vs_vehicle(res.params, res.cov_params(), _cells_of(animals), alpha, float(res.df_resid), sd)
+    out = _ratio_vs_vehicle(res.params, res.cov_params(), _cells_of(animals), alpha, float(res.df_resid), sd)
+    return out.assign(n_zero_cells=int(is_zero.sum()), zero_offset=offset)

@@ -27,6 +27,7 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats as sps
 
+from analysis.stats import fixed_effects_covariance, log_with_zeros
 from analysis.truth import VEHICLE, WILD_TYPE
 
 __all__ = ["trend_table", "fit_synapse_trend"]
@@ -43,8 +44,14 @@ TERMS = {
 }
 
 
-def trend_table(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2") -> pd.DataFrame:
+def trend_table(
+    measurements: pd.DataFrame, value: str = "puncta_density_per_100um2", *, zeros: str = "exclude"
+) -> pd.DataFrame:
     """Image rows with the covariates of the trend model (``log_value``, ``weeks``, ``dose``, ``on``, ``off``).
+
+    Zero densities cannot be logged: as in :func:`analysis.stats.fit_synapse_lmm` they are
+    excluded (``zeros="exclude"``, a warning is logged and their number is kept in
+    ``attrs["n_zero_excluded"]``) or modelled as ``log(x + c)`` (``zeros="offset"``).
 
     Examples
     --------
@@ -54,14 +61,19 @@ def trend_table(measurements: pd.DataFrame, value: str = "puncta_density_per_100
     [[2.0, 1.0, 2.0, 0.0], [6.0, 1.0, 4.0, 2.0]]
     """
     df = measurements.dropna(subset=[value]).copy()
-    df = df[df[value] > 0]
-    df["log_value"] = np.log(df[value].astype(float))
+    df["log_value"], is_zero, offset = log_with_zeros(df[value], zeros, value)
+    n_zero = int(is_zero.sum()) if zeros == "exclude" else 0
+    if n_zero:
+        log.warning("trend model: %d image(s) with zero %s excluded (a log model cannot take them)", n_zero, value)
+    df = df[df["log_value"].notna()].copy()
     day = df["day"].astype(float)
     planned = df["treatment_days"].astype(float)
     df["weeks"] = day / 7.0
     df["dose"] = np.log2(1.0 + df["dose_mg_kg"].astype(float))
     df["on"] = np.clip(day, 0.0, planned) / 7.0
     df["off"] = np.clip(day - planned, 0.0, None) / 7.0
+    df.attrs["n_zero_excluded"] = n_zero
+    df.attrs["zero_offset"] = offset
     return df
 
 
@@ -102,7 +114,9 @@ def fit_synapse_trend(
         ``estimate`` and ``se`` (log scale), ``pct_per_unit`` with ``ci_low``/``ci_high``
         (100 x (exp - 1)), ``p_value``, ``meaning``; and model facts repeated on every row:
         ``random_effects`` (the chosen structure), ``slope_lrt_stat``, ``slope_lrt_p``,
-        ``n_animals``, ``n_images``, ``converged``, ``warnings``.
+        ``n_animals``, ``n_images``, ``n_zero_fields_excluded``, ``converged``, ``warnings``.
+        Standard errors are the GLS ones lme4 reports
+        (:func:`analysis.stats.fixed_effects_covariance`); intervals and p values are Wald z.
     """
     sub = measurements[(measurements["genotype"] == genotype)
                        & measurements["compound"].isin([VEHICLE, compound])]
@@ -125,9 +139,10 @@ def fit_synapse_trend(
     for m in messages:
         log.warning("trend model: %s", m)
     q = sps.norm.ppf(1 - alpha / 2)
+    cov = fixed_effects_covariance(chosen)
     rows = []
     for term, meaning in TERMS.items():
-        est, se = float(chosen.fe_params[term]), float(chosen.bse_fe[term])
+        est, se = float(chosen.fe_params[term]), float(np.sqrt(cov.loc[term, term]))
         rows.append({
             "term": term, "meaning": meaning, "estimate": est, "se": se,
             "pct_per_unit": 100 * np.expm1(est), "ci_low": 100 * np.expm1(est - q * se),
@@ -137,5 +152,6 @@ def fit_synapse_trend(
     return out.assign(
         genotype=genotype, compound=compound, random_effects=random_effects, slope_lrt_stat=stat,
         slope_lrt_p=p_slope, n_animals=int(df["animal_id"].nunique()), n_images=int(len(df)),
+        n_zero_fields_excluded=int(df.attrs.get("n_zero_excluded", 0)),
         converged=bool(chosen.converged), warnings="; ".join(messages),
     )
