@@ -339,7 +339,7 @@ CASES = [
      bad(2, "synapse_channel", "RGB image: 0 = red, 1 = green, 2 = blue")),
     ("time series", on_row(0, "t.tif", tiff(np.ones((3, 64, 64), np.uint16), imagej=True, metadata={"axes": "TYX"})),
      bad(2, "path", "3 time points", "Re-order Hyperstack", "Stack to Images")),
-    ("unknown 4-D axes", on_row(0, "q.tif", tiff(np.ones((3, 2, 64, 64), np.uint16))), bad(2, "path", "'QQYX'", "Image > Properties")),
+    ("unknown 4-D axes", on_row(0, "q.tif", tiff(np.ones((3, 2, 64, 64), np.uint16), photometric="minisblack")), bad(2, "path", "'QQYX'", "Image > Properties")),
     ("symlink loop", symlink_loop, bad(2, "path", "loop.tif is a symbolic link loop")),
     ("image path is a folder", folder_as_image, bad(2, "path", "is a folder, not an image file")),
     ("empty image file", empty_image, bad(2, "path", "is empty (0 bytes)")),

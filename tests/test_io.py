@@ -186,3 +186,66 @@ def test_register_reader(tmp_path: Path) -> None:
     )
     data, info = read_image(p)
     assert data.shape == (2, 1, 4, 5) and info.pixel_size_um == 0.3
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd"])
+def test_compressed_tiffs_read(tmp_path: Path, compression: str) -> None:
+    data = np.random.default_rng(1).integers(0, 4000, (2, 40, 41)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "c.ome.tif", data, ome=True, photometric="minisblack", compression=compression,
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
+    out, info = read_image(tmp_path / "c.ome.tif")
+    assert info.n_channels == 2 and info.pixel_size_um == pytest.approx(0.2)
+    np.testing.assert_array_equal(out[:, 0], data)
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_rgb_samples_are_channels(tmp_path: Path, planar: bool) -> None:
+    rgb = np.zeros((40, 41, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 10, 20, 30
+    rgb[5, 7] = (1, 2, 3)
+    if planar:
+        tifffile.imwrite(tmp_path / "rgb.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    else:
+        tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    out, info = read_image(tmp_path / "rgb.tif")
+    assert out.shape == (3, 1, 40, 41) and info.channel_names == ("red", "green", "blue")
+    assert out[:, 0, 0, 0].tolist() == [10, 20, 30] and out[:, 0, 5, 7].tolist() == [1, 2, 3]
+
+
+def test_fiji_hyperstack_is_transposed_to_czyx(tmp_path: Path) -> None:
+    czyx = np.random.default_rng(2).integers(0, 1000, (2, 3, 40, 41)).astype(np.uint16)
+    tzcyx = np.moveaxis(czyx, 0, 1)[np.newaxis]  # Fiji stores T, Z, C, Y, X
+    tifffile.imwrite(tmp_path / "h.tif", tzcyx, imagej=True, resolution=(1 / 0.3, 1 / 0.3),
+                     metadata={"axes": "TZCYX", "unit": "micron", "spacing": 0.8})
+    out, info = read_image(tmp_path / "h.tif")
+    assert info.axes == "ZCYX" and (info.n_channels, info.n_z) == (2, 3)
+    assert info.pixel_size_um == pytest.approx(0.3) and info.z_step_um == pytest.approx(0.8)
+    np.testing.assert_array_equal(out, czyx)
+
+
+def test_time_series_and_odd_axes_are_refused_with_a_fiji_fix(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((4, 40, 41), np.uint16), imagej=True, metadata={"axes": "TYX"})
+    with pytest.raises(ImageReadError, match=r"t\.tif.*4 time points.*Re-order Hyperstack.*Stack to Images"):
+        image_info(tmp_path / "t.tif")
+    tifffile.imwrite(tmp_path / "q.tif", np.zeros((3, 2, 40, 41), np.uint16), photometric="minisblack")
+    with pytest.raises(ImageReadError, match=r"q\.tif.*'QQYX'.*Image > Properties.*OME-TIFF"):
+        image_info(tmp_path / "q.tif")
+
+
+def test_imagej_spacing_without_unit_is_not_a_z_step(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "px.tif", np.zeros((3, 40, 41), np.uint16), imagej=True,
+                     metadata={"axes": "ZYX", "spacing": 1.0})
+    info = image_info(tmp_path / "px.tif")
+    assert info.n_z == 3 and info.z_step_um is None and info.pixel_size_um is None
+
+
+def test_symlink_loop_and_folder(tmp_path: Path) -> None:
+    (tmp_path / "loop.tif").symlink_to(tmp_path / "loop.tif")
+    with pytest.raises(ImageReadError, match=r"loop\.tif: is a symbolic link loop"):
+        read_image(tmp_path / "loop.tif")
+    (tmp_path / "dir.tif").mkdir()
+    with pytest.raises(ImageReadError, match=r"dir\.tif: is a folder"):
+        image_info(tmp_path / "dir.tif")
+    (tmp_path / "gone.tif").symlink_to(tmp_path / "nowhere.tif")
+    with pytest.raises(ImageReadError, match=r"gone\.tif: is a symbolic link to .*nowhere\.tif.*does not exist"):
+        image_info(tmp_path / "gone.tif")
