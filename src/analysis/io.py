@@ -327,11 +327,19 @@ def _map_axes(path: Path, raw_axes: str, raw_shape: tuple[int, ...]) -> tuple[st
 
 
 def _missing_bytes(path: Path, series) -> int:
-    """How many bytes of the first and last page's pixel data lie beyond the end of the file."""
+    """How many bytes of the first and last page's pixel data are missing (beyond the end of the
+    file, or fewer than an uncompressed page needs); a header-only check for truncated files."""
     size = os.path.getsize(path)
     pages = [pg for pg in (series.pages[0], series.pages[-1]) if pg is not None] if len(series.pages) else []
-    ends = [o + c for pg in pages for o, c in zip(getattr(pg, "dataoffsets", ()), getattr(pg, "databytecounts", ()))]
-    return max(0, max(ends, default=0) - size)
+    missing = 0
+    for pg in pages:
+        offsets, counts = tuple(getattr(pg, "dataoffsets", ())), tuple(getattr(pg, "databytecounts", ()))
+        if not offsets or not any(offsets):
+            return max(1, int(getattr(pg, "nbytes", 1)))
+        missing = max(missing, max(o + c for o, c in zip(offsets, counts)) - size)
+        if getattr(pg, "compression", 1) == 1 and hasattr(pg, "nbytes"):
+            missing = max(missing, int(pg.nbytes) - sum(counts))
+    return max(0, missing)
 
 
 def _tiff_info(path: Path) -> ImageInfo:
@@ -353,11 +361,11 @@ def _tiff_info(path: Path) -> ImageInfo:
             rgb = int(tif.pages[0].photometric) == 2 and "S" in raw_axes
             dtype = np.dtype(series.dtype)
             truncated = _missing_bytes(path, series)
-    except (OSError, ValueError, IndexError, KeyError, TypeError, tifffile.TiffFileError) as exc:
+    except Exception as exc:  # whatever tifffile raises on a damaged header is a damaged file
         raise ImageReadError.for_file(path, _read_failure(exc)) from None
     if truncated:
         raise ImageReadError.for_file(
-            path, f"the file ends {truncated} bytes before its pixel data do: it is truncated or corrupt (an "
+            path, f"{truncated} bytes of its pixel data are missing: it is truncated or corrupt (an "
                   "interrupted copy or export?); copy or export it again")
     axes, shape = _map_axes(path, raw_axes, raw_shape)
     n_c = shape[axes.index("C")] if "C" in axes else 1
@@ -437,7 +445,7 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, ImageInfo]:
         try:
             with _quiet_tifffile():
                 data = tifffile.imread(p, series=0)
-        except (OSError, ValueError, IndexError, KeyError, TypeError, tifffile.TiffFileError) as exc:
+        except Exception as exc:  # as in _tiff_info: a file tifffile cannot decode is a damaged file
             raise ImageReadError.for_file(p, _file_problem(p) or _read_failure(exc).replace(
                 "cannot read TIFF", "cannot read pixel data")) from None
     data = data.reshape(info.shape)
