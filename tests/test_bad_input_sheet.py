@@ -56,6 +56,7 @@ class Study:
     newline: str = "\n"
     prefix: str = ""
     raw: bytes | None = None
+    sheet_name: str = "samples.csv"
 
     def set(self, row: int, column: str, value: str) -> None:
         self.rows[row][self.header.index(column)] = value
@@ -80,7 +81,7 @@ class Study:
         return self.prefix + buf.getvalue()
 
     def write(self) -> Path:
-        sheet = self.dir / "samples.csv"
+        sheet = self.dir / self.sheet_name
         sheet.write_bytes(self.raw if self.raw is not None else self.text().encode("utf-8"))
         return sheet
 
@@ -191,6 +192,16 @@ def absolute_path(s: Study) -> None:
     s.set(1, "path", str((s.dir / "images" / "v7.ome.tif").resolve()))
 
 
+def outside_folder(s: Study) -> None:
+    (s.dir / "elsewhere").mkdir()
+    (s.dir / "images" / "v7.ome.tif").rename(s.dir / "elsewhere" / "v7.ome.tif")
+    (s.dir / "sheets").mkdir()
+    s.sheet_name = "sheets/samples.csv"
+    for r in (0, 2, 3):
+        s.set(r, "path", "../" + s.get(r, "path"))
+    s.set(1, "path", "../elsewhere/v7.ome.tif")
+
+
 def same_file_other_role(s: Study) -> None:
     s.rows.append(["t7b", "images/t7.ome.tif", "002", "WT", "diazepam", "5", "7", "7", "0.2", "", "1", "", "M"])
     s.set(3, "microglia_channel", "")
@@ -276,6 +287,11 @@ CASES = [
     ("VEHICLE and wt", values((0, "compound", " VEHICLE"), (1, "compound", "vehicle"), (0, "genotype", "wt"), (1, "genotype", "Wt")),
      ok({(0, "compound"): "vehicle", (1, "genotype"): "WT"})),
     ("Diazepam capitalised", values((2, "compound", "Diazepam"), (3, "compound", "DIAZEPAM")), ok({(3, "compound"): "diazepam"})),
+    ("TSPO-KO and XBD-173 spellings", values((2, "genotype", "tspo-ko"), (3, "genotype", "TSPO KO"), (2, "compound", "XBD-173"),
+                                              (3, "compound", "xbd173")), ok({(2, "genotype"): "TSPO_KO", (3, "compound"): "XBD173"})),
+    ("unknown genotype kept as written", values((2, "genotype", "Cx3cr1-GFP"), (3, "genotype", "Cx3cr1-GFP")),
+     ok({(2, "genotype"): "Cx3cr1-GFP"})),
+    ("image outside the sheet's folder", outside_folder, ok({(1, "pixel_size_um"): 0.2})),
     ("ids keep leading zeros", nothing, ok({(0, "animal_id"): "001"})),
     ("extra column kept", column("region", ["S1", "S1", "CA1", "CA1"]), ok({(2, "region"): "CA1"})),
     ("quoted comma in a value", column("note", ["a, b", "", "", ""]), ok({(0, "note"): "a, b"})),
@@ -325,6 +341,9 @@ CASES = [
     ("no vehicle group", no_vehicle, bad(None, "compound", "no vehicle group", "diazepam", "rename your control group")),
     ("negative dose", value(2, "dose_mg_kg", "-1"), bad(4, "dose_mg_kg", "dose_mg_kg is -1", ">= 0")),
     ("dose not a number", value(2, "dose_mg_kg", "five"), bad(4, "dose_mg_kg", "'five', not a number")),
+    ("dose with its unit", values((2, "dose_mg_kg", "5 mg/kg"), (3, "dose_mg_kg", "5 mg/kg")), bad(4, "dose_mg_kg", "'5 mg/kg', not a number")),
+    ("negative channel", value(0, "synapse_channel", "-1"), bad(2, "synapse_channel", "'-1'", "whole numbers >= 0")),
+    ("channel nan", value(3, "microglia_channel", "nan"), bad(5, "microglia_channel", "whole numbers >= 0")),
     ("decimal comma", semicolon_decimal_comma, bad(2, "pixel_size_um", "use a decimal point: 0.2")),
     ("day not a number", value(1, "day", "baseline"), bad(3, "day", "'baseline', not a number", "negative for baseline")),
     ("treatment_days inf", value(1, "treatment_days", "inf"), bad(3, "treatment_days", "not a finite number")),

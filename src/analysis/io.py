@@ -471,11 +471,15 @@ def _resolved(path: str) -> str:
 
 
 def _unit_hint(value: float, lo: float, hi: float) -> str:
-    """``"; 100 looks like nanometres: 0.1 um?"`` when a unit slip explains an implausible value."""
+    """``" (100 looks like nanometres: 0.1 um?)"`` when a unit slip explains an implausible value."""
     for factor, unit in ((1e-3, "nanometres"), (1e3, "millimetres")):
         if lo <= value * factor <= hi:
-            return f"; {value:g} looks like {unit}: {value * factor:g} um?"
+            return f" ({value:g} looks like {unit}: {value * factor:g} um?)"
     return ""
+
+
+def _vocabulary_key(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", name.lower())
 
 
 def normalise_vocabulary(
@@ -484,7 +488,8 @@ def normalise_vocabulary(
     """Spell ``compound`` and ``genotype`` the way the models do and check the reference group.
 
     Values that match a known name (:data:`KNOWN_COMPOUNDS`, :data:`KNOWN_GENOTYPES`) ignoring
-    case and surrounding spaces are replaced by it (``" Vehicle"`` -> ``"vehicle"``; logged);
+    case, spaces, ``-`` and ``_`` are replaced by it (``" Vehicle"`` -> ``"vehicle"``,
+    ``"TSPO-KO"`` -> ``"TSPO_KO"``; logged);
     other names are kept.  A table with treated rows but no ``vehicle`` row is a problem: every
     treated group is compared with the vehicle group.
 
@@ -506,9 +511,9 @@ def normalise_vocabulary(
     for col, known in (("compound", KNOWN_COMPOUNDS), ("genotype", KNOWN_GENOTYPES)):
         if col not in out:
             continue
-        lookup = {k.lower(): k for k in known}
+        lookup = {_vocabulary_key(k): k for k in known}
         values = out[col].astype("string")
-        fixed = values.str.strip().map(lambda v: lookup.get(v.lower(), v) if isinstance(v, str) else v)
+        fixed = values.str.strip().map(lambda v: lookup.get(_vocabulary_key(v), v) if isinstance(v, str) else v)
         changed = values.notna() & (fixed != values).fillna(False)
         for (old, new), idx in out[changed].groupby([values[changed], fixed[changed]]).groups.items():
             where = "" if lines is None else " on line(s) " + ", ".join(str(int(lines[i])) for i in idx[:10])
@@ -652,8 +657,9 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
         say otherwise (by more than 1 %); without it such a row is an error.  Empty or ``no``
         otherwise.
 
-    ``compound`` and ``genotype`` values that match a name the models use ignoring case
-    (``Vehicle`` for ``vehicle``, ``wt`` for ``WT``; see :func:`normalise_vocabulary`) are
+    ``compound`` and ``genotype`` values that match a name the models use ignoring case, spaces,
+    ``-`` and ``_`` (``Vehicle`` for ``vehicle``, ``tspo-ko`` for ``TSPO_KO``; see
+    :func:`normalise_vocabulary`) are
     normalised to that spelling; a sheet with treated animals needs a ``vehicle`` group.
     Channel indices of an RGB TIFF name its colour components: 0 = red, 1 = green, 2 = blue.
 
