@@ -16,7 +16,6 @@ import csv
 import errno
 import io
 import logging
-import math
 import os
 import re
 import stat
