@@ -45,6 +45,15 @@ def test_help_names_the_options(command: str, capsys: pytest.CaptureFixture[str]
         assert option in out, f"{option} missing from `{command} --help`"
 
 
+@pytest.mark.parametrize("workers", ["0", "-2", "two"])
+def test_worker_count_must_be_positive(workers: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["quantify", "--workers", workers])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--workers" in err and ">= 1" in err
+
+
 def test_validate_good_sheet(small_study: Path) -> None:
     res = run("validate", str(small_study / "samples.csv"))
     assert res.returncode == 0, res.stderr

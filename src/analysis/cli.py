@@ -128,6 +128,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a worker count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give a number of workers >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} workers; give a number >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m analysis``."""
     parser = argparse.ArgumentParser(
@@ -143,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/raw", help="folder to create the study in (default: data/raw)")
     p.add_argument("--preset", default="default", choices=["small", "default", "null", "large"])
     p.add_argument("--seed", type=int, default=0, help="study seed (default: 0)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
     p.add_argument(
         "--if-empty", action="store_true", help="do nothing when the folder already holds a study (samples.csv)"
@@ -157,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantify", help="measure puncta, microglia and engulfment in every image of a sheet")
     p.add_argument("--samples", default="data/raw/samples.csv", help="sample sheet (default: data/raw/samples.csv)")
     p.add_argument("--out", default="data/processed", help="output folder (default: data/processed)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=_positive_int, default=None,
                    help="worker processes of the local dask cluster (default: all cores; 1: no cluster)")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="use an existing dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
@@ -180,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", default="notebooks", help="notebook folder (default: notebooks)")
     p.add_argument("--kernel", default="analysis", help="Jupyter kernel name (default: analysis)")
     p.add_argument("--only", action="append", help="run only this notebook (repeatable), e.g. 00_study_design")
-    p.add_argument("--workers", type=int, default=None, help="quantification workers (default: all cores)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="quantification workers (default: all cores)")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="use an existing dask cluster for the quantification (default: a local cluster)")
     p.set_defaults(func=_cmd_report)
