@@ -142,6 +142,42 @@ def test_fit_without_vehicle_group_says_so(
     assert "no vehicle group" in err and "column 'compound'" in err and "diazepam" in err
 
 
+@pytest.mark.parametrize(
+    ("name", "phrases"),
+    [("no baseline", ["no baseline synapse image (day < 0)", "column 'day'"]),
+     ("only baseline", ["only baseline synapse images", "add the later sessions"]),
+     ("only vehicle", ["only vehicle synapse images", "column 'compound'"]),
+     ("one animal per group", ["every group has a single animal", "column 'animal_id'"])],
+)
+def test_fit_refuses_designs_the_model_cannot_fit(
+    measurements: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, phrases: list[str]
+) -> None:
+    m = measurements
+    m = {"no baseline": m[m.day >= 0], "only baseline": m[m.day < 0], "only vehicle": m[m.compound == "vehicle"],
+         "one animal per group": m[m.animal_id.isin(m.groupby("compound").animal_id.first())]}[name]
+    m.to_parquet(tmp_path / "m.parquet")
+    err = _error(["fit", "--measurements", str(tmp_path / "m.parquet"), "--out", str(tmp_path)], capsys)
+    for phrase in phrases:
+        assert phrase in err
+    assert not list(tmp_path.glob("synapse_*.csv"))
+
+
+def test_validate_notes_what_fit_will_refuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.ome.tif", np.zeros((64, 64), np.uint16), ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
+    (tmp_path / "samples.csv").write_text(
+        "image_id,path,animal_id,genotype,compound,dose_mg_kg,treatment_days,day,pixel_size_um,"
+        "synapse_channel,microglia_channel,lysosome_channel\n"
+        "a,a.ome.tif,1,WT,vehicle,0,7,7,,0,,\n"
+    )
+    assert main(["validate", str(tmp_path / "samples.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "1 images of 1 animals; sheet is valid" in out
+    assert "note: `fit` will refuse" in out and "no baseline" in out and "only vehicle" in out
+
+
 def test_fit_with_no_measured_image(measurements: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     m = measurements.assign(puncta_density_per_100um2=np.nan)
     m.to_parquet(tmp_path / "m.parquet")

@@ -38,6 +38,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     samples = load_samples(args.samples)
     print(f"{args.samples}: {len(samples)} images of {samples['animal_id'].nunique()} animals; sheet is valid")
+    for problem in fit_problems(samples, str(args.samples)):
+        print(f"note: `fit` will refuse the measurements of this sheet: {problem.message}")
     return 0
 
 
@@ -53,6 +55,38 @@ def _cmd_quantify(args: argparse.Namespace) -> int:
 #: Columns ``fit`` needs in the measurements table (written by ``quantify``).
 FIT_COLUMNS = ("image_id", "animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "day",
                "puncta_density_per_100um2")
+
+
+def fit_problems(table, file: str) -> list[Problem]:
+    """Why the synapse model cannot be fitted to the images of ``table`` (a sheet or measurements).
+
+    The model compares every session with the baseline (day < 0) and every treated group with
+    vehicle, with animals as a random effect: it needs synapse images (no microglia channel)
+    before and after the first dose, a treated group, and a group of two or more animals.
+    """
+    syn = table[table["microglia_channel"].isna()] if "microglia_channel" in table else table
+    if "puncta_density_per_100um2" in syn:
+        syn = syn[syn["puncta_density_per_100um2"].notna()]
+    if syn.empty:
+        return [Problem(file, "no synapse image (a row without microglia_channel) has a puncta density, so there is nothing "
+                              "to fit; check failures.csv beside it for the images that could not be measured",
+                        column="puncta_density_per_100um2")]
+    problems = []
+    if not (syn["day"] < 0).any():
+        problems.append(Problem(file, "no baseline synapse image (day < 0): the model measures each session against the "
+                                      "animal's baseline; add the baseline sessions", column="day"))
+    if not (syn["day"] >= 0).any():
+        problems.append(Problem(file, "only baseline synapse images (day < 0): there is no session after the first dose "
+                                      "to compare; add the later sessions", column="day"))
+    compounds = set(syn["compound"].dropna())
+    if compounds and compounds <= {"vehicle"}:
+        problems.append(Problem(file, "only vehicle synapse images: there is no treated group to compare with vehicle; add "
+                                      "the treated animals", column="compound"))
+    animals = syn.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"])["animal_id"].nunique()
+    if len(animals) and animals.max() < 2:
+        problems.append(Problem(file, "every group has a single animal: the model needs two or more animals in a group "
+                                      "to separate animal from treatment; add animals", column="animal_id"))
+    return problems
 
 
 def load_measurements(path: str | Path):
@@ -86,11 +120,8 @@ def load_measurements(path: str | Path):
     missing = [c for c in FIT_COLUMNS if c not in table.columns]
     if missing:
         raise InputError(Problem(f, f"missing column(s) {', '.join(missing)}; give {made_by}", column=missing[0]))
-    synapse = table[table["microglia_channel"].isna()] if "microglia_channel" in table else table
-    if synapse["puncta_density_per_100um2"].notna().sum() == 0:
-        raise InputError(Problem(f, "no synapse image has a puncta density, so there is nothing to fit; check failures.csv "
-                                    "beside it for the images that could not be measured", column="puncta_density_per_100um2"))
     table, problems = normalise_vocabulary(table, f)
+    problems = problems or fit_problems(table, f)
     if problems:
         raise InputError(problems)
     return table
