@@ -346,6 +346,8 @@ CASES = [
     ("channel nan", value(3, "microglia_channel", "nan"), bad(5, "microglia_channel", "whole numbers >= 0")),
     ("decimal comma", semicolon_decimal_comma, bad(2, "pixel_size_um", "use a decimal point: 0.2")),
     ("day not a number", value(1, "day", "baseline"), bad(3, "day", "'baseline', not a number", "negative for baseline")),
+    ("day 7.5", values((1, "day", "7.5")), bad(3, "day", "day is 7.5", "whole days")),
+    ("treatment_days 6.5", values((2, "treatment_days", "6.5"), (3, "treatment_days", "6.5")), bad(4, "treatment_days", "whole days")),
     ("treatment_days inf", value(1, "treatment_days", "inf"), bad(3, "treatment_days", "not a finite number")),
     ("vehicle with a dose", value(0, "dose_mg_kg", "5"), bad(2, "dose_mg_kg", "vehicle rows have dose 0")),
     ("treated with dose 0", values((2, "dose_mg_kg", "0"), (3, "dose_mg_kg", "0")), bad(4, "dose_mg_kg", "dose_mg_kg is 0", "give the dose")),

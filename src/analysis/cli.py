@@ -64,6 +64,8 @@ def fit_problems(table, file: str) -> list[Problem]:
     vehicle, with animals as a random effect: it needs synapse images (no microglia channel)
     before and after the first dose, a treated group, and a group of two or more animals.
     """
+    from analysis.io import REFERENCE_COMPOUND
+
     syn = table[table["microglia_channel"].isna()] if "microglia_channel" in table else table
     if "puncta_density_per_100um2" in syn:
         syn = syn[syn["puncta_density_per_100um2"].notna()]
@@ -79,7 +81,7 @@ def fit_problems(table, file: str) -> list[Problem]:
         problems.append(Problem(file, "only baseline synapse images (day < 0): there is no session after the first dose "
                                       "to compare; add the later sessions", column="day"))
     compounds = set(syn["compound"].dropna())
-    if compounds and compounds <= {"vehicle"}:
+    if compounds and compounds <= {REFERENCE_COMPOUND}:
         problems.append(Problem(file, "only vehicle synapse images: there is no treated group to compare with vehicle; add "
                                       "the treated animals", column="compound"))
     animals = syn.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"])["animal_id"].nunique()

@@ -746,6 +746,12 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
                 add(i, col, f"{col} is {raw.at[i, col]}, outside the plausible {what} of {lo:g}-{hi:g} um"
                             f"{_unit_hint(v, lo, hi)}; write the {what} in micrometres (um)")
                 ok[i] = False
+        if col in ("day", "treatment_days"):
+            fractional = num.notna() & np.isfinite(num) & (num != np.floor(num)) & ok
+            for i in raw.index[fractional]:
+                add(i, col, f"{col} is {raw.at[i, col]}; the models group sessions and arms by whole days: round it "
+                            "to whole days")
+                ok[i] = False
         valid[col] = ok & num.notna()
         out[col] = num.where(ok)
 
