@@ -12,26 +12,40 @@ e.g. all null studies and the TSPO knockout; power otherwise), 95 % CI coverage 
 effect (-13 % for WT diazepam 5 mg/kg x 7 d), mean estimate, and mean log estimate minus truth
 in units of the mean standard error.
 
-With ``--microglia`` the terminal endpoints are calibrated the same way
+The terminal endpoints are calibrated the same way
 (:func:`analysis.stats.simulate_terminal_measurements`): microglia density and engulfed puncta
 per cell (quasi-Poisson on animal totals) and skeleton length (animal means of the log), the
 planned contrast WT diazepam 5 mg/kg x 7 d versus vehicle, truth from
 :func:`analysis.truth.readout_multipliers`.
 
+Pass or fail (``make calibrate`` exits non-zero on a failure): per endpoint, the primary
+contrast (WT diazepam 5 mg/kg x 7 d versus vehicle; one per study, so the studies are
+independent Bernoulli trials) must not reject significantly more often than 5 % in the null
+studies, nor cover the truth significantly less often than 95 % in the effect studies (exact
+one-sided binomial tests at level 0.01); for the mixed model also the pooled rejection rate of
+all ten planned contrasts of the null studies (a one-sided z test on the per-study fractions).
+With the default 1000 studies a test fails at >= 68 rejections (probability 0.007 when the type
+I error is 0.05): power 0.93 against a type I error of 0.08 and 1.00 against 0.10 (coverage: the
+same against 0.92); the script prints each test's power.  This replaces calibration tests in
+the suite, which can afford ~12-40 studies (power 0.04-0.07 against 0.08).
+
 Usage::
 
-    python benchmarks/calibrate_stats.py --studies 200 --workers 2 --out benchmarks/results/calibration.csv
-    python benchmarks/calibrate_stats.py --microglia --studies 200 --workers 2
+    make calibrate                      # all parts, 1000 studies each, ~1 h of CPU
+    python benchmarks/calibrate_stats.py --studies 1000 --workers 2 --out benchmarks/results/calibration.csv
+    python benchmarks/calibrate_stats.py --part microglia --studies 1000 --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from analysis.stats import fit_count_endpoint, fit_morphology_endpoint, simulate_terminal_measurements
 from analysis.truth import activation, calibrated_model, readout_multipliers
@@ -69,7 +83,84 @@ def one_microglia(args: tuple[str, int]) -> list[dict]:
     return out
 
 
-def microglia(args: argparse.Namespace) -> None:
+def binomial_check(name: str, k: int, n: int, *, nominal: float, worse: float, side: str,
+                   level: float = 0.01) -> dict:
+    """Exact one-sided binomial test of an observed rate against its nominal value.
+
+    ``side="upper"``: a rejection count ``k`` of ``n`` that should be ``nominal`` (0.05) fails
+    when ``P(X >= k) <= level``; ``side="lower"``: a coverage count fails when ``P(X <= k) <=
+    level``.  ``power`` is the probability of failing when the true rate is ``worse``.
+
+    >>> binomial_check("t", 60, 1000, nominal=0.05, worse=0.08, side="upper")["threshold"]
+    68
+    """
+    if side == "upper":
+        crit = int(sps.binom.isf(level, n, nominal))
+        while sps.binom.sf(crit - 1, n, nominal) > level:
+            crit += 1
+        while crit > 0 and sps.binom.sf(crit - 2, n, nominal) <= level:
+            crit -= 1
+        p, power, ok = sps.binom.sf(k - 1, n, nominal), sps.binom.sf(crit - 1, n, worse), k < crit
+    else:
+        crit = int(sps.binom.ppf(level, n, nominal))
+        while crit >= 0 and sps.binom.cdf(crit, n, nominal) > level:
+            crit -= 1
+        while sps.binom.cdf(crit + 1, n, nominal) <= level:
+            crit += 1
+        p, power, ok = sps.binom.cdf(k, n, nominal), sps.binom.cdf(crit, n, worse), k > crit
+    return {"check": name, "studies": n, "observed": k / n, "nominal": nominal,
+            "fails_at": f"{'>=' if side == 'upper' else '<='} {crit}", "threshold": crit,
+            "p_one_sided": float(p), "power": float(power), "power_against": worse, "ok": bool(ok)}
+
+
+def report(checks: list[dict]) -> bool:
+    """Print the pass/fail table; True when every check passed."""
+    table = pd.DataFrame(checks)
+    print(table.round(4).to_string(index=False))
+    failed = table.loc[~table["ok"], "check"].tolist()
+    print("calibration:", "FAILED " + "; ".join(failed) if failed else "all checks passed")
+    return not failed
+
+
+def lmm_checks(df: pd.DataFrame) -> list[dict]:
+    """Binomial checks of the mixed model's primary contrast and a pooled check of all null contrasts."""
+    checks = []
+    null = df[df["null"].astype(bool)]
+    eff = df[~df["null"].astype(bool)]
+    for name, sub, kind in (("LMM type I, null studies, " + GROUP, null[null.group == GROUP], "reject"),
+                            ("LMM type I, default studies, TSPO_KO diazepam 5 mg/kg x 7 d",
+                             eff[eff.group == "TSPO_KO diazepam 5 mg/kg x 7 d"], "reject"),
+                            ("LMM coverage, default studies, " + GROUP, eff[eff.group == GROUP], "cover")):
+        if sub.empty:
+            continue
+        if kind == "reject":
+            checks.append(binomial_check(name, int((sub.p < 0.05).sum()), len(sub), nominal=0.05, worse=0.08,
+                                         side="upper"))
+        else:
+            checks.append(binomial_check(name, int(sub.covered.sum()), len(sub), nominal=0.95, worse=0.92,
+                                         side="lower"))
+    if len(null):
+        frac = null.assign(r=null.p < 0.05).groupby("seed")["r"].mean()
+        z = (frac.mean() - 0.05) / (frac.std(ddof=1) / np.sqrt(len(frac)))
+        checks.append({"check": "LMM type I, null studies, all planned contrasts pooled", "studies": len(frac),
+                       "observed": float(frac.mean()), "nominal": 0.05, "fails_at": "z >= 2.33",
+                       "p_one_sided": float(sps.norm.sf(z)), "ok": bool(z < sps.norm.isf(0.01))})
+    return checks
+
+
+def microglia_checks(df: pd.DataFrame) -> list[dict]:
+    """Binomial checks of each terminal endpoint's primary contrast."""
+    checks = []
+    for endpoint, sub in df.groupby("endpoint"):
+        null, eff = sub[sub.preset == "null"], sub[sub.preset != "null"]
+        checks.append(binomial_check(f"{endpoint} type I, null studies", int((null.p < 0.05).sum()), len(null),
+                                     nominal=0.05, worse=0.08, side="upper"))
+        checks.append(binomial_check(f"{endpoint} coverage, default studies", int(eff.covered.sum()), len(eff),
+                                     nominal=0.95, worse=0.92, side="lower"))
+    return checks
+
+
+def microglia(args: argparse.Namespace) -> list[dict]:
     """Type I error, coverage and mean estimate of the terminal endpoints."""
     jobs = [("null", 30_000 + s) for s in range(args.studies)] + [("default", 40_000 + s) for s in range(args.studies)]
     with ProcessPoolExecutor(args.workers) as pool:
@@ -85,23 +176,31 @@ def microglia(args: argparse.Namespace) -> None:
         coverage=("covered", "mean"), geometric_mean_ratio=("ratio", lambda s: float(np.exp(np.log(s).mean()))),
     )
     print(summary.round(3).to_string())
+    return microglia_checks(df)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--studies", type=int, default=200)
+    ap.add_argument("--studies", type=int, default=1000,
+                    help="simulated studies per preset (default 1000: power 0.93 against a type I error of 0.08)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/calibration.csv"))
-    ap.add_argument("--microglia", action="store_true", help="calibrate the terminal microglia endpoints instead")
+    ap.add_argument("--part", choices=["all", "lmm", "microglia"], default="all")
+    ap.add_argument("--microglia", action="store_true", help="same as --part microglia")
     args = ap.parse_args()
-    if args.microglia:
-        microglia(args)
-        return
-    df = pd.concat([calibrate("null", args.studies, first_seed=10_000, workers=args.workers),
-                    calibrate("default", args.studies, first_seed=20_000, workers=args.workers)], ignore_index=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out, index=False)
-    print(calibration_summary(df).round(3).to_string())
+    part = "microglia" if args.microglia else args.part
+    checks = []
+    if part in ("all", "microglia"):
+        checks += microglia(args)
+    if part in ("all", "lmm"):
+        df = pd.concat([calibrate("null", args.studies, first_seed=10_000, workers=args.workers),
+                        calibrate("default", args.studies, first_seed=20_000, workers=args.workers)],
+                       ignore_index=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out, index=False)
+        print(calibration_summary(df).round(3).to_string())
+        checks += lmm_checks(df)
+    sys.exit(0 if report(checks) else 1)
 
 
 if __name__ == "__main__":
