@@ -859,10 +859,16 @@ def fit_count_endpoint(
 
     Examples
     --------
+    With one rate per cell the estimated ratio is the ratio of the observed rates (counts over
+    area), and the residual df are animals minus cells:
+
     >>> img, cells = simulate_terminal_measurements("small", 0)
     >>> contrasts, diag = fit_count_endpoint(img, "microglia_count", exposure="field_area_mm2")
-    >>> diag["family"], bool(contrasts["n_animals"].min() >= 2)
-    ('quasi-Poisson', True)
+    >>> by = img.groupby("compound")[["microglia_count", "field_area_mm2"]].sum()
+    >>> rate = by["microglia_count"] / by["field_area_mm2"]
+    >>> r = contrasts.set_index("group").loc["WT XBD173 10 mg/kg x 7 d"]
+    >>> bool(np.isclose(r["ratio_vs_vehicle"], rate["XBD173"] / rate["vehicle"])), diag["df_resid"], diag["n_animals"]
+    (True, 5.0, 10)
     """
     import statsmodels.api as sm
 

@@ -11,7 +11,9 @@
 #   ref_glm_contrasts.csv   quasi-Poisson rate ratios versus vehicle (glm(family = quasipoisson))
 #   ref_glm_dispersion.csv  their Pearson dispersion and over-dispersion test
 #   ref_lm_contrasts.csv    OLS of animal means of log skeleton length (lm), ratio versus vehicle
-#   ref_trend.csv           the dose x time trend mixed model (trend.py), both random-effect structures
+#   ref_trend.csv           the dose x time trend mixed model (trend.py), both random-effect structures,
+#                           t with trend.py's df rule (animals minus between-animal fixed effects)
+#                           next to Wald z and lmerTest's Satterthwaite
 #   ref_dose_trend.csv      the log-linear dose trend test of fit_dose_response (lm)
 #
 # Run from this folder:  Rscript make_reference.R
@@ -222,10 +224,15 @@ for (nm in c("intercepts", "slope")) {
   cf <- summary(m, ddf = "Satterthwaite")$coefficients
   est <- fixef(m)[terms]
   se <- sqrt(diag(as.matrix(vcov(m))))[terms]
-  q <- qnorm(1 - (1 - level) / 2)
+  # trend.py's df: animals minus the fixed-effect columns that are constant within every animal
+  X <- model.matrix(m)
+  between <- sum(apply(X, 2, function(col) all(tapply(col, droplevels(tr$animal_id), function(v) length(unique(v)) == 1))))
+  df_rule <- length(unique(tr$animal_id)) - between
+  q <- qt(1 - (1 - level) / 2, df_rule)
   trend_rows[[nm]] <- data.frame(random_effects = nm, term = terms, estimate = unname(est), se = unname(se),
-                                 ci_low = unname(est - q * se), ci_high = unname(est + q * se),
-                                 p_value = unname(2 * pnorm(-abs(est / se))),  # Wald z, as trend.py
+                                 df = df_rule, ci_low = unname(est - q * se), ci_high = unname(est + q * se),
+                                 p_value = unname(2 * pt(-abs(est / se), df_rule)),
+                                 p_value_wald_z = unname(2 * pnorm(-abs(est / se))),
                                  df_satterthwaite = unname(cf[terms, "df"]),
                                  p_value_satterthwaite = unname(cf[terms, "Pr(>|t|)"]),
                                  lrt_stat = lrt, lrt_p = p_lrt, n_animals = length(unique(tr$animal_id)),
