@@ -273,8 +273,12 @@ def fit_synapse_lmm(
     # between-animal SD of one animal's session mean (log scale): the scale of Cohen's d
     fields = float(df.groupby(["animal_id", "day"]).size().mean())
     sd_animal = float(np.sqrt(vc["variance"].iloc[0] + vc["variance"].iloc[1] + vc["variance"].iloc[2] / fields))
-    # degrees of freedom of group contrasts: animals minus groups (the between-animal,
-    # "containment" rule; Wald z is too liberal with a handful of animals per group)
+    # degrees of freedom of group contrasts: animals minus groups (the between-animal rule;
+    # Wald z is too liberal with a handful of animals per group).  For the within-animal
+    # contrasts (changes from baseline and their differences) lmerTest's Satterthwaite and
+    # pbkrtest's Kenward-Roger df are larger (~330-360 vs 98 in tests/reference), so these
+    # intervals are deliberately ~1 % wider: the rule does not lean on the compound-symmetry
+    # assumption of the session effects; estimates and SEs match lme4/emmeans to < 1e-6.
     df_contrast = float(max(df["animal_id"].nunique() - df["group"].nunique(), 1))
     return SynapseFit(coef, vc, cells, result, bool(result.converged), messages, sd_animal, df_contrast,
                       cov_fe, n_zero, offset)
