@@ -256,6 +256,27 @@ def test_zero_density_offset_policy_keeps_every_field() -> None:
         fit_synapse_lmm(m.assign(puncta_density_per_100um2=-m.puncta_density_per_100um2))
 
 
+def test_animal_changes_leave_zero_fields_out(caplog: pytest.LogCaptureFixture) -> None:
+    from analysis.stats import animal_changes
+
+    m = simulate_measurements("default", 0)
+    a1, a2 = m.animal_id.unique()[:2]
+    base1 = (m.animal_id == a1) & (m.day == m.day.min())
+    m2 = m.copy()
+    m2.loc[base1[base1].index[:1], "puncta_density_per_100um2"] = 0.0  # one of two baseline fields
+    base2 = (m.animal_id == a2) & (m.day == m.day.min())
+    m2.loc[base2, "puncta_density_per_100um2"] = 0.0  # the whole baseline session
+    with caplog.at_level(logging.WARNING, logger="analysis.stats"):
+        ch = animal_changes(m2).set_index("animal_id")
+    assert "3 field(s) with zero" in caplog.text and f"animal(s) {a2}" in caplog.text
+    assert a2 not in ch.index and np.isfinite(ch.log_ratio).all()  # not -inf, not a later session as baseline
+    # animal 1: its baseline is the one remaining field
+    keep = m[(m.animal_id == a1) & ~m.index.isin(base1[base1].index[:1])]
+    end = keep[keep.day == keep.treatment_days].puncta_density_per_100um2.mean()
+    start = keep[keep.day == keep.day.min()].puncta_density_per_100um2.mean()
+    assert ch.loc[a1, "log_ratio"] == pytest.approx(np.log(end / start))
+
+
 def test_morphology_zeros_stay_in_with_an_offset(caplog: pytest.LogCaptureFixture) -> None:
     from analysis.stats import simulate_terminal_measurements
 

@@ -531,14 +531,27 @@ def animal_changes(
     -------
     DataFrame
         ``animal_id``, group columns, ``day``, ``log_ratio`` and ``pct_change_from_baseline`` (field means
-        per session first, so each animal counts once).
+        per session first, so each animal counts once).  Fields of zero density are left out
+        of the session means, as in :func:`fit_synapse_lmm` (a warning says how many; an animal
+        whose whole session was zero drops out, with a warning naming it).
     """
-    s = session_means(measurements, value)
-    base = s.loc[s.groupby("animal_id")["day"].idxmin(), ["animal_id", value]].rename(columns={value: "baseline"})
+    # baseline day among the measured fields, zeros included: an all-zero baseline is missing, not later
+    first_day = measurements.dropna(subset=[value]).groupby("animal_id")["day"].min()
+    zero = measurements[value] == 0
+    if zero.any():
+        log.warning("animal changes: %d field(s) with zero %s excluded from the session means", int(zero.sum()),
+                    value)
+    s = session_means(measurements[~zero], value)
+    base = s.loc[s["day"] == s["animal_id"].map(first_day), ["animal_id", value]].rename(columns={value: "baseline"})
     target = s[s["day"] == s["treatment_days"]] if day == "end_of_dosing" else s[s["day"] == int(day)]
     out = target.merge(base, on="animal_id")
     out["log_ratio"] = np.log(out[value] / out["baseline"])
     out["pct_change_from_baseline"] = 100 * np.expm1(out["log_ratio"])
+    wanted = measurements["day"] == (measurements["treatment_days"] if day == "end_of_dosing" else int(day))
+    lost = sorted(set(measurements.loc[wanted, "animal_id"]) - set(out["animal_id"]))
+    if lost:
+        log.warning("animal changes: no non-zero field at baseline or at the compared session for animal(s) %s; "
+                    "left out", ", ".join(map(str, lost)))
     return out.drop(columns=["n_fields"]).reset_index(drop=True)
 
 
