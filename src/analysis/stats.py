@@ -48,6 +48,7 @@ __all__ = [
     "fit_morphology_endpoint",
     "fixed_effects_covariance",
     "ZERO_POLICIES",
+    "log_with_zeros",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def fit_synapse_lmm(
         ``coefficients`` and ``cells``), in ``n_zero_excluded`` and in ``warnings``.  A field of a
         few hundred um^2 of cortex without a single punctum (~40 per 100 um^2 expected) is a
         failed image or detection, not a density, and ``log(0 + c)`` would put it 5-6 log units
-        (~60 SDs) below the rest and dominate the Gaussian fit.  ``"offset"``: model
+        (tens of residual SDs) below the rest and dominate the Gaussian fit.  ``"offset"``: model
         ``log(x + c)``, ``c`` half the smallest positive density, for sparse readouts where a
         zero is a real value (``zero_offset``).
 
