@@ -680,3 +680,127 @@ def recovery_plot(contrasts: pd.DataFrame, groups: list[str] | None = None) -> F
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+# --- the key figure of the report index ------------------------------------------------------
+
+__all__ += ["key_findings_figure", "short_group_label"]
+
+_COMPOUND_SHORT = {"diazepam": "DZP", "vehicle": "vehicle"}
+#: Percent changes labelled on the log-ratio axis of :func:`key_findings_figure`.
+_PCT_TICKS = (-90, -75, -50, -25, -10, 0, 10, 25, 50, 100, 200, 400, 900, 1900)
+
+
+def short_group_label(group: str) -> str:
+    """A group label short enough for an axis tick: ``"WT diazepam 5 mg/kg x 7 d"`` -> ``"DZP 5, 7 d"``.
+
+    The wild type is implicit; other genotypes stay in front.
+
+    Examples
+    --------
+    >>> short_group_label("WT vehicle x 28 d")
+    'vehicle, 28 d'
+    >>> short_group_label("TSPO_KO diazepam 5 mg/kg x 7 d")
+    'TSPO_KO DZP 5, 7 d'
+    """
+    head, _, days = group.rpartition(" x ")
+    words = head.replace(" mg/kg", "").split()
+    if words and words[0] == "WT":
+        words = words[1:]
+    words = [_COMPOUND_SHORT.get(w, w) for w in words]
+    return " ".join(words) + (f", {days}" if days else "")
+
+
+def _log_ticks(lo: float, hi: float, max_ticks: int = 8) -> list[float]:
+    """Ratio ticks at round percentages within (lo, hi), at least 1/max_ticks of the log range apart, 0 % kept."""
+    gap = (np.log(hi) - np.log(lo)) / max_ticks
+    inside = [1 + p / 100 for p in _PCT_TICKS if lo <= 1 + p / 100 <= hi]
+    kept = [1.0] if lo <= 1 <= hi else []
+    for side in ([t for t in inside if t > 1], [t for t in reversed(inside) if t < 1]):
+        last = 1.0
+        for t in side:
+            if abs(np.log(t) - np.log(last)) >= gap:
+                kept.append(t)
+                last = t
+    return sorted(kept)
+
+
+def key_findings_figure(animals: pd.DataFrame, estimates: pd.DataFrame, panels: list[tuple[str, str]],
+                        *, panel_inches: float = 3.3) -> Figure:
+    """The report's key figure: each animal as a dot, the model's estimate with its 95 % CI, per endpoint.
+
+    Every panel shows one endpoint relative to vehicle on a log ratio axis labelled in percent,
+    groups in design order (vehicle first): the dots are each animal's value over the mean of
+    its vehicle group (a strip plot, deterministic horizontal offsets), the black diamond and
+    bar the model's estimate and 95 % CI of the contrast (a point plot of the fitted table, not
+    a bootstrap of the dots), a red cross the simulated truth where there is one.
+
+    Parameters
+    ----------
+    animals : DataFrame
+        ``endpoint``, ``group``, ``animal_id``, ``pct_vs_vehicle`` (one row per animal,
+        :func:`analysis.findings.animal_values`).
+    estimates : DataFrame
+        ``endpoint``, ``group``, ``role`` ("reference" / "treated"), ``pct``, ``pct_ci_low``,
+        ``pct_ci_high`` and optionally ``truth_pct`` (:func:`analysis.findings.endpoint_contrasts`),
+        rows in design order.
+    panels : list of (endpoint, title)
+        The panels, in order.
+
+    Returns
+    -------
+    Figure
+    """
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ncol = 2 if len(panels) > 1 else 1
+    nrow = int(np.ceil(len(panels) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(ncol * panel_inches * 1.25, nrow * panel_inches),
+                             squeeze=False, layout="constrained")
+    pct_fmt = FuncFormatter(lambda y, _: "0 %" if abs(y - 1) < 1e-9 else f"{100 * (y - 1):+.0f} %")
+    for ax, (endpoint, title) in zip(axes.ravel(), panels):
+        est = estimates[(estimates["endpoint"] == endpoint) & estimates["role"].isin(["reference", "treated"])]
+        dots = animals[animals["endpoint"] == endpoint]
+        groups = list(dict.fromkeys(est["group"]))
+        groups += [g for g in dict.fromkeys(dots["group"]) if g not in groups]
+        for x, g in enumerate(groups):
+            d = dots[dots["group"] == g].sort_values("animal_id")
+            if len(d):
+                offsets = np.linspace(-0.12, 0.12, len(d)) if len(d) > 1 else np.zeros(1)
+                ax.plot(x - 0.12 + offsets, 1 + d["pct_vs_vehicle"].to_numpy(float) / 100, "o", ms=3.5,
+                        color="C0", alpha=0.75, mec="none", label="animal" if x == 0 else None)
+            e = est[(est["group"] == g) & (est["role"] == "treated")]
+            if len(e):
+                r = e.iloc[0]
+                y = 1 + r["pct"] / 100
+                ax.errorbar([x + 0.18], [y], yerr=[[y - (1 + r["pct_ci_low"] / 100)], [(1 + r["pct_ci_high"] / 100) - y]],
+                            fmt="D", ms=4, color="k", capsize=2, lw=1)
+                t = r.get("truth_pct", np.nan)
+                if t is not None and np.isfinite(t):
+                    ax.plot([x + 0.18], [1 + t / 100], "x", ms=6, mew=1.5, color="C3")
+        ax.axhline(1, color="0.5", lw=0.8)
+        ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        ax.yaxis.set_major_locator(FixedLocator(_log_ticks(lo, hi)))
+        ax.yaxis.set_major_formatter(pct_fmt)
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_ylim(lo, hi)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([short_group_label(g) for g in groups], fontsize=7, rotation=50, ha="right",
+                           rotation_mode="anchor")
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        n = dots["animal_id"].nunique()
+        ax.set_title(f"{title}\n(n = {n} animals)" if n else title, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_ylabel("versus vehicle", fontsize=8)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="none", marker="o", color="C0", ms=4, label="animal (over its vehicle group's mean)"),
+               Line2D([], [], ls="-", marker="D", color="k", ms=4, label="model estimate, 95 % CI"),
+               Line2D([], [], ls="none", marker="x", color="C3", ms=6, label="simulated truth")]
+    if "truth_pct" not in estimates or not estimates["truth_pct"].notna().any():
+        handles = handles[:2]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
+    return fig
