@@ -1,8 +1,15 @@
-"""Shared fixtures: one small simulated study per test session (read-only for tests)."""
+"""Shared fixtures: the small simulated study, quantified once and reported once per test session.
+
+All three are read-only for tests: a test that needs to change a study or a processed folder
+copies it first (``shutil.copytree``) into its own ``tmp_path``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +17,11 @@ import pytest
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="session")
@@ -23,15 +35,41 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_report(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_quantified(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The processed folder of :func:`analysis.quantify.quantify_study` on :func:`small_study`.
+
+    The only quantification of the whole small study in a test session: ``measurements.parquet``,
+    ``cells.parquet``, ``puncta.parquet``, ``failures.csv``, ``raw_manifest.csv`` and the
+    per-image ``cache/``.  Read-only: the folder's files are hashed here and checked again at
+    the end of the session, so a test that writes into it fails (copy it to change it).
+    Tests that need the report's copy of the tables use :func:`small_report`, which is built
+    from this folder's cache.
+    """
+    from analysis.quantify import quantify_study
+
+    out = tmp_path_factory.mktemp("small_quantified")
+    quantify_study(small_study / "samples.csv", out, workers=2, progress=False)
+    before = _digest(out)
+    yield out
+    after = _digest(out)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"tests wrote into the read-only small_quantified folder: {changed}"
+
+
+@pytest.fixture(scope="session")
+def small_report(small_study: Path, small_quantified: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The whole report (pipeline and every notebook) run once on :func:`small_study`.
 
-    Returns the output folder with ``processed/`` and ``reports/`` (read-only for tests).
+    The pipeline runs for real (``quantify_study`` and the model fits) but on a copy of
+    :func:`small_quantified`, so every image is served from its cache instead of being
+    quantified a second time.  Returns the output folder with ``processed/`` and ``reports/``
+    (read-only for tests).
     """
     from analysis.report import run_report
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path_factory.mktemp("report")
+    shutil.copytree(small_quantified, out / "processed")  # (a copy: small_quantified stays read-only)
     run_report(
         data_dir=small_study,
         processed_dir=out / "processed",

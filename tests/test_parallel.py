@@ -13,7 +13,9 @@ from test_cache import subset_study, tables
 
 
 def test_cluster_gives_the_tables_of_the_in_process_run(small_study: Path, tmp_path: Path) -> None:
-    raw = subset_study(small_study, tmp_path / "raw", n_synapse=3, n_terminal=2)
+    # the smallest study that still compares both paths on every table: one synapse field and
+    # one terminal field (puncta, cells, engulfment), one image per worker
+    raw = subset_study(small_study, tmp_path / "raw", n_synapse=1, n_terminal=1)
     serial = quantify_study(raw / "samples.csv", tmp_path / "serial", workers=1, progress=False)
     with _local_cluster(2) as cluster:
         parallel = quantify_study(raw / "samples.csv", tmp_path / "dask", scheduler=cluster.scheduler_address,
@@ -22,8 +24,11 @@ def test_cluster_gives_the_tables_of_the_in_process_run(small_study: Path, tmp_p
     pd.testing.assert_frame_equal(serial, parallel)
     for a, b in zip(tables(tmp_path / "serial"), tables(tmp_path / "dask"), strict=True):
         pd.testing.assert_frame_equal(a, b)
-    assert serial["microglia_count"].sum() > 0  # cells of both terminal images are in the comparison
-    assert len(list((tmp_path / "dask" / "cache").rglob("*.parquet"))) == 5  # written by the workers
+    a, b = (pd.read_parquet(tmp_path / run / "puncta.parquet") for run in ("serial", "dask"))
+    assert len(a) > 0
+    pd.testing.assert_frame_equal(a, b, obj="puncta")
+    assert serial["microglia_count"].sum() > 0  # the terminal image's cells are in the comparison
+    assert len(list((tmp_path / "dask" / "cache").rglob("*.parquet"))) == 2  # written by the workers
 
 
 def _worker_environ() -> tuple[str | None, str | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +17,13 @@ from analysis.figures import qc_overlay
 from analysis.io import read_image
 from analysis.quality import VALIDATED_RANGE
 from analysis.quantify import quantify_study, read_puncta
+from test_cache import subset_study
 
 
-@pytest.fixture(scope="module")
-def quantified(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("processed")
-    quantify_study(small_study / "samples.csv", out, workers=2, progress=False)
-    return out
+@pytest.fixture()
+def quantified(small_quantified: Path) -> Path:
+    """The session's one quantification of the small study (tests/conftest.py; read-only)."""
+    return small_quantified
 
 
 def test_tables_one_row_per_image_with_sheet_columns(quantified: Path, small_study: Path) -> None:
@@ -44,7 +45,7 @@ def test_tables_one_row_per_image_with_sheet_columns(quantified: Path, small_stu
     assert m.loc[m["microglia_channel"].isna(), "microglia_count"].isna().all()
 
 
-def test_puncta_table_holds_the_counted_detections(quantified: Path, small_study: Path,
+def test_puncta_table_holds_the_counted_detections(quantified: Path, small_study: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     m = pd.read_parquet(quantified / "measurements.parquet")
     puncta = pd.read_parquet(quantified / "puncta.parquet")
@@ -74,8 +75,9 @@ def test_puncta_table_holds_the_counted_detections(quantified: Path, small_study
         raise AssertionError("quantified again")
 
     monkeypatch.setattr(quantify, "_quantify_row", fail)
-    again = quantified.parent / f"{quantified.name}-again"
-    quantify_study(small_study / "samples.csv", again, workers=1, progress=False, cache_dir=quantified / "cache")
+    again = tmp_path / "again"
+    cache = shutil.copytree(quantified / "cache", tmp_path / "cache")  # (the session's folder stays read-only)
+    quantify_study(small_study / "samples.csv", again, workers=1, progress=False, cache_dir=cache)
     assert (again / "puncta.parquet").read_bytes() == (quantified / "puncta.parquet").read_bytes()
     assert (again / "cells.parquet").read_bytes() == (quantified / "cells.parquet").read_bytes()
 
@@ -113,17 +115,30 @@ def test_numbers_follow_the_truth(quantified: Path, small_study: Path) -> None:
     assert m.loc[m["snr_level"] != "hard", "in_validated_range"].all()
 
 
-def test_cli_quantify_and_qc_overlay(small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_quantify_and_qc_overlay(small_study: Path, small_quantified: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # the command line on two images of the study (one synapse field, one terminal field): it
+    # quantifies them afresh and writes the rows and objects of the session's API run
+    raw = subset_study(small_study, tmp_path / "raw", n_synapse=1, n_terminal=1)
+    out = tmp_path / "out"
     res = subprocess.run([sys.executable, "-m", "analysis", "-q", "quantify", "--samples",
-                          str(small_study / "samples.csv"), "--out", str(tmp_path), "--workers", "1"],
+                          str(raw / "samples.csv"), "--out", str(out), "--workers", "1"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "measurements.parquet").exists() and (tmp_path / "cells.parquet").exists()
-    term = sorted((small_study / "images").glob("*_term_*"))[0]
+    m = pd.read_parquet(out / "measurements.parquet")
+    api = pd.read_parquet(small_quantified / "measurements.parquet").set_index("image_id").loc[m["image_id"]]
+    assert len(m) == 2 and m["microglia_count"].notna().sum() == 1
+    pd.testing.assert_frame_equal(m.set_index("image_id"), api, check_dtype=False)
+    for name in ("cells", "puncta"):
+        cli_table = pd.read_parquet(out / f"{name}.parquet").reset_index(drop=True)
+        api_table = pd.read_parquet(small_quantified / f"{name}.parquet")
+        api_table = api_table[api_table["image_id"].isin(m["image_id"])].reset_index(drop=True)
+        assert len(cli_table) > 0
+        pd.testing.assert_frame_equal(cli_table, api_table, check_dtype=False, obj=name)
+    term = raw / pd.read_csv(raw / "samples.csv").dropna(subset=["microglia_channel"]).path.iloc[0]
     data, info = read_image(term)
-    puncta = read_puncta(tmp_path / "puncta.parquet", term.name.removesuffix(".ome.tif"))
-    n_counted = pd.read_parquet(tmp_path / "measurements.parquet").set_index("image_id").loc[
-        term.name.removesuffix(".ome.tif"), "n_puncta"]
+    puncta = read_puncta(out / "puncta.parquet", term.name.removesuffix(".ome.tif"))
+    n_counted = m.set_index("image_id").loc[term.name.removesuffix(".ome.tif"), "n_puncta"]
     assert len(puncta) >= n_counted > 0
 
     def fail(*args: object, **kwargs: object) -> None:
