@@ -1,0 +1,200 @@
+"""reports/index.html: findings, endpoint table in design order, not-estimable fits, methods, provenance."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_findings import HEAD, _dose_response, microglia_table, synapse_table
+
+from analysis.index_page import KEY_FIGURE, TABLES_DIR, dependency_versions, redact_paths, write_index
+
+#: Absolute paths of the kinds a machine would leak (POSIX roots, Windows drives, file URLs).
+_ABSOLUTE = re.compile(r"(?<![\w.])(?:/(?:tmp|home|work|Users|usr|var|root|mnt|opt|private)/|[A-Za-z]:\\|file://)")
+
+
+def _text(page: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+@pytest.fixture()
+def hand_built(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A processed folder of hand-built fitted tables, a study folder with a sheet, a reports folder."""
+    data, processed, reports = tmp_path / "study", tmp_path / "processed", tmp_path / "reports"
+    data.mkdir()
+    processed.mkdir()
+    sheet = pd.DataFrame({"image_id": [f"i{k}" for k in range(8)], "path": [f"images/i{k}.tif" for k in range(8)],
+                          "animal_id": ["a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8"],
+                          "genotype": "WT", "compound": ["vehicle", "vehicle", "diazepam", "diazepam"] * 2,
+                          "dose_mg_kg": [0, 0, 5, 5, 0, 0, 1, 1], "treatment_days": 7, "day": 7,
+                          "sex": ["F", "M"] * 4})
+    sheet.to_csv(data / "samples.csv", index=False)
+    synapse_table().to_csv(processed / "synapse_contrasts.csv", index=False)
+    microglia_table().to_csv(processed / "microglia_contrasts.csv", index=False)
+    _dose_response().to_csv(processed / "synapse_dose_response.csv", index=False)
+    pd.DataFrame({"group": [HEAD], "n_animals": 4, "pct_at_end_of_dosing": -13.0,
+                  "first_recovered_day_after_last_dose": 7.0, "recovery_tau_days": 1000.0}).to_csv(
+        processed / "synapse_recovery.csv", index=False)
+    pd.DataFrame({"image_id": ["i3"], "path": ["images/i3.tif"], "reason": ["unreadable TIFF: truncated"]}).to_csv(
+        processed / "failures.csv", index=False)
+    return data, processed, reports
+
+
+def _write(data: Path, processed: Path, reports: Path) -> str:
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    params = {"data_dir": str(data.resolve()), "processed_dir": str(processed.resolve()), "workers": 1,
+              "quantify": {"puncta": {"threshold_sd": 5.0}, "microglia": {}, "lysosomes": {}, "quality": {}}}
+    return write_index(reports, processed, data, [], params, now, now).read_text(encoding="utf-8")
+
+
+def test_index_states_findings_in_sentences_that_match_the_tables(hand_built) -> None:
+    page = _write(*hand_built)
+    text = _text(page)
+    row = synapse_table().set_index("group").loc[HEAD]
+    assert (f"Synapse density decreased in {HEAD} versus vehicle: {row.pct_vs_vehicle:+.1f} % (95 % CI "
+            f"{row.pct_vs_vehicle_ci_low:+.1f} to {row.pct_vs_vehicle_ci_high:+.1f} %; n = 8 vs 8 animals; "
+            "Holm-adjusted p = 0.002 over 3 planned contrasts).") in text
+    assert "Microglia density showed no detectable change in" in text
+    assert "Engulfed PSD95 puncta per microglia increased in" in text
+    assert "Microglia skeleton length decreased in" in text
+    # the endpoint table in design order: vehicle, then 1 mg/kg, then 5 mg/kg, then XBD173
+    table = page[page.index("every primary endpoint"):page.index("Dose x time trend")]
+    order = [table.index(f"<td>{g}</td>") for g in ("WT vehicle x 7 d", "WT diazepam 1 mg/kg x 7 d", HEAD,
+                                                   "WT XBD173 10 mg/kg x 7 d")]
+    assert order == sorted(order)
+    assert f"{row.pct_vs_vehicle:+.1f} ({row.pct_vs_vehicle_ci_low:+.1f} to {row.pct_vs_vehicle_ci_high:+.1f})" in table
+
+
+def test_unidentified_fits_are_not_estimable_with_the_reason_not_numbers(hand_built) -> None:
+    page = _write(*hand_built)
+    fits = _text(page[page.index("Dose-response, recovery and mechanism"):page.index("<h2>Contents")])
+    assert "not estimable: 95 % CI 0.005 to 500 mg/kg spans 5 orders of magnitude" in fits
+    assert "not estimable: 1e+03 d is at the upper fit bound (1000 d)" in fits
+    assert "5.7 (" not in fits  # the unidentified ED50 is not printed as an estimate
+    assert "Not estimable from these data" in _text(page)  # and the abstract says so
+
+
+def test_methods_arrive_and_provenance(hand_built) -> None:
+    page = _write(*hand_built)
+    text = _text(page)
+    assert "threshold_sd" in text and "5.0" in text and "configured" in text  # the detector as it ran
+    assert "noise_fdr" in text  # defaults listed too
+    assert "log(density) ~ 0 + C(group x session)" in text and "animals minus groups" in text
+    assert "Holm-adjusted within each endpoint (family sizes: synapse density: 3; microglia density: 2" in text
+    assert "image i3 (images/i3.tif): unreadable TIFF: truncated" in text  # exclusion with its reason
+    assert re.search(r"<td>WT vehicle x 7 d</td><td class=\"num\">4</td><td>F 2, M 2</td>", page)
+    versions = dependency_versions()
+    assert f"Package versions ({len(versions)}:" in page
+    for name in ("numpy", "pandas", "statsmodels", "scikit-image", "papermill"):
+        assert f"<td>{name}</td>" in page
+
+
+def test_no_absolute_machine_path_on_the_page(hand_built, tmp_path: Path) -> None:
+    page = _write(*hand_built)
+    assert str(tmp_path) not in page and str(tmp_path.resolve()) not in page
+    assert _ABSOLUTE.findall(page) == []
+    # every link and image is relative and resolves next to the page
+    reports = hand_built[2]
+    for target in re.findall(r'(?:src|href)="([^"#]+)', page):
+        assert not target.startswith(("/", "http")), target
+        if target.startswith(TABLES_DIR):
+            assert (reports / target).exists(), target
+    assert (reports / TABLES_DIR / "synapse_contrasts.csv").read_bytes() == \
+        (hand_built[1] / "synapse_contrasts.csv").read_bytes()
+
+
+def test_path_pattern_catches_what_it_should() -> None:
+    assert _ABSOLUTE.findall("data in /tmp/pytest-1/study and C:\\Users\\me") == ["/tmp/", "C:\\"]
+    assert _ABSOLUTE.findall("images/a.tif ../other/c.tif 100 um/px") == []
+
+
+def test_redact_paths() -> None:
+    assert redact_paths({"a": "/x/y/study", "b": ["rel/p.csv", Path("/q/r.csv")], "c": 3}) == \
+        {"a": "study", "b": ["rel/p.csv", "r.csv"], "c": 3}
+
+
+def test_every_dependency_version_not_only_the_direct_ones() -> None:
+    v = dependency_versions()
+    names = {n.lower() for n in v["package"]}
+    assert v["package"].iloc[0] == "python" and v["package"].iloc[1] == "analysis"
+    assert {"numpy", "scipy", "pandas", "statsmodels", "scikit-image", "tifffile", "papermill"} <= names
+    assert "patsy" in names and "python-dateutil" in names  # transitive: via statsmodels, pandas
+    assert "pytest" not in set(v.loc[v["required as"] == "direct", "package"].str.lower())  # extras left out
+    assert len(v) > 30 and (v["version"] != "not installed").sum() > 30
+
+
+def test_index_without_fitted_tables_still_writes(tmp_path: Path) -> None:
+    data = tmp_path / "study"
+    data.mkdir()
+    pd.DataFrame({"image_id": ["a"], "path": ["a.tif"]}).to_csv(data / "samples.csv", index=False)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    page = write_index(tmp_path / "reports", tmp_path / "processed", data, [], {}, now, now).read_text()
+    assert "No primary endpoint was fitted" in page and KEY_FIGURE not in page
+
+
+# ---------------------------------------------------------------- on a real small run
+
+_CLAUSE = (r"({n}) % \(95 % CI ({n}) to ({n}) %; n = (\d+) vs (\d+) animals; Holm-adjusted p ([=<]) (\d\.\d+) "
+           r"over (\d+) planned contrasts\)").format(n=r"[+-]\d+\.\d")
+
+
+def _p_text(p: float) -> tuple[str, str]:
+    return ("<", "0.001") if p < 0.001 else ("=", f"{p:.3f}")
+
+
+@pytest.mark.slow
+def test_index_of_the_small_study_matches_its_tables(small_report: Path, small_study: Path) -> None:
+    """Every headline sentence's numbers, read back from the page, equal the fitted tables'."""
+    page = (small_report / "reports" / "index.html").read_text(encoding="utf-8")
+    text = _text(page)
+    processed = small_report / "processed"
+    syn = pd.read_csv(processed / "synapse_contrasts.csv")
+    syn = syn[syn.planned.astype(bool)]
+    mg = pd.read_csv(processed / "microglia_contrasts.csv")
+    mg = mg[mg.planned.astype(bool)]
+    headlines = {"Synapse density": None, "Microglia density": "microglia density",
+                 "Engulfed PSD95 puncta per microglia": "engulfed puncta", "CD68 area fraction of microglia": "cd68",
+                 "Microglia skeleton length": "skeleton_length", "Microglia branch points": "branch_points"}
+    checked = 0
+    for label, prefix in headlines.items():
+        m = re.search(rf"{label} (increased|decreased|showed no detectable change) in {re.escape(HEAD)} versus "
+                      rf"vehicle: {_CLAUSE}", text)
+        if prefix is None:
+            r = syn.set_index("group").loc[HEAD]
+            est, lo, hi, p, fam = (r.pct_vs_vehicle, r.pct_vs_vehicle_ci_low, r.pct_vs_vehicle_ci_high,
+                                   r.p_vs_vehicle_holm, len(syn))
+        else:
+            sub = mg[mg.endpoint.str.startswith(prefix)]
+            if sub.empty:
+                assert m is None
+                continue
+            r = sub.set_index("group").loc[HEAD]
+            est, lo, hi, p, fam = 100 * (r.ratio_vs_vehicle - 1), 100 * (r.ci_low - 1), 100 * (r.ci_high - 1), \
+                r.p_holm, len(sub)
+        assert m, label
+        word, *nums = m.groups()
+        assert [float(x) for x in nums[:3]] == [round(est, 1), round(lo, 1), round(hi, 1)], label
+        assert (int(nums[3]), int(nums[4])) == (int(r.n_animals), int(r.n_animals_vehicle)), label
+        assert (nums[5], nums[6]) == _p_text(p) and int(nums[7]) == fam, label
+        expected = "increased" if lo > 0 else "decreased" if hi < 0 else "showed no detectable change"
+        assert word == expected, label
+        checked += 1
+    assert checked >= 5
+    # the simulated truth of the headline, from the study's own truth model
+    from analysis.validation import true_pct_vs_vehicle
+
+    truth = float(true_pct_vs_vehicle(syn[syn.group == HEAD])[0])
+    assert f"Simulated truth {truth:+.1f} %" in text
+    # figure, tables, no machine paths
+    assert f'<img src="{KEY_FIGURE}"' in page and (small_report / "reports" / KEY_FIGURE).stat().st_size > 10_000
+    for root in (small_report, small_study):
+        assert str(root) not in page and str(root.resolve()) not in page
+    assert _ABSOLUTE.findall(page) == []
+    assert (small_report / "reports" / TABLES_DIR / "microglia_contrasts.csv").exists()
+    assert np.isfinite(syn["pct_vs_vehicle"]).all()
