@@ -252,3 +252,14 @@ def test_trend_sentences_follow_the_cis() -> None:
 def test_no_tables_no_findings() -> None:
     c = F.endpoint_contrasts({})
     assert c.empty and F.abstract(c) == [] and F.primary_table(c).empty
+
+
+def test_an_undetected_true_change_is_said() -> None:
+    from analysis.truth import calibrated_model
+
+    c = F.add_truth(F.endpoint_contrasts({"microglia_contrasts": microglia_table()}), calibrated_model())
+    dens = next(f for f in F.abstract(c) if f.endpoint == "microglia_density" and f.kind == "headline")
+    assert dens.direction == "no detectable change" and dens.ci_covers_truth
+    assert f"The simulated change of {dens.truth_pct:+.1f} % went undetected in this study." in dens.text
+    eng = next(f for f in F.abstract(c) if f.endpoint == "engulfment" and f.kind == "headline")
+    assert "undetected" not in eng.text  # detected: nothing to say

@@ -85,6 +85,15 @@ MODEL_FORMULAS: dict[str, str] = {
                  "(analysis.stats.recovery)"),
 }
 
+#: Readable names of the parameters of the dose-response and recovery fits.
+PARAMETER_LABELS: dict[str, str] = {
+    "e0_pct": "E0 (change at dose 0)",
+    "emax_pct": "Emax (maximal change)",
+    "ed50_mg_kg": "ED50 (dose of half the maximal change)",
+    "trend_slope": "log-linear dose trend (slope)",
+    "recovery_tau_days": "recovery time constant",
+}
+
 #: Bounds of the recovery time constant in :func:`analysis.stats.recovery` (days).
 RECOVERY_TAU_BOUNDS_DAYS: tuple[float, float] = (0.5, 1000.0)
 #: ED50 bounds in :func:`analysis.stats.fit_dose_response`: lowest / 100 and highest / 100 x dose.
@@ -389,7 +398,10 @@ def _truth_clause(r) -> str:
     if t is None or not np.isfinite(t):
         return ""
     where = "inside" if bool(r.ci_covers_truth) else "outside"
-    return f" Simulated truth {format_pct(t)} %: {where} the 95 % CI."
+    text = f" Simulated truth {format_pct(t)} %: {where} the 95 % CI."
+    if direction(r.pct_ci_low, r.pct_ci_high) == "no detectable change" and abs(t) >= 0.05:
+        text += f" The simulated change of {format_pct(t)} % went undetected in this study."
+    return text
 
 
 def _finding(r, text: str) -> Finding:
@@ -543,7 +555,8 @@ def estimability(dose_response: pd.DataFrame | None = None, recovery: pd.DataFra
     Returns
     -------
     DataFrame
-        ``fit`` ("dose-response" / "recovery"), ``what`` (arm or group), ``parameter``,
+        ``fit`` ("dose-response" / "recovery"), ``what`` (arm or group), ``parameter`` (and its
+        readable ``label``),
         ``estimate``, ``ci_low``, ``ci_high``, ``unit``, ``estimable`` and ``reason`` (empty
         when estimable).
 
@@ -590,7 +603,8 @@ def estimability(dose_response: pd.DataFrame | None = None, recovery: pd.DataFra
                 elif par == "emax_pct" and lo <= -99.0:
                     reason = f"95 % CI reaches {lo:.1f} % (complete loss): the maximum is not identified"
                 unit = {"ed50_mg_kg": "mg/kg", "trend_slope": "log ratio per log dose"}.get(par, "%")
-                rows.append({"fit": "dose-response", "what": what, "parameter": par, "estimate": est,
+                rows.append({"fit": "dose-response", "what": what, "parameter": par,
+                             "label": PARAMETER_LABELS.get(par, par), "estimate": est,
                              "ci_low": lo, "ci_high": hi, "unit": unit, "n_animals": p.loc[par].get("n_animals"),
                              "estimable": not reason, "reason": reason})
     if recovery is not None and len(recovery):
@@ -609,10 +623,11 @@ def estimability(dose_response: pd.DataFrame | None = None, recovery: pd.DataFra
                               f"({RECOVERY_TAU_BOUNDS_DAYS[0 if side == 'lower' else 1]:g} d)")
                 elif follow_up_days and tau > MAX_TAU_FOLLOW_UP * follow_up_days:
                     reason = f"{tau:.3g} d is beyond {MAX_TAU_FOLLOW_UP:g} x the follow-up of {follow_up_days:g} d"
-            rows.append({"fit": "recovery", "what": r.group, "parameter": "recovery_tau_days", "estimate": tau,
+            rows.append({"fit": "recovery", "what": r.group, "parameter": "recovery_tau_days",
+                         "label": PARAMETER_LABELS["recovery_tau_days"], "estimate": tau,
                          "ci_low": np.nan, "ci_high": np.nan, "unit": "days", "n_animals": r.n_animals,
                          "estimable": not reason, "reason": reason})
-    cols = ["fit", "what", "parameter", "estimate", "ci_low", "ci_high", "unit", "n_animals", "estimable", "reason"]
+    cols = ["fit", "what", "parameter", "label", "estimate", "ci_low", "ci_high", "unit", "n_animals", "estimable", "reason"]
     return pd.DataFrame(rows, columns=cols)
 
 

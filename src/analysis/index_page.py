@@ -161,6 +161,16 @@ def redact_paths(value):
     return value
 
 
+def _relative_to(path: str, base: Path) -> str:
+    """An absolute ``path`` as seen from ``base`` (``../../elsewhere/d.tif``); relative paths unchanged."""
+    if not os.path.isabs(path):
+        return path
+    try:
+        return os.path.relpath(path, base.resolve())
+    except ValueError:  # another drive (Windows)
+        return redact_paths(path)
+
+
 # ---------------------------------------------------------------- HTML helpers
 
 def _e(text) -> str:
@@ -249,7 +259,7 @@ def _abstract_html(findings: list[F.Finding], trend: list[F.Finding], estimab: p
     if len(estimab):
         bad = estimab[~estimab["estimable"].astype(bool)]
         if len(bad):
-            items = "; ".join(f"{r.parameter} of {r.what}: {r.reason}" for r in bad.itertuples())
+            items = "; ".join(f"{r.label} of {r.what}: {r.reason}" for r in bad.itertuples())
             paragraphs.append(f"Not estimable from these data (shown as such in the tables below): {items}.")
     if not paragraphs:
         return "<p>No primary endpoint was fitted (no fitted tables in the processed folder).</p>"
@@ -303,7 +313,7 @@ def _trend_html(trend: pd.DataFrame | None) -> str:
     if trend is None or trend.empty:
         return "<p>The dose x time trend model was not fitted (the design has too few doses or animals).</p>"
     rows = [{"term": r.term, "meaning": r.meaning,
-             "change per unit, % (95 % CI)": F.format_ci(r.pct_per_unit, r.ci_low, r.ci_high).replace("+", "+", 1),
+             "change per unit, % (95 % CI)": f"{r.pct_per_unit:+.2f} ({r.ci_low:+.2f} to {r.ci_high:+.2f})",
              "p (unadjusted)": f"{r.p_value:.3g}", "df": f"{r.df:g}", "n animals": int(r.n_animals)}
             for r in trend.itertuples()]
     first = trend.iloc[0]
@@ -326,7 +336,7 @@ def _fits_html(estimab: pd.DataFrame, mechanism: pd.DataFrame | None) -> str:
                 shown = f"{_fmt(r.estimate)}{ci}" + ("" if np.isfinite(r.ci_low) else " (no CI: point estimate)")
             else:
                 shown = f"not estimable: {r.reason}"
-            rows.append({"fit": r.fit, "arm or group": r.what, "parameter": r.parameter, "unit": r.unit,
+            rows.append({"fit": r.fit, "arm or group": r.what, "parameter": r.label, "unit": r.unit,
                          "estimate (95 % CI)": shown,
                          "n animals": "" if pd.isna(r.n_animals) else str(int(r.n_animals))})
         parts.append(_html_table(pd.DataFrame(rows), cell_class={"estimate (95 % CI)": "ne"}))
@@ -539,7 +549,7 @@ def _arrive_html(processed: Path, data_dir: Path, measurements: pd.DataFrame | N
                      "(fields and cells are repeated measures within it).</p>" + _html_table(table))
     excl = []
     if len(failures):
-        excl += [f"image {r.image_id} ({redact_paths(str(r.path))}): {r.reason}" for r in failures.itertuples()]
+        excl += [f"image {r.image_id} ({_relative_to(str(r.path), data_dir)}): {r.reason}" for r in failures.itertuples()]
     coef = processed / "synapse_lmm_coefficients.csv"
     if coef.exists():
         c = pd.read_csv(coef)
@@ -684,7 +694,7 @@ def write_index(
         files = sorted(p for p in data_dir.rglob("*") if p.is_file())
         manifest = pd.DataFrame({"path": [str(p.relative_to(data_dir)) for p in files],
                                  "sha256": [sha256_file(p) for p in files]})
-    manifest = manifest.assign(path=[redact_paths(str(p)) for p in manifest["path"]])
+    manifest = manifest.assign(path=[_relative_to(str(p), data_dir) for p in manifest["path"]])
     sheet_sha = sha256_file(data_dir / "samples.csv")
     facts = _study_facts(data_dir)
     tables = F.load_tables(processed_dir)
@@ -742,6 +752,10 @@ with every code cell, for auditors.</p><ol>{toc}</ol>
 <details><summary>SHA-256 of every input file</summary>{_table(manifest[["path", "sha256"]])}</details>
 </body></html>
 """
+    # a safety net for paths inside free text (fit warnings, failure reasons): the run's folders by name
+    roots = {str(p): p.name for d in (data_dir, processed_dir, reports_dir) for p in (d, d.resolve()) if p.is_absolute()}
+    for root in sorted(roots, key=len, reverse=True):
+        body = body.replace(root, roots[root])
     out = reports_dir / "index.html"
     with atomic_path(out) as tmp:
         tmp.write_text(body, encoding="utf-8")
