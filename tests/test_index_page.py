@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import html
 import re
@@ -60,6 +61,7 @@ def test_index_states_findings_in_sentences_that_match_the_tables(hand_built) ->
     assert (f"Synapse density decreased in {HEAD} versus vehicle: {row.pct_vs_vehicle:+.1f} % (95 % CI "
             f"{row.pct_vs_vehicle_ci_low:+.1f} to {row.pct_vs_vehicle_ci_high:+.1f} %; n = 8 vs 8 animals; "
             "Holm-adjusted p = 0.002 over 3 planned contrasts).") in text
+    assert (hand_built[2] / KEY_FIGURE).exists() and 'src="data:image/png;base64,' in page  # estimates only
     assert "Microglia density showed no detectable change in" in text
     assert "Engulfed PSD95 puncta per microglia increased in" in text
     assert "Microglia skeleton length decreased in" in text
@@ -192,7 +194,10 @@ def test_index_of_the_small_study_matches_its_tables(small_report: Path, small_s
     truth = float(true_pct_vs_vehicle(syn[syn.group == HEAD])[0])
     assert f"Simulated truth {truth:+.1f} %" in text
     # figure, tables, no machine paths
-    assert f'<img src="{KEY_FIGURE}"' in page and (small_report / "reports" / KEY_FIGURE).stat().st_size > 10_000
+    png = (small_report / "reports" / KEY_FIGURE).read_bytes()
+    assert len(png) > 10_000 and f'<a href="{KEY_FIGURE}">' in page
+    embedded = re.search(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert embedded and base64.b64decode(embedded[1]) == png  # the page stands alone, the PNG beside it
     for root in (small_report, small_study):
         assert str(root) not in page and str(root.resolve()) not in page
     assert _ABSOLUTE.findall(page) == []

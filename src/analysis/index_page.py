@@ -12,6 +12,7 @@ was made on: folders are given by name, files relative to the sample sheet or th
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import html
 import inspect
@@ -297,9 +298,10 @@ def _key_figure(reports: Path, processed: Path, contrasts: pd.DataFrame) -> str:
                "estimate and 95 % CI of the contrast versus vehicle (the numbers of the table below)"
                + ("; red crosses: the simulated truth" if "truth_pct" in contrasts else "")
                + f". Log-ratio axes labelled in percent. Animals per panel: {sizes}.")
-    return (f'<figure><img src="{KEY_FIGURE}" alt="Key findings: synapse density, microglia density, engulfment '
-            f'and skeleton length versus vehicle by group, every animal as a dot"><figcaption>{_e(caption)}'
-            "</figcaption></figure>")
+    data = base64.b64encode(out.read_bytes()).decode("ascii")  # embedded, so the page stands alone
+    return (f'<figure><a href="{KEY_FIGURE}"><img src="data:image/png;base64,{data}" alt="Key findings: synapse '
+            'density, microglia density, engulfment and skeleton length versus vehicle by group, every animal as a '
+            f'dot"></a><figcaption>{_e(caption)} (<a href="{KEY_FIGURE}">PNG file</a>)</figcaption></figure>')
 
 
 def _endpoint_html(contrasts: pd.DataFrame) -> str:
