@@ -70,14 +70,52 @@ def test_changed_raw_file_is_reported(small_study: Path, tmp_path: Path) -> None
     shutil.copytree(small_study, raw)
     quantify_study(raw / "samples.csv", tmp_path / "out", workers=2, progress=False)
     manifest = pd.read_csv(tmp_path / "out" / "raw_manifest.csv")
-    assert len(manifest) == len(digest(raw))
-    victim = sorted((raw / "images").iterdir())[0]
+    sheet = pd.read_csv(raw / "samples.csv", dtype=str, keep_default_na=False)
+    # the inputs are the images the sheet lists and the sheet (ground truth, notes are not)
+    assert manifest.path.tolist() == [*sheet.path, "samples.csv"]
+    assert manifest.kind.tolist() == ["image"] * len(sheet) + ["sample sheet"]
+    files = digest(raw)
+    assert manifest.sha256.tolist() == [files[p] for p in manifest.path]
+    assert manifest.bytes.tolist() == [(raw / p).stat().st_size for p in manifest.path]
+    victim, gone = raw / sheet.path[0], raw / sheet.path[1]
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0xFF
     victim.write_bytes(bytes(data))
-    (raw / "truth" / sorted(p.name for p in (raw / "truth").iterdir())[0]).unlink()
+    gone.unlink()
+    (raw / "truth" / sorted(p.name for p in (raw / "truth").iterdir())[0]).unlink()  # not an input
     with pytest.raises(InputError) as exc:
         quantify_study(raw / "samples.csv", tmp_path / "out", workers=2, progress=False)
-    msg = str(exc.value)
-    assert victim.name in msg and "changed since the manifest was written" in msg
-    assert "missing since the manifest was written" in msg and "delete" in msg
+    assert len(exc.value.problems) == 2
+    first, second = (str(p) for p in exc.value.problems)
+    assert victim.name in first and "changed since the manifest was written" in first and "delete" in first
+    assert gone.name in second and "missing since the manifest was written" in second
+
+
+@pytest.mark.parametrize(("per_worker", "available", "cores", "expected"), [
+    (2e9, 5e9, 8, 2),  # memory-bound: 5 GB / 2 GB
+    (2e9, 1e9, 8, 1),  # less than one worker's need: still one
+    (1e6, 5e9, 4, 4),  # core-bound
+    (3e9, 9e9, 2, 2),  # exactly three fit, two cores
+    (4e9, 1.2e10, 16, 3),
+])
+def test_default_workers_from_memory(per_worker: float, available: float, cores: int, expected: int) -> None:
+    from analysis.quantify import default_workers
+
+    assert default_workers(per_worker, available_bytes=int(available), cores=cores) == expected
+
+
+def test_worker_memory_estimate_uses_the_largest_image(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from analysis import quantify
+
+    small, large = tmp_path / "small.tif", tmp_path / "large.tif"
+    tifffile.imwrite(small, np.ones((64, 64), np.uint16))
+    tifffile.imwrite(large, np.ones((2, 256, 256), np.uint16), compression="zlib")  # compressed: decoded size counts
+    per_worker, largest = quantify.worker_memory_estimate([str(small), str(large), str(tmp_path / "absent.tif")])
+    assert largest == str(large)
+    assert per_worker == quantify.WORKER_BASE_BYTES + quantify.WORKER_MEMORY_FACTOR * 2 * 256 * 256 * 2
+    # quantify_study logs its choice when the caller leaves the worker count open
+    with caplog.at_level(logging.INFO, logger="analysis.quantify"):
+        assert quantify.default_workers(per_worker) >= 1
+    assert quantify._available_memory() is None or quantify._available_memory() > 0

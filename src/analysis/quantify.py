@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,10 +28,10 @@ import pandas as pd
 from analysis import cache, engulfment, microglia, quality, synapses
 from analysis.errors import ImageReadError, InputError, Problem
 from analysis.progress import progress as track
-from analysis.files import atomic_path, check_manifest, sha256_file, write_csv, write_parquet
-from analysis.io import load_samples, read_image
+from analysis.files import atomic_path, check_manifest, write_csv, write_parquet
+from analysis.io import image_info, load_samples, read_image
 
-__all__ = ["QuantifyParams", "quantify_image", "quantify_study", "image_problem", "read_puncta"]
+__all__ = ["QuantifyParams", "quantify_image", "quantify_study", "image_problem", "read_puncta", "default_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -225,30 +226,81 @@ def _kept_puncta(puncta: pd.DataFrame | None, mask: np.ndarray | None) -> pd.Dat
     return kept
 
 
-def image_problem(data: np.ndarray, roles: dict[str, Any]) -> str | None:
-    """Why an image cannot be quantified (wrong channels, blank or saturated), or None.
+#: Smallest plane (pixels, each of Y and X) that is measured: below it the background, noise
+#: and analysed-area estimates have too few pixels (a 2 x 2 image read 625 puncta / 100 um^2).
+MIN_PLANE_PX = 32
+
+#: What each channel role holds (for messages).
+_ROLE_NAMES = {"synapse_channel": "synapse", "microglia_channel": "microglia", "lysosome_channel": "lysosome"}
+
+
+def _bad_pixel_counts(plane: np.ndarray) -> tuple[int, int]:
+    """Number of NaN and of infinite pixels of a float channel (one z plane at a time)."""
+    if not np.issubdtype(plane.dtype, np.floating) and not np.issubdtype(plane.dtype, np.complexfloating):
+        return 0, 0
+    n_nan = n_inf = 0
+    for sub in plane.reshape(-1, *plane.shape[-2:]):
+        n_nan += int(np.count_nonzero(np.isnan(sub)))
+        n_inf += int(np.count_nonzero(np.isinf(sub)))
+    return n_nan, n_inf
+
+
+def image_problem(data: np.ndarray, roles: dict[str, Any], *, min_size_px: int = MIN_PLANE_PX) -> str | None:
+    """Why an image cannot be quantified, or None when it can.
+
+    Checked in this order, for the channels the sheet assigns a role only (an unused channel
+    may hold anything): the channel index exists; the plane is at least ``min_size_px`` pixels
+    in Y and X; no NaN or infinite pixel; the channel is not blank (all zero or one constant
+    value); not saturated (more than 1 % of the pixels at the top of an integer type).  Each
+    reason names the channel role and says how to fix it.
 
     Parameters
     ----------
     data : ndarray
         Image, axes CZYX.
     roles : dict
-        Channel role -> index (None / NA when absent).
+        Channel role (e.g. ``"synapse_channel"``) -> index (None / NA when absent).
+    min_size_px : int
+        Smallest measurable plane (pixels per side).
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image_problem(np.zeros((1, 1, 64, 64), np.uint16), {"synapse_channel": 0})
+    'synapse_channel (channel 0) is blank: every pixel is 0; check the acquisition and the export (is it the right channel?)'
+    >>> "2 x 2 pixels, too small" in image_problem(np.ones((1, 1, 2, 2), np.uint16), {"synapse_channel": 0})
+    True
     """
-    for role, ch in roles.items():
-        if ch is None or pd.isna(ch):
-            continue
-        ch = int(ch)
+    used = {role: int(ch) for role, ch in roles.items() if ch is not None and not pd.isna(ch)}
+    for role, ch in used.items():
         if ch >= data.shape[0]:
             return (f"{role} is {ch} but the image has {data.shape[0]} channel(s) (valid: 0-{data.shape[0] - 1}); "
                     "fix the sample sheet or export the image with all channels")
+    ny, nx = data.shape[-2:]
+    if used and (ny < min_size_px or nx < min_size_px):
+        names = ", ".join(f"{role} (channel {ch})" for role, ch in used.items())
+        return (f"{names}: the image is {ny} x {nx} pixels, too small to measure (at least {min_size_px} x "
+                f"{min_size_px} are needed for the background and noise estimates); image or export a larger field")
+    for role, ch in used.items():
         plane = data[ch]
+        n_nan, n_inf = _bad_pixel_counts(plane)
+        if n_nan or n_inf:
+            what = " and ".join(s for s in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else "") if s)
+            return (f"{role} (channel {ch}, {_ROLE_NAMES.get(role, role)}) has {what} pixel(s) of {plane.size}: "
+                    "not a measurable intensity; export the raw image again (the conversion wrote invalid values), "
+                    "or replace them in Fiji (Process > Math > Remove NaNs) and record that in the sheet")
         lo, hi = plane.min(), plane.max()
         if lo == hi:
-            return f"{role} (channel {ch}) is blank: every pixel is {lo}; check the acquisition and the export"
+            value = f"{lo:g}" if np.issubdtype(plane.dtype, np.floating) else f"{lo}"
+            return (f"{role} (channel {ch}) is blank: every pixel is {value}; check the acquisition and the export "
+                    "(is it the right channel?)")
         if np.issubdtype(plane.dtype, np.integer):
             top = np.iinfo(plane.dtype).max
-            saturated = float(np.mean(plane == top))
+            saturated = float(np.count_nonzero(plane == top)) / plane.size
             if saturated > 0.01:
                 return (f"{role} (channel {ch}) is saturated: {saturated:.1%} of pixels at {top}; "
                         "re-acquire with lower gain or laser power")
@@ -257,7 +309,8 @@ def image_problem(data: np.ndarray, roles: dict[str, Any]) -> str | None:
 
 _ROLES = ("synapse_channel", "microglia_channel", "lysosome_channel")
 #: Outputs of :func:`quantify_study` in ``out_dir`` (stray temporaries of these are removed).
-_OUTPUTS = ("measurements.parquet", "cells.parquet", "puncta.parquet", "failures.csv", "raw_manifest.csv")
+_OUTPUTS = ("measurements.parquet", "cells.parquet", "puncta.parquet", "failures.csv", "raw_manifest.csv",
+            "raw_manifest_sheet.csv")
 #: Columns of the per-punctum table kept in the cache and in ``puncta.parquet`` (with ``z``
 #: first for z-stacks): position in pixels, fitted intensity, detection SNR, fitted size.
 PUNCTA_COLUMNS = ("y", "x", "intensity", "snr", "sigma_um")
@@ -268,33 +321,93 @@ _PUNCTA_ATTRS_KEY = b"analysis.puncta_attrs"
 _CELLS_ROW_GROUP = 50_000
 
 
+#: A bytes literal in an exception text (tifffile quotes a file's first bytes: "header=b'root'").
+_BYTES_LITERAL = re.compile(r"""\bb(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+#: Longest failure reason kept from an exception text.
+_MAX_REASON = 1000
+
+
+def _safe_reason(text: str, path: str | os.PathLike[str] | None = None) -> str:
+    """A failure reason fit for ``failures.csv`` and messages: never the file's content.
+
+    Readers quote the first bytes of a file they cannot parse (a ``.tif`` linked to a system
+    file would put that file's text into our outputs): bytes literals become ``<file bytes
+    omitted>``, the resolved target of ``path`` (a symlink) is replaced by the file name the
+    sheet gives, control characters are dropped and the text is cut at
+    :data:`_MAX_REASON` characters.
+    """
+    text = _BYTES_LITERAL.sub("<file bytes omitted>", str(text))
+    if path is not None:
+        given = Path(path)
+        with contextlib.suppress(OSError, RuntimeError):
+            target = str(given.resolve())
+            if target != str(given):
+                text = text.replace(target, given.name)
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _failure(task: dict[str, Any], reason: str) -> dict[str, str]:
+    return {"image_id": task["image_id"], "path": task["path"], "reason": _safe_reason(reason, task.get("abs_path"))}
+
+
+def _z_step(task: dict[str, Any], info: Any) -> float | None:
+    """The z step of an image: the sheet's ``z_step_um`` when given, else the file's metadata."""
+    value = task.get("z_step_um")
+    if value is not None and not pd.isna(value):
+        return float(value)
+    return float(info.z_step_um) if info.z_step_um else None
+
+
 def _quantify_row(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, str] | None]:
     """Read and quantify one image.
 
     Returns (readouts, {"cells": per-cell table, "puncta": per-punctum table}, None), or
-    ({}, {}, failure record) for a bad image.
+    ({}, {}, failure record) for a bad image: unreadable, a problem found by
+    :func:`image_problem`, no usable pixel size, a stack without z step, or any unexpected
+    error while measuring it (its type and message; the traceback is logged at DEBUG).
     """
     roles = {k: task[k] for k in _ROLES}
     try:
         data, info = read_image(task["abs_path"])
     except ImageReadError as exc:
-        return {}, {}, {"image_id": task["image_id"], "path": task["path"],
-                        "reason": "; ".join(p.message for p in exc.problems)}
-    problem = image_problem(data, roles)
-    pixel_size = task["pixel_size_um"] if not pd.isna(task["pixel_size_um"]) else info.pixel_size_um
-    if problem is None and pixel_size is None:
-        problem = "no pixel size in the sheet or the file's metadata; add pixel_size_um to the sheet"
-    if problem is not None:
-        return {}, {}, {"image_id": task["image_id"], "path": task["path"], "reason": problem}
-    row, cells, puncta = quantify_image(
-        data,
-        float(pixel_size),
-        **roles,
-        z_step_um=info.z_step_um,
-        params=task["params"],
-        return_puncta=True,
-    )
+        return {}, {}, _failure(task, "; ".join(p.message for p in exc.problems))
+    except Exception as exc:  # e.g. a reader plug-in's own error: the image fails, the run goes on
+        log.debug("reading %s failed", task["abs_path"], exc_info=True)
+        return {}, {}, _failure(task, f"cannot read the file ({type(exc).__name__}: {exc}); check the path "
+                                      "in the sample sheet and that it is an image file")
+    try:
+        problem, pixel_size, z_step = _measurable(data, info, task, roles)
+        if problem is not None:
+            return {}, {}, _failure(task, problem)
+        row, cells, puncta = quantify_image(data, pixel_size, **roles, z_step_um=z_step, params=task["params"],
+                                            return_puncta=True)
+    except Exception as exc:  # one image must not abort the run: record it, keep the traceback in the log
+        log.debug("quantifying image %r (%s) failed", task["image_id"], task["abs_path"], exc_info=True)
+        return {}, {}, _failure(task, f"measuring failed with {type(exc).__name__}: {exc}; check the image "
+                                      "(run with --verbose for the traceback) and report it if the image looks right")
     return row, {"cells": cells, "puncta": puncta}, None
+
+
+def _measurable(data: np.ndarray, info: Any, task: dict[str, Any],
+                roles: dict[str, Any]) -> tuple[str | None, float, float | None]:
+    """``(problem, pixel size, z step)``: why the image cannot be measured (:func:`image_problem`,
+    pixel size, z step) or None, and the pixel size and z step to measure it with."""
+    problem = image_problem(data, roles)
+    if problem is not None:
+        return problem, np.nan, None
+    pixel_size = task["pixel_size_um"] if not pd.isna(task["pixel_size_um"]) else info.pixel_size_um
+    z_step = _z_step(task, info)
+    if pixel_size is None:
+        problem = "no pixel size in the sheet or the file's metadata; add pixel_size_um to the sheet"
+    elif not (np.isfinite(pixel_size) and pixel_size > 0):
+        problem = f"pixel size {pixel_size} is not a finite number > 0; set pixel_size_um in the sheet (micrometres)"
+    elif data.shape[1] > 1 and z_step is None:
+        problem = (f"stack without z step ({data.shape[1]} planes, no z step in the sheet or the file's metadata): "
+                   "add z_step_um to the sheet (micrometres between planes)")
+    elif data.shape[1] > 1 and not (np.isfinite(z_step) and z_step > 0):
+        problem = f"z step {z_step} is not a finite number > 0; set z_step_um in the sheet (micrometres between planes)"
+    return problem, float(pixel_size) if pixel_size is not None else np.nan, z_step
 
 
 def _quantify_to_cache(task: dict[str, Any]) -> dict[str, str] | None:
@@ -398,21 +511,121 @@ def _run_tasks(todo: list[dict[str, Any]], workers: int, scheduler: Any) -> Any:
             client.cancel([f for f in futures if not f.done()])
 
 
-def _image_hashes(samples: pd.DataFrame, raw_dir: Path, recorded: pd.DataFrame) -> list[str]:
-    """SHA-256 of each sheet image, from the raw manifest (or hashed here when outside it)."""
-    known = dict(zip(recorded["path"], recorded["sha256"], strict=True))
-    root = raw_dir.resolve()
-    out = []
-    for abs_path in samples["abs_path"]:
-        p = Path(abs_path).resolve()
-        rel = str(p.relative_to(root)) if p.is_relative_to(root) else None
-        if rel in known:
-            out.append(known[rel])
-        elif p.is_file():
-            out.append(sha256_file(p))
-        else:
-            out.append("missing")  # fails when read, so never cached
-    return out
+def _image_hashes(samples: pd.DataFrame, manifest: pd.DataFrame) -> list[str]:
+    """SHA-256 of each sheet image (provenance and cache key), from the run's raw manifest.
+
+    The manifest covers every image the sheet lists, inside the sheet's folder or not
+    (``../``, absolute paths, symlinks followed); an image that could not be hashed gets
+    the manifest's reason ("missing", ...), so it fails when read and is never cached.
+    """
+    images = manifest[manifest["kind"] == "image"]
+    known = dict(zip(images["path"], images["sha256"], strict=True))
+    return [known.get(p, "missing") for p in samples["path"]]
+
+
+#: Sheet columns that define what is measured (with the channel roles): compared with the
+#: recorded manifest on every run; every other column is metadata and may be corrected.
+_IMAGE_COLUMNS = ("image_id", "path", *("synapse_channel", "microglia_channel", "lysosome_channel"),
+                  "pixel_size_um", "z_step_um")
+
+
+def _number_text(value: Any) -> str:
+    """Canonical text of a number of the sheet ("" when empty), so 0.10 and 0.1 agree."""
+    if value is None or pd.isna(value):
+        return ""
+    return format(float(value), ".15g")
+
+
+def _sheet_fields(samples: pd.DataFrame) -> pd.DataFrame:
+    """The image-defining columns of the sheet as canonical text (``z_step_um`` only when present)."""
+    cols = [c for c in _IMAGE_COLUMNS if c in samples.columns]
+    out = pd.DataFrame(index=samples.index)
+    for c in cols:
+        out[c] = samples[c].astype(str) if c in ("image_id", "path") else samples[c].map(_number_text)
+    return out.reset_index(drop=True)
+
+
+#: Peak memory of one worker as a multiple of the largest image's decoded size (the issue-16
+#: target is <= 10x for one plane; 12 leaves a margin).  Measured before the tiling work of
+#: issue 16 item 5, one 8000 x 8000 uint16 plane peaked at 8.8 GB (69x): change this figure
+#: with the measurements of ``make bench``.
+WORKER_MEMORY_FACTOR = 12
+#: Memory of an idle worker process (interpreter, numpy, scipy, scikit-image, dask), bytes.
+WORKER_BASE_BYTES = 400 * 2**20
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now: ``SC_AVPHYS_PAGES`` x ``SC_PAGE_SIZE``, else ``MemAvailable``."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():  # MemAvailable counts reclaimable cache, SC_AVPHYS_PAGES does not
+        with contextlib.suppress(OSError, ValueError):
+            for line in meminfo.read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    return None
+
+
+def _cores() -> int:
+    """Cores this process may run on (its CPU affinity, else all)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def default_workers(per_worker_bytes: float, *, available_bytes: int | None = None, cores: int | None = None) -> int:
+    """Worker processes that fit in the memory available: ``min(cores, available // per_worker)``, at least 1.
+
+    Parameters
+    ----------
+    per_worker_bytes : float
+        Estimated peak memory of one worker (see :func:`worker_memory_estimate`).
+    available_bytes : int, optional
+        Memory available (default: ``MemAvailable`` of ``/proc/meminfo``, else
+        ``os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")``; unknown: cores only).
+    cores : int, optional
+        Cores usable (default: this process's CPU affinity).
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> default_workers(2e9, available_bytes=int(5e9), cores=8)
+    2
+    >>> default_workers(2e9, available_bytes=int(1e9), cores=8)
+    1
+    >>> default_workers(1e6, available_bytes=int(5e9), cores=4)
+    4
+    """
+    cores = cores or _cores()
+    available = _available_memory() if available_bytes is None else available_bytes
+    if available is None or per_worker_bytes <= 0:
+        return max(1, cores)
+    return max(1, min(cores, int(available // per_worker_bytes)))
+
+
+def worker_memory_estimate(paths: list[str]) -> tuple[float, str | None]:
+    """Estimated peak memory of one worker for these images, and the largest image.
+
+    :data:`WORKER_BASE_BYTES` plus :data:`WORKER_MEMORY_FACTOR` times the largest image's
+    decoded size (shape x bytes per pixel from its header, so compressed files count as what
+    they decode to; the file size when the header cannot be read).  Reads headers only.
+    """
+    sizes = {}
+    for p in dict.fromkeys(paths):
+        try:
+            info = image_info(p)
+            sizes[p] = int(np.prod(info.shape)) * np.dtype(info.dtype).itemsize
+        except Exception:  # unreadable here: it fails when quantified; its file size stands in
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                sizes[p] = os.stat(p).st_size
+    if not sizes:
+        return float(WORKER_BASE_BYTES), None
+    largest = max(sizes, key=sizes.get)
+    return float(WORKER_BASE_BYTES + WORKER_MEMORY_FACTOR * sizes[largest]), largest
 
 
 def _conform(table: Any, schema: Any) -> Any:
@@ -544,18 +757,27 @@ def quantify_study(
     """Quantify every image of a sample sheet and write the measurement tables.
 
     The sheet itself must be valid (:func:`analysis.io.load_samples`); problems of single
-    images (unreadable or truncated file, channel index beyond the file's channels, blank or
-    saturated channel, no pixel size anywhere) are recorded in ``failures.csv`` with the file
-    and the reason, and the other images are still quantified, unless ``strict``.  Before
-    anything is read, the SHA-256 of every file in the sheet's folder is checked against
-    ``raw_manifest.csv`` in ``out_dir`` (written on the first run), so a changed or missing
-    raw file is reported instead of silently mixing results.
+    images (unreadable or truncated file, channel index beyond the file's channels, a plane
+    smaller than :data:`MIN_PLANE_PX`, NaN or infinite pixels, a blank or saturated channel,
+    no pixel size anywhere, a stack without z step, an unexpected error while measuring) are
+    recorded in ``failures.csv`` with the file and the reason (never the file's content), and
+    the other images are still quantified, unless ``strict``.  When no image at all could be
+    measured, ``failures.csv`` is written and an ``InputError`` naming it is raised.  The z
+    step of a stack is the sheet's ``z_step_um`` when given, else the file's metadata.
+
+    Before anything is measured, the raw inputs are checked against ``raw_manifest.csv`` in
+    ``out_dir`` (recorded on the first run, :func:`analysis.files.check_manifest`): the
+    SHA-256 of every image the sheet lists (inside its folder or not, symlinks followed) and
+    the sheet's image columns (image id, path, channel roles, pixel size, z step), so a
+    changed image or image column is reported instead of silently mixing results.  Other
+    sheet columns (sex, region, cohort, ...) may be corrected freely, and nothing else in the
+    data folder (e.g. these outputs, when ``out_dir`` is inside it) is an input.
 
     Images run in parallel, one dask task per image, on a local cluster of ``workers``
     processes (one thread each) or on an existing cluster (``scheduler``).  Each result is
     written to a cache entry in ``cache_dir`` as soon as it is computed, keyed by the image's
     SHA-256, ``params``, the sheet fields that enter the quantification (pixel size, channel
-    roles), the package version and the source of the image-analysis code
+    roles, z step), the package version and the source of the image-analysis code
     (:func:`analysis.cache.code_digest`): a rerun quantifies only what changed (a change of
     other sheet columns or of the statistics reuses every entry), and a killed run resumes
     where it stopped.  Bad images are never cached, so ``failures.csv`` is complete
@@ -568,11 +790,13 @@ def quantify_study(
         Sample sheet.
     out_dir : path
         Folder for ``measurements.parquet``, ``cells.parquet``, ``puncta.parquet``, ``failures.csv``,
-        ``raw_manifest.csv`` and (by default) the ``cache/`` folder.
+        ``raw_manifest.csv``, ``raw_manifest_sheet.csv`` and (by default) the ``cache/`` folder.
     params : QuantifyParams, optional
         Method parameters.
     workers : int, optional
-        Worker processes of the local cluster (default: all cores).  ``1`` runs in this
+        Worker processes of the local cluster.  Default: as many as fit in the memory
+        available now (:func:`default_workers` with :func:`worker_memory_estimate` of the
+        images to quantify), at most one per core; the choice is logged.  ``1`` runs in this
         process without a cluster (debugging, tests).  Ignored when ``scheduler`` is given.
     scheduler : str or distributed.Client, optional
         An existing dask cluster: a scheduler address such as ``"tcp://10.0.0.5:8786"`` or
@@ -581,7 +805,8 @@ def quantify_study(
     progress : bool
         Report progress (a tqdm bar in terminals and Jupyter, log lines otherwise).
     strict : bool
-        Fail (``InputError`` listing every bad image) instead of recording failures.
+        Fail (``InputError`` listing every bad image, after writing ``failures.csv``) instead
+        of recording failures.
     use_cache : bool
         Reuse cached results; ``False`` recomputes every image (and rewrites its entry).
     cache_dir : path, optional
@@ -600,18 +825,24 @@ def quantify_study(
     ...                    scheduler="tcp://10.0.0.5:8786")  # doctest: +SKIP
     """
     samples = load_samples(samples_csv, check_images=False)
+    if "z_step_um" in samples.columns:  # a number (NaN when empty), whatever version of the sheet loader
+        samples["z_step_um"] = pd.to_numeric(samples["z_step_um"], errors="coerce").astype(float)
     out = Path(out_dir)
     raw_dir = Path(samples_csv).resolve().parent
-    recorded = check_manifest(raw_dir, out / "raw_manifest.csv")
+    failures_csv = out / "failures.csv"
+    current = check_manifest(samples_csv, zip(samples["path"], samples["abs_path"], strict=True),
+                             _sheet_fields(samples), out / "raw_manifest.csv")
     params = params or QuantifyParams()
     store = Path(cache_dir) if cache_dir is not None else out / "cache"
     cache.remove_stray_temporaries(store)
     cache.remove_stray_temporaries(out, names=_OUTPUTS)
-    hashes = _image_hashes(samples, raw_dir, recorded)
+    hashes = _image_hashes(samples, current)
     param_dict = params.to_dict()
+    has_z = "z_step_um" in samples.columns
     tasks = []
     for r, sha in zip(samples.to_dict("records"), hashes, strict=True):
-        fields = {"pixel_size_um": float(r["pixel_size_um"]), **{k: r[k] for k in _ROLES}}
+        fields = {"pixel_size_um": float(r["pixel_size_um"]), **{k: r[k] for k in _ROLES},
+                  "z_step_um": float(r["z_step_um"]) if has_z and not pd.isna(r["z_step_um"]) else None}
         key = cache.entry_key(sha, param_dict, fields)
         tasks.append({
             "abs_path": r["abs_path"],
@@ -625,13 +856,22 @@ def quantify_study(
     todo = [t for t in tasks if not (use_cache and Path(t["entry"]).exists())]
     log.info("%d of %d images cached%s; quantifying %d", len(tasks) - len(todo), len(tasks),
              "" if use_cache else " (cache ignored)", len(todo))
-    workers = workers or os.cpu_count() or 1
+    if workers is None and scheduler is None and len(todo) > 1:
+        per_worker, largest = worker_memory_estimate([t["abs_path"] for t in todo])
+        available = _available_memory()
+        workers = default_workers(per_worker, available_bytes=available)
+        log.info("%d worker(s): %d core(s), %s available, about %.2f GiB per worker (largest image %s x %d + %.2f GiB)",
+                 workers, _cores(), "unknown memory" if available is None else f"{available / 2**30:.1f} GiB",
+                 per_worker / 2**30, Path(largest).name if largest else "-", WORKER_MEMORY_FACTOR,
+                 WORKER_BASE_BYTES / 2**30)
+    workers = workers or 1
     results = _run_tasks(todo, workers, scheduler) if todo else iter(())
     failed = [f for f in track(results, total=len(todo), desc="quantify", enabled=progress) if f]
     failures = pd.DataFrame(failed, columns=["image_id", "path", "reason"])
     order = {image_id: i for i, image_id in enumerate(samples["image_id"])}
     failures = failures.sort_values("image_id", key=lambda s: s.map(order), ignore_index=True)
     if strict and len(failures):
+        write_csv(failures, failures_csv)
         raise InputError([Problem(str(raw_dir / f.path), f.reason) for f in failures.itertuples()])
     bad = set(failures["image_id"])
     entries = [(t["image_id"], Path(t["entry"])) for t in tasks if t["image_id"] not in bad]
@@ -643,8 +883,13 @@ def quantify_study(
     n_cells = _write_cells(entries, out / "cells.parquet")
     n_puncta = _write_puncta(entries, out / "puncta.parquet")
     write_parquet(measurements, out / "measurements.parquet")
-    write_csv(failures, out / "failures.csv")
+    write_csv(failures, failures_csv)
+    if measurements.empty:
+        what = (f"none of the {len(tasks)} image(s) could be measured; the reason of each is in {failures_csv}"
+                if len(tasks) else "the sample sheet lists no images")
+        raise InputError([Problem(str(failures_csv) if len(tasks) else str(samples_csv),
+                                  f"{what}: fix those images or the sheet and run again")])
     if len(failures):
-        log.warning("%d image(s) could not be quantified; see %s", len(failures), out / "failures.csv")
+        log.warning("%d image(s) could not be quantified; see %s", len(failures), failures_csv)
     log.info("quantified %d images (%d cells, %d puncta) into %s", len(measurements), n_cells, n_puncta, out)
     return measurements
