@@ -248,6 +248,11 @@ def _link_outside(folder: Path) -> tuple[str, ...]:
     return ("SECR", "hunter2", str(secret))
 
 
+def _link_to_dev_zero(folder: Path) -> tuple[str, ...]:
+    (folder / "x.tif").symlink_to("/dev/zero")  # endless: never hashed nor read to the end
+    return ("/dev/zero", "\\x00")
+
+
 def _text_file(folder: Path) -> tuple[str, ...]:
     (folder / "x.tif").write_text("SECRET-TOKEN=hunter2\n" * 20)
     return ("SECR", "hunter2")
@@ -273,6 +278,7 @@ def _folder(folder: Path) -> tuple[str, ...]:
 FILE_CASES: dict[str, tuple[Callable[[Path], tuple[str, ...]], tuple[str, ...]]] = {
     "symlink-to-etc-passwd": (_link_to_passwd, ("cannot read", "<file bytes omitted>")),
     "symlink-to-text-outside": (_link_outside, ("cannot read", "<file bytes omitted>")),
+    "symlink-to-dev-zero": (_link_to_dev_zero, ("cannot read|not a regular file|not an image",)),
     "text-file-named-tif": (_text_file, ("cannot read", "<file bytes omitted>")),
     "truncated-tiff": (_truncated, ("truncated or corrupt", "export it again")),
     # (io.read_image's own messages; "a|b": either, while the reader's wording is being improved)

@@ -170,6 +170,7 @@ def test_key_covers_image_parameters_fields_version_and_code(monkeypatch: pytest
         cache.entry_key("a" * 64, QuantifyParams(microglia={"soma_min_diameter_um": 6.0}).to_dict(), fields),
         cache.entry_key("a" * 64, params, {**fields, "pixel_size_um": 0.2}),
         cache.entry_key("a" * 64, params, {**fields, "microglia_channel": 1}),
+        cache.entry_key("a" * 64, params, {**fields, "z_step_um": 0.5}),  # the sheet's z step (issue 16)
     }
     monkeypatch.setattr(cache, "__version__", "999.0")
     others.add(cache.entry_key("a" * 64, params, fields))
@@ -177,7 +178,7 @@ def test_key_covers_image_parameters_fields_version_and_code(monkeypatch: pytest
     assert cache.entry_key("a" * 64, params, fields) == key
     monkeypatch.setattr(cache, "code_digest", lambda: "edited synapses.py")  # an algorithm edit
     others.add(cache.entry_key("a" * 64, params, fields))
-    assert len(others) == 6 and key not in others
+    assert len(others) == 7 and key not in others
 
 
 def test_cells_table_streams_entries_with_different_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
