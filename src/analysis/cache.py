@@ -5,8 +5,8 @@ An entry holds the per-cell table of one image as Parquet, with the image-level 
 table, :func:`read_puncta`) in the file's key-value metadata, so one file (written atomically)
 holds everything the outputs are assembled from.  Its name is a SHA-256 over everything
 that determines the result: the image file's content hash, the quantification parameters,
-the sample-sheet fields that enter the quantification (pixel size, channel roles), the
-package version, a digest of the source of the image-analysis modules (so an edit to the
+the sample-sheet fields that enter the quantification (pixel size, channel roles, z step),
+the package version, a digest of the source of the image-analysis modules (so an edit to the
 algorithms during development is never served stale results), the versions of numpy, scipy
 and scikit-image, and the entry format.  Entries are written to a temporary file that is then
 renamed into place, so only complete entries are ever visible; a killed run leaves at most
@@ -100,7 +100,7 @@ def entry_key(image_sha256: str, params: dict[str, Any], fields: dict[str, Any])
     params : dict
         The quantification parameters (:meth:`analysis.quantify.QuantifyParams.to_dict`).
     fields : dict
-        Sample-sheet fields that enter the quantification (pixel size, channel roles).
+        Sample-sheet fields that enter the quantification (pixel size, channel roles, z step).
 
     Returns
     -------
