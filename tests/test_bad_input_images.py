@@ -339,6 +339,14 @@ def test_nothing_measured_is_an_error_naming_failures_csv(tmp_path: Path) -> Non
     failures = pd.read_csv(tmp_path / "out" / "failures.csv")  # written before failing
     assert failures.image_id.tolist() == ["a", "b"]
     assert "blank" in failures.reason[0] and "NaN" in failures.reason[1]
+    # the command line: a message naming failures.csv, exit status 2, no traceback
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "analysis", "-q", "quantify", "--samples", str(sheet), "--out",
+                          str(tmp_path / "cli"), "--workers", "1"], capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "none of the 2 image(s) could be measured" in res.stderr and "failures.csv" in res.stderr
 
 
 def test_partial_failure_exits_zero_and_strict_exits_two(tmp_path: Path) -> None:
