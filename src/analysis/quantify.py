@@ -545,12 +545,16 @@ def _sheet_fields(samples: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-#: Peak memory of one worker as a multiple of the largest image's decoded size (the issue-16
-#: target is <= 10x for one plane; 12 leaves a margin).  Measured before the tiling work of
-#: issue 16 item 5, one 8000 x 8000 uint16 plane peaked at 8.8 GB (69x): change this figure
-#: with the measurements of ``make bench``.
-WORKER_MEMORY_FACTOR = 12
-#: Memory of an idle worker process (interpreter, numpy, scipy, scikit-image, dask), bytes.
+#: Peak memory of one worker above its idle state, as a multiple of the largest image's
+#: decoded size.  Measured (ru_maxrss of :func:`quantify_image` with default parameters on a
+#: uint16 synapse field with a punctum per 2,000 pixels; working tree of 2026-11-30 07:45 UTC with
+#: other helpers' uncommitted detector changes): 1024^2 +107 MiB
+#: (54x, dominated by fixed costs), 2048^2 +133 MiB (16.7x), 4096^2 +457 MiB (14.3x); the
+#: issue-16 report before the tiling work had 8.8 GB for one 8000^2 plane (69x).  16 covers
+#: the measured large planes; redo it with ``make bench`` when the per-image memory changes.
+WORKER_MEMORY_FACTOR = 16
+#: Memory of an idle worker process (interpreter, numpy, scipy, scikit-image, dask), bytes;
+#: measured 180-215 MiB for the interpreter with the analysis modules, dask adds to it.
 WORKER_BASE_BYTES = 400 * 2**20
 
 
