@@ -363,3 +363,18 @@ def test_partial_failure_exits_zero_and_strict_exits_two(tmp_path: Path) -> None
     strict = subprocess.run([*base, "--out", str(tmp_path / "cli-strict"), "--strict"], capture_output=True,
                             text=True, env=env)
     assert strict.returncode == 2 and "Traceback" not in strict.stderr and "100 NaN" in strict.stderr
+
+
+def test_default_worker_count_follows_available_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """workers=None: as many workers as fit in the memory available (here: too little for two), logged."""
+    per_worker = quantify.WORKER_BASE_BYTES + quantify.WORKER_MEMORY_FACTOR * N * N * 2
+    monkeypatch.setattr(quantify, "_available_memory", lambda: int(1.5 * per_worker))
+    monkeypatch.setattr(quantify, "_cores", lambda: 8)
+    for name in ("a", "b"):
+        write_tif(tmp_path / f"{name}.tif", spots().astype(np.uint16), "YX")
+    sheet = write_sheet(tmp_path, [sheet_row("a", "a.tif"), sheet_row("b", "b.tif")])
+    with caplog.at_level(logging.INFO, logger="analysis.quantify"):
+        m = quantify_study(sheet, tmp_path / "out", progress=False, params=PARAMS)
+    assert m.n_puncta.tolist() == [6, 6]
+    assert "1 worker(s): 8 core(s)" in caplog.text and "largest image a.tif" in caplog.text
