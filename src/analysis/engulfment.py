@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 from skimage.filters import apply_hysteresis_threshold
 
 from analysis.microglia import noise_sd
+from analysis.synapses import _label_sizes
 
 __all__ = ["segment_lysosomes", "measure_engulfment", "engulfment_totals"]
 
@@ -149,7 +150,8 @@ def segment_lysosomes(
     def corrected(smoothing: float) -> tuple[np.ndarray, float]:
         sigma = np.maximum(smoothing / scales, 0.5)
         smooth = ndi.gaussian_filter(img, sigma)
-        signal = smooth - ndi.gaussian_filter(ndi.grey_opening(smooth, size=size), background_um / scales / 2)
+        signal = smooth  # (in place: the smoothed image is not needed afterwards)
+        signal -= ndi.gaussian_filter(ndi.grey_opening(smooth, size=size), background_um / scales / 2)
         # the opening sits below the noise (a minimum filter first): centre the background
         sub = signal.ravel()[:: max(1, signal.size // 400_000)]
         signal -= np.median(sub)
@@ -180,7 +182,7 @@ def segment_lysosomes(
         mask &= (signal >= edge_fraction * level) & (level >= high * sd)
     lab, nobj = ndi.label(mask)
     if nobj:
-        sizes = np.bincount(lab.ravel())
+        sizes = _label_sizes(lab)
         voxel = float(np.prod(scales))
         if img.ndim == 2:
             min_size = min_area_um2 / voxel
@@ -241,8 +243,8 @@ def measure_engulfment(
     unit = float(np.prod(scales))
     n = int(labels.max()) if labels.size else 0
     flat = labels.ravel()
-    cell_size = np.bincount(flat, minlength=n + 1)
-    cd68 = np.bincount(flat[lys.ravel()], minlength=n + 1)
+    cell_size = _label_sizes(flat, n + 1)
+    cd68 = _label_sizes(flat[lys.ravel()], n + 1)
     engulfed = np.zeros(n + 1, int)
     axes = ["z", "y", "x"][-labels.ndim:]
     if len(puncta):

@@ -106,6 +106,8 @@ from skimage.measure import regionprops
 from skimage.morphology import disk, local_maxima, skeletonize
 from skimage.segmentation import relabel_sequential, watershed
 
+from analysis.synapses import _label_sizes
+
 __all__ = [
     "segment_microglia",
     "measure_microglia",
@@ -310,7 +312,12 @@ def _foreground(
     r_local = max(process_max_width_um / 2 / px, 1.0)
     local = smooth - ndi.gaussian_filter(_disk_grey_opening(smooth, int(np.ceil(r_local))), r_local)
     length_px = max(line_length_um / px, 3.0)
-    resp = np.max([ndi.correlate(local, k, mode="nearest") for k in _line_kernels(length_px, 12)], axis=0)
+    resp = None  # running maximum over the orientations (not 12 full-size responses at once)
+    for k in _line_kernels(length_px, 12):
+        r_k = ndi.correlate(local, k, mode="nearest")
+        resp = r_k if resp is None else np.maximum(resp, r_k, out=resp)
+        del r_k
+    del local
     near = ndi.binary_dilation(bright, iterations=int(np.ceil(length_px)) + 2)
     bg_vals = resp[~near] if (~near).sum() > 1000 else resp.ravel()
     m, s = float(np.median(bg_vals)), _robust_sd(bg_vals)
@@ -330,7 +337,7 @@ def _foreground(
     holes = ndi.binary_fill_holes(fg) & ~fg
     hole_lab, nh = ndi.label(holes)
     if nh:
-        size = np.bincount(hole_lab.ravel())
+        size = _label_sizes(hole_lab)
         fill = size <= max(1.0 / px**2, 4)
         fill[0] = False
         fg |= fill[hole_lab]

@@ -343,44 +343,138 @@ def image_snr(puncta: pd.DataFrame, brightness: dict[str, Any] | None = None, *,
 # --------------------------------------------------------------------------- spike-in
 
 
-def _render(shape: tuple[int, int], pos: np.ndarray, amp: np.ndarray, sigma_px: np.ndarray) -> np.ndarray:
+def _render(shape: tuple[int, int], pos: np.ndarray, amp: np.ndarray, sigma_px: np.ndarray,
+            radius: int | None = None) -> np.ndarray:
     """Point-sampled 2-D Gaussians (peak ``amp``, isotropic sigma in pixels, truncated at
-    4 sigma): the detector's own spot model (:func:`analysis.synapses._render`)."""
+    4 sigma, or at ``radius`` pixels): the detector's own spot model (:func:`analysis.synapses._render`)."""
     s = np.asarray(sigma_px, float)
-    return render_spots(shape, np.asarray(pos, float), np.asarray(amp, float), np.column_stack([s, s]))
+    return render_spots(shape, np.asarray(pos, float), np.asarray(amp, float), np.column_stack([s, s]),
+                        None if radius is None else np.array([radius, radius]))
 
 
-def _puncta_model(shape: tuple[int, int], puncta: pd.DataFrame, pixel_size_um: float) -> np.ndarray:
+def _puncta_model(shape: tuple[int, int], puncta: pd.DataFrame, pixel_size_um: float,
+                  origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The puncta rendered on the pixels ``origin + [0, shape)`` of their image (each spot within
+    4 times the largest sigma of all puncta, whatever part of the image is rendered)."""
     if len(puncta) == 0:
         return np.zeros(shape)
     pos = puncta[["y", "x"]].to_numpy(float)
     sigma_px = puncta["sigma_um"].to_numpy(float) / pixel_size_um
-    return _render(shape, pos, puncta["intensity"].to_numpy(float), sigma_px)
+    amp = puncta["intensity"].to_numpy(float)
+    r = int(np.ceil(4 * sigma_px.max()))
+    if tuple(origin) != (0, 0):
+        # only the spots reaching the part; positions relative to it (origin even, so that the
+        # nearest pixel of a spot shifts with it under round-half-to-even)
+        near = np.all((np.rint(pos) >= np.array(origin) - r) & (np.rint(pos) <= np.array(origin) + shape + np.array(r) - 1),
+                      axis=1)
+        pos, sigma_px, amp = pos[near] - np.array(origin, float), sigma_px[near], amp[near]
+        if len(pos) == 0:
+            return np.zeros(shape)
+    return _render(shape, pos, amp, sigma_px, radius=r)
 
 
-def _pixel_noise_sd(image: np.ndarray, pixel_size_um: float, puncta: pd.DataFrame) -> np.ndarray:
-    """Pixel noise SD map on the scale of the detector's ``noise_sd`` column.
+def _level_at(image: np.ndarray, sigma: float, points: np.ndarray, fn: Callable[[np.ndarray], np.ndarray],
+              strip_px: int = 1024) -> np.ndarray:
+    """``fn`` of the image blurred by ``sigma`` (reflecting edges), linearly interpolated at
+    ``points`` (YX, nearest edge value beyond the image): ``map_coordinates(fn(blur), points,
+    order=1, mode="nearest")`` without the full-size maps (the blur is computed in strips of
+    rows around the points, with the kernel's margin; the same values)."""
+    out = np.zeros(len(points))
+    if len(points) == 0:
+        return out
+    h = image.shape[0]
+    margin = int(4.0 * float(sigma) + 0.5) + 2
+    row = np.clip(np.floor(points[:, 0]).astype(int), 0, h - 1)
+    for y0 in range(0, h, strip_px):
+        y1 = min(h, y0 + strip_px)
+        sel = (row >= y0) & (row < y1)
+        if not sel.any():
+            continue
+        c0, c1 = max(0, y0 - margin), min(h, y1 + 1 + margin)
+        blur = ndi.gaussian_filter(np.asarray(image[c0:c1], dtype=np.float64), sigma, mode="reflect")
+        val = fn(blur)
+        del blur
+        out[sel] = ndi.map_coordinates(val, (points[sel] - [c0, 0]).T, order=1, mode="nearest")
+    return out
+
+
+def _pixel_noise_sd_at(image: np.ndarray, pixel_size_um: float, puncta: pd.DataFrame
+                       ) -> Callable[[np.ndarray], np.ndarray]:
+    """Pixel noise SD on the scale of the detector's ``noise_sd`` column, as a function of
+    points (YX pixels, linearly interpolated).
 
     The detector's Poisson-Gaussian fit (``noise_alpha``, ``noise_beta``) evaluated at the
     image blurred by 0.42 um (about the detector's local level), rescaled so that its median
     ratio to the ``noise_sd`` of the detected puncta is 1; without the fit attributes,
-    :func:`analysis.synapses.noise_sd_map`.
+    :func:`analysis.synapses.noise_sd_map`.  Evaluated at the points only (no full-size map
+    is kept: :func:`_level_at`).
     """
     alpha, beta = puncta.attrs.get("noise_alpha"), puncta.attrs.get("noise_beta")
     if alpha is None or beta is None:
-        sd, _ = noise_sd_map(image, pixel_size_um)
+        full, _ = noise_sd_map(image, pixel_size_um)
+
+        def at(points: np.ndarray, scale: float = 1.0) -> np.ndarray:
+            return ndi.map_coordinates(full * scale, np.asarray(points, float).T, order=1, mode="nearest")
     else:
-        level = ndi.gaussian_filter(image, 0.42 / pixel_size_um, mode="reflect")
-        var = float(alpha) * level + float(beta)
-        floor = max(float(np.median(var)) * 1e-2, 1e-12)
-        sd = np.sqrt(np.maximum(var, floor))
+        sigma = 0.42 / pixel_size_um
+        # the floor is relative to the median variance over the image (exact, strip by strip)
+        floor = max(_median_variance(image, sigma, float(alpha), float(beta)) * 1e-2, 1e-12)
+
+        def at(points: np.ndarray, scale: float = 1.0) -> np.ndarray:
+            def sd(level: np.ndarray) -> np.ndarray:
+                var = float(alpha) * level + float(beta)
+                out = np.sqrt(np.maximum(var, floor))
+                return out * scale if scale != 1.0 else out
+            return _level_at(image, sigma, np.asarray(points, float).reshape(-1, 2), sd)
+
+    factor = 1.0
     if len(puncta) and "noise_sd" in puncta:
-        at = ndi.map_coordinates(sd, puncta[["y", "x"]].to_numpy(float).T, order=1, mode="nearest")
-        ratio = puncta["noise_sd"].to_numpy(float) / at
+        ratio = puncta["noise_sd"].to_numpy(float) / at(puncta[["y", "x"]].to_numpy(float))
         ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
         if len(ratio):
-            sd = sd * float(np.median(ratio))
-    return sd
+            factor = float(np.median(ratio))
+    return lambda points: at(points, factor)
+
+
+def _median_variance(image: np.ndarray, sigma: float, alpha: float, beta: float, strip_px: int = 1024) -> float:
+    """``np.median(alpha * blur + beta)`` over the image (blur: Gaussian of ``sigma``, reflecting
+    edges), exactly, without a full-size map: the blur is computed in strips of rows (with the
+    kernel's margin) twice, first to count the values in 4096 bins, then to collect those of
+    the bins holding the middle ranks."""
+    h = image.shape[0]
+    margin = int(4.0 * float(sigma) + 0.5) + 2
+
+    def strips():
+        for y0 in range(0, h, strip_px):
+            y1 = min(h, y0 + strip_px)
+            c0, c1 = max(0, y0 - margin), min(h, y1 + margin)
+            blur = ndi.gaussian_filter(np.asarray(image[c0:c1], dtype=np.float64), sigma, mode="reflect")
+            yield (alpha * blur[y0 - c0 : y1 - c0] + beta).ravel()
+
+    if h <= strip_px:
+        return float(np.median(next(strips())))
+    lo, hi = np.inf, -np.inf
+    for v in strips():
+        lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+    if not lo < hi:
+        return lo
+    edges = np.linspace(lo, hi, 4097)
+
+    def bins(v: np.ndarray) -> np.ndarray:
+        return np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+
+    counts = np.zeros(len(edges) - 1, np.int64)
+    for v in strips():
+        counts += np.bincount(bins(v), minlength=len(counts))
+    n = int(counts.sum())
+    ranks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    cum = np.cumsum(counts)
+    wanted = sorted({int(np.searchsorted(cum, r, side="right")) for r in ranks})
+    picked = [np.concatenate([v[np.isin(bins(v), wanted)] for v in strips()])]
+    vals = np.sort(picked[0])
+    start = int(cum[wanted[0] - 1]) if wanted[0] > 0 else 0
+    mid = [float(vals[r - start]) for r in ranks]
+    return mid[0] if len(mid) == 1 else float(np.mean(np.array(mid)))
 
 
 def flipped_surrogate(
@@ -420,6 +514,25 @@ def flipped_surrogate(
     resid = img - model
     smooth = ndi.gaussian_filter(resid, smoothing_um / pixel_size_um, mode="reflect")
     return 2.0 * smooth - resid + model
+
+
+def _surrogate_window(image: np.ndarray, pixel_size_um: float, puncta: pd.DataFrame, window: tuple[slice, slice],
+                      smoothing_um: float = 1.0) -> np.ndarray:
+    """``flipped_surrogate(image, ...)[window]`` computed on the window and the margin of its
+    blur only (the same values)."""
+    sigma = smoothing_um / pixel_size_um
+    margin = int(4.0 * sigma + 0.5) + 2
+    lo, hi = [], []
+    for sl, n in zip(window, image.shape):
+        c0 = max(0, sl.start - margin)
+        lo.append(c0 - c0 % 2)  # even (see :func:`_puncta_model`)
+        hi.append(min(n, sl.stop + margin))
+    crop = np.asarray(image[lo[0]:hi[0], lo[1]:hi[1]], dtype=np.float64)
+    model = _puncta_model(crop.shape, puncta, pixel_size_um, origin=(lo[0], lo[1]))
+    resid = crop - model
+    smooth = ndi.gaussian_filter(resid, sigma, mode="reflect")
+    inner = tuple(slice(sl.start - c0, sl.stop - c0) for sl, c0 in zip(window, lo))
+    return 2.0 * smooth[inner] - resid[inner] + model[inner]
 
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -607,7 +720,7 @@ def spike_in_recall(
     >>> r["n_spikes"] >= 30, 0.8 < r["recall"] <= 1.0, 0.0 <= r["false_per_100um2"] < 5.0
     (True, True, True)
     """
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image)
     nan = float("nan")
     out: dict[str, Any] = {"recall": nan, "recall_ci_low": nan, "recall_ci_high": nan, "n_spikes": 0,
                            "n_recovered": 0, "n_effective": 0.0, "rounds": 0, "spike_sigma_um": nan,
@@ -630,8 +743,8 @@ def spike_in_recall(
     pos_det = puncta[["y", "x"]].to_numpy(float)
     det_pix = np.clip(np.rint(pos_det).astype(int), 0, np.array(img.shape) - 1)
     alpha = float(puncta.attrs.get("noise_alpha", 0.0) or 0.0)
-    noise_sd = _pixel_noise_sd(img, pixel_size_um, puncta)
-    base = flipped_surrogate(img, pixel_size_um, puncta, smoothing_um=smoothing_um) if surrogate else img
+    # (the noise map and the surrogate are evaluated where needed: no full-size float maps)
+    noise_sd_at = _pixel_noise_sd_at(img, pixel_size_um, puncta)
     least = math.ceil((n_spikes if n_spikes is not None else min_spikes) / max(int(rounds), 1))
     h, w = img.shape
     wy, wx = (h, w) if window_px is None else (min(h, int(window_px)), min(w, int(window_px)))
@@ -658,12 +771,14 @@ def spike_in_recall(
         if len(pos) == 0:
             continue
         z = np.exp(brightness["mu"] + brightness["sigma"] * rng.standard_normal(len(pos)))
-        amp = z * brightness["peak_per_sd"] * ndi.map_coordinates(noise_sd, (pos + [y0, x0]).T, order=1,
-                                                                   mode="nearest")
+        amp = z * brightness["peak_per_sd"] * noise_sd_at(pos + [y0, x0])
         spikes = _render((wy, wx), pos, amp, np.full(len(pos), sig))
         if alpha > 0:
             spikes = spikes + np.sqrt(alpha * spikes) * rng.standard_normal(spikes.shape)
-        found = detect(base[y0:y0 + wy, x0:x0 + wx] + spikes, pixel_size_um, **detect_params)
+        window = (slice(y0, y0 + wy), slice(x0, x0 + wx))
+        base = (_surrogate_window(img, pixel_size_um, puncta, window, smoothing_um) if surrogate
+                else np.asarray(img[window], dtype=np.float64))
+        found = detect(base + spikes, pixel_size_um, **detect_params)
         fpos = found[["y", "x"]].to_numpy(float)
         m = match_points(fpos, pos, match_sigma * sig)
         hit = np.zeros(len(pos), bool)

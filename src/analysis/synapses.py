@@ -105,6 +105,10 @@ _SHARP = 0.6  # scale of the candidate (Laplacian of Gaussian) map, x punctum si
 _NOISE_RATE_SIGMA_PX = (0.5, 0.8, 1.3, 2.0, 3.0)
 _NOISE_RATE_A = (-8.600, -8.023, -8.801, -9.600, -10.337)
 _NOISE_RATE_B, _NOISE_RATE_C = 3.2215, -0.87421
+#: Lateral tile size of :func:`detect_puncta` (images up to this size are processed whole; a
+#: 1024 x 1024 tile with its margin needs ~0.3 GB).
+TILE_PX = 1024
+_BATCH_BYTES = 32 * 2**20  # image patches of the candidates held at once
 _PSF_MODEL_ERROR = 0.05  # relative error of the Gaussian PSF model near a bright punctum
 _PROTECT = 0.1  # two weak candidates compete for the same light above this correlation
 
@@ -241,23 +245,47 @@ def noise_sd_map(
     if level is None:
         level = ndi.gaussian_filter(img, [0.0] * (img.ndim - 2) + [0.5 / pixel_size_um] * 2)
     resid = ndi.correlate(img, _IMMERKAER.reshape((1,) * (img.ndim - 2) + (3, 3)), mode="reflect")
-    box = max(box_um / pixel_size_um, 8.0)
-    lat = img.shape[-2:]
-    nb = [max(1, int(round(n / box))) for n in lat]
-    bs = [n // m for n, m in zip(lat, nb)]
+    nb, bs = _box_grid(img.shape, pixel_size_um, box_um)
     rb = _blocks(resid, nb, bs)
-    var = (_MAD_TO_SD * np.median(np.abs(rb - np.median(rb, axis=1, keepdims=True)), axis=1)) ** 2
+    del resid
+    var = _box_var(rb)
     lev = np.median(_blocks(level, nb, bs), axis=1)
     ok = var > 0
     if not ok.any():
-        log.warning("no pixel noise found (noise-free image?); using 1 %% of the range as noise")
-        sd0 = 1e-2 * float(np.ptp(img)) or 1.0
-        info = {"alpha": 0.0, "beta": sd0**2, "zero_level": np.nan, "skew": 0.0, "var_min": sd0**2, "var_max": sd0**2}
+        sd0, info = _no_noise_info(img)
         return np.full(img.shape, sd0), info
     skew = _dark_skewness(rb[ok], lev[ok], var[ok])
-    var, lev = var[ok], lev[ok]
+    del rb
+    info = _noise_line(var[ok], lev[ok], skew)
+    return _noise_at(info, level), info
+
+
+def _box_grid(shape: tuple[int, ...], pixel_size_um: float, box_um: float) -> tuple[list[int], list[int]]:
+    """Boxes of :func:`noise_sd_map`: their number and size (pixels) along the two lateral axes."""
+    box = max(box_um / pixel_size_um, 8.0)
+    lat = shape[-2:]
+    nb = [max(1, int(round(n / box))) for n in lat]
+    return nb, [n // m for n, m in zip(lat, nb)]
+
+
+def _box_var(rb: np.ndarray) -> np.ndarray:
+    """Robust variance (MAD) of Immerkaer's residual in each box (rows of ``rb``)."""
+    return (_MAD_TO_SD * np.median(np.abs(rb - np.median(rb, axis=1, keepdims=True)), axis=1)) ** 2
+
+
+def _no_noise_info(img: np.ndarray) -> tuple[float, dict[str, float]]:
+    log.warning("no pixel noise found (noise-free image?); using 1 %% of the range as noise")
+    sd0 = 1e-2 * float(np.ptp(img)) or 1.0
+    return sd0, {"alpha": 0.0, "beta": sd0**2, "zero_level": np.nan, "skew": 0.0, "var_min": sd0**2,
+                 "var_max": sd0**2}
+
+
+def _noise_line(var: np.ndarray, lev: np.ndarray, skew: float) -> dict[str, float]:
+    """The Poisson-Gaussian line of :func:`noise_sd_map` through the box variances ``var`` (> 0)
+    against the box levels ``lev``."""
     v0 = float(np.median(var))
     alpha, beta = 0.0, v0
+    vs = None
     # straight line through the medians of up to 16 equal-count intensity classes of boxes
     # (medians: robust to boxes crowded with puncta); kept if the slope is positive at 95 %
     n_cls = min(16, len(lev) // 3)
@@ -277,9 +305,88 @@ def noise_sd_map(
     # class is the floor
     floor = float(vs[0]) if alpha > 0 else 0.25 * float(var.min())
     zero = -beta / alpha if alpha > 0 else np.nan
-    info = {"alpha": alpha, "beta": beta, "zero_level": float(zero), "skew": skew,
+    return {"alpha": alpha, "beta": beta, "zero_level": float(zero), "skew": skew,
             "var_min": floor, "var_max": 4.0 * float(var.max())}
-    return _noise_at(info, level), info
+
+
+def _row_strips(n: int, strip: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """Strips of rows ``[y0, y1)`` (at most ``strip`` rows each) with the rows ``[r0, r1)`` read
+    around them (``margin`` more on each side, within ``0 .. n``)."""
+    out = []
+    for y0 in range(0, n, max(int(strip), 1)):
+        y1 = min(n, y0 + max(int(strip), 1))
+        out.append((y0, y1, max(0, y0 - margin), min(n, y1 + margin)))
+    return out
+
+
+def _gauss_radius(sigma: float) -> int:
+    """Half width of scipy's Gaussian kernel of ``sigma`` (truncated at 4 SD)."""
+    return int(4.0 * float(sigma) + 0.5)
+
+
+def _noise_model(
+    image: np.ndarray, pixel_size_um: float, *, box_um: float = 3.0, strip_px: int = 1024
+) -> dict[str, float]:
+    """The ``info`` of :func:`noise_sd_map` (the fitted noise line) without its full-size maps:
+    the image is read in strips of rows of boxes (with the margin of the level's blur), so the
+    memory is that of a strip.  The same boxes, box variances and levels as
+    :func:`noise_sd_map`; the skewness is summed strip by strip (equal to ~1e-15)."""
+    img = np.asarray(image)
+    nd = img.ndim
+    nb, bs = _box_grid(img.shape, pixel_size_um, box_um)
+    sig = 0.5 / pixel_size_um
+    margin = _gauss_radius(sig) + 2
+    rows = max(1, int(strip_px) // bs[0])  # box rows per strip
+    lat_w = nb[1] * bs[1]
+    kernel = _IMMERKAER.reshape((1,) * (nd - 2) + (3, 3))
+
+    def strip_maps(b0: int, b1: int, need_level: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        y0, y1 = b0 * bs[0], b1 * bs[0]
+        r0, r1 = max(0, y0 - margin), min(img.shape[-2], y1 + margin)
+        blk = np.asarray(img[..., r0:r1, :], dtype=np.float64)
+        resid = ndi.correlate(blk, kernel, mode="reflect")[..., y0 - r0 : y1 - r0, :lat_w]
+        rb = _blocks(resid, [b1 - b0, nb[1]], bs)
+        if not need_level:
+            return rb, None
+        level = ndi.gaussian_filter(blk, [0.0] * (nd - 2) + [sig] * 2)[..., y0 - r0 : y1 - r0, :lat_w]
+        return rb, np.median(_blocks(level, [b1 - b0, nb[1]], bs), axis=1)
+
+    n_planes = int(np.prod(img.shape[:-2])) if nd > 2 else 1
+    var_parts, lev_parts = [], []
+    for b0 in range(0, nb[0], rows):
+        b1 = min(nb[0], b0 + rows)
+        rb, lev = strip_maps(b0, b1, True)
+        var_parts.append(_box_var(rb).reshape(n_planes, b1 - b0, nb[1]))
+        lev_parts.append(lev.reshape(n_planes, b1 - b0, nb[1]))
+    var = np.concatenate(var_parts, axis=1).ravel()  # the order of :func:`_blocks`: plane, row, column
+    lev = np.concatenate(lev_parts, axis=1).ravel()
+    ok = var > 0
+    if not ok.any():
+        return _no_noise_info(np.array([float(img.min()), float(img.max())]))[1]
+    # skewness of the darkest quarter of the boxes (:func:`_dark_skewness`), from power sums
+    dark = np.zeros(len(var), bool)
+    dark[np.flatnonzero(ok)] = lev[ok] <= np.quantile(lev[ok], 0.25)
+    sums = np.zeros(4)
+    grid = np.arange(len(var)).reshape(n_planes, nb[0], nb[1])
+    for b0 in range(0, nb[0], rows):
+        b1 = min(nb[0], b0 + rows)
+        idx = grid[:, b0:b1].ravel()
+        sel = dark[idx]
+        if not sel.any():
+            continue
+        rb, _ = strip_maps(b0, b1, False)
+        r = rb[sel] / np.sqrt(np.maximum(var[idx[sel]], 1e-300))[:, None]
+        r = np.clip(r - np.median(r, axis=1, keepdims=True), -6.0, 6.0).ravel()
+        sums += [r.size, r.sum(), (r**2).sum(), (r**3).sum()]
+    skew = 0.0
+    if sums[0] >= 100:
+        n = sums[0]
+        mean = sums[1] / n
+        m2 = sums[2] / n - mean**2
+        m3 = sums[3] / n - 3.0 * mean * sums[2] / n + 2.0 * mean**3
+        if m2 > 0:
+            skew = float(np.clip(6.0 * m3 / m2**1.5, 0.0, 2.0))
+    return _noise_line(var[ok], lev[ok], skew)
 
 
 def _noise_at(info: dict[str, float], level: np.ndarray) -> np.ndarray:
@@ -475,13 +582,16 @@ def _subpixel(z: np.ndarray, peaks: np.ndarray) -> np.ndarray:
     return out
 
 
-def _render(shape: tuple[int, ...], pos: np.ndarray, amp: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Sum of Gaussian spots (peak ``amp``, per-axis ``sigma``) rendered on the pixel grid."""
+def _render(
+    shape: tuple[int, ...], pos: np.ndarray, amp: np.ndarray, sigma: np.ndarray, radius: np.ndarray | None = None
+) -> np.ndarray:
+    """Sum of Gaussian spots (peak ``amp``, per-axis ``sigma``) rendered on the pixel grid, each
+    within ``radius`` pixels per axis of its nearest pixel (default: 4 times the largest sigma)."""
     shape = tuple(int(n) for n in shape)
     if len(pos) == 0:
         return np.zeros(shape)
     ndim = len(shape)
-    r = np.ceil(4 * sigma.max(axis=0)).astype(int)
+    r = np.ceil(4 * sigma.max(axis=0)).astype(int) if radius is None else np.asarray(radius, int)
     centre = np.rint(pos).astype(int)
     # separable: one 1-D profile per spot and axis, multiplied out over the spot's box
     prof = []
@@ -662,6 +772,20 @@ def _gaussian_equivalent(u: np.ndarray, skew: float) -> np.ndarray:
     return np.clip(stats.norm.isf(p), 2.0, 40.0)  # (p underflowing to 0: far beyond any noise)
 
 
+def _mirror_windows(stack: np.ndarray, plane: np.ndarray, pts: np.ndarray, R: int) -> np.ndarray:
+    """Windows of ``2 R + 1`` pixels around ``pts`` (YX) in the given planes of a ZYX stack, as
+    float64, edges mirrored like ``np.pad(..., mode="reflect")`` (edge pixel not repeated)."""
+    off = np.arange(-R, R + 1)
+    idx = []
+    for ax in (0, 1):
+        n = stack.shape[ax + 1]
+        i = pts[:, ax : ax + 1] + off[None, :]
+        i = np.abs(i)  # i < 0 -> -i
+        i = np.where(i > n - 1, 2 * (n - 1) - i, i)
+        idx.append(np.clip(i, 0, n - 1))
+    return np.asarray(stack[plane[:, None, None], idx[0][:, :, None], idx[1][:, None, :]], dtype=np.float64)
+
+
 def _kernel_skew_factor(scale: "_Scale") -> float:
     """``sum w^3 / (sum w^2)^(3/2)`` of the response kernel of a scale (2-D): the skewness of
     the response per unit skewness of independent pixel noise."""
@@ -682,6 +806,8 @@ def estimate_punctum_radius(
     n_points: int = 200,
     n_sizes: int = 14,
     noise_sd: np.ndarray | None = None,
+    noise_model: dict[str, float] | None = None,
+    strip_px: int = 1024,
 ) -> float:
     """Apparent punctum radius (half width at half maximum, um) measured on the image itself.
 
@@ -708,8 +834,14 @@ def estimate_punctum_radius(
     n_sizes : int
         Number of sizes on the grid.
     noise_sd : ndarray, optional
-        Per-pixel noise SD of the (projected) image, as from :func:`noise_sd_map` (computed
-        when not given).
+        Per-pixel noise SD of the (projected) image, as from :func:`noise_sd_map`.
+    noise_model : dict, optional
+        Without ``noise_sd``: the fitted noise line of the (projected) image (``info`` of
+        :func:`noise_sd_map`), evaluated at its 0.5 um blur where needed (fitted here when
+        neither is given).
+    strip_px : int
+        The image is filtered in strips of this many rows (plus the filters' margin), so
+        the memory is that of a strip; the result does not depend on it.
 
     Returns
     -------
@@ -730,31 +862,54 @@ def estimate_punctum_radius(
     >>> round(estimate_punctum_radius(img, 0.1), 2)
     0.24
     """
-    img = np.asarray(image, dtype=np.float64)
-    stack = img if img.ndim == 3 else img[None]
-    img = stack.max(axis=0)  # spots are found on the maximum projection, fitted in their plane
+    arr = np.asarray(image)
+    stack = arr if arr.ndim == 3 else arr[None]
+    # spots are found on the maximum projection, fitted in their plane
+    proj = stack[0] if len(stack) == 1 else stack.max(axis=0)
     hw = _FWHM_PER_SIGMA / 2
     s_lo = max(radius_range_um[0] / hw / pixel_size_um, 0.4)
     s_hi = max(radius_range_um[1] / hw / pixel_size_um, 1.5 * s_lo)
     sizes = np.geomspace(s_lo, s_hi, n_sizes)
-    smooth = ndi.gaussian_filter(img, s_lo)
-    height = smooth - ndi.gaussian_filter(img, 3 * s_hi)
     r = int(np.ceil(s_hi))
-    is_max = (smooth == ndi.maximum_filter(smooth, size=2 * r + 1)) & (height > 0)
     edge = 2 * r + 1
-    is_max[:edge] = is_max[-edge:] = False
-    is_max[:, :edge] = is_max[:, -edge:] = False
     # noise of the smoothed image: the local pixel noise (:func:`noise_sd_map`) times the
     # filter's gain for white noise
     delta = np.zeros((2 * edge + 1,) * 2)
     delta[edge, edge] = 1.0
     gain = float(np.sqrt((ndi.gaussian_filter(delta, s_lo) ** 2).sum()))
-    pts = np.argwhere(is_max)
-    if len(pts) == 0:
+    if noise_sd is None and noise_model is None:
+        noise_model = _noise_model(proj, pixel_size_um, strip_px=strip_px)
+    # local maxima, their height above a broad background and their noise, in strips of rows
+    # (with the margin of the filters; the same values as on the whole image)
+    h_img, w_img = proj.shape
+    level_sigma = 0.5 / pixel_size_um
+    margin = max(_gauss_radius(3 * s_hi), _gauss_radius(s_lo) + r, _gauss_radius(level_sigma)) + r + 2
+    pts_parts, h_parts = [], []
+    any_max = False
+    for y0, y1, r0, r1 in _row_strips(h_img, strip_px, margin):
+        blk = np.asarray(proj[r0:r1], dtype=np.float64)
+        smooth = ndi.gaussian_filter(blk, s_lo)
+        height = smooth - ndi.gaussian_filter(blk, 3 * s_hi)
+        is_max = (smooth == ndi.maximum_filter(smooth, size=2 * r + 1)) & (height > 0)
+        del smooth
+        rows = np.arange(r0, r1)
+        is_max[(rows < max(y0, edge)) | (rows >= min(y1, h_img - edge))] = False
+        is_max[:, :edge] = is_max[:, -edge:] = False
+        loc = np.argwhere(is_max)
+        if len(loc) == 0:
+            continue
+        any_max = True
+        if noise_sd is not None:
+            noise = np.asarray(noise_sd)[tuple((loc + [r0, 0]).T)]
+        else:
+            level = ndi.gaussian_filter(blk, level_sigma)
+            noise = _noise_at(noise_model, level[tuple(loc.T)])
+        hh = height[tuple(loc.T)] / (gain * noise)
+        pts_parts.append((loc + [r0, 0])[hh > _SIZE_SPOT_SD])
+        h_parts.append(hh[hh > _SIZE_SPOT_SD])
+    if not any_max:
         return float("nan")
-    noise = noise_sd_map(img, pixel_size_um)[0] if noise_sd is None else np.asarray(noise_sd)
-    h = height[tuple(pts.T)] / (gain * noise[tuple(pts.T)])
-    pts, h = pts[h > _SIZE_SPOT_SD], h[h > _SIZE_SPOT_SD]
+    pts, h = np.concatenate(pts_parts), np.concatenate(h_parts)
     if len(pts) < _SIZE_MIN_SPOTS:
         return float("nan")
     pts = pts[np.argsort(h)[::-1][:n_points]]
@@ -765,9 +920,7 @@ def estimate_punctum_radius(
     sigma_px = s_hi
     for _ in range(2):
         R = max(2, int(np.ceil(2.5 * sigma_px)))
-        padded = np.pad(stack, [(0, 0), (R, R), (R, R)], mode="reflect")
-        windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * R + 1,) * 2, axis=(1, 2))
-        win = windows[(plane,) + tuple(pts.T)].reshape(len(pts), -1)
+        win = _mirror_windows(stack, plane, pts, R).reshape(len(pts), -1)
         off = np.arange(-R, R + 1)[:, None]
         sse = np.empty((len(pts), n_sizes))
         total = (win**2).sum(axis=1)
@@ -805,6 +958,7 @@ def detect_puncta(
     noise_box_um: float = 3.0,
     reject_out_of_focus: bool = True,
     noise_fdr: float | None = 0.05,
+    tile_px: int | None = TILE_PX,
 ) -> pd.DataFrame:
     """Detect puncta (diffraction-limited spots) in a 2-D (YX) or 3-D (ZYX) image.
 
@@ -859,6 +1013,15 @@ def detect_puncta(
         for skewed noise; module docstring).  In a crowded field this keeps ``threshold_sd``; in a
         sparse field it rises; in pure noise nothing is reported.  None: ``threshold_sd``
         only.
+    tile_px : int, optional
+        Images larger than this (laterally) are processed in tiles of at most ``tile_px``
+        pixels square, each read with a margin of several punctum sizes and background radii
+        (:func:`_tile_margin`), so that the memory is that of a tile rather than a multiple of
+        the image (default :data:`TILE_PX`; None: never tiled).  The noise model, the punctum
+        size and the noise false-discovery step stay global (computed strip by strip, over
+        all tiles' candidates); only the candidates and their joint fit are local, as they
+        are anyway.  On 2048 x 2048 phantom planes tiles of 512 gave the same puncta as no
+        tiles (``tests/test_memory_tiling.py``).
 
     Returns
     -------
@@ -885,23 +1048,37 @@ def detect_puncta(
     >>> len(p), p["x"].round().tolist()
     (2, [30.0, 34.0])
     """
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim not in (2, 3):
-        raise ValueError(f"image must be YX or ZYX, got shape {img.shape}")
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"image must be YX or ZYX, got shape {arr.shape}")
     if not pixel_size_um > 0:
         raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
-    if not np.isfinite(img).all():
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        arr = np.asarray(arr, dtype=np.float64)
+    if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all():
         raise ValueError("image contains NaN or infinite values; replace them (e.g. by the median) first")
-    if mask is not None and np.shape(mask) not in (img.shape, img.shape[-2:]):
-        raise ValueError(f"mask shape {np.shape(mask)} does not match the image {img.shape} (or its YX plane)")
-    ndim = img.ndim
+    if mask is not None and np.shape(mask) not in (arr.shape, arr.shape[-2:]):
+        raise ValueError(f"mask shape {np.shape(mask)} does not match the image {arr.shape} (or its YX plane)")
+    ndim = arr.ndim
     dz = float(z_step_um) if z_step_um else float(pixel_size_um)
     estimated = punctum_radius_um is None
+    tiles = _tiles(arr.shape[-2:], tile_px)
     # the noise model (boxes at the 0.5 um level); evaluated at the background level below
-    noise0, noise_info = noise_sd_map(img, pixel_size_um, box_um=noise_box_um)
+    if len(tiles) == 1:
+        img = np.asarray(arr, dtype=np.float64)
+        noise0, noise_info = noise_sd_map(img, pixel_size_um, box_um=noise_box_um)
+        if estimated:
+            projected = noise0 if ndim == 2 else None  # (a stack's projection has its own noise)
+            punctum_radius_um = estimate_punctum_radius(img, pixel_size_um, noise_sd=projected)
+        del noise0
+    else:
+        # a large image: the noise model, the punctum size and (below) the detection are
+        # computed strip by strip and tile by tile, never on full-size floating-point maps
+        noise_info = _noise_model(arr, pixel_size_um, box_um=noise_box_um, strip_px=tile_px)
+        if estimated:
+            punctum_radius_um = estimate_punctum_radius(arr, pixel_size_um, strip_px=tile_px,
+                                                        noise_model=noise_info if ndim == 2 else None)
     if estimated:
-        projected = noise0 if ndim == 2 else None  # (a stack's projection has its own noise)
-        punctum_radius_um = estimate_punctum_radius(img, pixel_size_um, noise_sd=projected)
         if not np.isfinite(punctum_radius_um):  # no spot stands out: a confocal punctum
             punctum_radius_um = max(_NOMINAL_RADIUS_UM, 0.6 * _FWHM_PER_SIGMA / 2 * pixel_size_um)
         log.debug("punctum radius estimated from the image: %.3f um", punctum_radius_um)
@@ -917,11 +1094,120 @@ def detect_puncta(
         sigma0[0] = axial_radius_um / (_FWHM_PER_SIGMA / 2) / dz
         bg[0] = background_radius_um * ratio / dz
         sep[0] = max(min_separation_um * ratio / dz, 1.0)
+    factors = _IN_FOCUS_SCALES + (_OUT_OF_FOCUS_SCALES if reject_out_of_focus else ())
+    sig_all = np.stack([sigma0 * f for f in factors])
+    c_all = (2 * np.pi) ** (ndim / 2) * np.prod(sig_all, axis=1)
+    settings = {"sigma0": sigma0, "bg": bg, "sep": sep, "noise_info": noise_info, "threshold_sd": threshold_sd,
+                "reject_out_of_focus": reject_out_of_focus}
+    if len(tiles) == 1:
+        found = _detect_block(img, **settings)
+        del img
+    else:
+        margin = _tile_margin(sig_all, bg)
+        parts = []
+        for (y0, y1), (x0, x1) in tiles:
+            r0, r1 = max(0, y0 - margin), min(arr.shape[-2], y1 + margin)
+            q0, q1 = max(0, x0 - margin), min(arr.shape[-1], x1 + margin)
+            block = np.asarray(arr[..., r0:r1, q0:q1], dtype=np.float64)
+            # keep the puncta of the tile's own part (the outer tiles reach beyond the image:
+            # puncta centred outside it are dropped below, as without tiles)
+            lo = np.full(ndim, -np.inf)
+            hi = np.full(ndim, np.inf)
+            lo[-2:] = [y0 - 0.5 - r0 if y0 > 0 else -np.inf, x0 - 0.5 - q0 if x0 > 0 else -np.inf]
+            hi[-2:] = [y1 - 0.5 - r0 if y1 < arr.shape[-2] else np.inf, x1 - 0.5 - q0 if x1 < arr.shape[-1] else np.inf]
+            part = _detect_block(block, **settings, region=(lo, hi))
+            del block
+            part["pos"][:, -2:] += [r0, q0]
+            parts.append(part)
+        found = {key: (np.concatenate([p[key] for p in parts]) if key != "n_cand" else sum(p[key] for p in parts))
+                 for key in parts[0]}
+        found = _merge_tile_duplicates(found, sep)
+    pos, k, a, t, sn = found["pos"], found["k"], found["a"], found["t"], found["sn"]
+    # light within the reach of a bright punctum's fitted model and below the error of that
+    # model (the PSF is not exactly Gaussian: Airy rings, aberrations, pixel integration) is
+    # not a punctum of its own, however many noise SDs it has
+    if len(pos) > 1:
+        reach = 3.0 * np.sqrt(sigma0**2 + 2.0 * bg**2)
+        pr = cKDTree(pos / reach).query_pairs(1.0, output_type="ndarray")
+        if len(pr):
+            i, j = pr.T
+            shadowed = np.zeros(len(pos), bool)
+            shadowed[i[a[i] < _PSF_MODEL_ERROR * a[j]]] = True
+            shadowed[j[a[j] < _PSF_MODEL_ERROR * a[i]]] = True
+            pos, k, a, t, sn = pos[~shadowed], k[~shadowed], a[~shadowed], t[~shadowed], sn[~shadowed]
+    # a punctum counts when its centre lies in the imaged field: laterally within the outer
+    # pixels, axially between the first and last plane (maxima beyond them are light from
+    # puncta outside the stack, and noise maxima crowd at reflecting borders)
+    lo = np.full(ndim, -0.5)
+    hi = np.array(arr.shape, float) - 0.5
+    if ndim == 3:
+        lo[0], hi[0] = 0.0, arr.shape[0] - 1.0
+    inside = np.all((pos >= lo) & (pos <= hi), axis=1) if len(pos) else np.zeros(0, bool)
+    pos, k, a, t, sn = pos[inside], k[inside], a[inside], t[inside], sn[inside]
+    threshold_used = float(threshold_sd)
+    if noise_fdr is not None and ndim == 2 and len(t):
+        # step-up: the lowest significance at which expected noise maxima <= fdr x reported
+        order = np.sort(t)[::-1]
+        # skewed pixel noise (few photons, clipping, photomultiplier gain) has a heavier upper
+        # tail: the Gaussian equivalent of each significance, with the response's skewness
+        gamma = noise_info["skew"] * _kernel_skew_factor(_Scale((1,) * ndim, sigma0, bg))
+        expected = noise_detection_rate(_gaussian_equivalent(order, gamma), float(sigma0[-1])) * arr.size
+        ok = expected <= noise_fdr * np.arange(1, len(order) + 1)
+        threshold_used = float(order[np.flatnonzero(ok).max()]) if ok.any() else np.inf
+        keep = t >= threshold_used
+        pos, k, a, t, sn = pos[keep], k[keep], a[keep], t[keep], sn[keep]
+    cols = ["z", "y", "x"][3 - ndim :]
+    out = pd.DataFrame(pos, columns=cols)
+    out["intensity"] = a
+    out["integrated_intensity"] = a * c_all[k]
+    out["sigma_um"] = sig_all[k, -1] * pixel_size_um
+    out["snr"] = t
+    out["noise_sd"] = sn
+    if mask is not None and len(out):
+        mk = np.asarray(mask, bool)
+        ij = np.clip(np.rint(pos[:, -mk.ndim :]).astype(int), 0, np.array(mk.shape) - 1)
+        out = out[mk[tuple(ij.T)]]
+    out = out.sort_values(cols, ignore_index=True)
+    out.attrs.update(
+        {
+            "n_z": arr.shape[0] if ndim == 3 else 1,
+            "pixel_size_um": float(pixel_size_um),
+            "z_step_um": dz if ndim == 3 else None,
+            "threshold_sd": float(threshold_sd),
+            "threshold_used": threshold_used,
+            "punctum_radius_um": float(punctum_radius_um),
+            "punctum_radius_estimated": bool(estimated),
+            "noise_alpha": noise_info["alpha"],
+            "noise_beta": noise_info["beta"],
+        }
+    )
+    log.debug("detected %d puncta (%d candidates, %d tile(s))", len(out), found["n_cand"], len(tiles))
+    return out
 
+
+def _detect_block(
+    img: np.ndarray,
+    *,
+    sigma0: np.ndarray,
+    bg: np.ndarray,
+    sep: np.ndarray,
+    noise_info: dict[str, float],
+    threshold_sd: float,
+    reject_out_of_focus: bool,
+    region: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Steps 2-4 of :func:`detect_puncta` on one block of the image (the whole image, or a
+    tile with its margin): candidates, joint fit and pruning, second pass.  Returns the
+    puncta (``pos`` in the block's pixels, size index ``k``, amplitude ``a``, significance
+    ``t``, local pixel noise ``sn``) whose centre lies in ``region`` (lo <= p < hi per axis; all
+    without), and ``n_cand``."""
+    ndim = img.ndim
     blur1 = ndi.gaussian_filter(img, bg, mode="reflect")
     blur2 = ndi.gaussian_filter(blur1, bg, mode="reflect")
     hh_img = img - 2.0 * blur1 + blur2  # H'H I: the image seen by every size's response
+    del blur1
     noise = _noise_at(noise_info, blur2)
+    del blur2
     scales = [_Scale(img.shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]
     if reject_out_of_focus:
         scales.extend(_Scale(img.shape, sigma0 * f, bg) for f in _OUT_OF_FOCUS_SCALES)
@@ -935,7 +1221,10 @@ def detect_puncta(
     footprint = tuple(2 * int(s) + 1 for s in sep)
     sharp = -ndi.gaussian_laplace(img, _SHARP * sigma0, mode="reflect")
     cand = (sharp == ndi.maximum_filter(sharp, size=footprint, mode="nearest")) & (z_nom >= 0.5 * threshold_sd)
+    del z_nom
     pos = _subpixel(sharp, np.argwhere(cand))
+    n_cand = len(pos)
+    del sharp, cand
 
     sig_all = np.stack([s.sigma for s in scales])
     c_all = np.array([s.c for s in scales])
@@ -949,8 +1238,12 @@ def detect_puncta(
         if len(points) == 0:
             return np.zeros((len(scales), 0)), np.zeros((n_in, 0)), np.zeros(0), np.zeros((0, 2), int)
         centres = np.rint(points).astype(int)
-        patches = _patches(hh_img, centres, radius)
-        resp = _responses_at(scales, patches, points - centres, radius)
+        # (in batches: the patches of all candidates of a large field or stack would take GBs)
+        batch = max(64, _BATCH_BYTES // (8 * int(np.prod(2 * radius + 1))))
+        resp = np.concatenate([
+            _responses_at(scales, _patches(hh_img, centres[b : b + batch], radius),
+                          points[b : b + batch] - centres[b : b + batch], radius)
+            for b in range(0, len(points), batch)], axis=1)
         unit_sd = np.stack([s.unit_sd(points) for s in scales[:n_in]])
         sn = ndi.map_coordinates(noise, points.T, order=1, mode="nearest")
         pairs = cKDTree(points / unit).query_pairs(cut, output_type="ndarray")
@@ -1069,69 +1362,68 @@ def detect_puncta(
             break
         pos = np.concatenate([pos, new])
 
-    # light within the reach of a bright punctum's fitted model and below the error of that
-    # model (the PSF is not exactly Gaussian: Airy rings, aberrations, pixel integration) is
-    # not a punctum of its own, however many noise SDs it has
-    if len(pos) > 1:
-        reach = 3.0 * np.sqrt(sigma0**2 + 2.0 * bg**2)
-        pr = cKDTree(pos / reach).query_pairs(1.0, output_type="ndarray")
-        if len(pr):
-            i, j = pr.T
-            shadowed = np.zeros(len(pos), bool)
-            shadowed[i[a[i] < _PSF_MODEL_ERROR * a[j]]] = True
-            shadowed[j[a[j] < _PSF_MODEL_ERROR * a[i]]] = True
-            pos, k, a, t = pos[~shadowed], k[~shadowed], a[~shadowed], t[~shadowed]
-    # a punctum counts when its centre lies in the imaged field: laterally within the outer
-    # pixels, axially between the first and last plane (maxima beyond them are light from
-    # puncta outside the stack, and noise maxima crowd at reflecting borders)
-    lo = np.full(ndim, -0.5)
-    hi = np.array(img.shape, float) - 0.5
-    if ndim == 3:
-        lo[0], hi[0] = 0.0, img.shape[0] - 1.0
-    inside = np.all((pos >= lo) & (pos <= hi), axis=1) if len(pos) else np.zeros(0, bool)
-    pos, k, a, t = pos[inside], k[inside], a[inside], t[inside]
-    threshold_used = float(threshold_sd)
-    if noise_fdr is not None and ndim == 2 and len(t):
-        # step-up: the lowest significance at which expected noise maxima <= fdr x reported
-        order = np.sort(t)[::-1]
-        # skewed pixel noise (few photons, clipping, photomultiplier gain) has a heavier upper
-        # tail: the Gaussian equivalent of each significance, with the response's skewness
-        gamma = noise_info["skew"] * _kernel_skew_factor(nominal)
-        expected = noise_detection_rate(_gaussian_equivalent(order, gamma), float(sigma0[-1])) * img.size
-        ok = expected <= noise_fdr * np.arange(1, len(order) + 1)
-        threshold_used = float(order[np.flatnonzero(ok).max()]) if ok.any() else np.inf
-        keep = t >= threshold_used
-        pos, k, a, t = pos[keep], k[keep], a[keep], t[keep]
-    cols = ["z", "y", "x"][3 - ndim :]
-    out = pd.DataFrame(pos, columns=cols)
-    out["intensity"] = a
-    out["integrated_intensity"] = a * c_all[k]
-    out["sigma_um"] = sig_all[k, -1] * pixel_size_um
-    out["snr"] = t
-    out["noise_sd"] = ndi.map_coordinates(noise, pos.T, order=1, mode="nearest") if len(pos) else np.zeros(0)
-    if mask is not None and len(out):
-        mk = np.asarray(mask, bool)
-        ij = np.clip(np.rint(pos[:, -mk.ndim :]).astype(int), 0, np.array(mk.shape) - 1)
-        out = out[mk[tuple(ij.T)]]
-    out = out.sort_values(cols, ignore_index=True)
-    out.attrs.update(
-        {
-            "n_z": img.shape[0] if ndim == 3 else 1,
-            "pixel_size_um": float(pixel_size_um),
-            "z_step_um": dz if ndim == 3 else None,
-            "threshold_sd": float(threshold_sd),
-            "threshold_used": threshold_used,
-            "punctum_radius_um": float(punctum_radius_um),
-            "punctum_radius_estimated": bool(estimated),
-            "noise_alpha": noise_info["alpha"],
-            "noise_beta": noise_info["beta"],
-        }
-    )
-    log.debug("detected %d puncta (%d candidates)", len(out), len(cand.nonzero()[0]))
-    return out
+    if region is not None and len(pos):
+        own = np.all((pos >= region[0]) & (pos < region[1]), axis=1)
+        pos, k, a, t = pos[own], k[own], a[own], t[own]
+    sn = ndi.map_coordinates(noise, pos.T, order=1, mode="nearest") if len(pos) else np.zeros(0)
+    return {"pos": pos, "k": k, "a": a, "t": t, "sn": sn, "n_cand": n_cand}
+
+
+def _tiles(lateral: tuple[int, ...], tile_px: int | None) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Tiles ``((y0, y1), (x0, x1))`` of at most ``tile_px`` pixels per side (equal sizes)
+    covering a lateral plane; one tile when it fits."""
+    if tile_px is None or max(lateral) <= tile_px:
+        return [((0, int(lateral[0])), (0, int(lateral[1])))]
+    edges = []
+    for n in lateral:
+        m = -(-int(n) // int(tile_px))
+        edges.append(np.linspace(0, n, m + 1).round().astype(int))
+    ey, ex = edges
+    return [((int(ey[i]), int(ey[i + 1])), (int(ex[j]), int(ex[j + 1])))
+            for i in range(len(ey) - 1) for j in range(len(ex) - 1)]
+
+
+def _tile_margin(sig_all: np.ndarray, bg: np.ndarray) -> int:
+    """Lateral margin (pixels) read around a tile so that its puncta are fitted as in the whole
+    image: the reach of the doubly background-subtracted image (two blurs of the background
+    radius) and of the widest response, plus three times the range over which two
+    candidates' models interact (their joint fit, deblending and the second pass)."""
+    s_max = float(sig_all[:, -2:].max())
+    b = float(bg[-1])
+    unit = max(s_max, b)
+    reach = 2 * _gauss_radius(b) + _gauss_radius(s_max) + int(np.ceil(4 * s_max))
+    interact = int(np.ceil(4.0 * np.sqrt(2.0) * np.sqrt(2.0) * unit))
+    return reach + 3 * interact + 4
+
+
+def _merge_tile_duplicates(found: dict[str, Any], sep: np.ndarray) -> dict[str, Any]:
+    """Of two puncta closer than the minimum separation (one found near the edge of each of two
+    neighbouring tiles), the weaker goes (the detector's own rule within a tile)."""
+    pos, t = found["pos"], found["t"]
+    if len(pos) < 2:
+        return found
+    pr = cKDTree(pos / sep).query_pairs(1.0, output_type="ndarray")
+    if not len(pr):
+        return found
+    i, j = pr.T
+    drop = np.zeros(len(pos), bool)
+    drop[np.where(t[i] < t[j], i, j)] = True
+    log.debug("%d punctum found twice at tile edges", int(drop.sum()))
+    return {key: (v[~drop] if key != "n_cand" else v) for key, v in found.items()}
 
 
 # --------------------------------------------------------------------------- analysed area
+
+
+def _label_sizes(labels: np.ndarray, minlength: int = 0, chunk: int = 1 << 22) -> np.ndarray:
+    """``np.bincount(labels.ravel(), minlength=minlength)``, in chunks (bincount of an int32
+    label image makes an int64 copy of it)."""
+    flat = labels.ravel()
+    out = np.zeros(max(int(flat.max()) + 1 if flat.size else 0, minlength), np.int64)
+    for i in range(0, flat.size, chunk):
+        part = np.bincount(flat[i : i + chunk])
+        out[: len(part)] += part
+    return out
 
 
 def _interp_matrix(n: int, at: np.ndarray) -> np.ndarray:
@@ -1282,14 +1574,16 @@ def analysed_area_mask(
     >>> round(float((~mask).sum() / soma.sum()), 1)
     1.0
     """
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image)
     if img.ndim == 3:
-        img = img.mean(axis=0)
+        img = img.mean(axis=0, dtype=np.float64)
     if img.ndim != 2:
         raise ValueError(f"image must be YX or ZYX, got shape {np.shape(image)}")
+    if not np.issubdtype(img.dtype, np.integer):
+        img = np.asarray(img, dtype=np.float64)  # (integer data stay as they are: no float copy)
     if puncta is None:
         puncta = detect_puncta(img, pixel_size_um)
-    smooth = ndi.gaussian_filter(img, smoothing_um / pixel_size_um, mode="reflect")
+    smooth = ndi.gaussian_filter(img, smoothing_um / pixel_size_um, mode="reflect", output=np.float64)
     alpha, beta = puncta.attrs.get("noise_alpha"), puncta.attrs.get("noise_beta")
     if alpha is None or beta is None:
         _, info = noise_sd_map(img, pixel_size_um, level=smooth)
@@ -1304,6 +1598,7 @@ def analysed_area_mask(
     nb = [-(-n // bs) for n in img.shape]
     padded = np.pad(img, [(0, m * bs - n) for n, m in zip(img.shape, nb)], mode="reflect")
     diffuse = np.percentile(_blocks(padded, nb, [bs, bs]), 25, axis=1).reshape(nb) - dark
+    del padded
     # blocks without a punctum within the clearance
     centres = (np.stack(np.meshgrid(*[np.arange(m) for m in nb], indexing="ij"), -1).reshape(-1, 2) + 0.5) * bs - 0.5
     if len(puncta):
@@ -1348,11 +1643,11 @@ def analysed_area_mask(
     # fill holes (brighter specks, a punctum) smaller than a void inside voids
     holes = ndi.binary_fill_holes(voids) & ~voids
     hole_lab, n_holes = ndi.label(holes)
-    small = np.bincount(hole_lab.ravel(), minlength=n_holes + 1) < min_area
+    small = _label_sizes(hole_lab, n_holes + 1) < min_area
     small[0] = False
     voids |= small[hole_lab]
     lab, n = ndi.label(voids)
-    big = np.bincount(lab.ravel(), minlength=n + 1) >= min_area
+    big = _label_sizes(lab, n + 1) >= min_area
     big[0] = False
     return ~big[lab]
 
