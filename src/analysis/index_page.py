@@ -51,7 +51,7 @@ KEY_PANELS: tuple[tuple[str, str], ...] = (
 _CSS = """body{font-family:sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.4}
 table{border-collapse:collapse;margin:0.5rem 0}td,th{border:1px solid #ccc;padding:0.2rem 0.5rem;font-size:0.85rem;
 vertical-align:top;white-space:normal;overflow-wrap:break-word}th{background:#f3f3f3;text-align:left}td.num{white-space:nowrap}
-tr.section th{background:#e4ecf5}code{font-size:0.85rem}details{margin:0.5rem 0}.abstract p{margin:0.4rem 0}
+tr.section th{background:#e4ecf5}td:first-child{min-width:11rem}code{font-size:0.85rem}details{margin:0.5rem 0}.abstract p{margin:0.4rem 0}
 .ne{color:#8a3b00}figure{margin:1rem 0}figure img{max-width:100%}figcaption{font-size:0.85rem;color:#444}"""
 
 
