@@ -1,0 +1,439 @@
+"""End-to-end calibration: simulated studies run through the whole pipeline (images -> quantify -> fit).
+
+The shipped calibration (``benchmarks/calibrate_stats.py``, notebook 04) draws measurement
+tables with perfect counts; it never sees the detector.  Here each study is simulated *as
+images* (:func:`analysis.simulate.simulate_study`, preset ``null`` or ``default``), quantified
+by the real pipeline (:func:`analysis.quantify.quantify_study`, the same code and parameters as
+``analysis quantify``), and the quantified tables are kept in a cache folder, one sub-folder
+per study, so the expensive part runs once and can be resumed (a killed run loses at most the
+studies in progress).  The images themselves are deleted after quantification.
+
+Stage ``run`` fills the cache; stage ``analyse`` fits every planned contrast of every endpoint
+twice on each cached study -- on the measured tables and on the simulation's true counts of
+the same images (``perfect``) -- and, for the synapse model, with each measurement-aware
+variant of :data:`VARIANTS` -- and writes per-study rows and a summary (bias, coverage,
+power or type I error, CI width) beside each other.
+
+Usage::
+
+    python benchmarks/calibrate_e2e.py run --studies 100 --workers 2
+    python benchmarks/calibrate_e2e.py analyse
+
+Cost on the 2-core reference machine: about 4 minutes of one core per default study
+(1,264 images), so 2 x 100 studies take about 7 hours; the cache makes it resumable across
+sessions (``make calibrate-e2e``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger("calibrate_e2e")
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / "results" / "e2e"
+#: First seed of each preset: seeds not used by the shipped calibration (10,000-40,000 ranges)
+#: nor by the report (0).
+FIRST_SEED = {"null": 50_000, "default": 60_000}
+#: Files of the pipeline kept per study.
+KEPT = ("measurements.parquet", "cells.parquet", "failures.csv")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def study_dir(cache: Path, preset: str, seed: int) -> Path:
+    return cache / f"{preset}-{seed}"
+
+
+def run_one(preset: str, seed: int, cache: str) -> tuple[str, int, float]:
+    """Simulate one study as images, quantify it, keep its tables (skipped when already done)."""
+    from analysis.quantify import quantify_study
+    from analysis.simulate import simulate_study
+
+    out = study_dir(Path(cache), preset, seed)
+    if (out / "study.json").exists():
+        return preset, seed, 0.0
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"e2e-{preset}-{seed}-") as tmp:
+        raw, processed = Path(tmp) / "raw", Path(tmp) / "processed"
+        simulate_study(raw, preset=preset, seed=seed, workers=1, progress=False)
+        quantify_study(raw / "samples.csv", processed, workers=1, progress=False)
+        staging = out.with_name(out.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name in KEPT:
+            shutil.copy2(processed / name, staging / name)
+        shutil.copy2(raw / "ground_truth.csv", staging / "ground_truth.csv")
+        truth_cells = [pd.read_csv(raw / f).assign(image_id=i) for i, f in
+                       pd.read_csv(raw / "ground_truth.csv")[["image_id", "cells_file"]].dropna().itertuples(index=False)]
+        if truth_cells:
+            pd.concat(truth_cells, ignore_index=True).to_parquet(staging / "truth_cells.parquet")
+        seconds = time.perf_counter() - t0
+        (staging / "study.json").write_text(json.dumps(
+            {"preset": preset, "seed": seed, "commit": _commit(), "seconds": round(seconds, 1)}))
+        shutil.rmtree(out, ignore_errors=True)
+        staging.rename(out)
+    return preset, seed, seconds
+
+
+def run(args: argparse.Namespace) -> None:
+    """Fill the cache with ``--studies`` null and as many default studies (interleaved)."""
+    jobs = [(p, FIRST_SEED[p] + i) for i in range(args.first, args.first + args.studies) for p in ("null", "default")]
+    todo = [j for j in jobs if not (study_dir(args.cache, *j) / "study.json").exists()]
+    log.info("%d of %d studies cached; running %d on %d workers", len(jobs) - len(todo), len(jobs), len(todo),
+             args.workers)
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(run_one, p, s, str(args.cache)) for p, s in todo]
+        for n, f in enumerate(as_completed(futures), 1):
+            preset, seed, seconds = f.result()
+            log.info("[%d/%d] %s seed %d done in %.0f s", n, len(todo), preset, seed, seconds)
+
+
+# --- stage "analyse" ---------------------------------------------------------------------------
+
+#: Synapse density columns compared: the measured one, the truth of the same images, and the
+#: measurement-aware variants (each a column computed by :func:`synapse_variants`).
+SYNAPSE_VALUE = "puncta_density_per_100um2"
+#: Terminal endpoint (as named in ``microglia_contrasts.csv``) -> key of
+#: :func:`analysis.truth.readout_multipliers` giving its true ratio versus vehicle.
+MICROGLIA_TRUTH = {
+    "microglia density (rate ratio)": "microglia_density",
+    "engulfed puncta per cell (rate ratio)": "engulfed_per_cell",
+    "skeleton_length_um (ratio of geometric means)": "process_length",
+    "branch_points (ratio of geometric means)": "branching",
+    "cd68_area_fraction (ratio of geometric means)": "cd68_area_fraction",
+}
+
+
+def synapse_variants(m: pd.DataFrame, truth: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The longitudinal synapse table under each way of using the measurements.
+
+    ``measured``: as quantified.  ``perfect``: the simulation's true density of the same
+    images (the in-focus puncta actually drawn, so the biological and Poisson variation are
+    kept and only the measurement error is removed).  ``recall-corrected``: the measured
+    density times the image's estimated precision over its spike-in recall.
+    """
+    import numpy as np
+
+    syn = m[m["microglia_channel"].isna()].copy()
+    perfect = syn.drop(columns=[SYNAPSE_VALUE]).merge(
+        truth[["image_id", "true_puncta_density_per_100um2"]].rename(
+            columns={"true_puncta_density_per_100um2": SYNAPSE_VALUE}), on="image_id", how="left")
+    corrected = syn.copy()
+    if {"spike_in_recall", "est_precision"} <= set(syn.columns):
+        recall = syn["spike_in_recall"].where(syn["spike_in_recall"] > 0)
+        precision = syn["est_precision"].fillna(1.0)
+        corrected[SYNAPSE_VALUE] = syn[SYNAPSE_VALUE] * precision / recall
+    else:
+        corrected[SYNAPSE_VALUE] = np.nan
+    return {"measured": syn, "perfect": perfect, "recall-corrected": corrected}
+
+
+def synapse_rows(table: pd.DataFrame, null: bool) -> pd.DataFrame:
+    """Planned synapse contrasts of one table with their truth (as in the shipped calibration)."""
+    import numpy as np
+    import scipy.stats as sps
+
+    from analysis.stats import fit_synapse_lmm, session_contrasts
+    from analysis.validation import true_pct_vs_vehicle
+
+    fit = fit_synapse_lmm(table, SYNAPSE_VALUE)
+    c = session_contrasts(fit)
+    c = c[c["planned"]].reset_index(drop=True)
+    true = true_pct_vs_vehicle(c, null=null)
+    lo, hi = c["pct_vs_vehicle_ci_low"], c["pct_vs_vehicle_ci_high"]
+    log_lo, log_hi = np.log1p(lo / 100), np.log1p(hi / 100)
+    return pd.DataFrame({
+        "endpoint": "synapse density (% vs vehicle)", "group": c["group"], "true": true,
+        "estimate": c["pct_vs_vehicle"], "ci_low": lo, "ci_high": hi, "p": c["p_vs_vehicle"],
+        "p_adjusted": c["p_vs_vehicle_holm"], "covered": (lo <= true) & (true <= hi),
+        "log_error": np.log1p(c["pct_vs_vehicle"] / 100) - np.log1p(true / 100),
+        "log_se": (log_hi - log_lo) / (2 * sps.t.ppf(0.975, c["df"])), "converged": fit.converged,
+    })
+
+
+def _truth_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """The simulation's true cells in the columns of the measured per-cell table."""
+    out = cells.rename(columns={"engulfed_count": "engulfed_puncta"}).copy()
+    if {"cd68_area_um2", "area_um2"} <= set(out.columns):
+        out["cd68_area_fraction"] = out["cd68_area_um2"] / out["area_um2"]
+    return out
+
+
+def microglia_rows(m: pd.DataFrame, cells: pd.DataFrame, null: bool) -> pd.DataFrame:
+    """Planned terminal contrasts (the report's own ``microglia_contrasts.csv``) with their truth."""
+    import numpy as np
+
+    from analysis.stats import _fit_microglia
+    from analysis.truth import activation, calibrated_model, readout_multipliers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        written = _fit_microglia(m, cells, Path(tmp))
+        if "microglia" not in written:
+            return pd.DataFrame()
+        t = pd.read_csv(written["microglia"])
+    t = t[t["planned"] & t["endpoint"].isin(MICROGLIA_TRUTH)].reset_index(drop=True)
+    model = calibrated_model()
+    true = []
+    for r in t.itertuples():
+        a = 0.0 if null else float(activation(model, genotype=r.genotype, compound=r.compound,
+                                                dose_mg_kg=float(r.dose_mg_kg),
+                                                treatment_days=float(r.treatment_days), day=float(r.day)))
+        true.append(readout_multipliers(model, a)[MICROGLIA_TRUTH[r.endpoint]])
+    true = np.array(true)
+    log_lo, log_hi = np.log(t["ci_low"]), np.log(t["ci_high"])
+    return pd.DataFrame({
+        "endpoint": t["endpoint"], "group": t["group"], "true": true, "estimate": t["ratio_vs_vehicle"],
+        "ci_low": t["ci_low"], "ci_high": t["ci_high"], "p": t["p_value"], "p_adjusted": t["p_holm"],
+        "covered": (t["ci_low"] <= true) & (true <= t["ci_high"]),
+        "log_error": np.log(t["ratio_vs_vehicle"]) - np.log(true),
+        "log_se": (log_hi - log_lo) / (2 * 1.96), "converged": True,
+    })
+
+
+def analyse_study(folder: Path) -> pd.DataFrame:
+    """Every planned contrast of one cached study, measured and perfect (and variants)."""
+    info = json.loads((folder / "study.json").read_text())
+    null = info["preset"] == "null"
+    m = pd.read_parquet(folder / "measurements.parquet")
+    truth = pd.read_csv(folder / "ground_truth.csv")
+    frames = []
+    for variant, table in synapse_variants(m, truth).items():
+        if table[SYNAPSE_VALUE].notna().sum() == 0:
+            continue
+        frames.append(synapse_rows(table, null).assign(variant=variant))
+    cells = pd.read_parquet(folder / "cells.parquet")
+    frames.append(microglia_rows(m, cells, null).assign(variant="measured"))
+    if (folder / "truth_cells.parquet").exists():
+        tm = m.drop(columns=["microglia_count"]).merge(
+            truth[["image_id", "true_microglia_count"]].rename(columns={"true_microglia_count": "microglia_count"}),
+            on="image_id", how="left")
+        tm.loc[m["microglia_count"].isna().to_numpy(), "microglia_count"] = float("nan")
+        tcells = _truth_cells(pd.read_parquet(folder / "truth_cells.parquet"))
+        frames.append(microglia_rows(tm, tcells, null).assign(variant="perfect"))
+    out = pd.concat(frames, ignore_index=True)
+    return out.assign(preset=info["preset"], seed=info["seed"], commit=info["commit"])
+
+
+def summarise(rows: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Per preset, variant, endpoint and group: studies, rejection rate (raw and adjusted),
+    coverage, mean estimate, bias (mean log error, in % and in SEs) and mean CI width."""
+    import numpy as np
+
+    rows = rows.assign(reject=rows["p"] < alpha, reject_adjusted=rows["p_adjusted"] < alpha,
+                       width=rows["ci_high"] - rows["ci_low"])
+    g = rows.groupby(["preset", "endpoint", "group", "variant"], sort=True)
+    out = g.agg(studies=("seed", "size"), true=("true", "mean"), reject_rate=("reject", "mean"),
+                reject_rate_adjusted=("reject_adjusted", "mean"), coverage=("covered", "mean"),
+                mean_estimate=("estimate", "mean"), mean_log_error=("log_error", "mean"),
+                mean_log_se=("log_se", "mean"), ci_width=("width", "mean"),
+                converged=("converged", "mean")).reset_index()
+    out["bias_pct"] = 100 * np.expm1(out["mean_log_error"])
+    out["bias_in_se"] = out["mean_log_error"] / out["mean_log_se"]
+    return out
+
+
+def analyse(args: argparse.Namespace) -> pd.DataFrame:
+    """Fit every cached study; write the per-study rows and print the summary."""
+    folders = sorted(p for p in args.cache.glob("*-*") if (p / "study.json").exists())
+    if not folders:
+        raise SystemExit(f"no cached studies in {args.cache}; run the 'run' stage first")
+    rows = pd.concat([analyse_study(f) for f in folders], ignore_index=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(args.out, index=False)
+    summary = summarise(rows)
+    summary.to_csv(args.out.with_name(args.out.stem + "_summary.csv"), index=False)
+    log.info("%d studies analysed -> %s", len(folders), args.out)
+    with pd.option_context("display.width", 250, "display.max_rows", 500):
+        print(summary.drop(columns=["mean_log_error", "mean_log_se"]).round(3).to_string(index=False))
+    return summary
+
+
+# --- stage "bank": synapse fields rendered and quantified once -----------------------------------
+#
+# A full default study costs about 500 core-seconds (1,040 synapse fields and 224 terminal
+# fields), so >= 200 full studies take ~14 hours on 2 cores.  For the synapse endpoints the
+# measurement of a field depends only on the field's own image (true density, SNR level and
+# the random layout): fields are independent given their truth.  The bank renders synapse
+# fields exactly as ``simulate`` does (:func:`analysis.phantoms.render_synapse_field` with the
+# density and SNR level of rows of real designs) and quantifies each with the pipeline's own
+# :func:`analysis.quantify.quantify_image` (detector, mask, spike-in quality: the same code and
+# parameters as ``analysis quantify``).  Stage ``bank-calibrate`` then builds each calibration
+# study from its own design and gives every field the measurement of a bank field of the same
+# SNR level and nearly the same true density (measured / true ratio and quality columns of one
+# of the ``K_NEAREST`` nearest in log density, drawn at random).  The full studies of stage
+# ``run`` check this shortcut (same design seeds through the whole pipeline).
+
+#: Bank fields are the synapse rows of default and null designs with these seeds.
+BANK_SEEDS = (70_000, 70_001)
+#: Fields per bank chunk file (the unit of resumption).
+BANK_CHUNK = 104
+#: A calibration field draws its measurement from this many nearest bank fields.
+K_NEAREST = 8
+#: Quality columns carried from the bank field to the calibration field.
+QUALITY = ("measured_snr", "spike_in_recall", "est_precision", "puncta_median_snr")
+
+
+def _bank_design() -> pd.DataFrame:
+    from analysis.design import PRESETS, build_design
+    from analysis.truth import calibrated_model
+
+    model = calibrated_model()
+    frames = []
+    for seed in BANK_SEEDS:
+        for name in ("default", "null"):
+            p = PRESETS[name]
+            d = build_design(p, model.without_drug_effect() if p.null else model, seed)
+            frames.append(d[d["readout"] == "synapse"].assign(bank_seed=seed, bank_preset=name))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["bank_preset", "bank_seed", "image_id", "snr_level", "true_density_per_100um2",
+                "pixel_size_um"]]
+
+
+def bank_chunk(rows: pd.DataFrame, chunk: int, path: str) -> str:
+    """Render and quantify one chunk of bank fields; write them to ``path``."""
+    import numpy as np
+
+    from analysis import phantoms
+    from analysis.design import PRESETS
+    from analysis.quantify import QuantifyParams, quantify_image
+
+    shape = PRESETS["default"].synapse_shape
+    params = QuantifyParams()
+    out = []
+    for i, r in enumerate(rows.itertuples(index=False)):
+        rng = np.random.default_rng(np.random.SeedSequence([r.bank_seed, chunk, i, 7]))
+        fld = phantoms.render_synapse_field(rng, shape=shape, pixel_size_um=r.pixel_size_um,
+                                            density_per_100um2=r.true_density_per_100um2,
+                                            snr=phantoms.SNR_LEVELS[r.snr_level])
+        in_focus = fld.puncta[~fld.puncta["engulfed"].astype(bool)]
+        image = fld.image[None, None] if fld.image.ndim == 2 else fld.image[:, None]
+        row, _ = quantify_image(image, float(r.pixel_size_um), synapse_channel=0, microglia_channel=None,
+                                lysosome_channel=None, params=params)
+        out.append({**r._asdict(), "true_realised_per_100um2": 100.0 * len(in_focus) / fld.analysed_area_um2,
+                    "measured_per_100um2": row.get(SYNAPSE_VALUE, np.nan),
+                    **{q: row.get(q, np.nan) for q in QUALITY}})
+    tmp = Path(path).with_suffix(".tmp")
+    pd.DataFrame(out).to_parquet(tmp)
+    tmp.rename(path)
+    return path
+
+
+def build_bank(args: argparse.Namespace) -> None:
+    """Render and quantify every bank field not yet in the cache (chunked, resumable)."""
+    design = _bank_design()
+    folder = args.cache / "bank"
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks = [(design.iloc[i:i + BANK_CHUNK], i // BANK_CHUNK) for i in range(0, len(design), BANK_CHUNK)]
+    todo = [(rows, c) for rows, c in chunks if not (folder / f"chunk-{c:04d}.parquet").exists()]
+    log.info("bank: %d fields in %d chunks, %d to do", len(design), len(chunks), len(todo))
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(bank_chunk, rows, c, str(folder / f"chunk-{c:04d}.parquet")) for rows, c in todo]
+        for n, f in enumerate(as_completed(futures), 1):
+            log.info("[%d/%d] %s", n, len(todo), Path(f.result()).name)
+
+
+def load_bank(cache: Path) -> pd.DataFrame:
+    files = sorted((cache / "bank").glob("chunk-*.parquet"))
+    if not files:
+        raise SystemExit(f"no bank in {cache / 'bank'}; run the 'bank' stage first")
+    bank = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return bank[bank["measured_per_100um2"].notna()].reset_index(drop=True)
+
+
+def bank_study(bank: pd.DataFrame, preset: str, seed: int) -> pd.DataFrame:
+    """The synapse table of one calibration study with bank measurements (see module notes).
+
+    ``puncta_density_per_100um2`` is the measured density, ``true_realised_per_100um2`` the
+    true density of the same (bank) image scaled to this field, plus the quality columns.
+    """
+    import numpy as np
+
+    from analysis.stats import simulate_measurements
+
+    syn = simulate_measurements(preset, seed).drop(columns=[SYNAPSE_VALUE])
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    picks = np.empty(len(syn), dtype=int)
+    logd = np.log(bank["true_density_per_100um2"].to_numpy())
+    for level, idx in syn.groupby("snr_level").indices.items():
+        pool = np.flatnonzero(bank["snr_level"].to_numpy() == level)
+        target = np.log(syn["true_density_per_100um2"].to_numpy()[idx])
+        order = np.argsort(np.abs(logd[pool][None, :] - target[:, None]), axis=1)[:, :K_NEAREST]
+        picks[idx] = pool[order[np.arange(len(idx)), rng.integers(0, order.shape[1], len(idx))]]
+    b = bank.iloc[picks].reset_index(drop=True)
+    scale = syn["true_density_per_100um2"].to_numpy() / b["true_density_per_100um2"].to_numpy()
+    syn = syn.reset_index(drop=True)
+    syn[SYNAPSE_VALUE] = b["measured_per_100um2"].to_numpy() * scale
+    syn["true_realised_per_100um2"] = b["true_realised_per_100um2"].to_numpy() * scale
+    for q in QUALITY:
+        syn[q] = b[q].to_numpy()
+    syn["microglia_channel"] = pd.NA
+    return syn
+
+
+def bank_calibrate_one(task: tuple[str, int, str]) -> pd.DataFrame:
+    preset, seed, cache = task
+    bank = load_bank(Path(cache))
+    syn = bank_study(bank, preset, seed)
+    truth = syn[["image_id", "true_realised_per_100um2"]].rename(
+        columns={"true_realised_per_100um2": "true_puncta_density_per_100um2"})
+    frames = [synapse_rows(t, preset == "null").assign(variant=v)
+              for v, t in synapse_variants(syn, truth).items() if t[SYNAPSE_VALUE].notna().any()]
+    return pd.concat(frames, ignore_index=True).assign(preset=preset, seed=seed, commit=_commit(), source="bank")
+
+
+def bank_calibrate(args: argparse.Namespace) -> pd.DataFrame:
+    """Calibration studies (null and default) built from the bank; rows and summary written."""
+    jobs = [(p, FIRST_SEED[p] + i, str(args.cache)) for i in range(args.studies) for p in ("null", "default")]
+    with ProcessPoolExecutor(args.workers) as pool:
+        rows = pd.concat(list(pool.map(bank_calibrate_one, jobs, chunksize=4)), ignore_index=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(args.out, index=False)
+    summary = summarise(rows)
+    summary.to_csv(args.out.with_name(args.out.stem + "_summary.csv"), index=False)
+    with pd.option_context("display.width", 250, "display.max_rows", 500):
+        print(summary.drop(columns=["mean_log_error", "mean_log_se"]).round(3).to_string(index=False))
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="stage", required=True)
+    r = sub.add_parser("run", help="simulate and quantify studies into the cache")
+    r.add_argument("--studies", type=int, default=100, help="null studies and as many default studies")
+    r.add_argument("--first", type=int, default=0, help="index of the first study (resume elsewhere)")
+    r.add_argument("--workers", type=int, default=2, help="studies quantified at once (one core each)")
+    a = sub.add_parser("analyse", help="fit the cached studies and summarise")
+    a.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calibration_e2e.csv")
+    b = sub.add_parser("bank", help="render and quantify the synapse field bank")
+    b.add_argument("--workers", type=int, default=2)
+    c = sub.add_parser("bank-calibrate", help="calibration studies built from the bank")
+    c.add_argument("--studies", type=int, default=200, help="null studies and as many default studies")
+    c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calibration_bank.csv")
+    for p in (r, a, b, c):
+        p.add_argument("--cache", type=Path, default=CACHE)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("analysis").setLevel(logging.WARNING)
+    {"run": run, "analyse": analyse, "bank": build_bank, "bank-calibrate": bank_calibrate}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
