@@ -62,6 +62,7 @@ def test_index_states_findings_in_sentences_that_match_the_tables(hand_built) ->
             f"{row.pct_vs_vehicle_ci_low:+.1f} to {row.pct_vs_vehicle_ci_high:+.1f} %; n = 8 vs 8 animals; "
             "Holm-adjusted p = 0.002 over 3 planned contrasts).") in text
     assert (hand_built[2] / KEY_FIGURE).exists() and 'src="data:image/png;base64,' in page  # estimates only
+    assert "not simulated" in text and "simulated truth" not in text.lower()  # real data: no truth claimed
     assert "Microglia density showed no detectable change in" in text
     assert "Engulfed PSD95 puncta per microglia increased in" in text
     assert "Microglia skeleton length decreased in" in text
