@@ -249,3 +249,16 @@ def test_symlink_loop_and_folder(tmp_path: Path) -> None:
     (tmp_path / "gone.tif").symlink_to(tmp_path / "nowhere.tif")
     with pytest.raises(ImageReadError, match=r"gone\.tif: is a symbolic link to .*nowhere\.tif.*does not exist"):
         image_info(tmp_path / "gone.tif")
+
+
+def test_reader_errors_never_quote_the_file_content(tmp_path: Path) -> None:
+    """A ``.tif`` linked to a text file: the message names the file but not its bytes."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:SECRET-CONTENT\n")
+    link = tmp_path / "a.tif"
+    link.symlink_to(secret)
+    with pytest.raises(ImageReadError) as err:
+        image_info(link)
+    text = str(err.value)
+    assert "a.tif" in text and "SECRET" not in text and "root:x" not in text
+    assert "<file bytes omitted>" in text or "not a TIFF" in text

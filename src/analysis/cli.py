@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", default="data/raw/samples.csv", help="sample sheet (default: data/raw/samples.csv)")
     p.add_argument("--out", default="data/processed", help="output folder (default: data/processed)")
     p.add_argument("--workers", type=_positive_int, default=None,
-                   help="worker processes of the local dask cluster (default: all cores; 1: no cluster)")
+                   help="worker processes of the local dask cluster (default: as many as the available memory allows, at most one per core; 1: no cluster)")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="use an existing dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
     p.add_argument("--no-cache", action="store_true",
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", default="notebooks", help="notebook folder (default: notebooks)")
     p.add_argument("--kernel", default="analysis", help="Jupyter kernel name (default: analysis)")
     p.add_argument("--only", action="append", help="run only this notebook (repeatable), e.g. 00_study_design")
-    p.add_argument("--workers", type=_positive_int, default=None, help="quantification workers (default: all cores)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="quantification workers (default: as many as the available memory allows, at most one per core)")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="use an existing dask cluster for the quantification (default: a local cluster)")
     p.set_defaults(func=_cmd_report)

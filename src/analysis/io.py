@@ -283,8 +283,20 @@ def _file_problem(path: Path) -> str | None:
     return None
 
 
+#: A Python bytes literal in an exception text (readers quote the first bytes of a file they
+#: cannot parse; a ``.tif`` linked to a system file would put its content into messages).
+_BYTES_LITERAL = re.compile(r"""\bb(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
+def without_file_bytes(text: str) -> str:
+    """``text`` with every quoted bytes literal replaced by ``<file bytes omitted>`` and
+    non-printable characters dropped: a reader's message about a file, never the file's content."""
+    text = _BYTES_LITERAL.sub("<file bytes omitted>", str(text))
+    return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
 def _read_failure(exc: BaseException) -> str:
-    text = str(exc)
+    text = without_file_bytes(str(exc))
     if "imagecodecs" in text:
         return (f"it is compressed with a codec that needs the imagecodecs package ({text}); install it "
                 "(pip install imagecodecs, or conda install -c conda-forge imagecodecs) or save the "

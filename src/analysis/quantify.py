@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from analysis import cache, engulfment, microglia, quality, synapses
 from analysis.errors import ImageReadError, InputError, Problem
 from analysis.progress import progress as track
 from analysis.files import atomic_path, check_manifest, write_csv, write_parquet
-from analysis.io import image_info, load_samples, read_image
+from analysis.io import image_info, load_samples, read_image, without_file_bytes
 
 __all__ = ["QuantifyParams", "quantify_image", "quantify_study", "image_problem", "read_puncta", "default_workers"]
 
@@ -321,8 +320,6 @@ _PUNCTA_ATTRS_KEY = b"analysis.puncta_attrs"
 _CELLS_ROW_GROUP = 50_000
 
 
-#: A bytes literal in an exception text (tifffile quotes a file's first bytes: "header=b'root'").
-_BYTES_LITERAL = re.compile(r"""\bb(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 #: Longest failure reason kept from an exception text.
 _MAX_REASON = 1000
 
@@ -332,18 +329,17 @@ def _safe_reason(text: str, path: str | os.PathLike[str] | None = None) -> str:
 
     Readers quote the first bytes of a file they cannot parse (a ``.tif`` linked to a system
     file would put that file's text into our outputs): bytes literals become ``<file bytes
-    omitted>``, the resolved target of ``path`` (a symlink) is replaced by the file name the
+    omitted>`` (:func:`analysis.io.without_file_bytes`), the resolved target of ``path`` (a symlink) is replaced by the file name the
     sheet gives, control characters are dropped and the text is cut at
     :data:`_MAX_REASON` characters.
     """
-    text = _BYTES_LITERAL.sub("<file bytes omitted>", str(text))
+    text = without_file_bytes(text)
     if path is not None:
         given = Path(path)
         with contextlib.suppress(OSError, RuntimeError):
             target = str(given.resolve())
             if target != str(given):
                 text = text.replace(target, given.name)
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
 
 
