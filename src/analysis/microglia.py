@@ -263,12 +263,54 @@ def _disk_grey_opening(img: np.ndarray, radius: int) -> np.ndarray:
     return _disk_rank(_disk_rank(img, radius, "min"), radius, "max")
 
 
-def _disk_opening(mask: np.ndarray, radius_px: float) -> np.ndarray:
-    """Binary opening with a Euclidean disk, by two distance transforms (fast for big disks)."""
-    core = ndi.distance_transform_edt(mask) >= radius_px
-    if not core.any():
-        return core
-    return (ndi.distance_transform_edt(~core) <= radius_px) & mask
+def _farther_than(mask: np.ndarray, distance_px: float, strip_px: int = 512) -> np.ndarray:
+    """``distance_transform_edt(mask) > distance_px`` (pixels farther than that from every
+    False pixel), in strips of rows with a margin of the distance (the same result; a distance
+    transform of the whole image holds 16 bytes per pixel)."""
+    h = mask.shape[0]
+    if h <= strip_px or mask.all():  # (no False pixel at all: scipy's own convention)
+        return ndi.distance_transform_edt(mask) > distance_px
+    m = int(np.ceil(distance_px)) + 2
+    out = np.zeros(mask.shape, bool)
+    for y0 in range(0, h, strip_px):
+        y1 = min(h, y0 + strip_px)
+        a0, a1 = max(0, y0 - m), min(h, y1 + m)
+        sub = mask[a0:a1]
+        if sub.all():  # no False pixel within the margin: farther than the distance
+            out[y0:y1] = True
+            continue
+        out[y0:y1] = ndi.distance_transform_edt(sub)[y0 - a0 : y1 - a0] > distance_px
+    return out
+
+
+def _disk_opening(mask: np.ndarray, radius_px: float, strip_px: int = 512) -> np.ndarray:
+    """Binary opening with a Euclidean disk, by two distance transforms (fast for big disks).
+
+    Images of more than ``strip_px`` rows are opened in strips of rows, each read with a
+    margin of twice the disk radius (the opening of a pixel depends only on the mask within
+    two radii of it: the same result with the memory of a strip; a distance transform holds
+    16 bytes per pixel)."""
+    if mask.shape[0] <= strip_px:
+        core = ndi.distance_transform_edt(mask) >= radius_px
+        if not core.any():
+            return core
+        return (ndi.distance_transform_edt(~core) <= radius_px) & mask
+    h = mask.shape[0]
+    m = int(np.ceil(radius_px)) + 2
+    out = np.zeros(mask.shape, bool)
+    for y0 in range(0, h, strip_px):
+        y1 = min(h, y0 + strip_px)
+        a0, a1 = max(0, y0 - 2 * m), min(h, y1 + 2 * m)
+        sub = mask[a0:a1]
+        if not sub.any():
+            continue
+        # (core pixels within a radius of the strip's cut edges may be wrong: > m rows away)
+        core = ndi.distance_transform_edt(sub) >= radius_px
+        if not core.any():
+            continue
+        near = ndi.distance_transform_edt(~core)[y0 - a0 : y1 - a0] <= radius_px
+        out[y0:y1] = near & mask[y0:y1]
+    return out
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -328,7 +370,7 @@ def _foreground(
     # not those that only run alongside it (they would bridge neighbouring processes)
     pieces, n = ndi.label(centre, structure=_EIGHT)
     if n:
-        far = ndi.distance_transform_edt(~fg) > (length_px / 2 + 1.5)
+        far = _farther_than(~fg, length_px / 2 + 1.5)
         reach = np.zeros(n + 1, bool)
         reach[np.unique(pieces[far & (pieces > 0)])] = True
         reach[0] = False
@@ -369,11 +411,14 @@ def _dominant_maxima(
     f = np.where(mask, f, -np.inf).astype(np.float64)
     full = np.ones((3,) * f.ndim, bool)
     floor = float(f[mask].min()) if mask.any() else 0.0
-    maxima = local_maxima(np.where(mask, f, floor), connectivity=f.ndim, allow_borders=True) & mask
+    g = np.where(mask, f, floor)
+    maxima = local_maxima(g, connectivity=f.ndim, allow_borders=True) & mask
     seeds, n = ndi.label(maxima, structure=full)
+    del maxima
     if n == 0:
         return np.zeros(f.shape, bool), np.zeros(f.shape, np.int32)
-    basins = watershed(-np.where(mask, f, floor), seeds, mask=mask, connectivity=f.ndim)
+    basins = watershed(np.negative(g, out=g), seeds, mask=mask, connectivity=f.ndim)
+    del g
     peak = _label_max(f, basins, n)
     # highest saddle between each pair of adjacent basins
     a_list, b_list, s_list = [], [], []
@@ -466,14 +511,14 @@ def _somata(
     tops, n = ndi.label(peaks, structure=_EIGHT)
     if k > 1:
         f = ndi.zoom(f_small, k, order=1, grid_mode=True, mode="nearest")[:h, :w]
-        regions = np.repeat(np.repeat(regions, k, axis=0), k, axis=1)[:h, :w]
+        regions = np.repeat(np.repeat(regions.astype(np.int32), k, axis=0), k, axis=1)[:h, :w]
         tops = np.repeat(np.repeat(tops, k, axis=0), k, axis=1)[:h, :w]
     else:
         f = f_small
     if n == 0:
         return np.zeros(signal.shape, np.int32), 0, f
     # the hill of each top: its drainage region, above half the top's height
-    top_region = np.zeros(int(regions.max()) + 1, np.int64)
+    top_region = np.zeros(int(regions.max()) + 1, np.int32)  # (int32 label maps: half the memory)
     top_region[regions[tops > 0]] = tops[tops > 0]
     hill = top_region[regions] * (regions > 0)
     height = _label_max(f, hill, n)

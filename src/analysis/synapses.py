@@ -1459,8 +1459,12 @@ def _local_percentile(a: np.ndarray, q: float, width: int, step: int) -> np.ndar
     pad = np.pad(a, h, mode="symmetric")  # numpy's "symmetric" is scipy's "reflect"
     windows = np.lib.stride_tricks.sliding_window_view(pad, (width, width))
     at = [np.unique(np.r_[np.arange(0, n, max(step, 1)), n - 1]) for n in a.shape]
-    vals = np.percentile(windows[np.ix_(at[0], at[1])].reshape(len(at[0]), len(at[1]), -1), q, axis=-1,
-                         method="nearest")
+    # (in chunks of rows: the gathered windows of a large image would take GBs)
+    chunk = max(1, (16 << 20) // (len(at[1]) * width * width * a.itemsize))
+    vals = np.concatenate([
+        np.percentile(windows[np.ix_(at[0][i : i + chunk], at[1])].reshape(len(at[0][i : i + chunk]), len(at[1]), -1),
+                      q, axis=-1, method="nearest")
+        for i in range(0, len(at[0]), chunk)])
     if len(at[0]) == a.shape[0] and len(at[1]) == a.shape[1]:
         return vals
     return _interp_matrix(a.shape[0], at[0].astype(float)) @ vals @ _interp_matrix(a.shape[1], at[1].astype(float)).T
@@ -1482,8 +1486,14 @@ def _normalized_blur(values: np.ndarray, weights: np.ndarray, sigma: float) -> n
         return np.where(den > 1e-3, num / np.maximum(den, 1e-3), fill)
     nb = [-(-n // f) for n in values.shape]
     pad = [(0, m * f - n) for n, m in zip(values.shape, nb)]
-    vw = _blocks(np.pad(values * w, pad), nb, [f, f]).sum(axis=1).reshape(nb)
-    ws = _blocks(np.pad(w, pad), nb, [f, f]).sum(axis=1).reshape(nb)
+    vw, ws = np.empty(nb), np.empty(nb)
+    rows = max(1, (8 << 20) // (8 * f * nb[1] * f))  # block rows per chunk (~8 MB each)
+    for b0 in range(0, nb[0], rows):
+        b1 = min(nb[0], b0 + rows)
+        sl = slice(b0 * f, b1 * f)
+        cpad = [(0, (b1 - b0) * f - len(values[sl])), pad[1]]
+        vw[b0:b1] = _blocks(np.pad(values[sl] * w[sl], cpad), [b1 - b0, nb[1]], [f, f]).sum(axis=1).reshape(b1 - b0, -1)
+        ws[b0:b1] = _blocks(np.pad(w[sl], cpad), [b1 - b0, nb[1]], [f, f]).sum(axis=1).reshape(b1 - b0, -1)
     num = ndi.gaussian_filter(vw, sigma / f, mode="reflect")
     den = ndi.gaussian_filter(ws, sigma / f, mode="reflect")
     ok = den > 1e-3 * f * f
