@@ -593,14 +593,6 @@ def _render(
     ndim = len(shape)
     r = np.ceil(4 * sigma.max(axis=0)).astype(int) if radius is None else np.asarray(radius, int)
     centre = np.rint(pos).astype(int)
-    # separable: one 1-D profile per spot and axis, multiplied out over the spot's box
-    prof = []
-    for ax in range(ndim):
-        off = centre[:, ax : ax + 1] + np.arange(-r[ax], r[ax] + 1)[None, :] - pos[:, ax : ax + 1]
-        prof.append(np.exp(-(off**2) / (2 * sigma[:, ax : ax + 1] ** 2)))
-    val = amp.reshape((-1,) + (1,) * ndim)
-    for ax, pr in enumerate(prof):
-        val = val * pr.reshape((len(pos),) + (1,) * ax + (-1,) + (1,) * (ndim - ax - 1))
     # accumulate on a canvas padded to hold every box (no bounds checks), then crop
     lo = r + np.maximum(0, -centre.min(axis=0))
     hi = r + np.maximum(0, centre.max(axis=0) - (np.array(shape) - 1))
@@ -609,7 +601,26 @@ def _render(
     box = sum(np.arange(2 * r[ax] + 1).reshape((1,) * ax + (-1,) + (1,) * (ndim - ax - 1)) * strides[ax]
               for ax in range(ndim))
     start = ((centre - r + lo) @ strides).reshape((-1,) + (1,) * ndim)
-    canvas = np.bincount((start + box).ravel(), val.ravel(), minlength=int(np.prod(padded))).reshape(padded)
+    # spots in batches (the boxes of all spots of a stack take GBs), added in order: the same
+    # sums as one bincount over all of them
+    n_box = int(np.prod(2 * r + 1))
+    batch = max(1, (4 << 20) // n_box)
+    canvas = None
+    for b0 in range(0, len(pos), batch):
+        sl = slice(b0, b0 + batch)
+        # separable: one 1-D profile per spot and axis, multiplied out over the spot's box
+        val = amp[sl].reshape((-1,) + (1,) * ndim)
+        for ax in range(ndim):
+            off = centre[sl, ax : ax + 1] + np.arange(-r[ax], r[ax] + 1)[None, :] - pos[sl, ax : ax + 1]
+            pr = np.exp(-(off**2) / (2 * sigma[sl, ax : ax + 1] ** 2))
+            val = val * pr.reshape((len(pr),) + (1,) * ax + (-1,) + (1,) * (ndim - ax - 1))
+        if b0 == 0 and len(pos) <= batch:
+            canvas = np.bincount((start[sl] + box).ravel(), val.ravel(), minlength=int(np.prod(padded)))
+        else:
+            if canvas is None:
+                canvas = np.zeros(int(np.prod(padded)))
+            np.add.at(canvas, (start[sl] + box).ravel(), val.ravel())
+    canvas = canvas.reshape(padded)
     return canvas[tuple(slice(int(a), int(a) + n) for n, a in zip(shape, lo))]
 
 
