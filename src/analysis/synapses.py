@@ -1649,14 +1649,18 @@ def analysed_area_mask(
     core = np.kron(void_blocks, np.ones((bs, bs), bool))[: img.shape[0], : img.shape[1]]
     # void borders at the half-way level between the voids and the neuropil just outside
     # them (the neuropil level is taken beyond the blurred edge: > 2 um from a first border)
-    level = float(np.median(smooth[core]))
-    first = smooth < (level + float(np.median(smooth[~core]))) / 2
+    # (medians of fresh copies, partitioned in place: one full-size copy less each)
+    level = float(np.median(smooth[core], overwrite_input=True))
+    first = smooth < (level + float(np.median(smooth[~core], overwrite_input=True))) / 2
     margin = int(round(2.0 / pixel_size_um))
     outside = ~ndi.binary_dilation(first & ndi.binary_dilation(core, iterations=margin), iterations=margin)
     if not outside.any():
         outside = ~core
-    local = _normalized_blur(smooth, outside, 2.0 / pixel_size_um)
-    lab, n = ndi.label(smooth < (level + local) / 2)
+    half = _normalized_blur(smooth, outside, 2.0 / pixel_size_um)
+    half += level  # (level + local) / 2, in place
+    half /= 2
+    lab, n = ndi.label(smooth < half)
+    del half
     min_area = np.pi * (void_min_diameter_um / 2 / pixel_size_um) ** 2
     keep = np.bincount(lab[core], minlength=n + 1) > 0
     keep[0] = False
