@@ -149,8 +149,8 @@ MEASURE_COLUMNS = [
 
 
 def _robust_sd(x: np.ndarray, max_samples: int = 400_000) -> float:
-    x = np.asarray(x, dtype=np.float64).ravel()
-    x = x[:: max(1, x.size // max_samples)]
+    x = np.asarray(x).ravel()
+    x = np.asarray(x[:: max(1, x.size // max_samples)], dtype=np.float64)  # (subsampled before the copy)
     if x.size == 0:
         return 1.0
     med = np.median(x)
@@ -242,19 +242,23 @@ def _disk_rank(img: np.ndarray, radius: int, op: str) -> np.ndarray:
     pick = np.minimum if op == "min" else np.maximum
     fp = disk(radius).astype(bool)
     h = img.shape[0]
-    by_width: dict[int, np.ndarray] = {}
-    out = None
+    rows_of: dict[int, list[int]] = {}
     for dy in range(-radius, radius + 1):
-        half = int(fp[dy + radius].sum()) // 2
-        if half not in by_width:
-            # rows beyond the edges reflected like scipy's "reflect" (numpy's "symmetric")
-            by_width[half] = np.pad(filt1d(img, 2 * half + 1, axis=1, mode="reflect"), ((radius, radius), (0, 0)),
-                                    mode="symmetric")
-        shifted = by_width[half][dy + radius : dy + radius + h]
-        if out is None:
-            out = shifted.copy()
-        else:
-            pick(out, shifted, out=out)
+        rows_of.setdefault(int(fp[dy + radius].sum()) // 2, []).append(dy)
+    out = None
+    # one half-width at a time (min / max do not depend on the order; holding every width's
+    # filtered copy at once took ~radius full-size images)
+    for half, dys in rows_of.items():
+        # rows beyond the edges reflected like scipy's "reflect" (numpy's "symmetric")
+        filtered = np.pad(filt1d(img, 2 * half + 1, axis=1, mode="reflect"), ((radius, radius), (0, 0)),
+                          mode="symmetric")
+        for dy in dys:
+            shifted = filtered[dy + radius : dy + radius + h]
+            if out is None:
+                out = shifted.copy()
+            else:
+                pick(out, shifted, out=out)
+        del filtered
     return out
 
 
@@ -668,7 +672,8 @@ def segment_microglia(
         markers = _add_entering_markers(markers, n, fg, signal, px, process_max_width_um, entering_process_rise)
     # flood from bright to dim; intensity differences below two noise SDs are not evidence,
     # so within such a step the flood advances breadth-first (by path length)
-    levels = -np.floor(signal / (2.0 * _robust_sd(signal)))
+    levels = signal / (2.0 * _robust_sd(signal))
+    np.negative(np.floor(levels, out=levels), out=levels)  # -floor(signal / 2 SD), in place
     labels = watershed(levels, markers, mask=fg, connectivity=2)
     if soma_relative_height > 0:
         # a hill that reaches less than this fraction of the soma of a cell it touches is a
