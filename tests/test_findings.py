@@ -159,7 +159,7 @@ def test_primary_table_formats_without_rounding_away() -> None:
     row = t[t.group == HEAD].iloc[0]
     assert row["change vs vehicle, % (95 % CI)"] == "-13.4 (-20.2 to -6.0)"
     assert row["Cohen's d (95 % CI)"] == "-1.43 (-2.23 to -0.63)"
-    assert row["p (Holm)"] == "0.002 (of 3)"
+    assert row["p (adjusted)"] == "0.002 (of 3)"
     assert t.loc[t.group == "WT vehicle x 7 d", "change vs vehicle, % (95 % CI)"].eq("reference").all()
     assert all("(" in h or h in {"group", "day", "p"} for h in t.columns)  # units or scale in every header
     counts = t[t["endpoint (unit)"].str.startswith("Microglia density")]

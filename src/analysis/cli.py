@@ -137,7 +137,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         # fit_study reads a file: hand it the checked table with the models' group names
         checked = Path(tmp) / "measurements.parquet"
         table.to_parquet(checked)
-        written = fit_study(str(checked), args.out)
+        written = fit_study(str(checked), args.out, primary=args.primary,
+                            adjust_for_quality=not args.no_quality_adjustment)
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
@@ -215,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measurements", default="data/processed/measurements.parquet",
                    help="measurements table (default: data/processed/measurements.parquet)")
     p.add_argument("--out", default="data/processed", help="output folder (default: data/processed)")
+    p.add_argument("--primary", default=None, metavar="GROUP",
+                   help='pre-specified primary group, tested first before Holm over the other planned contrasts '
+                        '(e.g. "WT diazepam 5 mg/kg x 7 d"; default: Holm over all; `report` reads it from '
+                        'analysis_plan.json beside samples.csv)')
+    p.add_argument("--no-quality-adjustment", action="store_true",
+                   help="do not use the measured SNR of each image as a covariate of the synapse model")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("report", help="run the notebooks with papermill and write HTML reports")

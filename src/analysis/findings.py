@@ -211,7 +211,7 @@ def study_truth_model(data_dir: str | Path):
 
 _COLUMNS = ["endpoint", "endpoint_label", "unit", "group", "genotype", "compound", "dose_mg_kg", "treatment_days",
             "day", "role", "n_animals", "n_animals_vehicle", "pct", "pct_ci_low", "pct_ci_high", "d", "d_ci_low",
-            "d_ci_high", "p", "p_holm", "n_family", "note"]
+            "d_ci_high", "p", "p_holm", "n_family", "adjustment", "note"]
 
 
 def _num(v) -> float:
@@ -259,7 +259,11 @@ def endpoint_contrasts(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                              "d": _num(getattr(r, "effect_size_d", np.nan)),
                              "d_ci_low": _num(getattr(r, "effect_size_d_ci_low", np.nan)),
                              "d_ci_high": _num(getattr(r, "effect_size_d_ci_high", np.nan)),
-                             "p": r.p_vs_vehicle, "p_holm": r.p_vs_vehicle_holm, "n_family": len(planned)})
+                             "p": r.p_vs_vehicle, "n_family": len(planned),
+                             # the study's multiplicity procedure (a pre-specified primary first) when recorded
+                             "p_holm": _num(getattr(r, "p_vs_vehicle_adjusted", r.p_vs_vehicle_holm)),
+                             "adjustment": str(getattr(r, "adjustment", "") or "")
+                             if pd.notna(getattr(r, "adjustment", np.nan)) else ""})
             else:
                 rows.append({**base, "role": "no reference",
                              "note": f"no vehicle group of genotype {r.genotype} and {int(r.treatment_days)} d "
@@ -377,11 +381,21 @@ class Finding:
     kind: str = "headline"  # "headline", "summary" (a sentence on several contrasts) or "item" (one of them)
 
 
+def _is_sequence(r) -> bool:
+    return str(getattr(r, "adjustment", "") or "").startswith("fixed sequence")
+
+
+def _adjusted(r) -> str:
+    """``Holm-adjusted p = 0.007 over 10 planned contrasts`` (or the fixed-sequence wording)."""
+    if _is_sequence(r):
+        return f"adjusted {format_p(r.p_holm)} ({r.adjustment})"
+    return f"Holm-adjusted {format_p(r.p_holm)} over {int(r.n_family)} planned contrasts"
+
+
 def _clause(r) -> str:
     """``-13.4 % (95 % CI -20.2 to -5.9 %; n = 8 vs 8 animals; Holm p = 0.007 of 10)``."""
     return (f"{format_pct(r.pct)} % (95 % CI {format_pct(r.pct_ci_low)} to {format_pct(r.pct_ci_high)} %; "
-            f"n = {int(r.n_animals)} vs {int(r.n_animals_vehicle)} animals; "
-            f"Holm-adjusted {format_p(r.p_holm)} over {int(r.n_family)} planned contrasts)")
+            f"n = {int(r.n_animals)} vs {int(r.n_animals_vehicle)} animals; {_adjusted(r)})")
 
 
 def _verb(d: str) -> str:
@@ -410,7 +424,8 @@ def _finding(r, text: str) -> Finding:
     return Finding(endpoint=r.endpoint, group=r.group, text=text, direction=direction(r.pct_ci_low, r.pct_ci_high),
                    pct=float(r.pct), ci_low=float(r.pct_ci_low), ci_high=float(r.pct_ci_high),
                    n_animals=int(r.n_animals), n_animals_vehicle=int(r.n_animals_vehicle),
-                   p_adjusted=float(r.p_holm), adjustment="Holm", truth_pct=float(t) if t is not None else np.nan,
+                   p_adjusted=float(r.p_holm), adjustment=str(r.adjustment) if _is_sequence(r) else "Holm",
+                   truth_pct=float(t) if t is not None else np.nan,
                    ci_covers_truth=None if covers is None or pd.isna(covers) else bool(covers))
 
 
@@ -419,7 +434,8 @@ def _headline_sentence(r) -> str:
     what = _ENDPOINT[r.endpoint].label
     text = f"{what} {_verb(d)} in {r.group} versus vehicle: {_clause(r)}."
     if d != "no detectable change" and r.p_holm >= 0.05:
-        text += " The CI excludes 0 but the change is not significant after the Holm adjustment."
+        text += (" The CI excludes 0 but the change is not significant after the "
+                 f"{'multiplicity' if _is_sequence(r) else 'Holm'} adjustment.")
     if d == "no detectable change":
         text += (f" Changes anywhere from {format_pct(r.pct_ci_low)} % to {format_pct(r.pct_ci_high)} % are "
                  "compatible with these data.")
@@ -436,7 +452,7 @@ def _other_sentence(endpoint: Endpoint, others: pd.DataFrame) -> tuple[str, list
             continue
         item = (f"{r.group}: {d}, {format_pct(r.pct)} % (95 % CI {format_pct(r.pct_ci_low)} to "
                 f"{format_pct(r.pct_ci_high)} %; n = {int(r.n_animals)} vs {int(r.n_animals_vehicle)}; "
-                f"Holm-adjusted {format_p(r.p_holm)})") + (
+                f"{_adjusted(r) if _is_sequence(r) else 'Holm-adjusted ' + format_p(r.p_holm)})") + (
             "" if not np.isfinite(getattr(r, "truth_pct", np.nan))
             else f", truth {format_pct(r.truth_pct)} % {'inside' if bool(r.ci_covers_truth) else 'outside'} the CI")
         items.append(item)
@@ -655,18 +671,18 @@ def primary_table(contrasts: pd.DataFrame) -> pd.DataFrame:
         }
         if r.role == "reference":
             row.update({"change vs vehicle, % (95 % CI)": "reference", "Cohen's d (95 % CI)": "",
-                        "p": "", "p (Holm)": ""})
+                        "p": "", "p (adjusted)": ""})
         elif r.role == "no reference":
             row.update({"change vs vehicle, % (95 % CI)": "not estimable: " + str(r.note),
-                        "Cohen's d (95 % CI)": "", "p": "", "p (Holm)": ""})
+                        "Cohen's d (95 % CI)": "", "p": "", "p (adjusted)": ""})
         else:
             row.update({
                 "change vs vehicle, % (95 % CI)": format_ci(r.pct, r.pct_ci_low, r.pct_ci_high),
                 "Cohen's d (95 % CI)": (f"{r.d:+.2f} ({r.d_ci_low:+.2f} to {r.d_ci_high:+.2f})"
                                         if np.isfinite(r.d) else "n/a (count model)"),
                 "p": _p_cell(r.p),
-                "p (Holm)": _p_cell(r.p_holm)
-                            + f" (of {int(r.n_family)})",
+                "p (adjusted)": _p_cell(r.p_holm)
+                            + (" (primary, tested first)" if _is_sequence(r) and r.p_holm == r.p else f" (of {int(r.n_family)})"),
             })
         if has_truth:
             t = r.truth_pct

@@ -265,8 +265,9 @@ def _abstract_html(findings: list[F.Finding], trend: list[F.Finding], estimab: p
     if not paragraphs:
         return "<p>No primary endpoint was fitted (no fitted tables in the processed folder).</p>"
     intro = ("Percent changes are versus the vehicle group of the same genotype and dosing duration at the end of "
-             "dosing, with 95 % confidence intervals; n counts animals; p values are Holm-adjusted over the planned "
-             "contrasts of each endpoint. \"No detectable change\" means the 95 % CI includes 0.")
+             "dosing, with 95 % confidence intervals; n counts animals; p values are adjusted over the planned "
+             "contrasts of each endpoint (Holm; for synapse density a primary contrast named in the analysis plan "
+             "is tested first). \"No detectable change\" means the 95 % CI includes 0.")
     if facts.get("simulated"):
         intro += (" The study is simulated: each statement gives the simulation's true effect and whether the CI "
                   "covers it.")
@@ -507,9 +508,20 @@ def _models_html(tables: dict[str, pd.DataFrame], contrasts: pd.DataFrame) -> st
                 fam.append(f"{F.lower_label(e.label)}: {int(k.iloc[0])}")
     items.append("Multiplicity: the planned contrasts are each treated group versus its vehicle group (same genotype "
                  "and dosing duration) at the end of dosing; their p values are Holm-adjusted within each endpoint "
-                 f"(family sizes: {'; '.join(fam) or 'none'}). Other sessions, the trend terms, the dose-response, "
+                 f"(family sizes: {'; '.join(fam) or 'none'}){_sequence_note(contrasts)}. Other sessions, the trend terms, the dose-response, "
                  "recovery and mechanism contrasts are estimates with unadjusted p values.")
     return "<ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
+
+
+def _sequence_note(contrasts: pd.DataFrame) -> str:
+    """``"; synapse density: fixed sequence ..."`` when the synapse family was tested as one."""
+    if "adjustment" not in contrasts:
+        return ""
+    seq = contrasts.loc[contrasts["adjustment"].fillna("").astype(str).str.startswith("fixed sequence"), "adjustment"]
+    if seq.empty:
+        return ""
+    return (f", except synapse density, tested as a {seq.iloc[0]} (the primary contrast pre-specified in "
+            "analysis_plan.json is tested at the full 5 %; the others only if it is significant)")
 
 
 def _arrive_html(processed: Path, data_dir: Path, measurements: pd.DataFrame | None,
@@ -728,7 +740,9 @@ def write_index(
 <p>Planned contrasts at the end of dosing, in design order (vehicle reference first, then dose, then duration).
 Change versus vehicle in percent with its 95 % CI: for synapse density the change from baseline relative to that of
 the vehicle group (a difference in differences of log density), for the microglia endpoints the ratio to vehicle
-minus 1. Cohen's d is the log ratio over the between-animal SD (the count models have none). p (Holm): adjusted over
+minus 1. Cohen's d is the log ratio over the between-animal SD (the count models have none). p (adjusted): for
+synapse density the study's pre-specified procedure (with a primary contrast in analysis_plan.json: that contrast
+first at the full 5 %, then Holm over the other planned contrasts; otherwise Holm), for the other endpoints Holm over
 the planned contrasts of the endpoint (family size in brackets). Images excluded from quantification:
 {len(tables.get("failures", []))}.</p>
 {_endpoint_html(contrasts)}

@@ -23,11 +23,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.errors import ImageReadError, Problem, SampleSheetError
+from analysis.errors import ImageReadError, InputError, Problem, SampleSheetError
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -913,3 +914,51 @@ def _check_images(
                 out.at[i, "z_step_um"] = zs
         else:
             out.at[i, "z_step_um"] = np.nan
+
+
+#: Optional file next to ``samples.csv`` with the pre-specified analysis choices.
+ANALYSIS_PLAN = "analysis_plan.json"
+_PLAN_KEYS = {"primary_contrast": str, "adjust_for_quality": bool}
+
+
+def load_analysis_plan(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The pre-specified analysis plan of a study (``analysis_plan.json`` beside the sheet).
+
+    Keys (all optional): ``primary_contrast``, the group tested first, before the other
+    planned contrasts (e.g. ``"WT diazepam 5 mg/kg x 7 d"``, as the group is named in the
+    report); ``adjust_for_quality`` (default true), the measured SNR of each image as a
+    covariate of the synapse model.  Written before the data are analysed, it is the place a
+    lab pre-registers its primary hypothesis.
+
+    Returns
+    -------
+    dict
+        The plan; empty when the file is absent.
+
+    Raises
+    ------
+    InputError
+        Unreadable JSON, unknown keys or values of the wrong type, naming the file and key.
+    """
+    import json
+
+    path = Path(data_dir) / ANALYSIS_PLAN
+    if not path.exists():
+        return {}
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(Problem(str(path), f"cannot read the analysis plan ({exc}); fix the JSON or delete the file")) from None
+    if not isinstance(plan, dict):
+        raise InputError(Problem(str(path), "the analysis plan must be a JSON object such as "
+                                            '{"primary_contrast": "WT diazepam 5 mg/kg x 7 d"}'))
+    problems = []
+    for key, value in plan.items():
+        if key not in _PLAN_KEYS:
+            problems.append(Problem(str(path), f"unknown key {key!r}; the plan takes {', '.join(_PLAN_KEYS)}", column=key))
+        elif not isinstance(value, _PLAN_KEYS[key]):
+            problems.append(Problem(str(path), f"{key} must be a {_PLAN_KEYS[key].__name__}, not {value!r}", column=key))
+    if problems:
+        raise InputError(problems)
+    return plan
+

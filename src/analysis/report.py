@@ -258,7 +258,7 @@ def run_report(
     import datetime as dt
 
     from analysis.index_page import write_index
-    from analysis.io import load_samples
+    from analysis.io import load_analysis_plan, load_samples
 
     started = dt.datetime.now(dt.timezone.utc)
     data = Path(data_dir).resolve()
@@ -271,8 +271,10 @@ def run_report(
         from analysis.quantify import quantify_study
         from analysis.stats import fit_study
 
+        plan = load_analysis_plan(data)
         quantify_study(data / "samples.csv", processed, workers=workers, scheduler=scheduler)
-        fit_study(str(processed / "measurements.parquet"), str(processed))
+        fit_study(str(processed / "measurements.parquet"), str(processed), primary=plan.get("primary_contrast"),
+                  adjust_for_quality=plan.get("adjust_for_quality", True))
     params = {"data_dir": str(data), "processed_dir": str(processed),
               **({"workers": workers} if workers is not None else {}), **(parameters or {})}
     names = list(only) if only else list(NOTEBOOKS)

@@ -31,11 +31,11 @@ import pandas as pd
 import tifffile
 
 from analysis import __version__, phantoms
-from analysis.design import PRESETS, SYNAPSE_CHANNELS, TERMINAL_CHANNELS, Preset, build_design
+from analysis.design import PRESETS, SYNAPSE_CHANNELS, TERMINAL_CHANNELS, Preset, build_design, group_label
 from analysis.progress import progress as track
 from analysis.files import atomic_path, write_csv
-from analysis.io import REQUIRED_COLUMNS
-from analysis.truth import calibrated_model
+from analysis.io import ANALYSIS_PLAN, REQUIRED_COLUMNS
+from analysis.truth import WILD_TYPE, calibrated_model
 
 __all__ = ["simulate_study", "SAMPLE_COLUMNS"]
 
@@ -231,6 +231,12 @@ def simulate_study(
     }
     with atomic_path(out / "study_truth.json") as tmp:
         tmp.write_text(json.dumps(study, indent=2, sort_keys=True) + "\n")
+    # the pre-specified primary contrast: the published sedative arm (13 % loss), when the design has it
+    headline = [group_label(g.genotype, g.compound, g.dose_mg_kg, g.treatment_days) for g in p.groups
+                if (g.genotype, g.compound, g.dose_mg_kg, g.treatment_days) == (WILD_TYPE, "diazepam", 5.0, 7)]
+    if headline:
+        with atomic_path(out / ANALYSIS_PLAN) as tmp:
+            tmp.write_text(json.dumps({"primary_contrast": headline[0], "adjust_for_quality": True}, indent=2) + "\n")
     # the sheet last: its presence marks a complete study
     write_csv(samples, out / "samples.csv")
     log.info("wrote %d images of %d animals to %s", len(samples), study["n_animals"], out)

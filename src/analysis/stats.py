@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,15 +188,19 @@ class SynapseFit:
     n_zero_excluded: int = 0
     zero_offset: float = 0.0
 
+    #: Per-image covariates of the model (centred), with their coefficients (log scale).
+    covariates: pd.DataFrame | None = None
+
     def fe_cov(self) -> np.ndarray:
-        """Covariance matrix of the fixed effects in the order of ``coefficients``."""
-        names = self.result.fe_params.index
+        """Covariance matrix of the cell means in the order of ``coefficients``."""
+        names = pd.Index(self.coefficients["term"])
         cov = self.cov_fe if self.cov_fe is not None else self.result.cov_params()
         return cov.loc[names, names].to_numpy()
 
 
 def fit_synapse_lmm(
-    measurements: pd.DataFrame, value: str = "puncta_density_per_100um2", *, zeros: str = "exclude"
+    measurements: pd.DataFrame, value: str = "puncta_density_per_100um2", *, zeros: str = "exclude",
+    covariates: Sequence[str] = (),
 ) -> SynapseFit:
     """Linear mixed model of log density: group x session means, animal and animal x session effects.
 
@@ -216,6 +221,12 @@ def fit_synapse_lmm(
         (tens of residual SDs) below the rest and dominate the Gaussian fit.  ``"offset"``: model
         ``log(x + c)``, ``c`` half the smallest positive density, for sparse readouts where a
         zero is a real value (``zero_offset``).
+    covariates : sequence of str
+        Numeric per-image columns added to the model as centred linear terms common to every
+        cell (e.g. the image-quality terms of :func:`quality_covariates`), so the cell means
+        are at the study's average covariate values and contrasts compare groups at equal
+        image quality.  Fields where a covariate is missing are left out and counted in the
+        warnings.
 
     Returns
     -------
@@ -249,10 +260,22 @@ def fit_synapse_lmm(
     elif offset > 0:
         notes.append(f"{int(is_zero.sum())} field(s) with zero {value} modelled as log(x + {offset:.4g}) "
                      "(half the smallest positive value)")
+    terms = []
+    for i, col in enumerate(covariates):
+        if col not in df:
+            raise KeyError(f"covariate {col!r} is not a column of the measurements")
+        x = pd.to_numeric(df[col], errors="coerce").replace([np.inf, -np.inf], np.nan)
+        if x.isna().any():
+            notes.append(f"{int(x.isna().sum())} field(s) without covariate {col} left out")
+        df[f"_covariate{i}"] = x - x.mean()
+        terms.append(f"_covariate{i}")
+    if terms:
+        df = df.dropna(subset=terms).copy()
+    formula = "log_value ~ 0 + C(cell)" + "".join(f" + {t}" for t in terms)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = smf.mixedlm(
-            "log_value ~ 0 + C(cell)", df, groups="animal_id", re_formula="1",
+            formula, df, groups="animal_id", re_formula="1",
             vc_formula={"session": "0 + C(day)"},
         )
         result = model.fit(reml=True, method=["lbfgs", "powell"])
@@ -263,6 +286,11 @@ def fit_synapse_lmm(
     cov_fe = fixed_effects_covariance(result)
     se = pd.Series(np.sqrt(np.diag(cov_fe.to_numpy())), index=cov_fe.index)[fe.index]
     coef = pd.DataFrame({"term": fe.index, "estimate": fe.to_numpy(), "se": se.to_numpy()})
+    is_cov = coef["term"].isin(terms)
+    cov_table = (pd.DataFrame({"covariate": [covariates[terms.index(t)] for t in coef.loc[is_cov, "term"]],
+                               "estimate": coef.loc[is_cov, "estimate"].to_numpy(),
+                               "se": coef.loc[is_cov, "se"].to_numpy()}) if terms else None)
+    coef = coef[~is_cov].copy()
     coef["cell"] = coef["term"].str.replace(r"^C\(cell\)\[(.*)\]$", r"\1", regex=True)
     coef = coef.merge(cells, on="cell", how="left")
     vc = pd.DataFrame(
@@ -282,7 +310,7 @@ def fit_synapse_lmm(
     # assumption of the session effects; estimates and SEs match lme4/emmeans to < 1e-6.
     df_contrast = float(max(df["animal_id"].nunique() - df["group"].nunique(), 1))
     return SynapseFit(coef, vc, cells, result, bool(result.converged), messages, sd_animal, df_contrast,
-                      cov_fe, n_zero, offset)
+                      cov_fe, n_zero, offset, cov_table)
 
 
 def _holm(p: np.ndarray) -> np.ndarray:
@@ -296,7 +324,7 @@ def _holm(p: np.ndarray) -> np.ndarray:
     return adj
 
 
-def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
+def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05, primary: str | None = None) -> pd.DataFrame:
     """Percent change from baseline and versus vehicle for every group and session.
 
     The change from baseline of group g at day d is ``exp(mu[g, d] - mu[g, baseline]) - 1``;
@@ -306,6 +334,10 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
     ``fit.df_contrast`` degrees of freedom (animals minus groups; column ``df``).
     The planned contrasts are each treated group versus its vehicle at the end of dosing
     (``planned``); their p values are Holm-adjusted as one family (``p_vs_vehicle_holm``).
+    With a pre-specified ``primary`` group (e.g. ``"WT diazepam 5 mg/kg x 7 d"``) the planned
+    family is tested as a fixed sequence (:func:`gatekeeping`): the primary contrast first at
+    the full ``alpha``, then, only if it is significant, the other planned contrasts with Holm
+    (``p_vs_vehicle_adjusted``; without ``primary`` it equals ``p_vs_vehicle_holm``).
     Other sessions are reported with unadjusted p values and CIs, as estimates.
 
     Returns
@@ -317,7 +349,8 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
         ``p_vs_vehicle``, ``effect_size_d`` with ``_ci_low``/``_ci_high`` (the log ratio
         versus vehicle over the between-animal SD of a session mean, ``fit.sd_animal_log``:
         Cohen's d of animal means, its interval that of the ratio on the same scale),
-        ``planned``, ``p_vs_vehicle_holm``, and ``n_zero_fields_excluded`` (zero-density fields
+        ``planned``, ``p_vs_vehicle_holm``, ``primary``, ``p_vs_vehicle_adjusted``,
+        ``adjustment`` (in words), and ``n_zero_fields_excluded`` (zero-density fields
         left out of the cells this contrast uses, see :func:`fit_synapse_lmm`).
     """
     coef = fit.coefficients.reset_index(drop=True)
@@ -380,11 +413,94 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05) -> pd.DataFrame:
         planned = out["p_vs_vehicle"].notna() & (out["day"] == out["treatment_days"])
         out["planned"] = planned
         out.loc[planned, "p_vs_vehicle_holm"] = _holm(out.loc[planned, "p_vs_vehicle"].to_numpy())
+        is_primary = planned & (out["group"] == primary) if primary else pd.Series(False, index=out.index)
+        if primary and not is_primary.any():
+            log.warning("primary contrast %r is not among the planned contrasts (%s); Holm over all of them",
+                        primary, ", ".join(out.loc[planned, "group"]))
+        out["primary"] = is_primary
+        adjusted, words = gatekeeping(out.loc[planned, "p_vs_vehicle"].to_numpy(), is_primary[planned].to_numpy())
+        out.loc[planned, "p_vs_vehicle_adjusted"] = adjusted
+        out.loc[planned, "adjustment"] = words
     return out
 
 
-def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density_per_100um2") -> dict[str, str]:
+def gatekeeping(p: np.ndarray, primary: np.ndarray) -> tuple[np.ndarray, str]:
+    """Adjusted p values of a fixed sequence: one primary hypothesis, then Holm over the rest.
+
+    The primary hypothesis is tested first at the full level; the others are tested (with
+    Holm) only when it is rejected, which keeps the family-wise error rate at the level
+    (serial gatekeeping, Dmitrienko & Tamhane 2007).  The adjusted p of the primary is its
+    own p; that of each other hypothesis is ``max(p_primary, p_holm)``.  Without a primary,
+    plain Holm.
+
+    Parameters
+    ----------
+    p : ndarray
+        Unadjusted p values of the family.
+    primary : ndarray of bool
+        Which one is the primary hypothesis (at most one).
+
+    Returns
+    -------
+    adjusted : ndarray
+    description : str
+        The procedure in words, for tables and the report.
+
+    Examples
+    --------
+    >>> adj, how = gatekeeping(np.array([0.01, 0.02, 0.30]), np.array([True, False, False]))
+    >>> [round(float(a), 3) for a in adj]
+    [0.01, 0.04, 0.3]
+    """
+    p = np.asarray(p, float)
+    primary = np.asarray(primary, bool)
+    if primary.sum() > 1:
+        raise ValueError("gatekeeping takes at most one primary hypothesis")
+    if not primary.any():
+        return _holm(p), f"Holm over {len(p)} planned contrasts"
+    adjusted = np.empty_like(p)
+    p0 = float(p[primary][0])
+    adjusted[primary] = p0
+    rest = ~primary
+    if rest.any():
+        adjusted[rest] = np.maximum(p0, _holm(p[rest]))
+    return adjusted, f"fixed sequence: primary contrast first, then Holm over the other {int(rest.sum())}"
+
+
+def quality_covariates(measurements: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Image-quality covariates of the synapse model: log measured SNR and its square.
+
+    The measured SNR of each image (``measured_snr``, :mod:`analysis.quality`) explains about
+    half of the detector's per-image error (puncta are missed in noisy images, so measured
+    density falls with SNR; ``benchmarks/calibrate_e2e.py``).  Imaging quality is not set by
+    the treatment, so adjusting for it removes that error from the comparison of groups
+    without biasing it; a quadratic in log SNR follows the curved loss at low SNR.
+
+    Returns
+    -------
+    table : DataFrame
+        ``measurements`` with ``log_measured_snr`` and ``log_measured_snr_sq`` added.
+    names : list of str
+        The covariate columns (empty when the table has no usable ``measured_snr``).
+    """
+    if "measured_snr" not in measurements:
+        return measurements, []
+    snr = pd.to_numeric(measurements["measured_snr"], errors="coerce")
+    if not (snr > 0).any():
+        return measurements, []
+    x = np.log(snr.where(snr > 0))
+    out = measurements.assign(log_measured_snr=x, log_measured_snr_sq=(x - x.mean()) ** 2)
+    return out, ["log_measured_snr", "log_measured_snr_sq"]
+
+
+def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density_per_100um2", *,
+              primary: str | None = None, adjust_for_quality: bool = True) -> dict[str, str]:
     """Fit the longitudinal synapse model to a measurements table and write its tidy tables.
+
+    ``primary`` names the pre-specified primary group (tested first, see
+    :func:`session_contrasts`); with ``adjust_for_quality`` the per-image measured SNR enters
+    the synapse model as a covariate (:func:`quality_covariates`; its coefficients are written
+    to ``synapse_lmm_covariates.csv``).
 
     Only longitudinal synapse images (no microglia channel) enter the model.  Written into
     ``out_dir``: ``synapse_session_means.csv`` (animal x session), ``synapse_lmm_coefficients.csv``,
@@ -406,7 +522,10 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
 
     everything = pd.read_parquet(measurements_path)
     m = everything[everything["microglia_channel"].isna()] if "microglia_channel" in everything else everything
-    fit = fit_synapse_lmm(m, value)
+    covariates: list[str] = []
+    if adjust_for_quality:
+        m, covariates = quality_covariates(m)
+    fit = fit_synapse_lmm(m, value, covariates=covariates)
     out = Path(out_dir)
     paths = {
         "session_means": out / "synapse_session_means.csv",
@@ -418,8 +537,11 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     write_csv(fit.coefficients, paths["coefficients"])
     write_csv(fit.variance_components.assign(converged=fit.converged, warnings="; ".join(fit.warnings)),
               paths["variance"])
-    contrasts = session_contrasts(fit)
+    contrasts = session_contrasts(fit, primary=primary)
     write_csv(contrasts, paths["contrasts"])
+    if fit.covariates is not None:
+        paths["covariates"] = out / "synapse_lmm_covariates.csv"
+        write_csv(fit.covariates, paths["covariates"])
     mech = mechanism_contrasts(fit)
     if len(mech):
         paths["mechanism"] = out / "synapse_mechanism.csv"

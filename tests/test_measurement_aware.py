@@ -1,0 +1,116 @@
+"""Measurement-aware synapse model (quality covariates) and the fixed-sequence primary contrast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.errors import InputError
+from analysis.io import load_analysis_plan
+from analysis.stats import (
+    fit_synapse_lmm,
+    gatekeeping,
+    quality_covariates,
+    session_contrasts,
+    simulate_measurements,
+)
+
+HEAD = "WT diazepam 5 mg/kg x 7 d"
+
+
+def test_gatekeeping_by_hand() -> None:
+    adj, how = gatekeeping(np.array([0.04, 0.01, 0.03, 0.5]), np.array([True, False, False, False]))
+    # primary at its own p; others max(p_primary, Holm of the other three: 0.03, 0.06, 0.5)
+    assert np.allclose(adj, [0.04, 0.04, 0.06, 0.5])
+    assert how.startswith("fixed sequence") and "other 3" in how
+    # primary not significant: nothing else can be
+    adj, _ = gatekeeping(np.array([0.2, 0.001]), np.array([True, False]))
+    assert np.allclose(adj, [0.2, 0.2])
+    adj, how = gatekeeping(np.array([0.01, 0.02]), np.array([False, False]))
+    assert np.allclose(adj, [0.02, 0.02]) and how.startswith("Holm")
+    with pytest.raises(ValueError):
+        gatekeeping(np.array([0.01, 0.02]), np.array([True, True]))
+
+
+def test_gatekeeping_keeps_the_familywise_error_rate() -> None:
+    """Under the global null, P(any adjusted p < 0.05) <= 0.05 (binomial 99 % bound)."""
+    rng = np.random.default_rng(3)
+    n, k = 20_000, 10
+    p = rng.uniform(size=(n, k))
+    primary = np.zeros(k, bool)
+    primary[0] = True
+    any_rejected = np.array([(gatekeeping(row, primary)[0] < 0.05).any() for row in p])
+    rate = any_rejected.mean()
+    # the fixed sequence spends the whole 5 % on the primary: the rate is the primary's alone
+    assert rate == pytest.approx(0.05, abs=3 * np.sqrt(0.05 * 0.95 / n))
+    assert np.array_equal(any_rejected, p[:, 0] < 0.05)
+
+
+def _with_quality_error(seed: int) -> pd.DataFrame:
+    """A default-design table whose densities carry an SNR-dependent detection loss."""
+    m = simulate_measurements("default", seed)
+    rng = np.random.default_rng(seed)
+    snr = np.exp(rng.normal(np.log(7.0), 0.5, len(m)))  # measured SNR, independent of treatment
+    loss = 0.25 * np.log(snr / 7.0) - 0.1 * np.log(snr / 7.0) ** 2  # log-scale detection loss
+    m["measured_snr"] = snr
+    m["puncta_density_per_100um2"] *= np.exp(loss)
+    return m
+
+
+def test_quality_covariates_remove_the_snr_error() -> None:
+    """With an SNR-dependent error, the adjusted model recovers the contrast with a smaller SE."""
+    m = _with_quality_error(7)
+    plain = session_contrasts(fit_synapse_lmm(m))
+    table, names = quality_covariates(m)
+    assert names == ["log_measured_snr", "log_measured_snr_sq"]
+    fit = fit_synapse_lmm(table, covariates=names)
+    adjusted = session_contrasts(fit)
+    est = fit.covariates.set_index("covariate")["estimate"]
+    assert est["log_measured_snr"] == pytest.approx(0.25, abs=0.03)
+    assert est["log_measured_snr_sq"] == pytest.approx(-0.1, abs=0.04)
+
+    def head(c: pd.DataFrame) -> pd.Series:
+        return c[(c.group == HEAD) & c.planned].iloc[0]
+
+    width = lambda r: r.pct_vs_vehicle_ci_high - r.pct_vs_vehicle_ci_low  # noqa: E731
+    assert width(head(adjusted)) < 0.8 * width(head(plain))
+    # the same contrast as without the artificial error (perfect counts), within its CI
+    truth_fit = session_contrasts(fit_synapse_lmm(simulate_measurements("default", 7)))
+    assert head(adjusted).pct_vs_vehicle == pytest.approx(head(truth_fit).pct_vs_vehicle, abs=2.0)
+
+
+def test_quality_covariates_absent_or_unusable() -> None:
+    m = simulate_measurements("small", 0)
+    assert quality_covariates(m)[1] == []
+    assert quality_covariates(m.assign(measured_snr=np.nan))[1] == []
+    with pytest.raises(KeyError, match="not a column"):
+        fit_synapse_lmm(m, covariates=["nope"])
+
+
+def test_primary_contrast_in_the_contrast_table() -> None:
+    fit = fit_synapse_lmm(simulate_measurements("default", 2))
+    c = session_contrasts(fit, primary=HEAD)
+    planned = c[c.planned]
+    assert planned["primary"].sum() == 1 and planned.loc[planned.primary, "group"].item() == HEAD
+    p0 = planned.loc[planned.primary, "p_vs_vehicle"].item()
+    assert planned.loc[planned.primary, "p_vs_vehicle_adjusted"].item() == p0
+    assert (planned["p_vs_vehicle_adjusted"] >= p0).all()
+    plain = session_contrasts(fit)
+    assert np.allclose(plain.loc[plain.planned, "p_vs_vehicle_adjusted"], plain.loc[plain.planned, "p_vs_vehicle_holm"])
+
+
+def test_analysis_plan(tmp_path: Path) -> None:
+    assert load_analysis_plan(tmp_path) == {}
+    (tmp_path / "analysis_plan.json").write_text(json.dumps({"primary_contrast": HEAD, "adjust_for_quality": False}))
+    assert load_analysis_plan(tmp_path) == {"primary_contrast": HEAD, "adjust_for_quality": False}
+    (tmp_path / "analysis_plan.json").write_text('{"primary": 1')
+    with pytest.raises(InputError, match="analysis plan"):
+        load_analysis_plan(tmp_path)
+    (tmp_path / "analysis_plan.json").write_text(json.dumps({"primary": HEAD, "adjust_for_quality": "yes"}))
+    with pytest.raises(InputError) as err:
+        load_analysis_plan(tmp_path)
+    assert "unknown key 'primary'" in str(err.value) and "adjust_for_quality must be a bool" in str(err.value)
