@@ -121,14 +121,22 @@ MICROGLIA_TRUTH = {
 }
 
 
-def synapse_variants(m: pd.DataFrame, truth: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The longitudinal synapse table under each way of using the measurements.
+#: The pre-specified primary contrast of the simulated design (``analysis_plan.json``).
+PRIMARY = "WT diazepam 5 mg/kg x 7 d"
 
-    ``measured``: as quantified.  ``perfect``: the simulation's true density of the same
-    images (the in-focus puncta actually drawn, so the biological and Poisson variation are
-    kept and only the measurement error is removed).  ``recall-corrected``: the measured
-    density times the image's estimated precision over its spike-in recall.
+
+def synapse_variants(m: pd.DataFrame, truth: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, list[str]]]:
+    """The longitudinal synapse table (and model covariates) under each way of using the measurements.
+
+    ``measured``: as quantified, no covariates (the model before issue 13).  ``perfect``: the
+    simulation's true density of the same images (the in-focus puncta actually drawn, so the
+    biological and Poisson variation are kept and only the measurement error is removed).
+    ``recall-corrected``: the measured density times the image's estimated precision over its
+    spike-in recall.  ``snr-covariate``: the measured density with the measured SNR as
+    covariate (:func:`analysis.stats.quality_covariates`, what ``fit_study`` does by default).
     """
+    from analysis.stats import quality_covariates
+
     import numpy as np
 
     syn = m[m["microglia_channel"].isna()].copy()
@@ -142,19 +150,22 @@ def synapse_variants(m: pd.DataFrame, truth: pd.DataFrame) -> dict[str, pd.DataF
         corrected[SYNAPSE_VALUE] = syn[SYNAPSE_VALUE] * precision / recall
     else:
         corrected[SYNAPSE_VALUE] = np.nan
-    return {"measured": syn, "perfect": perfect, "recall-corrected": corrected}
+    adjusted, names = quality_covariates(syn)
+    return {"measured": (syn, []), "perfect": (perfect, []), "recall-corrected": (corrected, []),
+            "snr-covariate": (adjusted, names)}
 
 
-def synapse_rows(table: pd.DataFrame, null: bool) -> pd.DataFrame:
-    """Planned synapse contrasts of one table with their truth (as in the shipped calibration)."""
+def synapse_rows(table: pd.DataFrame, null: bool, covariates: list[str] | tuple = ()) -> pd.DataFrame:
+    """Planned synapse contrasts of one table with their truth; ``p_adjusted`` is the report's
+    multiplicity procedure (:data:`PRIMARY` first, then Holm)."""
     import numpy as np
     import scipy.stats as sps
 
     from analysis.stats import fit_synapse_lmm, session_contrasts
     from analysis.validation import true_pct_vs_vehicle
 
-    fit = fit_synapse_lmm(table, SYNAPSE_VALUE)
-    c = session_contrasts(fit)
+    fit = fit_synapse_lmm(table, SYNAPSE_VALUE, covariates=list(covariates))
+    c = session_contrasts(fit, primary=PRIMARY)
     c = c[c["planned"]].reset_index(drop=True)
     true = true_pct_vs_vehicle(c, null=null)
     lo, hi = c["pct_vs_vehicle_ci_low"], c["pct_vs_vehicle_ci_high"]
@@ -162,7 +173,7 @@ def synapse_rows(table: pd.DataFrame, null: bool) -> pd.DataFrame:
     return pd.DataFrame({
         "endpoint": "synapse density (% vs vehicle)", "group": c["group"], "true": true,
         "estimate": c["pct_vs_vehicle"], "ci_low": lo, "ci_high": hi, "p": c["p_vs_vehicle"],
-        "p_adjusted": c["p_vs_vehicle_holm"], "covered": (lo <= true) & (true <= hi),
+        "p_adjusted": c["p_vs_vehicle_adjusted"], "covered": (lo <= true) & (true <= hi),
         "log_error": np.log1p(c["pct_vs_vehicle"] / 100) - np.log1p(true / 100),
         "log_se": (log_hi - log_lo) / (2 * sps.t.ppf(0.975, c["df"])), "converged": fit.converged,
     })
@@ -214,10 +225,10 @@ def analyse_study(folder: Path) -> pd.DataFrame:
     m = pd.read_parquet(folder / "measurements.parquet")
     truth = pd.read_csv(folder / "ground_truth.csv")
     frames = []
-    for variant, table in synapse_variants(m, truth).items():
+    for variant, (table, covariates) in synapse_variants(m, truth).items():
         if table[SYNAPSE_VALUE].notna().sum() == 0:
             continue
-        frames.append(synapse_rows(table, null).assign(variant=variant))
+        frames.append(synapse_rows(table, null, covariates).assign(variant=variant))
     cells = pd.read_parquet(folder / "cells.parquet")
     frames.append(microglia_rows(m, cells, null).assign(variant="measured"))
     if (folder / "truth_cells.parquet").exists():
@@ -290,7 +301,13 @@ K_NEAREST = 8
 QUALITY = ("measured_snr", "spike_in_recall", "est_precision", "puncta_median_snr")
 
 
+#: Synapse fields per session of the bank's designs (fixed, whatever the preset's default).
+BANK_FIELDS = 2
+
+
 def _bank_design() -> pd.DataFrame:
+    import dataclasses
+
     from analysis.design import PRESETS, build_design
     from analysis.truth import calibrated_model
 
@@ -298,7 +315,7 @@ def _bank_design() -> pd.DataFrame:
     frames = []
     for seed in BANK_SEEDS:
         for name in ("default", "null"):
-            p = PRESETS[name]
+            p = dataclasses.replace(PRESETS[name], synapse_fields=BANK_FIELDS)  # the bank stays fixed
             d = build_design(p, model.without_drug_effect() if p.null else model, seed)
             frames.append(d[d["readout"] == "synapse"].assign(bank_seed=seed, bank_preset=name))
     out = pd.concat(frames, ignore_index=True)
@@ -387,20 +404,38 @@ def bank_study(bank: pd.DataFrame, preset: str, seed: int) -> pd.DataFrame:
     return syn
 
 
-def bank_calibrate_one(task: tuple[str, int, str]) -> pd.DataFrame:
-    preset, seed, cache = task
+def design_variant(base: str, synapse_fields: int | None) -> str:
+    """Name of ``base`` with another number of synapse fields per session (registered in PRESETS)."""
+    import dataclasses
+
+    from analysis.design import PRESETS
+
+    if not synapse_fields or synapse_fields == PRESETS[base].synapse_fields:
+        return base
+    name = f"{base}-{synapse_fields}fields"
+    PRESETS[name] = dataclasses.replace(PRESETS[base], name=name, synapse_fields=synapse_fields)
+    return name
+
+
+def bank_calibrate_one(task: tuple[str, int, str, int | None]) -> pd.DataFrame:
+    from analysis.design import PRESETS
+
+    base, seed, cache, fields = task
+    preset = design_variant(base, fields)
+    null = PRESETS[preset].null
     bank = load_bank(Path(cache))
     syn = bank_study(bank, preset, seed)
     truth = syn[["image_id", "true_realised_per_100um2"]].rename(
         columns={"true_realised_per_100um2": "true_puncta_density_per_100um2"})
-    frames = [synapse_rows(t, preset == "null").assign(variant=v)
-              for v, t in synapse_variants(syn, truth).items() if t[SYNAPSE_VALUE].notna().any()]
+    frames = [synapse_rows(t, null, cov).assign(variant=v)
+              for v, (t, cov) in synapse_variants(syn, truth).items() if t[SYNAPSE_VALUE].notna().any()]
     return pd.concat(frames, ignore_index=True).assign(preset=preset, seed=seed, commit=_commit(), source="bank")
 
 
 def bank_calibrate(args: argparse.Namespace) -> pd.DataFrame:
     """Calibration studies (null and default) built from the bank; rows and summary written."""
-    jobs = [(p, FIRST_SEED[p] + i, str(args.cache)) for i in range(args.studies) for p in ("null", "default")]
+    jobs = [(p, FIRST_SEED[p] + i, str(args.cache), args.synapse_fields) for i in range(args.studies)
+            for p in ("null", "default")]
     with ProcessPoolExecutor(args.workers) as pool:
         rows = pd.concat(list(pool.map(bank_calibrate_one, jobs, chunksize=4)), ignore_index=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -427,6 +462,8 @@ def main() -> None:
     c.add_argument("--studies", type=int, default=200, help="null studies and as many default studies")
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calibration_bank.csv")
+    c.add_argument("--synapse-fields", type=int, default=None,
+                   help="synapse fields per animal and session (default: the preset's)")
     for p in (r, a, b, c):
         p.add_argument("--cache", type=Path, default=CACHE)
     args = ap.parse_args()

@@ -81,7 +81,10 @@ class Preset:
         Animals per group, alternately female/male and alternately sacrificed at the end of
         dosing (cohort ``end_of_dosing``) or after withdrawal (cohort ``withdrawal``).
     synapse_fields, terminal_fields : int
-        Fields per animal and imaging session (synapse) or at sacrifice (terminal).
+        Fields per animal and imaging session (synapse) or at sacrifice (terminal).  Four
+        synapse fields per session: with two, the headline contrast (diazepam 5 mg/kg x 7 d,
+        -13 %) had power ~0.5 once the detector's error is included; with four and the measured
+        SNR as covariate ~0.9 (``benchmarks/calibrate_e2e.py``, RESULTS.md).
     baseline_day : int
         Day of the baseline session (negative: before the first dose).
     dosing_days : tuple of int
@@ -103,7 +106,7 @@ class Preset:
     name: str
     groups: tuple[Group, ...]
     animals_per_group: int = 8
-    synapse_fields: int = 2
+    synapse_fields: int = 4
     terminal_fields: int = 2
     baseline_day: int = -3
     dosing_days: tuple[int, ...] = (14, 28)
