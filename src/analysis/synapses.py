@@ -109,6 +109,7 @@ _NOISE_RATE_B, _NOISE_RATE_C = 3.2215, -0.87421
 #: 1024 x 1024 tile with its margin needs ~0.3 GB).
 TILE_PX = 1024
 _BATCH_BYTES = 32 * 2**20  # image patches of the candidates held at once
+_PAIR_CHUNK = 1 << 20  # candidate pairs whose overlaps are computed at once
 _PSF_MODEL_ERROR = 0.05  # relative error of the Gaussian PSF model near a bright punctum
 _PROTECT = 0.1  # two weak candidates compete for the same light above this correlation
 
@@ -1257,7 +1258,7 @@ def _detect_block(
             for b in range(0, len(points), batch)], axis=1)
         unit_sd = np.stack([s.unit_sd(points) for s in scales[:n_in]])
         sn = ndi.map_coordinates(noise, points.T, order=1, mode="nearest")
-        pairs = cKDTree(points / unit).query_pairs(cut, output_type="ndarray")
+        pairs = cKDTree(points / unit).query_pairs(cut, output_type="ndarray").astype(np.int32)
         return resp, unit_sd, sn, pairs  # (pairs are recomputed for the full set by callers)
 
     a = t = np.zeros(0)
@@ -1276,20 +1277,28 @@ def _detect_block(
                 final, k_used, ok = idx, np.zeros(0, int), np.zeros(0, bool)
                 a = t = np.zeros(0)
                 break
-            remap = np.full(len(pos), -1)
+            remap = np.full(len(pos), -1, dtype=np.int32)
             remap[idx] = np.arange(n)
-            pr = remap[pairs]
-            pr = pr[(pr >= 0).all(axis=1)]
-            i, j = pr.T
             p = pos[idx]
             kk = k[idx]
             sig, cc = sig_all[kk], c_all[kk]
-            d2 = (p[i] - p[j]) ** 2
             m = k0_all[kk]
-            kij = _overlap(d2, sig[i], sig[j], cc[i], cc[j], bg, _W_K)
-            corr = kij / np.sqrt(m[i] * m[j])
-            strong = np.abs(corr) > 0.01
-            i, j, d2, kij, corr = i[strong], j[strong], d2[strong], kij[strong], corr[strong]
+            # the pairs that overlap (|correlation| > 0.01), in chunks of pairs: a stack has many
+            # more close pairs than overlapping ones (GBs of per-pair temporaries at once)
+            chunks = []
+            for c0 in range(0, len(pairs), _PAIR_CHUNK):
+                pr = remap[pairs[c0 : c0 + _PAIR_CHUNK]]
+                ic, jc = pr[(pr >= 0).all(axis=1)].T
+                d2c = (p[ic] - p[jc]) ** 2
+                kc = _overlap(d2c, sig[ic], sig[jc], cc[ic], cc[jc], bg, _W_K)
+                rc = kc / np.sqrt(m[ic] * m[jc])
+                strong = np.abs(rc) > 0.01
+                chunks.append((ic[strong], jc[strong], d2c[strong], kc[strong], rc[strong]))
+            if chunks:
+                i, j, d2, kij, corr = (np.concatenate(x) for x in zip(*chunks))
+            else:
+                i = j = np.zeros(0, np.int32)
+                d2, kij, corr = np.zeros((0, ndim)), np.zeros(0), np.zeros(0)
             qij = _overlap(d2, sig[i], sig[j], cc[i], cc[j], bg, _W_Q)
             y = resp[kk, idx]
             q = unit_sd[kk, idx] ** 2
@@ -1354,7 +1363,7 @@ def _detect_block(
                 pos[idx[moved]] = new_p[moved]
                 r_, u_, s_, _ = at(new_p[moved])
                 resp[:, idx[moved]], unit_sd[:, idx[moved]], sn[idx[moved]] = r_, u_, s_
-                pairs = cKDTree(pos / unit).query_pairs(cut, output_type="ndarray")
+                pairs = cKDTree(pos / unit).query_pairs(cut, output_type="ndarray").astype(np.int32)
         # (normally all of ``final`` passed; after the iteration cap, keep only those that did)
         pos, k, a, t = pos[final][ok], k_used[ok], a[ok], t[ok]
         if rnd == 1 or len(pos) == 0:
