@@ -634,8 +634,16 @@ def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
         for q in order
     ]
     sentence = ""
+    e2e = rec.get("e2e_calibration")
+    if isinstance(e2e, dict):
+        sentence = ("End to end (simulated studies of the default design whose images went through the detector, "
+                    f"then the report's model; benchmarks/calibration_e2e.md): primary contrast power "
+                    f"{e2e.get('primary power (adjusted)')} at the report's multiplicity adjustment, bias "
+                    f"{e2e.get('primary bias, points')} points, coverage of the planned contrasts "
+                    f"{e2e.get('coverage, planned contrasts (min-max)')}, family-wise error under the null "
+                    f"{e2e.get('null: family-wise error')}. ")
     if "calibration/studies" in rec:
-        sentence = (f"Synapse model on {rec['calibration/studies']} simulated studies of this design without and "
+        sentence += (f"The statistics alone (perfect counts) on {rec['calibration/studies']} simulated studies of this design without and "
                     f"{rec['calibration/studies']} with the drug effect: type I error "
                     f"{rec['calibration/type1_error']:.3f} (nominal 0.05), 95 % CI coverage of the true effect "
                     f"{rec['calibration/coverage']:.3f}.")

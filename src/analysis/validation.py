@@ -760,6 +760,24 @@ def load_real_validation(path: str | os.PathLike[str] | None = None) -> RealVali
     return parse_validation_markdown(path.read_text(encoding="utf-8"), path=path)
 
 
+#: The committed end-to-end calibration (``benchmarks/calibrate_e2e.py bank-calibrate``).
+E2E_CALIBRATION_FILE = Path("benchmarks") / "calibration_e2e.md"
+
+
+def load_e2e_calibration(path: str | os.PathLike[str] | None = None) -> RealValidation | None:
+    """The committed end-to-end calibration of the synapse statistics, or None when absent.
+
+    Simulated studies whose images went through the detector (images -> quantify -> fit):
+    bias, coverage and power of each planned contrast for the report's model beside the
+    alternatives (perfect counts among them).  Parsed like :func:`load_real_validation`.
+    """
+    path = real_validation_path().parent / E2E_CALIBRATION_FILE.name if path is None else Path(path)
+    if not path.is_file():
+        log.info("no end-to-end calibration summary at %s", path)
+        return None
+    return parse_validation_markdown(path.read_text(encoding="utf-8"), path=path)
+
+
 def section_purpose(title: str) -> str:
     """One sentence on what a section of the real-data validation tests ("" if unknown).
 
