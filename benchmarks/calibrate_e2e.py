@@ -526,6 +526,36 @@ def write_markdown(rows: pd.DataFrame, args: argparse.Namespace) -> None:
     log.info("wrote %s", args.markdown)
 
 
+def fit_error_model(bank: pd.DataFrame) -> pd.DataFrame:
+    """Per SNR level: the error model of :mod:`analysis.power` fitted to the bank by least squares."""
+    import numpy as np
+    import statsmodels.formula.api as smf
+
+    from analysis.power import REFERENCE_DENSITY
+
+    b = bank.assign(x=np.log(bank["true_realised_per_100um2"] / REFERENCE_DENSITY),
+                    y=np.log(bank["measured_per_100um2"] / bank["true_realised_per_100um2"]),
+                    s=np.log(bank["measured_snr"]))
+    b = b.replace([np.inf, -np.inf], np.nan).dropna(subset=["x", "y", "s"])
+    rows = []
+    for level, g in b.groupby("snr_level", sort=False):
+        g = g.assign(sc=g["s"] - g["s"].mean())
+        fit = smf.ols("y ~ x + sc", g).fit()
+        rows.append({"snr_level": level, "a": fit.params["Intercept"], "b": fit.params["x"], "c": fit.params["sc"],
+                     "sd": float(np.sqrt(fit.scale)), "snr_log_mean": g["s"].mean(), "snr_log_sd": g["s"].std(),
+                     "fields": len(g)})
+    return pd.DataFrame(rows).round(5)
+
+
+def error_model_stage(args: argparse.Namespace) -> None:
+    """Write the package's error model (``src/analysis/data/measurement_error.csv``) from the bank."""
+    table = fit_error_model(load_bank(args.cache))
+    args.model_out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.model_out, index=False)
+    print(table.to_string(index=False))
+    log.info("wrote %s", args.model_out)
+
+
 def bank_summary(args: argparse.Namespace) -> None:
     """Rewrite the markdown summary from the rows of an earlier ``bank-calibrate`` run."""
     write_markdown(pd.read_csv(args.out), args)
@@ -553,13 +583,15 @@ def main() -> None:
     d.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calibration_bank.csv")
     d.add_argument("--markdown", type=Path, default=MARKDOWN)
     d.add_argument("--synapse-fields", type=int, default=None)
-    for p in (r, a, b, c, d):
+    e = sub.add_parser("error-model", help="fit the detector's error model for analysis.power from the bank")
+    e.add_argument("--model-out", type=Path, default=ROOT / "src" / "analysis" / "data" / "measurement_error.csv")
+    for p in (r, a, b, c, d, e):
         p.add_argument("--cache", type=Path, default=CACHE)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("analysis").setLevel(logging.WARNING)
     {"run": run, "analyse": analyse, "bank": build_bank, "bank-calibrate": bank_calibrate,
-     "bank-summary": bank_summary}[args.stage](args)
+     "bank-summary": bank_summary, "error-model": error_model_stage}[args.stage](args)
 
 
 if __name__ == "__main__":

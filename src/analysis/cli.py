@@ -144,6 +144,44 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snr_mix(text: str) -> dict[str, float]:
+    """``"high=0.2,default=0.5,low=0.2,hard=0.1"`` -> dict (argparse type)."""
+    try:
+        mix = {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not like high=0.2,default=0.5,low=0.2,hard=0.1") from None
+    if not mix or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give non-negative shares of the SNR levels")
+    return mix
+
+
+def _cmd_power(args: argparse.Namespace) -> int:
+    from analysis.power import design_preset, power_table, simulate_power
+
+    try:
+        preset = design_preset("default", animals_per_group=args.animals, synapse_fields=args.fields,
+                               snr_mix=args.snr_mix)
+    except ValueError as exc:
+        raise InputError(Problem("--snr-mix", str(exc))) from None
+    table = power_table(simulate_power(preset, args.studies, primary=args.primary or None, seed=args.seed,
+                                       workers=args.workers or 1))
+    table.insert(0, "design", preset)
+    if args.out:
+        from analysis.files import write_csv
+
+        write_csv(table, args.out)
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.drop(columns="design").round(3).to_string(index=False))
+    head = table[table["primary"]]
+    if len(head):
+        h = head.iloc[0]
+        print(f"\nprimary contrast {h.group}: power {h.power_adjusted:.2f} at the report's adjustment "
+              f"({args.studies} simulated studies of {preset})")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import run_report
 
@@ -223,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-quality-adjustment", action="store_true",
                    help="do not use the measured SNR of each image as a covariate of the synapse model")
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("power", help="power of the planned synapse contrasts for a design, by simulation with "
+                                     "the detector's measured error model")
+    p.add_argument("--animals", type=_positive_int, default=None, help="animals per group (default design: 8)")
+    p.add_argument("--fields", type=_positive_int, default=None,
+                   help="PSD95 fields per animal and session (default design: 4)")
+    p.add_argument("--snr-mix", type=_snr_mix, default=None,
+                   help="shares of image quality, e.g. high=0.2,default=0.5,low=0.2,hard=0.1 (the default design's)")
+    p.add_argument("--studies", type=_positive_int, default=100, help="simulated studies (default: 100)")
+    p.add_argument("--primary", default="WT diazepam 5 mg/kg x 7 d",
+                   help='primary contrast tested first (default: "%(default)s"; "" for Holm over all)')
+    p.add_argument("--seed", type=int, default=80_000, help="seed of the first study (default: 80000)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: 1)")
+    p.add_argument("--out", default=None, help="write the table as CSV here")
+    p.set_defaults(func=_cmd_power)
 
     p = sub.add_parser("report", help="run the notebooks with papermill and write HTML reports")
     p.add_argument("--data", default="data/raw", help="folder with samples.csv (default: data/raw)")
