@@ -263,3 +263,14 @@ def test_an_undetected_true_change_is_said() -> None:
     assert f"The simulated change of {dens.truth_pct:+.1f} % went undetected in this study." in dens.text
     eng = next(f for f in F.abstract(c) if f.endpoint == "engulfment" and f.kind == "headline")
     assert "undetected" not in eng.text  # detected: nothing to say
+
+
+def test_no_detectable_change_says_what_the_design_could_detect() -> None:
+    """A CI spanning 0 comes with the change this design would have detected (80 % power)."""
+    from analysis.findings import detectable_change
+
+    # SE on the log scale from a 95 % CI of -10 % to +11.1 %: (log 1.111 - log 0.9) / 3.92 = 0.0537;
+    # 80 % power at the 5 % level: (1.96 + 0.84) x SE = 0.1505 -> -14.0 % / +16.2 %
+    down, up = detectable_change(-10.0, 11.1)
+    assert down == pytest.approx(-13.97, abs=0.01) and up == pytest.approx(16.25, abs=0.01)
+    assert np.isnan(detectable_change(5.0, 5.0)[0])

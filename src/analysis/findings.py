@@ -439,7 +439,33 @@ def _headline_sentence(r) -> str:
     if d == "no detectable change":
         text += (f" Changes anywhere from {format_pct(r.pct_ci_low)} % to {format_pct(r.pct_ci_high)} % are "
                  "compatible with these data.")
+        down, up = detectable_change(r.pct_ci_low, r.pct_ci_high)
+        if np.isfinite(down):
+            text += (f" With this design (n = {int(r.n_animals)} vs {int(r.n_animals_vehicle)} animals) a change of "
+                     f"about {format_pct(down)} % or {format_pct(up)} % would be detected with 80 % power.")
     return text + _truth_clause(r)
+
+
+def detectable_change(ci_low_pct: float, ci_high_pct: float, power: float = 0.8) -> tuple[float, float]:
+    """The decrease and increase (percent) this design detects with ``power`` at the 5 % level.
+
+    From the standard error implied by a 95 % CI of a ratio (log scale, normal
+    approximation): ``exp(+-(z_0.975 + z_power) x SE) - 1``.  It says what the design could
+    have found, which a CI spanning 0 alone does not.
+
+    Examples
+    --------
+    >>> [round(v, 1) for v in detectable_change(-10.0, 11.1)]
+    [-14.0, 16.2]
+    """
+    from scipy.stats import norm
+
+    lo, hi = np.log1p(ci_low_pct / 100.0), np.log1p(ci_high_pct / 100.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return float("nan"), float("nan")
+    se = (hi - lo) / (2 * norm.ppf(0.975))
+    k = (norm.ppf(0.975) + norm.ppf(power)) * se
+    return float(100 * np.expm1(-k)), float(100 * np.expm1(k))
 
 
 def _other_sentence(endpoint: Endpoint, others: pd.DataFrame) -> tuple[str, list[Finding]]:
