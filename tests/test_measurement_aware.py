@@ -114,3 +114,22 @@ def test_analysis_plan(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         load_analysis_plan(tmp_path)
     assert "unknown key 'primary'" in str(err.value) and "adjust_for_quality must be a bool" in str(err.value)
+
+
+def test_sex_differences_find_an_injected_interaction() -> None:
+    """A 15 % extra loss in treated females at the end of dosing is found; other contrasts are not touched."""
+    from analysis.stats import sex_differences
+
+    m = simulate_measurements("default", 4)
+    hit = (m["sex"] == "F") & (m["dose_mg_kg"] == 5.0) & (m["compound"] == "diazepam") & (m["genotype"] == "WT") \
+        & (m["treatment_days"] == 7) & (m["day"] == 7)
+    base = sex_differences(m).set_index("group")
+    m.loc[hit, "puncta_density_per_100um2"] *= 0.85
+    s = sex_differences(m).set_index("group")
+    assert s.loc[HEAD, "ratio_F_over_M"] == pytest.approx(base.loc[HEAD, "ratio_F_over_M"] * 0.85, rel=0.02)
+    assert s.loc[HEAD, "ratio_ci_low"] < 0.85 * base.loc[HEAD, "ratio_F_over_M"] < s.loc[HEAD, "ratio_ci_high"]
+    assert s.loc[HEAD, "p_sex_difference"] < 0.01
+    others = s.index != HEAD
+    assert np.allclose(s.loc[others, "ratio_F_over_M"], base.loc[others, "ratio_F_over_M"], rtol=1e-6)
+    with pytest.raises(ValueError, match="two sexes"):
+        sex_differences(m.assign(sex="F"))

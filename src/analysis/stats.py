@@ -467,6 +467,68 @@ def gatekeeping(p: np.ndarray, primary: np.ndarray) -> tuple[np.ndarray, str]:
     return adjusted, f"fixed sequence: primary contrast first, then Holm over the other {int(rest.sum())}"
 
 
+def sex_differences(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2", *,
+                    covariates: Sequence[str] = (), alpha: float = 0.05) -> pd.DataFrame:
+    """Sex x treatment, a secondary analysis: each planned contrast in females and in males, and their difference.
+
+    The synapse model is fitted to each sex separately (animals are nested in sex, so the
+    two fits are independent); the difference of the two log ratios versus vehicle has the
+    variance ``se_F^2 + se_M^2`` and is tested with Student's t on the smaller of the two
+    fits' degrees of freedom (conservative).  Unadjusted: an exploratory, secondary analysis.
+
+    Returns
+    -------
+    DataFrame
+        Per planned contrast: ``pct_vs_vehicle_F`` / ``_M`` with CIs and n animals, the
+        ``ratio_F_over_M`` of the two effects (as ratios of change) with CI, and ``p_sex_difference``.
+
+    Raises
+    ------
+    ValueError
+        No ``sex`` column, or fewer than two sexes with a planned contrast each.
+    """
+    if "sex" not in measurements:
+        raise ValueError("no sex column")
+    sexes = [x for x in sorted(measurements["sex"].dropna().astype(str).unique()) if x.strip()]
+    if len(sexes) != 2:
+        raise ValueError(f"sex x treatment needs two sexes, found {sexes}")
+    parts = {}
+    for sex in sexes:
+        sub = measurements[measurements["sex"].astype(str) == sex]
+        try:
+            fit = fit_synapse_lmm(sub, value, covariates=covariates)
+            c = session_contrasts(fit, alpha=alpha)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            raise ValueError(f"the {sex} animals alone cannot be fitted ({exc})") from None
+        if "planned" not in c or not c["planned"].any():
+            raise ValueError(f"no planned contrast estimable in the {sex} animals alone")
+        c = c[c["planned"]].set_index("group")
+        lo, hi = np.log1p(c["pct_vs_vehicle_ci_low"] / 100), np.log1p(c["pct_vs_vehicle_ci_high"] / 100)
+        q = sps.t.ppf(1 - alpha / 2, c["df"])
+        parts[sex] = pd.DataFrame({"est": np.log1p(c["pct_vs_vehicle"] / 100), "se": (hi - lo) / (2 * q),
+                                   "df": c["df"], "pct": c["pct_vs_vehicle"], "lo": c["pct_vs_vehicle_ci_low"],
+                                   "hi": c["pct_vs_vehicle_ci_high"], "n": c["n_animals"]})
+    a, b = sexes
+    j = parts[a].join(parts[b], lsuffix="_a", rsuffix="_b", how="inner")
+    if j.empty:
+        raise ValueError("no planned contrast estimable in both sexes")
+    diff = j["est_a"] - j["est_b"]
+    se = np.sqrt(j["se_a"] ** 2 + j["se_b"] ** 2)
+    df = np.minimum(j["df_a"], j["df_b"])
+    q = sps.t.ppf(1 - alpha / 2, df)
+    out = pd.DataFrame({
+        "group": j.index,
+        f"pct_vs_vehicle_{a}": j["pct_a"].to_numpy(), f"ci_low_{a}": j["lo_a"].to_numpy(),
+        f"ci_high_{a}": j["hi_a"].to_numpy(), f"n_animals_{a}": j["n_a"].to_numpy(),
+        f"pct_vs_vehicle_{b}": j["pct_b"].to_numpy(), f"ci_low_{b}": j["lo_b"].to_numpy(),
+        f"ci_high_{b}": j["hi_b"].to_numpy(), f"n_animals_{b}": j["n_b"].to_numpy(),
+        f"ratio_{a}_over_{b}": np.exp(diff).to_numpy(), "ratio_ci_low": np.exp(diff - q * se).to_numpy(),
+        "ratio_ci_high": np.exp(diff + q * se).to_numpy(),
+        "p_sex_difference": np.asarray(2 * sps.t.sf(np.abs(diff / se), df)), "df": np.asarray(df),
+    })
+    return out
+
+
 def quality_covariates(measurements: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Image-quality covariates of the synapse model: log measured SNR and its square.
 
@@ -546,6 +608,13 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     if len(mech):
         paths["mechanism"] = out / "synapse_mechanism.csv"
         write_csv(mech, paths["mechanism"])
+    try:
+        by_sex = sex_differences(m, value, covariates=covariates)
+    except ValueError as exc:
+        log.info("sex x treatment analysis skipped: %s", exc)
+    else:
+        paths["sex"] = out / "synapse_sex.csv"
+        write_csv(by_sex, paths["sex"])
     rec = recovery(contrasts)
     if len(rec):
         paths["recovery"] = out / "synapse_recovery.csv"
