@@ -217,13 +217,19 @@ def _label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _line_kernels(length_px: float, n_orientations: int) -> list[np.ndarray]:
-    """Normalised line-segment kernels (bilinear, anti-aliased) in ``n_orientations``."""
+    """Normalised line-segment kernels (bilinear, anti-aliased) in ``n_orientations``.
+
+    Odd-sized (2r + 3) with the segment centred on the middle pixel, which is where
+    :mod:`scipy.ndimage` puts a kernel's origin, so the line response is not shifted (an
+    even size shifted every response by one pixel and broke flip invariance).
+    """
     r = int(np.ceil(length_px / 2))
     t = np.linspace(-length_px / 2, length_px / 2, int(4 * length_px) + 1)
     out = []
+    c = r + 1
     for th in np.arange(n_orientations) * np.pi / n_orientations:
-        k = np.zeros((2 * r + 2, 2 * r + 2), np.float64)
-        yy, xx = r + t * np.sin(th), r + t * np.cos(th)
+        k = np.zeros((2 * c + 1, 2 * c + 1), np.float64)
+        yy, xx = c + t * np.sin(th), c + t * np.cos(th)
         y0, x0 = np.floor(yy).astype(int), np.floor(xx).astype(int)
         fy, fx = yy - y0, xx - x0
         for dy, wy in ((0, 1 - fy), (1, fy)):
