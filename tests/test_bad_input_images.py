@@ -168,12 +168,13 @@ CASES: dict[str, Case] = {
     "exactly-32x32": Case(lambda: spots(32, ((10, 10), (20, 22))).astype(np.uint16),
                           expect={"n_puncta": 2, "analysed_area_um2": 32 * 32 * PX * PX}),
     "2-d-image-ignores-z-step": Case(lambda: spots().astype(np.uint16), roles={"z_step_um": 0.7}, expect=SIX),
+    # stacks: the volume inside the axial guard bands (1 plane at either end of the 3; synapse_density)
     "stack-z-step-from-sheet": Case(stack(3), "ZYX", {"z_step_um": 0.5},
-                                    expect={"analysed_volume_um3": N * N * PX * PX * 3 * 0.5}),
+                                    expect={"analysed_volume_um3": N * N * PX * PX * (3 - 2) * 0.5}),
     "stack-z-step-from-metadata": Case(stack(3), "ZYX", dz=0.5,
-                                       expect={"analysed_volume_um3": N * N * PX * PX * 3 * 0.5}),
+                                       expect={"analysed_volume_um3": N * N * PX * PX * (3 - 2) * 0.5}),
     "stack-sheet-z-step-overrides-metadata": Case(stack(3), "ZYX", {"z_step_um": 0.5}, dz=2.0,
-                                                  expect={"analysed_volume_um3": N * N * PX * PX * 3 * 0.5}),
+                                                  expect={"analysed_volume_um3": N * N * PX * PX * (3 - 2) * 0.5}),
 }
 
 

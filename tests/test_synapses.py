@@ -175,8 +175,12 @@ def test_3d_stack_with_anisotropic_sampling() -> None:
     noise = rng2.poisson(np.full(shape, 20.0)) * GAIN + OFFSET
     assert len(detect_puncta(noise, px, z_step_um=dz)) <= 3
     d = synapse_density(p, np.ones(shape[1:], bool), px, z_step_um=dz)
-    assert d["analysed_volume_um3"] == pytest.approx(9.6 * 9.6 * 12 * 0.3)
-    assert d["puncta_density_per_um3"] == pytest.approx(len(p) / d["analysed_volume_um3"])
+    # volume and count inside the axial guard bands: max(1 plane, axial half width 0.35 um) at either end
+    guard = max(1.0, p.attrs["axial_radius_um"] / dz)
+    assert d["analysed_volume_um3"] == pytest.approx(9.6 * 9.6 * (12 - 2 * guard) * 0.3)
+    inside = int(((p["z"] >= guard - 0.5) & (p["z"] < 12 - 0.5 - guard)).sum())
+    assert 0 < inside <= len(p) and d["n_puncta"] == inside
+    assert d["puncta_density_per_um3"] == pytest.approx(inside / d["analysed_volume_um3"])
 
 
 def test_noise_model_matches_the_camera() -> None:

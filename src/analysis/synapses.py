@@ -1185,6 +1185,7 @@ def detect_puncta(
             "n_z": arr.shape[0] if ndim == 3 else 1,
             "pixel_size_um": float(pixel_size_um),
             "z_step_um": dz if ndim == 3 else None,
+            "axial_radius_um": float(axial_radius_um) if ndim == 3 else None,
             "threshold_sd": float(threshold_sd),
             "threshold_used": threshold_used,
             "punctum_radius_um": float(punctum_radius_um),
@@ -1703,8 +1704,13 @@ def synapse_density(
     pixel_size_um : float
         Lateral pixel size.
     z_step_um : float, optional
-        Axial step: with a ``z`` column the density is per volume, over
-        ``puncta.attrs['n_z']`` planes (default 1) of the mask.
+        Axial step: with a ``z`` column the density is per volume.  A punctum centred within
+        its axial half width of the first or last plane cannot be located (its light is cut
+        off by the stack's end), so the volume counted is the stack's ``n_z`` planes
+        (``puncta.attrs['n_z']``) minus a guard band at either end of ``max(1 plane, axial
+        half width)`` (``puncta.attrs['axial_radius_um']``), and only puncta whose fitted
+        ``z`` lies inside it are counted.  A stack too thin for any volume inside the guard
+        bands gets a NaN density.
 
     Returns
     -------
@@ -1725,14 +1731,27 @@ def synapse_density(
     mask = np.asarray(mask, bool)
     if mask.ndim == 3:
         mask = mask.any(axis=0)
+    stack = "z" in puncta.columns and bool(z_step_um)
+    keep = np.ones(len(puncta), bool)
+    depth_planes = 1.0
+    if stack:
+        n_z = int(puncta.attrs.get("n_z", 1))
+        axial = puncta.attrs.get("axial_radius_um") or 0.0
+        guard = max(1.0, float(axial) / float(z_step_um))
+        depth_planes = n_z - 2.0 * guard
+        z = puncta["z"].to_numpy(float)
+        keep = (z >= guard - 0.5) & (z < n_z - 0.5 - guard)
     n = 0
     if len(puncta):
         iy = np.clip(np.rint(puncta["y"].to_numpy(float)).astype(int), 0, mask.shape[0] - 1)
         ix = np.clip(np.rint(puncta["x"].to_numpy(float)).astype(int), 0, mask.shape[1] - 1)
-        n = int(mask[iy, ix].sum())
+        n = int((mask[iy, ix] & keep).sum())
     area = float(mask.sum() * float(pixel_size_um) ** 2)
-    if "z" in puncta.columns and z_step_um:
-        volume = area * int(puncta.attrs.get("n_z", 1)) * float(z_step_um)
+    if stack:
+        volume = area * depth_planes * float(z_step_um) if depth_planes > 0 else 0.0
+        if volume <= 0:
+            log.warning("stack of %d planes is too thin for a volume density inside the axial guard bands",
+                        int(puncta.attrs.get("n_z", 1)))
         return {
             "n_puncta": n,
             "analysed_area_um2": area,
