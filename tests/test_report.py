@@ -181,7 +181,7 @@ def test_validation_notebook_against_ground_truth(design_report: Path, small_stu
     assert v["calibration/effect/WT diazepam 5 mg/kg x 7 d"]["true_pct"] == pytest.approx(-13.0, abs=0.01)
     html = (design_report / "reports" / "04_validation.html").read_text()
     assert len(_figures(html)) == 3 and "Traceback" not in html
-    assert "Calibration of the synapse statistics" in html
+    assert "Calibration end to end" in html and "The statistics alone (perfect counts)" in html
 
 
 def test_validation_notebook_skips_without_ground_truth(small_study: Path, tmp_path: Path) -> None:

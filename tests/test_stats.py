@@ -57,7 +57,9 @@ def test_session_means_count_fields() -> None:
     assert (s.n_fields == 1).all() and len(s) == len(m)
     m2 = simulate_measurements("default", 0)
     s2 = session_means(m2)
-    assert (s2.n_fields == 2).all() and s2.animal_id.nunique() == 112
+    from analysis.design import PRESETS
+
+    assert (s2.n_fields == PRESETS["default"].synapse_fields).all() and s2.animal_id.nunique() == 112
 
 
 @pytest.mark.slow
@@ -263,12 +265,12 @@ def test_animal_changes_leave_zero_fields_out(caplog: pytest.LogCaptureFixture) 
     a1, a2 = m.animal_id.unique()[:2]
     base1 = (m.animal_id == a1) & (m.day == m.day.min())
     m2 = m.copy()
-    m2.loc[base1[base1].index[:1], "puncta_density_per_100um2"] = 0.0  # one of two baseline fields
+    m2.loc[base1[base1].index[:1], "puncta_density_per_100um2"] = 0.0  # one of the baseline fields
     base2 = (m.animal_id == a2) & (m.day == m.day.min())
     m2.loc[base2, "puncta_density_per_100um2"] = 0.0  # the whole baseline session
     with caplog.at_level(logging.WARNING, logger="analysis.stats"):
         ch = animal_changes(m2).set_index("animal_id")
-    assert "3 field(s) with zero" in caplog.text and f"animal(s) {a2}" in caplog.text
+    assert f"{1 + int(base2.sum())} field(s) with zero" in caplog.text and f"animal(s) {a2}" in caplog.text
     assert a2 not in ch.index and np.isfinite(ch.log_ratio).all()  # not -inf, not a later session as baseline
     # animal 1: its baseline is the one remaining field
     keep = m[(m.animal_id == a1) & ~m.index.isin(base1[base1].index[:1])]
