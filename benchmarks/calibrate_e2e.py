@@ -558,7 +558,8 @@ def error_model_stage(args: argparse.Namespace) -> None:
 
 def bank_summary(args: argparse.Namespace) -> None:
     """Rewrite the markdown summary from the rows of an earlier ``bank-calibrate`` run."""
-    write_markdown(pd.read_csv(args.out), args)
+    # (pandas reads the preset name "null" as a missing value unless told otherwise)
+    write_markdown(pd.read_csv(args.out, keep_default_na=False, na_values=["", "nan", "NaN"]), args)
 
 
 def main() -> None:
