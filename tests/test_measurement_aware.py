@@ -133,3 +133,22 @@ def test_sex_differences_find_an_injected_interaction() -> None:
     assert np.allclose(s.loc[others, "ratio_F_over_M"], base.loc[others, "ratio_F_over_M"], rtol=1e-6)
     with pytest.raises(ValueError, match="two sexes"):
         sex_differences(m.assign(sex="F"))
+
+
+def test_fit_study_called_directly_normalises_group_names(tmp_path: Path) -> None:
+    """`fit_study` from Python takes ``Vehicle`` like the command line does (was a KeyError)."""
+    from analysis.stats import fit_study
+
+    m = simulate_measurements("small", 2)
+    m["microglia_channel"] = pd.NA
+    m.loc[m["compound"] == "vehicle", "compound"] = "Vehicle"
+    path = tmp_path / "measurements.parquet"
+    m.to_parquet(path)
+    written = fit_study(str(path), str(tmp_path))
+    c = pd.read_csv(written["contrasts"])
+    assert c["planned"].sum() == 3 and "vehicle" in set(c["compound"])
+    m.loc[m["compound"] == "Vehicle", "compound"] = "diazepam"
+    m.loc[m["dose_mg_kg"] == 0, "dose_mg_kg"] = 1.0
+    m.to_parquet(path)
+    with pytest.raises(InputError, match="vehicle"):
+        fit_study(str(path), str(tmp_path))

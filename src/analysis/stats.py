@@ -582,7 +582,14 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
 
     from analysis.files import write_csv
 
+    from analysis.errors import InputError
+    from analysis.io import normalise_vocabulary
+
     everything = pd.read_parquet(measurements_path)
+    # the models' spelling of groups (``Vehicle`` -> ``vehicle``), as `analysis fit` does
+    everything, problems = normalise_vocabulary(everything, str(measurements_path))
+    if problems:
+        raise InputError(problems)
     m = everything[everything["microglia_channel"].isna()] if "microglia_channel" in everything else everything
     covariates: list[str] = []
     if adjust_for_quality:
