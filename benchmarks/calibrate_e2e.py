@@ -19,9 +19,9 @@ Usage::
     python benchmarks/calibrate_e2e.py run --studies 100 --workers 2
     python benchmarks/calibrate_e2e.py analyse
 
-Cost on the 2-core reference machine: about 4 minutes of one core per default study
-(1,264 images), so 2 x 100 studies take about 7 hours; the cache makes it resumable across
-sessions (``make calibrate-e2e``).
+Cost on the 2-core reference machine: a default study (2,304 images) took 1,117-1,133 s of
+one core in stage ``run`` (machine partly loaded), so 2 x 100 studies take about a day on 2
+cores; the cache makes it resumable across sessions.
 """
 
 from __future__ import annotations
@@ -278,8 +278,8 @@ def analyse(args: argparse.Namespace) -> pd.DataFrame:
 
 # --- stage "bank": synapse fields rendered and quantified once -----------------------------------
 #
-# A full default study costs about 500 core-seconds (1,040 synapse fields and 224 terminal
-# fields), so >= 200 full studies take ~14 hours on 2 cores.  For the synapse endpoints the
+# A full default study costs ~19 core-minutes (2,080 synapse fields and 224 terminal fields,
+# measured), so >= 200 full studies take about a day on 2 cores.  For the synapse endpoints the
 # measurement of a field depends only on the field's own image (true density, SNR level and
 # the random layout): fields are independent given their truth.  The bank renders synapse
 # fields exactly as ``simulate`` does (:func:`analysis.phantoms.render_synapse_field` with the
@@ -404,24 +404,13 @@ def bank_study(bank: pd.DataFrame, preset: str, seed: int) -> pd.DataFrame:
     return syn
 
 
-def design_variant(base: str, synapse_fields: int | None) -> str:
-    """Name of ``base`` with another number of synapse fields per session (registered in PRESETS)."""
-    import dataclasses
-
-    from analysis.design import PRESETS
-
-    if not synapse_fields or synapse_fields == PRESETS[base].synapse_fields:
-        return base
-    name = f"{base}-{synapse_fields}fields"
-    PRESETS[name] = dataclasses.replace(PRESETS[base], name=name, synapse_fields=synapse_fields)
-    return name
-
-
 def bank_calibrate_one(task: tuple[str, int, str, int | None]) -> pd.DataFrame:
     from analysis.design import PRESETS
 
+    from analysis.power import design_preset
+
     base, seed, cache, fields = task
-    preset = design_variant(base, fields)
+    preset = design_preset(base, synapse_fields=fields)
     null = PRESETS[preset].null
     bank = load_bank(Path(cache))
     syn = bank_study(bank, preset, seed)
@@ -517,8 +506,9 @@ def bank_calibrate(args: argparse.Namespace) -> pd.DataFrame:
 def write_markdown(rows: pd.DataFrame, args: argparse.Namespace) -> None:
     """Write :data:`MARKDOWN` (or ``args.markdown``) from the per-study rows."""
     from analysis.design import PRESETS
+    from analysis.power import design_preset
 
-    fields = PRESETS[design_variant("default", args.synapse_fields)].synapse_fields
+    fields = PRESETS[design_preset("default", synapse_fields=args.synapse_fields)].synapse_fields
     text = markdown_summary(rows, design=f"default design ({fields} PSD95 fields per animal and session)",
                             source=f"fields measured by the pipeline from the bank of {len(load_bank(args.cache))} "
                                    "rendered and quantified fields")

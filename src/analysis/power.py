@@ -43,10 +43,8 @@ _COLUMNS = ("snr_level", "a", "b", "c", "sd", "snr_log_mean", "snr_log_sd", "fie
 
 def error_model() -> pd.DataFrame:
     """The detector's per-SNR-level error model (see the module notes), one row per level."""
-    text = resources.files("analysis").joinpath("data", ERROR_MODEL_FILE).read_text()
-    from io import StringIO
-
-    table = pd.read_csv(StringIO(text))
+    with resources.files("analysis").joinpath("data", ERROR_MODEL_FILE).open() as fh:
+        table = pd.read_csv(fh)
     missing = [c for c in _COLUMNS if c not in table]
     if missing:
         raise ValueError(f"{ERROR_MODEL_FILE} lacks column(s) {missing}; regenerate it with calibrate_e2e.py error-model")
