@@ -91,10 +91,62 @@ def _check_image(image: Any, pixel_size_um: Any, what: str = "image") -> tuple[n
 
 # ----------------------------------------------------------------------------- helpers
 def _noise_sigma(img: np.ndarray) -> float:
-    """Robust noise sigma: MAD of horizontal and vertical pixel differences over sqrt(2)."""
-    d = np.concatenate([np.diff(img, axis=0).ravel(), np.diff(img, axis=1).ravel()])
-    mad = np.median(np.abs(d - np.median(d)))
-    return float(max(1.4826 * mad / np.sqrt(2.0), 1e-6 * (float(img.max() - img.min()) + 1e-12)))
+    """Robust noise sigma: MAD of neighbouring-pixel differences over sqrt(2).
+
+    Only pairs of pixels above the image's lowest value count, so a background clipped at
+    zero (common after 8-bit export) does not pretend the image is noise-free; the MAD is
+    taken over the brighter half of those pairs, where the dendrites are.
+    """
+    lo = float(img.min())
+    a, b = img[:, :-1], img[:, 1:]
+    c, d = img[:-1, :], img[1:, :]
+    ok1 = (a > lo) & (b > lo)
+    ok2 = (c > lo) & (d > lo)
+    diff = np.concatenate([(a - b)[ok1], (c - d)[ok2]])
+    level = np.concatenate([(a + b)[ok1], (c + d)[ok2]])
+    if diff.size < 100:
+        diff = np.concatenate([(a - b).ravel(), (c - d).ravel()])
+        level = np.concatenate([(a + b).ravel(), (c + d).ravel()])
+    diff = diff[level >= np.median(level)]
+    mad = np.median(np.abs(diff - np.median(diff)))
+    return float(max(1.4826 * mad / np.sqrt(2.0), 1e-3 * (float(img.max() - img.min()) + 1e-12)))
+
+
+def _ridge_radius(img: np.ndarray, r_min_px: float, r_max_px: float) -> float:
+    """Typical shaft radius (pixels) from the scale of the strongest ridges.
+
+    The scale-normalised ridge strength sigma^2 * max(0, -lambda_min(Hessian)) of the
+    projection of a cylinder of radius R peaks at sigma = 0.82 R (computed for a uniformly
+    filled cylinder seen from the side); the radius is the median best scale over the
+    strongest ridge pixels divided by 0.82. Large scales are computed on block-reduced copies.
+    """
+    sig = np.geomspace(max(0.8, 0.82 * r_min_px), max(1.0, 0.82 * r_max_px), 14)
+    best = np.zeros(img.shape, np.float32)
+    arg = np.zeros(img.shape, np.float32)
+    h, w = img.shape
+    for s in sig:
+        f = max(1, int(s // 2))
+        if f > 1:
+            hh, ww = (h // f) * f, (w // f) * f
+            small = img[:hh, :ww].reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
+        else:
+            small = img
+        sf = s / f
+        ixx = ndi.gaussian_filter(small, sf, order=(0, 2))
+        iyy = ndi.gaussian_filter(small, sf, order=(2, 0))
+        ixy = ndi.gaussian_filter(small, sf, order=(1, 1))
+        lam = 0.5 * (ixx + iyy) - np.sqrt(0.25 * (ixx - iyy) ** 2 + ixy ** 2)
+        resp = np.clip(-lam, 0, None) * sf ** 2
+        if f > 1:
+            resp = np.kron(resp, np.ones((f, f), np.float32))
+            resp = np.pad(resp, ((0, h - resp.shape[0]), (0, w - resp.shape[1])), mode="edge")
+        better = resp > best
+        best = np.where(better, resp, best)
+        arg = np.where(better, s, arg)
+    strong = best >= 0.5 * np.percentile(best, 99.5)
+    if strong.sum() < 10:
+        return float(np.clip(3.0, r_min_px, r_max_px))
+    return float(np.median(arg[strong]) / 0.82)
 
 
 def _background(img: np.ndarray, size_px: float) -> np.ndarray:
@@ -207,6 +259,8 @@ class DendriteTrace:
         Smoothed image the foreground was thresholded on.
     threshold : float
         Foreground threshold above the background (image units).
+    shaft_dt : ndarray
+        Distance transform of the shaft mask (local shaft radius on the centreline, pixels).
     """
 
     table: pd.DataFrame
@@ -219,6 +273,7 @@ class DendriteTrace:
     background: np.ndarray
     smoothed: np.ndarray
     threshold: float
+    shaft_dt: np.ndarray
 
     @property
     def length_um(self) -> pd.Series:
@@ -229,40 +284,35 @@ class DendriteTrace:
 def _trace(img: np.ndarray, px: float, *, k_sigma: float, min_length_shaft_diameters: float,
            min_shaft_diameter_um: float, max_shaft_diameter_um: float) -> DendriteTrace:
     noise = _noise_sigma(img)
-    # first pass: a fine smoothing and Otsu on the image to get a rough shaft radius
-    s0 = ndi.gaussian_filter(img, 1.0)
-    t0 = threshold_otsu(s0)
-    fg0 = s0 > t0
-    dt0 = ndi.distance_transform_edt(fg0)
-    sk0 = skeletonize(fg0)
-    r_px = float(np.percentile(dt0[sk0], 75)) if sk0.sum() > 10 else 3.0
-    r_min = 0.5 * min_shaft_diameter_um / px
-    r_max = 0.5 * max_shaft_diameter_um / px
-    r_px = float(np.clip(r_px, max(1.0, min(r_min, r_max)), max(2.0, r_max)))
-    # second pass at the measured scale: flatten the background, smooth, threshold
-    for _ in range(2):
+    r_min = max(1.0, 0.5 * min_shaft_diameter_um / px)
+    r_max = max(r_min + 1.0, min(0.5 * max_shaft_diameter_um / px, min(img.shape) / 8.0))
+    r_px = _ridge_radius(img, r_min, r_max)
+    # at the measured scale: smooth, flatten the background, threshold (foreground = dendrites
+    # and spines); the shaft is the part above half of the local ridge maximum (its full width
+    # at half maximum, which a fringe of dimmer spines does not widen). The radius is measured
+    # again on that shaft mask (median distance transform on its skeleton) and the steps redone.
+    for it in range(3):
         sigma = max(0.7, 0.25 * r_px)
         s = ndi.gaussian_filter(img, sigma)
         bg = _background(s, 8.0 * r_px)
         flat = s - bg
         noise_s = noise / (2.0 * np.sqrt(np.pi) * sigma)  # white-noise sigma after smoothing
         floor = k_sigma * max(noise_s, 1e-12)
-        pos = flat[flat > floor]
-        t = max(floor, float(threshold_otsu(pos)) * 0.5) if pos.size > 100 else floor
-        fg = flat > t
-        fg = _remove_small(fg, np.pi * r_px ** 2 * 2)
-        dt = ndi.distance_transform_edt(fg)
-        sk = skeletonize(fg)
-        if sk.sum() < 10:
+        t = max(floor, float(threshold_otsu(flat)))
+        fg = _remove_small(flat > t, np.pi * r_px ** 2 * 2)
+        w = max(3, int(round(4 * r_px)) | 1)
+        local_max = ndi.maximum_filter(np.where(fg, flat, 0), size=w)
+        core = fg & (flat >= 0.5 * local_max)
+        dt = ndi.distance_transform_edt(core)
+        sk = skeletonize(core)
+        if it == 2 or sk.sum() < 10:
             break
-        r_new = float(np.percentile(dt[sk], 75))
-        r_new = float(np.clip(r_new, 1.0, max(2.0, r_max)))
-        if abs(r_new - r_px) < 0.15 * r_px:
-            r_px = r_new
+        r_new = float(np.clip(np.percentile(dt[sk], 60), r_min, r_max))
+        if abs(r_new - r_px) < 0.1 * r_px:
             break
         r_px = r_new
     # shaft = opening by a disk narrower than the shaft: necks and filopodia go, heads may stay
-    shaft = _open_by_radius(fg, 0.7 * r_px)
+    shaft = _open_by_radius(core, 0.7 * r_px)
     lab, n = ndi.label(shaft, np.ones((3, 3)))
     skel = skeletonize(shaft)
     skel = _prune_skeleton(skel, 3.0 * r_px)
@@ -289,7 +339,7 @@ def _trace(img: np.ndarray, px: float, *, k_sigma: float, min_length_shaft_diame
                           "n_centreline_px": np.asarray(npx, int), "intensity": np.asarray(inten, float)})
     return DendriteTrace(table=table, centreline=centre, labels=lab.astype(np.int32), skeleton=skel,
                          foreground=fg, shaft_radius_px=r_px, noise_sigma=noise, background=bg,
-                         smoothed=s, threshold=t)
+                         smoothed=s, threshold=t, shaft_dt=ndi.distance_transform_edt(shaft))
 
 
 def _remove_small(mask: np.ndarray, min_area_px: float) -> np.ndarray:
@@ -368,7 +418,7 @@ def classify_spines(head_diameter_um: Any, neck_length_um: Any) -> np.ndarray:
 
     Examples
     --------
-    >>> classify_spines([0.4, 0.8, 0.4, 0.3], [0.1, 0.5, 0.8, 2.5]).tolist()
+    >>> classify_spines([0.4, 0.8, 0.4, 0.3], [0.0, 0.5, 0.8, 2.5]).tolist()
     ['stubby', 'mushroom', 'thin', 'filopodia']
     """
     head = np.asarray(head_diameter_um, float)
@@ -383,37 +433,51 @@ def classify_spines(head_diameter_um: Any, neck_length_um: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------- detection
 def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: DendriteTrace, *,
                 max_reach_shaft_diameters: float, head_diameter_shaft_ratio: float,
-                min_separation_head_diameters: float) -> pd.DataFrame:
-    """All head-like maxima near a shaft with their SNR (no threshold applied)."""
+                min_separation_head_diameters: float, k_sigma: float,
+                min_shaft_contrast: float, min_offset_shaft_radii: float,
+                min_dendrite_relative_intensity: float, min_blobness: float) -> pd.DataFrame:
+    """All head-like maxima near a shaft with their features and score (no cut applied)."""
     r = tr.shaft_radius_px
     head_r = max(1.0, head_diameter_shaft_ratio * r)
     sigma_h = max(0.8, head_r / np.sqrt(2.0))
-    flat = img - tr.background
-    resp = -ndi.gaussian_laplace(flat, sigma_h) * sigma_h ** 2
-    sm = ndi.gaussian_filter(flat, max(0.7, 0.5 * sigma_h))
     empty = pd.DataFrame(columns=SPINE_COLUMNS)
     if not tr.skeleton.any():
         return empty
+    flat = img - tr.background
+    sm = ndi.gaussian_filter(flat, max(0.7, 0.5 * sigma_h))
+    ixx = ndi.gaussian_filter(flat, sigma_h, order=(0, 2))
+    iyy = ndi.gaussian_filter(flat, sigma_h, order=(2, 0))
+    ixy = ndi.gaussian_filter(flat, sigma_h, order=(1, 1))
+    half_tr, root = 0.5 * (ixx + iyy), np.sqrt(0.25 * (ixx - iyy) ** 2 + ixy ** 2)
+    lam1, lam2 = half_tr - root, half_tr + root  # lam1 <= lam2
+    resp = -(ixx + iyy) * sigma_h ** 2
     shaft = tr.labels > 0
     d_edge, (iy, ix) = ndi.distance_transform_edt(~shaft, return_indices=True)
     d_cent, (cy, cx) = ndi.distance_transform_edt(~tr.skeleton, return_indices=True)
     size = max(3, int(round(2 * min_separation_head_diameters * head_r)) | 1)
     peaks = (resp == ndi.maximum_filter(resp, size=size, mode="nearest")) & (resp > 0)
     reach = max_reach_shaft_diameters * 2.0 * r
-    peaks &= (d_cent > 1.0 * r) & (d_edge <= reach)
+    # local shaft radius at the nearest centreline pixel; the head centre must lie outside
+    # ``min_offset_shaft_radii`` of it and within reach of the shaft edge
+    r_local = np.maximum(tr.shaft_dt[cy, cx], 1.0)
+    peaks &= (d_cent > min_offset_shaft_radii * r_local) & (d_edge <= reach)
+    # only on dendrites bright enough to be in focus (relative to the brightest dendrite)
+    if len(tr.table):
+        inten = tr.table["intensity"].to_numpy(float)
+        bright = np.concatenate([[False], inten >= min_dendrite_relative_intensity * np.nanmax(inten)])
+        peaks &= bright[tr.labels[iy, ix]]
     yy, xx = np.nonzero(peaks)
     if yy.size == 0:
         return empty
-    # noise of the blob response, by propagating the white-noise sigma through the filter
-    noise_resp = tr.noise_sigma * sigma_h ** 2 * np.sqrt(2.0 / np.pi) / (4.0 * sigma_h ** 3) * np.sqrt(
-        1.0 / 1.0)
-    # contrast of the head over the local background (robust to the shaft next to it)
-    contrast = sm[yy, xx]
     noise_sm = tr.noise_sigma / (2.0 * np.sqrt(np.pi) * max(0.7, 0.5 * sigma_h))
-    snr = np.minimum(contrast / max(tr.threshold, 1e-12), resp[yy, xx] / max(noise_resp, 1e-12) / 4.0)
-    # head diameter: twice the distance to the local half-maximum edge
-    half = sm > 0.5 * np.maximum(sm[yy, xx].max(), 0)  # placeholder to keep arrays aligned
-    del half
+    contrast = sm[yy, xx]
+    # the shaft next to the head: smoothed intensity at the nearest centreline pixel
+    shaft_level = np.maximum(sm[cy[yy, xx], cx[yy, xx]], 1e-12)
+    # blob (both curvatures negative, similar) rather than the side of a ridge
+    blob = np.clip(-lam2[yy, xx], 0, None) / np.maximum(-lam1[yy, xx], 1e-12)
+    snr_noise = contrast / (k_sigma * noise_sm)
+    snr_shaft = contrast / (min_shaft_contrast * shaft_level)
+    score = np.minimum(snr_noise, snr_shaft) * (blob >= min_blobness)
     head_d = _head_diameters(sm, yy, xx, r)
     dist_shaft = d_edge[yy, xx]
     neck = np.clip(dist_shaft - head_d / 2.0, 0, None)
@@ -422,15 +486,15 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     if stack is not None:
         zs = ndi.gaussian_filter(stack, (0, sigma_h / 2, sigma_h / 2))
         z = zs[:, yy, xx].argmax(axis=0).astype(float)
+    ry, rx = _refine(sm, yy, xx, max(1, int(round(head_r))))
     df = pd.DataFrame({
-        "y": yy.astype(float), "x": xx.astype(float), "z": z,
+        "y": ry, "x": rx, "z": z,
         "head_diameter_um": head_d * px, "neck_length_um": neck * px,
         "dendrite_id": dend.astype(int), "intensity": img[yy, xx].astype(float),
-        "snr": snr, "distance_to_shaft_um": dist_shaft * px,
-        "contrast": contrast, "response": resp[yy, xx], "noise_sm": noise_sm,
+        "snr": score, "distance_to_shaft_um": dist_shaft * px,
+        "snr_noise": snr_noise, "snr_shaft": snr_shaft, "blob": blob,
+        "d_cent_r": d_cent[yy, xx] / r, "d_edge_r": dist_shaft / r,
     })
-    # sub-pixel head centre: intensity-weighted centroid in a head-sized window
-    df["y"], df["x"] = _refine(sm, yy, xx, max(1, int(round(head_r))))
     df["type"] = classify_spines(df["head_diameter_um"], df["neck_length_um"])
     return df
 
@@ -475,9 +539,10 @@ def _head_diameters(sm: np.ndarray, yy: np.ndarray, xx: np.ndarray, r: float) ->
 
 
 def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4.0,
-                  min_snr: float = 1.0, max_reach_shaft_diameters: float = 3.0,
+                  min_snr: float = 1.0, max_reach_shaft_diameters: float = 2.0,
                   head_diameter_shaft_ratio: float = 0.6, min_separation_head_diameters: float = 1.0,
-                  return_all: bool = False, trace: DendriteTrace | None = None) -> pd.DataFrame:
+                  min_shaft_contrast: float = 0.2, min_offset_shaft_radii: float = 0.8,
+                  min_dendrite_relative_intensity: float = 0.3, min_blobness: float = 0.2, return_all: bool = False, trace: DendriteTrace | None = None) -> pd.DataFrame:
     """Detect dendritic spine heads next to traced dendrite shafts.
 
     Parameters
@@ -518,13 +583,16 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
                                                 min_shaft_diameter_um=0.2, max_shaft_diameter_um=6.0)
     df = _candidates(img, stack, px, tr, max_reach_shaft_diameters=max_reach_shaft_diameters,
                      head_diameter_shaft_ratio=head_diameter_shaft_ratio,
-                     min_separation_head_diameters=min_separation_head_diameters)
+                     min_separation_head_diameters=min_separation_head_diameters, k_sigma=k_sigma,
+                     min_shaft_contrast=min_shaft_contrast, min_offset_shaft_radii=min_offset_shaft_radii,
+                     min_dendrite_relative_intensity=min_dendrite_relative_intensity,
+                     min_blobness=min_blobness)
     if not return_all and len(df):
         df = df[df["snr"] >= min_snr]
     df = df.reset_index(drop=True)
     log.debug("detect_spines: shaft radius %.1f px, noise %.3g, %d spines", tr.shaft_radius_px,
               tr.noise_sigma, len(df))
-    cols = SPINE_COLUMNS + (["contrast", "response"] if return_all else [])
+    cols = SPINE_COLUMNS + (["snr_noise", "snr_shaft", "blob", "d_cent_r", "d_edge_r"] if return_all else [])
     return df.reindex(columns=cols)
 
 
@@ -614,7 +682,8 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         ``session``, ``track_id``, ``y``, ``x`` (in that session's pixels), ``status`` in
         {stable, gained, lost}, and the spine's ``head_diameter_um``, ``neck_length_um``,
         ``type``, ``dendrite_id``, ``intensity`` (NaN on ``lost`` rows). ``df.attrs["shifts"]``
-        holds the (dy, dx) of each session relative to the previous one.
+        holds the (dy, dx) of each session relative to the previous one
+        (a list of tuples; session pixel + shift = previous session pixel).
     """
     if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.ndim == 2:
         raise ValueError("track_spines needs a sequence of images (one per session), got one 2-D image")
@@ -684,5 +753,5 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     out["track_id"] = out["track_id"].astype(int)
     out["session"] = out["session"].astype(int)
     out = out.sort_values(["session", "track_id"], ignore_index=True)
-    out.attrs["shifts"] = np.array(shifts)
+    out.attrs["shifts"] = [tuple(float(v) for v in sh) for sh in shifts]
     return out
