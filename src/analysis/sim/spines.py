@@ -318,9 +318,11 @@ def with_spines(truth: DendriteTruth, spines: pd.DataFrame) -> DendriteTruth:
     if "first_day" not in sp:
         sp["first_day"] = truth.day
     base, _, head = _geometry(truth.centrelines, truth.dendrites, sp)
-    sp[["base_y_um", "base_x_um", "base_z_um"]] = base
-    sp[["y_um", "x_um", "z_um"]] = head
-    sp = sp[_SPINE_COLUMNS + [c for c in sp.columns if c not in _SPINE_COLUMNS]]
+    data = {c: sp[c].to_numpy() for c in sp.columns}
+    for k, axis in enumerate("yxz"):
+        data[f"base_{axis}_um"] = base[:, k]
+        data[f"{axis}_um"] = head[:, k]
+    sp = pd.DataFrame({c: data[c] for c in _SPINE_COLUMNS + [c for c in data if c not in _SPINE_COLUMNS]})
     next_id = max(truth.next_spine_id, int(sp["spine_id"].max()) + 1 if len(sp) else 0)
     return dataclasses.replace(truth, spines=sp, next_spine_id=next_id)
 
@@ -369,28 +371,37 @@ def _place(rng: np.random.Generator, n: int, length_um: float, occupied: dict[in
 
 def _new_spines(rng: np.random.Generator, counts: Mapping[int, int], truth_like: DendriteTruth,
                 existing: pd.DataFrame, first_day: float, first_id: int) -> pd.DataFrame:
-    rows = []
-    lengths = truth_like.dendrites.set_index("dendrite_id")["length_um"]
+    """New spine rows (no coordinate columns) placed among the ``existing`` ones."""
+    lengths = dict(zip(truth_like.dendrites["dendrite_id"].tolist(), truth_like.dendrites["length_um"].tolist()))
+    ex_d = existing["dendrite_id"].to_numpy() if len(existing) else np.zeros(0, int)
+    ex_side = existing["side"].to_numpy() if len(existing) else np.zeros(0, int)
+    ex_s = existing["s_um"].to_numpy(float) if len(existing) else np.zeros(0)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("dendrite_id", "s_um", "side", "type", "head_diameter_um",
+                                                          "neck_length_um", "neck_diameter_um", "azimuth_deg",
+                                                          "elevation_deg")}
     for d, n in counts.items():
+        n = int(n)
         if n <= 0:
             continue
-        here = existing[existing["dendrite_id"] == d]
-        occupied = {side: here.loc[here["side"] == side, "s_um"].tolist() for side in (1, -1)}
-        s, side = _place(rng, int(n), float(lengths[d]), occupied, truth_like.min_spacing_um)
-        types = _draw_types(rng, int(n), truth_like.type_fractions)
+        occupied = {side: ex_s[(ex_d == d) & (ex_side == side)].tolist() for side in (1, -1)}
+        s, side = _place(rng, n, float(lengths[d]), occupied, truth_like.min_spacing_um)
+        types = _draw_types(rng, n, truth_like.type_fractions)
         morph = _draw_morphology(rng, types)
-        rows.append(pd.DataFrame({
-            "dendrite_id": d, "s_um": s, "side": side.astype(int), "type": types, **morph,
-            "azimuth_deg": rng.normal(0.0, 15.0, int(n)),
-            "elevation_deg": rng.uniform(-truth_like.max_elevation_deg, truth_like.max_elevation_deg, int(n)),
-            "first_day": first_day,
-        }))
-    if not rows:
-        return pd.DataFrame(columns=[c for c in _SPINE_COLUMNS if c not in ("base_y_um", "base_x_um", "base_z_um",
-                                                                           "y_um", "x_um", "z_um")])
-    new = pd.concat(rows, ignore_index=True)
-    new.insert(0, "spine_id", np.arange(first_id, first_id + len(new), dtype=np.int64))
-    return new
+        cols["dendrite_id"].append(np.full(n, d, np.int64))
+        cols["s_um"].append(s)
+        cols["side"].append(side.astype(np.int64))
+        cols["type"].append(types)
+        for k, v in morph.items():
+            cols[k].append(v)
+        cols["azimuth_deg"].append(rng.normal(0.0, 15.0, n))
+        cols["elevation_deg"].append(rng.uniform(-truth_like.max_elevation_deg, truth_like.max_elevation_deg, n))
+    n_new = sum(len(v) for v in cols["s_um"])
+    data: dict[str, Any] = {"spine_id": np.arange(first_id, first_id + n_new, dtype=np.int64)}
+    for k, parts in cols.items():
+        dtype = object if k == "type" else (np.int64 if k in ("dendrite_id", "side") else float)
+        data[k] = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+    data["first_day"] = np.full(n_new, float(first_day))
+    return pd.DataFrame(data)
 
 
 def _centreline(rng: np.random.Generator, field_um: tuple[float, float], depth_um: float, theta: float,
@@ -624,11 +635,10 @@ def evolve_spines(
                           + rng.poisson(extra_per_um * lengths[d])) for d in lengths.index}
     new_day = truth.day + float(days)
     new = _new_spines(rng, counts, truth, kept, new_day, truth.next_spine_id)
-    spines = pd.concat([kept[new.columns.intersection(kept.columns)], new], ignore_index=True) if len(new) else kept
+    spines = pd.concat([kept[list(new.columns)], new], ignore_index=True) if len(new) else kept[list(new.columns)]
     out = dataclasses.replace(truth, day=new_day, next_spine_id=truth.next_spine_id + len(new))
     log.debug("day %.1f -> %.1f: %d kept of %d, %d new", truth.day, new_day, len(kept), len(sp), len(new))
-    return with_spines(out, spines[[c for c in spines.columns if c not in
-                                    ("base_y_um", "base_x_um", "base_z_um", "y_um", "x_um", "z_um")]])
+    return with_spines(out, spines)
 
 
 # ----------------------------------------------------------------------------- rendering
