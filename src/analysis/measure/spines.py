@@ -112,6 +112,48 @@ def _noise_sigma(img: np.ndarray) -> float:
     return float(max(1.4826 * mad / np.sqrt(2.0), 1e-3 * (float(img.max() - img.min()) + 1e-12)))
 
 
+def _stabilise(img: np.ndarray) -> np.ndarray:
+    """Variance-stabilised copy of ``img`` (generalised Anscombe transform).
+
+    The noise model var = a + b * mean (shot noise plus a constant floor) is fitted to this
+    image: the robust variance of a fine high-pass residual in 16 bins of the local mean.
+    Pixels at the image's lowest value (clipped or padded background) are left out of the
+    fit. Scale factors common to a and b (e.g. correlated noise of resampled images) cancel
+    in the detector, which measures the response's noise on the background of the
+    stabilised image.
+    """
+    mean = ndi.gaussian_filter(img, 2.0)
+    hp = img - ndi.gaussian_filter(img, 1.0)
+    ok = img > img.min()
+    m, h = mean[ok], hp[ok]
+    if m.size < 1000:
+        return img
+    edges = np.unique(np.quantile(m, np.linspace(0, 1, 17)))
+    idx = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, len(edges) - 2)
+    mu, var = [], []
+    for k in range(len(edges) - 1):
+        sel = h[idx == k]
+        if sel.size >= 50:
+            mu.append(float(np.median(m[idx == k])))
+            var.append(_robust_sigma(sel) ** 2)
+    if len(mu) < 3:
+        return img
+    b, a = np.polyfit(np.asarray(mu), np.asarray(var), 1)
+    if not np.isfinite(b) or b <= 1e-9 * max(float(np.max(var)), 1e-12) or b * np.max(mu) < 0.5 * max(a, 0):
+        return img  # noise does not grow with the signal: nothing to stabilise
+    a = max(float(a), 0.0)
+    return (2.0 / b) * np.sqrt(np.clip(b * img + a + 0.375 * b * b, 0, None))
+
+
+def _hessian(img: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Second derivatives (yy, xx, xy) of the Gaussian-smoothed image (central differences)."""
+    g = ndi.gaussian_filter(img, sigma)
+    gy, gx = np.gradient(g)
+    gyy, gyx = np.gradient(gy)
+    gxx = np.gradient(gx, axis=1)
+    return gyy, gxx, gyx
+
+
 def _ridge_radius(img: np.ndarray, r_min_px: float, r_max_px: float) -> float:
     """Typical shaft radius (pixels) from the scale of the strongest ridges.
 
@@ -120,7 +162,7 @@ def _ridge_radius(img: np.ndarray, r_min_px: float, r_max_px: float) -> float:
     filled cylinder seen from the side); the radius is the median best scale over the
     strongest ridge pixels divided by 0.82. Large scales are computed on block-reduced copies.
     """
-    sig = np.geomspace(max(0.8, 0.82 * r_min_px), max(1.0, 0.82 * r_max_px), 14)
+    sig = np.geomspace(max(0.8, 0.82 * r_min_px), max(1.0, 0.82 * r_max_px), 10)
     best = np.zeros(img.shape, np.float32)
     arg = np.zeros(img.shape, np.float32)
     h, w = img.shape
@@ -132,9 +174,7 @@ def _ridge_radius(img: np.ndarray, r_min_px: float, r_max_px: float) -> float:
         else:
             small = img
         sf = s / f
-        ixx = ndi.gaussian_filter(small, sf, order=(0, 2))
-        iyy = ndi.gaussian_filter(small, sf, order=(2, 0))
-        ixy = ndi.gaussian_filter(small, sf, order=(1, 1))
+        iyy, ixx, ixy = _hessian(small, sf)
         lam = 0.5 * (ixx + iyy) - np.sqrt(0.25 * (ixx - iyy) ** 2 + ixy ** 2)
         resp = np.clip(-lam, 0, None) * sf ** 2
         if f > 1:
@@ -431,31 +471,61 @@ def classify_spines(head_diameter_um: Any, neck_length_um: Any) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- detection
+def _robust_sigma(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    if values.size < 10:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
 def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: DendriteTrace, *,
-                max_reach_shaft_diameters: float, head_diameter_shaft_ratio: float,
+                max_reach_shaft_diameters: float, head_radius_shaft_ratios: Sequence[float],
                 min_separation_head_diameters: float, k_sigma: float,
                 min_shaft_contrast: float, min_offset_shaft_radii: float,
                 min_dendrite_relative_intensity: float, min_blobness: float) -> pd.DataFrame:
-    """All head-like maxima near a shaft with their features and score (no cut applied)."""
+    """All head-like maxima near a shaft with their features and score (no cut applied).
+
+    Heads are maxima of the scale-normalised blob filter (-LoG sigma^2) taken over head
+    radii ``head_radius_shaft_ratios`` x shaft radius (sigma = head radius / sqrt 2, as in
+    scikit-image's ``blob_log``); a weaker maximum within the head radius of a stronger
+    one is dropped. The filter's noise is measured on the background pixels of this image
+    (robust sigma), so resampled or compressed images, whose pixel noise is correlated,
+    get the right threshold.
+    """
     r = tr.shaft_radius_px
-    head_r = max(1.0, head_diameter_shaft_ratio * r)
-    sigma_h = max(0.8, head_r / np.sqrt(2.0))
     empty = pd.DataFrame(columns=SPINE_COLUMNS)
     if not tr.skeleton.any():
         return empty
     flat = img - tr.background
-    sm = ndi.gaussian_filter(flat, max(0.7, 0.5 * sigma_h))
-    ixx = ndi.gaussian_filter(flat, sigma_h, order=(0, 2))
-    iyy = ndi.gaussian_filter(flat, sigma_h, order=(2, 0))
-    ixy = ndi.gaussian_filter(flat, sigma_h, order=(1, 1))
-    half_tr, root = 0.5 * (ixx + iyy), np.sqrt(0.25 * (ixx - iyy) ** 2 + ixy ** 2)
-    lam1, lam2 = half_tr - root, half_tr + root  # lam1 <= lam2
-    resp = -(ixx + iyy) * sigma_h ** 2
+    vst = _stabilise(img)
+    vst = vst - ndi.gaussian_filter(vst, 4.0 * r)  # response is insensitive to the offset; keep values small
+    lo = img > img.min()  # clipped (padded) background carries no noise information
+    back = ~ndi.binary_dilation(tr.foreground, iterations=max(1, int(round(r)))) & lo
+    if back.sum() < 100:
+        back = ~tr.foreground
+    radii = np.maximum(1.0, np.asarray(head_radius_shaft_ratios, float) * r)
+    best = np.full(img.shape, -np.inf, np.float32)
+    best_i = np.zeros(img.shape, np.int8)
+    best_z = np.zeros(img.shape, np.float32)  # response in noise sigmas at the chosen scale
+    lam_ratio = np.zeros(img.shape, np.float32)
+    for i, hr in enumerate(radii):
+        sg = max(0.8, hr / np.sqrt(2.0))
+        iyy, ixx, ixy = _hessian(vst, sg)
+        resp = -(ixx + iyy) * sg ** 2
+        noise_r = _robust_sigma(resp[back])
+        noise_r = noise_r if np.isfinite(noise_r) and noise_r > 0 else tr.noise_sigma
+        half_tr, root = 0.5 * (ixx + iyy), np.sqrt(0.25 * (ixx - iyy) ** 2 + ixy ** 2)
+        ratio = np.clip(-(half_tr + root), 0, None) / np.maximum(-(half_tr - root), 1e-12)
+        better = resp > best
+        best = np.where(better, resp, best)
+        best_i = np.where(better, i, best_i).astype(np.int8)
+        best_z = np.where(better, resp / noise_r, best_z)
+        lam_ratio = np.where(better, ratio, lam_ratio)
     shaft = tr.labels > 0
     d_edge, (iy, ix) = ndi.distance_transform_edt(~shaft, return_indices=True)
     d_cent, (cy, cx) = ndi.distance_transform_edt(~tr.skeleton, return_indices=True)
-    size = max(3, int(round(2 * min_separation_head_diameters * head_r)) | 1)
-    peaks = (resp == ndi.maximum_filter(resp, size=size, mode="nearest")) & (resp > 0)
+    size = max(3, int(round(2 * min_separation_head_diameters * radii.min())) | 1)
+    peaks = (best == ndi.maximum_filter(best, size=size, mode="nearest")) & (best > 0)
     reach = max_reach_shaft_diameters * 2.0 * r
     # local shaft radius at the nearest centreline pixel; the head centre must lie outside
     # ``min_offset_shaft_radii`` of it and within reach of the shaft edge
@@ -469,13 +539,28 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     yy, xx = np.nonzero(peaks)
     if yy.size == 0:
         return empty
-    noise_sm = tr.noise_sigma / (2.0 * np.sqrt(np.pi) * max(0.7, 0.5 * sigma_h))
+    # greedy suppression: strongest first, drop maxima within the larger head radius
+    order = np.argsort(-best[yy, xx], kind="stable")
+    yy, xx = yy[order], xx[order]
+    hr = radii[best_i[yy, xx]]
+    keep = np.ones(yy.size, bool)
+    from scipy.spatial import cKDTree
+    pairs = cKDTree(np.c_[yy, xx]).query_pairs(min_separation_head_diameters * 2 * radii.max(),
+                                                output_type="ndarray")
+    if len(pairs):
+        pairs = np.sort(pairs, axis=1)
+        dist = np.hypot(yy[pairs[:, 0]] - yy[pairs[:, 1]], xx[pairs[:, 0]] - xx[pairs[:, 1]])
+        close = dist < min_separation_head_diameters * np.maximum(hr[pairs[:, 0]], hr[pairs[:, 1]])
+        for a, b in pairs[close][np.argsort(pairs[close][:, 0], kind="stable")]:
+            if keep[a]:
+                keep[b] = False
+    yy, xx, hr = yy[keep], xx[keep], hr[keep]
+    sm = ndi.gaussian_filter(flat, max(0.7, 0.35 * float(np.median(radii))))
     contrast = sm[yy, xx]
     # the shaft next to the head: smoothed intensity at the nearest centreline pixel
     shaft_level = np.maximum(sm[cy[yy, xx], cx[yy, xx]], 1e-12)
-    # blob (both curvatures negative, similar) rather than the side of a ridge
-    blob = np.clip(-lam2[yy, xx], 0, None) / np.maximum(-lam1[yy, xx], 1e-12)
-    snr_noise = contrast / (k_sigma * noise_sm)
+    blob = lam_ratio[yy, xx]  # 1 for a round blob, 0 for the side of a ridge
+    snr_noise = best_z[yy, xx] / k_sigma
     snr_shaft = contrast / (min_shaft_contrast * shaft_level)
     score = np.minimum(snr_noise, snr_shaft) * (blob >= min_blobness)
     head_d = _head_diameters(sm, yy, xx, r)
@@ -484,9 +569,9 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     dend = tr.labels[iy[yy, xx], ix[yy, xx]]
     z = np.full(yy.size, np.nan)
     if stack is not None:
-        zs = ndi.gaussian_filter(stack, (0, sigma_h / 2, sigma_h / 2))
+        zs = ndi.gaussian_filter(stack, (0, 0.5 * radii.min(), 0.5 * radii.min()))
         z = zs[:, yy, xx].argmax(axis=0).astype(float)
-    ry, rx = _refine(sm, yy, xx, max(1, int(round(head_r))))
+    ry, rx = _refine(sm, yy, xx, max(1, int(round(float(np.median(hr))))))
     df = pd.DataFrame({
         "y": ry, "x": rx, "z": z,
         "head_diameter_um": head_d * px, "neck_length_um": neck * px,
@@ -496,7 +581,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         "d_cent_r": d_cent[yy, xx] / r, "d_edge_r": dist_shaft / r,
     })
     df["type"] = classify_spines(df["head_diameter_um"], df["neck_length_um"])
-    return df
+    return df.sort_values(["y", "x"], ignore_index=True)
 
 
 def _refine(sm: np.ndarray, yy: np.ndarray, xx: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -539,10 +624,11 @@ def _head_diameters(sm: np.ndarray, yy: np.ndarray, xx: np.ndarray, r: float) ->
 
 
 def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4.0,
-                  min_snr: float = 1.0, max_reach_shaft_diameters: float = 2.0,
-                  head_diameter_shaft_ratio: float = 0.6, min_separation_head_diameters: float = 1.0,
-                  min_shaft_contrast: float = 0.2, min_offset_shaft_radii: float = 0.8,
-                  min_dendrite_relative_intensity: float = 0.3, min_blobness: float = 0.2, return_all: bool = False, trace: DendriteTrace | None = None) -> pd.DataFrame:
+                  min_snr: float = 1.0, max_reach_shaft_diameters: float = 3.0,
+                  head_radius_shaft_ratios: Sequence[float] = (0.4, 0.6, 0.85, 1.2),
+                  min_separation_head_diameters: float = 1.0,
+                  min_shaft_contrast: float = 0.3, min_offset_shaft_radii: float = 0.8,
+                  min_dendrite_relative_intensity: float = 0.15, min_blobness: float = 0.2, return_all: bool = False, trace: DendriteTrace | None = None) -> pd.DataFrame:
     """Detect dendritic spine heads next to traced dendrite shafts.
 
     Parameters
@@ -582,7 +668,7 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     tr = trace if trace is not None else _trace(img, px, k_sigma=k_sigma, min_length_shaft_diameters=4.0,
                                                 min_shaft_diameter_um=0.2, max_shaft_diameter_um=6.0)
     df = _candidates(img, stack, px, tr, max_reach_shaft_diameters=max_reach_shaft_diameters,
-                     head_diameter_shaft_ratio=head_diameter_shaft_ratio,
+                     head_radius_shaft_ratios=head_radius_shaft_ratios,
                      min_separation_head_diameters=min_separation_head_diameters, k_sigma=k_sigma,
                      min_shaft_contrast=min_shaft_contrast, min_offset_shaft_radii=min_offset_shaft_radii,
                      min_dendrite_relative_intensity=min_dendrite_relative_intensity,
