@@ -82,7 +82,7 @@ def test_earlier_sessions_do_not_depend_on_later_ones() -> None:
 def test_density_matches_request(density: float) -> None:
     counts, lengths = [], []
     for seed in range(20):
-        truth = simulate_dendrite_truth(seed, spine_density_per_um=density, **SMALL)
+        truth = simulate_dendrite_truth(seed, spine_density_per_um=density, n_dendrites=3)  # ~200 um each
         counts.append(len(truth.spines))
         lengths.append(truth.total_length_um)
         # one row per spine, each on an existing dendrite and within its length
@@ -287,6 +287,56 @@ def test_drift_moves_image_and_truth_together() -> None:
     np.testing.assert_allclose(merged["x_b"] - merged["x_a"], drift[1] / px, atol=1e-9)
     np.testing.assert_allclose(b.dendrites["y"] - a.dendrites["y"], drift[0] / px, atol=1e-9)
     np.testing.assert_allclose(b.dendrites["x"] - a.dendrites["x"], drift[1] / px, atol=1e-9)
+
+
+def test_rotation_turns_image_and_truth_together() -> None:
+    truth = simulate_dendrite_truth(6, field_um=(30.72, 30.72), n_dendrites=2, min_separation_um=6.0)
+    angle = 5.0
+    a = render_session(truth, 1, rotation_deg=0.0)
+    b = render_session(truth, 2, rotation_deg=angle)
+    centre = (np.array(a.image.shape) - 1) / 2.0
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    rot = np.array([[c, -s], [s, c]])
+    merged = a.spines.merge(b.spines, on="spine_id", suffixes=("_a", "_b"))
+    pa = merged[["y_a", "x_a"]].to_numpy() - centre
+    pb = merged[["y_b", "x_b"]].to_numpy() - centre
+    np.testing.assert_allclose(pb, pa @ rot.T, atol=1e-9)
+    # the expected image of b is that of a turned the same way (p = c + R^T (q - c))
+    inner = (slice(60, -60), slice(60, -60))
+
+    def misfit(r: np.ndarray) -> float:
+        turned = ndimage.affine_transform(a.expected.astype(float), r.T, offset=centre - r.T @ centre, order=3,
+                                          mode="nearest")
+        return float(np.sqrt(np.mean((turned[inner] - b.expected[inner]) ** 2)) / np.std(b.expected[inner]))
+
+    assert misfit(rot) < 0.02
+    assert misfit(rot.T) > 5 * misfit(rot)
+
+
+def test_deformation_has_the_stated_rms_and_moves_image_and_truth_together() -> None:
+    from analysis.sim.spines import _motion
+
+    # rms displacement per axis over random warps (random phases: E[d^2] = deformation^2 exactly)
+    yy, xx = np.meshgrid(np.linspace(0, 60, 13), np.linspace(0, 60, 13), indexing="ij")
+    pts = np.column_stack([yy.ravel(), xx.ravel(), np.zeros(yy.size)])
+    disp = np.concatenate([_motion(np.random.default_rng(k), (60.0, 60.0), (0.0, 0.0), 0.0, 0.4)(pts) - pts
+                           for k in range(300)])
+    assert np.sqrt(np.mean(disp[:, 0] ** 2)) == pytest.approx(0.4, rel=0.1)
+    assert np.sqrt(np.mean(disp[:, 1] ** 2)) == pytest.approx(0.4, rel=0.1)
+    assert np.all(disp[:, 2] == 0)
+    # in a rendered session the truth follows the warp of the image: heads stay on their blobs
+    truth = _lonely_head()
+    flat = render_session(truth, 0, pixel_size_um=0.1, z_step_um=0.25, mode="stack")
+    warped = render_session(truth, 0, pixel_size_um=0.1, z_step_um=0.25, mode="stack", deformation_um=0.5)
+    moved = np.hypot(*(warped.spines.loc[0, ["y", "x"]].to_numpy(float) - flat.spines.loc[0, ["y", "x"]].to_numpy(float)))
+    assert moved > 0.5  # pixels (0.05 um)
+    sig = warped.expected.astype(float) - warped.info["background_photons"]
+    head = warped.spines.iloc[0]
+    z0, y0, x0 = (int(round(head[k])) for k in ("z", "y", "x"))
+    ys, xs = np.arange(y0 - 6, y0 + 7), np.arange(x0 - 6, x0 + 7)
+    box = sig[z0][np.ix_(ys, xs)]
+    assert np.sum(box * ys[:, None]) / box.sum() == pytest.approx(head["y"], abs=0.15)
+    assert np.sum(box * xs[None, :]) / box.sum() == pytest.approx(head["x"], abs=0.15)
 
 
 def test_stack_shaft_is_axially_elongated() -> None:

@@ -864,8 +864,9 @@ def render_session(
     drift_um : sequence of float
         (dy, dx) or (dy, dx, dz) translation of the tissue (um).
     rotation_deg : float
-        In-plane rotation of the tissue about the field centre (degrees; positive turns
-        +x towards +y).
+        In-plane rotation of the tissue about the field centre (degrees): ``(y, x) - c``
+        is multiplied by ``[[cos, -sin], [sin, cos]]``, so positive angles turn +x towards
+        -y (counter-clockwise as displayed with y pointing down).
     deformation_um : float
         RMS displacement per axis of the smooth warp (um); 0 for none.
     dtype : {"float32", "uint16"}
