@@ -397,6 +397,14 @@ def test_presets_and_snr_levels() -> None:
     for level, p in SNR_LEVELS.items():
         assert snrs[level] == pytest.approx(p["signal_photons"] / math.sqrt(p["background_photons"]
                                                                             + p["read_noise_e"] ** 2))
+    # in-field density of the image: spines with heads inside over the dendrite length inside
+    for sess in sessions:
+        inside = sess.dendrites[sess.dendrites["in_field"]]
+        assert sess.info["spines_in_field"] == int(sess.spines["in_field"].sum())
+        steps = inside.groupby("dendrite_id")["arc_um"].apply(lambda a: np.sum(np.diff(a.to_numpy())[
+            np.diff(a.index.to_numpy()) == 1]))
+        assert sess.info["length_in_field_um"] == pytest.approx(float(steps.sum()), rel=1e-9)
+        assert 0.7 * 15.36 < sess.info["length_in_field_um"] < 3 * 15.36
     stack = simulate_spine_sessions(0, preset="test", mode="stack", days=[0], target_density_ratio=[1])
     assert stack[0].image.ndim == 3 and "z" in stack[0].spines
     with pytest.raises(ValueError, match="unknown preset"):
@@ -406,16 +414,21 @@ def test_presets_and_snr_levels() -> None:
 
 
 def test_sessions_follow_the_requested_density() -> None:
-    ratios = []
+    ratios, n_in, len_in = [], 0, 0.0
     for seed in range(12):
         s = simulate_spine_sessions(seed, preset="test", days=[0, 7, 63], target_density_ratio=[1.0, 0.87, 1.0])
         base = s[0].truth.baseline_density_per_um * s[0].truth.total_length_um
         ratios.append([len(x.truth.spines) / base for x in s])
+        n_in += s[0].info["spines_in_field"]
+        len_in += s[0].info["length_in_field_um"]
         kept = set(s[0].truth.spines["spine_id"]) & set(s[1].truth.spines["spine_id"])
         assert len(kept) > 0
     mean = np.mean(ratios, axis=0)
     se = np.std(ratios, axis=0, ddof=1) / math.sqrt(len(ratios))
     np.testing.assert_array_less(np.abs(mean - [1.0, 0.87, 1.0]), 4 * se + 0.01)
+    # the density inside the image is the requested one too (Poisson count over the length inside)
+    density = PRESETS["test"]["spine_density_per_um"]
+    assert abs(n_in / len_in - density) < 4 * math.sqrt(density / len_in), (n_in / len_in, len_in)
 
 
 def test_repeat_imaging_has_no_turnover() -> None:

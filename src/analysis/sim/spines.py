@@ -657,12 +657,15 @@ class SpineSession:
         (``base_z``), ``head_diameter_um``, ``neck_length_um``, ``peak_photons`` (noise-free
         signal above background at the head), ``in_field`` (head inside the image).
     dendrites : DataFrame
-        Centreline points in pixels: ``dendrite_id``, ``y``, ``x`` (``z``), ``in_field``.
+        Centreline points in pixels: ``dendrite_id``, ``arc_um`` (arc length along the
+        tissue centreline), ``y``, ``x`` (``z``), ``in_field``.
     expected : ndarray
         The noise-free expected image (float32 photo-electrons, background included; for a
         MIP the maximum over planes of the expected stack).
     info : dict
-        Imaging and motion parameters of the session, the per-plane ``snr``, ``day``.
+        Imaging and motion parameters of the session, the per-plane ``snr``, ``day``,
+        ``length_in_field_um`` (dendrite length inside the image, tissue um) and
+        ``spines_in_field``: their ratio is the true density of the image.
     truth : DendriteTruth
         The session's truth in tissue um.
     """
@@ -940,11 +943,14 @@ def render_session(
         "peak_photons": peak, "in_field": in_field,
     })
     rows = []
+    length_in_field = 0.0
     for d, cl in truth.centrelines.items():
         c = to_px(move(cl))
-        rows.append(pd.DataFrame({"dendrite_id": d, "y": c[:, 1], "x": c[:, 2], "z": c[:, 0],
-                                  "in_field": (c[:, 1] >= -0.5) & (c[:, 1] <= ny - 0.5)
-                                  & (c[:, 2] >= -0.5) & (c[:, 2] <= nx - 0.5)}))
+        arc = _arc(cl)
+        inside = (c[:, 1] >= -0.5) & (c[:, 1] <= ny - 0.5) & (c[:, 2] >= -0.5) & (c[:, 2] <= nx - 0.5)
+        length_in_field += float(np.sum(np.diff(arc)[inside[1:] & inside[:-1]]))
+        rows.append(pd.DataFrame({"dendrite_id": d, "arc_um": arc, "y": c[:, 1], "x": c[:, 2], "z": c[:, 0],
+                                  "in_field": inside}))
     dend = pd.concat(rows, ignore_index=True)
     if mode == "mip":
         table = table.drop(columns=["z", "base_z"])
@@ -962,6 +968,7 @@ def render_session(
         if background_photons + read_noise_e ** 2 > 0 else math.inf,
         "drift_um": tuple(float(v) for v in drift_um), "rotation_deg": float(rotation_deg),
         "deformation_um": float(deformation_um), "dtype": dtype,
+        "length_in_field_um": length_in_field, "spines_in_field": int(in_field.sum()),
     }
     return SpineSession(image=image, spines=table, dendrites=dend, expected=expected.astype(np.float32),
                         info=info, truth=truth)
