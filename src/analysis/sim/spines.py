@@ -134,11 +134,14 @@ DEFAULT_GAIN_RATE_PER_DAY = 0.02
 
 #: SNR levels: expected photo-electrons at a reference spine head (0.6 um, in focus) above
 #: background, background photo-electrons per voxel, Gaussian read noise (electrons rms).
-#: Per-plane SNR = signal / sqrt(background + read**2): high 17.9, default 6.7, low 2.7.
+#: Per-plane SNR = signal / sqrt(background + read**2): high 26.8, default 11.2, low 4.5.
+#: Heads scale with their volume within the PSF: with the default morphology and PSF a
+#: thin head (0.45 um) reaches about half, a mushroom head (0.8 um) about twice the
+#: reference, the shaft about 4x; a filopodium (0.2 um wide) about a tenth.
 SNR_LEVELS: dict[str, dict[str, float]] = {
-    "high": {"signal_photons": 40.0, "background_photons": 4.0, "read_noise_e": 1.0},
-    "default": {"signal_photons": 15.0, "background_photons": 4.0, "read_noise_e": 1.0},
-    "low": {"signal_photons": 6.0, "background_photons": 4.0, "read_noise_e": 1.0},
+    "high": {"signal_photons": 60.0, "background_photons": 4.0, "read_noise_e": 1.0},
+    "default": {"signal_photons": 25.0, "background_photons": 4.0, "read_noise_e": 1.0},
+    "low": {"signal_photons": 10.0, "background_photons": 4.0, "read_noise_e": 1.0},
 }
 
 #: Named presets of :func:`simulate_spine_sessions`.  ``days`` are imaging days since the
