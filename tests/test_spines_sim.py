@@ -339,6 +339,24 @@ def test_deformation_has_the_stated_rms_and_moves_image_and_truth_together() -> 
     assert np.sum(box * xs[None, :]) / box.sum() == pytest.approx(head["x"], abs=0.15)
 
 
+def test_axial_drift_moves_stack_and_truth_together() -> None:
+    truth = simulate_dendrite_truth(9, field_um=(12.0, 12.0), n_dendrites=1, depth_um=10.0)
+    dz = 0.5
+    a = render_session(truth, 0, pixel_size_um=0.12, z_step_um=0.25, mode="stack")
+    b = render_session(truth, 0, pixel_size_um=0.12, z_step_um=0.25, mode="stack", drift_um=(0.0, 0.0, 0.7))
+    merged = a.spines.merge(b.spines, on="spine_id", suffixes=("_a", "_b"))
+    np.testing.assert_allclose(merged["z_b"] - merged["z_a"], 0.7 / 0.25, atol=1e-9)
+    np.testing.assert_allclose(merged[["y_b", "x_b"]].to_numpy(), merged[["y_a", "x_a"]].to_numpy(), atol=1e-9)
+    inner = (slice(6, -6), slice(None), slice(None))
+
+    def misfit(shift_planes: float) -> float:
+        moved = ndimage.shift(a.expected.astype(float), (shift_planes, 0, 0), order=3, mode="nearest")
+        return float(np.sqrt(np.mean((moved[inner] - b.expected[inner]) ** 2)) / np.std(b.expected[inner]))
+
+    assert misfit(0.7 / 0.25) < 0.02
+    assert misfit(0.7 / 0.25 + dz / 0.25) > 3 * misfit(0.7 / 0.25)
+
+
 def test_stack_shaft_is_axially_elongated() -> None:
     truth = simulate_dendrite_truth(2, field_um=(12.0, 12.0), n_dendrites=1, spine_density_per_um=0.0, depth_um=8.0)
     px, dz, sig_xy, sig_z = 0.1, 0.25, 0.22, 1.0

@@ -39,7 +39,8 @@ a smooth random displacement (sum of three sinusoids of 20-60 um wavelength per 
 
 Photon model: the expected photo-electrons per voxel are ``background_photons + k * GFP``,
 where ``k`` is fixed so that a reference head (isolated sphere of 0.6 um diameter whose
-centre is in the imaged plane) peaks at ``signal_photons`` above background.  Each voxel
+centre is in the imaged plane) peaks at ``signal_photons`` above background (on average
+over its sub-voxel position; within a few per cent at 0.1 um pixels and 0.25 um planes).  Each voxel
 is ``Poisson(expected) + Normal(0, read_noise_e)``; a MIP is the maximum over the planes of
 the *noisy* stack (as in real data), so its background is above ``background_photons``.
 The stated SNR is per plane: ``signal_photons / sqrt(background_photons + read_noise_e**2)``.
@@ -55,18 +56,25 @@ z-tilt of the imaging plane between sessions.
 
 Literature used for the defaults
 --------------------------------
-* Spine density: complete counts on cortical pyramidal dendrites are about 1-2 per um
-  (Ballesteros-Yanez et al. 2006, Neuroscience 138:403; EM and confocal), in vivo two-photon
-  counts of apical tufts are lower (about 0.2-0.6 per um in Holtmaat et al. 2005, Neuron
-  45:279 and 2009, Nat Protoc 4:1128) because spines pointing out of plane are hidden.  We
-  draw 1.0 per um of all spines; about a third point more than 20 degrees out of plane.
-* Turnover: in adult mouse somatosensory cortex about 66-73 % of spines persist for
-  >= 8 days (Holtmaat et al. 2005), turnover ratios over 4-day intervals are of order 0.1
-  (Holtmaat et al. 2009; Trachtenberg et al. 2002, Nature 420:788), much lower in visual
-  cortex through a thinned skull (Zuo et al. 2005, Nature 436:261).  We use one constant
-  hazard of 0.02 per day for loss and the balancing gain (2 % of the baseline count per
-  day): 8 % lost over 4 days, 15 % over 8 days.  A single hazard does not reproduce the
-  transient/persistent two-population structure.
+Numbers marked (abstract) were checked against the paper's abstract; the others are
+recalled from the literature and are order-of-magnitude choices, to be checked before they
+are quoted.
+
+* Spine density: complete counts on mouse cortical pyramidal dendrites are about 1-2 per um
+  (e.g. Ballesteros-Yanez et al. 2006, Neuroscience 138:403; intracellular filling and
+  confocal); in vivo two-photon counts of apical tufts are lower because spines pointing
+  out of the image plane or below the resolution are missed, and vary from cell to cell
+  (Holtmaat et al. 2009, Nat Protoc 4:1128).  We draw 1.0 per um of all spines; a third of
+  them point more than 20 degrees out of plane.
+* Turnover: in adult mouse barrel cortex 66 % (P80-120) to 73 % (P175-225) of spines
+  persist for >= 8 days (Holtmaat et al. 2005, Neuron 45:279; abstract); through a thinned
+  skull in adult visual cortex ~96 % are stable over a month (Zuo et al. 2005, Nature
+  436:261; abstract); Trachtenberg et al. 2002 (Nature 420:788) report faster turnover in
+  barrel cortex.  We use one constant hazard of 0.02 per day for loss and the balancing
+  gain (2 % of the baseline count per day): 7.7 % lost over 4 days, 14.8 % over 8 days
+  (85 % survive 8 days, between the two studies).  A single hazard does not reproduce the
+  transient/persistent two-population structure (Holtmaat et al. 2005: thin spines come and
+  go over days, most thick spines persist for months).
 * Morphology: head diameters of thin spines ~0.3-0.6 um, mushroom ~0.6-1.0 um, necks
   ~0.1 um wide and ~0.5-1.5 um long; filopodia 2-4 um, no head (Harris & Stevens 1989;
   Arellano et al. 2007; Holtmaat et al. 2005).  Type fractions of adult cortex ~55 % thin,
@@ -148,22 +156,22 @@ SNR_LEVELS: dict[str, dict[str, float]] = {
 #: first dose (5 mg/kg/day on days 0-6: end of treatment on day 7, 56 days after the last
 #: dose on day 62); ``target_density_ratio`` is the expected density relative to baseline
 #: at each session (0.87: ~13 % loss, Shi et al. 2022).  Motion is drawn per session:
-#: drift ~ Normal(0, drift_sd_um) per axis, rotation ~ Normal(0, rotation_sd_deg),
-#: smooth warp of rms ``deformation_um`` per axis.
+#: lateral drift ~ Normal(0, drift_sd_um) per axis, axial drift ~ Normal(0, drift_z_sd_um),
+#: rotation ~ Normal(0, rotation_sd_deg), smooth warp of rms ``deformation_um`` per axis.
 PRESETS: dict[str, dict[str, Any]] = {
     "test": {
         "field_um": (15.36, 15.36), "depth_um": 6.0, "n_dendrites": 1,
         "spine_density_per_um": 1.0, "pixel_size_um": 0.12, "z_step_um": 1.0, "mode": "mip",
         "psf_sigma_xy_um": 0.22, "psf_sigma_z_um": 1.0,
         "days": (0.0, 7.0), "target_density_ratio": (1.0, 0.87),
-        "drift_sd_um": 0.5, "rotation_sd_deg": 1.0, "deformation_um": 0.1,
+        "drift_sd_um": 0.5, "drift_z_sd_um": 0.3, "rotation_sd_deg": 1.0, "deformation_um": 0.1,
     },
     "default": {
         "field_um": (61.44, 61.44), "depth_um": 10.0, "n_dendrites": 3,
         "spine_density_per_um": 1.0, "pixel_size_um": 0.12, "z_step_um": 1.0, "mode": "mip",
         "psf_sigma_xy_um": 0.22, "psf_sigma_z_um": 1.0,
         "days": (-7.0, 0.0, 7.0, 62.0), "target_density_ratio": (1.0, 1.0, 0.87, 1.0),
-        "drift_sd_um": 1.5, "rotation_sd_deg": 2.0, "deformation_um": 0.3,
+        "drift_sd_um": 1.5, "drift_z_sd_um": 0.7, "rotation_sd_deg": 2.0, "deformation_um": 0.3,
     },
 }
 
@@ -982,7 +990,7 @@ _TRUTH_KEYS = ("field_um", "depth_um", "n_dendrites", "spine_density_per_um", "t
                "dendrite_radius_um", "margin_um", "min_separation_um", "min_spacing_um", "max_elevation_deg")
 _RENDER_KEYS = ("pixel_size_um", "psf_sigma_xy_um", "psf_sigma_z_um", "mode", "z_step_um", "dtype",
                 "signal_photons", "background_photons", "read_noise_e")
-_OTHER_KEYS = ("days", "target_density_ratio", "drift_sd_um", "rotation_sd_deg", "deformation_um",
+_OTHER_KEYS = ("days", "target_density_ratio", "drift_sd_um", "drift_z_sd_um", "rotation_sd_deg", "deformation_um",
                "gain_rate_per_day", "loss_rate_per_day")
 
 
@@ -1006,7 +1014,7 @@ def _settings(preset: str | Mapping[str, Any], snr: str | Mapping[str, float], o
 
 
 def _render_with_motion(truth: DendriteTruth, rng: np.random.Generator, cfg: Mapping[str, Any]) -> SpineSession:
-    drift = rng.normal(0.0, cfg["drift_sd_um"], 2)
+    drift = rng.normal(0.0, [cfg["drift_sd_um"], cfg["drift_sd_um"], cfg.get("drift_z_sd_um", 0.0)])
     rotation = float(rng.normal(0.0, cfg["rotation_sd_deg"]))
     return render_session(truth, rng, drift_um=tuple(drift), rotation_deg=rotation,
                           deformation_um=cfg["deformation_um"], **{k: cfg[k] for k in _RENDER_KEYS if k in cfg})
@@ -1096,6 +1104,7 @@ def simulate_repeat_imaging(
     snr: str | Mapping[str, float] = "default",
     interval_min: float = 10.0,
     drift_sd_um: float = 0.3,
+    drift_z_sd_um: float = 0.2,
     rotation_sd_deg: float = 0.3,
     deformation_um: float = 0.05,
     **overrides: Any,
@@ -1115,15 +1124,17 @@ def simulate_repeat_imaging(
         not used).
     interval_min : float
         Minutes between the two images (recorded in ``info``; spines do not change).
-    drift_sd_um, rotation_sd_deg, deformation_um : float
-        Motion of each image relative to the tissue.
+    drift_sd_um, drift_z_sd_um, rotation_sd_deg, deformation_um : float
+        Motion of each image relative to the tissue (lateral and axial drift sd in um,
+        rotation sd in degrees, rms warp in um).
 
     Returns
     -------
     (SpineSession, SpineSession)
         Identical truth (same ``spine_id`` set), different motion and noise.
     """
-    cfg = _settings(preset, snr, {"drift_sd_um": drift_sd_um, "rotation_sd_deg": rotation_sd_deg,
+    cfg = _settings(preset, snr, {"drift_sd_um": drift_sd_um, "drift_z_sd_um": drift_z_sd_um,
+                                  "rotation_sd_deg": rotation_sd_deg,
                                   "deformation_um": deformation_um, **overrides})
     root = np.random.SeedSequence(seed)
     truth_ss, _, render_root = root.spawn(3)
