@@ -90,6 +90,108 @@ def speed() -> float:
     return float(np.median(t))
 
 
+def _true_length_um(session) -> float:
+    """Length of the in-field true centrelines (um)."""
+    px = session.info["pixel_size_um"]
+    total = 0.0
+    for _, g in session.dendrites.groupby("dendrite_id"):
+        yx = g[["y", "x"]].to_numpy(float)
+        inside = g["in_field"].to_numpy(bool)
+        seg = np.hypot(*np.diff(yx, axis=0).T)
+        total += float(seg[inside[1:] & inside[:-1]].sum()) * px
+    return total
+
+
+def _truth_ids(det: pd.DataFrame, truth: pd.DataFrame, max_px: float) -> np.ndarray:
+    """Truth spine_id of each detection (-1 if unmatched)."""
+    ids = np.full(len(det), -1)
+    m = match_points(det[["y", "x"]].to_numpy(float), truth[["y", "x"]].to_numpy(float), max_px)
+    if len(m.pairs):
+        ids[m.pairs[:, 0]] = truth["spine_id"].to_numpy()[m.pairs[:, 1]]
+    return ids
+
+
+def _f1(tp: int, n_pred: int, n_true: int) -> tuple[float, float, float]:
+    p = tp / n_pred if n_pred else 1.0
+    r = tp / n_true if n_true else 1.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def sim_benchmark(seeds=(0, 1), match_um: float = 0.5) -> list[str]:
+    """Detection, density, tracking and repeat-imaging turnover on the project's simulator."""
+    from analysis.measure.spines import trace_dendrites, track_spines
+    from analysis.sim.spines import simulate_repeat_imaging, simulate_spine_sessions
+
+    det_rows, trk_rows, rep_rows = [], [], []
+    for snr in ("high", "default", "low"):
+        for seed in seeds:
+            sessions = simulate_spine_sessions(seed, preset="default", snr=snr)
+            px = sessions[0].info["pixel_size_um"]
+            mpx = match_um / px
+            for k, ses in enumerate(sessions):
+                truth = ses.spines[ses.spines["in_field"]]
+                tr = trace_dendrites(ses.image, px)
+                det = detect_spines(ses.image, px, trace=tr)
+                m = match_points(det[["y", "x"]].to_numpy(float), truth[["y", "x"]].to_numpy(float), mpx)
+                dens_true = len(truth) / max(_true_length_um(ses), 1e-9)
+                dens = len(det) / max(float(tr.table["length_um"].sum()), 1e-9)
+                det_rows.append({"snr": snr, "seed": seed, "session": k, "tp": m.tp, "fp": m.fp, "fn": m.fn,
+                                 "density_rel_err": dens / dens_true - 1})
+            tracks = track_spines([s.image for s in sessions], px)
+            for k in range(1, len(sessions)):
+                t_prev = sessions[k - 1].spines[sessions[k - 1].spines["in_field"]]
+                t_cur = sessions[k].spines[sessions[k].spines["in_field"]]
+                ids_prev_all = set(sessions[k - 1].spines["spine_id"])
+                ids_cur_all = set(sessions[k].spines["spine_id"])
+                prev_rows = tracks[(tracks.session == k - 1) & (tracks.status != "lost")]
+                cur_rows = tracks[tracks.session == k]
+                present = cur_rows[cur_rows.status != "lost"]
+                lost = cur_rows[cur_rows.status == "lost"]
+                gained = present[present.status == "gained"]
+                id_prev = dict(zip(prev_rows.track_id, _truth_ids(prev_rows, t_prev, mpx)))
+                id_cur = dict(zip(present.track_id, _truth_ids(present, t_cur, mpx)))
+                # stable spines detected in both sessions: same track?
+                stable_true = set(t_prev.spine_id) & set(t_cur.spine_id)
+                inv_prev = {v: kk for kk, v in id_prev.items() if v >= 0}
+                inv_cur = {v: kk for kk, v in id_cur.items() if v >= 0}
+                both = [i for i in stable_true if i in inv_prev and i in inv_cur]
+                linked = sum(inv_prev[i] == inv_cur[i] for i in both)
+                # gained: present now, truth id new; lost: track ended, its truth id is gone
+                true_gained = {i for i in t_cur.spine_id if i not in ids_prev_all}
+                true_lost = {i for i in t_prev.spine_id if i not in ids_cur_all}
+                g_tp = sum(id_cur.get(tid, -1) in true_gained for tid in gained.track_id)
+                l_tp = sum(id_prev.get(tid, -1) in true_lost for tid in lost.track_id)
+                trk_rows.append({"snr": snr, "seed": seed, "interval": k, "stable_both": len(both),
+                                 "stable_linked": linked, "gained_tp": g_tp, "gained_pred": len(gained),
+                                 "gained_true": len(true_gained), "lost_tp": l_tp, "lost_pred": len(lost),
+                                 "lost_true": len(true_lost)})
+            a, b = simulate_repeat_imaging(seed, preset="default", snr=snr)
+            rep = track_spines([a.image, b.image], px)
+            n0 = int((rep.session == 0).sum())
+            changed = int(((rep.session == 1) & rep.status.isin(["gained", "lost"])).sum())
+            rep_rows.append({"snr": snr, "seed": seed, "n0": n0, "changed": changed})
+    det, trk, rep = pd.DataFrame(det_rows), pd.DataFrame(trk_rows), pd.DataFrame(rep_rows)
+    lines = ["## Simulator (analysis.sim.spines, preset 'default': 512 x 512 MIP, 0.12 um/px, 3 dendrites, "
+             f"4 sessions; seeds {list(seeds)}; match within {match_um} um)", "",
+             "| SNR | detection precision | recall | F1 | density rel. error (median) | stable spines linked | "
+             "gained P / R / F1 | lost P / R / F1 | apparent turnover, repeat imaging |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for snr in ("high", "default", "low"):
+        d, t, r = det[det.snr == snr], trk[trk.snr == snr], rep[rep.snr == snr]
+        p, rc, f = _f1(int(d.tp.sum()), int(d.tp.sum() + d.fp.sum()), int(d.tp.sum() + d.fn.sum()))
+        gp, gr, gf = _f1(int(t.gained_tp.sum()), int(t.gained_pred.sum()), int(t.gained_true.sum()))
+        lp, lr, lf = _f1(int(t.lost_tp.sum()), int(t.lost_pred.sum()), int(t.lost_true.sum()))
+        linked = t.stable_linked.sum() / max(t.stable_both.sum(), 1)
+        turnover = r.changed.sum() / max(r.n0.sum(), 1)
+        lines.append(f"| {snr} | {p:.3f} | {rc:.3f} | {f:.3f} | {d.density_rel_err.median():+.3f} | {linked:.3f} | "
+                     f"{gp:.2f} / {gr:.2f} / {gf:.2f} | {lp:.2f} / {lr:.2f} / {lf:.2f} | {turnover:.3f} |")
+    lines += ["", "Stable spines linked: of the true persistent spines detected in both sessions of an interval, "
+              "the fraction given the same track. Gained/lost: per interval, by truth identity. Apparent "
+              "turnover: (gained + lost) / spines of the first image, two images minutes apart "
+              "(simulate_repeat_imaging).", ""]
+    return lines
+
+
 def fmt(d: dict) -> str:
     return (f"| {d['images']} | {d['true']} | {d['detected']} | {d['precision']:.3f} | {d['recall']:.3f} | "
             f"{d['f1']:.3f} | {d['count_err_median_abs']:.1f} | {d['count_err_mean']:+.1f} | "
@@ -100,11 +202,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--no-real", action="store_true")
+    ap.add_argument("--no-sim", action="store_true")
+    ap.add_argument("--sim-seeds", type=int, default=2)
     a = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     lines = [f"# Spine measurement validation (commit {commit})", ""]
-    if REAL.exists():
+    if a.no_real:
+        pass
+    elif REAL.exists():
         t0 = time.perf_counter()
         per, tot = real_benchmark(a.limit)
         el = time.perf_counter() - t0
@@ -117,6 +224,13 @@ def main() -> None:
         lines += [f"({el / len(per):.2f} s per 416 x 416 frame including reading)", ""]
     else:
         lines += [f"real data folder {REAL} absent: skipped", ""]
+    if not a.no_sim:
+        try:
+            import analysis.sim.spines  # noqa: F401
+        except ImportError:
+            lines += ["simulator analysis.sim.spines not available: skipped", ""]
+        else:
+            lines += sim_benchmark(tuple(range(a.sim_seeds)))
     lines += [f"## Speed: detect_spines on a 512 x 512 frame, one core: {speed():.3f} s", ""]
     text = "\n".join(lines)
     print(text)

@@ -340,17 +340,18 @@ def _trace(img: np.ndarray, px: float, *, k_sigma: float, min_length_shaft_diame
         floor = k_sigma * max(noise_s, 1e-12)
         t = max(floor, float(threshold_otsu(flat)))
         fg = _remove_small(flat > t, np.pi * r_px ** 2 * 2)
-        w = max(3, int(round(4 * r_px)) | 1)
+        w = max(3, int(round(6 * r_px)) | 1)
         local_max = ndi.maximum_filter(np.where(fg, flat, 0), size=w)
         core = fg & (flat >= 0.5 * local_max)
         dt = ndi.distance_transform_edt(core)
         sk = skeletonize(core)
-        if it == 2 or sk.sum() < 10:
+        if sk.sum() < 10:
             break
         r_new = float(np.clip(np.percentile(dt[sk], 60), r_min, r_max))
-        if abs(r_new - r_px) < 0.1 * r_px:
-            break
+        converged = abs(r_new - r_px) < 0.1 * r_px
         r_px = r_new
+        if converged:
+            break
     # shaft = opening by a disk narrower than the shaft: necks and filopodia go, heads may stay
     shaft = _open_by_radius(core, 0.7 * r_px)
     lab, n = ndi.label(shaft, np.ones((3, 3)))
@@ -627,8 +628,8 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
                   min_snr: float = 1.0, max_reach_shaft_diameters: float = 3.0,
                   head_radius_shaft_ratios: Sequence[float] = (0.4, 0.6, 0.85, 1.2),
                   min_separation_head_diameters: float = 1.0,
-                  min_shaft_contrast: float = 0.3, min_offset_shaft_radii: float = 0.8,
-                  min_dendrite_relative_intensity: float = 0.15, min_blobness: float = 0.2, return_all: bool = False, trace: DendriteTrace | None = None) -> pd.DataFrame:
+                  min_shaft_contrast: float = 0.08, min_offset_shaft_radii: float = 0.8,
+                  min_dendrite_relative_intensity: float = 0.15, min_blobness: float = 0.15, return_all: bool = False, trace: DendriteTrace | None = None) -> pd.DataFrame:
     """Detect dendritic spine heads next to traced dendrite shafts.
 
     Parameters
@@ -729,12 +730,41 @@ def _register(ref: np.ndarray, mov: np.ndarray) -> np.ndarray:
     return np.asarray(shift, float)
 
 
+def _rigid_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares rotation R and translation t with dst ~ src @ R.T + t (Kabsch)."""
+    cs, cd = src.mean(axis=0), dst.mean(axis=0)
+    u, _, vt = np.linalg.svd((src - cs).T @ (dst - cd))
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = (u @ np.diag([1.0, d]) @ vt).T
+    return rot, cd - cs @ rot.T
+
+
+def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Refine the translation to a rigid map cur -> prev on the spine positions (ICP).
+
+    Starts from the phase-correlation shift; each round pairs the points one to one within a
+    shrinking distance and fits a rotation and translation, kept only if at least 4 points
+    pair. Returns (R, t) with prev ~ cur @ R.T + t.
+    """
+    rot, t = np.eye(2), np.asarray(shift, float)
+    if len(cur) < 4 or len(prev) < 4:
+        return rot, t
+    for tol in (3.0 * tol_px, 2.0 * tol_px, 1.5 * tol_px, tol_px):
+        m = match_points(cur @ rot.T + t, prev, tol)
+        if len(m.pairs) < 4:
+            break
+        rot, t = _rigid_fit(cur[m.pairs[:, 0]], prev[m.pairs[:, 1]])
+    return rot, t
+
+
 def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_distance_um: float = 0.6,
                  min_snr: float = 1.0, hysteresis: float = 0.5, **params: Any) -> pd.DataFrame:
     """Detect spines in every session and link them to the previous session.
 
     Each session is registered to the previous one by phase correlation (translation,
-    sub-pixel), spines are detected per session (:func:`detect_spines`), and the previous
+    sub-pixel), refined to a rigid map (rotation + translation) by iterative closest points
+    on the detected spines; spines are detected per session (:func:`detect_spines`), and the previous
     session's spines, moved by the shift, are matched one to one to this session's within
     ``max_distance_um`` (:func:`analysis.measure.matching.match_points`). A previous spine
     that finds no detection may still match a weaker candidate (score >= ``hysteresis`` x
@@ -769,7 +799,8 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         {stable, gained, lost}, and the spine's ``head_diameter_um``, ``neck_length_um``,
         ``type``, ``dendrite_id``, ``intensity`` (NaN on ``lost`` rows). ``df.attrs["shifts"]``
         holds the (dy, dx) of each session relative to the previous one
-        (a list of tuples; session pixel + shift = previous session pixel).
+        (a list of tuples from phase correlation; session pixel + shift = previous session
+        pixel) and ``df.attrs["rotation_deg"]`` the fitted rotation.
     """
     if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.ndim == 2:
         raise ValueError("track_spines needs a sequence of images (one per session), got one 2-D image")
@@ -784,6 +815,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         planes.append(plane)
     rows: list[pd.DataFrame] = []
     shifts = [np.zeros(2)]
+    rotations = [0.0]
     next_id = 0
     prev: pd.DataFrame | None = None  # spines present in the previous session (with track_id)
     max_px = max_distance_um / px
@@ -800,8 +832,12 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
             prev = cur
             continue
         shift = _register(planes[s - 1], planes[s])
+        rot, t = _align_points(strong[["y", "x"]].to_numpy(float), prev[["y", "x"]].to_numpy(float), shift,
+                               max_px)
         shifts.append(shift)
-        pred = prev[["y", "x"]].to_numpy(float) - shift
+        rotations.append(float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0]))))
+        # previous spines in this session's pixels: invert prev = cur R^T + t
+        pred = (prev[["y", "x"]].to_numpy(float) - t) @ rot
         m = match_points(strong[["y", "x"]].to_numpy(float), pred, max_px)
         matched_cur = np.zeros(len(strong), bool)
         matched_prev = np.zeros(len(prev), bool)
@@ -840,4 +876,5 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     out["session"] = out["session"].astype(int)
     out = out.sort_values(["session", "track_id"], ignore_index=True)
     out.attrs["shifts"] = [tuple(float(v) for v in sh) for sh in shifts]
+    out.attrs["rotation_deg"] = rotations
     return out
