@@ -1,7 +1,7 @@
 """Peak memory of the per-image quantification and of its parts.
 
 Run with ``.venv/bin/python benchmarks/bench_memory.py`` (part of ``make bench``).  Measures,
-for simulated 3-channel terminal fields (PSD95, Iba1, CD68; :mod:`analysis.phantoms`, 0.2 um
+for simulated 3-channel terminal fields (PSD95, Iba1, CD68; :mod:`analysis.sim.phantoms`, 0.2 um
 pixels, uint16):
 
 - ``plane256``, ``plane2048``: one field rendered at that size;
@@ -10,17 +10,17 @@ pixels, uint16):
 - ``stack30``: a 30 x 512 x 512 z-stack (30 fields of 512 x 512 rendered with their own
   seeds, z step 0.3 um; puncta are detected in 3-D, microglia and CD68 on the projection),
 
-the peak memory of :func:`analysis.quantify.quantify_image` (all three channels, default
+the peak memory of :func:`analysis.pipeline.quantify.quantify_image` (all three channels, default
 parameters) and of its parts, each in a fresh subprocess so that nothing else counts:
 
-- ``detect``: :func:`analysis.synapses.detect_puncta` of the synapse channel;
-- ``mask``: :func:`analysis.synapses.analysed_area_mask` (given the puncta);
-- ``quality``: :func:`analysis.quality.image_quality` of the synapse channel as quantify calls
+- ``detect``: :func:`analysis.measure.puncta.detect_puncta` of the synapse channel;
+- ``mask``: :func:`analysis.measure.puncta.analysed_area_mask` (given the puncta);
+- ``quality``: :func:`analysis.measure.quality.image_quality` of the synapse channel as quantify calls
   it (brightness, SNR, the spike-in detection in a 192 px window);
-- ``microglia``: :func:`analysis.microglia.segment_microglia` + ``measure_microglia``;
-- ``engulfment``: :func:`analysis.engulfment.segment_lysosomes` + ``measure_engulfment``
+- ``microglia``: :func:`analysis.measure.microglia.segment_microglia` + ``measure_microglia``;
+- ``engulfment``: :func:`analysis.measure.engulfment.segment_lysosomes` + ``measure_engulfment``
   (given the microglia labels and the puncta);
-- ``quantify``: :func:`analysis.quantify.quantify_image`, everything.
+- ``quantify``: :func:`analysis.pipeline.quantify.quantify_image`, everything.
 
 Two figures per run:
 
@@ -71,7 +71,7 @@ MB = 1024.0**2
 
 def render_case(case: str) -> np.ndarray:
     """The CZYX uint16 image of a case (deterministic)."""
-    from analysis.phantoms import render_terminal_field
+    from analysis.sim.phantoms import render_terminal_field
 
     if case == "plane256":
         return render_terminal_field(np.random.default_rng([16, 256]), shape=(256, 256)).image[:, None]
@@ -103,7 +103,9 @@ def _channels(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def prepare(case: str, fresh: bool = False) -> None:
     """Render a case and compute the inputs of its parts (in this process)."""
-    from analysis import engulfment, microglia, synapses
+    from analysis.measure import engulfment
+    from analysis.measure import microglia
+    from analysis.measure import puncta as synapses
 
     p = _paths(case)
     INPUTS.mkdir(parents=True, exist_ok=True)
@@ -154,8 +156,11 @@ def _reset_peak() -> bool:
 
 def _call(case: str, part: str, data: np.ndarray, deps: dict[str, Any]) -> Any:
     """The work of one part (returns its result so that nothing is freed early)."""
-    from analysis import engulfment, microglia, quality, synapses
-    from analysis.quantify import QUALITY_DEFAULTS, _image_seed, quantify_image
+    from analysis.measure import engulfment
+    from analysis.measure import microglia
+    from analysis.measure import quality
+    from analysis.measure import puncta as synapses
+    from analysis.pipeline.quantify import QUALITY_DEFAULTS, _image_seed, quantify_image
 
     syn, mg, lys = _channels(data)
     dz = Z_STEP if syn.ndim == 3 else None
@@ -190,7 +195,7 @@ def _call(case: str, part: str, data: np.ndarray, deps: dict[str, Any]) -> Any:
 
 def measure_here(case: str, part: str, mode: str) -> dict[str, Any]:
     """Load the inputs, run one part and return its peak memory (run in a fresh process)."""
-    import analysis.quantify  # noqa: F401  (imports are not part of the call)
+    import analysis.pipeline.quantify  # noqa: F401  (imports are not part of the call)
 
     p = _paths(case)
     data = np.load(p["image"])

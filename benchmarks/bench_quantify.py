@@ -3,13 +3,13 @@
 Run with ``make bench`` (or ``.venv/bin/python benchmarks/bench_quantify.py``).  Measures, in
 one run on this machine:
 
-- per-image time of :func:`analysis.quantify._quantify_row` (read + quantify, in this process),
+- per-image time of :func:`analysis.pipeline.quantify._quantify_row` (read + quantify, in this process),
   the time a second, profiled run spends inside scipy.ndimage's compiled filters, and the
   *floor* for the same image: reading it plus one Gaussian filter pass
   (``scipy.ndimage.gaussian_filter``, sigma 2 px, float32, along the axes longer than 1: a
   single plane is filtered in YX only) per channel; medians per image, per megapixel per
   channel, and the ratio of the full time to the floor (target <= 4);
-- throughput (images/s) of :func:`analysis.quantify.quantify_study` on a dask LocalCluster of 1
+- throughput (images/s) of :func:`analysis.pipeline.quantify.quantify_study` on a dask LocalCluster of 1
   and of 2 worker processes (cluster start-up excluded, reported separately), and the scaling
   efficiency ``throughput2 / (2 * throughput1)`` (target >= 0.8); each is run ``--repeat`` times
   and the fastest run counts (the machine may be shared);
@@ -55,9 +55,9 @@ RESULTS = HERE / "results"
 
 def render_subset(raw: Path, n_distinct: int, seed: int) -> pd.DataFrame:
     """Render every k-th image of the ``large`` design into ``raw`` (reused when present)."""
-    from analysis.design import PRESETS, build_design
-    from analysis.simulate import SAMPLE_COLUMNS, _render_one
-    from analysis.truth import calibrated_model
+    from analysis.sim.design import PRESETS, build_design
+    from analysis.sim.simulate import SAMPLE_COLUMNS, _render_one
+    from analysis.sim.truth import calibrated_model
 
     preset = PRESETS["large"]
     design = build_design(preset, calibrated_model(), seed)
@@ -96,7 +96,7 @@ def per_image_times(sheet: Path) -> pd.DataFrame:
     from scipy import ndimage
 
     from analysis.io import load_samples, read_image
-    from analysis.quantify import QuantifyParams, _quantify_row
+    from analysis.pipeline.quantify import QuantifyParams, _quantify_row
 
     samples = load_samples(sheet, check_images=False)
     params = QuantifyParams()
@@ -136,7 +136,7 @@ def _ndimage_seconds(stats: pstats.Stats) -> float:
 def profile_image(sheet: Path, kind: str, dest: Path) -> list[tuple[str, float]]:
     """cProfile of one image of ``kind``; writes the report and returns the top functions."""
     from analysis.io import load_samples
-    from analysis.quantify import QuantifyParams, _quantify_row
+    from analysis.pipeline.quantify import QuantifyParams, _quantify_row
 
     samples = load_samples(sheet, check_images=False)
     is_term = samples.microglia_channel.notna()
@@ -216,7 +216,7 @@ def child_run(sheet: str, out: str, workers: int) -> None:
     """
     from distributed import Client
 
-    from analysis.quantify import _local_cluster, quantify_study
+    from analysis.pipeline.quantify import _local_cluster, quantify_study
 
     t0 = time.perf_counter()
     with _local_cluster(workers) as cluster, Client(cluster, set_as_default=False) as client:

@@ -2,8 +2,8 @@
 
 The shipped calibration (``benchmarks/calibrate_stats.py``, notebook 04) draws measurement
 tables with perfect counts; it never sees the detector.  Here each study is simulated *as
-images* (:func:`analysis.simulate.simulate_study`, preset ``null`` or ``default``), quantified
-by the real pipeline (:func:`analysis.quantify.quantify_study`, the same code and parameters as
+images* (:func:`analysis.sim.simulate.simulate_study`, preset ``null`` or ``default``), quantified
+by the real pipeline (:func:`analysis.pipeline.quantify.quantify_study`, the same code and parameters as
 ``analysis quantify``), and the quantified tables are kept in a cache folder, one sub-folder
 per study, so the expensive part runs once and can be resumed (a killed run loses at most the
 studies in progress).  The images themselves are deleted after quantification.
@@ -63,8 +63,8 @@ def study_dir(cache: Path, preset: str, seed: int) -> Path:
 
 def run_one(preset: str, seed: int, cache: str) -> tuple[str, int, float]:
     """Simulate one study as images, quantify it, keep its tables (skipped when already done)."""
-    from analysis.quantify import quantify_study
-    from analysis.simulate import simulate_study
+    from analysis.pipeline.quantify import quantify_study
+    from analysis.sim.simulate import simulate_study
 
     out = study_dir(Path(cache), preset, seed)
     if (out / "study.json").exists():
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> None:
 #: measurement-aware variants (each a column computed by :func:`synapse_variants`).
 SYNAPSE_VALUE = "puncta_density_per_100um2"
 #: Terminal endpoint (as named in ``microglia_contrasts.csv``) -> key of
-#: :func:`analysis.truth.readout_multipliers` giving its true ratio versus vehicle.
+#: :func:`analysis.sim.truth.readout_multipliers` giving its true ratio versus vehicle.
 MICROGLIA_TRUTH = {
     "microglia density (rate ratio)": "microglia_density",
     "engulfed puncta per cell (rate ratio)": "engulfed_per_cell",
@@ -135,7 +135,7 @@ def synapse_variants(m: pd.DataFrame, truth: pd.DataFrame) -> dict[str, tuple[pd
     spike-in recall.  ``snr-covariate``: the measured density with the measured SNR as
     covariate (:func:`analysis.stats.quality_covariates`, what ``fit_study`` does by default).
     """
-    from analysis.stats import quality_covariates
+    from analysis.stats.models import quality_covariates
 
     import numpy as np
 
@@ -161,8 +161,8 @@ def synapse_rows(table: pd.DataFrame, null: bool, covariates: list[str] | tuple 
     import numpy as np
     import scipy.stats as sps
 
-    from analysis.stats import fit_synapse_lmm, session_contrasts
-    from analysis.validation import true_pct_vs_vehicle
+    from analysis.stats.models import fit_synapse_lmm, session_contrasts
+    from analysis.validation.groundtruth import true_pct_vs_vehicle
 
     fit = fit_synapse_lmm(table, SYNAPSE_VALUE, covariates=list(covariates))
     c = session_contrasts(fit, primary=PRIMARY)
@@ -191,8 +191,8 @@ def microglia_rows(m: pd.DataFrame, cells: pd.DataFrame, null: bool) -> pd.DataF
     """Planned terminal contrasts (the report's own ``microglia_contrasts.csv``) with their truth."""
     import numpy as np
 
-    from analysis.stats import _fit_microglia
-    from analysis.truth import activation, calibrated_model, readout_multipliers
+    from analysis.stats.models import _fit_microglia
+    from analysis.sim.truth import activation, calibrated_model, readout_multipliers
 
     with tempfile.TemporaryDirectory() as tmp:
         written = _fit_microglia(m, cells, Path(tmp))
@@ -282,9 +282,9 @@ def analyse(args: argparse.Namespace) -> pd.DataFrame:
 # measured), so >= 200 full studies take about a day on 2 cores.  For the synapse endpoints the
 # measurement of a field depends only on the field's own image (true density, SNR level and
 # the random layout): fields are independent given their truth.  The bank renders synapse
-# fields exactly as ``simulate`` does (:func:`analysis.phantoms.render_synapse_field` with the
+# fields exactly as ``simulate`` does (:func:`analysis.sim.phantoms.render_synapse_field` with the
 # density and SNR level of rows of real designs) and quantifies each with the pipeline's own
-# :func:`analysis.quantify.quantify_image` (detector, mask, spike-in quality: the same code and
+# :func:`analysis.pipeline.quantify.quantify_image` (detector, mask, spike-in quality: the same code and
 # parameters as ``analysis quantify``).  Stage ``bank-calibrate`` then builds each calibration
 # study from its own design and gives every field the measurement of a bank field of the same
 # SNR level and nearly the same true density (measured / true ratio and quality columns of one
@@ -308,8 +308,8 @@ BANK_FIELDS = 2
 def _bank_design() -> pd.DataFrame:
     import dataclasses
 
-    from analysis.design import PRESETS, build_design
-    from analysis.truth import calibrated_model
+    from analysis.sim.design import PRESETS, build_design
+    from analysis.sim.truth import calibrated_model
 
     model = calibrated_model()
     frames = []
@@ -327,9 +327,9 @@ def bank_chunk(rows: pd.DataFrame, chunk: int, path: str) -> str:
     """Render and quantify one chunk of bank fields; write them to ``path``."""
     import numpy as np
 
-    from analysis import phantoms
-    from analysis.design import PRESETS
-    from analysis.quantify import QuantifyParams, quantify_image
+    from analysis.sim import phantoms
+    from analysis.sim.design import PRESETS
+    from analysis.pipeline.quantify import QuantifyParams, quantify_image
 
     shape = PRESETS["default"].synapse_shape
     params = QuantifyParams()
@@ -382,7 +382,7 @@ def bank_study(bank: pd.DataFrame, preset: str, seed: int) -> pd.DataFrame:
     """
     import numpy as np
 
-    from analysis.stats import simulate_measurements
+    from analysis.sim.measurements import simulate_measurements
 
     syn = simulate_measurements(preset, seed).drop(columns=[SYNAPSE_VALUE])
     rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
@@ -405,9 +405,9 @@ def bank_study(bank: pd.DataFrame, preset: str, seed: int) -> pd.DataFrame:
 
 
 def bank_calibrate_one(task: tuple[str, int, str, int | None]) -> pd.DataFrame:
-    from analysis.design import PRESETS
+    from analysis.sim.design import PRESETS
 
-    from analysis.power import design_preset
+    from analysis.sim.power import design_preset
 
     base, seed, cache, fields = task
     preset = design_preset(base, synapse_fields=fields)
@@ -505,8 +505,8 @@ def bank_calibrate(args: argparse.Namespace) -> pd.DataFrame:
 
 def write_markdown(rows: pd.DataFrame, args: argparse.Namespace) -> None:
     """Write :data:`MARKDOWN` (or ``args.markdown``) from the per-study rows."""
-    from analysis.design import PRESETS
-    from analysis.power import design_preset
+    from analysis.sim.design import PRESETS
+    from analysis.sim.power import design_preset
 
     fields = PRESETS[design_preset("default", synapse_fields=args.synapse_fields)].synapse_fields
     text = markdown_summary(rows, design=f"default design ({fields} PSD95 fields per animal and session)",
@@ -517,11 +517,11 @@ def write_markdown(rows: pd.DataFrame, args: argparse.Namespace) -> None:
 
 
 def fit_error_model(bank: pd.DataFrame) -> pd.DataFrame:
-    """Per SNR level: the error model of :mod:`analysis.power` fitted to the bank by least squares."""
+    """Per SNR level: the error model of :mod:`analysis.sim.power` fitted to the bank by least squares."""
     import numpy as np
     import statsmodels.formula.api as smf
 
-    from analysis.power import REFERENCE_DENSITY
+    from analysis.sim.power import REFERENCE_DENSITY
 
     b = bank.assign(x=np.log(bank["true_realised_per_100um2"] / REFERENCE_DENSITY),
                     y=np.log(bank["measured_per_100um2"] / bank["true_realised_per_100um2"]),
@@ -574,7 +574,7 @@ def main() -> None:
     d.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calibration_bank.csv")
     d.add_argument("--markdown", type=Path, default=MARKDOWN)
     d.add_argument("--synapse-fields", type=int, default=None)
-    e = sub.add_parser("error-model", help="fit the detector's error model for analysis.power from the bank")
+    e = sub.add_parser("error-model", help="fit the detector's error model for analysis.sim.power from the bank")
     e.add_argument("--model-out", type=Path, default=ROOT / "src" / "analysis" / "data" / "measurement_error.csv")
     for p in (r, a, b, c, d, e):
         p.add_argument("--cache", type=Path, default=CACHE)

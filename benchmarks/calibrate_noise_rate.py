@@ -1,6 +1,6 @@
 """Calibrate the rate of noise maxima that ``detect_puncta`` reports on white Gaussian noise.
 
-``analysis.synapses.noise_detection_rate`` (used by the detector's noise false-discovery
+``analysis.measure.puncta.noise_detection_rate`` (used by the detector's noise false-discovery
 control) is ``exp(a(sigma) + b u + c u^2)`` per pixel for a significance above ``u`` and a
 nominal punctum sigma of ``sigma`` pixels.  This script measures it: for each sigma of the
 table it runs the detector (fixed size, threshold 3, no FDR step) on ``--images`` fields of
@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from scipy.optimize import minimize
 
-from analysis.synapses import detect_puncta
+from analysis.measure.puncta import detect_puncta
 
 SIGMAS_PX = (0.5, 0.8, 1.3, 2.0, 3.0)
 U = np.arange(3.0, 6.01, 0.25)

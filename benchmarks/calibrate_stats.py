@@ -2,7 +2,7 @@
 
 For each of ``--studies`` simulated ``null`` studies (no drug effect) and as many ``default``
 studies (known effect), image-level densities are drawn from the design
-(:func:`analysis.stats.simulate_measurements`), the mixed model is fitted and every planned
+(:func:`analysis.sim.measurements.simulate_measurements`), the mixed model is fitted and every planned
 contrast (treated group versus vehicle at the end of dosing) is compared with the true effect
 of the simulation (:func:`analysis.validation.calibration_study`; ``notebooks/04_validation``
 shows the same on a smaller scale).
@@ -13,10 +13,10 @@ effect (-13 % for WT diazepam 5 mg/kg x 7 d), mean estimate, and mean log estima
 in units of the mean standard error.
 
 The terminal endpoints are calibrated the same way
-(:func:`analysis.stats.simulate_terminal_measurements`): microglia density and engulfed puncta
+(:func:`analysis.sim.measurements.simulate_terminal_measurements`): microglia density and engulfed puncta
 per cell (quasi-Poisson on animal totals) and skeleton length (animal means of the log), the
 planned contrast WT diazepam 5 mg/kg x 7 d versus vehicle, truth from
-:func:`analysis.truth.readout_multipliers`.
+:func:`analysis.sim.truth.readout_multipliers`.
 
 Pass or fail (``make calibrate`` exits non-zero on a failure): per endpoint, the primary
 contrast (WT diazepam 5 mg/kg x 7 d versus vehicle; one per study, so the studies are
@@ -47,9 +47,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from analysis.stats import fit_count_endpoint, fit_morphology_endpoint, simulate_terminal_measurements
-from analysis.truth import activation, calibrated_model, readout_multipliers
-from analysis.validation import calibrate, calibration_summary
+from analysis.stats.models import fit_count_endpoint, fit_morphology_endpoint
+from analysis.sim.measurements import simulate_terminal_measurements
+from analysis.sim.truth import activation, calibrated_model, readout_multipliers
+from analysis.validation.groundtruth import calibrate, calibration_summary
 
 GROUP = "WT diazepam 5 mg/kg x 7 d"
 

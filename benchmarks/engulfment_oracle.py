@@ -42,7 +42,7 @@ CACHE = Path("benchmarks/results/oracle_cache")
 
 def render_with_lysosomes(seed: int, i: int):
     """The field of microglia_accuracy and the true lysosome disks (captured, not re-drawn)."""
-    from analysis import phantoms
+    from analysis.sim import phantoms
 
     captured = {}
     orig = phantoms._lysosomes
@@ -76,8 +76,8 @@ def stage1(seed: int, i: int) -> dict:
     path = CACHE / (name + ("" if LEVEL == "default" else f"_{LEVEL}") + ".pkl")
     if path.exists():
         return pickle.loads(path.read_bytes())
-    from analysis.microglia import measure_microglia, segment_microglia
-    from analysis.synapses import detect_puncta
+    from analysis.measure.microglia import measure_microglia, segment_microglia
+    from analysis.measure.puncta import detect_puncta
 
     f, true_lys, lys = render_with_lysosomes(seed, i)
     labels = segment_microglia(f.image[1], PX)
@@ -111,8 +111,8 @@ def counts(labels: np.ndarray, mask: np.ndarray, yx: np.ndarray, engulf=None) ->
 
 def evaluate(rec: dict, seg, engulf=None, assign=None) -> tuple[pd.DataFrame, dict]:
     """Per matched cell the counts under each oracle combination; error tallies."""
-    from analysis.synapses import match_points
-    from analysis.validation import match_cells
+    from analysis.measure.puncta import match_points
+    from analysis.validation.groundtruth import match_cells
 
     t0 = time.perf_counter()
     det_lys = seg(rec["cd68"])
@@ -222,14 +222,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[31, 32])
     ap.add_argument("--fields", type=int, default=20)
     ap.add_argument("--shape", type=int, default=640, help="square field size in pixels")
-    ap.add_argument("--level", default="default", help="SNR level (analysis.phantoms.SNR_LEVELS)")
+    ap.add_argument("--level", default="default", help="SNR level (analysis.sim.phantoms.SNR_LEVELS)")
     ap.add_argument("--stage1-only", action="store_true")
     ap.add_argument("--baseline", type=Path, help="a copy of an older engulfment.py to compare with")
     args = ap.parse_args()
     global SHAPE, LEVEL
     SHAPE = (args.shape, args.shape)
     LEVEL = args.level
-    from analysis.engulfment import segment_lysosomes
+    from analysis.measure.engulfment import segment_lysosomes
 
     recs = []
     for s in args.seeds:

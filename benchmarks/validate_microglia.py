@@ -1,7 +1,7 @@
 """Accuracy and speed of microglia segmentation, morphology and engulfment, per SNR level.
 
-Renders fresh terminal fields with :func:`analysis.phantoms.render_terminal_field` at every
-level of :data:`analysis.phantoms.SNR_LEVELS`, runs the library with its default (physically
+Renders fresh terminal fields with :func:`analysis.sim.phantoms.render_terminal_field` at every
+level of :data:`analysis.sim.phantoms.SNR_LEVELS`, runs the library with its default (physically
 motivated) parameters and compares with the ground truth:
 
 * cell count: predicted cells are matched one-to-one to true cells (Hungarian).  A pair is a
@@ -15,7 +15,7 @@ motivated) parameters and compares with the ground truth:
 * engulfment, per matched cell (detected cells, detected CD68): Pearson r of
   ``engulfed_puncta`` against the true engulfed count (a) with the true positions of all
   puncta (isolates the CD68 mask and cell logic) and (b) with puncta detected by
-  :func:`analysis.synapses.detect_puncta`; with the true positions also the recall of the
+  :func:`analysis.measure.puncta.detect_puncta`; with the true positions also the recall of the
   truly engulfed puncta, the non-engulfed puncta counted per cell (neuropil puncta that
   overlie CD68 in the projection) and the ratio of measured to true CD68 area.
 * speed: seconds per field for segment + measure (Iba1) and for the CD68 mask.
@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from analysis.engulfment import measure_engulfment, segment_lysosomes
-from analysis.microglia import measure_microglia, segment_microglia
-from analysis.validation import correlation, match_cells
+from analysis.measure.engulfment import measure_engulfment, segment_lysosomes
+from analysis.measure.microglia import measure_microglia, segment_microglia
+from analysis.validation.groundtruth import correlation, match_cells
 
 PX = 0.2
 
@@ -73,7 +73,7 @@ def evaluate_field(f, detect: bool = True) -> tuple[dict[str, float], pd.DataFra
     cells = cells.merge(hits[["label", "engulfed_puncta"]].rename(columns={"engulfed_puncta": "engulfed_true_hits"}),
                         on="label", how="left")
     if detect:
-        from analysis.synapses import detect_puncta
+        from analysis.measure.puncta import detect_puncta
 
         det = detect_puncta(f.image[0], PX)
         eng_det = measure_engulfment(labels, lys, det, PX)[["label", "engulfed_puncta"]]
@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--no-detect", action="store_true", help="skip the detected-puncta engulfment metric")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/microglia.csv"))
     args = ap.parse_args()
-    from analysis.phantoms import SNR_LEVELS, render_terminal_field
+    from analysis.sim.phantoms import SNR_LEVELS, render_terminal_field
 
     rows = []
     for level, snr in SNR_LEVELS.items():

@@ -8,14 +8,14 @@ masks: one row per ``Object_Label`` and ``Centroid_Time_Frames``, pixel units).
 
 For each image, and their mean, two segmentations are compared with the hand labels:
 
-* ``ours``: :func:`analysis.microglia.segment_microglia` with its default parameters;
+* ``ours``: :func:`analysis.measure.microglia.segment_microglia` with its default parameters;
 * ``triangle`` / ``li``: the plain pipeline a peer would use: a global triangle (or Li)
   threshold of the image, 8-connected components, components smaller than the area of the
   smallest soma (a disk of ``soma_min_diameter_um``, the library's default) dropped.
 
 Metrics: number of labels; precision, recall and F1 of one-to-one (Hungarian) matching at
 IoU >= 0.5; over the matched cells, Spearman rho of our ``skeleton_length_um``,
-``branch_points`` and ``skeleton_junctions`` (:func:`analysis.microglia.measure_microglia`
+``branch_points`` and ``skeleton_junctions`` (:func:`analysis.measure.microglia.measure_microglia`
 on the predicted label) against ``SkeletonTotalLength_Pixel`` and ``SkeletonNumBranchPoints``
 (both count columns against the latter) of the true label in the table.  ``branch_points``
 is our biological count (forks of the processes outside the soma, soma collapsed to its
@@ -46,8 +46,8 @@ from skimage.measure import label as cc_label
 from skimage.morphology import skeletonize
 
 from analysis.io import read_image
-from analysis.microglia import measure_microglia, segment_microglia
-from analysis.validation import correlation
+from analysis.measure.microglia import measure_microglia, segment_microglia
+from analysis.validation.groundtruth import correlation
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "microglia_iba1_embl"
 IMAGES = ("pg6_t1", "pg6_t2", "pg6_t3")

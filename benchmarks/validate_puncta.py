@@ -1,8 +1,8 @@
 """Accuracy of automatic PSD95 puncta detection against simulated ground truth, per SNR level.
 
-Renders fresh fields with :func:`analysis.phantoms.render_synapse_field` at every SNR level of
-:data:`analysis.phantoms.SNR_LEVELS`, runs :func:`analysis.synapses.detect_puncta` and
-:func:`analysis.synapses.analysed_area_mask` with their default (physically motivated)
+Renders fresh fields with :func:`analysis.sim.phantoms.render_synapse_field` at every SNR level of
+:data:`analysis.sim.phantoms.SNR_LEVELS`, runs :func:`analysis.measure.puncta.detect_puncta` and
+:func:`analysis.measure.puncta.analysed_area_mask` with their default (physically motivated)
 parameters, and compares with the truth:
 
 * detection: one-to-one (Hungarian) matching within 0.25 um -> precision, recall, F1 (pooled
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.phantoms import SNR_LEVELS, render_synapse_field
-from analysis.synapses import analysed_area_mask, detect_puncta, match_points, synapse_density
+from analysis.sim.phantoms import SNR_LEVELS, render_synapse_field
+from analysis.measure.puncta import analysed_area_mask, detect_puncta, match_points, synapse_density
 
 MATCH_UM = 0.25
 

@@ -1,6 +1,6 @@
 """Accuracy of the image quantification against simulated ground truth, per SNR level.
 
-Renders fresh fields with :mod:`analysis.phantoms` at every SNR level, runs the detectors with
+Renders fresh fields with :mod:`analysis.sim.phantoms` at every SNR level, runs the detectors with
 their default (physically motivated) parameters and matches the results to the truth
 (:func:`analysis.validation.accuracy_per_snr`, also shown by ``notebooks/04_validation``):
 
@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from analysis.phantoms import SNR_LEVELS
-from analysis.validation import accuracy_per_snr
+from analysis.sim.phantoms import SNR_LEVELS
+from analysis.validation.groundtruth import accuracy_per_snr
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 For puncta (parts a-e) three detectors run on the same images:
 
-* ``ours``: :func:`analysis.synapses.detect_puncta` with its defaults; it is given only the
+* ``ours``: :func:`analysis.measure.puncta.detect_puncta` with its defaults; it is given only the
   pixel size.
 * ``big-fish``: ``bigfish.detection.detect_spots`` (big-fish 0.6.2) with its automatic
   threshold (``threshold=None``: the elbow of the spot-count curve), ``voxel_size`` = the
@@ -20,7 +20,7 @@ and prints a markdown table):
 
 a. **Real culture images** (``../shared/realdata/culture_puncta``, fields 11 and 12, 0.325
    um): pre- and postsynaptic puncta per detector; label-free checks of
-   :mod:`analysis.labelfree` (MAP2 enrichment within 1 um, fraction in DAPI nuclei, pre/post
+   :mod:`analysis.validation.labelfree` (MAP2 enrichment within 1 um, fraction in DAPI nuclei, pre/post
    pairing above chance with the pre channel shifted by 3, 4, 5 um in +-x and +-y, density
    per 10 um of dendrite), time per image; an overlay PNG per field
    (``benchmarks/results/overlay_field<N>.png``: crops on dendrites, on dark background and
@@ -30,17 +30,17 @@ b. **sim-fish** (``simfish.simulate_images``, an independent simulator; seeded t
    ``np.random.seed`` since it draws from the global generator): sparse bright spots,
    medium and crowded fields, 3 spot sigmas (100, 150, 250 nm) at 100 nm pixels, 2-D, 16-bit
    and 8-bit.  Precision, recall, F1 with one-to-one matching within 2 px (0.2 um)
-   (:func:`analysis.synapses.match_points`), mean offset of the matches (sim-fish's truth is
+   (:func:`analysis.measure.puncta.match_points`), mean offset of the matches (sim-fish's truth is
    the integer pixel on which it centres the spot), time per image.
-c. **Our phantoms** (:func:`analysis.phantoms.render_synapse_field`) at every SNR level of
-   :data:`analysis.phantoms.SNR_LEVELS`, the same fields and scores as
+c. **Our phantoms** (:func:`analysis.sim.phantoms.render_synapse_field`) at every SNR level of
+   :data:`analysis.sim.phantoms.SNR_LEVELS`, the same fields and scores as
    ``benchmarks/validate_puncta.py`` (its ``summarise``), for the three detectors.
 d. **Pure noise** of five kinds at 0.1 and 0.3 um pixels: false puncta per 1,000 um^2
    (target <= 1).
 e. **Speed**: median detection time per image at 256, 512 and 1024 px squares (sim-fish
    images) and the ratio ours / big-fish.
 f. **Real microglia** (``../shared/realdata/microglia_iba1_embl``, three 8-bit Iba1 fields with
-   hand-corrected masks): :func:`analysis.microglia.segment_microglia` beside plain triangle
+   hand-corrected masks): :func:`analysis.measure.microglia.segment_microglia` beside plain triangle
    and Li threshold pipelines (``benchmarks/validate_microglia_real.py``): count P/R/F1 at IoU
    >= 0.5, skeleton length, branch point and junction rank correlation with the source tool's
    table, segmentation time.
@@ -71,7 +71,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from analysis.labelfree import (
+from analysis.validation.labelfree import (
     dendrite_length_um,
     dendrite_mask,
     density_per_10um,
@@ -80,7 +80,7 @@ from analysis.labelfree import (
     nucleus_mask,
     pairing_above_chance,
 )
-from analysis.synapses import detect_puncta, match_points
+from analysis.measure.puncta import detect_puncta, match_points
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -96,7 +96,7 @@ BIGFISH_RADII_SENSITIVITY_UM = (0.20, 0.25, 0.35)
 #: Spot sigma for big-fish and the LoG on the pure-noise images, per pixel size: a confocal
 #: punctum (0.15 um) at 0.1 um pixels, the widefield one above at 0.3 um pixels.
 NOISE_SPOT_SIGMA_UM = {0.1: 0.15, 0.3: 0.30}
-#: Apparent sigma of the puncta of our phantoms (0.12-0.16 um: analysis.phantoms).
+#: Apparent sigma of the puncta of our phantoms (0.12-0.16 um: analysis.sim.phantoms).
 PHANTOM_SPOT_SIGMA_UM = 0.14
 SIMFISH_PX_UM = 0.1
 SIMFISH_MATCH_PX = 2.0
@@ -406,8 +406,8 @@ def part_b(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
 def part_c(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     from validate_puncta import MATCH_UM, summarise
 
-    from analysis.phantoms import SNR_LEVELS, render_synapse_field
-    from analysis.synapses import analysed_area_mask, synapse_density
+    from analysis.sim.phantoms import SNR_LEVELS, render_synapse_field
+    from analysis.measure.puncta import analysed_area_mask, synapse_density
 
     px = 0.1
     n_fields = 2 if args.quick else args.fields
@@ -620,7 +620,7 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
         f"{_git_state()}, in {(time.perf_counter() - t_start) / 60:.1f} min on {os.cpu_count()} cores "
         f"(Python {platform.python_version()}, big-fish {version('big-fish')}, sim-fish {version('sim-fish')}). "
         "Raw tables: `benchmarks/results/validate_real_<part>.csv`; overlays: "
-        "`benchmarks/results/overlay_field*.png`.  Detectors: **ours** = `analysis.synapses.detect_puncta` "
+        "`benchmarks/results/overlay_field*.png`.  Detectors: **ours** = `analysis.measure.puncta.detect_puncta` "
         "(defaults, pixel size only); **big-fish** = `bigfish.detection.detect_spots` (automatic elbow threshold, "
         "voxel size and spot radius = spot sigma in nm, float64 input); **plain LoG** = LoG at the spot sigma, local "
         f"maxima above median + {MAD_K:g} x 1.4826 x MAD.  Spot sigma given to big-fish and the LoG: culture "

@@ -27,7 +27,7 @@ def _digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``small`` preset simulated with seed 1 (do not modify it in tests)."""
-    from analysis.simulate import simulate_study
+    from analysis.sim.simulate import simulate_study
 
     out = tmp_path_factory.mktemp("small_study")
     simulate_study(out, preset="small", seed=1, workers=2, progress=False)
@@ -36,7 +36,7 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_quantified(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The processed folder of :func:`analysis.quantify.quantify_study` on :func:`small_study`.
+    """The processed folder of :func:`analysis.pipeline.quantify.quantify_study` on :func:`small_study`.
 
     The only quantification of the whole small study in a test session: ``measurements.parquet``,
     ``cells.parquet``, ``puncta.parquet``, ``failures.csv``, ``raw_manifest.csv`` and the
@@ -45,7 +45,7 @@ def small_quantified(small_study: Path, tmp_path_factory: pytest.TempPathFactory
     Tests that need the report's copy of the tables use :func:`small_report`, which is built
     from this folder's cache.
     """
-    from analysis.quantify import quantify_study
+    from analysis.pipeline.quantify import quantify_study
 
     out = tmp_path_factory.mktemp("small_quantified")
     quantify_study(small_study / "samples.csv", out, workers=2, progress=False)
@@ -65,7 +65,7 @@ def small_report(small_study: Path, small_quantified: Path, tmp_path_factory: py
     quantified a second time.  Returns the output folder with ``processed/`` and ``reports/``
     (read-only for tests).
     """
-    from analysis.report import run_report
+    from analysis.report.run import run_report
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path_factory.mktemp("report")

@@ -21,9 +21,10 @@ import pandas as pd
 import pytest
 import tifffile
 
-from analysis import quantify
+import analysis.measure.puncta
+from analysis.pipeline import quantify
 from analysis.errors import InputError
-from analysis.quantify import QuantifyParams, quantify_study
+from analysis.pipeline.quantify import QuantifyParams, quantify_study
 
 PX = 0.1
 N = 96
@@ -312,16 +313,16 @@ def test_file_case(name: str, tmp_path: Path) -> None:
 
 def test_unexpected_error_becomes_a_failure_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 caplog: pytest.LogCaptureFixture) -> None:
-    real = quantify.synapses.detect_puncta
+    real = analysis.measure.puncta.detect_puncta
 
     def breaks_on_small_fields(image: np.ndarray, *args: Any, **kwargs: Any) -> Any:
         if image.shape[-1] == 64:
             raise RuntimeError("boom in the detector")
         return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(quantify.synapses, "detect_puncta", breaks_on_small_fields)
+    monkeypatch.setattr(analysis.measure.puncta, "detect_puncta", breaks_on_small_fields)
     case = Case(lambda: spots(64, ((20, 20),)).astype(np.uint16))
-    with caplog.at_level(logging.DEBUG, logger="analysis.quantify"):
+    with caplog.at_level(logging.DEBUG, logger="analysis.pipeline.quantify"):
         m, failures, _ = run_case(case, tmp_path)
     assert m.index.tolist() == ["ref"] and m.loc["ref", "n_puncta"] == 6
     assert failures.image_id.tolist() == ["x"]
@@ -375,7 +376,7 @@ def test_default_worker_count_follows_available_memory(tmp_path: Path, monkeypat
     for name in ("a", "b"):
         write_tif(tmp_path / f"{name}.tif", spots().astype(np.uint16), "YX")
     sheet = write_sheet(tmp_path, [sheet_row("a", "a.tif"), sheet_row("b", "b.tif")])
-    with caplog.at_level(logging.INFO, logger="analysis.quantify"):
+    with caplog.at_level(logging.INFO, logger="analysis.pipeline.quantify"):
         m = quantify_study(sheet, tmp_path / "out", progress=False, params=PARAMS)
     assert m.n_puncta.tolist() == [6, 6]
     assert "1 worker(s): 8 core(s)" in caplog.text and "largest image a.tif" in caplog.text

@@ -420,7 +420,8 @@ def test_enough_cases() -> None:
 
 def test_vocabulary_is_the_models() -> None:
     """The names the sheet is normalised to are the ones stats/design compare against."""
-    from analysis import design, truth
+    from analysis.sim import design
+    from analysis.sim import truth
 
     assert REFERENCE_COMPOUND == truth.VEHICLE
     assert {truth.WILD_TYPE, truth.TSPO_KO} <= set(KNOWN_GENOTYPES)

@@ -96,7 +96,7 @@ def _assert_clean(load: PageLoad) -> None:
 
 
 def test_index_opens_offline_and_links_every_notebook(browser, small_report: Path) -> None:
-    from analysis.report import NOTEBOOKS
+    from analysis.report.run import NOTEBOOKS
 
     load = _open(browser, small_report / "reports" / "index.html")
     _assert_clean(load)
@@ -116,7 +116,7 @@ def test_notebook_html_opens_offline_with_visible_figures(browser, small_report:
     # the tab shows the notebook's first heading (nbconvert's default title is "Notebook")
     import nbformat
 
-    from analysis.report import notebook_title
+    from analysis.report.run import notebook_title
 
     source = nbformat.read(Path(__file__).parents[1] / "notebooks" / f"{Path(html).stem}.ipynb", as_version=4)
     expected = notebook_title(source, "")

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import tifffile
 
-from analysis import cache, quantify
-from analysis.quantify import QuantifyParams, quantify_study
+from analysis.pipeline import cache
+from analysis.pipeline import quantify
+from analysis.pipeline.quantify import QuantifyParams, quantify_study
 
 
 def subset_study(small_study: Path, dest: Path, n_synapse: int = 3, n_terminal: int = 1) -> Path:
@@ -71,7 +72,7 @@ def test_rerun_is_served_from_the_cache(study: Path, tmp_path: Path, calls: list
     snapshot = tmp_path / "first"
     shutil.copytree(out, snapshot)
     calls.clear()
-    with caplog.at_level(logging.INFO, logger="analysis.quantify"):
+    with caplog.at_level(logging.INFO, logger="analysis.pipeline.quantify"):
         again = quantify_study(study / "samples.csv", out, workers=1, progress=False)
     assert calls == []  # nothing quantified
     assert "4 of 4 images cached; quantifying 0" in caplog.text

@@ -112,7 +112,7 @@ def test_fit_rejects_what_is_not_a_measurements_table(tmp_path: Path, capsys: py
 
 @pytest.fixture(scope="module")
 def measurements() -> pd.DataFrame:
-    from analysis.stats import simulate_measurements
+    from analysis.sim.measurements import simulate_measurements
 
     return simulate_measurements("small", 1)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.design import PRESETS, build_design, design_summary
-from analysis.truth import calibrated_model
+from analysis.sim.design import PRESETS, build_design, design_summary
+from analysis.sim.truth import calibrated_model
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 from scipy.stats import pearsonr
 from skimage.draw import disk
 
-from analysis.engulfment import engulfment_totals, measure_engulfment, segment_lysosomes
+from analysis.measure.engulfment import engulfment_totals, measure_engulfment, segment_lysosomes
 
 PX = 0.2
 HWHM = np.sqrt(2 * np.log(2))  # half width at half maximum of a Gaussian, in sigmas
@@ -184,7 +184,7 @@ def test_three_dimensional_stack() -> None:
 
 @pytest.fixture(scope="module")
 def phantom_fields():
-    phantoms = pytest.importorskip("analysis.phantoms")
+    phantoms = pytest.importorskip("analysis.sim.phantoms")
     return [
         phantoms.render_terminal_field(np.random.default_rng([13, s]), shape=(640, 640),
                                        snr=phantoms.SNR_LEVELS[level], engulfed_per_cell=3.0)

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from analysis.errors import InputError
-from analysis.quantify import quantify_study
+from analysis.pipeline.quantify import quantify_study
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -99,7 +99,7 @@ def test_changed_raw_file_is_reported(small_study: Path, tmp_path: Path) -> None
     (4e9, 1.2e10, 16, 3),
 ])
 def test_default_workers_from_memory(per_worker: float, available: float, cores: int, expected: int) -> None:
-    from analysis.quantify import default_workers
+    from analysis.pipeline.quantify import default_workers
 
     assert default_workers(per_worker, available_bytes=int(available), cores=cores) == expected
 
@@ -107,7 +107,7 @@ def test_default_workers_from_memory(per_worker: float, available: float, cores:
 def test_worker_memory_estimate_uses_the_largest_image(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from analysis import quantify
+    from analysis.pipeline import quantify
 
     small, large = tmp_path / "small.tif", tmp_path / "large.tif"
     tifffile.imwrite(small, np.ones((64, 64), np.uint16))
@@ -116,6 +116,6 @@ def test_worker_memory_estimate_uses_the_largest_image(tmp_path: Path, caplog: p
     assert largest == str(large)
     assert per_worker == quantify.WORKER_BASE_BYTES + quantify.WORKER_MEMORY_FACTOR * 2 * 256 * 256 * 2
     # quantify_study logs its choice when the caller leaves the worker count open
-    with caplog.at_level(logging.INFO, logger="analysis.quantify"):
+    with caplog.at_level(logging.INFO, logger="analysis.pipeline.quantify"):
         assert quantify.default_workers(per_worker) >= 1
     assert quantify._available_memory() is None or quantify._available_memory() > 0

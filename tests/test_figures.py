@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import synapses
-from analysis.figures import crop_windows, qc_crops, qc_images, qc_overlay
+from analysis.measure import puncta as synapses
+from analysis.report.figures import crop_windows, qc_crops, qc_images, qc_overlay
 
 PX = 0.1  # um per pixel: a 256 x 256 field holds 2 x 2 windows of 10 um (100 px), offset 28 px
 
@@ -70,7 +70,7 @@ def test_overlay_without_puncta_detects_again_and_warns(monkeypatch: pytest.Monk
         return pts.drop(columns="in_analysed_area")
 
     monkeypatch.setattr(synapses, "detect_puncta", detect)
-    with caplog.at_level(logging.WARNING, logger="analysis.figures"):
+    with caplog.at_level(logging.WARNING, logger="analysis.report.figures"):
         fig = qc_overlay(field(), PX, synapse_channel=0)
     assert len(calls) == 1 and "no puncta given" in caplog.text
     assert len(scatter_of(fig.axes[0])) == 5

@@ -1,4 +1,4 @@
-"""The generated findings (analysis.findings) against hand-built tables: the words follow the numbers."""
+"""The generated findings (analysis.report.findings) against hand-built tables: the words follow the numbers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import findings as F
-from analysis.design import PRESETS, group_label
+from analysis.report import findings as F
+from analysis.validation.groundtruth import add_truth
+from analysis.sim.design import PRESETS, group_label
 
 HEAD = "WT diazepam 5 mg/kg x 7 d"
 
@@ -142,7 +143,10 @@ def test_design_order_dose_then_duration_vehicle_first() -> None:
     random.Random(3).shuffle(shuffled)
     rows = [_syn_row(g.genotype, g.compound, g.dose_mg_kg, g.treatment_days, -5, -10, 1, 0.1, 0.5, d=-0.5)
             for g in shuffled]
-    c = F.endpoint_contrasts({"synapse_contrasts": pd.DataFrame(rows)})
+    # the design order is the sheet's: the order the groups first appear in it
+    sheet = pd.DataFrame([{"genotype": g.genotype, "compound": g.compound, "dose_mg_kg": g.dose_mg_kg,
+                           "treatment_days": g.treatment_days} for g in groups])
+    c = F.endpoint_contrasts({"synapse_contrasts": pd.DataFrame(rows)}, F.group_order(sheet))
     expected = [group_label(g.genotype, g.compound, g.dose_mg_kg, g.treatment_days) for g in groups]
     assert c["group"].tolist() == expected
     assert c["group"].iloc[0] == "WT vehicle x 7 d" and c["role"].iloc[:3].eq("reference").all()
@@ -174,10 +178,10 @@ def test_group_without_vehicle_is_not_estimable_with_the_reason() -> None:
 
 
 def test_truth_and_coverage_from_the_truth_model() -> None:
-    from analysis.truth import calibrated_model
+    from analysis.sim.truth import calibrated_model
 
     model = calibrated_model()
-    c = F.add_truth(F.endpoint_contrasts({"synapse_contrasts": synapse_table(),
+    c = add_truth(F.endpoint_contrasts({"synapse_contrasts": synapse_table(),
                                           "microglia_contrasts": microglia_table()}), model)
     head = c[(c.group == HEAD) & (c.endpoint == "synapse_density")].iloc[0]
     assert head.truth_pct == pytest.approx(-13.0, abs=1e-9)  # the calibration anchor: 13 % at 5 mg/kg x 7 d
@@ -185,7 +189,7 @@ def test_truth_and_coverage_from_the_truth_model() -> None:
     found = F.abstract(c)[0]
     assert "Simulated truth -13.0 %: inside the 95 % CI." in found.text and found.ci_covers_truth is True
     mg = c[(c.group == HEAD) & (c.endpoint == "microglia_density")].iloc[0]
-    from analysis.truth import activation
+    from analysis.sim.truth import activation
 
     a = float(activation(model, genotype="WT", compound="diazepam", dose_mg_kg=5.0, treatment_days=7.0, day=7.0))
     assert mg.truth_pct == pytest.approx(100 * model.microglia_density_gain * a)
@@ -193,7 +197,7 @@ def test_truth_and_coverage_from_the_truth_model() -> None:
     # a CI that misses the truth says so
     t = synapse_table()
     t.loc[t.group == HEAD, ["pct_vs_vehicle_ci_low", "pct_vs_vehicle_ci_high"]] = [-30.0, -20.0]
-    miss = F.abstract(F.add_truth(F.endpoint_contrasts({"synapse_contrasts": t}), model))[0]
+    miss = F.abstract(add_truth(F.endpoint_contrasts({"synapse_contrasts": t}), model))[0]
     assert miss.ci_covers_truth is False and "outside the 95 % CI" in miss.text
 
 
@@ -255,9 +259,9 @@ def test_no_tables_no_findings() -> None:
 
 
 def test_an_undetected_true_change_is_said() -> None:
-    from analysis.truth import calibrated_model
+    from analysis.sim.truth import calibrated_model
 
-    c = F.add_truth(F.endpoint_contrasts({"microglia_contrasts": microglia_table()}), calibrated_model())
+    c = add_truth(F.endpoint_contrasts({"microglia_contrasts": microglia_table()}), calibrated_model())
     dens = next(f for f in F.abstract(c) if f.endpoint == "microglia_density" and f.kind == "headline")
     assert dens.direction == "no detectable change" and dens.ci_covers_truth
     assert f"The simulated change of {dens.truth_pct:+.1f} % went undetected in this study." in dens.text
@@ -267,7 +271,7 @@ def test_an_undetected_true_change_is_said() -> None:
 
 def test_no_detectable_change_says_what_the_design_could_detect() -> None:
     """A CI spanning 0 comes with the change this design would have detected (80 % power)."""
-    from analysis.findings import detectable_change
+    from analysis.report.findings import detectable_change
 
     # SE on the log scale from a 95 % CI of -10 % to +11.1 %: (log 1.111 - log 0.9) / 3.92 = 0.0537;
     # 80 % power at the 5 % level: (1.96 + 0.84) x SE = 0.1505 -> -14.0 % / +16.2 %

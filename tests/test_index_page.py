@@ -14,7 +14,7 @@ import pytest
 
 from test_findings import HEAD, _dose_response, microglia_table, synapse_table
 
-from analysis.index_page import KEY_FIGURE, TABLES_DIR, dependency_versions, redact_paths, write_index
+from analysis.report.index import KEY_FIGURE, TABLES_DIR, dependency_versions, redact_paths, write_index
 
 #: Absolute paths of the kinds a machine would leak (POSIX roots, Windows drives, file URLs).
 _ABSOLUTE = re.compile(r"(?<![\w.])(?:/(?:tmp|home|work|Users|usr|var|root|mnt|opt|private)/|[A-Za-z]:\\|file://)")
@@ -196,7 +196,7 @@ def test_index_of_the_small_study_matches_its_tables(small_report: Path, small_s
         checked += 1
     assert checked >= 5
     # the simulated truth of the headline, from the study's own truth model
-    from analysis.validation import true_pct_vs_vehicle
+    from analysis.validation.groundtruth import true_pct_vs_vehicle
 
     truth = float(true_pct_vs_vehicle(syn[syn.group == HEAD])[0])
     assert f"Simulated truth {truth:+.1f} %" in text

@@ -6,8 +6,8 @@ original frame).  Where a detector is not exactly invariant by its design, the t
 stated and justified next to the assertion; where it fails by more than a justified
 tolerance, the test is a strict xfail with the measured figure in its reason.
 
-Phantoms: :func:`analysis.phantoms.render_synapse_field` (256 x 256 PSD95 planes at 0.1 um,
-default SNR, ~220-280 puncta each) and :func:`analysis.phantoms.render_terminal_field`
+Phantoms: :func:`analysis.sim.phantoms.render_synapse_field` (256 x 256 PSD95 planes at 0.1 um,
+default SNR, ~220-280 puncta each) and :func:`analysis.sim.phantoms.render_terminal_field`
 (256 x 256 Iba1 planes at 0.2 um, ~5-7 microglia each).
 """
 
@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 from scipy.spatial import cKDTree
 
-from analysis.microglia import measure_microglia, segment_microglia
-from analysis.phantoms import render_synapse_field, render_terminal_field
-from analysis.synapses import detect_puncta, noise_sd_map
+from analysis.measure.microglia import measure_microglia, segment_microglia
+from analysis.sim.phantoms import render_synapse_field, render_terminal_field
+from analysis.measure.puncta import detect_puncta, noise_sd_map
 
 PX_SYN, PX_MG = 0.1, 0.2
 SYN_SEEDS = (0, 1)

@@ -1,4 +1,4 @@
-"""Label-free puncta checks (analysis.labelfree) on hand-built masks and points.
+"""Label-free puncta checks (analysis.validation.labelfree) on hand-built masks and points.
 
 Expected numbers are computed by hand in each test.  The last test runs the checks on a real
 culture field from ``../shared/realdata`` (skipped when that folder is absent).
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.labelfree import (
+from analysis.validation.labelfree import (
     dendrite_length_um,
     dendrite_mask,
     density_per_10um,
@@ -152,7 +152,7 @@ def test_culture_field11_with_our_detector() -> None:
         pytest.skip(f"real culture images not found at {CULTURE} (the shared/realdata folder beside the repo)")
     import tifffile
 
-    from analysis.synapses import detect_puncta
+    from analysis.measure.puncta import detect_puncta
 
     px = 0.325
     # a 512 x 512 crop (166 um) with dendrites, somata and a nucleus keeps the test fast

@@ -21,10 +21,10 @@ import pandas as pd
 import pytest
 import tifffile
 
-from analysis import quantify
+from analysis.pipeline import quantify
 from analysis.errors import InputError
-from analysis.files import sha256_file
-from analysis.quantify import QuantifyParams, quantify_study
+from analysis.io.files import sha256_file
+from analysis.pipeline.quantify import QuantifyParams, quantify_study
 
 PX = 0.1
 PARAMS = QuantifyParams(quality={"spike_in": False})
@@ -259,7 +259,7 @@ def test_manifest_of_an_earlier_version_is_read(study: Path, tmp_path: Path, sha
 
 
 def test_index_page_reads_the_manifest(study: Path, tmp_path: Path, shared_cache: Path) -> None:
-    from analysis.index_page import write_index
+    from analysis.report.index import write_index
 
     processed = tmp_path / "processed"
     run(study, processed, shared_cache)

@@ -11,13 +11,13 @@ import pytest
 
 from analysis.errors import InputError
 from analysis.io import load_analysis_plan
-from analysis.stats import (
+from analysis.stats.models import (
     fit_synapse_lmm,
     gatekeeping,
     quality_covariates,
     session_contrasts,
-    simulate_measurements,
 )
+from analysis.sim.measurements import simulate_measurements
 
 HEAD = "WT diazepam 5 mg/kg x 7 d"
 
@@ -118,7 +118,7 @@ def test_analysis_plan(tmp_path: Path) -> None:
 
 def test_sex_differences_find_an_injected_interaction() -> None:
     """A 15 % extra loss in treated females at the end of dosing is found; other contrasts are not touched."""
-    from analysis.stats import sex_differences
+    from analysis.stats.models import sex_differences
 
     m = simulate_measurements("default", 4)
     hit = (m["sex"] == "F") & (m["dose_mg_kg"] == 5.0) & (m["compound"] == "diazepam") & (m["genotype"] == "WT") \
@@ -137,7 +137,7 @@ def test_sex_differences_find_an_injected_interaction() -> None:
 
 def test_fit_study_called_directly_normalises_group_names(tmp_path: Path) -> None:
     """`fit_study` from Python takes ``Vehicle`` like the command line does (was a KeyError)."""
-    from analysis.stats import fit_study
+    from analysis.stats.models import fit_study
 
     m = simulate_measurements("small", 2)
     m["microglia_channel"] = pd.NA

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from analysis import phantoms, quality, synapses
-from analysis.synapses import detect_puncta, estimate_punctum_radius, match_points, noise_sd_map
+from analysis.sim import phantoms
+from analysis.measure import quality
+from analysis.measure import puncta as synapses
+from analysis.measure.puncta import detect_puncta, estimate_punctum_radius, match_points, noise_sd_map
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import spearmanr
 from skimage.draw import disk, line
 
-from analysis.microglia import (
+from analysis.measure.microglia import (
     _length_px,
     border_cells,
     measure_microglia,
@@ -369,7 +369,7 @@ PHANTOM_FIELDS = [("default", s) for s in range(3)] + [("hard", s) for s in rang
 
 @pytest.fixture(scope="module")
 def phantom_pairs():
-    phantoms = pytest.importorskip("analysis.phantoms")
+    phantoms = pytest.importorskip("analysis.sim.phantoms")
     tp = n_pred = n_true = 0
     pairs = []
     for level, seed in PHANTOM_FIELDS:
@@ -415,7 +415,7 @@ def test_morphology_on_phantoms(phantom_pairs) -> None:
 def test_row_decomposed_disk_morphology_equals_scipy(shape: tuple[int, int], radius: int) -> None:
     from skimage.morphology import disk as disk_footprint
 
-    from analysis.microglia import _disk_grey_opening, _disk_rank
+    from analysis.measure.microglia import _disk_grey_opening, _disk_rank
 
     img = np.random.default_rng(radius).normal(size=shape).astype(np.float32)
     fp = disk_footprint(radius)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from analysis.cli import build_parser
-from analysis.quantify import _local_cluster, quantify_study
+from analysis.pipeline.quantify import _local_cluster, quantify_study
 from test_cache import subset_study, tables
 
 
@@ -57,7 +57,7 @@ def test_cli_options() -> None:
 
 def test_unreachable_scheduler_is_a_clear_error() -> None:
     from analysis.errors import InputError
-    from analysis.quantify import _connect
+    from analysis.pipeline.quantify import _connect
 
     address = "tcp://127.0.0.1:1"  # nothing listens on port 1
     with pytest.raises(InputError) as exc:

@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from skimage.morphology import skeletonize
 
-from analysis import phantoms as P
+from analysis.sim import phantoms as P
 
 SYN_PX = 0.1
 TERM_PX = 0.2

@@ -1,4 +1,4 @@
-"""Power analysis with the detector's error model (analysis.power, `analysis power`)."""
+"""Power analysis with the detector's error model (analysis.sim.power, `analysis power`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.design import PRESETS
-from analysis.power import design_preset, error_model, measured_table, power_table, simulate_power
+from analysis.sim.design import PRESETS
+from analysis.sim.power import design_preset, error_model, measured_table, power_table, simulate_power
 
 
 def test_error_model_is_physical() -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import quality
-from analysis.phantoms import SNR_LEVELS, render_synapse_field
-from analysis.quality import (
+from analysis.measure import quality
+from analysis.sim.phantoms import SNR_LEVELS, render_synapse_field
+from analysis.measure.quality import (
     VALIDATED_RANGE,
     background_noise_sd,
     bit_depth,
@@ -20,7 +20,7 @@ from analysis.quality import (
     saturated_fraction,
     spike_in_recall,
 )
-from analysis.synapses import analysed_area_mask, detect_puncta, match_points
+from analysis.measure.puncta import analysed_area_mask, detect_puncta, match_points
 
 PX = 0.1
 MATCH_PX = 2.5  # 0.25 um, as in analysis.validation.puncta_accuracy
@@ -182,9 +182,9 @@ def test_wilson_interval() -> None:
 
 
 def test_quantify_image_rows_carry_quality() -> None:
-    from analysis import cache
-    from analysis.phantoms import render_terminal_field
-    from analysis.quantify import QuantifyParams, quantify_image
+    from analysis.pipeline import registry
+    from analysis.sim.phantoms import render_terminal_field
+    from analysis.pipeline.quantify import QuantifyParams, quantify_image
 
     f = render_terminal_field(np.random.default_rng(0), shape=(256, 256), pixel_size_um=0.2)
     data = f.image[:, None]  # CZYX
@@ -200,4 +200,4 @@ def test_quantify_image_rows_carry_quality() -> None:
     assert np.isnan(off["spike_in_recall"]) and np.isfinite(off["measured_snr"])
     again, _ = quantify_image(clipped, 0.2, synapse_channel=0, microglia_channel=1, lysosome_channel=2)
     assert again["spike_in_recall"] == row["spike_in_recall"]  # seeded: the same row every run
-    assert "analysis.quality" in cache._CODE_MODULES  # an edit here invalidates cached rows
+    assert "analysis.measure.quality" in registry.code_modules()  # an edit here invalidates cached rows

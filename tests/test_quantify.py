@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import quantify, synapses
-from analysis.figures import qc_overlay
+from analysis.pipeline import quantify
+from analysis.measure import puncta as synapses
+from analysis.report.figures import qc_overlay
 from analysis.io import read_image
-from analysis.quality import VALIDATED_RANGE
-from analysis.quantify import quantify_study, read_puncta
+from analysis.measure.quality import VALIDATED_RANGE
+from analysis.pipeline.quantify import quantify_study, read_puncta
 from test_cache import subset_study
 
 
@@ -33,7 +34,7 @@ def test_tables_one_row_per_image_with_sheet_columns(quantified: Path, small_stu
     assert set(sheet.columns) <= set(m.columns)  # every sheet column carried through
     assert {"n_puncta", "puncta_density_per_100um2", "microglia_count", "microglia_density_per_mm2",
             "mean_skeleton_length_um", "engulfed_puncta_total"} <= set(m.columns)
-    # every image row carries its quality (DESIGN.md, analysis.quality)
+    # every image row carries its quality (DESIGN.md, analysis.measure.quality)
     quality = ["measured_snr", "spike_in_recall", "spike_in_recall_ci_low", "spike_in_recall_ci_high",
                "est_precision", "saturated_fraction", "in_validated_range"]
     assert set(quality) <= set(m.columns)

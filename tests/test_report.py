@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from analysis.report import NOTEBOOKS, ReportError, recorded, run_notebook, run_report
+from analysis.report.run import NOTEBOOKS, ReportError, recorded, run_notebook, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from analysis.io import image_info, load_samples, read_image
-from analysis.simulate import SAMPLE_COLUMNS, simulate_study
+from analysis.sim.simulate import SAMPLE_COLUMNS, simulate_study
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from analysis.stats import (
+from analysis.stats.models import (
     _holm,
     fit_morphology_endpoint,
     fit_synapse_lmm,
     recovery,
     session_contrasts,
     session_means,
-    simulate_measurements,
 )
+from analysis.sim.measurements import simulate_measurements
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_session_means_count_fields() -> None:
     assert (s.n_fields == 1).all() and len(s) == len(m)
     m2 = simulate_measurements("default", 0)
     s2 = session_means(m2)
-    from analysis.design import PRESETS
+    from analysis.sim.design import PRESETS
 
     assert (s2.n_fields == PRESETS["default"].synapse_fields).all() and s2.animal_id.nunique() == 112
 
@@ -76,7 +76,7 @@ def test_standard_errors_match_the_spread_of_estimates_smoke() -> None:
     mean square ~1.5) passes; it has no power against a type I error of 0.08 (SE 12 % too
     small, mean square x 1.28): that is what ``make calibrate`` is for.
     """
-    from analysis.validation import calibration_study
+    from analysis.validation.groundtruth import calibration_study
 
     rows = pd.concat([calibration_study("null", 300 + s) for s in range(2)]
                      + [calibration_study("default", 400 + s) for s in range(2)])
@@ -86,7 +86,7 @@ def test_standard_errors_match_the_spread_of_estimates_smoke() -> None:
 
 
 def test_dose_response_trend_and_vehicle() -> None:
-    from analysis.stats import animal_changes, dose_responses, fit_dose_response
+    from analysis.stats.models import animal_changes, dose_responses, fit_dose_response
 
     m = simulate_measurements("default", 0)
     ch = animal_changes(m)
@@ -102,7 +102,7 @@ def test_dose_response_trend_and_vehicle() -> None:
 
 
 def test_mechanism_and_recovery_tables() -> None:
-    from analysis.stats import mechanism_contrasts, recovery
+    from analysis.stats.models import mechanism_contrasts, recovery
 
     fit = fit_synapse_lmm(simulate_measurements("default", 0))
     mech = mechanism_contrasts(fit).set_index("contrast")
@@ -148,7 +148,8 @@ def test_recovery_by_hand() -> None:
 
 
 def test_microglia_endpoints_against_truth() -> None:
-    from analysis.stats import fit_count_endpoint, fit_morphology_endpoint, simulate_terminal_measurements
+    from analysis.stats.models import fit_count_endpoint, fit_morphology_endpoint
+    from analysis.sim.measurements import simulate_terminal_measurements
 
     img, cells = simulate_terminal_measurements("default", 0)
     cc = cells.merge(img, on="image_id")
@@ -163,7 +164,7 @@ def test_microglia_endpoints_against_truth() -> None:
     dens, _ = fit_count_endpoint(img, "microglia_count", exposure="field_area_mm2")
     d = dens[dens.planned].set_index("group")
     # truth: microglia density x (1 + 0.35 x 0.8125) = 1.284 (readout_multipliers)
-    from analysis.truth import activation, calibrated_model, readout_multipliers
+    from analysis.sim.truth import activation, calibrated_model, readout_multipliers
 
     model = calibrated_model()
     a = float(activation(model, genotype="WT", compound="diazepam", dose_mg_kg=5.0, treatment_days=7, day=7))
@@ -197,7 +198,7 @@ def test_count_endpoint_checks_overdispersion_and_its_se_smoke() -> None:
     check: over 40 null data sets of 16 animals (over-dispersed, SD 0.3 between animals) the
     mean of t^2 is ~1.17 (t on 14 df); an SE off by 2x gives ~4.7 or ~0.3.
     """
-    from analysis.stats import fit_count_endpoint
+    from analysis.stats.models import fit_count_endpoint
 
     rng = np.random.default_rng(11)
     disp = []
@@ -259,7 +260,7 @@ def test_zero_density_offset_policy_keeps_every_field() -> None:
 
 
 def test_animal_changes_leave_zero_fields_out(caplog: pytest.LogCaptureFixture) -> None:
-    from analysis.stats import animal_changes
+    from analysis.stats.models import animal_changes
 
     m = simulate_measurements("default", 0)
     a1, a2 = m.animal_id.unique()[:2]
@@ -280,7 +281,7 @@ def test_animal_changes_leave_zero_fields_out(caplog: pytest.LogCaptureFixture) 
 
 
 def test_morphology_zeros_stay_in_with_an_offset(caplog: pytest.LogCaptureFixture) -> None:
-    from analysis.stats import simulate_terminal_measurements
+    from analysis.sim.measurements import simulate_terminal_measurements
 
     img, cells = simulate_terminal_measurements("default", 0)
     cc = cells.merge(img, on="image_id")

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.stats import fit_synapse_lmm, simulate_measurements
+from analysis.stats.models import fit_synapse_lmm
+from analysis.sim.measurements import simulate_measurements
 
 RSCRIPT = shutil.which("Rscript")
 

@@ -27,8 +27,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from analysis.design import group_label
-from analysis.stats import (
+from analysis.sim.design import group_label
+from analysis.stats.models import (
     animal_changes,
     fit_count_endpoint,
     fit_dose_response,
@@ -37,7 +37,7 @@ from analysis.stats import (
     mechanism_contrasts,
     session_contrasts,
 )
-from analysis.trend import fit_synapse_trend
+from analysis.stats.trend import fit_synapse_trend
 
 REF = Path(__file__).parent / "reference"
 TOL = 1e-4

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from analysis.synapses import (
+from analysis.measure.puncta import (
     estimate_punctum_radius,
     analysed_area_mask,
     detect_puncta,
@@ -252,7 +252,7 @@ def test_match_points_is_one_to_one() -> None:
 @pytest.fixture(scope="module")
 def simulated() -> dict[str, np.ndarray]:
     """Pooled F1, mean density bias and mean analysed-area bias over 8 fields per level."""
-    from analysis.phantoms import SNR_LEVELS, render_synapse_field
+    from analysis.sim.phantoms import SNR_LEVELS, render_synapse_field
 
     out = {}
     for level in ("default", "hard"):
@@ -290,7 +290,7 @@ def test_noise_model_holds_in_dark_regions_of_undersampled_fields() -> None:
     # residual of bright boxes; the fit must still give the right noise in dark somata/voids,
     # where an underestimate produces false puncta (found: 3.7 instead of 6.1 ADU before the
     # variance classes were weighted by 1 / variance)
-    from analysis.phantoms import CAMERA_GAIN, CAMERA_OFFSET_ADU, READ_NOISE_ADU, SNR_LEVELS, render_terminal_field
+    from analysis.sim.phantoms import CAMERA_GAIN, CAMERA_OFFSET_ADU, READ_NOISE_ADU, SNR_LEVELS, render_terminal_field
 
     f = render_terminal_field(np.random.default_rng([1, 3, 2, 150]), snr=SNR_LEVELS["high"])
     img = f.image[0].astype(float)
@@ -306,7 +306,7 @@ def test_noise_model_holds_in_dark_regions_of_undersampled_fields() -> None:
 
 
 def test_spot_rendering_matches_a_direct_sum_including_spots_beyond_the_edge() -> None:
-    from analysis.synapses import _render
+    from analysis.measure.puncta import _render
 
     rng = np.random.default_rng(3)
     shape = (40, 57)
@@ -323,7 +323,7 @@ def test_spot_rendering_matches_a_direct_sum_including_spots_beyond_the_edge() -
 
 
 def test_block_resolution_normalised_blur_matches_the_full_resolution_one() -> None:
-    from analysis.synapses import _normalized_blur
+    from analysis.measure.puncta import _normalized_blur
 
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:301, :263]
@@ -342,7 +342,7 @@ def test_block_resolution_normalised_blur_matches_the_full_resolution_one() -> N
 
 # --------------------------------------------------------------------------- failure modes on data not made by us
 # (issue 12: each guards a failure found on an independent simulator or real images; the scenes
-# are built here with plain numpy, not with analysis.phantoms)
+# are built here with plain numpy, not with analysis.sim.phantoms)
 
 
 def _spots(shape, centres, sigma_px, amp, background, seed):

@@ -8,15 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.diagnostics import diagnostics_figure, diagnostics_summary, lmm_residuals
-from analysis.stats import fit_synapse_lmm, simulate_measurements
-from analysis.trend import fit_synapse_trend, trend_table
+from analysis.stats.diagnostics import diagnostics_figure, diagnostics_summary, lmm_residuals
+from analysis.stats.models import fit_synapse_lmm
+from analysis.sim.measurements import simulate_measurements
+from analysis.stats.trend import fit_synapse_trend, trend_table
 
 
 def test_covariates_by_hand(caplog: pytest.LogCaptureFixture) -> None:
     m = pd.DataFrame({"animal_id": ["a"] * 4, "dose_mg_kg": [3.0] * 4, "treatment_days": [7] * 4,
                       "day": [-7, 0, 7, 21], "puncta_density_per_100um2": [40.0, 41, 36, 0]})
-    with caplog.at_level(logging.WARNING, logger="analysis.trend"):
+    with caplog.at_level(logging.WARNING, logger="analysis.stats.trend"):
         t = trend_table(m)
     # a zero density cannot be logged: excluded, counted and warned about, never silently
     assert len(t) == 3 and t.attrs["n_zero_excluded"] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.truth import TSPO_KO, calibrated_model, occupancy, synapse_loss
+from analysis.sim.truth import TSPO_KO, calibrated_model, occupancy, synapse_loss
 
 
 @pytest.fixture(scope="module")

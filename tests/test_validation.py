@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.validation import (
+from analysis.validation.groundtruth import (
     match_cells,
     agreement,
     calibrate,
@@ -129,7 +129,7 @@ def test_true_effect_follows_the_calibrated_model() -> None:
 
 
 def test_without_drug_effect_removes_only_the_drug() -> None:
-    from analysis.stats import simulate_measurements
+    from analysis.sim.measurements import simulate_measurements
 
     m = simulate_measurements("small", 3)
     assert m["true_synapse_loss"].max() > 0.1

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 import analysis
-from analysis.index_page import REAL_VALIDATION_ANCHOR, _validation_html, real_validation_line
-from analysis.validation import (load_real_validation, parse_validation_markdown, real_validation_path,
+from analysis.report.index import REAL_VALIDATION_ANCHOR, _validation_html, real_validation_line
+from analysis.validation.groundtruth import (load_real_validation, parse_validation_markdown, real_validation_path,
                                  section_purpose)
 
 MARKDOWN = """# Spots on data we did not make (generated)

@@ -1,7 +1,7 @@
 """A study of z-stacks end to end: OME-TIFF stacks with a known puncta density, quantified by
-:func:`analysis.quantify.quantify_study` with the z step from the files' OME metadata.
+:func:`analysis.pipeline.quantify.quantify_study` with the z step from the files' OME metadata.
 
-``analysis.simulate`` and ``analysis.phantoms`` write single planes only, so the stacks are
+``analysis.sim.simulate`` and ``analysis.sim.phantoms`` write single planes only, so the stacks are
 rendered here: PSD95-like puncta (Gaussian, lateral sigma 0.13 um, axial sigma 0.3 um: a
 confocal PSF) placed uniformly at random in tissue that extends 1 um beyond the imaged
 volume on every side (puncta just outside the stack shine into it, as in a real sample),
@@ -10,7 +10,7 @@ and read noise.  128 x 128 px of 0.1 um, 10 planes 0.3 um apart (a 12.8 x 12.8 x
 volume), ~0.25 puncta per um^3: ~110 puncta in the imaged volume.
 
 The pipeline reports a stack's density per um^3 over ``n_z * z_step`` (each plane stands for
-a slab one z step thick, :func:`analysis.synapses.synapse_density`).  The truth compared with
+a slab one z step thick, :func:`analysis.measure.puncta.synapse_density`).  The truth compared with
 it is the realised density of the same volume: the true centres inside
 [-dz/2, (n_z - 1/2) dz] x the field, divided by that volume (no Poisson sampling noise in the
 comparison).
@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from analysis.quantify import quantify_study
+from analysis.pipeline.quantify import quantify_study
 
 PX, DZ, NZ, NPX = 0.1, 0.3, 10, 128
 GAIN, OFFSET, READ = 2.0, 100.0, 3.0

@@ -23,7 +23,7 @@ log = logging.getLogger("analysis")
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from analysis.simulate import simulate_study
+    from analysis.sim.simulate import simulate_study
 
     out = Path(args.out)
     if args.if_empty and (out / "samples.csv").exists():
@@ -44,7 +44,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantify(args: argparse.Namespace) -> int:
-    from analysis.quantify import quantify_study
+    from analysis.pipeline.quantify import quantify_study
 
     m = quantify_study(args.samples, args.out, workers=args.workers, scheduler=args.scheduler, strict=args.strict,
                        use_cache=not args.no_cache)
@@ -156,7 +156,7 @@ def _snr_mix(text: str) -> dict[str, float]:
 
 
 def _cmd_power(args: argparse.Namespace) -> int:
-    from analysis.power import design_preset, power_table, simulate_power
+    from analysis.sim.power import design_preset, power_table, simulate_power
 
     try:
         preset = design_preset("default", animals_per_group=args.animals, synapse_fields=args.fields,
@@ -167,7 +167,7 @@ def _cmd_power(args: argparse.Namespace) -> int:
                                        workers=args.workers or 1))
     table.insert(0, "design", preset)
     if args.out:
-        from analysis.files import write_csv
+        from analysis.io.files import write_csv
 
         write_csv(table, args.out)
     import pandas as pd
@@ -183,7 +183,7 @@ def _cmd_power(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import run_report
+    from analysis.report.run import run_report
 
     written = run_report(
         data_dir=args.data,
@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_os_message(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from analysis.report import ReportError
+        from analysis.report.run import ReportError
 
         if isinstance(exc, ReportError):
             print(f"error: {exc}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Write the fixed input tables of the R reference (tests/reference/*_input.csv).
 
-Deterministic: the ``default`` preset with seed 5 of :func:`analysis.stats.simulate_measurements`
-and :func:`analysis.stats.simulate_terminal_measurements` (8 animals per group, 14 groups,
+Deterministic: the ``default`` preset with seed 5 of :func:`analysis.sim.measurements.simulate_measurements`
+and :func:`analysis.sim.measurements.simulate_terminal_measurements` (8 animals per group, 14 groups,
 2 fields per session).  The simulator draws no animal x session variation, so every fit of its
 tables puts that variance on its boundary (0); to make the reference exercise the usual interior
 case, each animal x session gets a log-normal factor (SD 0.05 on the log scale, seeded) on top.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.stats import simulate_measurements, simulate_terminal_measurements
+from analysis.sim.measurements import simulate_measurements, simulate_terminal_measurements
 
 HERE = Path(__file__).resolve().parent
 SHEET = ["animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "day"]

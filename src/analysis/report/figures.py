@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.design import GROUP_COLUMNS, group_label
+from analysis.io.vocabulary import GROUP_COLUMNS, group_label
 from analysis.io import read_image
 
 __all__ = ["add_scale_bar", "display_range", "example_fields", "qc_overlay", "qc_crops", "crop_windows", "qc_images",
@@ -110,7 +110,7 @@ def _counted_puncta(stack: np.ndarray, pixel_size_um: float, puncta: pd.DataFram
                     params: Any) -> tuple[np.ndarray, pd.DataFrame]:
     """(image the mask is computed on, puncta): the given puncta with the channel as quantified,
     or (with a warning) a new detection on its max projection when none are given."""
-    from analysis import synapses
+    from analysis.measure import puncta as synapses
 
     if puncta is not None:
         return stack, puncta
@@ -122,7 +122,7 @@ def _counted_puncta(stack: np.ndarray, pixel_size_um: float, puncta: pd.DataFram
 
 def _analysed_area(stack: np.ndarray, pixel_size_um: float, puncta: pd.DataFrame) -> np.ndarray:
     """The analysed-area mask as the quantification computes it (with the counted puncta), as YX."""
-    from analysis import synapses
+    from analysis.measure import puncta as synapses
 
     mask = synapses.analysed_area_mask(stack, pixel_size_um, puncta=puncta)
     return mask if mask.ndim == 2 else mask.any(axis=0)
@@ -166,7 +166,7 @@ def qc_overlay(
         Channel roles.
     puncta : DataFrame, optional
         The image's rows of ``puncta.parquet`` (written by
-        :func:`analysis.quantify.quantify_study`): exactly these points are drawn, so the
+        :func:`analysis.pipeline.quantify.quantify_study`): exactly these points are drawn, so the
         picture shows what was counted.  Without it the puncta are detected again (with
         ``params.puncta``, default parameters otherwise) and a warning is logged.
     params : QuantifyParams, optional
@@ -181,7 +181,8 @@ def qc_overlay(
     """
     from skimage.segmentation import find_boundaries
 
-    from analysis import engulfment, microglia
+    from analysis.measure import engulfment
+    from analysis.measure import microglia
 
     panels = [c for c in (synapse_channel, microglia_channel) if c is not None and not pd.isna(c)]
     fig, axes = plt.subplots(1, len(panels), figsize=(panel_inches * len(panels), panel_inches),
@@ -739,10 +740,10 @@ def key_findings_figure(animals: pd.DataFrame, estimates: pd.DataFrame, panels: 
     ----------
     animals : DataFrame
         ``endpoint``, ``group``, ``animal_id``, ``pct_vs_vehicle`` (one row per animal,
-        :func:`analysis.findings.animal_values`).
+        :func:`analysis.report.findings.animal_values`).
     estimates : DataFrame
         ``endpoint``, ``group``, ``role`` ("reference" / "treated"), ``pct``, ``pct_ci_low``,
-        ``pct_ci_high`` and optionally ``truth_pct`` (:func:`analysis.findings.endpoint_contrasts`),
+        ``pct_ci_high`` and optionally ``truth_pct`` (:func:`analysis.report.findings.endpoint_contrasts`),
         rows in design order.
     panels : list of (endpoint, title)
         The panels, in order.

@@ -21,14 +21,13 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.filters import apply_hysteresis_threshold
 
-from analysis.microglia import noise_sd
-from analysis.synapses import _label_sizes
+from analysis.measure.noise import MAD_TO_SD, noise_sd
+from analysis.measure.puncta import _label_sizes
 
 __all__ = ["segment_lysosomes", "measure_engulfment", "engulfment_totals"]
 
 log = logging.getLogger(__name__)
 
-_MAD_TO_SD = 1.4826
 
 
 def _scales(pixel_size_um: float, z_step_um: float | None, ndim: int) -> np.ndarray:
@@ -157,7 +156,7 @@ def segment_lysosomes(
         signal -= np.median(sub)
         # noise: white pixel noise through the Gaussian, or the robust SD of the corrected
         # image when that is larger (texture)
-        sd_signal = float(_MAD_TO_SD * np.median(np.abs(sub - np.median(sub))))
+        sd_signal = float(MAD_TO_SD * np.median(np.abs(sub - np.median(sub))))
         return signal, max(noise_sd(img) * _smoothing_gain(sigma), sd_signal) or 1.0
 
     low, high = threshold_sd

@@ -3,15 +3,15 @@
 Three checks, each usable on its own:
 
 * **measured versus true per image** (:func:`measured_vs_true`, :func:`agreement`): the
-  quantification table joined to ``ground_truth.csv`` (written by :mod:`analysis.simulate`)
+  quantification table joined to ``ground_truth.csv`` (written by :mod:`analysis.sim.simulate`)
   on ``image_id``;
 * **accuracy per SNR level** (:func:`puncta_accuracy`, :func:`microglia_accuracy`,
   :func:`accuracy_per_snr`): fresh phantom fields rendered at each SNR level of
-  :data:`analysis.phantoms.SNR_LEVELS` and matched to their truth (also used by
+  :data:`analysis.sim.phantoms.SNR_LEVELS` and matched to their truth (also used by
   ``benchmarks/validate_quantification.py``);
 * **calibration of the synapse model** (:func:`calibration_study`, :func:`calibrate`,
   :func:`calibration_summary`): image-level tables drawn from the design
-  (:func:`analysis.stats.simulate_measurements`), fitted like the real data, and the planned
+  (:func:`analysis.sim.measurements.simulate_measurements`), fitted like the real data, and the planned
   contrasts compared with the true effect of the simulation (also used by
   ``benchmarks/calibrate_stats.py``).
 
@@ -61,6 +61,11 @@ __all__ = [
     "parse_validation_markdown",
     "load_real_validation",
     "section_purpose",
+    "load_e2e_calibration",
+    "study_truth_model",
+    "add_truth",
+    "GROUND_TRUTH",
+    "E2E_CALIBRATION_FILE",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,7 +125,7 @@ def load_ground_truth(data_dir: str | os.PathLike[str]) -> pd.DataFrame | None:
     Returns
     -------
     DataFrame or None
-        One row per image (see :mod:`analysis.simulate`).
+        One row per image (see :mod:`analysis.sim.simulate`).
     """
     path = Path(data_dir) / GROUND_TRUTH
     if not path.exists():
@@ -254,8 +259,8 @@ def puncta_accuracy(snr: float, fields: int, seed: int, *, pixel_size_um: float 
         ``puncta_loc_error_um`` (median distance of matches), ``puncta_count_bias``
         (measured / true density - 1) and ``puncta_area_bias`` (analysed area).
     """
-    from analysis.phantoms import render_synapse_field
-    from analysis.synapses import analysed_area_mask, detect_puncta, match_points, synapse_density
+    from analysis.sim.phantoms import render_synapse_field
+    from analysis.measure.puncta import analysed_area_mask, detect_puncta, match_points, synapse_density
 
     rows = []
     for i in range(fields):
@@ -313,10 +318,10 @@ def microglia_accuracy(snr: float, fields: int, seed: int, *, shape: tuple[int, 
         engulfed count per cell) and ``engulfed_pearson_true_puncta`` (true puncta positions,
         isolating the CD68 and cell logic).  Correlations are NaN when undefined.
     """
-    from analysis.engulfment import measure_engulfment, segment_lysosomes
-    from analysis.microglia import measure_microglia, segment_microglia
-    from analysis.phantoms import render_terminal_field
-    from analysis.synapses import detect_puncta
+    from analysis.measure.engulfment import measure_engulfment, segment_lysosomes
+    from analysis.measure.microglia import measure_microglia, segment_microglia
+    from analysis.sim.phantoms import render_terminal_field
+    from analysis.measure.puncta import detect_puncta
 
     tp = fp = fn = 0
     pairs = []
@@ -367,7 +372,7 @@ def accuracy_per_snr(fields: int = 6, seed: int = 0, *, levels: Iterable[str] | 
     seed : int
         Seed of the phantoms (the same fields at every level, only the noise differs).
     levels : iterable of str, optional
-        Keys of :data:`analysis.phantoms.SNR_LEVELS` (all by default).
+        Keys of :data:`analysis.sim.phantoms.SNR_LEVELS` (all by default).
     terminal_shape : tuple of int
         Size of the terminal fields in pixels.
 
@@ -376,7 +381,7 @@ def accuracy_per_snr(fields: int = 6, seed: int = 0, *, levels: Iterable[str] | 
     DataFrame
         One row per level: ``snr_level``, ``snr``, ``fields`` and the metrics.
     """
-    from analysis.phantoms import SNR_LEVELS
+    from analysis.sim.phantoms import SNR_LEVELS
 
     rows = []
     for level in levels or SNR_LEVELS:
@@ -390,7 +395,7 @@ def accuracy_per_snr(fields: int = 6, seed: int = 0, *, levels: Iterable[str] | 
 def true_pct_vs_vehicle(contrasts: pd.DataFrame, *, null: bool = False) -> np.ndarray:
     """True percent change of synapse density versus vehicle for rows of a contrasts table.
 
-    Uses the calibrated truth model (:func:`analysis.truth.calibrated_model`) at each row's
+    Uses the calibrated truth model (:func:`analysis.sim.truth.calibrated_model`) at each row's
     ``day``; vehicle animals lose nothing, so the truth is ``-100 x synapse loss``.
 
     Parameters
@@ -405,7 +410,7 @@ def true_pct_vs_vehicle(contrasts: pd.DataFrame, *, null: bool = False) -> np.nd
     ndarray
         One value per row.
     """
-    from analysis.truth import calibrated_model, synapse_loss
+    from analysis.sim.truth import calibrated_model, synapse_loss
 
     model = calibrated_model()
     if null:
@@ -420,18 +425,18 @@ def true_pct_vs_vehicle(contrasts: pd.DataFrame, *, null: bool = False) -> np.nd
 def without_drug_effect(measurements: pd.DataFrame, seed: int, *, field_area_um2: float = 600.0) -> pd.DataFrame:
     """The same simulated animals and fields with the drug effect removed (a null study).
 
-    The true densities of :func:`analysis.stats.simulate_measurements` are divided by
+    The true densities of :func:`analysis.sim.measurements.simulate_measurements` are divided by
     ``1 - true_synapse_loss`` (keeping every animal and field effect) and the Poisson counts
     are drawn again, so any design preset can be turned into its null version.
 
     Parameters
     ----------
     measurements : DataFrame
-        From :func:`analysis.stats.simulate_measurements`.
+        From :func:`analysis.sim.measurements.simulate_measurements`.
     seed : int
         Seed of the new counts.
     field_area_um2 : float
-        Analysed area per field, as in :func:`analysis.stats.simulate_measurements`.
+        Analysed area per field, as in :func:`analysis.sim.measurements.simulate_measurements`.
 
     Returns
     -------
@@ -454,7 +459,7 @@ def calibration_study(preset: str, seed: int, *, null: bool = False) -> pd.DataF
     Parameters
     ----------
     preset : str
-        Design preset (:data:`analysis.design.PRESETS`); ``null`` has no drug effect.
+        Design preset (:data:`analysis.sim.design.PRESETS`); ``null`` has no drug effect.
     seed : int
         Seed of the simulated study.
     null : bool
@@ -467,8 +472,9 @@ def calibration_study(preset: str, seed: int, *, null: bool = False) -> pd.DataF
         ``pct_vs_vehicle``, ``ci_low``, ``ci_high``, ``p``, ``covered`` (the 95 % CI holds the
         truth), ``log_est``, ``log_se``, ``log_true``, ``converged``.
     """
-    from analysis.design import PRESETS
-    from analysis.stats import fit_synapse_lmm, session_contrasts, simulate_measurements
+    from analysis.sim.design import PRESETS
+    from analysis.stats.models import fit_synapse_lmm, session_contrasts
+    from analysis.sim.measurements import simulate_measurements
 
     null = null or PRESETS[preset].null
     table = simulate_measurements(preset, seed)
@@ -788,3 +794,49 @@ def section_purpose(title: str) -> str:
     """
     low = title.lower()
     return next((sentence for key, sentence in _SECTION_PURPOSES if key in low), "")
+
+
+# --- the true effects of a simulated study, beside the report's estimates -----------------
+
+
+def study_truth_model(data_dir: str | os.PathLike[str]):
+    """The truth model a simulated study was drawn from (``study_truth.json``), or None."""
+    from analysis.sim.truth import TruthModel
+
+    path = Path(data_dir) / "study_truth.json"
+    if not path.exists():
+        return None
+    return TruthModel(**json.loads(path.read_text())["model"])
+
+
+def _true_pct(model, truth_key: str | None, r) -> float:
+    from analysis.sim.truth import activation, readout_multipliers
+
+    if truth_key is None:
+        return float("nan")
+    a = float(activation(model, genotype=r.genotype, compound=r.compound, dose_mg_kg=float(r.dose_mg_kg),
+                         treatment_days=float(r.treatment_days), day=float(r.day)))
+    # vehicle animals have activation 0 (multiplier 1), and so has every animal at baseline
+    return 100.0 * (readout_multipliers(model, a)[truth_key] - 1.0)
+
+
+def add_truth(contrasts: pd.DataFrame, model) -> pd.DataFrame:
+    """``contrasts`` (:func:`analysis.report.findings.endpoint_contrasts`) with ``truth_pct`` and
+    ``ci_covers_truth``.
+
+    The truth of a treated row is the simulation's effect versus vehicle at the row's day
+    (:func:`analysis.sim.truth.readout_multipliers` at the group's activation, the vehicle's being
+    1); NaN for reference rows and endpoints without a simulated truth.  Without a model
+    (real data) the table is returned unchanged.
+    """
+    from analysis.report.findings import ENDPOINTS
+
+    if model is None or contrasts.empty:
+        return contrasts
+    truth_of = {e.key: e.truth for e in ENDPOINTS}
+    truth = [(_true_pct(model, truth_of[r.endpoint], r) if r.role == "treated" else np.nan)
+             for r in contrasts.itertuples()]
+    out = contrasts.assign(truth_pct=truth)
+    covered = (out["pct_ci_low"] <= out["truth_pct"]) & (out["truth_pct"] <= out["pct_ci_high"])
+    out["ci_covers_truth"] = covered.where(out["truth_pct"].notna())
+    return out

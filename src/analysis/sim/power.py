@@ -3,7 +3,7 @@
 A lab planning a study asks: with this many animals per group, fields per session and this
 mix of image quality, how likely is the primary contrast to be detected, and what design
 reaches 80 %?  :func:`simulate_power` answers by simulation: studies of the design are drawn
-from the calibrated truth model (:func:`analysis.stats.simulate_measurements`: animals,
+from the calibrated truth model (:func:`analysis.sim.measurements.simulate_measurements`: animals,
 fields, Poisson counts), each field's measured density and measured SNR are drawn from the
 detector's error model (:func:`error_model`, estimated on thousands of fields rendered and
 quantified by the pipeline, ``benchmarks/calibrate_e2e.py error-model``), and the report's
@@ -28,7 +28,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from analysis.design import PRESETS, Preset
+from analysis.sim.design import PRESETS, Preset
 
 __all__ = ["error_model", "simulate_power", "design_preset", "power_table"]
 
@@ -71,7 +71,7 @@ def design_preset(base: str = "default", *, animals_per_group: int | None = None
 
 def measured_table(preset: str, seed: int, model: pd.DataFrame | None = None) -> pd.DataFrame:
     """One simulated study's synapse table with measured densities and measured SNR."""
-    from analysis.stats import simulate_measurements
+    from analysis.sim.measurements import simulate_measurements
 
     model = error_model() if model is None else model
     m = simulate_measurements(preset, seed)

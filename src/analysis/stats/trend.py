@@ -28,7 +28,7 @@ import statsmodels.formula.api as smf
 from scipy import stats as sps
 
 from analysis.stats import fixed_effects_covariance, log_with_zeros
-from analysis.truth import VEHICLE, WILD_TYPE
+from analysis.io.vocabulary import VEHICLE, WILD_TYPE
 
 __all__ = ["trend_table", "fit_synapse_trend"]
 

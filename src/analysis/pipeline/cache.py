@@ -39,23 +39,21 @@ import pyarrow.parquet as pq
 
 from analysis import __version__
 from analysis.errors import InputError, Problem
-from analysis.files import atomic_path
+from analysis.io.files import atomic_path
 
 __all__ = ["CACHE_FORMAT", "code_digest", "entry_key", "entry_path", "write_entry", "read_row", "read_cells",
-           "read_puncta", "puncta_attrs", "remove_stray_temporaries"]
+           "read_puncta", "read_table", "table_names", "puncta_attrs", "remove_stray_temporaries"]
 
 log = logging.getLogger(__name__)
 
 #: Version of the entry layout; bump it when the layout or its meaning changes.
-CACHE_FORMAT = 2  # 2: the per-punctum detections are stored too
+CACHE_FORMAT = 3  # 2: the per-punctum detections are stored too; 3: other readouts' named tables
 
 _ROW_KEY = b"analysis.row"
 _PUNCTA_KEY = b"analysis.puncta"
 _ATTRS_KEY = b"analysis.attrs"
 
-#: Modules whose source decides a per-image result.
-_CODE_MODULES = ("analysis.quantify", "analysis.synapses", "analysis.microglia", "analysis.engulfment",
-                 "analysis.quality", "analysis.io", "analysis.cache")
+_TABLE_KEY_PREFIX = b"analysis.table:"
 
 
 def _plain(value: Any) -> Any:
@@ -73,15 +71,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@functools.cache
 def code_digest() -> str:
-    """SHA-256 over the source files of the image-analysis modules and the numeric libraries' versions."""
+    """SHA-256 over the source of the modules that decide a per-image result and the numeric
+    libraries' versions.
+
+    The modules are those of the readout registry (:func:`analysis.pipeline.registry.code_modules`:
+    the runner, readers, quality and every registered readout's modules), so a readout added
+    or edited never reuses stale results.
+    """
+    from analysis.pipeline.registry import code_modules
+
+    return _digest(code_modules())
+
+
+@functools.cache
+def _digest(modules: tuple[str, ...]) -> str:
     import numpy
     import scipy
     import skimage
 
     h = hashlib.sha256()
-    for name in _CODE_MODULES:
+    for name in modules:
         spec = importlib.util.find_spec(name)
         origin = spec.origin if spec is not None else None
         h.update(name.encode())
@@ -98,7 +108,7 @@ def entry_key(image_sha256: str, params: dict[str, Any], fields: dict[str, Any])
     image_sha256 : str
         SHA-256 of the image file's bytes.
     params : dict
-        The quantification parameters (:meth:`analysis.quantify.QuantifyParams.to_dict`).
+        The quantification parameters (:meth:`analysis.pipeline.quantify.QuantifyParams.to_dict`).
     fields : dict
         Sample-sheet fields that enter the quantification (pixel size, channel roles, z step).
 
@@ -126,7 +136,7 @@ def entry_path(cache_dir: str | os.PathLike[str], key: str) -> Path:
 
 
 def write_entry(path: str | os.PathLike[str], row: dict[str, Any], cells: pd.DataFrame,
-                puncta: pd.DataFrame | None = None) -> None:
+                puncta: pd.DataFrame | None = None, extra: dict[str, pd.DataFrame] | None = None) -> None:
     """Write one entry atomically (temporary file, then rename).
 
     Parameters
@@ -139,6 +149,8 @@ def write_entry(path: str | os.PathLike[str], row: dict[str, Any], cells: pd.Dat
         Per-cell table (may be empty).
     puncta : DataFrame, optional
         Per-punctum table of the synapse channel (None or empty: no puncta).
+    extra : dict of str -> DataFrame, optional
+        Other readouts' named per-object tables (:func:`read_table`).
     """
     table = pa.Table.from_pandas(cells.reset_index(drop=True), preserve_index=False)
     row_json = json.dumps({k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()},
@@ -150,6 +162,10 @@ def write_entry(path: str | os.PathLike[str], row: dict[str, Any], cells: pd.Dat
         pq.write_table(pa.Table.from_pandas(puncta.reset_index(drop=True), preserve_index=False)
                        .replace_schema_metadata({_ATTRS_KEY: attrs}), sink)
         meta[_PUNCTA_KEY] = sink.getvalue().to_pybytes()
+    for name, table_ in (extra or {}).items():
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pandas(table_.reset_index(drop=True), preserve_index=False), sink)
+        meta[_TABLE_KEY_PREFIX + name.encode()] = sink.getvalue().to_pybytes()
     table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -188,6 +204,26 @@ def read_puncta(path: str | os.PathLike[str]) -> pa.Table:
     p = Path(path)
     try:
         blob = (pq.read_schema(p).metadata or {}).get(_PUNCTA_KEY)
+        return pa.table({}) if blob is None else pq.read_table(pa.BufferReader(blob))
+    except (OSError, pa.ArrowException) as exc:
+        raise _corrupt(p, exc) from None
+
+
+def table_names(path: str | os.PathLike[str]) -> list[str]:
+    """Names of the other readouts' tables stored in an entry (see :func:`write_entry`)."""
+    p = Path(path)
+    try:
+        meta = pq.read_schema(p).metadata or {}
+    except (OSError, pa.ArrowException) as exc:
+        raise _corrupt(p, exc) from None
+    return sorted(k[len(_TABLE_KEY_PREFIX):].decode() for k in meta if k.startswith(_TABLE_KEY_PREFIX))
+
+
+def read_table(path: str | os.PathLike[str], name: str) -> pa.Table:
+    """One of the other readouts' tables stored in an entry (no columns when absent)."""
+    p = Path(path)
+    try:
+        blob = (pq.read_schema(p).metadata or {}).get(_TABLE_KEY_PREFIX + name.encode())
         return pa.table({}) if blob is None else pq.read_table(pa.BufferReader(blob))
     except (OSError, pa.ArrowException) as exc:
         raise _corrupt(p, exc) from None

@@ -16,7 +16,7 @@ judged on them with what the biology guarantees, given the other channels of the
 
 The masks come from the other channels with physical parameters (:func:`dendrite_mask`,
 :func:`nucleus_mask`, :func:`dendrite_length_um`).  Points are ``(n, 2)`` arrays of ``y, x``
-in pixels (pixel centres at integer coordinates, as :func:`analysis.synapses.detect_puncta`
+in pixels (pixel centres at integer coordinates, as :func:`analysis.measure.puncta.detect_puncta`
 returns them); masks are boolean YX arrays of the image's shape.  A detector that paints the
 whole field scores 1 on the enrichment, near 0 above chance on the pairing and the field's
 fraction of nuclei: these checks catch it whatever it counts.

@@ -8,9 +8,9 @@ against, the same numbers as the tables:
 * :func:`endpoint_contrasts` puts every primary endpoint's planned contrasts into one long table
   (percent change versus vehicle with its 95 % CI, Cohen's d where the model has one, raw and
   Holm-adjusted p, n animals), with the vehicle reference rows, in design order
-  (:func:`design_rank`: vehicle first, then dose, then duration, as :mod:`analysis.design`
+  (:func:`design_rank`: vehicle first, then dose, then duration, as :mod:`analysis.sim.design`
   lists its groups);
-* :func:`add_truth` adds, for a simulated study, the true effect of the simulation's own
+* :func:`analysis.validation.groundtruth.add_truth` adds, for a simulated study, the true effect of the simulation's own
   truth model and whether the CI covers it;
 * :func:`abstract` writes one :class:`Finding` per statement: the direction word follows the CI
   (a CI that includes 0 is "no detectable change", never a decrease), and every number in the
@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.design import PRESETS, group_label
-from analysis.truth import TSPO_KO, VEHICLE, WILD_TYPE
+from analysis.io.vocabulary import GROUP_COLUMNS, TSPO_KO, VEHICLE, WILD_TYPE, group_label
 
 __all__ = [
     "ENDPOINTS",
@@ -41,9 +40,10 @@ __all__ = [
     "HEADLINE_GROUP",
     "MODEL_FORMULAS",
     "abstract",
-    "add_truth",
     "animal_values",
     "design_rank",
+    "group_order",
+    "study_group_order",
     "direction",
     "endpoint_contrasts",
     "estimability",
@@ -52,7 +52,6 @@ __all__ = [
     "load_tables",
     "lower_label",
     "primary_table",
-    "study_truth_model",
     "trend_findings",
 ]
 
@@ -68,7 +67,7 @@ TABLES: tuple[str, ...] = (
     "failures.csv",
 )
 
-#: Model of each kind of endpoint, as fitted by :mod:`analysis.stats` and :mod:`analysis.trend`.
+#: Model of each kind of endpoint, as fitted by :mod:`analysis.stats` and :mod:`analysis.stats.trend`.
 MODEL_FORMULAS: dict[str, str] = {
     "synapse_lmm": ("log(density) ~ 0 + C(group x session), random intercept per animal and per animal x "
                     "session (statsmodels MixedLM, REML; analysis.stats.fit_synapse_lmm); effect versus vehicle = "
@@ -78,7 +77,7 @@ MODEL_FORMULAS: dict[str, str] = {
               "analysis.stats.fit_count_endpoint)"),
     "morphology": ("mean of log(value) over an animal's interior cells ~ 0 + C(group x day), OLS "
                    "(analysis.stats.fit_morphology_endpoint); zeros as log(x + c), c half the smallest positive value"),
-    "trend": "see analysis.trend.FORMULA",
+    "trend": "see analysis.stats.trend.FORMULA",
     "dose_response": ("log ratio to baseline per animal = E0 + Emax d / (d + ED50), least squares, 95 % CI from "
                       "1000 animal-level bootstrap refits (analysis.stats.fit_dose_response)"),
     "recovery": ("log effect versus vehicle after the last dose = a exp(-t / tau), weighted least squares "
@@ -115,7 +114,7 @@ class Endpoint:
     unit: str
     source: str  # "synapse" or "microglia"
     prefix: str | None  # start of the ``endpoint`` column in microglia_contrasts.csv
-    truth: str | None  # key of analysis.truth.readout_multipliers
+    truth: str | None  # key of analysis.sim.truth.readout_multipliers
     model: str  # key of MODEL_FORMULAS
 
 
@@ -140,24 +139,48 @@ _ENDPOINT = {e.key: e for e in ENDPOINTS}
 
 # ---------------------------------------------------------------- design order
 
-def _preset_order() -> dict[str, int]:
+def group_order(table: pd.DataFrame | None) -> dict[str, int]:
+    """Design order of the groups of a study: the order they first appear in ``table``.
+
+    ``table`` is the sample sheet or any table of it with :data:`GROUP_COLUMNS` (the
+    measurements keep the sheet's row order), so a study's tables and figures list groups as
+    its sheet does.
+
+    Examples
+    --------
+    >>> sheet = pd.DataFrame({"genotype": ["WT", "WT", "WT"], "compound": ["vehicle", "diazepam", "vehicle"],
+    ...                       "dose_mg_kg": [0, 5, 0], "treatment_days": [7, 7, 7]})
+    >>> group_order(sheet)
+    {'WT vehicle x 7 d': 0, 'WT diazepam 5 mg/kg x 7 d': 1}
+    """
     order: dict[str, int] = {}
-    for preset in ("default", *PRESETS):
-        for g in PRESETS[preset].groups:
-            order.setdefault(group_label(g.genotype, g.compound, g.dose_mg_kg, g.treatment_days), len(order))
+    if table is None or not len(table) or not set(GROUP_COLUMNS) <= set(table.columns):
+        return order
+    for r in table[GROUP_COLUMNS].drop_duplicates().itertuples(index=False):
+        if pd.isna(r.dose_mg_kg) or pd.isna(r.treatment_days):
+            continue
+        order.setdefault(group_label(r.genotype, r.compound, float(r.dose_mg_kg), int(r.treatment_days)), len(order))
     return order
 
 
-_DESIGN_ORDER = _preset_order()
+def study_group_order(processed: str | Path) -> dict[str, int]:
+    """:func:`group_order` of a study's ``measurements.parquet`` (empty when absent)."""
+    path = Path(processed) / "measurements.parquet"
+    if not path.exists():
+        return {}
+    try:
+        return group_order(pd.read_parquet(path, columns=GROUP_COLUMNS))
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
-def design_rank(genotype: str, compound: str, dose_mg_kg: float, treatment_days: float) -> tuple:
+def design_rank(genotype: str, compound: str, dose_mg_kg: float, treatment_days: float,
+                order: Mapping[str, int] | None = None) -> tuple:
     """Sort key of a group in design order.
 
-    Groups of the simulated designs keep the order :mod:`analysis.design` lists them in (vehicle
-    controls first, the 7-day dose series, the duration arms by dose then duration, the TSPO
-    knockout, XBD173); any other group follows them: wild type before the knockout before other
-    genotypes, vehicle before diazepam before other compounds, then dose, then duration.
+    Groups in ``order`` (:func:`group_order` of the study's sheet) keep that order; any other
+    group follows them: the reference genotype before the knockout before other genotypes,
+    vehicle before diazepam before other compounds, then dose, then duration.
 
     Examples
     --------
@@ -166,17 +189,17 @@ def design_rank(genotype: str, compound: str, dose_mg_kg: float, treatment_days:
     [0.0, 1.0, 5.0]
     """
     label = group_label(genotype, compound, float(dose_mg_kg), int(treatment_days))
-    if label in _DESIGN_ORDER:
-        return (0, _DESIGN_ORDER[label], "", 0, 0.0, 0.0)
+    if order and label in order:
+        return (0, order[label], "", 0, 0.0, 0.0)
     g_rank = {WILD_TYPE: 0, TSPO_KO: 1}.get(genotype, 2)
     c_rank = {VEHICLE: 0, "diazepam": 1}.get(compound, 2)
     return (1, g_rank, f"{c_rank}{genotype}{compound}", 0, float(dose_mg_kg), float(treatment_days))
 
 
-def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+def _sorted(df: pd.DataFrame, order: Mapping[str, int] | None = None) -> pd.DataFrame:
     if df.empty:
         return df
-    key = [design_rank(r.genotype, r.compound, r.dose_mg_kg, r.treatment_days) for r in df.itertuples()]
+    key = [design_rank(r.genotype, r.compound, r.dose_mg_kg, r.treatment_days, order) for r in df.itertuples()]
     return df.assign(_k=key).sort_values("_k", kind="stable").drop(columns="_k").reset_index(drop=True)
 
 
@@ -195,18 +218,6 @@ def load_tables(processed: str | Path) -> dict[str, pd.DataFrame]:
     return out
 
 
-def study_truth_model(data_dir: str | Path):
-    """The truth model a simulated study was drawn from (``study_truth.json``), or None."""
-    import json
-
-    from analysis.truth import TruthModel
-
-    path = Path(data_dir) / "study_truth.json"
-    if not path.exists():
-        return None
-    return TruthModel(**json.loads(path.read_text())["model"])
-
-
 # ---------------------------------------------------------------- the long table
 
 _COLUMNS = ["endpoint", "endpoint_label", "unit", "group", "genotype", "compound", "dose_mg_kg", "treatment_days",
@@ -221,13 +232,15 @@ def _num(v) -> float:
         return float("nan")
 
 
-def endpoint_contrasts(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+def endpoint_contrasts(tables: Mapping[str, pd.DataFrame], order: Mapping[str, int] | None = None) -> pd.DataFrame:
     """Planned contrasts of every primary endpoint, with vehicle reference rows, in design order.
 
     Parameters
     ----------
     tables : mapping
         :func:`load_tables` output (``synapse_contrasts``, ``microglia_contrasts``).
+    order : mapping, optional
+        Design order of the groups (:func:`group_order` of the sheet); see :func:`design_rank`.
 
     Returns
     -------
@@ -300,37 +313,8 @@ def endpoint_contrasts(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=_COLUMNS)
     out = pd.DataFrame(rows).reindex(columns=_COLUMNS)
-    parts = [_sorted(out[out["endpoint"] == e.key]) for e in ENDPOINTS if (out["endpoint"] == e.key).any()]
+    parts = [_sorted(out[out["endpoint"] == e.key], order) for e in ENDPOINTS if (out["endpoint"] == e.key).any()]
     return pd.concat(parts, ignore_index=True)
-
-
-def _true_pct(model, endpoint: Endpoint, r) -> float:
-    from analysis.truth import activation, readout_multipliers
-
-    if endpoint.truth is None:
-        return float("nan")
-    a = float(activation(model, genotype=r.genotype, compound=r.compound, dose_mg_kg=float(r.dose_mg_kg),
-                         treatment_days=float(r.treatment_days), day=float(r.day)))
-    # vehicle animals have activation 0 (multiplier 1), and so has every animal at baseline
-    return 100.0 * (readout_multipliers(model, a)[endpoint.truth] - 1.0)
-
-
-def add_truth(contrasts: pd.DataFrame, model) -> pd.DataFrame:
-    """``contrasts`` (from :func:`endpoint_contrasts`) with ``truth_pct`` and ``ci_covers_truth``.
-
-    The truth of a treated row is the simulation's effect versus vehicle at the row's day
-    (:func:`analysis.truth.readout_multipliers` at the group's activation, the vehicle's being
-    1); NaN for reference rows and endpoints without a simulated truth.  Without a model
-    (real data) the table is returned unchanged.
-    """
-    if model is None or contrasts.empty:
-        return contrasts
-    truth = [(_true_pct(model, _ENDPOINT[r.endpoint], r) if r.role == "treated" else np.nan)
-             for r in contrasts.itertuples()]
-    out = contrasts.assign(truth_pct=truth)
-    covered = (out["pct_ci_low"] <= out["truth_pct"]) & (out["truth_pct"] <= out["pct_ci_high"])
-    out["ci_covers_truth"] = covered.where(out["truth_pct"].notna())
-    return out
 
 
 # ---------------------------------------------------------------- words and numbers
@@ -501,7 +485,7 @@ def abstract(contrasts: pd.DataFrame, headline: str = HEADLINE_GROUP) -> list[Fi
     first treated group in design order if the study lacks it) with direction, % change versus
     vehicle, 95 % CI, n animals and the Holm-adjusted p value; then one sentence naming the
     other planned contrasts whose CI excludes 0 (the rest are counted).  With a truth column
-    (:func:`add_truth`) each statement gives the truth and whether the CI covers it.
+    (:func:`analysis.validation.groundtruth.add_truth`) each statement gives the truth and whether the CI covers it.
 
     The direction word follows the CI, never the point estimate alone: a CI that includes 0 is
     "no detectable change".
@@ -533,7 +517,7 @@ def abstract(contrasts: pd.DataFrame, headline: str = HEADLINE_GROUP) -> list[Fi
 
 
 def trend_findings(trend: pd.DataFrame | None) -> list[Finding]:
-    """Sentences on the dose x time trend model (:mod:`analysis.trend`): loss while on drug and recovery.
+    """Sentences on the dose x time trend model (:mod:`analysis.stats.trend`): loss while on drug and recovery.
 
     The p values are unadjusted: the two terms are pre-specified slopes of one model, not a
     family of planned contrasts.
@@ -577,7 +561,8 @@ def _bounded(est: float, lo: float, hi: float) -> str:
 
 
 def estimability(dose_response: pd.DataFrame | None = None, recovery: pd.DataFrame | None = None, *,
-                 doses: Iterable[float] | None = None, follow_up_days: float | None = None) -> pd.DataFrame:
+                 doses: Iterable[float] | None = None, follow_up_days: float | None = None,
+                 order: Mapping[str, int] | None = None) -> pd.DataFrame:
     """Which dose-response and recovery estimates the data identify, and why not the others.
 
     Parameters
@@ -593,6 +578,8 @@ def estimability(dose_response: pd.DataFrame | None = None, recovery: pd.DataFra
     follow_up_days : float, optional
         Longest follow-up after the last dose; a time constant beyond
         :data:`MAX_TAU_FOLLOW_UP` times it is not estimable.
+    order : mapping, optional
+        Design order of the groups (:func:`group_order`) for the recovery rows.
 
     Returns
     -------
@@ -650,7 +637,8 @@ def estimability(dose_response: pd.DataFrame | None = None, recovery: pd.DataFra
                              "ci_low": lo, "ci_high": hi, "unit": unit, "n_animals": p.loc[par].get("n_animals"),
                              "estimable": not reason, "reason": reason})
     if recovery is not None and len(recovery):
-        rec = recovery.assign(_k=[(_DESIGN_ORDER.get(g, len(_DESIGN_ORDER)), g) for g in recovery["group"]])
+        order = order or {}
+        rec = recovery.assign(_k=[(order.get(g, len(order)), g) for g in recovery["group"]])
         rec = rec.sort_values("_k", kind="stable")
         for r in rec.itertuples():
             tau = float(r.recovery_tau_days)

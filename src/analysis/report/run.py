@@ -13,7 +13,6 @@ Notebooks hand their key numbers to tests and to the report index with :func:`re
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -23,13 +22,44 @@ from typing import Any
 
 import nbformat
 
-from analysis.files import atomic_path
+from analysis.io.files import atomic_path
+from analysis.report.record import RECORD_MIMETYPE, record, recorded  # noqa: F401  (re-exported)
 
 __all__ = ["NOTEBOOKS", "ReportError", "record", "recorded", "run_notebook", "export_html", "run_report"]
 
 log = logging.getLogger(__name__)
 
-#: Notebooks of the report, in the order of the report.
+#: Notebooks of the report, in the order of the report: the study design and the
+#: quantification first, the readouts' notebooks (:mod:`analysis.pipeline.registry`), the
+#: validation last.
+NOTEBOOKS_FIRST: tuple[str, ...] = ("00_study_design", "01_quantify_images")
+NOTEBOOKS_LAST: tuple[str, ...] = ("04_validation",)
+
+
+def study_notebooks(samples: Any = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """The report's notebooks for a study (names without ``.ipynb``) and the skipped ones.
+
+    Parameters
+    ----------
+    samples : DataFrame, optional
+        The sample sheet: a readout's notebook runs when some row assigns its channel roles
+        (:func:`analysis.pipeline.registry.notebooks_for`).  None: every notebook.
+
+    Returns
+    -------
+    names : list of str
+    skipped : list of (str, str)
+        ``(notebook, sentence)`` for notebooks the study has no data for.
+    """
+    from analysis.pipeline import readouts as _builtin  # noqa: F401  (registers the built-in readouts)
+    from analysis.pipeline.registry import notebooks_for
+
+    run, skipped = notebooks_for(samples)
+    middle = [n.removesuffix(".ipynb") for n in run]
+    return [*NOTEBOOKS_FIRST, *middle, *NOTEBOOKS_LAST], [(n.removesuffix(".ipynb"), why) for n, why in skipped]
+
+
+#: Every notebook of the report (a study with all the built-in readouts).
 NOTEBOOKS: tuple[str, ...] = (
     "00_study_design", "01_quantify_images", "02_synapse_dose_duration", "03_microglia", "04_validation",
 )
@@ -40,40 +70,8 @@ _LONGEST_FIRST: tuple[str, ...] = ("04_validation",)
 #: Subfolder of the reports folder with the auditor HTML (notebooks with their code).
 AUDIT_DIR = "audit"
 
-#: MIME type of the values a notebook records for tests and the index.
-RECORD_MIMETYPE = "application/vnd.analysis.record+json"
-
-
 class ReportError(RuntimeError):
     """A notebook failed; the message names the notebook, the cell and the error."""
-
-
-def record(name: str, value: Any) -> None:
-    """Record a named, JSON-serialisable value in the running notebook's outputs.
-
-    The value is invisible in the rendered HTML; :func:`recorded` reads it back from the
-    executed notebook, so tests assert on the numbers a notebook computed.
-
-    Examples
-    --------
-    >>> record("n_animals", 112)  # doctest: +SKIP
-    """
-    from IPython.display import display
-
-    json.dumps(value)  # fail early on values the notebook format cannot hold
-    display({RECORD_MIMETYPE: {name: value}}, raw=True)
-
-
-def recorded(notebook: str | os.PathLike[str]) -> dict[str, Any]:
-    """All values recorded with :func:`record` in an executed notebook (later ones win)."""
-    nb = nbformat.read(notebook, as_version=4)
-    out: dict[str, Any] = {}
-    for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            if RECORD_MIMETYPE in data:
-                out.update(data[RECORD_MIMETYPE])
-    return out
 
 
 #: Matplotlib backend of the notebook kernels: figures become PNG outputs of their cells.
@@ -257,7 +255,7 @@ def run_report(
     """
     import datetime as dt
 
-    from analysis.index_page import write_index
+    from analysis.report.index import write_index
     from analysis.io import load_analysis_plan, load_samples
 
     started = dt.datetime.now(dt.timezone.utc)
@@ -265,10 +263,10 @@ def run_report(
     processed = Path(processed_dir).resolve()
     reports = Path(reports_dir).resolve()
     nbdir = Path(notebooks_dir).resolve()
-    load_samples(data / "samples.csv")  # bad input stops here with a clear message
+    samples = load_samples(data / "samples.csv")  # bad input stops here with a clear message
     processed.mkdir(parents=True, exist_ok=True)
     if quantify:
-        from analysis.quantify import quantify_study
+        from analysis.pipeline.quantify import quantify_study
         from analysis.stats import fit_study
 
         plan = load_analysis_plan(data)
@@ -277,7 +275,8 @@ def run_report(
                   adjust_for_quality=plan.get("adjust_for_quality", True))
     params = {"data_dir": str(data), "processed_dir": str(processed),
               **({"workers": workers} if workers is not None else {}), **(parameters or {})}
-    names = list(only) if only else list(NOTEBOOKS)
+    study_names, skipped = study_notebooks(samples)
+    names = list(only) if only else study_names
     unknown = [n for n in names if not (nbdir / f"{n}.ipynb").exists()]
     if unknown:
         raise ReportError(f"no such notebook(s) in {nbdir}: {', '.join(unknown)}")
@@ -297,9 +296,11 @@ def run_report(
         # the first failure (in report order) is raised once every started notebook has ended
         wait(list(futures.values()))
         written = [path for name in names for path in futures[name].result()]
-    from analysis.quantify import QuantifyParams
+    from analysis.pipeline.quantify import QuantifyParams
 
     all_params = {**params, "kernel": kernel_name, "quantify": QuantifyParams().to_dict()}
-    in_report = [n for n in NOTEBOOKS if (reports / f"{n}.html").exists()]  # also those of earlier runs
-    written.append(write_index(reports, processed, data, in_report, all_params, started, dt.datetime.now(dt.timezone.utc)))
+    # also those of earlier runs (``only``), never those the study has no data for
+    in_report = [n for n in study_names if (reports / f"{n}.html").exists()]
+    written.append(write_index(reports, processed, data, in_report, all_params, started,
+                               dt.datetime.now(dt.timezone.utc), skipped=skipped))
     return written

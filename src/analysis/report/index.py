@@ -1,6 +1,6 @@
 """``reports/index.html``: the page a reviewer reads first.
 
-In order: what was found (generated sentences, :mod:`analysis.findings`), one key figure with
+In order: what was found (generated sentences, :mod:`analysis.report.findings`), one key figure with
 every animal as a dot, the table of every primary endpoint in design order with effect sizes,
 the dose x time trend, the dose-response and recovery fits (unidentified ones shown as "not
 estimable" with the reason), the notebooks, the validation, a methods section generated from
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import findings as F
-from analysis.files import atomic_path, sha256_file
+from analysis.report import findings as F
+from analysis.io.files import atomic_path, sha256_file
 
 __all__ = ["write_index", "real_validation_line", "key_results", "dependency_versions", "KEY_FIGURE",
            "TABLES_DIR", "redact_paths"]
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 KEY_FIGURE = "key_findings.png"
 #: Subfolder of the reports folder with copies of the fitted tables the page links to.
 TABLES_DIR = "tables"
-#: Panels of the key figure: (endpoint key of :data:`analysis.findings.ENDPOINTS`, title).
+#: Panels of the key figure: (endpoint key of :data:`analysis.report.findings.ENDPOINTS`, title).
 KEY_PANELS: tuple[tuple[str, str], ...] = (
     ("synapse_density", "Synapse density (change from baseline)"),
     ("microglia_density", "Microglia density"),
@@ -90,7 +90,7 @@ def _canonical(name: str) -> str:
 def _direct_requirements() -> list[str]:
     """Runtime requirements of ``analysis``: its installed metadata and, in a checkout, pyproject.toml."""
     lines = list(requires("analysis") or []) if _installed("analysis") else []
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[3] / "pyproject.toml"
     if pyproject.exists():
         import tomllib
 
@@ -251,8 +251,8 @@ def _study_facts(data_dir: Path) -> dict:
 
 
 def key_results(processed: Path) -> pd.DataFrame:
-    """The primary endpoints' contrasts in design order (:func:`analysis.findings.primary_table`)."""
-    return F.primary_table(F.endpoint_contrasts(F.load_tables(processed)))
+    """The primary endpoints' contrasts in design order (:func:`analysis.report.findings.primary_table`)."""
+    return F.primary_table(F.endpoint_contrasts(F.load_tables(processed), F.study_group_order(processed)))
 
 
 def _abstract_html(findings: list[F.Finding], trend: list[F.Finding], estimab: pd.DataFrame, facts: dict) -> str:
@@ -279,7 +279,7 @@ def _key_figure(reports: Path, processed: Path, contrasts: pd.DataFrame) -> str:
     """Write the key figure next to index.html and return its HTML (empty when nothing to draw)."""
     import matplotlib.pyplot as plt
 
-    from analysis.figures import key_findings_figure
+    from analysis.report.figures import key_findings_figure
 
     animals = F.animal_values(processed)
     present = set(contrasts["endpoint"]) | set(animals["endpoint"])
@@ -356,7 +356,7 @@ def _fits_html(estimab: pd.DataFrame, mechanism: pd.DataFrame | None) -> str:
 
 def _copy_tables(reports: Path, processed: Path, contrasts: pd.DataFrame, estimab: pd.DataFrame) -> str:
     """Copy the fitted tables next to the page (so the links work wherever the folder goes) and list them."""
-    from analysis.files import write_csv
+    from analysis.io.files import write_csv
 
     dest = reports / TABLES_DIR
     dest.mkdir(parents=True, exist_ok=True)
@@ -390,9 +390,9 @@ def _copy_tables(reports: Path, processed: Path, contrasts: pd.DataFrame, estima
 
 #: Readout functions whose parameters the methods list (``QuantifyParams`` field, import path).
 _DETECTORS: tuple[tuple[str, str, str], ...] = (
-    ("puncta", "analysis.synapses", "detect_puncta"),
-    ("microglia", "analysis.microglia", "segment_microglia"),
-    ("lysosomes", "analysis.engulfment", "segment_lysosomes"),
+    ("puncta", "analysis.measure.puncta", "detect_puncta"),
+    ("microglia", "analysis.measure.microglia", "segment_microglia"),
+    ("lysosomes", "analysis.measure.engulfment", "segment_lysosomes"),
 )
 #: Arguments that come from each image, not from the parameters.
 _PER_IMAGE_ARGS = {"image", "pixel_size_um", "z_step_um", "mask"}
@@ -430,7 +430,7 @@ def _detector_parameters(quantify: dict) -> pd.DataFrame:
             rows.append({"function": f"{module}.{name}", "parameter": k, "value": repr(redact_paths(v)),
                          "source": "configured"})
     try:
-        from analysis.quantify import QUALITY_DEFAULTS
+        from analysis.pipeline.quantify import QUALITY_DEFAULTS
     except ImportError:
         QUALITY_DEFAULTS = {}
     quality = {**QUALITY_DEFAULTS, **(quantify.get("quality") or {})}
@@ -464,7 +464,7 @@ def _quality_summary(measurements: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def _models_html(tables: dict[str, pd.DataFrame], contrasts: pd.DataFrame) -> str:
-    from analysis.trend import FORMULA as TREND_FORMULA
+    from analysis.stats.trend import FORMULA as TREND_FORMULA
 
     items = []
     syn = tables.get("synapse_contrasts")
@@ -487,7 +487,7 @@ def _models_html(tables: dict[str, pd.DataFrame], contrasts: pd.DataFrame) -> st
                      "Cohen's d = log ratio over the between-animal SD; cells touching the field border are left out.")
     trend = tables.get("synapse_trend")
     if trend is not None and len(trend):
-        items.append(f"Dose x time trend: {TREND_FORMULA} (analysis.trend; dose = log2(1 + mg/kg), on / off = weeks "
+        items.append(f"Dose x time trend: {TREND_FORMULA} (analysis.stats.trend; dose = log2(1 + mg/kg), on / off = weeks "
                      f"on drug / since the last dose), random effects: {trend['random_effects'].iloc[0]}; "
                      f"df = animals minus between-animal fixed effects = {trend['df'].iloc[0]:g}.")
     if tables.get("synapse_dose_response") is not None and len(tables["synapse_dose_response"]):
@@ -527,7 +527,7 @@ def _sequence_note(contrasts: pd.DataFrame) -> str:
 def _arrive_html(processed: Path, data_dir: Path, measurements: pd.DataFrame | None,
                  tables: dict[str, pd.DataFrame]) -> str:
     """ARRIVE essentials: animals per group with sex, images, and every exclusion with its reason."""
-    from analysis.design import group_label
+    from analysis.io.vocabulary import group_label
 
     sheet = measurements
     failures = tables.get("failures")
@@ -542,6 +542,7 @@ def _arrive_html(processed: Path, data_dir: Path, measurements: pd.DataFrame | N
     parts = []
     if sheet is not None and len(sheet) and {"genotype", "compound", "dose_mg_kg", "treatment_days"} <= set(sheet):
         s = sheet.copy()
+        order = F.group_order(s)
         s["group"] = [group_label(r.genotype, r.compound, float(r.dose_mg_kg), int(r.treatment_days))
                       for r in s.itertuples()]
         failed = set(failures["image_id"].astype(str)) if len(failures) else set()
@@ -550,7 +551,8 @@ def _arrive_html(processed: Path, data_dir: Path, measurements: pd.DataFrame | N
             r0 = sub.iloc[0]
             animals = sub.drop_duplicates("animal_id")
             sexes = animals["sex"].fillna("not recorded").value_counts() if "sex" in animals else pd.Series(dtype=int)
-            rows.append({"_k": F.design_rank(r0.genotype, r0.compound, float(r0.dose_mg_kg), int(r0.treatment_days)),
+            rows.append({"_k": F.design_rank(r0.genotype, r0.compound, float(r0.dose_mg_kg), int(r0.treatment_days),
+                                             order),
                          "group": g, "animals": animals["animal_id"].nunique(),
                          "sex": ", ".join(f"{k} {v}" for k, v in sorted(sexes.items())) or "not recorded",
                          "cohorts": ", ".join(f"{k} {v}" for k, v in sorted(
@@ -615,7 +617,7 @@ def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
 
     Returns None when that notebook did not run or had no ground truth.
     """
-    from analysis.report import recorded
+    from analysis.report.record import recorded
     from analysis.validation import COMPARISONS
 
     executed = reports_dir / "executed" / "04_validation.ipynb"
@@ -693,10 +695,14 @@ def write_index(
     parameters: dict,
     started: dt.datetime,
     finished: dt.datetime,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> Path:
     """Write ``index.html`` (and the key figure and table copies beside it) for reviewers.
 
-    Sections: findings (generated sentences, :func:`analysis.findings.abstract`), the key figure
+    ``skipped`` lists ``(notebook, sentence)`` for readout notebooks the study has no data for
+    (:func:`analysis.pipeline.registry.notebooks_for`); each gets its sentence in the contents.
+
+    Sections: findings (generated sentences, :func:`analysis.report.findings.abstract`), the key figure
     (:data:`KEY_FIGURE`, every animal a dot), every primary endpoint in design order with effect
     sizes, the dose x time trend, the dose-response / recovery fits (unidentified estimates as
     "not estimable" with the reason) and mechanism contrasts, links to each notebook's reviewer
@@ -720,16 +726,27 @@ def write_index(
     sheet_sha = sha256_file(data_dir / "samples.csv")
     facts = _study_facts(data_dir)
     tables = F.load_tables(processed_dir)
-    contrasts = F.endpoint_contrasts(tables)
+    order = F.study_group_order(processed_dir)
+    contrasts = F.endpoint_contrasts(tables, order)
     if facts.get("simulated"):
-        contrasts = F.add_truth(contrasts, F.study_truth_model(data_dir))
-    found = F.abstract(contrasts)
+        from analysis.validation.groundtruth import add_truth, study_truth_model
+
+        contrasts = add_truth(contrasts, study_truth_model(data_dir))
+    from analysis.errors import InputError
+    from analysis.io import load_analysis_plan
+
+    try:
+        headline = load_analysis_plan(data_dir).get("primary_contrast") or F.HEADLINE_GROUP
+    except InputError:  # (reported by fit; the index still renders)
+        headline = F.HEADLINE_GROUP
+    found = F.abstract(contrasts, headline=headline)
     trend = F.trend_findings(tables.get("synapse_trend"))
     estimab = F.estimability(tables.get("synapse_dose_response"), tables.get("synapse_recovery"),
-                             doses=_doses(processed_dir), follow_up_days=_follow_up_days(tables))
+                             doses=_doses(processed_dir), follow_up_days=_follow_up_days(tables), order=order)
     figure = _key_figure(reports_dir, processed_dir, contrasts)
     links = _copy_tables(reports_dir, processed_dir, contrasts, estimab)
     toc = "".join(_toc_entry(reports_dir, n) for n in notebooks)
+    toc += "".join(f"<li>{html.escape(nb.removesuffix('.ipynb'))}: {html.escape(why)}</li>" for nb, why in skipped or [])
     versions = dependency_versions()
     params = pd.DataFrame(sorted((k, json.dumps(redact_paths(v), sort_keys=True, default=str) if isinstance(v, dict)
                                   else str(redact_paths(v))) for k, v in parameters.items()),

@@ -34,16 +34,21 @@ def lmm_residuals(fit) -> tuple[pd.DataFrame, pd.Series]:
         Predicted random intercept per animal (log scale).
     """
     res = fit.result
-    groups = res.model.group_labels
     resid = np.asarray(res.resid, float)
     fitted = np.asarray(res.fittedvalues, float)
     frame = res.model.data.frame
-    table = pd.DataFrame({"animal_id": np.asarray(res.model.groups), "fitted": fitted, "residual": resid})
+    mixed = hasattr(res.model, "group_labels")  # an OLS fit (one image per animal) has no animal effects
+    animals = np.asarray(res.model.groups) if mixed else frame["animal_id"].to_numpy()
+    table = pd.DataFrame({"animal_id": animals, "fitted": fitted, "residual": resid})
     for col in ("image_id", "day"):
         if col in frame:
             table.insert(0 if col == "image_id" else 2, col, frame[col].to_numpy())
     table["standardised"] = resid / np.sqrt(float(res.scale))
-    effects = pd.Series({g: float(np.asarray(res.random_effects[g])[0]) for g in groups}, name="animal_effect")
+    if mixed:
+        effects = pd.Series({g: float(np.asarray(res.random_effects[g])[0]) for g in res.model.group_labels},
+                            name="animal_effect")
+    else:
+        effects = pd.Series(np.nan, index=pd.Index(sorted(set(animals)), name=None), name="animal_effect")
     return table, effects
 
 
@@ -60,7 +65,8 @@ def diagnostics_summary(fit) -> pd.DataFrame:
 
     Examples
     --------
-    >>> from analysis.stats import fit_synapse_lmm, simulate_measurements
+    >>> from analysis.stats.models import fit_synapse_lmm
+    >>> from analysis.sim.measurements import simulate_measurements
     >>> d = diagnostics_summary(fit_synapse_lmm(simulate_measurements("small", 0)))
     >>> bool(d["n_animals"].iloc[0] > 0)
     True

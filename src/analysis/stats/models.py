@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,11 +29,9 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats as sps
 
-from analysis.design import GROUP_COLUMNS, PRESETS, build_design, group_label
-from analysis.truth import VEHICLE, calibrated_model
+from analysis.io.vocabulary import GROUP_COLUMNS, TSPO_KO, VEHICLE, WILD_TYPE, group_label
 
 __all__ = [
-    "simulate_measurements",
     "session_means",
     "fit_synapse_lmm",
     "session_contrasts",
@@ -44,37 +43,17 @@ __all__ = [
     "change_difference",
     "mechanism_contrasts",
     "recovery",
-    "simulate_terminal_measurements",
     "fit_count_endpoint",
     "fit_morphology_endpoint",
     "fixed_effects_covariance",
     "ZERO_POLICIES",
     "log_with_zeros",
+    "gatekeeping",
+    "sex_differences",
+    "quality_covariates",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def simulate_measurements(preset: str = "default", seed: int = 0, *, field_area_um2: float = 600.0) -> pd.DataFrame:
-    """Image-level synapse densities drawn from a simulated design, without rendering images.
-
-    Each longitudinal image gets a Poisson count with mean ``true density x field area`` (the
-    design already holds the between-animal and between-field variation), divided by the
-    area, like a perfect detector would report.
-
-    Returns
-    -------
-    DataFrame
-        The design's sheet and truth columns plus ``puncta_density_per_100um2``.
-    """
-    p = PRESETS[preset]
-    model = calibrated_model()
-    design = build_design(p, model.without_drug_effect() if p.null else model, seed)
-    syn = design[design["readout"] == "synapse"].copy()
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
-    counts = rng.poisson(syn["true_density_per_100um2"].to_numpy() * field_area_um2 / 100.0)
-    syn["puncta_density_per_100um2"] = 100.0 * counts / field_area_um2
-    return syn.reset_index(drop=True)
 
 
 def _with_group(df: pd.DataFrame) -> pd.DataFrame:
@@ -272,18 +251,38 @@ def fit_synapse_lmm(
     if terms:
         df = df.dropna(subset=terms).copy()
     formula = "log_value ~ 0 + C(cell)" + "".join(f" + {t}" for t in terms)
+    # a cross-sectional design (every animal imaged in one session) has no animal x session
+    # component separate from the animal's own: the model keeps the animal intercept only
+    longitudinal = bool(df.groupby("animal_id")["day"].nunique().max() > 1) if len(df) else False
+    if not longitudinal:
+        notes.append("cross-sectional design (one session per animal): animal x session variance not "
+                     "separable from the animal's, modelled as one animal effect")
+    # one image per animal: the animal is the image, and an ordinary least-squares fit of the
+    # images is the model (no variance to split between animals and fields)
+    one_image = bool(len(df) and df.groupby("animal_id").size().max() == 1)
+    if one_image:
+        notes = [n for n in notes if not n.startswith("cross-sectional")]
+        notes.append("one image per animal: fitted by ordinary least squares (animal and field variance "
+                     "not separable)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = smf.mixedlm(
-            formula, df, groups="animal_id", re_formula="1",
-            vc_formula={"session": "0 + C(day)"},
-        )
-        result = model.fit(reml=True, method=["lbfgs", "powell"])
+        if one_image:
+            result = smf.ols(formula, df).fit()
+        else:
+            model = smf.mixedlm(
+                formula, df, groups="animal_id", re_formula="1",
+                **({"vc_formula": {"session": "0 + C(day)"}} if longitudinal else {}),
+            )
+            result = model.fit(reml=True, method=["lbfgs", "powell"])
     messages = tuple(notes) + tuple(sorted({str(w.message) for w in caught}))
     for m in messages:
         log.warning("mixed model: %s", m)
-    fe = result.fe_params
-    cov_fe = fixed_effects_covariance(result)
+    if one_image:
+        fe = result.params
+        cov_fe = result.cov_params()
+    else:
+        fe = result.fe_params
+        cov_fe = fixed_effects_covariance(result)
     se = pd.Series(np.sqrt(np.diag(cov_fe.to_numpy())), index=cov_fe.index)[fe.index]
     coef = pd.DataFrame({"term": fe.index, "estimate": fe.to_numpy(), "se": se.to_numpy()})
     is_cov = coef["term"].isin(terms)
@@ -296,12 +295,15 @@ def fit_synapse_lmm(
     vc = pd.DataFrame(
         {
             "component": ["animal", "animal x session", "residual (field)"],
-            "variance": [float(result.cov_re.iloc[0, 0]), float(result.vcomp[0]), float(result.scale)],
+            "variance": [np.nan if one_image else float(result.cov_re.iloc[0, 0]),
+                         float(result.vcomp[0]) if longitudinal and not one_image else np.nan,
+                         float(result.scale)],
         }
     )
     # between-animal SD of one animal's session mean (log scale): the scale of Cohen's d
     fields = float(df.groupby(["animal_id", "day"]).size().mean())
-    sd_animal = float(np.sqrt(vc["variance"].iloc[0] + vc["variance"].iloc[1] + vc["variance"].iloc[2] / fields))
+    sd_animal = float(np.sqrt(np.nan_to_num(vc["variance"].iloc[0]) + np.nan_to_num(vc["variance"].iloc[1])
+                              + vc["variance"].iloc[2] / fields))
     # degrees of freedom of group contrasts: animals minus groups (the between-animal rule;
     # Wald z is too liberal with a handful of animals per group).  For the within-animal
     # contrasts (changes from baseline and their differences) lmerTest's Satterthwaite and
@@ -309,7 +311,8 @@ def fit_synapse_lmm(
     # intervals are deliberately ~1 % wider: the rule does not lean on the compound-symmetry
     # assumption of the session effects; estimates and SEs match lme4/emmeans to < 1e-6.
     df_contrast = float(max(df["animal_id"].nunique() - df["group"].nunique(), 1))
-    return SynapseFit(coef, vc, cells, result, bool(result.converged), messages, sd_animal, df_contrast,
+    converged = True if one_image else bool(result.converged)
+    return SynapseFit(coef, vc, cells, result, converged, messages, sd_animal, df_contrast,
                       cov_fe, n_zero, offset, cov_table)
 
 
@@ -360,16 +363,17 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05, primary: str | No
     dfc = fit.df_contrast
     z = sps.t.ppf(1 - alpha / 2, dfc)
     idx = {(r.group, int(r.day)): i for i, r in coef.iterrows()}
-    baseline = coef.groupby("group")["day"].min().to_dict()
+    # a group's baseline is its session before the first dose (day < 0); a group without one
+    # (a cross-sectional design) is compared with its vehicle at the same day directly
+    first = coef.groupby("group")["day"].min()
+    baseline = first[first < 0].to_dict()
     rows = []
     for i, r in coef.iterrows():
         g, d = r["group"], int(r["day"])
-        b = idx[(g, int(baseline[g]))]
-        if d == baseline[g]:
+        if g in baseline and d == baseline[g]:
             continue
         L = np.zeros(len(beta))
-        L[i], L[b] = 1.0, -1.0
-        est, se = L @ beta, np.sqrt(L @ cov @ L)
+        L[i] = 1.0
         rec = {
             "group": g,
             **{c: r[c] for c in GROUP_COLUMNS},
@@ -377,16 +381,29 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05, primary: str | No
             "days_since_last_dose": d - r["treatment_days"],
             "n_animals": int(r["n_animals"]),
             "df": dfc,
-            "pct_change_from_baseline": 100 * np.expm1(est),
-            "pct_change_from_baseline_ci_low": 100 * np.expm1(est - z * se),
-            "pct_change_from_baseline_ci_high": 100 * np.expm1(est + z * se),
-            "n_zero_fields_excluded": int(zeros[i] + zeros[b]),
+            "pct_change_from_baseline": np.nan,
+            "pct_change_from_baseline_ci_low": np.nan,
+            "pct_change_from_baseline_ci_high": np.nan,
+            "n_zero_fields_excluded": int(zeros[i]),
         }
+        if g in baseline:
+            b = idx[(g, int(baseline[g]))]
+            L[b] = -1.0
+            est, se = L @ beta, np.sqrt(L @ cov @ L)
+            rec.update({
+                "pct_change_from_baseline": 100 * np.expm1(est),
+                "pct_change_from_baseline_ci_low": 100 * np.expm1(est - z * se),
+                "pct_change_from_baseline_ci_high": 100 * np.expm1(est + z * se),
+                "n_zero_fields_excluded": int(zeros[i] + zeros[b]),
+            })
         veh = group_label(r["genotype"], VEHICLE, 0.0, r["treatment_days"])
-        if r["compound"] != VEHICLE and (veh, d) in idx and veh in baseline:
+        if r["compound"] != VEHICLE and (veh, d) in idx and (g in baseline) == (veh in baseline):
             Lv = L.copy()
             Lv[idx[(veh, d)]] -= 1.0
-            Lv[idx[(veh, int(baseline[veh]))]] += 1.0
+            used = [i, idx[(veh, d)]]
+            if veh in baseline:
+                Lv[idx[(veh, int(baseline[veh]))]] += 1.0
+                used += [idx[(g, int(baseline[g]))], idx[(veh, int(baseline[veh]))]]
             est_v, se_v = Lv @ beta, np.sqrt(Lv @ cov @ Lv)
             rec.update(
                 {
@@ -395,8 +412,7 @@ def session_contrasts(fit: SynapseFit, *, alpha: float = 0.05, primary: str | No
                     "pct_vs_vehicle_ci_low": 100 * np.expm1(est_v - z * se_v),
                     "pct_vs_vehicle_ci_high": 100 * np.expm1(est_v + z * se_v),
                     "p_vs_vehicle": float(2 * sps.t.sf(abs(est_v / se_v), dfc)),
-                    "n_zero_fields_excluded": int(zeros[i] + zeros[b] + zeros[idx[(veh, d)]]
-                                                  + zeros[idx[(veh, int(baseline[veh]))]]),
+                    "n_zero_fields_excluded": int(sum(zeros[j] for j in used)),
                 }
             )
             if np.isfinite(fit.sd_animal_log) and fit.sd_animal_log > 0:
@@ -532,7 +548,7 @@ def sex_differences(measurements: pd.DataFrame, value: str = "puncta_density_per
 def quality_covariates(measurements: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Image-quality covariates of the synapse model: log measured SNR and its square.
 
-    The measured SNR of each image (``measured_snr``, :mod:`analysis.quality`) explains about
+    The measured SNR of each image (``measured_snr``, :mod:`analysis.measure.quality`) explains about
     half of the detector's per-image error (puncta are missed in noisy images, so measured
     density falls with SNR; ``benchmarks/calibrate_e2e.py``).  Imaging quality is not set by
     the treatment, so adjusting for it removes that error from the comparison of groups
@@ -569,7 +585,7 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     ``synapse_lmm_variance.csv`` (with ``converged`` and any fitting warnings) and
     ``synapse_contrasts.csv``, ``synapse_lmm_diagnostics.csv`` (residual checks) with
     ``synapse_lmm_residuals.csv`` and ``synapse_lmm_animal_effects.csv`` (for the figure),
-    ``synapse_trend.csv`` (the parametric dose x time model, :mod:`analysis.trend`), and
+    ``synapse_trend.csv`` (the parametric dose x time model, :mod:`analysis.stats.trend`), and
     where the design allows ``synapse_mechanism.csv``, ``synapse_recovery.csv``,
     ``synapse_dose_response.csv`` and ``microglia_contrasts.csv``.
 
@@ -578,11 +594,7 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     dict
         Table name -> path written.
     """
-    from pathlib import Path
-
-    from analysis.files import write_csv
-
-    from analysis.errors import InputError
+    from analysis.errors import InputError, Problem
     from analysis.io import normalise_vocabulary
 
     everything = pd.read_parquet(measurements_path)
@@ -590,12 +602,50 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     everything, problems = normalise_vocabulary(everything, str(measurements_path))
     if problems:
         raise InputError(problems)
-    m = everything[everything["microglia_channel"].isna()] if "microglia_channel" in everything else everything
+    out = Path(out_dir)
+    m = synapse_rows(everything, value)
+    paths: dict[str, Path] = {}
+    if len(m):
+        paths.update(_fit_synapse(m, value, out, primary=primary, adjust_for_quality=adjust_for_quality))
+    else:
+        log.info("no synapse density (%s) in %s: the synapse model is skipped", value, measurements_path)
+    cells_path = Path(measurements_path).with_name("cells.parquet")
+    if "microglia_count" in everything and everything["microglia_count"].notna().any() and cells_path.exists():
+        paths.update(_fit_microglia(everything, pd.read_parquet(cells_path), out))
+    if not paths:
+        raise InputError([Problem(str(measurements_path), f"nothing to fit: no image has {value} or a microglia "
+                                  "count; check that the sample sheet assigns synapse_channel or microglia_channel "
+                                  "and that quantify measured some images (failures.csv)")])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def synapse_rows(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2") -> pd.DataFrame:
+    """The images the synapse model is fitted to: those with ``value``.
+
+    When the study also has multi-channel terminal fields (a microglia channel beside the
+    synapse channel, imaged at sacrifice) and dedicated synapse fields, only the dedicated
+    fields enter (the longitudinal series); a study with synapse density only in its
+    multi-channel images uses those.
+    """
+    if value not in measurements:
+        return measurements.iloc[0:0]
+    has = measurements[measurements[value].notna()]
+    if "microglia_channel" in has:
+        dedicated = has[has["microglia_channel"].isna()]
+        if len(dedicated):
+            return dedicated
+    return has
+
+
+def _fit_synapse(m: pd.DataFrame, value: str, out: Path, *, primary: str | None,
+                 adjust_for_quality: bool) -> dict[str, Path]:
+    """The synapse part of :func:`fit_study`; returns the tables written."""
+    from analysis.io.files import write_csv
+
     covariates: list[str] = []
     if adjust_for_quality:
         m, covariates = quality_covariates(m)
     fit = fit_synapse_lmm(m, value, covariates=covariates)
-    out = Path(out_dir)
     paths = {
         "session_means": out / "synapse_session_means.csv",
         "coefficients": out / "synapse_lmm_coefficients.csv",
@@ -626,8 +676,8 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     if len(rec):
         paths["recovery"] = out / "synapse_recovery.csv"
         write_csv(rec, paths["recovery"])
-    from analysis.diagnostics import diagnostics_summary, lmm_residuals
-    from analysis.trend import fit_synapse_trend
+    from analysis.stats.diagnostics import diagnostics_summary, lmm_residuals
+    from analysis.stats.trend import fit_synapse_trend
 
     paths["diagnostics"] = out / "synapse_lmm_diagnostics.csv"
     write_csv(diagnostics_summary(fit), paths["diagnostics"])
@@ -651,15 +701,12 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
         write_csv(dose_tables.attrs["curves"], paths["dose_response_curve"])
         paths["dose_response_animals"] = out / "synapse_dose_response_animals.csv"
         write_csv(dose_tables.attrs["animals"], paths["dose_response_animals"])
-    cells_path = Path(measurements_path).with_name("cells.parquet")
-    if "microglia_count" in everything and cells_path.exists():
-        paths.update(_fit_microglia(everything, pd.read_parquet(cells_path), out))
-    return {k: str(v) for k, v in paths.items()}
+    return paths
 
 
 def _fit_microglia(measurements: pd.DataFrame, cells: pd.DataFrame, out) -> dict[str, object]:
     """Microglia endpoints of a quantified study: density, engulfment and morphology tables."""
-    from analysis.files import write_csv
+    from analysis.io.files import write_csv
 
     term = measurements[measurements["microglia_count"].notna()].copy()
     if term.empty or cells.empty:
@@ -873,7 +920,6 @@ def change_difference(
 
 def mechanism_contrasts(fit: SynapseFit, *, dose_mg_kg: float = 5.0, days: int = 7) -> pd.DataFrame:
     """Genotype x treatment (TSPO knockout) and compound (XBD173 vs diazepam) at the end of dosing."""
-    from analysis.truth import TSPO_KO, WILD_TYPE
 
     groups = set(fit.coefficients["group"])
     wt_dzp = group_label(WILD_TYPE, "diazepam", dose_mg_kg, days)
@@ -942,40 +988,6 @@ def recovery(contrasts: pd.DataFrame) -> pd.DataFrame:
             "first_recovered_day_after_last_dose": first, "recovery_tau_days": tau,
         })
     return pd.DataFrame(rows)
-
-
-def simulate_terminal_measurements(
-    preset: str = "default", seed: int = 0, *, field_area_mm2: float = 0.0164
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Terminal (microglia) readouts drawn from a simulated design, without images.
-
-    Per terminal image a Poisson microglia count (``true density x field area``); per cell a
-    Poisson engulfed-puncta count and a log-normal skeleton length (baseline 190 um, SD 0.25 on
-    the log scale) scaled by the design's process-length multiplier.
-
-    Returns
-    -------
-    images, cells : DataFrame
-        Image rows with ``microglia_count`` and ``field_area_mm2``; cell rows with
-        ``image_id``, ``engulfed_puncta`` and ``skeleton_length_um``.
-    """
-    p = PRESETS[preset]
-    model = calibrated_model()
-    design = build_design(p, model.without_drug_effect() if p.null else model, seed)
-    term = design[design["readout"] == "terminal"].copy().reset_index(drop=True)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
-    term["field_area_mm2"] = field_area_mm2
-    term["microglia_count"] = rng.poisson(term["true_microglia_per_mm2"] * field_area_mm2)
-    rows = []
-    for r in term.itertuples():
-        n = int(r.microglia_count)
-        rows.append(pd.DataFrame({
-            "image_id": r.image_id,
-            "engulfed_puncta": rng.poisson(r.engulfed_per_cell, n),
-            "skeleton_length_um": 190.0 * r.process_length_scale * np.exp(rng.normal(0, 0.25, n)),
-        }))
-    cells = pd.concat(rows, ignore_index=True)
-    return term, cells
 
 
 def _terminal_cells(df: pd.DataFrame) -> pd.DataFrame:

@@ -712,7 +712,7 @@ def render_synapse_field(
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.phantoms import render_synapse_field
+    >>> from analysis.sim.phantoms import render_synapse_field
     >>> fld = render_synapse_field(np.random.default_rng(0), snr=8.0)
     >>> fld.image.shape, fld.image.dtype
     ((256, 256), dtype('uint16'))
@@ -1378,7 +1378,7 @@ def render_terminal_field(
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.phantoms import render_terminal_field
+    >>> from analysis.sim.phantoms import render_terminal_field
     >>> fld = render_terminal_field(np.random.default_rng(1))
     >>> fld.image.shape
     (3, 512, 512)

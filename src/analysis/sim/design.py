@@ -2,7 +2,7 @@
 
 A design is a table with one row per image: the sample-sheet columns of the contract
 (DESIGN.md) plus the simulation's hidden variables (activation, true densities, SNR level),
-which :mod:`analysis.simulate` renders and writes as ground truth.
+which :mod:`analysis.sim.simulate` renders and writes as ground truth.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.truth import TSPO_KO, VEHICLE, WILD_TYPE, TruthModel, activation, readout_multipliers
+from analysis.io.vocabulary import GROUP_COLUMNS, group_label  # noqa: F401  (re-exported)
+from analysis.sim.truth import TSPO_KO, VEHICLE, WILD_TYPE, TruthModel, activation, readout_multipliers
 
 __all__ = ["Group", "Preset", "PRESETS", "build_design", "group_label", "design_summary"]
 
@@ -21,7 +22,6 @@ log = logging.getLogger(__name__)
 
 SYNAPSE_CHANNELS = ("PSD95",)
 TERMINAL_CHANNELS = ("PSD95", "Iba1", "CD68")
-GROUP_COLUMNS = ["genotype", "compound", "dose_mg_kg", "treatment_days"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class Preset:
         640 x 640 at 0.2 um (128 um square): a 40x/1.3 oil max projection large enough for
         whole microglia (territory ~50 um) while still resolving puncta.
     snr_mix : dict
-        Probability of each SNR level (see :data:`analysis.phantoms.SNR_LEVELS`).
+        Probability of each SNR level (see :data:`analysis.sim.phantoms.SNR_LEVELS`).
     null : bool
         No drug effect at all (the truth model without drug effect).
     """
@@ -135,13 +135,6 @@ PRESETS: dict[str, Preset] = {
     "null": Preset("null", _groups_default(), null=True),
     "large": Preset("large", _groups_default(), animals_per_group=16),
 }
-
-
-def group_label(genotype: str, compound: str, dose_mg_kg: float, treatment_days: int) -> str:
-    """Human-readable group name, e.g. ``"WT diazepam 5 mg/kg x 7 d"``."""
-    if compound == VEHICLE:
-        return f"{genotype} vehicle x {int(treatment_days)} d"
-    return f"{genotype} {compound} {dose_mg_kg:g} mg/kg x {int(treatment_days)} d"
 
 
 def _sessions(preset: Preset, g: Group, cohort: str) -> list[tuple[str, int]]:

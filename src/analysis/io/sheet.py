@@ -1,4 +1,4 @@
-"""Reading inputs: the sample sheet (validated against the contract) and TIFF / OME-TIFF images.
+"""The sample sheet, validated against the contract (images are read by :mod:`analysis.io.images`).
 
 Every problem with the input is reported as an :class:`analysis.errors.Problem` naming the
 file, the line (as a spreadsheet shows it: the header is line 1) and the column, with the fix;
@@ -11,17 +11,12 @@ distinct channels for distinct roles and the group names the models use.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import errno
 import io
 import logging
 import os
 import re
-import stat
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +24,18 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import ImageReadError, InputError, Problem, SampleSheetError
+from analysis.io.images import (
+    ImageInfo,
+    _file_problem,
+    _plugin_for,
+    image_info,
+)
 
 __all__ = [
     "REQUIRED_COLUMNS",
     "CHANNEL_COLUMNS",
+    "channel_columns",
+    "register_channel_role",
     "OPTIONAL_COLUMNS",
     "REFERENCE_COMPOUND",
     "KNOWN_COMPOUNDS",
@@ -41,13 +44,11 @@ __all__ = [
     "Z_STEP_RANGE_UM",
     "MIN_IMAGE_PIXELS",
     "MIN_IMAGE_UM",
-    "ImageInfo",
-    "image_info",
-    "read_image",
-    "register_reader",
     "load_samples",
     "resolve_image_path",
     "normalise_vocabulary",
+    "ANALYSIS_PLAN",
+    "load_analysis_plan",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,27 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "lysosome_channel",
 )
 CHANNEL_COLUMNS: tuple[str, ...] = ("synapse_channel", "microglia_channel", "lysosome_channel")
+#: Channel roles of further readouts (optional columns; added by the readout registry,
+#: :func:`analysis.pipeline.registry.register`, through :func:`register_channel_role`).
+_EXTRA_CHANNEL_COLUMNS: list[str] = []
+
+
+def register_channel_role(column: str) -> None:
+    """Make ``column`` an optional channel-role column of the sheet (validated like the others)."""
+    if not column.endswith("_channel"):
+        raise ValueError(f"a channel role column ends in '_channel', got {column!r}")
+    if column not in CHANNEL_COLUMNS and column not in _EXTRA_CHANNEL_COLUMNS:
+        _EXTRA_CHANNEL_COLUMNS.append(column)
+
+
+def channel_columns(columns: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The contract's channel roles and the registered extra ones (of ``columns`` only, if given)."""
+    extra = [c for c in _EXTRA_CHANNEL_COLUMNS if columns is None or c in set(columns)]
+    return (*CHANNEL_COLUMNS, *extra)
 _NON_EMPTY = ("image_id", "path", "animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "day")
-_TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
-_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6, "cm": 1e4}
 #: Optional sheet columns with a meaning (any other extra column is kept and carried through).
 OPTIONAL_COLUMNS: tuple[str, ...] = ("z_step_um", "pixel_size_override")
-#: The control group every treated group is compared with (equals ``analysis.truth.VEHICLE``).
+#: The control group every treated group is compared with (equals ``analysis.sim.truth.VEHICLE``).
 REFERENCE_COMPOUND = "vehicle"
 #: Spellings the models use; sheet values matching one case-insensitively are normalised to it.
 KNOWN_COMPOUNDS: tuple[str, ...] = (REFERENCE_COMPOUND, "diazepam", "XBD173", "PLX5622")
@@ -86,382 +102,6 @@ MIN_IMAGE_UM = 10.0
 _PIXEL_SIZE_TOLERANCE = 0.01  # sheet vs metadata, relative
 _YES = {"yes", "y", "true", "1"}
 _NO = {"", "no", "n", "false", "0"}
-_RGB_NAMES = ("red", "green", "blue", "alpha")
-_FIJI_AXES_FIX = (
-    "in Fiji set the dimensions with Image > Properties... (channels, slices, frames) or "
-    "Image > Hyperstacks > Re-order Hyperstack..., or split the file with Image > Stacks > "
-    "Stack to Images..., then save it again (File > Save As > Tiff...)"
-)
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What an image file's header says, without reading the pixel data.
-
-    Attributes
-    ----------
-    path : Path
-    shape : tuple of int
-        Shape as stored, without axes of length 1 other than C, Z, Y, X (e.g. a single time
-        point of a Fiji hyperstack).
-    axes : str
-        The axes of ``shape``: each of C, Z, Y, X at most once, Y and X present, in the stored
-        order (``"CZYX"``, ``"ZCYX"`` for a Fiji hyperstack, ``"YXC"`` for an RGB TIFF, whose
-        samples are the channels); :func:`read_image` returns them as CZYX.
-    n_channels, n_z : int
-    dtype : numpy.dtype
-    pixel_size_um : float or None
-        From OME ``PhysicalSizeX`` (converted to um) or the TIFF/ImageJ resolution tags.
-    z_step_um : float or None
-        From OME ``PhysicalSizeZ`` or the ImageJ ``spacing`` (with a physical unit).
-    channel_names : tuple of str
-        Names of the channels where the file gives them (OME ``Channel Name``; ``red``,
-        ``green``, ``blue`` for RGB), else empty.
-    """
-
-    path: Path
-    shape: tuple[int, ...]
-    axes: str
-    n_channels: int
-    n_z: int
-    dtype: np.dtype
-    pixel_size_um: float | None
-    z_step_um: float | None
-    channel_names: tuple[str, ...] = ()
-
-    @property
-    def plane_shape(self) -> tuple[int, int]:
-        """(ny, nx) of one plane."""
-        return self.shape[self.axes.index("Y")], self.shape[self.axes.index("X")]
-
-
-InfoFunc = Callable[[Path], ImageInfo]
-ReadFunc = Callable[[Path], np.ndarray]
-_READERS: dict[str, tuple[InfoFunc, ReadFunc]] = {}
-_ENTRY_POINTS_LOADED = False
-
-
-def register_reader(suffixes: Iterable[str], info_func: InfoFunc, read_func: ReadFunc) -> None:
-    """Register a reader for other file formats (e.g. a vendor format via a plug-in).
-
-    Parameters
-    ----------
-    suffixes : iterable of str
-        File name endings it handles, e.g. ``[".czi"]`` (case-insensitive).
-    info_func : callable
-        ``path -> ImageInfo`` reading the header only.
-    read_func : callable
-        ``path -> ndarray`` with the axes given by ``info_func(path).axes``.
-
-    Notes
-    -----
-    Packages can also register readers through the entry-point group ``analysis.readers``;
-    each entry point is a callable that calls this function.
-    """
-    for s in suffixes:
-        _READERS[s.lower()] = (info_func, read_func)
-
-
-def _load_entry_points() -> None:
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="analysis.readers"):
-        try:
-            ep.load()()
-        except Exception as exc:  # a broken plug-in must not break TIFF reading
-            log.warning("reader plug-in %s failed to load: %s", ep.name, exc)
-
-
-def _plugin_for(path: Path) -> tuple[InfoFunc, ReadFunc] | None:
-    _load_entry_points()
-    name = path.name.lower()
-    for suffix in sorted(_READERS, key=len, reverse=True):
-        if name.endswith(suffix):
-            return _READERS[suffix]
-    return None
-
-
-def _is_tiff(path: Path) -> bool:
-    return path.name.lower().endswith(_TIFF_SUFFIXES)
-
-
-def _unsupported(path: Path) -> ImageReadError:
-    known = sorted(set(_TIFF_SUFFIXES) | set(_READERS))
-    return ImageReadError.for_file(
-        path,
-        f"unsupported image format (supported: {', '.join(known)}); convert it to OME-TIFF "
-        "(e.g. with bfconvert) or register a reader with analysis.io.register_reader",
-    )
-
-
-def _ome_sizes(xml: str) -> tuple[float | None, float | None, tuple[str, ...]]:
-    """Pixel size, z step (um) and channel names from OME-XML."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None, None, ()
-    for el in root.iter():
-        if el.tag.endswith("Pixels"):
-            def size(attr: str) -> float | None:
-                value = el.attrib.get(f"PhysicalSize{attr}")
-                if value is None:
-                    return None
-                unit = el.attrib.get(f"PhysicalSize{attr}Unit", "µm")
-                try:
-                    return float(value) * _UNIT_TO_UM.get(unit, 1.0)
-                except ValueError:
-                    return None
-
-            names = tuple(ch.attrib.get("Name", "") for ch in el if ch.tag.endswith("Channel"))
-            return size("X"), size("Z"), names if all(names) else ()
-    return None, None, ()
-
-
-def _imagej_unit_um(tif) -> float | None:
-    """Micrometres per ImageJ calibration unit, None for pixels or an unknown unit."""
-    ij = tif.imagej_metadata or {}
-    unit = str(ij.get("unit", "")).replace("\\u00B5", "µ")
-    return _UNIT_TO_UM.get(unit)
-
-
-def _tiff_resolution_um(tif) -> float | None:
-    page = tif.pages[0]
-    tag = page.tags.get("XResolution")
-    if tag is None:
-        return None
-    num, den = tag.value
-    if not num or not den:
-        return None
-    px_per_unit = num / den
-    ij_unit = _imagej_unit_um(tif)
-    if ij_unit is not None:
-        return ij_unit / px_per_unit
-    res_unit = page.tags.get("ResolutionUnit")
-    code = int(res_unit.value) if res_unit is not None else 2
-    if code == 3:  # centimetre
-        return 1e4 / px_per_unit
-    return None  # inches or no unit: not a physical pixel size we can trust
-
-
-@contextlib.contextmanager
-def _quiet_tifffile():
-    """tifffile logs its own tracebacks for damaged files; we report them as ImageReadError."""
-    logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _file_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be opened as an image file (symlink loop, missing, folder...), or None."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return ("is a symbolic link loop (the link leads back to itself); replace it with the real "
-                    "file or point the link at the file (ls -l shows where it points)")
-        if exc.errno == errno.ENOENT and os.path.islink(path):
-            return (f"is a symbolic link to {os.readlink(path)!r}, which does not exist; fix the link or "
-                    "copy the image here")
-        if exc.errno == errno.ENOENT:
-            return "file not found; check the path in the sample sheet"
-        if exc.errno == errno.EACCES:
-            return "permission denied; make the file readable (chmod a+r) or copy it somewhere readable"
-        return f"cannot open it ({exc.strerror or exc}); check the path and the disk"
-    if stat.S_ISDIR(st.st_mode):
-        return "is a folder, not an image file; give the path of the image file inside it"
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file (a device, pipe or socket); give the path of an image file"
-    if st.st_size == 0:
-        return "is empty (0 bytes); copy or export it again"
-    return None
-
-
-#: A Python bytes literal in an exception text (readers quote the first bytes of a file they
-#: cannot parse; a ``.tif`` linked to a system file would put its content into messages).
-_BYTES_LITERAL = re.compile(r"""\bb(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
-
-
-def without_file_bytes(text: str) -> str:
-    """``text`` with every quoted bytes literal replaced by ``<file bytes omitted>`` and
-    non-printable characters dropped: a reader's message about a file, never the file's content."""
-    text = _BYTES_LITERAL.sub("<file bytes omitted>", str(text))
-    return "".join(ch if ch.isprintable() else " " for ch in text)
-
-
-def _read_failure(exc: BaseException) -> str:
-    text = without_file_bytes(str(exc))
-    if "imagecodecs" in text:
-        return (f"it is compressed with a codec that needs the imagecodecs package ({text}); install it "
-                "(pip install imagecodecs, or conda install -c conda-forge imagecodecs) or save the "
-                "image uncompressed")
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return f"cannot read it ({exc.strerror or text}); check the file and the disk"
-    return f"cannot read TIFF ({text}); the file may be truncated or corrupt: export it again"
-
-
-def _map_axes(path: Path, raw_axes: str, raw_shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
-    """tifffile axes -> our axes (C, Z, Y, X in stored order), singleton extras dropped."""
-    mapped = []
-    for a, n in zip(raw_axes, raw_shape, strict=True):
-        if a == "S":  # samples of an RGB(A) pixel are the channels
-            a = "C"
-        elif a in "QI":  # generic pages without metadata: read as z-slices
-            a = "Z"
-        mapped.append((a, int(n)))
-    mapped = [(a, n) for a, n in mapped if not (n == 1 and (a not in "CZYX" or [b for b, _ in mapped].count(a) > 1))]
-    axes = "".join(a for a, _ in mapped)
-    shape = tuple(n for _, n in mapped)
-    if "T" in axes:
-        nt = shape[axes.index("T")]
-        raise ImageReadError.for_file(
-            path,
-            f"has {nt} time points (axes {raw_axes!r}, shape {raw_shape}); one row of the sheet is one "
-            "image at one time: if these are really z-slices, swap them in Fiji with Image > Hyperstacks > "
-            "Re-order Hyperstack... (frames <-> slices) or Image > Properties...; if they are time points, "
-            "split them with Image > Stacks > Stack to Images... (or Image > Hyperstacks > Reduce "
-            "Dimensionality...) and list each file on its own row",
-        )
-    if any(a not in "CZYX" for a in axes) or len(set(axes)) != len(axes) or "Y" not in axes or "X" not in axes:
-        raise ImageReadError.for_file(
-            path,
-            f"axes {raw_axes!r} (shape {raw_shape}) cannot be read as channels (C), z-slices (Z), Y and X; "
-            + _FIJI_AXES_FIX + ", or export it as OME-TIFF (File > Export > OME-TIFF...)",
-        )
-    return axes, shape
-
-
-def _missing_bytes(path: Path, series) -> int:
-    """How many bytes of the first and last page's pixel data are missing (beyond the end of the
-    file, or fewer than an uncompressed page needs); a header-only check for truncated files."""
-    size = os.path.getsize(path)
-    pages = [pg for pg in (series.pages[0], series.pages[-1]) if pg is not None] if len(series.pages) else []
-    missing = 0
-    for pg in pages:
-        offsets, counts = tuple(getattr(pg, "dataoffsets", ())), tuple(getattr(pg, "databytecounts", ()))
-        if not offsets or not any(offsets):
-            return max(1, int(getattr(pg, "nbytes", 1)))
-        missing = max(missing, max(o + c for o, c in zip(offsets, counts)) - size)
-        if getattr(pg, "compression", 1) == 1 and hasattr(pg, "nbytes"):
-            missing = max(missing, int(pg.nbytes) - sum(counts))
-    return max(0, missing)
-
-
-def _tiff_info(path: Path) -> ImageInfo:
-    import tifffile
-
-    try:
-        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            raw_shape = tuple(int(s) for s in series.shape)
-            raw_axes = series.axes
-            px, dz, names = (None, None, ())
-            if tif.is_ome and tif.ome_metadata:
-                px, dz, names = _ome_sizes(tif.ome_metadata)
-            if px is None:
-                px = _tiff_resolution_um(tif)
-            ij = tif.imagej_metadata or {}
-            if dz is None and "spacing" in ij and _imagej_unit_um(tif) is not None:
-                dz = float(ij["spacing"]) * _imagej_unit_um(tif)
-            rgb = int(tif.pages[0].photometric) == 2 and "S" in raw_axes
-            dtype = np.dtype(series.dtype)
-            truncated = _missing_bytes(path, series)
-    except Exception as exc:  # whatever tifffile raises on a damaged header is a damaged file
-        raise ImageReadError.for_file(path, _read_failure(exc)) from None
-    if truncated:
-        raise ImageReadError.for_file(
-            path, f"{truncated} bytes of its pixel data are missing: it is truncated or corrupt (an "
-                  "interrupted copy or export?); copy or export it again")
-    axes, shape = _map_axes(path, raw_axes, raw_shape)
-    n_c = shape[axes.index("C")] if "C" in axes else 1
-    n_z = shape[axes.index("Z")] if "Z" in axes else 1
-    if rgb:
-        names = _RGB_NAMES[:n_c]
-    if len(names) != n_c:
-        names = ()
-    return ImageInfo(Path(path), shape, axes, n_c, n_z, dtype, px, dz, tuple(names))
-
-
-def image_info(path: str | os.PathLike[str]) -> ImageInfo:
-    """Header information of an image file (no pixel data read).
-
-    TIFF and OME-TIFF files are read by their axes: channels (``C``, or the ``S`` samples of an
-    RGB TIFF: channel 0 = red, 1 = green, 2 = blue), z-slices (``Z``), ``Y``, ``X`` in any order
-    (e.g. Fiji/ImageJ hyperstacks, stored ``ZCYX``); a time axis of length 1 is dropped.
-    LZW / deflate / zstd compressed TIFFs are read through ``imagecodecs``.
-
-    Raises
-    ------
-    ImageReadError
-        Unsupported format, missing or unreadable file (symlink loop, folder, empty file),
-        more than one time point, or axes that are not channels, z-slices, Y and X; the
-        message says how to fix it (in Fiji where that applies).
-    """
-    p = Path(path)
-    plugin = _plugin_for(p)
-    if plugin is not None:
-        try:
-            return plugin[0](p)
-        except OSError as exc:
-            raise ImageReadError.for_file(p, _file_problem(p) or _read_failure(exc)) from None
-    if not _is_tiff(p):
-        raise _unsupported(p)
-    problem = _file_problem(p)
-    if problem is not None:
-        raise ImageReadError.for_file(p, problem)
-    return _tiff_info(p)
-
-
-def _to_czyx(data: np.ndarray, axes: str) -> np.ndarray:
-    """Add missing C and Z axes and transpose to CZYX; ``axes`` holds Y, X and at most one C, Z."""
-    for a in "CZ":
-        if a not in axes:
-            data = data[np.newaxis]
-            axes = a + axes
-    order = [axes.index(a) for a in "CZYX"]
-    if order == [0, 1, 2, 3]:
-        return data
-    return np.ascontiguousarray(np.transpose(data, order))
-
-
-def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, ImageInfo]:
-    """Read an image as a 4-D array with axes CZYX (singleton C/Z added), native dtype.
-
-    Channels of an RGB TIFF are its colour components (0 = red, 1 = green, 2 = blue); Fiji
-    hyperstacks (ZCYX, TZCYX with one time point) are transposed to CZYX.
-
-    Examples
-    --------
-    >>> data, info = read_image("images/a.ome.tif")  # doctest: +SKIP
-    >>> data.shape, info.pixel_size_um  # doctest: +SKIP
-    ((3, 1, 512, 512), 0.2)
-    """
-    p = Path(path)
-    info = image_info(p)
-    plugin = _plugin_for(p)
-    if plugin is not None:
-        try:
-            data = np.asarray(plugin[1](p))
-        except OSError as exc:
-            raise ImageReadError.for_file(p, _file_problem(p) or _read_failure(exc)) from None
-    else:
-        import tifffile
-
-        try:
-            with _quiet_tifffile():
-                data = tifffile.imread(p, series=0)
-        except Exception as exc:  # as in _tiff_info: a file tifffile cannot decode is a damaged file
-            raise ImageReadError.for_file(p, _file_problem(p) or _read_failure(exc).replace(
-                "cannot read TIFF", "cannot read pixel data")) from None
-    data = data.reshape(info.shape)
-    return _to_czyx(data, info.axes), info
 
 
 def resolve_image_path(samples_csv: str | os.PathLike[str], path_value: str) -> Path:
@@ -783,17 +423,18 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
             add(i, "pixel_size_override", f"pixel_size_override is {raw.at[i, 'pixel_size_override']!r}; write yes "
                                           "to keep the sheet's pixel size against the file's metadata, or leave it empty")
 
-    for col in CHANNEL_COLUMNS:
+    roles = channel_columns(raw.columns)
+    for col in roles:
         num = _numeric(raw[col])
         bad = (raw[col] != "") & (num.isna() | (num < 0) | (num != np.floor(num)))
         for i in raw.index[bad]:
             add(i, col, f"{col} is {raw.at[i, col]!r}; channel indices are whole numbers >= 0 (0 = first channel), or empty if absent")
         out[col] = num.where(~bad).astype("Int64")
-    no_channel = (raw[list(CHANNEL_COLUMNS)] == "").all(axis=1)
+    no_channel = (raw[list(roles)] == "").all(axis=1)
     for i in raw.index[no_channel]:
-        add(i, "synapse_channel", "no channel role is set; give at least one of synapse_channel, microglia_channel, lysosome_channel")
-    for a_pos, a in enumerate(CHANNEL_COLUMNS):
-        for b in CHANNEL_COLUMNS[a_pos + 1:]:
+        add(i, "synapse_channel", f"no channel role is set; give at least one of {', '.join(roles)}")
+    for a_pos, a in enumerate(roles):
+        for b in roles[a_pos + 1:]:
             same = out[a].notna() & out[b].notna() & (out[a] == out[b]).fillna(False)
             for i in raw.index[same]:
                 add(i, b, f"{a} and {b} are both {int(out.at[i, a])}; each role reads its own channel: fix the channel index "
@@ -883,7 +524,7 @@ def _check_images(
                 add(i, "pixel_size_um", f"pixel_size_um is {raw.at[i, 'pixel_size_um']} but the metadata of {rel} give {meta_px:g} um; "
                                         "correct the sheet, or leave pixel_size_um empty to use the file's value, or add a column "
                                         "pixel_size_override set to yes on this row to keep the sheet's value")
-        for col in CHANNEL_COLUMNS:
+        for col in channel_columns(out.columns):
             ch = out.at[i, col]
             if pd.notna(ch) and int(ch) >= info.n_channels:
                 named = ""

@@ -8,7 +8,7 @@ limits:
   image's puncta population over the pixel-noise SD at the background
   (:func:`background_noise_sd`), with the population's brightness corrected for the puncta
   too faint to be detected (:func:`fit_brightness`); the definition of the phantoms' SNR
-  (:mod:`analysis.phantoms`), whose levels the validation covers.
+  (:mod:`analysis.sim.phantoms`), whose levels the validation covers.
 * :func:`spike_in_recall` -- the detector's recall on *this* image, measured by adding
   synthetic puncta (the image's own punctum size, brightness distribution and noise model)
   at known positions and detecting again with the same parameters; in the same run, the
@@ -19,7 +19,7 @@ limits:
   what the validation covered (:data:`VALIDATED_RANGE`).
 
 :func:`image_quality` bundles them into the columns of one image row (used by
-:func:`analysis.quantify.quantify_image`).  All functions are pure; every random draw takes
+:func:`analysis.pipeline.quantify.quantify_image`).  All functions are pure; every random draw takes
 a seed.
 """
 
@@ -34,8 +34,8 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy import optimize, special
 
-from analysis.synapses import _render as render_spots
-from analysis.synapses import detect_puncta, match_points, noise_sd_map
+from analysis.measure.puncta import _render as render_spots
+from analysis.measure.puncta import detect_puncta, match_points, noise_sd_map
 
 __all__ = [
     "VALIDATED_RANGE",
@@ -57,11 +57,11 @@ log = logging.getLogger(__name__)
 #: What the validation covers, per readout; one dict so that the validation suite can widen it.
 #: ``pixel_size_um`` (inclusive range), ``bit_depth`` (integer data of these depths; float data
 #: is not covered), ``min_snr`` (:func:`image_snr`: the hardest SNR level of the phantom
-#: validation, ``analysis.phantoms.SNR_LEVELS["hard"]`` = 3, where puncta F1 is ~0.82 and
+#: validation, ``analysis.sim.phantoms.SNR_LEVELS["hard"]`` = 3, where puncta F1 is ~0.82 and
 #: recall ~0.73, less the scatter of the SNR measured on single 256 x 256 fields rendered at
 #: that level: 2.7-3.4 over 20 fields with the current detector, 3.1-3.6 with the previous),
 #: ``max_saturated_fraction`` (images above it are rejected by
-#: :func:`analysis.quantify.image_problem` anyway).
+#: :func:`analysis.pipeline.quantify.image_problem` anyway).
 VALIDATED_RANGE: dict[str, dict[str, Any]] = {
     "puncta": {
         "pixel_size_um": (0.05, 0.8),
@@ -174,7 +174,7 @@ def fit_brightness(puncta: pd.DataFrame, threshold_sd: float | None = None) -> d
     """Brightness distribution of an image's puncta, corrected for the undetected faint ones.
 
     Brightness is expressed in units of each punctum's own amplitude noise SD: the
-    detection SNR ``snr`` of :func:`analysis.synapses.detect_puncta` (fitted amplitude over
+    detection SNR ``snr`` of :func:`analysis.measure.puncta.detect_puncta` (fitted amplitude over
     its noise SD).  In these units the detector's selection is one sharp cut at
     ``threshold_sd`` for every punctum, and uneven illumination (which scales amplitude
     and, as shot noise, its noise) largely cancels.  The detected puncta are then a
@@ -311,7 +311,7 @@ def image_snr(puncta: pd.DataFrame, brightness: dict[str, Any] | None = None, *,
     pixel noise SD at the puncta, over ``background_sd`` (:func:`background_noise_sd`; without
     it, the median pixel noise at the puncta, which is larger by the puncta's own shot noise,
     so the SNR of bright images reads ~10 % low).  This is the definition of the phantoms' SNR
-    (:mod:`analysis.phantoms`: mean amplitude over the noise SD at the mean background), so a
+    (:mod:`analysis.sim.phantoms`: mean amplitude over the noise SD at the mean background), so a
     measured value can be compared with the validated levels.  It differs from the detection
     ``snr`` of single puncta (``puncta_median_snr``: the fitted amplitude in units of its own
     noise SD, a matched-filter figure ~2.5x larger, and only over the puncta above the
@@ -346,7 +346,7 @@ def image_snr(puncta: pd.DataFrame, brightness: dict[str, Any] | None = None, *,
 def _render(shape: tuple[int, int], pos: np.ndarray, amp: np.ndarray, sigma_px: np.ndarray,
             radius: int | None = None) -> np.ndarray:
     """Point-sampled 2-D Gaussians (peak ``amp``, isotropic sigma in pixels, truncated at
-    4 sigma, or at ``radius`` pixels): the detector's own spot model (:func:`analysis.synapses._render`)."""
+    4 sigma, or at ``radius`` pixels): the detector's own spot model (:func:`analysis.measure.puncta._render`)."""
     s = np.asarray(sigma_px, float)
     return render_spots(shape, np.asarray(pos, float), np.asarray(amp, float), np.column_stack([s, s]),
                         None if radius is None else np.array([radius, radius]))
@@ -406,7 +406,7 @@ def _pixel_noise_sd_at(image: np.ndarray, pixel_size_um: float, puncta: pd.DataF
     The detector's Poisson-Gaussian fit (``noise_alpha``, ``noise_beta``) evaluated at the
     image blurred by 0.42 um (about the detector's local level), rescaled so that its median
     ratio to the ``noise_sd`` of the detected puncta is 1; without the fit attributes,
-    :func:`analysis.synapses.noise_sd_map`.  Evaluated at the points only (no full-size map
+    :func:`analysis.measure.puncta.noise_sd_map`.  Evaluated at the points only (no full-size map
     is kept: :func:`_level_at`).
     """
     alpha, beta = puncta.attrs.get("noise_alpha"), puncta.attrs.get("noise_beta")
@@ -611,7 +611,7 @@ def spike_in_recall(
 
     Synthetic puncta are added at known random positions and the detector is run again
     with the same parameters; the share of them found (one-to-one within ``match_sigma``
-    punctum sigmas, :func:`analysis.synapses.match_points`) estimates the recall on the
+    punctum sigmas, :func:`analysis.measure.puncta.match_points`) estimates the recall on the
     image's own puncta:
 
     * **size**: Gaussians of the median ``sigma_um`` of the detected puncta (the image's
@@ -640,14 +640,14 @@ def spike_in_recall(
     On phantoms the recall agrees with that of spikes added to the image itself within the
     binomial error.
 
-    Measured on phantom fields (:func:`analysis.phantoms.render_synapse_field`, 256 x 256 at
+    Measured on phantom fields (:func:`analysis.sim.phantoms.render_synapse_field`, 256 x 256 at
     0.1 um, 8 fields per SNR level, 60 spikes in 2 rounds; true recall from matching the
     detections to the truth within 0.25 um; two detector versions): estimated minus true
     recall -0.01 to +0.01 at SNR 15 and 8, +0.02 to +0.05 at 4.5 and +0.07 to +0.10 at 3,
     the hardest level (there the true puncta, often in pairs or along dendrites, are lost
     more than isolated spikes, and the brightness model's faint end is a little short); RMS
     per field 0.02-0.03, 0.05-0.06 and 0.09-0.12.  With one round of 30 spikes in a 192 px
-    window (:data:`analysis.quantify.QUALITY_DEFAULTS`) the bias is ~0.01-0.02 larger.
+    window (:data:`analysis.pipeline.quantify.QUALITY_DEFAULTS`) the bias is ~0.01-0.02 larger.
     Estimated minus true precision: -0.01 to +0.04 (the false detections the phantoms'
     out-of-focus light causes are not counted, see :func:`estimated_precision`).
 
@@ -668,7 +668,7 @@ def spike_in_recall(
     pixel_size_um : float
         Pixel size.
     puncta : DataFrame
-        The detected puncta of ``image`` (:func:`analysis.synapses.detect_puncta` output:
+        The detected puncta of ``image`` (:func:`analysis.measure.puncta.detect_puncta` output:
         ``y``, ``x``, ``intensity``, ``sigma_um``, ``snr``, ``noise_sd``, attrs).
     mask : ndarray of bool, optional
         Analysed area (spikes are placed and false detections counted only there; default:
@@ -713,7 +713,7 @@ def spike_in_recall(
 
     Examples
     --------
-    >>> from analysis.phantoms import render_synapse_field
+    >>> from analysis.sim.phantoms import render_synapse_field
     >>> f = render_synapse_field(np.random.default_rng(3), snr=8.0)
     >>> p = detect_puncta(f.image, 0.1)
     >>> r = spike_in_recall(f.image, 0.1, p, mask=f.analysed_mask, seed=0)
@@ -818,15 +818,6 @@ def spike_in_recall(
                     "false_detections": n_false})
     log.debug("spike-in: %d/%d recovered (recall %.3f), %s false detections expected", int(hit.sum()), len(hit),
               recall, out["false_detections"])
-    return out
-    lo, hi = wilson_interval(n_rec, n_sp)
-    out.update({"recall": n_rec / n_sp, "recall_ci_low": lo, "recall_ci_high": hi, "n_spikes": n_sp,
-                "n_recovered": n_rec, "rounds": n_rounds})
-    if surrogate and searched_px:
-        rate = false / searched_px  # per analysed pixel
-        out.update({"false_per_100um2": 100.0 * rate / pixel_size_um**2,
-                    "false_detections": rate * float(allowed.sum())})
-    log.debug("spike-in: %d/%d recovered, %s false detections expected", n_rec, n_sp, out["false_detections"])
     return out
 
 

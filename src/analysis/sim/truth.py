@@ -35,12 +35,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TruthModel", "calibrated_model", "activation", "readout_multipliers"]
+from analysis.io.vocabulary import TSPO_KO, VEHICLE, WILD_TYPE  # noqa: F401  (the study's vocabulary)
 
-#: Genotype label of the global TSPO knockout (no drug effect).
-TSPO_KO = "TSPO_KO"
-WILD_TYPE = "WT"
-VEHICLE = "vehicle"
+__all__ = ["TruthModel", "calibrated_model", "activation", "readout_multipliers"]
 
 
 @dataclass(frozen=True)

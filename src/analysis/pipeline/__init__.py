@@ -1,0 +1,1 @@
+"""Per-image quantification of a study: the readout registry, the parallel runner and its cache."""

@@ -1,0 +1,153 @@
+"""The built-in readouts and their registry entries: PSD95 puncta, microglia, engulfment.
+
+Each entry wraps the measurement functions of one module of :mod:`analysis.measure` into the
+per-image function of :class:`analysis.pipeline.registry.Readout` (channels in, one row and
+named tables out).  Importing this module registers them, in the order they run:
+
+* ``puncta`` (``synapse_channel``): :func:`analysis.measure.puncta.detect_puncta`, the analysed
+  area and the density (per 100 um^2, or per um^3 for z-stacks), the median detection SNR
+  and the channel's quality (spike-in recall, estimated precision); table ``puncta``;
+* ``microglia`` (``microglia_channel``, maximum projection): cells, density per mm^2 and the
+  mean morphology of interior cells; table ``cells``;
+* ``engulfment`` (``microglia_channel`` and ``lysosome_channel``; uses the puncta when the
+  image also has a synapse channel): CD68 lysosomes and the puncta inside them per cell;
+  extends the ``cells`` table.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.measure import engulfment, microglia
+from analysis.measure import puncta as synapses
+from analysis.measure.quality import image_quality
+from analysis.pipeline.registry import Measured, Readout, register
+
+__all__ = ["MORPHOLOGY", "PUNCTA_COLUMNS", "image_seed", "kept_puncta"]
+
+#: Per-cell columns averaged into the image row (interior cells only).
+MORPHOLOGY = [
+    "area_um2",
+    "skeleton_length_um",
+    "branch_points",
+    "endpoints",
+    "longest_branch_um",
+    "solidity",
+    "sholl_max_intersections",
+    "sholl_critical_radius_um",
+    "sholl_auc",
+]
+
+#: Columns of the per-punctum table kept in the cache and in ``puncta.parquet`` (with ``z``
+#: first for z-stacks): position in pixels, fitted intensity, detection SNR, fitted size.
+PUNCTA_COLUMNS = ("y", "x", "intensity", "snr", "sigma_um")
+
+
+def image_seed(seed: int, plane: np.ndarray) -> list[int]:
+    """Seed of one image's random draws: the configured seed and a checksum of its pixels."""
+    return [int(seed), zlib.crc32(np.ascontiguousarray(plane).view(np.uint8))]
+
+
+def _projection(plane: np.ndarray) -> np.ndarray:
+    return plane if plane.ndim == 2 else plane.max(axis=0)
+
+
+def kept_puncta(puncta: pd.DataFrame | None, mask: np.ndarray | None) -> pd.DataFrame:
+    """The stored form of the detections: :data:`PUNCTA_COLUMNS`, ``in_analysed_area``, scalar attrs."""
+    if puncta is None or mask is None:
+        return pd.DataFrame()
+    kept = puncta[[c for c in ("z", *PUNCTA_COLUMNS) if c in puncta]].reset_index(drop=True)
+    m = mask if mask.ndim == 2 else mask.any(axis=0)
+    # the rule of analysis.measure.puncta.synapse_density: the nearest pixel lies in the analysed area
+    iy = np.clip(np.rint(kept["y"].to_numpy(float)).astype(int), 0, m.shape[0] - 1)
+    ix = np.clip(np.rint(kept["x"].to_numpy(float)).astype(int), 0, m.shape[1] - 1)
+    kept["in_analysed_area"] = m[iy, ix].astype(bool)
+    kept.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in puncta.attrs.items()
+                  if v is None or isinstance(v, bool | int | float | str | np.generic)}
+    return kept
+
+
+def measure_puncta(channels: Mapping[str, np.ndarray], pixel_size_um: float, *, z_step_um: float | None,
+                   params: Mapping[str, Any], upstream: Mapping[str, Measured], seed: int,
+                   quality: Mapping[str, Any]) -> Measured:
+    """The ``puncta`` readout of one image (see the module docstring)."""
+    syn = channels["synapse_channel"]
+    qp = dict(quality)
+    run_spike_in = bool(qp.pop("spike_in", True))
+    qp.pop("seed", None)
+    puncta = synapses.detect_puncta(syn, pixel_size_um, z_step_um=z_step_um, **params)
+    # the mask needs the puncta of this image: pass the counted ones (no second detection)
+    mask = synapses.analysed_area_mask(syn, pixel_size_um, puncta=puncta)
+    row = dict(synapses.synapse_density(puncta, mask, pixel_size_um, z_step_um=z_step_um))
+    # image-quality figure for QC: the median detection SNR of the puncta found
+    row["puncta_median_snr"] = float(puncta["snr"].median()) if len(puncta) else np.nan
+    detect_params = {**params, **({"z_step_um": z_step_um} if z_step_um and syn.ndim == 3 else {})}
+    q = image_quality(
+        syn, pixel_size_um, puncta, mask=mask if syn.ndim == 2 else None, n_detected=row["n_puncta"],
+        seed=image_seed(seed, syn), detect_params=detect_params, spike_in=run_spike_in, **qp)
+    return Measured(row=row, tables={"puncta": kept_puncta(puncta, mask)}, quality=[q],
+                    state={"puncta": puncta, "mask": mask})
+
+
+def measure_microglia_readout(channels: Mapping[str, np.ndarray], pixel_size_um: float, *,
+                              z_step_um: float | None, params: Mapping[str, Any],
+                              upstream: Mapping[str, Measured], seed: int,
+                              quality: Mapping[str, Any]) -> Measured:
+    """The ``microglia`` readout of one image (see the module docstring)."""
+    mg = channels["microglia_channel"]
+    q = image_quality(mg, pixel_size_um, readout="microglia")
+    mg2 = _projection(mg)
+    labels = microglia.segment_microglia(mg2, pixel_size_um, **params)
+    cells = microglia.measure_microglia(labels, mg2, pixel_size_um)
+    field_mm2 = mg2.size * (pixel_size_um / 1000.0) ** 2
+    row: dict[str, Any] = {
+        "microglia_count": int(len(cells)),
+        "microglia_field_area_mm2": field_mm2,
+        "microglia_density_per_mm2": len(cells) / field_mm2,
+    }
+    interior = cells[~cells["touches_border"]] if len(cells) else cells
+    row["microglia_interior_count"] = int(len(interior))
+    for col in MORPHOLOGY:
+        row[f"mean_{col}"] = float(interior[col].mean()) if len(interior) else np.nan
+    return Measured(row=row, tables={"cells": cells}, quality=[q], state={"labels": labels})
+
+
+def measure_engulfment_readout(channels: Mapping[str, np.ndarray], pixel_size_um: float, *,
+                               z_step_um: float | None, params: Mapping[str, Any],
+                               upstream: Mapping[str, Measured], seed: int,
+                               quality: Mapping[str, Any]) -> Measured:
+    """The ``engulfment`` readout of one image (see the module docstring)."""
+    lys = channels["lysosome_channel"]
+    out = Measured()
+    cells_of = upstream.get("microglia")
+    puncta_of = upstream.get("puncta")
+    if cells_of is not None and puncta_of is not None:
+        lys_mask = engulfment.segment_lysosomes(_projection(lys), pixel_size_um, **params)
+        found = puncta_of.state["puncta"]
+        pts = found if "z" not in found else found.drop(columns="z")
+        eng = engulfment.measure_engulfment(cells_of.state["labels"], lys_mask, pts, pixel_size_um)
+        out.tables["cells"] = cells_of.tables["cells"].merge(eng, on="label", how="left")
+        out.row.update(engulfment.engulfment_totals(eng))
+    # (the CD68 channel is validated with the microglia, in the same terminal fields)
+    out.quality.append(image_quality(lys, pixel_size_um, readout="microglia"))
+    return out
+
+
+register(Readout(
+    name="puncta", roles=("synapse_channel",), measure=measure_puncta,
+    modules=("analysis.pipeline.readouts", "analysis.measure.puncta", "analysis.measure.matching"),
+    notebook="02_synapse_dose_duration.ipynb", description="synapse (PSD95) channel"))
+register(Readout(
+    name="microglia", roles=("microglia_channel",), measure=measure_microglia_readout,
+    modules=("analysis.pipeline.readouts", "analysis.measure.microglia"),
+    notebook="03_microglia.ipynb", description="microglia (Iba1) channel"))
+register(Readout(
+    name="engulfment", roles=("microglia_channel", "lysosome_channel"), optional_roles=("synapse_channel",),
+    needs=("puncta", "microglia"), measure=measure_engulfment_readout,
+    modules=("analysis.pipeline.readouts", "analysis.measure.engulfment"),
+    notebook="03_microglia.ipynb", description="lysosome (CD68) channel"))

@@ -1,0 +1,1 @@
+"""The report: running the notebooks, recorded numbers, the index page and figures."""
