@@ -47,7 +47,8 @@ The stated SNR is per plane: ``signal_photons / sqrt(background_photons + read_n
 
 What is not modelled
 --------------------
-Out-of-focus neuropil, other fluorescent cells and blood vessels; scattering with depth
+Out-of-focus neuropil, other fluorescent cells and blood vessels (only as an optional
+smooth background variation, ``background_cv``); scattering with depth
 (loss of signal and a wider PSF); PMT multiplicative noise (approximated by Poisson plus
 Gaussian read noise); motion within a stack (breathing, heartbeat), line-scan artefacts;
 changes of spine size or shape between sessions; spine-type-dependent survival (thin spines
@@ -158,6 +159,7 @@ SNR_LEVELS: dict[str, dict[str, float]] = {
 #: at each session (0.87: ~13 % loss, Shi et al. 2022).  Motion is drawn per session:
 #: lateral drift ~ Normal(0, drift_sd_um) per axis, axial drift ~ Normal(0, drift_z_sd_um),
 #: rotation ~ Normal(0, rotation_sd_deg), smooth warp of rms ``deformation_um`` per axis.
+#: ``background_cv``: smooth background variation (5 um correlation) in the default preset.
 PRESETS: dict[str, dict[str, Any]] = {
     "test": {
         "field_um": (15.36, 15.36), "depth_um": 6.0, "n_dendrites": 1,
@@ -172,6 +174,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "psf_sigma_xy_um": 0.22, "psf_sigma_z_um": 1.0,
         "days": (-7.0, 0.0, 7.0, 62.0), "target_density_ratio": (1.0, 1.0, 0.87, 1.0),
         "drift_sd_um": 1.5, "drift_z_sd_um": 0.7, "rotation_sd_deg": 2.0, "deformation_um": 0.3,
+        "background_cv": 0.2, "background_scale_um": 5.0,
     },
 }
 
@@ -823,6 +826,28 @@ def _splat(shape: tuple[int, int, int], coords: np.ndarray, weights: np.ndarray)
     return grid.reshape(shape).astype(np.float32)
 
 
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], pixel_size_um: float, scale_um: float,
+                  cv: float) -> np.ndarray:
+    """A smooth positive random field of mean 1 and coefficient of variation ~``cv``.
+
+    White noise on a coarse grid (cells of ``scale_um / 4``), Gaussian-smoothed with sigma
+    ``scale_um``, interpolated (cubic) to the pixel centres, standardised over the image and
+    mapped to ``1 + cv * f`` (clipped at 0.05, renormalised to mean 1).
+    """
+    cell = scale_um / 4.0
+    margin = 12
+    coarse = rng.standard_normal(tuple(int(math.ceil(n * pixel_size_um / cell)) + 2 * margin for n in shape))
+    coarse = ndimage.gaussian_filter(coarse, 4.0, mode="wrap")
+    yy = (np.arange(shape[0]) + 0.5) * pixel_size_um / cell + margin
+    xx = (np.arange(shape[1]) + 0.5) * pixel_size_um / cell + margin
+    # separable cubic interpolation: rows first, then columns
+    rows = ndimage.map_coordinates(coarse, np.meshgrid(yy, np.arange(coarse.shape[1]), indexing="ij"), order=3)
+    f = ndimage.map_coordinates(rows, np.meshgrid(np.arange(shape[0]), xx, indexing="ij"), order=3)
+    f = (f - f.mean()) / (f.std() or 1.0)
+    out = np.clip(1.0 + cv * f, 0.05, None)
+    return out / out.mean()
+
+
 def _sample(volume: np.ndarray, coords: np.ndarray) -> np.ndarray:
     if len(coords) == 0:
         return np.zeros(0)
@@ -837,6 +862,8 @@ def render_session(
     signal_photons: float = SNR_LEVELS["default"]["signal_photons"],
     background_photons: float = SNR_LEVELS["default"]["background_photons"],
     read_noise_e: float = SNR_LEVELS["default"]["read_noise_e"],
+    background_cv: float = 0.0,
+    background_scale_um: float = 5.0,
     psf_sigma_xy_um: float = 0.22,
     psf_sigma_z_um: float = 1.0,
     mode: Literal["mip", "stack"] = "mip",
@@ -866,7 +893,12 @@ def render_session(
         Expected photo-electrons above background at the centre of a reference spine head
         (isolated 0.6 um sphere, centre in the imaged plane); sets the brightness scale.
     background_photons : float
-        Expected background photo-electrons per voxel (uniform).
+        Expected background photo-electrons per voxel (mean over the field).
+    background_cv : float
+        Coefficient of variation of a smooth random background (out-of-focus neuropil,
+        uneven illumination), the same in every plane; 0 for a uniform background.
+    background_scale_um : float
+        Correlation length (Gaussian sigma, um) of that background variation.
     read_noise_e : float
         Gaussian read noise (electrons rms) per voxel.
     psf_sigma_xy_um, psf_sigma_z_um : float
@@ -929,7 +961,11 @@ def render_session(
     scale = signal_photons / _reference_peak(float(pixel_size_um), float(z_step_um), float(psf_sigma_xy_um),
                                              float(psf_sigma_z_um))
     signal = grid * np.float32(scale)
-    noisy = rng.poisson(signal + np.float32(background_photons)).astype(np.float32)
+    background: np.ndarray | np.float32 = np.float32(background_photons)
+    if background_cv > 0 and background_photons > 0:
+        background = (background_photons * _smooth_field(rng, (ny, nx), pixel_size_um, background_scale_um,
+                                                          background_cv)).astype(np.float32)
+    noisy = rng.poisson(signal + background).astype(np.float32)
     if read_noise_e:
         noisy += rng.normal(0.0, read_noise_e, noisy.shape).astype(np.float32)
 
@@ -937,10 +973,10 @@ def render_session(
     head = to_px(move(sp[["y_um", "x_um", "z_um"]].to_numpy(float))) if len(sp) else np.zeros((0, 3))
     base = to_px(move(sp[["base_y_um", "base_x_um", "base_z_um"]].to_numpy(float))) if len(sp) else np.zeros((0, 3))
     if mode == "mip":
-        image, expected = noisy.max(axis=0), signal.max(axis=0) + np.float32(background_photons)
+        image, expected = noisy.max(axis=0), signal.max(axis=0) + background
         peak = _sample(signal.max(axis=0), head[:, 1:])
     else:
-        image, expected = noisy, signal + np.float32(background_photons)
+        image, expected = noisy, signal + background
         peak = _sample(signal, head)
     in_field = ((head[:, 1] >= -0.5) & (head[:, 1] <= ny - 0.5) & (head[:, 2] >= -0.5) & (head[:, 2] <= nx - 0.5))
     table = pd.DataFrame({
@@ -974,7 +1010,7 @@ def render_session(
         "day": truth.day, "mode": mode, "pixel_size_um": pixel_size_um, "z_step_um": z_step_um,
         "n_planes": nz, "psf_sigma_xy_um": psf_sigma_xy_um, "psf_sigma_z_um": psf_sigma_z_um,
         "signal_photons": signal_photons, "background_photons": background_photons,
-        "read_noise_e": read_noise_e,
+        "read_noise_e": read_noise_e, "background_cv": background_cv, "background_scale_um": background_scale_um,
         "snr": signal_photons / math.sqrt(background_photons + read_noise_e ** 2)
         if background_photons + read_noise_e ** 2 > 0 else math.inf,
         "drift_um": tuple(float(v) for v in drift_um), "rotation_deg": float(rotation_deg),
@@ -989,7 +1025,7 @@ def render_session(
 _TRUTH_KEYS = ("field_um", "depth_um", "n_dendrites", "spine_density_per_um", "type_fractions",
                "dendrite_radius_um", "margin_um", "min_separation_um", "min_spacing_um", "max_elevation_deg")
 _RENDER_KEYS = ("pixel_size_um", "psf_sigma_xy_um", "psf_sigma_z_um", "mode", "z_step_um", "dtype",
-                "signal_photons", "background_photons", "read_noise_e")
+                "signal_photons", "background_photons", "read_noise_e", "background_cv", "background_scale_um")
 _OTHER_KEYS = ("days", "target_density_ratio", "drift_sd_um", "drift_z_sd_um", "rotation_sd_deg", "deformation_um",
                "gain_rate_per_day", "loss_rate_per_day")
 
