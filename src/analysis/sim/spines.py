@@ -26,8 +26,9 @@ tilted in z; a spine is a neck (cylinder) from the shaft surface plus a spherica
 elevation of up to +-30 degrees out of the image plane.  Fluorescence is proportional to
 the GFP-filled volume.  Each object is represented by point "beads" laid out so that their
 second moments equal the object's (a ring of six points at ``r / sqrt(2)`` for a tube
-cross-section of radius ``r``; six points at ``r * sqrt(3 / 5)`` on the axes for a sphere),
-splatted trilinearly into the voxel grid and blurred once with the Gaussian PSF.
+cross-section of radius ``r``, every 0.1 um along it; for a spherical head, 123 points
+filling the ball on a cubic lattice of spacing ``r / 3``), splatted trilinearly into the
+voxel grid and blurred once with the Gaussian PSF.
 
 Coordinates: truth in um is in *tissue* coordinates (``y_um``, ``x_um``, ``z_um``); the
 field of view spans ``[0, h) x [0, w)`` um and ``[0, depth]`` um.  A rendered image
@@ -726,14 +727,22 @@ def _beads(truth: DendriteTruth) -> tuple[np.ndarray, np.ndarray]:
         rh = sp["head_diameter_um"].to_numpy(float) / 2
         has = rh > 0
         centre = base[has] + (neck[has] + rh[has])[:, None] * direction[has]
-        a = rh[has] * math.sqrt(3.0 / 5.0)
-        for axis in range(3):
-            for sign in (1.0, -1.0):
-                off = np.zeros((has.sum(), 3))
-                off[:, axis] = sign * a
-                pos.append(centre + off)
-                wt.append(4.0 / 3.0 * np.pi * rh[has] ** 3 / 6.0)
+        ball = _unit_ball()
+        pos.append((centre[:, None, :] + rh[has][:, None, None] * ball[None]).reshape(-1, 3))
+        wt.append(np.repeat(4.0 / 3.0 * np.pi * rh[has] ** 3 / len(ball), len(ball)))
     return np.concatenate(pos), np.concatenate(wt)
+
+
+@functools.lru_cache(maxsize=1)
+def _unit_ball() -> np.ndarray:
+    """Points filling the unit ball (cubic lattice, spacing 1/3), scaled so that their
+    second moment per axis is exactly that of a uniform ball, 1/5."""
+    k = np.arange(-3, 4) / 3.0
+    pts = np.stack(np.meshgrid(k, k, k, indexing="ij"), axis=-1).reshape(-1, 3)
+    pts = pts[np.linalg.norm(pts, axis=1) <= 1.0 + 1e-9]
+    pts *= math.sqrt(0.2 / np.mean(pts[:, 0] ** 2))
+    pts.setflags(write=False)
+    return pts
 
 
 def _blur_sigma(psf_sigma_xy_um: float, psf_sigma_z_um: float, pixel_size_um: float,
@@ -762,13 +771,12 @@ def _reference_peak(pixel_size_um: float, z_step_um: float, psf_sigma_xy_um: flo
     few per cent with their sub-voxel position when the voxels are coarse).
     """
     r = _REFERENCE_HEAD_DIAMETER_UM / 2
-    a = r * math.sqrt(3.0 / 5.0)
     sig = _blur_sigma(psf_sigma_xy_um, psf_sigma_z_um, pixel_size_um, z_step_um)
     half = np.array([int(math.ceil(4 * s)) + 4 for s in sig])
     shape = tuple(int(v) for v in 2 * half + 1)
     steps = np.array([z_step_um, pixel_size_um, pixel_size_um])
-    offsets = np.concatenate([np.eye(3), -np.eye(3)]) * a / steps
-    weights = np.full(6, 4.0 / 3.0 * np.pi * r ** 3 / 6.0)
+    offsets = _unit_ball() * r / steps
+    weights = np.full(len(offsets), 4.0 / 3.0 * np.pi * r ** 3 / len(offsets))
     sub = (np.arange(4) + 0.5) / 4
     peaks = []
     for shift in np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), axis=-1).reshape(-1, 3):
@@ -967,7 +975,7 @@ def render_session(
                                                           background_cv)).astype(np.float32)
     noisy = rng.poisson(signal + background).astype(np.float32)
     if read_noise_e:
-        noisy += rng.normal(0.0, read_noise_e, noisy.shape).astype(np.float32)
+        noisy += np.float32(read_noise_e) * rng.standard_normal(noisy.shape, dtype=np.float32)
 
     sp = truth.spines
     head = to_px(move(sp[["y_um", "x_um", "z_um"]].to_numpy(float))) if len(sp) else np.zeros((0, 3))
