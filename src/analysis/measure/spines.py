@@ -739,36 +739,61 @@ def _rigid_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return rot, cd - cs @ rot.T
 
 
-def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Refine the translation to a rigid map cur -> prev on the spine positions (ICP).
+def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: float,
+                  n_neighbours: int = 8, extra: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    """Previous spines in this session's pixels: rigid ICP, then a local, smooth correction.
 
     Starts from the phase-correlation shift; each round pairs the points one to one within a
-    shrinking distance and fits a rotation and translation, kept only if at least 4 points
-    pair. Returns (R, t) with prev ~ cur @ R.T + t.
+    shrinking distance and fits a rotation and translation (kept only if at least 4 points
+    pair). Tissue also deforms a little between sessions, so each previous spine is then
+    moved by the median residual displacement of its ``n_neighbours`` nearest paired spines
+    (a non-parametric smooth deformation field), twice. Returns (predicted positions,
+    rotation in degrees, ``extra`` points of the previous session mapped the same way).
     """
+    from scipy.spatial import cKDTree
+
     rot, t = np.eye(2), np.asarray(shift, float)
-    if len(cur) < 4 or len(prev) < 4:
-        return rot, t
-    for tol in (3.0 * tol_px, 2.0 * tol_px, 1.5 * tol_px, tol_px):
-        m = match_points(cur @ rot.T + t, prev, tol)
+    if len(cur) >= 4 and len(prev) >= 4:
+        for tol in (3.0 * tol_px, 2.0 * tol_px, 1.5 * tol_px, tol_px):
+            m = match_points(cur @ rot.T + t, prev, tol)
+            if len(m.pairs) < 4:
+                break
+            rot, t = _rigid_fit(cur[m.pairs[:, 0]], prev[m.pairs[:, 1]])
+    pred = (prev - t) @ rot
+    extra = np.empty((0, 2)) if extra is None else (np.asarray(extra, float).reshape(-1, 2) - t) @ rot
+    angle = float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0])))
+    for tol in (2.0 * tol_px, 1.5 * tol_px):
+        if len(cur) < 4 or len(pred) < 4:
+            break
+        m = match_points(pred, cur, tol)
         if len(m.pairs) < 4:
             break
-        rot, t = _rigid_fit(cur[m.pairs[:, 0]], prev[m.pairs[:, 1]])
-    return rot, t
+        anchors = pred[m.pairs[:, 0]]
+        resid = cur[m.pairs[:, 1]] - anchors
+        k = min(n_neighbours, len(anchors))
+        tree = cKDTree(anchors)
+        _, idx = tree.query(pred, k=k)
+        pred = pred + np.median(resid[np.asarray(idx).reshape(len(pred), k)], axis=1)
+        if len(extra):
+            _, idx = tree.query(extra, k=k)
+            extra = extra + np.median(resid[np.asarray(idx).reshape(len(extra), k)], axis=1)
+    return pred, angle, extra
 
 
 def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_distance_um: float = 0.6,
-                 min_snr: float = 1.0, hysteresis: float = 0.5, **params: Any) -> pd.DataFrame:
+                 min_snr: float = 1.0, hysteresis: float = 0.75, **params: Any) -> pd.DataFrame:
     """Detect spines in every session and link them to the previous session.
 
     Each session is registered to the previous one by phase correlation (translation,
     sub-pixel), refined to a rigid map (rotation + translation) by iterative closest points
-    on the detected spines; spines are detected per session (:func:`detect_spines`), and the previous
+    on the detected spines and then by a local median of the paired spines' residual
+    displacements (small tissue deformation); spines are detected per session (:func:`detect_spines`), and the previous
     session's spines, moved by the shift, are matched one to one to this session's within
-    ``max_distance_um`` (:func:`analysis.measure.matching.match_points`). A previous spine
-    that finds no detection may still match a weaker candidate (score >= ``hysteresis`` x
-    ``min_snr``) at its predicted place, so that a spine near the threshold does not flicker.
+    ``max_distance_um`` (:func:`analysis.measure.matching.match_points`). Hysteresis keeps
+    spines near the threshold from flickering: a previous spine that finds no detection may
+    still match a weaker candidate (score >= ``hysteresis`` x ``min_snr``) at its predicted
+    place (stable, same track), and a new detection with such a weak candidate at its place
+    in the previous session is ``stable`` rather than ``gained`` (its track starts here).
 
     Conventions (one row per spine per session):
 
@@ -824,6 +849,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         strong = cand[cand["snr"] >= min_snr].reset_index(drop=True)
         weak = cand[(cand["snr"] < min_snr) & (cand["snr"] >= hysteresis * min_snr)].reset_index(drop=True)
         if prev is None:
+            prev_weak = weak
             cur = strong.copy()
             cur["track_id"] = np.arange(len(cur)) + next_id
             next_id += len(cur)
@@ -832,12 +858,12 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
             prev = cur
             continue
         shift = _register(planes[s - 1], planes[s])
-        rot, t = _align_points(strong[["y", "x"]].to_numpy(float), prev[["y", "x"]].to_numpy(float), shift,
-                               max_px)
+        # previous spines in this session's pixels
+        pred, angle, prev_weak_here = _align_points(
+            strong[["y", "x"]].to_numpy(float), prev[["y", "x"]].to_numpy(float), shift, max_px,
+            extra=prev_weak[["y", "x"]].to_numpy(float))
         shifts.append(shift)
-        rotations.append(float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0]))))
-        # previous spines in this session's pixels: invert prev = cur R^T + t
-        pred = (prev[["y", "x"]].to_numpy(float) - t) @ rot
+        rotations.append(angle)
         m = match_points(strong[["y", "x"]].to_numpy(float), pred, max_px)
         matched_cur = np.zeros(len(strong), bool)
         matched_prev = np.zeros(len(prev), bool)
@@ -856,9 +882,17 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
                 rescued["track_id"] = prev["track_id"].to_numpy()[left[m2.pairs[:, 1]]]
                 rescued["status"] = "stable"
                 matched_prev[left[m2.pairs[:, 1]]] = True
+        # hysteresis for gains: an unmatched detection with a weak candidate at its place in
+        # the previous session was there already (stable; its track starts here)
+        was_there = np.zeros(len(strong), bool)
+        left_cur = np.nonzero(~matched_cur)[0]
+        if len(left_cur) and len(prev_weak_here):
+            m3 = match_points(strong[["y", "x"]].to_numpy(float)[left_cur], prev_weak_here, max_px)
+            if len(m3.pairs):
+                was_there[left_cur[m3.pairs[:, 0]]] = True
         cur = strong.copy()
         cur["track_id"] = track
-        cur["status"] = np.where(matched_cur, "stable", "gained")
+        cur["status"] = np.where(matched_cur | was_there, "stable", "gained")
         n_new = int((~matched_cur).sum())
         cur.loc[~matched_cur, "track_id"] = np.arange(n_new) + next_id
         next_id += n_new
@@ -870,6 +904,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         if len(lost):
             rows.append(lost.assign(session=s))
         prev = cur
+        prev_weak = weak
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=TRACK_COLUMNS)
     out = out.reindex(columns=TRACK_COLUMNS)
     out["track_id"] = out["track_id"].astype(int)
