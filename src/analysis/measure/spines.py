@@ -624,13 +624,25 @@ def _head_diameters(sm: np.ndarray, yy: np.ndarray, xx: np.ndarray, r: float) ->
     return np.median(np.sort(widths, axis=1)[:, :4], axis=1)  # the narrower directions: across the head
 
 
-def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4.0,
-                  min_snr: float = 1.0, max_reach_shaft_diameters: float = 3.0,
+def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 5.0,
+                  min_snr: float = 1.0, min_shaft_contrast: float = 0.05, min_blobness: float = 0.15,
+                  max_reach_shaft_diameters: float = 3.0, min_offset_shaft_radii: float = 0.8,
                   head_radius_shaft_ratios: Sequence[float] = (0.4, 0.6, 0.85, 1.2),
                   min_separation_head_diameters: float = 1.0,
-                  min_shaft_contrast: float = 0.08, min_offset_shaft_radii: float = 0.8,
-                  min_dendrite_relative_intensity: float = 0.15, min_blobness: float = 0.15, return_all: bool = False, trace: DendriteTrace | None = None) -> pd.DataFrame:
+                  min_dendrite_relative_intensity: float = 0.15, return_all: bool = False,
+                  trace: DendriteTrace | None = None) -> pd.DataFrame:
     """Detect dendritic spine heads next to traced dendrite shafts.
+
+    Dendrites are traced first (:func:`trace_dendrites`; its shaft radius sets every spatial
+    scale below). Head candidates are maxima of the scale-normalised blob filter of the
+    variance-stabilised image over head radii ``head_radius_shaft_ratios`` x shaft radius,
+    whose centre lies more than ``min_offset_shaft_radii`` local shaft radii from the
+    centreline and at most ``max_reach_shaft_diameters`` shaft diameters from the shaft
+    edge. This finds protrusions attached by a visible neck as well as heads whose neck is
+    too dim to see. A candidate is a spine if its score
+    ``min(response / (k_sigma * response noise), contrast / (min_shaft_contrast * shaft))``
+    is at least ``min_snr`` and its blobness (ratio of the Hessian eigenvalues) is at least
+    ``min_blobness``.
 
     Parameters
     ----------
@@ -638,35 +650,58 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
         2-D (y, x) or 3-D (z, y, x) image. 3-D stacks are detected on the maximum projection;
         ``z`` of a head is the plane of its brightest smoothed voxel (NaN for 2-D input).
     pixel_size_um : float
-        Lateral pixel size (um).
+        Lateral pixel size (um); used for the um columns.
     k_sigma : float
-        Foreground threshold floor in noise sigmas (see :func:`trace_dendrites`).
+        Blob response needed, in noise sigmas of the response (measured on the background).
     min_snr : float
-        Smallest head score kept: min(head contrast / foreground threshold, blob response /
-        4 noise sigmas of the response).
+        Smallest score kept (1 = exactly at both thresholds).
+    min_shaft_contrast : float
+        Smallest head contrast (over background) relative to the shaft next to it; rejects
+        texture and out-of-focus haze that the noise level does not.
+    min_blobness : float
+        Smallest ratio of the smaller to the larger Hessian eigenvalue magnitude at the head
+        (1 for a round blob, 0 for the flank of a ridge).
     max_reach_shaft_diameters : float
         Farthest a head centre may be from a shaft edge, in shaft diameters.
-    head_diameter_shaft_ratio : float
-        Expected head radius relative to the shaft radius (sets the blob filter scale).
+    min_offset_shaft_radii : float
+        Nearest a head centre may be to the centreline, in local shaft radii.
+    head_radius_shaft_ratios : sequence of float
+        Head radii searched, relative to the shaft radius.
     min_separation_head_diameters : float
-        Smallest distance between two heads, in expected head diameters.
+        Two maxima closer than this many head radii (of the larger) are one head.
+    min_dendrite_relative_intensity : float
+        Dendrites dimmer than this fraction of the brightest one (out of focus) carry no spines.
     return_all : bool
-        Return every candidate with its ``snr`` (no ``min_snr`` cut); used for hysteresis
-        in :func:`track_spines`.
+        Return every candidate with its score and features (no cut); used for the
+        hysteresis of :func:`track_spines`.
     trace : DendriteTrace, optional
-        A trace of this image from :func:`trace_dendrites` (computed if not given).
+        A trace of this image from :func:`trace_dendrites` (computed with its defaults if
+        not given).
 
     Returns
     -------
     DataFrame
-        One row per spine: ``y``, ``x`` (head centre, pixels), ``z``, ``head_diameter_um``,
-        ``neck_length_um``, ``type`` (see :func:`classify_spines`), ``dendrite_id`` (nearest
-        shaft in the trace), ``intensity``, ``snr``, ``distance_to_shaft_um``.
+        One row per spine: ``y``, ``x`` (head centre, pixels, intensity-weighted), ``z``,
+        ``head_diameter_um`` (FWHM across the head), ``neck_length_um`` (shaft edge to head
+        centre minus the head radius, >= 0), ``type`` (:func:`classify_spines`),
+        ``dendrite_id`` (nearest shaft in the trace), ``intensity`` (raw value at the head),
+        ``snr`` (the score), ``distance_to_shaft_um``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:100, :200].astype(float)
+    >>> img = 100 * np.exp(-(yy - 50) ** 2 / (2 * 3.0 ** 2)) * ((xx > 10) & (xx < 190))
+    >>> img += 80 * np.exp(-((yy - 62) ** 2 + (xx - 100) ** 2) / (2 * 2.0 ** 2))
+    >>> img += np.random.default_rng(0).normal(10, 1, img.shape)
+    >>> spines = detect_spines(img, 0.1)
+    >>> spines[["y", "x"]].round().values.tolist()
+    [[62.0, 100.0]]
     """
     img, stack, px = _check_image(image, pixel_size_um)
     if not np.isfinite(min_snr) or min_snr < 0:
         raise ValueError(f"min_snr must be >= 0, got {min_snr!r}")
-    tr = trace if trace is not None else _trace(img, px, k_sigma=k_sigma, min_length_shaft_diameters=4.0,
+    tr = trace if trace is not None else _trace(img, px, k_sigma=4.0, min_length_shaft_diameters=4.0,
                                                 min_shaft_diameter_um=0.2, max_shaft_diameter_um=6.0)
     df = _candidates(img, stack, px, tr, max_reach_shaft_diameters=max_reach_shaft_diameters,
                      head_radius_shaft_ratios=head_radius_shaft_ratios,
