@@ -1,30 +1,40 @@
 """Dendritic spines in two-photon images: dendrite tracing, spine detection, density, tracking.
 
+Public functions: :func:`trace_dendrites` (centrelines, length in um), :func:`detect_spines`
+(one row per spine head), :func:`classify_spines` (type rules), :func:`spine_density`
+(spines per um per dendrite) and :func:`track_spines` (spines linked across sessions).
+
 What is assumed
 ---------------
 - The image shows fluorescent (e.g. Thy1-GFP) dendrites brighter than the background: a 2-D
   frame (y, x) or a z-stack (z, y, x). Z-stacks are reduced to their maximum projection for
-  tracing and detection (y, x); the z of each spine head is the plane of the brightest
-  (smoothed) voxel at the head's (y, x).
-- Dendrite shafts are wider than spine necks. The shaft radius is measured in every image
-  from the distance transform of the foreground along its skeleton, and the spatial scales of
-  the detector (smoothing, head size, how far a head may sit from the shaft) are set from it.
-  The pixel size is used to report lengths in um and to check the measured shaft width for
-  plausibility, so a pixel size that is only approximate changes the reported um, not which
-  spines are found.
-- Thresholds come from the image: the noise is the robust (MAD) standard deviation of the
-  finest-scale differences, the foreground threshold is Otsu's on the background-flattened,
-  smoothed image but never below ``k`` noise sigmas over the background.
-- A spine is a local maximum of the head-scale blob filter (negative Laplacian of Gaussian)
-  outside the shaft core and within reach of a shaft: protrusions attached by a neck and bright
-  heads whose neck is too dim to be seen are both found this way.
+  tracing and detection (y, x); the ``z`` of each spine head is the plane of the brightest
+  (smoothed) voxel at the head's (y, x). Spines pointing along z project onto the shaft and
+  are not found.
+- Dendrite shafts are wider than spine necks and brighter along their centre than a fringe of
+  spines. The shaft radius is measured in every image (scale of the strongest Hessian ridges,
+  then the distance transform of the shaft's half-maximum mask along its skeleton), and every
+  spatial scale of the detector (smoothing, background window, head sizes searched, how far
+  from the shaft a head may be) is a multiple of it. ``pixel_size_um`` converts to um and
+  bounds the plausible shaft width (0.2-6 um); a pixel size that is only approximate
+  changes the reported um, not which spines are found.
+- Thresholds come from the image: a variance-stabilising transform fitted to the image's own
+  noise (variance = a + b x mean: shot noise plus a floor), the blob filter's noise measured as
+  a robust (MAD) sigma on the background pixels, Otsu's threshold on the background-flattened
+  image (never below ``k_sigma`` noise sigmas) for the foreground.
+- A spine is a maximum of the scale-normalised blob filter (negative Laplacian of Gaussian)
+  outside the shaft core and within reach of a shaft, round enough (Hessian eigenvalue ratio)
+  and with enough contrast against noise and against the shaft next to it: protrusions
+  attached by a neck and heads whose neck is too dim to be seen are both found.
+- Sessions of the same field differ by a rigid motion plus a small smooth deformation
+  (see :func:`track_spines`).
 
 Spine types follow the decision rules of Risher et al. (2014), PLoS ONE 9:e107591
 ("Rapid Golgi analysis method for efficient and unbiased classification of dendritic
-spines"), with spine length = neck length + head diameter and width = head diameter:
-filopodia if length > 2 um; otherwise mushroom if head diameter > 0.6 um; otherwise thin if
-length > 1 um or length / width > 1; otherwise stubby. (Risher's "long thin" is reported
-as thin.)
+spines"), as we read them, with spine length = neck length + head diameter and width = head
+diameter: filopodia if length > 2 um; otherwise mushroom if head diameter > 0.6 um;
+otherwise thin if length > 1 um ("long thin") or length / width > 1; otherwise stubby. With
+a measured neck, stubby means a head touching the shaft (neck length 0).
 """
 
 from __future__ import annotations
@@ -398,13 +408,17 @@ def trace_dendrites(image: np.ndarray, pixel_size_um: float, *, k_sigma: float =
                     max_shaft_diameter_um: float = 6.0) -> DendriteTrace:
     """Trace dendrite shaft centrelines and measure their length.
 
-    The foreground is the smoothed, background-flattened image above a threshold estimated
-    from the image (Otsu on the positive residual, never below ``k_sigma`` noise sigmas).
-    The shaft radius is the 75th percentile of the distance transform on the foreground's
-    skeleton. Opening the foreground by a disk of 0.7 shaft radii removes necks and
-    filopodia; the remainder is skeletonised, terminal branches shorter than 3 shaft radii
-    are pruned, and components shorter than ``min_length_shaft_diameters`` shaft diameters
-    (isolated heads, debris) are dropped.
+    A first shaft radius comes from the scale of the strongest Hessian ridges. At that scale
+    the image is smoothed (sigma = radius / 4) and flattened (background = low percentile over
+    8 radii); the foreground is above Otsu's threshold (never below ``k_sigma`` noise sigmas).
+    The shaft core is the foreground above half of the local maximum within 3 radii (the
+    shaft's full width at half maximum, which a fringe of dimmer spines does not widen); the
+    radius is re-measured on the core (60th percentile of its distance transform on its
+    skeleton) and the steps repeated until it changes by < 10 %. Opening the core by a disk of
+    0.7 radii removes necks and filopodia; the rest is skeletonised, terminal branches shorter
+    than 3 radii are pruned, and pieces shorter than ``min_length_shaft_diameters`` shaft
+    diameters (isolated heads, debris) are dropped. Lengths count 1 pixel per axial and
+    sqrt(2) per diagonal step of the centreline.
 
     Parameters
     ----------
@@ -862,7 +876,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         (a list of tuples from phase correlation; session pixel + shift = previous session
         pixel) and ``df.attrs["rotation_deg"]`` the fitted rotation.
     """
-    if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.ndim == 2:
+    if isinstance(images, np.ndarray) and images.ndim == 2:
         raise ValueError("track_spines needs a sequence of images (one per session), got one 2-D image")
     images = list(images)
     if len(images) == 0:
