@@ -1,5 +1,7 @@
-"""Image readers: TIFF / OME-TIFF (tifffile, with imagecodecs for compressed files), RGB as
-channels, Fiji hyperstacks by their axes, and reader plug-ins for other formats.
+"""Image readers: TIFF / OME-TIFF and Zeiss LSM (tifffile, with imagecodecs for compressed
+files), RGB as channels, Fiji hyperstacks by their axes; Zeiss CZI, Leica LIF and Nikon ND2
+through the bioio reader plug-ins (bioio-czi, bioio-lif, bioio-nd2, imported only when such a
+file is read); and reader plug-ins of one's own (:func:`register_reader`, entry points).
 
 :func:`image_info` reads a file's header (shape, axes, pixel size, z step, channel names)
 without its pixels; :func:`read_image` returns the data as (C, Z, Y, X). Every failure is an
@@ -13,6 +15,7 @@ import contextlib
 import errno
 import logging
 import os
+import math
 import re
 import stat
 import xml.etree.ElementTree as ET
@@ -24,11 +27,17 @@ import numpy as np
 
 from analysis.errors import ImageReadError
 
-__all__ = ["ImageInfo", "image_info", "read_image", "register_reader", "without_file_bytes"]
+__all__ = ["ImageInfo", "VENDOR_FORMATS", "image_info", "read_image", "register_reader", "without_file_bytes"]
 
 log = logging.getLogger(__name__)
 
-_TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
+_TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".lsm")
+#: Vendor formats read through a bioio reader plug-in: suffix -> (module, pip name, format name).
+VENDOR_FORMATS: dict[str, tuple[str, str, str]] = {
+    ".czi": ("bioio_czi", "bioio-czi", "Zeiss CZI"),
+    ".lif": ("bioio_lif", "bioio-lif", "Leica LIF"),
+    ".nd2": ("bioio_nd2", "bioio-nd2", "Nikon ND2"),
+}
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6, "cm": 1e4}
 _RGB_NAMES = ("red", "green", "blue", "alpha")
 _FIJI_AXES_FIX = (
@@ -55,12 +64,16 @@ class ImageInfo:
     n_channels, n_z : int
     dtype : numpy.dtype
     pixel_size_um : float or None
-        From OME ``PhysicalSizeX`` (converted to um) or the TIFF/ImageJ resolution tags.
+        From OME ``PhysicalSizeX`` (converted to um), the LSM voxel size, the TIFF/ImageJ
+        resolution tags, or the vendor metadata (CZI, LIF, ND2, through bioio).
     z_step_um : float or None
-        From OME ``PhysicalSizeZ`` or the ImageJ ``spacing`` (with a physical unit).
+        From OME ``PhysicalSizeZ``, the LSM voxel depth, the ImageJ ``spacing`` (with a
+        physical unit) or the vendor metadata.
     channel_names : tuple of str
-        Names of the channels where the file gives them (OME ``Channel Name``; ``red``,
-        ``green``, ``blue`` for RGB), else empty.
+        Names of the channels where the file gives them (OME ``Channel Name``, LSM channel
+        names, the vendor metadata; ``red``, ``green``, ``blue`` for RGB), else empty.
+        A sample sheet may name a channel role by one of these names
+        (:func:`analysis.io.load_samples`).
     """
 
     path: Path
@@ -163,6 +176,24 @@ def _ome_sizes(xml: str) -> tuple[float | None, float | None, tuple[str, ...]]:
             names = tuple(ch.attrib.get("Name", "") for ch in el if ch.tag.endswith("Channel"))
             return size("X"), size("Z"), names if all(names) else ()
     return None, None, ()
+
+
+def _positive_um(value, factor: float = 1.0) -> float | None:
+    """``value * factor`` when it is a finite number > 0, else None (metadata often hold 0 or NaN)."""
+    try:
+        v = float(value) * factor
+    except (TypeError, ValueError):
+        return None
+    return float(f"{v:.12g}") if math.isfinite(v) and v > 0 else None
+
+
+def _lsm_sizes(lsm: dict) -> tuple[float | None, float | None, tuple[str, ...]]:
+    """Pixel size, z step (um) and channel names from Zeiss LSM metadata (voxel sizes in metres)."""
+    px = _positive_um(lsm.get("VoxelSizeX"), 1e6)
+    dz = _positive_um(lsm.get("VoxelSizeZ"), 1e6) if int(lsm.get("DimensionZ", 1) or 1) > 1 else None
+    colors = lsm.get("ChannelColors") or {}
+    names = tuple(str(n).strip() for n in colors.get("ColorNames", ()) or ())
+    return px, dz, names if all(names) else ()
 
 
 def _imagej_unit_um(tif) -> float | None:
@@ -309,6 +340,8 @@ def _tiff_info(path: Path) -> ImageInfo:
             px, dz, names = (None, None, ())
             if tif.is_ome and tif.ome_metadata:
                 px, dz, names = _ome_sizes(tif.ome_metadata)
+            if tif.is_lsm:
+                px, dz, names = _lsm_sizes(tif.lsm_metadata or {})
             if px is None:
                 px = _tiff_resolution_um(tif)
             ij = tif.imagej_metadata or {}
@@ -339,7 +372,15 @@ def image_info(path: str | os.PathLike[str]) -> ImageInfo:
     TIFF and OME-TIFF files are read by their axes: channels (``C``, or the ``S`` samples of an
     RGB TIFF: channel 0 = red, 1 = green, 2 = blue), z-slices (``Z``), ``Y``, ``X`` in any order
     (e.g. Fiji/ImageJ hyperstacks, stored ``ZCYX``); a time axis of length 1 is dropped.
-    LZW / deflate / zstd compressed TIFFs are read through ``imagecodecs``.
+    LZW / deflate / zstd compressed TIFFs are read through ``imagecodecs``.  Zeiss LSM files
+    are TIFFs too (voxel size and channel names from the LSM metadata).
+
+    Zeiss CZI, Leica LIF and Nikon ND2 files are read through the bioio plug-ins
+    (``bioio-czi``, ``bioio-lif``, ``bioio-nd2``), imported only when such a file is read: the
+    **first scene** and the **first time point** (a warning is logged when the file has more;
+    export them as separate files to measure them), axes (C)(Z)YX as ``"CZYX"``; pixel size,
+    z step and channel names from the vendor metadata.  Mosaic tiles and other extra axes are
+    refused with the fix.  A missing plug-in is an error naming its ``pip install``.
 
     Raises
     ------
@@ -363,6 +404,136 @@ def image_info(path: str | os.PathLike[str]) -> ImageInfo:
     return _tiff_info(p)
 
 
+# --- vendor formats through bioio reader plug-ins -------------------------------------------
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: Path, key: str, message: str) -> None:
+    """Log ``message`` about ``path`` once per process (image_info and read_image both look)."""
+    if (str(path), key) not in _WARNED:
+        _WARNED.add((str(path), key))
+        log.warning("%s: %s", path, message)
+
+
+def _bioio_reader(path: Path):
+    """The bioio plug-in reader of a vendor file, scene 0 selected; ImageReadError if it cannot be had."""
+    import importlib
+
+    problem = _file_problem(path)
+    if problem is not None:
+        raise ImageReadError.for_file(path, problem)
+    suffix = next(s for s in VENDOR_FORMATS if path.name.lower().endswith(s))
+    module, package, name = VENDOR_FORMATS[suffix]
+    try:
+        plugin = importlib.import_module(module)
+    except ImportError as exc:
+        raise ImageReadError.for_file(
+            path,
+            f"reading {name} files ({suffix}) needs the bioio plug-in {package}, which is not installed "
+            f"({without_file_bytes(str(exc))}); install it with `pip install {package}` (it is a dependency of "
+            "analysis: `make setup` installs it), or export the image as OME-TIFF",
+        ) from None
+    try:
+        reader = plugin.Reader(str(path))
+        scenes = tuple(reader.scenes)
+        if scenes:
+            reader.set_scene(0)
+    except Exception as exc:  # bioio plug-ins raise their own types for damaged or foreign files
+        text = without_file_bytes(str(exc)).strip().splitlines()
+        reason = text[0] if text else type(exc).__name__
+        if type(exc).__name__ == "UnsupportedFileFormatError":  # the plug-in does not recognise the content
+            raise ImageReadError.for_file(
+                path,
+                f"unsupported image format: {package} does not recognise it as a {name} file ({reason}); if it is "
+                f"one, it is truncated or corrupt: export it again from the microscope software; otherwise give it "
+                "its real extension, convert it to OME-TIFF (e.g. with bfconvert) or register a reader with "
+                "analysis.io.register_reader",
+            ) from None
+        raise ImageReadError.for_file(
+            path,
+            f"cannot read it as a {name} file ({reason}); the file may be truncated, corrupt or not really "
+            f"{suffix}: export it again from the microscope software, or as OME-TIFF",
+        ) from None
+    if len(scenes) > 1:
+        _warn_once(path, "scenes", f"has {len(scenes)} scenes ({', '.join(map(str, scenes[:5]))}"
+                                   f"{', ...' if len(scenes) > 5 else ''}); only the first, {scenes[0]!r}, is read: "
+                                   "to measure the others, export each scene as its own file (e.g. OME-TIFF) and "
+                                   "list each on its own row of the sheet")
+    return reader, name
+
+
+def _bioio_layout(path: Path, reader, name: str) -> tuple[str, dict[str, int]]:
+    """The bioio dimension order and sizes; warns about time points, refuses other extra axes."""
+    try:
+        order = str(reader.dims.order)
+        sizes = {a: int(getattr(reader.dims, a)) for a in order}
+    except Exception as exc:
+        raise ImageReadError.for_file(
+            path, f"cannot read the dimensions of this {name} file ({without_file_bytes(str(exc))}); "
+                  "export it again, or as OME-TIFF") from None
+    if sizes.get("T", 1) > 1:
+        _warn_once(path, "time", f"has {sizes['T']} time points; only the first is read: one row of the sheet is "
+                                 "one image at one time, so export each time point as its own file if they "
+                                 "matter")
+    if sizes.get("S", 1) > 1 and sizes.get("C", 1) > 1:
+        raise ImageReadError.for_file(
+            path, f"has both {sizes['C']} channels and {sizes['S']} colour samples per pixel; export it as "
+                  "OME-TIFF with one channel per stain")
+    extra = {a: n for a, n in sizes.items() if a not in "TCZYXS" and n > 1}
+    if extra:
+        desc = ", ".join(f"{a}={n}" for a, n in extra.items())
+        raise ImageReadError.for_file(
+            path, f"has dimensions other than channels, z-slices, Y and X ({desc}; M are the tiles of a "
+                  "mosaic): stitch or split it in the microscope software (e.g. ZEN: Stitching, then "
+                  "Split Scenes) and export each field as its own file (e.g. OME-TIFF)")
+    return order, sizes
+
+
+def _vendor_info(path: Path) -> ImageInfo:
+    """Header of a CZI / LIF / ND2 file through its bioio plug-in (first scene, first time point)."""
+    reader, name = _bioio_reader(path)
+    _, sizes = _bioio_layout(path, reader, name)
+    rgb = sizes.get("S", 1) > 1
+    n_c = sizes.get("S", 1) if rgb else sizes.get("C", 1)
+    n_z = sizes.get("Z", 1)
+    try:
+        pps = reader.physical_pixel_sizes
+        px = _positive_um(getattr(pps, "X", None))
+        dz = _positive_um(getattr(pps, "Z", None)) if n_z > 1 else None
+        names = tuple(str(n).strip() for n in (reader.channel_names or ()))
+        dtype = np.dtype(reader.dtype)
+    except Exception as exc:  # metadata a plug-in cannot parse: pixels may still be fine, say so
+        log.warning("%s: cannot read the %s metadata (%s); give pixel_size_um and z_step_um in the sheet",
+                    path, name, without_file_bytes(str(exc)))
+        px, dz, names, dtype = None, None, (), np.dtype(reader.dtype)
+    if rgb:
+        names = _RGB_NAMES[:n_c]
+    if len(names) != n_c or not all(names):
+        names = ()
+    return ImageInfo(Path(path), (n_c, n_z, sizes["Y"], sizes["X"]), "CZYX", n_c, n_z, dtype, px, dz, names)
+
+
+def _vendor_read(path: Path) -> np.ndarray:
+    """Pixels of a CZI / LIF / ND2 file as (C, Z, Y, X): first scene, first time point."""
+    reader, name = _bioio_reader(path)
+    order, sizes = _bioio_layout(path, reader, name)
+    rgb = sizes.get("S", 1) > 1
+    out = "".join(a for a in ("S" if rgb else "C") + "ZYX" if a in order)
+    fixed = {a: 0 for a in order if a not in out}
+    try:
+        data = reader.get_image_data(out, **fixed)
+    except Exception as exc:
+        raise ImageReadError.for_file(
+            path, f"cannot read the pixel data of this {name} file ({without_file_bytes(str(exc))}); the file may "
+                  "be truncated or corrupt: export it again") from None
+    n_c = sizes.get("S", 1) if rgb else sizes.get("C", 1)
+    return np.asarray(data).reshape(n_c, sizes.get("Z", 1), sizes["Y"], sizes["X"])
+
+
+register_reader(VENDOR_FORMATS, _vendor_info, _vendor_read)
+
+
 def _to_czyx(data: np.ndarray, axes: str) -> np.ndarray:
     """Add missing C and Z axes and transpose to CZYX; ``axes`` holds Y, X and at most one C, Z."""
     for a in "CZ":
@@ -379,7 +550,8 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, ImageInfo]:
     """Read an image as a 4-D array with axes CZYX (singleton C/Z added), native dtype.
 
     Channels of an RGB TIFF are its colour components (0 = red, 1 = green, 2 = blue); Fiji
-    hyperstacks (ZCYX, TZCYX with one time point) are transposed to CZYX.
+    hyperstacks (ZCYX, TZCYX with one time point) are transposed to CZYX.  Of a CZI, LIF or
+    ND2 file the first scene at the first time point is read (see :func:`image_info`).
 
     Examples
     --------

@@ -315,6 +315,17 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
     normalised to that spelling; a sheet with treated animals needs a ``vehicle`` group.
     Channel indices of an RGB TIFF name its colour components: 0 = red, 1 = green, 2 = blue.
 
+    A channel-role column (``synapse_channel``, ``microglia_channel``, ``lysosome_channel`` and
+    the roles registered with :func:`register_channel_role`) holds a 0-based channel index or
+    the channel's **name** as the file's metadata give it (:attr:`ImageInfo.channel_names`:
+    OME ``Channel Name``, LSM, CZI, LIF and ND2 channel names; ``red``/``green``/``blue`` of an
+    RGB TIFF), matched ignoring case, e.g. ``synapse_channel=PSD95``.  Names are resolved to
+    indices from the image headers: with ``check_images`` in the pass that reads every header;
+    without it, only the headers of the rows that give a name are read, so the returned table
+    always holds indices.  A name the file does not have, a file without channel names, or (for
+    those rows) a file whose header cannot be read is a problem naming the row, the column, the
+    file's channels and the fix.
+
     Parameters
     ----------
     samples_csv : path
@@ -323,7 +334,8 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
         Also open every image's header: check that it exists and is readable, fill a missing
         pixel size from its metadata and check it against the sheet's, take the z step of
         stacks, check the channel indices against its number of channels and its size against
-        :data:`MIN_IMAGE_PIXELS` and :data:`MIN_IMAGE_UM`.
+        :data:`MIN_IMAGE_PIXELS` and :data:`MIN_IMAGE_UM`, resolve channel names.  Without
+        it only rows whose channel roles are names have their header read.
 
     Returns
     -------
@@ -331,7 +343,7 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
         The sheet with ``dose_mg_kg``, ``treatment_days``, ``day``, ``pixel_size_um`` and
         ``z_step_um`` as floats (``z_step_um``: the sheet's value, else the file's, NaN for a
         single plane or, without ``check_images``, when the sheet leaves it empty), channel
-        columns as nullable integers, normalised ``compound``/``genotype`` and an added
+        columns as nullable integers (names resolved to indices), normalised ``compound``/``genotype`` and an added
         ``abs_path`` column.
 
     Raises
@@ -424,21 +436,20 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
                                           "to keep the sheet's pixel size against the file's metadata, or leave it empty")
 
     roles = channel_columns(raw.columns)
+    role_names: dict[tuple[int, str], str] = {}  # (row, column) -> channel name to look up in the file
     for col in roles:
+        named = raw[col].map(_is_channel_name)
         num = _numeric(raw[col])
-        bad = (raw[col] != "") & (num.isna() | (num < 0) | (num != np.floor(num)))
+        bad = (raw[col] != "") & ~named & (num.isna() | (num < 0) | (num != np.floor(num)))
         for i in raw.index[bad]:
-            add(i, col, f"{col} is {raw.at[i, col]!r}; channel indices are whole numbers >= 0 (0 = first channel), or empty if absent")
-        out[col] = num.where(~bad).astype("Int64")
+            add(i, col, f"{col} is {raw.at[i, col]!r}; channel indices are whole numbers >= 0 (0 = first channel), or give "
+                        "the channel's name as the file's metadata have it (e.g. PSD95), or leave it empty if absent")
+        for i in raw.index[named]:
+            role_names[(i, col)] = raw.at[i, col]
+        out[col] = num.where(~bad & ~named).astype("Int64")
     no_channel = (raw[list(roles)] == "").all(axis=1)
     for i in raw.index[no_channel]:
         add(i, "synapse_channel", f"no channel role is set; give at least one of {', '.join(roles)}")
-    for a_pos, a in enumerate(roles):
-        for b in roles[a_pos + 1:]:
-            same = out[a].notna() & out[b].notna() & (out[a] == out[b]).fillna(False)
-            for i in raw.index[same]:
-                add(i, b, f"{a} and {b} are both {int(out.at[i, a])}; each role reads its own channel: fix the channel index "
-                          "(or leave a role empty if the image does not have that stain)")
 
     for attr in ("genotype", "compound", "dose_mg_kg", "treatment_days"):
         sub = out[(out["animal_id"] != "") & (raw[attr] != "") & out[attr].notna()]
@@ -467,8 +478,17 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
                            "one image shows one animal at one time: fix the path or the row's metadata")
 
     out["z_step_um"] = out["z_step_um"].astype(float)
+    infos: dict[str, ImageInfo | list[str]] = {}
     if check_images:
-        _check_images(sheet, raw, out, line, valid, override, add)
+        _check_images(sheet, raw, out, line, valid, override, add, role_names, infos)
+    elif role_names:
+        _resolve_channel_names(sheet, raw, out, role_names, infos, add)
+    for a_pos, a in enumerate(roles):
+        for b in roles[a_pos + 1:]:
+            same = out[a].notna() & out[b].notna() & (out[a] == out[b]).fillna(False)
+            for i in raw.index[same]:
+                add(i, b, f"{a} and {b} are both {_channel_label(raw, out, i, a)}; each role reads its own channel: fix the "
+                          "channel index (or leave a role empty if the image does not have that stain)")
     problems.extend(vocab)
     if problems:
         order = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
@@ -478,36 +498,104 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
     return out
 
 
+def _is_channel_name(value: str) -> bool:
+    """A channel-role value naming a channel (``PSD95``), not an index: it has a letter and is no number."""
+    if not isinstance(value, str) or not re.search(r"[^\W\d_]", value):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return True
+    return False  # nan, inf, 1e3: numbers, checked as indices
+
+
+def _channel_label(raw: pd.DataFrame, out: pd.DataFrame, i: int, col: str) -> str:
+    """``0`` or ``0 (PSD95)`` for a role given by name: how a message names the channel of a row's role."""
+    index = int(out.at[i, col])
+    text = raw.at[i, col]
+    return f"{index} ({text})" if _is_channel_name(text) else str(index)
+
+
+def _header(sheet: Path, rel: str, p: str, infos: dict[str, ImageInfo | list[str]]) -> ImageInfo | list[str]:
+    """The header of image ``p`` (``rel`` as the sheet writes it), or the problems opening it; cached in ``infos``."""
+    if p not in infos:
+        problem = None if _plugin_for(Path(p)) is not None else _file_problem(Path(p))
+        if problem is not None and problem.startswith("file not found"):
+            problem = f"image file not found: looked for {rel!r} relative to {sheet.resolve().parent}; fix the path or add the file"
+        elif problem is not None:
+            problem = f"{rel} {problem}"
+        if problem is not None:
+            infos[p] = [problem]
+        else:
+            try:
+                infos[p] = image_info(p)
+            except ImageReadError as exc:
+                infos[p] = [prob.message + f" ({rel})" for prob in exc.problems]
+    return infos[p]
+
+
+def _resolve_name(i: int, col: str, name: str, rel: str, info: ImageInfo, out: pd.DataFrame,
+                  add: Callable[[int, str | None, str], None]) -> None:
+    """Set ``out.at[i, col]`` to the index of the channel called ``name`` (case-insensitive) in ``info``."""
+    names = info.channel_names
+    key = name.strip().casefold()
+    hits = [k for k, n in enumerate(names) if n.strip().casefold() == key]
+    if len(hits) == 1:
+        out.at[i, col] = hits[0]
+        return
+    listed = ", ".join(f"{k} = {n}" for k, n in enumerate(names))
+    if not names:
+        add(i, col, f"{col} is {name!r}, a channel name, but {rel} names none of its {info.n_channels} channel(s) in its "
+                    "metadata; give the 0-based channel index instead (0 = first channel)")
+    elif hits:
+        add(i, col, f"{col} is {name!r} but {rel} has {len(hits)} channels of that name ({listed}); give the 0-based "
+                    "channel index instead")
+    else:
+        add(i, col, f"{col} is {name!r} but {rel} has no channel of that name (its channels: {listed}); write one of "
+                    "these names (case does not matter) or the 0-based channel index")
+
+
+def _resolve_channel_names(
+    sheet: Path, raw: pd.DataFrame, out: pd.DataFrame, role_names: dict[tuple[int, str], str],
+    infos: dict[str, ImageInfo | list[str]], add: Callable[[int, str | None, str], None],
+) -> None:
+    """Channel roles given by name -> indices, reading only the headers of the rows that name channels
+    (``load_samples(check_images=False)``)."""
+    for (i, col), name in role_names.items():
+        p, rel = out.at[i, "abs_path"], raw.at[i, "path"]
+        if not p:
+            continue  # the empty path is reported already
+        info = _header(sheet, rel, p, infos)
+        if isinstance(info, list):
+            add(i, col, f"{col} is {name!r}, a channel name, but the header of {rel} cannot be read to look it up "
+                        f"({'; '.join(info)}); fix the file or give the 0-based channel index")
+        else:
+            _resolve_name(i, col, name, rel, info, out, add)
+
+
 def _check_images(
     sheet: Path, raw: pd.DataFrame, out: pd.DataFrame, line: pd.Series, valid: dict[str, pd.Series],
     override: pd.Series, add: Callable[[int, str | None, str], None],
+    role_names: dict[tuple[int, str], str] | None = None, infos: dict[str, ImageInfo | list[str]] | None = None,
 ) -> None:
-    """The checks of :func:`load_samples` that read each image's header; fills ``out`` in place."""
-    infos: dict[str, ImageInfo | list[str]] = {}
+    """The checks of :func:`load_samples` that read each image's header; fills ``out`` in place
+    (including the channel indices of roles given by name, ``role_names``)."""
+    infos = {} if infos is None else infos
+    role_names = role_names or {}
     lo, hi = PIXEL_SIZE_RANGE_UM
     for i in raw.index:
         p = out.at[i, "abs_path"]
         rel = raw.at[i, "path"]
         if not p:
             continue
-        if p not in infos:
-            problem = None if _plugin_for(Path(p)) is not None else _file_problem(Path(p))
-            if problem is not None and problem.startswith("file not found"):
-                problem = f"image file not found: looked for {rel!r} relative to {sheet.resolve().parent}; fix the path or add the file"
-            elif problem is not None:
-                problem = f"{rel} {problem}"
-            if problem is not None:
-                infos[p] = [problem]
-            else:
-                try:
-                    infos[p] = image_info(p)
-                except ImageReadError as exc:
-                    infos[p] = [prob.message + f" ({rel})" for prob in exc.problems]
-        info = infos[p]
+        info = _header(sheet, rel, p, infos)
         if isinstance(info, list):
             for message in info:
                 add(i, "path", message)
             continue
+        for (row, col), name in role_names.items():
+            if row == i:
+                _resolve_name(i, col, name, rel, info, out, add)
         names = info.channel_names
         meta_px = info.pixel_size_um
         if raw.at[i, "pixel_size_um"] == "":
