@@ -33,6 +33,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    import analysis.pipeline.readouts  # noqa: F401  (registers the readouts' channel roles as sheet columns)
+    from analysis.io.starter import fill_in_message, write_starter_sheet
+
+    started = write_starter_sheet(args.folder, force=args.force)
+    print(fill_in_message(started))
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from analysis.io import load_samples
 
@@ -232,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--if-empty", action="store_true", help="do nothing when the folder already holds a study (samples.csv)"
     )
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("init", help="write a starter samples.csv for a folder of images (one row per image, pixel "
+                                    "size and channel names from the metadata) and say which columns to fill",
+                       description="Write FOLDER/samples.csv with one row per image file under FOLDER (TIFF, OME-TIFF, "
+                                   "LSM, CZI, LIF, ND2): image_id from the file name, path, pixel_size_um and z_step_um "
+                                   "from the metadata, the channels in a channel_names column; the other columns are "
+                                   "left for you to fill. Unreadable files are listed, not fatal.")
+    p.add_argument("folder", metavar="FOLDER", help="folder with the images (searched with its subfolders)")
+    p.add_argument("--force", action="store_true", help="replace an existing FOLDER/samples.csv")
+    p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("validate", help="check a sample sheet and its images against the contract")
     p.add_argument("samples", help="path to samples.csv")

@@ -407,6 +407,7 @@ def image_info(path: str | os.PathLike[str]) -> ImageInfo:
 # --- vendor formats through bioio reader plug-ins -------------------------------------------
 
 _WARNED: set[tuple[str, str]] = set()
+_BIOIO_PLACEHOLDER = re.compile(r"Channel:\d+(:\d+)*")
 
 
 def _warn_once(path: Path, key: str, message: str) -> None:
@@ -509,8 +510,8 @@ def _vendor_info(path: Path) -> ImageInfo:
         px, dz, names, dtype = None, None, (), np.dtype(reader.dtype)
     if rgb:
         names = _RGB_NAMES[:n_c]
-    if len(names) != n_c or not all(names):
-        names = ()
+    if len(names) != n_c or not all(names) or all(_BIOIO_PLACEHOLDER.fullmatch(n) for n in names):
+        names = ()  # bioio makes up "Channel:0", "Channel:0:1"... when the file names none
     return ImageInfo(Path(path), (n_c, n_z, sizes["Y"], sizes["X"]), "CZYX", n_c, n_z, dtype, px, dz, names)
 
 
