@@ -259,6 +259,9 @@ def test_missing_plugin_names_the_pip_install(tmp_path: Path, monkeypatch: pytes
 def test_vendor_missing_file_is_the_usual_message(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match=r"gone\.czi: file not found"):
         image_info(tmp_path / "gone.czi")
+    sheet = write_sheet(tmp_path / "samples.csv", [row("g", "gone.nd2", synapse_channel="0")])
+    with pytest.raises(SampleSheetError, match=r"line 2, column 'path': image file not found: looked for 'gone\.nd2'"):
+        load_samples(sheet)
 
 
 # --- channel roles by name ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ import pandas as pd
 
 from analysis.errors import ImageReadError, InputError, Problem, SampleSheetError
 from analysis.io.images import (
+    VENDOR_FORMATS,
     ImageInfo,
     _file_problem,
     _plugin_for,
@@ -135,7 +136,7 @@ def _vocabulary_key(name: str) -> str:
 
 
 def normalise_vocabulary(
-    table: pd.DataFrame, file: str, lines: pd.Series | None = None
+    table: pd.DataFrame, file: str, lines: pd.Series | None = None, *, aliases: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, list[Problem]]:
     """Spell ``compound`` and ``genotype`` the way the models do and check the reference group.
 
@@ -153,6 +154,10 @@ def normalise_vocabulary(
         Named in the problems and the log.
     lines : Series, optional
         Line number of each row (as an editor shows it) for the messages.
+    aliases : dict, optional
+        The study's own names of the reference groups (:func:`load_analysis_plan`:
+        ``reference_compound`` -> ``vehicle``, ``reference_genotype`` -> ``WT``), read as
+        the models' names.
 
     Returns
     -------
@@ -160,10 +165,14 @@ def normalise_vocabulary(
         A copy with the normalised names, and the problems found.
     """
     out = table.copy()
+    aliases = aliases or {}
     for col, known in (("compound", KNOWN_COMPOUNDS), ("genotype", KNOWN_GENOTYPES)):
         if col not in out:
             continue
         lookup = {_vocabulary_key(k): k for k in known}
+        own = aliases.get(f"reference_{col}")
+        if own:
+            lookup[_vocabulary_key(own)] = REFERENCE_COMPOUND if col == "compound" else KNOWN_GENOTYPES[0]
         values = out[col].astype("string")
         fixed = values.str.strip().map(lambda v: lookup.get(_vocabulary_key(v), v) if isinstance(v, str) else v)
         changed = values.notna() & (fixed != values).fillna(False)
@@ -373,7 +382,11 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
         lines = ", ".join(str(line[i]) for i in grp.index)
         add(grp.index[1], "image_id", f"image_id {image_id!r} appears on lines {lines}; image ids must be unique")
 
-    raw, vocab = normalise_vocabulary(raw, f, line)
+    try:
+        plan = load_analysis_plan(sheet.parent)
+    except InputError as exc:
+        raise SampleSheetError(exc.problems) from None
+    raw, vocab = normalise_vocabulary(raw, f, line, aliases=plan)
     out = raw.copy()
     rules = {
         "dose_mg_kg": ("doses must be numbers >= 0 (use 0 for vehicle)", 0.0),
@@ -519,7 +532,8 @@ def _channel_label(raw: pd.DataFrame, out: pd.DataFrame, i: int, col: str) -> st
 def _header(sheet: Path, rel: str, p: str, infos: dict[str, ImageInfo | list[str]]) -> ImageInfo | list[str]:
     """The header of image ``p`` (``rel`` as the sheet writes it), or the problems opening it; cached in ``infos``."""
     if p not in infos:
-        problem = None if _plugin_for(Path(p)) is not None else _file_problem(Path(p))
+        own_reader = _plugin_for(Path(p)) is not None and not Path(p).name.lower().endswith(tuple(VENDOR_FORMATS))
+        problem = None if own_reader else _file_problem(Path(p))  # a plug-in may read what is not a plain file
         if problem is not None and problem.startswith("file not found"):
             problem = f"image file not found: looked for {rel!r} relative to {sheet.resolve().parent}; fix the path or add the file"
         elif problem is not None:
@@ -647,7 +661,8 @@ def _check_images(
 
 #: Optional file next to ``samples.csv`` with the pre-specified analysis choices.
 ANALYSIS_PLAN = "analysis_plan.json"
-_PLAN_KEYS = {"primary_contrast": str, "adjust_for_quality": bool}
+_PLAN_KEYS = {"primary_contrast": str, "adjust_for_quality": bool, "reference_compound": str,
+              "reference_genotype": str}
 
 
 def load_analysis_plan(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -656,8 +671,11 @@ def load_analysis_plan(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     Keys (all optional): ``primary_contrast``, the group tested first, before the other
     planned contrasts (e.g. ``"WT diazepam 5 mg/kg x 7 d"``, as the group is named in the
     report); ``adjust_for_quality`` (default true), the measured SNR of each image as a
-    covariate of the synapse model.  Written before the data are analysed, it is the place a
-    lab pre-registers its primary hypothesis.
+    covariate of the synapse model; ``reference_compound`` and ``reference_genotype``, the
+    sheet's names of the control treatment and genotype when they are not ``vehicle`` and
+    ``WT`` (e.g. ``"saline"``, ``"C57BL/6J"``): those rows are read as the reference groups
+    every treated group is compared with (the report calls them vehicle and WT).  Written
+    before the data are analysed, it is the place a lab pre-registers its primary hypothesis.
 
     Returns
     -------
