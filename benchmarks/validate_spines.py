@@ -15,6 +15,7 @@ Run: ``python benchmarks/validate_spines.py [--limit N] [--out benchmarks/result
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -225,9 +226,7 @@ def main() -> None:
     else:
         lines += [f"real data folder {REAL} absent: skipped", ""]
     if not a.no_sim:
-        try:
-            import analysis.sim.spines  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("analysis.sim.spines") is None:
             lines += ["simulator analysis.sim.spines not available: skipped", ""]
         else:
             lines += sim_benchmark(tuple(range(a.sim_seeds)))
