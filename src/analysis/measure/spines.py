@@ -380,8 +380,9 @@ def _trace(img: np.ndarray, px: float, *, k_sigma: float, min_length_shaft_diame
     centre = pd.DataFrame({"dendrite_id": ids.astype(int), "y": yy, "x": xx}).sort_values(
         ["dendrite_id", "y", "x"], ignore_index=True)
     if n:
-        diam = ndi.median(dt, lab * skel, index=np.arange(1, n + 1)) if skel.any() else np.full(n, np.nan)
-        inten = ndi.median(s, lab * skel, index=np.arange(1, n + 1)) if skel.any() else np.full(n, np.nan)
+        per = pd.DataFrame({"id": ids, "dt": dt[yy, xx], "s": s[yy, xx]}).groupby("id").median()
+        diam = per["dt"].reindex(np.arange(1, n + 1)).to_numpy(float)
+        inten = per["s"].reindex(np.arange(1, n + 1)).to_numpy(float)
         npx = np.bincount(ids, minlength=n + 1)[1:]
     else:
         diam = inten = npx = np.empty(0)
@@ -493,33 +494,35 @@ def _robust_sigma(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
-def _local_noise(resp: np.ndarray, back: np.ndarray, tile: int, fallback: float) -> np.ndarray:
-    """Noise sigma of a filter response, per pixel: the robust (MAD) sigma over background
-    pixels in tiles of ``tile`` pixels (bilinearly interpolated), never below the robust
-    sigma over all background pixels.
+def _noise_pattern(resp: np.ndarray, back: np.ndarray, tile: int) -> np.ndarray:
+    """Relative local noise: robust (MAD) sigma of ``resp`` over background pixels per tile of
+    ``tile`` pixels, divided by the sigma over all background pixels, never below 1, bilinearly
+    interpolated to the image.
 
     Noise varies across real frames (shot noise, dark clipped corners, haze), so one global
     figure lets grain in a brighter part of the frame through.
     """
     glob = _robust_sigma(resp[back])
-    if not np.isfinite(glob) or glob <= 0:
-        glob = fallback
     h, w = resp.shape
     ny, nx = max(1, h // tile), max(1, w // tile)
+    if not np.isfinite(glob) or glob <= 0 or ny * nx == 1:
+        return np.ones(resp.shape, np.float32)
     th, tw = h // ny, w // nx
     blk = np.where(back, resp, np.nan)[:ny * th, :nx * tw].reshape(ny, th, nx, tw).transpose(0, 2, 1, 3)
-    blk = blk.reshape(ny, nx, th * tw)
-    enough = np.sum(np.isfinite(blk), axis=2) >= 30
-    with np.errstate(all="ignore"):
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(blk, axis=2)
-            mad = 1.4826 * np.nanmedian(np.abs(blk - med[..., None]), axis=2)
-    sig = np.where(enough & np.isfinite(mad), np.maximum(mad, glob), glob)
-    if sig.size == 1:
-        return np.full(resp.shape, float(sig.ravel()[0]), np.float32)
-    return np.maximum(ndi.zoom(sig, (h / ny, w / nx), order=1, mode="nearest", grid_mode=True)[:h, :w], glob)
+    blk = np.sort(blk.reshape(ny, nx, th * tw), axis=2)  # NaN sort last
+    n = np.sum(np.isfinite(blk), axis=2)
+
+    def _median(sorted_vals: np.ndarray, count: np.ndarray) -> np.ndarray:
+        lo = np.take_along_axis(sorted_vals, np.maximum((count - 1) // 2, 0)[..., None], axis=2)[..., 0]
+        hi = np.take_along_axis(sorted_vals, np.maximum(count // 2, 0)[..., None], axis=2)[..., 0]
+        return 0.5 * (lo + hi)
+
+    med = _median(blk, n)
+    dev = np.sort(np.abs(blk - med[..., None]), axis=2)
+    mad = 1.4826 * _median(dev, n)
+    rel = np.where((n >= 30) & np.isfinite(mad), np.maximum(mad / glob, 1.0), 1.0)
+    out = ndi.zoom(rel, (h / ny, w / nx), order=1, mode="nearest", grid_mode=True)
+    return np.maximum(out[:h, :w], 1.0).astype(np.float32)
 
 
 def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: DendriteTrace, *,
@@ -549,6 +552,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         back = ~tr.foreground
     radii = np.maximum(1.0, np.asarray(head_radius_shaft_ratios, float) * r)
     tile = max(16, int(round(8 * r)))  # tiles of the local noise estimate
+    pattern: np.ndarray | None = None
     best = np.full(img.shape, -np.inf, np.float32)
     best_i = np.zeros(img.shape, np.int8)
     best_z = np.zeros(img.shape, np.float32)  # response in noise sigmas at the chosen scale
@@ -557,7 +561,11 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         sg = max(0.8, hr / np.sqrt(2.0))
         iyy, ixx, ixy = _hessian(vst, sg)
         resp = -(ixx + iyy) * sg ** 2
-        noise_r = _local_noise(resp, back, tile, tr.noise_sigma)
+        glob = _robust_sigma(resp[back])
+        glob = glob if np.isfinite(glob) and glob > 0 else tr.noise_sigma
+        if pattern is None:  # spatial pattern of the noise, from the smallest scale, used for all
+            pattern = _noise_pattern(resp, back, tile) if i == 0 else None
+        noise_r = glob * (pattern if pattern is not None else 1.0)
         half_tr, root = 0.5 * (ixx + iyy), np.sqrt(0.25 * (ixx - iyy) ** 2 + ixy ** 2)
         ratio = np.clip(-(half_tr + root), 0, None) / np.maximum(-(half_tr - root), 1e-12)
         better = resp > best
