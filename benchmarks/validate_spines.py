@@ -148,7 +148,7 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5) -> list[str]:
                 cur_rows = tracks[tracks.session == k]
                 present = cur_rows[cur_rows.status != "lost"]
                 lost = cur_rows[cur_rows.status == "lost"]
-                gained = present[present.status == "gained"]
+                gained = present[(present.status == "gained") & present.in_common_field.astype(bool)]
                 id_prev = dict(zip(prev_rows.track_id, _truth_ids(prev_rows, t_prev, mpx)))
                 id_cur = dict(zip(present.track_id, _truth_ids(present, t_cur, mpx)))
                 # stable spines detected in both sessions: same track?
@@ -169,7 +169,8 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5) -> list[str]:
             a, b = simulate_repeat_imaging(seed, preset="default", snr=snr)
             rep = track_spines([a.image, b.image], px)
             n0 = int((rep.session == 0).sum())
-            changed = int(((rep.session == 1) & rep.status.isin(["gained", "lost"])).sum())
+            changed = int(((rep.session == 1) & rep.status.isin(["gained", "lost"])
+                           & rep.in_common_field.astype(bool)).sum())
             rep_rows.append({"snr": snr, "seed": seed, "n0": n0, "changed": changed})
     det, trk, rep = pd.DataFrame(det_rows), pd.DataFrame(trk_rows), pd.DataFrame(rep_rows)
     lines = ["## Simulator (analysis.sim.spines, preset 'default': 512 x 512 MIP, 0.12 um/px, 3 dendrites, "

@@ -64,8 +64,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SPINE_COLUMNS = ["y", "x", "z", "head_diameter_um", "neck_length_um", "type", "dendrite_id",
-                 "intensity", "snr", "distance_to_shaft_um"]
-TRACK_COLUMNS = ["session", "track_id", "y", "x", "status", "head_diameter_um",
+                 "intensity", "snr", "blob", "distance_to_shaft_um"]
+TRACK_COLUMNS = ["session", "track_id", "y", "x", "status", "in_common_field", "head_diameter_um",
                  "neck_length_um", "type", "dendrite_id", "intensity"]
 SPINE_TYPES = ("filopodia", "mushroom", "thin", "stubby")
 
@@ -529,7 +529,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
                 max_reach_shaft_diameters: float, head_radius_shaft_ratios: Sequence[float],
                 min_separation_head_diameters: float, k_sigma: float,
                 min_shaft_contrast: float, min_offset_shaft_radii: float,
-                min_dendrite_relative_intensity: float, min_blobness: float) -> pd.DataFrame:
+                min_dendrite_relative_intensity: float) -> pd.DataFrame:
     """All head-like maxima near a shaft with their features and score (no cut applied).
 
     Heads are maxima of the scale-normalised blob filter (-LoG sigma^2) taken over head
@@ -614,7 +614,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     blob = lam_ratio[yy, xx]  # 1 for a round blob, 0 for the side of a ridge
     snr_noise = best_z[yy, xx] / k_sigma
     snr_shaft = contrast / (min_shaft_contrast * shaft_level)
-    score = np.minimum(snr_noise, snr_shaft) * (blob >= min_blobness)
+    score = np.minimum(snr_noise, snr_shaft)
     head_d = _head_diameters(sm, yy, xx, r)
     dist_shaft = d_edge[yy, xx]
     neck = np.clip(dist_shaft - head_d / 2.0, 0, None)
@@ -758,14 +758,13 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
                      head_radius_shaft_ratios=head_radius_shaft_ratios,
                      min_separation_head_diameters=min_separation_head_diameters, k_sigma=k_sigma,
                      min_shaft_contrast=min_shaft_contrast, min_offset_shaft_radii=min_offset_shaft_radii,
-                     min_dendrite_relative_intensity=min_dendrite_relative_intensity,
-                     min_blobness=min_blobness)
+                     min_dendrite_relative_intensity=min_dendrite_relative_intensity)
     if not return_all and len(df):
-        df = df[df["snr"] >= min_snr]
+        df = df[(df["snr"] >= min_snr) & (df["blob"] >= min_blobness)]
     df = df.reset_index(drop=True)
     log.debug("detect_spines: shaft radius %.1f px, noise %.3g, %d spines", tr.shaft_radius_px,
               tr.noise_sigma, len(df))
-    cols = SPINE_COLUMNS + (["snr_noise", "snr_shaft", "blob", "d_cent_r", "d_edge_r"] if return_all else [])
+    cols = SPINE_COLUMNS + (["snr_noise", "snr_shaft", "d_cent_r", "d_edge_r"] if return_all else [])
     return df.reindex(columns=cols)
 
 
@@ -826,7 +825,8 @@ def _rigid_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: float,
-                  n_neighbours: int = 8, extra: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+                  n_neighbours: int = 8, extra: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Previous spines in this session's pixels: rigid ICP, then a local, smooth correction.
 
     Starts from the phase-correlation shift; each round pairs the points one to one within a
@@ -834,7 +834,8 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: 
     pair). Tissue also deforms a little between sessions, so each previous spine is then
     moved by the median residual displacement of its ``n_neighbours`` nearest paired spines
     (a non-parametric smooth deformation field), twice. Returns (predicted positions,
-    rotation in degrees, ``extra`` points of the previous session mapped the same way).
+    ``extra`` points of the previous session mapped the same way, R, t) with the rigid part
+    prev ~ cur @ R.T + t.
     """
     from scipy.spatial import cKDTree
 
@@ -847,7 +848,6 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: 
             rot, t = _rigid_fit(cur[m.pairs[:, 0]], prev[m.pairs[:, 1]])
     pred = (prev - t) @ rot
     extra = np.empty((0, 2)) if extra is None else (np.asarray(extra, float).reshape(-1, 2) - t) @ rot
-    angle = float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0])))
     for tol in (2.0 * tol_px, 1.5 * tol_px):
         if len(cur) < 4 or len(pred) < 4:
             break
@@ -863,11 +863,12 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: 
         if len(extra):
             _, idx = tree.query(extra, k=k)
             extra = extra + np.median(resid[np.asarray(idx).reshape(len(extra), k)], axis=1)
-    return pred, angle, extra
+    return pred, extra, rot, t
 
 
 def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_distance_um: float = 0.6,
-                 min_snr: float = 1.0, hysteresis: float = 0.75, **params: Any) -> pd.DataFrame:
+                 min_snr: float = 1.0, min_blobness: float = 0.15, hysteresis: float = 0.75,
+                 **params: Any) -> pd.DataFrame:
     """Detect spines in every session and link them to the previous session.
 
     Each session is registered to the previous one by phase correlation (translation,
@@ -888,7 +889,11 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     - a detection without a partner is ``gained`` and starts a new ``track_id``;
     - a previous spine without a partner gets one row ``lost`` in the session it is missing
       from, at its position predicted from the registration (in that session's pixels), and
-      its track ends there (a spine that comes back later is a new ``gained`` track).
+      its track ends there (a spine that comes back later is a new ``gained`` track);
+    - drift moves the field: a previous spine predicted outside this image (within
+      ``max_distance_um`` of the border) has left the field, gets no row and its track ends;
+      a new detection whose place lies outside the previous image is ``gained`` with
+      ``in_common_field`` False. Count turnover on ``in_common_field`` rows only.
 
     Parameters
     ----------
@@ -898,8 +903,11 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         Lateral pixel size (um).
     max_distance_um : float
         Largest distance between a spine and its partner after registration (um).
-    min_snr, hysteresis : float
-        Detection score cut and the fraction of it that keeps an existing track alive.
+    min_snr, min_blobness : float
+        Detection cuts, as in :func:`detect_spines`.
+    hysteresis : float
+        Fraction of both cuts that a candidate must pass to keep a track alive (or to show
+        that a new detection was already there).
     **params
         Passed to :func:`detect_spines`.
 
@@ -907,7 +915,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     -------
     DataFrame
         ``session``, ``track_id``, ``y``, ``x`` (in that session's pixels), ``status`` in
-        {stable, gained, lost}, and the spine's ``head_diameter_um``, ``neck_length_um``,
+        {stable, gained, lost}, ``in_common_field`` (bool), and the spine's ``head_diameter_um``, ``neck_length_um``,
         ``type``, ``dendrite_id``, ``intensity`` (NaN on ``lost`` rows). ``df.attrs["shifts"]``
         holds the (dy, dx) of each session relative to the previous one
         (a list of tuples from phase correlation; session pixel + shift = previous session
@@ -931,25 +939,29 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     prev: pd.DataFrame | None = None  # spines present in the previous session (with track_id)
     max_px = max_distance_um / px
     for s, im in enumerate(images):
-        cand = detect_spines(im, pixel_size_um, return_all=True, **params)
-        strong = cand[cand["snr"] >= min_snr].reset_index(drop=True)
-        weak = cand[(cand["snr"] < min_snr) & (cand["snr"] >= hysteresis * min_snr)].reset_index(drop=True)
+        cand = detect_spines(im, pixel_size_um, return_all=True, min_snr=min_snr, min_blobness=min_blobness,
+                             **params)
+        is_strong = (cand["snr"] >= min_snr) & (cand["blob"] >= min_blobness)
+        strong = cand[is_strong].reset_index(drop=True)
+        weak = cand[~is_strong & (cand["snr"] >= hysteresis * min_snr)
+                    & (cand["blob"] >= hysteresis * min_blobness)].reset_index(drop=True)
         if prev is None:
             prev_weak = weak
             cur = strong.copy()
             cur["track_id"] = np.arange(len(cur)) + next_id
             next_id += len(cur)
             cur["status"] = "stable"
+            cur["in_common_field"] = True
             rows.append(cur.assign(session=s))
             prev = cur
             continue
         shift = _register(planes[s - 1], planes[s])
         # previous spines in this session's pixels
-        pred, angle, prev_weak_here = _align_points(
+        pred, prev_weak_here, rot, t = _align_points(
             strong[["y", "x"]].to_numpy(float), prev[["y", "x"]].to_numpy(float), shift, max_px,
             extra=prev_weak[["y", "x"]].to_numpy(float))
         shifts.append(shift)
-        rotations.append(angle)
+        rotations.append(float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0]))))
         m = match_points(strong[["y", "x"]].to_numpy(float), pred, max_px)
         matched_cur = np.zeros(len(strong), bool)
         matched_prev = np.zeros(len(prev), bool)
@@ -982,10 +994,23 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         n_new = int((~matched_cur).sum())
         cur.loc[~matched_cur, "track_id"] = np.arange(n_new) + next_id
         next_id += n_new
-        cur = pd.concat([cur, rescued], ignore_index=True) if len(rescued) else cur
-        lost_idx = np.nonzero(~matched_prev)[0]
+        # inside the field of both sessions? (this session's spines mapped to the previous one)
+        h0, w0 = planes[s - 1].shape
+        back_yx = strong[["y", "x"]].to_numpy(float) @ rot.T + t
+        cur["in_common_field"] = ((back_yx[:, 0] >= max_px) & (back_yx[:, 0] <= h0 - 1 - max_px)
+                                  & (back_yx[:, 1] >= max_px) & (back_yx[:, 1] <= w0 - 1 - max_px))
+        cur.loc[cur["status"] == "stable", "in_common_field"] = True
+        if len(rescued):
+            rescued["in_common_field"] = True
+            cur = pd.concat([cur, rescued], ignore_index=True)
+        # a previous spine predicted outside this image left the field: its track ends silently
+        h1, w1 = planes[s].shape
+        inside = ((pred[:, 0] >= max_px) & (pred[:, 0] <= h1 - 1 - max_px)
+                  & (pred[:, 1] >= max_px) & (pred[:, 1] <= w1 - 1 - max_px))
+        lost_idx = np.nonzero(~matched_prev & inside)[0]
         lost = pd.DataFrame({"y": pred[lost_idx, 0], "x": pred[lost_idx, 1],
-                             "track_id": prev["track_id"].to_numpy()[lost_idx], "status": "lost"})
+                             "track_id": prev["track_id"].to_numpy()[lost_idx], "status": "lost",
+                             "in_common_field": True})
         rows.append(cur.assign(session=s))
         if len(lost):
             rows.append(lost.assign(session=s))
