@@ -163,6 +163,18 @@ def test_track_new_spine_is_gained():
     assert (tr.status == "lost").sum() == 0
 
 
+def test_spines_leaving_or_entering_the_field_are_not_turnover():
+    wide, truth, _ = make_dendrite(seed=6, shape=(160, 420), n_spines=18, x_range=(5, 415), tilt=0.05)
+    a, b = wide[:, :320], wide[:, 90:410]
+    tr = track_spines([a, b], PX)
+    s1 = tr[tr.session == 1]
+    assert (s1.status == "lost").sum() == 0  # the spines at x < 90 left the field
+    entering = s1[s1.status == "gained"]
+    assert len(entering) >= 1 and not entering.in_common_field.any()
+    assert s1[s1.status == "stable"].in_common_field.all()
+    assert (s1.status == "stable").sum() >= 0.8 * ((truth.x > 95) & (truth.x < 315)).sum()
+
+
 def test_3d_input_gives_the_2d_spines_and_their_plane(dendrite):
     img, truth, _ = dendrite
     stack = np.stack([img * 0.3, img, img * 0.5]) + 0.0
