@@ -162,7 +162,7 @@ def synapse_rows(table: pd.DataFrame, null: bool, covariates: list[str] | tuple 
     import scipy.stats as sps
 
     from analysis.stats.models import fit_synapse_lmm, session_contrasts
-    from analysis.validation.groundtruth import true_pct_vs_vehicle
+    from analysis.sim.validation import true_pct_vs_vehicle
 
     fit = fit_synapse_lmm(table, SYNAPSE_VALUE, covariates=list(covariates))
     c = session_contrasts(fit, primary=PRIMARY)
@@ -436,7 +436,7 @@ def _pts(x: float) -> str:
 
 
 def markdown_summary(rows: pd.DataFrame, *, design: str, source: str) -> str:
-    """The calibration as markdown tables (parsed by :func:`analysis.validation.parse_validation_markdown`)."""
+    """The calibration as markdown tables (parsed by :func:`analysis.report.validation.parse_validation_markdown`)."""
     import datetime as dt
 
     import numpy as np

@@ -4,7 +4,7 @@ For each of ``--studies`` simulated ``null`` studies (no drug effect) and as man
 studies (known effect), image-level densities are drawn from the design
 (:func:`analysis.sim.measurements.simulate_measurements`), the mixed model is fitted and every planned
 contrast (treated group versus vehicle at the end of dosing) is compared with the true effect
-of the simulation (:func:`analysis.validation.calibration_study`; ``notebooks/04_validation``
+of the simulation (:func:`analysis.sim.validation.calibration_study`; ``notebooks/04_validation``
 shows the same on a smaller scale).
 
 Reported per contrast: rejection rate at alpha 0.05 (type I error where the true effect is 0,
@@ -50,7 +50,7 @@ from scipy import stats as sps
 from analysis.stats.models import fit_count_endpoint, fit_morphology_endpoint
 from analysis.sim.measurements import simulate_terminal_measurements
 from analysis.sim.truth import activation, calibrated_model, readout_multipliers
-from analysis.validation.groundtruth import calibrate, calibration_summary
+from analysis.sim.validation import calibrate, calibration_summary
 
 GROUP = "WT diazepam 5 mg/kg x 7 d"
 

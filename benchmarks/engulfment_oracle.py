@@ -2,11 +2,11 @@
 
 Scratch diagnostic (not part of the documented benchmarks).  For each terminal field
 (``render_terminal_field(default_rng([seed, 2, i]), shape=(640, 640), snr=8)`` by default, the
-fields of :func:`analysis.validation.microglia_accuracy`) it computes the per-cell engulfed
+fields of :func:`analysis.sim.validation.microglia_accuracy`) it computes the per-cell engulfed
 count with every combination of
 
 * cells:   detected (``segment_microglia``, matched by soma centre as in
-  :func:`analysis.validation.match_cells`) or true labels,
+  :func:`analysis.sim.validation.match_cells`) or true labels,
 * CD68:    detected (``segment_lysosomes``) or the true lysosome disks (captured from the
   phantom generator, rasterised at pixel centres as the truth's CD68 area),
 * puncta:  detected (``detect_puncta``) or the true positions,
@@ -42,22 +42,22 @@ CACHE = Path("benchmarks/results/oracle_cache")
 
 def render_with_lysosomes(seed: int, i: int):
     """The field of microglia_accuracy and the true lysosome disks (captured, not re-drawn)."""
-    from analysis.sim import phantoms
+    from analysis.sim import glia, phantoms
 
     captured = {}
-    orig = phantoms._lysosomes
+    orig = glia._lysosomes
 
     def spy(*a, **k):
         out = orig(*a, **k)
         captured["lys"] = out
         return out
 
-    phantoms._lysosomes = spy
+    glia._lysosomes = spy
     try:
         f = phantoms.render_terminal_field(np.random.default_rng([seed, 2, i]), shape=SHAPE,
                                            snr=phantoms.SNR_LEVELS[LEVEL], pixel_size_um=PX)
     finally:
-        phantoms._lysosomes = orig
+        glia._lysosomes = orig
     lys = captured["lys"]
     yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
     mask = np.zeros(SHAPE, bool)
@@ -112,7 +112,7 @@ def counts(labels: np.ndarray, mask: np.ndarray, yx: np.ndarray, engulf=None) ->
 def evaluate(rec: dict, seg, engulf=None, assign=None) -> tuple[pd.DataFrame, dict]:
     """Per matched cell the counts under each oracle combination; error tallies."""
     from analysis.measure.puncta import match_points
-    from analysis.validation.groundtruth import match_cells
+    from analysis.sim.validation import match_cells
 
     t0 = time.perf_counter()
     det_lys = seg(rec["cd68"])

@@ -37,7 +37,8 @@ from scipy.optimize import linear_sum_assignment
 
 from analysis.measure.engulfment import measure_engulfment, segment_lysosomes
 from analysis.measure.microglia import measure_microglia, segment_microglia
-from analysis.validation.groundtruth import correlation, match_cells
+from analysis.report.validation import correlation
+from analysis.sim.validation import match_cells
 
 PX = 0.2
 

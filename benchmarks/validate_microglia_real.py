@@ -47,7 +47,7 @@ from skimage.morphology import skeletonize
 
 from analysis.io import read_image
 from analysis.measure.microglia import measure_microglia, segment_microglia
-from analysis.validation.groundtruth import correlation
+from analysis.report.validation import correlation
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "microglia_iba1_embl"
 IMAGES = ("pg6_t1", "pg6_t2", "pg6_t3")

@@ -2,7 +2,7 @@
 
 Renders fresh fields with :mod:`analysis.sim.phantoms` at every SNR level, runs the detectors with
 their default (physically motivated) parameters and matches the results to the truth
-(:func:`analysis.validation.accuracy_per_snr`, also shown by ``notebooks/04_validation``):
+(:func:`analysis.sim.validation.accuracy_per_snr`, also shown by ``notebooks/04_validation``):
 
 * puncta: one-to-one (Hungarian) within 0.25 um -> precision, recall, F1, median localisation
   error, per-image count bias of the density;
@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 
 from analysis.sim.phantoms import SNR_LEVELS
-from analysis.validation.groundtruth import accuracy_per_snr
+from analysis.sim.validation import accuracy_per_snr
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ and prints a markdown table):
 
 a. **Real culture images** (``../shared/realdata/culture_puncta``, fields 11 and 12, 0.325
    um): pre- and postsynaptic puncta per detector; label-free checks of
-   :mod:`analysis.validation.labelfree` (MAP2 enrichment within 1 um, fraction in DAPI nuclei, pre/post
+   :mod:`analysis.measure.labelfree` (MAP2 enrichment within 1 um, fraction in DAPI nuclei, pre/post
    pairing above chance with the pre channel shifted by 3, 4, 5 um in +-x and +-y, density
    per 10 um of dendrite), time per image; an overlay PNG per field
    (``benchmarks/results/overlay_field<N>.png``: crops on dendrites, on dark background and
@@ -71,7 +71,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from analysis.validation.labelfree import (
+from analysis.measure.labelfree import (
     dendrite_length_um,
     dendrite_mask,
     density_per_10um,

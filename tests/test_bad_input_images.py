@@ -141,6 +141,8 @@ CASES: dict[str, Case] = {
                                                                           "every pixel is 0", "right channel")),
     "all-zero-float32": Case(lambda: np.zeros((N, N), np.float32), reason=("is blank: every pixel is 0;",)),
     "constant-700": Case(lambda: np.full((N, N), 700, np.uint16), reason=("is blank: every pixel is 700",)),
+    "all-negative-float32": Case(lambda: (spots() - spots().max() - 1).astype(np.float32),
+                                 reason=("synapse_channel (channel 0) has no positive intensity", "raw intensities")),
     "all-zero-microglia": Case(two_channels(lambda: np.zeros((N, N))), "CYX", {"microglia_channel": 1},
                                reason=("microglia_channel (channel 1) is blank: every pixel is 0",)),
     "saturated-uint8-5pct": Case(saturated(np.uint8, 0.05), reason=("synapse_channel (channel 0) is saturated",

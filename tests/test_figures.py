@@ -119,3 +119,35 @@ def test_qc_images_cover_snr_extremes_and_every_session_kind() -> None:
     assert chosen["image_id"].tolist() == ["i1", "i3", "i2", "i4", "i6"]
     assert set(m.loc[m.image_id.isin(chosen.image_id), "session"]) == {"baseline", "end_of_dosing", "terminal"}
     assert qc_images(m, max_images=2)["image_id"].tolist() == ["i1", "i3"]
+
+
+def test_overlay_draws_the_stored_cells_without_segmenting_again(small_quantified, small_study,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The microglia panel draws outlines.parquet: the boundaries of exactly the counted cells."""
+    from analysis.io import load_samples, read_image
+    from analysis.measure import microglia
+    from analysis.pipeline.quantify import read_puncta, read_table
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("segment_microglia called: the QC picture must draw the stored cells")
+
+    monkeypatch.setattr(microglia, "segment_microglia", fail)
+    sheet = load_samples(small_study / "samples.csv", check_images=False).set_index("image_id")
+    m = pd.read_parquet(small_quantified / "measurements.parquet")
+    image_id = m.loc[m["microglia_count"].fillna(0).idxmax(), "image_id"]
+    row = sheet.loc[image_id]
+    outlines = read_table(small_quantified, "outlines", image_id)
+    cells = read_table(small_quantified, "cells", image_id)
+    # every counted cell has its boundary and skeleton stored, and nothing else is a cell
+    drawn = set(outlines.loc[outlines["kind"] == "outline", "label"])
+    assert drawn == set(cells["label"]) and len(cells) == m.set_index("image_id").loc[image_id, "microglia_count"]
+    assert set(outlines.loc[outlines["kind"] == "skeleton", "label"]) <= drawn
+    assert (outlines["kind"] == "lysosome").any()  # the CD68 boundaries of the terminal field
+    data, _ = read_image(row.abs_path)
+    fig = qc_overlay(data, float(row.pixel_size_um), synapse_channel=row.synapse_channel,
+                     microglia_channel=row.microglia_channel, lysosome_channel=row.lysosome_channel,
+                     puncta=read_puncta(small_quantified, image_id), outlines=outlines, cells=cells)
+    assert fig.axes[1].get_title().startswith(f"Iba1: {len(cells)} cells")
+    shown = fig.axes[1].images[1].get_array()  # the boundary layer: cell labels where drawn
+    assert set(np.unique(shown.compressed())) == drawn
+    plt.close(fig)

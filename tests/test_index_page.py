@@ -196,7 +196,7 @@ def test_index_of_the_small_study_matches_its_tables(small_report: Path, small_s
         checked += 1
     assert checked >= 5
     # the simulated truth of the headline, from the study's own truth model
-    from analysis.validation.groundtruth import true_pct_vs_vehicle
+    from analysis.sim.validation import true_pct_vs_vehicle
 
     truth = float(true_pct_vs_vehicle(syn[syn.group == HEAD])[0])
     assert f"Simulated truth {truth:+.1f} %" in text

@@ -1,4 +1,4 @@
-"""Label-free puncta checks (analysis.validation.labelfree) on hand-built masks and points.
+"""Label-free puncta checks (analysis.measure.labelfree) on hand-built masks and points.
 
 Expected numbers are computed by hand in each test.  The last test runs the checks on a real
 culture field from ``../shared/realdata`` (skipped when that folder is absent).
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.validation.labelfree import (
+from analysis.measure.labelfree import (
     dendrite_length_um,
     dendrite_mask,
     density_per_10um,

@@ -23,7 +23,7 @@ from analysis.measure.quality import (
 from analysis.measure.puncta import analysed_area_mask, detect_puncta, match_points
 
 PX = 0.1
-MATCH_PX = 2.5  # 0.25 um, as in analysis.validation.puncta_accuracy
+MATCH_PX = 2.5  # 0.25 um, as in analysis.sim.validation.puncta_accuracy
 FIELDS = 3
 
 

@@ -76,7 +76,7 @@ def test_standard_errors_match_the_spread_of_estimates_smoke() -> None:
     mean square ~1.5) passes; it has no power against a type I error of 0.08 (SE 12 % too
     small, mean square x 1.28): that is what ``make calibrate`` is for.
     """
-    from analysis.validation.groundtruth import calibration_study
+    from analysis.sim.validation import calibration_study
 
     rows = pd.concat([calibration_study("null", 300 + s) for s in range(2)]
                      + [calibration_study("default", 400 + s) for s in range(2)])

@@ -9,17 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.validation.groundtruth import (
-    match_cells,
-    agreement,
+from analysis.report.validation import agreement, load_ground_truth, measured_vs_true, study_preset
+from analysis.sim.validation import (
     calibrate,
     calibration_study,
     calibration_summary,
-    load_ground_truth,
-    measured_vs_true,
+    match_cells,
     microglia_accuracy,
     puncta_accuracy,
-    study_preset,
     true_pct_vs_vehicle,
     without_drug_effect,
 )

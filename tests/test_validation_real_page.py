@@ -12,8 +12,8 @@ import pytest
 
 import analysis
 from analysis.report.index import REAL_VALIDATION_ANCHOR, _validation_html, real_validation_line
-from analysis.validation.groundtruth import (load_real_validation, parse_validation_markdown, real_validation_path,
-                                 section_purpose)
+from analysis.report.validation import (load_real_validation, parse_validation_markdown, real_validation_path,
+                                        section_purpose)
 
 MARKDOWN = """# Spots on data we did not make (generated)
 

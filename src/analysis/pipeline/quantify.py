@@ -31,7 +31,8 @@ from analysis.progress import progress as track
 from analysis.io.files import atomic_path, check_manifest, write_csv, write_parquet
 from analysis.io import image_info, load_samples, read_image, without_file_bytes
 
-__all__ = ["QuantifyParams", "quantify_image", "quantify_study", "image_problem", "read_puncta", "default_workers"]
+__all__ = ["QuantifyParams", "quantify_image", "measure_image", "quantify_study", "image_problem", "read_puncta",
+           "read_table", "default_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,8 @@ def image_problem(data: np.ndarray, roles: dict[str, Any], *, min_size_px: int =
     Checked in this order, for the channels the sheet assigns a role only (an unused channel
     may hold anything): the channel index exists; the plane is at least ``min_size_px`` pixels
     in Y and X; no NaN or infinite pixel; the channel is not blank (all zero or one constant
-    value); not saturated (more than 1 % of the pixels at the top of an integer type).  Each
+    value); a float channel has some positive intensity; not saturated (more than 1 % of the
+    pixels at the top of an integer type).  Each
     reason names the channel role and says how to fix it.
 
     Parameters
@@ -256,6 +258,9 @@ def image_problem(data: np.ndarray, roles: dict[str, Any], *, min_size_px: int =
                     "not a measurable intensity; export the raw image again (the conversion wrote invalid values), "
                     "or replace them in Fiji (Process > Math > Remove NaNs) and record that in the sheet")
         lo, hi = plane.min(), plane.max()
+        if np.issubdtype(plane.dtype, np.floating) and hi <= 0 and lo < hi:
+            return (f"{role} (channel {ch}) has no positive intensity (values {lo:g} to {hi:g}): not photon counts "
+                    "(inverted, or background-subtracted with a negative offset?); export the raw intensities")
         if lo == hi:
             value = f"{lo:g}" if np.issubdtype(plane.dtype, np.floating) else f"{lo}"
             return (f"{role} (channel {ch}) is blank: every pixel is {value}; check the acquisition and the export "
@@ -636,6 +641,32 @@ def _write_puncta(entries: list[tuple[str, Path]], path: Path) -> int:
     return _stream_tables(entries, path, schemas, cache.read_puncta, metadata=meta)
 
 
+def read_table(processed_dir: str | os.PathLike[str], name: str, image_id: str | None = None) -> pd.DataFrame:
+    """A per-object table written by :func:`quantify_study` (``<name>.parquet``), of one image or all.
+
+    Parameters
+    ----------
+    processed_dir : path
+        The folder ``quantify`` wrote.
+    name : str
+        Table name: ``cells``, ``puncta``, ``outlines`` or another readout's.
+    image_id : str, optional
+        Only this image's rows.
+
+    Returns
+    -------
+    DataFrame
+        Empty (no columns) when the study has no such table.
+    """
+    import pyarrow.parquet as pq
+
+    p = Path(processed_dir) / f"{name}.parquet"
+    if not p.exists() or "image_id" not in pq.read_schema(p).names:
+        return pd.DataFrame()
+    filters = [("image_id", "==", image_id)] if image_id is not None else None
+    return pq.read_table(p, filters=filters).replace_schema_metadata(None).to_pandas()
+
+
 def _write_readout_tables(entries: list[tuple[str, Path]], out: Path) -> dict[str, int]:
     """Write every other readout's named table of the entries to ``<name>.parquet``; rows per table."""
     names = sorted({name for _, e in entries for name in cache.table_names(e)})
@@ -671,6 +702,8 @@ def read_puncta(path: str | os.PathLike[str], image_id: str | None = None) -> pd
 
     p = Path(path)
     p = p / "puncta.parquet" if p.is_dir() else p
+    if "image_id" not in pq.read_schema(p).names:  # a study without a synapse channel
+        return pd.DataFrame()
     filters = [("image_id", "==", image_id)] if image_id is not None else None
     table = pq.read_table(p, filters=filters)
     out = table.replace_schema_metadata(None).to_pandas()

@@ -8,10 +8,11 @@ named tables out).  Importing this module registers them, in the order they run:
   area and the density (per 100 um^2, or per um^3 for z-stacks), the median detection SNR
   and the channel's quality (spike-in recall, estimated precision); table ``puncta``;
 * ``microglia`` (``microglia_channel``, maximum projection): cells, density per mm^2 and the
-  mean morphology of interior cells; table ``cells``;
+  mean morphology of interior cells; tables ``cells`` and ``outlines`` (the pixels of each
+  cell's boundary and pruned skeleton, for the QC overlays);
 * ``engulfment`` (``microglia_channel`` and ``lysosome_channel``; uses the puncta when the
   image also has a synapse channel): CD68 lysosomes and the puncta inside them per cell;
-  extends the ``cells`` table.
+  extends the ``cells`` table and adds the lysosome boundaries to ``outlines``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from skimage.segmentation import find_boundaries
 
 from analysis.measure import engulfment, microglia
 from analysis.measure import puncta as synapses
 from analysis.measure.quality import image_quality
 from analysis.pipeline.registry import Measured, Readout, register
 
-__all__ = ["MORPHOLOGY", "PUNCTA_COLUMNS", "image_seed", "kept_puncta"]
+__all__ = ["MORPHOLOGY", "OUTLINE_KINDS", "PUNCTA_COLUMNS", "image_seed", "kept_puncta", "pixel_table"]
 
 #: Per-cell columns averaged into the image row (interior cells only).
 MORPHOLOGY = [
@@ -42,6 +44,10 @@ MORPHOLOGY = [
     "sholl_critical_radius_um",
     "sholl_auc",
 ]
+
+#: Kinds of pixel in the ``outlines`` table of the microglia readouts (cell boundaries, pruned
+#: skeletons, CD68 lysosome boundaries).
+OUTLINE_KINDS = ("outline", "skeleton", "lysosome")
 
 #: Columns of the per-punctum table kept in the cache and in ``puncta.parquet`` (with ``z``
 #: first for z-stacks): position in pixels, fitted intensity, detection SNR, fitted size.
@@ -114,7 +120,21 @@ def measure_microglia_readout(channels: Mapping[str, np.ndarray], pixel_size_um:
     row["microglia_interior_count"] = int(len(interior))
     for col in MORPHOLOGY:
         row[f"mean_{col}"] = float(interior[col].mean()) if len(interior) else np.nan
-    return Measured(row=row, tables={"cells": cells}, quality=[q], state={"labels": labels})
+    outlines = pixel_table(labels, find_boundaries(labels, mode="inner"), "outline")
+    skeleton = pixel_table(labels, microglia.skeleton_image(labels, pixel_size_um), "skeleton")
+    return Measured(row=row, tables={"cells": cells, "outlines": pd.concat([outlines, skeleton], ignore_index=True)},
+                    quality=[q], state={"labels": labels})
+
+
+def pixel_table(labels: np.ndarray, where: np.ndarray, kind: str) -> pd.DataFrame:
+    """Pixels of ``where`` as a tidy table: ``label`` (0 outside any cell), ``y``, ``x``, ``kind``.
+
+    The QC overlays draw the stored outlines and skeletons of the cells that were counted
+    (:func:`analysis.report.figures.qc_overlay`), never a second segmentation.
+    """
+    ys, xs = np.nonzero(where)
+    return pd.DataFrame({"label": labels[ys, xs].astype(np.int32), "y": ys.astype(np.int32), "x": xs.astype(np.int32),
+                         "kind": pd.Categorical([kind] * len(ys), categories=OUTLINE_KINDS)})
 
 
 def measure_engulfment_readout(channels: Mapping[str, np.ndarray], pixel_size_um: float, *,
@@ -133,6 +153,8 @@ def measure_engulfment_readout(channels: Mapping[str, np.ndarray], pixel_size_um
         eng = engulfment.measure_engulfment(cells_of.state["labels"], lys_mask, pts, pixel_size_um)
         out.tables["cells"] = cells_of.tables["cells"].merge(eng, on="label", how="left")
         out.row.update(engulfment.engulfment_totals(eng))
+        lysosomes = pixel_table(cells_of.state["labels"], find_boundaries(lys_mask, mode="inner"), "lysosome")
+        out.tables["outlines"] = pd.concat([cells_of.tables["outlines"], lysosomes], ignore_index=True)
     # (the CD68 channel is validated with the microglia, in the same terminal fields)
     out.quality.append(image_quality(lys, pixel_size_um, readout="microglia"))
     return out
@@ -144,7 +166,7 @@ register(Readout(
     notebook="02_synapse_dose_duration.ipynb", description="synapse (PSD95) channel"))
 register(Readout(
     name="microglia", roles=("microglia_channel",), measure=measure_microglia_readout,
-    modules=("analysis.pipeline.readouts", "analysis.measure.microglia"),
+    modules=("analysis.pipeline.readouts", "analysis.measure.microglia", "analysis.measure.morphology"),
     notebook="03_microglia.ipynb", description="microglia (Iba1) channel"))
 register(Readout(
     name="engulfment", roles=("microglia_channel", "lysosome_channel"), optional_roles=("synapse_channel",),

@@ -146,6 +146,8 @@ def qc_overlay(
     lysosome_channel: int | None = None,
     puncta: pd.DataFrame | None = None,
     params: Any = None,
+    outlines: pd.DataFrame | None = None,
+    cells: pd.DataFrame | None = None,
     sholl_step_um: float = 5.0,
     panel_inches: float = 4.0,
 ) -> Figure:
@@ -170,8 +172,13 @@ def qc_overlay(
         picture shows what was counted.  Without it the puncta are detected again (with
         ``params.puncta``, default parameters otherwise) and a warning is logged.
     params : QuantifyParams, optional
-        Parameters of the quantification (microglia and CD68 segmentation; puncta only when
-        ``puncta`` is not given).
+        Parameters of the quantification, used only for what is not given (microglia and CD68
+        segmentation without ``outlines``; puncta without ``puncta``).
+    outlines, cells : DataFrame, optional
+        The image's rows of ``outlines.parquet`` and ``cells.parquet`` (cell boundaries,
+        skeletons and CD68 boundaries as stored by the quantification; somata for the Sholl
+        circles): the cells that were counted are drawn.  Without them the cells are segmented
+        again (a warning is logged).
     sholl_step_um, panel_inches : float
 
     Returns
@@ -206,17 +213,35 @@ def qc_overlay(
         i += 1
     if microglia_channel is not None and not pd.isna(microglia_channel):
         plane = data[int(microglia_channel)].max(axis=0)
-        labels = microglia.segment_microglia(plane, pixel_size_um, **(getattr(params, "microglia", None) or {}))
-        cells = microglia.measure_microglia(labels, None, pixel_size_um)
         ax = axes[i]
         ax.imshow(display_range(plane), cmap="gray", interpolation="nearest")
-        ax.imshow(np.ma.masked_where(~find_boundaries(labels), labels), cmap="tab20", interpolation="nearest")
-        sk = microglia.skeleton_image(labels, pixel_size_um)
+        if outlines is not None and cells is not None:
+            border = np.zeros(plane.shape, np.int32)
+            sk = np.zeros(plane.shape, bool)
+            lys_edge = np.zeros(plane.shape, bool)
+            for kind, target in (("outline", None), ("skeleton", sk), ("lysosome", lys_edge)):
+                pts = outlines[outlines["kind"].astype(str) == kind]
+                yy, xx = pts["y"].to_numpy(int), pts["x"].to_numpy(int)
+                if target is None:
+                    border[yy, xx] = pts["label"].to_numpy(int)
+                else:
+                    target[yy, xx] = True
+            boundary = border > 0
+        else:
+            log.warning("qc_overlay: no stored outlines given; segmenting the cells again (may differ from the counted ones)")
+            labels = microglia.segment_microglia(plane, pixel_size_um, **(getattr(params, "microglia", None) or {}))
+            cells = microglia.measure_microglia(labels, None, pixel_size_um)
+            boundary, border = find_boundaries(labels), labels
+            sk = microglia.skeleton_image(labels, pixel_size_um)
+            lys_edge = None
+            if lysosome_channel is not None and not pd.isna(lysosome_channel):
+                lys = engulfment.segment_lysosomes(data[int(lysosome_channel)].max(axis=0), pixel_size_um,
+                                                   **(getattr(params, "lysosomes", None) or {}))
+                lys_edge = find_boundaries(lys)
+        ax.imshow(np.ma.masked_where(~boundary, border), cmap="tab20", interpolation="nearest")
         ax.imshow(np.ma.masked_where(~sk, sk), cmap="cool", interpolation="nearest", alpha=0.9)
-        if lysosome_channel is not None and not pd.isna(lysosome_channel):
-            lys = engulfment.segment_lysosomes(data[int(lysosome_channel)].max(axis=0), pixel_size_um,
-                                               **(getattr(params, "lysosomes", None) or {}))
-            ax.contour(lys, levels=[0.5], colors="yellow", linewidths=0.6)
+        if lys_edge is not None and lys_edge.any():
+            ax.imshow(np.ma.masked_where(~lys_edge, lys_edge), cmap="autumn", interpolation="nearest")
         for r in cells.itertuples():
             for rad in np.arange(sholl_step_um, 30.0 + 1e-9, sholl_step_um):
                 ax.add_patch(plt.Circle((r.soma_x, r.soma_y), rad / pixel_size_um, fill=False, lw=0.3,
@@ -378,7 +403,9 @@ def qc_images(measurements: pd.DataFrame, *, max_images: int = 6) -> pd.DataFram
     and the one with the highest measured SNR (``measured_snr``), then for each session kind
     (``session`` column when present, else longitudinal / terminal) the field of median
     measured SNR.  Synapse fields are those without a microglia channel; terminal fields
-    carry one.  Only images with a synapse readout (``n_puncta``) are candidates.
+    carry one.  Images with a synapse readout (``n_puncta``) are the candidates; a study
+    without one (e.g. microglia only) shows the fields with the fewest, the most and the
+    median number of cells (``microglia_count``).
 
     Parameters
     ----------
@@ -389,27 +416,33 @@ def qc_images(measurements: pd.DataFrame, *, max_images: int = 6) -> pd.DataFram
     Returns
     -------
     DataFrame
-        The chosen rows of ``measurements`` with a column ``qc_reason``.
+        The chosen rows of ``measurements`` with a column ``qc_reason`` (why it was chosen,
+        with its value).
     """
     m = measurements.reset_index(drop=True)
-    if "n_puncta" in m:
+    has_synapse = "n_puncta" in m and m["n_puncta"].notna().any()
+    if has_synapse:
         m = m[m["n_puncta"].notna()]  # a synapse readout to show
-    snr = m["measured_snr"] if "measured_snr" in m else pd.Series(np.nan, index=m.index)
+        what, unit = "measured SNR", "measured_snr"
+    else:
+        what, unit = "microglia count", "microglia_count"
+    value = m[unit].astype(float) if unit in m else pd.Series(np.nan, index=m.index)
     terminal = m["microglia_channel"].notna() if "microglia_channel" in m else pd.Series(False, index=m.index)
     kind = m["session"].astype(str) if "session" in m else terminal.map({True: "terminal", False: "longitudinal"})
     picks: list[tuple[int, str]] = []
-    syn = snr[~terminal & snr.notna()].sort_values(kind="stable")
-    if len(syn):
-        picks += [(int(syn.index[0]), "lowest measured SNR"), (int(syn.index[-1]), "highest measured SNR")]
+    ranked = value[(~terminal if has_synapse else terminal) & value.notna()].sort_values(kind="stable")
+    if len(ranked):
+        picks += [(int(ranked.index[0]), f"lowest {what}"), (int(ranked.index[-1]), f"highest {what}")]
     for k in dict.fromkeys(kind):
-        sub = snr[(kind == k)].sort_values(kind="stable")
+        sub = value[(kind == k)].sort_values(kind="stable")
         if len(sub):
-            picks.append((int(sub.index[(len(sub) - 1) // 2]), f"{k}: median measured SNR"))
+            picks.append((int(sub.index[(len(sub) - 1) // 2]), f"{k}: median {what}"))
     seen: dict[int, str] = {}
     for i, why in picks:
         seen.setdefault(i, why)
     idx = list(seen)[:max_images]
-    return m.loc[idx].assign(qc_reason=[seen[i] for i in idx])
+    reasons = [f"{seen[i]} {value[i]:.3g}" if pd.notna(value[i]) else seen[i] for i in idx]
+    return m.loc[idx].assign(qc_reason=reasons)
 
 
 def longitudinal_plot(session_means: pd.DataFrame, value: str = "puncta_density_per_100um2",
@@ -474,7 +507,7 @@ def measured_vs_true_plot(pairs: pd.DataFrame, panel_inches: float = 2.6) -> Fig
     Parameters
     ----------
     pairs : DataFrame
-        From :func:`analysis.validation.measured_vs_true`.
+        From :func:`analysis.report.validation.measured_vs_true`.
     panel_inches : float
         Size of each panel.
 
@@ -515,7 +548,7 @@ def accuracy_per_snr_plot(accuracy: pd.DataFrame) -> Figure:
     Parameters
     ----------
     accuracy : DataFrame
-        From :func:`analysis.validation.accuracy_per_snr`.
+        From :func:`analysis.sim.validation.accuracy_per_snr`.
 
     Returns
     -------
@@ -552,7 +585,7 @@ def calibration_plot(null: pd.DataFrame, effect: pd.DataFrame, alpha: float = 0.
     Parameters
     ----------
     null : DataFrame
-        :func:`analysis.validation.calibrate` rows of studies without drug effect.
+        :func:`analysis.sim.validation.calibrate` rows of studies without drug effect.
     effect : DataFrame
         Rows of studies with the drug effect.
     alpha : float

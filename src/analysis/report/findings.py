@@ -10,7 +10,7 @@ against, the same numbers as the tables:
   Holm-adjusted p, n animals), with the vehicle reference rows, in design order
   (:func:`design_rank`: vehicle first, then dose, then duration, as :mod:`analysis.sim.design`
   lists its groups);
-* :func:`analysis.validation.groundtruth.add_truth` adds, for a simulated study, the true effect of the simulation's own
+* :func:`analysis.sim.validation.add_truth` adds, for a simulated study, the true effect of the simulation's own
   truth model and whether the CI covers it;
 * :func:`abstract` writes one :class:`Finding` per statement: the direction word follows the CI
   (a CI that includes 0 is "no detectable change", never a decrease), and every number in the
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -194,6 +195,26 @@ def design_rank(genotype: str, compound: str, dose_mg_kg: float, treatment_days:
     g_rank = {WILD_TYPE: 0, TSPO_KO: 1}.get(genotype, 2)
     c_rank = {VEHICLE: 0, "diazepam": 1}.get(compound, 2)
     return (1, g_rank, f"{c_rank}{genotype}{compound}", 0, float(dose_mg_kg), float(treatment_days))
+
+
+_LABEL = re.compile(r"^(?P<genotype>\S+) (?:vehicle|(?P<compound>\S+) (?P<dose>[0-9.e+-]+) mg/kg) x (?P<days>\d+) d$")
+
+
+def label_rank(label: str, order: Mapping[str, int] | None = None) -> tuple:
+    """:func:`design_rank` of a group given by its label (:func:`analysis.io.vocabulary.group_label`).
+
+    Examples
+    --------
+    >>> sorted(["WT diazepam 5 mg/kg x 7 d", "WT vehicle x 7 d"], key=label_rank)
+    ['WT vehicle x 7 d', 'WT diazepam 5 mg/kg x 7 d']
+    """
+    if order and label in order:
+        return (0, order[label], "", 0, 0.0, 0.0)
+    m = _LABEL.match(str(label))
+    if m is None:
+        return (2, 0, str(label), 0, 0.0, 0.0)
+    compound = m["compound"] or VEHICLE
+    return design_rank(m["genotype"], compound, float(m["dose"] or 0.0), int(m["days"]))
 
 
 def _sorted(df: pd.DataFrame, order: Mapping[str, int] | None = None) -> pd.DataFrame:
@@ -485,7 +506,7 @@ def abstract(contrasts: pd.DataFrame, headline: str = HEADLINE_GROUP) -> list[Fi
     first treated group in design order if the study lacks it) with direction, % change versus
     vehicle, 95 % CI, n animals and the Holm-adjusted p value; then one sentence naming the
     other planned contrasts whose CI excludes 0 (the rest are counted).  With a truth column
-    (:func:`analysis.validation.groundtruth.add_truth`) each statement gives the truth and whether the CI covers it.
+    (:func:`analysis.sim.validation.add_truth`) each statement gives the truth and whether the CI covers it.
 
     The direction word follows the CI, never the point estimate alone: a CI that includes 0 is
     "no detectable change".
@@ -637,8 +658,7 @@ def estimability(dose_response: pd.DataFrame | None = None, recovery: pd.DataFra
                              "ci_low": lo, "ci_high": hi, "unit": unit, "n_animals": p.loc[par].get("n_animals"),
                              "estimable": not reason, "reason": reason})
     if recovery is not None and len(recovery):
-        order = order or {}
-        rec = recovery.assign(_k=[(order.get(g, len(order)), g) for g in recovery["group"]])
+        rec = recovery.assign(_k=[label_rank(g, order) for g in recovery["group"]])
         rec = rec.sort_values("_k", kind="stable")
         for r in rec.itertuples():
             tau = float(r.recovery_tau_days)

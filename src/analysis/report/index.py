@@ -220,7 +220,7 @@ def real_validation_line(reports_dir: Path) -> str:
     ``04_validation`` that shows them (when that notebook's HTML is in ``reports_dir``) and
     states the date and commit the numbers were generated at.
     """
-    from analysis.validation import load_real_validation
+    from analysis.report.validation import load_real_validation
 
     real = load_real_validation()
     if real is None:
@@ -618,7 +618,7 @@ def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
     Returns None when that notebook did not run or had no ground truth.
     """
     from analysis.report.record import recorded
-    from analysis.validation import COMPARISONS
+    from analysis.report.validation import COMPARISONS
 
     executed = reports_dir / "executed" / "04_validation.ipynb"
     if not executed.exists():
@@ -729,9 +729,9 @@ def write_index(
     order = F.study_group_order(processed_dir)
     contrasts = F.endpoint_contrasts(tables, order)
     if facts.get("simulated"):
-        from analysis.validation.groundtruth import add_truth, study_truth_model
+        from analysis.sim.validation import add_truth, study_truth_model
 
-        contrasts = add_truth(contrasts, study_truth_model(data_dir))
+        contrasts = add_truth(contrasts, study_truth_model(data_dir), {e.key: e.truth for e in F.ENDPOINTS})
     from analysis.errors import InputError
     from analysis.io import load_analysis_plan
 

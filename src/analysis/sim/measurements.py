@@ -1,6 +1,6 @@
 """Study tables drawn from a simulated design without rendering images (perfect counts).
 
-Used by the calibration of the statistics (:mod:`analysis.validation`), the power analysis
+Used by the calibration of the statistics (:mod:`analysis.sim.validation`), the power analysis
 (:mod:`analysis.sim.power`), benchmarks and tests: the models of :mod:`analysis.stats` are
 fitted to these tables exactly as to measured ones.
 """

@@ -89,7 +89,7 @@ def measured_table(preset: str, seed: int, model: pd.DataFrame | None = None) ->
 
 def _one(task: tuple[str, int, str | None, float]) -> pd.DataFrame:
     from analysis.stats import fit_synapse_lmm, quality_covariates, session_contrasts
-    from analysis.validation import true_pct_vs_vehicle
+    from analysis.sim.validation import true_pct_vs_vehicle
 
     preset, seed, primary, alpha = task
     table, names = quality_covariates(measured_table(preset, seed))

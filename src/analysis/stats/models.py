@@ -51,6 +51,7 @@ __all__ = [
     "gatekeeping",
     "sex_differences",
     "quality_covariates",
+    "correlation",
 ]
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,14 @@ def fit_synapse_lmm(
                 formula, df, groups="animal_id", re_formula="1",
                 **({"vc_formula": {"session": "0 + C(day)"}} if longitudinal else {}),
             )
-            result = model.fit(reml=True, method=["lbfgs", "powell"])
+            try:
+                result = model.fit(reml=True, method=["lbfgs", "powell"])
+            except np.linalg.LinAlgError:
+                # L-BFGS can step onto a singular point when a variance is estimated at zero
+                # (e.g. no animal variance beyond the fields'); Powell's method needs no gradient
+                notes.append("refitted with Powell's method (L-BFGS met a singular matrix; a variance "
+                             "component is probably at zero)")
+                result = model.fit(reml=True, method=["powell"])
     messages = tuple(notes) + tuple(sorted({str(w.message) for w in caught}))
     for m in messages:
         log.warning("mixed model: %s", m)
@@ -661,7 +669,7 @@ def _fit_synapse(m: pd.DataFrame, value: str, out: Path, *, primary: str | None,
     if fit.covariates is not None:
         paths["covariates"] = out / "synapse_lmm_covariates.csv"
         write_csv(fit.covariates, paths["covariates"])
-    mech = mechanism_contrasts(fit)
+    mech = mechanism_contrasts(fit, **_primary_treatment(fit, primary))
     if len(mech):
         paths["mechanism"] = out / "synapse_mechanism.csv"
         write_csv(mech, paths["mechanism"])
@@ -883,7 +891,8 @@ def _cell_index(fit: SynapseFit) -> tuple[dict[tuple[str, int], int], dict[str, 
     coef = fit.coefficients.reset_index(drop=True)
     cov = fit.fe_cov()
     idx = {(r.group, int(r.day)): i for i, r in coef.iterrows()}
-    baseline = {g: int(d) for g, d in coef.groupby("group")["day"].min().items()}
+    # baseline sessions are before the first dose (day < 0); groups without one (cross-sectional) have none
+    baseline = {g: int(d) for g, d in coef.groupby("group")["day"].min().items() if d < 0}
     return idx, baseline, coef["estimate"].to_numpy(), cov
 
 
@@ -906,7 +915,8 @@ def change_difference(
     L = np.zeros(len(beta))
     for g, sign in ((group_a, 1), (vehicle_a, -1), (group_b, -1), (vehicle_b, 1)):
         L[idx[(g, day)]] += sign
-        L[idx[(g, base[g])]] -= sign
+        if g in base:  # a change from the group's own baseline (none in a cross-sectional design)
+            L[idx[(g, base[g])]] -= sign
     est, se = float(L @ beta), float(np.sqrt(L @ cov @ L))
     z = sps.t.ppf(1 - alpha / 2, fit.df_contrast)
     return {
@@ -918,22 +928,51 @@ def change_difference(
     }
 
 
-def mechanism_contrasts(fit: SynapseFit, *, dose_mg_kg: float = 5.0, days: int = 7) -> pd.DataFrame:
-    """Genotype x treatment (TSPO knockout) and compound (XBD173 vs diazepam) at the end of dosing."""
+def mechanism_contrasts(fit: SynapseFit, *, dose_mg_kg: float = 5.0, days: int = 7, compound: str = "diazepam",
+                        reference_genotype: str = WILD_TYPE) -> pd.DataFrame:
+    """Genotype x treatment and compound comparisons at the end of dosing, from the groups present.
 
-    groups = set(fit.coefficients["group"])
-    wt_dzp = group_label(WILD_TYPE, "diazepam", dose_mg_kg, days)
-    wt_veh = group_label(WILD_TYPE, VEHICLE, 0.0, days)
+    With the reference treatment ``compound`` at ``dose_mg_kg`` for ``days`` (the study's
+    primary group, e.g. diazepam 5 mg/kg x 7 d):
+
+    * for every other genotype with that treatment and its own vehicle (e.g. the TSPO
+      knockout): the genotype x treatment interaction, the treatment's vehicle-corrected change
+      in that genotype over the one in ``reference_genotype`` (:func:`change_difference`);
+    * for every other compound given to ``reference_genotype`` for the same days (e.g. XBD173):
+      its vehicle-corrected change over the reference treatment's.
+
+    Nothing is assumed about which compounds or genotypes a study has; a study without such
+    groups gets an empty table.
+    """
+    cells = fit.cells.drop_duplicates("group").set_index("group")
+    groups = set(cells.index)
+    ref = group_label(reference_genotype, compound, dose_mg_kg, days)
+    ref_veh = group_label(reference_genotype, VEHICLE, 0.0, days)
     rows = []
-    ko_dzp, ko_veh = group_label(TSPO_KO, "diazepam", dose_mg_kg, days), group_label(TSPO_KO, VEHICLE, 0.0, days)
-    if {wt_dzp, wt_veh, ko_dzp, ko_veh} <= groups:
-        rows.append({"contrast": f"TSPO_KO vs WT: diazepam {dose_mg_kg:g} mg/kg effect (interaction)",
-                     **change_difference(fit, ko_dzp, wt_dzp, ko_veh, wt_veh, days)})
-    for g in sorted(groups):
-        if g.startswith(f"{WILD_TYPE} XBD173") and g.endswith(f"x {days} d") and {wt_dzp, wt_veh} <= groups:
-            rows.append({"contrast": f"{g} vs {wt_dzp} (compound)",
-                         **change_difference(fit, g, wt_dzp, wt_veh, wt_veh, days)})
+    if {ref, ref_veh} <= groups:
+        for genotype in sorted(set(cells["genotype"]) - {reference_genotype}):
+            g, g_veh = group_label(genotype, compound, dose_mg_kg, days), group_label(genotype, VEHICLE, 0.0, days)
+            if {g, g_veh} <= groups:
+                rows.append({"contrast": f"{genotype} vs {reference_genotype}: {compound} {dose_mg_kg:g} mg/kg effect "
+                                         "(interaction)",
+                             **change_difference(fit, g, ref, g_veh, ref_veh, days)})
+        for g in sorted(groups):
+            r = cells.loc[g]
+            if (r["genotype"] == reference_genotype and r["compound"] not in (VEHICLE, compound)
+                    and int(r["treatment_days"]) == int(days)):
+                rows.append({"contrast": f"{g} vs {ref} (compound)",
+                             **change_difference(fit, g, ref, ref_veh, ref_veh, days)})
     return pd.DataFrame(rows)
+
+
+def _primary_treatment(fit: SynapseFit, primary: str | None) -> dict[str, object]:
+    """``compound``, ``dose_mg_kg``, ``days`` of the primary group (the defaults when absent)."""
+    cells = fit.cells.drop_duplicates("group").set_index("group")
+    if primary and primary in cells.index:
+        r = cells.loc[primary]
+        return {"compound": r["compound"], "dose_mg_kg": float(r["dose_mg_kg"]), "days": int(r["treatment_days"]),
+                "reference_genotype": r["genotype"]}
+    return {}
 
 
 def recovery(contrasts: pd.DataFrame) -> pd.DataFrame:
@@ -1090,6 +1129,7 @@ def fit_count_endpoint(
     With one rate per cell the estimated ratio is the ratio of the observed rates (counts over
     area), and the residual df are animals minus cells:
 
+    >>> from analysis.sim.measurements import simulate_terminal_measurements
     >>> img, cells = simulate_terminal_measurements("small", 0)
     >>> contrasts, diag = fit_count_endpoint(img, "microglia_count", exposure="field_area_mm2")
     >>> by = img.groupby("compound")[["microglia_count", "field_area_mm2"]].sum()
@@ -1157,3 +1197,12 @@ def fit_morphology_endpoint(
     sd = float(np.sqrt(res.scale))
     out = _ratio_vs_vehicle(res.params, res.cov_params(), _cells_of(animals), alpha, float(res.df_resid), sd)
     return out.assign(n_zero_cells=int(is_zero.sum()), zero_offset=offset)
+
+
+def correlation(x: np.ndarray, y: np.ndarray, kind: str = "pearson") -> float:
+    """Correlation, NaN when it is undefined (fewer than 3 pairs or a constant input)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    f = sps.pearsonr if kind == "pearson" else sps.spearmanr
+    return float(f(x, y)[0])

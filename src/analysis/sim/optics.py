@@ -1,0 +1,273 @@
+"""Optics and camera of the simulated confocal fields, and helpers shared by the phantoms.
+
+The PSF, camera gain, read noise and offset, the preset SNR levels, illumination, and the
+rendering primitives (Gaussians, disks, blurred splats, polylines) used by
+:mod:`analysis.sim.neuropil` and :mod:`analysis.sim.glia`.
+
+Conventions
+-----------
+Coordinates are in pixels with pixel centres at integer positions: pixel ``(i, j)``
+covers ``[i - 0.5, i + 0.5) x [j - 0.5, j + 0.5)``, so the field spans
+``[-0.5, Y - 0.5) x [-0.5, X - 0.5)``.  Intensities are photo-electrons before the camera
+and ADU (analog-to-digital units) after it: ``ADU = gain * electrons + read noise +
+offset``, rounded and clipped to ``uint16``.  Images are point-sampled (a confocal scanner
+samples the specimen at the pixel centres), so a punctum centred on a pixel reaches its
+full ``amplitude`` in that pixel.
+
+Signal-to-noise ratio
+---------------------
+The SNR of the PSD95 channel is the mean peak amplitude of the in-focus (not engulfed)
+puncta, in photo-electrons above the local background, divided by the noise standard
+deviation at the mean background level of the analysed area::
+
+    snr = mean(amplitude) / sqrt(mean_background_e + (read_noise_adu / gain) ** 2)
+
+(shot noise of the background plus read noise, both in electrons).  The ``snr`` argument
+sets the amplitude scale; the realised value (it differs by the sampling of the
+amplitudes and positions, a few per cent) is returned with the field.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
+
+__all__ = ["SNR_LEVELS", "PSF_SIGMA_UM", "CAMERA_GAIN", "READ_NOISE_ADU", "CAMERA_OFFSET_ADU"]
+
+log = logging.getLogger(__name__)
+
+#: Preset PSD95 signal-to-noise ratios (definition in the module docstring).
+SNR_LEVELS: dict[str, float] = {"high": 15.0, "default": 8.0, "low": 4.5, "hard": 3.0}
+
+# --- optics and camera -------------------------------------------------------------------
+PSF_SIGMA_UM = 0.10  # lateral sigma of the confocal point spread function
+CAMERA_GAIN = 2.0  # ADU per photo-electron
+READ_NOISE_ADU = 3.0  # Gaussian read noise SD
+CAMERA_OFFSET_ADU = 100.0
+_READ_E = READ_NOISE_ADU / CAMERA_GAIN
+_UINT16_MAX = np.iinfo(np.uint16).max
+
+
+# =========================================================================================
+# generic helpers
+# =========================================================================================
+def _check_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    if len(shape) != 2 or min(shape) < 16:
+        raise ValueError(f"shape must be two sizes >= 16 pixels, got {shape!r}")
+    return int(shape[0]), int(shape[1])
+
+
+def _check_positive(**values: float) -> None:
+    for name, v in values.items():
+        if not np.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+
+
+def _check_non_negative(**values: float) -> None:
+    for name, v in values.items():
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+
+
+def _lognormal(rng: np.random.Generator, n: int, cv: float) -> np.ndarray:
+    """Lognormal draws with mean 1 and coefficient of variation ``cv``."""
+    s2 = np.log1p(cv**2)
+    return rng.lognormal(-0.5 * s2, np.sqrt(s2), n)
+
+
+def _wrap(a: np.ndarray) -> np.ndarray:
+    """Angles wrapped to [-pi, pi)."""
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], corr_px: float) -> np.ndarray:
+    """Smooth Gaussian random field (mean 0, SD 1) with correlation length ~``corr_px``.
+
+    White noise on a coarse grid of spacing ``corr_px`` is interpolated with separable
+    cubic B-splines (smooth, and cheap: four taps per axis, no large filters).
+    """
+    h, w = shape
+    taps = []
+    for n in shape:
+        u = np.arange(n) / corr_px + rng.uniform(0, 1)
+        i = np.floor(u).astype(np.int64)
+        t = u - i
+        wts = np.stack([(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3]) / 6
+        taps.append((i, wts))
+    (iy, wy), (ix, wx) = taps
+    grid = rng.standard_normal((iy[-1] + 4, ix[-1] + 4))
+    rows = sum(wy[k][:, None] * grid[iy + k] for k in range(4))  # (h, gx)
+    field = sum(wx[k][None, :] * rows[:, ix + k] for k in range(4))
+    field -= field.mean()
+    sd = field.std()
+    return field / sd if sd > 0 else field
+
+
+class _Illumination:
+    """Smooth multiplicative illumination: a linear gradient times a radial vignette.
+
+    Analytic, so the same factor is available at sub-pixel puncta centres; normalised to
+    mean 1 over the field.  Roughly +-20 % from the brightest to the darkest corner.
+    """
+
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, int]) -> None:
+        h, w = shape
+        self.centre = np.array([(h - 1) / 2, (w - 1) / 2])
+        self.half_diag = 0.5 * float(np.hypot(h, w))
+        self.gradient = rng.uniform(0.05, 0.18)
+        theta = rng.uniform(0, 2 * np.pi)
+        self.direction = np.array([np.sin(theta), np.cos(theta)])
+        self.vignette = rng.uniform(0.08, 0.22)
+        self.vcentre = self.centre + rng.normal(0, 0.12, 2) * np.array([h, w])
+        self.norm = 1.0
+        yy = np.arange(h, dtype=float)[:, None]
+        xx = np.arange(w, dtype=float)[None, :]
+        self.image = self(yy, xx)
+        self.norm = 1.0 / float(self.image.mean())
+        self.image *= self.norm
+
+    def __call__(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        g = (y - self.centre[0]) * self.direction[0] + (x - self.centre[1]) * self.direction[1]
+        r2 = (y - self.vcentre[0]) ** 2 + (x - self.vcentre[1]) ** 2
+        ramp = 1 + self.gradient * g / self.half_diag
+        return self.norm * ramp * (1 - self.vignette * r2 / self.half_diag**2)
+
+
+def _camera(rng: np.random.Generator, electrons: np.ndarray) -> np.ndarray:
+    """Shot noise, gain, read noise and offset of a photon-counting detector, as uint16."""
+    counts = rng.poisson(np.clip(electrons, 0, None))
+    adu = counts * CAMERA_GAIN + rng.normal(CAMERA_OFFSET_ADU, READ_NOISE_ADU, electrons.shape)
+    return np.clip(np.rint(adu), 0, _UINT16_MAX).astype(np.uint16)
+
+
+def _render_gaussians(
+    shape: tuple[int, int], y: np.ndarray, x: np.ndarray, amp: np.ndarray, sigma_px: np.ndarray
+) -> np.ndarray:
+    """Exact sum of point-sampled 2-D Gaussians (truncated at 4 sigma) on a pixel grid.
+
+    Each Gaussian is evaluated on its own square patch around the nearest pixel; the
+    separable factors are combined by broadcasting and accumulated with ``bincount``.
+    """
+    h, w = shape
+    img = np.zeros(h * w)
+    if len(y) == 0:
+        return img.reshape(shape)
+    half = int(np.ceil(4 * float(np.max(sigma_px))))
+    off = np.arange(-half, half + 1)
+    py = np.rint(y).astype(np.int64)[:, None] + off
+    px = np.rint(x).astype(np.int64)[:, None] + off
+    s = np.asarray(sigma_px, float)[:, None]
+    gy = np.exp(-0.5 * ((py - y[:, None]) / s) ** 2) * amp[:, None]
+    gx = np.exp(-0.5 * ((px - x[:, None]) / s) ** 2)
+    vals = gy[:, :, None] * gx[:, None, :]
+    ok = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
+    idx = py[:, :, None] * w + px[:, None, :]
+    img += np.bincount(idx[ok], weights=vals[ok], minlength=h * w)
+    return img.reshape(shape)
+
+
+def _render_disks(
+    shape: tuple[int, int], y: np.ndarray, x: np.ndarray, amp: np.ndarray, radius_px: np.ndarray, psf_px: float
+) -> np.ndarray:
+    """Uniform disks (height ``amp``, anti-aliased edge) blurred by a Gaussian PSF.
+
+    This is the image of an object with a sharp edge (a vesicle): after blurring, the edge
+    lies at the half-maximum contour of the plateau.  Where disks overlap the brighter one
+    shows (a maximum projection of vesicles at different depths), not their sum.
+    """
+    h, w = shape
+    img = np.zeros(h * w)
+    if len(y) == 0:
+        return img.reshape(shape)
+    half = int(np.ceil(float(np.max(radius_px)))) + 2
+    off = np.arange(-half, half + 1)
+    py = np.rint(y).astype(np.int64)[:, None] + off
+    px = np.rint(x).astype(np.int64)[:, None] + off
+    d = np.hypot((py - y[:, None])[:, :, None], (px - x[:, None])[:, None, :])
+    vals = np.clip(np.asarray(radius_px, float)[:, None, None] - d + 0.5, 0.0, 1.0) * amp[:, None, None]
+    ok = ((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]
+    idx = py[:, :, None] * w + px[:, None, :]
+    np.maximum.at(img, idx[ok], vals[ok])
+    return ndi.gaussian_filter(img.reshape(shape), psf_px)
+
+
+def _splat_blurred(
+    shape: tuple[int, int], y: np.ndarray, x: np.ndarray, peak: np.ndarray, sigma_px: float
+) -> np.ndarray:
+    """Blurred point sources of the given peak height (for haze; positions to the pixel)."""
+    h, w = shape
+    iy, ix = np.rint(y).astype(np.int64), np.rint(x).astype(np.int64)
+    ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    img = np.bincount(iy[ok] * w + ix[ok], weights=peak[ok] * 2 * np.pi * sigma_px**2, minlength=h * w)
+    return ndi.gaussian_filter(img.reshape(shape), sigma_px, mode="constant")
+
+
+def _broad_blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur with a large sigma, computed on a 4x binned image and interpolated back."""
+    f = 4 if sigma_px >= 6 and min(img.shape) >= 64 else 1
+    if f == 1:
+        return ndi.gaussian_filter(img, sigma_px)
+    h, w = img.shape
+    hb, wb = -(-h // f), -(-w // f)
+    padded = np.pad(img, ((0, hb * f - h), (0, wb * f - w)), mode="edge")
+    small = ndi.gaussian_filter(padded.reshape(hb, f, wb, f).mean(axis=(1, 3)), sigma_px / f)
+    # bin centres sit at (f - 1) / 2 + f * k in pixel coordinates
+    yy = (np.arange(h) - (f - 1) / 2) / f
+    xx = (np.arange(w) - (f - 1) / 2) / f
+    return ndi.map_coordinates(small, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest")
+
+
+def _rasterise_polyline(points: np.ndarray, max_step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Densify an (n, 2) polyline so consecutive points are at most ``max_step`` apart.
+
+    Returns the dense points and, for each, the index of the source segment start.
+    """
+    if len(points) < 2:
+        return points.copy(), np.zeros(len(points), dtype=np.int64)
+    seg = np.diff(points, axis=0)
+    nsub = np.maximum(1, np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / max_step).astype(np.int64))
+    src = np.repeat(np.arange(len(seg)), nsub)
+    t = np.arange(len(src)) - np.repeat(np.cumsum(nsub) - nsub, nsub)
+    t = t / nsub[src]
+    dense = points[src] + t[:, None] * seg[src]
+    return np.vstack([dense, points[-1:]]), np.append(src, len(seg) - 1)
+
+
+def _greedy_min_distance(points: np.ndarray, min_dist: float) -> np.ndarray:
+    """Boolean mask of points kept by sequential inhibition in the given order.
+
+    A point is dropped when an earlier kept point lies closer than ``min_dist``.
+    """
+    keep = np.ones(len(points), dtype=bool)
+    if len(points) < 2:
+        return keep
+    pairs = cKDTree(points).query_pairs(min_dist, output_type="ndarray")
+    if len(pairs) == 0:
+        return keep
+    pairs = np.sort(pairs, axis=1)
+    pairs = pairs[np.argsort(pairs[:, 1], kind="stable")]
+    for i, j in pairs:  # pairs sorted by the later point: earlier decisions are final
+        if keep[i]:
+            keep[j] = False
+    return keep
+
+
+def _clip_segments_length(p0: np.ndarray, p1: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Length of each segment p0->p1 inside the box [lo, hi] (Liang-Barsky clipping)."""
+    d = p1 - p0
+    t0 = np.zeros(len(p0))
+    t1 = np.ones(len(p0))
+    inside = np.ones(len(p0), dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in range(2):
+            for p, q in ((-d[:, k], p0[:, k] - lo[k]), (d[:, k], hi[k] - p0[:, k])):
+                par = p == 0
+                inside &= ~(par & (q < 0))
+                t = q / p
+                t0 = np.where(~par & (p < 0), np.maximum(t0, t), t0)
+                t1 = np.where(~par & (p > 0), np.minimum(t1, t), t1)
+    frac = np.where(inside, np.clip(t1 - t0, 0, 1), 0.0)
+    return frac * np.hypot(d[:, 0], d[:, 1])
