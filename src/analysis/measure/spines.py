@@ -340,7 +340,8 @@ def _trace(img: np.ndarray, px: float, *, k_sigma: float, min_length_shaft_diame
     # at the measured scale: smooth, flatten the background, threshold (foreground = dendrites
     # and spines); the shaft is the part above half of the local ridge maximum (its full width
     # at half maximum, which a fringe of dimmer spines does not widen). The radius is measured
-    # again on that shaft mask (median distance transform on its skeleton) and the steps redone.
+    # again on that shaft mask (60th percentile of its distance transform on its skeleton) and
+    # the steps redone.
     for it in range(3):
         sigma = max(0.7, 0.25 * r_px)
         s = ndi.gaussian_filter(img, sigma)
