@@ -867,7 +867,7 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: 
     return pred, extra, rot, t
 
 
-def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_distance_um: float = 0.6,
+def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_distance_um: float = 0.8,
                  min_snr: float = 1.0, min_blobness: float = 0.15, hysteresis: float = 0.75,
                  **params: Any) -> pd.DataFrame:
     """Detect spines in every session and link them to the previous session.
