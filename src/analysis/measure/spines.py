@@ -868,7 +868,7 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: 
 
 
 def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_distance_um: float = 0.8,
-                 min_snr: float = 1.0, min_blobness: float = 0.15, hysteresis: float = 0.75,
+                 min_snr: float = 1.0, min_blobness: float = 0.15, hysteresis: float = 0.6,
                  **params: Any) -> pd.DataFrame:
     """Detect spines in every session and link them to the previous session.
 
@@ -939,6 +939,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     next_id = 0
     prev: pd.DataFrame | None = None  # spines present in the previous session (with track_id)
     max_px = max_distance_um / px
+    rescue_px = 0.5 * max_px  # weak candidates must sit closer: chance noise maxima are common
     for s, im in enumerate(images):
         cand = detect_spines(im, pixel_size_um, return_all=True, min_snr=min_snr, min_blobness=min_blobness,
                              **params)
@@ -975,7 +976,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         rescued = pd.DataFrame(columns=strong.columns)
         left = np.nonzero(~matched_prev)[0]
         if len(left) and len(weak):
-            m2 = match_points(weak[["y", "x"]].to_numpy(float), pred[left], max_px)
+            m2 = match_points(weak[["y", "x"]].to_numpy(float), pred[left], rescue_px)
             if len(m2.pairs):
                 rescued = weak.iloc[m2.pairs[:, 0]].copy()
                 rescued["track_id"] = prev["track_id"].to_numpy()[left[m2.pairs[:, 1]]]
@@ -986,7 +987,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         was_there = np.zeros(len(strong), bool)
         left_cur = np.nonzero(~matched_cur)[0]
         if len(left_cur) and len(prev_weak_here):
-            m3 = match_points(strong[["y", "x"]].to_numpy(float)[left_cur], prev_weak_here, max_px)
+            m3 = match_points(strong[["y", "x"]].to_numpy(float)[left_cur], prev_weak_here, rescue_px)
             if len(m3.pairs):
                 was_there[left_cur[m3.pairs[:, 0]]] = True
         cur = strong.copy()
