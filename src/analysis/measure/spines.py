@@ -879,9 +879,10 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     session's spines, moved by the shift, are matched one to one to this session's within
     ``max_distance_um`` (:func:`analysis.measure.matching.match_points`). Hysteresis keeps
     spines near the threshold from flickering: a previous spine that finds no detection may
-    still match a weaker candidate (score >= ``hysteresis`` x ``min_snr``) at its predicted
-    place (stable, same track), and a new detection with such a weak candidate at its place
-    in the previous session is ``stable`` rather than ``gained`` (its track starts here).
+    still match a weaker candidate (passing ``hysteresis`` x both cuts) within half of
+    ``max_distance_um`` of its predicted place (stable, same track), and a new detection with
+    such a weak candidate at its place in the previous session is ``stable`` rather than
+    ``gained`` (its track starts here).
 
     Conventions (one row per spine per session):
 
