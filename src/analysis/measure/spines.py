@@ -584,6 +584,9 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     # ``min_offset_shaft_radii`` of it and within reach of the shaft edge
     r_local = np.maximum(tr.shaft_dt[cy, cx], 1.0)
     peaks &= (d_cent > min_offset_shaft_radii * r_local) & (d_edge <= reach)
+    # heads cut by the image border cannot be measured (and the filter is biased there)
+    edge = max(2, int(round(radii.min())))
+    peaks[:edge], peaks[-edge:], peaks[:, :edge], peaks[:, -edge:] = False, False, False, False
     # only on dendrites bright enough to be in focus (relative to the brightest dendrite)
     if len(tr.table):
         inten = tr.table["intensity"].to_numpy(float)
