@@ -809,14 +809,41 @@ def spine_density(spines: pd.DataFrame, dendrites: DendriteTrace | pd.DataFrame)
 
 
 # ----------------------------------------------------------------------------- tracking
-def _register(ref: np.ndarray, mov: np.ndarray) -> np.ndarray:
-    """Translation (dy, dx) such that ``mov`` coordinates + shift = ``ref`` coordinates."""
+def _register(ref: np.ndarray, mov: np.ndarray) -> list[np.ndarray]:
+    """Candidate translations (dy, dx) such that ``mov`` coordinates + shift = ``ref`` coordinates.
+
+    Phase correlation with and without a Hann window and with plain or phase-only
+    (whitened) cross-power: the plain one follows the bright shafts, the whitened one the fine
+    detail (spines), and either can lock onto a wrong peak when a straight dendrite or a
+    regular spine spacing makes the field nearly periodic. :func:`track_spines` keeps the
+    candidate that pairs the most spines.
+    """
+    from skimage.filters import window
     from skimage.registration import phase_cross_correlation
 
     a = ref - np.median(ref)
     b = mov - np.median(mov)
-    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=10, normalization=None)
-    return np.asarray(shift, float)
+    win = window("hann", a.shape) if a.shape == b.shape else None
+    out = []
+    for norm in (None, "phase"):
+        for use_win in (False, True):
+            if use_win and win is None:
+                continue
+            x, y = (a * win, b * win) if use_win else (a, b)
+            shift, _, _ = phase_cross_correlation(x, y, upsample_factor=10, normalization=norm)
+            out.append(np.asarray(shift, float))
+    return out
+
+
+def _best_shift(shifts: list[np.ndarray], cur: np.ndarray, prev: np.ndarray, tol_px: float) -> np.ndarray:
+    """The candidate shift under which the spines of this session pair best with the previous one."""
+    if len(cur) == 0 or len(prev) == 0:
+        return shifts[0]
+    def score(sh: np.ndarray) -> float:  # pairs weighted by closeness (a wrong shift pairs loosely)
+        d = match_points(cur + sh, prev, 2.0 * tol_px).distances
+        return float(np.exp(-0.5 * (d / (0.5 * tol_px)) ** 2).sum())
+
+    return shifts[int(np.argmax([score(sh) for sh in shifts]))]
 
 
 def _rigid_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -876,7 +903,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     """Detect spines in every session and link them to the previous session.
 
     Each session is registered to the previous one by phase correlation (translation,
-    sub-pixel), refined to a rigid map (rotation + translation) by iterative closest points
+    sub-pixel; of four variants, the one that pairs the most spines), refined to a rigid map (rotation + translation) by iterative closest points
     on the detected spines and then by a local median of the paired spines' residual
     displacements (small tissue deformation); spines are detected per session (:func:`detect_spines`), and the previous
     session's spines, moved by the shift, are matched one to one to this session's within
@@ -961,7 +988,8 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
             rows.append(cur.assign(session=s))
             prev = cur
             continue
-        shift = _register(planes[s - 1], planes[s])
+        shift = _best_shift(_register(planes[s - 1], planes[s]), strong[["y", "x"]].to_numpy(float),
+                            prev[["y", "x"]].to_numpy(float), max_px)
         # previous spines in this session's pixels
         pred, prev_weak_here, rot, t = _align_points(
             strong[["y", "x"]].to_numpy(float), prev[["y", "x"]].to_numpy(float), shift, max_px,
