@@ -54,6 +54,18 @@ fitted amplitude is significant is kept:
    permutation null, the image's own residuals shuffled, was tried and rejected: with puncta
    of about one pixel, as at 0.2 um sampling, a shuffled field reproduces the puncta and the
    step removed a third to half of the real ones.)
+8. **Negative control from the image.**  The calibrated rate holds for white pixel noise; the
+   light around real puncta is not that clean (the PSF is not exactly Gaussian, saturated or
+   crowded spots are misfitted, and widefield haze has texture at the punctum scale).  So
+   the expected number of false puncta above ``u`` is also measured on the image itself, as
+   the number of punctum-shaped *dips* at least ``u`` deep in the residual (the image minus
+   the fitted puncta, seen through the same filter; :func:`_negative_control`): anything in
+   the background that is symmetric about its local level dips as often as it peaks, and a
+   dip cannot be a punctum.  The step-up of 7 uses the larger of the two estimates.  Dips
+   in the surround of light that the fit left unexplained (the filter's negative ring around
+   an undetected bump) and dips better explained by a broad blob do not count.  On sim-fish
+   fields of bright spots this removed most false puncta next to bright ones (crowded,
+   sigma 100 nm: 148 -> 2 in 4 images; 8-bit: 25 -> 4) at no cost in recall.
 
 All sizes are in micrometres and converted with the pixel size, so the same parameters work
 at any sampling.
@@ -390,8 +402,16 @@ def _dark_skewness(resid_blocks: np.ndarray, level: np.ndarray, var: np.ndarray)
 
 
 def _gauss(d2: np.ndarray, var: np.ndarray) -> np.ndarray:
-    """Product over the last axis of 1-D normal densities with variances ``var``."""
-    return np.exp(-0.5 * (d2 / var).sum(axis=-1)) / np.sqrt(np.prod(2.0 * np.pi * var, axis=-1))
+    """Product over the last axis of 1-D normal densities with variances ``var``.
+
+    (The sums and products over the short last axis are written out: numpy's reductions over
+    an axis of 2-3 elements cost several times the arithmetic itself.)"""
+    e = d2[..., 0] / var[..., 0]
+    norm = 2.0 * np.pi * var[..., 0]
+    for ax in range(1, d2.shape[-1]):
+        e = e + d2[..., ax] / var[..., ax]
+        norm = norm * (2.0 * np.pi * var[..., ax])
+    return np.exp(-0.5 * e) / np.sqrt(norm)
 
 
 def _overlap(
@@ -653,8 +673,8 @@ def _solve_clusters(
         # system singular (their amplitudes then share the light equally)
         mm[:, diag, diag] *= 1.0 + 1e-9
         minv = np.linalg.inv(mm)
-        a[members] = np.einsum("cij,cj->ci", minv, y[members])
-        va[members] = np.einsum("cij,cjk,cik->ci", minv, qq, minv)
+        a[members] = (minv @ y[members][:, :, None])[:, :, 0]
+        va[members] = ((minv @ qq) * minv).sum(axis=2)  # diag(M^-1 Q M^-1) (M symmetric)
     return a, va
 
 
@@ -767,6 +787,24 @@ def _mirror_windows(stack: np.ndarray, plane: np.ndarray, pts: np.ndarray, R: in
         i = np.where(i > n - 1, 2 * (n - 1) - i, i)
         idx.append(np.clip(i, 0, n - 1))
     return np.asarray(stack[plane[:, None, None], idx[0][:, :, None], idx[1][:, None, :]], dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _surround_ratio_cached(sigma: tuple[float, ...], b: tuple[float, ...]) -> float:
+    r = int(np.ceil(4 * max(max(sigma), 1.0) + 8 * max(b)))
+    delta = np.zeros((2 * r + 1,) * 2)
+    delta[r, r] = 1.0
+    spot = ndi.gaussian_filter(delta, sigma, mode="constant")
+    b1 = ndi.gaussian_filter(spot, b, mode="constant")
+    resp = ndi.gaussian_filter(spot - 2.0 * b1 + ndi.gaussian_filter(b1, b, mode="constant"), sigma, mode="constant")
+    return float(-resp.min() / resp.max())
+
+
+def _surround_ratio(scale: "_Scale") -> float:
+    """Depth of the negative surround of a punctum's nominal response (the high pass leaves a
+    ring below zero around it) as a fraction of its peak (~0.14 for the default background
+    radius of twice the punctum radius)."""
+    return _surround_ratio_cached(tuple(float(v) for v in scale.sigma[-2:]), tuple(float(v) for v in scale.b[-2:]))
 
 
 def _kernel_skew_factor(scale: "_Scale") -> float:
@@ -993,9 +1031,10 @@ def detect_puncta(
         which the number of noise maxima expected in the field (:func:`noise_detection_rate`
         times the number of pixels) is at most ``noise_fdr`` times the number of puncta
         above ``u`` (a Benjamini-Hochberg step-up with the calibrated noise rate, corrected
-        for skewed noise; module docstring).  In a crowded field this keeps ``threshold_sd``; in a
-        sparse field it rises; in pure noise nothing is reported.  None: ``threshold_sd``
-        only.
+        for skewed noise; module docstring), or, when larger, the number of punctum-shaped dips
+        at least as deep in the residual (the image's own negative control, step 8 of the
+        module docstring).  In a crowded field this keeps ``threshold_sd``; in a sparse field
+        it rises; in pure noise nothing is reported.  None: ``threshold_sd`` only.
     tile_px : int, optional
         Images larger than this (laterally) are processed in tiles of at most ``tile_px``
         pixels square, each read with a margin of several punctum sizes and background radii
@@ -1135,6 +1174,10 @@ def detect_puncta(
         # tail: the Gaussian equivalent of each significance, with the response's skewness
         gamma = noise_info["skew"] * _kernel_skew_factor(_Scale((1,) * ndim, sigma0, bg))
         expected = noise_detection_rate(_gaussian_equivalent(order, gamma), float(sigma0[-1])) * arr.size
+        # the image's own negative control: punctum-shaped dips of the residual at least as
+        # deep (background structure that pixel noise does not account for)
+        neg = np.sort(found["neg"])
+        expected = np.maximum(expected, len(neg) - np.searchsorted(neg, order, side="left"))
         ok = expected <= noise_fdr * np.arange(1, len(order) + 1)
         threshold_used = float(order[np.flatnonzero(ok).max()]) if ok.any() else np.inf
         keep = t >= threshold_used
@@ -1354,11 +1397,81 @@ def _detect_block(
             break
         pos = np.concatenate([pos, new])
 
+    neg = np.zeros(0)
+    if ndim == 2:
+        neg_at = _negative_control(hh_img, pos, a, sig_all[k], f_nom, sd_nom, nominal,
+                                   scales[-1] if reject_out_of_focus else None, bg, footprint, 0.5 * threshold_sd)
+        if region is not None and len(neg_at):
+            neg_at = neg_at[np.all((neg_at[:, :2] >= region[0]) & (neg_at[:, :2] < region[1]), axis=1)]
+        neg = neg_at[:, 2]
     if region is not None and len(pos):
         own = np.all((pos >= region[0]) & (pos < region[1]), axis=1)
         pos, k, a, t = pos[own], k[own], a[own], t[own]
     sn = ndi.map_coordinates(noise, pos.T, order=1, mode="nearest") if len(pos) else np.zeros(0)
-    return {"pos": pos, "k": k, "a": a, "t": t, "sn": sn, "n_cand": n_cand}
+    return {"pos": pos, "k": k, "a": a, "t": t, "sn": sn, "n_cand": n_cand, "neg": neg}
+
+
+def _negative_control(
+    hh_img: np.ndarray,
+    pos: np.ndarray,
+    a: np.ndarray,
+    sig: np.ndarray,
+    f_nom: np.ndarray,
+    sd_nom: np.ndarray,
+    nominal: _Scale,
+    broad: _Scale | None,
+    bg: np.ndarray,
+    footprint: tuple[int, ...],
+    min_depth: float,
+) -> np.ndarray:
+    """Punctum-shaped dips of the residual: the image's own estimate of how often its background
+    alone makes a punctum of a given significance (2-D).
+
+    The fitted puncta are subtracted (their model seen through the same high pass, so their
+    negative surround goes too) and the local minima of the residual's nominal significance,
+    at the candidates' spacing, are the sign-inverted twins of detections: pixel noise, and
+    any background structure at the punctum scale that is symmetric about its local mean
+    (out-of-focus haze, autofluorescent texture), dips as often and as deeply as it peaks,
+    and a dip cannot be a punctum.  A dip that a blob 2.5 x broader explains significantly
+    better (the test that puncta pass, step 4) is not counted, as a broad bump is not
+    reported.  Returns (n, 3): row, column and depth (in noise SDs, >= ``min_depth``).
+    """
+    if len(pos):
+        model = _render(hh_img.shape, pos, a, sig)
+        m1 = ndi.gaussian_filter(model, bg, mode="reflect")
+        hh_model = model - 2.0 * m1 + ndi.gaussian_filter(m1, bg, mode="reflect")
+        del model, m1
+        res = f_nom - nominal.response(hh_model)
+    else:
+        hh_model = None
+        res = f_nom
+    z = res / sd_nom
+    dips = np.argwhere((z == ndi.minimum_filter(z, size=footprint, mode="nearest")) & (z <= -min_depth))
+    depth = -z[tuple(dips.T)]
+    if len(dips):
+        # the high-pass surround of light that the fit left (unexplained bumps within the reach
+        # of the background filter whose surrounds, summed, are as deep) is not a dip of the
+        # background
+        bumps = np.argwhere((z == ndi.maximum_filter(z, size=footprint, mode="nearest")) & (z >= min_depth))
+        if len(bumps):
+            reach = 3.0 * np.sqrt((broad.sigma if broad is not None else nominal.sigma) ** 2 + 2.0 * bg**2)
+            height = z[tuple(bumps.T)] * _surround_ratio(nominal)
+            near = cKDTree(bumps / reach).query_ball_point(dips / reach, 1.0)
+            surround = np.array([height[nb].sum() if nb else 0.0 for nb in near])
+            keep = surround < depth
+            dips, depth = dips[keep], depth[keep]
+    if broad is not None and len(dips):
+        # least-squares gains of the nominal and the broad model at each dip (as in step 4)
+        hh_res = hh_img if hh_model is None else hh_img - hh_model
+        rb = broad.response(hh_res)[tuple(dips.T)]
+        rn = res[tuple(dips.T)]
+        fit_n = rn**2 / nominal.k0
+        fit_b = np.where(rb < 0, rb**2, 0.0) / broad.k0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gain = depth**2 * (fit_b / np.maximum(fit_n, 1e-300) - 1.0)
+        keep = ~(gain > _LIKELIHOOD_GAIN)
+        dips, depth = dips[keep], depth[keep]
+    return np.column_stack([dips.astype(float), depth]) if len(dips) else np.zeros((0, 3))
 
 
 def _tiles(lateral: tuple[int, ...], tile_px: int | None) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -1401,7 +1514,7 @@ def _merge_tile_duplicates(found: dict[str, Any], sep: np.ndarray) -> dict[str, 
     drop = np.zeros(len(pos), bool)
     drop[np.where(t[i] < t[j], i, j)] = True
     log.debug("%d punctum found twice at tile edges", int(drop.sum()))
-    return {key: (v[~drop] if key != "n_cand" else v) for key, v in found.items()}
+    return {key: (v[~drop] if key not in ("n_cand", "neg") else v) for key, v in found.items()}
 
 
 # --------------------------------------------------------------------------- analysed area
