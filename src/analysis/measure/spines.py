@@ -535,10 +535,11 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
 
     Heads are maxima of the scale-normalised blob filter (-LoG sigma^2) taken over head
     radii ``head_radius_shaft_ratios`` x shaft radius (sigma = head radius / sqrt 2, as in
-    scikit-image's ``blob_log``); a weaker maximum within the head radius of a stronger
-    one is dropped. The filter's noise is measured on the background pixels of this image
-    (robust sigma), so resampled or compressed images, whose pixel noise is correlated,
-    get the right threshold.
+    scikit-image's ``blob_log``) on the variance-stabilised image; a weaker maximum within
+    the larger head radius of a stronger one is dropped. The filter's noise is measured on
+    the background pixels of this image (robust sigma overall, scaled by a per-tile
+    pattern), so resampled or compressed images, whose pixel noise is correlated, and frames
+    whose noise varies from place to place get the right threshold.
     """
     r = tr.shaft_radius_px
     empty = pd.DataFrame(columns=SPINE_COLUMNS)
@@ -546,7 +547,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         return empty
     flat = img - tr.background
     vst = _stabilise(img)
-    vst = vst - ndi.gaussian_filter(vst, 4.0 * r)  # response is insensitive to the offset; keep values small
+    vst = vst - ndi.gaussian_filter(vst, 4.0 * r)  # the blob filter ignores slow trends; keeps values small
     lo = img > img.min()  # clipped (padded) background carries no noise information
     back = ~ndi.binary_dilation(tr.foreground, iterations=max(1, int(round(r)))) & lo
     if back.sum() < 100:
