@@ -152,6 +152,51 @@ def test_skeleton_junctions_count_the_soma_and_forks_of_the_whole_skeleton() -> 
     assert (m.branch_points, m.skeleton_junctions, m.n_primary) == (1, 2, 3)
 
 
+def test_gap_inside_the_soma_adds_no_loop_but_loops_between_processes_stay() -> None:
+    # failure mode on real 8-bit masks (0.755 um): a dim nucleus or a threshold dropout inside
+    # a soma or thick trunk is a hole, and each hole put a loop, junctions and length into the
+    # skeleton (hand masks of pg6_t2: 20 junctions for a cell of 10 in Fiji's table)
+    px = 0.755
+    lab = np.zeros((120, 120), int)
+    lab[disk((60, 60), 12)] = 1  # soma ~18 um across
+    lab[58:63, 5:116] = 1  # a thick trunk through it, 3.8 um wide
+    ref = measure_microglia(lab, None, px).iloc[0]
+    for centre in ((60, 55), (60, 66), (55, 60)):  # gaps of ~3 um in the soma
+        lab[disk(centre, 2)] = 0
+    lab[60, 100] = 0  # a pinhole in the trunk
+    m = measure_microglia(lab, None, px).iloc[0]
+    assert m.skeleton_junctions == ref.skeleton_junctions
+    assert m.skeleton_length_um == pytest.approx(ref.skeleton_length_um, rel=0.02)
+    # two thin processes meeting again (finely sampled) enclose tissue: that loop is kept
+    fine = np.zeros((200, 200), bool)
+    fine[disk((100, 40), 20)] = True
+    a = draw_process(fine, 100, 40, -20, 12.0, width_um=0.8)
+    b = draw_process(fine, 100, 40, 20, 12.0, width_um=0.8)
+    draw_process(fine, a[0] - 15, a[1], 90, (b[0] - a[0] + 30) * PX, width_um=0.8)  # crosses both
+    m = measure_microglia(fine.astype(int), None, PX).iloc[0]
+    assert m.branch_points == 2  # the crossing process forks at both ends of the loop
+
+
+def test_one_pixel_outline_bumps_are_not_branches_at_coarse_pixels() -> None:
+    # at 0.755 um pixels the minimum branch length (1 um) is under two pixels: the spur of a
+    # one-pixel bump of the outline must still not count as a branch (the bumps of real masks
+    # that the 2.5-pixel rule removes are guarded by the real-field test below)
+    px = 0.755
+    lab = np.zeros((80, 160), int)
+    lab[disk((40, 30), 10)] = 1  # soma 15 um across
+    lab[37:44, 30:150] = 1  # a thick process, 5 um wide
+    ref = measure_microglia(lab, None, px).iloc[0]
+    for x in range(50, 140, 12):  # one-pixel bumps along both edges
+        lab[36, x] = 1
+        lab[44, x + 6] = 1
+    m = measure_microglia(lab, None, px).iloc[0]
+    assert (m.skeleton_junctions, m.branch_points, m.endpoints) == (
+        ref.skeleton_junctions, ref.branch_points, ref.endpoints)
+    # a real side branch, 3 um beyond the edge, is kept
+    lab[44:49, 90:92] = 1
+    assert measure_microglia(lab, None, px).iloc[0].branch_points == ref.branch_points + 1
+
+
 def test_touching_cells_split_debris_and_fragments_dropped() -> None:
     mask = np.zeros((400, 600), bool)
     plus_cell(mask, 200, 150)
@@ -340,7 +385,39 @@ def test_skeleton_junctions_rank_like_fiji_on_real_hand_masks() -> None:
     table = pd.read_csv(REALDATA / "pg6_t1-3_cells.tsv", sep="\t")
     ref = table[table["Centroid_Time_Frames"] == 1].set_index("Object_Label").loc[cells.index]
     assert len(cells) == 28
-    assert spearmanr(cells["skeleton_junctions"], ref["SkeletonNumBranchPoints"])[0] >= 0.7
+    # 0.73 before gaps inside somata and trunks were filled (each hole was a loop), 0.84 after
+    assert spearmanr(cells["skeleton_junctions"], ref["SkeletonNumBranchPoints"])[0] >= 0.78
+
+
+def test_real_fields_morphology_ranks_like_the_source_table() -> None:
+    # issue 12 targets on the three annotated EMBL fields, our segmentation end to end: skeleton
+    # length Spearman >= 0.85 and junctions >= 0.7 over the cells matched at IoU >= 0.5 (0.84 and
+    # 0.67 before holes in somata were filled and coarse-pixel outline spurs pruned)
+    if not REALDATA.is_dir():
+        pytest.skip(f"realdata not present: {REALDATA} (../shared/realdata beside the repo, see its README)")
+    from analysis.io import read_image
+
+    table = pd.read_csv(REALDATA / "pg6_t1-3_cells.tsv", sep="\t")
+    rho_length, rho_junctions, f1 = [], [], []
+    for t in (1, 2, 3):
+        data, info = read_image(REALDATA / f"pg6_t{t}.tif")
+        truth = read_image(REALDATA / f"pg6_t{t}_labels.tif")[0][0, 0].astype(np.int64)
+        labels = segment_microglia(data[0, 0], info.pixel_size_um)
+        n_p, n_t = int(labels.max()), int(truth.max())
+        joint = np.bincount(labels.ravel().astype(np.int64) * (n_t + 1) + truth.ravel(),
+                            minlength=(n_p + 1) * (n_t + 1)).reshape(n_p + 1, n_t + 1)
+        inter = joint[1:, 1:]
+        iou = inter / (joint.sum(1)[1:, None] + joint.sum(0)[None, 1:] - inter)
+        ri, ci = linear_sum_assignment(-iou)
+        ok = iou[ri, ci] >= 0.5
+        f1.append(2 * ok.sum() / (n_p + n_t))
+        cells = measure_microglia(labels, None, info.pixel_size_um).set_index("label").loc[ri[ok] + 1]
+        ref = table[table["Centroid_Time_Frames"] == t].set_index("Object_Label").loc[ci[ok] + 1]
+        rho_length.append(spearmanr(cells["skeleton_length_um"], ref["SkeletonTotalLength_Pixel"])[0])
+        rho_junctions.append(spearmanr(cells["skeleton_junctions"], ref["SkeletonNumBranchPoints"])[0])
+    assert np.mean(f1) >= 0.9
+    assert np.mean(rho_length) >= 0.85
+    assert np.mean(rho_junctions) >= 0.7
 
 
 def test_empty_and_bad_input() -> None:

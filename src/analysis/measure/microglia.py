@@ -215,9 +215,9 @@ def _foreground(
     line_length_um: float,
     threshold_sd: tuple[float, float],
     line_threshold_sd: tuple[float, float],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Foreground mask, the smoothed, background-corrected intensity, and the bright
-    structure cut to its full width at half maximum."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Foreground mask, the smoothed, background-corrected intensity, the bright structure
+    cut to its full width at half maximum, and the robust SD of the intensity."""
     smooth = ndi.gaussian_filter(img, max(smoothing_um / px, 0.5))
     signal = smooth - _broad_background(smooth, background_um / px)
     # the opening sits below the noise (a minimum filter first): centre the background
@@ -272,7 +272,7 @@ def _foreground(
         fill = size <= max(1.0 / px**2, 4)
         fill[0] = False
         fg |= fill[hole_lab]
-    return fg, signal, halfmax
+    return fg, signal, halfmax, sd
 
 
 def _dominant_maxima(
@@ -544,7 +544,7 @@ def segment_microglia(
     if border_somata not in ("centre", "all"):
         raise ValueError(f"border_somata must be 'centre' or 'all', got {border_somata!r}")
     px = float(pixel_size_um)
-    fg, signal, halfmax = _foreground(
+    fg, signal, halfmax, sd = _foreground(
         img, px, smoothing_um=smoothing_um, process_max_width_um=process_max_width_um,
         background_um=background_um, line_length_um=line_length_um, threshold_sd=threshold_sd,
         line_threshold_sd=line_threshold_sd,
@@ -553,11 +553,13 @@ def segment_microglia(
     if n == 0:
         log.debug("no soma found")
         return np.zeros(img.shape, np.int32)
+    comp, _ = ndi.label(fg, structure=_EIGHT)  # connected foreground: floods are independent
     if entering_process_rise is not None:
-        markers = _add_entering_markers(markers, n, fg, signal, px, process_max_width_um, entering_process_rise)
+        markers = _add_entering_markers(markers, n, fg, comp, signal, sd, px, process_max_width_um,
+                                        entering_process_rise)
     # flood from bright to dim; intensity differences below two noise SDs are not evidence,
     # so within such a step the flood advances breadth-first (by path length)
-    levels = signal / (2.0 * _robust_sd(signal))
+    levels = signal / (2.0 * sd)
     np.negative(np.floor(levels, out=levels), out=levels)  # -floor(signal / 2 SD), in place
     labels = watershed(levels, markers, mask=fg, connectivity=2)
     if soma_relative_height > 0:
@@ -568,13 +570,11 @@ def segment_microglia(
         a, b = pairs[:, 0], pairs[:, 1]
         weak = np.r_[a[height[a] < soma_relative_height * height[b]], b[height[b] < soma_relative_height * height[a]]]
         if len(weak):
-            markers = np.where(np.isin(markers, weak), 0, markers)
-            labels = watershed(levels, markers, mask=fg, connectivity=2)
+            labels, markers = _reflood(levels, markers, np.isin(markers, weak), comp, labels)
     if terminal_swellings:
         swollen = _terminal_swellings(labels, markers, n, soma_scale, px, soma_min_diameter_um)
         if len(swollen):
-            markers = np.where(np.isin(markers, swollen), 0, markers)
-            labels = watershed(levels, markers, mask=fg, connectivity=2)
+            labels, markers = _reflood(levels, markers, np.isin(markers, swollen), comp, labels)
     labels[labels > n] = 0  # basins of processes entering from outside the field
     if border_somata == "centre":
         drop = _somata_centred_outside(np.where(markers <= n, markers, 0))
@@ -583,6 +583,30 @@ def segment_microglia(
     labels, _, _ = relabel_sequential(labels)
     log.debug("segmented %d microglia", int(labels.max()))
     return labels.astype(np.int32)
+
+
+def _reflood(
+    levels: np.ndarray, markers: np.ndarray, drop: np.ndarray, comp: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the seeds under ``drop`` and flood again (the watershed of
+    :func:`segment_microglia`), only within the foreground components (``comp``) that held
+    them, cropped to their bounding box: the flood of each component depends only on its own
+    seeds, and a crop keeps the raster order of its pixels, so the result is the flood of the
+    whole image."""
+    hit = np.zeros(int(comp.max()) + 1, bool)
+    hit[np.unique(comp[drop])] = True
+    hit[0] = False
+    markers = np.where(drop, 0, markers)
+    region = hit[comp]
+    rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
+    if not len(rows):
+        return labels, markers
+    sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    sub_region = region[sl]
+    sub = watershed(levels[sl], np.where(sub_region, markers[sl], 0), mask=sub_region, connectivity=2)
+    labels = labels.copy()
+    labels[sl][sub_region] = sub[sub_region]
+    return labels, markers
 
 
 def _terminal_swellings(
@@ -644,7 +668,9 @@ def _add_entering_markers(
     markers: np.ndarray,
     n: int,
     fg: np.ndarray,
+    comp: np.ndarray,
     signal: np.ndarray,
+    sd: float,
     px: float,
     process_max_width_um: float,
     rise: tuple[float, float],
@@ -659,14 +685,19 @@ def _add_entering_markers(
     """
     rise_sd, rise_fraction = rise
     soma_peak = float(np.median(_label_max(signal, markers, n)[1:]))
-    h = max(rise_sd * _robust_sd(signal), rise_fraction * soma_peak)
-    peaks, _ = _dominant_maxima(signal, fg, h)
-    lab, n_extra = ndi.label(peaks, structure=_EIGHT)
-    if n_extra == 0:
-        return markers
+    h = max(rise_sd * sd, rise_fraction * soma_peak)
     k = max(int(round(process_max_width_um / px)), 1)
     edge = np.ones(fg.shape, bool)
     edge[k:-k, k:-k] = False
+    # the dynamics of a maximum depend only on the foreground component it lies in: only the
+    # components that reach the edge band are analysed (the same maxima, less work)
+    at_edge = np.zeros(int(comp.max()) + 1, bool)
+    at_edge[np.unique(comp[edge])] = True
+    at_edge[0] = False
+    peaks, _ = _dominant_maxima(signal, at_edge[comp], h)
+    lab, n_extra = ndi.label(peaks, structure=_EIGHT)
+    if n_extra == 0:
+        return markers
     keep = np.zeros(n_extra + 1, bool)
     keep[np.unique(lab[edge])] = True
     keep[np.unique(lab[ndi.binary_dilation(markers > 0, structure=_EIGHT)])] = False  # soma tops

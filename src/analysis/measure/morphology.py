@@ -6,9 +6,16 @@ Morphology (:func:`measure_microglia`)
   ``0.8 * soma_min_diameter_um``, or of half the width of the widest part of the cell if
   that is larger (the soma is the thickest part; thick processes of activated cells are
   not soma); its centroid is the soma centre.
+* Gaps inside the body of a cell are filled first: a hole (background enclosed by the cell)
+  whose rim lies on average at least half the widest process (``process_max_width_um / 2``)
+  deep inside the cell, and at least as deep as the hole's inscribed radius (the hole is no
+  wider than the material around it), is a gap in a soma or thick trunk (a dim nucleus, texture, a threshold dropout), not tissue
+  encircled by processes; each would add a loop, junctions and length to the skeleton.
+  Holes between thin processes that cross or meet (thin walls) are kept.
 * The skeleton is the 2-D skeleton of the cell mask, pruned of terminal spurs whose
   protrusion beyond the local half-width of their parent process is shorter than
-  ``min_branch_length_um`` (outline noise).
+  ``min_branch_length_um``, or no more than 2.5 pixels (the spur a one-pixel bump of the
+  outline can give; this matters for coarse pixels only), as outline noise.
 * **Soma convention**: the skeleton inside the soma is replaced by straight lines from the
   soma centre to the points where the processes leave the soma (the soma is collapsed to
   its centre).  Hence
@@ -170,9 +177,44 @@ def _length_px(sk: np.ndarray) -> float:
     return float(orth + np.sqrt(2) * (int(d1.sum()) + int(d2.sum())))
 
 
+def _fill_enclosed_gaps(mask: np.ndarray, min_wall_px: float) -> np.ndarray:
+    """``mask`` with the holes that are gaps inside its body filled (not tissue encircled by
+    processes).
+
+    A hole is a gap in the cell material (a dim nucleus, texture, a threshold dropout) when
+    the material around it is thick and it is no wider than that material: the mean depth of
+    its rim (distance from the rim to the outside of the filled cell) is at least
+    ``min_wall_px`` (the half-width of the widest process: the hole lies in a soma or a thick
+    trunk, not between thin processes) and at least the hole's inscribed radius.  Processes
+    that cross or meet enclose background between thin walls; those holes are kept.
+    """
+    filled = ndi.binary_fill_holes(mask)
+    holes = filled & ~mask
+    if not holes.any():
+        return mask
+    lab, n = ndi.label(holes)
+    radius = _label_max(ndi.distance_transform_edt(holes), lab, n)
+    depth = ndi.distance_transform_edt(filled)
+    rim = ndi.grey_dilation(lab, footprint=_EIGHT) * mask  # cell pixels next to each hole
+    sel = rim > 0
+    wall = np.bincount(rim[sel], weights=depth[sel], minlength=n + 1) / np.maximum(
+        np.bincount(rim[sel], minlength=n + 1), 1)
+    fill = (wall >= min_wall_px) & (radius <= wall)
+    fill[0] = False
+    return mask | fill[lab]
+
+
+#: largest protrusion (pixels) of the spur that a one-pixel bump of a cell's outline gives its
+#: skeleton: the bump pixel, the pixel the length counts beyond the spur's last one, and half a
+#: pixel because the parent's half-width is measured from pixel centres
+_BUMP_PX = 2.5
+
+
 def _prune(sk: np.ndarray, width: np.ndarray, min_protrusion_px: float, passes: int = 2) -> np.ndarray:
     """Remove terminal spurs: tip branches whose length beyond the half-width of the parent
-    process at their junction is shorter than ``min_protrusion_px``."""
+    process at their junction is shorter than ``min_protrusion_px``, or no longer than the
+    spur of a one-pixel bump of the outline (``_BUMP_PX``: matters where the minimum branch
+    length is only a pixel or two)."""
     for _ in range(passes):
         nb = _neighbours(sk)
         junction = sk & (nb >= 3)
@@ -192,7 +234,8 @@ def _prune(sk: np.ndarray, width: np.ndarray, min_protrusion_px: float, passes: 
         touches_junction = np.zeros(n + 1, bool)
         touches_junction[np.unique(branches[touch])] = True
         length = np.bincount(branches.ravel(), minlength=n + 1) + 1.0
-        spur = has_tip & touches_junction & (length - parent_r < min_protrusion_px)
+        protrusion = length - parent_r
+        spur = has_tip & touches_junction & ((protrusion < min_protrusion_px) | (protrusion <= _BUMP_PX))
         spur[0] = False
         if not spur.any():
             break
@@ -237,7 +280,11 @@ def _ring_crossings(pts: np.ndarray, dist: np.ndarray, radii_px: np.ndarray, sha
 class _Cell:
     """Soma, soma centre and soma-collapsed, pruned skeleton of one cell mask (padded crop)."""
 
-    def __init__(self, cell: np.ndarray, px: float, soma_min_diameter_um: float, min_branch_length_um: float):
+    def __init__(self, cell: np.ndarray, px: float, soma_min_diameter_um: float, min_branch_length_um: float,
+                 process_max_width_um: float = 2.0):
+        # gaps inside the soma or a thick trunk (texture, a dim nucleus, a threshold dropout)
+        # would each add a loop to the skeleton; loops between thin processes are kept
+        cell = _fill_enclosed_gaps(cell, process_max_width_um / 2 / px)
         self.cell = cell
         width = ndi.distance_transform_edt(cell)
         # the soma is the thickest part of the cell: at least half as wide as the widest part
@@ -255,7 +302,7 @@ class _Cell:
         self.soma = soma
         self.centre = np.argwhere(soma).mean(axis=0)
         sk = skeletonize(cell)
-        sk = _prune(sk, width, max(min_branch_length_um / px, 2.0))
+        sk = _prune(sk, width, min_branch_length_um / px)
         self.whole_skeleton = sk  # pruned, soma not collapsed (for ``skeleton_junctions``)
         outside = sk & ~soma
         # exits: skeleton pixels next to the soma, one cluster per primary process
@@ -313,9 +360,10 @@ class _Cell:
         return _ring_crossings(pts, dist, radii_px, self.skeleton.shape)
 
 
-def _cells(labels: np.ndarray, px: float, soma_min_diameter_um: float, min_branch_length_um: float):
+def _cells(labels: np.ndarray, px: float, soma_min_diameter_um: float, min_branch_length_um: float,
+           process_max_width_um: float = 2.0):
     for rp in regionprops(labels):
-        yield rp, _Cell(np.pad(rp.image, 1), px, soma_min_diameter_um, min_branch_length_um)
+        yield rp, _Cell(np.pad(rp.image, 1), px, soma_min_diameter_um, min_branch_length_um, process_max_width_um)
 
 
 def measure_microglia(
@@ -326,6 +374,7 @@ def measure_microglia(
     soma_min_diameter_um: float = 5.0,
     min_branch_length_um: float = 1.0,
     sholl_step_um: float = 2.0,
+    process_max_width_um: float = 2.0,
 ) -> pd.DataFrame:
     """Morphology of each labelled microglia cell.
 
@@ -344,6 +393,10 @@ def measure_microglia(
         of the outline and are pruned.
     sholl_step_um : float
         Spacing of the Sholl circles (the first at one step from the soma centre).
+    process_max_width_um : float
+        Widest process (as in :func:`segment_microglia`): holes in a cell whose rim lies
+        deeper than half of it inside the cell are gaps in its body, filled before the
+        skeletonisation (see the module docstring).
 
     Returns
     -------
@@ -382,7 +435,7 @@ def measure_microglia(
     px = float(pixel_size_um)
     border = border_cells(labels)
     rows = []
-    for rp, c in _cells(labels, px, soma_min_diameter_um, min_branch_length_um):
+    for rp, c in _cells(labels, px, soma_min_diameter_um, min_branch_length_um, process_max_width_um):
         y0, x0 = rp.bbox[0], rp.bbox[1]
         n_branch, n_end = c.nodes()
         pts = np.argwhere(c.skeleton)
