@@ -24,8 +24,12 @@ def test_default_design_groups(default_design: pd.DataFrame) -> None:
     assert set(d.genotype) == {"WT", "TSPO_KO"}
     assert (d[d.genotype == "TSPO_KO"].compound == "diazepam").any()
     assert (d.compound == "XBD173").any()
-    per_group = d.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"]).animal_id.nunique()
+    imaged = d[d.readout != "spine"]  # (the two-photon spine arm has its own animals)
+    per_group = imaged.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"]).animal_id.nunique()
     assert per_group.between(5, 8).all()
+    spine = d[d.readout == "spine"]
+    assert set(spine.animal_id).isdisjoint(imaged.animal_id)
+    assert (spine.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"]).animal_id.nunique() == 6).all()
     sexes = d.drop_duplicates("animal_id").groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"]).sex
     assert (sexes.nunique() == 2).all()
 
@@ -42,7 +46,7 @@ def test_default_sessions(default_design: pd.DataFrame) -> None:
     # every animal has a baseline and a terminal readout with microglia and lysosome channels
     assert syn.groupby("animal_id").day.min().lt(0).all()
     term = d[d.readout == "terminal"]
-    assert term.animal_id.nunique() == d.animal_id.nunique()
+    assert term.animal_id.nunique() == d[d.readout != "spine"].animal_id.nunique()
     assert term.microglia_channel.notna().all() and term.lysosome_channel.notna().all()
     assert syn.microglia_channel.isna().all()
 
@@ -83,8 +87,12 @@ def test_same_seed_same_design() -> None:
 def test_design_summary_counts_animals(default_design: pd.DataFrame) -> None:
     s = design_summary(default_design)
     assert len(s) == 14
-    assert s.n_animals.sum() == default_design.animal_id.nunique() == 112
-    assert (s.n_female == 4).all() and (s.n_male == 4).all()
+    # 8 imaged animals per group, and 6 more in the 4 groups of the two-photon spine arm
+    assert s.n_animals.sum() == default_design.animal_id.nunique() == 112 + 4 * 6
+    arm = s.n_two_photon_images > 0
+    assert arm.sum() == 4 and (s[arm].n_two_photon_images == 6 * 2 * 3).all()
+    assert (s[~arm].n_female == 4).all() and (s[~arm].n_male == 4).all()
+    assert (s[arm].n_female == 4 + 3).all() and (s[arm].n_male == 4 + 3).all()
     row = s[s.group == "WT diazepam 5 mg/kg x 7 d"].iloc[0]
-    assert row.session_days == "-3, 7, 14, 28, 42, 63"
+    assert row.session_days == "-3, 7, 14, 28, 42, 63" and row.two_photon_days == "-3, 7, 63"
     assert row.n_terminal_images == 16

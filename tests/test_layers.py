@@ -69,12 +69,13 @@ def test_the_layers_exist_as_designed() -> None:
 
 
 def test_the_contract_modules_are_thin_re_exports() -> None:
-    """DESIGN.md names analysis.synapses / microglia / quantify / simulate: they only re-export."""
+    """DESIGN.md names analysis.synapses / microglia / spines / quantify / simulate: they only re-export."""
     import analysis.microglia
     import analysis.quantify
     import analysis.simulate
+    import analysis.spines
     import analysis.synapses
-    from analysis.measure import microglia, puncta
+    from analysis.measure import microglia, puncta, spines
     from analysis.pipeline import quantify
     from analysis.sim import simulate
 
@@ -83,6 +84,8 @@ def test_the_contract_modules_are_thin_re_exports() -> None:
     assert analysis.microglia.measure_microglia is microglia.measure_microglia
     assert analysis.quantify.quantify_study is quantify.quantify_study
     assert analysis.simulate.simulate_study is simulate.simulate_study
-    for name in ("synapses", "microglia", "quantify", "simulate"):
+    for name in ("detect_spines", "trace_dendrites", "track_spines"):
+        assert getattr(analysis.spines, name) is getattr(spines, name)
+    for name in ("synapses", "microglia", "quantify", "simulate", "spines"):
         source = (SRC / f"{name}.py").read_text()
         assert len(source.splitlines()) < 12 and "def " not in source

@@ -123,7 +123,7 @@ def test_registry_derives_roles_and_notebooks(toy: Readout) -> None:
                           "lysosome_channel": [np.nan, np.nan]})
     run, skipped = registry.notebooks_for(sheet)
     assert run == ["02_synapse_dose_duration.ipynb"]
-    assert [nb for nb, _ in skipped] == ["03_microglia.ipynb"]
+    assert [nb for nb, _ in skipped] == ["03_microglia.ipynb", "05_spines.ipynb"]
     assert "microglia_channel" in skipped[0][1]
     with pytest.raises(ValueError, match="already registered"):
         registry.register(Readout(name="blobs", roles=("blob_channel",), measure=measure_blobs))

@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
-from analysis.report.run import NOTEBOOKS, ReportError, recorded, run_notebook, run_report
+from analysis.report.run import ReportError, recorded, run_notebook, run_report, study_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,12 @@ def _figures(html: str) -> list[str]:
 def design_report(small_report: Path) -> Path:
     """The session's small-preset report (tests/conftest.py)."""
     return small_report
+
+
+#: The notebooks the small study gets: every one but the two-photon spines' (it has no
+#: dendrite channel; the index names it as skipped, test_index_has_contents_results_and_provenance).
+_RUN, _SKIPPED = study_notebooks(pd.DataFrame({"synapse_channel": [0], "microglia_channel": [1], "lysosome_channel": [2]}))
+NOTEBOOKS, SKIPPED = tuple(_RUN), [nb for nb, _ in _SKIPPED]
 
 
 @pytest.mark.slow
@@ -123,6 +130,8 @@ def test_index_has_contents_results_and_provenance(design_report: Path, small_st
     for name in NOTEBOOKS:
         assert f'href="{name}.html"' in html
         assert f'href="audit/{name}.html"' in html  # the auditor version "with code"
+    assert SKIPPED == ["05_spines"]  # no two-photon images: named, with the reason, not linked
+    assert "05_spines: This study has no two-photon dendrite (GFP) channel" in html and 'href="05_spines.html"' not in html
     sheet_sha = hashlib.sha256((small_study / "samples.csv").read_bytes()).hexdigest()
     assert sheet_sha in html
     image = sorted((small_study / "images").iterdir())[0]

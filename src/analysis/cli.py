@@ -49,6 +49,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.samples}: {len(samples)} images of {samples['animal_id'].nunique()} animals; sheet is valid")
     for problem in fit_problems(samples, str(args.samples)):
         print(f"note: `fit` will refuse the measurements of this sheet: {problem.message}")
+    for note in design_notes(samples):
+        print(f"note: {note}")
     return 0
 
 
@@ -62,42 +64,71 @@ def _cmd_quantify(args: argparse.Namespace) -> int:
 
 
 #: Columns ``fit`` needs in the measurements table (written by ``quantify``).
-FIT_COLUMNS = ("image_id", "animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "day",
-               "puncta_density_per_100um2")
+FIT_COLUMNS = ("image_id", "animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "day")
+#: Image-level values of the fitted readouts (a measurements table has at least one).
+FIT_VALUES = {"synapse": "puncta_density_per_100um2", "spine": "spine_density_per_um", "microglia": "microglia_count"}
+
+
+def _endpoint_rows(table) -> dict[str, object]:
+    """The rows of each fitted readout: by its value (measurements) or its channel roles (a sheet)."""
+    out = {}
+    for kind, value in FIT_VALUES.items():
+        if value in table:
+            rows = table[table[value].notna()]
+            if kind == "synapse" and "microglia_channel" in rows and rows["microglia_channel"].isna().any():
+                rows = rows[rows["microglia_channel"].isna()]  # the dedicated synapse fields (stats.synapse_rows)
+        else:
+            role = {"synapse": "synapse_channel", "spine": "dendrite_channel", "microglia": "microglia_channel"}[kind]
+            if role not in table:
+                continue
+            rows = table[table[role].notna()]
+            if kind == "synapse" and "microglia_channel" in rows and rows["microglia_channel"].isna().any():
+                rows = rows[rows["microglia_channel"].isna()]
+        if len(rows):
+            out[kind] = rows
+    return out
 
 
 def fit_problems(table, file: str) -> list[Problem]:
-    """Why the synapse model cannot be fitted to the images of ``table`` (a sheet or measurements).
+    """Why the models cannot be fitted to the images of ``table`` (a sheet or measurements).
 
-    The model compares every session with the baseline (day < 0) and every treated group with
-    vehicle, with animals as a random effect: it needs synapse images (no microglia channel)
-    before and after the first dose, a treated group, and a group of two or more animals.
+    Each readout the table has (synapse density, spine density, microglia counts) is
+    compared between groups with animals as the unit: it needs a session after the first
+    dose, a treated group, and a group of two or more animals.  A baseline session (day < 0)
+    is not needed: without one the groups are compared at each day (cross-sectional).
     """
     from analysis.io import REFERENCE_COMPOUND
 
-    syn = table[table["microglia_channel"].isna()] if "microglia_channel" in table else table
-    if "puncta_density_per_100um2" in syn:
-        syn = syn[syn["puncta_density_per_100um2"].notna()]
-    if syn.empty:
-        return [Problem(file, "no synapse image (a row without microglia_channel) has a puncta density, so there is nothing "
-                              "to fit; check failures.csv beside it for the images that could not be measured",
-                        column="puncta_density_per_100um2")]
+    rows = _endpoint_rows(table)
+    if not rows:
+        return [Problem(file, "no image has a synapse density, a spine density or a microglia count, so there is "
+                              "nothing to fit; check failures.csv beside it for the images that could not be measured",
+                        column=FIT_VALUES["synapse"])]
     problems = []
-    if not (syn["day"] < 0).any():
-        problems.append(Problem(file, "no baseline synapse image (day < 0): the model measures each session against the "
-                                      "animal's baseline; add the baseline sessions", column="day"))
-    if not (syn["day"] >= 0).any():
-        problems.append(Problem(file, "only baseline synapse images (day < 0): there is no session after the first dose "
-                                      "to compare; add the later sessions", column="day"))
-    compounds = set(syn["compound"].dropna())
-    if compounds and compounds <= {REFERENCE_COMPOUND}:
-        problems.append(Problem(file, "only vehicle synapse images: there is no treated group to compare with vehicle; add "
-                                      "the treated animals", column="compound"))
-    animals = syn.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"])["animal_id"].nunique()
-    if len(animals) and animals.max() < 2:
-        problems.append(Problem(file, "every group has a single animal: the model needs two or more animals in a group "
-                                      "to separate animal from treatment; add animals", column="animal_id"))
+    for kind, sub in rows.items():
+        if not (sub["day"] >= 0).any():
+            problems.append(Problem(file, f"only baseline {kind} images (day < 0): there is no session after the first "
+                                          "dose to compare; add the later sessions", column="day"))
+        compounds = set(sub["compound"].dropna())
+        if compounds and compounds <= {REFERENCE_COMPOUND}:
+            problems.append(Problem(file, f"only vehicle {kind} images: there is no treated group to compare with "
+                                          "vehicle; add the treated animals", column="compound"))
+        animals = sub.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"])["animal_id"].nunique()
+        if len(animals) and animals.max() < 2:
+            problems.append(Problem(file, f"every group has a single animal ({kind} images): the model needs two or "
+                                          "more animals in a group to separate animal from treatment; add animals",
+                                    column="animal_id"))
     return problems
+
+
+def design_notes(table) -> list[str]:
+    """What the models will do with the design of ``table`` (not problems)."""
+    notes = []
+    for kind, sub in _endpoint_rows(table).items():
+        if kind != "microglia" and not (sub["day"] < 0).any():
+            notes.append(f"no baseline {kind} session (day < 0): groups are compared with vehicle at each day "
+                         "(cross-sectional); add baseline sessions to measure change within animals")
+    return notes
 
 
 def load_measurements(path: str | Path):
@@ -146,8 +177,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         # fit_study reads a file: hand it the checked table with the models' group names
         checked = Path(tmp) / "measurements.parquet"
         table.to_parquet(checked)
+        # (the per-cell table stays beside the original measurements)
         written = fit_study(str(checked), args.out, primary=args.primary,
-                            adjust_for_quality=not args.no_quality_adjustment)
+                            adjust_for_quality=not args.no_quality_adjustment,
+                            cells_path=str(Path(args.measurements).with_name("cells.parquet")))
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0

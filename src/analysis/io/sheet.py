@@ -83,8 +83,15 @@ def register_channel_role(column: str) -> None:
 
 
 def channel_columns(columns: Iterable[str] | None = None) -> tuple[str, ...]:
-    """The contract's channel roles and the registered extra ones (of ``columns`` only, if given)."""
-    extra = [c for c in _EXTRA_CHANNEL_COLUMNS if columns is None or c in set(columns)]
+    """The contract's channel roles and the extra ones (of ``columns`` only, if given).
+
+    Extra roles are those registered by readouts and, in a sheet, any other column whose
+    name ends in ``_channel`` (a readout's role, e.g. ``dendrite_channel``), so a sheet is
+    checked the same whether or not its readouts have been imported.
+    """
+    present = list(columns) if columns is not None else []
+    extra = [c for c in _EXTRA_CHANNEL_COLUMNS if columns is None or c in present]
+    extra += [c for c in present if c.endswith("_channel") and c not in CHANNEL_COLUMNS and c not in extra]
     return (*CHANNEL_COLUMNS, *extra)
 _NON_EMPTY = ("image_id", "path", "animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "day")
 #: Optional sheet columns with a meaning (any other extra column is kept and carried through).

@@ -75,6 +75,12 @@ VALIDATED_RANGE: dict[str, dict[str, Any]] = {
         "bit_depth": (8, 12, 16),
         "max_saturated_fraction": 0.01,
     },
+    "spines": {
+        # two-photon simulations at 0.12 um, the SpineDetector frames at ~0.04 um
+        "pixel_size_um": (0.03, 0.2),
+        "bit_depth": (8, 12, 16),
+        "max_saturated_fraction": 0.01,
+    },
 }
 
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -865,7 +871,7 @@ def in_validated_range(
     saturated : float
         :func:`saturated_fraction`.
     readout : str
-        Key of ``ranges`` ("puncta" or "microglia").
+        Key of ``ranges`` ("puncta", "microglia" or "spines").
     ranges : dict, optional
         The ranges (default :data:`VALIDATED_RANGE`).
 
@@ -931,7 +937,7 @@ def image_quality(
     detect_params : dict, optional
         Parameters the puncta were detected with.
     readout : str
-        "puncta" or "microglia" (no SNR, recall, precision).
+        "puncta", or "microglia" / "spines" (no SNR, recall, precision).
     spike_in : bool
         Run the spike-in (one more detection).
     **spike_params

@@ -12,7 +12,10 @@ named tables out).  Importing this module registers them, in the order they run:
   cell's boundary and pruned skeleton, for the QC overlays);
 * ``engulfment`` (``microglia_channel`` and ``lysosome_channel``; uses the puncta when the
   image also has a synapse channel): CD68 lysosomes and the puncta inside them per cell;
-  extends the ``cells`` table and adds the lysosome boundaries to ``outlines``.
+  extends the ``cells`` table and adds the lysosome boundaries to ``outlines``;
+* ``spines`` (``dendrite_channel``, two-photon images of GFP-filled dendrites): traced
+  dendrites, spine heads (:mod:`analysis.measure.spines`) and their density per um of
+  dendrite; table ``spines``.
 """
 
 from __future__ import annotations
@@ -160,6 +163,26 @@ def measure_engulfment_readout(channels: Mapping[str, np.ndarray], pixel_size_um
     return out
 
 
+def measure_spines_readout(channels: Mapping[str, np.ndarray], pixel_size_um: float, *,
+                           z_step_um: float | None, params: Mapping[str, Any],
+                           upstream: Mapping[str, Measured], seed: int,
+                           quality: Mapping[str, Any]) -> Measured:
+    """The ``spines`` readout of one two-photon image: dendrites, spine heads, density per um."""
+    from analysis.measure import spines
+
+    img = channels["dendrite_channel"]
+    q = image_quality(img, pixel_size_um, readout="spines")
+    trace = spines.trace_dendrites(img, pixel_size_um)
+    found = spines.detect_spines(img, pixel_size_um, trace=trace, **params)
+    length = float(trace.table["length_um"].sum()) if len(trace.table) else 0.0
+    row = {"n_spines": int(len(found)), "dendrite_length_um": length,
+           "spine_density_per_um": len(found) / length if length > 0 else np.nan,
+           "n_dendrites": int(len(trace.table))}
+    kept = found.reset_index(drop=True)
+    kept = kept[[c for c in kept.columns if kept[c].dtype != object or c == "type"]]
+    return Measured(row=row, tables={"spines": kept}, quality=[q])
+
+
 register(Readout(
     name="puncta", roles=("synapse_channel",), measure=measure_puncta,
     modules=("analysis.pipeline.readouts", "analysis.measure.puncta", "analysis.measure.matching"),
@@ -173,3 +196,7 @@ register(Readout(
     needs=("puncta", "microglia"), measure=measure_engulfment_readout,
     modules=("analysis.pipeline.readouts", "analysis.measure.engulfment"),
     notebook="03_microglia.ipynb", description="lysosome (CD68) channel"))
+register(Readout(
+    name="spines", roles=("dendrite_channel",), measure=measure_spines_readout,
+    modules=("analysis.pipeline.readouts", "analysis.measure.spines", "analysis.measure.matching"),
+    notebook="05_spines.ipynb", description="two-photon dendrite (GFP) channel"))

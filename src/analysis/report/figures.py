@@ -405,7 +405,8 @@ def qc_images(measurements: pd.DataFrame, *, max_images: int = 6) -> pd.DataFram
     measured SNR.  Synapse fields are those without a microglia channel; terminal fields
     carry one.  Images with a synapse readout (``n_puncta``) are the candidates; a study
     without one (e.g. microglia only) shows the fields with the fewest, the most and the
-    median number of cells (``microglia_count``).
+    median number of cells (``microglia_count``); images of neither readout are not shown
+    here (none when the study has neither).
 
     Parameters
     ----------
@@ -426,6 +427,8 @@ def qc_images(measurements: pd.DataFrame, *, max_images: int = 6) -> pd.DataFram
         what, unit = "measured SNR", "measured_snr"
     else:
         what, unit = "microglia count", "microglia_count"
+        # (images of other readouts, e.g. two-photon spines, have their own QC in their notebook)
+        m = m[m[unit].notna()] if unit in m else m.iloc[0:0]
     value = m[unit].astype(float) if unit in m else pd.Series(np.nan, index=m.index)
     terminal = m["microglia_channel"].notna() if "microglia_channel" in m else pd.Series(False, index=m.index)
     kind = m["session"].astype(str) if "session" in m else terminal.map({True: "terminal", False: "longitudinal"})
@@ -446,7 +449,8 @@ def qc_images(measurements: pd.DataFrame, *, max_images: int = 6) -> pd.DataFram
 
 
 def longitudinal_plot(session_means: pd.DataFrame, value: str = "puncta_density_per_100um2",
-                      groups: list[str] | None = None, panel_inches: float = 2.6) -> Figure:
+                      groups: list[str] | None = None, panel_inches: float = 2.6,
+                      ylabel: str = "synapse density / baseline") -> Figure:
     """Density over days for each group: one thin line per animal, the group mean in bold.
 
     Values are normalised to each animal's baseline session (1 = baseline), the dosing period
@@ -474,7 +478,40 @@ def longitudinal_plot(session_means: pd.DataFrame, value: str = "puncta_density_
     for ax in axes.ravel()[len(names):]:
         ax.set_visible(False)
     fig.supxlabel("day since first dose (shaded: dosing)", fontsize=8)
-    fig.supylabel("synapse density / baseline", fontsize=8)
+    fig.supylabel(ylabel, fontsize=8)
+    return fig
+
+
+def spine_overlay(images: list[np.ndarray], spines: list[pd.DataFrame], pixel_size_um: float,
+                  titles: list[str] | None = None, panel_inches: float = 3.2) -> Figure:
+    """Two-photon sessions of one imaged position side by side with the spine heads counted.
+
+    Parameters
+    ----------
+    images : list of ndarray
+        One YX image (or ZYX stack, shown as its maximum projection) per session.
+    spines : list of DataFrame
+        The stored detections of each image (``spines.parquet`` rows: ``y``, ``x`` in pixels).
+    pixel_size_um : float
+    titles : list of str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per session; the heads are the scatter collection labelled ``"spines"``.
+    """
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(panel_inches * n, panel_inches), squeeze=False, layout="constrained")
+    for k, (ax, img, pts) in enumerate(zip(axes[0], images, spines, strict=True)):
+        plane = np.asarray(img)
+        plane = plane if plane.ndim == 2 else plane.max(axis=0)
+        ax.imshow(display_range(plane), cmap="gray", interpolation="nearest")
+        if len(pts):
+            ax.scatter(pts["x"], pts["y"], s=18, facecolors="none", edgecolors="C1", linewidths=0.7, label="spines")
+        ax.set_title((titles[k] + ": " if titles else "") + f"{len(pts)} spines", fontsize=8)
+        add_scale_bar(ax, pixel_size_um, length_um=5.0)
+        ax.set_xticks([])
+        ax.set_yticks([])
     return fig
 
 

@@ -63,7 +63,7 @@ HEADLINE_GROUP = group_label(WILD_TYPE, "diazepam", 5.0, 7)
 
 #: Fitted tables the index reads (``processed`` file names), in the order they are linked.
 TABLES: tuple[str, ...] = (
-    "synapse_contrasts.csv", "microglia_contrasts.csv", "synapse_trend.csv", "synapse_dose_response.csv",
+    "synapse_contrasts.csv", "spine_contrasts.csv", "microglia_contrasts.csv", "synapse_trend.csv", "synapse_dose_response.csv",
     "synapse_recovery.csv", "synapse_mechanism.csv", "synapse_lmm_variance.csv", "synapse_session_means.csv",
     "failures.csv",
 )
@@ -113,7 +113,7 @@ class Endpoint:
     key: str
     label: str
     unit: str
-    source: str  # "synapse" or "microglia"
+    source: str  # "synapse", "spine" or "microglia"
     prefix: str | None  # start of the ``endpoint`` column in microglia_contrasts.csv
     truth: str | None  # key of analysis.sim.truth.readout_multipliers
     model: str  # key of MODEL_FORMULAS
@@ -122,6 +122,8 @@ class Endpoint:
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("synapse_density", "Synapse density", "PSD95 puncta per 100 um^2, change from baseline",
              "synapse", None, "synapse_density", "synapse_lmm"),
+    Endpoint("spine_density", "Dendritic spine density", "spines per um of dendrite (two-photon), change from baseline",
+             "spine", None, "synapse_density", "synapse_lmm"),
     Endpoint("microglia_density", "Microglia density", "Iba1+ cells per mm^2", "microglia",
              "microglia density", "microglia_density", "count"),
     Endpoint("engulfment", "Engulfed PSD95 puncta per microglia", "puncta per cell", "microglia",
@@ -275,11 +277,13 @@ def endpoint_contrasts(tables: Mapping[str, pd.DataFrame], order: Mapping[str, i
         none), ``p``, ``p_holm`` and ``n_family`` (planned contrasts in its Holm family).
     """
     rows: list[dict] = []
-    syn = tables.get("synapse_contrasts")
-    if syn is not None and len(syn):
+    for table, key in (("synapse_contrasts", "synapse_density"), ("spine_contrasts", "spine_density")):
+        syn = tables.get(table)
+        if syn is None or not len(syn):
+            continue
         syn = syn[syn["day"] == syn["treatment_days"]]  # end of dosing: the planned session
         planned = syn[syn["planned"].astype(bool)] if "planned" in syn else syn.iloc[0:0]
-        e = _ENDPOINT["synapse_density"]
+        e = _ENDPOINT[key]
         for r in syn.itertuples():
             base = {"endpoint": e.key, "endpoint_label": e.label, "unit": e.unit, "group": r.group,
                     "genotype": r.genotype, "compound": r.compound, "dose_mg_kg": float(r.dose_mg_kg),

@@ -61,7 +61,7 @@ def study_notebooks(samples: Any = None) -> tuple[list[str], list[tuple[str, str
 
 #: Every notebook of the report (a study with all the built-in readouts).
 NOTEBOOKS: tuple[str, ...] = (
-    "00_study_design", "01_quantify_images", "02_synapse_dose_duration", "03_microglia", "04_validation",
+    "00_study_design", "01_quantify_images", "02_synapse_dose_duration", "03_microglia", "05_spines", "04_validation",
 )
 #: Started first when notebooks run side by side: the longest (04_validation re-fits ~40
 #: simulated studies: ~50 s of the default report; the other four together take ~35 s).

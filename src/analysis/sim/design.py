@@ -16,12 +16,13 @@ import pandas as pd
 from analysis.io.vocabulary import GROUP_COLUMNS, group_label  # noqa: F401  (re-exported)
 from analysis.sim.truth import TSPO_KO, VEHICLE, WILD_TYPE, TruthModel, activation, readout_multipliers
 
-__all__ = ["Group", "Preset", "PRESETS", "build_design", "group_label", "design_summary"]
+__all__ = ["Group", "Preset", "PRESETS", "build_design", "group_label", "design_summary", "SPINE_CHANNELS"]
 
 log = logging.getLogger(__name__)
 
 SYNAPSE_CHANNELS = ("PSD95",)
 TERMINAL_CHANNELS = ("PSD95", "Iba1", "CD68")
+SPINE_CHANNELS = ("GFP",)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,19 @@ class Preset:
         Probability of each SNR level (see :data:`analysis.sim.phantoms.SNR_LEVELS`).
     null : bool
         No drug effect at all (the truth model without drug effect).
+    spine_animals_per_group : int
+        Animals of the two-photon spine arm per group of ``spine_groups`` (0: no spine arm).
+        They are separate animals (Thy1-GFP mice imaged in vivo through a cranial window),
+        each with ``spine_fields`` imaged positions whose same dendrites are imaged at every
+        day of ``spine_days``.
+    spine_groups : tuple of Group
+        Groups of the spine arm.
+    spine_days : tuple of int
+        Imaging days of the spine arm (negative: before the first dose).
+    spine_preset, spine_fields, spine_snr_mix
+        Field preset of :func:`analysis.sim.spines.simulate_spine_sessions` (``"default"``:
+        512 x 512 maximum projections at 0.12 um), positions per animal and the mix of its
+        SNR levels (:data:`analysis.sim.spines.SNR_LEVELS`).
     """
 
     name: str
@@ -119,6 +133,23 @@ class Preset:
         default_factory=lambda: {"high": 0.2, "default": 0.5, "low": 0.2, "hard": 0.1}
     )
     null: bool = False
+    spine_animals_per_group: int = 0
+    spine_groups: tuple[Group, ...] = ()
+    spine_days: tuple[int, ...] = (-3, 7, 63)
+    spine_preset: str = "default"
+    spine_fields: int = 1
+    spine_snr_mix: dict[str, float] = field(default_factory=lambda: {"high": 0.3, "default": 0.5, "low": 0.2})
+
+
+def _spine_groups() -> tuple[Group, ...]:
+    """The spine arm: the sedative arm against its vehicle, with the TSPO knockout (Shi et al. 2022)."""
+    return (Group(WILD_TYPE, VEHICLE, 0.0, 7), Group(WILD_TYPE, "diazepam", 5.0, 7),
+            Group(TSPO_KO, VEHICLE, 0.0, 7), Group(TSPO_KO, "diazepam", 5.0, 7))
+
+
+#: The spine arm of the full designs: 6 animals per group, 2 positions each, imaged 3 days
+#: before the first dose, at the end of 7 days of dosing and 56 days after the last dose.
+_SPINE_ARM = {"spine_animals_per_group": 6, "spine_groups": _spine_groups(), "spine_fields": 2}
 
 
 PRESETS: dict[str, Preset] = {
@@ -131,9 +162,13 @@ PRESETS: dict[str, Preset] = {
         withdrawal_days=(21, 56),
         snr_mix={"high": 0.25, "default": 0.25, "low": 0.25, "hard": 0.25},
     ),
-    "default": Preset("default", _groups_default()),
-    "null": Preset("null", _groups_default(), null=True),
+    "default": Preset("default", _groups_default(), **_SPINE_ARM),
+    "null": Preset("null", _groups_default(), null=True, **_SPINE_ARM),
     "large": Preset("large", _groups_default(), animals_per_group=16),
+    # the spine arm alone, small: for tests of the spine readout
+    "spines": Preset("spines", (), animals_per_group=0, spine_animals_per_group=2,
+                     spine_groups=_spine_groups()[:2], spine_days=(-3, 7), spine_preset="test",
+                     spine_snr_mix={"high": 1.0}),
 }
 
 
@@ -252,11 +287,68 @@ def build_design(preset: Preset, model: TruthModel, seed: int = 0) -> pd.DataFra
                             }
                         )
                     rows.append(row)
+    rows += _spine_rows(preset, model, seed, first_animal=n_animal)
+    n_animal += len(preset.spine_groups) * preset.spine_animals_per_group
     design = pd.DataFrame(rows)
     design["microglia_channel"] = design["microglia_channel"].astype("Int64")
     design["lysosome_channel"] = design["lysosome_channel"].astype("Int64")
+    for col in ("synapse_channel", "dendrite_channel"):  # (only a study with a spine arm has empty ones)
+        if col in design and design[col].isna().any():
+            design[col] = design[col].astype("Int64")
     log.info("design %s: %d animals, %d images", preset.name, n_animal, len(design))
     return design
+
+
+def _spine_rows(preset: Preset, model: TruthModel, seed: int, *, first_animal: int) -> list[dict]:
+    """Rows of the two-photon spine arm (its own random stream: the other rows do not change)."""
+    if not preset.spine_animals_per_group:
+        return []
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 5]))
+    levels = list(preset.spine_snr_mix)
+    probs = np.array([preset.spine_snr_mix[k] for k in levels], dtype=float)
+    probs /= probs.sum()
+    rows: list[dict] = []
+    n_animal = first_animal
+    for g in preset.spine_groups:
+        for i in range(preset.spine_animals_per_group):
+            n_animal += 1
+            animal = f"M{n_animal:03d}"
+            re_spine = rng.normal(0.0, model.sd_animal_log_synapse)
+            for f in range(1, preset.spine_fields + 1):
+                level = levels[int(rng.choice(len(levels), p=probs))]
+                for day in preset.spine_days:
+                    a = float(activation(model, genotype=g.genotype, compound=g.compound, dose_mg_kg=g.dose_mg_kg,
+                                         treatment_days=g.treatment_days, day=day))
+                    image_id = f"{animal}_den_day{day:+d}_f{f}"
+                    rows.append({
+                        "image_id": image_id,
+                        "path": f"images/{image_id}.ome.tif",
+                        "animal_id": animal,
+                        "genotype": g.genotype,
+                        "compound": g.compound,
+                        "dose_mg_kg": float(g.dose_mg_kg),
+                        "treatment_days": int(g.treatment_days),
+                        "day": int(day),
+                        "pixel_size_um": None,  # the simulator's preset; filled by simulate_study
+                        "synapse_channel": None,
+                        "microglia_channel": None,
+                        "lysosome_channel": None,
+                        "dendrite_channel": 0,
+                        "sex": "F" if i % 2 == 0 else "M",
+                        "region": "S1 cortex L1 (two-photon, in vivo)",
+                        "cohort": "spines",
+                        "session": "baseline" if day < 0 else f"day {day}",
+                        "field": f,
+                        # --- truth (not written to samples.csv) ---
+                        "readout": "spine",
+                        "series": f"{animal}_f{f}",
+                        "snr_level": level,
+                        "activation": a,
+                        "true_synapse_loss": model.max_synapse_loss * a,
+                        "true_spine_density_ratio": readout_multipliers(model, a)["synapse_density"],
+                        "spine_animal_effect": float(np.exp(re_spine)),
+                    })
+    return rows
 
 
 def design_summary(samples: pd.DataFrame) -> pd.DataFrame:
@@ -273,7 +365,8 @@ def design_summary(samples: pd.DataFrame) -> pd.DataFrame:
         One row per group (``genotype``, ``compound``, ``dose_mg_kg``, ``treatment_days``) with
         ``group``, ``n_animals`` (the unit of replication), ``n_female``, ``n_male`` (when a
         ``sex`` column exists), ``session_days`` and the number of images with and without a
-        microglia channel.
+        microglia channel (``n_terminal_images``, ``n_synapse_images``), and for a sheet with a
+        two-photon arm ``n_two_photon_images`` and ``two_photon_days``.
     """
     df = samples.copy()
     has_mg = df["microglia_channel"].notna() if "microglia_channel" in df else pd.Series(False, index=df.index)
@@ -293,9 +386,13 @@ def design_summary(samples: pd.DataFrame) -> pd.DataFrame:
         if "sex" in sub:
             rec["n_female"] = int((animals["sex"] == "F").sum())
             rec["n_male"] = int((animals["sex"] == "M").sum())
-        syn = sub[~sub["_terminal"]]
+        two_photon = sub["dendrite_channel"].notna() if "dendrite_channel" in sub else pd.Series(False, index=sub.index)
+        syn = sub[~sub["_terminal"] & ~two_photon]
         rec["session_days"] = ", ".join(str(int(d)) for d in sorted(syn["day"].unique()))
         rec["n_synapse_images"] = int(len(syn))
         rec["n_terminal_images"] = int(sub["_terminal"].sum())
+        if "dendrite_channel" in df:
+            rec["n_two_photon_images"] = int(two_photon.sum())
+            rec["two_photon_days"] = ", ".join(str(int(d)) for d in sorted(sub.loc[two_photon, "day"].unique()))
         out.append(rec)
     return pd.DataFrame(out)

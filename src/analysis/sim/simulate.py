@@ -32,7 +32,15 @@ import tifffile
 
 from analysis import __version__
 from analysis.sim import phantoms
-from analysis.sim.design import PRESETS, SYNAPSE_CHANNELS, TERMINAL_CHANNELS, Preset, build_design, group_label
+from analysis.sim.design import (
+    PRESETS,
+    SPINE_CHANNELS,
+    SYNAPSE_CHANNELS,
+    TERMINAL_CHANNELS,
+    Preset,
+    build_design,
+    group_label,
+)
 from analysis.progress import progress as track
 from analysis.io.files import atomic_path, write_csv
 from analysis.io import ANALYSIS_PLAN, REQUIRED_COLUMNS
@@ -135,6 +143,36 @@ def _render_one(task: dict[str, Any]) -> dict[str, Any]:
     return truth
 
 
+def _render_series(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """Render the two-photon sessions of one imaged position (the same dendrites every day)."""
+    from analysis.sim import spines
+
+    out = Path(task["out_dir"])
+    rows = task["rows"]
+    series_seed = zlib.crc32(f"{task['seed']}/{rows[0]['series']}".encode())
+    sessions = spines.simulate_spine_sessions(
+        series_seed, preset=task["spine_preset"], snr=rows[0]["snr_level"],
+        days=[float(r["day"]) for r in rows], target_density_ratio=[r["true_spine_density_ratio"] for r in rows],
+        spine_density_per_um=spines.PRESETS[task["spine_preset"]]["spine_density_per_um"]
+        * rows[0]["spine_animal_effect"],
+        dtype="uint16")
+    truths = []
+    for r, sess in zip(rows, sessions, strict=True):
+        image_id = r["image_id"]
+        uid = str(uuid.uuid5(_UUID_NAMESPACE, f"{task['seed']}/{image_id}"))
+        _write_ome_tiff(out / r["path"], np.asarray(sess.image), float(sess.info["pixel_size_um"]),
+                        SPINE_CHANNELS, uid)
+        spines_file = f"truth/{image_id}_spines.csv"
+        write_csv(sess.spines, out / spines_file)
+        length = float(sess.info["length_in_field_um"])
+        n = int(sess.info["spines_in_field"])
+        truths.append({"image_id": image_id, "pixel_size_um": float(sess.info["pixel_size_um"]),
+                       "true_spine_count": n, "true_dendrite_length_um": length,
+                       "true_spine_density_per_um": n / length if length > 0 else np.nan,
+                       "snr": float(sess.info.get("snr", np.nan)), "spines_file": spines_file})
+    return truths
+
+
 def simulate_study(
     out_dir: str | os.PathLike[str],
     preset: str = "default",
@@ -200,18 +238,29 @@ def simulate_study(
         "synapse_shape": p.synapse_shape,
         "terminal_shape": p.terminal_shape,
     }
-    tasks = [{**common, **rec} for rec in design.to_dict("records")]
+    is_spine = design["readout"] == "spine" if "readout" in design else pd.Series(False, index=design.index)
+    tasks = [{**common, **rec} for rec in design[~is_spine].to_dict("records")]
+    series = [{**common, "spine_preset": p.spine_preset, "rows": sub.to_dict("records")}
+              for _, sub in design[is_spine].groupby("series", sort=False)] if is_spine.any() else []
     workers = workers or os.cpu_count() or 1
-    log.info("simulating %d images of preset %r (seed %d) with %d workers", len(tasks), preset, seed, workers)
-    bar = dict(total=len(tasks), desc=f"simulate {preset}", enabled=progress)
+    log.info("simulating %d images of preset %r (seed %d) with %d workers", len(design), preset, seed, workers)
+    bar = dict(total=len(tasks) + len(series), desc=f"simulate {preset}", enabled=progress)
     if workers == 1:
         truths = list(track(map(_render_one, tasks), **bar))
+        series_truths = [t for ts in map(_render_series, series) for t in ts]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             truths = list(track(pool.map(_render_one, tasks, chunksize=4), **bar))
+            series_truths = [t for ts in pool.map(_render_series, series) for t in ts]
+    if series_truths:
+        # the spine images' pixel size is the two-photon simulator's
+        px = {t["image_id"]: t.pop("pixel_size_um") for t in series_truths}
+        design.loc[is_spine, "pixel_size_um"] = design.loc[is_spine, "image_id"].map(px)
+        truths += series_truths
 
-    samples = design[SAMPLE_COLUMNS]
-    truth_cols = [c for c in design.columns if c not in SAMPLE_COLUMNS or c == "image_id"]
+    columns = [*SAMPLE_COLUMNS, *(["dendrite_channel"] if is_spine.any() else [])]
+    samples = design[columns]
+    truth_cols = [c for c in design.columns if c not in columns or c == "image_id"]
     ground = design[truth_cols].merge(pd.DataFrame(truths), on="image_id", how="left", validate="1:1")
     write_csv(ground, out / "ground_truth.csv")
     study = {

@@ -52,6 +52,7 @@ __all__ = [
     "sex_differences",
     "quality_covariates",
     "correlation",
+    "SPINE_VALUE",
 ]
 
 log = logging.getLogger(__name__)
@@ -580,7 +581,8 @@ def quality_covariates(measurements: pd.DataFrame) -> tuple[pd.DataFrame, list[s
 
 
 def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density_per_100um2", *,
-              primary: str | None = None, adjust_for_quality: bool = True) -> dict[str, str]:
+              primary: str | None = None, adjust_for_quality: bool = True,
+              cells_path: str | None = None) -> dict[str, str]:
     """Fit the longitudinal synapse model to a measurements table and write its tidy tables.
 
     ``primary`` names the pre-specified primary group (tested first, see
@@ -595,7 +597,8 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     ``synapse_lmm_residuals.csv`` and ``synapse_lmm_animal_effects.csv`` (for the figure),
     ``synapse_trend.csv`` (the parametric dose x time model, :mod:`analysis.stats.trend`), and
     where the design allows ``synapse_mechanism.csv``, ``synapse_recovery.csv``,
-    ``synapse_dose_response.csv`` and ``microglia_contrasts.csv``.
+    ``synapse_dose_response.csv`` and ``microglia_contrasts.csv`` (from the per-cell table
+    ``cells_path``, by default ``cells.parquet`` beside the measurements).
 
     Returns
     -------
@@ -617,14 +620,41 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
         paths.update(_fit_synapse(m, value, out, primary=primary, adjust_for_quality=adjust_for_quality))
     else:
         log.info("no synapse density (%s) in %s: the synapse model is skipped", value, measurements_path)
-    cells_path = Path(measurements_path).with_name("cells.parquet")
+    spines = synapse_rows(everything, SPINE_VALUE)
+    if len(spines):
+        paths.update(_fit_spines(spines, out, primary=primary))
+    cells_path = Path(cells_path) if cells_path is not None else Path(measurements_path).with_name("cells.parquet")
     if "microglia_count" in everything and everything["microglia_count"].notna().any() and cells_path.exists():
         paths.update(_fit_microglia(everything, pd.read_parquet(cells_path), out))
     if not paths:
-        raise InputError([Problem(str(measurements_path), f"nothing to fit: no image has {value} or a microglia "
-                                  "count; check that the sample sheet assigns synapse_channel or microglia_channel "
-                                  "and that quantify measured some images (failures.csv)")])
+        raise InputError([Problem(str(measurements_path), f"nothing to fit: no image has {value}, a spine density or "
+                                  "a microglia count; check that the sample sheet assigns synapse_channel, "
+                                  "dendrite_channel or microglia_channel and that quantify measured some images "
+                                  "(failures.csv)")])
     return {k: str(v) for k, v in paths.items()}
+
+
+#: Image-level readout of the two-photon spine arm (:mod:`analysis.measure.spines`).
+SPINE_VALUE = "spine_density_per_um"
+
+
+def _fit_spines(m: pd.DataFrame, out: Path, *, primary: str | None) -> dict[str, Path]:
+    """Spine density over sessions: the longitudinal model of :func:`fit_synapse_lmm` on log
+    spines per um (animal and animal x session effects; the same dendrites every session),
+    percent change from baseline and versus vehicle, the primary group tested first."""
+    from analysis.io.files import write_csv
+
+    fit = fit_synapse_lmm(m, SPINE_VALUE)
+    paths = {"spine_session_means": out / "spine_session_means.csv",
+             "spine_coefficients": out / "spine_lmm_coefficients.csv",
+             "spine_variance": out / "spine_lmm_variance.csv",
+             "spine_contrasts": out / "spine_contrasts.csv"}
+    write_csv(session_means(m, SPINE_VALUE), paths["spine_session_means"])
+    write_csv(fit.coefficients, paths["spine_coefficients"])
+    write_csv(fit.variance_components.assign(converged=fit.converged, warnings="; ".join(fit.warnings)),
+              paths["spine_variance"])
+    write_csv(session_contrasts(fit, primary=primary), paths["spine_contrasts"])
+    return paths
 
 
 def synapse_rows(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2") -> pd.DataFrame:

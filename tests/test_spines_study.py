@@ -1,0 +1,92 @@
+"""The two-photon spine arm through the pipeline: simulated sessions, the registered readout, the model.
+
+The ``spines`` preset is the spine arm alone (2 groups x 2 animals, one position imaged 3 days
+before and at the end of 7 days of dosing, 128 x 128 maximum projections): simulated once per
+module, quantified through the readout registry (``dendrite_channel``) and fitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.io import load_samples, read_image
+from analysis.measure import spines
+from analysis.pipeline.quantify import QuantifyParams, measure_image, quantify_study, read_table
+from analysis.sim.design import PRESETS, build_design
+from analysis.sim.simulate import simulate_study
+from analysis.sim.truth import calibrated_model
+from analysis.stats.models import fit_study
+
+
+@pytest.fixture(scope="module")
+def spine_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    raw = tmp_path_factory.mktemp("spines_raw")
+    simulate_study(raw, preset="spines", seed=3, workers=1, progress=False)
+    out = tmp_path_factory.mktemp("spines_processed")
+    quantify_study(raw / "samples.csv", out, workers=1, progress=False)
+    fit_study(str(out / "measurements.parquet"), str(out))
+    return raw, out
+
+
+def test_the_spine_arm_leaves_the_other_images_unchanged() -> None:
+    """The spine rows have their own random stream: the default design's other rows are as without them."""
+    model = calibrated_model()
+    with_arm = build_design(PRESETS["default"], model, 0)
+    without = build_design(replace(PRESETS["default"], spine_animals_per_group=0), model, 0)
+    kept = with_arm[with_arm["readout"] != "spine"][without.columns].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, without, check_dtype=False)
+    arm = with_arm[with_arm["readout"] == "spine"]
+    # the same positions every session; the truth model's loss at the end of 5 mg/kg x 7 d, recovered later
+    assert arm.groupby("series")["day"].apply(tuple).nunique() == 1
+    ratio = arm.groupby(["genotype", "compound", "day"])["true_spine_density_ratio"].mean()
+    assert ratio[("WT", "diazepam", 7)] == pytest.approx(0.87, abs=0.005)
+    assert ratio[("WT", "diazepam", 63)] > 0.985 and ratio[("TSPO_KO", "diazepam", 7)] == 1.0
+
+
+def test_the_sheet_declares_the_dendrite_channel(spine_study: tuple[Path, Path]) -> None:
+    raw, _ = spine_study
+    s = load_samples(raw / "samples.csv")
+    assert s["dendrite_channel"].tolist() == [0] * len(s)
+    assert s[["synapse_channel", "microglia_channel", "lysosome_channel"]].isna().all().all()
+    truth = pd.read_csv(raw / "ground_truth.csv").set_index("image_id")
+    # each session's truth: the spines inside the field over the dendrite length inside it
+    assert np.allclose(truth["true_spine_density_per_um"],
+                       truth["true_spine_count"] / truth["true_dendrite_length_um"])
+
+
+def test_the_readout_row_is_the_detector_on_that_image(spine_study: tuple[Path, Path]) -> None:
+    raw, out = spine_study
+    m = pd.read_parquet(out / "measurements.parquet").set_index("image_id")
+    assert {"n_spines", "dendrite_length_um", "spine_density_per_um", "in_validated_range"} <= set(m.columns)
+    image_id = m.index[0]
+    s = load_samples(raw / "samples.csv", check_images=False).set_index("image_id")
+    data, _ = read_image(s.loc[image_id, "abs_path"])
+    px = float(s.loc[image_id, "pixel_size_um"])
+    trace = spines.trace_dendrites(data[0, 0], px)
+    found = spines.detect_spines(data[0, 0], px, trace=trace)
+    assert m.loc[image_id, "n_spines"] == len(found)
+    assert m.loc[image_id, "dendrite_length_um"] == pytest.approx(trace.table["length_um"].sum())
+    stored = read_table(out, "spines", image_id)
+    np.testing.assert_allclose(stored[["y", "x"]].to_numpy(), found[["y", "x"]].to_numpy())
+    # measure_image gives the same row without the study machinery
+    row, tables = measure_image(data, px, {"dendrite_channel": 0}, params=QuantifyParams())
+    assert row["n_spines"] == len(found) and len(tables["spines"]) == len(found)
+
+
+def test_spine_density_is_modelled_per_animal_over_sessions(spine_study: tuple[Path, Path]) -> None:
+    _, out = spine_study
+    c = pd.read_csv(out / "spine_contrasts.csv")
+    row = c[(c["compound"] == "diazepam") & (c["day"] == 7)].iloc[0]
+    assert row["n_animals"] == 2 and row["n_animals_vehicle"] == 2
+    assert np.isfinite([row["pct_vs_vehicle"], row["pct_change_from_baseline"]]).all()
+    means = pd.read_csv(out / "spine_session_means.csv")
+    assert set(means["day"]) == {-3, 7} and means["animal_id"].nunique() == 4
+    # the change from baseline is that of the fitted log means: check against the session means
+    m = pd.read_parquet(out / "measurements.parquet")
+    d = m[m["compound"] == "diazepam"].groupby("day")["spine_density_per_um"].apply(lambda v: np.log(v).mean())
+    assert row["pct_change_from_baseline"] == pytest.approx(100 * np.expm1(d[7] - d[-3]), abs=1e-6)
