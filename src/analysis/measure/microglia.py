@@ -182,6 +182,14 @@ def _disk_grey_opening(img: np.ndarray, radius: int) -> np.ndarray:
     return _disk_rank(_disk_rank(img, radius, "min"), radius, "max")
 
 
+def _within_steps(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``binary_dilation(mask, iterations=steps)`` (the 4-neighbour cross, iterated): the pixels
+    within ``steps`` city-block steps of ``mask``, from one chamfer distance transform."""
+    if not mask.any():
+        return np.zeros(mask.shape, bool)
+    return ndi.distance_transform_cdt(~mask, metric="taxicab") <= steps
+
+
 def _farther_than(mask: np.ndarray, distance_px: float, strip_px: int = 512) -> np.ndarray:
     """``distance_transform_edt(mask) > distance_px`` (pixels farther than that from every
     False pixel), in strips of rows with a margin of the distance (the same result; a distance
@@ -249,7 +257,7 @@ def _foreground(
         resp = r_k if resp is None else np.maximum(resp, r_k, out=resp)
         del r_k
     del local
-    near = ndi.binary_dilation(bright, iterations=int(np.ceil(length_px)) + 2)
+    near = _within_steps(bright, int(np.ceil(length_px)) + 2)
     bg_vals = resp[~near] if (~near).sum() > 1000 else resp.ravel()
     m, s = float(np.median(bg_vals)), _robust_sd(bg_vals)
     lo, hi = line_threshold_sd
@@ -264,14 +272,15 @@ def _foreground(
         reach[np.unique(pieces[far & (pieces > 0)])] = True
         reach[0] = False
         fg |= reach[pieces]
-    # fill pinholes (not loops between processes)
-    holes = ndi.binary_fill_holes(fg) & ~fg
-    hole_lab, nh = ndi.label(holes)
-    if nh:
-        size = _label_sizes(hole_lab)
+    # fill pinholes (not loops between processes): the holes are the background components
+    # (4-connected, as binary_fill_holes propagates) that do not reach the image edge
+    bg, nb = ndi.label(~fg)
+    if nb:
+        size = _label_sizes(bg, nb + 1)
         fill = size <= max(1.0 / px**2, 4)
+        fill[np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))] = False
         fill[0] = False
-        fg |= fill[hole_lab]
+        fg |= fill[bg]
     return fg, signal, halfmax, sd
 
 
