@@ -90,3 +90,26 @@ def test_spine_density_is_modelled_per_animal_over_sessions(spine_study: tuple[P
     m = pd.read_parquet(out / "measurements.parquet")
     d = m[m["compound"] == "diazepam"].groupby("day")["spine_density_per_um"].apply(lambda v: np.log(v).mean())
     assert row["pct_change_from_baseline"] == pytest.approx(100 * np.expm1(d[7] - d[-3]), abs=1e-6)
+
+
+def test_spines_are_tracked_and_turnover_counted_per_animal(spine_study: tuple[Path, Path]) -> None:
+    raw, out = spine_study
+    tracks = pd.read_parquet(out / "spine_tracks.parquet")
+    assert {"animal_id", "field", "image_id", "day", "session", "track_id", "status"} <= set(tracks.columns)
+    assert set(tracks["status"]) <= {"stable", "gained", "lost"}
+    assert (tracks.loc[tracks["session"] == 0, "status"] == "stable").all()
+    # every session of a position is its own image, in day order
+    per = tracks.drop_duplicates(["animal_id", "field", "session"]).sort_values(["animal_id", "session"])
+    assert per.groupby("animal_id")["day"].apply(lambda d: list(d) == sorted(d)).all()
+    turnover = pd.read_csv(out / "spine_turnover.csv")
+    later = tracks[(tracks["session"] == 1) & tracks["in_common_field"].astype(bool)]
+    for r in turnover.itertuples():
+        mine = later[later["animal_id"] == r.animal_id]["status"].value_counts()
+        assert r.n_lost == mine.get("lost", 0) and r.n_gained == mine.get("gained", 0)
+        assert r.n_followed == mine.get("stable", 0) + mine.get("lost", 0)
+        assert r.fraction_lost == pytest.approx(r.n_lost / r.n_followed)
+    c = pd.read_csv(out / "spine_turnover_contrasts.csv")
+    lost = c[(c["measure"] == "fraction_lost") & (c["compound"] == "diazepam")].iloc[0]
+    means = turnover.groupby("compound")["fraction_lost"].mean()
+    assert lost["difference_pp"] == pytest.approx(100 * (means["diazepam"] - means["vehicle"]))
+    assert lost["ci_low"] < lost["difference_pp"] < lost["ci_high"]

@@ -180,7 +180,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         # (the per-cell table stays beside the original measurements)
         written = fit_study(str(checked), args.out, primary=args.primary,
                             adjust_for_quality=not args.no_quality_adjustment,
-                            cells_path=str(Path(args.measurements).with_name("cells.parquet")))
+                            cells_path=str(Path(args.measurements).with_name("cells.parquet")),
+                            tracks_path=str(Path(args.measurements).with_name("spine_tracks.parquet")))
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0

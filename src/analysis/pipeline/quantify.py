@@ -14,6 +14,7 @@ column name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -641,6 +642,55 @@ def _write_puncta(entries: list[tuple[str, Path]], path: Path) -> int:
     return _stream_tables(entries, path, schemas, cache.read_puncta, metadata=meta)
 
 
+def _write_series_tables(samples: pd.DataFrame, keys: dict[str, str], out: Path, store: Path,
+                         params: QuantifyParams, use_cache: bool) -> dict[str, int]:
+    """Run every readout's study-level series step (:attr:`analysis.pipeline.registry.Readout.series`).
+
+    The images of one imaged position (the readout's ``series_by`` columns), in order of
+    ``day``, are read again and handed over together; the result is cached under a key of its
+    images' cache keys, so a rerun recomputes only positions whose images or code changed.
+    ``image_id`` and ``day`` of each session and the position's columns are added.
+    """
+    written: dict[str, int] = {}
+    for readout in registry.READOUTS.values():
+        role = readout.roles[0]
+        if readout.series is None or role not in samples or not samples[role].notna().any():
+            continue
+        rows = samples[samples[role].notna()]
+        by = [c for c in readout.series_by if c in rows.columns]
+        parts = []
+        for key, sub in rows.groupby(by, sort=False):
+            sub = sub.sort_values("day", kind="stable")
+            if len(sub) < 2:
+                continue
+            blob = "|".join([readout.name, cache.code_digest(), *(keys[i] for i in sub["image_id"])])
+            entry = store / "series" / f"{hashlib.sha256(blob.encode()).hexdigest()}.parquet"
+            if use_cache and entry.exists():
+                table = pd.read_parquet(entry)
+            else:
+                images, px = [], None
+                for r in sub.itertuples():
+                    data, info = read_image(r.abs_path)
+                    images.append(_channel(data, getattr(r, role)))
+                    px = px or (float(r.pixel_size_um) if not pd.isna(r.pixel_size_um) else info.pixel_size_um)
+                table = readout.series(images, px, params=params.by_readout().get(readout.name, {}))
+                ids, days = sub["image_id"].to_numpy(), sub["day"].to_numpy(int)
+                table.insert(0, "day", days[table["session"].to_numpy(int)])
+                table.insert(0, "image_id", ids[table["session"].to_numpy(int)])
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                write_parquet(table, entry)
+            key = key if isinstance(key, tuple) else (key,)
+            for col, value in zip(by, key, strict=True):
+                table.insert(0, col, value)
+            parts.append(table)
+        name = readout.series_table or f"{readout.name}_series"
+        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        write_parquet(table, out / f"{name}.parquet")
+        written[name] = len(table)
+        log.info("%s: %d rows over %d imaged positions", name, len(table), len(parts))
+    return written
+
+
 def read_table(processed_dir: str | os.PathLike[str], name: str, image_id: str | None = None) -> pd.DataFrame:
     """A per-object table written by :func:`quantify_study` (``<name>.parquet``), of one image or all.
 
@@ -888,6 +938,8 @@ def quantify_study(
     n_cells = _write_cells(entries, out / "cells.parquet")
     n_puncta = _write_puncta(entries, out / "puncta.parquet")
     other_tables = _write_readout_tables(entries, out)
+    other_tables.update(_write_series_tables(samples[~samples["image_id"].isin(bad)],
+                                             {t["image_id"]: t["key"] for t in tasks}, out, store, params, use_cache))
     write_parquet(measurements, out / "measurements.parquet")
     write_csv(failures, failures_csv)
     if measurements.empty:

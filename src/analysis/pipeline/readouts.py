@@ -196,7 +196,18 @@ register(Readout(
     needs=("puncta", "microglia"), measure=measure_engulfment_readout,
     modules=("analysis.pipeline.readouts", "analysis.measure.engulfment"),
     notebook="03_microglia.ipynb", description="lysosome (CD68) channel"))
+def track_spines_series(images: list[np.ndarray], pixel_size_um: float, *, params: Mapping[str, Any]) -> pd.DataFrame:
+    """The ``spines`` readout's study-level step: one position's sessions registered and its
+    spines tracked (:func:`analysis.measure.spines.track_spines`): one row per spine per
+    session with ``status`` stable / gained / lost and ``in_common_field``."""
+    from analysis.measure import spines
+
+    tracks = spines.track_spines(images, pixel_size_um, **params).reset_index(drop=True)
+    return tracks[[c for c in tracks.columns if tracks[c].dtype != object or c in ("type", "status")]]
+
+
 register(Readout(
     name="spines", roles=("dendrite_channel",), measure=measure_spines_readout,
     modules=("analysis.pipeline.readouts", "analysis.measure.spines", "analysis.measure.matching"),
-    notebook="05_spines.ipynb", description="two-photon dendrite (GFP) channel"))
+    notebook="05_spines.ipynb", description="two-photon dendrite (GFP) channel",
+    series=track_spines_series, series_by=("animal_id", "field"), series_table="spine_tracks"))

@@ -105,6 +105,16 @@ class Readout:
         The report notebook of this readout (several readouts may share one).
     description : str
         One line for the report when a study lacks this readout.
+    series : callable, optional
+        A study-level step over the images of one imaged position in session order
+        (``series(images, pixel_size_um, *, params) -> DataFrame`` with a ``session`` column,
+        0-based): e.g. spines tracked across sessions.  Run by
+        :func:`analysis.pipeline.quantify.quantify_study` for every group of ``series_by``
+        with two or more images; written to ``<series_table>.parquet``.
+    series_by : tuple of str
+        Sample-sheet columns that identify one imaged position (those present are used).
+    series_table : str, optional
+        Name of the series table.
     """
 
     name: str
@@ -116,6 +126,9 @@ class Readout:
     params: Mapping[str, Any] = field(default_factory=dict)
     notebook: str | None = None
     description: str = ""
+    series: Callable[..., pd.DataFrame] | None = None
+    series_by: tuple[str, ...] = ("animal_id", "field")
+    series_table: str | None = None
 
 
 #: Registered readouts, in the order they run on an image.

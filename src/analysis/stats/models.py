@@ -582,7 +582,7 @@ def quality_covariates(measurements: pd.DataFrame) -> tuple[pd.DataFrame, list[s
 
 def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density_per_100um2", *,
               primary: str | None = None, adjust_for_quality: bool = True,
-              cells_path: str | None = None) -> dict[str, str]:
+              cells_path: str | None = None, tracks_path: str | None = None) -> dict[str, str]:
     """Fit the longitudinal synapse model to a measurements table and write its tidy tables.
 
     ``primary`` names the pre-specified primary group (tested first, see
@@ -623,6 +623,9 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     spines = synapse_rows(everything, SPINE_VALUE)
     if len(spines):
         paths.update(_fit_spines(spines, out, primary=primary))
+    tracks = Path(tracks_path) if tracks_path is not None else Path(measurements_path).with_name("spine_tracks.parquet")
+    if tracks.exists():
+        paths.update(_fit_turnover(pd.read_parquet(tracks), everything, out))
     cells_path = Path(cells_path) if cells_path is not None else Path(measurements_path).with_name("cells.parquet")
     if "microglia_count" in everything and everything["microglia_count"].notna().any() and cells_path.exists():
         paths.update(_fit_microglia(everything, pd.read_parquet(cells_path), out))
@@ -654,6 +657,29 @@ def _fit_spines(m: pd.DataFrame, out: Path, *, primary: str | None) -> dict[str,
     write_csv(fit.variance_components.assign(converged=fit.converged, warnings="; ".join(fit.warnings)),
               paths["spine_variance"])
     write_csv(session_contrasts(fit, primary=primary), paths["spine_contrasts"])
+    return paths
+
+
+def _fit_turnover(tracks: pd.DataFrame, measurements: pd.DataFrame, out: Path) -> dict[str, Path]:
+    """Spine turnover and survival per animal, and each treated group minus vehicle
+    (:mod:`analysis.stats.turnover`); the groups are the measurements' (by ``image_id``)."""
+    from analysis.io.files import write_csv
+    from analysis.stats.turnover import spine_survival, spine_turnover, versus_vehicle
+
+    if tracks.empty or "image_id" not in tracks:
+        return {}
+    groups = measurements[["image_id", *GROUP_COLUMNS]].drop_duplicates("image_id")
+    tracks = tracks.drop(columns=[c for c in GROUP_COLUMNS if c in tracks]).merge(groups, on="image_id", how="inner")
+    turnover, survival = spine_turnover(tracks), spine_survival(tracks)
+    contrasts = pd.concat([versus_vehicle(turnover, v, ["from_day", "day"]).assign(measure=v)
+                           for v in ("fraction_lost", "fraction_gained")]
+                          + [versus_vehicle(survival, "survival", ["day"]).assign(measure="survival")],
+                          ignore_index=True)
+    paths = {"spine_turnover": out / "spine_turnover.csv", "spine_survival": out / "spine_survival.csv",
+             "spine_turnover_contrasts": out / "spine_turnover_contrasts.csv"}
+    write_csv(turnover, paths["spine_turnover"])
+    write_csv(survival, paths["spine_survival"])
+    write_csv(contrasts, paths["spine_turnover_contrasts"])
     return paths
 
 
