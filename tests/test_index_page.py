@@ -210,3 +210,12 @@ def test_index_of_the_small_study_matches_its_tables(small_report: Path, small_s
     assert _ABSOLUTE.findall(page) == []
     assert (small_report / "reports" / TABLES_DIR / "microglia_contrasts.csv").exists()
     assert np.isfinite(syn["pct_vs_vehicle"]).all()
+
+
+def test_index_states_the_mechanism_contrasts(small_report: Path) -> None:
+    """The secondary mechanism contrasts (XBD173 against diazepam here) are in the findings, numbers from the table."""
+    text = _text((small_report / "reports" / "index.html").read_text(encoding="utf-8"))
+    mech = pd.read_csv(small_report / "processed" / "synapse_mechanism.csv")
+    assert len(mech) and "Mechanism (synapse density, secondary, p unadjusted)" in text
+    for r in mech.itertuples():
+        assert f"{r.contrast}: {r.pct_difference:+.1f} % (95 % CI {r.ci_low:+.1f} to {r.ci_high:+.1f} %" in text

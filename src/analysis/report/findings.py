@@ -54,6 +54,7 @@ __all__ = [
     "lower_label",
     "primary_table",
     "trend_findings",
+    "mechanism_findings",
 ]
 
 log = logging.getLogger(__name__)
@@ -574,6 +575,30 @@ def trend_findings(trend: pd.DataFrame | None) -> list[Finding]:
             f"{int(first['n_animals'])} animals): synapse density " + "; and it ".join(parts) + ".")
     out.append(Finding(endpoint="trend", group="", text=text, kind="summary"))
     return out + found
+
+
+def mechanism_findings(mechanism: pd.DataFrame | None) -> list[Finding]:
+    """One sentence on the mechanism contrasts of synapse density (``synapse_mechanism.csv``).
+
+    Each is a difference of vehicle-corrected changes (genotype x treatment interaction, or
+    one compound's effect against the reference treatment's), with its 95 % CI and
+    unadjusted p (they are secondary, mechanistic questions, not planned contrasts).
+
+    Examples
+    --------
+    >>> m = pd.DataFrame({"contrast": ["TSPO_KO vs WT: diazepam 5 mg/kg effect (interaction)"],
+    ...                   "pct_difference": [15.6], "ci_low": [5.3], "ci_high": [26.9], "p_value": [0.0026]})
+    >>> mechanism_findings(m)[0].text
+    'Mechanism (synapse density, secondary, p unadjusted): TSPO_KO vs WT: diazepam 5 mg/kg effect (interaction): +15.6 % (95 % CI +5.3 to +26.9 %; p = 0.003), a difference of the vehicle-corrected changes.'
+    """
+    if mechanism is None or mechanism.empty:
+        return []
+    parts = [f"{r.contrast}: {format_pct(r.pct_difference)} % (95 % CI {format_pct(r.ci_low)} to {format_pct(r.ci_high)} %; "
+             f"{format_p(r.p_value)})" for r in mechanism.itertuples()]
+    text = ("Mechanism (synapse density, secondary, p unadjusted): " + "; ".join(parts)
+            + (", a difference of the vehicle-corrected changes." if len(parts) == 1
+               else "; each a difference of the vehicle-corrected changes."))
+    return [Finding(endpoint="mechanism", group="", text=text, kind="summary")]
 
 
 # ---------------------------------------------------------------- estimability

@@ -740,7 +740,7 @@ def write_index(
     except InputError:  # (reported by fit; the index still renders)
         headline = F.HEADLINE_GROUP
     found = F.abstract(contrasts, headline=headline)
-    trend = F.trend_findings(tables.get("synapse_trend"))
+    trend = F.trend_findings(tables.get("synapse_trend")) + F.mechanism_findings(tables.get("synapse_mechanism"))
     estimab = F.estimability(tables.get("synapse_dose_response"), tables.get("synapse_recovery"),
                              doses=_doses(processed_dir), follow_up_days=_follow_up_days(tables), order=order)
     figure = _key_figure(reports_dir, processed_dir, contrasts)
