@@ -1324,8 +1324,16 @@ def _detect_block(
             if len(i):
                 n_s = len(scales)
                 sig_s, c_s = sig_all[:, None, :], c_all[:, None]
-                into_i = amp[j] * _overlap(d2[None], sig_s, sig[j][None], c_s, cc[j][None], bg, _W_K)
-                into_j = amp[i] * _overlap(d2[None], sig_s, sig[i][None], c_s, cc[i][None], bg, _W_K)
+                o_j = _overlap(d2[None], sig_s, sig[j][None], c_s, cc[j][None], bg, _W_K)
+                # (a pair of equal sizes, the usual case, has the same overlaps both ways)
+                o_i = o_j.copy()
+                other = kk[i] != kk[j]
+                if other.any():
+                    o_i[:, other] = _overlap(d2[other][None], sig_s, sig[i][other][None], c_s, cc[i][other][None],
+                                             bg, _W_K)
+                into_i = amp[j] * o_j
+                into_j = amp[i] * o_i
+                del o_i, o_j
                 rows = np.arange(n_s)[:, None] * n
                 deb -= np.bincount((rows + i).ravel(), into_i.ravel(), minlength=n_s * n).reshape(n_s, n)
                 deb -= np.bincount((rows + j).ravel(), into_j.ravel(), minlength=n_s * n).reshape(n_s, n)
