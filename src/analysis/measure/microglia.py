@@ -581,7 +581,8 @@ def segment_microglia(
         if len(weak):
             labels, markers = _reflood(levels, markers, np.isin(markers, weak), comp, labels)
     if terminal_swellings:
-        swollen = _terminal_swellings(labels, markers, n, soma_scale, px, soma_min_diameter_um)
+        swollen = _terminal_swellings(labels, markers, n, soma_scale, px, soma_min_diameter_um,
+                                      process_max_width_um)
         if len(swollen):
             labels, markers = _reflood(levels, markers, np.isin(markers, swollen), comp, labels)
     labels[labels > n] = 0  # basins of processes entering from outside the field
@@ -625,6 +626,7 @@ def _terminal_swellings(
     soma_scale: np.ndarray,
     px: float,
     soma_min_diameter_um: float,
+    process_max_width_um: float = 2.0,
 ) -> list[int]:
     """Seeds (1..n) that are swellings at the end of another cell's process, not somata.
 
@@ -661,7 +663,7 @@ def _terminal_swellings(
         sl = tuple(slice(max(s.start - 3, 0), s.stop + 3) for s in box)
         crop = cells[sl]
         cell = np.pad(crop == a, 1)
-        c = _Cell(cell, px, soma_min_diameter_um, 1.0)
+        c = _Cell(cell, px, soma_min_diameter_um, 1.0, process_max_width_um)
         # a branch leads to the other cell when it ends there: the skeleton stops about a
         # half-width short of the cut, so its tip is within the local half-width of it
         reach = ndi.distance_transform_edt(cell) + 1.5 - ndi.distance_transform_edt(np.pad(crop != b, 1, constant_values=True))

@@ -2,16 +2,17 @@
 
 Morphology (:func:`measure_microglia`)
 --------------------------------------
+* Gaps inside the body of a cell are filled first: a hole (background enclosed by the cell)
+  whose rim lies on average at least half the widest process (``process_max_width_um / 2``)
+  deep inside the cell, and at least as deep as the hole's inscribed radius (the hole is no
+  wider than the material around it), is a gap in a soma or thick trunk (a dim nucleus,
+  texture, a threshold dropout), not tissue encircled by processes; each would add a loop,
+  junctions and length to the skeleton.  Holes between thin processes that cross or meet
+  (thin walls) are kept.
 * The soma of each cell is the opening of its mask with a disk of diameter
   ``0.8 * soma_min_diameter_um``, or of half the width of the widest part of the cell if
   that is larger (the soma is the thickest part; thick processes of activated cells are
   not soma); its centroid is the soma centre.
-* Gaps inside the body of a cell are filled first: a hole (background enclosed by the cell)
-  whose rim lies on average at least half the widest process (``process_max_width_um / 2``)
-  deep inside the cell, and at least as deep as the hole's inscribed radius (the hole is no
-  wider than the material around it), is a gap in a soma or thick trunk (a dim nucleus, texture, a threshold dropout), not tissue
-  encircled by processes; each would add a loop, junctions and length to the skeleton.
-  Holes between thin processes that cross or meet (thin walls) are kept.
 * The skeleton is the 2-D skeleton of the cell mask, pruned of terminal spurs whose
   protrusion beyond the local half-width of their parent process is shorter than
   ``min_branch_length_um``, or no more than 2.5 pixels (the spur a one-pixel bump of the
