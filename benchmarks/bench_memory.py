@@ -14,7 +14,7 @@ the peak memory of :func:`analysis.pipeline.quantify.quantify_image` (all three 
 parameters) and of its parts, each in a fresh subprocess so that nothing else counts:
 
 - ``detect``: :func:`analysis.measure.puncta.detect_puncta` of the synapse channel;
-- ``mask``: :func:`analysis.measure.puncta.analysed_area_mask` (given the puncta);
+- ``mask``: :func:`analysis.measure.area.analysed_area_mask` (given the puncta);
 - ``quality``: :func:`analysis.measure.quality.image_quality` of the synapse channel as quantify calls
   it (brightness, SNR, the spike-in detection in a 192 px window);
 - ``microglia``: :func:`analysis.measure.microglia.segment_microglia` + ``measure_microglia``;
@@ -105,6 +105,7 @@ def prepare(case: str, fresh: bool = False) -> None:
     """Render a case and compute the inputs of its parts (in this process)."""
     from analysis.measure import engulfment
     from analysis.measure import microglia
+    from analysis.measure import area
     from analysis.measure import puncta as synapses
 
     p = _paths(case)
@@ -120,7 +121,7 @@ def prepare(case: str, fresh: bool = False) -> None:
         dz = Z_STEP if syn.ndim == 3 else None
         t0 = time.perf_counter()
         puncta = synapses.detect_puncta(syn, PX, z_step_um=dz)
-        mask = synapses.analysed_area_mask(syn, PX, puncta=puncta)
+        mask = area.analysed_area_mask(syn, PX, puncta=puncta)
         labels = microglia.segment_microglia(mg, PX)
         lys_mask = engulfment.segment_lysosomes(lys, PX)
         with open(p["deps"], "wb") as fh:
@@ -159,6 +160,7 @@ def _call(case: str, part: str, data: np.ndarray, deps: dict[str, Any]) -> Any:
     from analysis.measure import engulfment
     from analysis.measure import microglia
     from analysis.measure import quality
+    from analysis.measure import area
     from analysis.measure import puncta as synapses
     from analysis.pipeline.quantify import QUALITY_DEFAULTS, _image_seed, quantify_image
 
@@ -172,7 +174,7 @@ def _call(case: str, part: str, data: np.ndarray, deps: dict[str, Any]) -> Any:
     if part == "detect":
         return synapses.detect_puncta(syn, PX, z_step_um=dz)
     if part == "mask":
-        return synapses.analysed_area_mask(syn, PX, puncta=puncta)
+        return area.analysed_area_mask(syn, PX, puncta=puncta)
     if part == "quality":
         qp = dict(QUALITY_DEFAULTS)
         qp.pop("spike_in")

@@ -2,7 +2,7 @@
 
 Renders fresh fields with :func:`analysis.sim.phantoms.render_synapse_field` at every SNR level of
 :data:`analysis.sim.phantoms.SNR_LEVELS`, runs :func:`analysis.measure.puncta.detect_puncta` and
-:func:`analysis.measure.puncta.analysed_area_mask` with their default (physically motivated)
+:func:`analysis.measure.area.analysed_area_mask` with their default (physically motivated)
 parameters, and compares with the truth:
 
 * detection: one-to-one (Hungarian) matching within 0.25 um -> precision, recall, F1 (pooled
@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.sim.phantoms import SNR_LEVELS, render_synapse_field
-from analysis.measure.puncta import analysed_area_mask, detect_puncta, match_points, synapse_density
+from analysis.measure.area import analysed_area_mask, synapse_density
+from analysis.measure.puncta import detect_puncta, match_points
 
 MATCH_UM = 0.25
 

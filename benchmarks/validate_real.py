@@ -407,7 +407,7 @@ def part_c(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     from validate_puncta import MATCH_UM, summarise
 
     from analysis.sim.phantoms import SNR_LEVELS, render_synapse_field
-    from analysis.measure.puncta import analysed_area_mask, synapse_density
+    from analysis.measure.area import analysed_area_mask, synapse_density
 
     px = 0.1
     n_fields = 2 if args.quick else args.fields

@@ -22,7 +22,8 @@ from scipy.spatial import cKDTree
 
 from analysis.measure.microglia import measure_microglia, segment_microglia
 from analysis.sim.phantoms import render_synapse_field, render_terminal_field
-from analysis.measure.puncta import detect_puncta, noise_sd_map
+from analysis.measure.noise import noise_sd_map
+from analysis.measure.puncta import detect_puncta
 
 PX_SYN, PX_MG = 0.1, 0.2
 SYN_SEEDS = (0, 1)

@@ -17,7 +17,8 @@ from scipy import ndimage as ndi
 from analysis.sim import phantoms
 from analysis.measure import quality
 from analysis.measure import puncta as synapses
-from analysis.measure.puncta import detect_puncta, estimate_punctum_radius, match_points, noise_sd_map
+from analysis.measure.noise import noise_sd_map
+from analysis.measure.puncta import detect_puncta, estimate_punctum_radius, match_points
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from analysis.measure.quality import (
     saturated_fraction,
     spike_in_recall,
 )
-from analysis.measure.puncta import analysed_area_mask, detect_puncta, match_points
+from analysis.measure.area import analysed_area_mask
+from analysis.measure.puncta import detect_puncta, match_points
 
 PX = 0.1
 MATCH_PX = 2.5  # 0.25 um, as in analysis.sim.validation.puncta_accuracy

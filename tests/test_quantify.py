@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis.pipeline import quantify
+from analysis.measure import area
 from analysis.measure import puncta as synapses
 from analysis.report.figures import qc_overlay
 from analysis.io import read_image
@@ -64,11 +65,11 @@ def test_puncta_table_holds_the_counted_detections(quantified: Path, small_study
         assert len(mine) == (puncta["image_id"] == image_id).sum() and "noise_alpha" in mine.attrs
         row = sheet.set_index("image_id").loc[image_id]
         data, _ = read_image(small_study / row.path)
-        mask = synapses.analysed_area_mask(data[0][0], row.pixel_size_um, puncta=mine)
-        d = synapses.synapse_density(mine, mask, row.pixel_size_um)
+        mask = area.analysed_area_mask(data[0][0], row.pixel_size_um, puncta=mine)
+        d = area.synapse_density(mine, mask, row.pixel_size_um)
         mrow = m.set_index("image_id").loc[image_id]
         assert d["n_puncta"] == mrow.n_puncta and d["analysed_area_um2"] == mrow.analysed_area_um2
-        assert (synapses.synapse_density(mine[mine.in_analysed_area], mask, row.pixel_size_um)["n_puncta"]
+        assert (area.synapse_density(mine[mine.in_analysed_area], mask, row.pixel_size_um)["n_puncta"]
                 == mrow.n_puncta)
 
     # a rerun from the cache (nothing quantified) writes the same file

@@ -13,14 +13,13 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
+from analysis.measure.area import analysed_area_mask, synapse_density
+from analysis.measure.noise import noise_sd_map
 from analysis.measure.puncta import (
-    estimate_punctum_radius,
-    analysed_area_mask,
     detect_puncta,
+    estimate_punctum_radius,
     match_points,
     noise_detection_rate,
-    noise_sd_map,
-    synapse_density,
 )
 
 MATCH_UM = 0.25
@@ -323,7 +322,7 @@ def test_spot_rendering_matches_a_direct_sum_including_spots_beyond_the_edge() -
 
 
 def test_block_resolution_normalised_blur_matches_the_full_resolution_one() -> None:
-    from analysis.measure.puncta import _normalized_blur
+    from analysis.measure.area import _normalized_blur
 
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:301, :263]

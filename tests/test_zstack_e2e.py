@@ -10,7 +10,7 @@ and read noise.  128 x 128 px of 0.1 um, 10 planes 0.3 um apart (a 12.8 x 12.8 x
 volume), ~0.25 puncta per um^3: ~110 puncta in the imaged volume.
 
 The pipeline reports a stack's density per um^3 over ``n_z * z_step`` (each plane stands for
-a slab one z step thick, :func:`analysis.measure.puncta.synapse_density`).  The truth compared with
+a slab one z step thick, :func:`analysis.measure.area.synapse_density`).  The truth compared with
 it is the realised density of the same volume: the true centres inside
 [-dz/2, (n_z - 1/2) dz] x the field, divided by that volume (no Poisson sampling noise in the
 comparison).

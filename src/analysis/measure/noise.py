@@ -3,18 +3,23 @@
 * :func:`robust_sd`: SD from the median absolute deviation (``MAD_TO_SD`` x MAD), robust to
   the signal in a minority of the values;
 * :func:`noise_sd`: the noise SD of an image from Immerkaer's second-difference operator
-  (:data:`IMMERKAER`), insensitive to smooth signal, edges and bright objects.
-
-The detectors' spatially varying noise models (e.g.
-:func:`analysis.measure.puncta.noise_sd_map`) build on these.
+  (:data:`IMMERKAER`), insensitive to smooth signal, edges and bright objects;
+* :func:`noise_sd_map`: a spatially varying noise model (Poisson-Gaussian: variance linear
+  in the local level, fitted per image in boxes), and :func:`background_corrected`, the
+  smoothed image minus a broad background with its noise SD; used by the puncta detector,
+  its analysed area and the quality measures.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["MAD_TO_SD", "IMMERKAER", "robust_sd", "noise_sd"]
+__all__ = ["MAD_TO_SD", "IMMERKAER", "robust_sd", "noise_sd", "noise_sd_map", "background_corrected"]
+
+log = logging.getLogger(__name__)
 
 #: Median absolute deviation -> standard deviation for Gaussian data (1 / Phi^-1(3/4)).
 MAD_TO_SD = 1.4826
@@ -86,3 +91,273 @@ def noise_sd(image: np.ndarray) -> float:
     c = ndi.correlate(img, k)[1:-1, 1:-1]
     s = float(np.median(np.abs(c)) * MAD_TO_SD / 6.0)
     return s if s > 0 else (robust_sd(c.astype(np.float64), max_samples=400_000) / 6.0 or 1.0)
+
+
+def background_corrected(
+    image: np.ndarray, pixel_size_um: float, *, smoothing_um: float, opening_um: float, background_um: float
+) -> tuple[np.ndarray, float]:
+    """Smoothed image minus a broad background, and the robust noise SD of the result.
+
+    The background is a grey opening with a square of ``opening_um`` (removes objects
+    smaller than that) blurred by a Gaussian of ``background_um``.  (Shared by the
+    microglia and lysosome segmentations.)
+
+    Parameters
+    ----------
+    image : ndarray
+        Intensities, YX.
+    pixel_size_um : float
+        Pixel size.
+    smoothing_um : float
+        Gaussian smoothing (at least 0.5 pixel).
+    opening_um : float
+        Half side of the square of the grey opening.
+    background_um : float
+        Gaussian blur of the opened image.
+
+    Returns
+    -------
+    signal : ndarray of float32
+        Smoothed image minus background.
+    sd : float
+        :func:`robust_sd` of ``signal``.
+
+    Examples
+    --------
+    >>> img = np.full((64, 64), 100.0)
+    >>> img[30:33, 30:33] += 50
+    >>> signal, sd = background_corrected(img, 0.2, smoothing_um=0.1, opening_um=1.0, background_um=2.0)
+    >>> bool(signal[31, 31] > 20), float(abs(signal[5, 5])) < 1e-3
+    (True, True)
+    """
+    img = np.asarray(image, dtype=np.float32)
+    smooth = ndi.gaussian_filter(img, max(smoothing_um / pixel_size_um, 0.5))
+    size = int(2 * opening_um / pixel_size_um) + 1
+    background = ndi.gaussian_filter(ndi.grey_opening(smooth, size=size), background_um / pixel_size_um)
+    signal = smooth - background
+    return signal, robust_sd(signal)
+
+
+def _blocks(a: np.ndarray, nb: list[int], bs: list[int]) -> np.ndarray:
+    """(planes x boxes, pixels per box) view of the lateral boxes of a (Z)YX array."""
+    a = a[..., : nb[0] * bs[0], : nb[1] * bs[1]].reshape(-1, nb[0], bs[0], nb[1], bs[1])
+    return np.moveaxis(a, 2, 3).reshape(-1, bs[0] * bs[1])
+
+
+def noise_sd_map(
+    image: np.ndarray, pixel_size_um: float, *, box_um: float = 3.0, level: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-pixel SD of the white pixel noise, from a Poisson-Gaussian model fitted to the image.
+
+    The noise of each box of ``box_um`` (per plane of a stack) is the MAD of Immerkaer's
+    residual (a second difference that cancels smooth signal, so puncta barely count).  The
+    box variances are regressed on the box intensity level with a robust (Theil-Sen) line,
+    ``var = alpha * level + beta`` (photon shot noise plus read noise), and the line is
+    evaluated at every pixel.  When the boxes do not span enough intensity (or the slope is
+    not positive), one global variance is used.
+
+    Parameters
+    ----------
+    image : ndarray
+        YX or ZYX intensities.
+    pixel_size_um : float
+        Lateral pixel size.
+    box_um : float
+        Box side for the local noise estimates.
+    level : ndarray, optional
+        Local intensity level at which the noise is evaluated (same shape as ``image``);
+        default: the image blurred by 0.5 um.
+
+    Returns
+    -------
+    sd : ndarray
+        Noise SD per pixel (same shape as ``image``).
+    info : dict
+        ``alpha``, ``beta`` (the fitted line), ``zero_level`` (``-beta / alpha``: the
+        intensity with no photons, i.e. the offset, NaN without a slope) and ``skew`` (the
+        skewness of the pixel noise in the darkest quarter of the boxes, in [0, 2]);
+        ``var_min``, ``var_max``: the variance range the line is clipped to.
+
+    Examples
+    --------
+    Shot noise at a gain of 2 (variance 4 x photons) on an offset of 100, brightening from
+    left to right:
+
+    >>> rng = np.random.default_rng(0)
+    >>> photons = np.linspace(10, 100, 256)[None, :].repeat(256, 0)
+    >>> img = rng.poisson(photons) * 2.0 + 100
+    >>> sd, info = noise_sd_map(img, 0.1)
+    >>> round(info["alpha"], 1), round(float(np.median(sd / np.sqrt(4 * photons))), 1)
+    (2.0, 1.0)
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if level is None:
+        level = ndi.gaussian_filter(img, [0.0] * (img.ndim - 2) + [0.5 / pixel_size_um] * 2)
+    resid = ndi.correlate(img, IMMERKAER.reshape((1,) * (img.ndim - 2) + (3, 3)), mode="reflect")
+    nb, bs = _box_grid(img.shape, pixel_size_um, box_um)
+    rb = _blocks(resid, nb, bs)
+    del resid
+    var = _box_var(rb)
+    lev = np.median(_blocks(level, nb, bs), axis=1)
+    ok = var > 0
+    if not ok.any():
+        sd0, info = _no_noise_info(img)
+        return np.full(img.shape, sd0), info
+    skew = _dark_skewness(rb[ok], lev[ok], var[ok])
+    del rb
+    info = _noise_line(var[ok], lev[ok], skew)
+    return _noise_at(info, level), info
+
+
+def _box_grid(shape: tuple[int, ...], pixel_size_um: float, box_um: float) -> tuple[list[int], list[int]]:
+    """Boxes of :func:`noise_sd_map`: their number and size (pixels) along the two lateral axes."""
+    box = max(box_um / pixel_size_um, 8.0)
+    lat = shape[-2:]
+    nb = [max(1, int(round(n / box))) for n in lat]
+    return nb, [n // m for n, m in zip(lat, nb)]
+
+
+def _box_var(rb: np.ndarray) -> np.ndarray:
+    """Robust variance (MAD) of Immerkaer's residual in each box (rows of ``rb``)."""
+    return (MAD_TO_SD * np.median(np.abs(rb - np.median(rb, axis=1, keepdims=True)), axis=1)) ** 2
+
+
+def _no_noise_info(img: np.ndarray) -> tuple[float, dict[str, float]]:
+    log.warning("no pixel noise found (noise-free image?); using 1 %% of the range as noise")
+    sd0 = 1e-2 * float(np.ptp(img)) or 1.0
+    return sd0, {"alpha": 0.0, "beta": sd0**2, "zero_level": np.nan, "skew": 0.0, "var_min": sd0**2,
+                 "var_max": sd0**2}
+
+
+def _noise_line(var: np.ndarray, lev: np.ndarray, skew: float) -> dict[str, float]:
+    """The Poisson-Gaussian line of :func:`noise_sd_map` through the box variances ``var`` (> 0)
+    against the box levels ``lev``."""
+    v0 = float(np.median(var))
+    alpha, beta = 0.0, v0
+    vs = None
+    # straight line through the medians of up to 16 equal-count intensity classes of boxes
+    # (medians: robust to boxes crowded with puncta); kept if the slope is positive at 95 %
+    n_cls = min(16, len(lev) // 3)
+    if n_cls >= 3 and np.ptp(lev) > 0:
+        order = np.argsort(lev)
+        groups = np.array_split(order, n_cls)
+        xs = np.array([np.median(lev[g]) for g in groups])
+        vs = np.array([np.median(var[g]) for g in groups])
+        if np.ptp(xs) > 0:
+            # weighted by 1 / variance: a variance estimate's SD is proportional to the
+            # variance, and the bright classes are the ones inflated by unresolved puncta
+            coef, cov = np.polyfit(xs, vs, 1, w=1.0 / np.maximum(vs, 1e-12), cov=True)
+            if coef[0] > 2.0 * np.sqrt(max(cov[0, 0], 0.0)):
+                alpha, beta = float(coef[0]), float(coef[1])
+    # below the darkest class the line is an extrapolation (and a steep line from classes
+    # inflated by unresolved puncta dives towards zero there): the noise of the darkest
+    # class is the floor
+    floor = float(vs[0]) if alpha > 0 else 0.25 * float(var.min())
+    zero = -beta / alpha if alpha > 0 else np.nan
+    return {"alpha": alpha, "beta": beta, "zero_level": float(zero), "skew": skew,
+            "var_min": floor, "var_max": 4.0 * float(var.max())}
+
+
+def _row_strips(n: int, strip: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """Strips of rows ``[y0, y1)`` (at most ``strip`` rows each) with the rows ``[r0, r1)`` read
+    around them (``margin`` more on each side, within ``0 .. n``)."""
+    out = []
+    for y0 in range(0, n, max(int(strip), 1)):
+        y1 = min(n, y0 + max(int(strip), 1))
+        out.append((y0, y1, max(0, y0 - margin), min(n, y1 + margin)))
+    return out
+
+
+def _gauss_radius(sigma: float) -> int:
+    """Half width of scipy's Gaussian kernel of ``sigma`` (truncated at 4 SD)."""
+    return int(4.0 * float(sigma) + 0.5)
+
+
+def _noise_model(
+    image: np.ndarray, pixel_size_um: float, *, box_um: float = 3.0, strip_px: int = 1024
+) -> dict[str, float]:
+    """The ``info`` of :func:`noise_sd_map` (the fitted noise line) without its full-size maps:
+    the image is read in strips of rows of boxes (with the margin of the level's blur), so the
+    memory is that of a strip.  The same boxes, box variances and levels as
+    :func:`noise_sd_map`; the skewness is summed strip by strip (equal to ~1e-15)."""
+    img = np.asarray(image)
+    nd = img.ndim
+    nb, bs = _box_grid(img.shape, pixel_size_um, box_um)
+    sig = 0.5 / pixel_size_um
+    margin = _gauss_radius(sig) + 2
+    rows = max(1, int(strip_px) // bs[0])  # box rows per strip
+    lat_w = nb[1] * bs[1]
+    kernel = IMMERKAER.reshape((1,) * (nd - 2) + (3, 3))
+
+    def strip_maps(b0: int, b1: int, need_level: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        y0, y1 = b0 * bs[0], b1 * bs[0]
+        r0, r1 = max(0, y0 - margin), min(img.shape[-2], y1 + margin)
+        blk = np.asarray(img[..., r0:r1, :], dtype=np.float64)
+        resid = ndi.correlate(blk, kernel, mode="reflect")[..., y0 - r0 : y1 - r0, :lat_w]
+        rb = _blocks(resid, [b1 - b0, nb[1]], bs)
+        if not need_level:
+            return rb, None
+        level = ndi.gaussian_filter(blk, [0.0] * (nd - 2) + [sig] * 2)[..., y0 - r0 : y1 - r0, :lat_w]
+        return rb, np.median(_blocks(level, [b1 - b0, nb[1]], bs), axis=1)
+
+    n_planes = int(np.prod(img.shape[:-2])) if nd > 2 else 1
+    var_parts, lev_parts = [], []
+    for b0 in range(0, nb[0], rows):
+        b1 = min(nb[0], b0 + rows)
+        rb, lev = strip_maps(b0, b1, True)
+        var_parts.append(_box_var(rb).reshape(n_planes, b1 - b0, nb[1]))
+        lev_parts.append(lev.reshape(n_planes, b1 - b0, nb[1]))
+    var = np.concatenate(var_parts, axis=1).ravel()  # the order of :func:`_blocks`: plane, row, column
+    lev = np.concatenate(lev_parts, axis=1).ravel()
+    ok = var > 0
+    if not ok.any():
+        return _no_noise_info(np.array([float(img.min()), float(img.max())]))[1]
+    # skewness of the darkest quarter of the boxes (:func:`_dark_skewness`), from power sums
+    dark = np.zeros(len(var), bool)
+    dark[np.flatnonzero(ok)] = lev[ok] <= np.quantile(lev[ok], 0.25)
+    sums = np.zeros(4)
+    grid = np.arange(len(var)).reshape(n_planes, nb[0], nb[1])
+    for b0 in range(0, nb[0], rows):
+        b1 = min(nb[0], b0 + rows)
+        idx = grid[:, b0:b1].ravel()
+        sel = dark[idx]
+        if not sel.any():
+            continue
+        rb, _ = strip_maps(b0, b1, False)
+        r = rb[sel] / np.sqrt(np.maximum(var[idx[sel]], 1e-300))[:, None]
+        r = np.clip(r - np.median(r, axis=1, keepdims=True), -6.0, 6.0).ravel()
+        sums += [r.size, r.sum(), (r**2).sum(), (r**3).sum()]
+    skew = 0.0
+    if sums[0] >= 100:
+        n = sums[0]
+        mean = sums[1] / n
+        m2 = sums[2] / n - mean**2
+        m3 = sums[3] / n - 3.0 * mean * sums[2] / n + 2.0 * mean**3
+        if m2 > 0:
+            skew = float(np.clip(6.0 * m3 / m2**1.5, 0.0, 2.0))
+    return _noise_line(var[ok], lev[ok], skew)
+
+
+def _noise_at(info: dict[str, float], level: np.ndarray) -> np.ndarray:
+    """The fitted noise line of :func:`noise_sd_map` evaluated at another intensity level."""
+    return np.sqrt(np.clip(info["alpha"] * level + info["beta"], info["var_min"], info["var_max"]))
+
+
+def _dark_skewness(resid_blocks: np.ndarray, level: np.ndarray, var: np.ndarray) -> float:
+    """Skewness of the pixel noise, from Immerkaer's residual in the darkest quarter of the
+    boxes (fewest puncta; the shot noise is most skewed there).  For independent pixel noise
+    the residual (kernel weights ``k``, ``sum k^2 = 1``, ``sum k^3 = 1/6``) has 1/6 of the
+    pixels' skewness.  Residuals are winsorised at 6 robust SDs (a few puncta must not
+    decide) and the result is clipped to [0, 2] (a photon count of 1/4 per pixel, or noise
+    clipped at zero over half the pixels; more than that is punctate structure of the dark
+    regions rather than noise)."""
+    dark = level <= np.quantile(level, 0.25)
+    r = resid_blocks[dark] / np.sqrt(np.maximum(var[dark], 1e-300))[:, None]
+    r = np.clip(r - np.median(r, axis=1, keepdims=True), -6.0, 6.0).ravel()
+    if r.size < 100:
+        return 0.0
+    m2 = float(np.mean((r - r.mean()) ** 2))
+    if m2 <= 0:
+        return 0.0
+    g = float(np.mean((r - r.mean()) ** 3)) / m2**1.5
+    return float(np.clip(6.0 * g, 0.0, 2.0))

@@ -35,7 +35,8 @@ from scipy import ndimage as ndi
 from scipy import optimize, special
 
 from analysis.measure.puncta import _render as render_spots
-from analysis.measure.puncta import detect_puncta, match_points, noise_sd_map
+from analysis.measure.noise import noise_sd_map
+from analysis.measure.puncta import detect_puncta, match_points
 
 __all__ = [
     "VALIDATED_RANGE",
@@ -412,7 +413,7 @@ def _pixel_noise_sd_at(image: np.ndarray, pixel_size_um: float, puncta: pd.DataF
     The detector's Poisson-Gaussian fit (``noise_alpha``, ``noise_beta``) evaluated at the
     image blurred by 0.42 um (about the detector's local level), rescaled so that its median
     ratio to the ``noise_sd`` of the detected puncta is 1; without the fit attributes,
-    :func:`analysis.measure.puncta.noise_sd_map`.  Evaluated at the points only (no full-size map
+    :func:`analysis.measure.noise.noise_sd_map`.  Evaluated at the points only (no full-size map
     is kept: :func:`_level_at`).
     """
     alpha, beta = puncta.attrs.get("noise_alpha"), puncta.attrs.get("noise_beta")

@@ -737,7 +737,7 @@ def read_puncta(path: str | os.PathLike[str], image_id: str | None = None) -> pd
         ``puncta.parquet``, or the folder holding it.
     image_id : str, optional
         Only this image's rows; their ``attrs`` are the detector's attrs of that image (noise
-        model, threshold used, ...), so :func:`analysis.measure.puncta.analysed_area_mask` given
+        model, threshold used, ...), so :func:`analysis.measure.area.analysed_area_mask` given
         these puncta reproduces the mask they were counted in.
 
     Returns

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from skimage.segmentation import find_boundaries
 
-from analysis.measure import engulfment, microglia
+from analysis.measure import area, engulfment, microglia
 from analysis.measure import puncta as synapses
 from analysis.measure.quality import image_quality
 from analysis.pipeline.registry import Measured, Readout, register
@@ -72,7 +72,7 @@ def kept_puncta(puncta: pd.DataFrame | None, mask: np.ndarray | None) -> pd.Data
         return pd.DataFrame()
     kept = puncta[[c for c in ("z", *PUNCTA_COLUMNS) if c in puncta]].reset_index(drop=True)
     m = mask if mask.ndim == 2 else mask.any(axis=0)
-    # the rule of analysis.measure.puncta.synapse_density: the nearest pixel lies in the analysed area
+    # the rule of analysis.measure.area.synapse_density: the nearest pixel lies in the analysed area
     iy = np.clip(np.rint(kept["y"].to_numpy(float)).astype(int), 0, m.shape[0] - 1)
     ix = np.clip(np.rint(kept["x"].to_numpy(float)).astype(int), 0, m.shape[1] - 1)
     kept["in_analysed_area"] = m[iy, ix].astype(bool)
@@ -91,8 +91,8 @@ def measure_puncta(channels: Mapping[str, np.ndarray], pixel_size_um: float, *, 
     qp.pop("seed", None)
     puncta = synapses.detect_puncta(syn, pixel_size_um, z_step_um=z_step_um, **params)
     # the mask needs the puncta of this image: pass the counted ones (no second detection)
-    mask = synapses.analysed_area_mask(syn, pixel_size_um, puncta=puncta)
-    row = dict(synapses.synapse_density(puncta, mask, pixel_size_um, z_step_um=z_step_um))
+    mask = area.analysed_area_mask(syn, pixel_size_um, puncta=puncta)
+    row = dict(area.synapse_density(puncta, mask, pixel_size_um, z_step_um=z_step_um))
     # image-quality figure for QC: the median detection SNR of the puncta found
     row["puncta_median_snr"] = float(puncta["snr"].median()) if len(puncta) else np.nan
     detect_params = {**params, **({"z_step_um": z_step_um} if z_step_um and syn.ndim == 3 else {})}
@@ -185,7 +185,7 @@ def measure_spines_readout(channels: Mapping[str, np.ndarray], pixel_size_um: fl
 
 register(Readout(
     name="puncta", roles=("synapse_channel",), measure=measure_puncta,
-    modules=("analysis.pipeline.readouts", "analysis.measure.puncta", "analysis.measure.matching"),
+    modules=("analysis.pipeline.readouts", "analysis.measure.puncta", "analysis.measure.area", "analysis.measure.matching"),
     notebook="02_synapse_dose_duration.ipynb", description="synapse (PSD95) channel"))
 register(Readout(
     name="microglia", roles=("microglia_channel",), measure=measure_microglia_readout,

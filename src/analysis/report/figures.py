@@ -122,9 +122,9 @@ def _counted_puncta(stack: np.ndarray, pixel_size_um: float, puncta: pd.DataFram
 
 def _analysed_area(stack: np.ndarray, pixel_size_um: float, puncta: pd.DataFrame) -> np.ndarray:
     """The analysed-area mask as the quantification computes it (with the counted puncta), as YX."""
-    from analysis.measure import puncta as synapses
+    from analysis.measure import area
 
-    mask = synapses.analysed_area_mask(stack, pixel_size_um, puncta=puncta)
+    mask = area.analysed_area_mask(stack, pixel_size_um, puncta=puncta)
     return mask if mask.ndim == 2 else mask.any(axis=0)
 
 

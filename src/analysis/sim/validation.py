@@ -71,7 +71,8 @@ def puncta_accuracy(snr: float, fields: int, seed: int, *, pixel_size_um: float 
         (measured / true density - 1) and ``puncta_area_bias`` (analysed area).
     """
     from analysis.sim.phantoms import render_synapse_field
-    from analysis.measure.puncta import analysed_area_mask, detect_puncta, match_points, synapse_density
+    from analysis.measure.area import analysed_area_mask, synapse_density
+    from analysis.measure.puncta import detect_puncta, match_points
 
     rows = []
     for i in range(fields):
