@@ -51,6 +51,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import skeletonize
 
 from analysis.measure.matching import match_points
+from analysis.measure.noise import MAD_TO_SD
 
 __all__ = [
     "DendriteTrace",
@@ -119,7 +120,7 @@ def _noise_sigma(img: np.ndarray) -> float:
         level = np.concatenate([(a + b).ravel(), (c + d).ravel()])
     diff = diff[level >= np.median(level)]
     mad = np.median(np.abs(diff - np.median(diff)))
-    return float(max(1.4826 * mad / np.sqrt(2.0), 1e-3 * (float(img.max() - img.min()) + 1e-12)))
+    return float(max(MAD_TO_SD * mad / np.sqrt(2.0), 1e-3 * (float(img.max() - img.min()) + 1e-12)))
 
 
 def _stabilise(img: np.ndarray) -> np.ndarray:
@@ -492,7 +493,7 @@ def _robust_sigma(values: np.ndarray) -> float:
     values = values[np.isfinite(values)]
     if values.size < 10:
         return float("nan")
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+    return float(MAD_TO_SD * np.median(np.abs(values - np.median(values))))
 
 
 def _noise_pattern(resp: np.ndarray, back: np.ndarray, tile: int) -> np.ndarray:
@@ -520,7 +521,7 @@ def _noise_pattern(resp: np.ndarray, back: np.ndarray, tile: int) -> np.ndarray:
 
     med = _median(blk, n)
     dev = np.sort(np.abs(blk - med[..., None]), axis=2)
-    mad = 1.4826 * _median(dev, n)
+    mad = MAD_TO_SD * _median(dev, n)
     rel = np.where((n >= 30) & np.isfinite(mad), np.maximum(mad / glob, 1.0), 1.0)
     out = ndi.zoom(rel, (h / ny, w / nx), order=1, mode="nearest", grid_mode=True)
     return np.maximum(out[:h, :w], 1.0).astype(np.float32)
