@@ -113,3 +113,27 @@ def test_spines_are_tracked_and_turnover_counted_per_animal(spine_study: tuple[P
     means = turnover.groupby("compound")["fraction_lost"].mean()
     assert lost["difference_pp"] == pytest.approx(100 * (means["diazepam"] - means["vehicle"]))
     assert lost["ci_low"] < lost["difference_pp"] < lost["ci_high"]
+
+
+def test_qc_overlay_draws_the_stored_dendrites_and_tracks(spine_study: tuple[Path, Path]) -> None:
+    import matplotlib.pyplot as plt
+
+    from analysis.report.figures import spine_overlay
+
+    raw, out = spine_study
+    s = load_samples(raw / "samples.csv", check_images=False)
+    one = s[(s["animal_id"] == s["animal_id"].iloc[0])].sort_values("day")
+    tracks = read_table(out, "spine_tracks")
+    tracks = tracks[tracks["image_id"].isin(one["image_id"])]
+    images = [read_image(p)[0][0, 0] for p in one["abs_path"]]
+    spines_ = [read_table(out, "spines", i) for i in one["image_id"]]
+    lines = [read_table(out, "dendrites", i) for i in one["image_id"]]
+    assert all(len(x) for x in lines) and set(lines[0].columns) == {"image_id", "dendrite_id", "y", "x"}
+    fig = spine_overlay(images, spines_, float(one["pixel_size_um"].iloc[0]), dendrites=lines, tracks=tracks)
+    for k, ax in enumerate(fig.axes):
+        drawn = [c for c in ax.collections if c.get_label() == "spines"][0]
+        t = tracks[tracks["session"] == k]
+        assert len(drawn.get_offsets()) == int((t["status"] != "lost").sum())
+        lost = [c for c in ax.collections if c.get_label() == "lost"]
+        assert sum(len(c.get_offsets()) for c in lost) == int((t["status"] == "lost").sum())
+    plt.close(fig)

@@ -15,7 +15,7 @@ named tables out).  Importing this module registers them, in the order they run:
   extends the ``cells`` table and adds the lysosome boundaries to ``outlines``;
 * ``spines`` (``dendrite_channel``, two-photon images of GFP-filled dendrites): traced
   dendrites, spine heads (:mod:`analysis.measure.spines`) and their density per um of
-  dendrite; table ``spines``.
+  dendrite; tables ``spines`` and ``dendrites`` (the traced centreline pixels, for QC).
 """
 
 from __future__ import annotations
@@ -192,7 +192,9 @@ def measure_spines_readout(channels: Mapping[str, np.ndarray], pixel_size_um: fl
            "n_dendrites": int(len(trace.table))}
     kept = found.reset_index(drop=True)
     kept = kept[[c for c in kept.columns if kept[c].dtype != object or c == "type"]]
-    return Measured(row=row, tables={"spines": kept}, quality=[q])
+    centrelines = trace.centreline[["dendrite_id", "y", "x"]].astype({"dendrite_id": np.int32, "y": np.int32,
+                                                                       "x": np.int32}).reset_index(drop=True)
+    return Measured(row=row, tables={"spines": kept, "dendrites": centrelines}, quality=[q])
 
 
 register(Readout(

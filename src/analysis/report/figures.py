@@ -482,9 +482,13 @@ def longitudinal_plot(session_means: pd.DataFrame, value: str = "puncta_density_
     return fig
 
 
+_TRACK_COLOURS = {"stable": "C1", "gained": "C2", "lost": "C3"}
+
+
 def spine_overlay(images: list[np.ndarray], spines: list[pd.DataFrame], pixel_size_um: float,
-                  titles: list[str] | None = None, panel_inches: float = 3.2) -> Figure:
-    """Two-photon sessions of one imaged position side by side with the spine heads counted.
+                  titles: list[str] | None = None, panel_inches: float = 3.2,
+                  dendrites: list[pd.DataFrame] | None = None, tracks: pd.DataFrame | None = None) -> Figure:
+    """Two-photon sessions of one imaged position side by side with what was measured.
 
     Parameters
     ----------
@@ -494,6 +498,11 @@ def spine_overlay(images: list[np.ndarray], spines: list[pd.DataFrame], pixel_si
         The stored detections of each image (``spines.parquet`` rows: ``y``, ``x`` in pixels).
     pixel_size_um : float
     titles : list of str, optional
+    dendrites : list of DataFrame, optional
+        The traced centrelines of each image (``dendrites.parquet`` rows: ``y``, ``x``), drawn in cyan.
+    tracks : DataFrame, optional
+        The position's rows of ``spine_tracks.parquet``: the spines of each ``session`` drawn by
+        status (orange stable, green gained, red crosses: lost, at the predicted place).
 
     Returns
     -------
@@ -506,9 +515,25 @@ def spine_overlay(images: list[np.ndarray], spines: list[pd.DataFrame], pixel_si
         plane = np.asarray(img)
         plane = plane if plane.ndim == 2 else plane.max(axis=0)
         ax.imshow(display_range(plane), cmap="gray", interpolation="nearest")
-        if len(pts):
+        if dendrites is not None and len(dendrites[k]):
+            ax.scatter(dendrites[k]["x"], dendrites[k]["y"], s=0.3, color="c", alpha=0.6, label="dendrites")
+        t = tracks[tracks["session"] == k] if tracks is not None else None
+        if t is not None and len(t):
+            shown = t[t["status"] != "lost"]
+            ax.scatter(shown["x"], shown["y"], s=18, facecolors="none", linewidths=0.7, label="spines",
+                       edgecolors=[_TRACK_COLOURS[s] for s in shown["status"]])
+            lost = t[t["status"] == "lost"]
+            if len(lost):
+                ax.scatter(lost["x"], lost["y"], s=18, marker="x", color=_TRACK_COLOURS["lost"], linewidths=0.8,
+                           label="lost")
+            counts = t["status"].value_counts()
+            extra = "" if k == 0 else f" ({counts.get('gained', 0)} gained, {counts.get('lost', 0)} lost)"
+        elif len(pts):
             ax.scatter(pts["x"], pts["y"], s=18, facecolors="none", edgecolors="C1", linewidths=0.7, label="spines")
-        ax.set_title((titles[k] + ": " if titles else "") + f"{len(pts)} spines", fontsize=8)
+            extra = ""
+        else:
+            extra = ""
+        ax.set_title((titles[k] + ": " if titles else "") + f"{len(pts)} spines" + extra, fontsize=8)
         add_scale_bar(ax, pixel_size_um, length_um=5.0)
         ax.set_xticks([])
         ax.set_yticks([])
