@@ -164,9 +164,14 @@ def test_imagej_resolution_and_spacing(tmp_path: Path) -> None:
 
 
 def test_unsupported_and_corrupt_files(tmp_path: Path) -> None:
-    (tmp_path / "a.czi").write_bytes(b"not a tiff")
-    with pytest.raises(ImageReadError, match=r"a\.czi.*unsupported image format.*bfconvert.*register_reader"):
-        read_image(tmp_path / "a.czi")
+    # a format no reader handles (Olympus OIR; CZI, LIF and ND2 are read through bioio)
+    (tmp_path / "a.oir").write_bytes(b"not a tiff")
+    with pytest.raises(ImageReadError, match=r"a\.oir.*unsupported image format.*bfconvert.*register_reader"):
+        read_image(tmp_path / "a.oir")
+    # a file with a vendor suffix that is not what it claims
+    (tmp_path / "b.czi").write_bytes(b"not a czi")
+    with pytest.raises(ImageReadError, match=r"b\.czi.*does not recognise it as a"):
+        read_image(tmp_path / "b.czi")
     _ome(tmp_path / "t.ome.tif", np.ones((64, 64), np.uint16), "YX")
     raw = (tmp_path / "t.ome.tif").read_bytes()
     (tmp_path / "cut.ome.tif").write_bytes(raw[:200])
