@@ -164,3 +164,23 @@ def test_the_study_names_its_own_reference_groups(tmp_path: Path) -> None:
     (tmp_path / "analysis_plan.json").write_text(json.dumps({"reference_compound": 3}))
     with pytest.raises(SampleSheetError, match="reference_compound must be a str"):
         load_samples(tmp_path / "samples.csv", check_images=False)
+
+
+def test_a_study_of_another_compound_gets_its_trend_and_mechanism(tmp_path: Path) -> None:
+    """No compound name is built in: a midazolam study fits the dose x time trend of midazolam."""
+    from analysis.sim.measurements import simulate_measurements
+    from analysis.stats.models import fit_study
+
+    m = simulate_measurements("default", 2)
+    m["compound"] = m["compound"].replace({"diazepam": "midazolam"})
+    m.to_parquet(tmp_path / "measurements.parquet")
+    written = fit_study(str(tmp_path / "measurements.parquet"), str(tmp_path), primary="WT midazolam 5 mg/kg x 7 d",
+                        adjust_for_quality=False)
+    assert "trend" in written
+    trend = pd.read_csv(written["trend"])
+    assert set(trend["compound"]) == {"midazolam"}
+    mech = pd.read_csv(written["mechanism"]).set_index("contrast")
+    assert "TSPO_KO vs WT: midazolam 5 mg/kg effect (interaction)" in mech.index
+    assert "WT XBD173 10 mg/kg x 7 d vs WT midazolam 5 mg/kg x 7 d (compound)" in mech.index
+    c = pd.read_csv(written["contrasts"])
+    assert c.loc[c["primary"].astype(bool), "group"].tolist() == ["WT midazolam 5 mg/kg x 7 d"]

@@ -29,7 +29,7 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats as sps
 
-from analysis.io.vocabulary import GROUP_COLUMNS, TSPO_KO, VEHICLE, WILD_TYPE, group_label
+from analysis.io.vocabulary import GROUP_COLUMNS, VEHICLE, WILD_TYPE, group_label
 
 __all__ = [
     "session_means",
@@ -534,7 +534,7 @@ def sex_differences(measurements: pd.DataFrame, value: str = "puncta_density_per
                                    "df": c["df"], "pct": c["pct_vs_vehicle"], "lo": c["pct_vs_vehicle_ci_low"],
                                    "hi": c["pct_vs_vehicle_ci_high"], "n": c["n_animals"]})
     a, b = sexes
-    j = parts[a].join(parts[b], lsuffix="_a", rsuffix="_b", how="inner")
+    j = parts[a].merge(parts[b], left_index=True, right_index=True, how="inner", suffixes=("_a", "_b"))
     if j.empty:
         raise ValueError("no planned contrast estimable in both sexes")
     diff = j["est_a"] - j["est_b"]
@@ -751,7 +751,10 @@ def _fit_synapse(m: pd.DataFrame, value: str, out: Path, *, primary: str | None,
     paths["animal_effects"] = out / "synapse_lmm_animal_effects.csv"
     write_csv(effects.rename_axis("animal_id").reset_index(), paths["animal_effects"])
     try:
-        trend = fit_synapse_trend(m, value)
+        # the primary group's compound and genotype (diazepam in WT when no plan names one)
+        pt = _primary_treatment(fit, primary)
+        trend = fit_synapse_trend(m, value, **({"genotype": pt["reference_genotype"], "compound": pt["compound"]}
+                                               if pt else {}))
     except ValueError as exc:  # e.g. a study without vehicle or diazepam animals
         log.warning("dose x time trend model skipped: %s", exc)
     else:
