@@ -79,3 +79,19 @@ def test_power_command_line(tmp_path) -> None:
     bad = subprocess.run([sys.executable, "-m", "analysis", "power", "--snr-mix", "great"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "high=0.2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_planning_notebook_records_the_power_of_the_primary_contrast(tmp_path) -> None:
+    """notebooks/06_power runs under papermill with tiny parameters and records what power_table gives."""
+    from pathlib import Path
+
+    from analysis.report.run import recorded, run_notebook
+
+    root = Path(__file__).resolve().parents[1]
+    executed = run_notebook(root / "notebooks" / "06_power.ipynb", tmp_path / "06_power.ipynb",
+                            {"animals_options": [4], "fields_options": [2], "studies": 3, "workers": 1, "seed": 80_000})
+    rec = recorded(executed)
+    preset = design_preset("default", animals_per_group=4, synapse_fields=2)
+    table = power_table(simulate_power(preset, 3, seed=80_000))
+    expected = float(table.loc[table["primary"], "power_adjusted"].iloc[0])
+    assert rec == {"power/4 animals x 2 fields": round(expected, 4)}
