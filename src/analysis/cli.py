@@ -71,12 +71,12 @@ FIT_VALUES = {"synapse": "puncta_density_per_100um2", "spine": "spine_density_pe
 
 def _endpoint_rows(table) -> dict[str, object]:
     """The rows of each fitted readout: by its value (measurements) or its channel roles (a sheet)."""
+    from analysis.stats.models import synapse_rows
+
     out = {}
     for kind, value in FIT_VALUES.items():
         if value in table:
-            rows = table[table[value].notna()]
-            if kind == "synapse" and "microglia_channel" in rows and rows["microglia_channel"].isna().any():
-                rows = rows[rows["microglia_channel"].isna()]  # the dedicated synapse fields (stats.synapse_rows)
+            rows = synapse_rows(table, value) if kind == "synapse" else table[table[value].notna()]
         else:
             role = {"synapse": "synapse_channel", "spine": "dendrite_channel", "microglia": "microglia_channel"}[kind]
             if role not in table:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from analysis.measure import area, engulfment, microglia
@@ -124,21 +125,16 @@ def measure_microglia_readout(channels: Mapping[str, np.ndarray], pixel_size_um:
     for col in MORPHOLOGY:
         row[f"mean_{col}"] = float(interior[col].mean()) if len(interior) else np.nan
     outlines = pixel_table(labels, find_boundaries(labels, mode="inner"), "outline")
-    # (a skeleton may run through a hole the morphology filled inside a soma: those pixels get
-    # the label of the nearest cell pixel)
-    skeleton = pixel_table(_nearest_label(labels), microglia.skeleton_image(labels, pixel_size_um), "skeleton")
+    skeleton = pixel_table(labels, microglia.skeleton_image(labels, pixel_size_um), "skeleton")
+    orphan = skeleton["label"].to_numpy() == 0
+    if orphan.any():
+        # a skeleton may run through a hole the morphology filled inside a soma: those pixels
+        # get the label of the nearest cell pixel
+        iy, ix = ndi.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
+        y, x = skeleton["y"].to_numpy()[orphan], skeleton["x"].to_numpy()[orphan]
+        skeleton.loc[orphan, "label"] = labels[iy[y, x], ix[y, x]].astype(np.int32)
     return Measured(row=row, tables={"cells": cells, "outlines": pd.concat([outlines, skeleton], ignore_index=True)},
                     quality=[q], state={"labels": labels})
-
-
-def _nearest_label(labels: np.ndarray) -> np.ndarray:
-    """Every pixel's nearest cell label (the labels themselves inside cells)."""
-    if not labels.any() or labels.all():
-        return labels
-    from scipy import ndimage as ndi
-
-    iy, ix = ndi.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
-    return labels[iy, ix]
 
 
 def pixel_table(labels: np.ndarray, where: np.ndarray, kind: str) -> pd.DataFrame:
