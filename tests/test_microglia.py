@@ -499,3 +499,53 @@ def test_row_decomposed_disk_morphology_equals_scipy(shape: tuple[int, int], rad
     np.testing.assert_array_equal(_disk_rank(img, radius, "min"), ndi.grey_erosion(img, footprint=fp))
     np.testing.assert_array_equal(_disk_rank(img, radius, "max"), ndi.grey_dilation(img, footprint=fp))
     np.testing.assert_array_equal(_disk_grey_opening(img, radius), ndi.grey_opening(img, footprint=fp))
+
+
+def _blobby_mask(shape: tuple[int, int], seed: int, level: float = 0.3) -> np.ndarray:
+    """Random blobs and threads (smoothed noise above a level): a mask with holes, thin
+    parts and pixels on the border."""
+    noise = np.random.default_rng(seed).normal(size=shape)
+    return ndi.gaussian_filter(noise, 2.0) > level * ndi.gaussian_filter(noise, 2.0).std()
+
+
+@pytest.mark.parametrize("shape", [(90, 70), (6, 40), (600, 45)])
+@pytest.mark.parametrize("radius", [1.0, 2.65, 3.0, 4.5])
+def test_row_decomposed_binary_morphology_equals_distance_transforms(shape: tuple[int, int], radius: float) -> None:
+    """The fast paths of the segmentation give what the distance transforms they replace give:
+    erosion / opening with a Euclidean disk, the city-block neighbourhood, the square maximum."""
+    from analysis.measure.microglia import _farther_than, _fast_disk_opening, _square_max, _within_steps
+    from analysis.measure.morphology import _disk_opening
+
+    for seed in range(3):
+        mask = _blobby_mask(shape, seed)
+        np.testing.assert_array_equal(_farther_than(mask, radius), ndi.distance_transform_edt(mask) > radius)
+        np.testing.assert_array_equal(_fast_disk_opening(mask, radius), _disk_opening(mask, radius))
+        steps = int(np.ceil(radius)) + 2
+        np.testing.assert_array_equal(_within_steps(mask, steps),
+                                      ndi.distance_transform_cdt(~mask, metric="taxicab") <= steps)
+        img = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+        r = int(np.ceil(radius))
+        np.testing.assert_array_equal(_square_max(img, r), ndi.maximum_filter(img, size=2 * r + 1))
+    # all True (no False pixel) and all False keep the distance transforms' conventions
+    for m in (np.ones(shape, bool), np.zeros(shape, bool)):
+        np.testing.assert_array_equal(_farther_than(m, radius), ndi.distance_transform_edt(m) > radius)
+        np.testing.assert_array_equal(_fast_disk_opening(m, radius), _disk_opening(m, radius))
+
+
+def test_label_max_inscribed_equals_distance_transform() -> None:
+    """Per-label cropped distance transforms give the whole image's, also for labels on the
+    border, labels inside another's box and labels touching (the whole-image fallback)."""
+    from analysis.measure.microglia import _label_max_inscribed
+    from analysis.measure.morphology import _label_max
+
+    seeds = np.zeros((60, 80), np.int32)
+    seeds[disk((10, 10), 12, shape=seeds.shape)] = 1  # cut by the border
+    seeds[disk((40, 50), 9, shape=seeds.shape)] = 2
+    seeds[disk((40, 50), 3, shape=seeds.shape)] = 0
+    seeds[disk((40, 50), 2, shape=seeds.shape)] = 3  # inside the box (and the hole) of 2
+    seeds[50:60, 0:30] = 5  # on two borders; label 4 absent
+    ref = _label_max(ndi.distance_transform_edt(seeds > 0), seeds, 5)
+    np.testing.assert_array_equal(_label_max_inscribed(seeds, 5), ref)
+    seeds[25, 5:40] = 6  # touches label 1 and 2: the margin of a box holds another label
+    ref = _label_max(ndi.distance_transform_edt(seeds > 0), seeds, 6)
+    np.testing.assert_array_equal(_label_max_inscribed(seeds, 6), ref)

@@ -148,33 +148,96 @@ def _line_kernels(length_px: float, n_orientations: int) -> list[np.ndarray]:
     return out
 
 
+def _rank_rows(img: np.ndarray, rows: dict[int, list[int]], op: str, pad: str | bool) -> np.ndarray:
+    """Minimum (``op="min"``) or maximum (``"max"``) of a 2-D array over a footprint given as
+    horizontal segments (``{half-width: [row offsets]}``, symmetric about the centre).
+
+    The array is padded once (``pad="reflect"``: rows and columns mirrored like
+    :mod:`scipy.ndimage`'s ``"reflect"``, numpy's ``"symmetric"``; ``True`` / ``False``: that
+    constant, for boolean masks), every half-width's running extreme along x is built from the
+    previous one with one elementwise min / max of shifted views (``W_h(x) = min(W_{h-1}(x - 1),
+    W_{h-1}(x + 1))``), and the rows are combined with shifted views.  Only elementwise
+    operations on views: several times faster than :mod:`scipy.ndimage`'s rank filters for the
+    small footprints used here, with the same result (min / max are exact)."""
+    pick = np.minimum if op == "min" else np.maximum
+    h, w = img.shape
+    r = max(max(rows), max(abs(dy) for dys in rows.values() for dy in dys))
+    if pad == "reflect":
+        padded = np.pad(img, r, mode="symmetric")
+    else:
+        padded = np.pad(img, r, mode="constant", constant_values=pad)
+    out = None
+    run, run_h = padded, 0  # running extreme over [x - run_h, x + run_h]; column j centred on j + run_h
+    for half in sorted(rows):
+        while run_h < half:
+            if run_h == 0:
+                run = pick(pick(run[:, :-2], run[:, 1:-1]), run[:, 2:])
+            else:
+                run = pick(run[:, :-2], run[:, 2:])
+            run_h += 1
+        for dy in rows[half]:
+            view = run[r + dy : r + dy + h, r - half : r - half + w]
+            if out is None:
+                out = view.copy()
+            else:
+                pick(out, view, out=out)
+    return out
+
+
 def _disk_rank(img: np.ndarray, radius: int, op: str) -> np.ndarray:
     """Grey erosion (``op="min"``) or dilation (``"max"``) of a 2-D image with ``disk(radius)``,
     reflecting edges: identical to :func:`scipy.ndimage.grey_erosion` / ``grey_dilation`` with
-    that footprint, computed as rows of 1-D filters (the disk is a stack of horizontal
-    segments; each distinct half-width is filtered once along x), ~2x faster."""
-    filt1d = ndi.minimum_filter1d if op == "min" else ndi.maximum_filter1d
-    pick = np.minimum if op == "min" else np.maximum
+    that footprint (:func:`_rank_rows`: the disk as a stack of horizontal segments)."""
     fp = disk(radius).astype(bool)
-    h = img.shape[0]
     rows_of: dict[int, list[int]] = {}
     for dy in range(-radius, radius + 1):
         rows_of.setdefault(int(fp[dy + radius].sum()) // 2, []).append(dy)
-    out = None
-    # one half-width at a time (min / max do not depend on the order; holding every width's
-    # filtered copy at once took ~radius full-size images)
-    for half, dys in rows_of.items():
-        # rows beyond the edges reflected like scipy's "reflect" (numpy's "symmetric")
-        filtered = np.pad(filt1d(img, 2 * half + 1, axis=1, mode="reflect"), ((radius, radius), (0, 0)),
-                          mode="symmetric")
-        for dy in dys:
-            shifted = filtered[dy + radius : dy + radius + h]
-            if out is None:
-                out = shifted.copy()
-            else:
-                pick(out, shifted, out=out)
-        del filtered
-    return out
+    return _rank_rows(img, rows_of, op, "reflect")
+
+
+def _square_max(img: np.ndarray, radius: int) -> np.ndarray:
+    """:func:`scipy.ndimage.maximum_filter` with ``size=2 * radius + 1`` (reflecting edges),
+    from shifted views (:func:`_rank_rows`, the square separated into x and y)."""
+    across = _rank_rows(img, {radius: [0]}, "max", "reflect")
+    return _rank_rows(across.T, {radius: [0]}, "max", "reflect").T
+
+
+def _disk_rows(radius: float, strict: bool) -> dict[int, list[int]]:
+    """The disk of the offsets at Euclidean distance ``< radius`` (``strict``) or ``<= radius``
+    as horizontal segments: ``{half-width: [row offsets]}``.  The distances are computed as
+    :func:`scipy.ndimage.distance_transform_edt` computes them (the square root of the sum of
+    squares in double precision), so thresholds of a distance transform are matched exactly."""
+    r_max = int(np.ceil(radius))
+    dx = np.arange(r_max + 1)
+    rows: dict[int, list[int]] = {}
+    for dy in range(-r_max, r_max + 1):
+        d = np.sqrt((dy * dy + dx * dx).astype(np.float64))
+        ok = d < radius if strict else d <= radius
+        if ok[0]:
+            rows.setdefault(int(np.count_nonzero(ok)) - 1, []).append(dy)  # (ok falls with |dx|)
+    return rows
+
+
+def _binary_rank(mask: np.ndarray, rows: dict[int, list[int]], op: str) -> np.ndarray:
+    """Binary erosion (``op="min"``) or dilation (``"max"``) of a 2-D mask with the footprint
+    given as horizontal segments (``{half-width: [row offsets]}``, :func:`_disk_rows`); pixels
+    outside the image are ignored (neither True for a dilation nor False for an erosion), as
+    a distance transform ignores them (:func:`_rank_rows` with a constant pad)."""
+    return _rank_rows(np.asarray(mask, dtype=bool), rows, op, op == "min")
+
+
+def _fast_disk_opening(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """:func:`analysis.measure.morphology._disk_opening` (binary opening with a Euclidean disk,
+    as two thresholded distance transforms) by a row-decomposed erosion and dilation: the
+    same result (``tests/test_microglia.py`` checks it), ~5x faster for soma-sized disks."""
+    if mask.all():  # (no False pixel: the distance transform's own convention)
+        return _disk_opening(mask, radius_px)
+    # distance to the nearest False pixel >= r: every pixel nearer than r is True
+    core = _binary_rank(mask, _disk_rows(radius_px, strict=True), "min")
+    if not core.any():
+        return core
+    # distance to the nearest core pixel <= r
+    return _binary_rank(core, _disk_rows(radius_px, strict=False), "max") & mask
 
 
 def _disk_grey_opening(img: np.ndarray, radius: int) -> np.ndarray:
@@ -187,27 +250,20 @@ def _within_steps(mask: np.ndarray, steps: int) -> np.ndarray:
     within ``steps`` city-block steps of ``mask``, from one chamfer distance transform."""
     if not mask.any():
         return np.zeros(mask.shape, bool)
-    return ndi.distance_transform_cdt(~mask, metric="taxicab") <= steps
+    # the diamond of radius ``steps``, row by row (a chamfer transform took ~4x longer)
+    rows: dict[int, list[int]] = {}
+    for dy in range(-steps, steps + 1):
+        rows.setdefault(steps - abs(dy), []).append(dy)
+    return _binary_rank(mask, rows, "max")
 
 
-def _farther_than(mask: np.ndarray, distance_px: float, strip_px: int = 512) -> np.ndarray:
+def _farther_than(mask: np.ndarray, distance_px: float) -> np.ndarray:
     """``distance_transform_edt(mask) > distance_px`` (pixels farther than that from every
-    False pixel), in strips of rows with a margin of the distance (the same result; a distance
-    transform of the whole image holds 16 bytes per pixel)."""
-    h = mask.shape[0]
-    if h <= strip_px or mask.all():  # (no False pixel at all: scipy's own convention)
+    False pixel): an erosion with the disk of that radius (the same result, ~4x faster than
+    the distance transform, and 1 byte per pixel instead of 16)."""
+    if mask.all():  # (no False pixel at all: scipy's own convention)
         return ndi.distance_transform_edt(mask) > distance_px
-    m = int(np.ceil(distance_px)) + 2
-    out = np.zeros(mask.shape, bool)
-    for y0 in range(0, h, strip_px):
-        y1 = min(h, y0 + strip_px)
-        a0, a1 = max(0, y0 - m), min(h, y1 + m)
-        sub = mask[a0:a1]
-        if sub.all():  # no False pixel within the margin: farther than the distance
-            out[y0:y1] = True
-            continue
-        out[y0:y1] = ndi.distance_transform_edt(sub)[y0 - a0 : y1 - a0] > distance_px
-    return out
+    return _binary_rank(mask, _disk_rows(distance_px, strict=False), "min")
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -237,7 +293,7 @@ def _foreground(
     # maximum), not into the blur halo; the centre line of the detection keeps dim
     # stretches connected
     r = max(int(round(process_max_width_um / 2 / px)), 1)
-    peak = ndi.maximum_filter(signal, size=2 * r + 1)
+    peak = _square_max(signal, r)  # (ndi.maximum_filter(signal, size=2 * r + 1), faster)
     halfmax = bright & (signal >= 0.5 * peak)
     if r >= 2:
         fg = halfmax | skeletonize(bright)
@@ -424,7 +480,7 @@ def _somata(
     hill = np.where(f >= 0.5 * height[hill], hill, 0)
     # compact bright body on each hill (pixels next to another hill excluded)
     edge = (ndi.maximum_filter(hill, size=3) != hill) | (ndi.minimum_filter(np.where(hill > 0, hill, n + 1), size=3) != hill)
-    body = _disk_opening((hill > 0) & ~edge & halfmax, 0.4 * soma_min_diameter_um / px)
+    body = _fast_disk_opening((hill > 0) & ~edge & halfmax, 0.4 * soma_min_diameter_um / px)
     somata, _, _ = relabel_sequential(np.where(body, hill, 0).astype(np.int32))
     return somata, int(somata.max()), f
 
@@ -619,6 +675,32 @@ def _reflood(
     return labels, markers
 
 
+def _label_max_inscribed(seeds: np.ndarray, n: int) -> np.ndarray:
+    """``_label_max(distance_transform_edt(seeds > 0), seeds, n)`` (the largest distance from a
+    pixel of each label to the nearest 0 pixel), one small distance transform per label, cropped
+    to its bounding box and a margin of one pixel.  The same result when that margin holds no
+    labelled pixel: the nearest 0 pixel of a pixel in the box is then inside the crop (a 0
+    pixel beyond it is no nearer than its projection onto the margin); otherwise the whole
+    image is transformed."""
+    out = np.full(n + 1, -np.inf)
+    h, w = seeds.shape
+    crops = []
+    for i, box in enumerate(ndi.find_objects(seeds, max_label=n), start=1):
+        if box is None:
+            continue
+        y0, y1 = max(box[0].start - 1, 0), min(box[0].stop + 1, h)
+        x0, x1 = max(box[1].start - 1, 0), min(box[1].stop + 1, w)
+        crop = seeds[y0:y1, x0:x1] > 0
+        inner = np.zeros(crop.shape, bool)
+        inner[box[0].start - y0 : box[0].stop - y0, box[1].start - x0 : box[1].stop - x0] = True
+        if crop[~inner].any() or crop.all():  # (a neighbour in the margin, or no 0 pixel in reach)
+            return _label_max(ndi.distance_transform_edt(seeds > 0), seeds, n)
+        crops.append((i, (slice(y0, y1), slice(x0, x1)), crop))
+    for i, sl, crop in crops:
+        out[i] = float(ndi.distance_transform_edt(crop)[seeds[sl] == i].max())
+    return out
+
+
 def _terminal_swellings(
     labels: np.ndarray,
     markers: np.ndarray,
@@ -648,7 +730,7 @@ def _terminal_swellings(
         partners.setdefault(int(b), []).append(int(a))
     seeds = np.where(markers <= n, markers, 0)
     height = _label_max(soma_scale, seeds, n)
-    thickness = _label_max(ndi.distance_transform_edt(seeds > 0), seeds, n)
+    thickness = _label_max_inscribed(seeds, n)
     candidates = [(a, nb[0]) for a, nb in partners.items()
                   if len(nb) == 1 and height[a] < height[nb[0]] and thickness[a] < thickness[nb[0]]]
     if not candidates:
