@@ -549,3 +549,25 @@ def test_label_max_inscribed_equals_distance_transform() -> None:
     seeds[25, 5:40] = 6  # touches label 1 and 2: the margin of a box holds another label
     ref = _label_max(ndi.distance_transform_edt(seeds > 0), seeds, 6)
     np.testing.assert_array_equal(_label_max_inscribed(seeds, 6), ref)
+
+
+def test_shared_median_and_hysteresis_equal_numpy_and_skimage() -> None:
+    """The one-selection median / robust SD and the indexed hysteresis give the numbers of
+    ``np.median`` + ``robust_sd`` (double copy) and of skimage's hysteresis threshold."""
+    from skimage.filters import apply_hysteresis_threshold
+
+    from analysis.measure.microglia import _hysteresis, _median_and_robust_sd, _square_rank
+    from analysis.measure.noise import robust_sd
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 5, 1000, 1001, 400_001, 900_000):
+        for x in ((rng.normal(size=n) * 10).astype(np.float32), rng.integers(0, 3, n).astype(np.uint8)):
+            m, s = _median_and_robust_sd(x)
+            assert m == float(np.median(x))
+            assert s == robust_sd(np.asarray(x[:: max(1, n // 400_000)], dtype=np.float64), max_samples=400_000)
+    img = ndi.gaussian_filter(rng.normal(size=(120, 90)), 1.5).astype(np.float32)
+    for lo, hi in ((0.05, 0.2), (0.1, 0.1), (0.2, 0.05)):
+        np.testing.assert_array_equal(_hysteresis(img, lo, hi), apply_hysteresis_threshold(img, lo, hi))
+    lab = rng.integers(0, 4, (40, 30)).astype(np.int32)
+    np.testing.assert_array_equal(_square_rank(lab, 1, "min"), ndi.minimum_filter(lab, size=3))
+    np.testing.assert_array_equal(_square_rank(lab, 2, "max"), ndi.maximum_filter(lab, size=5))

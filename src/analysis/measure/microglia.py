@@ -67,12 +67,11 @@ import logging
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import apply_hysteresis_threshold
 from skimage.measure import regionprops
 from skimage.morphology import disk, local_maxima, skeletonize
 from skimage.segmentation import relabel_sequential, watershed
 
-from analysis.measure.noise import noise_sd, robust_sd
+from analysis.measure.noise import MAD_TO_SD, noise_sd
 from analysis.measure.puncta import _label_sizes
 from analysis.measure.morphology import (  # noqa: F401  (the morphology of the cells is re-exported)
     MEASURE_COLUMNS,
@@ -105,8 +104,42 @@ _NB_KERNEL = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], np.uint8)
 
 def _robust_sd(x: np.ndarray, max_samples: int = 400_000) -> float:
     """:func:`analysis.measure.noise.robust_sd` in double precision (subsampled before the copy)."""
+    return _median_and_robust_sd(x, max_samples)[1]
+
+
+def _median_and_robust_sd(x: np.ndarray, max_samples: int = 400_000) -> tuple[float, float]:
+    """``np.median(x)`` (of all values, in ``x``'s own dtype) and :func:`_robust_sd` of ``x``
+    (subsampled to ``max_samples`` values).  When no subsampling is needed one selection in
+    ``x``'s dtype serves both medians: the middle values are the same whatever the precision
+    (a float32 value is exact in double), so the median of the double copy is their mean in
+    double (as :func:`numpy.median` takes it), and only the absolute deviations need a double
+    selection.  The same numbers as ``np.median(x)`` and ``robust_sd(x.astype(float64))``."""
     x = np.asarray(x).ravel()
-    return robust_sd(np.asarray(x[:: max(1, x.size // max_samples)], dtype=np.float64), max_samples=max_samples)
+    full = x
+    x = x[:: max(1, x.size // max_samples)]
+    x = x[:: max(1, x.size // max_samples)]  # (robust_sd's own subsampling: a no-op after this one)
+    n = x.size
+    if n == 0:
+        return float(np.median(full)) if full.size else float("nan"), 1.0
+    lo, hi = (n - 1) // 2, n // 2
+    middle = np.partition(x, [lo, hi] if lo != hi else lo)[lo : hi + 1]  # numpy.median's middle
+    med_native = float(np.mean(middle)) if n == full.size else float(np.median(full))
+    x64 = x.astype(np.float64)
+    med = np.mean(middle.astype(np.float64))
+    sd = float(MAD_TO_SD * np.median(np.abs(x64 - med))) or float(np.std(x64)) or 1.0
+    return med_native, sd
+
+
+def _hysteresis(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """:func:`skimage.filters.apply_hysteresis_threshold` (the 4-connected components above
+    ``low`` that hold a pixel above ``high``): the components hit are looked up by index
+    instead of summed per label (the same mask)."""
+    low = min(low, high)
+    labels, n = ndi.label(image > low)
+    hit = np.zeros(n + 1, bool)
+    hit[labels[image > high]] = True
+    hit[0] = False
+    return hit[labels]
 
 
 def _broad_background(smooth: np.ndarray, radius_px: float) -> np.ndarray:
@@ -195,11 +228,17 @@ def _disk_rank(img: np.ndarray, radius: int, op: str) -> np.ndarray:
     return _rank_rows(img, rows_of, op, "reflect")
 
 
+def _square_rank(img: np.ndarray, radius: int, op: str = "max") -> np.ndarray:
+    """:func:`scipy.ndimage.maximum_filter` (``op="max"``) or ``minimum_filter`` (``"min"``)
+    with ``size=2 * radius + 1`` (reflecting edges), from shifted views (:func:`_rank_rows`,
+    the square separated into x and y)."""
+    across = _rank_rows(img, {radius: [0]}, op, "reflect")
+    return np.ascontiguousarray(_rank_rows(across.T, {radius: [0]}, op, "reflect").T)
+
+
 def _square_max(img: np.ndarray, radius: int) -> np.ndarray:
-    """:func:`scipy.ndimage.maximum_filter` with ``size=2 * radius + 1`` (reflecting edges),
-    from shifted views (:func:`_rank_rows`, the square separated into x and y)."""
-    across = _rank_rows(img, {radius: [0]}, "max", "reflect")
-    return _rank_rows(across.T, {radius: [0]}, "max", "reflect").T
+    """:func:`scipy.ndimage.maximum_filter` with ``size=2 * radius + 1`` (:func:`_square_rank`)."""
+    return _square_rank(img, radius, "max")
 
 
 def _disk_rows(radius: float, strict: bool) -> dict[int, list[int]]:
@@ -288,7 +327,7 @@ def _foreground(
     signal -= np.median(signal.ravel()[:: max(1, signal.size // 400_000)])
     sd = _robust_sd(signal)
     low, high = threshold_sd
-    bright = apply_hysteresis_threshold(signal, low * sd, high * sd)
+    bright = _hysteresis(signal, low * sd, high * sd)
     # each soma or process extends to half its own local peak (its full width at half
     # maximum), not into the blur halo; the centre line of the detection keeps dim
     # stretches connected
@@ -315,9 +354,9 @@ def _foreground(
     del local
     near = _within_steps(bright, int(np.ceil(length_px)) + 2)
     bg_vals = resp[~near] if (~near).sum() > 1000 else resp.ravel()
-    m, s = float(np.median(bg_vals)), _robust_sd(bg_vals)
+    m, s = _median_and_robust_sd(bg_vals)
     lo, hi = line_threshold_sd
-    thin = apply_hysteresis_threshold(np.where(bright, np.inf, resp), m + lo * s, m + hi * s)
+    thin = _hysteresis(np.where(bright, np.inf, resp), m + lo * s, m + hi * s)
     centre = skeletonize(thin) & ~fg
     # add centre-line pieces that reach beyond the bright structure (tips and dim branches),
     # not those that only run alongside it (they would bridge neighbouring processes)
@@ -479,7 +518,7 @@ def _somata(
     height[0] = np.inf
     hill = np.where(f >= 0.5 * height[hill], hill, 0)
     # compact bright body on each hill (pixels next to another hill excluded)
-    edge = (ndi.maximum_filter(hill, size=3) != hill) | (ndi.minimum_filter(np.where(hill > 0, hill, n + 1), size=3) != hill)
+    edge = (_square_rank(hill, 1, "max") != hill) | (_square_rank(np.where(hill > 0, hill, n + 1), 1, "min") != hill)
     body = _fast_disk_opening((hill > 0) & ~edge & halfmax, 0.4 * soma_min_diameter_um / px)
     somata, _, _ = relabel_sequential(np.where(body, hill, 0).astype(np.int32))
     return somata, int(somata.max()), f
@@ -793,7 +832,7 @@ def _add_entering_markers(
         return markers
     keep = np.zeros(n_extra + 1, bool)
     keep[np.unique(lab[edge])] = True
-    keep[np.unique(lab[ndi.binary_dilation(markers > 0, structure=_EIGHT)])] = False  # soma tops
+    keep[np.unique(lab[_binary_rank(markers > 0, {1: [-1, 0, 1]}, "max")])] = False  # soma tops
     keep[0] = False
     log.debug("%d processes enter the field from outside cells", int(keep.sum()))
     return np.where(keep[lab], lab + n, markers)
