@@ -230,10 +230,22 @@ def _disk_rank(img: np.ndarray, radius: int, op: str) -> np.ndarray:
 
 def _square_rank(img: np.ndarray, radius: int, op: str = "max") -> np.ndarray:
     """:func:`scipy.ndimage.maximum_filter` (``op="max"``) or ``minimum_filter`` (``"min"``)
-    with ``size=2 * radius + 1`` (reflecting edges), from shifted views (:func:`_rank_rows`,
-    the square separated into x and y)."""
-    across = _rank_rows(img, {radius: [0]}, op, "reflect")
-    return np.ascontiguousarray(_rank_rows(across.T, {radius: [0]}, op, "reflect").T)
+    with ``size=2 * radius + 1`` (reflecting edges): one padded copy, then the running extreme
+    of :func:`_rank_rows` along x and along y (shifted views only)."""
+    pick = np.minimum if op == "min" else np.maximum
+    run = np.pad(img, radius, mode="symmetric")
+    for axis in (1, 0):
+        for half in range(1, radius + 1):
+            lo = [slice(None)] * 2
+            hi = [slice(None)] * 2
+            lo[axis], hi[axis] = slice(None, -2), slice(2, None)
+            if half == 1:
+                mid = [slice(None)] * 2
+                mid[axis] = slice(1, -1)
+                run = pick(pick(run[tuple(lo)], run[tuple(mid)]), run[tuple(hi)])
+            else:
+                run = pick(run[tuple(lo)], run[tuple(hi)])
+    return run
 
 
 def _square_max(img: np.ndarray, radius: int) -> np.ndarray:
