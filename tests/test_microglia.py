@@ -571,3 +571,28 @@ def test_shared_median_and_hysteresis_equal_numpy_and_skimage() -> None:
     lab = rng.integers(0, 4, (40, 30)).astype(np.int32)
     np.testing.assert_array_equal(_square_rank(lab, 1, "min"), ndi.minimum_filter(lab, size=3))
     np.testing.assert_array_equal(_square_rank(lab, 2, "max"), ndi.maximum_filter(lab, size=5))
+
+
+def test_dominant_maxima_numbered_and_centred_sample_shortcuts() -> None:
+    """``_dominant_maxima(labelled=True)`` numbers the dominant plateaus as ``ndi.label`` does;
+    the centred sample's middle values (one selection for two medians) give the robust SD of
+    the centred image."""
+    from analysis.measure.microglia import _dominant_maxima, _median_and_robust_sd, _robust_sd
+
+    rng = np.random.default_rng(3)
+    f = ndi.gaussian_filter(rng.normal(size=(150, 120)), 3.0).astype(np.float32)
+    f[40:44, 50:54] = f.max() + 1  # a plateau
+    for mask, h, rel in ((f > np.median(f), 0.0, 0.5), (np.ones(f.shape, bool), 0.02, 0.0)):
+        peaks, regions = _dominant_maxima(f, mask, h, rel=rel)
+        numbered, regions2 = _dominant_maxima(f, mask, h, rel=rel, labelled=True)
+        ref, n = ndi.label(peaks, structure=np.ones((3, 3), bool))
+        assert n > 3
+        np.testing.assert_array_equal(numbered, ref)
+        np.testing.assert_array_equal(regions2, regions)
+    img = (rng.normal(size=(300, 301)) * 7 + 3).astype(np.float32)
+    lo, hi = (img.size - 1) // 2, img.size // 2
+    middle = np.partition(img.ravel(), [lo, hi])[lo : hi + 1]
+    centre = np.mean(middle)
+    assert centre == np.median(img)
+    img -= centre
+    assert _median_and_robust_sd(img, middle=middle - centre)[1] == _robust_sd(img)

@@ -107,13 +107,16 @@ def _robust_sd(x: np.ndarray, max_samples: int = 400_000) -> float:
     return _median_and_robust_sd(x, max_samples)[1]
 
 
-def _median_and_robust_sd(x: np.ndarray, max_samples: int = 400_000) -> tuple[float, float]:
+def _median_and_robust_sd(
+    x: np.ndarray, max_samples: int = 400_000, middle: np.ndarray | None = None
+) -> tuple[float, float]:
     """``np.median(x)`` (of all values, in ``x``'s own dtype) and :func:`_robust_sd` of ``x``
     (subsampled to ``max_samples`` values).  When no subsampling is needed one selection in
     ``x``'s dtype serves both medians: the middle values are the same whatever the precision
     (a float32 value is exact in double), so the median of the double copy is their mean in
     double (as :func:`numpy.median` takes it), and only the absolute deviations need a double
-    selection.  The same numbers as ``np.median(x)`` and ``robust_sd(x.astype(float64))``."""
+    selection.  The same numbers as ``np.median(x)`` and ``robust_sd(x.astype(float64))``.
+    ``middle``: the middle values of the subsample, when the caller has them already."""
     x = np.asarray(x).ravel()
     full = x
     x = x[:: max(1, x.size // max_samples)]
@@ -122,7 +125,8 @@ def _median_and_robust_sd(x: np.ndarray, max_samples: int = 400_000) -> tuple[fl
     if n == 0:
         return float(np.median(full)) if full.size else float("nan"), 1.0
     lo, hi = (n - 1) // 2, n // 2
-    middle = np.partition(x, [lo, hi] if lo != hi else lo)[lo : hi + 1]  # numpy.median's middle
+    if middle is None:
+        middle = np.partition(x, [lo, hi] if lo != hi else lo)[lo : hi + 1]  # numpy.median's middle
     med_native = float(np.mean(middle)) if n == full.size else float(np.median(full))
     x64 = x.astype(np.float64)
     med = np.mean(middle.astype(np.float64))
@@ -336,8 +340,14 @@ def _foreground(
     smooth = ndi.gaussian_filter(img, max(smoothing_um / px, 0.5))
     signal = smooth - _broad_background(smooth, background_um / px)
     # the opening sits below the noise (a minimum filter first): centre the background
-    signal -= np.median(signal.ravel()[:: max(1, signal.size // 400_000)])
-    sd = _robust_sd(signal)
+    # (the middle values of the centred sample are those of the sample, centred: subtracting a
+    # constant in float32 keeps the order, so one selection serves both medians)
+    sample = signal.ravel()[:: max(1, signal.size // 400_000)]
+    lo_k, hi_k = (sample.size - 1) // 2, sample.size // 2
+    middle = np.partition(sample, [lo_k, hi_k] if lo_k != hi_k else lo_k)[lo_k : hi_k + 1]
+    centre = np.mean(middle)  # np.median(sample)
+    signal -= centre
+    sd = _median_and_robust_sd(signal, middle=middle - centre)[1]
     low, high = threshold_sd
     bright = _hysteresis(signal, low * sd, high * sd)
     # each soma or process extends to half its own local peak (its full width at half
@@ -392,7 +402,7 @@ def _foreground(
 
 
 def _dominant_maxima(
-    f: np.ndarray, mask: np.ndarray, h: float, rel: float = 0.0
+    f: np.ndarray, mask: np.ndarray, h: float, rel: float = 0.0, labelled: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maxima of ``f`` in ``mask`` whose dynamics exceed ``max(h, rel * peak)``, and the
     regions they drain.
@@ -407,8 +417,10 @@ def _dominant_maxima(
 
     Returns
     -------
-    seeds : ndarray of bool
-        Plateaus of the dominant maxima.
+    seeds : ndarray of bool (int32 with ``labelled``)
+        Plateaus of the dominant maxima (with ``labelled``: numbered 1..m in raster order of
+        their first pixel, as ``ndi.label(seeds, full connectivity)`` numbers them: each is a
+        whole connected component of the regional maxima, so no two touch).
     regions : ndarray of int
         Each pixel of ``mask`` labelled with the dominant maximum whose basin (after merging
         the basins of non-dominant maxima into their higher neighbours) contains it.
@@ -421,7 +433,7 @@ def _dominant_maxima(
     seeds, n = ndi.label(maxima, structure=full)
     del maxima
     if n == 0:
-        return np.zeros(f.shape, bool), np.zeros(f.shape, np.int32)
+        return np.zeros(f.shape, np.int32 if labelled else bool), np.zeros(f.shape, np.int32)
     basins = watershed(np.negative(g, out=g), seeds, mask=mask, connectivity=f.ndim)
     del g
     peak = _label_max(f, basins, n)
@@ -433,10 +445,14 @@ def _dominant_maxima(
         sa = tuple(slice(max(0, -o), n_ - max(0, o)) for o, n_ in zip(off, f.shape))
         sb = tuple(slice(max(0, o), n_ - max(0, -o)) for o, n_ in zip(off, f.shape))
         la, lb = basins[sa], basins[sb]
-        sel = (la != lb) & (la > 0) & (lb > 0)
-        a_list.append(la[sel])
-        b_list.append(lb[sel])
-        s_list.append(np.minimum(f[sa][sel], f[sb][sel]))
+        # (basin boundaries are sparse: index them first, then test the few values)
+        idx = np.nonzero(la != lb)
+        va, vb = la[idx], lb[idx]
+        ok = (va > 0) & (vb > 0)
+        idx = tuple(i[ok] for i in idx)
+        a_list.append(va[ok])
+        b_list.append(vb[ok])
+        s_list.append(np.minimum(f[sa][idx], f[sb][idx]))
     a = np.concatenate(a_list).astype(np.int64)
     b = np.concatenate(b_list).astype(np.int64)
     sad = np.concatenate(s_list)
@@ -478,6 +494,9 @@ def _dominant_maxima(
             break
         resolved = nxt
     dominant[0] = False
+    if labelled:
+        number = np.where(dominant, np.cumsum(dominant), 0).astype(np.int32)
+        return number[seeds], resolved[basins] * (basins > 0)
     return dominant[seeds], resolved[basins] * (basins > 0)
 
 
@@ -512,8 +531,8 @@ def _somata(
     padded = np.pad(signal, ((0, hp - h), (0, wp - w)), mode="edge").reshape(hp // k, k, wp // k, k)
     f_small = ndi.gaussian_filter(np.maximum(padded, 0).mean(axis=(1, 3)), sigma / k)
     floor = 4.0 * _robust_sd(ndi.gaussian_filter(padded.mean(axis=(1, 3)), sigma / k))
-    peaks, regions = _dominant_maxima(f_small, f_small > floor, 0.0, rel=separation)
-    tops, n = ndi.label(peaks, structure=_EIGHT)
+    tops, regions = _dominant_maxima(f_small, f_small > floor, 0.0, rel=separation, labelled=True)
+    n = int(tops.max())
     if k > 1:
         f = ndi.zoom(f_small, k, order=1, grid_mode=True, mode="nearest")[:h, :w]
         regions = np.repeat(np.repeat(regions.astype(np.int32), k, axis=0), k, axis=1)[:h, :w]
@@ -838,8 +857,8 @@ def _add_entering_markers(
     at_edge = np.zeros(int(comp.max()) + 1, bool)
     at_edge[np.unique(comp[edge])] = True
     at_edge[0] = False
-    peaks, _ = _dominant_maxima(signal, at_edge[comp], h)
-    lab, n_extra = ndi.label(peaks, structure=_EIGHT)
+    lab, _ = _dominant_maxima(signal, at_edge[comp], h, labelled=True)
+    n_extra = int(lab.max())
     if n_extra == 0:
         return markers
     keep = np.zeros(n_extra + 1, bool)
