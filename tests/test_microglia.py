@@ -596,3 +596,17 @@ def test_dominant_maxima_numbered_and_centred_sample_shortcuts() -> None:
     assert centre == np.median(img)
     img -= centre
     assert _median_and_robust_sd(img, middle=middle - centre)[1] == _robust_sd(img)
+
+
+def test_relabel_ascending_equals_relabel_sequential() -> None:
+    from skimage.segmentation import relabel_sequential
+
+    from analysis.measure.microglia import _relabel_ascending
+
+    rng = np.random.default_rng(5)
+    for lab in (rng.choice([0, 3, 7, 8, 200], size=(50, 40)).astype(np.int32), np.zeros((5, 5), np.int32),
+                rng.integers(0, 5000, (30, 30)).astype(np.int32)):
+        got = _relabel_ascending(lab)
+        ref = relabel_sequential(lab)[0]
+        np.testing.assert_array_equal(got, ref)
+        assert got.dtype == lab.dtype

@@ -69,7 +69,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
 from skimage.morphology import disk, local_maxima, skeletonize
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
 from analysis.measure.noise import MAD_TO_SD, noise_sd
 from analysis.measure.puncta import _label_sizes
@@ -528,9 +528,12 @@ def _somata(
     h, w = signal.shape
     k = max(int(sigma // 3), 1)
     hp, wp = -(-h // k) * k, -(-w // k) * k
-    padded = np.pad(signal, ((0, hp - h), (0, wp - w)), mode="edge").reshape(hp // k, k, wp // k, k)
-    f_small = ndi.gaussian_filter(np.maximum(padded, 0).mean(axis=(1, 3)), sigma / k)
-    floor = 4.0 * _robust_sd(ndi.gaussian_filter(padded.mean(axis=(1, 3)), sigma / k))
+    if k == 1:  # (the mean over 1 x 1 bins is the image itself)
+        binned = signal
+    else:
+        binned = np.pad(signal, ((0, hp - h), (0, wp - w)), mode="edge").reshape(hp // k, k, wp // k, k).mean(axis=(1, 3))
+    f_small = ndi.gaussian_filter(np.maximum(binned, 0), sigma / k)
+    floor = 4.0 * _robust_sd(ndi.gaussian_filter(binned, sigma / k))
     tops, regions = _dominant_maxima(f_small, f_small > floor, 0.0, rel=separation, labelled=True)
     n = int(tops.max())
     if k > 1:
@@ -551,8 +554,19 @@ def _somata(
     # compact bright body on each hill (pixels next to another hill excluded)
     edge = (_square_rank(hill, 1, "max") != hill) | (_square_rank(np.where(hill > 0, hill, n + 1), 1, "min") != hill)
     body = _fast_disk_opening((hill > 0) & ~edge & halfmax, 0.4 * soma_min_diameter_um / px)
-    somata, _, _ = relabel_sequential(np.where(body, hill, 0).astype(np.int32))
+    somata = _relabel_ascending(np.where(body, hill, 0).astype(np.int32))
     return somata, int(somata.max()), f
+
+
+def _relabel_ascending(labels: np.ndarray) -> np.ndarray:
+    """``skimage.segmentation.relabel_sequential(labels)[0]`` for non-negative labels: the
+    labels present numbered 1..m in ascending order (a lookup table; skimage's general
+    mapping took ~5x longer)."""
+    present = np.zeros(int(labels.max(initial=0)) + 1, bool)
+    present[labels.ravel()] = True
+    present[0] = False
+    lut = (np.cumsum(present) * present).astype(labels.dtype)
+    return lut[labels]
 
 
 def _touching_pairs(labels: np.ndarray) -> np.ndarray:
@@ -716,7 +730,7 @@ def segment_microglia(
         drop = _somata_centred_outside(np.where(markers <= n, markers, 0))
         if drop:
             labels[np.isin(labels, drop)] = 0
-    labels, _, _ = relabel_sequential(labels)
+    labels = _relabel_ascending(labels)
     log.debug("segmented %d microglia", int(labels.max()))
     return labels.astype(np.int32)
 
