@@ -610,3 +610,24 @@ def test_relabel_ascending_equals_relabel_sequential() -> None:
         ref = relabel_sequential(lab)[0]
         np.testing.assert_array_equal(got, ref)
         assert got.dtype == lab.dtype
+
+
+def test_touching_pairs_equal_all_neighbour_pairs() -> None:
+    """The 8-neighbour label pairs, against a plain double loop over pixels."""
+    from analysis.measure.microglia import _touching_pairs
+
+    rng = np.random.default_rng(7)
+    lab = rng.choice([0, 0, 0, 1, 2, 5, 9], size=(25, 20)).astype(np.int32)
+    ref = set()
+    for y in range(25):
+        for x in range(20):
+            for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+                y2, x2 = y + dy, x + dx
+                if 0 <= y2 < 25 and 0 <= x2 < 20:
+                    a, b = lab[y, x], lab[y2, x2]
+                    if a and b and a != b:
+                        ref.add((min(a, b), max(a, b)))
+    got = _touching_pairs(lab)
+    assert got.dtype == lab.dtype
+    assert [tuple(p) for p in got] == sorted(ref)
+    assert _touching_pairs(np.zeros((4, 4), np.int32)).shape == (0, 2)

@@ -574,10 +574,18 @@ def _touching_pairs(labels: np.ndarray) -> np.ndarray:
     out = []
     for a, b in ((labels[:, 1:], labels[:, :-1]), (labels[1:, :], labels[:-1, :]),
                  (labels[1:, 1:], labels[:-1, :-1]), (labels[1:, :-1], labels[:-1, 1:])):
-        m = (a != b) & (a > 0) & (b > 0)
-        out.append(np.stack([np.minimum(a[m], b[m]), np.maximum(a[m], b[m])], axis=1))
+        idx = np.nonzero(a != b)  # (label boundaries are sparse: index them, then test the few values)
+        va, vb = a[idx], b[idx]
+        m = (va > 0) & (vb > 0)
+        va, vb = va[m], vb[m]
+        out.append(np.stack([np.minimum(va, vb), np.maximum(va, vb)], axis=1))
     pairs = np.concatenate(out)
-    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+    if not len(pairs):
+        return pairs.reshape(0, 2)
+    # unique rows, sorted (as np.unique(pairs, axis=0)), through one integer key per pair
+    base = int(pairs[:, 1].max()) + 1
+    key = np.unique(pairs[:, 0].astype(np.int64) * base + pairs[:, 1])
+    return np.stack([key // base, key % base], axis=1).astype(labels.dtype)
 
 
 def segment_microglia(
