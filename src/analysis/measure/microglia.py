@@ -146,6 +146,34 @@ def _hysteresis(image: np.ndarray, low: float, high: float) -> np.ndarray:
     return hit[labels]
 
 
+def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
+    """``ndi.zoom(small, k, order=1, grid_mode=True, mode="nearest")[:shape[0], :shape[1]]``
+    from separable weights: the same arithmetic as scipy's (input coordinate ``(i + 0.5) / k
+    - 0.5``, neighbours clamped to the edge, terms ``v * w_y * w_x`` added in scipy's order,
+    in double, rounded to the input's dtype), so the same numbers (``tests/test_microglia.py``
+    checks it against scipy), ~2x faster; only the rows and columns kept are computed."""
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        zoom = np.float64(n_in) / np.float64(n_in * k)
+        cc = (np.arange(n_out, dtype=np.float64) + 0.5) * zoom - 0.5
+        start = np.floor(cc)
+        w1 = cc - start
+        start = start.astype(np.intp)
+        return np.clip(start, 0, n_in - 1), np.clip(start + 1, 0, n_in - 1), 1.0 - w1, w1
+
+    y0, y1, wy0, wy1 = axis(small.shape[0], shape[0])
+    x0, x1, wx0, wx1 = axis(small.shape[1], shape[1])
+    v = small.astype(np.float64)
+    rows0, rows1 = v[y0] * wy0[:, None], v[y1] * wy1[:, None]
+    out = np.take(rows0, x0, axis=1)
+    out *= wx0
+    for rows, cols, wx in ((rows0, x1, wx1), (rows1, x0, wx0), (rows1, x1, wx1)):
+        term = np.take(rows, cols, axis=1)
+        term *= wx
+        out += term
+    return out.astype(small.dtype)
+
+
 def _broad_background(smooth: np.ndarray, radius_px: float) -> np.ndarray:
     """Grey opening with a disk of ``radius_px`` (rolling-ball-like), blurred; computed on a
     reduced grid (the background is smooth at that scale) and interpolated back."""
@@ -158,7 +186,7 @@ def _broad_background(smooth: np.ndarray, radius_px: float) -> np.ndarray:
     bg = ndi.grey_opening(small, footprint=disk(r))
     bg = ndi.gaussian_filter(bg, r / 2.0)
     if k > 1:
-        bg = ndi.zoom(bg, k, order=1, grid_mode=True, mode="nearest")[:h, :w]
+        bg = _zoom_linear(bg, k, (h, w))  # (= ndi.zoom order 1, grid mode, cropped)
     return bg.astype(np.float32)
 
 
@@ -537,7 +565,7 @@ def _somata(
     tops, regions = _dominant_maxima(f_small, f_small > floor, 0.0, rel=separation, labelled=True)
     n = int(tops.max())
     if k > 1:
-        f = ndi.zoom(f_small, k, order=1, grid_mode=True, mode="nearest")[:h, :w]
+        f = _zoom_linear(f_small, k, (h, w))  # (= ndi.zoom order 1, grid mode, cropped)
         regions = np.repeat(np.repeat(regions.astype(np.int32), k, axis=0), k, axis=1)[:h, :w]
         tops = np.repeat(np.repeat(tops, k, axis=0), k, axis=1)[:h, :w]
     else:
