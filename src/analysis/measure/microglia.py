@@ -473,14 +473,10 @@ def _dominant_maxima(
         sa = tuple(slice(max(0, -o), n_ - max(0, o)) for o, n_ in zip(off, f.shape))
         sb = tuple(slice(max(0, o), n_ - max(0, -o)) for o, n_ in zip(off, f.shape))
         la, lb = basins[sa], basins[sb]
-        # (basin boundaries are sparse: index them first, then test the few values)
-        idx = np.nonzero(la != lb)
-        va, vb = la[idx], lb[idx]
-        ok = (va > 0) & (vb > 0)
-        idx = tuple(i[ok] for i in idx)
-        a_list.append(va[ok])
-        b_list.append(vb[ok])
-        s_list.append(np.minimum(f[sa][idx], f[sb][idx]))
+        sel = (la != lb) & (la > 0) & (lb > 0)
+        a_list.append(la[sel])
+        b_list.append(lb[sel])
+        s_list.append(np.minimum(f[sa][sel], f[sb][sel]))
     a = np.concatenate(a_list).astype(np.int64)
     b = np.concatenate(b_list).astype(np.int64)
     sad = np.concatenate(s_list)
@@ -602,11 +598,8 @@ def _touching_pairs(labels: np.ndarray) -> np.ndarray:
     out = []
     for a, b in ((labels[:, 1:], labels[:, :-1]), (labels[1:, :], labels[:-1, :]),
                  (labels[1:, 1:], labels[:-1, :-1]), (labels[1:, :-1], labels[:-1, 1:])):
-        idx = np.nonzero(a != b)  # (label boundaries are sparse: index them, then test the few values)
-        va, vb = a[idx], b[idx]
-        m = (va > 0) & (vb > 0)
-        va, vb = va[m], vb[m]
-        out.append(np.stack([np.minimum(va, vb), np.maximum(va, vb)], axis=1))
+        m = (a != b) & (a > 0) & (b > 0)
+        out.append(np.stack([np.minimum(a[m], b[m]), np.maximum(a[m], b[m])], axis=1))
     pairs = np.concatenate(out)
     if not len(pairs):
         return pairs.reshape(0, 2)
