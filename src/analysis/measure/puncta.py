@@ -339,6 +339,32 @@ def _render(
     return canvas[tuple(slice(int(a), int(a) + n) for n, a in zip(shape, lo))]
 
 
+def _split_clusters(
+    n: int, i: np.ndarray, j: np.ndarray, corr: np.ndarray | None, max_cluster: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clusters of overlapping candidates that :func:`_solve_clusters` fits jointly.
+
+    The connected components of the overlap graph (``n`` candidates, pairs ``i, j``); those
+    larger than ``max_cluster`` (long chains of puncta along a dendrite) are split by ignoring
+    their weakest overlaps (|correlation| below 0.03, then 0.1, 0.3), which keeps the cost
+    linear in the number of puncta.  Returns the pairs kept (boolean mask), each candidate's
+    cluster label and the cluster sizes.
+    """
+    use = np.ones(len(i), bool)
+    n_comp, lab = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
+    sizes = np.bincount(lab, minlength=n_comp)
+    if corr is not None:
+        for weakest in (0.03, 0.1, 0.3, np.inf):
+            big = sizes[lab] > max_cluster
+            if not big.any():
+                break
+            use &= ~(big[i] & (np.abs(corr) < weakest))
+            n_comp, lab = connected_components(coo_matrix((np.ones(int(use.sum())), (i[use], j[use])), shape=(n, n)),
+                                               directed=False)
+            sizes = np.bincount(lab, minlength=n_comp)
+    return use, lab, sizes
+
+
 def _solve_clusters(
     n: int,
     i: np.ndarray,
@@ -354,42 +380,40 @@ def _solve_clusters(
     """Least-squares amplitudes ``M^-1 y`` and their variances ``diag(M^-1 Q M^-1)``,
     one connected cluster of overlapping candidates at a time (batched by cluster size).
 
-    Clusters larger than ``max_cluster`` (long chains of puncta along a dendrite) are split
-    by ignoring their weakest overlaps (correlation below 0.03, then 0.1, 0.3), which keeps
-    the cost linear in the number of puncta.
+    Clusters larger than ``max_cluster`` are split first (:func:`_split_clusters`; not when
+    ``corr`` is None: the caller passes clusters already split).
     """
     a = y / m
     va = q / m**2
     if len(i) == 0:
         return a, va
-    n_comp, lab = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
-    sizes = np.bincount(lab, minlength=n_comp)
-    if corr is not None:
-        for weakest in (0.03, 0.1, 0.3, np.inf):
-            big = sizes[lab] > max_cluster
-            if not big.any():
-                break
-            use = ~(big[i] & (np.abs(corr) < weakest))
-            i, j, kij, qij, corr = i[use], j[use], kij[use], qij[use], corr[use]
-            n_comp, lab = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
-            sizes = np.bincount(lab, minlength=n_comp)
+    use, lab, sizes = _split_clusters(n, i, j, corr, max_cluster)
+    i, j, kij, qij = i[use], j[use], kij[use], qij[use]
+    n_comp = len(sizes)
     order = np.argsort(lab, kind="stable")
     loc = np.empty(n, int)
     loc[order] = np.arange(n) - np.repeat(np.r_[0, np.cumsum(sizes)[:-1]], sizes)
-    for size in np.unique(sizes[sizes > 1]):
-        comps = np.flatnonzero(sizes == size)
-        cmap = np.full(n_comp, -1)
-        cmap[comps] = np.arange(len(comps))
-        inside = cmap[lab] >= 0
-        members = np.empty((len(comps), size), int)
-        members[cmap[lab[inside]], loc[inside]] = np.flatnonzero(inside)
+    # clusters grouped by size (in label order), their members in index order, and their
+    # pairs, so that each size is one contiguous slice
+    by_size = np.lexsort((np.arange(n), lab, sizes[lab]))
+    comp_order = np.lexsort((np.arange(n_comp), sizes))
+    n_of_size = np.bincount(sizes)
+    first_comp = np.r_[0, np.cumsum(n_of_size)[:-1]]
+    row = np.empty(n_comp, int)
+    row[comp_order] = np.arange(n_comp) - first_comp[sizes[comp_order]]
+    e_size = sizes[lab[i]]
+    e_order = np.argsort(e_size, kind="stable")
+    e_bounds = np.searchsorted(e_size[e_order], np.arange(len(n_of_size) + 1))
+    m_bounds = np.r_[0, np.cumsum(n_of_size * np.arange(len(n_of_size)))]
+    for size in np.flatnonzero(n_of_size[2:]) + 2:
+        members = by_size[m_bounds[size] : m_bounds[size + 1]].reshape(-1, size)
         diag = np.arange(size)
-        mm = np.zeros((len(comps), size, size))
-        qq = np.zeros((len(comps), size, size))
+        mm = np.zeros((len(members), size, size))
+        qq = np.zeros((len(members), size, size))
         mm[:, diag, diag] = m[members]
         qq[:, diag, diag] = q[members]
-        sel = cmap[lab[i]] >= 0
-        c, li, lj = cmap[lab[i[sel]]], loc[i[sel]], loc[j[sel]]
+        sel = e_order[e_bounds[size] : e_bounds[size + 1]]
+        c, li, lj = row[lab[i[sel]]], loc[i[sel]], loc[j[sel]]
         mm[c, li, lj] = mm[c, lj, li] = kij[sel]
         qq[c, li, lj] = qq[c, lj, li] = qij[sel]
         # a tiny ridge: two candidates on the same spot (identical columns) must not make the
