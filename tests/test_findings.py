@@ -282,3 +282,30 @@ def test_no_detectable_change_says_what_the_design_could_detect() -> None:
     down, up = detectable_change(-10.0, 11.1)
     assert down == pytest.approx(-13.97, abs=0.01) and up == pytest.approx(16.25, abs=0.01)
     assert np.isnan(detectable_change(5.0, 5.0)[0])
+
+
+def test_only_the_prespecified_primary_is_labelled_primary(tmp_path) -> None:
+    """In a fixed sequence the adjusted p of the least significant other contrast equals its raw p
+    (Holm's largest); the label comes from the model's ``primary`` flag, not from p == adjusted p
+    (the default study's TSPO-KO contrast was labelled "primary, tested first")."""
+    from analysis.stats.models import gatekeeping
+
+    t = synapse_table()
+    t = pd.concat([t, pd.DataFrame([_syn_row("TSPO_KO", "vehicle", 0.0, 7),
+                                    _syn_row("TSPO_KO", "diazepam", 5.0, 7, +0.3, -6.1, 7.1, 0.94, 0.94)])],
+                  ignore_index=True)
+    planned = t["planned"].to_numpy(bool)
+    primary = (t["group"] == HEAD).to_numpy() & planned
+    adjusted, words = gatekeeping(t.loc[planned, "p_vs_vehicle"].to_numpy(), primary[planned])
+    t["primary"] = primary
+    t.loc[planned, "p_vs_vehicle_adjusted"] = adjusted
+    t.loc[planned, "adjustment"] = words
+    path = tmp_path / "synapse_contrasts.csv"
+    t.to_csv(path, index=False)  # read back as the report does: flags become numpy booleans
+    c = F.endpoint_contrasts({"synapse_contrasts": pd.read_csv(path)})
+    table = F.primary_table(c).set_index("group")["p (adjusted)"]
+    ko = "TSPO_KO diazepam 5 mg/kg x 7 d"
+    assert c.set_index("group").loc[ko, "p_holm"] == pytest.approx(0.94)  # adjusted == raw here
+    assert table[HEAD].endswith("(primary, tested first)")
+    assert table[ko].endswith("(of 4)") and "primary" not in table[ko]
+    assert sum("primary" in v for v in table) == 1

@@ -246,7 +246,12 @@ def load_tables(processed: str | Path) -> dict[str, pd.DataFrame]:
 
 _COLUMNS = ["endpoint", "endpoint_label", "unit", "group", "genotype", "compound", "dose_mg_kg", "treatment_days",
             "day", "role", "n_animals", "n_animals_vehicle", "pct", "pct_ci_low", "pct_ci_high", "d", "d_ci_low",
-            "d_ci_high", "p", "p_holm", "n_family", "adjustment", "note"]
+            "d_ci_high", "p", "p_holm", "n_family", "adjustment", "primary", "note"]
+
+
+def _is_true(v) -> bool:
+    """A flag read back from a table: True, numpy True or the text ``"True"`` (not NaN)."""
+    return bool(v) if isinstance(v, (bool, np.bool_)) else str(v).strip().lower() == "true"
 
 
 def _num(v) -> float:
@@ -302,7 +307,9 @@ def endpoint_contrasts(tables: Mapping[str, pd.DataFrame], order: Mapping[str, i
                              # the study's multiplicity procedure (a pre-specified primary first) when recorded
                              "p_holm": _num(getattr(r, "p_vs_vehicle_adjusted", r.p_vs_vehicle_holm)),
                              "adjustment": str(getattr(r, "adjustment", "") or "")
-                             if pd.notna(getattr(r, "adjustment", np.nan)) else ""})
+                             if pd.notna(getattr(r, "adjustment", np.nan)) else "",
+                             # the pre-specified primary contrast (tested first), as the model marked it
+                             "primary": _is_true(getattr(r, "primary", False))})
             else:
                 rows.append({**base, "role": "no reference",
                              "note": f"no vehicle group of genotype {r.genotype} and {int(r.treatment_days)} d "
@@ -745,7 +752,7 @@ def primary_table(contrasts: pd.DataFrame) -> pd.DataFrame:
                                         if np.isfinite(r.d) else "n/a (count model)"),
                 "p": _p_cell(r.p),
                 "p (adjusted)": _p_cell(r.p_holm)
-                            + (" (primary, tested first)" if _is_sequence(r) and r.p_holm == r.p else f" (of {int(r.n_family)})"),
+                            + (" (primary, tested first)" if _is_sequence(r) and _is_true(r.primary) else f" (of {int(r.n_family)})"),
             })
         if has_truth:
             t = r.truth_pct
