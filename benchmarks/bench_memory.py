@@ -162,7 +162,8 @@ def _call(case: str, part: str, data: np.ndarray, deps: dict[str, Any]) -> Any:
     from analysis.measure import quality
     from analysis.measure import area
     from analysis.measure import puncta as synapses
-    from analysis.pipeline.quantify import QUALITY_DEFAULTS, _image_seed, quantify_image
+    from analysis.pipeline.quantify import QUALITY_DEFAULTS, quantify_image
+    from analysis.pipeline.readouts import image_seed
 
     syn, mg, lys = _channels(data)
     dz = Z_STEP if syn.ndim == 3 else None
@@ -184,7 +185,7 @@ def _call(case: str, part: str, data: np.ndarray, deps: dict[str, Any]) -> Any:
                      np.clip(np.rint(puncta["x"]).astype(int), 0, mask.shape[1] - 1)].sum())
         detect_params = {"z_step_um": dz} if dz else {}
         return quality.image_quality(syn, PX, puncta, mask=mask if syn.ndim == 2 else None, n_detected=n,
-                                     seed=_image_seed(seed, syn), detect_params=detect_params, **qp)
+                                     seed=image_seed(seed, syn), detect_params=detect_params, **qp)
     if part == "microglia":
         labels = microglia.segment_microglia(mg, PX)
         return labels, microglia.measure_microglia(labels, mg, PX)
