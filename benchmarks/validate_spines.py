@@ -8,7 +8,9 @@ recall and F1 are pooled over all images (and per family: "field" frames 0000xx/
 to the detector is 0.04 um/px for every frame (the README's approximate value; the detector
 takes its spatial scale from the measured shaft width, see :mod:`analysis.measure.spines`).
 No parameter is fitted per frame; the defaults were chosen on every 5th frame of this set
-together with the simulator (a trade-off, see the closing note of the spines work).
+(the "tuning" subset, frames 0, 5, 10, ... in name order) together with the simulator (a
+trade-off, see the closing note of the spines work); the other frames ("held-out") are
+reported separately.
 
 Simulator (:mod:`analysis.sim.spines`, when present): per SNR level, detection
 precision/recall/F1 (match within 0.5 um), spine density error against the true in-field
@@ -18,8 +20,8 @@ turnover of two images minutes apart (:func:`simulate_repeat_imaging`).
 
 Speed: ``detect_spines`` on a synthetic 512 x 512 frame, one thread (wall and CPU time).
 
-Run: ``python benchmarks/validate_spines.py [--limit N] [--no-real] [--no-sim] [--sim-seeds 2]
-[--out benchmarks/results/spines_validation.md]``
+Run: ``python benchmarks/validate_spines.py [--limit N] [--subset all|tuning|held-out] [--no-real]
+[--no-sim] [--sim-seeds 2] [--out benchmarks/results/spines_validation.md]``
 """
 
 from __future__ import annotations
@@ -52,9 +54,12 @@ def load_grey(path: Path) -> np.ndarray:
     return (im[..., 0] if im.ndim == 3 else im).astype(np.float32)
 
 
-def real_benchmark(limit: int | None = None, **params) -> tuple[pd.DataFrame, dict]:
+def real_benchmark(limit: int | None = None, subset: str = "all", **params) -> tuple[pd.DataFrame, dict]:
     pts = pd.read_csv(REAL / "valid_spine_points.csv")
     files = sorted((REAL / "valid" / "images").glob("*.jpg"))
+    tuning = {f.name for f in files[::5]}
+    if subset != "all":
+        files = [f for f in files if (f.name in tuning) == (subset == "tuning")]
     if limit:
         files = files[::max(1, len(files) // limit)][:limit]
     by = {k: g for k, g in pts.groupby("image")}
@@ -65,6 +70,7 @@ def real_benchmark(limit: int | None = None, **params) -> tuple[pd.DataFrame, di
         true = by.get(f.name, pts.iloc[:0])
         m = match_points(det[["y", "x"]].to_numpy(float), true[["y_px", "x_px"]].to_numpy(float), MATCH_PX)
         rows.append({"image": f.name, "family": "zoomed" if f.name.startswith("spine_") else "field",
+                     "subset": "tuning" if f.name in tuning else "held-out",
                      "n_true": len(true), "n_det": len(det), "tp": m.tp, "fp": m.fp, "fn": m.fn})
     per = pd.DataFrame(rows)
     return per, summarise(per)
@@ -218,6 +224,8 @@ def main() -> None:
     ap.add_argument("--no-real", action="store_true")
     ap.add_argument("--no-sim", action="store_true")
     ap.add_argument("--sim-seeds", type=int, default=2)
+    ap.add_argument("--subset", choices=("all", "tuning", "held-out"), default="all",
+                    help="real frames: every 5th frame (tuning), the others (held-out) or all")
     a = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
@@ -226,7 +234,7 @@ def main() -> None:
         pass
     elif REAL.exists():
         t0 = time.perf_counter()
-        per, tot = real_benchmark(a.limit)
+        per, tot = real_benchmark(a.limit, a.subset)
         el = time.perf_counter() - t0
         head = ("| images | true | detected | precision | recall | F1 | median abs count err | "
                 "mean count err | median rel count err |\n|---|---|---|---|---|---|---|---|---|")
@@ -234,6 +242,8 @@ def main() -> None:
                   f"{MATCH_PX:.0f} px", "", "All images:", "", head, fmt(tot), ""]
         for fam, g in per.groupby("family"):
             lines += [f"{fam} frames:", "", head, fmt(summarise(g)), ""]
+        for (sub, fam), g in per.groupby(["subset", "family"]):
+            lines += [f"{sub} subset, {fam} frames:", "", head, fmt(summarise(g)), ""]
         lines += [f"({el / len(per):.2f} s per 416 x 416 frame including reading)", ""]
     else:
         lines += [f"real data folder {REAL} absent: skipped", ""]

@@ -25,7 +25,11 @@ What is assumed
 - A spine is a maximum of the scale-normalised blob filter (negative Laplacian of Gaussian)
   outside the shaft core and within reach of a shaft, round enough (Hessian eigenvalue ratio)
   and with enough contrast against noise and against the shaft next to it: protrusions
-  attached by a neck and heads whose neck is too dim to be seen are both found.
+  attached by a neck and heads whose neck is too dim to be seen are both found. Roundness is
+  measured after removing a model of the bare shaft (a grey opening along the dendrite, whose
+  line fits inside the shaft but not inside a head), so a head touching the shaft is not
+  taken for the flank of the shaft's ridge; a weaker maximum on the path from a head to the
+  shaft (its neck or the neck's base) belongs to that head.
 - Sessions of the same field differ by a rigid motion plus a small smooth deformation
   (see :func:`track_spines`).
 
@@ -527,6 +531,75 @@ def _noise_pattern(resp: np.ndarray, back: np.ndarray, tile: int) -> np.ndarray:
     return np.maximum(out[:h, :w], 1.0).astype(np.float32)
 
 
+def _line_footprint(length: int, angle: float) -> np.ndarray:
+    """Boolean footprint of a 1-pixel line of ``length`` pixels through the centre at ``angle`` (rad)."""
+    half = length // 2
+    t = np.linspace(-half, half, 2 * length + 1)
+    fp = np.zeros((2 * half + 1, 2 * half + 1), bool)
+    fp[np.rint(half + t * np.sin(angle)).astype(int), np.rint(half + t * np.cos(angle)).astype(int)] = True
+    return fp
+
+
+def _centreline_angle(skeleton: np.ndarray, window_px: float) -> np.ndarray:
+    """Local direction (rad, 0..pi) of the centreline at every skeleton pixel (image; 0 elsewhere).
+
+    The principal axis of the centreline pixels within ``window_px``, from the box-averaged
+    second moments of the skeleton.
+    """
+    sk = skeleton.astype(np.float32)
+    yy, xx = np.mgrid[:sk.shape[0], :sk.shape[1]].astype(np.float32)
+    size = max(3, int(round(2 * window_px)) | 1)
+    n = ndi.uniform_filter(sk, size)
+    n = np.maximum(n, 1e-12)
+    my, mx = ndi.uniform_filter(sk * yy, size) / n, ndi.uniform_filter(sk * xx, size) / n
+    syy = ndi.uniform_filter(sk * yy * yy, size) / n - my * my
+    sxx = ndi.uniform_filter(sk * xx * xx, size) / n - mx * mx
+    sxy = ndi.uniform_filter(sk * yy * xx, size) / n - my * mx
+    return np.mod(0.5 * np.arctan2(2 * sxy, sxx - syy), np.pi)  # angle of the major axis (y down)
+
+
+def _shaft_model(flat: np.ndarray, tr: DendriteTrace, cy: np.ndarray, cx: np.ndarray, d_cent: np.ndarray,
+                 length_shaft_radii: float = 4.0, n_angles: int = 24, reach_shaft_radii: float = 5.0) -> np.ndarray:
+    """Image of the bare shafts: a grey opening along the direction of the nearest centreline.
+
+    ``flat`` is the image above its background; ``cy``, ``cx``, ``d_cent`` give every pixel's
+    nearest centreline pixel and its distance. A line of ``length_shaft_radii`` shaft radii
+    laid along the dendrite fits inside the shaft but not inside a spine head (narrower than
+    the line along the dendrite, beside the shaft or over it), so the opening keeps the
+    shaft with its own cross-section and removes the spines. Each pixel takes the largest
+    opening of the three directions nearest to that of its centreline pixel (``n_angles``
+    directions; a bend fits one of them). The model fades linearly from full weight at half
+    of ``reach_shaft_radii`` local shaft radii to 0 at ``reach_shaft_radii`` (the opening far
+    from the shaft follows other structures, and a step would excite the blob filter).
+    Computed on a copy block-reduced by a third of the shaft radius.
+    """
+    r = tr.shaft_radius_px
+    if not tr.skeleton.any():
+        return np.zeros_like(flat)
+    f = max(1, int(r // 3))  # work on a block-reduced copy: the shaft is smooth at that scale
+    h, w = flat.shape
+    hh, ww = -(-h // f) * f, -(-w // f) * f
+    pad = np.pad(ndi.gaussian_filter(flat, max(0.7, 0.25 * r)), ((0, hh - h), (0, ww - w)), mode="edge")
+    small = pad.reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
+    ang = _centreline_angle(tr.skeleton, 2.0 * r)[cy, cx]
+    k = np.rint(ang / np.pi * n_angles).astype(int) % n_angles
+    near = d_cent <= reach_shaft_radii * np.maximum(tr.shaft_dt[cy, cx], 1.0)
+    length = max(3, int(round(length_shaft_radii * r / f)))
+    out = np.zeros(flat.shape, np.float32)
+    present = np.bincount(k[near], minlength=n_angles) > 0
+    need = present | np.roll(present, 1) | np.roll(present, -1)
+    ops: dict[int, np.ndarray] = {}
+    for i in np.nonzero(need)[0]:
+        op = ndi.grey_opening(small, footprint=_line_footprint(length, i * np.pi / n_angles), mode="nearest")
+        ops[i] = ndi.zoom(op, f, order=1, mode="nearest", grid_mode=True)[:h, :w] if f > 1 else op
+    for i in np.nonzero(present)[0]:
+        sel = near & (k == i)
+        out[sel] = np.maximum(np.maximum(ops[(i - 1) % n_angles][sel], ops[i][sel]), ops[(i + 1) % n_angles][sel])
+    u = d_cent / np.maximum(tr.shaft_dt[cy, cx], 1.0)
+    taper = np.clip((reach_shaft_radii - u) / (0.5 * reach_shaft_radii), 0.0, 1.0)
+    return np.clip(out, 0, None) * taper
+
+
 def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: DendriteTrace, *,
                 max_reach_shaft_diameters: float, head_radius_shaft_ratios: Sequence[float],
                 min_separation_head_diameters: float, k_sigma: float,
@@ -548,7 +621,14 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         return empty
     flat = img - tr.background
     vst = _stabilise(img)
+    d_cent, (cy, cx) = ndi.distance_transform_edt(~tr.skeleton, return_indices=True)
+    # the bare shafts (above the background) in the same units: the shape (blobness) of a
+    # head is measured without them, so a head touching the shaft is not taken for the
+    # flank of a ridge
+    model = _shaft_model(vst - _background(ndi.gaussian_filter(vst, max(0.7, 0.25 * r)), 8.0 * r),
+                         tr, cy, cx, d_cent)
     vst = vst - ndi.gaussian_filter(vst, 4.0 * r)  # the blob filter ignores slow trends; keeps values small
+    vres = vst - model
     lo = img > img.min()  # clipped (padded) background carries no noise information
     back = ~ndi.binary_dilation(tr.foreground, iterations=max(1, int(round(r)))) & lo
     if back.sum() < 100:
@@ -569,7 +649,8 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         if pattern is None:  # spatial pattern of the noise, from the smallest scale, used for all
             pattern = _noise_pattern(resp, back, tile) if i == 0 else None
         noise_r = glob * (pattern if pattern is not None else 1.0)
-        half_tr, root = 0.5 * (ixx + iyy), np.sqrt(0.25 * (ixx - iyy) ** 2 + ixy ** 2)
+        ryy, rxx, rxy = _hessian(vres, sg)
+        half_tr, root = 0.5 * (rxx + ryy), np.sqrt(0.25 * (rxx - ryy) ** 2 + rxy ** 2)
         ratio = np.clip(-(half_tr + root), 0, None) / np.maximum(-(half_tr - root), 1e-12)
         better = resp > best
         best = np.where(better, resp, best)
@@ -578,7 +659,6 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         lam_ratio = np.where(better, ratio, lam_ratio)
     shaft = tr.labels > 0
     d_edge, (iy, ix) = ndi.distance_transform_edt(~shaft, return_indices=True)
-    d_cent, (cy, cx) = ndi.distance_transform_edt(~tr.skeleton, return_indices=True)
     size = max(3, int(round(2 * min_separation_head_diameters * radii.min())) | 1)
     peaks = (best == ndi.maximum_filter(best, size=size, mode="nearest")) & (best > 0)
     reach = max_reach_shaft_diameters * 2.0 * r
@@ -613,6 +693,25 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
             if keep[a]:
                 keep[b] = False
     yy, xx, hr = yy[keep], xx[keep], hr[keep]
+    if yy.size > 1:
+        # one protrusion, one head: a weaker maximum on the path from a head to the shaft
+        # (its neck, or the neck's base on the shaft's flank) is part of that spine
+        keep = np.ones(yy.size, bool)
+        dc = d_cent[yy, xx]
+        by, bx = cy[yy, xx].astype(float), cx[yy, xx].astype(float)
+        tree = cKDTree(np.c_[yy, xx])
+        for a, near_a in enumerate(tree.query_ball_point(np.c_[yy, xx], dc + radii.max())):
+            if not keep[a]:
+                continue
+            sy, sx = by[a] - yy[a], bx[a] - xx[a]
+            seg2 = max(sy * sy + sx * sx, 1e-12)
+            for b in near_a:
+                if b <= a or not keep[b] or dc[b] >= dc[a]:
+                    continue
+                t = np.clip(((yy[b] - yy[a]) * sy + (xx[b] - xx[a]) * sx) / seg2, 0.0, 1.0)
+                if np.hypot(yy[a] + t * sy - yy[b], xx[a] + t * sx - xx[b]) < max(hr[a], hr[b]):
+                    keep[b] = False
+        yy, xx, hr = yy[keep], xx[keep], hr[keep]
     sm = ndi.gaussian_filter(flat, max(0.7, 0.35 * float(np.median(radii))))
     contrast = sm[yy, xx]
     # the shaft next to the head: smoothed intensity at the nearest centreline pixel
@@ -682,7 +781,7 @@ def _head_diameters(sm: np.ndarray, yy: np.ndarray, xx: np.ndarray, r: float) ->
 
 
 def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4.0,
-                  min_snr: float = 1.0, min_shaft_contrast: float = 0.05, min_blobness: float = 0.15,
+                  min_snr: float = 1.0, min_shaft_contrast: float = 0.05, min_blobness: float = 0.3,
                   max_reach_shaft_diameters: float = 3.0, min_offset_shaft_radii: float = 0.8,
                   head_radius_shaft_ratios: Sequence[float] = (0.4, 0.6, 0.85, 1.2),
                   min_separation_head_diameters: float = 1.0,
@@ -696,10 +795,15 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     whose centre lies more than ``min_offset_shaft_radii`` local shaft radii from the
     centreline and at most ``max_reach_shaft_diameters`` shaft diameters from the shaft
     edge. This finds protrusions attached by a visible neck as well as heads whose neck is
-    too dim to see. A candidate is a spine if its score
+    too dim to see. A weaker maximum lying on the path from a stronger one to its nearest
+    centreline pixel (within the larger head radius) is that spine's neck and is dropped. A
+    candidate is a spine if its score
     ``min(response / (k_sigma * response noise), contrast / (min_shaft_contrast * shaft))``
-    is at least ``min_snr`` and its blobness (ratio of the Hessian eigenvalues) is at least
-    ``min_blobness``.
+    is at least ``min_snr`` and its blobness (ratio of the Hessian eigenvalues, taken on the
+    image minus a model of the bare shafts, see below) is at least ``min_blobness``. The shaft
+    model is a grey opening of the image along the direction of the nearest centreline, with
+    a line of 4 shaft radii: it keeps the shaft and removes heads beside or over it, so a head
+    touching the shaft is measured as a round blob rather than the flank of a ridge.
 
     Parameters
     ----------
@@ -716,8 +820,8 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
         Smallest head contrast (over background) relative to the shaft next to it; rejects
         texture and out-of-focus haze that the noise level does not.
     min_blobness : float
-        Smallest ratio of the smaller to the larger Hessian eigenvalue magnitude at the head
-        (1 for a round blob, 0 for the flank of a ridge).
+        Smallest ratio of the smaller to the larger Hessian eigenvalue magnitude at the head,
+        without the shaft (1 for a round blob, 0 for a line such as a neck).
     max_reach_shaft_diameters : float
         Farthest a head centre may be from a shaft edge, in shaft diameters.
     min_offset_shaft_radii : float
@@ -900,7 +1004,7 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: 
 
 
 def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_distance_um: float = 0.8,
-                 min_snr: float = 1.0, min_blobness: float = 0.15, hysteresis: float = 0.6,
+                 min_snr: float = 1.0, min_blobness: float = 0.3, hysteresis: float = 0.6,
                  **params: Any) -> pd.DataFrame:
     """Detect spines in every session and link them to the previous session.
 
