@@ -149,3 +149,53 @@ def test_tiled_detection_needs_less_memory_than_the_whole_plane(plane: np.ndarra
         return out
 
     assert peak(tile_px=128) < 0.6 * peak(tile_px=None)
+
+
+# --------------------------------------------------------------------------- microglia segmentation
+
+
+def test_microglia_strip_and_component_helpers_equal_the_whole_image_operations() -> None:
+    """The memory-lean pieces of segment_microglia give what they replace, exactly: rank filters
+    in strips of rows, the watershed one foreground component at a time, the dominant maxima of
+    a float32 image kept in float32, label maxima without a double copy."""
+    from skimage.morphology import disk
+    from skimage.segmentation import watershed
+
+    from analysis.measure import microglia as mg
+    from analysis.measure import morphology
+
+    rng = np.random.default_rng(7)
+    img = ndi.gaussian_filter(rng.normal(size=(700, 150)), 2.0).astype(np.float32)  # tall: several strips
+    for radius in (1, 3, 5):
+        np.testing.assert_array_equal(mg._disk_rank(img, radius, "min"), ndi.grey_erosion(img, footprint=disk(radius)))
+        np.testing.assert_array_equal(mg._disk_rank(img, radius, "max"), ndi.grey_dilation(img, footprint=disk(radius)))
+        np.testing.assert_array_equal(mg._square_rank(img, radius, "max"), ndi.maximum_filter(img, size=2 * radius + 1))
+        np.testing.assert_array_equal(mg._square_rank(img, radius, "min"), ndi.minimum_filter(img, size=2 * radius + 1))
+    mask = img > 0.05
+    for r in (2.5, 6.0):
+        np.testing.assert_array_equal(mg._farther_than(mask, r), ndi.distance_transform_edt(mask) > r)
+    # the flood, one 8-connected component at a time
+    comp, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    assert n > 10
+    markers = np.zeros(img.shape, np.int32)
+    pts = np.argwhere(mask)[rng.choice(int(mask.sum()), 60, replace=False)]
+    markers[tuple(pts.T)] = np.arange(1, 61)
+    want = watershed(-img, markers, mask=mask, connectivity=2)
+    np.testing.assert_array_equal(mg._flood(-img, markers, comp), want)
+    np.testing.assert_array_equal(mg._flood(img, markers, comp, negate=True), want)
+    ids = np.zeros(n + 1, bool)
+    ids[1::2] = True
+    np.testing.assert_array_equal(mg._flood(img, markers, comp, ids, negate=True),
+                                  watershed(-img, markers, mask=ids[comp], connectivity=2))
+    # dominant maxima: float32 as its double copy, by component as whole
+    for h, rel in ((0.0, 0.5), (0.01, 0.0)):
+        a32 = mg._dominant_maxima(img, mask, h, rel=rel, labelled=True)
+        a64 = mg._dominant_maxima(img.astype(np.float64), mask, h, rel=rel, labelled=True)
+        every = np.ones(n + 1, bool)
+        every[0] = False
+        byc = mg._dominant_maxima(img, mask, h, rel=rel, labelled=True, comp=comp, ids=every, want_regions=False)
+        assert a32[0].max() > 5
+        for x, y in ((a32[0], a64[0]), (a32[1], a64[1]), (byc[0], a64[0])):
+            np.testing.assert_array_equal(x, y)
+        assert byc[1] is None
+    np.testing.assert_array_equal(mg._label_max(img, comp, n), morphology._label_max(img, comp, n))

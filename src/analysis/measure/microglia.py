@@ -77,7 +77,6 @@ from analysis.measure.morphology import (  # noqa: F401  (the morphology of the 
     MEASURE_COLUMNS,
     _Cell,
     _disk_opening,
-    _label_max,
     _length_px,
     border_cells,
     measure_microglia,
@@ -134,6 +133,44 @@ def _median_and_robust_sd(
     return med_native, sd
 
 
+def _label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Maximum of ``values`` per label 0..n (-inf where a label is absent), in double: the
+    labelled values are selected before they are converted (no full-size double copy of a
+    float32 image; the conversion is exact, so the maxima are those of the converted image)."""
+    out = np.full(n + 1, -np.inf)
+    sel = labels > 0
+    np.maximum.at(out, labels[sel].ravel(), np.asarray(values)[sel].astype(np.float64).ravel())
+    return out
+
+
+def _flood(image: np.ndarray, markers: np.ndarray, comp: np.ndarray, ids: np.ndarray | None = None,
+           negate: bool = False) -> np.ndarray:
+    """``watershed(image, markers, mask=comp > 0, connectivity=2)`` (``mask=ids[comp]`` with
+    ``ids``) where ``comp`` labels the 8-connected components of the mask: one component at a
+    time, in its bounding box.
+
+    A component's flood depends only on its own pixels and seeds (no path leaves it), and the
+    crop keeps their raster order (the order in which seeds enter the queue and ties are
+    broken), so the labels are those of the whole-image watershed, with the memory of the
+    largest box instead of skimage's float64 and padded copies of the whole image; components
+    without a seed stay 0, as the watershed leaves them.  ``negate``: flood ``-image`` (negated
+    box by box; the watershed reads only the values inside its mask)."""
+    out = np.zeros(image.shape, markers.dtype)
+    seeded = np.zeros(int(comp.max()) + 1, bool)
+    seeded[comp[markers != 0]] = True
+    seeded[0] = False
+    if ids is not None:
+        seeded &= ids
+    for i, sl in enumerate(ndi.find_objects(comp), start=1):
+        if sl is None or not seeded[i]:
+            continue
+        m = comp[sl] == i
+        box = np.negative(image[sl]) if negate else image[sl]
+        sub = watershed(box, np.where(m, markers[sl], 0), mask=m, connectivity=2)
+        out[sl][m] = sub[m]
+    return out
+
+
 def _hysteresis(image: np.ndarray, low: float, high: float) -> np.ndarray:
     """:func:`skimage.filters.apply_hysteresis_threshold` (the 4-connected components above
     ``low`` that hold a pixel above ``high``): the components hit are looked up by index
@@ -164,14 +201,19 @@ def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarra
     y0, y1, wy0, wy1 = axis(small.shape[0], shape[0])
     x0, x1, wx0, wx1 = axis(small.shape[1], shape[1])
     v = small.astype(np.float64)
-    rows0, rows1 = v[y0] * wy0[:, None], v[y1] * wy1[:, None]
-    out = np.take(rows0, x0, axis=1)
-    out *= wx0
-    for rows, cols, wx in ((rows0, x1, wx1), (rows1, x0, wx0), (rows1, x1, wx1)):
-        term = np.take(rows, cols, axis=1)
-        term *= wx
-        out += term
-    return out.astype(small.dtype)
+    out = np.empty(shape, small.dtype)
+    step = max(1, (1 << 18) // max(shape[1], 1))  # (rows per chunk: the double terms of ~2 MB each)
+    for r0 in range(0, shape[0], step):
+        r = slice(r0, min(shape[0], r0 + step))
+        rows0, rows1 = v[y0[r]] * wy0[r, None], v[y1[r]] * wy1[r, None]
+        part = np.take(rows0, x0, axis=1)
+        part *= wx0
+        for rows, cols, wx in ((rows0, x1, wx1), (rows1, x0, wx0), (rows1, x1, wx1)):
+            term = np.take(rows, cols, axis=1)
+            term *= wx
+            part += term
+        out[r] = part  # (rounded to the input's dtype as astype rounds)
+    return out
 
 
 def _broad_background(smooth: np.ndarray, radius_px: float) -> np.ndarray:
@@ -187,7 +229,7 @@ def _broad_background(smooth: np.ndarray, radius_px: float) -> np.ndarray:
     bg = ndi.gaussian_filter(bg, r / 2.0)
     if k > 1:
         bg = _zoom_linear(bg, k, (h, w))  # (= ndi.zoom order 1, grid mode, cropped)
-    return bg.astype(np.float32)
+    return bg.astype(np.float32, copy=False)
 
 
 def _line_kernels(length_px: float, n_orientations: int) -> list[np.ndarray]:
@@ -223,20 +265,42 @@ def _rank_rows(img: np.ndarray, rows: dict[int, list[int]], op: str, pad: str | 
     previous one with one elementwise min / max of shifted views (``W_h(x) = min(W_{h-1}(x - 1),
     W_{h-1}(x + 1))``), and the rows are combined with shifted views.  Only elementwise
     operations on views: several times faster than :mod:`scipy.ndimage`'s rank filters for the
-    small footprints used here, with the same result (min / max are exact)."""
+    small footprints used here, with the same result (min / max are exact).
+
+    Images taller than ``strip_px`` rows (+ the footprint) are filtered in strips of rows, each
+    padded with the rows its footprint reaches (the same values: min / max of the same pixels),
+    so the work memory is that of a strip besides the output."""
     pick = np.minimum if op == "min" else np.maximum
     h, w = img.shape
     r = max(max(rows), max(abs(dy) for dys in rows.values() for dy in dys))
-    if pad == "reflect":
-        padded = np.pad(img, r, mode="symmetric")
-    else:
-        padded = np.pad(img, r, mode="constant", constant_values=pad)
+
+    def padded(a: np.ndarray, top: int, bottom: int) -> np.ndarray:
+        width = ((top, bottom), (r, r))
+        if pad == "reflect":
+            return np.pad(a, width, mode="symmetric")
+        return np.pad(a, width, mode="constant", constant_values=pad)
+
+    strip = max(64, (1 << 18) // max(w, 1))
+    if h <= strip + 2 * r:
+        return _rank_rows_padded(padded(img, r, r), rows, pick, h, w, r)
+    out = np.empty((h, w), img.dtype)
+    for r0 in range(0, h, strip):
+        r1 = min(h, r0 + strip)
+        a, b = max(0, r0 - r), min(h, r1 + r)  # (the rows beyond the image: padded as the whole would be)
+        out[r0:r1] = _rank_rows_padded(padded(img[a:b], r - (r0 - a), r - (b - r1)), rows, pick, r1 - r0, w, r)
+    return out
+
+
+def _rank_rows_padded(padded: np.ndarray, rows: dict[int, list[int]], pick, h: int, w: int, r: int) -> np.ndarray:
+    """:func:`_rank_rows` of the ``h`` x ``w`` array padded by ``r`` on every side."""
     out = None
     run, run_h = padded, 0  # running extreme over [x - run_h, x + run_h]; column j centred on j + run_h
+    del padded
     for half in sorted(rows):
         while run_h < half:
             if run_h == 0:
-                run = pick(pick(run[:, :-2], run[:, 1:-1]), run[:, 2:])
+                nxt = pick(run[:, :-2], run[:, 1:-1])
+                run = pick(nxt, run[:, 2:], out=nxt)
             else:
                 run = pick(run[:, :-2], run[:, 2:])
             run_h += 1
@@ -246,6 +310,7 @@ def _rank_rows(img: np.ndarray, rows: dict[int, list[int]], op: str, pad: str | 
                 out = view.copy()
             else:
                 pick(out, view, out=out)
+        del view  # (it would keep the previous running extreme alive)
     return out
 
 
@@ -262,22 +327,9 @@ def _disk_rank(img: np.ndarray, radius: int, op: str) -> np.ndarray:
 
 def _square_rank(img: np.ndarray, radius: int, op: str = "max") -> np.ndarray:
     """:func:`scipy.ndimage.maximum_filter` (``op="max"``) or ``minimum_filter`` (``"min"``)
-    with ``size=2 * radius + 1`` (reflecting edges): one padded copy, then the running extreme
-    of :func:`_rank_rows` along x and along y (shifted views only)."""
-    pick = np.minimum if op == "min" else np.maximum
-    run = np.pad(img, radius, mode="symmetric")
-    for axis in (1, 0):
-        for half in range(1, radius + 1):
-            lo = [slice(None)] * 2
-            hi = [slice(None)] * 2
-            lo[axis], hi[axis] = slice(None, -2), slice(2, None)
-            if half == 1:
-                mid = [slice(None)] * 2
-                mid[axis] = slice(1, -1)
-                run = pick(pick(run[tuple(lo)], run[tuple(mid)]), run[tuple(hi)])
-            else:
-                run = pick(run[tuple(lo)], run[tuple(hi)])
-    return run
+    with ``size=2 * radius + 1`` (reflecting edges): :func:`_rank_rows` with the square as
+    ``2 * radius + 1`` rows of half-width ``radius`` (in strips of rows)."""
+    return _rank_rows(img, {radius: list(range(-radius, radius + 1))}, op, "reflect")
 
 
 def _square_max(img: np.ndarray, radius: int) -> np.ndarray:
@@ -365,8 +417,9 @@ def _foreground(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Foreground mask, the smoothed, background-corrected intensity, the bright structure
     cut to its full width at half maximum, and the robust SD of the intensity."""
-    smooth = ndi.gaussian_filter(img, max(smoothing_um / px, 0.5))
-    signal = smooth - _broad_background(smooth, background_um / px)
+    smooth = ndi.gaussian_filter(img, max(smoothing_um / px, 0.5), output=np.float32)
+    signal = _broad_background(smooth, background_um / px)
+    np.subtract(smooth, signal, out=signal)  # smooth - background, in place
     # the opening sits below the noise (a minimum filter first): centre the background
     # (the middle values of the centred sample are those of the sample, centred: subtracting a
     # constant in float32 keeps the order, so one selection serves both medians)
@@ -383,7 +436,10 @@ def _foreground(
     # stretches connected
     r = max(int(round(process_max_width_um / 2 / px)), 1)
     peak = _square_max(signal, r)  # (ndi.maximum_filter(signal, size=2 * r + 1), faster)
-    halfmax = bright & (signal >= 0.5 * peak)
+    peak *= 0.5
+    halfmax = signal >= peak
+    halfmax &= bright
+    del peak
     if r >= 2:
         fg = halfmax | skeletonize(bright)
     else:
@@ -394,7 +450,9 @@ def _foreground(
     # thin, dim processes: local background (removes texture wider than a process), line
     # averages in 12 orientations, thresholds from the background statistics of the response
     r_local = max(process_max_width_um / 2 / px, 1.0)
-    local = smooth - ndi.gaussian_filter(_disk_grey_opening(smooth, int(np.ceil(r_local))), r_local)
+    local = ndi.gaussian_filter(_disk_grey_opening(smooth, int(np.ceil(r_local))), r_local)
+    np.subtract(smooth, local, out=local)  # smooth - blurred opening, in place
+    del smooth
     length_px = max(line_length_um / px, 3.0)
     resp = None  # running maximum over the orientations (not 12 full-size responses at once)
     for k in _line_kernels(length_px, 12):
@@ -406,8 +464,11 @@ def _foreground(
     bg_vals = resp[~near] if (~near).sum() > 1000 else resp.ravel()
     m, s = _median_and_robust_sd(bg_vals)
     lo, hi = line_threshold_sd
-    thin = _hysteresis(np.where(bright, np.inf, resp), m + lo * s, m + hi * s)
+    np.copyto(resp, np.inf, where=bright)  # (= np.where(bright, np.inf, resp), in place)
+    thin = _hysteresis(resp, m + lo * s, m + hi * s)
+    del resp, near, bg_vals
     centre = skeletonize(thin) & ~fg
+    del thin
     # add centre-line pieces that reach beyond the bright structure (tips and dim branches),
     # not those that only run alongside it (they would bridge neighbouring processes)
     pieces, n = ndi.label(centre, structure=_EIGHT)
@@ -417,11 +478,12 @@ def _foreground(
         reach[np.unique(pieces[far & (pieces > 0)])] = True
         reach[0] = False
         fg |= reach[pieces]
+    del pieces, centre
     # fill pinholes (not loops between processes): the holes are the background components
     # (4-connected, as binary_fill_holes propagates) that do not reach the image edge
     bg, nb = ndi.label(~fg)
     if nb:
-        size = _label_sizes(bg, nb + 1)
+        size = _label_sizes(bg, nb + 1, chunk=1 << 18)  # (small chunks: bincount copies them as int64)
         fill = size <= max(1.0 / px**2, 4)
         fill[np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))] = False
         fill[0] = False
@@ -430,8 +492,9 @@ def _foreground(
 
 
 def _dominant_maxima(
-    f: np.ndarray, mask: np.ndarray, h: float, rel: float = 0.0, labelled: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+    f: np.ndarray, mask: np.ndarray, h: float, rel: float = 0.0, labelled: bool = False,
+    comp: np.ndarray | None = None, ids: np.ndarray | None = None, want_regions: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Maxima of ``f`` in ``mask`` whose dynamics exceed ``max(h, rel * peak)``, and the
     regions they drain.
 
@@ -452,18 +515,35 @@ def _dominant_maxima(
     regions : ndarray of int
         Each pixel of ``mask`` labelled with the dominant maximum whose basin (after merging
         the basins of non-dominant maxima into their higher neighbours) contains it.
+
+    ``comp`` (with ``ids``): the 8-connected components of the mask, labelled, and which of
+    them form it (``mask == ids[comp]``): the basins are flooded one component at a time
+    (:func:`_flood`, the same basins).  A float32 ``f`` is kept in float32 (the order of its
+    values, hence the maxima, basins and saddles, is that of its exact double copy; heights and
+    saddles are compared in double).  ``want_regions=False``: only the seeds (regions None).
     """
-    f = np.where(mask, f, -np.inf).astype(np.float64)
+    f = np.asarray(f)
+    if f.dtype not in (np.float32, np.float64):
+        f = f.astype(np.float64)
+    # (only values inside the mask are read below: the basins lie in it; no -inf copy of f)
     full = np.ones((3,) * f.ndim, bool)
     floor = float(f[mask].min()) if mask.any() else 0.0
     g = np.where(mask, f, floor)
     maxima = local_maxima(g, connectivity=f.ndim, allow_borders=True) & mask
+    if comp is not None and f.ndim == 2:
+        del g  # (the flood below reads -f inside the mask, box by box: the same values as -g)
     seeds, n = ndi.label(maxima, structure=full)
     del maxima
     if n == 0:
         return np.zeros(f.shape, np.int32 if labelled else bool), np.zeros(f.shape, np.int32)
-    basins = watershed(np.negative(g, out=g), seeds, mask=mask, connectivity=f.ndim)
-    del g
+    if comp is not None and f.ndim == 2:
+        basins = _flood(f, seeds, comp, ids, negate=True)
+    else:
+        basins = watershed(np.negative(g, out=g), seeds, mask=mask, connectivity=f.ndim)
+        del g
+    # a seed's pixels keep its label in the flood: the seeds are the basins' labels there
+    is_seed = seeds > 0
+    del seeds
     peak = _label_max(f, basins, n)
     # highest saddle between each pair of adjacent basins
     a_list, b_list, s_list = [], [], []
@@ -473,13 +553,16 @@ def _dominant_maxima(
         sa = tuple(slice(max(0, -o), n_ - max(0, o)) for o, n_ in zip(off, f.shape))
         sb = tuple(slice(max(0, o), n_ - max(0, -o)) for o, n_ in zip(off, f.shape))
         la, lb = basins[sa], basins[sb]
-        sel = (la != lb) & (la > 0) & (lb > 0)
+        sel = la != lb
+        sel &= la > 0
+        sel &= lb > 0
         a_list.append(la[sel])
         b_list.append(lb[sel])
         s_list.append(np.minimum(f[sa][sel], f[sb][sel]))
+    del la, lb, sel  # (views of the basins: they would keep them alive)
     a = np.concatenate(a_list).astype(np.int64)
     b = np.concatenate(b_list).astype(np.int64)
-    sad = np.concatenate(s_list)
+    sad = np.concatenate(s_list).astype(np.float64)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     key = lo * (n + 1) + hi
     order = np.lexsort((-sad, key))
@@ -518,10 +601,15 @@ def _dominant_maxima(
             break
         resolved = nxt
     dominant[0] = False
+    regions = resolved[basins] * (basins > 0) if want_regions else None
     if labelled:
         number = np.where(dominant, np.cumsum(dominant), 0).astype(np.int32)
-        return number[seeds], resolved[basins] * (basins > 0)
-    return dominant[seeds], resolved[basins] * (basins > 0)
+        out = number[basins]  # (= number[seeds])
+    else:
+        out = dominant[basins]  # (= dominant[seeds])
+    del basins
+    out[~is_seed] = 0
+    return out, regions
 
 
 def _somata(
@@ -571,14 +659,33 @@ def _somata(
     # the hill of each top: its drainage region, above half the top's height
     top_region = np.zeros(int(regions.max()) + 1, np.int32)  # (int32 label maps: half the memory)
     top_region[regions[tops > 0]] = tops[tops > 0]
-    hill = top_region[regions] * (regions > 0)
+    del tops
+    hill = top_region[regions]
+    hill *= regions > 0
+    del regions
     height = _label_max(f, hill, n)
     height[0] = np.inf
-    hill = np.where(f >= 0.5 * height[hill], hill, 0)
-    # compact bright body on each hill (pixels next to another hill excluded)
-    edge = (_square_rank(hill, 1, "max") != hill) | (_square_rank(np.where(hill > 0, hill, n + 1), 1, "min") != hill)
+    # hill = np.where(f >= 0.5 * height[hill], hill, 0), in place and in strips of rows (no
+    # full-size double temporaries)
+    step = max(1, (1 << 18) // max(w, 1))
+    for r0 in range(0, h, step):
+        hs = hill[r0 : r0 + step]
+        hs[~(f[r0 : r0 + step] >= 0.5 * height[hs])] = 0
+    # compact bright body on each hill (pixels next to another hill excluded): (max 3 x 3 !=
+    # hill) | (min 3 x 3 of the hills with 0 as n + 1 != hill), in strips of rows read with a
+    # row of margin (the rows beyond the image reflected, as the whole-image filter does)
+    edge = np.empty(hill.shape, bool)
+    for r0 in range(0, h, max(step, 2)):
+        r1 = min(h, r0 + max(step, 2))
+        a, b = max(0, r0 - 1), min(h, r1 + 1)
+        block, mine = hill[a:b], hill[r0:r1]
+        e = _square_rank(block, 1, "max")[r0 - a : r1 - a] != mine
+        e |= _square_rank(np.where(block > 0, block, n + 1), 1, "min")[r0 - a : r1 - a] != mine
+        edge[r0:r1] = e
     body = _fast_disk_opening((hill > 0) & ~edge & halfmax, 0.4 * soma_min_diameter_um / px)
-    somata = _relabel_ascending(np.where(body, hill, 0).astype(np.int32))
+    del edge
+    hill[~body] = 0  # (np.where(body, hill, 0), in place)
+    somata = _relabel_ascending(hill)
     return somata, int(somata.max()), f
 
 
@@ -587,7 +694,9 @@ def _relabel_ascending(labels: np.ndarray) -> np.ndarray:
     labels present numbered 1..m in ascending order (a lookup table; skimage's general
     mapping took ~5x longer)."""
     present = np.zeros(int(labels.max(initial=0)) + 1, bool)
-    present[labels.ravel()] = True
+    flat = labels.ravel()
+    for i in range(0, flat.size, 1 << 18):  # (in chunks: the index is copied as intp)
+        present[flat[i : i + (1 << 18)]] = True
     present[0] = False
     lut = (np.cumsum(present) * present).astype(labels.dtype)
     return lut[labels]
@@ -715,7 +824,11 @@ def segment_microglia(
     >>> int(labels.max())
     1
     """
-    img = np.asarray(image, dtype=np.float32)
+    img = np.asarray(image)
+    if img.dtype not in (np.uint8, np.int8, np.uint16, np.int16):
+        img = np.asarray(img, dtype=np.float32)
+    # (small integers are exact in float32 and the smoothing reads them in double either way:
+    # no float32 copy of the image, the same smoothed image)
     if img.ndim != 2:
         raise ValueError(f"segment_microglia needs a 2-D (YX) image, got shape {img.shape}; "
                          "use a maximum projection of a stack")
@@ -729,30 +842,40 @@ def segment_microglia(
         background_um=background_um, line_length_um=line_length_um, threshold_sd=threshold_sd,
         line_threshold_sd=line_threshold_sd,
     )
+    shape = img.shape
+    del img  # (our float32 copy of an integer image: not needed any more)
     markers, n, soma_scale = _somata(signal, halfmax, px, soma_diameter_um, soma_min_diameter_um, soma_separation)
+    del halfmax
+    # the soma-scale height of each soma seed is all that is read of the soma-scale intensity
+    # below: the seeds' pixels do not change (entering-process seeds keep off them, a reflood
+    # removes whole seeds, whose labels then vanish from the cells), so it is taken once here
+    soma_height = _label_max(soma_scale, markers, n)
+    del soma_scale
     if n == 0:
         log.debug("no soma found")
-        return np.zeros(img.shape, np.int32)
+        return np.zeros(shape, np.int32)
     comp, _ = ndi.label(fg, structure=_EIGHT)  # connected foreground: floods are independent
     if entering_process_rise is not None:
         markers = _add_entering_markers(markers, n, fg, comp, signal, sd, px, process_max_width_um,
                                         entering_process_rise)
     # flood from bright to dim; intensity differences below two noise SDs are not evidence,
     # so within such a step the flood advances breadth-first (by path length)
-    levels = signal / (2.0 * sd)
+    levels = signal  # (the signal is not needed any more: the levels take its place)
+    del signal
+    levels /= 2.0 * sd
     np.negative(np.floor(levels, out=levels), out=levels)  # -floor(signal / 2 SD), in place
-    labels = watershed(levels, markers, mask=fg, connectivity=2)
+    labels = _flood(levels, markers, comp)  # (= watershed(levels, markers, mask=fg, connectivity=2))
     if soma_relative_height > 0:
         # a hill that reaches less than this fraction of the soma of a cell it touches is a
         # thickening of that cell's process (a bulb, an end-foot), not a soma of its own
-        height = _label_max(soma_scale, np.where(markers <= n, markers, 0), n)
+        height = soma_height  # (= _label_max(soma_scale, np.where(markers <= n, markers, 0), n))
         pairs = _touching_pairs(np.where(labels <= n, labels, 0))
         a, b = pairs[:, 0], pairs[:, 1]
         weak = np.r_[a[height[a] < soma_relative_height * height[b]], b[height[b] < soma_relative_height * height[a]]]
         if len(weak):
             labels, markers = _reflood(levels, markers, np.isin(markers, weak), comp, labels)
     if terminal_swellings:
-        swollen = _terminal_swellings(labels, markers, n, soma_scale, px, soma_min_diameter_um,
+        swollen = _terminal_swellings(labels, markers, n, soma_height, px, soma_min_diameter_um,
                                       process_max_width_um)
         if len(swollen):
             labels, markers = _reflood(levels, markers, np.isin(markers, swollen), comp, labels)
@@ -820,7 +943,7 @@ def _terminal_swellings(
     labels: np.ndarray,
     markers: np.ndarray,
     n: int,
-    soma_scale: np.ndarray,
+    soma_height: np.ndarray,
     px: float,
     soma_min_diameter_um: float,
     process_max_width_um: float = 2.0,
@@ -833,7 +956,8 @@ def _terminal_swellings(
     body is thinner and its soma-scale hill lower than that cell's soma, and it has no
     process of its own: every skeleton branch outside its soma (:class:`_Cell`, the same
     conventions as :func:`measure_microglia`) that does not lead to the other cell is
-    shorter than the smallest soma diameter.
+    shorter than the smallest soma diameter.  ``soma_height``: the soma-scale height of each
+    seed 1..n (its maximum of the soma-scale intensity).
     """
     cells = np.where(labels <= n, labels, 0)
     pairs = _touching_pairs(cells)
@@ -844,7 +968,7 @@ def _terminal_swellings(
         partners.setdefault(int(a), []).append(int(b))
         partners.setdefault(int(b), []).append(int(a))
     seeds = np.where(markers <= n, markers, 0)
-    height = _label_max(soma_scale, seeds, n)
+    height = soma_height
     thickness = _label_max_inscribed(seeds, n)
     candidates = [(a, nb[0]) for a, nb in partners.items()
                   if len(nb) == 1 and height[a] < height[nb[0]] and thickness[a] < thickness[nb[0]]]
@@ -902,7 +1026,8 @@ def _add_entering_markers(
     at_edge = np.zeros(int(comp.max()) + 1, bool)
     at_edge[np.unique(comp[edge])] = True
     at_edge[0] = False
-    lab, _ = _dominant_maxima(signal, at_edge[comp], h, labelled=True)
+    lab, _ = _dominant_maxima(signal, at_edge[comp], h, labelled=True, comp=comp, ids=at_edge,
+                             want_regions=False)
     n_extra = int(lab.max())
     if n_extra == 0:
         return markers
@@ -911,7 +1036,10 @@ def _add_entering_markers(
     keep[np.unique(lab[_binary_rank(markers > 0, {1: [-1, 0, 1]}, "max")])] = False  # soma tops
     keep[0] = False
     log.debug("%d processes enter the field from outside cells", int(keep.sum()))
-    return np.where(keep[lab], lab + n, markers)
+    kept = keep[lab]
+    lab += n
+    np.copyto(lab, markers, where=~kept)  # (= np.where(keep[lab], lab + n, markers), in place)
+    return lab
 
 
 def _fit_circle(yx: np.ndarray) -> tuple[float, float, float]:
