@@ -90,7 +90,8 @@ def test_detects_synthetic_spines_at_their_heads(dendrite):
 def test_heads_touching_the_shaft_are_found():
     # failure mode: a small head sitting on the shaft edge (no neck), blurred by the PSF, lies
     # on the flank of the shaft's ridge; its Hessian there is elongated and the blobness cut
-    # dropped it (25 of 42 found before the shaft model; 37 of 42 with it)
+    # dropped it, or its blob response merged into the ridge (25 of 42 found before the shaft
+    # model; 37 with the blobness measured without the shaft; 42 with the maxima taken there too)
     from scipy import ndimage as ndi
 
     tp = fp = fn = 0
@@ -100,7 +101,7 @@ def test_heads_touching_the_shaft_are_found():
         det = detect_spines(img, PX)
         m = match_points(det[["y", "x"]].to_numpy(), truth[["y", "x"]].to_numpy(), 5.0)
         tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-    assert tp / (tp + fn) >= 0.85, (tp, fp, fn)
+    assert tp / (tp + fn) >= 0.95, (tp, fp, fn)
     assert fp <= 2
 
 

@@ -28,8 +28,10 @@ What is assumed
   attached by a neck and heads whose neck is too dim to be seen are both found. Roundness is
   measured after removing a model of the bare shaft (a grey opening along the dendrite, whose
   line fits inside the shaft but not inside a head), so a head touching the shaft is not
-  taken for the flank of the shaft's ridge; a weaker maximum on the path from a head to the
-  shaft (its neck or the neck's base) belongs to that head.
+  taken for the flank of the shaft's ridge, and the blob filter's maxima on that image are
+  candidates too where a head touching the shaft has no maximum of its own on the plain image;
+  a weaker maximum on the path from a head to the shaft (its neck or the neck's base) belongs
+  to that head.
 - Sessions of the same field differ by a rigid motion plus a small smooth deformation
   (see :func:`track_spines`).
 
@@ -640,6 +642,11 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     best_i = np.zeros(img.shape, np.int8)
     best_z = np.zeros(img.shape, np.float32)  # response in noise sigmas at the chosen scale
     lam_ratio = np.zeros(img.shape, np.float32)
+    rbest = np.full(img.shape, -np.inf, np.float32)
+    rbest_i = np.zeros(img.shape, np.int8)
+    rbest_z = np.zeros(img.shape, np.float32)
+    rlam = np.zeros(img.shape, np.float32)
+    band = tr.labels > 0
     for i, hr in enumerate(radii):
         sg = max(0.8, hr / np.sqrt(2.0))
         iyy, ixx, ixy = _hessian(vst, sg)
@@ -657,6 +664,16 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         best_i = np.where(better, i, best_i).astype(np.int8)
         best_z = np.where(better, resp / noise_r, best_z)
         lam_ratio = np.where(better, ratio, lam_ratio)
+        # the same without the shaft; its noise also counts the model's residual texture over
+        # the shaft (robust sigma there: spines cover a minority of the shaft)
+        rresp = -(rxx + ryy) * sg ** 2
+        band_sigma = _robust_sigma(rresp[band]) if band.sum() >= 100 else float("nan")
+        rnoise = np.maximum(noise_r, band_sigma) if np.isfinite(band_sigma) else noise_r
+        better = rresp > rbest
+        rbest = np.where(better, rresp, rbest)
+        rbest_i = np.where(better, i, rbest_i).astype(np.int8)
+        rbest_z = np.where(better, rresp / rnoise, rbest_z)
+        rlam = np.where(better, ratio, rlam)
     shaft = tr.labels > 0
     d_edge, (iy, ix) = ndi.distance_transform_edt(~shaft, return_indices=True)
     size = max(3, int(round(2 * min_separation_head_diameters * radii.min())) | 1)
@@ -666,6 +683,21 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     # ``min_offset_shaft_radii`` of it and within reach of the shaft edge
     r_local = np.maximum(tr.shaft_dt[cy, cx], 1.0)
     peaks &= (d_cent > min_offset_shaft_radii * r_local) & (d_edge <= reach)
+    # heads touching the shaft, whose blob response merges into the shaft's ridge: maxima of
+    # the response without the shaft, within one (largest) head diameter of the shaft edge,
+    # where the plain response has none nearby
+    touch = (rbest == ndi.maximum_filter(rbest, size=size, mode="nearest")) & (rbest > 0)
+    touch &= (d_cent > min_offset_shaft_radii * r_local) & (d_edge <= 2.0 * radii.max())
+    touch &= ~ndi.binary_dilation(peaks, np.ones((size, size), bool))
+    # the opening cannot follow a shaft beyond its end: no such maxima near a centreline end
+    ends = tr.skeleton & (ndi.convolve(tr.skeleton.astype(np.uint8), _NB, mode="constant") == 1)
+    if ends.any():
+        touch &= ndi.distance_transform_edt(~ends) > 2.0 * r + radii.max()
+    peaks |= touch
+    best = np.where(touch, rbest, best)
+    best_i = np.where(touch, rbest_i, best_i).astype(np.int8)
+    best_z = np.where(touch, rbest_z, best_z)
+    lam_ratio = np.where(touch, rlam, lam_ratio)
     # heads cut by the image border cannot be measured (and the filter is biased there)
     edge = max(2, int(round(radii.min())))
     peaks[:edge], peaks[-edge:], peaks[:, :edge], peaks[:, -edge:] = False, False, False, False
@@ -803,7 +835,12 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     image minus a model of the bare shafts, see below) is at least ``min_blobness``. The shaft
     model is a grey opening of the image along the direction of the nearest centreline, with
     a line of 4 shaft radii: it keeps the shaft and removes heads beside or over it, so a head
-    touching the shaft is measured as a round blob rather than the flank of a ridge.
+    touching the shaft is measured as a round blob rather than the flank of a ridge. Within
+    one head diameter of the shaft edge (and away from centreline ends, where the opening
+    cannot follow the shaft), maxima of the blob filter on that shaft-free image are
+    candidates as well where the plain image has none nearby: the response of a head pressed
+    against the shaft merges into the shaft's ridge. Their noise is the larger of the
+    background noise and the robust noise of that response over the shaft.
 
     Parameters
     ----------
