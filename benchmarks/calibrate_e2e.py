@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> None:
 #: measurement-aware variants (each a column computed by :func:`synapse_variants`).
 SYNAPSE_VALUE = "puncta_density_per_100um2"
 #: Terminal endpoint (as named in ``microglia_contrasts.csv``) -> key of
-#: :func:`analysis.sim.truth.readout_multipliers` giving its true ratio versus vehicle.
+#: :func:`analysis.sim.truth.readout_multipliers`; its true ratio versus vehicle is
+#: :func:`analysis.sim.validation.true_ratio` (for morphology, what the rendered cells show).
 MICROGLIA_TRUTH = {
     "microglia density (rate ratio)": "microglia_density",
     "engulfed puncta per cell (rate ratio)": "engulfed_per_cell",
@@ -192,7 +193,8 @@ def microglia_rows(m: pd.DataFrame, cells: pd.DataFrame, null: bool) -> pd.DataF
     import numpy as np
 
     from analysis.stats.models import _fit_microglia
-    from analysis.sim.truth import activation, calibrated_model, readout_multipliers
+    from analysis.sim.truth import activation, calibrated_model
+    from analysis.sim.validation import true_ratio
 
     with tempfile.TemporaryDirectory() as tmp:
         written = _fit_microglia(m, cells, Path(tmp))
@@ -206,7 +208,7 @@ def microglia_rows(m: pd.DataFrame, cells: pd.DataFrame, null: bool) -> pd.DataF
         a = 0.0 if null else float(activation(model, genotype=r.genotype, compound=r.compound,
                                                 dose_mg_kg=float(r.dose_mg_kg),
                                                 treatment_days=float(r.treatment_days), day=float(r.day)))
-        true.append(readout_multipliers(model, a)[MICROGLIA_TRUTH[r.endpoint]])
+        true.append(true_ratio(model, MICROGLIA_TRUTH[r.endpoint], a))
     true = np.array(true)
     log_lo, log_hi = np.log(t["ci_low"]), np.log(t["ci_high"])
     return pd.DataFrame({

@@ -36,7 +36,7 @@ from analysis.sim.neuropil import _PUNCTA_MIN_DIST_UM, _psd95_channel
 
 
 
-__all__ = ["TerminalField", "CELL_COLUMNS", "render_terminal_field"]
+__all__ = ["TerminalField", "CELL_COLUMNS", "render_terminal_field", "simulated_cells"]
 
 log = logging.getLogger(__name__)
 
@@ -685,6 +685,58 @@ def _engulfed_positions(
         xs += [p[1] for p in placed]
         cs += [lab] * len(placed)
     return np.array(ys, float), np.array(xs, float), np.array(cs, dtype=np.int64)
+
+
+# =========================================================================================
+# public: the generator's cells without images
+# =========================================================================================
+def simulated_cells(
+    *,
+    microglia_per_mm2: float,
+    process_length_scale: float,
+    branching_scale: float,
+    soma_scale: float,
+    fields: int,
+    seed: int | tuple[int, ...] = 0,
+    shape: tuple[int, int] = (2048, 2048),
+    pixel_size_um: float = 0.2,
+) -> pd.DataFrame:
+    """True per-cell values of the cells :func:`render_terminal_field` would draw, without images.
+
+    The cells are placed, grown and measured exactly as in a terminal field (the same
+    generator: soma placement, process trees, skeleton length and branch points of the
+    rasterised tree), in ``fields`` fields of ``shape``; cells that touch a field's border are
+    left out (their processes are cut by the edge, as the analysis leaves them out).  Used to
+    know what the rendered cells' morphology is at given generator settings: process
+    territories, wedges and crowding make it differ from the settings' multipliers.
+
+    Parameters
+    ----------
+    microglia_per_mm2, process_length_scale, branching_scale, soma_scale : float
+        As in :func:`render_terminal_field`.
+    fields : int
+        Number of fields (field ``k`` draws from ``default_rng([*seed, k])``).
+    seed : int or tuple of int
+        Seed; the same seed gives the same soma layout and random stream at any settings
+        (common random numbers, so ratios between settings have small Monte-Carlo error).
+    shape : (int, int)
+        Field size in pixels.
+    pixel_size_um : float
+        Pixel size in um.
+
+    Returns
+    -------
+    DataFrame
+        :data:`CELL_COLUMNS` of the interior cells, plus ``field``.
+    """
+    seeds = (seed,) if np.isscalar(seed) else tuple(seed)
+    tables = []
+    for k in range(int(fields)):
+        rng = np.random.default_rng([*seeds, k])
+        cells = _microglia(rng, shape, pixel_size_um, microglia_per_mm2, process_length_scale, branching_scale,
+                           soma_scale).table
+        tables.append(cells[~cells["touches_border"].astype(bool)].assign(field=k))
+    return pd.concat(tables, ignore_index=True)
 
 
 # =========================================================================================

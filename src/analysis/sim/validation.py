@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -41,6 +42,9 @@ __all__ = [
     "calibration_summary",
     "study_truth_model",
     "add_truth",
+    "true_ratio",
+    "rendered_morphology_ratio",
+    "morphology_truth_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -384,15 +388,150 @@ def study_truth_model(data_dir: str | os.PathLike[str]):
     return TruthModel(**json.loads(path.read_text())["model"])
 
 
+#: Readouts whose truth is what the generator's cells show, not the truth model's multiplier:
+#: the rendered trees' skeleton length and branch points respond to the generator's settings
+#: through territories, wedges and crowding (at diazepam 5 mg/kg x 7 d the multipliers say 0.76 and
+#: 0.72, the rendered cells 0.68 and 0.66).  Key of ``readout_multipliers`` -> cell column.
+RENDERED_MORPHOLOGY = {"process_length": "skeleton_length_um", "branching": "branch_points"}
+#: The rendered cells' ratios for the default truth model (:func:`analysis.sim.truth.calibrated_model`)
+#: on a grid of activations, written by ``benchmarks/morphology_truth.py`` with
+#: :func:`morphology_truth_table` (64 fields of 2048 x 2048 px per activation, ~3,500 cells:
+#: Monte-Carlo SD of a ratio ~1 %); other models are simulated when asked (fewer fields).
+MORPHOLOGY_TRUTH_TABLE = Path(__file__).resolve().parents[1] / "data" / "morphology_truth.csv"
+#: Fields per activation when a model is not tabulated (~50 interior cells per field; the
+#: ratio's Monte-Carlo SD is then ~2.5 %, measured over 5 seeds).
+MORPHOLOGY_MC_FIELDS = 8
+_MORPHOLOGY_MC_SEED = (2026, 11, 30)
+
+
+@functools.lru_cache(maxsize=256)
+def _rendered_cells(model_json: str, a: float, fields: int, seed: tuple[int, ...]) -> dict[str, np.ndarray]:
+    from analysis.sim.glia import simulated_cells
+    from analysis.sim.truth import TruthModel, readout_multipliers
+
+    model = TruthModel(**json.loads(model_json))
+    m = readout_multipliers(model, a)
+    cells = simulated_cells(microglia_per_mm2=model.baseline_microglia_per_mm2 * m["microglia_density"],
+                            process_length_scale=m["process_length"], branching_scale=m["branching"],
+                            soma_scale=m["soma_radius"], fields=fields, seed=seed)
+    return {col: cells[col].to_numpy(float) for col in RENDERED_MORPHOLOGY.values()}
+
+
+def _log_ratio(treated: np.ndarray, vehicle: np.ndarray) -> float:
+    """Log ratio of geometric means; zeros as ``log(x + c)``, ``c`` half the smallest positive
+    value (the rule of :func:`analysis.stats.models.fit_morphology_endpoint`)."""
+    both = np.concatenate([treated, vehicle])
+    c = 0.5 * both[both > 0].min() if (both == 0).any() else 0.0
+    return float(np.log(treated + c).mean() - np.log(vehicle + c).mean())
+
+
+def _model_json(model) -> str:
+    import dataclasses
+
+    return json.dumps(dataclasses.asdict(model), sort_keys=True)
+
+
+def morphology_truth_table(activations: Iterable[float], *, fields: int = 64, model=None,
+                           seed: tuple[int, ...] = _MORPHOLOGY_MC_SEED) -> pd.DataFrame:
+    """Ratios versus activation 0 of the rendered cells' skeleton length and branch points.
+
+    Parameters
+    ----------
+    activations : iterable of float
+        Activations in [0, 1].
+    fields : int
+        Fields of 2048 x 2048 px per activation (:func:`analysis.sim.glia.simulated_cells`).
+    model : TruthModel, optional
+        Default: :func:`analysis.sim.truth.calibrated_model`.
+    seed : tuple of int
+        Seed of the cells (the same at every activation).
+
+    Returns
+    -------
+    DataFrame
+        ``activation``, ``process_length`` and ``branching`` (ratios of geometric means),
+        ``cells`` (interior cells at that activation).
+    """
+    from analysis.sim.truth import calibrated_model
+
+    key = _model_json(model if model is not None else calibrated_model())
+    vehicle = _rendered_cells(key, 0.0, int(fields), tuple(seed))
+    rows = []
+    for a in activations:
+        treated = _rendered_cells(key, round(float(a), 6), int(fields), tuple(seed))
+        row = {"activation": float(a)}
+        for truth_key, col in RENDERED_MORPHOLOGY.items():
+            row[truth_key] = float(np.exp(_log_ratio(treated[col], vehicle[col])))
+        row["cells"] = len(treated["branch_points"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@functools.lru_cache(maxsize=1)
+def _tabulated() -> pd.DataFrame | None:
+    if not MORPHOLOGY_TRUTH_TABLE.exists():
+        return None
+    return pd.read_csv(MORPHOLOGY_TRUTH_TABLE, comment="#").sort_values("activation")
+
+
+def rendered_morphology_ratio(model, a: float, truth_key: str) -> float:
+    """Ratio of geometric means of a morphology readout of the generator's cells at activation ``a``
+    to those at activation 0 (vehicle), as the report's model estimates it.
+
+    For the default truth model it is interpolated (linearly in the activation) in
+    :data:`MORPHOLOGY_TRUTH_TABLE`; for any other model the cells are drawn here by
+    :func:`analysis.sim.glia.simulated_cells` at the model's settings for ``a`` and for 0
+    (:data:`MORPHOLOGY_MC_FIELDS` fields each, a few seconds, cached).
+
+    Parameters
+    ----------
+    model : TruthModel
+        The study's truth model.
+    a : float
+        Activation of the treated group.
+    truth_key : str
+        ``"process_length"`` (skeleton length) or ``"branching"`` (branch points).
+
+    Returns
+    -------
+    float
+    """
+    from analysis.sim.truth import calibrated_model
+
+    col = RENDERED_MORPHOLOGY[truth_key]
+    table = _tabulated()
+    if table is not None and model == calibrated_model():
+        return float(np.interp(float(a), table["activation"], table[truth_key]))
+    key = _model_json(model)
+    log.info("simulating the cells of the truth model at activation %.3f for the %s truth "
+             "(Monte-Carlo SD ~2.5 %%)", a, col)
+    treated = _rendered_cells(key, round(float(a), 6), MORPHOLOGY_MC_FIELDS, _MORPHOLOGY_MC_SEED)[col]
+    vehicle = _rendered_cells(key, 0.0, MORPHOLOGY_MC_FIELDS, _MORPHOLOGY_MC_SEED)[col]
+    return float(np.exp(_log_ratio(treated, vehicle)))
+
+
+def true_ratio(model, truth_key: str, a: float) -> float:
+    """The simulation's true ratio versus vehicle of one readout at activation ``a``: the truth
+    model's multiplier, except for morphology, where it is what the rendered cells show
+    (:func:`rendered_morphology_ratio`)."""
+    from analysis.sim.truth import readout_multipliers
+
+    if a == 0.0:
+        return 1.0
+    if truth_key in RENDERED_MORPHOLOGY:
+        return rendered_morphology_ratio(model, a, truth_key)
+    return float(readout_multipliers(model, a)[truth_key])
+
+
 def _true_pct(model, truth_key: str | None, r) -> float:
-    from analysis.sim.truth import activation, readout_multipliers
+    from analysis.sim.truth import activation
 
     if truth_key is None:
         return float("nan")
     a = float(activation(model, genotype=r.genotype, compound=r.compound, dose_mg_kg=float(r.dose_mg_kg),
                          treatment_days=float(r.treatment_days), day=float(r.day)))
-    # vehicle animals have activation 0 (multiplier 1), and so has every animal at baseline
-    return 100.0 * (readout_multipliers(model, a)[truth_key] - 1.0)
+    # vehicle animals have activation 0 (ratio 1), and so has every animal at baseline
+    return 100.0 * (true_ratio(model, truth_key, a) - 1.0)
 
 
 def add_truth(contrasts: pd.DataFrame, model, truth_of: dict[str, str | None]) -> pd.DataFrame:
@@ -400,8 +539,8 @@ def add_truth(contrasts: pd.DataFrame, model, truth_of: dict[str, str | None]) -
     ``ci_covers_truth``.
 
     The truth of a treated row is the simulation's effect versus vehicle at the row's day
-    (:func:`analysis.sim.truth.readout_multipliers` at the group's activation, the vehicle's being
-    1); NaN for reference rows and endpoints without a simulated truth.  ``truth_of`` maps
+    (:func:`true_ratio` at the group's activation: the truth model's multiplier, or for
+    morphology what the rendered cells show; the vehicle's being 1); NaN for reference rows and endpoints without a simulated truth.  ``truth_of`` maps
     each endpoint key to its readout in :func:`analysis.sim.truth.readout_multipliers` (None:
     no simulated truth).  Without a model (real data) the table is returned unchanged.
     """
