@@ -219,3 +219,20 @@ def test_index_states_the_mechanism_contrasts(small_report: Path) -> None:
     assert len(mech) and "Mechanism (synapse density, secondary, p unadjusted)" in text
     for r in mech.itertuples():
         assert f"{r.contrast}: {r.pct_difference:+.1f} % (95 % CI {r.ci_low:+.1f} to {r.ci_high:+.1f} %" in text
+
+
+def test_methods_list_the_spine_readouts_parameters_when_it_ran() -> None:
+    """The spine readout's detector and tracker parameters are in the methods of a study that
+    measured spines (configured values marked, the tracer with its defaults), not otherwise."""
+    from analysis.report.index import _detector_parameters
+
+    cfg = {"readouts": {"spines": {"k_sigma": 5.0, "max_distance_um": 1.0}}}
+    det = _detector_parameters(cfg, {"spines"})
+    rows = det.set_index(["function", "parameter"])
+    assert rows.loc[("analysis.measure.spines.detect_spines", "k_sigma"), "value"] == "5.0"
+    assert rows.loc[("analysis.measure.spines.detect_spines", "k_sigma"), "source"] == "configured"
+    assert rows.loc[("analysis.measure.spines.track_spines", "max_distance_um"), "source"] == "configured"
+    # the readout traces dendrites with the tracer's defaults, whatever is configured
+    assert rows.loc[("analysis.measure.spines.trace_dendrites", "k_sigma"), "source"] == "default"
+    assert not any(p in ("image", "images", "trace", "return_all", "pixel_size_um") for p in det["parameter"])
+    assert not _detector_parameters(cfg)["function"].str.contains("spines").any()

@@ -393,9 +393,16 @@ _DETECTORS: tuple[tuple[str, str, str], ...] = (
     ("puncta", "analysis.measure.puncta", "detect_puncta"),
     ("microglia", "analysis.measure.microglia", "segment_microglia"),
     ("lysosomes", "analysis.measure.engulfment", "segment_lysosomes"),
+    # the spine readout: dendrites traced with their defaults, its parameters (QuantifyParams.readouts
+    # ["spines"]) given to the detector and to the tracker (which passes the detector's on)
+    ("readouts.spines", "analysis.measure.spines", "trace_dendrites"),
+    ("readouts.spines", "analysis.measure.spines", "detect_spines"),
+    ("readouts.spines", "analysis.measure.spines", "track_spines"),
 )
+#: Detectors that take no configured parameters (run with their defaults).
+_DEFAULTS_ONLY = {"trace_dendrites"}
 #: Arguments that come from each image, not from the parameters.
-_PER_IMAGE_ARGS = {"image", "pixel_size_um", "z_step_um", "mask"}
+_PER_IMAGE_ARGS = {"image", "images", "pixel_size_um", "z_step_um", "mask", "trace", "return_all"}
 #: Per-image quality columns summarised in the methods (column, label).
 _QUALITY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("measured_snr", "measured SNR"),
@@ -406,17 +413,26 @@ _QUALITY_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _detector_parameters(quantify: dict) -> pd.DataFrame:
-    """Every parameter of each detector as it ran: the configured value, else the function's default."""
+def _detector_parameters(quantify: dict, readouts: set[str] | None = None) -> pd.DataFrame:
+    """Every parameter of each detector as it ran: the configured value, else the function's default.
+
+    ``readouts``: the registered readouts beyond the built-in three (``"spines"``) that ran in
+    this study; their detectors are listed only then (default: none)."""
     import importlib
 
     rows = []
     for key, module, name in _DETECTORS:
+        if key.startswith("readouts."):
+            readout = key.split(".", 1)[1]
+            if readout not in (readouts or set()):
+                continue
+            given = {} if name in _DEFAULTS_ONLY else dict((quantify.get("readouts") or {}).get(readout) or {})
+        else:
+            given = dict(quantify.get(key) or {})
         try:
             func = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):
             continue
-        given = dict(quantify.get(key) or {})
         for p in inspect.signature(func).parameters.values():
             if p.name in _PER_IMAGE_ARGS or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 continue
@@ -426,9 +442,10 @@ def _detector_parameters(quantify: dict) -> pd.DataFrame:
             elif p.default is not p.empty:
                 rows.append({"function": f"{module}.{name}", "parameter": p.name, "value": repr(p.default),
                              "source": "default"})
-        for k, v in given.items():
-            rows.append({"function": f"{module}.{name}", "parameter": k, "value": repr(redact_paths(v)),
-                         "source": "configured"})
+        if not key.startswith("readouts."):  # (a readout's parameters are shared by its functions)
+            for k, v in given.items():
+                rows.append({"function": f"{module}.{name}", "parameter": k, "value": repr(redact_paths(v)),
+                             "source": "configured"})
     try:
         from analysis.pipeline.quantify import QUALITY_DEFAULTS
     except ImportError:
@@ -596,7 +613,11 @@ def _methods_html(processed: Path, data_dir: Path, parameters: dict, tables: dic
     m_path = processed / "measurements.parquet"
     measurements = pd.read_parquet(m_path) if m_path.exists() else None
     quantify = parameters.get("quantify") if isinstance(parameters.get("quantify"), dict) else {}
-    det = _detector_parameters(quantify or {})
+    ran = set()
+    if measurements is not None and "spine_density_per_um" in measurements \
+            and measurements["spine_density_per_um"].notna().any():
+        ran.add("spines")
+    det = _detector_parameters(quantify or {}, ran)
     quality = _quality_summary(measurements)
     return (
         "<h2>Methods (generated from this run)</h2>"
