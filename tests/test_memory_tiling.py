@@ -199,3 +199,23 @@ def test_microglia_strip_and_component_helpers_equal_the_whole_image_operations(
             np.testing.assert_array_equal(x, y)
         assert byc[1] is None
     np.testing.assert_array_equal(mg._label_max(img, comp, n), morphology._label_max(img, comp, n))
+    # maxima one component at a time: those of the whole image, or None when a plateau at the
+    # floor (the mask's minimum) would be a maximum in its box (it may reach beyond it)
+    from skimage.morphology import local_maxima
+
+    def whole(f, m):
+        return local_maxima(np.where(m, f, f[m].min()), connectivity=2, allow_borders=True) & m
+
+    got = mg._component_maxima(img, mask, comp, None)
+    np.testing.assert_array_equal(got, whole(img, mask))
+    np.testing.assert_array_equal(mg._component_maxima(img, ids[comp], comp, ids), whole(img, ids[comp]))
+    yy, xx = np.mgrid[:120, :200]
+    disks = ((yy - 60) ** 2 + (xx - 50) ** 2 < 30**2) | ((yy - 60) ** 2 + (xx - 150) ** 2 < 30**2)
+    flat = np.where(xx < 100, 1.0, 1.0 + np.exp(-((yy - 60) ** 2 + (xx - 150) ** 2) / 200.0)).astype(np.float32)
+    dcomp, nd = ndi.label(disks, structure=np.ones((3, 3), bool))
+    # the left disk is a plateau at the floor: a maximum in its box, not in the whole image
+    assert mg._component_maxima(flat, disks, dcomp, None) is None
+    both = np.array([False, True, True])
+    np.testing.assert_array_equal(mg._dominant_maxima(flat, disks, 0.0, labelled=True, comp=dcomp, ids=both)[0],
+                                  mg._dominant_maxima(flat, disks, 0.0, labelled=True)[0])
+    assert not whole(flat, disks)[60, 50] and whole(flat, disks)[60, 150]

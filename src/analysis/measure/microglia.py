@@ -144,7 +144,7 @@ def _label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _flood(image: np.ndarray, markers: np.ndarray, comp: np.ndarray, ids: np.ndarray | None = None,
-           negate: bool = False) -> np.ndarray:
+           negate: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """``watershed(image, markers, mask=comp > 0, connectivity=2)`` (``mask=ids[comp]`` with
     ``ids``) where ``comp`` labels the 8-connected components of the mask: one component at a
     time, in its bounding box.
@@ -154,8 +154,11 @@ def _flood(image: np.ndarray, markers: np.ndarray, comp: np.ndarray, ids: np.nda
     broken), so the labels are those of the whole-image watershed, with the memory of the
     largest box instead of skimage's float64 and padded copies of the whole image; components
     without a seed stay 0, as the watershed leaves them.  ``negate``: flood ``-image`` (negated
-    box by box; the watershed reads only the values inside its mask)."""
-    out = np.zeros(image.shape, markers.dtype)
+    box by box; the watershed reads only the values inside its mask).  ``out``: the array to
+    fill (zeros, or the markers themselves when every marker lies in a component flooded here:
+    each component reads its own markers and writes its own pixels)."""
+    if out is None:
+        out = np.zeros(image.shape, markers.dtype)
     seeded = np.zeros(int(comp.max()) + 1, bool)
     seeded[comp[markers != 0]] = True
     seeded[0] = False
@@ -491,6 +494,39 @@ def _foreground(
     return fg, signal, halfmax, sd
 
 
+def _component_maxima(f: np.ndarray, mask: np.ndarray, comp: np.ndarray, ids: np.ndarray | None) -> np.ndarray | None:
+    """``local_maxima(np.where(mask, f, floor), connectivity=2, allow_borders=True) & mask``
+    (``floor``: the minimum of ``f`` in the mask; ``mask == ids[comp]``, ``comp`` its
+    8-connected components) one component at a time, in its bounding box and a ring of one
+    pixel, padded with -inf.  A plateau above ``floor`` lies in one component and its
+    neighbours outside it are ``floor``, so it is judged on the same values; a plateau at
+    ``floor`` may reach beyond the box through the floor-valued background, so when one is
+    found a maximum here, None (the caller takes the whole image).  None also for a
+    non-finite ``floor``."""
+    h, w = f.shape
+    floor = np.inf
+    step = max(1, (1 << 18) // max(w, 1))
+    for r0 in range(0, h, step):  # (the minimum strip by strip: no gathered copy)
+        v = f[r0 : r0 + step][mask[r0 : r0 + step]]
+        if v.size:
+            floor = min(floor, float(v.min()))
+    if not np.isfinite(floor):
+        return None if mask.any() else np.zeros(f.shape, bool)
+    out = np.zeros(f.shape, bool)
+    for i, box in enumerate(ndi.find_objects(comp), start=1):
+        if box is None or (ids is not None and not ids[i]):
+            continue
+        sl = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(box, f.shape))
+        g = np.where(mask[sl], f[sl], floor)
+        mine = comp[sl] == i
+        peaks = local_maxima(np.pad(g, 1, constant_values=-np.inf), connectivity=2, allow_borders=False)[1:-1, 1:-1]
+        peaks &= mine
+        if (g[peaks] == floor).any():
+            return None
+        out[sl] |= peaks
+    return out
+
+
 def _dominant_maxima(
     f: np.ndarray, mask: np.ndarray, h: float, rel: float = 0.0, labelled: bool = False,
     comp: np.ndarray | None = None, ids: np.ndarray | None = None, want_regions: bool = True,
@@ -527,22 +563,25 @@ def _dominant_maxima(
         f = f.astype(np.float64)
     # (only values inside the mask are read below: the basins lie in it; no -inf copy of f)
     full = np.ones((3,) * f.ndim, bool)
-    floor = float(f[mask].min()) if mask.any() else 0.0
-    g = np.where(mask, f, floor)
-    maxima = local_maxima(g, connectivity=f.ndim, allow_borders=True) & mask
-    if comp is not None and f.ndim == 2:
-        del g  # (the flood below reads -f inside the mask, box by box: the same values as -g)
+    by_comp = comp is not None and f.ndim == 2
+    maxima = _component_maxima(f, mask, comp, ids) if by_comp else None
+    if maxima is None:
+        floor = float(f[mask].min()) if mask.any() else 0.0
+        g = np.where(mask, f, floor)
+        maxima = local_maxima(g, connectivity=f.ndim, allow_borders=True) & mask
+        if by_comp:
+            del g  # (the flood below reads -f inside the mask, box by box: the same values as -g)
     seeds, n = ndi.label(maxima, structure=full)
     del maxima
     if n == 0:
         return np.zeros(f.shape, np.int32 if labelled else bool), np.zeros(f.shape, np.int32)
-    if comp is not None and f.ndim == 2:
-        basins = _flood(f, seeds, comp, ids, negate=True)
+    # a seed's pixels keep its label in the flood: the seeds are the basins' labels there
+    is_seed = seeds > 0
+    if by_comp:  # (every seed lies in a flooded component: the basins fill the seeds' array)
+        basins = _flood(f, seeds, comp, ids, negate=True, out=seeds)
     else:
         basins = watershed(np.negative(g, out=g), seeds, mask=mask, connectivity=f.ndim)
         del g
-    # a seed's pixels keep its label in the flood: the seeds are the basins' labels there
-    is_seed = seeds > 0
     del seeds
     peak = _label_max(f, basins, n)
     # highest saddle between each pair of adjacent basins
@@ -603,8 +642,11 @@ def _dominant_maxima(
     dominant[0] = False
     regions = resolved[basins] * (basins > 0) if want_regions else None
     if labelled:
-        number = np.where(dominant, np.cumsum(dominant), 0).astype(np.int32)
-        out = number[basins]  # (= number[seeds])
+        number = np.where(dominant, np.cumsum(dominant), 0).astype(basins.dtype)
+        out = basins  # (number[seeds]: looked up in place, strip by strip)
+        step = max(1, (1 << 18) // max(out.shape[-1], 1))
+        for r0 in range(0, out.shape[0], step):
+            out[r0 : r0 + step] = number[out[r0 : r0 + step]]
     else:
         out = dominant[basins]  # (= dominant[seeds])
     del basins
@@ -702,13 +744,20 @@ def _relabel_ascending(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def _touching_pairs(labels: np.ndarray) -> np.ndarray:
-    """Pairs ``(a, b)``, ``a < b``, of non-zero labels that are 8-neighbours somewhere."""
+def _touching_pairs(labels: np.ndarray, max_label: int | None = None) -> np.ndarray:
+    """Pairs ``(a, b)``, ``a < b``, of non-zero labels that are 8-neighbours somewhere (with
+    ``max_label``: of labels <= it, as in ``np.where(labels <= max_label, labels, 0)``; no copy)."""
     out = []
     for a, b in ((labels[:, 1:], labels[:, :-1]), (labels[1:, :], labels[:-1, :]),
                  (labels[1:, 1:], labels[:-1, :-1]), (labels[1:, :-1], labels[:-1, 1:])):
-        m = (a != b) & (a > 0) & (b > 0)
+        m = a != b
+        m &= a > 0
+        m &= b > 0
+        if max_label is not None:
+            m &= a <= max_label
+            m &= b <= max_label
         out.append(np.stack([np.minimum(a[m], b[m]), np.maximum(a[m], b[m])], axis=1))
+        del m
     pairs = np.concatenate(out)
     if not len(pairs):
         return pairs.reshape(0, 2)
@@ -864,12 +913,14 @@ def segment_microglia(
     del signal
     levels /= 2.0 * sd
     np.negative(np.floor(levels, out=levels), out=levels)  # -floor(signal / 2 SD), in place
+    if levels.size and np.isfinite(levels).all() and -32768 <= levels.min() and levels.max() <= 32767:
+        levels = levels.astype(np.int16)  # (whole numbers: exact, half the memory; the flood reads them in double)
     labels = _flood(levels, markers, comp)  # (= watershed(levels, markers, mask=fg, connectivity=2))
     if soma_relative_height > 0:
         # a hill that reaches less than this fraction of the soma of a cell it touches is a
         # thickening of that cell's process (a bulb, an end-foot), not a soma of its own
         height = soma_height  # (= _label_max(soma_scale, np.where(markers <= n, markers, 0), n))
-        pairs = _touching_pairs(np.where(labels <= n, labels, 0))
+        pairs = _touching_pairs(labels, max_label=n)
         a, b = pairs[:, 0], pairs[:, 1]
         weak = np.r_[a[height[a] < soma_relative_height * height[b]], b[height[b] < soma_relative_height * height[a]]]
         if len(weak):
@@ -919,7 +970,7 @@ def _label_max_inscribed(seeds: np.ndarray, n: int) -> np.ndarray:
     to its bounding box and a margin of one pixel.  The same result when that margin holds no
     labelled pixel: the nearest 0 pixel of a pixel in the box is then inside the crop (a 0
     pixel beyond it is no nearer than its projection onto the margin); otherwise the whole
-    image is transformed."""
+    image is transformed.  Labels above ``n`` count as 0."""
     out = np.full(n + 1, -np.inf)
     h, w = seeds.shape
     crops = []
@@ -928,10 +979,12 @@ def _label_max_inscribed(seeds: np.ndarray, n: int) -> np.ndarray:
             continue
         y0, y1 = max(box[0].start - 1, 0), min(box[0].stop + 1, h)
         x0, x1 = max(box[1].start - 1, 0), min(box[1].stop + 1, w)
-        crop = seeds[y0:y1, x0:x1] > 0
+        crop = seeds[y0:y1, x0:x1]
+        crop = (crop > 0) & (crop <= n)
         inner = np.zeros(crop.shape, bool)
         inner[box[0].start - y0 : box[0].stop - y0, box[1].start - x0 : box[1].stop - x0] = True
         if crop[~inner].any() or crop.all():  # (a neighbour in the margin, or no 0 pixel in reach)
+            seeds = np.where(seeds <= n, seeds, 0)
             return _label_max(ndi.distance_transform_edt(seeds > 0), seeds, n)
         crops.append((i, (slice(y0, y1), slice(x0, x1)), crop))
     for i, sl, crop in crops:
@@ -959,22 +1012,21 @@ def _terminal_swellings(
     shorter than the smallest soma diameter.  ``soma_height``: the soma-scale height of each
     seed 1..n (its maximum of the soma-scale intensity).
     """
-    cells = np.where(labels <= n, labels, 0)
-    pairs = _touching_pairs(cells)
+    # (the cells are the labels <= n: labels above n are read as 0 where it matters, no copy)
+    pairs = _touching_pairs(labels, max_label=n)
     if not len(pairs):
         return []
     partners: dict[int, list[int]] = {}
     for a, b in pairs:
         partners.setdefault(int(a), []).append(int(b))
         partners.setdefault(int(b), []).append(int(a))
-    seeds = np.where(markers <= n, markers, 0)
     height = soma_height
-    thickness = _label_max_inscribed(seeds, n)
+    thickness = _label_max_inscribed(markers, n)  # (seeds 1..n; markers above n read as 0)
     candidates = [(a, nb[0]) for a, nb in partners.items()
                   if len(nb) == 1 and height[a] < height[nb[0]] and thickness[a] < thickness[nb[0]]]
     if not candidates:
         return []
-    boxes = ndi.find_objects(cells)
+    boxes = ndi.find_objects(labels, max_label=n)
     min_process_px = soma_min_diameter_um / px
     out = []
     for a, b in candidates:
@@ -982,7 +1034,7 @@ def _terminal_swellings(
         if box is None:
             continue
         sl = tuple(slice(max(s.start - 3, 0), s.stop + 3) for s in box)
-        crop = cells[sl]
+        crop = labels[sl]  # (a and b <= n: == a and != b as in the cells <= n)
         cell = np.pad(crop == a, 1)
         c = _Cell(cell, px, soma_min_diameter_um, 1.0, process_max_width_um)
         # a branch leads to the other cell when it ends there: the skeleton stops about a
