@@ -165,12 +165,16 @@ def test_microglia_strip_and_component_helpers_equal_the_whole_image_operations(
     from analysis.measure import morphology
 
     rng = np.random.default_rng(7)
-    img = ndi.gaussian_filter(rng.normal(size=(700, 150)), 2.0).astype(np.float32)  # tall: several strips
+    img = ndi.gaussian_filter(rng.normal(size=(1000, 600)), 2.0).astype(np.float32)  # strips of 436 rows
     for radius in (1, 3, 5):
+        np.testing.assert_array_equal(mg._disk_grey_opening(img, radius), ndi.grey_opening(img, footprint=disk(radius)))
         np.testing.assert_array_equal(mg._disk_rank(img, radius, "min"), ndi.grey_erosion(img, footprint=disk(radius)))
         np.testing.assert_array_equal(mg._disk_rank(img, radius, "max"), ndi.grey_dilation(img, footprint=disk(radius)))
         np.testing.assert_array_equal(mg._square_rank(img, radius, "max"), ndi.maximum_filter(img, size=2 * radius + 1))
         np.testing.assert_array_equal(mg._square_rank(img, radius, "min"), ndi.minimum_filter(img, size=2 * radius + 1))
+    from skimage.filters import apply_hysteresis_threshold
+
+    np.testing.assert_array_equal(mg._hysteresis(img, 0.02, 0.08), apply_hysteresis_threshold(img, 0.02, 0.08))
     mask = img > 0.05
     for r in (2.5, 6.0):
         np.testing.assert_array_equal(mg._farther_than(mask, r), ndi.distance_transform_edt(mask) > r)

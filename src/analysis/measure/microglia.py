@@ -176,14 +176,10 @@ def _flood(image: np.ndarray, markers: np.ndarray, comp: np.ndarray, ids: np.nda
 
 def _hysteresis(image: np.ndarray, low: float, high: float) -> np.ndarray:
     """:func:`skimage.filters.apply_hysteresis_threshold` (the 4-connected components above
-    ``low`` that hold a pixel above ``high``): the components hit are looked up by index
-    instead of summed per label (the same mask)."""
+    ``low`` that hold a pixel above ``high``): grown from the pixels above ``high`` within
+    those above ``low`` (the same mask, without a full-size label image)."""
     low = min(low, high)
-    labels, n = ndi.label(image > low)
-    hit = np.zeros(n + 1, bool)
-    hit[labels[image > high]] = True
-    hit[0] = False
-    return hit[labels]
+    return ndi.binary_propagation(image > high, mask=image > low)
 
 
 def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
@@ -379,8 +375,21 @@ def _fast_disk_opening(mask: np.ndarray, radius_px: float) -> np.ndarray:
 
 
 def _disk_grey_opening(img: np.ndarray, radius: int) -> np.ndarray:
-    """:func:`scipy.ndimage.grey_opening` with ``footprint=disk(radius)`` (same result, faster)."""
-    return _disk_rank(_disk_rank(img, radius, "min"), radius, "max")
+    """:func:`scipy.ndimage.grey_opening` with ``footprint=disk(radius)`` (same result, faster).
+
+    In strips of rows: the erosion of a strip and ``radius`` rows either side, read from the
+    image with ``2 radius`` rows of margin, then its dilation (at the image's top and bottom
+    the block's reflection is the image's): only the opening is held at full size."""
+    h, w = img.shape
+    strip = max(64, (1 << 18) // max(w, 1))
+    if h <= strip + 4 * radius:
+        return _disk_rank(_disk_rank(img, radius, "min"), radius, "max")
+    out = np.empty(img.shape, img.dtype)
+    for r0 in range(0, h, strip):
+        r1 = min(h, r0 + strip)
+        a, b = max(0, r0 - 2 * radius), min(h, r1 + 2 * radius)
+        out[r0:r1] = _disk_rank(_disk_rank(img[a:b], radius, "min"), radius, "max")[r0 - a : r1 - a]
+    return out
 
 
 def _within_steps(mask: np.ndarray, steps: int) -> np.ndarray:
@@ -453,16 +462,28 @@ def _foreground(
     # thin, dim processes: local background (removes texture wider than a process), line
     # averages in 12 orientations, thresholds from the background statistics of the response
     r_local = max(process_max_width_um / 2 / px, 1.0)
-    local = ndi.gaussian_filter(_disk_grey_opening(smooth, int(np.ceil(r_local))), r_local)
+    local = _disk_grey_opening(smooth, int(np.ceil(r_local)))
+    ndi.gaussian_filter(local, r_local, output=local)  # (in place: the same numbers)
     np.subtract(smooth, local, out=local)  # smooth - blurred opening, in place
     del smooth
     length_px = max(line_length_um / px, 3.0)
-    resp = None  # running maximum over the orientations (not 12 full-size responses at once)
-    for k in _line_kernels(length_px, 12):
-        r_k = ndi.correlate(local, k, mode="nearest")
-        resp = r_k if resp is None else np.maximum(resp, r_k, out=resp)
-        del r_k
-    del local
+    # running maximum over the orientations, strip by strip (each strip read with the kernels'
+    # reach: the same correlations as the whole image's)
+    kernels = _line_kernels(length_px, 12)
+    reach = max(k.shape[0] for k in kernels) // 2 + 1
+    resp = np.empty(local.shape, local.dtype)
+    step = max(64, (1 << 18) // max(local.shape[1], 1))
+    for r0 in range(0, local.shape[0], step):
+        r1 = min(local.shape[0], r0 + step)
+        a, b = max(0, r0 - reach), min(local.shape[0], r1 + reach)
+        out = resp[r0:r1]
+        for i, k in enumerate(kernels):
+            r_k = ndi.correlate(local[a:b], k, mode="nearest")[r0 - a : r1 - a]
+            if i == 0:
+                out[...] = r_k
+            else:
+                np.maximum(out, r_k, out=out)
+    del local, r_k, out
     near = _within_steps(bright, int(np.ceil(length_px)) + 2)
     bg_vals = resp[~near] if (~near).sum() > 1000 else resp.ravel()
     m, s = _median_and_robust_sd(bg_vals)
