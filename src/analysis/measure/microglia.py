@@ -548,6 +548,27 @@ def _component_maxima(f: np.ndarray, mask: np.ndarray, comp: np.ndarray, ids: np
     return out
 
 
+def _basin_saddles(f: np.ndarray, basins: np.ndarray, peak: np.ndarray, a_list: list, b_list: list,
+                   s_list: list) -> None:
+    """Raise ``peak`` (per label) to the maximum of ``f`` in each basin and append the pairs of
+    8-adjacent pixels of different basins and their saddle value (the lower of the two) to the
+    lists (heights and saddles in double)."""
+    sel = basins > 0
+    np.maximum.at(peak, basins[sel].ravel(), f[sel].astype(np.float64).ravel())
+    for off in itertools.product((-1, 0, 1), repeat=f.ndim):
+        if off <= (0,) * f.ndim:  # each neighbour pair once
+            continue
+        sa = tuple(slice(max(0, -o), n_ - max(0, o)) for o, n_ in zip(off, f.shape))
+        sb = tuple(slice(max(0, o), n_ - max(0, -o)) for o, n_ in zip(off, f.shape))
+        la, lb = basins[sa], basins[sb]
+        sel = la != lb
+        sel &= la > 0
+        sel &= lb > 0
+        a_list.append(la[sel])
+        b_list.append(lb[sel])
+        s_list.append(np.minimum(f[sa][sel], f[sb][sel]))
+
+
 def _dominant_maxima(
     f: np.ndarray, mask: np.ndarray, h: float, rel: float = 0.0, labelled: bool = False,
     comp: np.ndarray | None = None, ids: np.ndarray | None = None, want_regions: bool = True,
@@ -596,30 +617,32 @@ def _dominant_maxima(
     del maxima
     if n == 0:
         return np.zeros(f.shape, np.int32 if labelled else bool), np.zeros(f.shape, np.int32)
-    # a seed's pixels keep its label in the flood: the seeds are the basins' labels there
-    is_seed = seeds > 0
-    if by_comp:  # (every seed lies in a flooded component: the basins fill the seeds' array)
-        basins = _flood(f, seeds, comp, ids, negate=True, out=seeds)
+    if by_comp and not want_regions:
+        # basins, their peaks and saddles component by component: no full-size basins
+        peak = np.full(n + 1, -np.inf)
+        a_list, b_list, s_list = [], [], []
+        for i, box in enumerate(ndi.find_objects(comp), start=1):
+            if box is None or (ids is not None and not ids[i]):
+                continue
+            m = comp[box] == i
+            mk = np.where(m, seeds[box], 0)
+            if not mk.any():
+                continue
+            sub = watershed(np.negative(f[box]), mk, mask=m, connectivity=2)  # (as _flood)
+            _basin_saddles(f[box], sub, peak, a_list, b_list, s_list)
+        basins = None
     else:
-        basins = watershed(np.negative(g, out=g), seeds, mask=mask, connectivity=f.ndim)
-        del g
-    del seeds
-    peak = _label_max(f, basins, n)
-    # highest saddle between each pair of adjacent basins
-    a_list, b_list, s_list = [], [], []
-    for off in itertools.product((-1, 0, 1), repeat=f.ndim):
-        if off <= (0,) * f.ndim:  # each neighbour pair once
-            continue
-        sa = tuple(slice(max(0, -o), n_ - max(0, o)) for o, n_ in zip(off, f.shape))
-        sb = tuple(slice(max(0, o), n_ - max(0, -o)) for o, n_ in zip(off, f.shape))
-        la, lb = basins[sa], basins[sb]
-        sel = la != lb
-        sel &= la > 0
-        sel &= lb > 0
-        a_list.append(la[sel])
-        b_list.append(lb[sel])
-        s_list.append(np.minimum(f[sa][sel], f[sb][sel]))
-    del la, lb, sel  # (views of the basins: they would keep them alive)
+        # a seed's pixels keep its label in the flood: the seeds are the basins' labels there
+        is_seed = seeds > 0
+        if by_comp:  # (every seed lies in a flooded component: the basins fill the seeds' array)
+            basins = _flood(f, seeds, comp, ids, negate=True, out=seeds)
+        else:
+            basins = watershed(np.negative(g, out=g), seeds, mask=mask, connectivity=f.ndim)
+            del g
+        del seeds
+        peak = np.full(n + 1, -np.inf)
+        a_list, b_list, s_list = [], [], []
+        _basin_saddles(f, basins, peak, a_list, b_list, s_list)
     a = np.concatenate(a_list).astype(np.int64)
     b = np.concatenate(b_list).astype(np.int64)
     sad = np.concatenate(s_list).astype(np.float64)
@@ -661,6 +684,14 @@ def _dominant_maxima(
             break
         resolved = nxt
     dominant[0] = False
+    if basins is None:  # (by component: the seeds are still at hand)
+        if not labelled:
+            return dominant[seeds], None
+        number = np.where(dominant, np.cumsum(dominant), 0).astype(seeds.dtype)
+        step = max(1, (1 << 18) // max(seeds.shape[-1], 1))
+        for r0 in range(0, seeds.shape[0], step):  # (number[seeds], in place, strip by strip)
+            seeds[r0 : r0 + step] = number[seeds[r0 : r0 + step]]
+        return seeds, None
     regions = resolved[basins] * (basins > 0) if want_regions else None
     if labelled:
         number = np.where(dominant, np.cumsum(dominant), 0).astype(basins.dtype)
