@@ -698,6 +698,10 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     best_i = np.where(touch, rbest_i, best_i).astype(np.int8)
     best_z = np.where(touch, rbest_z, best_z)
     lam_ratio = np.where(touch, rlam, lam_ratio)
+    # near the shaft the flank of its ridge lowers a head's plain response (and the model may
+    # take a little of a head pressed against it): a head there counts the stronger of its
+    # responses in noise sigmas, with and without the shaft
+    best_z = np.where(d_edge <= 2.0 * radii.max(), np.maximum(best_z, rbest_z), best_z)
     # heads cut by the image border cannot be measured (and the filter is biased there)
     edge = max(2, int(round(radii.min())))
     peaks[:edge], peaks[-edge:], peaks[:, :edge], peaks[:, -edge:] = False, False, False, False
