@@ -590,13 +590,18 @@ def _shaft_model(flat: np.ndarray, tr: DendriteTrace, cy: np.ndarray, cx: np.nda
     out = np.zeros(flat.shape, np.float32)
     present = np.bincount(k[near], minlength=n_angles) > 0
     need = present | np.roll(present, 1) | np.roll(present, -1)
-    ops: dict[int, np.ndarray] = {}
-    for i in np.nonzero(need)[0]:
-        op = ndi.grey_opening(small, footprint=_line_footprint(length, i * np.pi / n_angles), mode="nearest")
-        ops[i] = ndi.zoom(op, f, order=1, mode="nearest", grid_mode=True)[:h, :w] if f > 1 else op
+    ops = {i: ndi.grey_opening(small, footprint=_line_footprint(length, i * np.pi / n_angles), mode="nearest")
+           for i in np.nonzero(need)[0]}
     for i in np.nonzero(present)[0]:
-        sel = near & (k == i)
-        out[sel] = np.maximum(np.maximum(ops[(i - 1) % n_angles][sel], ops[i][sel]), ops[(i + 1) % n_angles][sel])
+        sy, sx = np.nonzero(near & (k == i))
+        vals = []
+        for j in ((i - 1) % n_angles, i, (i + 1) % n_angles):
+            if f > 1:  # bilinear, at the pixel centres of the block-reduced grid
+                vals.append(ndi.map_coordinates(ops[j], [(sy + 0.5) / f - 0.5, (sx + 0.5) / f - 0.5],
+                                                order=1, mode="nearest"))
+            else:
+                vals.append(ops[j][sy, sx])
+        out[sy, sx] = np.maximum(np.maximum(vals[0], vals[1]), vals[2])
     u = d_cent / np.maximum(tr.shaft_dt[cy, cx], 1.0)
     taper = np.clip((reach_shaft_radii - u) / (0.5 * reach_shaft_radii), 0.0, 1.0)
     return np.clip(out, 0, None) * taper
