@@ -849,7 +849,9 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     cannot follow the shaft), maxima of the blob filter on that shaft-free image are
     candidates as well where the plain image has none nearby: the response of a head pressed
     against the shaft merges into the shaft's ridge. Their noise is the larger of the
-    background noise and the robust noise of that response over the shaft.
+    background noise and the robust noise of that response over the shaft. Within that
+    distance every candidate's response in noise sigmas is the larger of the two (the flank
+    of the shaft's ridge lowers the plain response of a head next to it).
 
     Parameters
     ----------
