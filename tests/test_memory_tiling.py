@@ -109,10 +109,14 @@ def test_tiled_detection_of_a_stack() -> None:
     tiled = detect_puncta(stack, 0.1, z_step_um=0.3, tile_px=128)
     assert list(tiled.columns[:3]) == ["z", "y", "x"]
     m = match_points(whole[["z", "y", "x"]].to_numpy(), tiled[["z", "y", "x"]].to_numpy(), 0.1)
-    # a small, crowded synthetic stack cut into nine tiles: measured 331 vs 336 puncta (1.5 %),
-    # 318 at the same place within 0.1 px (96 %); stacks up to 1024 px laterally are not tiled
+    near = match_points(whole[["z", "y", "x"]].to_numpy(), tiled[["z", "y", "x"]].to_numpy(), 1.0)
+    # a small, crowded synthetic stack cut into nine tiles: measured 340 vs 342 puncta (0.6 %),
+    # 320 at the same place within 0.1 px (94 %; 318 of 331 before puncta on the outermost
+    # pixels were kept in the field), 337 within 1 px (the others settle a little differently
+    # in a tile's fit); stacks up to 1024 px laterally are not tiled
     assert abs(len(whole) - len(tiled)) <= 0.02 * len(whole)
-    assert m.tp >= 0.95 * len(whole)
+    assert m.tp >= 0.93 * len(whole)
+    assert near.tp >= 0.98 * len(whole)
 
 
 def test_quality_helpers_without_full_maps_are_exact(field: phantoms.SynapseField) -> None:
@@ -178,19 +182,21 @@ def test_microglia_strip_and_component_helpers_equal_the_whole_image_operations(
     mask = img > 0.05
     for r in (2.5, 6.0):
         np.testing.assert_array_equal(mg._farther_than(mask, r), ndi.distance_transform_edt(mask) > r)
-    # the flood, one 8-connected component at a time
+    # the flood: skimage's watershed, also with ties (whole-number levels, seeds of equal value,
+    # where a flood split by component would differ)
     comp, n = ndi.label(mask, structure=np.ones((3, 3), bool))
     assert n > 10
     markers = np.zeros(img.shape, np.int32)
     pts = np.argwhere(mask)[rng.choice(int(mask.sum()), 60, replace=False)]
     markers[tuple(pts.T)] = np.arange(1, 61)
-    want = watershed(-img, markers, mask=mask, connectivity=2)
-    np.testing.assert_array_equal(mg._flood(-img, markers, comp), want)
-    np.testing.assert_array_equal(mg._flood(img, markers, comp, negate=True), want)
+    np.testing.assert_array_equal(mg._watershed(img, markers, mask, negate=True),
+                                  watershed(-img, markers, mask=mask, connectivity=2))
+    levels = np.floor(img * 20).astype(np.int16)
+    markers[tuple(pts[:30].T)] = 1  # (half the seeds one label)
+    for lv in (levels, levels.astype(np.float32)):
+        np.testing.assert_array_equal(mg._watershed(lv, markers, mask), watershed(lv, markers, mask=mask, connectivity=2))
     ids = np.zeros(n + 1, bool)
     ids[1::2] = True
-    np.testing.assert_array_equal(mg._flood(img, markers, comp, ids, negate=True),
-                                  watershed(-img, markers, mask=ids[comp], connectivity=2))
     # dominant maxima: float32 as its double copy, by component as whole
     for h, rel in ((0.0, 0.5), (0.01, 0.0)):
         a32 = mg._dominant_maxima(img, mask, h, rel=rel, labelled=True)

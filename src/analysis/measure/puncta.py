@@ -280,8 +280,9 @@ def _patches(level: np.ndarray, centres: np.ndarray, radius: np.ndarray) -> np.n
     return np.broadcast_to(level[sel], out_shape)
 
 
-def _subpixel(z: np.ndarray, peaks: np.ndarray) -> np.ndarray:
-    """Quadratic (parabola) refinement of integer peak positions along each axis."""
+def _subpixel(z: np.ndarray, peaks: np.ndarray, edges: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Quadratic (parabola) refinement of integer peak positions along each axis (lateral
+    coordinates kept within ``edges``, see :func:`_within_lateral_edges`)."""
     out = peaks.astype(float)
     f0 = z[tuple(peaks.T)]
     for ax in range(z.ndim):
@@ -294,6 +295,31 @@ def _subpixel(z: np.ndarray, peaks: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             off = np.where(den < 0, 0.5 * (fm - fp) / den, 0.0)
         out[:, ax] += np.clip(off, -0.5, 0.5)
+    return _within_lateral_edges(out, edges)
+
+
+def _image_edges(shape: tuple[int, ...], region: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Lateral limits of puncta positions in a block: the outermost pixel centres where the
+    block's edge is the image's edge (no limit where it is a tile's margin)."""
+    lo = np.zeros(2)
+    hi = np.array(shape[-2:], float) - 1.0
+    if region is not None:
+        lo = np.where(np.isfinite(region[0][-2:]), -np.inf, lo)
+        hi = np.where(np.isfinite(region[1][-2:]), np.inf, hi)
+    return lo, hi
+
+
+def _within_lateral_edges(p: np.ndarray, edges: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Positions with the lateral (last two) coordinates kept within ``edges`` (see
+    :func:`_image_edges`).  At a reflecting image edge a punctum on the outermost pixel and its
+    mirror image are one blob centred on the edge itself, so the sub-pixel steps would carry it
+    half a pixel or more outward, where the model no longer fits the light and the punctum
+    falls outside the field (sim-fish's spots on edge pixels were missed); on the outermost
+    pixel the model (punctum plus mirror image) is the data."""
+    if edges is None or len(p) == 0:
+        return p
+    out = p.copy()
+    out[:, -2:] = np.clip(out[:, -2:], edges[0], edges[1])
     return out
 
 
@@ -435,6 +461,7 @@ def _refine(
     f_nom: np.ndarray,
     nominal: _Scale,
     bg: np.ndarray,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Sub-pixel centres from the deblended nominal response (the response map minus the
     neighbours' fitted models) at each centre pixel and its axial neighbours, by fitting a
@@ -464,7 +491,7 @@ def _refine(
         lv = np.where(positive[..., None], np.log(np.where(vals > 0, vals, 1.0)), vals)
         den = lv[..., 0] - 2 * lv[..., 1] + lv[..., 2]
         off = np.where(den < 0, 0.5 * (lv[..., 0] - lv[..., 2]) / den, 0.0)
-    return c + np.clip(np.nan_to_num(off), -1.0, 1.0)
+    return _within_lateral_edges(c + np.clip(np.nan_to_num(off), -1.0, 1.0), edges)
 
 
 # --------------------------------------------------------------------------- detection
@@ -996,7 +1023,8 @@ def _detect_block(
     sharp = -ndi.gaussian_laplace(img, _SHARP * sigma0, mode="reflect")
     cand = (sharp == ndi.maximum_filter(sharp, size=footprint, mode="nearest")) & (z_nom >= 0.5 * threshold_sd)
     del z_nom
-    pos = _subpixel(sharp, np.argwhere(cand))
+    edges = _image_edges(img.shape, region)
+    pos = _subpixel(sharp, np.argwhere(cand), edges)
     n_cand = len(pos)
     del sharp, cand
 
@@ -1121,7 +1149,7 @@ def _detect_block(
             moved = np.zeros(n, bool)
             if refined < 2:
                 refined += 1
-                new_p = _refine(p, amp, sig, cc, i, j, f_nom, nominal, bg)
+                new_p = _refine(p, amp, sig, cc, i, j, f_nom, nominal, bg, edges)
                 moved = np.abs(new_p - p).max(axis=1) > 0.02
             if not (resize or moved.any()):
                 break
@@ -1144,7 +1172,7 @@ def _detect_block(
         z_res = (f_nom - nominal.response(model - 2.0 * m1 + ndi.gaussian_filter(m1, bg, mode="reflect"))) / sd_nom
         is_max = z_res == ndi.maximum_filter(z_res, size=footprint, mode="nearest")
         peaks = np.argwhere(is_max & (z_res >= threshold_sd))
-        new = _subpixel(z_res, peaks)
+        new = _subpixel(z_res, peaks, edges)
         if len(new):
             dist, _ = cKDTree(pos / sep).query(new / sep)
             new = new[dist >= 1.0]
