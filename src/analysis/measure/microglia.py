@@ -143,35 +143,52 @@ def _label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _flood(image: np.ndarray, markers: np.ndarray, comp: np.ndarray, ids: np.ndarray | None = None,
-           negate: bool = False, out: np.ndarray | None = None) -> np.ndarray:
-    """``watershed(image, markers, mask=comp > 0, connectivity=2)`` (``mask=ids[comp]`` with
-    ``ids``) where ``comp`` labels the 8-connected components of the mask: one component at a
-    time, in its bounding box.
+def _ws_kernel():
+    """skimage's watershed kernel and its helpers (footprint and padding of connectivity 2 in
+    2-D), or None when this skimage does not have them where 0.2x keeps them."""
+    try:
+        from skimage.segmentation import _watershed as skw
 
-    A component's flood depends only on its own pixels and seeds (no path leaves it), and the
-    crop keeps their raster order (the order in which seeds enter the queue and ties are
-    broken), so the labels are those of the whole-image watershed, with the memory of the
-    largest box instead of skimage's float64 and padded copies of the whole image; components
-    without a seed stay 0, as the watershed leaves them.  ``negate``: flood ``-image`` (negated
-    box by box; the watershed reads only the values inside its mask).  ``out``: the array to
-    fill (zeros, or the markers themselves when every marker lies in a component flooded here:
-    each component reads its own markers and writes its own pixels)."""
-    if out is None:
-        out = np.zeros(image.shape, markers.dtype)
-    seeded = np.zeros(int(comp.max()) + 1, bool)
-    seeded[comp[markers != 0]] = True
-    seeded[0] = False
-    if ids is not None:
-        seeded &= ids
-    for i, sl in enumerate(ndi.find_objects(comp), start=1):
-        if sl is None or not seeded[i]:
-            continue
-        m = comp[sl] == i
-        box = np.negative(image[sl]) if negate else image[sl]
-        sub = watershed(box, np.where(m, markers[sl], 0), mask=m, connectivity=2)
-        out[sl][m] = sub[m]
-    return out
+        footprint, offset = skw._validate_connectivity(2, 2, None)
+        return footprint, tuple(int(q) for q in offset), skw._watershed_cy.watershed_raveled, skw._offsets_to_raveled_neighbors
+    except (ImportError, AttributeError):  # pragma: no cover (other skimage versions)
+        return None
+
+
+def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, negate: bool = False,
+               padded: np.ndarray | None = None) -> np.ndarray:
+    """``skimage.segmentation.watershed(image, markers, mask=mask, connectivity=2)`` of a 2-D
+    image (of ``-image`` with ``negate``) with the work arrays of skimage's kernel built once:
+    the padded double image, int8 mask and output, instead of skimage's unpadded and padded
+    copies of each.  The same kernel, inputs and order of the seeds, hence the same labels,
+    ties included.  (A flood split by connected component is not the same: seeds of equal
+    value enter skimage's queue with equal priority and leave it in an order that depends on
+    the whole queue.)  ``padded``: the markers already in a zero array padded as the kernel
+    needs (``markers`` its inner view, inside the mask): flooded in place, its inner view
+    returned.  skimage's public function when its internals are not found."""
+    found = _ws_kernel()
+    if found is None:  # pragma: no cover
+        return watershed(np.negative(image) if negate else image, markers, mask=mask, connectivity=2)
+    footprint, offset, kernel, neighbours = found
+    shape = tuple(n + 2 * q for n, q in zip(image.shape, offset))
+    inner = tuple(slice(q, q + n) for q, n in zip(offset, image.shape))
+    if padded is None:
+        out = np.zeros(shape, markers.dtype)
+        np.copyto(out[inner], markers, where=np.asarray(mask, bool))  # (markers * mask)
+    else:
+        out = padded
+    msk = np.zeros(shape, np.int8)
+    msk[inner] = mask
+    img = np.zeros(shape, np.float64)
+    if negate:
+        np.negative(image, out=img[inner])
+    else:
+        img[inner] = image
+    strides = np.array(img.strides, dtype=np.intp) // img.itemsize
+    kernel(img.ravel(), np.flatnonzero(out), neighbours(img.shape, footprint, center=offset), msk.ravel(),
+           strides, 0, out.ravel(), False)
+    del img, msk
+    return out[inner] if padded is not None else out[inner].copy()
 
 
 def _hysteresis(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -572,6 +589,7 @@ def _basin_saddles(f: np.ndarray, basins: np.ndarray, peak: np.ndarray, a_list: 
 def _dominant_maxima(
     f: np.ndarray, mask: np.ndarray, h: float, rel: float = 0.0, labelled: bool = False,
     comp: np.ndarray | None = None, ids: np.ndarray | None = None, want_regions: bool = True,
+    maxima: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Maxima of ``f`` in ``mask`` whose dynamics exceed ``max(h, rel * peak)``, and the
     regions they drain.
@@ -595,54 +613,52 @@ def _dominant_maxima(
         the basins of non-dominant maxima into their higher neighbours) contains it.
 
     ``comp`` (with ``ids``): the 8-connected components of the mask, labelled, and which of
-    them form it (``mask == ids[comp]``): the basins are flooded one component at a time
-    (:func:`_flood`, the same basins).  A float32 ``f`` is kept in float32 (the order of its
+    them form it (``mask == ids[comp]``): the maxima are found one component at a time
+    (:func:`_component_maxima`) and the basins flooded by :func:`_watershed`.  A float32 ``f`` is kept in float32 (the order of its
     values, hence the maxima, basins and saddles, is that of its exact double copy; heights and
     saddles are compared in double).  ``want_regions=False``: only the seeds (regions None).
+    ``maxima``: the regional maxima in the mask when the caller has them (from
+    :func:`_component_maxima`).
     """
     f = np.asarray(f)
     if f.dtype not in (np.float32, np.float64):
         f = f.astype(np.float64)
     # (only values inside the mask are read below: the basins lie in it; no -inf copy of f)
     full = np.ones((3,) * f.ndim, bool)
-    by_comp = comp is not None and f.ndim == 2
-    maxima = _component_maxima(f, mask, comp, ids) if by_comp else None
+    if maxima is None and comp is not None and f.ndim == 2:
+        maxima = _component_maxima(f, mask, comp, ids)
+    g = None
     if maxima is None:
         floor = float(f[mask].min()) if mask.any() else 0.0
         g = np.where(mask, f, floor)
         maxima = local_maxima(g, connectivity=f.ndim, allow_borders=True) & mask
-        if by_comp:
-            del g  # (the flood below reads -f inside the mask, box by box: the same values as -g)
-    seeds, n = ndi.label(maxima, structure=full)
+    found = _ws_kernel() if f.ndim == 2 else None
+    if found is not None:
+        # the seeds numbered straight into the padded array the flood fills (no copy of them)
+        del g  # (the flood reads -f inside the mask: the same values as -g)
+        offset = found[1]
+        padded = np.zeros(tuple(n_ + 2 * q for n_, q in zip(f.shape, offset)), np.int32)
+        seeds = padded[tuple(slice(q, q + n_) for q, n_ in zip(offset, f.shape))]
+        n = ndi.label(maxima, structure=full, output=seeds)
+    else:
+        seeds, n = ndi.label(maxima, structure=full)
     del maxima
     if n == 0:
         return np.zeros(f.shape, np.int32 if labelled else bool), np.zeros(f.shape, np.int32)
-    if by_comp and not want_regions:
-        # basins, their peaks and saddles component by component: no full-size basins
-        peak = np.full(n + 1, -np.inf)
-        a_list, b_list, s_list = [], [], []
-        for i, box in enumerate(ndi.find_objects(comp), start=1):
-            if box is None or (ids is not None and not ids[i]):
-                continue
-            m = comp[box] == i
-            mk = np.where(m, seeds[box], 0)
-            if not mk.any():
-                continue
-            sub = watershed(np.negative(f[box]), mk, mask=m, connectivity=2)  # (as _flood)
-            _basin_saddles(f[box], sub, peak, a_list, b_list, s_list)
-        basins = None
+    # a seed's pixels keep its label in the flood: the seeds are the basins' labels there
+    is_seed = seeds > 0
+    if found is not None:
+        basins = _watershed(f, seeds, mask, negate=True, padded=padded)
+        del padded
     else:
-        # a seed's pixels keep its label in the flood: the seeds are the basins' labels there
-        is_seed = seeds > 0
-        if by_comp:  # (every seed lies in a flooded component: the basins fill the seeds' array)
-            basins = _flood(f, seeds, comp, ids, negate=True, out=seeds)
-        else:
-            basins = watershed(np.negative(g, out=g), seeds, mask=mask, connectivity=f.ndim)
-            del g
-        del seeds
-        peak = np.full(n + 1, -np.inf)
-        a_list, b_list, s_list = [], [], []
-        _basin_saddles(f, basins, peak, a_list, b_list, s_list)
+        if g is None:  # pragma: no cover (maxima given, skimage without the kernel's internals)
+            g = np.where(mask, f, float(f[mask].min()))
+        basins = watershed(np.negative(g, out=g), seeds, mask=mask, connectivity=f.ndim)
+        del g
+    del seeds
+    peak = np.full(n + 1, -np.inf)
+    a_list, b_list, s_list = [], [], []
+    _basin_saddles(f, basins, peak, a_list, b_list, s_list)
     a = np.concatenate(a_list).astype(np.int64)
     b = np.concatenate(b_list).astype(np.int64)
     sad = np.concatenate(s_list).astype(np.float64)
@@ -684,14 +700,6 @@ def _dominant_maxima(
             break
         resolved = nxt
     dominant[0] = False
-    if basins is None:  # (by component: the seeds are still at hand)
-        if not labelled:
-            return dominant[seeds], None
-        number = np.where(dominant, np.cumsum(dominant), 0).astype(seeds.dtype)
-        step = max(1, (1 << 18) // max(seeds.shape[-1], 1))
-        for r0 in range(0, seeds.shape[0], step):  # (number[seeds], in place, strip by strip)
-            seeds[r0 : r0 + step] = number[seeds[r0 : r0 + step]]
-        return seeds, None
     regions = resolved[basins] * (basins > 0) if want_regions else None
     if labelled:
         number = np.where(dominant, np.cumsum(dominant), 0).astype(basins.dtype)
@@ -955,9 +963,8 @@ def segment_microglia(
     if n == 0:
         log.debug("no soma found")
         return np.zeros(shape, np.int32)
-    comp, _ = ndi.label(fg, structure=_EIGHT)  # connected foreground: floods are independent
     if entering_process_rise is not None:
-        markers = _add_entering_markers(markers, n, fg, comp, signal, sd, px, process_max_width_um,
+        markers = _add_entering_markers(markers, n, fg, signal, sd, px, process_max_width_um,
                                         entering_process_rise)
     # flood from bright to dim; intensity differences below two noise SDs are not evidence,
     # so within such a step the flood advances breadth-first (by path length)
@@ -967,7 +974,7 @@ def segment_microglia(
     np.negative(np.floor(levels, out=levels), out=levels)  # -floor(signal / 2 SD), in place
     if levels.size and np.isfinite(levels).all() and -32768 <= levels.min() and levels.max() <= 32767:
         levels = levels.astype(np.int16)  # (whole numbers: exact, half the memory; the flood reads them in double)
-    labels = _flood(levels, markers, comp)  # (= watershed(levels, markers, mask=fg, connectivity=2))
+    labels = _watershed(levels, markers, fg)  # (= watershed(levels, markers, mask=fg, connectivity=2))
     if soma_relative_height > 0:
         # a hill that reaches less than this fraction of the soma of a cell it touches is a
         # thickening of that cell's process (a bulb, an end-foot), not a soma of its own
@@ -976,12 +983,16 @@ def segment_microglia(
         a, b = pairs[:, 0], pairs[:, 1]
         weak = np.r_[a[height[a] < soma_relative_height * height[b]], b[height[b] < soma_relative_height * height[a]]]
         if len(weak):
+            comp, _ = ndi.label(fg, structure=_EIGHT)
             labels, markers = _reflood(levels, markers, np.isin(markers, weak), comp, labels)
+            del comp
     if terminal_swellings:
         swollen = _terminal_swellings(labels, markers, n, soma_height, px, soma_min_diameter_um,
                                       process_max_width_um)
         if len(swollen):
+            comp, _ = ndi.label(fg, structure=_EIGHT)
             labels, markers = _reflood(levels, markers, np.isin(markers, swollen), comp, labels)
+            del comp
     labels[labels > n] = 0  # basins of processes entering from outside the field
     if border_somata == "centre":
         drop = _somata_centred_outside(np.where(markers <= n, markers, 0))
@@ -1104,7 +1115,6 @@ def _add_entering_markers(
     markers: np.ndarray,
     n: int,
     fg: np.ndarray,
-    comp: np.ndarray,
     signal: np.ndarray,
     sd: float,
     px: float,
@@ -1127,11 +1137,15 @@ def _add_entering_markers(
     edge[k:-k, k:-k] = False
     # the dynamics of a maximum depend only on the foreground component it lies in: only the
     # components that reach the edge band are analysed (the same maxima, less work)
+    comp, _ = ndi.label(fg, structure=_EIGHT)
     at_edge = np.zeros(int(comp.max()) + 1, bool)
     at_edge[np.unique(comp[edge])] = True
     at_edge[0] = False
-    lab, _ = _dominant_maxima(signal, at_edge[comp], h, labelled=True, comp=comp, ids=at_edge,
-                             want_regions=False)
+    mask = at_edge[comp]
+    maxima = _component_maxima(signal, mask, comp, at_edge)  # (None: the whole image's below)
+    del comp
+    lab, _ = _dominant_maxima(signal, mask, h, labelled=True, want_regions=False, maxima=maxima)
+    del mask, maxima
     n_extra = int(lab.max())
     if n_extra == 0:
         return markers
