@@ -62,6 +62,7 @@ Morphology of the segmented cells (skeletons, branches, Sholl) is in
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 
@@ -143,15 +144,29 @@ def _label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _ws_kernel():
     """skimage's watershed kernel and its helpers (footprint and padding of connectivity 2 in
-    2-D), or None when this skimage does not have them where 0.2x keeps them."""
+    2-D), or None when this skimage does not have them where 0.2x keeps them, or when they
+    do not reproduce the public function on a small test with ties (a private interface may
+    change between releases: then the public function is used)."""
     try:
         from skimage.segmentation import _watershed as skw
 
         footprint, offset = skw._validate_connectivity(2, 2, None)
-        return footprint, tuple(int(q) for q in offset), skw._watershed_cy.watershed_raveled, skw._offsets_to_raveled_neighbors
-    except (ImportError, AttributeError):  # pragma: no cover (other skimage versions)
+        found = (footprint, tuple(int(q) for q in offset), skw._watershed_cy.watershed_raveled,
+                 skw._offsets_to_raveled_neighbors)
+        rng = np.random.default_rng(0)
+        img = np.round(rng.random((24, 31)) * 4)  # many equal values: ties decide
+        markers = np.zeros(img.shape, np.int32)
+        markers[rng.integers(0, 24, 9), rng.integers(0, 31, 9)] = np.arange(1, 10)
+        mask = img > 0
+        want = watershed(img, markers, mask=mask, connectivity=2)
+        if not np.array_equal(_watershed_with(found, img, markers, mask), want):
+            log.warning("skimage's watershed internals differ from its public function: using the public one")
+            return None
+        return found
+    except (ImportError, AttributeError, TypeError, ValueError):  # pragma: no cover (other skimage versions)
         return None
 
 
@@ -169,6 +184,12 @@ def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, negate:
     found = _ws_kernel()
     if found is None:  # pragma: no cover
         return watershed(np.negative(image) if negate else image, markers, mask=mask, connectivity=2)
+    return _watershed_with(found, image, markers, mask, negate, padded)
+
+
+def _watershed_with(found, image: np.ndarray, markers: np.ndarray, mask: np.ndarray, negate: bool = False,
+                    padded: np.ndarray | None = None) -> np.ndarray:
+    """:func:`_watershed` with the kernel and helpers ``found`` by :func:`_ws_kernel`."""
     footprint, offset, kernel, neighbours = found
     shape = tuple(n + 2 * q for n, q in zip(image.shape, offset))
     inner = tuple(slice(q, q + n) for q, n in zip(offset, image.shape))
