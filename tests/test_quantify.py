@@ -107,7 +107,8 @@ def test_numbers_follow_the_truth(quantified: Path, small_study: Path) -> None:
     error = syn["measured_snr"] / syn["snr"] - 1  # against the phantoms' realised SNR
     assert error.abs().max() < 0.25 and error[syn["snr_level"] != "hard"].abs().max() < 0.15
     recall = syn.groupby("snr_level")["spike_in_recall"].median()
-    assert recall["high"] >= recall["default"] > recall["hard"] and recall["high"] > 0.9
+    # (high and default both at 1 up to rounding: 1 - 4e-16 vs 1 + 4e-16 once)
+    assert recall["high"] >= recall["default"] - 1e-9 and recall["default"] > recall["hard"] and recall["high"] > 0.9
     assert (syn["spike_in_recall_ci_low"] <= syn["spike_in_recall"]).all()
     # (the phantoms' detections have a precision of 0.92-0.95)
     assert m["est_precision"].between(0.8, 1.0).all() and m["est_precision"].median() > 0.9
