@@ -151,3 +151,27 @@ def test_overlay_draws_the_stored_cells_without_segmenting_again(small_quantifie
     shown = fig.axes[1].images[1].get_array()  # the boundary layer: cell labels where drawn
     assert set(np.unique(shown.compressed())) == drawn
     plt.close(fig)
+
+
+def test_longitudinal_plot_draws_each_animal_and_the_mean_over_animals() -> None:
+    """One grey line per animal (relative to its baseline) and the group mean per day in red."""
+    from analysis.report.figures import longitudinal_plot
+
+    rows = []
+    for g, animals, change in (("WT vehicle x 7 d", ("v1", "v2"), 1.0), ("WT diazepam 5 mg/kg x 7 d", ("d1", "d2", "d3"), 0.8)):
+        for k, a in enumerate(animals):
+            base = 40.0 + 5 * k
+            for day, f in ((-3, 1.0), (7, change + 0.02 * k), (63, 1.0 - 0.01 * k)):
+                rows.append({"group": g, "animal_id": a, "day": day, "treatment_days": 7,
+                             "puncta_density_per_100um2": base * f})
+    fig = longitudinal_plot(pd.DataFrame(rows), groups=["WT vehicle x 7 d", "WT diazepam 5 mg/kg x 7 d"])
+    ax = fig.axes[1]
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == 3]
+    grey = [ln for ln in lines if ln.get_color() == "0.6"]
+    red = [ln for ln in lines if ln.get_color() == "C3"]
+    assert len(grey) == 3 and len(red) == 1
+    np.testing.assert_allclose(red[0].get_xdata(), [-3, 7, 63])
+    # relative to each animal's baseline: 0.80, 0.82, 0.84 at day 7 -> mean 0.82
+    np.testing.assert_allclose(red[0].get_ydata(), [1.0, 0.82, 0.99])
+    assert "n = 3 animals" in ax.get_title()
+    plt.close(fig)

@@ -454,8 +454,11 @@ def longitudinal_plot(session_means: pd.DataFrame, value: str = "puncta_density_
     """Density over days for each group: one thin line per animal, the group mean in bold.
 
     Values are normalised to each animal's baseline session (1 = baseline), the dosing period
-    is shaded.  n in each title counts animals.
+    is shaded.  n in each title counts animals.  Drawn from the tidy table with seaborn
+    (``lineplot`` with the animal as unit, then the mean over animals per day).
     """
+    import seaborn as sns
+
     sm = session_means.copy()
     base = sm.loc[sm.groupby("animal_id")["day"].idxmin(), ["animal_id", value]].rename(columns={value: "_base"})
     sm = sm.merge(base, on="animal_id")
@@ -467,10 +470,12 @@ def longitudinal_plot(session_means: pd.DataFrame, value: str = "puncta_density_
                              squeeze=False, sharey=True, layout="constrained")
     for ax, g in zip(axes.ravel(), names):
         sub = sm[sm["group"] == g]
-        for _, a in sub.groupby("animal_id"):
-            ax.plot(a["day"], a["relative"], color="0.6", lw=0.6)
-        mean = sub.groupby("day")["relative"].mean()
-        ax.plot(mean.index, mean.to_numpy(), color="C3", lw=2)
+        sns.lineplot(data=sub, x="day", y="relative", units="animal_id", estimator=None, color="0.6", lw=0.6,
+                     ax=ax, legend=False)
+        sns.lineplot(data=sub, x="day", y="relative", estimator="mean", errorbar=None, color="C3", lw=2, ax=ax,
+                     legend=False)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
         ax.axvspan(0, float(sub["treatment_days"].iloc[0]), color="C0", alpha=0.1)
         ax.axhline(1, color="k", lw=0.5)
         ax.set_title(f"{g}\n(n = {sub['animal_id'].nunique()} animals)", fontsize=7)
