@@ -396,16 +396,19 @@ RENDERED_MORPHOLOGY = {"process_length": "skeleton_length_um", "branching": "bra
 #: The rendered cells' ratios for the default truth model (:func:`analysis.sim.truth.calibrated_model`)
 #: on a grid of activations, written by ``benchmarks/morphology_truth.py`` with
 #: :func:`morphology_truth_table` (64 fields of 2048 x 2048 px per activation, ~3,500 cells:
-#: Monte-Carlo SD of a ratio ~1 %); other models are simulated when asked (fewer fields).
+#: Monte-Carlo SD of a ratio ~0.7 %, scaled from the 2.6 % that 5 seeds of 4 fields showed); other
+#: models are simulated when asked (fewer fields).
 MORPHOLOGY_TRUTH_TABLE = Path(__file__).resolve().parents[1] / "data" / "morphology_truth.csv"
 #: Fields per activation when a model is not tabulated (~50 interior cells per field; the
-#: ratio's Monte-Carlo SD is then ~2.5 %, measured over 5 seeds).
+#: ratio's Monte-Carlo SD was 2.6 % over 5 seeds of 4 fields, so ~1.8 % expected with 8).
 MORPHOLOGY_MC_FIELDS = 8
 _MORPHOLOGY_MC_SEED = (2026, 11, 30)
 
 
 @functools.lru_cache(maxsize=256)
 def _rendered_cells(model_json: str, a: float, fields: int, seed: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Skeleton length and branch points of the interior cells the generator draws at activation ``a``
+    (``fields`` fields of 2048^2 px; cached per model, activation, size and seed)."""
     from analysis.sim.glia import simulated_cells
     from analysis.sim.truth import TruthModel, readout_multipliers
 
@@ -504,7 +507,7 @@ def rendered_morphology_ratio(model, a: float, truth_key: str) -> float:
         return float(np.interp(float(a), table["activation"], table[truth_key]))
     key = _model_json(model)
     log.info("simulating the cells of the truth model at activation %.3f for the %s truth "
-             "(Monte-Carlo SD ~2.5 %%)", a, col)
+             "(Monte-Carlo SD ~2 %%)", a, col)
     treated = _rendered_cells(key, round(float(a), 6), MORPHOLOGY_MC_FIELDS, _MORPHOLOGY_MC_SEED)[col]
     vehicle = _rendered_cells(key, 0.0, MORPHOLOGY_MC_FIELDS, _MORPHOLOGY_MC_SEED)[col]
     return float(np.exp(_log_ratio(treated, vehicle)))
