@@ -74,6 +74,7 @@ at any sampling.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from typing import Any
 
@@ -256,15 +257,25 @@ def _edge_profile(n: int, sa: float, sb: float) -> np.ndarray:
     return out
 
 
-def _patches(level: np.ndarray, centres: np.ndarray, radius: np.ndarray) -> np.ndarray:
+def _padded(level: np.ndarray, radius: np.ndarray) -> np.ndarray | None:
+    """``level`` padded by ``radius + 3`` pixels per axis (edges reflected like scipy's
+    ``"reflect"``), as :func:`_patches` reads it; None for images smaller than the pad."""
+    pad = np.asarray(radius) + 3
+    if not (np.array(level.shape) >= pad).all():
+        return None
+    return np.pad(level, [(int(p), int(p)) for p in pad], mode="symmetric")
+
+
+def _patches(level: np.ndarray, centres: np.ndarray, radius: np.ndarray, padded: np.ndarray | None = None) -> np.ndarray:
     """Patches of ``(2 r + 1)`` pixels per axis around integer centres (edges reflected, like
-    scipy's ``"reflect"``), from a padded copy of ``level`` (centres up to 3 pixels outside the
-    image allowed; further out, or for images smaller than the pad, indices are reflected once
-    and clipped)."""
+    scipy's ``"reflect"``), from a padded copy of ``level`` (:func:`_padded`, made here unless
+    given; centres up to 3 pixels outside the image allowed; further out, or for images
+    smaller than the pad, indices are reflected once and clipped)."""
     pad = np.asarray(radius) + 3
     shape = np.array(level.shape)
     if len(centres) and (shape >= pad).all() and (centres >= -3).all() and (centres <= shape + 2).all():
-        padded = np.pad(level, [(int(p), int(p)) for p in pad], mode="symmetric")
+        if padded is None:
+            padded = _padded(level, radius)
         windows = np.lib.stride_tricks.sliding_window_view(padded, tuple(2 * int(r) + 1 for r in radius))
         return windows[tuple((centres + 3).T)]
     idx = []
@@ -296,6 +307,52 @@ def _subpixel(z: np.ndarray, peaks: np.ndarray, edges: tuple[np.ndarray, np.ndar
             off = np.where(den < 0, 0.5 * (fm - fp) / den, 0.0)
         out[:, ax] += np.clip(off, -0.5, 0.5)
     return _within_lateral_edges(out, edges)
+
+
+def _extrema(z: np.ndarray, size: tuple[int, ...], mask: np.ndarray, lowest: bool = False) -> np.ndarray:
+    """Pixels (as :func:`numpy.argwhere`, in its order) where ``mask`` holds and ``z`` is the
+    largest (``lowest``: the smallest) value of the window of ``size`` pixels centred there, the
+    window clipped at the edges: exactly ``np.argwhere(mask & (z == ndi.maximum_filter(z,
+    size, mode="nearest")))`` (or ``"reflect"``: the same windows), without a full-size filtered
+    copy.  A pixel must first beat its axial neighbours (whole-array slices), and the few left
+    are compared with the rest of their window, dropping those that fail at each offset."""
+    m = np.array(mask, dtype=bool)
+    checked = []
+    for ax in range(z.ndim):
+        if z.shape[ax] < 2 or size[ax] < 3:
+            continue
+        a = tuple(slice(1, None) if d == ax else slice(None) for d in range(z.ndim))
+        b = tuple(slice(None, -1) if d == ax else slice(None) for d in range(z.ndim))
+        if lowest:
+            m[a] &= z[a] <= z[b]
+            m[b] &= z[b] <= z[a]
+        else:
+            m[a] &= z[a] >= z[b]
+            m[b] &= z[b] >= z[a]
+        for o in (-1, 1):
+            checked.append(tuple(o if d == ax else 0 for d in range(z.ndim)))
+    pts = np.argwhere(m)
+    del m
+    flat = np.ascontiguousarray(z).ravel()
+    top = np.array(z.shape) - 1
+    half = np.array(size) // 2
+    step = np.cumprod((1,) + z.shape[:0:-1])[::-1]  # flat index per unit step along each axis
+    fi = pts @ step
+    v = flat[fi]
+    # windows within the array: flat offsets; windows that reach an edge: clipped coordinates
+    inner = np.all((pts >= half) & (pts <= top - half), axis=1)
+    kept = []
+    for sel, clipped in ((np.flatnonzero(inner), False), (np.flatnonzero(~inner), True)):
+        for off in itertools.product(*(range(-(n // 2), n // 2 + 1) for n in size)):
+            if not len(sel):
+                break
+            if not any(off) or off in checked:
+                continue
+            w = flat[np.clip(pts[sel] + off, 0, top) @ step] if clipped else flat[fi[sel] + np.dot(off, step)]
+            sel = sel[v[sel] <= w] if lowest else sel[v[sel] >= w]
+        kept.append(sel)
+    sel = np.sort(np.concatenate(kept))
+    return pts[sel]
 
 
 def _image_edges(shape: tuple[int, ...], region: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -549,6 +606,28 @@ def _gaussian_equivalent(u: np.ndarray, skew: float) -> np.ndarray:
     return np.clip(stats.norm.isf(p), 2.0, 40.0)  # (p underflowing to 0: far beyond any noise)
 
 
+def _gaussian_at(img: np.ndarray, sigma: float, pts: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """``ndi.gaussian_filter(img, sigma)`` of a YX array (mode ``"reflect"``) at integer points
+    ``pts``: the rows are filtered whole, the columns at the points only (the same kernel; equal
+    to rounding)."""
+    radius = _gauss_radius(sigma)
+    n = img.shape[1]
+    if radius >= n:
+        return ndi.gaussian_filter(img, sigma)[tuple(pts.T)]
+    cols = ndi.gaussian_filter1d(img, sigma, axis=0)
+    x = np.arange(-radius, radius + 1)
+    w = np.exp(-0.5 / (sigma * sigma) * x**2)
+    w /= w.sum()
+    out = np.empty(len(pts))
+    for b in range(0, len(pts), batch):
+        p = pts[b : b + batch]
+        j = p[:, 1:2] + x[None, :]
+        j = np.where(j < 0, -j - 1, j)  # half-sample symmetric, like scipy's "reflect"
+        j = np.where(j >= n, 2 * n - 1 - j, j)
+        out[b : b + batch] = cols[p[:, 0:1], j] @ w
+    return out
+
+
 def _mirror_windows(stack: np.ndarray, plane: np.ndarray, pts: np.ndarray, R: int) -> np.ndarray:
     """Windows of ``2 R + 1`` pixels around ``pts`` (YX) in the given planes of a ZYX stack, as
     float64, edges mirrored like ``np.pad(..., mode="reflect")`` (edge pixel not repeated)."""
@@ -684,13 +763,17 @@ def estimate_punctum_radius(
     for y0, y1, r0, r1 in _row_strips(h_img, strip_px, margin):
         blk = np.asarray(proj[r0:r1], dtype=np.float64)
         smooth = ndi.gaussian_filter(blk, s_lo)
-        height = smooth - ndi.gaussian_filter(blk, 3 * s_hi)
-        is_max = (smooth == ndi.maximum_filter(smooth, size=2 * r + 1)) & (height > 0)
-        del smooth
+        inner = np.ones(blk.shape, bool)
         rows = np.arange(r0, r1)
-        is_max[(rows < max(y0, edge)) | (rows >= min(y1, h_img - edge))] = False
-        is_max[:, :edge] = is_max[:, -edge:] = False
-        loc = np.argwhere(is_max)
+        inner[(rows < max(y0, edge)) | (rows >= min(y1, h_img - edge))] = False
+        inner[:, :edge] = inner[:, -edge:] = False
+        loc = _extrema(smooth, (2 * r + 1,) * 2, inner)
+        # the height above the broad background (Gaussian of 3 x the largest size), at the
+        # maxima only
+        height = smooth[tuple(loc.T)] - _gaussian_at(blk, 3 * s_hi, loc)
+        del smooth, inner
+        loc = loc[height > 0]
+        height = height[height > 0]
         if len(loc) == 0:
             continue
         any_max = True
@@ -699,7 +782,7 @@ def estimate_punctum_radius(
         else:
             level = ndi.gaussian_filter(blk, level_sigma)
             noise = _noise_at(noise_model, level[tuple(loc.T)])
-        hh = height[tuple(loc.T)] / (gain * noise)
+        hh = height / (gain * noise)
         pts_parts.append((loc + [r0, 0])[hh > _SIZE_SPOT_SD])
         h_parts.append(hh[hh > _SIZE_SPOT_SD])
     if not any_max:
@@ -1021,10 +1104,10 @@ def _detect_block(
 
     footprint = tuple(2 * int(s) + 1 for s in sep)
     sharp = -ndi.gaussian_laplace(img, _SHARP * sigma0, mode="reflect")
-    cand = (sharp == ndi.maximum_filter(sharp, size=footprint, mode="nearest")) & (z_nom >= 0.5 * threshold_sd)
+    cand = _extrema(sharp, footprint, z_nom >= 0.5 * threshold_sd)
     del z_nom
     edges = _image_edges(img.shape, region)
-    pos = _subpixel(sharp, np.argwhere(cand), edges)
+    pos = _subpixel(sharp, cand, edges)
     n_cand = len(pos)
     del sharp, cand
 
@@ -1034,6 +1117,11 @@ def _detect_block(
     radius = np.ceil(4 * np.max([s.filters[0] for s in scales], axis=0)).astype(int)
     unit = np.maximum(sig_all.max(axis=0), bg)  # neighbour search in units of the widest model
     cut = 4.0 * np.sqrt(2.0) * np.sqrt(2.0)  # |overlap| < ~1e-3 beyond 4 SD of sqrt(2 s^2 + 2 b^2)
+    # the patches of the candidates are read from one padded copy of H'H I (the image itself is
+    # a view into it)
+    hh_pad = _padded(hh_img, radius)
+    if hh_pad is not None:
+        hh_img = hh_pad[tuple(slice(int(p), int(p) + n) for p, n in zip(radius + 3, hh_img.shape))]
 
     def at(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Responses at every size, their unit noise SDs, pixel noise and close pairs."""
@@ -1043,7 +1131,7 @@ def _detect_block(
         # (in batches: the patches of all candidates of a large field or stack would take GBs)
         batch = max(64, _BATCH_BYTES // (8 * int(np.prod(2 * radius + 1))))
         resp = np.concatenate([
-            _responses_at(scales, _patches(hh_img, centres[b : b + batch], radius),
+            _responses_at(scales, _patches(hh_img, centres[b : b + batch], radius, hh_pad),
                           points[b : b + batch] - centres[b : b + batch], radius)
             for b in range(0, len(points), batch)], axis=1)
         unit_sd = np.stack([s.unit_sd(points) for s in scales[:n_in]])
@@ -1170,8 +1258,7 @@ def _detect_block(
         model = _render(img.shape, pos, a, sig_all[k])
         m1 = ndi.gaussian_filter(model, bg, mode="reflect")
         z_res = (f_nom - nominal.response(model - 2.0 * m1 + ndi.gaussian_filter(m1, bg, mode="reflect"))) / sd_nom
-        is_max = z_res == ndi.maximum_filter(z_res, size=footprint, mode="nearest")
-        peaks = np.argwhere(is_max & (z_res >= threshold_sd))
+        peaks = _extrema(z_res, footprint, z_res >= threshold_sd)
         new = _subpixel(z_res, peaks, edges)
         if len(new):
             dist, _ = cKDTree(pos / sep).query(new / sep)
@@ -1229,13 +1316,13 @@ def _negative_control(
         hh_model = None
         res = f_nom
     z = res / sd_nom
-    dips = np.argwhere((z == ndi.minimum_filter(z, size=footprint, mode="nearest")) & (z <= -min_depth))
+    dips = _extrema(z, footprint, z <= -min_depth, lowest=True)
     depth = -z[tuple(dips.T)]
     if len(dips):
         # the high-pass surround of light that the fit left (unexplained bumps within the reach
         # of the background filter whose surrounds, summed, are as deep) is not a dip of the
         # background
-        bumps = np.argwhere((z == ndi.maximum_filter(z, size=footprint, mode="nearest")) & (z >= min_depth))
+        bumps = _extrema(z, footprint, z >= min_depth)
         if len(bumps):
             reach = 3.0 * np.sqrt((broad.sigma if broad is not None else nominal.sigma) ** 2 + 2.0 * bg**2)
             height = z[tuple(bumps.T)] * _surround_ratio(nominal)
