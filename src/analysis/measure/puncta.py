@@ -190,13 +190,22 @@ class _Scale:
         """Noise SD of ``F`` for unit white pixel noise, at points ``p`` (or as a full map)."""
         if p is not None:
             return self._unit_sd_at(p)
-        var = 0.0
+        var = None
         for w, prof in zip(self._weights, self._profiles.values()):
-            term = prof[0]
+            term = prof[0] if len(prof) > 1 else prof[0].copy()  # (profiles are cached)
             for v in prof[1:]:
                 term = np.multiply.outer(term, v)
-            var = var + w * term
-        return self.c * np.sqrt(np.maximum(var, 0.0))
+            term *= w
+            if var is None:
+                var = term
+            else:
+                var += term
+            del term
+        # (in place: the same values as c * sqrt(max(var, 0)), one full-size map at a time)
+        np.maximum(var, 0.0, out=var)
+        np.sqrt(var, out=var)
+        var *= self.c
+        return var
 
     def _unit_sd_at(self, p: np.ndarray) -> np.ndarray:
         """:meth:`unit_sd` at points: the edge profiles linearly interpolated, all pairs at once."""
@@ -211,7 +220,9 @@ class _Scale:
     def response(self, hh: np.ndarray) -> np.ndarray:
         """``F`` as a full map from the doubly background-subtracted image
         ``H'H I = I - 2 G_b I + G_b G_b I`` (``F`` is linear: one Gaussian pass)."""
-        return self.c * ndi.gaussian_filter(hh, self.sigma, mode="reflect")
+        out = ndi.gaussian_filter(hh, self.sigma, mode="reflect")
+        out *= self.c
+        return out
 
 
 def _responses_at(scales: list[_Scale], patches: np.ndarray, frac: np.ndarray, radius: np.ndarray) -> np.ndarray:
@@ -979,15 +990,15 @@ def detect_puncta(
     settings = {"sigma0": sigma0, "bg": bg, "sep": sep, "noise_info": noise_info, "threshold_sd": threshold_sd,
                 "reject_out_of_focus": reject_out_of_focus}
     if len(tiles) == 1:
-        found = _detect_block(img, **settings)
-        del img
+        del img  # (the block is converted again inside, where it is freed once used)
+        found = _detect_block(arr, **settings)
     else:
         margin = _tile_margin(sig_all, bg)
         parts = []
         for (y0, y1), (x0, x1) in tiles:
             r0, r1 = max(0, y0 - margin), min(arr.shape[-2], y1 + margin)
             q0, q1 = max(0, x0 - margin), min(arr.shape[-1], x1 + margin)
-            block = np.asarray(arr[..., r0:r1, q0:q1], dtype=np.float64)
+            block = arr[..., r0:r1, q0:q1]  # (converted to floating point inside)
             # keep the puncta of the tile's own part (the outer tiles reach beyond the image:
             # puncta centred outside it are dropped below, as without tiles)
             lo = np.full(ndim, -np.inf)
@@ -1070,7 +1081,7 @@ def detect_puncta(
 
 
 def _detect_block(
-    img: np.ndarray,
+    block: np.ndarray,
     *,
     sigma0: np.ndarray,
     bg: np.ndarray,
@@ -1085,28 +1096,35 @@ def _detect_block(
     puncta (``pos`` in the block's pixels, size index ``k``, amplitude ``a``, significance
     ``t``, local pixel noise ``sn``) whose centre lies in ``region`` (lo <= p < hi per axis; all
     without), and ``n_cand``."""
+    # (the block is converted here, so that its floating-point copy goes as soon as it is used;
+    # full-size maps are computed in place where the values are the same)
+    img = np.asarray(block, dtype=np.float64)
+    del block
     ndim = img.ndim
-    blur1 = ndi.gaussian_filter(img, bg, mode="reflect")
-    blur2 = ndi.gaussian_filter(blur1, bg, mode="reflect")
-    hh_img = img - 2.0 * blur1 + blur2  # H'H I: the image seen by every size's response
-    del blur1
+    shape = img.shape
+    hh_img, blur2 = _double_high_pass(img, bg)  # H'H I: the image seen by every size's response
     noise = _noise_at(noise_info, blur2)
     del blur2
-    scales = [_Scale(img.shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]
+    scales = [_Scale(shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]
     if reject_out_of_focus:
-        scales.extend(_Scale(img.shape, sigma0 * f, bg) for f in _OUT_OF_FOCUS_SCALES)
+        scales.extend(_Scale(shape, sigma0 * f, bg) for f in _OUT_OF_FOCUS_SCALES)
     n_in = len(_IN_FOCUS_SCALES)
     nom = _IN_FOCUS_SCALES.index(1.0)
     nominal = scales[nom]
     f_nom = nominal.response(hh_img)
-    sd_nom = noise * nominal.unit_sd()
+    sd_nom = nominal.unit_sd()
+    sd_nom *= noise
     z_nom = f_nom / sd_nom
+    strong = z_nom >= 0.5 * threshold_sd
+    del z_nom
 
     footprint = tuple(2 * int(s) + 1 for s in sep)
-    sharp = -ndi.gaussian_laplace(img, _SHARP * sigma0, mode="reflect")
-    cand = _extrema(sharp, footprint, z_nom >= 0.5 * threshold_sd)
-    del z_nom
-    edges = _image_edges(img.shape, region)
+    sharp = ndi.gaussian_laplace(img, _SHARP * sigma0, mode="reflect")
+    np.negative(sharp, out=sharp)
+    del img
+    cand = _extrema(sharp, footprint, strong)
+    del strong
+    edges = _image_edges(shape, region)
     pos = _subpixel(sharp, cand, edges)
     n_cand = len(pos)
     del sharp, cand
@@ -1255,9 +1273,11 @@ def _detect_block(
         if rnd == 1 or len(pos) == 0:
             break
         # second pass: maxima of the residual significance (puncta hidden by brighter ones)
-        model = _render(img.shape, pos, a, sig_all[k])
-        m1 = ndi.gaussian_filter(model, bg, mode="reflect")
-        z_res = (f_nom - nominal.response(model - 2.0 * m1 + ndi.gaussian_filter(m1, bg, mode="reflect"))) / sd_nom
+        hh_model = _double_high_pass(_render(shape, pos, a, sig_all[k]), bg)[0]
+        z_res = nominal.response(hh_model)
+        del hh_model
+        np.subtract(f_nom, z_res, out=z_res)
+        z_res /= sd_nom
         peaks = _extrema(z_res, footprint, z_res >= threshold_sd)
         new = _subpixel(z_res, peaks, edges)
         if len(new):
@@ -1279,6 +1299,17 @@ def _detect_block(
         pos, k, a, t = pos[own], k[own], a[own], t[own]
     sn = ndi.map_coordinates(noise, pos.T, order=1, mode="nearest") if len(pos) else np.zeros(0)
     return {"pos": pos, "k": k, "a": a, "t": t, "sn": sn, "n_cand": n_cand, "neg": neg}
+
+
+def _double_high_pass(x: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``H'H x = x - 2 G x + G G x`` (``G``: Gaussian blur of sigma ``bg``, reflecting edges),
+    built in place of the first blur (the same values as that expression), and ``G G x``."""
+    hh = ndi.gaussian_filter(x, bg, mode="reflect")
+    blur2 = ndi.gaussian_filter(hh, bg, mode="reflect")
+    hh *= -2.0
+    hh += x
+    hh += blur2
+    return hh, blur2
 
 
 def _negative_control(
@@ -1307,17 +1338,17 @@ def _negative_control(
     reported.  Returns (n, 3): row, column and depth (in noise SDs, >= ``min_depth``).
     """
     if len(pos):
-        model = _render(hh_img.shape, pos, a, sig)
-        m1 = ndi.gaussian_filter(model, bg, mode="reflect")
-        hh_model = model - 2.0 * m1 + ndi.gaussian_filter(m1, bg, mode="reflect")
-        del model, m1
-        res = f_nom - nominal.response(hh_model)
+        hh_model = _double_high_pass(_render(hh_img.shape, pos, a, sig), bg)[0]
+        res = nominal.response(hh_model)
+        np.subtract(f_nom, res, out=res)
     else:
         hh_model = None
         res = f_nom
     z = res / sd_nom
     dips = _extrema(z, footprint, z <= -min_depth, lowest=True)
     depth = -z[tuple(dips.T)]
+    rn = res[tuple(dips.T)]  # (the residual response itself is needed at the dips only)
+    del res
     if len(dips):
         # the high-pass surround of light that the fit left (unexplained bumps within the reach
         # of the background filter whose surrounds, summed, are as deep) is not a dip of the
@@ -1329,12 +1360,15 @@ def _negative_control(
             near = cKDTree(bumps / reach).query_ball_point(dips / reach, 1.0)
             surround = np.array([height[nb].sum() if nb else 0.0 for nb in near])
             keep = surround < depth
-            dips, depth = dips[keep], depth[keep]
+            dips, depth, rn = dips[keep], depth[keep], rn[keep]
     if broad is not None and len(dips):
         # least-squares gains of the nominal and the broad model at each dip (as in step 4)
-        hh_res = hh_img if hh_model is None else hh_img - hh_model
+        del z
+        if hh_model is None:
+            hh_res = hh_img
+        else:
+            hh_res = np.subtract(hh_img, hh_model, out=hh_model)
         rb = broad.response(hh_res)[tuple(dips.T)]
-        rn = res[tuple(dips.T)]
         fit_n = rn**2 / nominal.k0
         fit_b = np.where(rb < 0, rb**2, 0.0) / broad.k0
         with np.errstate(divide="ignore", invalid="ignore"):
