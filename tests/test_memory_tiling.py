@@ -229,3 +229,20 @@ def test_microglia_strip_and_component_helpers_equal_the_whole_image_operations(
     np.testing.assert_array_equal(mg._dominant_maxima(flat, disks, 0.0, labelled=True, comp=dcomp, ids=both)[0],
                                   mg._dominant_maxima(flat, disks, 0.0, labelled=True)[0])
     assert not whole(flat, disks)[60, 50] and whole(flat, disks)[60, 150]
+
+
+def test_default_tiles_whole_up_to_1024_then_at_most_768() -> None:
+    # every image of the simulated studies (up to 1024 px) is processed whole
+    assert synapses._tiles((1024, 1024), synapses.TILE_PX) == [((0, 1024), (0, 1024))]
+    assert len(synapses._tiles((1024, 700), synapses.TILE_PX)) == 1
+    # larger planes: tiles of at most LARGE_TILE_PX (768) per side, covering the plane once
+    for shape, n in (((2048, 2048), 9), ((1025, 1025), 4), ((8000, 3000), 11 * 4)):
+        tiles = synapses._tiles(shape, synapses.TILE_PX)
+        assert len(tiles) == n
+        covered = np.zeros(shape, np.int8)
+        for (y0, y1), (x0, x1) in tiles:
+            assert y1 - y0 <= 768 and x1 - x0 <= 768
+            covered[y0:y1, x0:x1] += 1
+        assert (covered == 1).all()
+    # a smaller tile_px than that is used as it is
+    assert max(y1 - y0 for (y0, y1), _ in synapses._tiles((400, 400), 160)) <= 160
