@@ -621,11 +621,12 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
 
     Heads are maxima of the scale-normalised blob filter (-LoG sigma^2) taken over head
     radii ``head_radius_shaft_ratios`` x shaft radius (sigma = head radius / sqrt 2, as in
-    scikit-image's ``blob_log``) on the variance-stabilised image; a weaker maximum within
-    the larger head radius of a stronger one is dropped. The filter's noise is measured on
-    the background pixels of this image (robust sigma overall, scaled by a per-tile
-    pattern), so resampled or compressed images, whose pixel noise is correlated, and frames
-    whose noise varies from place to place get the right threshold.
+    scikit-image's ``blob_log``) on the variance-stabilised image; a less significant maximum
+    (response in noise sigmas) within the larger head radius of a more significant one is
+    dropped. The filter's noise is measured on the background pixels of this image (robust
+    sigma overall, scaled by a per-tile pattern), so resampled or compressed images, whose
+    pixel noise is correlated, and frames whose noise varies from place to place get the
+    right threshold.
     """
     r = tr.shaft_radius_px
     empty = pd.DataFrame(columns=SPINE_COLUMNS)
@@ -723,8 +724,9 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     yy, xx = np.nonzero(peaks)
     if yy.size == 0:
         return empty
-    # greedy suppression: strongest first, drop maxima within the larger head radius
-    order = np.argsort(-best[yy, xx], kind="stable")
+    # greedy suppression: most significant first (response in noise sigmas; the raw response
+    # would favour the scales whose noise is largest), drop maxima within the larger head radius
+    order = np.argsort(-best_z[yy, xx], kind="stable")
     yy, xx = yy[order], xx[order]
     hr = radii[best_i[yy, xx]]
     keep = np.ones(yy.size, bool)
@@ -841,7 +843,8 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     whose centre lies more than ``min_offset_shaft_radii`` local shaft radii from the
     centreline and at most ``max_reach_shaft_diameters`` shaft diameters from the shaft
     edge. This finds protrusions attached by a visible neck as well as heads whose neck is
-    too dim to see. A weaker maximum lying on the path from a stronger one to its nearest
+    too dim to see. Maxima are ranked by their response in noise sigmas. A less significant
+    maximum lying on the path from a more significant one to its nearest
     centreline pixel (within the larger head radius) is that spine's neck and is dropped. A
     candidate is a spine if its score
     ``min(response / (k_sigma * response noise), contrast / (min_shaft_contrast * shaft))``
