@@ -19,7 +19,6 @@ import logging
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
-from skimage.filters import apply_hysteresis_threshold
 
 from analysis.measure.noise import MAD_TO_SD, noise_sd
 from analysis.measure.puncta import _label_sizes
@@ -54,6 +53,76 @@ def _ellipsoid(radius_px: np.ndarray) -> np.ndarray:
     return sum((g / max(r, 1e-9)) ** 2 for g, r in zip(grids, radius_px)) <= 1.0
 
 
+def _gaussian_radius(sigma: float) -> int:
+    """Half-width of :func:`scipy.ndimage.gaussian_filter`'s kernel (``truncate=4``)."""
+    return int(4.0 * float(sigma) + 0.5)
+
+
+def _corrected_strips(img: np.ndarray, sigma: np.ndarray, size: tuple[int, ...], bg_sigma: np.ndarray,
+                      strip_px: int) -> np.ndarray:
+    """``gaussian_filter(img, sigma) - gaussian_filter(grey_opening(that, size), bg_sigma)``
+    of a YX image in float32, in strips of ``strip_px`` rows, each read with the rows the
+    three filters reach together (rows beyond a cut are mirrored by the filters only within
+    that reach of it): every pixel is computed from the same values in the same order as in
+    the whole image, so the result is the same."""
+    h = img.shape[0]
+    margin = _gaussian_radius(sigma[0]) + 2 * (size[0] // 2) + _gaussian_radius(bg_sigma[0])
+    out = np.empty(img.shape, np.float32)
+    for r0 in range(0, h, strip_px):
+        r1 = min(h, r0 + strip_px)
+        a, b = max(0, r0 - margin), min(h, r1 + margin)
+        smooth = ndi.gaussian_filter(np.asarray(img[a:b], dtype=np.float32), sigma)
+        smooth -= ndi.gaussian_filter(ndi.grey_opening(smooth, size=size), bg_sigma)
+        out[r0:r1] = smooth[r0 - a : r1 - a]
+        del smooth
+    return out
+
+
+_IMMERKAER32 = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def _immerkaer_abs(img: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    """``abs(ndi.correlate(img32, IMMERKAER)[1:-1, 1:-1])`` for the rows ``r0..r1`` of that
+    inner part (image rows ``r0 + 1 .. r1 + 1``), from the image rows they reach."""
+    block = np.asarray(img[r0 : r1 + 2], dtype=np.float32)
+    c = ndi.correlate(block, _IMMERKAER32)[1:-1, 1:-1]
+    return np.abs(c, out=c)
+
+
+def _noise_sd_strips(img: np.ndarray, strip_px: int) -> float:
+    """:func:`analysis.measure.noise.noise_sd` of a YX image (the same number), without its
+    full-size copies: the absolute Immerkaer residual is computed in strips of rows twice, a
+    histogram of the leading 16 bits of its float32 values (ordered as the values, for
+    non-negative floats) finds the bins of the middle values, which are then selected
+    exactly.  The median is taken as :func:`numpy.median` takes it (the mean of the two middle
+    values in float32)."""
+    h, w = img.shape
+    if min(h, w) < 3:
+        return noise_sd(img)
+    n_rows = h - 2
+    counts = np.zeros(1 << 16, np.int64)
+    for r0 in range(0, n_rows, strip_px):
+        c = _immerkaer_abs(img, r0, min(n_rows, r0 + strip_px))
+        if not np.isfinite(c).all():
+            return noise_sd(img)
+        counts += np.bincount((c.view(np.uint32) >> 16).ravel(), minlength=1 << 16)
+    n = n_rows * (w - 2)
+    ranks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    cum = np.cumsum(counts)
+    bins = sorted({int(np.searchsorted(cum, k, side="right")) for k in ranks})
+    picked = []
+    for r0 in range(0, n_rows, strip_px):
+        c = _immerkaer_abs(img, r0, min(n_rows, r0 + strip_px)).ravel()
+        top = c.view(np.uint32) >> 16
+        picked.append(c[np.isin(top, bins)])
+    vals = np.sort(np.concatenate(picked))
+    below = int(cum[bins[0] - 1]) if bins[0] > 0 else 0  # (values before the first picked bin)
+    middle = vals[[k - below for k in ranks]]
+    med = np.mean(middle)  # (np.median's mean of the middle values, float32)
+    s = float(med * MAD_TO_SD / 6.0)
+    return s if s > 0 else noise_sd(img)
+
+
 def segment_lysosomes(
     image: np.ndarray,
     pixel_size_um: float,
@@ -66,6 +135,7 @@ def segment_lysosomes(
     threshold_sd: tuple[float, float] = (3.0, 7.0),
     min_area_um2: float = 0.1,
     edge_fraction: float | None = 0.5,
+    strip_px: int = 512,
 ) -> np.ndarray:
     """CD68 (lysosome) mask with thresholds from the image's own background and noise.
 
@@ -119,6 +189,9 @@ def segment_lysosomes(
     edge_fraction : float or None
         Extent of each lysosome as a fraction of its local level; None keeps the whole
         detection mask (its extent then grows with brightness and SNR).
+    strip_px : int
+        A YX image taller than this is filtered in strips of this many rows, each read with
+        the rows its filters reach (the same numbers as the whole image's; less memory).
 
     Returns
     -------
@@ -142,26 +215,42 @@ def segment_lysosomes(
     (about 1.4x the area for sigma 0.5 um, 2x for sigma 0.8 um): a slope pixel is compared
     with the brightest value within the edge reach, not with the distant peak.
     """
-    img = np.asarray(image, dtype=np.float32)
+    img = np.asarray(image)
+    if img.ndim != 2 or img.dtype not in (np.uint8, np.int8, np.uint16, np.int16, np.float32):
+        img = np.asarray(img, dtype=np.float32)
+    # (a 2-D image of small integers is read strip by strip as float32: the same values, no
+    # full-size float32 copy)
     scales = _scales(float(pixel_size_um), z_step_um, img.ndim)
     size = tuple(2 * np.maximum(np.round(background_um / scales).astype(int), 1) + 1)
+    strips = img.ndim == 2 and img.shape[0] > strip_px
 
     def corrected(smoothing: float) -> tuple[np.ndarray, float]:
         sigma = np.maximum(smoothing / scales, 0.5)
-        smooth = ndi.gaussian_filter(img, sigma)
-        signal = smooth  # (in place: the smoothed image is not needed afterwards)
-        signal -= ndi.gaussian_filter(ndi.grey_opening(smooth, size=size), background_um / scales / 2)
+        if strips:
+            signal = _corrected_strips(img, sigma, size, background_um / scales / 2, strip_px)
+            noise = _noise_sd_strips(img, strip_px)
+        else:
+            smooth = ndi.gaussian_filter(img, sigma, output=np.float32)
+            signal = smooth  # (in place: the smoothed image is not needed afterwards)
+            signal -= ndi.gaussian_filter(ndi.grey_opening(smooth, size=size), background_um / scales / 2)
+            noise = None
         # the opening sits below the noise (a minimum filter first): centre the background
         sub = signal.ravel()[:: max(1, signal.size // 400_000)]
         signal -= np.median(sub)
         # noise: white pixel noise through the Gaussian, or the robust SD of the corrected
         # image when that is larger (texture)
         sd_signal = float(MAD_TO_SD * np.median(np.abs(sub - np.median(sub))))
-        return signal, max(noise_sd(img) * _smoothing_gain(sigma), sd_signal) or 1.0
+        if noise is None:
+            noise = noise_sd(img)
+        return signal, max(noise * _smoothing_gain(sigma), sd_signal) or 1.0
 
     low, high = threshold_sd
     detect, sd = corrected(detection_smoothing_um)
-    mask = apply_hysteresis_threshold(detect, low * sd, high * sd)
+    # (= skimage.filters.apply_hysteresis_threshold(detect, low * sd, high * sd), the connected
+    # components (cross connectivity) above the low threshold that hold a pixel above the
+    # high one, with its comparisons (the low threshold clipped to the high one in double),
+    # without its full-size label image)
+    mask = ndi.binary_propagation(detect > high * sd, mask=detect > np.clip(low * sd, None, high * sd))
     if not mask.any():
         return mask
     if edge_fraction is not None:
@@ -174,11 +263,24 @@ def segment_lysosomes(
         blur = np.hypot(psf, np.maximum(smoothing_um, 0.5 * scales))
         footprint = _ellipsoid(2.0 * blur / scales)
         # brightest detected value within the edge reach: the level of the lysosome the
-        # pixel belongs to (objects not detected do not raise it)
-        level = ndi.maximum_filter(np.where(mask, signal, -np.inf), footprint=footprint)
-        # a level below the high threshold is no lysosome of its own: the pixel lies on the
-        # faint tail of a brighter object (or of noise) beyond that object's edge
-        mask &= (signal >= edge_fraction * level) & (level >= high * sd)
+        # pixel belongs to (objects not detected do not raise it); a level below the high
+        # threshold is no lysosome of its own: the pixel lies on the faint tail of a brighter
+        # object (or of noise) beyond that object's edge.  In strips of rows, each read with
+        # the rows the footprint reaches (a maximum of the same pixels: the same levels).
+        reach = footprint.shape[0] // 2
+        step = strip_px if img.ndim == 2 else mask.shape[0]
+        cut = np.empty(mask.shape, bool)
+        for r0 in range(0, mask.shape[0], step):
+            r1 = min(mask.shape[0], r0 + step)
+            a, b = (max(0, r0 - reach), min(mask.shape[0], r1 + reach)) if img.ndim == 2 else (r0, r1)
+            level = ndi.maximum_filter(np.where(mask[a:b], signal[a:b], -np.inf), footprint=footprint)[r0 - a : r1 - a]
+            part = signal[r0:r1] >= edge_fraction * level
+            part &= level >= high * sd
+            part &= mask[r0:r1]
+            cut[r0:r1] = part
+            del level, part
+        mask = cut
+        del cut
     lab, nobj = ndi.label(mask)
     if nobj:
         sizes = _label_sizes(lab)

@@ -1,0 +1,80 @@
+"""Memory-saving paths of the lysosome segmentation (issue 16 item 5) give the results of the
+plain code.
+
+* ``segment_lysosomes`` filters YX images taller than ``strip_px`` in strips of rows and takes
+  the noise SD from a strip-wise exact median; ``_reference_lysosomes`` is the function as it
+  was before (commit e918f85: float32 copy, whole-image filters, skimage's hysteresis
+  threshold, ``noise_sd``).  The masks must be identical for any strip height.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.filters import apply_hysteresis_threshold
+
+from analysis.measure import engulfment
+from analysis.measure.noise import MAD_TO_SD, noise_sd
+from analysis.measure.puncta import _label_sizes
+from analysis.sim.glia import render_terminal_field
+from analysis.sim.optics import SNR_LEVELS
+
+PX = 0.2
+
+
+@pytest.fixture(scope="module")
+def fields() -> list[np.ndarray]:
+    """(3, Y, X) terminal fields, one per SNR level."""
+    out = []
+    for i, snr in enumerate(SNR_LEVELS.values()):
+        kw = dict(process_length_scale=0.6, soma_scale=1.3, microglia_per_mm2=900) if i % 2 else {}
+        out.append(render_terminal_field(np.random.default_rng([16, 5, i]), shape=(640, 520), snr=snr, **kw).image)
+    return out
+
+
+def _reference_lysosomes(image, pixel_size_um, *, detection_smoothing_um=0.2, psf_sigma_um=0.1,
+                         background_um=3.0, threshold_sd=(3.0, 7.0), min_area_um2=0.1, edge_fraction=0.5):
+    """segment_lysosomes of a YX image as it was at e918f85 (the default ``smoothing_um``)."""
+    img = np.asarray(image, dtype=np.float32)
+    scales = np.array([pixel_size_um, pixel_size_um], float)
+    size = tuple(2 * np.maximum(np.round(background_um / scales).astype(int), 1) + 1)
+    sigma = np.maximum(detection_smoothing_um / scales, 0.5)
+    signal = ndi.gaussian_filter(img, sigma)
+    signal -= ndi.gaussian_filter(ndi.grey_opening(signal, size=size), background_um / scales / 2)
+    sub = signal.ravel()[:: max(1, signal.size // 400_000)]
+    signal -= np.median(sub)
+    sd_signal = float(MAD_TO_SD * np.median(np.abs(sub - np.median(sub))))
+    sd = max(noise_sd(img) * engulfment._smoothing_gain(sigma), sd_signal) or 1.0
+    low, high = threshold_sd
+    mask = apply_hysteresis_threshold(signal, low * sd, high * sd)
+    blur = np.hypot(np.full(2, psf_sigma_um), np.maximum(detection_smoothing_um, 0.5 * scales))
+    level = ndi.maximum_filter(np.where(mask, signal, -np.inf), footprint=engulfment._ellipsoid(2.0 * blur / scales))
+    mask &= (signal >= edge_fraction * level) & (level >= high * sd)
+    lab, nobj = ndi.label(mask)
+    if nobj:
+        keep = _label_sizes(lab) >= max(min_area_um2 / pixel_size_um**2, 1)
+        keep[0] = False
+        mask = keep[lab]
+    return mask
+
+
+@pytest.mark.parametrize("strip_px", [16, 97, 10_000])
+def test_lysosomes_in_strips_equal_the_previous_code(fields, strip_px: int) -> None:
+    for f in fields:
+        want = _reference_lysosomes(f[2], PX)
+        assert want.sum() > 500  # lysosomes were found
+        got = engulfment.segment_lysosomes(f[2], PX, strip_px=strip_px)
+        assert np.array_equal(got, want)
+        # float input (read as float32, as before)
+        assert np.array_equal(engulfment.segment_lysosomes(f[2].astype(float), PX, strip_px=strip_px), want)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (64, 33), (301, 200), (300, 201)])
+def test_noise_sd_in_strips_equals_noise_sd(shape) -> None:
+    rng = np.random.default_rng(sum(shape))
+    for img in (rng.poisson(30, shape).astype(np.uint16),  # many ties: the middle values are in one bin
+                rng.normal(100, 7, shape).astype(np.float32),
+                np.round(rng.normal(100, 7, shape)) + np.linspace(0, 80, shape[1])):
+        for strip in (1, 4, 50, 1000):
+            assert engulfment._noise_sd_strips(img, strip) == noise_sd(img)
