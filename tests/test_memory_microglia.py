@@ -1,6 +1,11 @@
-"""Memory-saving paths of the lysosome segmentation (issue 16 item 5) give the results of the
-plain code.
+"""Memory-saving paths of the microglia and lysosome segmentations (issue 16 item 5) give the
+results of the plain code.
 
+* ``segment_microglia`` floods with skimage's watershed kernel on work arrays built once (the
+  markers moved into the flood's output, the foreground into its padded mask, the somata held
+  as pixel indices during the entering-process flood, the levels only as the kernel's double
+  image); with ``_ws_kernel`` returning None every flood is skimage's public
+  ``watershed(..., connectivity=2)`` on whole arrays, as before.  The labels must be identical.
 * ``segment_lysosomes`` filters YX images taller than ``strip_px`` in strips of rows and takes
   the noise SD from a strip-wise exact median; ``_reference_lysosomes`` is the function as it
   was before (commit e918f85: float32 copy, whole-image filters, skimage's hysteresis
@@ -14,7 +19,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.filters import apply_hysteresis_threshold
 
-from analysis.measure import engulfment
+from analysis.measure import engulfment, microglia
 from analysis.measure.noise import MAD_TO_SD, noise_sd
 from analysis.measure.puncta import _label_sizes
 from analysis.sim.glia import render_terminal_field
@@ -25,12 +30,24 @@ PX = 0.2
 
 @pytest.fixture(scope="module")
 def fields() -> list[np.ndarray]:
-    """(3, Y, X) terminal fields, one per SNR level."""
+    """(3, Y, X) terminal fields, one per SNR level, crowded ones among them (touching cells,
+    processes entering from outside)."""
     out = []
     for i, snr in enumerate(SNR_LEVELS.values()):
         kw = dict(process_length_scale=0.6, soma_scale=1.3, microglia_per_mm2=900) if i % 2 else {}
         out.append(render_terminal_field(np.random.default_rng([16, 5, i]), shape=(640, 520), snr=snr, **kw).image)
     return out
+
+
+def test_flood_bookkeeping_equals_the_public_watershed(fields, monkeypatch) -> None:
+    fast = [microglia.segment_microglia(f[1], PX) for f in fields]
+    # the kernel's flood must have run (otherwise the comparison below compares a path with itself)
+    assert microglia._ws_kernel() is not None
+    monkeypatch.setattr(microglia, "_ws_kernel", lambda: None)
+    for f, lab in zip(fields, fast):
+        plain = microglia.segment_microglia(f[1], PX)
+        assert plain.max() >= 3
+        assert lab.dtype == plain.dtype and np.array_equal(lab, plain)
 
 
 def _reference_lysosomes(image, pixel_size_um, *, detection_smoothing_um=0.2, psf_sigma_um=0.1,

@@ -171,7 +171,7 @@ def _ws_kernel():
 
 
 def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, negate: bool = False,
-               padded: np.ndarray | None = None) -> np.ndarray:
+               padded: np.ndarray | None = None, padded_mask: np.ndarray | None = None) -> np.ndarray:
     """``skimage.segmentation.watershed(image, markers, mask=mask, connectivity=2)`` of a 2-D
     image (of ``-image`` with ``negate``) with the work arrays of skimage's kernel built once:
     the padded double image, int8 mask and output, instead of skimage's unpadded and padded
@@ -180,15 +180,17 @@ def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, negate:
     value enter skimage's queue with equal priority and leave it in an order that depends on
     the whole queue.)  ``padded``: the markers already in a zero array padded as the kernel
     needs (``markers`` its inner view, inside the mask): flooded in place, its inner view
-    returned.  skimage's public function when its internals are not found."""
+    returned.  ``padded_mask``: the mask already in a boolean zero array padded the same way
+    (``mask`` its inner view): read by the kernel as it is (no int8 copy).  skimage's public
+    function when its internals are not found."""
     found = _ws_kernel()
     if found is None:  # pragma: no cover
         return watershed(np.negative(image) if negate else image, markers, mask=mask, connectivity=2)
-    return _watershed_with(found, image, markers, mask, negate, padded)
+    return _watershed_with(found, image, markers, mask, negate, padded, padded_mask)
 
 
 def _watershed_with(found, image: np.ndarray, markers: np.ndarray, mask: np.ndarray, negate: bool = False,
-                    padded: np.ndarray | None = None) -> np.ndarray:
+                    padded: np.ndarray | None = None, padded_mask: np.ndarray | None = None) -> np.ndarray:
     """:func:`_watershed` with the kernel and helpers ``found`` by :func:`_ws_kernel`."""
     footprint, offset, kernel, neighbours = found
     shape = tuple(n + 2 * q for n, q in zip(image.shape, offset))
@@ -198,18 +200,30 @@ def _watershed_with(found, image: np.ndarray, markers: np.ndarray, mask: np.ndar
         np.copyto(out[inner], markers, where=np.asarray(mask, bool))  # (markers * mask)
     else:
         out = padded
-    msk = np.zeros(shape, np.int8)
-    msk[inner] = mask
+    if padded_mask is None:
+        msk = np.zeros(shape, np.int8)
+        msk[inner] = mask
+    else:
+        msk = padded_mask.view(np.int8)  # (True / False read as 1 / 0)
     img = np.zeros(shape, np.float64)
     if negate:
         np.negative(image, out=img[inner])
     else:
         img[inner] = image
-    strides = np.array(img.strides, dtype=np.intp) // img.itemsize
-    kernel(img.ravel(), np.flatnonzero(out), neighbours(img.shape, footprint, center=offset), msk.ravel(),
-           strides, 0, out.ravel(), False)
+    _flood(found, img, out, msk)
     del img, msk
     return out[inner] if padded is not None else out[inner].copy()
+
+
+def _flood(found, img: np.ndarray, out: np.ndarray, msk: np.ndarray) -> None:
+    """Run skimage's watershed kernel (``found`` by :func:`_ws_kernel`) on padded arrays:
+    ``img`` (float64), ``msk`` (int8 or a boolean array viewed as int8) and ``out`` (the
+    seeds, flooded in place), as ``skimage.segmentation.watershed(..., connectivity=2)``
+    calls it."""
+    footprint, offset, kernel, neighbours = found
+    strides = np.array(img.strides, dtype=np.intp) // img.itemsize
+    kernel(img.ravel(), np.flatnonzero(out), neighbours(img.shape, footprint, center=offset),
+           msk.view(np.int8).ravel(), strides, 0, out.ravel(), False)
 
 
 def _hysteresis(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -220,12 +234,15 @@ def _hysteresis(image: np.ndarray, low: float, high: float) -> np.ndarray:
     return ndi.binary_propagation(image > high, mask=image > low)
 
 
-def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
+def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int],
+                 row_range: tuple[int, int] | None = None) -> np.ndarray:
     """``ndi.zoom(small, k, order=1, grid_mode=True, mode="nearest")[:shape[0], :shape[1]]``
     from separable weights: the same arithmetic as scipy's (input coordinate ``(i + 0.5) / k
     - 0.5``, neighbours clamped to the edge, terms ``v * w_y * w_x`` added in scipy's order,
     in double, rounded to the input's dtype), so the same numbers (``tests/test_microglia.py``
-    checks it against scipy), ~2x faster; only the rows and columns kept are computed."""
+    checks it against scipy), ~2x faster; only the rows and columns kept are computed.
+    ``row_range``: ``(r0, r1)``, only those rows of the result (each row is computed on its
+    own: the same numbers as in the whole result)."""
 
     def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         zoom = np.float64(n_in) / np.float64(n_in * k)
@@ -238,10 +255,11 @@ def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarra
     y0, y1, wy0, wy1 = axis(small.shape[0], shape[0])
     x0, x1, wx0, wx1 = axis(small.shape[1], shape[1])
     v = small.astype(np.float64)
-    out = np.empty(shape, small.dtype)
+    first, last = row_range if row_range is not None else (0, shape[0])
+    out = np.empty((last - first, shape[1]), small.dtype)
     step = max(1, (1 << 18) // max(shape[1], 1))  # (rows per chunk: the double terms of ~2 MB each)
-    for r0 in range(0, shape[0], step):
-        r = slice(r0, min(shape[0], r0 + step))
+    for r0 in range(first, last, step):
+        r = slice(r0, min(last, r0 + step))
         rows0, rows1 = v[y0[r]] * wy0[r, None], v[y1[r]] * wy1[r, None]
         part = np.take(rows0, x0, axis=1)
         part *= wx0
@@ -249,7 +267,7 @@ def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarra
             term = np.take(rows, cols, axis=1)
             term *= wx
             part += term
-        out[r] = part  # (rounded to the input's dtype as astype rounds)
+        out[r.start - first : r.stop - first] = part  # (rounded to the input's dtype as astype rounds)
     return out
 
 
@@ -610,7 +628,7 @@ def _basin_saddles(f: np.ndarray, basins: np.ndarray, peak: np.ndarray, a_list: 
 def _dominant_maxima(
     f: np.ndarray, mask: np.ndarray, h: float, rel: float = 0.0, labelled: bool = False,
     comp: np.ndarray | None = None, ids: np.ndarray | None = None, want_regions: bool = True,
-    maxima: np.ndarray | None = None,
+    maxima: np.ndarray | list | None = None, padded_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Maxima of ``f`` in ``mask`` whose dynamics exceed ``max(h, rel * peak)``, and the
     regions they drain.
@@ -639,8 +657,12 @@ def _dominant_maxima(
     values, hence the maxima, basins and saddles, is that of its exact double copy; heights and
     saddles are compared in double).  ``want_regions=False``: only the seeds (regions None).
     ``maxima``: the regional maxima in the mask when the caller has them (from
-    :func:`_component_maxima`).
+    :func:`_component_maxima`; or a list holding them, taken out of it, so that the caller
+    keeps no reference).  ``padded_mask``: the mask in a boolean zero array padded as
+    :func:`_watershed` pads (``mask`` its inner view), read by the flood without a copy.
     """
+    if isinstance(maxima, list):
+        maxima = maxima.pop() if maxima else None
     f = np.asarray(f)
     if f.dtype not in (np.float32, np.float64):
         f = f.astype(np.float64)
@@ -663,13 +685,13 @@ def _dominant_maxima(
         n = ndi.label(maxima, structure=full, output=seeds)
     else:
         seeds, n = ndi.label(maxima, structure=full)
-    del maxima
     if n == 0:
         return np.zeros(f.shape, np.int32 if labelled else bool), np.zeros(f.shape, np.int32)
     # a seed's pixels keep its label in the flood: the seeds are the basins' labels there
-    is_seed = seeds > 0
+    is_seed = maxima  # (= seeds > 0: the seeds are the labelled maxima)
+    del maxima
     if found is not None:
-        basins = _watershed(f, seeds, mask, negate=True, padded=padded)
+        basins = _watershed(f, seeds, mask, negate=True, padded=padded, padded_mask=padded_mask)
         del padded
     else:
         if g is None:  # pragma: no cover (maxima given, skimage without the kernel's internals)
@@ -755,7 +777,9 @@ def _somata(
     a compact bright body: bright structure at half maximum that contains a disk of
     ``0.8 * soma_min_diameter_um`` (a morphological opening).  Bulbs, varicosities and
     fragments of processes are smaller and seed nothing; their foreground goes to the cell
-    it is connected to.  Returns the somata, their number and the soma-scale intensity.
+    it is connected to.  Returns the somata, their number and their soma-scale heights (the
+    maximum of the soma-scale intensity over each soma, 0..n; that intensity is computed
+    strip by strip, never held whole).
     """
     sigma = max(soma_diameter_um / (2 * np.sqrt(2)) / px, 1.0)
     # smooth at soma scale on a grid binned to a third of the smoothing SD (the result is
@@ -771,29 +795,49 @@ def _somata(
     floor = 4.0 * _robust_sd(ndi.gaussian_filter(binned, sigma / k))
     tops, regions = _dominant_maxima(f_small, f_small > floor, 0.0, rel=separation, labelled=True)
     n = int(tops.max())
-    if k > 1:
-        f = _zoom_linear(f_small, k, (h, w))  # (= ndi.zoom order 1, grid mode, cropped)
-        regions = np.repeat(np.repeat(regions.astype(np.int32), k, axis=0), k, axis=1)[:h, :w]
-        tops = np.repeat(np.repeat(tops, k, axis=0), k, axis=1)[:h, :w]
-    else:
-        f = f_small
     if n == 0:
-        return np.zeros(signal.shape, np.int32), 0, f
-    # the hill of each top: its drainage region, above half the top's height
+        return np.zeros(signal.shape, np.int32), 0, np.full(1, -np.inf)
+    # the hill of each top: its drainage region (on the binned grid, then repeated: the same
+    # as the lookup of the repeated regions and tops)
     top_region = np.zeros(int(regions.max()) + 1, np.int32)  # (int32 label maps: half the memory)
     top_region[regions[tops > 0]] = tops[tops > 0]
     del tops
     hill = top_region[regions]
     hill *= regions > 0
     del regions
-    height = _label_max(f, hill, n)
+    step = max(1, (1 << 18) // max(w, 1))
+    if k > 1:  # (np.repeat(np.repeat(hill, k, 0), k, 1)[:h, :w], strip by strip)
+        small_hill, hill = hill, np.empty((h, w), np.int32)
+        for r0 in range(0, h, step):
+            r1 = min(h, r0 + step)
+            hill[r0:r1] = np.repeat(small_hill[np.arange(r0, r1) // k], k, axis=1)[:, :w]
+        del small_hill
+
+    def soma_scale_rows(r0: int, r1: int) -> np.ndarray:
+        """Rows of the soma-scale intensity (``ndi.zoom`` of ``f_small``, order 1, grid mode,
+        cropped; computed row by row when needed, never held whole)."""
+        if k == 1:
+            return f_small[r0:r1]
+        return _zoom_linear(f_small, k, (h, w), row_range=(r0, r1))  # (= ndi.zoom order 1, grid mode, cropped)
+
+    def label_max(labels: np.ndarray) -> np.ndarray:
+        """``_label_max(soma-scale intensity, labels, n)``, strip by strip."""
+        out = np.full(n + 1, -np.inf)
+        for r0 in range(0, h, step):
+            lab = labels[r0 : r0 + step]
+            sel = lab > 0
+            if sel.any():
+                np.maximum.at(out, lab[sel], soma_scale_rows(r0, min(h, r0 + step))[sel].astype(np.float64))
+        return out
+
+    # above half the top's height
+    height = label_max(hill)
     height[0] = np.inf
     # hill = np.where(f >= 0.5 * height[hill], hill, 0), in place and in strips of rows (no
     # full-size double temporaries)
-    step = max(1, (1 << 18) // max(w, 1))
     for r0 in range(0, h, step):
         hs = hill[r0 : r0 + step]
-        hs[~(f[r0 : r0 + step] >= 0.5 * height[hs])] = 0
+        hs[~(soma_scale_rows(r0, min(h, r0 + step)) >= 0.5 * height[hs])] = 0
     # compact bright body on each hill (pixels next to another hill excluded): (max 3 x 3 !=
     # hill) | (min 3 x 3 of the hills with 0 as n + 1 != hill), in strips of rows read with a
     # row of margin (the rows beyond the image reflected, as the whole-image filter does)
@@ -808,21 +852,28 @@ def _somata(
     body = _fast_disk_opening((hill > 0) & ~edge & halfmax, 0.4 * soma_min_diameter_um / px)
     del edge
     hill[~body] = 0  # (np.where(body, hill, 0), in place)
-    somata = _relabel_ascending(hill)
-    return somata, int(somata.max()), f
+    del body
+    somata = _relabel_ascending(hill, in_place=True)
+    n_somata = int(somata.max())
+    return somata, n_somata, label_max(somata)[: n_somata + 1]
 
 
-def _relabel_ascending(labels: np.ndarray) -> np.ndarray:
+def _relabel_ascending(labels: np.ndarray, in_place: bool = False) -> np.ndarray:
     """``skimage.segmentation.relabel_sequential(labels)[0]`` for non-negative labels: the
     labels present numbered 1..m in ascending order (a lookup table; skimage's general
-    mapping took ~5x longer)."""
+    mapping took ~5x longer).  ``in_place``: written into ``labels`` (C-contiguous), strip
+    by strip, and returned."""
     present = np.zeros(int(labels.max(initial=0)) + 1, bool)
     flat = labels.ravel()
     for i in range(0, flat.size, 1 << 18):  # (in chunks: the index is copied as intp)
         present[flat[i : i + (1 << 18)]] = True
     present[0] = False
     lut = (np.cumsum(present) * present).astype(labels.dtype)
-    return lut[labels]
+    if not in_place:
+        return lut[labels]
+    for i in range(0, flat.size, 1 << 18):
+        flat[i : i + (1 << 18)] = lut[flat[i : i + (1 << 18)]]
+    return labels
 
 
 def _touching_pairs(labels: np.ndarray, max_label: int | None = None) -> np.ndarray:
@@ -974,28 +1025,54 @@ def segment_microglia(
     )
     shape = img.shape
     del img  # (our float32 copy of an integer image: not needed any more)
-    markers, n, soma_scale = _somata(signal, halfmax, px, soma_diameter_um, soma_min_diameter_um, soma_separation)
-    del halfmax
     # the soma-scale height of each soma seed is all that is read of the soma-scale intensity
     # below: the seeds' pixels do not change (entering-process seeds keep off them, a reflood
-    # removes whole seeds, whose labels then vanish from the cells), so it is taken once here
-    soma_height = _label_max(soma_scale, markers, n)
-    del soma_scale
+    # removes whole seeds, whose labels then vanish from the cells), so it is taken once, there
+    markers, n, soma_height = _somata(signal, halfmax, px, soma_diameter_um, soma_min_diameter_um, soma_separation)
+    del halfmax
     if n == 0:
         log.debug("no soma found")
         return np.zeros(shape, np.int32)
     if entering_process_rise is not None:
-        markers = _add_entering_markers(markers, n, fg, signal, sd, px, process_max_width_um,
+        index = np.flatnonzero(markers)  # (the somata as pixel indices and labels: small)
+        somata = (index, markers.ravel()[index])
+        del markers, index
+        markers = _add_entering_markers(somata, n, fg, signal, sd, px, process_max_width_um,
                                         entering_process_rise)
+        del somata
     # flood from bright to dim; intensity differences below two noise SDs are not evidence,
     # so within such a step the flood advances breadth-first (by path length)
-    levels = signal  # (the signal is not needed any more: the levels take its place)
+    levels = _flood_levels(signal, sd)  # -floor(signal / 2 SD), int16 when whole numbers fit
     del signal
-    levels /= 2.0 * sd
-    np.negative(np.floor(levels, out=levels), out=levels)  # -floor(signal / 2 SD), in place
-    if levels.size and np.isfinite(levels).all() and -32768 <= levels.min() and levels.max() <= 32767:
-        levels = levels.astype(np.int16)  # (whole numbers: exact, half the memory; the flood reads them in double)
-    labels = _watershed(levels, markers, fg)  # (= watershed(levels, markers, mask=fg, connectivity=2))
+    found = _ws_kernel()
+    # the seeds keep their labels in the flood (and in a reflood, those not dropped): the
+    # markers are the labels under ``seed``, so only that boolean mask is kept beside the labels
+    seed = markers > 0
+    if found is None:  # pragma: no cover (skimage without the kernel's internals)
+        labels = watershed(levels, markers, mask=fg, connectivity=2)
+        del markers
+    else:
+        # (= watershed(levels, markers, mask=fg, connectivity=2), as :func:`_watershed` floods,
+        # with the markers moved into the flood's output and the foreground into its padded
+        # mask, and the levels held only as the kernel's double image during the flood)
+        offset = found[1]
+        padded_shape = tuple(n_ + 2 * q for n_, q in zip(shape, offset))
+        inner = tuple(slice(q, q + n_) for q, n_ in zip(offset, shape))
+        out = np.zeros(padded_shape, markers.dtype)
+        np.copyto(out[inner], markers, where=fg)  # (markers * mask)
+        del markers
+        fg_padded = np.zeros(padded_shape, bool)
+        fg_padded[inner] = fg
+        fg = fg_padded[inner]
+        img = np.zeros(padded_shape, np.float64)
+        img[inner] = levels
+        levels_dtype = levels.dtype
+        del levels
+        _flood(found, img, out, fg_padded)
+        levels = img[inner].astype(levels_dtype)  # (whole numbers or float32 values: exact)
+        del img
+        labels = out[inner].copy()
+        del out
     if soma_relative_height > 0:
         # a hill that reaches less than this fraction of the soma of a cell it touches is a
         # thickening of that cell's process (a bulb, an end-foot), not a soma of its own
@@ -1005,23 +1082,55 @@ def segment_microglia(
         weak = np.r_[a[height[a] < soma_relative_height * height[b]], b[height[b] < soma_relative_height * height[a]]]
         if len(weak):
             comp, _ = ndi.label(fg, structure=_EIGHT)
+            markers = np.where(seed, labels, 0)
             labels, markers = _reflood(levels, markers, np.isin(markers, weak), comp, labels)
-            del comp
+            seed = markers > 0
+            del comp, markers
     if terminal_swellings:
+        markers = np.where(seed, labels, 0)
         swollen = _terminal_swellings(labels, markers, n, soma_height, px, soma_min_diameter_um,
                                       process_max_width_um)
         if len(swollen):
             comp, _ = ndi.label(fg, structure=_EIGHT)
             labels, markers = _reflood(levels, markers, np.isin(markers, swollen), comp, labels)
+            seed = markers > 0
             del comp
+        del markers
+    del levels, fg
     labels[labels > n] = 0  # basins of processes entering from outside the field
     if border_somata == "centre":
-        drop = _somata_centred_outside(np.where(markers <= n, markers, 0))
+        # (the seeds of entering processes, labels above n, are 0 in the labels now)
+        drop = _somata_centred_outside(np.where(seed, labels, 0))
         if drop:
             labels[np.isin(labels, drop)] = 0
+    del seed
     labels = _relabel_ascending(labels)
     log.debug("segmented %d microglia", int(labels.max()))
     return labels.astype(np.int32)
+
+
+def _flood_levels(signal: np.ndarray, sd: float) -> np.ndarray:
+    """The levels of the cell flood, ``-floor(signal / (2 sd))`` computed in float32, as int16
+    when they are finite whole numbers in its range (exact, and half the memory; the flood
+    reads them in double), else in float32 (in place in ``signal``).  Strip by strip: no
+    full-size float32 temporary besides ``signal``."""
+    h, w = signal.shape
+    step = max(1, (1 << 18) // max(w, 1))
+    out = np.empty(signal.shape, np.int16)
+    ok = signal.size > 0
+    for r0 in range(0, h if ok else 0, step):
+        t = signal[r0 : r0 + step] / (2.0 * sd)
+        np.negative(np.floor(t, out=t), out=t)
+        if not (np.isfinite(t).all() and -32768 <= t.min() and t.max() <= 32767):
+            ok = False
+            break
+        out[r0 : r0 + step] = t
+    if ok:
+        return out
+    del out
+    signal /= 2.0 * sd
+    np.negative(np.floor(signal, out=signal), out=signal)
+    return signal
 
 
 def _reflood(
@@ -1132,8 +1241,28 @@ def _terminal_swellings(
     return out
 
 
+def _edge_band(a: np.ndarray, k: int) -> np.ndarray:
+    """The values of ``a`` within ``k`` pixels of the image edge (each once, in no particular
+    order), without a full-size mask of the band."""
+    h, w = a.shape
+    if 2 * k >= h or 2 * k >= w:
+        return a.ravel()
+    return np.concatenate([a[:k].ravel(), a[h - k :].ravel(), a[k : h - k, :k].ravel(), a[k : h - k, w - k :].ravel()])
+
+
+def _padded_bool(shape: tuple[int, ...]) -> tuple[np.ndarray | None, tuple[slice, ...]]:
+    """A boolean zero array padded as :func:`_watershed`'s kernel needs, and the slices of its
+    inner part (None and the whole array when skimage's internals are not found)."""
+    found = _ws_kernel()
+    if found is None:  # pragma: no cover
+        return None, tuple(slice(0, n_) for n_ in shape)
+    offset = found[1]
+    return (np.zeros(tuple(n_ + 2 * q for n_, q in zip(shape, offset)), bool),
+            tuple(slice(q, q + n_) for q, n_ in zip(offset, shape)))
+
+
 def _add_entering_markers(
-    markers: np.ndarray,
+    somata: tuple[np.ndarray, np.ndarray],
     n: int,
     fg: np.ndarray,
     signal: np.ndarray,
@@ -1149,35 +1278,58 @@ def _add_entering_markers(
     within a process width of the edge whose dynamics (rise above the saddle towards any
     brighter structure) exceed ``max(rise[0] * noise SD, rise[1] * median soma peak)`` seed
     their own basins.
+
+    ``somata``: the soma markers (labels 1..n) as the flat indices of their pixels and their
+    labels (a small fraction of the image: no full-size label image is held during the
+    flood).  Returns the markers (int32 label image of the shape of ``fg``): the somata and
+    the entering processes' seeds.
     """
+    index, values = somata
+    shape = fg.shape
+
+    def soma_image(dtype=np.int32) -> np.ndarray:
+        out = np.zeros(shape, dtype)
+        out.ravel()[index] = values
+        return out
+
     rise_sd, rise_fraction = rise
-    soma_peak = float(np.median(_label_max(signal, markers, n)[1:]))
+    # (= _label_max(signal, markers, n))
+    soma_max = np.full(n + 1, -np.inf)
+    np.maximum.at(soma_max, values, signal.ravel()[index].astype(np.float64))
+    soma_peak = float(np.median(soma_max[1:]))
     h = max(rise_sd * sd, rise_fraction * soma_peak)
     k = max(int(round(process_max_width_um / px)), 1)
-    edge = np.ones(fg.shape, bool)
-    edge[k:-k, k:-k] = False
     # the dynamics of a maximum depend only on the foreground component it lies in: only the
     # components that reach the edge band are analysed (the same maxima, less work)
     comp, _ = ndi.label(fg, structure=_EIGHT)
     at_edge = np.zeros(int(comp.max()) + 1, bool)
-    at_edge[np.unique(comp[edge])] = True
+    at_edge[np.unique(_edge_band(comp, k))] = True
     at_edge[0] = False
-    mask = at_edge[comp]
-    maxima = _component_maxima(signal, mask, comp, at_edge)  # (None: the whole image's below)
+    padded_mask, inner = _padded_bool(shape)
+    mask = at_edge[comp] if padded_mask is None else padded_mask[inner]
+    if padded_mask is not None:
+        step = max(1, (1 << 18) // max(shape[1], 1))
+        for r0 in range(0, shape[0], step):
+            mask[r0 : r0 + step] = at_edge[comp[r0 : r0 + step]]
+    maxima = [_component_maxima(signal, mask, comp, at_edge)]  # (None: the whole image's below)
     del comp
-    lab, _ = _dominant_maxima(signal, mask, h, labelled=True, want_regions=False, maxima=maxima)
-    del mask, maxima
+    lab, _ = _dominant_maxima(signal, mask, h, labelled=True, want_regions=False, maxima=maxima,
+                              padded_mask=padded_mask)
+    del mask, padded_mask
     n_extra = int(lab.max())
     if n_extra == 0:
-        return markers
+        return soma_image()
     keep = np.zeros(n_extra + 1, bool)
-    keep[np.unique(lab[edge])] = True
-    keep[np.unique(lab[_binary_rank(markers > 0, {1: [-1, 0, 1]}, "max")])] = False  # soma tops
+    keep[np.unique(_edge_band(lab, k))] = True
+    keep[np.unique(lab[_binary_rank(soma_image(bool), {1: [-1, 0, 1]}, "max")])] = False  # soma tops
     keep[0] = False
     log.debug("%d processes enter the field from outside cells", int(keep.sum()))
     kept = keep[lab]
     lab += n
-    np.copyto(lab, markers, where=~kept)  # (= np.where(keep[lab], lab + n, markers), in place)
+    lab[~kept] = 0
+    rows, cols = np.divmod(index, shape[1])
+    free = ~kept[rows, cols]
+    lab[rows[free], cols[free]] = values[free]  # (= np.where(keep[lab], lab + n, markers))
     return lab
 
 
