@@ -11,7 +11,7 @@ studies in progress).  The images themselves are deleted after quantification.
 Stage ``run`` fills the cache; stage ``analyse`` fits every planned contrast of every endpoint
 twice on each cached study -- on the measured tables and on the simulation's true counts of
 the same images (``perfect``) -- and, for the synapse model, with each measurement-aware
-variant of :data:`VARIANTS` -- and writes per-study rows and a summary (bias, coverage,
+variant of :func:`synapse_variants` -- and writes per-study rows and a summary (bias, coverage,
 power or type I error, CI width) beside each other.
 
 Usage::
@@ -134,9 +134,11 @@ def synapse_variants(m: pd.DataFrame, truth: pd.DataFrame) -> dict[str, tuple[pd
     biological and Poisson variation are kept and only the measurement error is removed).
     ``recall-corrected``: the measured density times the image's estimated precision over its
     spike-in recall.  ``snr-covariate``: the measured density with the measured SNR as
-    covariate (:func:`analysis.stats.quality_covariates`, what ``fit_study`` does by default).
+    covariate (:func:`analysis.stats.quality_covariates`).  ``fp-corrected``: the measured
+    density minus the false detections expected at the image's SNR
+    (:func:`analysis.stats.models.false_detection_corrected`), with the SNR covariate.
     """
-    from analysis.stats.models import quality_covariates
+    from analysis.stats.models import false_detection_corrected, quality_covariates
 
     import numpy as np
 
@@ -152,8 +154,10 @@ def synapse_variants(m: pd.DataFrame, truth: pd.DataFrame) -> dict[str, tuple[pd
     else:
         corrected[SYNAPSE_VALUE] = np.nan
     adjusted, names = quality_covariates(syn)
+    fp, applied = false_detection_corrected(syn)
+    fp_adjusted, fp_names = quality_covariates(fp) if applied else (fp.assign(**{SYNAPSE_VALUE: np.nan}), [])
     return {"measured": (syn, []), "perfect": (perfect, []), "recall-corrected": (corrected, []),
-            "snr-covariate": (adjusted, names)}
+            "snr-covariate": (adjusted, names), "fp-corrected": (fp_adjusted, fp_names)}
 
 
 def synapse_rows(table: pd.DataFrame, null: bool, covariates: list[str] | tuple = ()) -> pd.DataFrame:
@@ -406,12 +410,12 @@ def bank_study(bank: pd.DataFrame, preset: str, seed: int) -> pd.DataFrame:
     return syn
 
 
-def bank_calibrate_one(task: tuple[str, int, str, int | None]) -> pd.DataFrame:
+def bank_calibrate_one(task: tuple[str, int, str, int | None, list[str] | None]) -> pd.DataFrame:
     from analysis.sim.design import PRESETS
 
     from analysis.sim.power import design_preset
 
-    base, seed, cache, fields = task
+    base, seed, cache, fields, variants = task
     preset = design_preset(base, synapse_fields=fields)
     null = PRESETS[preset].null
     bank = load_bank(Path(cache))
@@ -419,14 +423,18 @@ def bank_calibrate_one(task: tuple[str, int, str, int | None]) -> pd.DataFrame:
     truth = syn[["image_id", "true_realised_per_100um2"]].rename(
         columns={"true_realised_per_100um2": "true_puncta_density_per_100um2"})
     frames = [synapse_rows(t, null, cov).assign(variant=v)
-              for v, (t, cov) in synapse_variants(syn, truth).items() if t[SYNAPSE_VALUE].notna().any()]
+              for v, (t, cov) in synapse_variants(syn, truth).items()
+              if t[SYNAPSE_VALUE].notna().any() and (not variants or v in variants)]
     return pd.concat(frames, ignore_index=True).assign(preset=preset, seed=seed, commit=_commit(), source="bank")
 
 
 #: Committed summary of the calibration, shown in notebook 04 and linked from the index.
 MARKDOWN = ROOT / "benchmarks" / "calibration_e2e.md"
+#: The variant ``fit_study`` uses (first in :data:`VARIANT_LABELS`: notebook 04 reads the first row).
+REPORT_VARIANT = "fp-corrected"
 VARIANT_LABELS = {
-    "snr-covariate": "measured, SNR covariate (the report's model)",
+    "fp-corrected": "measured minus the false detections expected at its SNR, SNR covariate (the report's model)",
+    "snr-covariate": "measured, SNR covariate (the report's model until 2026-11-30)",
     "measured": "measured, no covariate (before)",
     "recall-corrected": "measured / spike-in recall x precision",
     "perfect": "perfect counts (true puncta of the same images)",
@@ -476,7 +484,7 @@ def markdown_summary(rows: pd.DataFrame, *, design: str, source: str) -> str:
     lines += ["", "## Every planned contrast, the report's model", "",
               "| group | truth, % | mean estimate, % | bias, points | coverage | power (unadjusted) | "
               "power (adjusted) | null: type I error |", "|---|---|---|---|---|---|---|---|"]
-    e, n = eff[eff["variant"] == "snr-covariate"], null[null["variant"] == "snr-covariate"]
+    e, n = eff[eff["variant"] == REPORT_VARIANT], null[null["variant"] == REPORT_VARIANT]
     for group, g in e.groupby("group", sort=False):
         gn = n[n["group"] == group]
         lines.append(f"| {group} | {g['true'].mean():.1f} | {g['estimate'].mean():.1f} | {_pts(g['err_pts'].mean())} | "
@@ -490,8 +498,8 @@ def markdown_summary(rows: pd.DataFrame, *, design: str, source: str) -> str:
 
 def bank_calibrate(args: argparse.Namespace) -> pd.DataFrame:
     """Calibration studies (null and default) built from the bank; rows and summary written."""
-    jobs = [(p, FIRST_SEED[p] + i, str(args.cache), args.synapse_fields) for i in range(args.studies)
-            for p in ("null", "default")]
+    jobs = [(p, FIRST_SEED[p] + i, str(args.cache), args.synapse_fields, args.variants) for i in range(args.studies)
+            for p in args.presets]
     with ProcessPoolExecutor(args.workers) as pool:
         rows = pd.concat(list(pool.map(bank_calibrate_one, jobs, chunksize=4)), ignore_index=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -572,6 +580,10 @@ def main() -> None:
     c.add_argument("--markdown", type=Path, default=MARKDOWN, help="committed summary (default: %(default)s)")
     c.add_argument("--synapse-fields", type=int, default=None,
                    help="synapse fields per animal and session (default: the preset's)")
+    c.add_argument("--presets", nargs="+", default=["null", "default"], choices=["null", "default"],
+                   help="kinds of calibration study (default: both)")
+    c.add_argument("--variants", nargs="+", default=None,
+                   help="fit only these variants of the synapse table (default: all)")
     d = sub.add_parser("bank-summary", help="rewrite the markdown summary from bank-calibrate's rows")
     d.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calibration_bank.csv")
     d.add_argument("--markdown", type=Path, default=MARKDOWN)

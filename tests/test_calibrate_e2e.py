@@ -48,7 +48,7 @@ def rows(e2e, small_study: Path, small_quantified: Path, tmp_path_factory: pytes
 
 def test_every_endpoint_and_variant_is_analysed(rows: pd.DataFrame, e2e) -> None:
     syn = rows[rows["endpoint"] == "synapse density (% vs vehicle)"]
-    assert set(syn["variant"]) == {"measured", "perfect", "recall-corrected", "snr-covariate"}
+    assert set(syn["variant"]) == {"measured", "perfect", "recall-corrected", "snr-covariate", "fp-corrected"}
     terminal = rows[rows["endpoint"] != "synapse density (% vs vehicle)"]
     assert set(terminal["endpoint"]) == set(e2e.MICROGLIA_TRUTH)
     assert set(terminal["variant"]) == {"measured", "perfect"}

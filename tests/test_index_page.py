@@ -98,6 +98,16 @@ def test_methods_arrive_and_provenance(hand_built) -> None:
         assert f"<td>{name}</td>" in page
 
 
+def test_methods_state_the_synapse_models_quality_adjustment(hand_built) -> None:
+    data, processed, reports = hand_built
+    pd.DataFrame({"component": ["animal"], "variance": [0.01], "converged": [True], "warnings": [""],
+                  "quality_adjustment": ["log measured SNR and its square as covariates"]}).to_csv(
+        processed / "synapse_lmm_variance.csv", index=False)
+    text = _text(_write(data, processed, reports))
+    assert "The fit converged without warnings. Image quality (analysis.stats.fit_study): log measured SNR and its " \
+           "square as covariates." in " ".join(text.split())
+
+
 def test_no_absolute_machine_path_on_the_page(hand_built, tmp_path: Path) -> None:
     page = _write(*hand_built)
     assert str(tmp_path) not in page and str(tmp_path.resolve()) not in page

@@ -12,10 +12,12 @@ import pytest
 from analysis.errors import InputError
 from analysis.io import load_analysis_plan
 from analysis.stats.models import (
+    false_detection_corrected,
     fit_synapse_lmm,
     gatekeeping,
     quality_covariates,
     session_contrasts,
+    session_means,
 )
 from analysis.sim.measurements import simulate_measurements
 
@@ -81,6 +83,80 @@ def test_quality_covariates_remove_the_snr_error() -> None:
     # the same contrast as without the artificial error (perfect counts), within its CI
     truth_fit = session_contrasts(fit_synapse_lmm(simulate_measurements("default", 7)))
     assert head(adjusted).pct_vs_vehicle == pytest.approx(head(truth_fit).pct_vs_vehicle, abs=2.0)
+
+
+def _with_false_detections(seed: int, noisy: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A default-design table plus false detections whose density depends on SNR only."""
+    m = simulate_measurements("default", seed)
+    rng = np.random.default_rng(seed)
+    snr = np.exp(rng.normal(np.log(7.0), 0.5, len(m)))
+    x = np.log(snr)
+    false_density = 2.0 - 0.8 * (x - np.log(7.0)) + 0.3 * (x - x.mean()) ** 2  # quadratic in log SNR
+    measured = m["puncta_density_per_100um2"] + false_density
+    precision = 1 - false_density / measured
+    if noisy:  # a per-image estimate from a few dozen spikes
+        precision = np.clip(precision + rng.normal(0, 0.03, len(m)), 0, 1)
+    return m, m.assign(puncta_density_per_100um2=measured, est_precision=precision, measured_snr=snr)
+
+
+def test_false_detection_correction_recovers_the_density() -> None:
+    """False-detection density quadratic in log SNR and exact precisions: the true density back."""
+    truth, m = _with_false_detections(3, noisy=False)
+    out, applied = false_detection_corrected(m)
+    assert applied
+    assert np.allclose(out["puncta_density_per_100um2"], truth["puncta_density_per_100um2"], rtol=1e-9)
+    assert np.allclose(out["false_detections_per_100um2"],
+                       m["puncta_density_per_100um2"] - truth["puncta_density_per_100um2"])
+    assert m["puncta_density_per_100um2"].gt(truth["puncta_density_per_100um2"]).all()  # input untouched
+
+
+def test_false_detection_correction_removes_the_shrinkage() -> None:
+    """False detections shrink the headline towards 0; the corrected model recovers the
+    perfect-count estimate, although each image's precision is noisy."""
+    truth, m = _with_false_detections(5, noisy=True)
+
+    def head(table: pd.DataFrame) -> float:
+        t, names = quality_covariates(table)
+        c = session_contrasts(fit_synapse_lmm(t, covariates=names))
+        return float(c[(c.group == HEAD) & c.planned]["pct_vs_vehicle"].iloc[0])
+
+    perfect = head(truth.assign(measured_snr=m["measured_snr"]))
+    shrunk = head(m)
+    corrected = head(false_detection_corrected(m)[0])
+    assert perfect < 0 and abs(shrunk) < abs(perfect) - 0.3  # ~5 % false: the loss looks smaller
+    assert abs(corrected - perfect) < 0.3 * abs(shrunk - perfect)
+
+
+def test_false_detection_correction_not_applied() -> None:
+    _, m = _with_false_detections(3, noisy=False)
+    for bad in (m.drop(columns="est_precision"), m.assign(measured_snr=np.nan),
+                m.assign(est_precision=m["est_precision"].where(m.index != 4)), m.head(9),
+                m.assign(est_precision=0.0)):  # nothing left of a density
+        out, applied = false_detection_corrected(bad)
+        assert not applied and out is bad
+    # rows without a density (e.g. the spine images of the same sheet) are left out, not a reason to skip
+    extra = m.head(3).assign(puncta_density_per_100um2=np.nan, est_precision=np.nan, measured_snr=np.nan)
+    out, applied = false_detection_corrected(pd.concat([m, extra], ignore_index=True))
+    assert applied and out["puncta_density_per_100um2"].isna().sum() == 3
+    assert np.allclose(out["puncta_density_per_100um2"].head(len(m)), false_detection_corrected(m)[0]["puncta_density_per_100um2"])
+
+
+def test_fit_study_states_its_quality_adjustment(tmp_path: Path) -> None:
+    """fit_study subtracts the false detections and adds the SNR covariates, and says so."""
+    from analysis.stats.models import fit_study
+
+    truth, m = _with_false_detections(3, noisy=False)
+    m["microglia_channel"] = pd.NA
+    m.to_parquet(tmp_path / "measurements.parquet")
+    written = fit_study(str(tmp_path / "measurements.parquet"), str(tmp_path / "adjusted"))
+    var = pd.read_csv(written["variance"])
+    assert var["quality_adjustment"].iloc[0] == ("false detections expected at each image's measured SNR subtracted "
+                                                 "from its density; log measured SNR and its square as covariates")
+    means = pd.read_csv(written["session_means"])  # the corrected densities, i.e. the true ones here
+    value = "puncta_density_per_100um2"
+    assert np.allclose(means[value], session_means(truth)[value].to_numpy(), rtol=1e-9)
+    plain = fit_study(str(tmp_path / "measurements.parquet"), str(tmp_path / "plain"), adjust_for_quality=False)
+    assert pd.read_csv(plain["variance"])["quality_adjustment"].iloc[0] == "none"
 
 
 def test_quality_covariates_absent_or_unusable() -> None:

@@ -493,8 +493,11 @@ def _models_html(tables: dict[str, pd.DataFrame], contrasts: pd.DataFrame) -> st
             conv = " converged" if bool(var["converged"].iloc[0]) else " did NOT converge"
             w = str(var["warnings"].iloc[0]) if "warnings" in var and pd.notna(var["warnings"].iloc[0]) else ""
             conv += f" (fit warnings: {w})" if w else " without warnings"
-        items.append(f"Synapse density: {F.MODEL_FORMULAS['synapse_lmm']}. The fit{conv}. Contrasts use Student's "
-                     f"t with df = animals minus groups (the between-animal containment rule): df = "
+        quality = ""
+        if var is not None and len(var) and "quality_adjustment" in var and pd.notna(var["quality_adjustment"].iloc[0]):
+            quality = f" Image quality (analysis.stats.fit_study): {var['quality_adjustment'].iloc[0]}."
+        items.append(f"Synapse density: {F.MODEL_FORMULAS['synapse_lmm']}. The fit{conv}.{quality} Contrasts use "
+                     f"Student's t with df = animals minus groups (the between-animal containment rule): df = "
                      f"{', '.join(f'{d:g}' for d in df) or 'not recorded'}.")
     mg = tables.get("microglia_contrasts")
     if mg is not None and len(mg):

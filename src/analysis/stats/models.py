@@ -51,6 +51,7 @@ __all__ = [
     "gatekeeping",
     "sex_differences",
     "quality_covariates",
+    "false_detection_corrected",
     "correlation",
     "SPINE_VALUE",
 ]
@@ -580,6 +581,74 @@ def quality_covariates(measurements: pd.DataFrame) -> tuple[pd.DataFrame, list[s
     return out, ["log_measured_snr", "log_measured_snr_sq"]
 
 
+def false_detection_corrected(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2"
+                              ) -> tuple[pd.DataFrame, bool]:
+    """Measured density minus the false detections expected at each image's SNR.
+
+    Every image's spike-in (:func:`analysis.measure.quality.spike_in_recall`) counts the
+    puncta the detector reports in a sign-flipped surrogate of the image that are neither
+    spikes nor its own puncta: the false detections of noise, expressed as
+    ``est_precision``.  Their density, ``(1 - est_precision) x density``, is a property of
+    the imaging (it falls with the measured SNR), not of the tissue: a constant count per
+    area that shrinks every ratio between groups towards 1 (a 13 % loss is measured as about
+    12 %).  One image's estimate rests on a few dozen spikes, so it is not subtracted as
+    such: the false-detection density is regressed on log measured SNR and its square over
+    all images of the table (ordinary least squares, fitted values clipped at 0) and the
+    fitted value is subtracted from each image's density.  Chosen by
+    ``benchmarks/calibrate_e2e.py`` (bank calibration, see benchmarks/RESULTS.md).
+
+    Parameters
+    ----------
+    measurements : DataFrame
+        Image rows with ``value``, ``est_precision`` and ``measured_snr``.
+    value : str
+        The density column.
+
+    Returns
+    -------
+    table : DataFrame
+        ``measurements`` with ``value`` corrected and the subtracted density in
+        ``false_detections_per_100um2`` (or unchanged, see ``applied``).
+    applied : bool
+        False, and the table unchanged, when a row with a density lacks a finite precision
+        or SNR, when fewer than 10 rows have all three, or when a corrected density would not
+        be positive (the correction is then not trusted; logged).  Rows without a density
+        (which the model leaves out) stay as they are.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"d": [40.0, 40, 40, 40, 40, 40, 40, 40, 40, 40],
+    ...                   "est_precision": [0.95] * 10, "measured_snr": [8.0] * 10})
+    >>> out, applied = false_detection_corrected(t, "d")
+    >>> applied, round(float(out["d"].iloc[0]), 6)
+    (True, 38.0)
+    """
+    need = ("est_precision", "measured_snr", value)
+    if not all(c in measurements for c in need):
+        return measurements, False
+    d = pd.to_numeric(measurements[value], errors="coerce")
+    prec = pd.to_numeric(measurements["est_precision"], errors="coerce")
+    snr = pd.to_numeric(measurements["measured_snr"], errors="coerce")
+    has = np.isfinite(d.to_numpy(float))  # rows without a density do not enter the model
+    ok = has & np.isfinite(prec.to_numpy(float)) & (snr.to_numpy(float) > 0)
+    if not ok[has].all() or ok.sum() < 10:
+        log.info("false-detection correction not applied: %d of %d images with a density have an estimated "
+                 "precision and a measured SNR", int(ok.sum()), int(has.sum()))
+        return measurements, False
+    x = np.log(snr.to_numpy(float)[ok])
+    design = np.column_stack([np.ones_like(x), x, (x - x.mean()) ** 2])
+    false_density = (1.0 - prec.to_numpy(float)[ok]) * d.to_numpy(float)[ok]
+    coef, *_ = np.linalg.lstsq(design, false_density, rcond=None)
+    fitted = np.full(len(d), np.nan)
+    fitted[ok] = np.clip(design @ coef, 0.0, None)
+    corrected = d.to_numpy(float) - fitted
+    if not (corrected[ok] > 0).all():
+        log.warning("false-detection correction not applied: it would leave %d image(s) without puncta",
+                    int((corrected[ok] <= 0).sum()))
+        return measurements, False
+    return measurements.assign(**{value: corrected, "false_detections_per_100um2": fitted}), True
+
+
 def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density_per_100um2", *,
               primary: str | None = None, adjust_for_quality: bool = True,
               cells_path: str | None = None, tracks_path: str | None = None) -> dict[str, str]:
@@ -707,8 +776,13 @@ def _fit_synapse(m: pd.DataFrame, value: str, out: Path, *, primary: str | None,
     from analysis.io.files import write_csv
 
     covariates: list[str] = []
+    adjustment = "none"
     if adjust_for_quality:
+        m, corrected = false_detection_corrected(m, value)
         m, covariates = quality_covariates(m)
+        done = (["false detections expected at each image's measured SNR subtracted from its density"]
+                if corrected else []) + (["log measured SNR and its square as covariates"] if covariates else [])
+        adjustment = "; ".join(done) or "none (no usable quality columns)"
     fit = fit_synapse_lmm(m, value, covariates=covariates)
     paths = {
         "session_means": out / "synapse_session_means.csv",
@@ -718,8 +792,8 @@ def _fit_synapse(m: pd.DataFrame, value: str, out: Path, *, primary: str | None,
     }
     write_csv(session_means(m, value), paths["session_means"])
     write_csv(fit.coefficients, paths["coefficients"])
-    write_csv(fit.variance_components.assign(converged=fit.converged, warnings="; ".join(fit.warnings)),
-              paths["variance"])
+    write_csv(fit.variance_components.assign(converged=fit.converged, warnings="; ".join(fit.warnings),
+                                             quality_adjustment=adjustment), paths["variance"])
     contrasts = session_contrasts(fit, primary=primary)
     write_csv(contrasts, paths["contrasts"])
     if fit.covariates is not None:
