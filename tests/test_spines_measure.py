@@ -127,7 +127,10 @@ def test_repeat_images_at_low_snr_show_little_apparent_turnover():
     # scales where the noise is largest; a noise maximum beyond a dim head then outranked it
     # and dropped it as "the neck on its path", in one image of the pair and not the other.
     # Ranked by the response in noise sigmas: 14 / 186 (7.5 %) apparent gained + lost before,
-    # 10 / 188 (5.3 %) after, on these two pairs of the project's simulator (true turnover 0)
+    # 10 / 188 (5.3 %) after, on these two pairs of the project's simulator (true turnover 0).
+    # A spine near the cut that dips in one image: a weaker candidate at its predicted place
+    # whose response agrees with the other image's (track_spines' rescue_z) keeps the track:
+    # 8 / 188 (4.3 %)
     from analysis.sim.spines import simulate_repeat_imaging
 
     changed = first = 0
@@ -138,7 +141,7 @@ def test_repeat_images_at_low_snr_show_little_apparent_turnover():
         changed += int((s1.status.isin(["gained", "lost"]) & s1.in_common_field.astype(bool)).sum())
         first += int((tr.session == 0).sum())
     assert first >= 150
-    assert changed / first <= 0.06, (changed, first)
+    assert changed / first <= 0.05, (changed, first)
 
 
 def test_head_size_and_neck_length_are_in_the_right_range(dendrite):

@@ -45,6 +45,7 @@ a measured neck, stubby means a head touching the shaft (neck length 0).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -1061,7 +1062,7 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: 
 
 def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_distance_um: float = 0.8,
                  min_snr: float = 1.0, min_blobness: float = 0.3, hysteresis: float = 0.6,
-                 **params: Any) -> pd.DataFrame:
+                 rescue_z: float = 2.0, **params: Any) -> pd.DataFrame:
     """Detect spines in every session and link them to the previous session.
 
     Each session is registered to the previous one by phase correlation (translation,
@@ -1074,7 +1075,12 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     still match a weaker candidate (passing ``hysteresis`` x both cuts) within half of
     ``max_distance_um`` of its predicted place (stable, same track), and a new detection with
     such a weak candidate at its place in the previous session is ``stable`` rather than
-    ``gained`` (its track starts here).
+    ``gained`` (its track starts here). At such a predicted place a weaker candidate also
+    counts if its blob response is at least ``rescue_z`` noise sigmas (and its contrast the
+    same fraction of the shaft-contrast cut) and differs from its partner's response in the
+    other session by at most ``rescue_z`` x sqrt 2 sigmas (one spine measured
+    twice with independent noise): the place is given, so this is one test rather than a
+    search over the image, and a spine near the cut that dips in one image stays one track.
 
     Conventions (one row per spine per session):
 
@@ -1102,6 +1108,10 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     hysteresis : float
         Fraction of both cuts that a candidate must pass to keep a track alive (or to show
         that a new detection was already there).
+    rescue_z : float
+        Smallest blob response (noise sigmas) of a candidate at a predicted place whose response
+        agrees with its partner's (difference <= ``rescue_z`` x sqrt 2 sigmas); it too keeps
+        a track alive or shows that a new detection was there.
     **params
         Passed to :func:`detect_spines`.
 
@@ -1132,13 +1142,22 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     next_id = 0
     prev: pd.DataFrame | None = None  # spines present in the previous session (with track_id)
     max_px = max_distance_um / px
+    # the score's noise term is the blob response in units of k_sigma noise sigmas
+    k_sigma = float(params.get("k_sigma", inspect.signature(detect_spines).parameters["k_sigma"].default))
+    agree = rescue_z * np.sqrt(2.0) / k_sigma  # largest difference of two measurements of one spine
+
+    def consistent(strong_snr: np.ndarray, weak: pd.DataFrame, idx: np.ndarray) -> np.ndarray:
+        """Weak candidates ``idx`` passing hysteresis, or agreeing with their partner's response."""
+        w = weak.iloc[idx]
+        return ((w["snr"].to_numpy(float) >= hysteresis * min_snr)
+                | (strong_snr - w["snr_noise"].to_numpy(float) <= agree))
     rescue_px = 0.5 * max_px  # weak candidates must sit closer: chance noise maxima are common
     for s, im in enumerate(images):
         cand = detect_spines(im, pixel_size_um, return_all=True, min_snr=min_snr, min_blobness=min_blobness,
                              **params)
         is_strong = (cand["snr"] >= min_snr) & (cand["blob"] >= min_blobness)
         strong = cand[is_strong].reset_index(drop=True)
-        weak = cand[~is_strong & (cand["snr"] >= hysteresis * min_snr)
+        weak = cand[~is_strong & (cand["snr"] >= min(hysteresis, rescue_z / k_sigma) * min_snr)
                     & (cand["blob"] >= hysteresis * min_blobness)].reset_index(drop=True)
         if prev is None:
             prev_weak = weak
@@ -1170,20 +1189,24 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         rescued = pd.DataFrame(columns=strong.columns)
         left = np.nonzero(~matched_prev)[0]
         if len(left) and len(weak):
-            m2 = match_points(weak[["y", "x"]].to_numpy(float), pred[left], rescue_px)
-            if len(m2.pairs):
-                rescued = weak.iloc[m2.pairs[:, 0]].copy()
-                rescued["track_id"] = prev["track_id"].to_numpy()[left[m2.pairs[:, 1]]]
+            p2 = match_points(weak[["y", "x"]].to_numpy(float), pred[left], rescue_px).pairs
+            if len(p2):
+                p2 = p2[consistent(prev["snr_noise"].to_numpy(float)[left[p2[:, 1]]], weak, p2[:, 0])]
+            if len(p2):
+                rescued = weak.iloc[p2[:, 0]].copy()
+                rescued["track_id"] = prev["track_id"].to_numpy()[left[p2[:, 1]]]
                 rescued["status"] = "stable"
-                matched_prev[left[m2.pairs[:, 1]]] = True
+                matched_prev[left[p2[:, 1]]] = True
         # hysteresis for gains: an unmatched detection with a weak candidate at its place in
         # the previous session was there already (stable; its track starts here)
         was_there = np.zeros(len(strong), bool)
         left_cur = np.nonzero(~matched_cur)[0]
         if len(left_cur) and len(prev_weak_here):
             m3 = match_points(strong[["y", "x"]].to_numpy(float)[left_cur], prev_weak_here, rescue_px)
-            if len(m3.pairs):
-                was_there[left_cur[m3.pairs[:, 0]]] = True
+            p3 = m3.pairs
+            if len(p3):
+                p3 = p3[consistent(strong["snr_noise"].to_numpy(float)[left_cur[p3[:, 0]]], prev_weak, p3[:, 1])]
+                was_there[left_cur[p3[:, 0]]] = True
         cur = strong.copy()
         cur["track_id"] = track
         cur["status"] = np.where(matched_cur | was_there, "stable", "gained")
