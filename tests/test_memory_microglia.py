@@ -6,6 +6,9 @@ results of the plain code.
   as pixel indices during the entering-process flood, the levels only as the kernel's double
   image); with ``_ws_kernel`` returning None every flood is skimage's public
   ``watershed(..., connectivity=2)`` on whole arrays, as before.  The labels must be identical.
+* the processes entering from outside are found on a compact grid of the rows and columns
+  that hold the components at the edges (``_compact_grid``): the same maxima, flood and
+  dominance as on the whole image.
 * ``segment_lysosomes`` filters YX images taller than ``strip_px`` in strips of rows and takes
   the noise SD from a strip-wise exact median; ``_reference_lysosomes`` is the function as it
   was before (commit e918f85: float32 copy, whole-image filters, skimage's hysteresis
@@ -18,6 +21,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from skimage.filters import apply_hysteresis_threshold
+from skimage.morphology import local_maxima
 
 from analysis.measure import engulfment, microglia
 from analysis.measure.noise import MAD_TO_SD, noise_sd
@@ -48,6 +52,54 @@ def test_flood_bookkeeping_equals_the_public_watershed(fields, monkeypatch) -> N
         plain = microglia.segment_microglia(f[1], PX)
         assert plain.max() >= 3
         assert lab.dtype == plain.dtype and np.array_equal(lab, plain)
+
+
+def test_entering_processes_on_the_compact_grid_equal_the_whole_image(fields, monkeypatch) -> None:
+    shapes = []
+    to_compact = microglia._to_compact
+
+    def recording(a, grid):
+        out = to_compact(a, grid)
+        shapes.append((a.shape, out.shape))
+        return out
+
+    monkeypatch.setattr(microglia, "_to_compact", recording)
+    compact = [microglia.segment_microglia(f[1], PX) for f in fields]
+    # the compact grids were used, none larger than its field, some much smaller (on small
+    # fields the components at the edges reach far in; on an 8000^2 plane they are a thin frame)
+    assert shapes and all(c[0] <= a[0] and c[1] <= a[1] for a, c in shapes)
+    assert any(c[0] * c[1] < 0.7 * a[0] * a[1] for a, c in shapes)
+    # positions = the original indices: a crop from the origin holding every pixel of the mask,
+    # i.e. the flood of the whole image
+    monkeypatch.setattr(microglia, "_compact_grid", lambda rows, cols: (rows, cols))
+    for f, lab in zip(fields, compact):
+        assert np.array_equal(lab, microglia.segment_microglia(f[1], PX))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dominant_maxima_on_the_compact_grid_equal_the_whole_image(seed: int) -> None:
+    # blobs with ties (rounded values) cut by empty bands of rows and columns one to 40 wide:
+    # on the compact grid each band is one empty row / column, so blobs on either side stay apart
+    rng = np.random.default_rng(seed)
+    f = np.round(ndi.gaussian_filter(rng.normal(size=(230, 310)), 3) * 40).astype(np.float32)
+    mask = f > -2
+    for lo, hi in ((0, 3), (50, 51), (90, 130), (200, 205)):
+        mask[lo:hi] = False
+    for lo, hi in ((20, 21), (100, 140), (141, 142), (300, 310)):
+        mask[:, lo:hi] = False
+    comp, _ = ndi.label(mask, structure=np.ones((3, 3)))
+    maxima = microglia._component_maxima(f, mask, comp, None)
+    if maxima is None:  # (a plateau at the floor is a maximum: as _dominant_maxima takes them)
+        maxima = local_maxima(np.where(mask, f, f[mask].min()), connectivity=2, allow_borders=True) & mask
+    want, _ = microglia._dominant_maxima(f, mask, 3.0, labelled=True, want_regions=False, maxima=maxima)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    grid = (rows, cols) + microglia._compact_grid(rows, cols)
+    small, _ = microglia._dominant_maxima(microglia._to_compact(f, grid), microglia._to_compact(mask, grid), 3.0,
+                                          labelled=True, want_regions=False, maxima=microglia._to_compact(maxima, grid))
+    assert small.shape[0] < 0.85 * f.shape[0] and small.shape[1] < 0.85 * f.shape[1]
+    got = np.zeros(f.shape, small.dtype)
+    got[np.ix_(rows, cols)] = small[np.ix_(grid[2], grid[3])]
+    assert want.max() > 20 and np.array_equal(got, want)
 
 
 def _reference_lysosomes(image, pixel_size_um, *, detection_smoothing_um=0.2, psf_sigma_um=0.1,

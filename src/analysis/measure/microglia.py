@@ -171,7 +171,7 @@ def _ws_kernel():
 
 
 def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, negate: bool = False,
-               padded: np.ndarray | None = None, padded_mask: np.ndarray | None = None) -> np.ndarray:
+               padded: np.ndarray | None = None) -> np.ndarray:
     """``skimage.segmentation.watershed(image, markers, mask=mask, connectivity=2)`` of a 2-D
     image (of ``-image`` with ``negate``) with the work arrays of skimage's kernel built once:
     the padded double image, int8 mask and output, instead of skimage's unpadded and padded
@@ -180,17 +180,15 @@ def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, negate:
     value enter skimage's queue with equal priority and leave it in an order that depends on
     the whole queue.)  ``padded``: the markers already in a zero array padded as the kernel
     needs (``markers`` its inner view, inside the mask): flooded in place, its inner view
-    returned.  ``padded_mask``: the mask already in a boolean zero array padded the same way
-    (``mask`` its inner view): read by the kernel as it is (no int8 copy).  skimage's public
-    function when its internals are not found."""
+    returned.  skimage's public function when its internals are not found."""
     found = _ws_kernel()
     if found is None:  # pragma: no cover
         return watershed(np.negative(image) if negate else image, markers, mask=mask, connectivity=2)
-    return _watershed_with(found, image, markers, mask, negate, padded, padded_mask)
+    return _watershed_with(found, image, markers, mask, negate, padded)
 
 
 def _watershed_with(found, image: np.ndarray, markers: np.ndarray, mask: np.ndarray, negate: bool = False,
-                    padded: np.ndarray | None = None, padded_mask: np.ndarray | None = None) -> np.ndarray:
+                    padded: np.ndarray | None = None) -> np.ndarray:
     """:func:`_watershed` with the kernel and helpers ``found`` by :func:`_ws_kernel`."""
     footprint, offset, kernel, neighbours = found
     shape = tuple(n + 2 * q for n, q in zip(image.shape, offset))
@@ -200,11 +198,8 @@ def _watershed_with(found, image: np.ndarray, markers: np.ndarray, mask: np.ndar
         np.copyto(out[inner], markers, where=np.asarray(mask, bool))  # (markers * mask)
     else:
         out = padded
-    if padded_mask is None:
-        msk = np.zeros(shape, np.int8)
-        msk[inner] = mask
-    else:
-        msk = padded_mask.view(np.int8)  # (True / False read as 1 / 0)
+    msk = np.zeros(shape, np.int8)
+    msk[inner] = mask
     img = np.zeros(shape, np.float64)
     if negate:
         np.negative(image, out=img[inner])
@@ -628,7 +623,7 @@ def _basin_saddles(f: np.ndarray, basins: np.ndarray, peak: np.ndarray, a_list: 
 def _dominant_maxima(
     f: np.ndarray, mask: np.ndarray, h: float, rel: float = 0.0, labelled: bool = False,
     comp: np.ndarray | None = None, ids: np.ndarray | None = None, want_regions: bool = True,
-    maxima: np.ndarray | list | None = None, padded_mask: np.ndarray | None = None,
+    maxima: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Maxima of ``f`` in ``mask`` whose dynamics exceed ``max(h, rel * peak)``, and the
     regions they drain.
@@ -657,12 +652,8 @@ def _dominant_maxima(
     values, hence the maxima, basins and saddles, is that of its exact double copy; heights and
     saddles are compared in double).  ``want_regions=False``: only the seeds (regions None).
     ``maxima``: the regional maxima in the mask when the caller has them (from
-    :func:`_component_maxima`; or a list holding them, taken out of it, so that the caller
-    keeps no reference).  ``padded_mask``: the mask in a boolean zero array padded as
-    :func:`_watershed` pads (``mask`` its inner view), read by the flood without a copy.
+    :func:`_component_maxima`).
     """
-    if isinstance(maxima, list):
-        maxima = maxima.pop() if maxima else None
     f = np.asarray(f)
     if f.dtype not in (np.float32, np.float64):
         f = f.astype(np.float64)
@@ -691,7 +682,7 @@ def _dominant_maxima(
     is_seed = maxima  # (= seeds > 0: the seeds are the labelled maxima)
     del maxima
     if found is not None:
-        basins = _watershed(f, seeds, mask, negate=True, padded=padded, padded_mask=padded_mask)
+        basins = _watershed(f, seeds, mask, negate=True, padded=padded)
         del padded
     else:
         if g is None:  # pragma: no cover (maxima given, skimage without the kernel's internals)
@@ -1250,15 +1241,33 @@ def _edge_band(a: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([a[:k].ravel(), a[h - k :].ravel(), a[k : h - k, :k].ravel(), a[k : h - k, w - k :].ravel()])
 
 
-def _padded_bool(shape: tuple[int, ...]) -> tuple[np.ndarray | None, tuple[slice, ...]]:
-    """A boolean zero array padded as :func:`_watershed`'s kernel needs, and the slices of its
-    inner part (None and the whole array when skimage's internals are not found)."""
-    found = _ws_kernel()
-    if found is None:  # pragma: no cover
-        return None, tuple(slice(0, n_) for n_ in shape)
-    offset = found[1]
-    return (np.zeros(tuple(n_ + 2 * q for n_, q in zip(shape, offset)), bool),
-            tuple(slice(q, q + n_) for q, n_ in zip(offset, shape)))
+def _compact_grid(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the kept ``rows`` and ``cols`` (ascending indices) in a compact grid in
+    which each run of dropped rows (columns) between kept ones becomes one empty row (column).
+
+    A mask whose pixels lie in the kept rows and columns keeps its 8-neighbourhoods there
+    (pixels two or more rows apart stay apart: a dropped run leaves a row between them) and its
+    raster order, so a flood of the mask (skimage's kernel: seeds queued in raster order,
+    neighbours in a fixed order of offsets) and the pairs of neighbouring pixels are the same
+    on the compact grid."""
+
+    def axis(kept: np.ndarray) -> np.ndarray:
+        if not len(kept):
+            return kept.copy()
+        gap = np.r_[0, (np.diff(kept) > 1).astype(np.intp)]
+        return np.arange(len(kept)) + np.cumsum(gap)
+
+    return axis(rows), axis(cols)
+
+
+def _to_compact(a: np.ndarray, grid: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``a`` on the compact grid of :func:`_compact_grid` (``grid``: kept rows, kept columns,
+    their positions); the empty rows and columns are 0."""
+    rows, cols, at_rows, at_cols = grid
+    shape = (int(at_rows[-1]) + 1 if len(at_rows) else 0, int(at_cols[-1]) + 1 if len(at_cols) else 0)
+    out = np.zeros(shape, a.dtype)
+    out[np.ix_(at_rows, at_cols)] = a[np.ix_(rows, cols)]
+    return out
 
 
 def _add_entering_markers(
@@ -1305,17 +1314,22 @@ def _add_entering_markers(
     at_edge = np.zeros(int(comp.max()) + 1, bool)
     at_edge[np.unique(_edge_band(comp, k))] = True
     at_edge[0] = False
-    padded_mask, inner = _padded_bool(shape)
-    mask = at_edge[comp] if padded_mask is None else padded_mask[inner]
-    if padded_mask is not None:
-        step = max(1, (1 << 18) // max(shape[1], 1))
-        for r0 in range(0, shape[0], step):
-            mask[r0 : r0 + step] = at_edge[comp[r0 : r0 + step]]
-    maxima = [_component_maxima(signal, mask, comp, at_edge)]  # (None: the whole image's below)
+    mask = at_edge[comp]
+    maxima = _component_maxima(signal, mask, comp, at_edge)  # (None: the whole image's below)
     del comp
-    lab, _ = _dominant_maxima(signal, mask, h, labelled=True, want_regions=False, maxima=maxima,
-                              padded_mask=padded_mask)
-    del mask, padded_mask
+    if maxima is None:
+        lab, _ = _dominant_maxima(signal, mask, h, labelled=True, want_regions=False)
+    else:
+        # those components lie along the edges: analysed on the grid of the rows and columns
+        # that hold them (:func:`_compact_grid`), the same maxima, flood and saddles
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        grid = (rows, cols) + _compact_grid(rows, cols)
+        lab_c, _ = _dominant_maxima(_to_compact(signal, grid), _to_compact(mask, grid), h, labelled=True,
+                                    want_regions=False, maxima=_to_compact(maxima, grid))
+        del mask, maxima
+        lab = np.zeros(shape, np.int32)
+        lab[np.ix_(rows, cols)] = lab_c[np.ix_(grid[2], grid[3])]
+        del lab_c
     n_extra = int(lab.max())
     if n_extra == 0:
         return soma_image()
