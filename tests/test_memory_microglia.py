@@ -9,6 +9,8 @@ results of the plain code.
 * the processes entering from outside are found on a compact grid of the rows and columns
   that hold the components at the edges (``_compact_grid``): the same maxima, flood and
   dominance as on the whole image.
+* the median and robust SD of the line response in the background are taken without gathering
+  the values (``_median_and_robust_sd_where``, ``_median_of_chunks``): the same two numbers.
 * ``segment_lysosomes`` filters YX images taller than ``strip_px`` in strips of rows and takes
   the noise SD from a strip-wise exact median; ``_reference_lysosomes`` is the function as it
   was before (commit e918f85: float32 copy, whole-image filters, skimage's hysteresis
@@ -147,3 +149,21 @@ def test_noise_sd_in_strips_equals_noise_sd(shape) -> None:
                 np.round(rng.normal(100, 7, shape)) + np.linspace(0, 80, shape[1])):
         for strip in (1, 4, 50, 1000):
             assert engulfment._noise_sd_strips(img, strip) == noise_sd(img)
+
+
+@pytest.mark.parametrize("n", [1, 2, 999, 400_000, 650_001, 1_300_000])
+def test_median_and_robust_sd_without_the_gathered_copy(n: int) -> None:
+    # a 2-D float32 array and a mask with n kept values: below, just above and well above the
+    # robust SD's subsample of 400,000 values; negative and positive values, many ties
+    rng = np.random.default_rng(n)
+    w = 997
+    h = -(-2 * n // w) + 1
+    values = np.round(rng.normal(0.5, 3.0, (h, w)), 2).astype(np.float32)
+    keep = np.zeros(h * w, bool)
+    keep[rng.choice(h * w, n, replace=False)] = True
+    keep = keep.reshape(h, w)
+    want = microglia._median_and_robust_sd(values[keep])
+    assert microglia._median_and_robust_sd_where(values, keep) == want
+    assert want[0] == float(np.median(values[keep]))
+    chunks = lambda: (values[r : r + 7][keep[r : r + 7]] for r in range(0, h, 7))  # noqa: E731
+    assert microglia._median_of_chunks(chunks, n) == float(np.median(values[keep]))

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from analysis.measure.microglia import _median_of_chunks
 from analysis.measure.noise import MAD_TO_SD, noise_sd
 from analysis.measure.puncta import _label_sizes
 
@@ -91,34 +92,20 @@ def _immerkaer_abs(img: np.ndarray, r0: int, r1: int) -> np.ndarray:
 
 def _noise_sd_strips(img: np.ndarray, strip_px: int) -> float:
     """:func:`analysis.measure.noise.noise_sd` of a YX image (the same number), without its
-    full-size copies: the absolute Immerkaer residual is computed in strips of rows twice, a
-    histogram of the leading 16 bits of its float32 values (ordered as the values, for
-    non-negative floats) finds the bins of the middle values, which are then selected
-    exactly.  The median is taken as :func:`numpy.median` takes it (the mean of the two middle
-    values in float32)."""
+    full-size copies: the absolute Immerkaer residual is computed in strips of rows (twice) and
+    its median selected exactly from them
+    (:func:`analysis.measure.microglia._median_of_chunks`, the float32 median as
+    :func:`numpy.median` takes it)."""
     h, w = img.shape
-    if min(h, w) < 3:
+    if min(h, w) < 3 or (img.dtype.kind == "f" and not np.isfinite(img).all()):
         return noise_sd(img)
     n_rows = h - 2
-    counts = np.zeros(1 << 16, np.int64)
-    for r0 in range(0, n_rows, strip_px):
-        c = _immerkaer_abs(img, r0, min(n_rows, r0 + strip_px))
-        if not np.isfinite(c).all():
-            return noise_sd(img)
-        counts += np.bincount((c.view(np.uint32) >> 16).ravel(), minlength=1 << 16)
-    n = n_rows * (w - 2)
-    ranks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
-    cum = np.cumsum(counts)
-    bins = sorted({int(np.searchsorted(cum, k, side="right")) for k in ranks})
-    picked = []
-    for r0 in range(0, n_rows, strip_px):
-        c = _immerkaer_abs(img, r0, min(n_rows, r0 + strip_px)).ravel()
-        top = c.view(np.uint32) >> 16
-        picked.append(c[np.isin(top, bins)])
-    vals = np.sort(np.concatenate(picked))
-    below = int(cum[bins[0] - 1]) if bins[0] > 0 else 0  # (values before the first picked bin)
-    middle = vals[[k - below for k in ranks]]
-    med = np.mean(middle)  # (np.median's mean of the middle values, float32)
+
+    def chunks():
+        for r0 in range(0, n_rows, strip_px):
+            yield _immerkaer_abs(img, r0, min(n_rows, r0 + strip_px))
+
+    med = np.float32(_median_of_chunks(chunks, n_rows * (w - 2)))
     s = float(med * MAD_TO_SD / 6.0)
     return s if s > 0 else noise_sd(img)
 

@@ -134,6 +134,56 @@ def _median_and_robust_sd(
     return med_native, sd
 
 
+def _median_of_chunks(chunks, n: int) -> float:
+    """``float(np.median(np.concatenate(list(chunks()))))`` of ``n`` finite float32 values given
+    in pieces (``chunks``: a function returning an iterator over them, called twice), without
+    the whole array: a histogram of the leading 16 bits of the values' order-preserving keys
+    finds the bins of the middle values, which are then selected exactly; their mean is taken
+    in float32, as :func:`numpy.median` takes it."""
+    def keys(v: np.ndarray) -> np.ndarray:
+        bits = np.ascontiguousarray(v, dtype=np.float32).view(np.uint32)
+        # (order of the floats as unsigned integers: negative ones reversed, positive ones above)
+        return np.where(bits >> 31 == 1, ~bits, bits | np.uint32(1 << 31))
+
+    counts = np.zeros(1 << 16, np.int64)
+    for v in chunks():
+        counts += np.bincount((keys(v) >> 16).ravel(), minlength=1 << 16)
+    ranks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    cum = np.cumsum(counts)
+    bins = sorted({int(np.searchsorted(cum, k, side="right")) for k in ranks})
+    picked = [v.ravel()[np.isin(keys(v).ravel() >> 16, bins)] for v in chunks()]
+    vals = np.sort(np.concatenate(picked).astype(np.float32, copy=False))
+    below = int(cum[bins[0] - 1]) if bins[0] > 0 else 0  # (values in the bins before the first picked)
+    return float(np.mean(vals[[k - below for k in ranks]]))
+
+
+def _median_and_robust_sd_where(values: np.ndarray, keep: np.ndarray, max_samples: int = 400_000) -> tuple[float, float]:
+    """``_median_and_robust_sd(values[keep])`` of a 2-D float32 array (the same two numbers)
+    without the gathered copy: the values are read strip by strip, the subsample that the
+    robust SD takes (every ``s``-th kept value) is gathered directly and the median of all kept
+    values is selected by :func:`_median_of_chunks`."""
+    h, w = values.shape
+    step = max(1, (1 << 18) // max(w, 1))
+    n = int(np.count_nonzero(keep))
+    s1 = max(1, n // max_samples)
+    s2 = max(1, (-(-n // s1)) // max_samples)
+    stride = s1 * s2  # (x[::s1][::s2] = x[::s1 * s2])
+
+    def chunks():
+        for r0 in range(0, h, step):
+            yield values[r0 : r0 + step][keep[r0 : r0 + step]]
+
+    sample, seen = [], 0
+    for v in chunks():
+        sample.append(v[(-seen) % stride :: stride])
+        seen += v.size
+    x = np.concatenate(sample) if sample else np.zeros(0, values.dtype)
+    med, sd = _median_and_robust_sd(x, max_samples)  # (x is its own subsample: x.size < 2 max_samples)
+    if x.size == n:
+        return med, sd
+    return _median_of_chunks(chunks, n), sd
+
+
 def _label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     """Maximum of ``values`` per label 0..n (-inf where a label is absent), in double: the
     labelled values are selected before they are converted (no full-size double copy of a
@@ -230,14 +280,15 @@ def _hysteresis(image: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int],
-                 row_range: tuple[int, int] | None = None) -> np.ndarray:
+                 row_range: tuple[int, int] | None = None, dtype: np.dtype | None = None) -> np.ndarray:
     """``ndi.zoom(small, k, order=1, grid_mode=True, mode="nearest")[:shape[0], :shape[1]]``
     from separable weights: the same arithmetic as scipy's (input coordinate ``(i + 0.5) / k
     - 0.5``, neighbours clamped to the edge, terms ``v * w_y * w_x`` added in scipy's order,
     in double, rounded to the input's dtype), so the same numbers (``tests/test_microglia.py``
     checks it against scipy), ~2x faster; only the rows and columns kept are computed.
     ``row_range``: ``(r0, r1)``, only those rows of the result (each row is computed on its
-    own: the same numbers as in the whole result)."""
+    own: the same numbers as in the whole result).  ``dtype``: of the result (default
+    ``small``'s; a caller zooming rows of one image repeatedly passes it in double once)."""
 
     def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         zoom = np.float64(n_in) / np.float64(n_in * k)
@@ -249,9 +300,9 @@ def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int],
 
     y0, y1, wy0, wy1 = axis(small.shape[0], shape[0])
     x0, x1, wx0, wx1 = axis(small.shape[1], shape[1])
-    v = small.astype(np.float64)
+    v = small.astype(np.float64, copy=False)
     first, last = row_range if row_range is not None else (0, shape[0])
-    out = np.empty((last - first, shape[1]), small.dtype)
+    out = np.empty((last - first, shape[1]), small.dtype if dtype is None else dtype)
     step = max(1, (1 << 18) // max(shape[1], 1))  # (rows per chunk: the double terms of ~2 MB each)
     for r0 in range(first, last, step):
         r = slice(r0, min(last, r0 + step))
@@ -535,13 +586,15 @@ def _foreground(
             else:
                 np.maximum(out, r_k, out=out)
     del local, r_k, out
-    near = _within_steps(bright, int(np.ceil(length_px)) + 2)
-    bg_vals = resp[~near] if (~near).sum() > 1000 else resp.ravel()
-    m, s = _median_and_robust_sd(bg_vals)
+    far = _within_steps(bright, int(np.ceil(length_px)) + 2)
+    np.logical_not(far, out=far)
+    # (= _median_and_robust_sd(resp[far]), or of all of resp, without the gathered copy)
+    m, s = _median_and_robust_sd_where(resp, far if np.count_nonzero(far) > 1000 else np.ones(resp.shape, bool))
+    del far
     lo, hi = line_threshold_sd
     np.copyto(resp, np.inf, where=bright)  # (= np.where(bright, np.inf, resp), in place)
     thin = _hysteresis(resp, m + lo * s, m + hi * s)
-    del resp, near, bg_vals
+    del resp
     centre = skeletonize(thin) & ~fg
     del thin
     # add centre-line pieces that reach beyond the bright structure (tips and dim branches),
@@ -797,6 +850,7 @@ def _somata(
     hill *= regions > 0
     del regions
     step = max(1, (1 << 18) // max(w, 1))
+    f_small64 = f_small.astype(np.float64) if k > 1 else None
     if k > 1:  # (np.repeat(np.repeat(hill, k, 0), k, 1)[:h, :w], strip by strip)
         small_hill, hill = hill, np.empty((h, w), np.int32)
         for r0 in range(0, h, step):
@@ -809,7 +863,8 @@ def _somata(
         cropped; computed row by row when needed, never held whole)."""
         if k == 1:
             return f_small[r0:r1]
-        return _zoom_linear(f_small, k, (h, w), row_range=(r0, r1))  # (= ndi.zoom order 1, grid mode, cropped)
+        # (= ndi.zoom order 1, grid mode, cropped; the double copy of the small grid made once)
+        return _zoom_linear(f_small64, k, (h, w), row_range=(r0, r1), dtype=f_small.dtype)
 
     def label_max(labels: np.ndarray) -> np.ndarray:
         """``_label_max(soma-scale intensity, labels, n)``, strip by strip."""
