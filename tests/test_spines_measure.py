@@ -122,6 +122,33 @@ def test_dim_heads_near_the_shaft_of_a_simulated_session(snr, min_recall):
     assert m.precision >= 0.95
 
 
+def test_a_dim_head_is_not_taken_for_the_neck_of_a_maximum_that_is_no_head():
+    # failure mode: a weaker maximum on the path from a stronger one to the shaft was always
+    # dropped as that maximum's neck, also when the stronger one fails the cuts itself (here an
+    # elongated bar beyond a stubby head touching the shaft; on the simulator, noise maxima
+    # beyond dim heads). Before: nothing found within 23 px of either; now the stubby head is
+    # found and the bar (blobness below the cut) is not
+    img, truth, _ = make_dendrite(seed=11, n_spines=6)
+    yy, xx = np.mgrid[:img.shape[0], :img.shape[1]].astype(float)
+    x0, x1, yc = 30.0, 290.0, img.shape[0] / 2  # make_dendrite's shaft: tilt 0.12, radius 5 px
+    y0, y1 = yc - 0.12 * (x1 - x0) / 2, yc + 0.12 * (x1 - x0) / 2
+    norm = np.hypot(x1 - x0, y1 - y0)
+    ny, nx = (x1 - x0) / norm, -(y1 - y0) / norm  # normal to the shaft
+    ty, tx = (y1 - y0) / norm, (x1 - x0) / norm  # along the shaft
+    xb = 0.5 * (truth.x.iloc[2] + truth.x.iloc[3])  # between two spines of the other side
+    yb = y0 + (xb - x0) * (y1 - y0) / (x1 - x0)
+    head = np.array([yb + ny * 7.5, xb + nx * 7.5])
+    bar = np.array([yb + ny * 16.5, xb + nx * 16.5])
+    u, v = (yy - bar[0]) * ty + (xx - bar[1]) * tx, (yy - bar[0]) * ny + (xx - bar[1]) * nx
+    extra = np.maximum(100 * np.exp(-((yy - head[0]) ** 2 + (xx - head[1]) ** 2) / (2 * 2.2 ** 2)),
+                       100 * np.exp(-u ** 2 / (2 * 5.0 ** 2) - v ** 2 / (2 * 1.2 ** 2)))
+    det = detect_spines(np.maximum(img, (extra + 20).astype(np.float32)), PX)
+    yx = det[["y", "x"]].to_numpy()
+    assert np.hypot(*(yx - head).T).min() <= 2.0, yx.round(1).tolist()
+    assert np.hypot(*(yx - bar).T).min() > 3.0
+    assert match_points(yx, truth[["y", "x"]].to_numpy(), 3.0).tp == len(truth)
+
+
 def test_repeat_images_at_low_snr_show_little_apparent_turnover():
     # failure mode: maxima were ranked by their raw blob response, which favours the small
     # scales where the noise is largest; a noise maximum beyond a dim head then outranked it
@@ -130,7 +157,8 @@ def test_repeat_images_at_low_snr_show_little_apparent_turnover():
     # 10 / 188 (5.3 %) after, on these two pairs of the project's simulator (true turnover 0).
     # A spine near the cut that dips in one image: a weaker candidate at its predicted place
     # whose response agrees with the other image's (track_spines' rescue_z) keeps the track:
-    # 8 / 188 (4.3 %)
+    # 8 / 188 (4.3 %). Only a maximum that passes the cuts takes a weaker one on its path to
+    # the shaft for its neck (a noise maximum beyond a dim head did): 5 / 188 (2.7 %)
     from analysis.sim.spines import simulate_repeat_imaging
 
     changed = first = 0
@@ -141,7 +169,7 @@ def test_repeat_images_at_low_snr_show_little_apparent_turnover():
         changed += int((s1.status.isin(["gained", "lost"]) & s1.in_common_field.astype(bool)).sum())
         first += int((tr.session == 0).sum())
     assert first >= 150
-    assert changed / first <= 0.05, (changed, first)
+    assert changed / first <= 0.04, (changed, first)
 
 
 def test_head_size_and_neck_length_are_in_the_right_range(dendrite):

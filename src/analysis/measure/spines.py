@@ -617,7 +617,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
                 max_reach_shaft_diameters: float, head_radius_shaft_ratios: Sequence[float],
                 min_separation_head_diameters: float, k_sigma: float,
                 min_shaft_contrast: float, min_offset_shaft_radii: float,
-                min_dendrite_relative_intensity: float) -> pd.DataFrame:
+                min_dendrite_relative_intensity: float, min_snr: float, min_blobness: float) -> pd.DataFrame:
     """All head-like maxima near a shaft with their features and score (no cut applied).
 
     Heads are maxima of the scale-normalised blob filter (-LoG sigma^2) taken over head
@@ -742,15 +742,21 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
             if keep[a]:
                 keep[b] = False
     yy, xx, hr = yy[keep], xx[keep], hr[keep]
+    sm = ndi.gaussian_filter(flat, max(0.7, 0.35 * float(np.median(radii))))
     if yy.size > 1:
         # one protrusion, one head: a weaker maximum on the path from a head to the shaft
-        # (its neck, or the neck's base on the shaft's flank) is part of that spine
+        # (its neck, or the neck's base on the shaft's flank) is part of that spine. Only a
+        # maximum that passes the cuts is a head with a neck: a noise maximum beyond a dim
+        # head (e.g. a stubby one touching the shaft) must not take it for its neck
+        head = ((np.minimum(best_z[yy, xx] / k_sigma,
+                            sm[yy, xx] / (min_shaft_contrast * np.maximum(sm[cy[yy, xx], cx[yy, xx]], 1e-12)))
+                 >= min_snr) & (lam_ratio[yy, xx] >= min_blobness))
         keep = np.ones(yy.size, bool)
         dc = d_cent[yy, xx]
         by, bx = cy[yy, xx].astype(float), cx[yy, xx].astype(float)
         tree = cKDTree(np.c_[yy, xx])
         for a, near_a in enumerate(tree.query_ball_point(np.c_[yy, xx], dc + radii.max())):
-            if not keep[a]:
+            if not keep[a] or not head[a]:
                 continue
             sy, sx = by[a] - yy[a], bx[a] - xx[a]
             seg2 = max(sy * sy + sx * sx, 1e-12)
@@ -761,7 +767,6 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
                 if np.hypot(yy[a] + t * sy - yy[b], xx[a] + t * sx - xx[b]) < max(hr[a], hr[b]):
                     keep[b] = False
         yy, xx, hr = yy[keep], xx[keep], hr[keep]
-    sm = ndi.gaussian_filter(flat, max(0.7, 0.35 * float(np.median(radii))))
     contrast = sm[yy, xx]
     # the shaft next to the head: smoothed intensity at the nearest centreline pixel
     shaft_level = np.maximum(sm[cy[yy, xx], cx[yy, xx]], 1e-12)
@@ -845,8 +850,9 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     centreline and at most ``max_reach_shaft_diameters`` shaft diameters from the shaft
     edge. This finds protrusions attached by a visible neck as well as heads whose neck is
     too dim to see. Maxima are ranked by their response in noise sigmas. A less significant
-    maximum lying on the path from a more significant one to its nearest
-    centreline pixel (within the larger head radius) is that spine's neck and is dropped. A
+    maximum lying on the path from a more significant one that passes the cuts below to its
+    nearest centreline pixel (within the larger head radius) is that spine's neck and is
+    dropped. A
     candidate is a spine if its score
     ``min(response / (k_sigma * response noise), contrast / (min_shaft_contrast * shaft))``
     is at least ``min_snr`` and its blobness (ratio of the Hessian eigenvalues, taken on the
@@ -925,7 +931,8 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
                      head_radius_shaft_ratios=head_radius_shaft_ratios,
                      min_separation_head_diameters=min_separation_head_diameters, k_sigma=k_sigma,
                      min_shaft_contrast=min_shaft_contrast, min_offset_shaft_radii=min_offset_shaft_radii,
-                     min_dendrite_relative_intensity=min_dendrite_relative_intensity)
+                     min_dendrite_relative_intensity=min_dendrite_relative_intensity,
+                     min_snr=min_snr, min_blobness=min_blobness)
     if not return_all and len(df):
         df = df[(df["snr"] >= min_snr) & (df["blob"] >= min_blobness)]
     df = df.reset_index(drop=True)
