@@ -1104,7 +1104,9 @@ def segment_microglia(
         offset = found[1]
         padded_shape = tuple(n_ + 2 * q for n_, q in zip(shape, offset))
         inner = tuple(slice(q, q + n_) for q, n_ in zip(offset, shape))
-        out = np.zeros(padded_shape, markers.dtype)
+        # labels in int16 while they fit (the same flood, half the memory of int32; the result
+        # is int32 as before)
+        out = np.zeros(padded_shape, np.int16 if int(markers.max()) <= np.iinfo(np.int16).max else markers.dtype)
         np.copyto(out[inner], markers, where=fg)  # (markers * mask)
         del markers
         fg_padded = np.zeros(padded_shape, bool)
