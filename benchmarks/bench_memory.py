@@ -155,8 +155,11 @@ def _reset_peak() -> bool:
         return False
 
 
-def _call(case: str, part: str, data: np.ndarray, deps: dict[str, Any]) -> Any:
-    """The work of one part (returns its result so that nothing is freed early)."""
+def _call(case: str, part: str, data: np.ndarray, deps: dict[str, Any],
+          channels: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Any:
+    """The work of one part (returns its result so that nothing is freed early).  ``channels``
+    (:func:`_channels`) are made before the peak is reset: the projections of the microglia and
+    CD68 channels are the benchmark's, not the part's (``quantify`` makes its own from ``data``)."""
     from analysis.measure import engulfment
     from analysis.measure import microglia
     from analysis.measure import quality
@@ -165,7 +168,7 @@ def _call(case: str, part: str, data: np.ndarray, deps: dict[str, Any]) -> Any:
     from analysis.pipeline.quantify import QUALITY_DEFAULTS, quantify_image
     from analysis.pipeline.readouts import image_seed
 
-    syn, mg, lys = _channels(data)
+    syn, mg, lys = channels
     dz = Z_STEP if syn.ndim == 3 else None
     if part == "quantify":
         return quantify_image(data, PX, synapse_channel=0, microglia_channel=1, lysosome_channel=2,
@@ -204,17 +207,18 @@ def measure_here(case: str, part: str, mode: str) -> dict[str, Any]:
     data = np.load(p["image"])
     with open(p["deps"], "rb") as fh:
         deps = pickle.load(fh)
+    channels = _channels(data)
     gc.collect()
     base_kb = _status_kb("VmRSS")
     reset = _reset_peak()
     t0 = time.perf_counter()
     if mode == "traced":
         tracemalloc.start()
-        result = _call(case, part, data, deps)
+        result = _call(case, part, data, deps, channels)
         traced_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     else:
-        result = _call(case, part, data, deps)
+        result = _call(case, part, data, deps, channels)
         traced_peak = None
     seconds = time.perf_counter() - t0
     hwm_kb = _status_kb("VmHWM") if reset else None

@@ -64,7 +64,10 @@ def image_seed(seed: int, plane: np.ndarray) -> list[int]:
 
 
 def _projection(plane: np.ndarray) -> np.ndarray:
-    return plane if plane.ndim == 2 else plane.max(axis=0)
+    """Maximum projection of a ZYX channel (a YX one, or a stack of one plane, as a view)."""
+    if plane.ndim == 2:
+        return plane
+    return plane[0] if plane.shape[0] == 1 else plane.max(axis=0)
 
 
 def kept_puncta(puncta: pd.DataFrame | None, mask: np.ndarray | None) -> pd.DataFrame:
