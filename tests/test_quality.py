@@ -202,3 +202,17 @@ def test_quantify_image_rows_carry_quality() -> None:
     again, _ = quantify_image(clipped, 0.2, synapse_channel=0, microglia_channel=1, lysosome_channel=2)
     assert again["spike_in_recall"] == row["spike_in_recall"]  # seeded: the same row every run
     assert "analysis.measure.quality" in registry.code_modules()  # an edit here invalidates cached rows
+
+
+def test_background_noise_sd_median_of_integer_data_without_overflow() -> None:
+    """The background level is the exact median in any dtype (integer data are not copied to
+    float64 first): the two middle values of an even count are averaged without overflow."""
+    p = pd.DataFrame(columns=["y", "x"])
+    p.attrs.update(noise_alpha=1.0, noise_beta=0.0)
+    assert background_noise_sd(np.array([[255, 254], [10, 255]], np.uint8), p) == pytest.approx(np.sqrt(254.5), abs=0)
+    big = np.array([[65535, 65534]], np.uint16)
+    assert background_noise_sd(big, p) == pytest.approx(np.sqrt(65534.5), abs=0)
+    mask = np.array([[True, False], [True, True]])
+    img = np.array([[3, 1000], [4, 8]], np.uint16)
+    assert background_noise_sd(img, p, mask) == np.sqrt(4.0)
+    assert background_noise_sd(img.astype(np.float32), p, mask) == np.sqrt(4.0)

@@ -301,8 +301,12 @@ def background_noise_sd(image: np.ndarray, puncta: pd.DataFrame, mask: np.ndarra
     alpha, beta = puncta.attrs.get("noise_alpha"), puncta.attrs.get("noise_beta")
     if alpha is None or beta is None:
         return float("nan")
-    img = np.asarray(image, dtype=np.float64)
-    values = img[np.asarray(mask, bool)] if mask is not None and np.shape(mask) == img.shape else img
+    img = np.asarray(image)
+    if not np.issubdtype(img.dtype, np.integer):
+        img = img.astype(np.float64, copy=False)
+    # (integer data keep their dtype: the median of the two middle values is taken in float64
+    # either way, so no full-size float64 copy is needed)
+    values = img[np.asarray(mask, bool)] if mask is not None and np.shape(mask) == img.shape else img.ravel()
     var = float(alpha) * float(np.median(values)) + float(beta) if values.size else float("nan")
     return float(np.sqrt(var)) if var > 0 else float("nan")
 
