@@ -527,23 +527,34 @@ def write_markdown(rows: pd.DataFrame, args: argparse.Namespace) -> None:
 
 
 def fit_error_model(bank: pd.DataFrame) -> pd.DataFrame:
-    """Per SNR level: the error model of :mod:`analysis.sim.power` fitted to the bank by least squares."""
+    """Per density and SNR level: the error model of :mod:`analysis.sim.power` fitted to the bank
+    by least squares.
+
+    Two densities: ``fp-corrected``, the measured density minus the false detections expected
+    at each field's SNR (:func:`analysis.stats.models.false_detection_corrected` over the whole
+    bank, as the report's model does over a study's images), and ``measured``, as quantified.
+    """
     import numpy as np
     import statsmodels.formula.api as smf
 
     from analysis.sim.power import REFERENCE_DENSITY
+    from analysis.stats.models import false_detection_corrected
 
-    b = bank.assign(x=np.log(bank["true_realised_per_100um2"] / REFERENCE_DENSITY),
-                    y=np.log(bank["measured_per_100um2"] / bank["true_realised_per_100um2"]),
-                    s=np.log(bank["measured_snr"]))
-    b = b.replace([np.inf, -np.inf], np.nan).dropna(subset=["x", "y", "s"])
+    fp, applied = false_detection_corrected(bank, "measured_per_100um2")
+    if not applied:
+        raise SystemExit("the bank lacks the quality columns of the false-detection correction; rebuild it")
     rows = []
-    for level, g in b.groupby("snr_level", sort=False):
-        g = g.assign(sc=g["s"] - g["s"].mean())
-        fit = smf.ols("y ~ x + sc", g).fit()
-        rows.append({"snr_level": level, "a": fit.params["Intercept"], "b": fit.params["x"], "c": fit.params["sc"],
-                     "sd": float(np.sqrt(fit.scale)), "snr_log_mean": g["s"].mean(), "snr_log_sd": g["s"].std(),
-                     "fields": len(g)})
+    for density, table in (("fp-corrected", fp), ("measured", bank)):
+        b = table.assign(x=np.log(table["true_realised_per_100um2"] / REFERENCE_DENSITY),
+                         y=np.log(table["measured_per_100um2"] / table["true_realised_per_100um2"]),
+                         s=np.log(table["measured_snr"]))
+        b = b.replace([np.inf, -np.inf], np.nan).dropna(subset=["x", "y", "s"])
+        for level, g in b.groupby("snr_level", sort=False):
+            g = g.assign(sc=g["s"] - g["s"].mean())
+            fit = smf.ols("y ~ x + sc", g).fit()
+            rows.append({"density": density, "snr_level": level, "a": fit.params["Intercept"], "b": fit.params["x"],
+                         "c": fit.params["sc"], "sd": float(np.sqrt(fit.scale)), "snr_log_mean": g["s"].mean(),
+                         "snr_log_sd": g["s"].std(), "fields": len(g)})
     return pd.DataFrame(rows).round(5)
 
 

@@ -24,6 +24,25 @@ def test_error_model_is_physical() -> None:
     assert (m["sd"] > 0).all() and (m["fields"] >= 100).all()
 
 
+def test_error_model_of_the_report_density_removes_the_density_dependence() -> None:
+    """The report's density (false detections subtracted) is fitted on the same bank fields as
+    the density as quantified; the additive false detections made the measured/true ratio fall
+    with density (b < 0: a loss of synapses is understated), the corrected density much less."""
+    fp, raw = error_model("fp-corrected"), error_model("measured")
+    assert error_model().equals(fp)
+    assert list(fp.index) == list(raw.index)
+    for col in ("snr_log_mean", "snr_log_sd", "fields"):
+        assert fp[col].equals(raw[col]), col
+    assert (raw["b"] < -0.03).all()
+    assert (fp["b"].abs() < raw["b"].abs() / 3).all()
+    # subtracting false detections lowers the density at every level
+    assert (fp["a"] < raw["a"]).all()
+    with pytest.raises(ValueError, match="unknown density"):
+        error_model("perfect")
+    with pytest.raises(ValueError, match="unknown density"):
+        simulate_power("small", 1, density="perfect")
+
+
 def test_measured_table_follows_the_error_model() -> None:
     model = error_model()
     t = measured_table("default", 3, model)

@@ -9,6 +9,12 @@ detector's error model (:func:`error_model`, estimated on thousands of fields re
 quantified by the pipeline, ``benchmarks/calibrate_e2e.py error-model``), and the report's
 model is fitted (measured SNR as covariate, the primary contrast first, then Holm).
 
+The density simulated is the one the report's model fits: by default (``fp-corrected``) the
+measured density minus the false detections expected at the image's SNR
+(:func:`analysis.stats.models.false_detection_corrected`, applied by ``fit_study``); the error
+model has a second set of rows for the density as quantified (``measured``, the model of
+``fit --no-quality-adjustment`` without the SNR covariate, and of the report until 2026-11-30).
+
 The error model per SNR level: ``log(measured / true) = a + b log(true / 40) + c (s - m) + e``
 with ``s = log(measured SNR) ~ N(m, sd_snr)`` and ``e ~ N(0, sd)``: the level's bias, its
 dependence on density (differential error: with b < 0 fewer puncta are missed where there are
@@ -30,7 +36,7 @@ import pandas as pd
 
 from analysis.sim.design import PRESETS, Preset
 
-__all__ = ["error_model", "simulate_power", "design_preset", "power_table"]
+__all__ = ["error_model", "simulate_power", "design_preset", "power_table", "DENSITIES"]
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +44,28 @@ log = logging.getLogger(__name__)
 REFERENCE_DENSITY = 40.0
 #: The error model shipped with the package (written by ``calibrate_e2e.py error-model``).
 ERROR_MODEL_FILE = "measurement_error.csv"
-_COLUMNS = ("snr_level", "a", "b", "c", "sd", "snr_log_mean", "snr_log_sd", "fields")
+_COLUMNS = ("density", "snr_level", "a", "b", "c", "sd", "snr_log_mean", "snr_log_sd", "fields")
+#: Densities the error model describes (see the module notes); the first is the report's.
+DENSITIES = ("fp-corrected", "measured")
 
 
-def error_model() -> pd.DataFrame:
-    """The detector's per-SNR-level error model (see the module notes), one row per level."""
+def error_model(density: str = DENSITIES[0]) -> pd.DataFrame:
+    """The detector's per-SNR-level error model of one density (see the module notes), one row per level.
+
+    Parameters
+    ----------
+    density : {"fp-corrected", "measured"}
+        The density the model describes: the report's (measured minus the false detections
+        expected at the image's SNR) or the density as quantified.
+    """
+    if density not in DENSITIES:
+        raise ValueError(f"unknown density {density!r}; one of {DENSITIES}")
     with resources.files("analysis").joinpath("data", ERROR_MODEL_FILE).open() as fh:
         table = pd.read_csv(fh)
     missing = [c for c in _COLUMNS if c not in table]
     if missing:
         raise ValueError(f"{ERROR_MODEL_FILE} lacks column(s) {missing}; regenerate it with calibrate_e2e.py error-model")
-    return table.set_index("snr_level")
+    return table[table["density"] == density].drop(columns="density").set_index("snr_level")
 
 
 def design_preset(base: str = "default", *, animals_per_group: int | None = None, synapse_fields: int | None = None,
@@ -70,7 +87,11 @@ def design_preset(base: str = "default", *, animals_per_group: int | None = None
 
 
 def measured_table(preset: str, seed: int, model: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One simulated study's synapse table with measured densities and measured SNR."""
+    """One simulated study's synapse table with measured densities and measured SNR.
+
+    ``puncta_density_per_100um2`` is the density ``model`` describes (default: the report's,
+    :func:`error_model`), ``true_field_density`` the simulated truth of the field.
+    """
     from analysis.sim.measurements import simulate_measurements
 
     model = error_model() if model is None else model
@@ -87,12 +108,13 @@ def measured_table(preset: str, seed: int, model: pd.DataFrame | None = None) ->
     return out
 
 
-def _one(task: tuple[str, int, str | None, float]) -> pd.DataFrame:
+def _one(task: tuple[str, int, str | None, float, str]) -> pd.DataFrame:
     from analysis.stats import fit_synapse_lmm, quality_covariates, session_contrasts
     from analysis.sim.validation import true_pct_vs_vehicle
 
-    preset, seed, primary, alpha = task
-    table, names = quality_covariates(measured_table(preset, seed))
+    preset, seed, primary, alpha, density = task
+    # (the simulated density is already the corrected one: the SNR covariate follows, as in fit_study)
+    table, names = quality_covariates(measured_table(preset, seed, error_model(density)))
     c = session_contrasts(fit_synapse_lmm(table, covariates=names), primary=primary, alpha=alpha)
     c = c[c["planned"]].copy()
     c["true_pct"] = true_pct_vs_vehicle(c, null=PRESETS[preset].null)
@@ -102,15 +124,34 @@ def _one(task: tuple[str, int, str | None, float]) -> pd.DataFrame:
 
 
 def simulate_power(preset: str = "default", studies: int = 100, *, primary: str | None = "WT diazepam 5 mg/kg x 7 d",
-                   alpha: float = 0.05, seed: int = 80_000, workers: int = 1) -> pd.DataFrame:
+                   alpha: float = 0.05, seed: int = 80_000, workers: int = 1,
+                   density: str = DENSITIES[0]) -> pd.DataFrame:
     """Per-study planned contrasts of ``studies`` simulated studies of a design (see module notes).
+
+    Parameters
+    ----------
+    preset : str
+        Design preset (:func:`design_preset` makes variants).
+    studies : int
+        Simulated studies.
+    primary : str or None
+        Primary contrast, tested first (None: Holm over all planned contrasts).
+    alpha : float
+        Significance level.
+    seed : int
+        Seed of the first study (study ``i`` uses ``seed + i``).
+    workers : int
+        Worker processes.
+    density : {"fp-corrected", "measured"}
+        The density fitted (:func:`error_model`); the SNR covariate is used with either.
 
     Returns
     -------
     DataFrame
         One row per study and planned contrast; summarise with :func:`power_table`.
     """
-    jobs = [(preset, seed + i, primary, alpha) for i in range(studies)]
+    error_model(density)  # (an unknown density fails here, not in a worker)
+    jobs = [(preset, seed + i, primary, alpha, density) for i in range(studies)]
     if workers <= 1:
         frames = [_one(j) for j in jobs]
     else:
