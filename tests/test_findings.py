@@ -115,6 +115,19 @@ def test_other_contrasts_name_only_the_detectable_ones() -> None:
     assert items[0].direction == "increase" and "increase, +9.5 % (95 % CI +2.2 to +17.3 %" in summary.text
     assert "WT diazepam 1 mg/kg" not in summary.text
     assert summary.text.endswith("the other 1 showed no detectable change.")
+    # how many of the detectable ones are significant after the adjustment is counted from the table
+    p_adj = synapse_table().set_index("group").loc["WT XBD173 10 mg/kg x 7 d", "p_vs_vehicle_holm"]
+    assert ("(95 % CI excluding 0; all significant after adjustment)" in summary.text) == bool(p_adj < 0.05)
+    assert ("(95 % CI excluding 0; none of them significant after adjustment)" in summary.text) == bool(p_adj >= 0.05)
+
+
+def test_other_contrasts_count_the_significant_ones() -> None:
+    t = synapse_table()
+    t.loc[t.group == "WT diazepam 1 mg/kg x 7 d", ["pct_vs_vehicle_ci_high", "p_vs_vehicle_holm"]] = [-1.0, 0.055]
+    t.loc[t.group == "WT XBD173 10 mg/kg x 7 d", "p_vs_vehicle_holm"] = 0.01
+    found = F.abstract(F.endpoint_contrasts({"synapse_contrasts": t}))
+    summary = next(f for f in found if f.kind == "summary" and f.endpoint == "synapse_density")
+    assert "2 showed a detectable change (95 % CI excluding 0; 1 of them significant after adjustment)" in summary.text
 
 
 def test_microglia_ratios_become_percent_changes() -> None:

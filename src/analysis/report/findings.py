@@ -507,7 +507,11 @@ def _other_sentence(endpoint: Endpoint, others: pd.DataFrame) -> tuple[str, list
         return (f"None of the other {n} planned {lower_label(endpoint.label)} contrasts showed a detectable change "
                 "(each 95 % CI includes 0; see the table).", [])
     rest = f"; the other {n - k} showed no detectable change" if n > k else ""
-    return (f"Of the other {n} planned {lower_label(endpoint.label)} contrasts, {k} showed a detectable change: "
+    # a CI that excludes 0 is not yet significance after the multiplicity adjustment: say how many are
+    significant = sum(1 for f in found if f.p_adjusted < 0.05)
+    which = "all" if significant == k else f"{significant} of them" if significant else "none of them"
+    return (f"Of the other {n} planned {lower_label(endpoint.label)} contrasts, {k} showed a detectable change "
+            f"(95 % CI excluding 0; {which} significant after adjustment): "
             + "; ".join(items) + rest + ".", found)
 
 
