@@ -383,6 +383,16 @@ def _trace(img: np.ndarray, px: float, *, k_sigma: float, min_length_shaft_diame
     lengths_px = _skeleton_length_px(skel, lab, n)
     # keep elongated components only (compact blobs that survive the opening are spine heads)
     keep = lengths_px >= min_length_shaft_diameters * 2.0 * r_px
+    # a shaft whose brightness varies along it (beads, bright heads raising the local
+    # maximum) breaks into pieces at half maximum: pieces at least one diameter long whose
+    # foreground component holds enough shaft in all are kept
+    fg_lab, _ = ndi.label(fg, np.ones((3, 3)))
+    piece_fg = np.zeros(n + 1, int)
+    piece_fg[lab[skel]] = fg_lab[skel]
+    long_piece = lengths_px >= 2.0 * r_px
+    per_fg = np.bincount(piece_fg[1:][long_piece[1:]], weights=lengths_px[1:][long_piece[1:]],
+                         minlength=int(fg_lab.max()) + 1)
+    keep |= long_piece & (per_fg[piece_fg] >= min_length_shaft_diameters * 2.0 * r_px)
     keep[0] = False
     shaft = keep[lab]
     lab, n = ndi.label(shaft, np.ones((3, 3)))
@@ -431,7 +441,10 @@ def trace_dendrites(image: np.ndarray, pixel_size_um: float, *, k_sigma: float =
     skeleton) and the steps repeated until it changes by < 10 %. Opening the core by a disk of
     0.7 radii removes necks and filopodia; the rest is skeletonised, terminal branches shorter
     than 3 radii are pruned, and pieces shorter than ``min_length_shaft_diameters`` shaft
-    diameters (isolated heads, debris) are dropped. Lengths count 0.948 pixels per axial and
+    diameters (isolated heads, debris) are dropped, unless a piece is at least one diameter
+    long and the pieces of that length in its foreground component add up to
+    ``min_length_shaft_diameters`` (a shaft whose brightness varies along it, beads or bright
+    heads beside it, breaks into such pieces at half maximum; the gaps are not traced). Lengths count 0.948 pixels per axial and
     1.343 per diagonal step of the centreline (Kulpa's weights, unbiased on average over
     directions; 1 and sqrt(2) overestimate oblique lines).
 
