@@ -381,4 +381,4 @@ def test_default_worker_count_follows_available_memory(tmp_path: Path, monkeypat
     with caplog.at_level(logging.INFO, logger="analysis.pipeline.quantify"):
         m = quantify_study(sheet, tmp_path / "out", progress=False, params=PARAMS)
     assert m.n_puncta.tolist() == [6, 6]
-    assert "1 worker(s): 8 core(s)" in caplog.text and "largest image a.tif" in caplog.text
+    assert "1 worker(s): 8 core(s)" in caplog.text and "image needing the most: a.tif" in caplog.text

@@ -114,7 +114,16 @@ def test_worker_memory_estimate_uses_the_largest_image(tmp_path: Path, caplog: p
     tifffile.imwrite(large, np.ones((2, 256, 256), np.uint16), compression="zlib")  # compressed: decoded size counts
     per_worker, largest = quantify.worker_memory_estimate([str(small), str(large), str(tmp_path / "absent.tif")])
     assert largest == str(large)
-    assert per_worker == quantify.WORKER_BASE_BYTES + quantify.WORKER_MEMORY_FACTOR * 2 * 256 * 256 * 2
+    # (a 3-D TIFF without axes metadata is read as a z-stack of 2 planes)
+    factor = quantify.WORKER_STACK_MEMORY_FACTOR if quantify.image_info(large).n_z > 1 else quantify.WORKER_MEMORY_FACTOR
+    assert per_worker == quantify.WORKER_BASE_BYTES + factor * 2 * 256 * 256 * 2
+    # a z-stack needs more per byte (3-D detection): a smaller stack can be the image that needs the most
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.ones((40, 64, 64), np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    assert quantify.image_info(stack).n_z == 40
+    per_worker, largest = quantify.worker_memory_estimate([str(small), str(large), str(stack)])
+    assert largest == str(stack)
+    assert per_worker == quantify.WORKER_BASE_BYTES + quantify.WORKER_STACK_MEMORY_FACTOR * 40 * 64 * 64 * 2
     # quantify_study logs its choice when the caller leaves the worker count open
     with caplog.at_level(logging.INFO, logger="analysis.pipeline.quantify"):
         assert quantify.default_workers(per_worker) >= 1

@@ -110,6 +110,15 @@ def _noise_sd_strips(img: np.ndarray, strip_px: int) -> float:
     return s if s > 0 else noise_sd(img)
 
 
+def _label_small(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """``scipy.ndimage.label(mask)`` in uint16 while the objects fit (the same labels in half the
+    memory of its default int32 image), else int32."""
+    try:
+        return ndi.label(mask, output=np.uint16)
+    except RuntimeError:  # more than 65,535 objects: "insufficient bit-depth"
+        return ndi.label(mask)
+
+
 def segment_lysosomes(
     image: np.ndarray,
     pixel_size_um: float,
@@ -268,7 +277,9 @@ def segment_lysosomes(
             del level, part
         mask = cut
         del cut
-    lab, nobj = ndi.label(mask)
+    # the smoothed images are not needed any more: free them before the label image is made
+    detect = signal = None
+    lab, nobj = _label_small(mask)
     if nobj:
         sizes = _label_sizes(lab)
         voxel = float(np.prod(scales))

@@ -384,28 +384,34 @@ def _puncta_model(shape: tuple[int, int], puncta: pd.DataFrame, pixel_size_um: f
     return _render(shape, pos, amp, sigma_px, radius=r)
 
 
+def _strip_rows(width: int, strip_px: int | None) -> int:
+    """Rows per strip of a float64 work array: ``strip_px``, or ~2 MB worth of rows (>= 32)."""
+    return int(strip_px) if strip_px is not None else max(32, (1 << 18) // max(int(width), 1))
+
+
 def _level_at(image: np.ndarray, sigma: float, points: np.ndarray, fn: Callable[[np.ndarray], np.ndarray],
-              strip_px: int = 1024) -> np.ndarray:
+              strip_px: int | None = None) -> np.ndarray:
     """``fn`` of the image blurred by ``sigma`` (reflecting edges), linearly interpolated at
     ``points`` (YX, nearest edge value beyond the image): ``map_coordinates(fn(blur), points,
     order=1, mode="nearest")`` without the full-size maps (the blur is computed in strips of
-    rows around the points, with the kernel's margin; the same values)."""
+    ``strip_px`` rows around the points, default ~2 MB of float64 each, with the kernel's
+    margin; the same values).  ``fn`` may work in place on the blur it is given."""
     out = np.zeros(len(points))
     if len(points) == 0:
         return out
     h = image.shape[0]
+    step = _strip_rows(image.shape[1], strip_px)
     margin = int(4.0 * float(sigma) + 0.5) + 2
     row = np.clip(np.floor(points[:, 0]).astype(int), 0, h - 1)
-    for y0 in range(0, h, strip_px):
-        y1 = min(h, y0 + strip_px)
+    for y0 in range(0, h, step):
+        y1 = min(h, y0 + step)
         sel = (row >= y0) & (row < y1)
         if not sel.any():
             continue
         c0, c1 = max(0, y0 - margin), min(h, y1 + 1 + margin)
-        blur = ndi.gaussian_filter(np.asarray(image[c0:c1], dtype=np.float64), sigma, mode="reflect")
-        val = fn(blur)
-        del blur
+        val = fn(ndi.gaussian_filter(np.asarray(image[c0:c1], dtype=np.float64), sigma, mode="reflect"))
         out[sel] = ndi.map_coordinates(val, (points[sel] - [c0, 0]).T, order=1, mode="nearest")
+        del val
     return out
 
 
@@ -433,9 +439,14 @@ def _pixel_noise_sd_at(image: np.ndarray, pixel_size_um: float, puncta: pd.DataF
 
         def at(points: np.ndarray, scale: float = 1.0) -> np.ndarray:
             def sd(level: np.ndarray) -> np.ndarray:
-                var = float(alpha) * level + float(beta)
-                out = np.sqrt(np.maximum(var, floor))
-                return out * scale if scale != 1.0 else out
+                # sqrt(max(alpha * level + beta, floor)) * scale, in place on the strip's blur
+                level *= float(alpha)
+                level += float(beta)
+                np.maximum(level, floor, out=level)
+                np.sqrt(level, out=level)
+                if scale != 1.0:
+                    level *= scale
+                return level
             return _level_at(image, sigma, np.asarray(points, float).reshape(-1, 2), sd)
 
     factor = 1.0
@@ -447,12 +458,13 @@ def _pixel_noise_sd_at(image: np.ndarray, pixel_size_um: float, puncta: pd.DataF
     return lambda points: at(points, factor)
 
 
-def _median_variance(image: np.ndarray, sigma: float, alpha: float, beta: float, strip_px: int = 1024) -> float:
+def _median_variance(image: np.ndarray, sigma: float, alpha: float, beta: float, strip_px: int | None = None) -> float:
     """``np.median(alpha * blur + beta)`` over the image (blur: Gaussian of ``sigma``, reflecting
-    edges), exactly, without a full-size map: the blur is computed in strips of rows (with the
-    kernel's margin) twice, first to count the values in 4096 bins, then to collect those of
-    the bins holding the middle ranks."""
+    edges), exactly, without a full-size map: the blur is computed in strips of ``strip_px``
+    rows (default ~2 MB of float64 each) with the kernel's margin, twice, first to count the
+    values in 4096 bins, then to collect those of the bins holding the middle ranks."""
     h = image.shape[0]
+    strip_px = _strip_rows(image.shape[1], strip_px)
     margin = int(4.0 * float(sigma) + 0.5) + 2
 
     def strips():
@@ -460,7 +472,10 @@ def _median_variance(image: np.ndarray, sigma: float, alpha: float, beta: float,
             y1 = min(h, y0 + strip_px)
             c0, c1 = max(0, y0 - margin), min(h, y1 + margin)
             blur = ndi.gaussian_filter(np.asarray(image[c0:c1], dtype=np.float64), sigma, mode="reflect")
-            yield (alpha * blur[y0 - c0 : y1 - c0] + beta).ravel()
+            v = blur[y0 - c0 : y1 - c0]
+            v *= alpha  # (in place: the same values as alpha * v + beta)
+            v += beta
+            yield v.ravel()
 
     if h <= strip_px:
         return float(np.median(next(strips())))
@@ -472,7 +487,9 @@ def _median_variance(image: np.ndarray, sigma: float, alpha: float, beta: float,
     edges = np.linspace(lo, hi, 4097)
 
     def bins(v: np.ndarray) -> np.ndarray:
-        return np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+        b = np.searchsorted(edges, v, side="right")
+        b -= 1
+        return np.clip(b, 0, len(edges) - 2, out=b)
 
     counts = np.zeros(len(edges) - 1, np.int64)
     for v in strips():

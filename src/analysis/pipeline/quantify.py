@@ -514,6 +514,10 @@ def _sheet_fields(samples: pd.DataFrame) -> pd.DataFrame:
 #: issue-16 report before the tiling work had 8.8 GB for one 8000^2 plane (69x).  16 covers
 #: the measured large planes; redo it with ``make bench`` when the per-image memory changes.
 WORKER_MEMORY_FACTOR = 16
+#: The same for z-stacks (3-D puncta detection keeps several float64 maps of the whole stack):
+#: measured 1,504 MiB above the idle worker for a 3-channel 30 x 512 x 512 uint16 stack (45 MiB
+#: decoded: 33x; ``benchmarks/bench_memory.py``, case ``stack30``, 2026-11-30).
+WORKER_STACK_MEMORY_FACTOR = 40
 #: Memory of an idle worker process (interpreter, numpy, scipy, scikit-image, dask), bytes;
 #: measured 180-215 MiB for the interpreter with the analysis modules, dask adds to it.
 WORKER_BASE_BYTES = 400 * 2**20
@@ -573,24 +577,26 @@ def default_workers(per_worker_bytes: float, *, available_bytes: int | None = No
 
 
 def worker_memory_estimate(paths: list[str]) -> tuple[float, str | None]:
-    """Estimated peak memory of one worker for these images, and the largest image.
+    """Estimated peak memory of one worker for these images, and the image that needs the most.
 
-    :data:`WORKER_BASE_BYTES` plus :data:`WORKER_MEMORY_FACTOR` times the largest image's
-    decoded size (shape x bytes per pixel from its header, so compressed files count as what
-    they decode to; the file size when the header cannot be read).  Reads headers only.
+    :data:`WORKER_BASE_BYTES` plus :data:`WORKER_MEMORY_FACTOR` (:data:`WORKER_STACK_MEMORY_FACTOR`
+    for a z-stack) times the image's decoded size (shape x bytes per pixel from its header, so
+    compressed files count as what they decode to; the file size when the header cannot be
+    read), for the image that needs the most.  Reads headers only.
     """
-    sizes = {}
+    need = {}
     for p in dict.fromkeys(paths):
         try:
             info = image_info(p)
-            sizes[p] = int(np.prod(info.shape)) * np.dtype(info.dtype).itemsize
+            factor = WORKER_STACK_MEMORY_FACTOR if info.n_z > 1 else WORKER_MEMORY_FACTOR
+            need[p] = factor * int(np.prod(info.shape)) * np.dtype(info.dtype).itemsize
         except Exception:  # unreadable here: it fails when quantified; its file size stands in
             with contextlib.suppress(OSError, RuntimeError, ValueError):
-                sizes[p] = os.stat(p).st_size
-    if not sizes:
+                need[p] = WORKER_MEMORY_FACTOR * os.stat(p).st_size
+    if not need:
         return float(WORKER_BASE_BYTES), None
-    largest = max(sizes, key=sizes.get)
-    return float(WORKER_BASE_BYTES + WORKER_MEMORY_FACTOR * sizes[largest]), largest
+    largest = max(need, key=need.get)
+    return float(WORKER_BASE_BYTES + need[largest]), largest
 
 
 def _conform(table: Any, schema: Any) -> Any:
@@ -915,10 +921,11 @@ def quantify_study(
         per_worker, largest = worker_memory_estimate([t["abs_path"] for t in todo])
         available = _available_memory()
         workers = default_workers(per_worker, available_bytes=available)
-        log.info("%d worker(s): %d core(s), %s available, about %.2f GiB per worker (largest image %s x %d + %.2f GiB)",
+        log.info("%d worker(s): %d core(s), %s available, about %.2f GiB per worker (image needing the most: %s; "
+                 "%d x its decoded size, %d x for a z-stack, + %.2f GiB)",
                  workers, _cores(), "unknown memory" if available is None else f"{available / 2**30:.1f} GiB",
                  per_worker / 2**30, Path(largest).name if largest else "-", WORKER_MEMORY_FACTOR,
-                 WORKER_BASE_BYTES / 2**30)
+                 WORKER_STACK_MEMORY_FACTOR, WORKER_BASE_BYTES / 2**30)
     workers = workers or 1
     results = _run_tasks(todo, workers, scheduler) if todo else iter(())
     failed = [f for f in track(results, total=len(todo), desc="quantify", enabled=progress) if f]

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
-from skimage.segmentation import find_boundaries
 
 from analysis.measure import area, engulfment, microglia
+from analysis.measure.morphology import inner_boundaries
 from analysis.measure import puncta as synapses
 from analysis.measure.quality import image_quality
+from analysis.pipeline.heap import release_free_memory
 from analysis.pipeline.registry import Measured, Readout, register
 
 __all__ = ["MORPHOLOGY", "OUTLINE_KINDS", "PUNCTA_COLUMNS", "image_seed", "kept_puncta", "pixel_table"]
@@ -94,8 +95,10 @@ def measure_puncta(channels: Mapping[str, np.ndarray], pixel_size_um: float, *, 
     run_spike_in = bool(qp.pop("spike_in", True))
     qp.pop("seed", None)
     puncta = synapses.detect_puncta(syn, pixel_size_um, z_step_um=z_step_um, **params)
+    release_free_memory()  # (each step's freed work arrays back to the system: heap.py)
     # the mask needs the puncta of this image: pass the counted ones (no second detection)
     mask = area.analysed_area_mask(syn, pixel_size_um, puncta=puncta)
+    release_free_memory()
     row = dict(area.synapse_density(puncta, mask, pixel_size_um, z_step_um=z_step_um))
     # image-quality figure for QC: the median detection SNR of the puncta found
     row["puncta_median_snr"] = float(puncta["snr"].median()) if len(puncta) else np.nan
@@ -116,7 +119,9 @@ def measure_microglia_readout(channels: Mapping[str, np.ndarray], pixel_size_um:
     q = image_quality(mg, pixel_size_um, readout="microglia")
     mg2 = _projection(mg)
     labels = microglia.segment_microglia(mg2, pixel_size_um, **params)
+    release_free_memory()
     cells = microglia.measure_microglia(labels, mg2, pixel_size_um)
+    release_free_memory()
     field_mm2 = mg2.size * (pixel_size_um / 1000.0) ** 2
     row: dict[str, Any] = {
         "microglia_count": int(len(cells)),
@@ -127,17 +132,57 @@ def measure_microglia_readout(channels: Mapping[str, np.ndarray], pixel_size_um:
     row["microglia_interior_count"] = int(len(interior))
     for col in MORPHOLOGY:
         row[f"mean_{col}"] = float(interior[col].mean()) if len(interior) else np.nan
-    outlines = pixel_table(labels, find_boundaries(labels, mode="inner"), "outline")
+    outlines = pixel_table(labels, inner_boundaries(labels), "outline")
+    release_free_memory()
     skeleton = pixel_table(labels, microglia.skeleton_image(labels, pixel_size_um), "skeleton")
+    release_free_memory()
     orphan = skeleton["label"].to_numpy() == 0
     if orphan.any():
         # a skeleton may run through a hole the morphology filled inside a soma: those pixels
         # get the label of the nearest cell pixel
-        iy, ix = ndi.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
         y, x = skeleton["y"].to_numpy()[orphan], skeleton["x"].to_numpy()[orphan]
-        skeleton.loc[orphan, "label"] = labels[iy[y, x], ix[y, x]].astype(np.int32)
+        skeleton.loc[orphan, "label"] = nearest_label(labels, y, x).astype(np.int32)
     return Measured(row=row, tables={"cells": cells, "outlines": pd.concat([outlines, skeleton], ignore_index=True)},
                     quality=[q], state={"labels": labels})
+
+
+def nearest_label(labels: np.ndarray, y: np.ndarray, x: np.ndarray, *, tile_px: int = 512,
+                  margin_px: int = 32) -> np.ndarray:
+    """Label of the labelled pixel nearest to each point ``(y, x)`` (YX pixels).
+
+    The labelled pixel :func:`scipy.ndimage.distance_transform_edt` picks (``labels == 0``,
+    ``return_indices``), found in crops around the points instead of one full-size transform
+    (two int32 index maps of the whole image): the points are grouped by tiles of ``tile_px``
+    and each tile is read with a margin; a crop whose farthest point lies more than the margin
+    from its nearest labelled pixel is widened until it does not (every pixel outside the crop
+    is then farther than the margin, so cannot be nearer nor tie), up to the whole image.
+    """
+    labels = np.asarray(labels)
+    y, x = np.asarray(y, np.intp), np.asarray(x, np.intp)
+    out = np.zeros(len(y), labels.dtype)
+    if len(y) == 0:
+        return out
+    h, w = labels.shape
+    tile = (y // tile_px) * (w // tile_px + 1) + x // tile_px
+    for t in np.unique(tile):
+        sel = np.flatnonzero(tile == t)
+        ys, xs = y[sel], x[sel]
+        m = margin_px
+        while True:
+            y0, y1 = max(0, int(ys.min()) - m), min(h, int(ys.max()) + m + 1)
+            x0, x1 = max(0, int(xs.min()) - m), min(w, int(xs.max()) + m + 1)
+            crop = labels[y0:y1, x0:x1]
+            whole = (y0, x0, y1, x1) == (0, 0, h, w)
+            background = crop == 0
+            if background.all() and not whole:  # (no labelled pixel in the crop: widen it)
+                m *= 4
+                continue
+            dist, (iy, ix) = ndi.distance_transform_edt(background, return_indices=True)
+            if whole or float(dist[ys - y0, xs - x0].max()) <= m:
+                out[sel] = crop[iy[ys - y0, xs - x0], ix[ys - y0, xs - x0]]
+                break
+            m *= 4
+    return out
 
 
 def pixel_table(labels: np.ndarray, where: np.ndarray, kind: str) -> pd.DataFrame:
@@ -162,12 +207,13 @@ def measure_engulfment_readout(channels: Mapping[str, np.ndarray], pixel_size_um
     puncta_of = upstream.get("puncta")
     if cells_of is not None and puncta_of is not None:
         lys_mask = engulfment.segment_lysosomes(_projection(lys), pixel_size_um, **params)
+        release_free_memory()
         found = puncta_of.state["puncta"]
         pts = found if "z" not in found else found.drop(columns="z")
         eng = engulfment.measure_engulfment(cells_of.state["labels"], lys_mask, pts, pixel_size_um)
         out.tables["cells"] = cells_of.tables["cells"].merge(eng, on="label", how="left")
         out.row.update(engulfment.engulfment_totals(eng))
-        lysosomes = pixel_table(cells_of.state["labels"], find_boundaries(lys_mask, mode="inner"), "lysosome")
+        lysosomes = pixel_table(cells_of.state["labels"], inner_boundaries(lys_mask), "lysosome")
         out.tables["outlines"] = pd.concat([cells_of.tables["outlines"], lysosomes], ignore_index=True)
     # (the CD68 channel is validated with the microglia, in the same terminal fields)
     out.quality.append(image_quality(lys, pixel_size_um, readout="microglia"))

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.io.sheet import register_channel_role
+from analysis.pipeline.heap import release_free_memory
 
 __all__ = ["Measured", "Readout", "READOUTS", "register", "unregister", "readouts_for", "channel_roles",
            "code_modules", "notebooks_for", "BASE_MODULES"]
@@ -252,6 +253,9 @@ def run_readouts(channels: Mapping[str, np.ndarray], pixel_size_um: float, *, z_
         result = r.measure(own, pixel_size_um, z_step_um=z_step_um, params={**r.params, **params.get(r.name, {})},
                            upstream=upstream, seed=seed, quality=quality)
         done[r.name] = result
+        # the readout's freed work arrays back to the system before the next one runs
+        # (otherwise the allocator keeps them and the next readout's work comes on top)
+        release_free_memory()
         row.update(result.row)
         tables.update(result.tables)
         quality_rows.extend(result.quality)
