@@ -174,7 +174,9 @@ def inner_boundaries(labels: np.ndarray, strip_px: int | None = None) -> np.ndar
     array([[0, 0, 0, 0, 0],
            [0, 1, 1, 1, 0],
            [0, 1, 1, 1, 0],
-           [0, 0, 1, 1, 0]])
+           [0, 1, 1, 1, 0]])
+    >>> inner_boundaries(lab)[2, 2]  # (inside cell 1 but beside cell 2)
+    np.True_
     """
     lab = np.asarray(labels)
     if lab.ndim != 2:
