@@ -35,7 +35,8 @@ from analysis.measure.quality import image_quality
 from analysis.pipeline.heap import release_free_memory
 from analysis.pipeline.registry import Measured, Readout, register
 
-__all__ = ["MORPHOLOGY", "OUTLINE_KINDS", "PUNCTA_COLUMNS", "image_seed", "kept_puncta", "pixel_table"]
+__all__ = ["MORPHOLOGY", "OUTLINE_KINDS", "PUNCTA_COLUMNS", "image_seed", "kept_puncta", "nearest_label",
+           "pixel_table"]
 
 #: Per-cell columns averaged into the image row (interior cells only).
 MORPHOLOGY = [
