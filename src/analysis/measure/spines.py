@@ -704,9 +704,10 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     size = max(3, int(round(2 * min_separation_head_diameters * radii.min())) | 1)
     peaks = (best == ndi.maximum_filter(best, size=size, mode="nearest")) & (best > 0)
     reach = max_reach_shaft_diameters * 2.0 * r
-    # local shaft radius at the nearest centreline pixel; the head centre must lie outside
-    # ``min_offset_shaft_radii`` of it and within reach of the shaft edge
-    r_local = np.maximum(tr.shaft_dt[cy, cx], 1.0)
+    # local shaft radius at the nearest centreline pixel (never above the typical radius: heads
+    # pressed against the shaft on both sides widen its mask, not the shaft); the head centre
+    # must lie outside ``min_offset_shaft_radii`` of it and within reach of the shaft edge
+    r_local = np.clip(tr.shaft_dt[cy, cx], 1.0, max(r, 1.0))
     peaks &= (d_cent > min_offset_shaft_radii * r_local) & (d_edge <= reach)
     # heads touching the shaft, whose blob response merges into the shaft's ridge: maxima of
     # the response without the shaft, within one (largest) head diameter of the shaft edge,
@@ -901,7 +902,9 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     max_reach_shaft_diameters : float
         Farthest a head centre may be from a shaft edge, in shaft diameters.
     min_offset_shaft_radii : float
-        Nearest a head centre may be to the centreline, in local shaft radii.
+        Nearest a head centre may be to the centreline, in local shaft radii (the distance
+        transform of the shaft mask on the centreline, at most the image's shaft radius: heads
+        pressed against the shaft widen the mask, not the shaft).
     head_radius_shaft_ratios : sequence of float
         Head radii searched, relative to the shaft radius.
     min_separation_head_diameters : float
