@@ -573,6 +573,30 @@ def test_shared_median_and_hysteresis_equal_numpy_and_skimage() -> None:
     np.testing.assert_array_equal(_square_rank(lab, 2, "max"), ndi.maximum_filter(lab, size=5))
 
 
+def test_band_order_statistics_equal_numpy_partition_and_median() -> None:
+    """The order statistics selected from a band of candidates are ``np.partition``'s values,
+    and the median from them ``np.median``'s: with ties, sorted input (an unrepresentative
+    sample), extreme ranks, and a NaN (numpy's NaN median kept)."""
+    from analysis.measure.microglia import _band_order_stats, _median_exact, _order_stats
+
+    rng = np.random.default_rng(5)
+    n = 70_001
+    inputs = {
+        "normal": rng.normal(size=n).astype(np.float32),
+        "ties": rng.integers(0, 4, n).astype(np.float64),
+        "sorted": np.sort(rng.exponential(size=n - 1)),
+        "nan": np.where(rng.random(n) < 1e-4, np.nan, rng.normal(size=n)),
+    }
+    for name, x in inputs.items():
+        for ranks in ([0], [x.size // 2 - 1, x.size // 2], [x.size // 3, x.size - 1], [x.size - 1]):
+            np.testing.assert_array_equal(_order_stats(x, ranks), np.partition(x, ranks)[ranks])
+        got, want = _median_exact(x), float(np.median(x))
+        assert got == want or (np.isnan(got) and np.isnan(want)), name
+    # the band is taken (not the fallback) for finite middle ranks, and missed with a NaN
+    assert _band_order_stats(inputs["normal"], [n // 2]) is not None
+    assert _band_order_stats(inputs["nan"], [n // 2]) is None
+
+
 def test_dominant_maxima_numbered_and_centred_sample_shortcuts() -> None:
     """``_dominant_maxima(labelled=True)`` numbers the dominant plateaus as ``ndi.label`` does;
     the centred sample's middle values (one selection for two medians) give the robust SD of

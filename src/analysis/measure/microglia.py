@@ -102,6 +102,52 @@ _NB_KERNEL = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], np.uint8)
 # --------------------------------------------------------------------------- noise, filters
 
 
+def _band_order_stats(x: np.ndarray, ranks: list[int]) -> np.ndarray | None:
+    """The values of ``ranks`` (ascending) in the sorted 1-D array ``x``, selected from a band
+    of candidates, or None when the band misses them or ``x`` holds a NaN.  The band lies
+    between two values of an evenly spaced sample of ``x`` ranked well outside ``ranks`` (8
+    binomial SDs); when the values below it and in it bracket the ranks, those are the ranks of
+    the band's values offset by the count below (exact: no value is estimated)."""
+    n = x.size
+    sample = x[::16]
+    m = sample.size
+    margin = int(4 * np.sqrt(m)) + 2  # (8 SDs of a binomial rank: sqrt(m q (1 - q)) <= sqrt(m) / 2)
+    a = max(0, (ranks[0] * m) // n - margin)
+    b = min(m - 1, -(-ranks[-1] * m // n) + margin)
+    part = np.partition(sample, [a, b])
+    lo_v, hi_v = part[a], part[b]
+    below = int(np.count_nonzero(x < lo_v))
+    inside = x >= lo_v
+    inside &= x <= hi_v
+    band = x[inside]
+    del inside
+    if below + band.size + int(np.count_nonzero(x > hi_v)) != n:  # (a NaN is in none of the three)
+        return None
+    if not (below <= ranks[0] and ranks[-1] < below + band.size):
+        return None
+    k = [r - below for r in ranks]
+    return np.partition(band, k)[k]
+
+
+def _order_stats(x: np.ndarray, ranks: list[int]) -> np.ndarray:
+    """``np.partition(x, ranks)[ranks]`` of a 1-D array (``ranks`` ascending), from a band of
+    candidates (:func:`_band_order_stats`) when ``x`` is long: the same values, ~3x faster for
+    10^5-10^6 values."""
+    out = _band_order_stats(x, ranks) if x.size >= 1 << 15 else None
+    return np.partition(x, ranks)[ranks] if out is None else out
+
+
+def _median_exact(x: np.ndarray) -> float:
+    """``float(np.median(x))`` of a 1-D array: the mean (in ``x``'s dtype, as ``np.median``
+    takes it) of the middle one or two values, selected by :func:`_band_order_stats`;
+    ``np.median`` itself for short arrays and when ``x`` holds a NaN."""
+    n = x.size
+    if n < 1 << 15:
+        return float(np.median(x))
+    middle = _band_order_stats(x, [(n - 1) // 2, n // 2] if n % 2 == 0 else [n // 2])
+    return float(np.median(x)) if middle is None else float(np.mean(middle))
+
+
 def _robust_sd(x: np.ndarray, max_samples: int = 400_000) -> float:
     """:func:`analysis.measure.noise.robust_sd` in double precision (subsampled before the copy)."""
     return _median_and_robust_sd(x, max_samples)[1]
@@ -126,11 +172,12 @@ def _median_and_robust_sd(
         return float(np.median(full)) if full.size else float("nan"), 1.0
     lo, hi = (n - 1) // 2, n // 2
     if middle is None:
-        middle = np.partition(x, [lo, hi] if lo != hi else lo)[lo : hi + 1]  # numpy.median's middle
-    med_native = float(np.mean(middle)) if n == full.size else float(np.median(full))
+        middle = _order_stats(x, [lo, hi] if lo != hi else [lo])  # numpy.median's middle
+    med_native = float(np.mean(middle)) if n == full.size else _median_exact(full)
     x64 = x.astype(np.float64)
     med = np.mean(middle.astype(np.float64))
-    sd = float(MAD_TO_SD * np.median(np.abs(x64 - med))) or float(np.std(x64)) or 1.0
+    dev = np.abs(x64 - med)
+    sd = float(MAD_TO_SD * _median_exact(dev)) or float(np.std(x64)) or 1.0
     return med_native, sd
 
 
@@ -539,7 +586,7 @@ def _foreground(
     # constant in float32 keeps the order, so one selection serves both medians)
     sample = signal.ravel()[:: max(1, signal.size // 400_000)]
     lo_k, hi_k = (sample.size - 1) // 2, sample.size // 2
-    middle = np.partition(sample, [lo_k, hi_k] if lo_k != hi_k else lo_k)[lo_k : hi_k + 1]
+    middle = _order_stats(sample, [lo_k, hi_k] if lo_k != hi_k else [lo_k])
     centre = np.mean(middle)  # np.median(sample)
     signal -= centre
     sd = _median_and_robust_sd(signal, middle=middle - centre)[1]
