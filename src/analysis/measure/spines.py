@@ -24,7 +24,9 @@ What is assumed
   image (never below ``k_sigma`` noise sigmas) for the foreground.
 - A spine is a maximum of the scale-normalised blob filter (negative Laplacian of Gaussian)
   outside the shaft core and within reach of a shaft, round enough (Hessian eigenvalue ratio)
-  and with enough contrast against noise and against the shaft next to it: protrusions
+  and with enough contrast against noise and against the shaft next to it; a head is a blob
+  over a range of scales, so its response passes the noise cut at a neighbouring head radius
+  too (a maximum significant at one scale only is noise or pixel texture): protrusions
   attached by a neck and heads whose neck is too dim to be seen are both found. Roundness is
   measured after removing a model of the bare shaft (a grey opening along the dendrite, whose
   line fits inside the shaft but not inside a head), so a head touching the shaft is not
@@ -637,7 +639,8 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     radii ``head_radius_shaft_ratios`` x shaft radius (sigma = head radius / sqrt 2, as in
     scikit-image's ``blob_log``) on the variance-stabilised image; a less significant maximum
     (response in noise sigmas) within the larger head radius of a more significant one is
-    dropped. The filter's noise is measured on the background pixels of this image (robust
+    dropped. Each maximum also carries its response in noise sigmas at the neighbouring radii
+    (the scale-space test of the score). The filter's noise is measured on the background pixels of this image (robust
     sigma overall, scaled by a per-tile pattern), so resampled or compressed images, whose
     pixel noise is correlated, and frames whose noise varies from place to place get the
     right threshold.
@@ -672,6 +675,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     rbest_z = np.zeros(img.shape, np.float32)
     rlam = np.zeros(img.shape, np.float32)
     band = tr.labels > 0
+    z_scale = []  # per scale: response in noise sigmas, the larger of with and without the shaft
     for i, hr in enumerate(radii):
         sg = max(0.8, hr / np.sqrt(2.0))
         iyy, ixx, ixy = _hessian(vst, sg)
@@ -699,6 +703,9 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         rbest_i = np.where(better, i, rbest_i).astype(np.int8)
         rbest_z = np.where(better, rresp / rnoise, rbest_z)
         rlam = np.where(better, ratio, rlam)
+        # best within the scale's head radius (a head's maximum moves a little with scale)
+        z_scale.append(ndi.maximum_filter(np.maximum(resp / noise_r, rresp / rnoise),
+                                          size=3 + 2 * int(hr), mode="nearest"))
     shaft = tr.labels > 0
     d_edge, (iy, ix) = ndi.distance_transform_edt(~shaft, return_indices=True)
     size = max(3, int(round(2 * min_separation_head_diameters * radii.min())) | 1)
@@ -756,13 +763,18 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
             if keep[a]:
                 keep[b] = False
     yy, xx, hr = yy[keep], xx[keep], hr[keep]
+    # scale-space test: a head is a blob over a range of scales, so its response also passes
+    # the noise cut at a neighbouring head radius (the larger of the two); noise maxima and
+    # pixel texture are significant at one scale only
+    z_near = _neighbour_scale_z(z_scale, best_i[yy, xx], yy, xx)
+    del z_scale
     sm = ndi.gaussian_filter(flat, max(0.7, 0.35 * float(np.median(radii))))
     if yy.size > 1:
         # one protrusion, one head: a weaker maximum on the path from a head to the shaft
         # (its neck, or the neck's base on the shaft's flank) is part of that spine. Only a
         # maximum that passes the cuts is a head with a neck: a noise maximum beyond a dim
         # head (e.g. a stubby one touching the shaft) must not take it for its neck
-        head = ((np.minimum(best_z[yy, xx] / k_sigma,
+        head = ((np.minimum(np.minimum(best_z[yy, xx], z_near) / k_sigma,
                             sm[yy, xx] / (min_shaft_contrast * np.maximum(sm[cy[yy, xx], cx[yy, xx]], 1e-12)))
                  >= min_snr) & (lam_ratio[yy, xx] >= min_blobness))
         keep = np.ones(yy.size, bool)
@@ -780,14 +792,15 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
                 t = np.clip(((yy[b] - yy[a]) * sy + (xx[b] - xx[a]) * sx) / seg2, 0.0, 1.0)
                 if np.hypot(yy[a] + t * sy - yy[b], xx[a] + t * sx - xx[b]) < max(hr[a], hr[b]):
                     keep[b] = False
-        yy, xx, hr = yy[keep], xx[keep], hr[keep]
+        yy, xx, hr, z_near = yy[keep], xx[keep], hr[keep], z_near[keep]
     contrast = sm[yy, xx]
     # the shaft next to the head: smoothed intensity at the nearest centreline pixel
     shaft_level = np.maximum(sm[cy[yy, xx], cx[yy, xx]], 1e-12)
     blob = lam_ratio[yy, xx]  # 1 for a round blob, 0 for the side of a ridge
     snr_noise = best_z[yy, xx] / k_sigma
     snr_shaft = contrast / (min_shaft_contrast * shaft_level)
-    score = np.minimum(snr_noise, snr_shaft)
+    snr_scale = z_near / k_sigma
+    score = np.minimum(np.minimum(snr_noise, snr_scale), snr_shaft)
     head_d = _head_diameters(sm, yy, xx, r)
     dist_shaft = d_edge[yy, xx]
     neck = np.clip(dist_shaft - head_d / 2.0, 0, None)
@@ -802,11 +815,32 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         "head_diameter_um": head_d * px, "neck_length_um": neck * px,
         "dendrite_id": dend.astype(int), "intensity": img[yy, xx].astype(float),
         "snr": score, "distance_to_shaft_um": dist_shaft * px,
-        "snr_noise": snr_noise, "snr_shaft": snr_shaft, "blob": blob,
+        "snr_noise": snr_noise, "snr_shaft": snr_shaft, "snr_scale": snr_scale, "blob": blob,
         "d_cent_r": d_cent[yy, xx] / r, "d_edge_r": dist_shaft / r,
     })
     df["type"] = classify_spines(df["head_diameter_um"], df["neck_length_um"])
     return df.sort_values(["y", "x"], ignore_index=True)
+
+
+def _neighbour_scale_z(z_scale: Sequence[np.ndarray], best_i: np.ndarray, yy: np.ndarray,
+                       xx: np.ndarray) -> np.ndarray:
+    """Response in noise sigmas at the better of the two scales next to each head's own scale.
+
+    ``z_scale`` holds one map per head radius (smallest first); ``best_i`` is the index of each
+    head's scale. With a single scale there is no neighbour and the result is +inf.
+    """
+    n = len(z_scale)
+    out = np.full(yy.size, -np.inf)
+    if n < 2:
+        return np.full(yy.size, np.inf)
+    for i in range(n):
+        sel = best_i == i
+        if not sel.any():
+            continue
+        for j in (i - 1, i + 1):
+            if 0 <= j < n:
+                out[sel] = np.maximum(out[sel], z_scale[j][yy[sel], xx[sel]])
+    return out
 
 
 def _refine(sm: np.ndarray, yy: np.ndarray, xx: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -869,7 +903,10 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     dropped. A
     candidate is a spine if its score
     ``min(response / (k_sigma * response noise), contrast / (min_shaft_contrast * shaft))``
-    is at least ``min_snr`` and its blobness (ratio of the Hessian eigenvalues, taken on the
+    is at least ``min_snr`` (the response in noise sigmas is taken twice, at the head's own
+    radius and at the better of the neighbouring radii searched, as the best within that
+    radius of the head: a head is a blob over a range of scales, a noise maximum or pixel
+    texture mostly is not) and its blobness (ratio of the Hessian eigenvalues, taken on the
     image minus a model of the bare shafts, see below) is at least ``min_blobness``. The shaft
     model is a grey opening of the image along the direction of the nearest centreline, with
     a line of 4 shaft radii: it keeps the shaft and removes heads beside or over it, so a head
@@ -890,7 +927,8 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     pixel_size_um : float
         Lateral pixel size (um); used for the um columns.
     k_sigma : float
-        Blob response needed, in noise sigmas of the response (measured on the background).
+        Blob response needed, in noise sigmas of the response (measured on the background),
+        at the head's radius and at a neighbouring one of ``head_radius_shaft_ratios``.
     min_snr : float
         Smallest score kept (1 = exactly at both thresholds).
     min_shaft_contrast : float
@@ -954,7 +992,7 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     df = df.reset_index(drop=True)
     log.debug("detect_spines: shaft radius %.1f px, noise %.3g, %d spines", tr.shaft_radius_px,
               tr.noise_sigma, len(df))
-    cols = SPINE_COLUMNS + (["snr_noise", "snr_shaft", "d_cent_r", "d_edge_r"] if return_all else [])
+    cols = SPINE_COLUMNS + (["snr_noise", "snr_shaft", "snr_scale", "d_cent_r", "d_edge_r"] if return_all else [])
     return df.reindex(columns=cols)
 
 
