@@ -126,7 +126,7 @@ LARGE_TILE_PX = 768
 #: (their results do not depend on it; strips of 1024 rows of a 2048-wide plane peaked at 12x).
 _STRIP_PX = 256
 _BATCH_BYTES = 4 * 2**20  # image patches of the candidates held at once (32 MB: the peak of a tile)
-_PAIR_CHUNK = 1 << 20  # candidate pairs whose overlaps are computed at once
+_PAIR_CHUNK = 1 << 18  # candidate pairs whose overlaps are computed at once (about 30 MB of temporaries per chunk in 3-D)
 _PSF_MODEL_ERROR = 0.05  # relative error of the Gaussian PSF model near a bright punctum
 _PROTECT = 0.1  # two weak candidates compete for the same light above this correlation
 
@@ -1436,7 +1436,7 @@ def _merge_tile_duplicates(found: dict[str, Any], sep: np.ndarray) -> dict[str, 
     return {key: (v[~drop] if key not in ("n_cand", "neg") else v) for key, v in found.items()}
 
 
-def _label_sizes(labels: np.ndarray, minlength: int = 0, chunk: int = 1 << 22) -> np.ndarray:
+def _label_sizes(labels: np.ndarray, minlength: int = 0, chunk: int = 1 << 18) -> np.ndarray:
     """``np.bincount(labels.ravel(), minlength=minlength)``, in chunks (bincount of an int32
     label image makes an int64 copy of it)."""
     flat = labels.ravel()
