@@ -68,7 +68,6 @@ import logging
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.measure import regionprops
 from skimage.morphology import disk, local_maxima, skeletonize
 from skimage.segmentation import watershed
 
@@ -350,14 +349,20 @@ def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int],
     v = small.astype(np.float64, copy=False)
     first, last = row_range if row_range is not None else (0, shape[0])
     out = np.empty((last - first, shape[1]), small.dtype if dtype is None else dtype)
-    step = max(1, (1 << 18) // max(shape[1], 1))  # (rows per chunk: the double terms of ~2 MB each)
+    # rows per chunk: two double work arrays of ~0.5 MB, allocated once and filled in place (fresh
+    # 2 MB temporaries per chunk cost more in page faults than the arithmetic; np.take with
+    # ``out`` is unbuffered only with a ``mode`` other than "raise": the indices are in range)
+    step = max(1, (1 << 16) // max(shape[1], 1))
+    rows_max = min(step, max(last - first, 0))
+    part_buf, term_buf = np.empty((rows_max, shape[1])), np.empty((rows_max, shape[1]))
     for r0 in range(first, last, step):
         r = slice(r0, min(last, r0 + step))
+        part, term = part_buf[: r.stop - r.start], term_buf[: r.stop - r.start]
         rows0, rows1 = v[y0[r]] * wy0[r, None], v[y1[r]] * wy1[r, None]
-        part = np.take(rows0, x0, axis=1)
+        np.take(rows0, x0, axis=1, out=part, mode="clip")
         part *= wx0
         for rows, cols, wx in ((rows0, x1, wx1), (rows1, x0, wx0), (rows1, x1, wx1)):
-            term = np.take(rows, cols, axis=1)
+            np.take(rows, cols, axis=1, out=term, mode="clip")
             term *= wx
             part += term
         out[r.start - first : r.stop - first] = part  # (rounded to the input's dtype as astype rounds)
@@ -1168,6 +1173,7 @@ def segment_microglia(
         del img
         labels = out[inner].copy()
         del out
+    pairs = None  # (the touching pairs of the cells, while the labels are those they were taken from)
     if soma_relative_height > 0:
         # a hill that reaches less than this fraction of the soma of a cell it touches is a
         # thickening of that cell's process (a bulb, an end-foot), not a soma of its own
@@ -1180,11 +1186,12 @@ def segment_microglia(
             markers = np.where(seed, labels, 0)
             labels, markers = _reflood(levels, markers, np.isin(markers, weak), comp, labels)
             seed = markers > 0
+            pairs = None
             del comp, markers
     if terminal_swellings:
         markers = np.where(seed, labels, 0)
         swollen = _terminal_swellings(labels, markers, n, soma_height, px, soma_min_diameter_um,
-                                      process_max_width_um)
+                                      process_max_width_um, pairs=pairs)
         if len(swollen):
             comp, _ = ndi.label(fg, structure=_EIGHT)
             labels, markers = _reflood(levels, markers, np.isin(markers, swollen), comp, labels)
@@ -1246,7 +1253,7 @@ def _reflood(
         return labels, markers
     sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     sub_region = region[sl]
-    sub = watershed(levels[sl], np.where(sub_region, markers[sl], 0), mask=sub_region, connectivity=2)
+    sub = _watershed(levels[sl], markers[sl], sub_region)  # (= watershed(..., mask=sub_region, connectivity=2))
     labels = labels.copy()
     labels[sl][sub_region] = sub[sub_region]
     return labels, markers
@@ -1288,6 +1295,7 @@ def _terminal_swellings(
     px: float,
     soma_min_diameter_um: float,
     process_max_width_um: float = 2.0,
+    pairs: np.ndarray | None = None,
 ) -> list[int]:
     """Seeds (1..n) that are swellings at the end of another cell's process, not somata.
 
@@ -1298,10 +1306,12 @@ def _terminal_swellings(
     process of its own: every skeleton branch outside its soma (:class:`_Cell`, the same
     conventions as :func:`measure_microglia`) that does not lead to the other cell is
     shorter than the smallest soma diameter.  ``soma_height``: the soma-scale height of each
-    seed 1..n (its maximum of the soma-scale intensity).
+    seed 1..n (its maximum of the soma-scale intensity).  ``pairs``:
+    ``_touching_pairs(labels, max_label=n)`` when the caller has it.
     """
     # (the cells are the labels <= n: labels above n are read as 0 where it matters, no copy)
-    pairs = _touching_pairs(labels, max_label=n)
+    if pairs is None:
+        pairs = _touching_pairs(labels, max_label=n)
     if not len(pairs):
         return []
     partners: dict[int, list[int]] = {}
@@ -1468,18 +1478,24 @@ def _somata_centred_outside(somata: np.ndarray) -> list[int]:
     """
     h, w = somata.shape
     out = []
-    for rp in regionprops(somata):
-        y0, x0, y1, x1 = rp.bbox
-        if not (y0 == 0 or x0 == 0 or y1 == h or x1 == w):
-            continue
-        m = np.pad(rp.image, 1)
+    # (the somata with a pixel on the border are those whose bounding box reaches it: only
+    # they are looked at, in ascending order, as regionprops lists them)
+    at_border = np.unique(_edge_band(somata, 1))
+    at_border = at_border[at_border > 0]
+    if not len(at_border):
+        return out
+    boxes = ndi.find_objects(somata, max_label=int(at_border[-1]))
+    for label in at_border:
+        box = boxes[label - 1]
+        y0, x0, y1, x1 = box[0].start, box[1].start, box[0].stop, box[1].stop
+        m = np.pad(somata[box] == label, 1)
         outline = np.argwhere(m & ~ndi.binary_erosion(m, structure=_EIGHT)) + [y0 - 1, x0 - 1]
         inner = (outline[:, 0] > 0) & (outline[:, 0] < h - 1) & (outline[:, 1] > 0) & (outline[:, 1] < w - 1)
         outline = outline[inner]
         if len(outline) < 5:
-            out.append(int(rp.label))
+            out.append(int(label))
             continue
         cy, cx, _ = _fit_circle(outline)
         if not (-0.5 <= cy < h - 0.5 and -0.5 <= cx < w - 0.5):
-            out.append(int(rp.label))
+            out.append(int(label))
     return out
