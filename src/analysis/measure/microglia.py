@@ -173,11 +173,13 @@ def _median_and_robust_sd(
     if middle is None:
         middle = _order_stats(x, [lo, hi] if lo != hi else [lo])  # numpy.median's middle
     med_native = float(np.mean(middle)) if n == full.size else _median_exact(full)
-    x64 = x.astype(np.float64)
     med = np.mean(middle.astype(np.float64))
-    dev = np.abs(x64 - med)
-    sd = float(MAD_TO_SD * _median_exact(dev)) or float(np.std(x64)) or 1.0
-    return med_native, sd
+    # |x - med| in double (x converted exactly as astype converts it), in one work array
+    dev = np.subtract(x, med, dtype=np.float64)
+    np.abs(dev, out=dev)
+    sd = float(MAD_TO_SD * _median_exact(dev))
+    del dev
+    return med_native, sd or float(np.std(x.astype(np.float64))) or 1.0
 
 
 def _median_of_chunks(chunks, n: int) -> float:
@@ -627,17 +629,21 @@ def _foreground(
     reach = max(k.shape[0] for k in kernels) // 2 + 1
     resp = np.empty(local.shape, local.dtype)
     step = max(64, (1 << 18) // max(local.shape[1], 1))
+    # (one work array for the correlations of a strip, filled in place: the same numbers as
+    # correlate's own output, without a fresh full-strip array per orientation)
+    work = np.empty((min(local.shape[0], step + 2 * reach), local.shape[1]), local.dtype)
     for r0 in range(0, local.shape[0], step):
         r1 = min(local.shape[0], r0 + step)
         a, b = max(0, r0 - reach), min(local.shape[0], r1 + reach)
         out = resp[r0:r1]
         for i, k in enumerate(kernels):
-            r_k = ndi.correlate(local[a:b], k, mode="nearest")[r0 - a : r1 - a]
+            ndi.correlate(local[a:b], k, output=work[: b - a], mode="nearest")
+            r_k = work[r0 - a : r1 - a]
             if i == 0:
                 out[...] = r_k
             else:
                 np.maximum(out, r_k, out=out)
-    del local, r_k, out
+    del local, r_k, out, work
     far = _within_steps(bright, int(np.ceil(length_px)) + 2)
     np.logical_not(far, out=far)
     # (= _median_and_robust_sd(resp[far]), or of all of resp, without the gathered copy)
