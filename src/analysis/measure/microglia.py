@@ -813,30 +813,38 @@ def _dominant_maxima(
     key, sad, lo, hi = key[order], sad[order], lo[order], hi[order]
     first = np.r_[True, key[1:] != key[:-1]][: len(key)]
     lo, hi, sad = lo[first], hi[first], sad[first]
-    parent = np.arange(n + 1)  # union-find over components
-    top = np.arange(n + 1)  # highest maximum of each component
-    drain = np.arange(n + 1)  # the maximum each maximum merged into (itself if dominant)
-    dominant = np.ones(n + 1, bool)
+    # (Python lists in the loop: indexing them is several times faster than numpy scalars, and
+    # the heights, saddles and thresholds are the same doubles)
+    parent = list(range(n + 1))  # union-find over components
+    top = list(range(n + 1))  # highest maximum of each component
+    drain_l = list(range(n + 1))  # the maximum each maximum merged into (itself if dominant)
+    dominant_l = [True] * (n + 1)
+    peak_l = peak.tolist()
+    by_saddle = np.argsort(-sad, kind="stable")
 
-    def find(i: int) -> int:
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    for k in np.argsort(-sad, kind="stable"):
-        ra, rb = find(int(lo[k])), find(int(hi[k]))
+    for a_i, b_i, s_k in zip(lo[by_saddle].tolist(), hi[by_saddle].tolist(), sad[by_saddle].tolist()):
+        ra = a_i
+        while parent[ra] != ra:
+            ra = parent[ra]
+        while parent[a_i] != ra:
+            parent[a_i], a_i = ra, parent[a_i]
+        rb = b_i
+        while parent[rb] != rb:
+            rb = parent[rb]
+        while parent[b_i] != rb:
+            parent[b_i], b_i = rb, parent[b_i]
         if ra == rb:
             continue
         ta, tb = top[ra], top[rb]
-        low, high = (ta, tb) if peak[ta] < peak[tb] else (tb, ta)
-        if peak[low] - sad[k] < max(h, rel * peak[low]):
-            dominant[low] = False
-            drain[low] = high
+        low, high = (ta, tb) if peak_l[ta] < peak_l[tb] else (tb, ta)
+        if peak_l[low] - s_k < max(h, rel * peak_l[low]):
+            dominant_l[low] = False
+            drain_l[low] = high
         parent[ra] = rb
         top[rb] = high
+    drain = np.array(drain_l, dtype=np.intp)
+    dominant = np.array(dominant_l, dtype=bool)
+    del parent, top, drain_l, dominant_l, peak_l
     # resolve each maximum to its dominant ancestor
     resolved = drain.copy()
     for _ in range(n):
