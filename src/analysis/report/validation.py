@@ -229,6 +229,9 @@ _SECTION_PURPOSES: tuple[tuple[str, str], ...] = (
     ("microglia", "Real Iba1 images from another lab with hand-corrected cell masks: cells found "
                   "(one-to-one at IoU >= 0.5) and per-cell skeleton length and branch points ranked "
                   "against the source tool's table, beside plain threshold pipelines."),
+    ("spine", "Real two-photon frames of GFP-filled dendrites from another lab with hand-marked "
+              "spine heads: precision, recall and F1 of the detected heads (one-to-one matching), "
+              "beside a plain blob detector without a dendrite model."),
 )
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
