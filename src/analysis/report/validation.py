@@ -226,6 +226,9 @@ _SECTION_PURPOSES: tuple[tuple[str, str], ...] = (
     ("noise", "Images without any punctum, of several noise kinds: every detection is false "
               "(target: at most 1 per 1,000 um^2)."),
     ("speed", "Detection time per image at several image sizes, on the same machine."),
+    ("resampled", "The real Iba1 fields resampled to other pixel sizes (and their hand masks with them), "
+                  "segmented with the matching pixel size: parameters in physical units find the same cells "
+                  "at every sampling."),
     ("microglia", "Real Iba1 images from another lab with hand-corrected cell masks: cells found "
                   "(one-to-one at IoU >= 0.5) and per-cell skeleton length and branch points ranked "
                   "against the source tool's table, beside plain threshold pipelines."),
