@@ -659,8 +659,9 @@ def test_touching_pairs_equal_all_neighbour_pairs() -> None:
 
 def test_zoom_linear_equals_scipy_zoom() -> None:
     """The separable linear zoom gives scipy's numbers (order 1, grid mode, nearest edges),
-    cropped, for any size and factor, including a single row or column."""
-    from analysis.measure.microglia import _zoom_linear
+    cropped, for any size and factor, including a single row or column; so do its rows computed
+    on their own and its values at scattered pixels."""
+    from analysis.measure.microglia import _zoom_linear, _zoom_linear_at
 
     rng = np.random.default_rng(11)
     for _ in range(60):
@@ -672,6 +673,8 @@ def test_zoom_linear_equals_scipy_zoom() -> None:
         got = _zoom_linear(small, k, crop)
         assert got.dtype == small.dtype
         np.testing.assert_array_equal(got, ref[: crop[0], : crop[1]])
+        rr, cc = rng.integers(0, crop[0], 50), rng.integers(0, crop[1], 50)  # at scattered pixels only
+        np.testing.assert_array_equal(_zoom_linear_at(small, k, crop, rr, cc), got[rr, cc])
         if h * k > 60:  # rows of the result computed on their own (chunks of rows): the same numbers
             cut = int(rng.integers(1, crop[0]))
             parts = [_zoom_linear(small.astype(np.float64), k, crop, row_range=rr, dtype=np.float32)

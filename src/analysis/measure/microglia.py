@@ -327,6 +327,37 @@ def _hysteresis(image: np.ndarray, low: float, high: float) -> np.ndarray:
     return ndi.binary_propagation(image > high, mask=image > low)
 
 
+def _zoom_axis(n_in: int, n_out: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two input indices (clamped to the edge) and their weights of each of ``n_out``
+    outputs of a linear zoom by ``k`` in grid mode (scipy's input coordinate ``(i + 0.5) / k -
+    0.5``, in double, as :func:`scipy.ndimage.zoom` computes it)."""
+    zoom = np.float64(n_in) / np.float64(n_in * k)
+    cc = (np.arange(n_out, dtype=np.float64) + 0.5) * zoom - 0.5
+    start = np.floor(cc)
+    w1 = cc - start
+    start = start.astype(np.intp)
+    return np.clip(start, 0, n_in - 1), np.clip(start + 1, 0, n_in - 1), 1.0 - w1, w1
+
+
+def _zoom_linear_at(small: np.ndarray, k: int, shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
+                    dtype: np.dtype | None = None) -> np.ndarray:
+    """``_zoom_linear(small, k, shape, dtype=dtype)[rows, cols]`` computed at those pixels only:
+    the same four terms ``v * w_y * w_x``, multiplied and added in the same order in double, so
+    the same numbers (for a few scattered pixels, instead of whole rows)."""
+    y0, y1, wy0, wy1 = _zoom_axis(small.shape[0], shape[0], k)
+    x0, x1, wx0, wx1 = _zoom_axis(small.shape[1], shape[1], k)
+    v = small.astype(np.float64, copy=False)
+    ya, yb, wa, wb = y0[rows], y1[rows], wy0[rows], wy1[rows]
+    xa, xb, ua, ub = x0[cols], x1[cols], wx0[cols], wx1[cols]
+    part = v[ya, xa] * wa
+    part *= ua
+    for yy, xx, wy, wx in ((ya, xb, wa, ub), (yb, xa, wb, ua), (yb, xb, wb, ub)):
+        term = v[yy, xx] * wy
+        term *= wx
+        part += term
+    return part.astype(small.dtype if dtype is None else dtype)
+
+
 def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int],
                  row_range: tuple[int, int] | None = None, dtype: np.dtype | None = None) -> np.ndarray:
     """``ndi.zoom(small, k, order=1, grid_mode=True, mode="nearest")[:shape[0], :shape[1]]``
@@ -337,17 +368,8 @@ def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int],
     ``row_range``: ``(r0, r1)``, only those rows of the result (each row is computed on its
     own: the same numbers as in the whole result).  ``dtype``: of the result (default
     ``small``'s; a caller zooming rows of one image repeatedly passes it in double once)."""
-
-    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        zoom = np.float64(n_in) / np.float64(n_in * k)
-        cc = (np.arange(n_out, dtype=np.float64) + 0.5) * zoom - 0.5
-        start = np.floor(cc)
-        w1 = cc - start
-        start = start.astype(np.intp)
-        return np.clip(start, 0, n_in - 1), np.clip(start + 1, 0, n_in - 1), 1.0 - w1, w1
-
-    y0, y1, wy0, wy1 = axis(small.shape[0], shape[0])
-    x0, x1, wx0, wx1 = axis(small.shape[1], shape[1])
+    y0, y1, wy0, wy1 = _zoom_axis(small.shape[0], shape[0], k)
+    x0, x1, wx0, wx1 = _zoom_axis(small.shape[1], shape[1], k)
     v = small.astype(np.float64, copy=False)
     first, last = row_range if row_range is not None else (0, shape[0])
     out = np.empty((last - first, shape[1]), small.dtype if dtype is None else dtype)
@@ -932,14 +954,21 @@ def _somata(
         # (= ndi.zoom order 1, grid mode, cropped; the double copy of the small grid made once)
         return _zoom_linear(f_small64, k, (h, w), row_range=(r0, r1), dtype=f_small.dtype)
 
-    def label_max(labels: np.ndarray) -> np.ndarray:
-        """``_label_max(soma-scale intensity, labels, n)``, strip by strip."""
+    def label_max(labels: np.ndarray, scattered: bool = False) -> np.ndarray:
+        """``_label_max(soma-scale intensity, labels, n)``, strip by strip (``scattered``: the
+        intensity computed at the labelled pixels only, for labels that cover a few per cent of
+        the image; the same numbers, :func:`_zoom_linear_at`)."""
         out = np.full(n + 1, -np.inf)
         for r0 in range(0, h, step):
             lab = labels[r0 : r0 + step]
             sel = lab > 0
             if sel.any():
-                np.maximum.at(out, lab[sel], soma_scale_rows(r0, min(h, r0 + step))[sel].astype(np.float64))
+                if scattered and k > 1:
+                    rr, cc = np.nonzero(sel)
+                    vals = _zoom_linear_at(f_small64, k, (h, w), rr + r0, cc, dtype=f_small.dtype)
+                else:
+                    vals = soma_scale_rows(r0, min(h, r0 + step))[sel]
+                np.maximum.at(out, lab[sel], vals.astype(np.float64))
         return out
 
     # above half the top's height
@@ -967,7 +996,7 @@ def _somata(
     del body
     somata = _relabel_ascending(hill, in_place=True)
     n_somata = int(somata.max())
-    return somata, n_somata, label_max(somata)[: n_somata + 1]
+    return somata, n_somata, label_max(somata, scattered=True)[: n_somata + 1]
 
 
 def _relabel_ascending(labels: np.ndarray, in_place: bool = False) -> np.ndarray:
