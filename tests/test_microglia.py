@@ -680,3 +680,53 @@ def test_zoom_linear_equals_scipy_zoom() -> None:
             parts = [_zoom_linear(small.astype(np.float64), k, crop, row_range=rr, dtype=np.float32)
                      for rr in ((0, cut), (cut, crop[0]))]
             np.testing.assert_array_equal(np.concatenate(parts), got)
+
+
+def _component_maxima_one_by_one(f, mask, comp, ids):
+    """The maxima of each component in its own padded crop (the function before its crops
+    were put side by side in one image)."""
+    from skimage.morphology import local_maxima
+
+    floor = float(f[mask].min())
+    out = np.zeros(f.shape, bool)
+    for i, box in enumerate(ndi.find_objects(comp), start=1):
+        if box is None or (ids is not None and not ids[i]):
+            continue
+        sl = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(box, f.shape))
+        g = np.where(mask[sl], f[sl], floor)
+        peaks = local_maxima(np.pad(g, 1, constant_values=-np.inf), connectivity=2, allow_borders=False)[1:-1, 1:-1]
+        peaks &= comp[sl] == i
+        if (g[peaks] == floor).any():
+            return None
+        out[sl] |= peaks
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_component_maxima_side_by_side_equal_one_by_one(seed: int) -> None:
+    """The crops of the components in one image (each in a ring of -inf) give each component's
+    own maxima: many small components with ties (rounded values), one larger than a quarter of
+    the image, a subset of them (``ids``), and a plateau at the floor (None either way)."""
+    from analysis.measure.microglia import _component_maxima
+
+    rng = np.random.default_rng(seed)
+    f = np.round(ndi.gaussian_filter(rng.normal(size=(180, 240)), 2) * 30).astype(np.float32)
+    mask = ndi.gaussian_filter(rng.normal(size=f.shape), 4) > 0.02
+    mask[20:160, 30:200] |= seed % 2 == 0  # (a component of most of the image)
+    comp, n = ndi.label(mask, structure=np.ones((3, 3)))
+    assert n > 5
+    for ids in (None, np.r_[False, rng.random(n) < 0.5]):
+        m = mask if ids is None else ids[comp]
+        want = _component_maxima_one_by_one(f, m, comp, ids)
+        got = _component_maxima(f, m, comp, ids)
+        assert want is not None and got is not None and want.sum() > 5
+        np.testing.assert_array_equal(got, want)
+    # an isolated component all at the floor: with the background of its crop, a plateau that
+    # is a maximum
+    mask[:9, :9] = False
+    mask[3:6, 3:6] = True
+    flat = f.copy()
+    flat[3:6, 3:6] = f[mask].min() - 1
+    comp, _ = ndi.label(mask, structure=np.ones((3, 3)))
+    assert _component_maxima_one_by_one(flat, mask, comp, None) is None
+    assert _component_maxima(flat, mask, comp, None) is None

@@ -718,17 +718,37 @@ def _component_maxima(f: np.ndarray, mask: np.ndarray, comp: np.ndarray, ids: np
     if not np.isfinite(floor):
         return None if mask.any() else np.zeros(f.shape, bool)
     out = np.zeros(f.shape, bool)
+    crops = []
     for i, box in enumerate(ndi.find_objects(comp), start=1):
         if box is None or (ids is not None and not ids[i]):
             continue
         sl = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(box, f.shape))
-        g = np.where(mask[sl], f[sl], floor)
-        mine = comp[sl] == i
-        peaks = local_maxima(np.pad(g, 1, constant_values=-np.inf), connectivity=2, allow_borders=False)[1:-1, 1:-1]
-        peaks &= mine
-        if (g[peaks] == floor).any():
-            return None
-        out[sl] |= peaks
+        crops.append((i, sl, np.where(mask[sl], f[sl], floor)))
+    # the padded crops side by side in one image (shelves of rows), each in its ring of -inf: a
+    # plateau of finite values stays inside its ring and the rings are never maxima (they touch
+    # finite values), so each crop's maxima are those of its own call, at one call's overhead
+    # (small crops are many); a crop of more than a quarter of the image is taken on its own
+    width = f.shape[1] + 2
+    small = [c for c in crops if c[2].size * 4 <= f.size]
+    groups = [[c] for c in crops if c[2].size * 4 > f.size] + ([small] if small else [])
+    for group in groups:
+        places, x, y, shelf = [], 0, 0, 0
+        for _, _, g in group:
+            gh, gw = g.shape[0] + 2, g.shape[1] + 2
+            if x and x + gw > width:
+                x, y, shelf = 0, y + shelf, 0
+            places.append((y, x))
+            x, shelf = x + gw, max(shelf, gh)
+        mosaic = np.full((y + shelf, max(width, max(g.shape[1] + 2 for _, _, g in group))), -np.inf, group[0][2].dtype)
+        for (y0, x0), (_, _, g) in zip(places, group):
+            mosaic[y0 + 1 : y0 + 1 + g.shape[0], x0 + 1 : x0 + 1 + g.shape[1]] = g
+        found = local_maxima(mosaic, connectivity=2, allow_borders=False)
+        del mosaic
+        for (y0, x0), (i, sl, g) in zip(places, group):
+            peaks = found[y0 + 1 : y0 + 1 + g.shape[0], x0 + 1 : x0 + 1 + g.shape[1]] & (comp[sl] == i)
+            if (g[peaks] == floor).any():
+                return None
+            out[sl] |= peaks
     return out
 
 
@@ -831,10 +851,15 @@ def _dominant_maxima(
     sad = np.concatenate(s_list).astype(np.float64)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     key = lo * (n + 1) + hi
-    order = np.lexsort((-sad, key))
-    key, sad, lo, hi = key[order], sad[order], lo[order], hi[order]
-    first = np.r_[True, key[1:] != key[:-1]][: len(key)]
-    lo, hi, sad = lo[first], hi[first], sad[first]
+    # each pair of basins once, with its highest saddle, in ascending order of the pair (as the
+    # first of each pair after np.lexsort((-sad, key)); np.fmax: the highest non-NaN, as NaN
+    # sorts last)
+    order = np.argsort(key)
+    key = key[order]
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.intp)
+    sad = np.fmax.reduceat(sad[order], first) if len(key) else sad
+    lo, hi = lo[order[first]], hi[order[first]]
+    del order, key
     # (Python lists in the loop: indexing them is several times faster than numpy scalars, and
     # the heights, saddles and thresholds are the same doubles)
     parent = list(range(n + 1))  # union-find over components
