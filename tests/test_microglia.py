@@ -546,9 +546,13 @@ def test_label_max_inscribed_equals_distance_transform() -> None:
     seeds[50:60, 0:30] = 5  # on two borders; label 4 absent
     ref = _label_max(ndi.distance_transform_edt(seeds > 0), seeds, 5)
     np.testing.assert_array_equal(_label_max_inscribed(seeds, 5), ref)
+    for only in ({2, 5}, {3}, set()):  # (only some labels: theirs the same, the others -inf)
+        np.testing.assert_array_equal(_label_max_inscribed(seeds, 5, only=only),
+                                      np.where(np.isin(np.arange(6), list(only)), ref, -np.inf))
     seeds[25, 5:40] = 6  # touches label 1 and 2: the margin of a box holds another label
     ref = _label_max(ndi.distance_transform_edt(seeds > 0), seeds, 6)
     np.testing.assert_array_equal(_label_max_inscribed(seeds, 6), ref)
+    np.testing.assert_array_equal(_label_max_inscribed(seeds, 6, only={5}), np.where(np.arange(7) == 5, ref, -np.inf))
 
 
 def test_shared_median_and_hysteresis_equal_numpy_and_skimage() -> None:

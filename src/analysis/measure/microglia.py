@@ -1327,18 +1327,20 @@ def _reflood(
     return labels, markers
 
 
-def _label_max_inscribed(seeds: np.ndarray, n: int) -> np.ndarray:
+def _label_max_inscribed(seeds: np.ndarray, n: int, only: set[int] | None = None) -> np.ndarray:
     """``_label_max(distance_transform_edt(seeds > 0), seeds, n)`` (the largest distance from a
     pixel of each label to the nearest 0 pixel), one small distance transform per label, cropped
     to its bounding box and a margin of one pixel.  The same result when that margin holds no
     labelled pixel: the nearest 0 pixel of a pixel in the box is then inside the crop (a 0
     pixel beyond it is no nearer than its projection onto the margin); otherwise the whole
-    image is transformed.  Labels above ``n`` count as 0."""
+    image is transformed.  Labels above ``n`` count as 0.  ``only``: the labels wanted (each
+    one's value is the same, from its crop or from the whole image; the others are -inf unless
+    the whole image was transformed)."""
     out = np.full(n + 1, -np.inf)
     h, w = seeds.shape
     crops = []
     for i, box in enumerate(ndi.find_objects(seeds, max_label=n), start=1):
-        if box is None:
+        if box is None or (only is not None and i not in only):
             continue
         y0, y1 = max(box[0].start - 1, 0), min(box[0].stop + 1, h)
         x0, x1 = max(box[1].start - 1, 0), min(box[1].stop + 1, w)
@@ -1387,9 +1389,12 @@ def _terminal_swellings(
         partners.setdefault(int(a), []).append(int(b))
         partners.setdefault(int(b), []).append(int(a))
     height = soma_height
-    thickness = _label_max_inscribed(markers, n)  # (seeds 1..n; markers above n read as 0)
-    candidates = [(a, nb[0]) for a, nb in partners.items()
-                  if len(nb) == 1 and height[a] < height[nb[0]] and thickness[a] < thickness[nb[0]]]
+    lower = [(a, nb[0]) for a, nb in partners.items() if len(nb) == 1 and height[a] < height[nb[0]]]
+    if not lower:
+        return []
+    # (seeds 1..n, markers above n read as 0; only those of the pairs above are measured)
+    thickness = _label_max_inscribed(markers, n, only={c for pair in lower for c in pair})
+    candidates = [(a, b) for a, b in lower if thickness[a] < thickness[b]]
     if not candidates:
         return []
     boxes = ndi.find_objects(labels, max_label=n)
