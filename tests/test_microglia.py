@@ -569,6 +569,7 @@ def test_shared_median_and_hysteresis_equal_numpy_and_skimage() -> None:
             m, s = _median_and_robust_sd(x)
             assert m == float(np.median(x))
             assert s == robust_sd(np.asarray(x[:: max(1, n // 400_000)], dtype=np.float64), max_samples=400_000)
+            assert _median_and_robust_sd(x, want_median=False)[1] == s  # (the SD alone: the same)
     img = ndi.gaussian_filter(rng.normal(size=(120, 90)), 1.5).astype(np.float32)
     for lo, hi in ((0.05, 0.2), (0.1, 0.1), (0.2, 0.05)):
         np.testing.assert_array_equal(_hysteresis(img, lo, hi), apply_hysteresis_threshold(img, lo, hi))

@@ -149,11 +149,11 @@ def _median_exact(x: np.ndarray) -> float:
 
 def _robust_sd(x: np.ndarray, max_samples: int = 400_000) -> float:
     """:func:`analysis.measure.noise.robust_sd` in double precision (subsampled before the copy)."""
-    return _median_and_robust_sd(x, max_samples)[1]
+    return _median_and_robust_sd(x, max_samples, want_median=False)[1]
 
 
 def _median_and_robust_sd(
-    x: np.ndarray, max_samples: int = 400_000, middle: np.ndarray | None = None
+    x: np.ndarray, max_samples: int = 400_000, middle: np.ndarray | None = None, want_median: bool = True
 ) -> tuple[float, float]:
     """``np.median(x)`` (of all values, in ``x``'s own dtype) and :func:`_robust_sd` of ``x``
     (subsampled to ``max_samples`` values).  When no subsampling is needed one selection in
@@ -161,7 +161,9 @@ def _median_and_robust_sd(
     (a float32 value is exact in double), so the median of the double copy is their mean in
     double (as :func:`numpy.median` takes it), and only the absolute deviations need a double
     selection.  The same numbers as ``np.median(x)`` and ``robust_sd(x.astype(float64))``.
-    ``middle``: the middle values of the subsample, when the caller has them already."""
+    ``middle``: the middle values of the subsample, when the caller has them already.
+    ``want_median=False``: only the robust SD (the median returned is NaN; for a subsampled
+    ``x`` the median of all its values is not selected)."""
     x = np.asarray(x).ravel()
     full = x
     x = x[:: max(1, x.size // max_samples)]
@@ -172,7 +174,10 @@ def _median_and_robust_sd(
     lo, hi = (n - 1) // 2, n // 2
     if middle is None:
         middle = _order_stats(x, [lo, hi] if lo != hi else [lo])  # numpy.median's middle
-    med_native = float(np.mean(middle)) if n == full.size else _median_exact(full)
+    if n == full.size:
+        med_native = float(np.mean(middle))
+    else:
+        med_native = _median_exact(full) if want_median else float("nan")
     med = np.mean(middle.astype(np.float64))
     # |x - med| in double (x converted exactly as astype converts it), in one work array
     dev = np.subtract(x, med, dtype=np.float64)
@@ -618,7 +623,7 @@ def _foreground(
     middle = _order_stats(sample, [lo_k, hi_k] if lo_k != hi_k else [lo_k])
     centre = np.mean(middle)  # np.median(sample)
     signal -= centre
-    sd = _median_and_robust_sd(signal, middle=middle - centre)[1]
+    sd = _median_and_robust_sd(signal, middle=middle - centre, want_median=False)[1]
     low, high = threshold_sd
     bright = _hysteresis(signal, low * sd, high * sd)
     # each soma or process extends to half its own local peak (its full width at half
