@@ -984,10 +984,11 @@ def _somata(
         # (= ndi.zoom order 1, grid mode, cropped; the double copy of the small grid made once)
         return _zoom_linear(f_small64, k, (h, w), row_range=(r0, r1), dtype=f_small.dtype)
 
-    def label_max(labels: np.ndarray, scattered: bool = False) -> np.ndarray:
+    def label_max(labels: np.ndarray, scattered: bool = False, keep: list | None = None) -> np.ndarray:
         """``_label_max(soma-scale intensity, labels, n)``, strip by strip (``scattered``: the
         intensity computed at the labelled pixels only, for labels that cover a few per cent of
-        the image; the same numbers, :func:`_zoom_linear_at`)."""
+        the image; the same numbers, :func:`_zoom_linear_at`).  ``keep``: a list that receives
+        the intensity at the labelled pixels of each strip."""
         out = np.full(n + 1, -np.inf)
         for r0 in range(0, h, step):
             lab = labels[r0 : r0 + step]
@@ -999,16 +1000,31 @@ def _somata(
                 else:
                     vals = soma_scale_rows(r0, min(h, r0 + step))[sel]
                 np.maximum.at(out, lab[sel], vals.astype(np.float64))
+            else:
+                vals = None
+            if keep is not None:
+                keep.append(vals)
         return out
 
-    # above half the top's height
-    height = label_max(hill)
+    # above half the top's height; with a zoom, the intensity at the hills' pixels (about a tenth
+    # of the image, in float32) is kept from this pass for the cut below instead of zooming
+    # every row again (the same values)
+    kept: list | None = [] if k > 1 else None
+    height = label_max(hill, keep=kept)
     height[0] = np.inf
     # hill = np.where(f >= 0.5 * height[hill], hill, 0), in place and in strips of rows (no
-    # full-size double temporaries)
-    for r0 in range(0, h, step):
+    # full-size double temporaries; where hill is 0 the test fails and 0 stays 0)
+    for i, r0 in enumerate(range(0, h, step)):
         hs = hill[r0 : r0 + step]
-        hs[~(soma_scale_rows(r0, min(h, r0 + step)) >= 0.5 * height[hs])] = 0
+        if kept is None:
+            hs[~(soma_scale_rows(r0, min(h, r0 + step)) >= 0.5 * height[hs])] = 0
+        elif kept[i] is not None:
+            sel = hs > 0
+            sub = hs[sel]
+            sub[~(kept[i] >= 0.5 * height[sub])] = 0
+            hs[sel] = sub
+            kept[i] = None
+    del kept
     # compact bright body on each hill (pixels next to another hill excluded): (max 3 x 3 !=
     # hill) | (min 3 x 3 of the hills with 0 as n + 1 != hill), in strips of rows read with a
     # row of margin (the rows beyond the image reflected, as the whole-image filter does)
