@@ -102,7 +102,7 @@ _NB_KERNEL = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], np.uint8)
 
 
 def _band_order_stats(x: np.ndarray, ranks: list[int]) -> np.ndarray | None:
-    """The values of ``ranks`` (ascending) in the sorted 1-D array ``x``, selected from a band
+    """The values at ``ranks`` (ascending) of the 1-D array ``x`` sorted, selected from a band
     of candidates, or None when the band misses them or ``x`` holds a NaN.  The band lies
     between two values of an evenly spaced sample of ``x`` ranked well outside ``ranks`` (8
     binomial SDs); when the values below it and in it bracket the ranks, those are the ranks of
@@ -1171,10 +1171,10 @@ def segment_microglia(
     -----
     Thresholds are multiples of the image's own noise rather than an Otsu-type split of the
     histogram: with a few cells in a field the histogram has no second mode to split, and
-    noise units carry over between microscopes.  A 512 x 512 field takes ~0.15 s to segment
-    (CPU; ~12x a global threshold with connected components and skeletonisation), most of it
-    in the 12 line filters, the soma-scale smoothing and its watershed, and the cell
-    watershed; :func:`measure_microglia` adds ~0.14 s.
+    noise units carry over between microscopes.  A 512 x 512 field takes ~0.13 s to segment
+    (CPU; ~10x a global threshold with connected components and skeletonisation), most of it
+    in the 12 line filters, the three watershed floods (soma-scale hills, processes entering
+    from the edge, cells) and the soma-scale smoothing; :func:`measure_microglia` adds ~0.14 s.
 
     Examples
     --------
