@@ -9,8 +9,8 @@ What is assumed
 - The image shows fluorescent (e.g. Thy1-GFP) dendrites brighter than the background: a 2-D
   frame (y, x) or a z-stack (z, y, x). Z-stacks are reduced to their maximum projection for
   tracing and detection (y, x); the ``z`` of each spine head is the plane of the brightest
-  (smoothed) voxel at the head's (y, x). Spines pointing along z project onto the shaft and
-  are not found.
+  (smoothed) voxel at the head's (y, x). Spines pointing along z project onto the shaft; their
+  heads are found only where they make the shaft brighter than along the rest of it (below).
 - Dendrite shafts are wider than spine necks and brighter along their centre than a fringe of
   spines. The shaft radius is measured in every image (scale of the strongest Hessian ridges,
   then the distance transform of the shaft's half-maximum mask along its skeleton), and every
@@ -33,7 +33,11 @@ What is assumed
   taken for the flank of the shaft's ridge, and the blob filter's maxima on that image are
   candidates too where a head touching the shaft has no maximum of its own on the plain image;
   a weaker maximum on the path from a head to the shaft (its neck or the neck's base) belongs
-  to that head.
+  to that head. A head over or under the shaft (seen end-on, or in a focal plane above or
+  below it) is a brighter spot on the shaft: a maximum of the shaft's brightness along its
+  centreline, ``k_sigma`` robust sigmas of the centreline's own variation above its running
+  median over 4 shaft radii, and more than a shaft diameter from any head found beside it
+  (whose light, or neck base, it would be).
 - Sessions of the same field differ by a rigid motion plus a small smooth deformation
   (see :func:`track_spines`).
 
@@ -657,6 +661,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     # flank of a ridge
     model = _shaft_model(vst - _background(ndi.gaussian_filter(vst, max(0.7, 0.25 * r)), 8.0 * r),
                          tr, cy, cx, d_cent)
+    vst_plain = vst
     vst = vst - ndi.gaussian_filter(vst, 4.0 * r)  # the blob filter ignores slow trends; keeps values small
     vres = vst - model
     lo = img > img.min()  # clipped (padded) background carries no noise information
@@ -801,6 +806,27 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     snr_shaft = contrast / (min_shaft_contrast * shaft_level)
     snr_scale = z_near / k_sigma
     score = np.minimum(np.minimum(snr_noise, snr_scale), snr_shaft)
+    # heads over or under the shaft (seen end-on, or in a focal plane above or below it): a
+    # maximum of the shaft's brightness along its centreline, significant against the
+    # centreline's own variation, and not the base of (or light from) a head beside the shaft
+    py, pxx, pz = _centreline_maxima(vst_plain, tr)
+    if py.size:
+        ok = bright[tr.labels[py, pxx]]
+        ok &= (py >= edge) & (py < img.shape[0] - edge) & (pxx >= edge) & (pxx < img.shape[1] - edge)
+        passing = (score >= min_snr) & (blob >= min_blobness)
+        if passing.any():
+            dist, _ = cKDTree(np.c_[yy[passing], xx[passing]]).query(np.c_[py, pxx])
+            ok &= dist > 2.0 * r
+        py, pxx, pz = py[ok], pxx[ok], pz[ok]
+    n_side = yy.size
+    yy, xx = np.concatenate([yy, py]), np.concatenate([xx, pxx])
+    hr = np.concatenate([hr, np.full(py.size, float(np.median(radii)))])
+    snr_noise = np.concatenate([snr_noise, pz / k_sigma])
+    snr_scale = np.concatenate([snr_scale, pz / k_sigma])  # tested along the shaft instead
+    snr_shaft = np.concatenate([snr_shaft, np.full(py.size, np.inf)])  # a head seen through the shaft
+    score = np.concatenate([score, pz / k_sigma])
+    blob = np.concatenate([blob, np.ones(py.size)])  # roundness cannot be told from the shaft's ridge
+    on_shaft = np.arange(yy.size) >= n_side
     head_d = _head_diameters(sm, yy, xx, r)
     dist_shaft = d_edge[yy, xx]
     neck = np.clip(dist_shaft - head_d / 2.0, 0, None)
@@ -816,10 +842,41 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         "dendrite_id": dend.astype(int), "intensity": img[yy, xx].astype(float),
         "snr": score, "distance_to_shaft_um": dist_shaft * px,
         "snr_noise": snr_noise, "snr_shaft": snr_shaft, "snr_scale": snr_scale, "blob": blob,
-        "d_cent_r": d_cent[yy, xx] / r, "d_edge_r": dist_shaft / r,
+        "d_cent_r": d_cent[yy, xx] / r, "d_edge_r": dist_shaft / r, "on_shaft": on_shaft,
     })
     df["type"] = classify_spines(df["head_diameter_um"], df["neck_length_um"])
     return df.sort_values(["y", "x"], ignore_index=True)
+
+
+def _centreline_maxima(vst: np.ndarray, tr: DendriteTrace, window_shaft_radii: float = 4.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local maxima of the shaft's brightness along its centreline (pixels y, x, and noise sigmas).
+
+    The variance-stabilised image, smoothed at half the shaft radius, is read on the
+    centreline; each pixel's excess over the running median of the centreline within
+    ``window_shaft_radii`` shaft radii (the bare shaft) is measured in robust sigmas of that
+    excess over the whole centreline (its own variation: noise, beads and heads together;
+    heads are a minority). Returned are the pixels whose excess is positive and the largest
+    within one shaft radius along the centreline (the detector's noise cut decides which are
+    heads; weaker ones serve the tracker's hysteresis).
+    """
+    from scipy.spatial import cKDTree
+
+    empty = np.empty(0, int), np.empty(0, int), np.empty(0)
+    r = tr.shaft_radius_px
+    yy, xx = np.nonzero(tr.skeleton)
+    if yy.size < 20:
+        return empty
+    v = ndi.gaussian_filter(vst, max(0.7, 0.5 * r))[yy, xx]
+    tree = cKDTree(np.c_[yy, xx])
+    med = np.array([np.median(v[nb]) for nb in tree.query_ball_point(np.c_[yy, xx], window_shaft_radii * r)])
+    excess = v - med
+    sigma = _robust_sigma(excess)
+    if not np.isfinite(sigma) or sigma <= 0:
+        return empty
+    z = excess / sigma
+    local = np.array([z[i] >= z[nb].max() for i, nb in enumerate(tree.query_ball_point(np.c_[yy, xx], max(2.0, r)))])
+    sel = local & (z > 0)
+    return yy[sel], xx[sel], z[sel]
 
 
 def _neighbour_scale_z(z_scale: Sequence[np.ndarray], best_i: np.ndarray, yy: np.ndarray,
@@ -917,7 +974,14 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     against the shaft merges into the shaft's ridge. Their noise is the larger of the
     background noise and the robust noise of that response over the shaft. Within that
     distance every candidate's response in noise sigmas is the larger of the two (the flank
-    of the shaft's ridge lowers the plain response of a head next to it).
+    of the shaft's ridge lowers the plain response of a head next to it). Heads over or
+    under the shaft, which no blob maximum outside the core marks, are local maxima (within
+    one shaft radius) of the shaft's brightness along its centreline (the stabilised image
+    smoothed at half a shaft radius), whose excess over the running median of the centreline
+    within 4 shaft radii is at least ``k_sigma`` robust sigmas of that excess over all
+    centrelines, farther than one shaft diameter from every head that passes the cuts beside
+    the shaft; their score is that excess over ``k_sigma`` sigmas (no shaft-contrast or
+    roundness test: the shaft's ridge hides both).
 
     Parameters
     ----------
@@ -950,8 +1014,8 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     min_dendrite_relative_intensity : float
         Dendrites dimmer than this fraction of the brightest one (out of focus) carry no spines.
     return_all : bool
-        Return every candidate with its score and features (no cut); used for the
-        hysteresis of :func:`track_spines`.
+        Return every candidate with its score and features (no cut; ``on_shaft`` marks the
+        maxima along the centreline); used for the hysteresis of :func:`track_spines`.
     trace : DendriteTrace, optional
         A trace of this image from :func:`trace_dendrites` (computed with its defaults if
         not given).
@@ -992,7 +1056,8 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     df = df.reset_index(drop=True)
     log.debug("detect_spines: shaft radius %.1f px, noise %.3g, %d spines", tr.shaft_radius_px,
               tr.noise_sigma, len(df))
-    cols = SPINE_COLUMNS + (["snr_noise", "snr_shaft", "snr_scale", "d_cent_r", "d_edge_r"] if return_all else [])
+    cols = SPINE_COLUMNS + (["snr_noise", "snr_shaft", "snr_scale", "d_cent_r", "d_edge_r", "on_shaft"]
+                            if return_all else [])
     return df.reindex(columns=cols)
 
 
