@@ -709,7 +709,10 @@ def estimate_punctum_radius(
     8 local noise SDs above a broad background, one per neighbourhood of the largest size,
     away from the border; at least 5 of them) are each fitted by least squares with a pixel-integrated Gaussian plus
     a constant background, for sizes on a log grid over ``radius_range_um``; each spot's
-    best size is refined by a parabola in log size and the median over spots is returned.
+    best size is refined by a parabola in log size and the median over spots is returned,
+    leaving out spots whose best size is the largest of the range (structures broader than
+    any punctum, such as haze or a dendrite, which can be most of the spots at low SNR) while
+    at least 5 others remain.
     The brightest spots are the in-focus ones and the least disturbed by noise, so the
     median is close to the optical size of a punctum (PSF convolved with the synapse).
 
