@@ -574,6 +574,63 @@ def part_f(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     return out, note
 
 
+# --------------------------------------------------------------------------- g. real spines
+
+#: Head radii (um) the plain LoG peer looks for: spine heads are ~0.4-1 um across in two-photon
+#: images of Thy1-GFP cortex.
+SPINE_HEAD_RADII_UM = (0.2, 0.3, 0.4, 0.5)
+
+
+def plain_log_spines(image: np.ndarray, pixel_size_um: float, k: float = MAD_K) -> np.ndarray:
+    """The floor for spine heads: the scale-normalised LoG at the head radii
+    (:data:`SPINE_HEAD_RADII_UM`, sigma = radius / sqrt 2), its maximum over the scales, local
+    maxima (window of the smallest head) above median + k * 1.4826 * MAD of that response."""
+    img = np.asarray(image, float)
+    sigmas = [r / np.sqrt(2.0) / pixel_size_um for r in SPINE_HEAD_RADII_UM]
+    resp = np.max([-(s**2) * ndi.gaussian_laplace(img, s) for s in sigmas], axis=0)
+    med = np.median(resp)
+    thr = med + k * 1.4826 * np.median(np.abs(resp - med))
+    size = 2 * max(1, int(round(sigmas[0]))) + 1
+    peaks = (resp == ndi.maximum_filter(resp, size=size, mode="nearest")) & (resp > thr)
+    return np.argwhere(peaks).astype(float)
+
+
+def part_g(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
+    from validate_spines import MATCH_PX, PIXEL_SIZE_UM, REAL, real_benchmark, summarise
+
+    from analysis.measure.spines import detect_spines
+
+    if not REAL.is_dir():
+        return pd.DataFrame(), f"skipped: {REAL} not found (../shared/realdata, see its README)"
+    detectors = {"ours": lambda im: detect_spines(im, PIXEL_SIZE_UM)[["y", "x"]].to_numpy(float),
+                 "plain LoG": lambda im: plain_log_spines(im, PIXEL_SIZE_UM)}
+    df, _ = real_benchmark(limit=50 if args.quick else None, detectors=detectors)
+    n_marks = len(pd.read_csv(REAL / "valid_spine_points.csv"))
+    save(df, "g_spines")
+    out = []
+    for name in detectors:
+        d = df[df["method"] == name]
+        for label, sel in (("all frames", d), ("wide-field frames", d[d["family"] == "field"]),
+                           ("zoomed frames", d[d["family"] == "zoomed"]), ("held-out frames", d[d["subset"] == "held-out"])):
+            if len(sel) == 0:
+                continue
+            r = summarise(sel)
+            out.append({"method": name, "frames": f"{label} ({r['images']})", "marks": r["true"],
+                        "detected": r["detected"],
+                        "P / R / F1": f"{fmt(r['precision'], 3)} / {fmt(r['recall'], 3)} / **{fmt(r['f1'], 3)}**",
+                        "count error, median abs": fmt(r["count_err_median_abs"], 1),
+                        "CPU s / frame": fmt(float(sel["cpu_s"].mean()), 2)})
+    note = (f"SpineDetector 'Dendritic2' two-photon frames (maximum projections, 416 x 416 JPEG, CC BY 4.0; "
+            f"{n_marks:,} hand-marked heads in the full set), every frame at the pixel size {PIXEL_SIZE_UM} um "
+            "(the set's approximate value: the frames were resized by the exporter); a detection matches a mark "
+            f"one to one within {MATCH_PX:g} px (half a mark box); **ours** = `analysis.measure.spines.detect_spines` "
+            "with its defaults, chosen on every 5th frame (the tuning frames) with the simulator, so the held-out "
+            "frames are the fair figure; **plain LoG** = the scale-normalised LoG at head radii "
+            f"{', '.join(f'{r:g}' for r in SPINE_HEAD_RADII_UM)} um, local maxima above median + {MAD_K:g} MAD (no "
+            "dendrite model: the floor); target F1 >= 0.85 (issue 15)")
+    return pd.DataFrame(out), note
+
+
 # --------------------------------------------------------------------------- h. microglia, other pixel sizes
 
 #: Zoom factors of part h: the EMBL fields (0.755 um) resampled to ~1.0, 0.5, 0.3 and 0.19 um pixels.
@@ -620,80 +677,6 @@ def part_h(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
             "sampling.  Interpolation smooths the noise, so a finer sampling here is not a finer microscope: a "
             "check of the units, not of other optics")
     return out, note
-
-
-# --------------------------------------------------------------------------- g. real spines
-
-#: Head radii (um) the plain LoG peer looks for: spine heads are ~0.4-1 um across in two-photon
-#: images of Thy1-GFP cortex.
-SPINE_HEAD_RADII_UM = (0.2, 0.3, 0.4, 0.5)
-
-
-def plain_log_spines(image: np.ndarray, pixel_size_um: float, k: float = MAD_K) -> np.ndarray:
-    """The floor for spine heads: the scale-normalised LoG at the head radii
-    (:data:`SPINE_HEAD_RADII_UM`, sigma = radius / sqrt 2), its maximum over the scales, local
-    maxima (window of the smallest head) above median + k * 1.4826 * MAD of that response."""
-    img = np.asarray(image, float)
-    sigmas = [r / np.sqrt(2.0) / pixel_size_um for r in SPINE_HEAD_RADII_UM]
-    resp = np.max([-(s**2) * ndi.gaussian_laplace(img, s) for s in sigmas], axis=0)
-    med = np.median(resp)
-    thr = med + k * 1.4826 * np.median(np.abs(resp - med))
-    size = 2 * max(1, int(round(sigmas[0]))) + 1
-    peaks = (resp == ndi.maximum_filter(resp, size=size, mode="nearest")) & (resp > thr)
-    return np.argwhere(peaks).astype(float)
-
-
-def part_g(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
-    from validate_spines import MATCH_PX, PIXEL_SIZE_UM, REAL, load_grey, summarise
-
-    from analysis.measure.spines import detect_spines
-
-    if not REAL.is_dir():
-        return pd.DataFrame(), f"skipped: {REAL} not found (../shared/realdata, see its README)"
-    marks = pd.read_csv(REAL / "valid_spine_points.csv")
-    by = {k: g for k, g in marks.groupby("image")}
-    files = sorted((REAL / "valid" / "images").glob("*.jpg"))
-    tuning = {f.name for f in files[::5]}
-    if args.quick:
-        files = files[::10]
-    detectors = {"ours": lambda im: detect_spines(im, PIXEL_SIZE_UM)[["y", "x"]].to_numpy(float).reshape(-1, 2),
-                 "plain LoG": lambda im: plain_log_spines(im, PIXEL_SIZE_UM)}
-    rows = []
-    for f in files:
-        img = load_grey(f)
-        true = by.get(f.name, marks.iloc[:0])[["y_px", "x_px"]].to_numpy(float)
-        for name, det in detectors.items():
-            t0 = time.process_time()
-            pts = det(img)
-            secs = time.process_time() - t0
-            m = match_points(pts, true, MATCH_PX)
-            rows.append({"image": f.name, "method": name, "family": "zoomed" if f.name.startswith("spine_") else "field",
-                         "subset": "tuning" if f.name in tuning else "held-out", "n_true": len(true),
-                         "n_det": len(pts), "tp": m.tp, "fp": m.fp, "fn": m.fn, "cpu_s": secs})
-    df = pd.DataFrame(rows)
-    save(df, "g_spines")
-    out = []
-    for name in detectors:
-        d = df[df["method"] == name]
-        for label, sel in (("all frames", d), ("wide-field frames", d[d["family"] == "field"]),
-                           ("zoomed frames", d[d["family"] == "zoomed"]), ("held-out frames", d[d["subset"] == "held-out"])):
-            if len(sel) == 0:
-                continue
-            r = summarise(sel)
-            out.append({"method": name, "frames": f"{label} ({r['images']})", "marks": r["true"],
-                        "detected": r["detected"],
-                        "P / R / F1": f"{fmt(r['precision'], 3)} / {fmt(r['recall'], 3)} / **{fmt(r['f1'], 3)}**",
-                        "count error, median abs": fmt(r["count_err_median_abs"], 1),
-                        "CPU s / frame": fmt(float(sel["cpu_s"].mean()), 2)})
-    note = (f"SpineDetector 'Dendritic2' two-photon frames (maximum projections, 416 x 416 JPEG, CC BY 4.0; "
-            f"{len(marks):,} hand-marked heads in the full set), every frame at the pixel size {PIXEL_SIZE_UM} um "
-            "(the set's approximate value: the frames were resized by the exporter); a detection matches a mark "
-            f"one to one within {MATCH_PX:g} px (half a mark box); **ours** = `analysis.measure.spines.detect_spines` "
-            "with its defaults, chosen on every 5th frame (the tuning frames) with the simulator, so the held-out "
-            "frames are the fair figure; **plain LoG** = the scale-normalised LoG at head radii "
-            f"{', '.join(f'{r:g}' for r in SPINE_HEAD_RADII_UM)} um, local maxima above median + {MAD_K:g} MAD (no "
-            "dendrite model: the floor); target F1 >= 0.85 (issue 15)")
-    return pd.DataFrame(out), note
 
 
 # --------------------------------------------------------------------------- main
