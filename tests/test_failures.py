@@ -17,6 +17,14 @@ from analysis.errors import InputError
 from analysis.pipeline.quantify import quantify_study
 
 
+def with_session_cache(small_quantified: Path, out: Path) -> Path:
+    """``out`` with a copy of the session quantification's per-image cache: images whose file and
+    channel roles are unchanged are served from it, so only the damaged ones are read here (the
+    quantification itself is tested on the session's run)."""
+    shutil.copytree(small_quantified / "cache", out / "cache")
+    return out
+
+
 def digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -42,9 +50,10 @@ def damaged(small_study: Path, tmp_path: Path) -> Path:
     return raw
 
 
-def test_bad_images_are_listed_and_the_rest_quantified(damaged: Path, tmp_path: Path) -> None:
+def test_bad_images_are_listed_and_the_rest_quantified(damaged: Path, small_quantified: Path, tmp_path: Path) -> None:
     before = digest(damaged)
-    m = quantify_study(damaged / "samples.csv", tmp_path / "out", workers=2, progress=False)
+    out = with_session_cache(small_quantified, tmp_path / "out")
+    m = quantify_study(damaged / "samples.csv", out, workers=2, progress=False)
     failures = pd.read_csv(tmp_path / "out" / "failures.csv")
     assert len(failures) == 4 and len(m) == 26
     reasons = " | ".join(failures.reason)
@@ -56,19 +65,22 @@ def test_bad_images_are_listed_and_the_rest_quantified(damaged: Path, tmp_path: 
     assert digest(damaged) == before  # raw data are never modified
 
 
-def test_strict_fails_naming_every_file(damaged: Path, tmp_path: Path) -> None:
+def test_strict_fails_naming_every_file(damaged: Path, small_quantified: Path, tmp_path: Path) -> None:
+    out = with_session_cache(small_quantified, tmp_path / "out")
     with pytest.raises(InputError) as exc:
-        quantify_study(damaged / "samples.csv", tmp_path / "out", workers=1, progress=False, strict=True)
+        quantify_study(damaged / "samples.csv", out, workers=1, progress=False, strict=True)
     assert len(exc.value.problems) == 4 and "truncated" in str(exc.value)
+    cli = with_session_cache(small_quantified, tmp_path / "cli")
     res = subprocess.run([sys.executable, "-m", "analysis", "-q", "quantify", "--samples", str(damaged / "samples.csv"),
-                          "--out", str(tmp_path / "cli"), "--strict", "--workers", "1"], capture_output=True, text=True)
+                          "--out", str(cli), "--strict", "--workers", "1"], capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr and "saturated" in res.stderr
 
 
-def test_changed_raw_file_is_reported(small_study: Path, tmp_path: Path) -> None:
+def test_changed_raw_file_is_reported(small_study: Path, small_quantified: Path, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     shutil.copytree(small_study, raw)
-    quantify_study(raw / "samples.csv", tmp_path / "out", workers=2, progress=False)
+    quantify_study(raw / "samples.csv", with_session_cache(small_quantified, tmp_path / "out"), workers=2,
+                   progress=False)
     manifest = pd.read_csv(tmp_path / "out" / "raw_manifest.csv")
     sheet = pd.read_csv(raw / "samples.csv", dtype=str, keep_default_na=False)
     # the inputs are the images the sheet lists and the sheet (ground truth, notes are not)
