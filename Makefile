@@ -11,6 +11,9 @@ DATA   ?= data/raw
 PROCESSED ?= data/processed
 REPORTS ?= reports
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (auto: one per core); the tests of the small study's
+# quantification run in one of them (tests/conftest.py), so it is quantified once per run
+TEST_WORKERS ?= auto
 
 .PHONY: setup report test simulate lab bench validate clean clean-data
 
@@ -30,7 +33,7 @@ report: simulate
 	$(PY) -m analysis report --data $(DATA) --processed $(PROCESSED) --reports $(REPORTS)
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_quantify.py

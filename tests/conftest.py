@@ -2,6 +2,12 @@
 
 All three are read-only for tests: a test that needs to change a study or a processed folder
 copies it first (``shutil.copytree``) into its own ``tmp_path``.
+
+``make test`` runs the suite on every core with pytest-xdist (``--dist loadgroup``): the tests
+that use the small study's quantification are put in one group
+(:func:`pytest_collection_modifyitems`), so they run in one worker and the study is quantified
+and reported once per run, not once per worker (a worker that runs a test needing only the
+simulated images simulates them itself: a few seconds).
 """
 
 from __future__ import annotations
@@ -17,6 +23,19 @@ import pytest
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+#: The xdist group of the tests that read the small study (one worker runs them all).
+SMALL_STUDY_GROUP = "small_study"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put every test that uses :func:`small_quantified` (directly or through the report built
+    from it) in one xdist group, so the study is quantified once per run under
+    ``--dist loadgroup``."""
+    for item in items:
+        if "small_quantified" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(SMALL_STUDY_GROUP))
 
 
 def _digest(folder: Path) -> dict[str, str]:
