@@ -76,16 +76,16 @@ def _uint8(image: Array) -> Array:
 
 
 def _assert_nearly_the_same_puncta(ref: pd.DataFrame, got: pd.DataFrame, got_yx: Array, *, paired: float,
-                                   column: str) -> None:
+                                   column: str, median_rel: float = 0.01) -> None:
     """Counts within 3 %, a fraction ``paired`` of the puncta paired both ways within 0.5 px
-    (median distance < 0.02 px), the paired puncta's ``column`` within 1 % (median)."""
+    (median distance < 0.02 px), the paired puncta's ``column`` within ``median_rel`` (median)."""
     d, i, ok, extra = _pairing(ref[["y", "x"]].to_numpy(), got_yx)
     n = len(ref)
     assert abs(len(got) - n) <= 0.03 * n, (len(got), n)
     assert ok.mean() >= paired and extra <= (1 - paired) * n, (int((~ok).sum()), extra, n)
     assert d[ok].max() < 0.5 and np.median(d[ok]) < 0.02
     rel = got[column].to_numpy()[i[ok]] / ref[column].to_numpy()[ok] - 1
-    assert np.median(np.abs(rel)) < 0.01
+    assert np.median(np.abs(rel)) < median_rel
 
 
 @pytest.fixture(scope="module")
@@ -99,53 +99,39 @@ def synapse_fields() -> dict[int, tuple[Array, pd.DataFrame]]:
 
 
 @pytest.mark.parametrize("seed", SYN_SEEDS)
-def test_puncta_of_the_transposed_plane_are_exactly_the_same(synapse_fields, seed: int) -> None:
-    # transposition maps the noise boxes and every filter onto themselves: exact
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_puncta_under_flips_rotations_and_transposition_are_exactly_the_same(synapse_fields, transform: str,
+                                                                              seed: int) -> None:
+    """The noise boxes are centred on the plane and every filter is symmetric, so each of the
+    eight symmetries of the pixel grid maps the detection onto itself: the same puncta at the
+    same places (1e-6 px), the same significance and brightness.  (While the noise boxes were
+    tiled from pixel (0, 0), flips and rotations changed counts by up to 0.8 % and left up to
+    2.3 % of the puncta unpaired: a 256 px plane's 4 spare pixels moved to the other side.)"""
     image, ref = synapse_fields[seed]
-    got = detect_puncta(_apply("transpose", image), PX_SYN)
+    got = detect_puncta(_apply(transform, image), PX_SYN)
     assert len(got) == len(ref) > 150
-    back = _back("transpose", got["y"], got["x"], image.shape)
+    back = _back(transform, got["y"], got["x"], image.shape)
     d, i, ok, extra = _pairing(ref[["y", "x"]].to_numpy(), back, 1e-6)
     assert ok.all() and extra == 0, d.max()
     np.testing.assert_allclose(got["snr"].to_numpy()[i], ref["snr"].to_numpy(), rtol=1e-9)
     np.testing.assert_allclose(got["intensity"].to_numpy()[i], ref["intensity"].to_numpy(), rtol=1e-9)
 
 
-@pytest.mark.parametrize("seed", SYN_SEEDS)
-@pytest.mark.parametrize("transform", FLIPS_AND_ROTATIONS)
-def test_puncta_under_flips_and_rotations(synapse_fields, transform: str, seed: int) -> None:
-    """Same puncta within 0.5 px; counts within 3 % and >= 96 % of puncta paired both ways.
-
-    Not exact by design, for two reasons: (1) the noise model is fitted on ~3 um boxes tiled
-    from pixel (0, 0), and a 256 px plane leaves a 4 px strip out of the model, which a flip
-    moves to the other side (see the xfail below: the fitted noise SD of a pixel moves by up
-    to 3 %); (2) close pairs (a quarter of the neuropil puncta have a partner 0.3-0.5
-    um away) are settled by an iterative greedy fit whose order follows the pixel scan.
-    Both only move marginal decisions: puncta near the (field-wide, step-up) significance
-    threshold and members of close pairs.  Measured on these fields: count changes <= 1.1 %,
-    <= 2.7 % of puncta unpaired, paired positions within 0.28 px (median <= 0.001 px).
-    """
-    image, ref = synapse_fields[seed]
-    got = detect_puncta(_apply(transform, image), PX_SYN)
-    back = _back(transform, got["y"], got["x"], image.shape)
-    # the paired puncta keep their brightness (same fit, up to the noise model)
-    _assert_nearly_the_same_puncta(ref, got, back, paired=0.96, column="intensity")
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "noise model not flip-invariant on planes that are not a whole number of noise boxes: "
-    "noise_sd_map tiles its boxes from pixel (0, 0) (9 x 9 boxes of 28 px on a 256 px plane) and "
-    "leaves the remainder (4 px) out, so a flip changes the pixels in the fit; measured on two "
-    "256 x 256 phantoms: the fitted slope (alpha) changes by up to 9.4 % and a pixel's noise SD "
-    "by up to 3.0 % (median 0.06-0.7 %); exact on a 240 x 240 plane (8 x 8 boxes of 30 px)"))
-def test_noise_model_is_flip_invariant_on_a_256_plane(synapse_fields) -> None:
+def test_noise_model_is_flip_and_rotation_invariant(synapse_fields) -> None:
+    """The noise boxes are centred on the plane (noise._box_grid), so a flip or rotation maps
+    them onto themselves, on planes of any size: the same fit, the same noise SD per pixel.
+    (With boxes tiled from pixel (0, 0), a 256 px plane's 4 spare pixels were all on one side:
+    a flip changed the fitted slope by up to 9.4 % and a pixel's noise SD by up to 3.0 %.)"""
     worst = 0.0
     for image, _ in synapse_fields.values():
-        sd, _ = noise_sd_map(image.astype(np.float64), PX_SYN)
-        for name in ("flip_ud", "flip_lr"):
-            sd_t, _ = noise_sd_map(_apply(name, image).astype(np.float64), PX_SYN)
-            worst = max(worst, float(np.abs(INVERSE[name](sd_t) / sd - 1).max()))
-    assert worst < 1e-6, f"noise SD changes by up to {worst:.1%} under a flip"
+        # the whole plane, an odd width and an odd height (fewer boxes of another size there)
+        for plane in (image, image[:, :255], image[:251, :243]):
+            plane = plane.astype(np.float64)
+            sd, _ = noise_sd_map(plane, PX_SYN)
+            for name in FLIPS_AND_ROTATIONS:
+                sd_t, _ = noise_sd_map(_apply(name, plane), PX_SYN)
+                worst = max(worst, float(np.abs(INVERSE[name](sd_t) / sd - 1).max()))
+    assert worst < 1e-9, f"noise SD changes by up to {worst:.1%} under a flip or rotation"
 
 
 def test_noise_model_is_flip_invariant_on_whole_boxes() -> None:
@@ -183,8 +169,11 @@ def test_puncta_of_an_8bit_export(synapse_fields, seed: int) -> None:
     1.2-1.5 ADU against a pixel noise SD of ~10-13 ADU: q / sqrt(12) is 3-4 % of the noise.
     That barely changes the noise model, but it moves each punctum's fitted significance by
     a few per cent, so puncta within a few per cent of the threshold can come or go:
-    counts within 3 %, >= 97 % paired, paired positions within 0.5 px.  (Measured: <= 5 of
-    266 unpaired, counts -3 and -1, positions within 0.42 px, median 0.006 px.)
+    counts within 3 %, >= 97 % paired, paired positions within 0.5 px, and the fitted noise line
+    moves with the box variances, so the paired puncta's significance moves by a median 1.5 %
+    at most.  (Measured: <= 5 of 266 unpaired, counts -3 and -1, positions within 0.42 px,
+    median 0.006 px; significance median |change| 0.4 and 1.1 % (0.2 and 0.4 % while the noise
+    boxes were tiled from pixel (0, 0)).)
     """
     image, ref = synapse_fields[seed]
     u8 = _uint8(image)
@@ -193,7 +182,8 @@ def test_puncta_of_an_8bit_export(synapse_fields, seed: int) -> None:
     assert q / np.sqrt(12) / np.median(sd) < 0.05  # the premise of the tolerance
     got = detect_puncta(u8, PX_SYN)
     # the significance is a ratio to the noise: unchanged by the scaling, up to the rounding
-    _assert_nearly_the_same_puncta(ref, got, got[["y", "x"]].to_numpy(), paired=0.97, column="snr")
+    _assert_nearly_the_same_puncta(ref, got, got[["y", "x"]].to_numpy(), paired=0.97, column="snr",
+                                   median_rel=0.015)
 
 
 GAIN_OFFSET = [(0.5, 0.0), (3.7, -250.0), (20.0, 1.0e4), (1.0e-3, 0.5), (1.0, -1000.0)]
@@ -279,9 +269,12 @@ def test_microglia_under_flips_rotations_and_transposition(microglia_fields, mic
 @pytest.mark.xfail(strict=True, reason=(
     "foreground not flip-invariant: under flips and rotations 5.0-14.0 % of the foreground pixels "
     "of the 4 phantom fields changed while microglia._line_kernels shifted every thin-process "
-    "response by (+1, +1) px (even-sized kernels); with the kernels centred (fixed) a 200 x 200 "
-    "field went from 8.3 % to 2.7 %, above the 2 % tolerance: the rest is skeletonize's scan order "
-    "(the soma/process split uses the skeleton)"))
+    "response by (+1, +1) px (even-sized kernels; fixed), and 2.1-5.9 % while the broad background's "
+    "block grid was anchored at pixel (0, 0) (centred since: 1.2-4.8 %, transposition 0.3-0.5 %); "
+    "the rest is skeletonize's scan order (Zhang-Suen thins the south-east side first; the "
+    "soma/process split uses the skeleton): the union of the skeletons of the four flips makes flips "
+    "exact (0 pixels) but costs 6 more skeletonisations (+0.55 s of 1.65 s at 2048^2) and moves the "
+    "transposition to 0.7-2.2 %, so it is not used"))
 def test_microglia_foreground_under_flips_and_rotations(microglia_fields, microglia_transformed) -> None:
     worst = max(float((INVERSE[name](microglia_transformed[seed, name][0] > 0) != (labels > 0)).sum()
                       / (labels > 0).sum())
@@ -292,10 +285,10 @@ def test_microglia_foreground_under_flips_and_rotations(microglia_fields, microg
 
 @pytest.mark.xfail(strict=True, reason=(
     "branch points are not invariant under flips, rotations or transposition: over 4 phantom "
-    "fields (22-39 branch points each) x 6 transforms the field's total changes by up to 28 % "
-    "(seed 3: 29 -> 21 under a 270-degree rotation) and a single cell's by up to 3; the "
-    "skeleton length changes by <= 2.5 %: the junctions of a digital skeleton of 1-3 px wide "
-    "processes depend on the thinning's scan direction"))
+    "fields (22-39 branch points each) x 6 transforms the field's total changed by up to 28 % "
+    "(seed 3: 29 -> 21 under a 270-degree rotation; 19 % since the background grid is centred) "
+    "and a single cell's by up to 3; the skeleton length changes by <= 2.5 %: the junctions of a "
+    "digital skeleton of 1-3 px wide processes depend on the thinning's scan direction"))
 def test_microglia_branch_points_under_flips_and_rotations(microglia_fields, microglia_transformed) -> None:
     worst = max(abs(microglia_transformed[seed, name][1]["branch_points"].sum() / ref["branch_points"].sum() - 1)
                 for seed, (_, _, ref) in microglia_fields.items() for name in TRANSFORMS)
@@ -317,14 +310,16 @@ def test_microglia_do_not_depend_on_the_dtype(microglia_fields, dtype: str) -> N
 @pytest.mark.parametrize("seed", MG_SEEDS)
 def test_microglia_of_an_8bit_export(microglia_fields, seed: int) -> None:
     """uint8 (min-max scaled, rounded): the same cells.  The Iba1 fields span ~290 ADU, so a
-    level is ~1.1 ADU against a pixel noise SD of several ADU; only pixels at the edge of the
-    foreground (within half a level of the threshold) can change side: the same cells, somata
-    within 0.5 px, the field's area within 1 % and skeleton length within the thinning's
-    tolerance.  (Measured: 21-156 of ~12,000 foreground pixels change, area <= 0.45 %.)"""
+    level is ~1.1 ADU against a pixel noise SD of several ADU; pixels at the edge of the
+    foreground (within half a level of the threshold) and dim process pieces whose line response
+    sits at its threshold can change side: the same cells, somata within 0.5 px, the field's area
+    within 1 % and skeleton length within the thinning's tolerance.  (Measured: 15-243 of
+    11,000-13,600 foreground pixels change (<= 2.2 %; seed 3: pieces of 50-58 px), area
+    <= 0.45 %; 21-171 (<= 1.5 %) with the background grid anchored at pixel (0, 0).)"""
     image, labels, ref = microglia_fields[seed]
     got_labels, got = _cells(_uint8(image))
     _, got = _same_cells(ref, got, got[["soma_y", "soma_x"]].to_numpy())
-    assert ((got_labels > 0) != (labels > 0)).sum() <= 0.02 * (labels > 0).sum()
+    assert ((got_labels > 0) != (labels > 0)).sum() <= 0.03 * (labels > 0).sum()
     assert got["area_um2"].sum() == pytest.approx(ref["area_um2"].sum(), rel=0.01)
     dl = abs(got["skeleton_length_um"].sum() - ref["skeleton_length_um"].sum())
     assert dl <= _skeleton_tolerance_um(ref)

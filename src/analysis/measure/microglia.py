@@ -400,18 +400,30 @@ def _zoom_linear(small: np.ndarray, k: int, shape: tuple[int, int],
 
 def _broad_background(smooth: np.ndarray, radius_px: float) -> np.ndarray:
     """Grey opening with a disk of ``radius_px`` (rolling-ball-like), blurred; computed on a
-    reduced grid (the background is smooth at that scale) and interpolated back."""
+    reduced grid of ``k`` x ``k`` block means (the background is smooth at that scale) and
+    interpolated back.  The block grid is centred on the image (an odd ``k`` and the same
+    edge padding on both sides), so that a flipped or rotated image gets the flipped or
+    rotated background: a grid anchored at pixel (0, 0) put its partial blocks on one side
+    only, and a flip moved every block boundary."""
     k = max(int(radius_px // 4), 1)
-    h, w = smooth.shape
-    hp, wp = -(-h // k) * k, -(-w // k) * k
-    padded = np.pad(smooth, ((0, hp - h), (0, wp - w)), mode="edge")
+    k -= 1 - k % 2  # (odd: with an odd block, an even total padding can always be found)
+    pads = []
+    for n in smooth.shape:
+        pad = -(-n // k) * k - n
+        pad += k if pad % 2 else 0
+        pads.append(pad // 2)
+    (ph, pw), (h, w) = pads, smooth.shape
+    padded = np.pad(smooth, ((ph, ph), (pw, pw)), mode="edge")
+    hp, wp = padded.shape
     small = padded.reshape(hp // k, k, wp // k, k).mean(axis=(1, 3))
+    del padded
     r = max(int(round(radius_px / k)), 1)
     bg = ndi.grey_opening(small, footprint=disk(r))
     bg = ndi.gaussian_filter(bg, r / 2.0)
     if k > 1:
-        bg = _zoom_linear(bg, k, (h, w))  # (= ndi.zoom order 1, grid mode, cropped)
-    return bg.astype(np.float32, copy=False)
+        # (= ndi.zoom order 1, grid mode, cropped to the image's rows and columns)
+        bg = _zoom_linear(bg, k, (hp, wp), row_range=(ph, ph + h), dtype=np.float32)[:, pw : pw + w]
+    return np.ascontiguousarray(bg, dtype=np.float32)
 
 
 def _line_kernels(length_px: float, n_orientations: int) -> list[np.ndarray]:
