@@ -543,7 +543,10 @@ def synapse_density(
     dict
         ``n_puncta`` (puncta whose nearest pixel is in the mask), ``analysed_area_um2``
         and ``puncta_density_per_100um2`` (2-D); for a stack with ``z_step_um`` also
-        ``analysed_volume_um3`` and ``puncta_density_per_um3`` instead of the areal density.
+        ``analysed_volume_um3`` and ``puncta_density_per_um3`` instead of the areal density,
+        and ``axial_radius_um``, the axial half width of the puncta (measured on the stack by
+        :func:`analysis.measure.puncta.estimate_axial_radius`: a value far from the
+        microscope's axial resolution means a wrong z step).
 
     Examples
     --------
@@ -583,5 +586,6 @@ def synapse_density(
             "analysed_area_um2": area,
             "analysed_volume_um3": volume,
             "puncta_density_per_um3": n / volume if volume else np.nan,
+            "axial_radius_um": float(axial),
         }
     return {"n_puncta": n, "analysed_area_um2": area, "puncta_density_per_100um2": 100.0 * n / area if area else np.nan}

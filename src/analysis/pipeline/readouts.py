@@ -103,7 +103,10 @@ def measure_puncta(channels: Mapping[str, np.ndarray], pixel_size_um: float, *, 
     row = dict(area.synapse_density(puncta, mask, pixel_size_um, z_step_um=z_step_um))
     # image-quality figure for QC: the median detection SNR of the puncta found
     row["puncta_median_snr"] = float(puncta["snr"].median()) if len(puncta) else np.nan
-    detect_params = {**params, **({"z_step_um": z_step_um} if z_step_um and syn.ndim == 3 else {})}
+    detect_params = dict(params)
+    if z_step_um and syn.ndim == 3:
+        # (the spike-in detects with the stack's own axial size, measured once above)
+        detect_params.update(z_step_um=z_step_um, axial_radius_um=puncta.attrs.get("axial_radius_um"))
     q = image_quality(
         syn, pixel_size_um, puncta, mask=mask if syn.ndim == 2 else None, n_detected=row["n_puncta"],
         seed=image_seed(seed, syn), detect_params=detect_params, spike_in=run_spike_in, **qp)
