@@ -884,7 +884,8 @@ def estimate_axial_radius(
     plus a constant, over a grid of sizes (log-spaced over ``radius_range_um``) and of centres
     within the brightest plane; spots fitted at least 8 noise SDs high count, the best size of
     each is refined by a parabola in log size and the median is returned (spots at the largest
-    size are left out while 5 others remain, as in :func:`estimate_punctum_radius`).  The
+    size are left out while 5 others remain, as in :func:`estimate_punctum_radius`; when they
+    are more than half of the spots, the largest size is returned).  The
     axial size in planes is what the stack shows; times the z step it is in um, so a wrong z
     step shows up as an implausible axial size.
 
@@ -985,6 +986,10 @@ def estimate_axial_radius(
     significant = amp[np.arange(len(loc)), best] >= _SIZE_SPOT_SD * noise
     if significant.sum() < _SIZE_MIN_SPOTS:
         return float("nan")
+    if (best[significant] == n_sizes - 1).mean() > 0.5:
+        # most puncta are at least as long as the range allows (a z step given too small, or
+        # a very low-NA section): the bound, not the few short spots left
+        return float(radius_range_um[1])
     return float(np.exp(_median_log_size(sse[significant], np.log(sizes))) * hw * dz)
 
 
