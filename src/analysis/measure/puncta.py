@@ -629,6 +629,14 @@ def _gaussian_equivalent(u: np.ndarray, skew: float) -> np.ndarray:
     return np.clip(stats.norm.isf(p), 2.0, 40.0)  # (p underflowing to 0: far beyond any noise)
 
 
+def _white_noise_gain(sigma: float, half: int) -> float:
+    """SD of white noise of SD 1 after :func:`scipy.ndimage.gaussian_filter` of ``sigma`` (YX),
+    from the filtered unit impulse at the centre of a ``2 * half + 1`` square."""
+    delta = np.zeros((2 * half + 1,) * 2)
+    delta[half, half] = 1.0
+    return float(np.sqrt((ndi.gaussian_filter(delta, sigma) ** 2).sum()))
+
+
 def _gaussian_at(img: np.ndarray, sigma: float, pts: np.ndarray, batch: int = 4096) -> np.ndarray:
     """``ndi.gaussian_filter(img, sigma)`` of a YX array (mode ``"reflect"``) at integer points
     ``pts``: the rows are filtered whole, the columns at the points only (the same kernel; equal
@@ -774,9 +782,7 @@ def estimate_punctum_radius(
     edge = 2 * r + 1
     # noise of the smoothed image: the local pixel noise (:func:`noise_sd_map`) times the
     # filter's gain for white noise
-    delta = np.zeros((2 * edge + 1,) * 2)
-    delta[edge, edge] = 1.0
-    gain = float(np.sqrt((ndi.gaussian_filter(delta, s_lo) ** 2).sum()))
+    gain = _white_noise_gain(s_lo, edge)
     if noise_sd is None and noise_model is None:
         noise_model = _noise_model(proj, pixel_size_um, strip_px=strip_px)
     # local maxima, their height above a broad background and their noise, in strips of rows
@@ -939,10 +945,7 @@ def estimate_axial_radius(
     if noise_model is None:
         noise_model = _noise_model(arr, pixel_size_um)
     smooth = ndi.gaussian_filter(arr, [0.0, s_xy, s_xy])
-    level = ndi.gaussian_filter(arr, [0.0] + [0.5 / pixel_size_um] * 2)
-    delta = np.zeros((1, 8 * int(np.ceil(s_xy)) + 1, 8 * int(np.ceil(s_xy)) + 1))
-    delta[0, delta.shape[1] // 2, delta.shape[2] // 2] = 1.0
-    gain = float(np.sqrt((ndi.gaussian_filter(delta, [0.0, s_xy, s_xy]) ** 2).sum()))
+    gain = _white_noise_gain(s_xy, 4 * int(np.ceil(s_xy)))
     proj = smooth.max(axis=0)
     r = max(1, int(np.ceil(2 * s_xy)))
     inner = np.zeros(proj.shape, bool)
@@ -959,7 +962,11 @@ def estimate_axial_radius(
     loc, profiles, peak = loc[keep], profiles[keep], peak[keep]
     if len(loc) < _SIZE_MIN_SPOTS:
         return float("nan")
-    noise = _noise_at(noise_model, level[peak, loc[:, 0], loc[:, 1]]) * gain
+    # the noise at each spot's 0.5 um level in its brightest plane (blurred at the spots only)
+    level = np.empty(len(loc))
+    for z in np.unique(peak):
+        level[peak == z] = _gaussian_at(arr[z], 0.5 / pixel_size_um, loc[peak == z])
+    noise = _noise_at(noise_model, level) * gain
     dz = float(z_step_um)
     sizes = np.geomspace(radius_range_um[0] / hw / dz, radius_range_um[1] / hw / dz, n_sizes)  # sigma, planes
     offsets = np.linspace(-0.5, 0.5, 11)
