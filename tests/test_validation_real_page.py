@@ -151,3 +151,40 @@ def test_report_shows_the_validation_against_data_we_did_not_make(small_report: 
     index = (reports / "index.html").read_text()
     assert f'<a href="{REAL_VALIDATION_ANCHOR}">' in index
     assert f"on {real.date} at commit <code>{real.commit.split()[0]}</code>" in index
+
+
+def test_committed_morphology_calibration_meets_the_coverage_target() -> None:
+    """benchmarks/calibration_morphology.md (benchmarks/calibrate_morphology.py): the morphology
+    model's intervals cover the rendered-cell truth at 0.93-0.97 over 1,000 contrasts per
+    endpoint, and its type I error is within Monte-Carlo error (+-0.014, widened for the
+    contrasts' shared vehicle groups) of 0.05."""
+    from analysis.report.validation import load_morphology_calibration
+
+    if not (real_validation_path().parent / "calibration_morphology.md").exists():
+        pytest.skip("not a source checkout")
+    m = load_morphology_calibration()
+    per = m.sections["Per endpoint"][0]
+    assert set(per["endpoint"]) == {"skeleton length", "branch points"} and set(per["studies"]) == {"null", "default"}
+    assert (per["planned contrasts"] >= 1000).all()
+    assert per["coverage"].between(0.93, 0.97).all(), per
+    null = per[per["studies"] == "null"]
+    type1 = null["rejection rate (alpha 0.05)"].str.extract(r"([\d.]+)")[0].astype(float)
+    assert type1.between(0.03, 0.07).all(), null
+    assert re.search(r"at commit [0-9a-f]{7,40}", m.header)
+
+
+@pytest.mark.slow
+def test_validation_notebook_shows_the_morphology_calibration(small_report: Path) -> None:
+    from analysis.report.validation import load_morphology_calibration
+
+    m = load_morphology_calibration()
+    assert m is not None, "benchmarks/calibration_morphology.md is committed"
+    nb = nbformat.read(small_report / "reports" / "executed" / "04_validation.ipynb", as_version=4)
+    shown = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+             if "text/markdown" in o.get("data", {})]
+    assert m.header in shown
+    # and the index states its coverage, the same numbers as the file
+    per = m.sections["Per endpoint"][0]
+    effect = per[per["studies"] == "default"]["coverage"]
+    index = (small_report / "reports" / "index.html").read_text()
+    assert f"coverage {effect.min():.3f}-{effect.max():.3f} with the drug effect" in index

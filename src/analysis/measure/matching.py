@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
-__all__ = ["PointMatch", "match_points"]
+__all__ = ["PointMatch", "match_points", "resolvable_count"]
 
 class _Match(NamedTuple):
     pairs: np.ndarray
@@ -92,3 +92,41 @@ def match_points(pred: np.ndarray, true: np.ndarray, max_distance: float) -> Poi
     out = PointMatch(pairs, float(precision), float(recall), float(f1))
     out.distances, out.tp, out.fp, out.fn = dist, tp, fp, fn
     return out
+
+
+def resolvable_count(true: np.ndarray, min_separation: float) -> int:
+    """How many of ``true`` points a detector that cannot separate points closer than
+    ``min_separation`` can find at most: the number of groups of points linked by distances
+    below it (single linkage), one detection per group.
+
+    Two equal Gaussian spots of SD ``s`` show two maxima only when they are more than ``2 s``
+    apart (the Sparrow limit), so ``resolvable_count(true, 2 * s) / len(true)`` is the recall
+    ceiling of a detector that reads maxima; it can be passed only by fitting several spots to
+    one blob.
+
+    Parameters
+    ----------
+    true : array_like
+        (n, d) coordinates.
+    min_separation : float
+        Closest separation that is resolved (same units).
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> resolvable_count([[0, 0], [0, 1], [0, 2.5], [9, 9]], 1.2)
+    3
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    true = np.asarray(true, float)
+    n = len(true)
+    if n == 0:
+        return 0
+    pairs = cKDTree(true.reshape(n, -1)).query_pairs(min_separation, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return int(connected_components(graph, directed=False)[0])

@@ -668,6 +668,15 @@ def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
                     f"{e2e.get('primary bias, points')} points, coverage of the planned contrasts "
                     f"{e2e.get('coverage, planned contrasts (min-max)')}, family-wise error under the null "
                     f"{e2e.get('null: family-wise error')}. ")
+    morph = rec.get("morphology_calibration")
+    if isinstance(morph, dict) and morph:
+        cov = [float(v) for k, v in morph.items() if k.startswith("default ")]
+        null = [float(v) for k, v in morph.items() if k.startswith("null ")]
+        if cov and null:
+            sentence += ("Morphology contrasts (skeleton length, branch points) on simulated studies whose cells come "
+                         "from the image simulator's own generator (benchmarks/calibration_morphology.md): coverage "
+                         f"{min(cov):.3f}-{max(cov):.3f} with the drug effect, {min(null):.3f}-{max(null):.3f} "
+                         "without. ")
     if "calibration/studies" in rec:
         sentence += (f"The statistics alone (perfect counts) on {rec['calibration/studies']} simulated studies of this design without and "
                     f"{rec['calibration/studies']} with the drug effect: type I error "

@@ -437,6 +437,24 @@ def load_e2e_calibration(path: str | os.PathLike[str] | None = None) -> RealVali
     return parse_validation_markdown(path.read_text(encoding="utf-8"), path=path)
 
 
+#: The committed calibration of the morphology contrasts (``benchmarks/calibrate_morphology.py``).
+MORPHOLOGY_CALIBRATION_FILE = Path("benchmarks") / "calibration_morphology.md"
+
+
+def load_morphology_calibration(path: str | os.PathLike[str] | None = None) -> RealValidation | None:
+    """The committed calibration of the morphology contrasts, or None when absent.
+
+    Simulated studies of the default design whose cells are drawn by the image simulator's
+    cell generator (no images): coverage, bias and error rates of the skeleton-length and
+    branch-point contrasts of the report's model.  Parsed like :func:`load_real_validation`.
+    """
+    path = real_validation_path().parent / MORPHOLOGY_CALIBRATION_FILE.name if path is None else Path(path)
+    if not path.is_file():
+        log.info("no morphology calibration summary at %s", path)
+        return None
+    return parse_validation_markdown(path.read_text(encoding="utf-8"), path=path)
+
+
 def section_purpose(title: str) -> str:
     """One sentence on what a section of the real-data validation tests ("" if unknown).
 
