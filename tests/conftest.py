@@ -29,10 +29,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 SMALL_STUDY_GROUP = "small_study"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Put every test that uses :func:`small_quantified` (directly or through the report built
     from it) in one xdist group, so the study is quantified once per run under
-    ``--dist loadgroup``."""
+    ``--dist loadgroup``.
+
+    ``tryfirst``: pytest-xdist reads the ``xdist_group`` marks in its own
+    ``pytest_collection_modifyitems`` (it appends the group to the node id), and hooks of
+    plugins registered after this conftest run first unless ordered; the marks must be there
+    before.  :func:`_claim_the_quantification` fails the run if the group is not in effect.
+    """
     for item in items:
         if "small_quantified" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(SMALL_STUDY_GROUP))
@@ -53,8 +60,28 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _claim_the_quantification(tmp_path_factory: pytest.TempPathFactory, config: pytest.Config) -> None:
+    """Under ``--dist loadgroup``, fail if another worker of this run quantified the small study:
+    the group of :func:`pytest_collection_modifyitems` is then not in effect (it happened with
+    pytest 9.2, whose node ids pytest-xdist 3.8 can no longer tag with the group: pytest-xdist
+    issue 1386; ``pyproject.toml`` keeps pytest below 9.2)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker or not getattr(config.option, "loadgroup", False):
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # one folder per run, a sub-folder per worker
+    try:
+        fd = os.open(shared / "small_study_quantified_by", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        other = (shared / "small_study_quantified_by").read_text()
+        pytest.fail(f"the small study is quantified by {worker} after {other}: the xdist group "
+                    f"{SMALL_STUDY_GROUP!r} is not in effect (is pytest >= 9.2 installed? see pyproject.toml)")
+    os.write(fd, worker.encode())
+    os.close(fd)
+
+
 @pytest.fixture(scope="session")
-def small_quantified(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def small_quantified(small_study: Path, tmp_path_factory: pytest.TempPathFactory,
+                     request: pytest.FixtureRequest) -> Iterator[Path]:
     """The processed folder of :func:`analysis.pipeline.quantify.quantify_study` on :func:`small_study`.
 
     The only quantification of the whole small study in a test session: ``measurements.parquet``,
@@ -66,6 +93,7 @@ def small_quantified(small_study: Path, tmp_path_factory: pytest.TempPathFactory
     """
     from analysis.pipeline.quantify import quantify_study
 
+    _claim_the_quantification(tmp_path_factory, request.config)
     out = tmp_path_factory.mktemp("small_quantified")
     quantify_study(small_study / "samples.csv", out, workers=2, progress=False)
     before = _digest(out)

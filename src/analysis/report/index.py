@@ -537,7 +537,9 @@ def _sequence_note(contrasts: pd.DataFrame) -> str:
     """``"; synapse density: fixed sequence ..."`` when the synapse family was tested as one."""
     if "adjustment" not in contrasts:
         return ""
-    seq = contrasts.loc[contrasts["adjustment"].fillna("").astype(str).str.startswith("fixed sequence"), "adjustment"]
+    # (an all-empty column is float: filling it with "" is deprecated in pandas, so test the strings)
+    adjustment = contrasts["adjustment"]
+    seq = adjustment[adjustment.map(lambda a: isinstance(a, str) and a.startswith("fixed sequence"))]
     if seq.empty:
         return ""
     return (f", except synapse density, tested as a {seq.iloc[0]} (the primary contrast pre-specified in "

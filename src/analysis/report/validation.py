@@ -430,11 +430,7 @@ def load_e2e_calibration(path: str | os.PathLike[str] | None = None) -> RealVali
     bias, coverage and power of each planned contrast for the report's model beside the
     alternatives (perfect counts among them).  Parsed like :func:`load_real_validation`.
     """
-    path = real_validation_path().parent / E2E_CALIBRATION_FILE.name if path is None else Path(path)
-    if not path.is_file():
-        log.info("no end-to-end calibration summary at %s", path)
-        return None
-    return parse_validation_markdown(path.read_text(encoding="utf-8"), path=path)
+    return _load_summary(path, E2E_CALIBRATION_FILE, "end-to-end calibration")
 
 
 #: The committed calibration of the morphology contrasts (``benchmarks/calibrate_morphology.py``).
@@ -448,9 +444,15 @@ def load_morphology_calibration(path: str | os.PathLike[str] | None = None) -> R
     cell generator (no images): coverage, bias and error rates of the skeleton-length and
     branch-point contrasts of the report's model.  Parsed like :func:`load_real_validation`.
     """
-    path = real_validation_path().parent / MORPHOLOGY_CALIBRATION_FILE.name if path is None else Path(path)
+    return _load_summary(path, MORPHOLOGY_CALIBRATION_FILE, "morphology calibration")
+
+
+def _load_summary(path: str | os.PathLike[str] | None, committed: Path, what: str) -> RealValidation | None:
+    """A markdown summary, parsed (``path``, or by default the committed file ``committed``
+    beside :func:`real_validation_path`); None when absent."""
+    path = real_validation_path().parent / committed.name if path is None else Path(path)
     if not path.is_file():
-        log.info("no morphology calibration summary at %s", path)
+        log.info("no %s summary at %s", what, path)
         return None
     return parse_validation_markdown(path.read_text(encoding="utf-8"), path=path)
 
