@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +41,9 @@ import pandas as pd
 log = logging.getLogger("calibrate_morphology")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from calibrate_e2e import _commit, microglia_rows  # noqa: E402  (the whole-study calibration's fit and truth)
+
 CACHE = ROOT / "benchmarks" / "results" / "morphology"
 #: First design seed of each preset (the cells themselves are drawn from ``(seed, 7, field)``, a
 #: stream no other calibration uses; the synapse bank's designs share seeds 70,000-70,001).
@@ -100,9 +102,6 @@ def run(args: argparse.Namespace) -> None:
 
 
 def analyse_one(folder: Path) -> pd.DataFrame:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from calibrate_e2e import microglia_rows
-
     preset, seed = folder.name.rsplit("_", 1)
     m = pd.read_parquet(folder / "measurements.parquet")
     cells = pd.read_parquet(folder / "cells.parquet").assign(touches_border=False)
@@ -121,14 +120,6 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
         "mean_se": g["log_se"].mean(),
         "reject": g.apply(lambda d: (d["p"] < 0.05).mean()),
     }).reset_index()
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _name(endpoint: str) -> str:

@@ -158,9 +158,9 @@ def test_committed_morphology_calibration_meets_the_coverage_target() -> None:
     model's intervals cover the rendered-cell truth at 0.93-0.97 over 1,000 contrasts per
     endpoint, and its type I error is within Monte-Carlo error (+-0.014, widened for the
     contrasts' shared vehicle groups) of 0.05."""
-    from analysis.report.validation import load_morphology_calibration
+    from analysis.report.validation import MORPHOLOGY_CALIBRATION_FILE, load_morphology_calibration
 
-    if not (real_validation_path().parent / "calibration_morphology.md").exists():
+    if not (real_validation_path().parent / MORPHOLOGY_CALIBRATION_FILE.name).exists():
         pytest.skip("not a source checkout")
     m = load_morphology_calibration()
     per = m.sections["Per endpoint"][0]

@@ -447,6 +447,20 @@ def load_morphology_calibration(path: str | os.PathLike[str] | None = None) -> R
     return _load_summary(path, MORPHOLOGY_CALIBRATION_FILE, "morphology calibration")
 
 
+def show_summary(summary: RealValidation, heading: str = "###") -> None:
+    """Display a parsed summary in a notebook: its header paragraph, then each section as a
+    heading, its tables (first column as index) and its notes."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(summary.header))
+    for title, tables in summary.sections.items():
+        display(Markdown(f"{heading} {title}"))
+        for table in tables:
+            display(table.set_index(table.columns[0]))
+        for note in summary.notes.get(title, []):
+            display(Markdown(note))
+
+
 def _load_summary(path: str | os.PathLike[str] | None, committed: Path, what: str) -> RealValidation | None:
     """A markdown summary, parsed (``path``, or by default the committed file ``committed``
     beside :func:`real_validation_path`); None when absent."""
