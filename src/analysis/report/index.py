@@ -670,15 +670,31 @@ def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
                     f"{e2e.get('primary bias, points')} points, coverage of the planned contrasts "
                     f"{e2e.get('coverage, planned contrasts (min-max)')}, family-wise error under the null "
                     f"{e2e.get('null: family-wise error')}. ")
-    morph = rec.get("morphology_calibration")
-    if isinstance(morph, dict) and morph:
-        cov = [float(v) for k, v in morph.items() if k.startswith("default ")]
-        null = [float(v) for k, v in morph.items() if k.startswith("null ")]
-        if cov and null:
-            sentence += ("Morphology contrasts (skeleton length, branch points) on simulated studies whose cells come "
-                         "from the image simulator's own generator (benchmarks/calibration_morphology.md): coverage "
-                         f"{min(cov):.3f}-{max(cov):.3f} with the drug effect, {min(null):.3f}-{max(null):.3f} "
-                         "without. ")
+    def coverage_range(key: str) -> str | None:
+        """'a-b with the drug effect, c-d without' of a recorded {"<preset> <endpoint>": coverage}."""
+        recorded = rec.get(key)
+        if not isinstance(recorded, dict):
+            return None
+        cov = [float(v) for k, v in recorded.items() if k.startswith("default ")]
+        null = [float(v) for k, v in recorded.items() if k.startswith("null ")]
+        if not (cov and null):
+            return None
+        return f"{min(cov):.3f}-{max(cov):.3f} with the drug effect, {min(null):.3f}-{max(null):.3f} without"
+
+    morph = coverage_range("morphology_calibration")
+    if morph:
+        sentence += ("Morphology contrasts (skeleton length, branch points) on simulated studies whose cells come "
+                     f"from the image simulator's own generator (benchmarks/calibration_morphology.md): coverage {morph}. ")
+    bank = coverage_range("terminal_bank_calibration")
+    if bank:
+        sentence += ("The same studies with the detector's error (each terminal field measured by the pipeline on a "
+                     f"bank of rendered fields; microglia density, engulfment, CD68 and morphology): coverage {bank}")
+        error = rec.get("terminal_bank_error")
+        if isinstance(error, dict) and error:
+            worst = max(error, key=lambda k: abs(float(error[k])))
+            sentence += (f"; the largest mean error of the ratios with the drug effect is that of {worst}, "
+                         f"{float(error[worst]):+.1f} % over its planned contrasts (target: within 10 %)")
+        sentence += ". "
     if "calibration/studies" in rec:
         sentence += (f"The statistics alone (perfect counts) on {rec['calibration/studies']} simulated studies of this design without and "
                     f"{rec['calibration/studies']} with the drug effect: type I error "
