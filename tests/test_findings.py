@@ -286,6 +286,30 @@ def test_an_undetected_true_change_is_said() -> None:
     assert "undetected" not in eng.text  # detected: nothing to say
 
 
+def test_a_calibration_caveat_follows_its_endpoint_only() -> None:
+    """The committed calibration's caveat (``validation.calibration_caveats``) is said right after
+    the findings of its endpoint, once, and nowhere else."""
+    from analysis.report.validation import calibration_caveats, load_morphology_calibration
+
+    table = pd.concat([microglia_table(), pd.DataFrame([
+        _mg_row("branch_points (ratio of geometric means)", "diazepam", 5.0, 0.7, 0.6, 0.85, 0.001, 0.002),
+        _mg_row("branch_points (ratio of geometric means)", "diazepam", 1.0, 0.9, 0.8, 1.02, 0.1, 0.1)])])
+    c = F.endpoint_contrasts({"microglia_contrasts": table})
+    plain = F.abstract(c)
+    found = F.abstract(c, caveats={"branch_points": "Read with care.", "not_an_endpoint": "ignored"})
+    caveat = [f for f in found if f.kind == "caveat"]
+    assert [(f.endpoint, f.text) for f in caveat] == [("branch_points", "Read with care.")]
+    # in place: after the last finding of branch points, before the next endpoint's
+    at = found.index(caveat[0])
+    assert found[at - 1].endpoint == "branch_points" and [f for f in found if f.kind != "caveat"] == plain
+    assert at == len(found) - 1 or found[at + 1].endpoint != "branch_points"
+    # the committed calibration (a source checkout) flags branch points, and only them
+    if load_morphology_calibration() is not None:
+        committed = calibration_caveats()
+        assert list(committed) == ["branch_points"]
+        assert re.search(r"branch points ratios were \d+\.\d % below the truth on average", committed["branch_points"])
+
+
 def test_no_detectable_change_says_what_the_design_could_detect() -> None:
     """A CI spanning 0 comes with the change this design would have detected (80 % power)."""
     from analysis.report.findings import detectable_change

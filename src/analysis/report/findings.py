@@ -395,7 +395,7 @@ class Finding:
     adjustment: str = ""
     truth_pct: float = float("nan")
     ci_covers_truth: bool | None = None
-    kind: str = "headline"  # "headline", "summary" (a sentence on several contrasts) or "item" (one of them)
+    kind: str = "headline"  # "headline", "summary" (a sentence on several contrasts), "item" (one of them) or "caveat"
 
 
 def _is_sequence(r) -> bool:
@@ -515,7 +515,8 @@ def _other_sentence(endpoint: Endpoint, others: pd.DataFrame) -> tuple[str, list
             + "; ".join(items) + rest + ".", found)
 
 
-def abstract(contrasts: pd.DataFrame, headline: str = HEADLINE_GROUP) -> list[Finding]:
+def abstract(contrasts: pd.DataFrame, headline: str = HEADLINE_GROUP,
+             caveats: Mapping[str, str] | None = None) -> list[Finding]:
     """Sentences stating each primary endpoint's finding, generated from :func:`endpoint_contrasts`.
 
     Per endpoint, in the order of :data:`ENDPOINTS`: one sentence on the headline group (the
@@ -532,7 +533,9 @@ def abstract(contrasts: pd.DataFrame, headline: str = HEADLINE_GROUP) -> list[Fi
     list of Finding
         The headline findings carry their numbers (``pct``, ``ci_low``, ...); the summary
         sentence of the other contrasts is a Finding with ``group=""``, followed by one Finding per
-        contrast it names.
+        contrast it names.  ``caveats`` (endpoint key -> sentence, e.g. from
+        :func:`analysis.report.validation.calibration_caveats`) adds that sentence after the
+        endpoint's findings as a Finding of kind ``"caveat"``.
     """
     out: list[Finding] = []
     if contrasts.empty:
@@ -550,6 +553,8 @@ def abstract(contrasts: pd.DataFrame, headline: str = HEADLINE_GROUP) -> list[Fi
         if text:
             out.append(Finding(endpoint=e.key, group="", text=text, kind="summary"))
             out.extend(items)
+        if caveats and e.key in caveats:
+            out.append(Finding(endpoint=e.key, group="", text=caveats[e.key], kind="caveat"))
     return out
 
 

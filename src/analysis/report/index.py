@@ -790,7 +790,9 @@ def write_index(
         headline = load_analysis_plan(data_dir).get("primary_contrast") or F.HEADLINE_GROUP
     except InputError:  # (reported by fit; the index still renders)
         headline = F.HEADLINE_GROUP
-    found = F.abstract(contrasts, headline=headline)
+    from analysis.report.validation import calibration_caveats
+
+    found = F.abstract(contrasts, headline=headline, caveats=calibration_caveats())
     trend = F.trend_findings(tables.get("synapse_trend")) + F.mechanism_findings(tables.get("synapse_mechanism"))
     estimab = F.estimability(tables.get("synapse_dose_response"), tables.get("synapse_recovery"),
                              doses=_doses(processed_dir), follow_up_days=_follow_up_days(tables), order=order)

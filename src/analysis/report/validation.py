@@ -447,6 +447,69 @@ def load_morphology_calibration(path: str | os.PathLike[str] | None = None) -> R
     return _load_summary(path, MORPHOLOGY_CALIBRATION_FILE, "morphology calibration")
 
 
+#: Section of :data:`MORPHOLOGY_CALIBRATION_FILE` with the detector's error, and its endpoint
+#: names -> keys of :data:`analysis.report.findings.ENDPOINTS`.
+TERMINAL_BANK_SECTION = "With the detector's error (terminal-field bank)"
+_BANK_ENDPOINTS = {"microglia density": "microglia_density", "engulfed puncta per cell": "engulfment",
+                   "skeleton length": "skeleton_length", "branch points": "branch_points",
+                   "cd68 area fraction": "cd68"}
+
+
+def calibration_caveats(summary: RealValidation | None = None, *, min_coverage: float = 0.93,
+                        max_error_pct: float = 5.0) -> dict[str, str]:
+    """What the method's calibration says a reader should know, per endpoint of the findings.
+
+    From the calibration of the terminal endpoints with the detector's error (the section
+    :data:`TERMINAL_BANK_SECTION` of the committed :data:`MORPHOLOGY_CALIBRATION_FILE`): an
+    endpoint whose planned contrasts, on simulated studies with the drug effect, covered the
+    truth less often than ``min_coverage`` or were off by more than ``max_error_pct`` percent on
+    average gets one sentence with those figures.  Empty when the summary is absent (an
+    installation without the source tree's benchmarks) or every endpoint is within both.
+
+    Parameters
+    ----------
+    summary : RealValidation, optional
+        The parsed file (default: :func:`load_morphology_calibration`).
+    min_coverage, max_error_pct : float
+        The limits.
+
+    Returns
+    -------
+    dict
+        Endpoint key (:data:`analysis.report.findings.ENDPOINTS`) -> sentence.
+
+    Examples
+    --------
+    >>> text = (f"# c\\n\\n## {TERMINAL_BANK_SECTION}\\n\\n| studies | endpoint | planned contrasts | coverage | "
+    ...         "mean ratio error, % | largest mean ratio error of a contrast, % |\\n|---|---|---|---|---|---|\\n"
+    ...         "| default | branch points | 1000 | 0.880 | -8.5 | -12.7 |\\n"
+    ...         "| default | skeleton length | 1000 | 0.951 | -1.0 | -2.4 |\\n")
+    >>> caveats = calibration_caveats(parse_validation_markdown(text))
+    >>> list(caveats)
+    ['branch_points']
+    >>> "ratios were 8.5 % below the truth on average (-12.7 % for the worst contrast)" in caveats["branch_points"]
+    True
+    """
+    summary = load_morphology_calibration() if summary is None else summary
+    tables = summary.sections.get(TERMINAL_BANK_SECTION) if summary is not None else None
+    if not tables:
+        return {}
+    t = tables[0]
+    out = {}
+    for r in t[t["studies"] == "default"].to_dict("records"):
+        key = _BANK_ENDPOINTS.get(str(r["endpoint"]))
+        cov, err = float(r["coverage"]), float(r["mean ratio error, %"])
+        worst = float(r["largest mean ratio error of a contrast, %"])
+        if key is None or (cov >= min_coverage and abs(err) <= max_error_pct):
+            continue
+        out[key] = (f"Calibration of the method: on {int(r['planned contrasts'])} planned contrasts of simulated "
+                    f"studies with the drug effect, measured by this pipeline ({MORPHOLOGY_CALIBRATION_FILE.as_posix()}), "
+                    f"the {r['endpoint']} ratios were {abs(err):.1f} % {'below' if err < 0 else 'above'} the truth on "
+                    f"average ({worst:+.1f} % for the worst contrast) and the 95 % CIs covered the truth in "
+                    f"{100 * cov:.0f} % of contrasts (nominal 95 %): read these contrasts with that bias in mind.")
+    return out
+
+
 def show_summary(summary: RealValidation, heading: str = "###") -> None:
     """Display a parsed summary in a notebook: its header paragraph, then each section as a
     heading, its tables (first column as index) and its notes."""
