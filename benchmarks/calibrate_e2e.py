@@ -380,18 +380,19 @@ def load_bank(cache: Path) -> pd.DataFrame:
     return bank[bank["measured_per_100um2"].notna()].reset_index(drop=True)
 
 
-def bank_study(bank: pd.DataFrame, preset: str, seed: int) -> pd.DataFrame:
+def bank_study(bank: pd.DataFrame, preset: str, seed: int, draw: int = 0) -> pd.DataFrame:
     """The synapse table of one calibration study with bank measurements (see module notes).
 
     ``puncta_density_per_100um2`` is the measured density, ``true_realised_per_100um2`` the
     true density of the same (bank) image scaled to this field, plus the quality columns.
+    ``draw`` > 0: another draw of the bank fields for the same design (stage ``bank-check``).
     """
     import numpy as np
 
     from analysis.sim.measurements import simulate_measurements
 
     syn = simulate_measurements(preset, seed).drop(columns=[SYNAPSE_VALUE])
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 11, *([draw] if draw else [])]))
     picks = np.empty(len(syn), dtype=int)
     logd = np.log(bank["true_density_per_100um2"].to_numpy())
     for level, idx in syn.groupby("snr_level").indices.items():
@@ -567,6 +568,51 @@ def error_model_stage(args: argparse.Namespace) -> None:
     log.info("wrote %s", args.model_out)
 
 
+def _primary_shift(rows: pd.DataFrame) -> pd.Series:
+    """Per planned contrast: estimate of the report's model minus that of the true counts (points)."""
+    est = rows.pivot_table(index="group", columns="variant", values="estimate")
+    return est[REPORT_VARIANT] - est["perfect"]
+
+
+def bank_check_one(task: tuple[str, int, str, int]) -> pd.Series:
+    preset, seed, cache, draw = task
+    from analysis.sim.design import PRESETS
+
+    bank = load_bank(Path(cache))
+    syn = bank_study(bank, preset, seed, draw)
+    truth = syn[["image_id", "true_realised_per_100um2"]].rename(
+        columns={"true_realised_per_100um2": "true_puncta_density_per_100um2"})
+    frames = [synapse_rows(t, PRESETS[preset].null, cov).assign(variant=v)
+              for v, (t, cov) in synapse_variants(syn, truth).items() if v in (REPORT_VARIANT, "perfect")]
+    return _primary_shift(pd.concat(frames, ignore_index=True)).rename(draw)
+
+
+def bank_check(args: argparse.Namespace) -> pd.DataFrame:
+    """Does the bank reproduce what the detector does to a whole study?  For every whole study
+    in the cache (stage ``run``): the shift of each planned synapse contrast by the
+    measurement (the report's model minus the true counts of the same images), beside the
+    same shift in ``--draws`` bank studies of the same design (same animals, true densities
+    and SNR levels; only the bank fields drawn differ)."""
+    folders = sorted(p for p in args.cache.glob("*-*") if (p / "study.json").exists())
+    out = []
+    for folder in folders:
+        info = json.loads((folder / "study.json").read_text())
+        preset, seed = info["preset"], int(info["seed"])
+        whole = _primary_shift(analyse_study(folder).query("endpoint == 'synapse density (% vs vehicle)'"))
+        with ProcessPoolExecutor(args.workers) as pool:
+            draws = pd.concat(list(pool.map(bank_check_one, [(preset, seed, str(args.cache), d)
+                                                             for d in range(args.draws)])), axis=1)
+        out.append(pd.DataFrame({"preset": preset, "seed": seed, "whole_study_shift": whole,
+                                 "bank_mean_shift": draws.mean(axis=1), "bank_sd_shift": draws.std(axis=1),
+                                 "bank_draws_below_whole": (draws.lt(whole, axis=0)).mean(axis=1),
+                                 "draws": args.draws}).reset_index())
+    table = pd.concat(out, ignore_index=True)
+    with pd.option_context("display.width", 200):
+        print(table.round(2).to_string(index=False))
+    table.to_csv(args.cache / "bank_check.csv", index=False)
+    return table
+
+
 def bank_summary(args: argparse.Namespace) -> None:
     """Rewrite the markdown summary from the rows of an earlier ``bank-calibrate`` run."""
     # (pandas reads the preset name "null" as a missing value unless told otherwise)
@@ -599,15 +645,18 @@ def main() -> None:
     d.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calibration_bank.csv")
     d.add_argument("--markdown", type=Path, default=MARKDOWN)
     d.add_argument("--synapse-fields", type=int, default=None)
+    k = sub.add_parser("bank-check", help="the bank's measurement shift against each cached whole study's")
+    k.add_argument("--draws", type=int, default=20, help="bank studies per whole study's design")
+    k.add_argument("--workers", type=int, default=2)
     e = sub.add_parser("error-model", help="fit the detector's error model for analysis.sim.power from the bank")
     e.add_argument("--model-out", type=Path, default=ROOT / "src" / "analysis" / "data" / "measurement_error.csv")
-    for p in (r, a, b, c, d, e):
+    for p in (r, a, b, c, d, e, k):
         p.add_argument("--cache", type=Path, default=CACHE)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("analysis").setLevel(logging.WARNING)
     {"run": run, "analyse": analyse, "bank": build_bank, "bank-calibrate": bank_calibrate,
-     "bank-summary": bank_summary, "error-model": error_model_stage}[args.stage](args)
+     "bank-summary": bank_summary, "error-model": error_model_stage, "bank-check": bank_check}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -98,3 +98,27 @@ def test_perfect_counts_recover_the_cd68_effect(rows: pd.DataFrame) -> None:
     for variant in ("perfect", "measured"):
         part = cd68[cd68["variant"] == variant]
         assert (np.abs(part["estimate"] / part["true"] - 1) < 0.10).all(), part[["group", "estimate", "true"]]
+
+
+def test_the_measurement_shift_is_the_report_model_minus_the_true_counts(rows: pd.DataFrame, e2e) -> None:
+    """``bank-check`` compares whole studies with bank studies by this shift (points)."""
+    syn = rows[rows["endpoint"] == "synapse density (% vs vehicle)"]
+    shift = e2e._primary_shift(syn)
+    est = syn.set_index(["variant", "group"])["estimate"]
+    assert len(shift) == 3
+    for group, value in shift.items():
+        assert value == pytest.approx(est[(e2e.REPORT_VARIANT, group)] - est[("perfect", group)])
+
+
+def test_a_bank_draw_is_another_draw_of_the_same_design(e2e) -> None:
+    """``draw=0`` is the calibration's own draw; another draw picks other bank fields for the same
+    fields of the same design (same images, true densities and SNR levels), reproducibly."""
+    levels = ["high", "default", "low", "hard"]
+    bank = pd.DataFrame([{"snr_level": lv, "true_density_per_100um2": d, "true_realised_per_100um2": d * 1.01,
+                          "measured_per_100um2": d * (1.0 + 0.01 * k), **{q: 1.0 for q in e2e.QUALITY}}
+                         for lv in levels for k, d in enumerate(np.linspace(25.0, 60.0, 12))])
+    first, again, other = (e2e.bank_study(bank, "small", 3, draw) for draw in (0, 0, 1))
+    pd.testing.assert_frame_equal(first, again)
+    assert first["image_id"].tolist() == other["image_id"].tolist()
+    assert first["true_density_per_100um2"].equals(other["true_density_per_100um2"])
+    assert not first[e2e.SYNAPSE_VALUE].equals(other[e2e.SYNAPSE_VALUE])
