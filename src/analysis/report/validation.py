@@ -8,7 +8,10 @@ recorded validation against data we did not make.
   from other labs, the independent simulator sim-fish, pure noise; ours beside the peer
   detectors) and of the end-to-end calibration (``benchmarks/calibration_e2e.md``):
   :func:`load_real_validation`, :func:`load_e2e_calibration` read them back
-  (:func:`parse_validation_markdown` parses any such markdown file of pipe tables).
+  (:func:`parse_validation_markdown` parses any such markdown file of pipe tables);
+* **calibration caveats** (:func:`calibration_caveats`): the endpoints whose contrasts the
+  calibration with the detector's error (``benchmarks/calibration_morphology.md``) found biased
+  or under-covered, one sentence each, which the index says after the endpoint's findings.
 
 The checks that simulate (accuracy per SNR level, calibration of the statistics, the true
 effects of a simulated study) are in :mod:`analysis.sim.validation`.
