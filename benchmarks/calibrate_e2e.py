@@ -568,7 +568,7 @@ def error_model_stage(args: argparse.Namespace) -> None:
     log.info("wrote %s", args.model_out)
 
 
-def _primary_shift(rows: pd.DataFrame) -> pd.Series:
+def _measurement_shift(rows: pd.DataFrame) -> pd.Series:
     """Per planned contrast: estimate of the report's model minus that of the true counts (points)."""
     est = rows.pivot_table(index="group", columns="variant", values="estimate")
     return est[REPORT_VARIANT] - est["perfect"]
@@ -584,7 +584,7 @@ def bank_check_one(task: tuple[str, int, str, int]) -> pd.Series:
         columns={"true_realised_per_100um2": "true_puncta_density_per_100um2"})
     frames = [synapse_rows(t, PRESETS[preset].null, cov).assign(variant=v)
               for v, (t, cov) in synapse_variants(syn, truth).items() if v in (REPORT_VARIANT, "perfect")]
-    return _primary_shift(pd.concat(frames, ignore_index=True)).rename(draw)
+    return _measurement_shift(pd.concat(frames, ignore_index=True)).rename(draw)
 
 
 def bank_check(args: argparse.Namespace) -> pd.DataFrame:
@@ -598,7 +598,7 @@ def bank_check(args: argparse.Namespace) -> pd.DataFrame:
     for folder in folders:
         info = json.loads((folder / "study.json").read_text())
         preset, seed = info["preset"], int(info["seed"])
-        whole = _primary_shift(analyse_study(folder).query("endpoint == 'synapse density (% vs vehicle)'"))
+        whole = _measurement_shift(analyse_study(folder).query("endpoint == 'synapse density (% vs vehicle)'"))
         with ProcessPoolExecutor(args.workers) as pool:
             draws = pd.concat(list(pool.map(bank_check_one, [(preset, seed, str(args.cache), d)
                                                              for d in range(args.draws)])), axis=1)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import logging
 import sys
 import time
@@ -61,16 +62,24 @@ FIRST_SEED = {"null": 70_000, "default": 80_000}
 ENDPOINTS = ("skeleton_length_um (ratio of geometric means)", "branch_points (ratio of geometric means)")
 
 
-def study_cells(preset: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The terminal rows of one study's design and the interior cells of each of its fields."""
+def _terminal_design(preset: str, seed: int) -> pd.DataFrame:
+    """The terminal rows of one study's design (the null preset without the drug effect)."""
     from analysis.sim.design import PRESETS, build_design
-    from analysis.sim.glia import simulated_cells
     from analysis.sim.truth import calibrated_model
 
     p = PRESETS[preset]
     model = calibrated_model()
-    design = build_design(p, model.without_drug_effect() if p.null else model, seed)
-    term = design[design["readout"] == "terminal"].reset_index(drop=True)
+    d = build_design(p, model.without_drug_effect() if p.null else model, seed)
+    return d[d["readout"] == "terminal"].reset_index(drop=True)
+
+
+def study_cells(preset: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The terminal rows of one study's design and the interior cells of each of its fields."""
+    from analysis.sim.design import PRESETS
+    from analysis.sim.glia import simulated_cells
+
+    p = PRESETS[preset]
+    term = _terminal_design(preset, seed)
     cells = []
     for k, r in enumerate(term.itertuples()):
         c = simulated_cells(microglia_per_mm2=r.true_microglia_per_mm2, process_length_scale=r.process_length_scale,
@@ -132,6 +141,11 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     }).reset_index()
 
 
+def _interval(n: int) -> float:
+    """Half-width of the 95 % Monte-Carlo interval of a rate of 0.95 (or 0.05) over ``n``."""
+    return 1.96 * np.sqrt(0.95 * 0.05 / max(n, 1))
+
+
 def _name(endpoint: str) -> str:
     return endpoint.split(" (")[0].replace("_um", "").replace("_", " ")
 
@@ -160,7 +174,7 @@ def markdown_summary(rows: pd.DataFrame, bank: pd.DataFrame | None = None, bank_
                      f"{r.mean_log_error:+.4f} | {r.sd_log_error:.3f} | {r.mean_se:.3f} | {r.reject:.3f} ({what}) |")
     total = int(summary["contrasts"].min())
     lines += ["", f"Monte-Carlo uncertainty: a rate of 0.95 or 0.05 over {total:,} contrasts has a 95 % interval of "
-              f"+-{1.96 * np.sqrt(0.95 * 0.05 / total):.3f} (contrasts of one study share their vehicle group, so "
+              f"+-{_interval(total):.3f} (contrasts of one study share their vehicle group, so "
               "these intervals are somewhat too narrow).", "",
               "## Every planned contrast: coverage", "",
               "| group | skeleton length, effect | skeleton length, null | branch points, effect | branch points, null |",
@@ -179,9 +193,8 @@ def markdown_summary(rows: pd.DataFrame, bank: pd.DataFrame | None = None, bank_
         six = rng.choice(m, size=(100_000, 6)).sum(axis=1)
         notes.append(f"{preset} {_name(endpoint)}: misses per study (0, 1, 2, ...) {np.bincount(m).tolist()}, "
                      f"six studies with >= 8 misses of 60: {np.mean(six >= 8):.3f}")
-    per_contrast = 1.96 * np.sqrt(0.95 * 0.05 / max(int(n.min()), 1))
     lines += ["", f"Per planned contrast over {int(n.min())} studies the 95 % interval of a coverage of 0.95 is "
-              f"+-{per_contrast:.3f}. "
+              f"+-{_interval(int(n.min())):.3f}. "
               "Misses cluster by study: " + "; ".join(notes) + ".", ""]
     if bank is not None and len(bank):
         lines += bank_markdown(bank, bank_fields)
@@ -230,14 +243,17 @@ def bank_markdown(rows: pd.DataFrame, bank_fields: int | None) -> list[str]:
                  f"{_pct(per_contrast.get(('default', e, group), float('nan')))}" for e in endpoints]
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     lines += ["", f"Per planned contrast over {int(n.min())} studies the 95 % interval of a coverage of 0.95 is "
-              f"+-{1.96 * np.sqrt(0.95 * 0.05 / max(int(n.min()), 1)):.3f}.", ""]
+              f"+-{_interval(int(n.min())):.3f}.", ""]
     return lines
 
 
+def _study_folders(cache: Path) -> list[Path]:
+    """The cached calibration studies of stage ``run`` (not the bank, not a study being written)."""
+    return sorted(f for f in Path(cache).iterdir() if f.is_dir() and not f.name.endswith(".tmp") and f.name != "bank")
+
+
 def analyse(args: argparse.Namespace) -> pd.DataFrame:
-    folders = sorted(f for f in Path(args.cache).iterdir()
-                     if f.is_dir() and not f.name.endswith(".tmp") and f.name != "bank")
-    rows = pd.concat([analyse_one(f) for f in folders], ignore_index=True)
+    rows = pd.concat([analyse_one(f) for f in _study_folders(args.cache)], ignore_index=True)
     rows.to_csv(Path(args.cache) / "rows.csv", index=False)
     bank_rows = Path(args.cache) / "bank_rows.csv"
     bank, bank_fields = None, None
@@ -267,8 +283,9 @@ def analyse(args: argparse.Namespace) -> pd.DataFrame:
 # skeleton length and branch points times the ratio of this field's true mean to the bank
 # field's (true cells: the study's own, cached by ``run``), engulfed puncta and CD68 fraction
 # times the ratio of the generator settings (``engulfed_per_cell``, ``cd68_area_fraction``), and
-# the cell count times the ratio of the expected cell densities (``true_microglia_per_mm2``).  The per-cell spread, the missed, split, merged and false cells, and
-# any error that depends on activation, density or SNR come from the detector.
+# the cell count times the ratio of the expected cell densities (``true_microglia_per_mm2``).
+# The per-cell spread, the missed, split, merged and false cells, and any error that depends on
+# activation, density or SNR come from the detector.
 
 #: Designs whose terminal fields make the bank (seeds no other calibration uses).
 BANK_SEEDS = (90_000, 90_001, 90_002)
@@ -283,16 +300,6 @@ BANK_CELL_COLUMNS = ("label", "touches_border", "skeleton_length_um", "branch_po
                      "cd68_area_fraction")
 BANK_ENDPOINTS = ("microglia density (rate ratio)", "engulfed puncta per cell (rate ratio)", *ENDPOINTS,
                   "cd68_area_fraction (ratio of geometric means)")
-
-
-def _terminal_design(preset: str, seed: int) -> pd.DataFrame:
-    from analysis.sim.design import PRESETS, build_design
-    from analysis.sim.truth import calibrated_model
-
-    p = PRESETS[preset]
-    model = calibrated_model()
-    d = build_design(p, model.without_drug_effect() if p.null else model, seed)
-    return d[d["readout"] == "terminal"].reset_index(drop=True)
 
 
 def _bank_design() -> pd.DataFrame:
@@ -357,8 +364,9 @@ def build_bank(args: argparse.Namespace) -> None:
             log.info("[%d/%d] %s (%.0f s)", n, len(todo), Path(path).name, time.perf_counter() - t0)
 
 
+@functools.lru_cache(maxsize=1)
 def load_bank(cache: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The bank's fields and measured cells."""
+    """The bank's fields and measured cells (read once per process; callers do not modify them)."""
     chunks = sorted(p for p in (Path(cache) / "bank").glob("chunk-*") if not p.name.endswith(".tmp"))
     if not chunks:
         raise SystemExit(f"no bank in {Path(cache) / 'bank'}; run the 'bank' stage first")
@@ -377,15 +385,16 @@ def bank_tables(fields: pd.DataFrame, bank_cells: pd.DataFrame, term: pd.DataFra
     rng = np.random.default_rng(np.random.SeedSequence([seed, 17]))
     tm = true_cells.groupby("image_id")[["skeleton_length_um", "branch_points"]].mean()
     term = term.join(tm.add_prefix("true_mean_"), on="image_id")
-    scale = fields[list(MATCH)].std().replace(0, 1.0)
+    scale = fields[list(MATCH)].std().replace(0, 1.0).to_numpy()
+    truth = fields[list(MATCH)].to_numpy()
+    level = fields["snr_level"].to_numpy()
     has_cells = fields["true_interior_count"].to_numpy() > 0
     picks = np.empty(len(term), dtype=int)
     for i, r in enumerate(term.itertuples(index=False)):
-        pool = np.flatnonzero((fields["snr_level"].to_numpy() == r.snr_level) & (has_cells == (r.microglia_count > 0)))
+        pool = np.flatnonzero((level == r.snr_level) & (has_cells == (r.microglia_count > 0)))
         if len(pool) < K_NEAREST:
-            pool = np.flatnonzero(fields["snr_level"].to_numpy() == r.snr_level)
-        d = (((fields[list(MATCH)].to_numpy()[pool] - np.array([getattr(r, k) for k in MATCH])) / scale.to_numpy()) ** 2
-             ).sum(axis=1)
+            pool = np.flatnonzero(level == r.snr_level)
+        d = (((truth[pool] - np.array([getattr(r, k) for k in MATCH])) / scale) ** 2).sum(axis=1)
         near = pool[np.argsort(d, kind="stable")[:K_NEAREST]]
         picks[i] = near[rng.integers(0, len(near))]
     b = fields.iloc[picks].reset_index(drop=True)
@@ -428,19 +437,14 @@ def bank_analyse_one(task: tuple[str, str]) -> pd.DataFrame:
 
 
 def bank_analyse(args: argparse.Namespace) -> pd.DataFrame:
-    folders = sorted(f for f in Path(args.cache).iterdir()
-                     if f.is_dir() and not f.name.endswith(".tmp") and f.name != "bank")
+    folders = _study_folders(args.cache)
     fields, _ = load_bank(Path(args.cache))
     log.info("bank of %d terminal fields; %d calibration studies", len(fields), len(folders))
     with ProcessPoolExecutor(args.workers) as pool:
         rows = pd.concat(list(pool.map(bank_analyse_one, [(str(f), str(args.cache)) for f in folders])),
                          ignore_index=True)
     rows.to_csv(Path(args.cache) / "bank_rows.csv", index=False)
-    g = rows.groupby(["preset", "endpoint"])
-    summary = pd.DataFrame({"studies": g["seed"].nunique(), "coverage": g["covered"].mean(),
-                            "mean_log_error": g["log_error"].mean(), "sd_log_error": g["log_error"].std(),
-                            "mean_se": g["log_se"].mean(),
-                            "reject": g.apply(lambda d: (d["p"] < 0.05).mean())}).reset_index()
+    summary = summarise(rows)
     with pd.option_context("display.width", 200):
         print(summary.round(4).to_string(index=False))
     return summary

@@ -103,7 +103,7 @@ def test_perfect_counts_recover_the_cd68_effect(rows: pd.DataFrame) -> None:
 def test_the_measurement_shift_is_the_report_model_minus_the_true_counts(rows: pd.DataFrame, e2e) -> None:
     """``bank-check`` compares whole studies with bank studies by this shift (points)."""
     syn = rows[rows["endpoint"] == "synapse density (% vs vehicle)"]
-    shift = e2e._primary_shift(syn)
+    shift = e2e._measurement_shift(syn)
     est = syn.set_index(["variant", "group"])["estimate"]
     assert len(shift) == 3
     for group, value in shift.items():

@@ -96,7 +96,7 @@ def test_one_bank_field_is_rendered_and_quantified(cm, tmp_path: Path) -> None:
     cm.bank_chunk((row, str(tmp_path / "bank" / "chunk-0000")))
     fields, cells = cm.load_bank(tmp_path)
     assert len(fields) == 1 and fields.at[0, "measured_count"] >= 1
-    assert fields.at[0, "true_interior_count"] >= 0 and set(cm.MATCH) <= set(fields.columns)
+    assert set(cm.MATCH) <= set(fields.columns)
     assert set(cm.BANK_CELL_COLUMNS) <= set(cells.columns) and len(cells) >= 1
     # the measured count is near the field's expected number of cells (0.0164 mm^2 x density)
     expected = float(row["true_microglia_per_mm2"].iloc[0]) * 640 * 640 * 0.2**2 * 1e-6
