@@ -303,11 +303,10 @@ def test_a_calibration_caveat_follows_its_endpoint_only() -> None:
     at = found.index(caveat[0])
     assert found[at - 1].endpoint == "branch_points" and [f for f in found if f.kind != "caveat"] == plain
     assert at == len(found) - 1 or found[at + 1].endpoint != "branch_points"
-    # the committed calibration (a source checkout) flags branch points, and only them
+    # the committed calibration (a source checkout) flags no endpoint since branch points are
+    # counted as forks of the process tree (session 14; they were 8.5 % low before)
     if load_morphology_calibration() is not None:
-        committed = calibration_caveats()
-        assert list(committed) == ["branch_points"]
-        assert re.search(r"branch points ratios were \d+\.\d % below the truth on average", committed["branch_points"])
+        assert calibration_caveats() == {}
 
 
 def test_no_detectable_change_says_what_the_design_could_detect() -> None:

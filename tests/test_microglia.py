@@ -174,7 +174,10 @@ def test_gap_inside_the_soma_adds_no_loop_but_loops_between_processes_stay() -> 
     b = draw_process(fine, 100, 40, 20, 12.0, width_um=0.8)
     draw_process(fine, a[0] - 15, a[1], 90, (b[0] - a[0] + 30) * PX, width_um=0.8)  # crosses both
     m = measure_microglia(fine.astype(int), None, PX).iloc[0]
-    assert m.branch_points == 2  # the crossing process forks at both ends of the loop
+    # the crossing process meets the two primaries at the two junctions of the loop; with two
+    # tips and two primary processes the tree has no fork (branch points count forks, not the
+    # junctions of processes that touch)
+    assert (m.skeleton_junctions, m.endpoints, m.n_primary, m.branch_points) == (2, 2, 2, 0)
 
 
 def test_one_pixel_outline_bumps_are_not_branches_at_coarse_pixels() -> None:
