@@ -30,8 +30,8 @@ Morphology (:func:`measure_microglia`)
     every fork of a tree adds one tip to the tips of its primary processes.  It is not read
     from the junction pixels of the digital skeleton: where a process is wider than a pixel
     or two forks lie close together, the thinning makes one junction or two depending on its
-    scan direction (a field's junction count changed by up to 19 % under a flip of the
-    image, this count by up to 6 %), and processes that touch or cross in the image (a loop
+    scan direction (on four phantom fields the junction count changed by up to 19 % under
+    flips and rotations of the image, this count by up to 11 %), and processes that touch or cross in the image (a loop
     of the skeleton) add junctions that are not forks.  The soma centre, where the primary
     processes meet, is not a branch point (nor is a fork inside the soma);
   - ``skeleton_junctions`` follows the common convention of Fiji's AnalyzeSkeleton
@@ -456,12 +456,13 @@ def measure_microglia(
         Sets the opening that finds the soma (see the module docstring).
     min_branch_length_um : float
         Terminal branches protruding less than this beyond their parent process are spurs
-        of the outline and are pruned.  The default, 0.6 um, is about twice the lateral
-        resolution (FWHM) of a confocal or two-photon objective of high NA: a shorter
-        protrusion cannot be told from the blur of the outline.  (At 1 um real short twigs of
-        activated cells, whose twigs are shorter, went too: on the simulator's own masks the
-        branch points of strongly activated cells fell to 0.94 of the truth against 1.0 for
-        vehicle, and the segmentation's loss of faint tips added to it.)
+        of the outline and are pruned.  The default, 0.6 um, is two to three times the lateral
+        resolution (FWHM) of a confocal or two-photon objective of high NA, below which a
+        protrusion is hard to tell from the blur of the outline; it was chosen on the
+        simulator's own masks: at 1 um real short twigs went too, more of activated cells',
+        whose twigs are shorter, and the ratio of strongly activated to vehicle cells' branch
+        points was 0.92-0.94 of the true ratio (0.99 at 0.6 um).  At coarse pixels the
+        one-pixel-bump rule (module docstring) prunes more.
     sholl_step_um : float
         Spacing of the Sholl circles (the first at one step from the soma centre).
     process_max_width_um : float
