@@ -1,6 +1,7 @@
-"""Any study the sheet describes: microglia only, synapses only, cross-sectional.
+"""Any study the sheet describes: microglia only, synapses only and cross-sectional.
 
-Each variant is cut from the session's small simulated study (its images, a different sheet)
+Two variants (each report costs the suite ~25 s of notebooks, so one variant carries two
+departures from the small study: no microglia channel and no baseline session).  Each variant is cut from the session's small simulated study (its images, a different sheet)
 and runs through the whole report: quantification (served from the session's cache where
 the channel roles are unchanged), the model fits, every notebook the study has data for, and
 the index, which names the notebooks skipped with the reason.  Model numbers of the new
@@ -21,16 +22,15 @@ from analysis.report.run import run_report
 from analysis.stats.models import fit_synapse_lmm, session_contrasts
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("microglia_only", "synapse_only", "cross_sectional")
+VARIANTS = ("microglia_only", "synapse_cross_sectional")
 
 
 def _variant(sheet: pd.DataFrame, name: str) -> pd.DataFrame:
     terminal = sheet["microglia_channel"] != ""
     if name == "microglia_only":  # Iba1 (and CD68) fields, no synapse channel
         return sheet[terminal].assign(synapse_channel="", lysosome_channel="")
-    if name == "synapse_only":  # the longitudinal PSD95 fields
-        return sheet[~terminal]
-    return sheet[sheet["day"].astype(int) >= 0]  # groups at sacrifice only: no baseline session
+    # the PSD95 fields of the sessions after the first dose only: no baseline session, no microglia
+    return sheet[~terminal & (sheet["day"].astype(int) >= 0)]
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -56,16 +56,13 @@ def test_every_variant_gets_a_report_without_traceback(variant_report: tuple[str
     index = (reports / "index.html").read_text(encoding="utf-8")
     pages = {p.stem for p in reports.glob("*.html")} - {"index"}
     want = {"00_study_design", "01_quantify_images", "04_validation"}
-    if name != "microglia_only":
-        want.add("02_synapse_dose_duration")
-    if name != "synapse_only":
-        want.add("03_microglia")
+    want.add("03_microglia" if name == "microglia_only" else "02_synapse_dose_duration")
     assert pages == want
     for page in [*reports.glob("*.html"), *reports.glob("audit/*.html")]:
         text = page.read_text(encoding="utf-8")
         assert "Traceback" not in text and "Error</span>" not in text, page
-    skipped = {"microglia_only": ["02_synapse_dose_duration", "05_spines"], "synapse_only": ["03_microglia", "05_spines"],
-               "cross_sectional": ["05_spines"]}[name]
+    skipped = {"microglia_only": ["02_synapse_dose_duration", "05_spines"],
+               "synapse_cross_sectional": ["03_microglia", "05_spines"]}[name]
     for nb in skipped:
         assert f"{nb}: This study has no" in index
     assert index.count("so this notebook was not run") == len(skipped)
@@ -77,8 +74,8 @@ def test_each_variant_fits_what_it_has(variant_report: tuple[str, Path]) -> None
     has_synapse = (processed / "synapse_contrasts.csv").exists()
     has_microglia = (processed / "microglia_contrasts.csv").exists()
     assert has_synapse == (name != "microglia_only")
-    assert has_microglia == (name != "synapse_only")
-    if name == "cross_sectional":
+    assert has_microglia == (name == "microglia_only")
+    if name == "synapse_cross_sectional":
         c = pd.read_csv(processed / "synapse_contrasts.csv")
         # every treated group with a vehicle of its genotype is compared with it (the small design
         # has no TSPO_KO vehicle: that row has no comparison)
@@ -167,15 +164,24 @@ def test_the_study_names_its_own_reference_groups(tmp_path: Path) -> None:
 
 
 def test_a_study_of_another_compound_gets_its_trend_and_mechanism(tmp_path: Path) -> None:
-    """No compound name is built in: a midazolam study fits the dose x time trend of midazolam."""
+    """No compound name is built in: a midazolam study fits the dose x time trend of midazolam.
+
+    The table carries usable quality columns (per-image SNR and precision), which
+    ``adjust_for_quality=False`` leaves out of the model (the adjusted fit of such a table:
+    test_measurement_aware.py)."""
     from analysis.sim.measurements import simulate_measurements
-    from analysis.stats.models import fit_study
+    from analysis.stats.models import fit_study, quality_covariates
 
     m = simulate_measurements("default", 2)
     m["compound"] = m["compound"].replace({"diazepam": "midazolam"})
+    m["measured_snr"] = np.exp(np.random.default_rng(2).normal(np.log(7.0), 0.5, len(m)))
+    m["est_precision"] = 0.9
+    assert quality_covariates(m)[1]  # (usable: the fit below must leave them out on its own)
     m.to_parquet(tmp_path / "measurements.parquet")
     written = fit_study(str(tmp_path / "measurements.parquet"), str(tmp_path), primary="WT midazolam 5 mg/kg x 7 d",
                         adjust_for_quality=False)
+    assert pd.read_csv(written["variance"])["quality_adjustment"].iloc[0] == "none"
+    assert "covariates" not in written
     assert "trend" in written
     trend = pd.read_csv(written["trend"])
     assert set(trend["compound"]) == {"midazolam"}

@@ -10,8 +10,6 @@ import json
 import os
 from typing import Any
 
-import nbformat
-
 __all__ = ["RECORD_MIMETYPE", "record", "recorded"]
 
 #: MIME type of the values a notebook records for tests and the index.
@@ -36,6 +34,10 @@ def record(name: str, value: Any) -> None:
 
 def recorded(notebook: str | os.PathLike[str]) -> dict[str, Any]:
     """All values recorded with :func:`record` in an executed notebook (later ones win)."""
+    # (imported here: nbformat's schema validator loads jsonschema's format checkers, ~1.7 s,
+    # which every notebook paid at its first cell through :func:`record`)
+    import nbformat
+
     nb = nbformat.read(notebook, as_version=4)
     out: dict[str, Any] = {}
     for cell in nb.cells:
