@@ -123,6 +123,22 @@ def test_one_image_per_animal_is_ordinary_least_squares_of_group_means() -> None
     assert np.isnan(row["pct_change_from_baseline"])
 
 
+def test_one_image_per_animal_and_no_animal_left_for_the_variance_is_a_clear_error() -> None:
+    """One animal per group, one image each: no residual df, so no standard error exists.  An
+    error that says so, instead of infinite standard errors (statsmodels divides by zero), and the
+    sex x treatment analysis (the small study's sexes alone are such designs) skipped with it."""
+    from analysis.errors import InputError
+    from analysis.stats.models import sex_differences
+
+    m, _ = _cross_sectional(np.random.default_rng(1), fields=1)
+    tiny = m[m["animal_id"].isin(["vehicle0", "diazepam0"])]
+    with pytest.raises(InputError, match="2 animals for 2 model terms .*no animal is left to estimate the variance"):
+        fit_synapse_lmm(tiny)
+    two = m[m["animal_id"].isin(["vehicle0", "vehicle1", "diazepam0", "diazepam1"])]
+    with pytest.raises(ValueError, match="(?s)the F animals alone cannot be fitted .*no animal is left"):
+        sex_differences(two.assign(sex=np.where(two["animal_id"].str.endswith("0"), "F", "M")))
+
+
 def test_cross_sectional_fields_are_nested_in_animals() -> None:
     m, means = _cross_sectional(np.random.default_rng(2), fields=4)
     fit = fit_synapse_lmm(m)

@@ -152,7 +152,9 @@ def test_tiled_detection_needs_less_memory_than_the_whole_plane(plane: np.ndarra
         tracemalloc.stop()
         return out
 
-    assert peak(tile_px=128) < 0.6 * peak(tile_px=None)
+    # measured: 14.9 MB in four tiles of 320 px (each read with its margin) against 34.5 MB whole
+    # (0.43); nine tiles of 214 px 0.41, 25 of 128 px 0.30 but 4x the time under tracing
+    assert peak(tile_px=320) < 0.6 * peak(tile_px=None)
 
 
 # --------------------------------------------------------------------------- microglia segmentation

@@ -112,6 +112,24 @@ def test_fit_brightness_restores_the_undetected_faint_puncta() -> None:
     assert image_snr(p, b) == pytest.approx(2.0 * np.exp(b["mu"] + b["sigma"] ** 2 / 2))
 
 
+def test_fit_brightness_that_leaves_its_grid_summarises_the_detected_puncta() -> None:
+    """The 60 maxima of a tiny 3-plane stack (test_bad_input_images.py) drove the truncated fit to
+    mu = -1529: a mean SNR of 0.0 (and 0/0 for the modelled recall) went into the image's row.
+    Now the detected puncta's own summary, as for too few puncta."""
+    import warnings
+
+    from analysis.measure.puncta import detect_puncta
+    from test_bad_input_images import PX, stack
+
+    p = detect_puncta(stack(3)(), PX, z_step_um=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = fit_brightness(p)
+    lz = np.log(p["snr"].to_numpy(float))
+    assert b["method"] == "detected" and np.isnan(b["model_recall"]) and b["n"] == len(p) >= 20
+    assert b["mu"] == pytest.approx(np.median(lz)) and np.exp(lz.min()) < b["mean_snr"] < np.exp(lz.max())
+
+
 def test_saturated_fraction_hand_made() -> None:
     img = np.full((10, 10), 1000, np.uint16)
     img[0, :7] = 65535

@@ -288,6 +288,15 @@ def fit_synapse_lmm(
     for m in messages:
         log.warning("mixed model: %s", m)
     if one_image:
+        if result.df_resid < 1:
+            from analysis.errors import InputError, Problem
+
+            # (statsmodels would divide by zero residual df: standard errors inf or NaN)
+            raise InputError(Problem(
+                "measurements", f"one image per animal and {df['animal_id'].nunique()} animals for "
+                f"{int(len(df) - result.df_resid)} model terms (groups, sessions, covariates): no animal is left to "
+                "estimate the variance, so no standard error or p value can be given; image more animals per group "
+                "(or more than one field per animal)", column=value))
         fe = result.params
         cov_fe = result.cov_params()
     else:
