@@ -1,10 +1,11 @@
 """Any study the sheet describes: microglia only, synapses only and cross-sectional.
 
 Two variants (each report costs the suite ~25 s of notebooks, so one variant carries two
-departures from the small study: no microglia channel and no baseline session).  Each variant is cut from the session's small simulated study (its images, a different sheet)
-and runs through the whole report: quantification (served from the session's cache where
-the channel roles are unchanged), the model fits, every notebook the study has data for, and
-the index, which names the notebooks skipped with the reason.  Model numbers of the new
+departures from the small study: no microglia channel and no baseline session).  Each variant
+is cut from the session's small simulated study (its images, a different sheet) and runs
+through the whole report: quantification (served from the session's cache where the channel
+roles are unchanged), the model fits, every notebook the study has data for, and the index,
+which names the notebooks skipped with the reason.  Model numbers of the new
 designs are checked against hand computations on simulated tables.
 """
 
@@ -126,7 +127,8 @@ def test_one_image_per_animal_is_ordinary_least_squares_of_group_means() -> None
 def test_one_image_per_animal_and_no_animal_left_for_the_variance_is_a_clear_error() -> None:
     """One animal per group, one image each: no residual df, so no standard error exists.  An
     error that says so, instead of infinite standard errors (statsmodels divides by zero), and the
-    sex x treatment analysis (the small study's sexes alone are such designs) skipped with it."""
+    sex x treatment analysis (the cross-sectional variant's sexes alone are such designs) skipped
+    with it."""
     from analysis.errors import InputError
     from analysis.stats.models import sex_differences
 

@@ -215,7 +215,9 @@ def fit_brightness(puncta: pd.DataFrame, threshold_sd: float | None = None) -> d
         noise SD: converts a detection SNR to peak height / pixel noise SD), ``model_recall``
         (share of the modelled population detected under the noise model alone, without
         crowding or clutter: a cross-check of the spike-in), ``n`` (puncta used) and
-        ``method`` (``"truncated"``, ``"detected"`` or ``"none"``).
+        ``method`` (``"truncated"``; ``"detected"``: the detected puncta's own log-SNR median
+        and SD, no ``model_recall``, when there are too few puncta for the fit or the fit
+        leaves its grid; ``"none"``: no puncta).
 
     Examples
     --------

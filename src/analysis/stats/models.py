@@ -218,6 +218,12 @@ def fit_synapse_lmm(
         ``variance_components`` (animal, animal x session, residual), ``cells`` (the group and
         day of each coefficient with the number of animals), the statsmodels result, whether
         it converged and the warnings raised while fitting (surfaced, not hidden).
+
+    Raises
+    ------
+    analysis.errors.InputError
+        One image per animal and no more animals than model terms: no residual degrees of
+        freedom, so no standard error exists.
     """
     df = _with_group(measurements.dropna(subset=[value]))
     df["log_value"], is_zero, offset = log_with_zeros(df[value], zeros, value)
