@@ -297,3 +297,31 @@ def test_morphology_zeros_stay_in_with_an_offset(caplog: pytest.LogCaptureFixtur
     assert not np.allclose(with_zeros.ratio_vs_vehicle, plain.ratio_vs_vehicle)
     excluded = fit_morphology_endpoint(cc, "skeleton_length_um", zeros="exclude")
     assert (excluded.n_zero_cells == 5).all() and (excluded.zero_offset == 0).all()
+
+
+def test_fit_warnings_keep_the_models_and_not_a_collected_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ResourceWarning raised while the model is fitted (the garbage collector finalising an
+    unclosed event loop of a notebook client once landed in synapse_lmm_diagnostics.csv and made
+    the report's tables differ between two runs) is not a warning of the model; a warning the
+    fit itself raises is kept, in the mixed model and in the trend model."""
+    import warnings
+
+    from statsmodels.regression.mixed_linear_model import MixedLM
+
+    from analysis.stats.trend import fit_synapse_trend
+
+    real_fit = MixedLM.fit
+
+    def noisy_fit(self, *args, **kwargs):
+        warnings.warn("unclosed event loop <_UnixSelectorEventLoop>", ResourceWarning)
+        warnings.warn("a warning of the fit itself", UserWarning)
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(MixedLM, "fit", noisy_fit)
+    m = simulate_measurements("small", 0)
+    fit = fit_synapse_lmm(m)
+    assert "a warning of the fit itself" in fit.warnings
+    assert not any("unclosed" in w for w in fit.warnings)
+    trend = fit_synapse_trend(simulate_measurements("default", 0))
+    assert trend["warnings"].str.contains("a warning of the fit itself").all()
+    assert not trend["warnings"].str.contains("unclosed").any()

@@ -119,6 +119,17 @@ def log_with_zeros(values: pd.Series, zeros: str, what: str) -> tuple[pd.Series,
     return out.where(~is_zero | (offset > 0)), is_zero, offset
 
 
+def _fit_messages(caught: Sequence[warnings.WarningMessage]) -> tuple[str, ...]:
+    """The distinct messages of the warnings recorded while a model was fitted, sorted.
+
+    ResourceWarnings are left out: they come from the garbage collector finalising objects
+    of other code that happen to be collected during the fit (an unclosed event loop of a
+    notebook kernel client was once recorded in a model's warnings), not from the model, and
+    they would make the written tables differ from run to run.
+    """
+    return tuple(sorted({str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)}))
+
+
 def fixed_effects_covariance(result) -> pd.DataFrame:
     """Covariance of the fixed effects of a statsmodels ``MixedLM`` fit, as lme4 and SAS report it.
 
@@ -290,7 +301,7 @@ def fit_synapse_lmm(
                 notes.append("refitted with Powell's method (L-BFGS met a singular matrix; a variance "
                              "component is probably at zero)")
                 result = model.fit(reml=True, method=["powell"])
-    messages = tuple(notes) + tuple(sorted({str(w.message) for w in caught}))
+    messages = tuple(notes) + _fit_messages(caught)
     for m in messages:
         log.warning("mixed model: %s", m)
     if one_image:

@@ -28,6 +28,7 @@ import statsmodels.formula.api as smf
 from scipy import stats as sps
 
 from analysis.stats import fixed_effects_covariance, log_with_zeros
+from analysis.stats.models import _fit_messages
 from analysis.io.vocabulary import VEHICLE, WILD_TYPE
 
 __all__ = ["trend_table", "fit_synapse_trend"]
@@ -83,7 +84,7 @@ def _fit(df: pd.DataFrame, slope: bool):
         model = smf.mixedlm(FORMULA, df, groups="animal_id", re_formula="~weeks" if slope else "1",
                             vc_formula={"session": "0 + C(day)"})
         res = model.fit(reml=True, method=["lbfgs", "powell"])
-    return res, tuple(sorted({str(w.message) for w in caught}))
+    return res, _fit_messages(caught)
 
 
 def fit_synapse_trend(
