@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from analysis.measure.noise import _blocks, noise_sd_map
+from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.puncta import _label_sizes, detect_puncta
 
 __all__ = ["analysed_area_mask", "synapse_density"]
@@ -358,6 +359,11 @@ def analysed_area_mask(
         raise ValueError(f"image must be YX or ZYX, got shape {np.shape(image)}")
     if not np.issubdtype(img.dtype, np.integer):
         img = np.asarray(img, dtype=np.float64)  # (integer data stay as they are: no float copy)
+    # the constant fill of registration or stitching is not imaged: no puncta are counted there,
+    # and its edge is not a void's (the same fill as the detector's)
+    not_imaged = not_imaged_mask(img, pixel_size_um)
+    if not_imaged is not None:
+        img = fill_not_imaged(img, not_imaged, pixel_size_um)
     if puncta is None:
         puncta = detect_puncta(img, pixel_size_um)
     H, W = img.shape
@@ -428,7 +434,7 @@ def analysed_area_mask(
         void_blocks = new
     del diffuse, neuropil, empty, filled, new
     if not void_blocks.any():
-        return np.ones(img.shape, bool)
+        return np.ones(img.shape, bool) if not_imaged is None else ~not_imaged
 
     def core(r0: int, r1: int) -> np.ndarray:
         return _core_rows(void_blocks, bs, r0, r1, W)
@@ -510,7 +516,10 @@ def analysed_area_mask(
     big[0] = False
     mask = big[lab]
     del lab
-    return np.logical_not(mask, out=mask)
+    np.logical_not(mask, out=mask)
+    if not_imaged is not None:
+        mask &= ~not_imaged
+    return mask
 
 
 # --------------------------------------------------------------------------- density

@@ -88,6 +88,7 @@ from scipy.spatial import cKDTree
 from scipy.special import erf
 
 from analysis.measure.matching import PointMatch, match_points  # noqa: F401  (re-exported)
+from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.noise import _gauss_radius, _noise_at, _noise_model, _row_strips, noise_sd_map, robust_sd
 
 __all__ = [
@@ -1124,6 +1125,12 @@ def detect_puncta(
         raise ValueError("image contains NaN or infinite values; replace them (e.g. by the median) first")
     if mask is not None and np.shape(mask) not in (arr.shape, arr.shape[-2:]):
         raise ValueError(f"mask shape {np.shape(mask)} does not match the image {arr.shape} (or its YX plane)")
+    # the constant fill of registration, rotation or stitching (:mod:`analysis.measure.outside`):
+    # given the imaged edge's background and noise, so that its step is not detected, and
+    # puncta centred in it are outside the imaged field (planes; stacks as they are)
+    outside = not_imaged_mask(arr, pixel_size_um) if arr.ndim == 2 else None
+    if outside is not None:
+        arr = fill_not_imaged(arr, outside, pixel_size_um)
     ndim = arr.ndim
     dz = float(z_step_um) if z_step_um else float(pixel_size_um)
     estimated = punctum_radius_um is None
@@ -1218,6 +1225,9 @@ def detect_puncta(
     if ndim == 3:
         lo[0], hi[0] = 0.0, arr.shape[0] - 1.0
     inside = np.all((pos >= lo) & (pos <= hi), axis=1) if len(pos) else np.zeros(0, bool)
+    if outside is not None and len(pos):
+        ij = np.clip(np.rint(pos[:, -2:]).astype(int), 0, np.array(outside.shape) - 1)
+        inside &= ~outside[ij[:, 0], ij[:, 1]]
     pos, k, a, t, sn = pos[inside], k[inside], a[inside], t[inside], sn[inside]
     threshold_used = float(threshold_sd)
     if noise_fdr is not None and ndim == 2 and len(t):
@@ -1260,6 +1270,7 @@ def detect_puncta(
             "punctum_radius_estimated": bool(estimated),
             "noise_alpha": noise_info["alpha"],
             "noise_beta": noise_info["beta"],
+            "not_imaged_px": int(outside.sum()) if outside is not None else 0,
         }
     )
     log.debug("detected %d puncta (%d candidates, %d tile(s))", len(out), found["n_cand"], len(tiles))

@@ -36,6 +36,7 @@ from scipy import optimize, special
 
 from analysis.measure.puncta import _render as render_spots
 from analysis.measure.noise import noise_sd_map
+from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.puncta import detect_puncta, match_points
 
 __all__ = [
@@ -986,6 +987,12 @@ def image_quality(
     if readout != "puncta" or puncta is None:
         return {"saturated_fraction": sat,
                 "in_validated_range": in_validated_range(pixel_size_um, depth, saturated=sat, readout=readout)}
+    if np.ndim(image) == 2:
+        # a padded plane (registration, stitching): the background, the spike-in and the
+        # surrogate see the imaged edge's level where the fill was, as the detector did
+        outside = not_imaged_mask(image, pixel_size_um)
+        if outside is not None:
+            image = fill_not_imaged(image, outside, pixel_size_um)
     brightness = fit_brightness(puncta)
     snr = image_snr(puncta, brightness, background_sd=background_noise_sd(image, puncta, mask))
     row: dict[str, Any] = {"measured_snr": snr, "spike_in_recall": np.nan, "spike_in_recall_ci_low": np.nan,
