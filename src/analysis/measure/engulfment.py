@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 
 from analysis.measure.microglia import _median_of_chunks
 from analysis.measure.noise import MAD_TO_SD, noise_sd
+from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.puncta import _label_sizes
 
 __all__ = ["segment_lysosomes", "measure_engulfment", "engulfment_totals"]
@@ -216,6 +217,11 @@ def segment_lysosomes(
         img = np.asarray(img, dtype=np.float32)
     # (a 2-D image of small integers is read strip by strip as float32: the same values, no
     # full-size float32 copy)
+    # the constant fill of registration or stitching (:mod:`analysis.measure.outside`): the
+    # imaged edge's background and noise, and no lysosome there
+    not_imaged = not_imaged_mask(img, pixel_size_um) if img.ndim == 2 else None
+    if not_imaged is not None:
+        img = fill_not_imaged(img, not_imaged, pixel_size_um)
     scales = _scales(float(pixel_size_um), z_step_um, img.ndim)
     size = tuple(2 * np.maximum(np.round(background_um / scales).astype(int), 1) + 1)
     strips = img.ndim == 2 and img.shape[0] > strip_px
@@ -247,6 +253,8 @@ def segment_lysosomes(
     # high one, with its comparisons (the low threshold clipped to the high one in double),
     # without its full-size label image)
     mask = ndi.binary_propagation(detect > high * sd, mask=detect > np.clip(low * sd, None, high * sd))
+    if not_imaged is not None:
+        mask &= ~not_imaged
     if not mask.any():
         return mask
     if edge_fraction is not None:

@@ -73,6 +73,7 @@ from skimage.segmentation import watershed
 
 from analysis.measure.noise import MAD_TO_SD, noise_sd
 from analysis.measure.puncta import _label_sizes
+from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.morphology import (  # noqa: F401  (the morphology of the cells is re-exported)
     MEASURE_COLUMNS,
     _Cell,
@@ -1224,6 +1225,12 @@ def segment_microglia(
         raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
     if border_somata not in ("centre", "all"):
         raise ValueError(f"border_somata must be 'centre' or 'all', got {border_somata!r}")
+    # the constant fill of registration or stitching (:mod:`analysis.measure.outside`) would pull
+    # the background and noise estimates down and turn the imaged background into foreground:
+    # it gets the imaged edge's background and noise, and no cell pixel
+    not_imaged = not_imaged_mask(img, pixel_size_um)
+    if not_imaged is not None:
+        img = fill_not_imaged(img, not_imaged, pixel_size_um)
     px = float(pixel_size_um)
     fg, signal, halfmax, sd = _foreground(
         img, px, smoothing_um=smoothing_um, process_max_width_um=process_max_width_um,
@@ -1317,6 +1324,8 @@ def segment_microglia(
     del seed
     labels = _relabel_ascending(labels)
     log.debug("segmented %d microglia", int(labels.max()))
+    if not_imaged is not None:
+        labels[not_imaged] = 0
     return labels.astype(np.int32)
 
 

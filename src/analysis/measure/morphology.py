@@ -506,6 +506,15 @@ def measure_microglia(
         raise ValueError(f"measure_microglia needs a 2-D label image, got shape {labels.shape}")
     px = float(pixel_size_um)
     border = border_cells(labels)
+    if image is not None and np.ndim(image) == 2:
+        # a cell cut by the constant fill of registration or stitching is cut by the field's
+        # edge as well (:mod:`analysis.measure.outside`)
+        from analysis.measure.outside import not_imaged_mask
+
+        not_imaged = not_imaged_mask(image, px)
+        if not_imaged is not None:
+            edge = ndi.binary_dilation(not_imaged, np.ones((3, 3), bool)) & (labels > 0)
+            border |= {int(v) for v in np.unique(labels[edge])}
     rows = []
     for rp, c in _cells(labels, px, soma_min_diameter_um, min_branch_length_um, process_max_width_um):
         y0, x0 = rp.bbox[0], rp.bbox[1]
