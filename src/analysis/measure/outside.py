@@ -12,8 +12,8 @@ almost never take that value (at most 1 % of them: a photon-counting or backgrou
 image whose dark pixels are often 0 has porous zero plateaus in dark tissue), and bordered by
 imaged pixels well above the fill (a dark, clipped background fades into its floor without a
 step).  :func:`fill_not_imaged` replaces it by the background of the imaged pixels along its
-edge, with the plane's own noise, so that no step is left to detect; puncta centred in the fill are then outside the imaged
-field, and the analysed area leaves it out.
+edge, with the plane's own noise, so that no step is left to detect; puncta centred in the fill
+are then outside the imaged field, and the analysed area leaves it out.
 """
 
 from __future__ import annotations
