@@ -172,6 +172,8 @@ CASES: dict[str, Case] = {
                           expect={"n_puncta": 2, "analysed_area_um2": 32 * 32 * PX * PX}),
     "2-d-image-ignores-z-step": Case(lambda: spots().astype(np.uint16), roles={"z_step_um": 0.7}, expect=SIX),
     # stacks: the volume inside the axial guard bands (1 plane at either end of the 3; synapse_density)
+    "stack-of-2-planes": Case(stack(2), "ZYX", {"z_step_um": 0.5},
+                              reason=("synapse_channel (channel 0)", "2 planes", "at least 3 planes", "maximum projection")),
     "stack-z-step-from-sheet": Case(stack(3), "ZYX", {"z_step_um": 0.5},
                                     expect={"analysed_volume_um3": N * N * PX * PX * (3 - 2) * 0.5}),
     "stack-z-step-from-metadata": Case(stack(3), "ZYX", dz=0.5,

@@ -213,11 +213,11 @@ def image_problem(data: np.ndarray, roles: dict[str, Any], *, min_size_px: int =
     """Why an image cannot be quantified, or None when it can.
 
     Checked in this order, for the channels the sheet assigns a role only (an unused channel
-    may hold anything): the channel index exists; the plane is at least ``min_size_px`` pixels
-    in Y and X; no NaN or infinite pixel; the channel is not blank (all zero or one constant
-    value); a float channel has some positive intensity; not saturated (more than 1 % of the
-    pixels at the top of an integer type).  Each
-    reason names the channel role and says how to fix it.
+    may hold anything): the channel index exists; a synapse stack has more than 2 planes; the
+    plane is at least ``min_size_px`` pixels in Y and X; no NaN or infinite pixel; the channel
+    is not blank (all zero or one constant value); a float channel has some positive intensity;
+    not saturated (more than 1 % of the pixels at the top of an integer type).  Each reason
+    names the channel role and says how to fix it.
 
     Parameters
     ----------
@@ -246,6 +246,12 @@ def image_problem(data: np.ndarray, roles: dict[str, Any], *, min_size_px: int =
             return (f"{role} is {ch} but the image has {data.shape[0]} channel(s) (valid: 0-{data.shape[0] - 1}); "
                     "fix the sample sheet or export the image with all channels")
     ny, nx = data.shape[-2:]
+    n_planes = data.shape[1] if data.ndim == 4 else 1
+    if "synapse_channel" in used and n_planes == 2:
+        # (puncta are counted between axial guard bands of at least one plane at either end)
+        return (f"synapse_channel (channel {used['synapse_channel']}) is a z-stack of 2 planes: puncta are counted "
+                "between guard bands of at least one plane at either end, which leave no volume; image at least "
+                "3 planes, or give a maximum projection (one plane) for an area density")
     if used and (ny < min_size_px or nx < min_size_px):
         names = ", ".join(f"{role} (channel {ch})" for role, ch in used.items())
         return (f"{names}: the image is {ny} x {nx} pixels, too small to measure (at least {min_size_px} x "
