@@ -31,8 +31,8 @@ Morphology (:func:`measure_microglia`)
     from the junction pixels of the digital skeleton: where a process is wider than a pixel
     or two forks lie close together, the thinning makes one junction or two depending on its
     scan direction (on four phantom fields the junction count changed by up to 19 % under
-    flips and rotations of the image, this count by up to 11 %), and processes that touch or cross in the image (a loop
-    of the skeleton) add junctions that are not forks.  The soma centre, where the primary
+    flips and rotations of the image, this count by up to 11 %), and processes that touch or
+    cross in the image (a loop of the skeleton) add junctions that are not forks.  The soma centre, where the primary
     processes meet, is not a branch point (nor is a fork inside the soma);
   - ``skeleton_junctions`` follows the common convention of Fiji's AnalyzeSkeleton
     ("# Junctions") instead: junctions of the whole cell's 2-D skeleton, soma *not*

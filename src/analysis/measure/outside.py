@@ -44,6 +44,11 @@ def _disk(radius: int) -> np.ndarray:
     return yy**2 + xx**2 <= radius**2
 
 
+def _edge(region: np.ndarray) -> np.ndarray:
+    """The pixels within 3 px of ``region`` (8-connected steps), outside it."""
+    return ndi.binary_dilation(region, np.ones((3, 3), bool), iterations=3) & ~region
+
+
 def not_imaged_mask(plane: np.ndarray, pixel_size_um: float) -> np.ndarray | None:
     """Pixels of a 2-D plane that hold the constant fill of padding, or None when there is none.
 
@@ -96,7 +101,7 @@ def not_imaged_mask(plane: np.ndarray, pixel_size_um: float) -> np.ndarray | Non
     rest = np.count_nonzero(flat) - np.count_nonzero(fill)
     if rest > MAX_IMAGED_AT_FILL * max(a.size - np.count_nonzero(fill), 1):
         return None
-    band = ndi.binary_dilation(fill, np.ones((3, 3), bool), iterations=3) & ~flat
+    band = _edge(fill) & ~flat
     if not band.any():
         return None  # (the whole plane is the fill: left to the blank-image check)
     values = a[band].astype(np.float64)
@@ -128,7 +133,7 @@ def fill_not_imaged(plane: np.ndarray, outside: np.ndarray, pixel_size_um: float
     """
     a = np.asarray(plane)
     out_ = np.asarray(outside, bool)
-    band = ndi.binary_dilation(out_, np.ones((3, 3), bool), iterations=3) & ~out_
+    band = _edge(out_)
     level = float(np.median(a[band]) if band.any() else np.median(a[~out_]))
     out = a.copy()
     out[out_] = np.asarray(level).astype(a.dtype) if np.issubdtype(a.dtype, np.integer) else level
