@@ -4,16 +4,20 @@
 ndi.maximum_filter(z, size)))`` (and the minimum filter) and
 :func:`analysis.measure.puncta._gaussian_at` a Gaussian filter read at a few points; both are
 checked here against scipy on random data with ties, windows that reach the edges, windows
-larger than the array, 3-D windows and sizes of 1 along an axis.
+larger than the array, 3-D windows and sizes of 1 along an axis.  The candidate pairs of a
+stack are queried within :func:`analysis.measure.puncta._strong_pair_radius`: checked against
+the overlaps it bounds and against detection with the full interaction distance.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from analysis.measure.puncta import _extrema, _gaussian_at
+from analysis.measure.puncta import (_IN_FOCUS_SCALES, _OUT_OF_FOCUS_SCALES, _W_K, _Scale, _extrema,
+                                     _gaussian_at, _overlap, _strong_pair_radius)
 
 CASES = [
     ((200, 300), (5, 5)),
@@ -47,3 +51,54 @@ def test_gaussian_at_points_equals_the_filtered_image(sigma: float) -> None:
     pts = np.concatenate([pts, [[0, 0], [299, 199], [0, 199], [150, 0]]])  # the corners reflect
     ref = ndi.gaussian_filter(img, sigma)[tuple(pts.T)]
     np.testing.assert_allclose(_gaussian_at(img, sigma, pts), ref, rtol=1e-13, atol=0)
+
+
+def _stack_scales() -> tuple[list, np.ndarray, np.ndarray]:
+    """The in-focus sizes, widest-model unit and background radius of a confocal stack as the
+    detector sets them (0.2 um pixels, 0.3 um z step, punctum radius 0.2 um, axial 0.5 um)."""
+    sigma0 = np.array([0.5 / 1.1774 / 0.3, 0.2 / 1.1774 / 0.2, 0.2 / 1.1774 / 0.2])
+    bg = np.array([2.0 * 0.2 * 2.5 / 0.3, 2.0, 2.0])
+    shape = (30, 128, 128)
+    inf = [_Scale(shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]
+    widest = np.stack([s.sigma for s in inf] + [sigma0 * f for f in _OUT_OF_FOCUS_SCALES]).max(axis=0)
+    return inf, np.maximum(widest, bg), bg
+
+
+def test_no_strong_pair_lies_beyond_the_strong_pair_radius() -> None:
+    """Every pair of in-focus sizes at random offsets beyond the radius overlaps by at most
+    0.01 (the joint fit's test of a pair), and the radius does prune: pairs at half of it pass
+    the test."""
+    scales, unit, bg = _stack_scales()
+    cut = 8.0
+    rho = _strong_pair_radius(scales, unit, bg, cut)
+    assert 1.0 < rho < cut
+    rng = np.random.default_rng(3)
+    direction = rng.normal(size=(20_000, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    worst_out, best_in = 0.0, 0.0
+    for si in scales:
+        for sj in scales:
+            for r, pick in ((rho * rng.uniform(1.0, 1.5, len(direction)), max), (0.5 * rho, min)):
+                d2 = (np.atleast_1d(r)[:, None] * direction * unit) ** 2
+                rc = np.abs(_overlap(d2, si.sigma, sj.sigma, si.c, sj.c, bg, _W_K)) / np.sqrt(si.k0 * sj.k0)
+                if pick is max:
+                    worst_out = max(worst_out, float(rc.max()))
+                else:
+                    best_in = max(best_in, float(rc.max()))
+    assert worst_out <= 0.01
+    assert best_in > 0.01
+
+
+def test_stack_detection_is_the_same_with_the_strong_pair_radius(monkeypatch) -> None:
+    """Pairs queried within the strong-pair radius give the same puncta, bit for bit, as pairs
+    queried within the full interaction distance (the radius is only a shortcut)."""
+    from analysis.measure import puncta as P
+    from analysis.sim.phantoms import render_terminal_field
+
+    stack = np.stack([render_terminal_field(np.random.default_rng([7, z]), shape=(96, 96)).image[0]
+                      for z in range(8)])
+    fast = P.detect_puncta(stack, 0.2, z_step_um=0.3)
+    monkeypatch.setattr(P, "_strong_pair_radius", lambda scales, unit, b, cut, strong=0.01: cut)
+    full = P.detect_puncta(stack, 0.2, z_step_um=0.3)
+    assert len(full) > 300
+    pd.testing.assert_frame_equal(fast, full)

@@ -235,6 +235,41 @@ class _Scale:
         return out
 
 
+def _strong_pair_radius(scales: list[_Scale], unit: np.ndarray, b: np.ndarray, cut: float,
+                        strong: float = 0.01) -> float:
+    """Distance (in units of ``unit`` per axis) beyond which no two candidates of the sizes of
+    ``scales`` can overlap by more than ``strong`` (``|<H g_i, H g_j>| / sqrt(k0_i k0_j)``, the
+    joint fit's test of a pair), at most ``cut``.
+
+    A bound, not an estimate: each Gaussian of the overlap (:func:`_overlap`) is at most its
+    peak density times ``exp(-rho^2 alpha / 2)`` at a distance ``rho`` (``alpha`` the smallest
+    ``unit^2 / variance`` over the axes); the absolute weights and the largest of these sums
+    over every pair of sizes bound ``|overlap|``, and that bound falls with ``rho``.  Pairs
+    beyond the returned radius therefore fail the test anyway: querying only those within it
+    finds the same strong pairs."""
+    bound_terms = []
+    for si in scales:
+        for sj in scales:
+            coef = si.c * sj.c / np.sqrt(si.k0 * sj.k0)
+            for q, w in enumerate(_W_K):
+                var = si.sigma**2 + sj.sigma**2 + q * b**2
+                bound_terms.append((coef * abs(w) / np.sqrt(np.prod(2.0 * np.pi * var)),
+                                    float(np.min(unit**2 / var))))
+    amp, alpha = (np.array(x) for x in zip(*bound_terms))
+    n = len(scales)
+
+    def bound(rho: float) -> float:  # max over size pairs of the sum of their three terms
+        return float((amp * np.exp(-0.5 * alpha * rho**2)).reshape(n * n, len(_W_K)).sum(axis=1).max())
+
+    if bound(cut) > strong:
+        return cut
+    lo, hi = 0.0, cut
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if bound(mid) > strong else (lo, mid)
+    return hi
+
+
 def _responses_at(scales: list[_Scale], patches: np.ndarray, frac: np.ndarray, radius: np.ndarray) -> np.ndarray:
     """``F`` of every scale at sub-pixel points (scales x points), exactly (no interpolation of
     a map): each point's patch of the doubly background-subtracted image ``H'H I`` (centred on
@@ -1332,6 +1367,11 @@ def _detect_block(
     radius = np.ceil(4 * np.max([s.filters[0] for s in scales], axis=0)).astype(int)
     unit = np.maximum(sig_all.max(axis=0), bg)  # neighbour search in units of the widest model
     cut = 4.0 * np.sqrt(2.0) * np.sqrt(2.0)  # |overlap| < ~1e-3 beyond 4 SD of sqrt(2 s^2 + 2 b^2)
+    if ndim == 3:
+        # a stack has tens of times more candidate pairs within ``cut`` than strong ones (GBs
+        # of pair indices for a 30-plane field): query only the distance within which a pair
+        # can be strong (the same strong pairs; planes keep ``cut``)
+        cut = _strong_pair_radius(scales[:n_in], unit, bg, cut)
     # the patches of the candidates are read from one padded copy of H'H I (the image itself is
     # a view into it)
     hh_pad = _padded(hh_img, radius)
@@ -1402,16 +1442,23 @@ def _detect_block(
             if len(i):
                 n_s = len(scales)
                 sig_s, c_s = sig_all[:, None, :], c_all[:, None]
-                o_j = _overlap(d2[None], sig_s, sig[j][None], c_s, cc[j][None], bg, _W_K)
-                # (a pair of equal sizes, the usual case, has the same overlaps both ways)
-                o_i = o_j.copy()
                 other = kk[i] != kk[j]
-                if other.any():
-                    o_i[:, other] = _overlap(d2[other][None], sig_s, sig[i][other][None], c_s, cc[i][other][None],
-                                             bg, _W_K)
-                into_i = amp[j] * o_j
-                into_j = amp[i] * o_i
-                del o_i, o_j
+                into_i, into_j = np.empty((n_s, len(i))), np.empty((n_s, len(i)))
+                # (in chunks of pairs: the temporaries of the Gaussians of every size x every
+                # pair at once were the peak of a stack's detection; the same numbers)
+                step = max(1, _PAIR_CHUNK // n_s)
+                for c0 in range(0, len(i), step):
+                    c = slice(c0, c0 + step)
+                    ic, jc, oc = i[c], j[c], other[c]
+                    o_j = _overlap(d2[c][None], sig_s, sig[jc][None], c_s, cc[jc][None], bg, _W_K)
+                    # (a pair of equal sizes, the usual case, has the same overlaps both ways)
+                    o_i = o_j.copy()
+                    if oc.any():
+                        o_i[:, oc] = _overlap(d2[c][oc][None], sig_s, sig[ic][oc][None], c_s, cc[ic][oc][None],
+                                              bg, _W_K)
+                    np.multiply(amp[jc], o_j, out=into_i[:, c])
+                    np.multiply(amp[ic], o_i, out=into_j[:, c])
+                    del o_i, o_j
                 rows = np.arange(n_s)[:, None] * n
                 deb -= np.bincount((rows + i).ravel(), into_i.ravel(), minlength=n_s * n).reshape(n_s, n)
                 deb -= np.bincount((rows + j).ravel(), into_j.ravel(), minlength=n_s * n).reshape(n_s, n)
