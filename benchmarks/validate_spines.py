@@ -209,7 +209,9 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None) -> lis
             changed = int(((rep.session == 1) & rep.status.isin(["gained", "lost"])
                            & rep.in_common_field.astype(bool)).sum())
             rep_rows.append({"snr": snr, "seed": seed, "n0": n0, "changed": changed})
-    det, trk, rep = pd.DataFrame(det_rows), pd.DataFrame(trk_rows), pd.DataFrame(rep_rows)
+    det, trk = pd.DataFrame(det_rows), pd.DataFrame(trk_rows)
+    # (no repeat-imaging pairs, --repeat-seeds 0: the turnover column is empty)
+    rep = pd.DataFrame(rep_rows, columns=["snr", "seed", "n0", "changed"])
     lines = ["## Simulator (analysis.sim.spines, preset 'default': 512 x 512 MIP, 0.12 um/px, 3 dendrites, "
              f"4 sessions; seeds {list(seeds)}, repeat-imaging pairs {list(repeat_seeds)}; match within "
              f"{match_um} um)", "",
@@ -222,7 +224,7 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None) -> lis
         gp, gr, gf = _f1(int(t.gained_tp.sum()), int(t.gained_pred.sum()), int(t.gained_true.sum()))
         lp, lr, lf = _f1(int(t.lost_tp.sum()), int(t.lost_pred.sum()), int(t.lost_true.sum()))
         linked = t.stable_linked.sum() / max(t.stable_both.sum(), 1)
-        turnover = r.changed.sum() / max(r.n0.sum(), 1)
+        turnover = r.changed.sum() / r.n0.sum() if r.n0.sum() else float("nan")
         lines.append(f"| {snr} | {p:.3f} | {rc:.3f} | {f:.3f} | {d.density_rel_err.median():+.3f} | {linked:.3f} | "
                      f"{gp:.2f} / {gr:.2f} / {gf:.2f} | {lp:.2f} / {lr:.2f} / {lf:.2f} | {turnover:.3f} |")
     lines += ["", "Stable spines linked: of the true persistent spines detected in both sessions of an interval, "

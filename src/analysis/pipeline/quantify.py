@@ -521,9 +521,11 @@ def _sheet_fields(samples: pd.DataFrame) -> pd.DataFrame:
 #: the measured large planes; redo it with ``make bench`` when the per-image memory changes.
 WORKER_MEMORY_FACTOR = 16
 #: The same for z-stacks (3-D puncta detection keeps several float64 maps of the whole stack):
-#: measured 1,504 MiB above the idle worker for a 3-channel 30 x 512 x 512 uint16 stack (45 MiB
-#: decoded: 33x; ``benchmarks/bench_memory.py``, case ``stack30``, 2026-11-30).
-WORKER_STACK_MEMORY_FACTOR = 40
+#: measured 847 MiB above the idle worker for a 3-channel 30 x 512 x 512 uint16 stack (45 MiB
+#: decoded: 18.8x; ``benchmarks/bench_memory.py``, case ``stack30``, 2026-12-01; 1,504 MiB, 33x,
+#: before the candidate pairs of a stack were bounded).  That stack is a dense worst case (30
+#: independent planes: 178,822 puncta); 25 leaves a third on top of it.
+WORKER_STACK_MEMORY_FACTOR = 25
 #: Memory of an idle worker process (interpreter, numpy, scipy, scikit-image, dask), bytes;
 #: measured 180-215 MiB for the interpreter with the analysis modules, dask adds to it.
 WORKER_BASE_BYTES = 400 * 2**20
