@@ -148,6 +148,11 @@ CASES: dict[str, Case] = {
     "saturated-uint8-5pct": Case(saturated(np.uint8, 0.05), reason=("synapse_channel (channel 0) is saturated",
                                                                      "5.0% of pixels at 255", "lower gain")),
     "saturated-uint16-2pct": Case(saturated(np.uint16, 0.02), reason=("is saturated: 2.0% of pixels at 65535",)),
+    # --- rejected: a mask, not intensities (a thresholded export; a 1-bit TIFF reads as bool) -
+    "binary-mask-0-255": Case(lambda: np.where(spots() > 250, 255, 0).astype(np.uint8),
+                              reason=("synapse_channel (channel 0) holds only two values (0 and 255)", "binary mask",
+                                      "export the raw image")),
+    "one-bit-tiff": Case(lambda: spots() > 250, reason=("holds only two values (0 and 1)", "1-bit")),
     # --- rejected: too small ---------------------------------------------------------------
     "2x2": Case(lambda: np.array([[1, 2], [3, 4]], np.uint16), reason=("synapse_channel (channel 0)",
                                                                         "2 x 2 pixels, too small",

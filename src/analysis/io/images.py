@@ -325,8 +325,22 @@ def _missing_bytes(path: Path, series) -> int:
             return max(1, int(getattr(pg, "nbytes", 1)))
         missing = max(missing, max(o + c for o, c in zip(offsets, counts)) - size)
         if getattr(pg, "compression", 1) == 1 and hasattr(pg, "nbytes"):
-            missing = max(missing, int(pg.nbytes) - sum(counts))
+            missing = max(missing, _stored_bytes(pg) - sum(counts))
     return max(0, missing)
+
+
+def _stored_bytes(page) -> int:
+    """Bytes of an uncompressed page's pixel data in the file: its decoded size, except for
+    samples of fewer than 8 bits (1-bit bilevel TIFFs), which are packed with each row padded to
+    a whole byte."""
+    bps = int(getattr(page, "bitspersample", 8) or 8)
+    if bps % 8 == 0:
+        return int(page.nbytes)
+    spp = int(getattr(page, "samplesperpixel", 1) or 1)
+    separate = int(getattr(page, "planarconfig", 1)) == 2
+    width = int(page.imagewidth) * (1 if separate else spp)
+    rows = int(page.imagelength) * int(getattr(page, "imagedepth", 1) or 1) * (spp if separate else 1)
+    return -(-width * bps // 8) * rows
 
 
 def _tiff_info(path: Path) -> ImageInfo:

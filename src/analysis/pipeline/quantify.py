@@ -215,7 +215,8 @@ def image_problem(data: np.ndarray, roles: dict[str, Any], *, min_size_px: int =
     Checked in this order, for the channels the sheet assigns a role only (an unused channel
     may hold anything): the channel index exists; a synapse stack has more than 2 planes; the
     plane is at least ``min_size_px`` pixels in Y and X; no NaN or infinite pixel; the channel
-    is not blank (all zero or one constant value); a float channel has some positive intensity;
+    is not blank (all zero or one constant value) nor binary (two values: a mask or a 1-bit
+    export); a float channel has some positive intensity;
     not saturated (more than 1 % of the pixels at the top of an integer type).  Each reason
     names the channel role and says how to fix it.
 
@@ -272,6 +273,10 @@ def image_problem(data: np.ndarray, roles: dict[str, Any], *, min_size_px: int =
             value = f"{lo:g}" if np.issubdtype(plane.dtype, np.floating) else f"{lo}"
             return (f"{role} (channel {ch}) is blank: every pixel is {value}; check the acquisition and the export "
                     "(is it the right channel?)")
+        if plane.dtype == bool or np.count_nonzero((plane == lo) | (plane == hi)) == plane.size:
+            # (a thresholded or 1-bit export: no intensity, no noise to measure against)
+            return (f"{role} (channel {ch}) holds only two values ({float(lo):g} and {float(hi):g}): a binary mask or a "
+                    "thresholded (1-bit) export, not intensities; export the raw image")
         if np.issubdtype(plane.dtype, np.integer):
             top = np.iinfo(plane.dtype).max
             saturated = float(np.count_nonzero(plane == top)) / plane.size
