@@ -310,6 +310,9 @@ CASES = [
     ("same file, same animal, other role", same_file_other_role, ok({(4, "microglia_channel"): 1})),
     ("dose 5.0 and 5 for one animal", value(3, "dose_mg_kg", "5.0"), ok({(3, "dose_mg_kg"): 5.0})),
     ("absolute image path", absolute_path, ok({(1, "pixel_size_um"): 0.2})),
+    # a sheet made on Windows: the file is found (its metadata pixel size is read from it)
+    ("windows separators", values((0, "path", "images\\v0.ome.tif"), (0, "pixel_size_um", "")),
+     ok({(0, "pixel_size_um"): 0.2})),
     # rejected with a message naming line, column and fix
     ("pixel size in nm", value(0, "pixel_size_um", "100"), bad(2, "pixel_size_um", "100", "looks like nanometres: 0.1 um?")),
     ("pixel size in mm", value(1, "pixel_size_um", "0.0001"), bad(3, "pixel_size_um", "looks like millimetres: 0.1 um?")),
@@ -353,6 +356,12 @@ CASES = [
     ("treated with dose 0", values((2, "dose_mg_kg", "0"), (3, "dose_mg_kg", "0")), bad(4, "dose_mg_kg", "dose_mg_kg is 0", "give the dose")),
     ("animal with two doses", value(3, "dose_mg_kg", "1"), bad(5, "dose_mg_kg", "more than one dose_mg_kg", "'5' on line 4", "'1' on line 5")),
     ("missing image", value(0, "path", "images/missing.tif"), bad(2, "path", "image file not found", "images/missing.tif")),
+    ("image name in other letter case", value(0, "path", "images/V0.OME.TIF"),
+     bad(2, "path", "image file not found", "did you mean 'v0.ome.tif'? file names are case-sensitive")),
+    ("windows drive letter", value(0, "path", "C:\\data\\v0.ome.tif"),
+     bad(2, "path", "image file not found", "a Windows path: write it relative to the sheet's folder")),
+    ("windows separators, file missing", value(0, "path", "images\\gone.tif"),
+     bad(2, "path", "image file not found", "with '/' instead of '\\'")),
     ("duplicate image_id", value(1, "image_id", "v0"), bad(3, "image_id", "'v0' appears on lines 2, 3", "must be unique")),
     ("channel index 1.5", value(3, "lysosome_channel", "1.5"), bad(5, "lysosome_channel", "whole numbers >= 0")),
     ("channel out of range", value(0, "synapse_channel", "1"), bad(2, "synapse_channel", "has 1 channel(s) (valid: 0-0)")),

@@ -113,9 +113,39 @@ _NO = {"", "no", "n", "false", "0"}
 
 
 def resolve_image_path(samples_csv: str | os.PathLike[str], path_value: str) -> Path:
-    """Absolute path of an image named in the sheet (relative paths are relative to the sheet)."""
+    """Absolute path of an image named in the sheet (relative paths are relative to the sheet).
+
+    A relative path written with Windows separators (``images\\a.tif``, a sheet made in Excel
+    on Windows) names the file with forward slashes when only that one exists (on systems whose
+    separator is ``/``, where a backslash is an ordinary character of a file name).
+
+    Examples
+    --------
+    >>> resolve_image_path("/data/study/samples.csv", "images/a.tif").as_posix()
+    '/data/study/images/a.tif'
+    """
+    folder = Path(samples_csv).resolve().parent
     p = Path(path_value)
-    return p if p.is_absolute() else (Path(samples_csv).resolve().parent / p)
+    if "\\" in path_value and os.sep == "/" and not p.is_absolute():
+        alt = Path(path_value.replace("\\", "/"))
+        if not (folder / p).exists() and not alt.is_absolute() and (folder / alt).exists():
+            return folder / alt
+    return p if p.is_absolute() else (folder / p)
+
+
+def _not_found_hint(folder: Path, rel: str) -> str:
+    """A likely cause of a missing image: Windows separators or drive letters, or a file whose
+    name differs in letter case only (file names are case-sensitive here)."""
+    if re.match(r"^[A-Za-z]:[\\/]", rel) or rel.startswith("\\\\"):
+        return " (a Windows path: write it relative to the sheet's folder, e.g. 'images/a.tif')"
+    if "\\" in rel and os.sep == "/":
+        return " (write the folders with '/' instead of '\\')"
+    target = folder / rel
+    try:
+        near = [q.name for q in target.parent.iterdir() if q.name.lower() == target.name.lower()]
+    except OSError:
+        return ""
+    return f" (did you mean {near[0]!r}? file names are case-sensitive)" if near else ""
 
 
 def _numeric(values: pd.Series) -> pd.Series:
@@ -542,7 +572,9 @@ def _header(sheet: Path, rel: str, p: str, infos: dict[str, ImageInfo | list[str
         own_reader = _plugin_for(Path(p)) is not None and not Path(p).name.lower().endswith(tuple(VENDOR_FORMATS))
         problem = None if own_reader else _file_problem(Path(p))  # a plug-in may read what is not a plain file
         if problem is not None and problem.startswith("file not found"):
-            problem = f"image file not found: looked for {rel!r} relative to {sheet.resolve().parent}; fix the path or add the file"
+            folder = sheet.resolve().parent
+            problem = (f"image file not found: looked for {rel!r} relative to {folder}"
+                       f"{_not_found_hint(folder, rel)}; fix the path or add the file")
         elif problem is not None:
             problem = f"{rel} {problem}"
         if problem is not None:
