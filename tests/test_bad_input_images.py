@@ -45,6 +45,21 @@ def spots(n: int = N, centres: tuple[tuple[int, int], ...] = SPOTS, amp: float =
     return img + rng.normal(0, 5.0, img.shape)
 
 
+def with_hot_pixels(img: np.ndarray, n: int, spike: float, seed: int = 9) -> np.ndarray:
+    """``img`` with ``n`` single-pixel spikes at least 8 px from every punctum and the edge and
+    3 px from each other (isolated defects, as a camera's hot pixels are)."""
+    rng = np.random.default_rng(seed)
+    out = img.copy()
+    placed: list[tuple[int, int]] = []
+    while len(placed) < n:
+        y, x = rng.integers(8, img.shape[0] - 8, 2)
+        if (min(np.hypot(y - cy, x - cx) for cy, cx in SPOTS) >= 8
+                and all(np.hypot(y - py, x - px) >= 3 for py, px in placed)):
+            out[y, x] += spike
+            placed.append((int(y), int(x)))
+    return out
+
+
 def write_tif(path: Path, pixels: np.ndarray, axes: str, px: float | None = PX, dz: float | None = None) -> None:
     """OME-TIFF with the pixel size (and z step) in its metadata; plain TIFF without metadata when px is None."""
     if px is None:
@@ -176,6 +191,8 @@ CASES: dict[str, Case] = {
     "exactly-32x32": Case(lambda: spots(32, ((10, 10), (20, 22))).astype(np.uint16),
                           expect={"n_puncta": 2, "analysed_area_um2": 32 * 32 * PX * PX}),
     "2-d-image-ignores-z-step": Case(lambda: spots().astype(np.uint16), roles={"z_step_um": 0.7}, expect=SIX),
+    # a camera's hot pixels (30 single-pixel spikes of 3000 ADU, noise SD 5): not puncta
+    "hot-pixels": Case(lambda: with_hot_pixels(spots(), 30, 3000.0).astype(np.uint16), expect=SIX),
     # stacks: the volume inside the axial guard bands (1 plane at either end of the 3; synapse_density)
     "stack-of-2-planes": Case(stack(2), "ZYX", {"z_step_um": 0.5},
                               reason=("synapse_channel (channel 0)", "2 planes", "at least 3 planes", "maximum projection")),

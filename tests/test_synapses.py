@@ -457,3 +457,49 @@ def test_punctum_size_at_low_snr_is_not_taken_from_broader_structure() -> None:
     p = detect_puncta(f.image, 0.1)
     m = match_points(p[["y", "x"]].to_numpy(), f.puncta[["y", "x"]].to_numpy(float), 2.5)
     assert m.f1 >= 0.7, (m.precision, m.recall)
+
+
+# --------------------------------------------------------------------------- hot pixels
+
+
+@pytest.mark.parametrize("spike", [200.0, 2000.0, 60000.0])
+def test_hot_pixels_are_not_puncta(spike: float) -> None:
+    """A camera's hot pixels (single-pixel spikes 10-3000 noise SDs high; the PSF spans 1.3 px):
+    the puncta of the clean image, none at a hot pixel, and the hot pixels counted.  Before they
+    were repaired, 100 spikes of 2000 ADU gave ~280 extra puncta (one at each, and ringing)."""
+    rng = np.random.default_rng(4)
+    truth = spread_points(60, rng)
+    clean = render(truth, 60.0)
+    ref = detect_puncta(clean, 0.1)
+    assert match(ref, truth).tp >= 57 and ref.attrs["hot_pixels"] == 0
+    hot = clean.copy()
+    yx = np.argwhere(np.ones(hot.shape, bool))[rng.choice(hot.size, 400, replace=False)]
+    far = np.min(np.hypot(*(yx[:, None, :] * 0.1 - truth[None]).transpose(2, 0, 1)), axis=1) > 0.6
+    yx = yx[far & (yx.min(axis=1) >= 2) & (yx.max(axis=1) < 254)][:100]
+    hot[tuple(yx.T)] += spike
+    got = detect_puncta(hot, 0.1)
+    assert got.attrs["hot_pixels"] == len(yx) >= 90
+    # (the noise model is measured again on the repaired copy: a near-threshold punctum may
+    # come or go)
+    assert abs(len(got) - len(ref)) <= 2 and match(got, truth).tp >= match(ref, truth).tp - 1
+    d, _ = match_points(got[["y", "x"]].to_numpy(), yx.astype(float), 1.0).pairs.shape
+    assert d == 0  # no detection within 1 px of a hot pixel
+    assert np.all(np.asarray(clean) == render(truth, 60.0))  # (the caller's array is not changed)
+    assert hot[tuple(yx.T)].min() >= clean.min() + spike  # (nor the hot copy)
+
+
+def test_undersampled_spots_are_not_taken_for_hot_pixels(monkeypatch) -> None:
+    """Puncta narrower than 0.6 px (0.3 um pixels): a spot's light falls in one pixel, so no
+    single-pixel spike can be told from a punctum; nothing is repaired (the same puncta as with
+    the repair switched off), although many spots have a peak pixel far above its neighbours."""
+    import analysis.measure.puncta as P
+
+    rng = np.random.default_rng(5)
+    truth = spread_points(40, rng, min_dist=1.5)
+    img = render(truth, 400.0, px=0.3, sigma_um=0.13)
+    _, info = noise_sd_map(img.astype(float), 0.3)
+    assert len(P._hot_pixels(img, info)) >= 10  # (what the shape test alone would call hot)
+    got = detect_puncta(img, 0.3)
+    assert got.attrs["hot_pixels"] == 0
+    monkeypatch.setattr(P, "_HOT_MIN_SIGMA_PX", np.inf)
+    pd.testing.assert_frame_equal(got, detect_puncta(img, 0.3))

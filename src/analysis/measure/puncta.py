@@ -235,6 +235,68 @@ class _Scale:
         return out
 
 
+#: Hot pixels (a camera's stuck or leaky pixels, a photomultiplier's spikes): a pixel this many
+#: noise SDs above its surroundings whose four neighbours carry less than :data:`_HOT_RATIO` of
+#: its excess cannot be light blurred by the optics, once the punctum's sigma is at least
+#: :data:`_HOT_MIN_SIGMA_PX` pixels (the neighbours of a Gaussian spot's peak pixel carry at
+#: least ``exp(-1 / (2 sigma^2))`` of it: 0.25 at 0.6 px, 0.41 at 0.75 px).
+_HOT_MIN_SNR = 10.0
+_HOT_RATIO = 0.15
+_HOT_MIN_SIGMA_PX = 0.6
+
+
+def _hot_pixels(plane: np.ndarray, noise_info: dict[str, float]) -> np.ndarray:
+    """Positions (n, 2) of the hot pixels of a YX plane (see :data:`_HOT_RATIO`).
+
+    A candidate stands above the largest of its four neighbours by more than
+    :data:`_HOT_MIN_SNR` x the smallest pixel noise SD of the noise model; then, with the
+    background ``b`` the median of the 16 pixels two steps away (the border of its 5 x 5
+    window), it is hot when its excess ``v - b`` exceeds :data:`_HOT_MIN_SNR` noise SDs at the
+    level ``b`` and the mean excess of its four neighbours is below :data:`_HOT_RATIO` of it.
+    Pixels within 2 of the edge are never hot (no full window)."""
+    h, w = plane.shape
+    if h < 5 or w < 5:
+        return np.zeros((0, 2), int)
+    if h > _STRIP_PX + 4:  # (strips of rows, each read with the two rows around it)
+        found = [_hot_pixels(plane[max(0, r0 - 2) : min(h, r0 + _STRIP_PX + 2)], noise_info)
+                 for r0 in range(0, h, _STRIP_PX)]
+        return np.concatenate([f[(f[:, 0] >= (2 if r0 else 0)) & (f[:, 0] < min(_STRIP_PX, h - r0) + (2 if r0 else 0))]
+                               + [max(0, r0 - 2), 0] for f, r0 in zip(found, range(0, h, _STRIP_PX))])
+    g = np.asarray(plane, dtype=np.float32)
+    core = g[2:-2, 2:-2]
+    top = np.maximum(np.maximum(g[1:-3, 2:-2], g[3:-1, 2:-2]), np.maximum(g[2:-2, 1:-3], g[2:-2, 3:-1]))
+    np.subtract(core, top, out=top)
+    sd_min = float(np.sqrt(noise_info["var_min"]))
+    cand = np.argwhere(top > _HOT_MIN_SNR * sd_min) + 2
+    del top
+    if len(cand) == 0:
+        return cand
+    y, x = cand.T
+    ring = np.stack([g[y + dy, x + dx] for dy in range(-2, 3) for dx in range(-2, 3)
+                     if max(abs(dy), abs(dx)) == 2], axis=1).astype(np.float64)
+    b = np.median(ring, axis=1)
+    excess = g[y, x] - b
+    four = (g[y - 1, x].astype(np.float64) + g[y + 1, x] + g[y, x - 1] + g[y, x + 1]) / 4.0 - b
+    sd = _noise_at(noise_info, b)
+    hot = (excess > _HOT_MIN_SNR * sd) & (four < _HOT_RATIO * excess)
+    return cand[hot]
+
+
+def _repaired(arr: np.ndarray, hot: list[np.ndarray]) -> np.ndarray:
+    """A copy of ``arr`` (YX, or ZYX with ``hot`` per plane) with each hot pixel replaced by the
+    median of its eight neighbours (in the image's dtype; the caller's array is not changed)."""
+    out = np.array(arr, copy=True)
+    planes = [out] if out.ndim == 2 else list(out)
+    for plane, pos in zip(planes, hot):
+        if len(pos) == 0:
+            continue
+        y, x = pos.T
+        nb = np.stack([plane[y + dy, x + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=1)
+        med = np.median(nb.astype(np.float64), axis=1)
+        plane[y, x] = np.rint(med) if np.issubdtype(plane.dtype, np.integer) else med
+    return out
+
+
 def _strong_pair_radius(scales: list[_Scale], unit: np.ndarray, b: np.ndarray, cut: float,
                         strong: float = 0.01) -> float:
     """Distance (in units of ``unit`` per axis) beyond which no two candidates of the sizes of
@@ -1170,22 +1232,40 @@ def detect_puncta(
     dz = float(z_step_um) if z_step_um else float(pixel_size_um)
     estimated = punctum_radius_um is None
     tiles = _tiles(arr.shape[-2:], tile_px)
-    # the noise model (boxes at the 0.5 um level); evaluated at the background level below
-    if len(tiles) == 1:
-        img = np.asarray(arr, dtype=np.float64)
-        noise0, noise_info = noise_sd_map(img, pixel_size_um, box_um=noise_box_um)
-        if estimated:
-            projected = noise0 if ndim == 2 else None  # (a stack's projection has its own noise)
-            punctum_radius_um = estimate_punctum_radius(img, pixel_size_um, noise_sd=projected)
-        del noise0
-    else:
+    def noise_and_size(arr: np.ndarray) -> tuple[dict[str, float], float | None]:
+        """The noise model (boxes at the 0.5 um level; evaluated at the background level below)
+        and the punctum radius (the given one, or estimated from the image)."""
+        radius = punctum_radius_um
+        if len(tiles) == 1:
+            img = np.asarray(arr, dtype=np.float64)
+            noise0, info = noise_sd_map(img, pixel_size_um, box_um=noise_box_um)
+            if estimated:
+                projected = noise0 if ndim == 2 else None  # (a stack's projection has its own noise)
+                radius = estimate_punctum_radius(img, pixel_size_um, noise_sd=projected)
+            return info, radius
         # a large image: the noise model, the punctum size and (below) the detection are
         # computed strip by strip and tile by tile, never on full-size floating-point maps
         strip = min(int(tile_px), _STRIP_PX)
-        noise_info = _noise_model(arr, pixel_size_um, box_um=noise_box_um, strip_px=strip)
+        info = _noise_model(arr, pixel_size_um, box_um=noise_box_um, strip_px=strip)
         if estimated:
-            punctum_radius_um = estimate_punctum_radius(arr, pixel_size_um, strip_px=strip,
-                                                        noise_model=noise_info if ndim == 2 else None)
+            radius = estimate_punctum_radius(arr, pixel_size_um, strip_px=strip,
+                                             noise_model=info if ndim == 2 else None)
+        return info, radius
+
+    noise_info, radius0 = noise_and_size(arr)
+    # hot pixels (single-pixel spikes no optics can make, once a punctum spans more than a
+    # pixel): replaced by the median of their neighbours in a copy, and the noise and size
+    # measured again without them (a strong spike pulls the size estimate down)
+    n_hot = 0
+    if np.isfinite(radius0 if radius0 is not None else np.nan) and (
+            radius0 / (_FWHM_PER_SIGMA / 2) / pixel_size_um * min(_IN_FOCUS_SCALES) >= _HOT_MIN_SIGMA_PX):
+        hot = [_hot_pixels(p, noise_info) for p in (arr if ndim == 3 else [arr])]
+        n_hot = sum(len(h) for h in hot)
+        if n_hot:
+            log.info("%d hot pixel(s) (single-pixel spikes) replaced by the median of their neighbours", n_hot)
+            arr = _repaired(arr, hot)
+            noise_info, radius0 = noise_and_size(arr)
+    punctum_radius_um = radius0
     if estimated:
         if not np.isfinite(punctum_radius_um):  # no spot stands out: a confocal punctum
             punctum_radius_um = max(_NOMINAL_RADIUS_UM, 0.6 * _FWHM_PER_SIGMA / 2 * pixel_size_um)
@@ -1217,7 +1297,6 @@ def detect_puncta(
     settings = {"sigma0": sigma0, "bg": bg, "sep": sep, "noise_info": noise_info, "threshold_sd": threshold_sd,
                 "reject_out_of_focus": reject_out_of_focus}
     if len(tiles) == 1:
-        del img  # (the block is converted again inside, where it is freed once used)
         found = _detect_block(arr, **settings)
     else:
         margin = _tile_margin(sig_all, bg)
@@ -1306,6 +1385,7 @@ def detect_puncta(
             "noise_alpha": noise_info["alpha"],
             "noise_beta": noise_info["beta"],
             "not_imaged_px": int(outside.sum()) if outside is not None else 0,
+            "hot_pixels": int(n_hot),
         }
     )
     log.debug("detected %d puncta (%d candidates, %d tile(s))", len(out), found["n_cand"], len(tiles))
