@@ -503,3 +503,18 @@ def test_undersampled_spots_are_not_taken_for_hot_pixels(monkeypatch) -> None:
     assert got.attrs["hot_pixels"] == 0
     monkeypatch.setattr(P, "_HOT_MIN_SIGMA_PX", np.inf)
     pd.testing.assert_frame_equal(got, detect_puncta(img, 0.3))
+
+
+@pytest.mark.parametrize("amp", [60.0, 400.0])
+def test_sparse_undersampled_puncta_are_all_found(amp: float) -> None:
+    """40 isolated puncta (sigma 0.13 um) at 0.3 um pixels, SNR ~20-100: every one found and at
+    most two extra.  The fitted Gaussian misses the pixel-integrated peak of such spots and
+    leaves a dip at each centre: counted by the negative control as background, those dips
+    raised the threshold above half the spots (11-22 of 40 found); and the model error's
+    second maximum in the next pixel was reported as a punctum of its own."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        truth = spread_points(40, rng, min_dist=1.5)
+        got = detect_puncta(render(truth, amp, px=0.3, sigma_um=0.13, seed=seed), 0.3)
+        assert match_points(got[["y", "x"]].to_numpy() * 0.3, truth, 0.3).tp == 40
+        assert len(got) <= 42
