@@ -114,9 +114,12 @@ def two_channels(second: Callable[[], np.ndarray], first: Callable[[], np.ndarra
     return lambda: np.stack([first(), second()]).astype(dtype)
 
 
-def saturated(dtype: Any, fraction: float) -> Callable[[], np.ndarray]:
+def saturated(dtype: Any, fraction: float, top: int | None = None) -> Callable[[], np.ndarray]:
+    """The spots field with ``fraction`` of its pixels at ``top`` (default: the dtype's maximum)."""
+    full = top
+
     def make() -> np.ndarray:
-        top = np.iinfo(dtype).max
+        top = np.iinfo(dtype).max if full is None else full
         img = np.clip(spots() / (4 if dtype == np.uint8 else 1), 0, top - 1).astype(dtype)
         flat = img.reshape(-1)
         flat[np.random.default_rng(3).choice(flat.size, round(fraction * flat.size), replace=False)] = top
@@ -163,6 +166,9 @@ CASES: dict[str, Case] = {
     "saturated-uint8-5pct": Case(saturated(np.uint8, 0.05), reason=("synapse_channel (channel 0) is saturated",
                                                                      "5.0% of pixels at 255", "lower gain")),
     "saturated-uint16-2pct": Case(saturated(np.uint16, 0.02), reason=("is saturated: 2.0% of pixels at 65535",)),
+    # a 12-bit camera's data in a uint16 file saturate at 4095
+    "saturated-12-bit-in-uint16-2pct": Case(saturated(np.uint16, 0.02, top=4095),
+                                           reason=("is saturated: 2.0% of pixels at 4095", "lower gain")),
     # --- rejected: a mask, not intensities (a thresholded export; a 1-bit TIFF reads as bool) -
     "binary-mask-0-255": Case(lambda: np.where(spots() > 250, 255, 0).astype(np.uint8),
                               reason=("synapse_channel (channel 0) holds only two values (0 and 255)", "binary mask",

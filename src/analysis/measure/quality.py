@@ -43,6 +43,7 @@ __all__ = [
     "VALIDATED_RANGE",
     "bit_depth",
     "saturated_fraction",
+    "integer_saturation_level",
     "fit_brightness",
     "image_snr",
     "background_noise_sd",
@@ -125,6 +126,24 @@ def bit_depth(image: np.ndarray) -> int | None:
     return a.dtype.itemsize * 8
 
 
+def integer_saturation_level(image: np.ndarray) -> int:
+    """Saturation level of integer data: the dtype's maximum, or the image's maximum when that
+    is a smaller full scale ``2**k - 1`` (k = 8, 10, 12, 14: a 12-bit camera's data in a
+    ``uint16`` container saturate at 4095).
+
+    Examples
+    --------
+    >>> integer_saturation_level(np.array([[3, 4095]], np.uint16))
+    4095
+    >>> integer_saturation_level(np.array([[3, 4000]], np.uint16))
+    65535
+    """
+    a = np.asarray(image)
+    full = int(np.iinfo(a.dtype).max)
+    top = int(a.max())
+    return top if top < full and top + 1 in {2**k for k in (8, 10, 12, 14)} else full
+
+
 def saturated_fraction(image: np.ndarray, dtype_max: float | None = None) -> float:
     """Fraction of pixels at the saturation level of the detector.
 
@@ -164,11 +183,7 @@ def saturated_fraction(image: np.ndarray, dtype_max: float | None = None) -> flo
         return float(np.mean(a >= dtype_max))
     top = a.max()
     if np.issubdtype(a.dtype, np.integer):
-        full = int(np.iinfo(a.dtype).max)
-        level = full
-        if int(top) < full and int(top) + 1 in {2**k for k in (8, 10, 12, 14)}:
-            level = int(top)
-        return float(np.mean(a >= level))
+        return float(np.mean(a >= integer_saturation_level(a)))
     if not np.isfinite(top):
         return float(np.mean(np.isinf(a)))
     n_top = int(np.count_nonzero(a == top))

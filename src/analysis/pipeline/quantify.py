@@ -31,6 +31,7 @@ from analysis.errors import ImageReadError, InputError, Problem
 from analysis.progress import progress as track
 from analysis.io.files import atomic_path, check_manifest, write_csv, write_parquet
 from analysis.io import image_info, load_samples, read_image, without_file_bytes
+from analysis.measure.quality import integer_saturation_level
 
 __all__ = ["QuantifyParams", "quantify_image", "measure_image", "quantify_study", "image_problem", "read_puncta",
            "read_table", "default_workers"]
@@ -217,7 +218,8 @@ def image_problem(data: np.ndarray, roles: dict[str, Any], *, min_size_px: int =
     plane is at least ``min_size_px`` pixels in Y and X; no NaN or infinite pixel; the channel
     is not blank (all zero or one constant value) nor binary (two values: a mask or a 1-bit
     export); a float channel has some positive intensity;
-    not saturated (more than 1 % of the pixels at the top of an integer type).  Each reason
+    not saturated (more than 1 % of the pixels at the top of an integer type, or at a smaller
+    full scale ``2**k - 1`` that is the image's maximum: 4095 for a 12-bit camera).  Each reason
     names the channel role and says how to fix it.
 
     Parameters
@@ -278,8 +280,9 @@ def image_problem(data: np.ndarray, roles: dict[str, Any], *, min_size_px: int =
             return (f"{role} (channel {ch}) holds only two values ({float(lo):g} and {float(hi):g}): a binary mask or a "
                     "thresholded (1-bit) export, not intensities; export the raw image")
         if np.issubdtype(plane.dtype, np.integer):
-            top = np.iinfo(plane.dtype).max
-            saturated = float(np.count_nonzero(plane == top)) / plane.size
+            # (at the container's maximum, or at a camera's full scale below it: 4095 for 12 bits)
+            top = integer_saturation_level(plane)
+            saturated = float(np.count_nonzero(plane >= top)) / plane.size
             if saturated > 0.01:
                 return (f"{role} (channel {ch}) is saturated: {saturated:.1%} of pixels at {top}; "
                         "re-acquire with lower gain or laser power")
