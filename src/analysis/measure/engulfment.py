@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 
 from analysis.measure.microglia import _median_of_chunks
 from analysis.measure.noise import MAD_TO_SD, noise_sd
+from analysis.measure.hotpixels import repair_hot_pixels
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.puncta import _label_sizes
 
@@ -222,6 +223,11 @@ def segment_lysosomes(
     not_imaged = not_imaged_mask(img, pixel_size_um) if img.ndim == 2 else None
     if not_imaged is not None:
         img = fill_not_imaged(img, not_imaged, pixel_size_um)
+    # a camera's hot pixels are not lysosomes (:mod:`analysis.measure.hotpixels`; the narrowest
+    # structure: the smallest lysosome, a disk of min_area_um2, under the PSF)
+    psf_lateral = float(np.atleast_1d(psf_sigma_um)[-1])
+    narrowest = float(np.hypot(np.sqrt(min_area_um2 / np.pi) / 2.0, psf_lateral))
+    img, _ = repair_hot_pixels(img, pixel_size_um, narrowest)
     scales = _scales(float(pixel_size_um), z_step_um, img.ndim)
     size = tuple(2 * np.maximum(np.round(background_um / scales).astype(int), 1) + 1)
     strips = img.ndim == 2 and img.shape[0] > strip_px

@@ -96,6 +96,9 @@ from scipy.spatial import cKDTree
 from scipy.special import erf
 
 from analysis.measure.matching import PointMatch, match_points  # noqa: F401  (re-exported)
+from analysis.measure.hotpixels import MIN_SIGMA_PX as _HOT_MIN_SIGMA_PX
+from analysis.measure.hotpixels import hot_pixels as _hot_pixels
+from analysis.measure.hotpixels import repaired as _repaired
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.noise import _gauss_radius, _noise_at, _noise_model, _row_strips, noise_sd_map, robust_sd
 
@@ -241,68 +244,6 @@ class _Scale:
         out = ndi.gaussian_filter(hh, self.sigma, mode="reflect")
         out *= self.c
         return out
-
-
-#: Hot pixels (a camera's stuck or leaky pixels, a photomultiplier's spikes): a pixel this many
-#: noise SDs above its surroundings whose four neighbours carry less than :data:`_HOT_RATIO` of
-#: its excess cannot be light blurred by the optics, once the punctum's sigma is at least
-#: :data:`_HOT_MIN_SIGMA_PX` pixels (the neighbours of a Gaussian spot's peak pixel carry at
-#: least ``exp(-1 / (2 sigma^2))`` of it: 0.25 at 0.6 px, 0.41 at 0.75 px).
-_HOT_MIN_SNR = 10.0
-_HOT_RATIO = 0.15
-_HOT_MIN_SIGMA_PX = 0.6
-
-
-def _hot_pixels(plane: np.ndarray, noise_info: dict[str, float]) -> np.ndarray:
-    """Positions (n, 2) of the hot pixels of a YX plane (see :data:`_HOT_RATIO`).
-
-    A candidate stands above the largest of its four neighbours by more than
-    :data:`_HOT_MIN_SNR` x the smallest pixel noise SD of the noise model; then, with the
-    background ``b`` the median of the 16 pixels two steps away (the border of its 5 x 5
-    window), it is hot when its excess ``v - b`` exceeds :data:`_HOT_MIN_SNR` noise SDs at the
-    level ``b`` and the mean excess of its four neighbours is below :data:`_HOT_RATIO` of it.
-    Pixels within 2 of the edge are never hot (no full window)."""
-    h, w = plane.shape
-    if h < 5 or w < 5:
-        return np.zeros((0, 2), int)
-    if h > _STRIP_PX + 4:  # (strips of rows, each read with the two rows around it)
-        found = [_hot_pixels(plane[max(0, r0 - 2) : min(h, r0 + _STRIP_PX + 2)], noise_info)
-                 for r0 in range(0, h, _STRIP_PX)]
-        return np.concatenate([f[(f[:, 0] >= (2 if r0 else 0)) & (f[:, 0] < min(_STRIP_PX, h - r0) + (2 if r0 else 0))]
-                               + [max(0, r0 - 2), 0] for f, r0 in zip(found, range(0, h, _STRIP_PX))])
-    g = np.asarray(plane, dtype=np.float32)
-    core = g[2:-2, 2:-2]
-    top = np.maximum(np.maximum(g[1:-3, 2:-2], g[3:-1, 2:-2]), np.maximum(g[2:-2, 1:-3], g[2:-2, 3:-1]))
-    np.subtract(core, top, out=top)
-    sd_min = float(np.sqrt(noise_info["var_min"]))
-    cand = np.argwhere(top > _HOT_MIN_SNR * sd_min) + 2
-    del top
-    if len(cand) == 0:
-        return cand
-    y, x = cand.T
-    ring = np.stack([g[y + dy, x + dx] for dy in range(-2, 3) for dx in range(-2, 3)
-                     if max(abs(dy), abs(dx)) == 2], axis=1).astype(np.float64)
-    b = np.median(ring, axis=1)
-    excess = g[y, x] - b
-    four = (g[y - 1, x].astype(np.float64) + g[y + 1, x] + g[y, x - 1] + g[y, x + 1]) / 4.0 - b
-    sd = _noise_at(noise_info, b)
-    hot = (excess > _HOT_MIN_SNR * sd) & (four < _HOT_RATIO * excess)
-    return cand[hot]
-
-
-def _repaired(arr: np.ndarray, hot: list[np.ndarray]) -> np.ndarray:
-    """A copy of ``arr`` (YX, or ZYX with ``hot`` per plane) with each hot pixel replaced by the
-    median of its eight neighbours (in the image's dtype; the caller's array is not changed)."""
-    out = np.array(arr, copy=True)
-    planes = [out] if out.ndim == 2 else list(out)
-    for plane, pos in zip(planes, hot):
-        if len(pos) == 0:
-            continue
-        y, x = pos.T
-        nb = np.stack([plane[y + dy, x + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=1)
-        med = np.median(nb.astype(np.float64), axis=1)
-        plane[y, x] = np.rint(med) if np.issubdtype(plane.dtype, np.integer) else med
-    return out
 
 
 def _strong_pair_radius(scales: list[_Scale], unit: np.ndarray, b: np.ndarray, cut: float,
