@@ -24,7 +24,7 @@ import logging
 
 import numpy as np
 
-from analysis.measure.noise import _noise_at
+from analysis.measure.noise import MAD_TO_SD, _noise_at
 
 __all__ = ["MIN_SIGMA_PX", "hot_pixels", "repaired", "repair_hot_pixels"]
 
@@ -46,7 +46,7 @@ def _row_noise_sd(img: np.ndarray) -> float:
     rows = np.asarray(img[::8], dtype=np.float32)
     d = rows[:, :-2] - 2.0 * rows[:, 1:-1] + rows[:, 2:]
     mad = float(np.median(np.abs(d - np.median(d))))
-    return 1.4826 * mad / np.sqrt(6.0)
+    return MAD_TO_SD * mad / np.sqrt(6.0)
 
 
 def hot_pixels(plane: np.ndarray, noise_info: dict[str, float] | None) -> np.ndarray:
@@ -58,10 +58,10 @@ def hot_pixels(plane: np.ndarray, noise_info: dict[str, float] | None) -> np.nda
     pixels two steps away (the border of its 5 x 5 window), it is hot when its excess ``v - b``
     exceeds :data:`MIN_SNR` noise SDs at the level ``b`` and the mean excess of its four
     neighbours is below :data:`RATIO` of it.  Without one (``None``; fitting a noise model costs
-    more than the readouts that need only this): the noise SD is the larger of a quick global
-    estimate (:func:`_row_noise_sd`) and the robust SD of the 16 background pixels (which the
-    structure around a pixel only raises), and candidates stand 2 such global SDs above their
-    neighbours.  Pixels within 2 of the edge are never hot.
+    more than the readouts that need only this): the noise SD is the larger of a quick estimate
+    over the plane, or its strip of 256 rows (:func:`_row_noise_sd`), and the robust SD of the
+    16 background pixels (which the structure around a pixel only raises), and candidates stand
+    2 such quick SDs above their neighbours.  Pixels within 2 of the edge are never hot.
 
     Examples
     --------
@@ -87,10 +87,10 @@ def hot_pixels(plane: np.ndarray, noise_info: dict[str, float] | None) -> np.nda
     top = np.maximum(np.maximum(g[1:-3, 2:-2], g[3:-1, 2:-2]), np.maximum(g[2:-2, 1:-3], g[2:-2, 3:-1]))
     np.subtract(core, top, out=top)
     if noise_info is None:
-        noise_info_floor = _row_noise_sd(g)
-        cand = np.argwhere(top > 2.0 * noise_info_floor) + 2
+        floor = _row_noise_sd(g)
+        cand = np.argwhere(top > 2.0 * floor) + 2
     else:
-        noise_info_floor = None
+        floor = None
         cand = np.argwhere(top > MIN_SNR * float(np.sqrt(noise_info["var_min"]))) + 2
     del top
     if len(cand) == 0:
@@ -101,11 +101,11 @@ def hot_pixels(plane: np.ndarray, noise_info: dict[str, float] | None) -> np.nda
     b = np.median(ring, axis=1)
     excess = g[y, x] - b
     four = (g[y - 1, x].astype(np.float64) + g[y + 1, x] + g[y, x - 1] + g[y, x + 1]) / 4.0 - b
-    if noise_info_floor is None:
+    if floor is None:
         sd = _noise_at(noise_info, b)
     else:
-        spread = 1.4826 * np.median(np.abs(ring - b[:, None]), axis=1)
-        sd = np.maximum(spread, noise_info_floor)
+        spread = MAD_TO_SD * np.median(np.abs(ring - b[:, None]), axis=1)
+        sd = np.maximum(spread, floor)
     hot = (excess > MIN_SNR * sd) & (four < RATIO * excess)
     return cand[hot]
 
