@@ -462,6 +462,74 @@ def _line_kernels(length_px: float, n_orientations: int) -> list[np.ndarray]:
     return out
 
 
+def _line_taps(kernel: np.ndarray) -> list[tuple[int, int, float, bool]]:
+    """The non-zero taps of a line kernel as ``(dy, dx, weight, paired)`` offsets from its
+    centre; a tap whose mirror image (-dy, -dx) has the same weight is listed once, paired
+    (a line segment centred on the middle pixel is point-symmetric)."""
+    c = kernel.shape[0] // 2
+    taps, seen = [], set()
+    for y, x in zip(*np.nonzero(kernel)):
+        dy, dx = int(y) - c, int(x) - c
+        if (dy, dx) in seen:
+            continue
+        w = float(kernel[y, x])
+        paired = (dy, dx) != (0, 0) and kernel[c - dy, c - dx] == kernel[y, x]
+        seen.update({(dy, dx), (-dy, -dx)} if paired else {(dy, dx)})
+        taps.append((dy, dx, w, paired))
+    return taps
+
+
+def _max_line_response(img: np.ndarray, kernels: list[np.ndarray], strip: int = 64) -> np.ndarray:
+    """Maximum over ``kernels`` of ``ndi.correlate(img, k, mode="nearest")`` (float32).
+
+    The line kernels are sparse (7-19 of 81 taps at 0.2 um pixels) and point-symmetric, so
+    each response is summed from shifted views of an edge-padded strip of rows, mirror taps
+    added before their common weight is applied; strips of 64 rows keep the work in cache.
+    ~2.5x faster than :func:`scipy.ndimage.correlate` (which accumulates every pixel in
+    float64: the responses agree to float32 rounding, ~1e-7 relative) and one strip of
+    memory instead of a full-size output per orientation.
+
+    Examples
+    --------
+    >>> ks = _line_kernels(5.0, 12)
+    >>> img = np.random.default_rng(0).normal(size=(70, 50)).astype(np.float32)
+    >>> ref = np.max([ndi.correlate(img, k, mode="nearest") for k in ks], axis=0)
+    >>> bool(np.allclose(_max_line_response(img, ks), ref, rtol=0, atol=1e-6))
+    True
+    """
+    img = np.asarray(img, np.float32)
+    h, w = img.shape
+    taps = [_line_taps(k) for k in kernels]
+    reach = max(k.shape[0] for k in kernels) // 2
+    resp = np.empty((h, w), np.float32)
+    acc = np.empty((min(strip, h), w), np.float32)
+    tmp = np.empty_like(acc)
+    for r0 in range(0, h, strip):
+        r1 = min(h, r0 + strip)
+        n = r1 - r0
+        a, b = max(0, r0 - reach), min(h, r1 + reach)
+        pad = np.pad(img[a:b], ((reach - (r0 - a), reach - (b - r1)), (reach, reach)), mode="edge")
+        out, acc_n, tmp_n = resp[r0:r1], acc[:n], tmp[:n]
+
+        def view(dy: int, dx: int) -> np.ndarray:
+            return pad[reach + dy : reach + dy + n, reach + dx : reach + dx + w]
+
+        for i, kernel_taps in enumerate(taps):
+            acc_n.fill(0.0)
+            for dy, dx, wt, paired in kernel_taps:
+                if paired:
+                    np.add(view(dy, dx), view(-dy, -dx), out=tmp_n)
+                    tmp_n *= np.float32(wt)
+                else:
+                    np.multiply(view(dy, dx), np.float32(wt), out=tmp_n)
+                acc_n += tmp_n
+            if i == 0:
+                out[...] = acc_n
+            else:
+                np.maximum(out, acc_n, out=out)
+    return resp
+
+
 def _rank_rows(img: np.ndarray, rows: dict[int, list[int]], op: str, pad: str | bool) -> np.ndarray:
     """Minimum (``op="min"``) or maximum (``"max"``) of a 2-D array over a footprint given as
     horizontal segments (``{half-width: [row offsets]}``, symmetric about the centre).
@@ -675,27 +743,9 @@ def _foreground(
     np.subtract(smooth, local, out=local)  # smooth - blurred opening, in place
     del smooth
     length_px = max(line_length_um / px, 3.0)
-    # running maximum over the orientations, strip by strip (each strip read with the kernels'
-    # reach: the same correlations as the whole image's)
-    kernels = _line_kernels(length_px, 12)
-    reach = max(k.shape[0] for k in kernels) // 2 + 1
-    resp = np.empty(local.shape, local.dtype)
-    step = max(64, (1 << 18) // max(local.shape[1], 1))
-    # (one work array for the correlations of a strip, filled in place: the same numbers as
-    # correlate's own output, without a fresh full-strip array per orientation)
-    work = np.empty((min(local.shape[0], step + 2 * reach), local.shape[1]), local.dtype)
-    for r0 in range(0, local.shape[0], step):
-        r1 = min(local.shape[0], r0 + step)
-        a, b = max(0, r0 - reach), min(local.shape[0], r1 + reach)
-        out = resp[r0:r1]
-        for i, k in enumerate(kernels):
-            ndi.correlate(local[a:b], k, output=work[: b - a], mode="nearest")
-            r_k = work[r0 - a : r1 - a]
-            if i == 0:
-                out[...] = r_k
-            else:
-                np.maximum(out, r_k, out=out)
-    del local, r_k, out, work
+    # (the best orientation wins: a running maximum, strip by strip)
+    resp = _max_line_response(local, _line_kernels(length_px, 12))
+    del local
     far = _within_steps(bright, int(np.ceil(length_px)) + 2)
     np.logical_not(far, out=far)
     # (= _median_and_robust_sd(resp[far]), or of all of resp, without the gathered copy)
