@@ -441,7 +441,8 @@ def measure_microglia(
     min_branch_length_um: float = 0.6,
     sholl_step_um: float = 2.0,
     process_max_width_um: float = 2.0,
-) -> pd.DataFrame:
+    return_skeleton: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
     """Morphology of each labelled microglia cell.
 
     Parameters
@@ -469,6 +470,10 @@ def measure_microglia(
         Widest process (as in :func:`segment_microglia`): holes in a cell whose rim lies
         deeper than half of it inside the cell are gaps in its body, filled before the
         skeletonisation (see the module docstring).
+    return_skeleton : bool
+        Also return the measured skeleton of every cell as one boolean image (that of
+        :func:`skeleton_image`, from the same skeletonisation: for QC overlays without
+        skeletonising every cell a second time).
 
     Returns
     -------
@@ -483,6 +488,8 @@ def measure_microglia(
         (radius of the maximum), ``sholl_auc`` (area under the intersections-versus-radius
         curve, um), ``mean_intensity``.  Conventions for the soma and the skeleton are in
         the module docstring.
+    skeleton : ndarray of bool
+        Only with ``return_skeleton``: the pruned, soma-collapsed skeletons, shape of ``labels``.
 
     Examples
     --------
@@ -500,6 +507,9 @@ def measure_microglia(
     1
     >>> int(m.sholl_max_intersections)
     4
+    >>> _, sk = measure_microglia(lab, None, 0.2, return_skeleton=True)
+    >>> bool((sk == skeleton_image(lab, 0.2)).all())
+    True
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -516,8 +526,11 @@ def measure_microglia(
             edge = ndi.binary_dilation(not_imaged, np.ones((3, 3), bool)) & (labels > 0)
             border |= {int(v) for v in np.unique(labels[edge])}
     rows = []
+    skeleton = np.zeros(labels.shape, bool) if return_skeleton else None
     for rp, c in _cells(labels, px, soma_min_diameter_um, min_branch_length_um, process_max_width_um):
         y0, x0 = rp.bbox[0], rp.bbox[1]
+        if skeleton is not None:
+            skeleton[y0 : rp.bbox[2], x0 : rp.bbox[3]] |= c.skeleton[1:-1, 1:-1]
         n_branch, n_end = c.nodes()
         pts = np.argwhere(c.skeleton)
         reach = float(np.hypot(pts[:, 0] - c.centre[0], pts[:, 1] - c.centre[1]).max())
@@ -549,7 +562,8 @@ def measure_microglia(
                 "mean_intensity": mean_int,
             }
         )
-    return pd.DataFrame(rows, columns=MEASURE_COLUMNS)
+    table = pd.DataFrame(rows, columns=MEASURE_COLUMNS)
+    return (table, skeleton) if return_skeleton else table
 
 
 def sholl_profile(

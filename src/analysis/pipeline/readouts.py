@@ -124,7 +124,7 @@ def measure_microglia_readout(channels: Mapping[str, np.ndarray], pixel_size_um:
     mg2 = _projection(mg)
     labels = microglia.segment_microglia(mg2, pixel_size_um, **params)
     release_free_memory()
-    cells = microglia.measure_microglia(labels, mg2, pixel_size_um)
+    cells, skeleton_px = microglia.measure_microglia(labels, mg2, pixel_size_um, return_skeleton=True)
     release_free_memory()
     field_mm2 = mg2.size * (pixel_size_um / 1000.0) ** 2
     row: dict[str, Any] = {
@@ -138,8 +138,8 @@ def measure_microglia_readout(channels: Mapping[str, np.ndarray], pixel_size_um:
         row[f"mean_{col}"] = float(interior[col].mean()) if len(interior) else np.nan
     outlines = pixel_table(labels, inner_boundaries(labels), "outline")
     release_free_memory()
-    skeleton = pixel_table(labels, microglia.skeleton_image(labels, pixel_size_um), "skeleton")
-    release_free_memory()
+    skeleton = pixel_table(labels, skeleton_px, "skeleton")
+    del skeleton_px
     orphan = skeleton["label"].to_numpy() == 0
     if orphan.any():
         # a skeleton may run through a hole the morphology filled inside a soma: those pixels

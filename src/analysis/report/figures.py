@@ -230,9 +230,8 @@ def qc_overlay(
         else:
             log.warning("qc_overlay: no stored outlines given; segmenting the cells again (may differ from the counted ones)")
             labels = microglia.segment_microglia(plane, pixel_size_um, **(getattr(params, "microglia", None) or {}))
-            cells = microglia.measure_microglia(labels, None, pixel_size_um)
+            cells, sk = microglia.measure_microglia(labels, None, pixel_size_um, return_skeleton=True)
             boundary, border = find_boundaries(labels), labels
-            sk = microglia.skeleton_image(labels, pixel_size_um)
             lys_edge = None
             if lysosome_channel is not None and not pd.isna(lysosome_channel):
                 lys = engulfment.segment_lysosomes(data[int(lysosome_channel)].max(axis=0), pixel_size_um,
