@@ -509,14 +509,18 @@ def _median_variance(image: np.ndarray, sigma: float, alpha: float, beta: float,
         lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
     if not lo < hi:
         return lo
-    edges = np.linspace(lo, hi, 4097)
+    n_bins = 4096
+    scale = n_bins / (hi - lo)
 
     def bins(v: np.ndarray) -> np.ndarray:
-        b = np.searchsorted(edges, v, side="right")
-        b -= 1
-        return np.clip(b, 0, len(edges) - 2, out=b)
+        # (any binning that is monotone in the value and the same in both passes gives the
+        # exact median; arithmetic is ~10x faster than a search over bin edges)
+        b = np.subtract(v, lo)
+        b *= scale
+        b = b.astype(np.int64)
+        return np.clip(b, 0, n_bins - 1, out=b)
 
-    counts = np.zeros(len(edges) - 1, np.int64)
+    counts = np.zeros(n_bins, np.int64)
     for v in strips():
         counts += np.bincount(bins(v), minlength=len(counts))
     n = int(counts.sum())
