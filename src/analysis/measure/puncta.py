@@ -1456,7 +1456,8 @@ def _detect_block(
             chunks = []
             for c0 in range(0, len(pairs), _PAIR_CHUNK):
                 pr = remap[pairs[c0 : c0 + _PAIR_CHUNK]]
-                ic, jc = pr[(pr >= 0).all(axis=1)].T
+                both = np.minimum(pr[:, 0], pr[:, 1]) >= 0  # (= (pr >= 0).all(axis=1), several times faster)
+                ic, jc = pr[both, 0], pr[both, 1]
                 d2c = (p[ic] - p[jc]) ** 2
                 kc = _overlap(d2c, sig[ic], sig[jc], cc[ic], cc[jc], bg, _W_K)
                 rc = kc / np.sqrt(m[ic] * m[jc])
