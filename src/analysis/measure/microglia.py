@@ -1246,10 +1246,11 @@ def segment_microglia(
     -----
     Thresholds are multiples of the image's own noise rather than an Otsu-type split of the
     histogram: with a few cells in a field the histogram has no second mode to split, and
-    noise units carry over between microscopes.  A 512 x 512 field takes ~0.13 s to segment
-    (CPU; ~10x a global threshold with connected components and skeletonisation), most of it
-    in the 12 line filters, the three watershed floods (soma-scale hills, processes entering
-    from the edge, cells) and the soma-scale smoothing; :func:`measure_microglia` adds ~0.14 s.
+    noise units carry over between microscopes.  A 512 x 512 field (0.2 um pixels, 19 cells)
+    takes ~0.15 s to segment (CPU; ~8x a global threshold with connected components and
+    skeletonisation on the EMBL fields), most of it in the two skeletonisations, the 12 line
+    filters, the Gaussian smoothings and the three watershed floods (soma-scale hills,
+    processes entering from the edge, cells); :func:`measure_microglia` adds ~0.2 s.
 
     Examples
     --------
