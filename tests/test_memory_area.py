@@ -225,6 +225,25 @@ def test_exact_medians_equal_numpy() -> None:
     assert np.isnan(area._exact_medians(lambda: iter([(w,)]), 1, 0.0, 4.0)[0])
 
 
+@pytest.mark.parametrize("q", [75, 50, 25, 10])
+def test_local_percentile_is_numpys_nearest_percentile_of_each_window(q: int) -> None:
+    """The partition at numpy's own rank gives np.percentile(method="nearest") of every window,
+    ties included, on the lattice (step 1: every pixel) and interpolated from it (step 3)."""
+    rng = np.random.default_rng(q)
+    a = rng.normal(size=(61, 47))
+    a[rng.random(a.shape) < 0.2] = 0.5  # ties
+    for width, step in ((9, 1), (21, 3), (5, 2)):
+        h = width // 2
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(a, h, mode="symmetric"), (width, width))
+        at = [np.unique(np.r_[np.arange(0, n, step), n - 1]) for n in a.shape]
+        vals = np.percentile(windows[np.ix_(at[0], at[1])].reshape(len(at[0]), len(at[1]), -1), q, axis=-1,
+                             method="nearest")
+        if step > 1:
+            vals = area._interp_matrix(a.shape[0], at[0].astype(float)) @ vals @ area._interp_matrix(
+                a.shape[1], at[1].astype(float)).T
+        np.testing.assert_array_equal(area._local_percentile(a, q, width, step), vals)
+
+
 def test_pairwise_sum_in_pieces_equals_numpy_sum() -> None:
     rng = np.random.default_rng(4)
     for n in (0, 5, 129, 100_003, 1_234_567):
