@@ -159,6 +159,11 @@ def tiff(data: np.ndarray, **kw: object) -> Callable[[Path], None]:
     return lambda p: tifffile.imwrite(p, data, **kw)
 
 
+#: A plane whose OME metadata give pixels of 0.2 um (x) by 0.4 um (y).
+NON_SQUARE_OME = tiff(np.ones((64, 64), np.uint16), ome=True, photometric="minisblack",
+                      metadata={"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.4})
+
+
 def on_row(row: int, name: str, write: Callable[[Path], None], *then: tuple[int, str, str]) -> Callable[[Study], None]:
     def edit(s: Study) -> None:
         s.image(row, name, write)
@@ -301,6 +306,11 @@ CASES = [
     ("override keeps the sheet's pixel size", lambda s: (s.set(0, "pixel_size_um", "0.25"), s.add_column("pixel_size_override", ["yes", "", "", ""])),
      ok({(0, "pixel_size_um"): 0.25})),
     ("pixel size within 1 % of metadata", value(0, "pixel_size_um", "0.201"), ok({(0, "pixel_size_um"): 0.201})),
+    ("non-square metadata overridden", lambda s: (on_row(2, "ns.ome.tif", NON_SQUARE_OME, (2, "pixel_size_um", "0.2"))(s),
+                                                  s.add_column("pixel_size_override", ["", "", "yes", ""])),
+     ok({(2, "pixel_size_um"): 0.2})),
+    ("pixel width and height within 1 %", on_row(2, "near.ome.tif", tiff(np.ones((64, 64), np.uint16), ome=True, metadata={
+        "axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2016})), ok({(2, "pixel_size_um"): 0.2})),
     ("RGB TIFF green channel", on_row(0, "rgb.tif", tiff(RGB, photometric="rgb"), (0, "synapse_channel", "1")), ok({(0, "synapse_channel"): 1})),
     ("Fiji ZCYX hyperstack", on_row(3, "hyper.tif", tiff(ZCYX, imagej=True, resolution=(5.0, 5.0), metadata={"axes": "ZCYX", "unit": "um", "spacing": 0.4}),
                                     (3, "lysosome_channel", "")), ok({(3, "z_step_um"): 0.4, (3, "pixel_size_um"): 0.2})),
@@ -326,6 +336,12 @@ CASES = [
      bad(2, "pixel_size_override", "'maybe'", "write yes")),
     ("metadata pixel size implausible", on_row(2, "p100.ome.tif", plane((64, 64), size=100.0)),
      bad(4, "pixel_size_um", "metadata", "100 um", "nanometres: 0.1 um?")),
+    # pixels that are not square: measured as square they would give wrong areas and densities
+    ("pixels not square (OME)", on_row(2, "ns.ome.tif", NON_SQUARE_OME),
+     bad(4, "path", "0.2 um (x) by 0.4 um (y)", "square pixels", "Image > Scale", "pixel_size_override")),
+    ("pixels not square (ImageJ resolution)", on_row(2, "ns.tif", tiff(np.ones((64, 64), np.uint16), imagej=True, resolution=(5.0, 2.5),
+                                                                        metadata={"unit": "um"})),
+     bad(4, "path", "0.2 um (x) by 0.4 um (y)", "square pixels")),
     ("stack without z step", on_row(2, "z.tif", stack(None), (2, "pixel_size_um", "0.2")),
      bad(4, "z_step_um", "stack of 4 z-slices", "add a column z_step_um", "Voxel depth")),
     ("z step in nm", lambda s: (on_row(2, "z.tif", stack(None))(s), s.add_column("z_step_um", ["", "", "500", ""])),

@@ -38,6 +38,8 @@ VENDOR_FORMATS: dict[str, tuple[str, str, str]] = {
     ".lif": ("bioio_lif", "bioio-lif", "Leica LIF"),
     ".nd2": ("bioio_nd2", "bioio-nd2", "Nikon ND2"),
 }
+#: Relative difference of a pixel's width and height (metadata) above which it is not square.
+NON_SQUARE_TOLERANCE = 0.01
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6, "cm": 1e4}
 _RGB_NAMES = ("red", "green", "blue", "alpha")
 _FIJI_AXES_FIX = (
@@ -74,6 +76,11 @@ class ImageInfo:
         names, the vendor metadata; ``red``, ``green``, ``blue`` for RGB), else empty.
         A sample sheet may name a channel role by one of these names
         (:func:`analysis.io.load_samples`).
+    pixel_size_y_um : float or None
+        The pixel's height where the metadata give it apart from its width (OME
+        ``PhysicalSizeY``, the LSM voxel height, the TIFF ``YResolution``, the vendor
+        metadata).  Every measurement assumes square pixels: :func:`analysis.io.load_samples`
+        refuses a file whose pixels are not (:attr:`square_pixels`).
     """
 
     path: Path
@@ -85,6 +92,14 @@ class ImageInfo:
     pixel_size_um: float | None
     z_step_um: float | None
     channel_names: tuple[str, ...] = ()
+    pixel_size_y_um: float | None = None
+
+    @property
+    def square_pixels(self) -> bool:
+        """False when the metadata give a pixel height that differs from its width by more
+        than 1 % (True when either is unknown)."""
+        x, y = self.pixel_size_um, self.pixel_size_y_um
+        return x is None or y is None or abs(x - y) <= NON_SQUARE_TOLERANCE * max(x, y)
 
     @property
     def plane_shape(self) -> tuple[int, int]:
@@ -155,12 +170,12 @@ def _unsupported(path: Path) -> ImageReadError:
     )
 
 
-def _ome_sizes(xml: str) -> tuple[float | None, float | None, tuple[str, ...]]:
-    """Pixel size, z step (um) and channel names from OME-XML."""
+def _ome_sizes(xml: str) -> tuple[float | None, float | None, tuple[str, ...], float | None]:
+    """Pixel size, z step (um), channel names and pixel height (um) from OME-XML."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
-        return None, None, ()
+        return None, None, (), None
     for el in root.iter():
         if el.tag.endswith("Pixels"):
             def size(attr: str) -> float | None:
@@ -174,8 +189,8 @@ def _ome_sizes(xml: str) -> tuple[float | None, float | None, tuple[str, ...]]:
                     return None
 
             names = tuple(ch.attrib.get("Name", "") for ch in el if ch.tag.endswith("Channel"))
-            return size("X"), size("Z"), names if all(names) else ()
-    return None, None, ()
+            return size("X"), size("Z"), names if all(names) else (), size("Y")
+    return None, None, (), None
 
 
 def _positive_um(value, factor: float = 1.0) -> float | None:
@@ -187,13 +202,14 @@ def _positive_um(value, factor: float = 1.0) -> float | None:
     return float(f"{v:.12g}") if math.isfinite(v) and v > 0 else None
 
 
-def _lsm_sizes(lsm: dict) -> tuple[float | None, float | None, tuple[str, ...]]:
-    """Pixel size, z step (um) and channel names from Zeiss LSM metadata (voxel sizes in metres)."""
+def _lsm_sizes(lsm: dict) -> tuple[float | None, float | None, tuple[str, ...], float | None]:
+    """Pixel size, z step (um), channel names and pixel height (um) from Zeiss LSM metadata
+    (voxel sizes in metres)."""
     px = _positive_um(lsm.get("VoxelSizeX"), 1e6)
     dz = _positive_um(lsm.get("VoxelSizeZ"), 1e6) if int(lsm.get("DimensionZ", 1) or 1) > 1 else None
     colors = lsm.get("ChannelColors") or {}
     names = tuple(str(n).strip() for n in colors.get("ColorNames", ()) or ())
-    return px, dz, names if all(names) else ()
+    return px, dz, names if all(names) else (), _positive_um(lsm.get("VoxelSizeY"), 1e6)
 
 
 def _imagej_unit_um(tif) -> float | None:
@@ -203,9 +219,10 @@ def _imagej_unit_um(tif) -> float | None:
     return _UNIT_TO_UM.get(unit)
 
 
-def _tiff_resolution_um(tif) -> float | None:
+def _tiff_resolution_um(tif, axis: str = "X") -> float | None:
+    """Pixel width (``axis="X"``) or height (``"Y"``) in um from the TIFF resolution tags."""
     page = tif.pages[0]
-    tag = page.tags.get("XResolution")
+    tag = page.tags.get(f"{axis}Resolution")
     if tag is None:
         return None
     num, den = tag.value
@@ -351,13 +368,13 @@ def _tiff_info(path: Path) -> ImageInfo:
             series = tif.series[0]
             raw_shape = tuple(int(s) for s in series.shape)
             raw_axes = series.axes
-            px, dz, names = (None, None, ())
+            px, dz, names, py = (None, None, (), None)
             if tif.is_ome and tif.ome_metadata:
-                px, dz, names = _ome_sizes(tif.ome_metadata)
+                px, dz, names, py = _ome_sizes(tif.ome_metadata)
             if tif.is_lsm:
-                px, dz, names = _lsm_sizes(tif.lsm_metadata or {})
+                px, dz, names, py = _lsm_sizes(tif.lsm_metadata or {})
             if px is None:
-                px = _tiff_resolution_um(tif)
+                px, py = _tiff_resolution_um(tif), _tiff_resolution_um(tif, "Y")
             ij = tif.imagej_metadata or {}
             if dz is None and "spacing" in ij and _imagej_unit_um(tif) is not None:
                 dz = float(ij["spacing"]) * _imagej_unit_um(tif)
@@ -377,7 +394,7 @@ def _tiff_info(path: Path) -> ImageInfo:
         names = _RGB_NAMES[:n_c]
     if len(names) != n_c:
         names = ()
-    return ImageInfo(Path(path), shape, axes, n_c, n_z, dtype, px, dz, tuple(names))
+    return ImageInfo(Path(path), shape, axes, n_c, n_z, dtype, px, dz, tuple(names), py)
 
 
 def image_info(path: str | os.PathLike[str]) -> ImageInfo:
@@ -514,19 +531,19 @@ def _vendor_info(path: Path) -> ImageInfo:
     n_z = sizes.get("Z", 1)
     try:
         pps = reader.physical_pixel_sizes
-        px = _positive_um(getattr(pps, "X", None))
+        px, py = _positive_um(getattr(pps, "X", None)), _positive_um(getattr(pps, "Y", None))
         dz = _positive_um(getattr(pps, "Z", None)) if n_z > 1 else None
         names = tuple(str(n).strip() for n in (reader.channel_names or ()))
         dtype = np.dtype(reader.dtype)
     except Exception as exc:  # metadata a plug-in cannot parse: pixels may still be fine, say so
         log.warning("%s: cannot read the %s metadata (%s); give pixel_size_um and z_step_um in the sheet",
                     path, name, without_file_bytes(str(exc)))
-        px, dz, names, dtype = None, None, (), np.dtype(reader.dtype)
+        px, py, dz, names, dtype = None, None, None, (), np.dtype(reader.dtype)
     if rgb:
         names = _RGB_NAMES[:n_c]
     if len(names) != n_c or not all(names) or all(_BIOIO_PLACEHOLDER.fullmatch(n) for n in names):
         names = ()  # bioio makes up "Channel:0", "Channel:0:1"... when the file names none
-    return ImageInfo(Path(path), (n_c, n_z, sizes["Y"], sizes["X"]), "CZYX", n_c, n_z, dtype, px, dz, names)
+    return ImageInfo(Path(path), (n_c, n_z, sizes["Y"], sizes["X"]), "CZYX", n_c, n_z, dtype, px, dz, names, py)
 
 
 def _vendor_read(path: Path) -> np.ndarray:

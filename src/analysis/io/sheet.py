@@ -352,8 +352,9 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
         Every stack needs one from either source.
     ``pixel_size_override``
         ``yes`` keeps the sheet's ``pixel_size_um`` on that row although the file's metadata
-        say otherwise (by more than 1 %); without it such a row is an error.  Empty or ``no``
-        otherwise.
+        say otherwise (by more than 1 %), or say that the pixels are not square (width and
+        height differ by more than 1 %: every measurement assumes square pixels); without it
+        such a row is an error.  Empty or ``no`` otherwise.
 
     ``compound`` and ``genotype`` values that match a name the models use ignoring case, spaces,
     ``-`` and ``_`` (``Vehicle`` for ``vehicle``, ``tspo-ko`` for ``TSPO_KO``; see
@@ -651,6 +652,11 @@ def _check_images(
                 _resolve_name(i, col, name, rel, info, out, add)
         names = info.channel_names
         meta_px = info.pixel_size_um
+        if not info.square_pixels and not override[i]:
+            add(i, "path", f"the metadata of {rel} give pixels of {info.pixel_size_um:g} um (x) by {info.pixel_size_y_um:g} um (y): "
+                           "every measurement assumes square pixels; resample the image to square pixels (Fiji: Image > "
+                           "Scale... with x and y factors that make them equal, then save) or, if the metadata are wrong, add a "
+                           "column pixel_size_override set to yes on this row with the true pixel size in pixel_size_um")
         if raw.at[i, "pixel_size_um"] == "":
             if meta_px is None:
                 add(i, "pixel_size_um", f"pixel_size_um is empty and {rel} has no pixel size in its metadata; add pixel_size_um to the sheet or write PhysicalSizeX into the OME metadata")
