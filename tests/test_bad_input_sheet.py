@@ -309,6 +309,11 @@ CASES = [
     ("non-square metadata overridden", lambda s: (on_row(2, "ns.ome.tif", NON_SQUARE_OME, (2, "pixel_size_um", "0.2"))(s),
                                                   s.add_column("pixel_size_override", ["", "", "yes", ""])),
      ok({(2, "pixel_size_um"): 0.2})),
+    ("OME pixel size 0 (unknown) and the sheet's", on_row(2, "p0.ome.tif", tiff(np.ones((64, 64), np.uint16), ome=True, metadata={
+        "axes": "YX", "PhysicalSizeX": 0.0, "PhysicalSizeY": 0.0}), (2, "pixel_size_um", "0.2")), ok({(2, "pixel_size_um"): 0.2})),
+    ("OME pixel size NaN and the sheet's", on_row(2, "pn.ome.tif", tiff(np.ones((64, 64), np.uint16), ome=True, metadata={
+        "axes": "YX", "PhysicalSizeX": float("nan"), "PhysicalSizeY": float("nan")}), (2, "pixel_size_um", "0.2")),
+     ok({(2, "pixel_size_um"): 0.2})),
     ("pixel width and height within 1 %", on_row(2, "near.ome.tif", tiff(np.ones((64, 64), np.uint16), ome=True, metadata={
         "axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2016})), ok({(2, "pixel_size_um"): 0.2})),
     ("RGB TIFF green channel", on_row(0, "rgb.tif", tiff(RGB, photometric="rgb"), (0, "synapse_channel", "1")), ok({(0, "synapse_channel"): 1})),

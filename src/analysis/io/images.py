@@ -184,9 +184,11 @@ def _ome_sizes(xml: str) -> tuple[float | None, float | None, tuple[str, ...], f
                     return None
                 unit = el.attrib.get(f"PhysicalSize{attr}Unit", "µm")
                 try:
-                    return float(value) * _UNIT_TO_UM.get(unit, 1.0)
+                    v = float(value) * _UNIT_TO_UM.get(unit, 1.0)
                 except ValueError:
                     return None
+                # (0, negative or NaN sizes, which some writers store for "unknown", are absent)
+                return v if math.isfinite(v) and v > 0 else None
 
             names = tuple(ch.attrib.get("Name", "") for ch in el if ch.tag.endswith("Channel"))
             return size("X"), size("Z"), names if all(names) else (), size("Y")
