@@ -37,7 +37,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_quantify.py
-	$(PY) benchmarks/bench_memory.py --no-traced --cases plane256,plane2048,stack30
+	$(PY) benchmarks/bench_memory.py --no-traced --cases plane256,plane2048,plane2048_syn,stack30
 
 # type I error and CI coverage of every model on 1000 simulated studies each (~1 h of CPU);
 # exits non-zero when one is significantly off (power 0.93 against a type I error of 0.08)

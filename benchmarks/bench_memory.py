@@ -5,6 +5,9 @@ for simulated 3-channel terminal fields (PSD95, Iba1, CD68; :mod:`analysis.sim.p
 pixels, uint16):
 
 - ``plane256``, ``plane2048``: one field rendered at that size;
+- ``plane2048_syn``: the synapse channel of ``plane2048`` alone (an image of one channel, the
+  case of issue 16's "one 8000 x 8000 plane at 8.8 GB (69x the image)"; no microglia or
+  engulfment parts);
 - ``plane8000``: an 8000 x 8000 plane (a 2000 x 2000 field tiled 4 x 4, mirrored so that
   the seams are continuous; rendering 8000^2 directly would itself take several GB);
 - ``stack30``: a 30 x 512 x 512 z-stack (30 fields of 512 x 512 rendered with their own
@@ -64,7 +67,9 @@ RESULTS = HERE / "results"
 INPUTS = RESULTS / "memory_inputs"
 PX = 0.2
 Z_STEP = 0.3
-CASES = ("plane256", "plane2048", "plane8000", "stack30")
+CASES = ("plane256", "plane2048", "plane2048_syn", "plane8000", "stack30")
+#: cases of one channel (the synapse channel only): no microglia or engulfment parts
+ONE_CHANNEL = ("plane2048_syn",)
 PARTS = ("detect", "mask", "quality", "microglia", "engulfment", "quantify")
 MB = 1024.0**2
 
@@ -78,8 +83,9 @@ def render_case(case: str) -> np.ndarray:
 
     if case == "plane256":
         return render_terminal_field(np.random.default_rng([16, 256]), shape=(256, 256)).image[:, None]
-    if case == "plane2048":
-        return render_terminal_field(np.random.default_rng([16, 2048]), shape=(2048, 2048)).image[:, None]
+    if case in ("plane2048", "plane2048_syn"):
+        image = render_terminal_field(np.random.default_rng([16, 2048]), shape=(2048, 2048)).image[:, None]
+        return np.ascontiguousarray(image[:1]) if case == "plane2048_syn" else image
     if case == "plane8000":
         tile = render_terminal_field(np.random.default_rng([16, 8000]), shape=(2000, 2000)).image
         row = np.concatenate([tile, tile[:, :, ::-1]] * 2, axis=2)
@@ -96,9 +102,12 @@ def _paths(case: str) -> dict[str, Path]:
     return {"image": INPUTS / f"{case}.npy", "deps": INPUTS / f"{case}_deps.pkl"}
 
 
-def _channels(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Synapse channel (YX or ZYX), microglia and CD68 projections (YX)."""
+def _channels(data: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Synapse channel (YX or ZYX), microglia and CD68 projections (YX; None for an image of
+    one channel)."""
     syn = data[0, 0] if data.shape[1] == 1 else data[0]
+    if data.shape[0] == 1:
+        return syn, None, None
     mg = data[1].max(axis=0)
     lys = data[2].max(axis=0)
     return syn, mg, lys
@@ -125,13 +134,13 @@ def prepare(case: str, fresh: bool = False) -> None:
         t0 = time.perf_counter()
         puncta = synapses.detect_puncta(syn, PX, z_step_um=dz)
         mask = area.analysed_area_mask(syn, PX, puncta=puncta)
-        labels = microglia.segment_microglia(mg, PX)
-        lys_mask = engulfment.segment_lysosomes(lys, PX)
+        labels = microglia.segment_microglia(mg, PX) if mg is not None else None
+        lys_mask = engulfment.segment_lysosomes(lys, PX) if lys is not None else None
         with open(p["deps"], "wb") as fh:
             pickle.dump({"puncta": puncta, "puncta_attrs": dict(puncta.attrs), "mask": mask, "labels": labels,
                          "lys_mask": lys_mask}, fh)
         print(f"  inputs of the parts for {case} in {time.perf_counter() - t0:.0f} s "
-              f"({len(puncta)} puncta, {int(labels.max())} cells)", flush=True)
+              f"({len(puncta)} puncta, {int(labels.max()) if labels is not None else 0} cells)", flush=True)
 
 
 # --------------------------------------------------------------------------- one measurement
@@ -174,8 +183,9 @@ def _call(case: str, part: str, data: np.ndarray, deps: dict[str, Any],
     syn, mg, lys = channels
     dz = Z_STEP if syn.ndim == 3 else None
     if part == "quantify":
-        return quantify_image(data, PX, synapse_channel=0, microglia_channel=1, lysosome_channel=2,
-                              z_step_um=dz, return_puncta=True)
+        three = data.shape[0] >= 3
+        return quantify_image(data, PX, synapse_channel=0, microglia_channel=1 if three else None,
+                              lysosome_channel=2 if three else None, z_step_um=dz, return_puncta=True)
     puncta = deps["puncta"]
     puncta.attrs.update(deps["puncta_attrs"])
     if part == "detect":
@@ -290,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_prepare", case]
                        + (["--fresh"] if args.fresh else []), check=True)
         for part in parts:
+            if case in ONE_CHANNEL and part in ("microglia", "engulfment"):
+                continue
             for mode in modes:
                 r = run_one(case, part, mode)
                 rows.append(r)
