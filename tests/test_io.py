@@ -267,3 +267,32 @@ def test_reader_errors_never_quote_the_file_content(tmp_path: Path) -> None:
     text = str(err.value)
     assert "a.tif" in text and "SECRET" not in text and "root:x" not in text
     assert "<file bytes omitted>" in text or "not a TIFF" in text
+
+
+def test_a_tiff_of_several_images_reads_the_first_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A multi-position OME-TIFF (two series of equal size) is read as its first image, with a
+    warning naming how many there are and how to measure the others; a pyramid (sub-resolutions
+    of one image) and a small preview series are not other images."""
+    first, second = np.full((64, 64), 100, np.uint16), np.full((64, 64), 5000, np.uint16)
+    md = {"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2}
+    multi = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(multi, ome=True) as tw:
+        tw.write(first, metadata=md)
+        tw.write(second, metadata=md)
+    with caplog.at_level("WARNING", logger="analysis.io.images"):
+        data, info = read_image(multi)
+    assert data.shape == (1, 1, 64, 64) and float(data.mean()) == 100.0
+    assert any("holds 2 images" in r.message and "only the first" in r.message and "own row of the sheet" in r.message
+               for r in caplog.records)
+    caplog.clear()
+    pyramid = tmp_path / "pyramid.ome.tif"
+    with tifffile.TiffWriter(pyramid, ome=True) as tw:
+        tw.write(np.ones((256, 256), np.uint16), subifds=1, metadata=md)
+        tw.write(np.ones((128, 128), np.uint16), subfiletype=1)
+    preview = tmp_path / "preview.tif"
+    with tifffile.TiffWriter(preview) as tw:
+        tw.write(np.ones((256, 256), np.uint16))
+        tw.write(np.ones((64, 64), np.uint16))
+    with caplog.at_level("WARNING", logger="analysis.io.images"):
+        assert image_info(pyramid).shape == (256, 256) and image_info(preview).shape == (256, 256)
+    assert not [r for r in caplog.records if "holds" in r.message]

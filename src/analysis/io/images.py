@@ -362,6 +362,20 @@ def _stored_bytes(page) -> int:
     return -(-width * bps // 8) * rows
 
 
+def _other_images(series) -> int:
+    """How many series of a TIFF besides the first are images of their own: series whose planes
+    are at least half as large as the first's per side (thumbnails and previews, such as a Zeiss
+    LSM file's, are smaller and do not count)."""
+    def plane(s) -> tuple[int, int]:
+        shape = dict(zip(s.axes, s.shape))
+        return int(shape.get("Y", 0)), int(shape.get("X", 0))
+
+    if len(series) < 2:
+        return 0
+    y0, x0 = plane(series[0])
+    return sum(1 for s in series[1:] if 2 * plane(s)[0] >= y0 and 2 * plane(s)[1] >= x0)
+
+
 def _tiff_info(path: Path) -> ImageInfo:
     import tifffile
 
@@ -370,6 +384,7 @@ def _tiff_info(path: Path) -> ImageInfo:
             series = tif.series[0]
             raw_shape = tuple(int(s) for s in series.shape)
             raw_axes = series.axes
+            others = _other_images(tif.series)
             px, dz, names, py = (None, None, (), None)
             if tif.is_ome and tif.ome_metadata:
                 px, dz, names, py = _ome_sizes(tif.ome_metadata)
@@ -389,6 +404,11 @@ def _tiff_info(path: Path) -> ImageInfo:
         raise ImageReadError.for_file(
             path, f"{truncated} bytes of its pixel data are missing: it is truncated or corrupt (an "
                   "interrupted copy or export?); copy or export it again")
+    if others:
+        _warn_once(path, "series", f"holds {others + 1} images (series: positions, fields or tiles of one "
+                                   f"acquisition); only the first, {' x '.join(map(str, raw_shape))} ({raw_axes}), is "
+                                   "read: to measure the others, save each as its own file (Fiji: open it with "
+                                   "Bio-Formats, 'Open all series', and save each) and list each on its own row of the sheet")
     axes, shape = _map_axes(path, raw_axes, raw_shape)
     n_c = shape[axes.index("C")] if "C" in axes else 1
     n_z = shape[axes.index("Z")] if "Z" in axes else 1
@@ -406,7 +426,9 @@ def image_info(path: str | os.PathLike[str]) -> ImageInfo:
     RGB TIFF: channel 0 = red, 1 = green, 2 = blue), z-slices (``Z``), ``Y``, ``X`` in any order
     (e.g. Fiji/ImageJ hyperstacks, stored ``ZCYX``); a time axis of length 1 is dropped.
     LZW / deflate / zstd compressed TIFFs are read through ``imagecodecs``.  Zeiss LSM files
-    are TIFFs too (voxel size and channel names from the LSM metadata).
+    are TIFFs too (voxel size and channel names from the LSM metadata).  A TIFF holding several
+    images (series of a multi-position OME-TIFF; not the sub-resolutions of a pyramid, nor small
+    previews) is read as its **first image**, with a warning that says how to measure the others.
 
     Zeiss CZI, Leica LIF and Nikon ND2 files are read through the bioio plug-ins
     (``bioio-czi``, ``bioio-lif``, ``bioio-nd2``), imported only when such a file is read: the
