@@ -477,6 +477,12 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
     for i in raw.index[(out["compound"] != REFERENCE_COMPOUND) & (out["compound"] != "") & (out["dose_mg_kg"] == 0)]:
         add(i, "dose_mg_kg", f"dose_mg_kg is 0 but compound is {out.at[i, 'compound']!r}; give the dose, or set "
                              f"compound to {REFERENCE_COMPOUND} for a control animal")
+    # a dosed animal is dosed for a day at least: with 0 planned days the models would count
+    # every session after the first dose as after withdrawal and find no vehicle group to match
+    for i in raw.index[(out["dose_mg_kg"] > 0) & (out["treatment_days"] == 0)]:
+        add(i, "treatment_days", f"treatment_days is 0 but dose_mg_kg is {raw.at[i, 'dose_mg_kg']}: a treated animal is dosed "
+                                 "for one day at least; give the planned days of dosing (e.g. 7), the same as its "
+                                 f"{REFERENCE_COMPOUND} controls'")
 
     override = pd.Series(False, index=raw.index)
     if "pixel_size_override" in raw:
