@@ -146,14 +146,18 @@ def test_fit_without_vehicle_group_says_so(
     ("name", "phrases"),
     [("only baseline", ["only baseline synapse images", "add the later sessions"]),
      ("only vehicle", ["only vehicle synapse images", "column 'compound'"]),
-     ("one animal per group", ["every group has a single animal", "column 'animal_id'"])],
+     ("one animal per group", ["every group has a single animal", "column 'animal_id'"]),
+     # (before: validate said valid and fit stopped with "unexpected KeyError: 'pct_vs_vehicle'")
+     ("vehicle of another duration", ["no treated synapse group has vehicle animals of the same genotype and treatment_days",
+                                      "vehicle: WT 56 d", "column 'treatment_days'"])],
 )
 def test_fit_refuses_designs_the_model_cannot_fit(
     measurements: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, phrases: list[str]
 ) -> None:
     m = measurements
     m = {"only baseline": m[m.day < 0], "only vehicle": m[m.compound == "vehicle"],
-         "one animal per group": m[m.animal_id.isin(m.groupby("compound").animal_id.first())]}[name]
+         "one animal per group": m[m.animal_id.isin(m.groupby("compound").animal_id.first())],
+         "vehicle of another duration": m.assign(treatment_days=m.treatment_days.where(m.compound != "vehicle", 56))}[name]
     m.to_parquet(tmp_path / "m.parquet")
     err = _error(["fit", "--measurements", str(tmp_path / "m.parquet"), "--out", str(tmp_path)], capsys)
     for phrase in phrases:
@@ -176,6 +180,25 @@ def test_validate_notes_what_fit_will_refuse(tmp_path: Path, capsys: pytest.Capt
     assert "1 images of 1 animals; sheet is valid" in out
     assert "note: `fit` will refuse" in out and "only vehicle" in out
     assert "note: no baseline synapse session (day < 0): groups are compared with vehicle at each day" in out
+
+
+def test_validate_notes_a_treated_group_without_its_vehicle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import tifffile
+
+    rows = [(f"v{k}", k, "WT", "vehicle", 0) for k in (1, 2)] + [(f"d{k}", k + 2, "WT", "diazepam", 5) for k in (1, 2)]
+    rows += [(f"k{k}", k + 4, "TSPO_KO", "diazepam", 5) for k in (1, 2)]
+    for i, *_ in rows:
+        tifffile.imwrite(tmp_path / f"{i}.ome.tif", np.zeros((64, 64), np.uint16), ome=True,
+                         metadata={"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
+    (tmp_path / "samples.csv").write_text(
+        "image_id,path,animal_id,genotype,compound,dose_mg_kg,treatment_days,day,pixel_size_um,"
+        "synapse_channel,microglia_channel,lysosome_channel\n"
+        + "".join(f"{i},{i}.ome.tif,{a},{g},{c},{d},7,7,,0,,\n" for i, a, g, c, d in rows))
+    assert main(["validate", str(tmp_path / "samples.csv")]) == 0
+    out = capsys.readouterr().out
+    assert ("note: the diazepam synapse group of genotype TSPO_KO dosed for 7 days has no vehicle animals of its "
+            "genotype and treatment_days: it gets no contrast with vehicle") in out
+    assert "genotype WT dosed" not in out and "will refuse" not in out
 
 
 def test_fit_with_no_measured_image(measurements: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -89,6 +89,28 @@ def _endpoint_rows(table) -> dict[str, object]:
     return out
 
 
+#: What a treated session must share with a vehicle session to be compared with it.
+_MATCH = ("genotype", "treatment_days", "day")
+
+
+def _after_first_dose(sub, vehicle: str):
+    """Treated and vehicle rows of sessions after the first dose (day >= 0)."""
+    after = sub[sub["day"] >= 0]
+    return after[after["compound"] != vehicle], after[after["compound"] == vehicle]
+
+
+def _keys(rows, columns) -> list[tuple]:
+    return [tuple(r) for r in rows[list(columns)].drop_duplicates().itertuples(index=False)]
+
+
+def _show(rows) -> str:
+    """Genotype, treatment days and days of ``rows``, e.g. ``WT 7 d on day 7, 56``."""
+    parts = []
+    for (g, t), d in rows.groupby(["genotype", "treatment_days"])["day"]:
+        parts.append(f"{g} {t:g} d on day {', '.join(f'{x:g}' for x in sorted(d.unique()))}")
+    return "; ".join(parts)
+
+
 def fit_problems(table, file: str) -> list[Problem]:
     """Why the models cannot be fitted to the images of ``table`` (a sheet or measurements).
 
@@ -113,6 +135,13 @@ def fit_problems(table, file: str) -> list[Problem]:
         if compounds and compounds <= {REFERENCE_COMPOUND}:
             problems.append(Problem(file, f"only vehicle {kind} images: there is no treated group to compare with "
                                           "vehicle; add the treated animals", column="compound"))
+        treated, vehicle = _after_first_dose(sub, REFERENCE_COMPOUND)
+        if len(treated) and len(vehicle) and not set(_keys(treated, _MATCH)) & set(_keys(vehicle, _MATCH)):
+            problems.append(Problem(
+                file, f"no treated {kind} group has vehicle animals of the same genotype and treatment_days imaged on the "
+                      f"same day (treated: {_show(treated)}; vehicle: {_show(vehicle)}): each treated group is compared "
+                      "with the vehicle animals of its genotype and dosing duration at each session; give the vehicle "
+                      "controls the treatment_days of the group they control", column="treatment_days"))
         animals = sub.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"])["animal_id"].nunique()
         if len(animals) and animals.max() < 2:
             problems.append(Problem(file, f"every group has a single animal ({kind} images): the model needs two or "
@@ -123,11 +152,19 @@ def fit_problems(table, file: str) -> list[Problem]:
 
 def design_notes(table) -> list[str]:
     """What the models will do with the design of ``table`` (not problems)."""
+    from analysis.io import REFERENCE_COMPOUND
+
     notes = []
     for kind, sub in _endpoint_rows(table).items():
         if kind != "microglia" and not (sub["day"] < 0).any():
             notes.append(f"no baseline {kind} session (day < 0): groups are compared with vehicle at each day "
                          "(cross-sectional); add baseline sessions to measure change within animals")
+        treated, vehicle = _after_first_dose(sub, REFERENCE_COMPOUND)
+        matched = set(_keys(vehicle, ("genotype", "treatment_days")))
+        for g, t, c in _keys(treated, ("genotype", "treatment_days", "compound")):
+            if len(vehicle) and (g, t) not in matched:
+                notes.append(f"the {c} {kind} group of genotype {g} dosed for {t:g} days has no vehicle animals of its "
+                             "genotype and treatment_days: it gets no contrast with vehicle")
     return notes
 
 

@@ -1156,6 +1156,8 @@ def recovery(contrasts: pd.DataFrame) -> pd.DataFrame:
     from scipy.optimize import curve_fit
 
     rows = []
+    if "pct_vs_vehicle" not in contrasts:  # (no treated group has a vehicle group to compare with)
+        return pd.DataFrame(rows)
     for g, sub in contrasts[contrasts["pct_vs_vehicle"].notna()].groupby("group"):
         z = sps.t.ppf(0.975, sub["df"].iloc[0]) if "df" in sub else sps.norm.ppf(0.975)
         after = sub[sub["days_since_last_dose"] >= 0].sort_values("days_since_last_dose")
