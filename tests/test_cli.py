@@ -149,7 +149,11 @@ def test_fit_without_vehicle_group_says_so(
      ("one animal per group", ["every group has a single animal", "column 'animal_id'"]),
      # (before: validate said valid and fit stopped with "unexpected KeyError: 'pct_vs_vehicle'")
      ("vehicle of another duration", ["no treated synapse group has vehicle animals of the same genotype and treatment_days",
-                                      "vehicle: WT 56 d", "column 'treatment_days'"])],
+                                      "vehicle: WT 56 d", "column 'treatment_days'"]),
+     ("vehicle only at baseline", ["no treated synapse group has vehicle animals", "vehicle: none after the first dose"]),
+     ("vehicle without baseline", ["no treated synapse group can be compared with vehicle",
+                                   "WT diazepam 5 mg/kg x 7 d: it has a baseline session and its vehicle animals none",
+                                   "give both groups a baseline session (day < 0) or neither", "column 'day'"])],
 )
 def test_fit_refuses_designs_the_model_cannot_fit(
     measurements: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, phrases: list[str]
@@ -157,7 +161,9 @@ def test_fit_refuses_designs_the_model_cannot_fit(
     m = measurements
     m = {"only baseline": m[m.day < 0], "only vehicle": m[m.compound == "vehicle"],
          "one animal per group": m[m.animal_id.isin(m.groupby("compound").animal_id.first())],
-         "vehicle of another duration": m.assign(treatment_days=m.treatment_days.where(m.compound != "vehicle", 56))}[name]
+         "vehicle of another duration": m.assign(treatment_days=m.treatment_days.where(m.compound != "vehicle", 56)),
+         "vehicle only at baseline": m[(m.compound != "vehicle") | (m.day < 0)],
+         "vehicle without baseline": m[(m.compound != "vehicle") | (m.day >= 0)]}[name]
     m.to_parquet(tmp_path / "m.parquet")
     err = _error(["fit", "--measurements", str(tmp_path / "m.parquet"), "--out", str(tmp_path)], capsys)
     for phrase in phrases:
@@ -196,9 +202,9 @@ def test_validate_notes_a_treated_group_without_its_vehicle(tmp_path: Path, caps
         + "".join(f"{i},{i}.ome.tif,{a},{g},{c},{d},7,7,,0,,\n" for i, a, g, c, d in rows))
     assert main(["validate", str(tmp_path / "samples.csv")]) == 0
     out = capsys.readouterr().out
-    assert ("note: the diazepam synapse group of genotype TSPO_KO dosed for 7 days has no vehicle animals of its "
-            "genotype and treatment_days: it gets no contrast with vehicle") in out
-    assert "genotype WT dosed" not in out and "will refuse" not in out
+    assert ("note: synapse: TSPO_KO diazepam 5 mg/kg x 7 d has no vehicle animals of its genotype and treatment_days "
+            "imaged on the same day: it gets no contrast with vehicle") in out
+    assert "WT diazepam 5 mg/kg x 7 d has no" not in out and "will refuse" not in out
 
 
 def test_fit_with_no_measured_image(measurements: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

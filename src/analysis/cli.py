@@ -103,6 +103,32 @@ def _keys(rows, columns) -> list[tuple]:
     return [tuple(r) for r in rows[list(columns)].drop_duplicates().itertuples(index=False)]
 
 
+#: The columns that make a treatment group.
+_GROUP = ("genotype", "compound", "dose_mg_kg", "treatment_days")
+
+
+def _uncompared(sub, vehicle: str, baselines: bool = True) -> dict[tuple, str]:
+    """Treated groups of ``sub`` that the models cannot compare with vehicle, and why (the rule
+    of :func:`analysis.stats.models.synapse_contrasts`: vehicle animals of the same genotype and
+    treatment_days imaged on the same day after the first dose, and, for the longitudinal
+    readouts (``baselines``), with a baseline session when the treated group has one and without
+    when it has none; microglia are compared at each day)."""
+    out = {}
+    vehicles = sub[sub["compound"] == vehicle]
+    for key, g in sub[sub["compound"] != vehicle].groupby(list(_GROUP)):
+        genotype, compound, dose, days = key
+        v = vehicles[(vehicles["genotype"] == genotype) & (vehicles["treatment_days"] == days)]
+        shared = set(g.loc[g["day"] >= 0, "day"]) & set(v.loc[v["day"] >= 0, "day"])
+        name = f"{genotype} {compound} {dose:g} mg/kg x {days:g} d"
+        if not shared:
+            out[key] = f"{name} has no vehicle animals of its genotype and treatment_days imaged on the same day"
+        elif baselines and (g["day"] < 0).any() != (v["day"] < 0).any():
+            which = "it has a baseline session and its vehicle animals none" if (g["day"] < 0).any() else (
+                "its vehicle animals have a baseline session and it has none")
+            out[key] = f"{name}: {which}"
+    return out
+
+
 def _show(rows) -> str:
     """Genotype, treatment days and days of ``rows``, e.g. ``WT 7 d on day 7, 56``."""
     parts = []
@@ -136,12 +162,21 @@ def fit_problems(table, file: str) -> list[Problem]:
             problems.append(Problem(file, f"only vehicle {kind} images: there is no treated group to compare with "
                                           "vehicle; add the treated animals", column="compound"))
         treated, vehicle = _after_first_dose(sub, REFERENCE_COMPOUND)
-        if len(treated) and len(vehicle) and not set(_keys(treated, _MATCH)) & set(_keys(vehicle, _MATCH)):
-            problems.append(Problem(
-                file, f"no treated {kind} group has vehicle animals of the same genotype and treatment_days imaged on the "
-                      f"same day (treated: {_show(treated)}; vehicle: {_show(vehicle)}): each treated group is compared "
-                      "with the vehicle animals of its genotype and dosing duration at each session; give the vehicle "
-                      "controls the treatment_days of the group they control", column="treatment_days"))
+        reasons = _uncompared(sub, REFERENCE_COMPOUND, baselines=kind != "microglia")
+        if len(treated) and len(reasons) == len(_keys(treated, _GROUP)):
+            if not set(_keys(treated, _MATCH)) & set(_keys(vehicle, _MATCH)):
+                problems.append(Problem(
+                    file, f"no treated {kind} group has vehicle animals of the same genotype and treatment_days imaged on "
+                          f"the same day (treated: {_show(treated)}; vehicle: {_show(vehicle) or 'none after the first dose'}): "
+                          "each treated group is compared with the vehicle animals of its genotype and dosing duration at "
+                          "each session; give the vehicle controls the treatment_days of the group they control and image "
+                          "them at the same sessions", column="treatment_days"))
+            else:
+                problems.append(Problem(
+                    file, f"no treated {kind} group can be compared with vehicle: {'; '.join(sorted(set(reasons.values())))}; "
+                          "a change from baseline is compared with the vehicle animals' change from their baseline, a "
+                          "single session with the vehicle animals' same session: give both groups a baseline session "
+                          "(day < 0) or neither", column="day"))
         animals = sub.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"])["animal_id"].nunique()
         if len(animals) and animals.max() < 2:
             problems.append(Problem(file, f"every group has a single animal ({kind} images): the model needs two or "
@@ -159,12 +194,10 @@ def design_notes(table) -> list[str]:
         if kind != "microglia" and not (sub["day"] < 0).any():
             notes.append(f"no baseline {kind} session (day < 0): groups are compared with vehicle at each day "
                          "(cross-sectional); add baseline sessions to measure change within animals")
-        treated, vehicle = _after_first_dose(sub, REFERENCE_COMPOUND)
-        matched = set(_keys(vehicle, ("genotype", "treatment_days")))
-        for g, t, c in _keys(treated, ("genotype", "treatment_days", "compound")):
-            if len(vehicle) and (g, t) not in matched:
-                notes.append(f"the {c} {kind} group of genotype {g} dosed for {t:g} days has no vehicle animals of its "
-                             "genotype and treatment_days: it gets no contrast with vehicle")
+        reasons = _uncompared(sub, REFERENCE_COMPOUND, baselines=kind != "microglia")
+        if len(reasons) < sub.loc[sub["compound"] != REFERENCE_COMPOUND, list(_GROUP)].drop_duplicates().shape[0]:
+            for why in reasons.values():  # (when none can be compared, fit_problems says so)
+                notes.append(f"{kind}: {why}: it gets no contrast with vehicle")
     return notes
 
 
