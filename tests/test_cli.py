@@ -268,3 +268,17 @@ def test_fit_without_baseline_compares_groups_at_each_day(
         capsys.readouterr().err
     c = pd.read_csv(tmp_path / "synapse_contrasts.csv")
     assert c["pct_change_from_baseline"].isna().all() and c["pct_vs_vehicle"].notna().any()
+
+
+def test_report_stops_before_the_notebooks_on_a_design_fit_refuses(measurements: pd.DataFrame, tmp_path: Path) -> None:
+    """The report runs the checks of ``fit`` on the measurements before any model or notebook
+    (before: notebook 02 stopped with KeyError 'planned' on vehicle animals of another duration)."""
+    from analysis.errors import InputError
+    from analysis.report.run import _check_fittable
+
+    measurements.to_parquet(tmp_path / "ok.parquet")
+    _check_fittable(tmp_path / "ok.parquet")
+    m = measurements.assign(treatment_days=measurements.treatment_days.where(measurements.compound != "vehicle", 56))
+    m.to_parquet(tmp_path / "m.parquet")
+    with pytest.raises(InputError, match="no treated synapse group has vehicle animals of the same genotype"):
+        _check_fittable(tmp_path / "m.parquet")

@@ -70,6 +70,23 @@ _LONGEST_FIRST: tuple[str, ...] = ("04_validation",)
 #: Subfolder of the reports folder with the auditor HTML (notebooks with their code).
 AUDIT_DIR = "audit"
 
+def _check_fittable(path: Path) -> None:
+    """Raise InputError naming why the models cannot be fitted to the measurements table at
+    ``path`` (the checks of ``python -m analysis fit``, which ``validate`` lists as notes),
+    before any model or notebook runs: a notebook would otherwise stop on the missing
+    comparisons with a KeyError."""
+    import pandas as pd
+
+    from analysis.errors import InputError
+    from analysis.io import normalise_vocabulary
+    from analysis.stats.design import fit_problems
+
+    table, problems = normalise_vocabulary(pd.read_parquet(path), str(path))
+    problems = problems or fit_problems(table, str(path))
+    if problems:
+        raise InputError(problems)
+
+
 class ReportError(RuntimeError):
     """A notebook failed; the message names the notebook, the cell and the error."""
 
@@ -271,6 +288,7 @@ def run_report(
 
         plan = load_analysis_plan(data)
         quantify_study(data / "samples.csv", processed, workers=workers, scheduler=scheduler)
+        _check_fittable(processed / "measurements.parquet")
         fit_study(str(processed / "measurements.parquet"), str(processed), primary=plan.get("primary_contrast"),
                   adjust_for_quality=plan.get("adjust_for_quality", True))
     params = {"data_dir": str(data), "processed_dir": str(processed),
