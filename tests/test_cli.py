@@ -183,7 +183,8 @@ def test_validate_notes_what_fit_will_refuse(tmp_path: Path, capsys: pytest.Capt
     )
     assert main(["validate", str(tmp_path / "samples.csv")]) == 0
     out = capsys.readouterr().out
-    assert "1 images of 1 animals; sheet is valid" in out
+    assert "1 images of 1 animals; the sheet is valid for `quantify`, but `fit` and `report` will refuse" in out
+    assert "sheet is valid\n" not in out
     assert "note: `fit` will refuse" in out and "only vehicle" in out
     assert "note: no baseline synapse session (day < 0): groups are compared with vehicle at each day" in out
 
@@ -204,7 +205,7 @@ def test_validate_notes_a_treated_group_without_its_vehicle(tmp_path: Path, caps
     out = capsys.readouterr().out
     assert ("note: synapse: TSPO_KO diazepam 5 mg/kg x 7 d has no vehicle animals of its genotype and treatment_days "
             "imaged on the same day: it gets no contrast with vehicle") in out
-    assert "WT diazepam 5 mg/kg x 7 d has no" not in out and "will refuse" not in out
+    assert "WT diazepam 5 mg/kg x 7 d has no" not in out and "will refuse" not in out and "sheet is valid\n" in out
 
 
 def test_fit_with_no_measured_image(measurements: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -47,8 +47,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from analysis.stats.design import design_notes, fit_problems
 
     samples = load_samples(args.samples)
-    print(f"{args.samples}: {len(samples)} images of {samples['animal_id'].nunique()} animals; sheet is valid")
-    for problem in fit_problems(samples, str(args.samples)):
+    problems = fit_problems(samples, str(args.samples))
+    counts = f"{args.samples}: {len(samples)} images of {samples['animal_id'].nunique()} animals"
+    if problems:
+        # (quantify can measure it: a pilot, or a study still being imaged; the models cannot)
+        print(f"{counts}; the sheet is valid for `quantify`, but `fit` and `report` will refuse its measurements:")
+    else:
+        print(f"{counts}; sheet is valid")
+    for problem in problems:
         print(f"note: `fit` will refuse the measurements of this sheet: {problem.message}")
     for note in design_notes(samples):
         print(f"note: {note}")
