@@ -377,6 +377,7 @@ CASES = [
     ("treated with dose 0", values((2, "dose_mg_kg", "0"), (3, "dose_mg_kg", "0")), bad(4, "dose_mg_kg", "dose_mg_kg is 0", "give the dose")),
     ("treated for 0 days", values((2, "treatment_days", "0"), (3, "treatment_days", "0")),
      bad(4, "treatment_days", "treatment_days is 0 but dose_mg_kg is 5", "planned days of dosing")),
+    ("animal with two sexes", value(1, "sex", "M"), bad(3, "sex", "animal '001' has more than one sex", "'F' on line 2")),
     ("animal with two doses", value(3, "dose_mg_kg", "1"), bad(5, "dose_mg_kg", "more than one dose_mg_kg", "'5' on line 4", "'1' on line 5")),
     ("missing image", value(0, "path", "images/missing.tif"), bad(2, "path", "image file not found", "images/missing.tif")),
     ("image name in other letter case", value(0, "path", "images/V0.OME.TIF"),

@@ -508,7 +508,8 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
     for i in raw.index[no_channel]:
         add(i, "synapse_channel", f"no channel role is set; give at least one of {', '.join(roles)}")
 
-    for attr in ("genotype", "compound", "dose_mg_kg", "treatment_days"):
+    # (sex too, when given: the sex x treatment analysis puts each animal in one sex)
+    for attr in ("genotype", "compound", "dose_mg_kg", "treatment_days") + (("sex",) if "sex" in out and "sex" in raw else ()):
         sub = out[(out["animal_id"] != "") & (raw[attr] != "") & out[attr].notna()]
         counts = sub.groupby("animal_id")[attr].nunique()
         for animal in counts.index[counts > 1]:
