@@ -172,15 +172,19 @@ def _vocabulary_key(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name.lower())
 
 
+#: Spellings of the two sexes (after :func:`_vocabulary_key`) read as ``F`` and ``M``.
+_SEX_SPELLINGS = {"f": "F", "female": "F", "m": "M", "male": "M"}
+
+
 def normalise_vocabulary(
     table: pd.DataFrame, file: str, lines: pd.Series | None = None, *, aliases: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, list[Problem]]:
-    """Spell ``compound`` and ``genotype`` the way the models do and check the reference group.
+    """Spell ``compound``, ``genotype`` and ``sex`` the way the models do and check the reference group.
 
-    Values that match a known name (:data:`KNOWN_COMPOUNDS`, :data:`KNOWN_GENOTYPES`) ignoring
-    case, spaces, ``-`` and ``_`` are replaced by it (``" Vehicle"`` -> ``"vehicle"``,
-    ``"TSPO-KO"`` -> ``"TSPO_KO"``; logged);
-    other names are kept.  A table with treated rows but no ``vehicle`` row is a problem: every
+    Values that match a known name (:data:`KNOWN_COMPOUNDS`, :data:`KNOWN_GENOTYPES`; for
+    ``sex``: f, female, m, male) ignoring case, spaces, ``-`` and ``_`` are replaced by it
+    (``" Vehicle"`` -> ``"vehicle"``, ``"TSPO-KO"`` -> ``"TSPO_KO"``, ``"female"`` -> ``"F"``;
+    logged); other names are kept.  A table with treated rows but no ``vehicle`` row is a problem: every
     treated group is compared with the vehicle group.
 
     Parameters
@@ -203,13 +207,17 @@ def normalise_vocabulary(
     """
     out = table.copy()
     aliases = aliases or {}
+    lookups = {}
     for col, known in (("compound", KNOWN_COMPOUNDS), ("genotype", KNOWN_GENOTYPES)):
-        if col not in out:
-            continue
-        lookup = {_vocabulary_key(k): k for k in known}
+        lookups[col] = {_vocabulary_key(k): k for k in known}
         own = aliases.get(f"reference_{col}")
         if own:
-            lookup[_vocabulary_key(own)] = REFERENCE_COMPOUND if col == "compound" else KNOWN_GENOTYPES[0]
+            lookups[col][_vocabulary_key(own)] = REFERENCE_COMPOUND if col == "compound" else KNOWN_GENOTYPES[0]
+    # (the sex x treatment analysis groups animals by this column: "female" and "F" are one sex)
+    lookups["sex"] = dict(_SEX_SPELLINGS)
+    for col, lookup in lookups.items():
+        if col not in out:
+            continue
         values = out[col].astype("string")
         fixed = values.str.strip().map(lambda v: lookup.get(_vocabulary_key(v), v) if isinstance(v, str) else v)
         changed = values.notna() & (fixed != values).fillna(False)
