@@ -187,20 +187,29 @@ def test_validate_notes_what_fit_will_refuse(tmp_path: Path, capsys: pytest.Capt
     assert "sheet is valid\n" not in out
     assert "note: `fit` will refuse" in out and "only vehicle" in out
     assert "note: no baseline synapse session (day < 0): groups are compared with vehicle at each day" in out
+    assert "sessions on day 0" not in out  # (the hint is for sheets with a session on day 0)
+
+
+def _sheet_of_blank_images(folder: Path, rows: list[tuple]) -> Path:
+    """A sheet of ``rows`` (image_id, animal_id, genotype, compound, dose, day; 7 days of dosing),
+    each image a blank 64 x 64 OME-TIFF at 0.2 um."""
+    import tifffile
+
+    for i, *_ in rows:
+        tifffile.imwrite(folder / f"{i}.ome.tif", np.zeros((64, 64), np.uint16), ome=True,
+                         metadata={"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
+    sheet = folder / "samples.csv"
+    sheet.write_text(
+        "image_id,path,animal_id,genotype,compound,dose_mg_kg,treatment_days,day,pixel_size_um,"
+        "synapse_channel,microglia_channel,lysosome_channel\n"
+        + "".join(f"{i},{i}.ome.tif,{a},{g},{c},{d},7,{day},,0,,\n" for i, a, g, c, d, day in rows))
+    return sheet
 
 
 def test_validate_notes_a_treated_group_without_its_vehicle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import tifffile
-
-    rows = [(f"v{k}", k, "WT", "vehicle", 0) for k in (1, 2)] + [(f"d{k}", k + 2, "WT", "diazepam", 5) for k in (1, 2)]
-    rows += [(f"k{k}", k + 4, "TSPO_KO", "diazepam", 5) for k in (1, 2)]
-    for i, *_ in rows:
-        tifffile.imwrite(tmp_path / f"{i}.ome.tif", np.zeros((64, 64), np.uint16), ome=True,
-                         metadata={"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
-    (tmp_path / "samples.csv").write_text(
-        "image_id,path,animal_id,genotype,compound,dose_mg_kg,treatment_days,day,pixel_size_um,"
-        "synapse_channel,microglia_channel,lysosome_channel\n"
-        + "".join(f"{i},{i}.ome.tif,{a},{g},{c},{d},7,7,,0,,\n" for i, a, g, c, d in rows))
+    rows = [(f"v{k}", k, "WT", "vehicle", 0, 7) for k in (1, 2)] + [(f"d{k}", k + 2, "WT", "diazepam", 5, 7) for k in (1, 2)]
+    rows += [(f"k{k}", k + 4, "TSPO_KO", "diazepam", 5, 7) for k in (1, 2)]
+    _sheet_of_blank_images(tmp_path, rows)
     assert main(["validate", str(tmp_path / "samples.csv")]) == 0
     out = capsys.readouterr().out
     assert ("note: synapse: TSPO_KO diazepam 5 mg/kg x 7 d has no vehicle animals of its genotype and treatment_days "
@@ -283,3 +292,13 @@ def test_report_stops_before_the_notebooks_on_a_design_fit_refuses(measurements:
     m.to_parquet(tmp_path / "m.parquet")
     with pytest.raises(InputError, match="no treated synapse group has vehicle animals of the same genotype"):
         _check_fittable(tmp_path / "m.parquet")
+
+
+def test_validate_says_a_day_0_session_is_not_a_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [(f"{c[0]}{a}_{d}", f"{c[0]}{a}", "WT", c, dose, d)
+            for c, dose in (("vehicle", 0), ("diazepam", 5)) for a in (1, 2) for d in (0, 7)]
+    _sheet_of_blank_images(tmp_path, rows)
+    assert main(["validate", str(tmp_path / "samples.csv")]) == 0
+    out = capsys.readouterr().out
+    assert ("no baseline synapse session (day < 0)" in out
+            and "sessions on day 0 count as after the first dose: a baseline imaged before it is a negative day, e.g. -1" in out)

@@ -296,3 +296,19 @@ def test_a_tiff_of_several_images_reads_the_first_and_says_so(tmp_path: Path, ca
     with caplog.at_level("WARNING", logger="analysis.io.images"):
         assert image_info(pyramid).shape == (256, 256) and image_info(preview).shape == (256, 256)
     assert not [r for r in caplog.records if "holds" in r.message]
+
+
+def test_animal_ids_differing_in_letter_case_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("a", "b"):
+        tifffile.imwrite(tmp_path / f"{name}.ome.tif", np.ones((64, 64), np.uint16), ome=True,
+                         metadata={"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
+    (tmp_path / "samples.csv").write_text(
+        "image_id,path,animal_id,genotype,compound,dose_mg_kg,treatment_days,day,pixel_size_um,"
+        "synapse_channel,microglia_channel,lysosome_channel\n"
+        "a,a.ome.tif,M001,WT,vehicle,0,7,7,,0,,\n"
+        "b,b.ome.tif,m001,WT,vehicle,0,7,7,,0,,\n")
+    with caplog.at_level("WARNING", logger="analysis.io.sheet"):
+        samples = load_samples(tmp_path / "samples.csv")
+    assert samples["animal_id"].nunique() == 2
+    assert any("animal ids 'M001' and 'm001' differ only in letter case: they count as 2 animals" in r.message
+               for r in caplog.records)

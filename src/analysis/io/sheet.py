@@ -526,6 +526,12 @@ def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = Tr
             desc = "; ".join(f"{raw.at[i, attr]!r} on line {line[i]}" for i in first.index)
             add(first.index[1], attr, f"animal {animal!r} has more than one {attr} ({desc}); an animal has one {attr}: fix the animal_id or the {attr}")
 
+    # animal ids that differ only in letter case are two animals to the models: most often a typo
+    ids = pd.Series(out.loc[out["animal_id"] != "", "animal_id"].astype(str).unique())
+    for _, spellings in ids.groupby(ids.str.casefold()):
+        if len(spellings) > 1:
+            log.warning("%s: animal ids %s differ only in letter case: they count as %d animals; if they are one, "
+                        "spell them the same", f, " and ".join(repr(v) for v in sorted(spellings)), len(spellings))
     out["abs_path"] = [str(resolve_image_path(sheet, p)) if p else "" for p in raw["path"]]
     same_image = ["animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "day"]
     first_row: dict[str, int] = {}

@@ -139,8 +139,10 @@ def design_notes(table) -> list[str]:
     notes = []
     for kind, sub in _endpoint_rows(table).items():
         if kind != "microglia" and not (sub["day"] < 0).any():
+            day0 = (" (sessions on day 0 count as after the first dose: a baseline imaged before it is a negative "
+                    "day, e.g. -1)") if (sub["day"] == 0).any() else ""
             notes.append(f"no baseline {kind} session (day < 0): groups are compared with vehicle at each day "
-                         "(cross-sectional); add baseline sessions to measure change within animals")
+                         f"(cross-sectional); add baseline sessions to measure change within animals{day0}")
         reasons = _uncompared(sub, REFERENCE_COMPOUND, baselines=kind != "microglia")
         if len(reasons) < sub.loc[sub["compound"] != REFERENCE_COMPOUND, list(_GROUP)].drop_duplicates().shape[0]:
             for why in reasons.values():  # (when none can be compared, fit_problems says so)
