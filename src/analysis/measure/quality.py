@@ -35,6 +35,7 @@ from scipy import ndimage as ndi
 from scipy import optimize, special
 
 from analysis.measure.puncta import _render as render_spots
+from analysis.measure.area import _exact_medians
 from analysis.measure.noise import noise_sd_map
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.puncta import detect_puncta, match_points
@@ -486,8 +487,9 @@ def _pixel_noise_sd_at(image: np.ndarray, pixel_size_um: float, puncta: pd.DataF
 def _median_variance(image: np.ndarray, sigma: float, alpha: float, beta: float, strip_px: int | None = None) -> float:
     """``np.median(alpha * blur + beta)`` over the image (blur: Gaussian of ``sigma``, reflecting
     edges), exactly, without a full-size map: the blur is computed in strips of ``strip_px``
-    rows (default ~2 MB of float64 each) with the kernel's margin, twice, first to count the
-    values in 4096 bins, then to collect those of the bins holding the middle ranks."""
+    rows (default ~2 MB of float64 each) with the kernel's margin: once for the range, then
+    twice in :func:`analysis.measure.area._exact_medians` (counts per bin, then the values of
+    the bins that hold the middle ranks)."""
     h = image.shape[0]
     strip_px = _strip_rows(image.shape[1], strip_px)
     margin = int(4.0 * float(sigma) + 0.5) + 2
@@ -509,29 +511,7 @@ def _median_variance(image: np.ndarray, sigma: float, alpha: float, beta: float,
         lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
     if not lo < hi:
         return lo
-    n_bins = 4096
-    scale = n_bins / (hi - lo)
-
-    def bins(v: np.ndarray) -> np.ndarray:
-        # (any binning that is monotone in the value and the same in both passes gives the
-        # exact median; arithmetic is ~10x faster than a search over bin edges)
-        b = np.subtract(v, lo)
-        b *= scale
-        b = b.astype(np.int64)
-        return np.clip(b, 0, n_bins - 1, out=b)
-
-    counts = np.zeros(n_bins, np.int64)
-    for v in strips():
-        counts += np.bincount(bins(v), minlength=len(counts))
-    n = int(counts.sum())
-    ranks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
-    cum = np.cumsum(counts)
-    wanted = sorted({int(np.searchsorted(cum, r, side="right")) for r in ranks})
-    picked = [np.concatenate([v[np.isin(bins(v), wanted)] for v in strips()])]
-    vals = np.sort(picked[0])
-    start = int(cum[wanted[0] - 1]) if wanted[0] > 0 else 0
-    mid = [float(vals[r - start]) for r in ranks]
-    return mid[0] if len(mid) == 1 else float(np.mean(np.array(mid)))
+    return _exact_medians(lambda: ((v,) for v in strips()), 1, lo, hi)[0]
 
 
 def flipped_surrogate(

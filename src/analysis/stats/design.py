@@ -54,6 +54,10 @@ def _keys(rows, columns) -> list[tuple]:
 _GROUP = ("genotype", "compound", "dose_mg_kg", "treatment_days")
 
 
+def _n_treated_groups(sub, vehicle: str) -> int:
+    return len(_keys(sub[sub["compound"] != vehicle], _GROUP))
+
+
 def _uncompared(sub, vehicle: str, baselines: bool = True) -> dict[tuple, str]:
     """Treated groups of ``sub`` that the models cannot compare with vehicle, and why (the rule
     of :func:`analysis.stats.models.synapse_contrasts`: vehicle animals of the same genotype and
@@ -110,7 +114,7 @@ def fit_problems(table, file: str) -> list[Problem]:
                                           "vehicle; add the treated animals", column="compound"))
         treated, vehicle = _after_first_dose(sub, REFERENCE_COMPOUND)
         reasons = _uncompared(sub, REFERENCE_COMPOUND, baselines=kind != "microglia")
-        if len(treated) and len(reasons) == len(_keys(treated, _GROUP)):
+        if len(treated) and len(reasons) == _n_treated_groups(sub, REFERENCE_COMPOUND):
             if not set(_keys(treated, _MATCH)) & set(_keys(vehicle, _MATCH)):
                 problems.append(Problem(
                     file, f"no treated {kind} group has vehicle animals of the same genotype and treatment_days imaged on "
@@ -124,7 +128,7 @@ def fit_problems(table, file: str) -> list[Problem]:
                           "a change from baseline is compared with the vehicle animals' change from their baseline, a "
                           "single session with the vehicle animals' same session: give both groups a baseline session "
                           "(day < 0) or neither", column="day"))
-        animals = sub.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days"])["animal_id"].nunique()
+        animals = sub.groupby(list(_GROUP))["animal_id"].nunique()
         if len(animals) and animals.max() < 2:
             problems.append(Problem(file, f"every group has a single animal ({kind} images): the model needs two or "
                                           "more animals in a group to separate animal from treatment; add animals",
@@ -144,7 +148,7 @@ def design_notes(table) -> list[str]:
             notes.append(f"no baseline {kind} session (day < 0): groups are compared with vehicle at each day "
                          f"(cross-sectional); add baseline sessions to measure change within animals{day0}")
         reasons = _uncompared(sub, REFERENCE_COMPOUND, baselines=kind != "microglia")
-        if len(reasons) < sub.loc[sub["compound"] != REFERENCE_COMPOUND, list(_GROUP)].drop_duplicates().shape[0]:
+        if len(reasons) < _n_treated_groups(sub, REFERENCE_COMPOUND):
             for why in reasons.values():  # (when none can be compared, fit_problems says so)
                 notes.append(f"{kind}: {why}: it gets no contrast with vehicle")
     return notes
