@@ -1098,41 +1098,99 @@ def spine_density(spines: pd.DataFrame, dendrites: DendriteTrace | pd.DataFrame)
 
 
 # ----------------------------------------------------------------------------- tracking
-def _register(ref: np.ndarray, mov: np.ndarray) -> list[np.ndarray]:
-    """Candidate translations (dy, dx) such that ``mov`` coordinates + shift = ``ref`` coordinates.
+#: Rotations searched between sessions (degrees): a head plate remounted, or a window imaged
+#: again after weeks, turns the field by a few degrees (2 degrees SD per session in the
+#: simulator, 5 degrees between two sessions is common), which translation-only phase
+#: correlation does not survive.
+ROTATION_SEARCH_DEG = tuple(float(a) for a in range(-8, 9))
 
-    Phase correlation with and without a Hann window and with plain or phase-only
-    (whitened) cross-power: the plain one follows the bright shafts, the whitened one the fine
+
+def _rotation(deg: float) -> np.ndarray:
+    """2x2 matrix of a rotation by ``deg`` degrees acting on (y, x) row vectors as ``p @ R.T``."""
+    a = np.radians(deg)
+    return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+
+
+def _register(ref: np.ndarray, mov: np.ndarray,
+              angles_deg: Sequence[float] = ROTATION_SEARCH_DEG) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Candidate rigid maps (R, t) with ``mov`` coordinates ``p`` -> ``p @ R.T + t`` in ``ref``.
+
+    ``mov`` is turned about its centre by each angle of ``angles_deg`` and phase-correlated
+    with ``ref`` (Hann window, on copies reduced to about 256 pixels per side); the angle with
+    the highest correlation peak gives candidates of full-resolution phase correlation, as the
+    unturned image does: with and without a Hann window and with plain or phase-only
+    (whitened) cross-power. The plain one follows the bright shafts, the whitened one the fine
     detail (spines), and either can lock onto a wrong peak when a straight dendrite or a
     regular spine spacing makes the field nearly periodic. :func:`track_spines` keeps the
-    candidate that pairs the most spines.
+    candidate whose refined alignment pairs the most spines (:func:`_best_alignment`).
     """
     from skimage.filters import window
     from skimage.registration import phase_cross_correlation
 
     a = ref - np.median(ref)
     b = mov - np.median(mov)
-    win = window("hann", a.shape) if a.shape == b.shape else None
+    same = a.shape == b.shape
+    win = window("hann", a.shape) if same else None
+    centre = (np.array(b.shape, float) - 1.0) / 2.0
+
+    def turned(img: np.ndarray, deg: float) -> np.ndarray:
+        # out[o] = img[R^T (o - c) + c]: the point p of img lands on R (p - c) + c
+        r = _rotation(deg)
+        return ndi.affine_transform(img, r.T, offset=centre - r.T @ centre, order=1, mode="constant", cval=0.0)
+
+    best_deg = 0.0
+    if same and len(angles_deg) > 1 and min(a.shape) >= 32:
+        f = max(1, int(round(min(a.shape) / 256)))
+        h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
+        small_a = a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+        small_b = b[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+        c_small = (np.array(small_b.shape, float) - 1.0) / 2.0
+        win_s = window("hann", small_a.shape)
+        fa = np.fft.fft2(small_a * win_s)
+        peaks = []
+        for deg in angles_deg:
+            r = _rotation(deg)
+            tb = ndi.affine_transform(small_b, r.T, offset=c_small - r.T @ c_small, order=1, mode="constant")
+            cc = np.fft.ifft2(fa * np.conj(np.fft.fft2(tb * win_s)))
+            peaks.append(float(np.abs(cc).max()) / (np.linalg.norm(tb * win_s) + 1e-12))
+        best_deg = float(angles_deg[int(np.argmax(peaks))])
     out = []
-    for norm in (None, "phase"):
-        for use_win in (False, True):
-            if use_win and win is None:
-                continue
-            x, y = (a * win, b * win) if use_win else (a, b)
-            shift, _, _ = phase_cross_correlation(x, y, upsample_factor=10, normalization=norm)
-            out.append(np.asarray(shift, float))
+    for deg in ((0.0, best_deg) if best_deg != 0.0 else (0.0,)):
+        r = _rotation(deg)
+        x0 = turned(b, deg) if deg else b
+        for norm in (None, "phase"):
+            for use_win in (False, True):
+                if use_win and win is None:
+                    continue
+                x, y = (a * win, x0 * win) if use_win else (a, x0)
+                shift, _, _ = phase_cross_correlation(x, y, upsample_factor=10, normalization=norm)
+                # p -> R (p - c) + c + shift
+                out.append((r, centre - r @ centre + np.asarray(shift, float)))
     return out
 
 
-def _best_shift(shifts: list[np.ndarray], cur: np.ndarray, prev: np.ndarray, tol_px: float) -> np.ndarray:
-    """The candidate shift under which the spines of this session pair best with the previous one."""
-    if len(cur) == 0 or len(prev) == 0:
-        return shifts[0]
-    def score(sh: np.ndarray) -> float:  # pairs weighted by closeness (a wrong shift pairs loosely)
-        d = match_points(cur + sh, prev, 2.0 * tol_px).distances
-        return float(np.exp(-0.5 * (d / (0.5 * tol_px)) ** 2).sum())
+def _pairing_score(cur: np.ndarray, pred: np.ndarray, tol_px: float) -> float:
+    """How well two point sets pair: one-to-one pairs within ``2 tol_px``, each weighted by
+    ``exp(-d^2 / (2 (tol_px / 2)^2))`` (a wrong alignment pairs loosely)."""
+    d = match_points(cur, pred, 2.0 * tol_px).distances
+    return float(np.exp(-0.5 * (d / (0.5 * tol_px)) ** 2).sum())
 
-    return shifts[int(np.argmax([score(sh) for sh in shifts]))]
+
+def _best_alignment(candidates: list[tuple[np.ndarray, np.ndarray]], cur: np.ndarray, prev: np.ndarray,
+                    tol_px: float, extra: np.ndarray | None = None
+                    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The image registration's candidate map whose spine alignment (:func:`_align_points`
+    started from it) pairs this session's spines best with the previous one's; returns the
+    candidate and that alignment.  Each candidate is refined before they are compared: along
+    a straight dendrite with regularly spaced spines, a candidate shifted by one spacing can
+    pair about as many spines as the right one until the rotation is fitted."""
+    best = None
+    for cand in candidates:
+        aligned = _align_points(cur, prev, cand, tol_px, extra=extra)
+        score = _pairing_score(cur, aligned[0], tol_px) if len(cur) and len(prev) else 0.0
+        if best is None or score > best[0]:
+            best = (score, cand, aligned)
+    return best[1], best[2]
 
 
 def _rigid_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1144,12 +1202,13 @@ def _rigid_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return rot, cd - cs @ rot.T
 
 
-def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: float,
-                  n_neighbours: int = 8, extra: np.ndarray | None = None
+def _align_points(cur: np.ndarray, prev: np.ndarray, start: tuple[np.ndarray, np.ndarray] | np.ndarray,
+                  tol_px: float, n_neighbours: int = 8, extra: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Previous spines in this session's pixels: rigid ICP, then a local, smooth correction.
 
-    Starts from the phase-correlation shift; each round pairs the points one to one within a
+    Starts from the image registration's rigid map ``(R, t)`` (or a shift); each round pairs
+    the points one to one within a
     shrinking distance and fits a rotation and translation (kept only if at least 4 points
     pair). Tissue also deforms a little between sessions, so each previous spine is then
     moved by the median residual displacement of its ``n_neighbours`` nearest paired spines
@@ -1159,7 +1218,10 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: 
     """
     from scipy.spatial import cKDTree
 
-    rot, t = np.eye(2), np.asarray(shift, float)
+    if isinstance(start, tuple):
+        rot, t = np.asarray(start[0], float), np.asarray(start[1], float)
+    else:
+        rot, t = np.eye(2), np.asarray(start, float)
     if len(cur) >= 4 and len(prev) >= 4:
         for tol in (3.0 * tol_px, 2.0 * tol_px, 1.5 * tol_px, tol_px):
             m = match_points(cur @ rot.T + t, prev, tol)
@@ -1168,7 +1230,7 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: 
             rot, t = _rigid_fit(cur[m.pairs[:, 0]], prev[m.pairs[:, 1]])
     pred = (prev - t) @ rot
     extra = np.empty((0, 2)) if extra is None else (np.asarray(extra, float).reshape(-1, 2) - t) @ rot
-    for tol in (2.0 * tol_px, 1.5 * tol_px):
+    for tol in (1.5 * tol_px, 1.0 * tol_px):
         if len(cur) < 4 or len(pred) < 4:
             break
         m = match_points(pred, cur, tol)
@@ -1176,13 +1238,23 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, shift: np.ndarray, tol_px: 
             break
         anchors = pred[m.pairs[:, 0]]
         resid = cur[m.pairs[:, 1]] - anchors
-        k = min(n_neighbours, len(anchors))
+        k = min(n_neighbours, len(anchors) - 1)
         tree = cKDTree(anchors)
-        _, idx = tree.query(pred, k=k)
-        pred = pred + np.median(resid[np.asarray(idx).reshape(len(pred), k)], axis=1)
+        # leave each paired spine's own pair out of its correction: its partner may be a new
+        # spine near a lost one, and its own residual would pull it onto that partner
+        _, idx = tree.query(pred, k=k + 1)
+        idx = np.asarray(idx).reshape(len(pred), k + 1)
+        own = np.full(len(pred), -1)
+        own[m.pairs[:, 0]] = np.arange(len(anchors))
+        is_own = idx == own[:, None]
+        drop_last = ~is_own.any(axis=1)
+        is_own[drop_last, -1] = True  # (no own pair among the neighbours: the farthest goes)
+        idx = idx[~is_own].reshape(len(pred), k)
+        pred = pred + np.median(resid[idx], axis=1)
         if len(extra):
-            _, idx = tree.query(extra, k=k)
-            extra = extra + np.median(resid[np.asarray(idx).reshape(len(extra), k)], axis=1)
+            ke = min(n_neighbours, len(anchors))
+            _, idx = tree.query(extra, k=ke)
+            extra = extra + np.median(resid[np.asarray(idx).reshape(len(extra), ke)], axis=1)
     return pred, extra, rot, t
 
 
@@ -1191,10 +1263,12 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
                  rescue_z: float = 2.0, **params: Any) -> pd.DataFrame:
     """Detect spines in every session and link them to the previous session.
 
-    Each session is registered to the previous one by phase correlation (translation,
-    sub-pixel; of four variants, the one that pairs the most spines), refined to a rigid map (rotation + translation) by iterative closest points
-    on the detected spines and then by a local median of the paired spines' residual
-    displacements (small tissue deformation); spines are detected per session (:func:`detect_spines`), and the previous
+    Each session is registered to the previous one by phase correlation (sub-pixel; also
+    with the session turned by the rotation of :data:`ROTATION_SEARCH_DEG` whose correlation
+    peaks highest), each candidate refined to a rigid map (rotation + translation) by
+    iterative closest points on the detected spines and then by a local median of the paired
+    spines' residual displacements (small tissue deformation; each spine's own pair left
+    out); the candidate whose refined map pairs the spines best is kept. Spines are detected per session (:func:`detect_spines`), and the previous
     session's spines, moved by the shift, are matched one to one to this session's within
     ``max_distance_um`` (:func:`analysis.measure.matching.match_points`). Hysteresis keeps
     spines near the threshold from flickering: a previous spine that finds no detection may
@@ -1247,9 +1321,9 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         ``session``, ``track_id``, ``y``, ``x`` (in that session's pixels), ``status`` in
         {stable, gained, lost}, ``in_common_field`` (bool), and the spine's ``head_diameter_um``, ``neck_length_um``,
         ``type``, ``dendrite_id``, ``intensity`` (NaN on ``lost`` rows). ``df.attrs["shifts"]``
-        holds the (dy, dx) of each session relative to the previous one
-        (a list of tuples from phase correlation; session pixel + shift = previous session
-        pixel) and ``df.attrs["rotation_deg"]`` the fitted rotation.
+        holds the (dy, dx) of each session relative to the previous one at the image centre
+        (a list of tuples from the image registration; session pixel + shift = previous
+        session pixel, at the centre) and ``df.attrs["rotation_deg"]`` the fitted rotation.
     """
     if isinstance(images, np.ndarray) and images.ndim == 2:
         raise ValueError("track_spines needs a sequence of images (one per session), got one 2-D image")
@@ -1295,13 +1369,12 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
             rows.append(cur.assign(session=s))
             prev = cur
             continue
-        shift = _best_shift(_register(planes[s - 1], planes[s]), strong[["y", "x"]].to_numpy(float),
-                            prev[["y", "x"]].to_numpy(float), max_px)
         # previous spines in this session's pixels
-        pred, prev_weak_here, rot, t = _align_points(
-            strong[["y", "x"]].to_numpy(float), prev[["y", "x"]].to_numpy(float), shift, max_px,
-            extra=prev_weak[["y", "x"]].to_numpy(float))
-        shifts.append(shift)
+        start, (pred, prev_weak_here, rot, t) = _best_alignment(
+            _register(planes[s - 1], planes[s]), strong[["y", "x"]].to_numpy(float),
+            prev[["y", "x"]].to_numpy(float), max_px, extra=prev_weak[["y", "x"]].to_numpy(float))
+        centre = (np.array(planes[s].shape, float) - 1.0) / 2.0
+        shifts.append(centre @ start[0].T + start[1] - centre)  # (the registration's shift at the centre)
         rotations.append(float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0]))))
         m = match_points(strong[["y", "x"]].to_numpy(float), pred, max_px)
         matched_cur = np.zeros(len(strong), bool)
