@@ -366,27 +366,35 @@ def test_track_shifted_copy_is_all_stable_with_the_shift():
     assert np.allclose(tr.attrs["shifts"][1], [-6, 9], atol=0.3)
 
 
+def _turned(img: np.ndarray, deg: float, shift=(0.0, 0.0)) -> np.ndarray:
+    """``img`` turned about its centre by ``deg`` and shifted: a point p lands on R (p - c) + c + shift."""
+    from scipy import ndimage as ndi
+
+    a = np.radians(deg)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    c = (np.array(img.shape) - 1) / 2
+    # out[o] = img[R^T (o - c - shift) + c]
+    return ndi.affine_transform(img, rot.T, offset=c - rot.T @ (c + np.asarray(shift, float)), order=1,
+                                mode="constant", cval=float(np.median(img)))
+
+
+@pytest.fixture(scope="module")
+def simulated_field():
+    from analysis.sim.spines import simulate_spine_sessions
+
+    session = simulate_spine_sessions(0, preset="default", snr="high")[0]
+    return session.image.astype(float), session.info["pixel_size_um"]
+
+
 @pytest.mark.parametrize("deg", [7.0, -7.0])
-def test_track_a_field_turned_by_7_degrees_is_all_stable(deg):
+def test_track_a_field_turned_by_7_degrees_is_all_stable(deg, simulated_field, caplog):
     """The same simulated field turned about its centre and shifted (a head plate remounted):
     translation-only registration called ~30 % of its spines lost and gained (103 of 145
     stable at +-7 degrees before the rotation search); now every spine but a couple at the
     turned-in corners keeps its track and the fitted rotation is the applied one."""
-    from scipy import ndimage as ndi
-
-    from analysis.sim.spines import simulate_spine_sessions
-
-    session = simulate_spine_sessions(0, preset="default", snr="high")[0]
-    img = session.image.astype(float)
-    px = session.info["pixel_size_um"]
-    a = np.radians(deg)
-    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    c = (np.array(img.shape) - 1) / 2
-    shift = np.array([9.0, -6.0])
-    # turned[o] = img[R^T (o - c - shift) + c]: a point p of img lands on R (p - c) + c + shift
-    turned = ndi.affine_transform(img, rot.T, offset=c - rot.T @ (c + shift), order=1, mode="constant",
-                                  cval=float(np.median(img)))
-    tr = track_spines([img, turned], px)
+    img, px = simulated_field
+    with caplog.at_level("WARNING", logger="analysis.measure.spines"):
+        tr = track_spines([img, _turned(img, deg, (9.0, -6.0))], px)
     n0 = int((tr.session == 0).sum())
     s1 = tr[tr.session == 1]
     common = s1[s1.in_common_field.astype(bool)]
@@ -394,6 +402,14 @@ def test_track_a_field_turned_by_7_degrees_is_all_stable(deg):
     assert (common.status == "stable").sum() >= 0.95 * n0
     assert (s1.status == "lost").sum() + (common.status == "gained").sum() <= 0.03 * n0
     assert abs(abs(tr.attrs["rotation_deg"][1]) - abs(deg)) < 0.3
+    assert "turned by" not in caplog.text  # (within the rotations searched)
+
+
+def test_track_warns_when_the_sessions_are_turned_beyond_the_search(simulated_field, caplog):
+    img, px = simulated_field
+    with caplog.at_level("WARNING", logger="analysis.measure.spines"):
+        track_spines([img, _turned(img, 12.0)], px)
+    assert "turned by 8 degrees or more" in caplog.text and "Rotate" in caplog.text
 
 
 def test_track_two_erased_spines_are_exactly_the_two_lost():

@@ -1154,6 +1154,10 @@ def _register(ref: np.ndarray, mov: np.ndarray,
             cc = np.fft.ifft2(fa * np.conj(np.fft.fft2(tb * win_s)))
             peaks.append(float(np.abs(cc).max()) / (np.linalg.norm(tb * win_s) + 1e-12))
         best_deg = float(angles_deg[int(np.argmax(peaks))])
+        if abs(best_deg) >= max(abs(float(v)) for v in angles_deg):
+            log.warning("the sessions are turned by %g degrees or more, the end of the rotations searched "
+                        "(ROTATION_SEARCH_DEG); the spines may be linked wrongly: turn the images by about "
+                        "that angle before tracking (e.g. Fiji Image > Transform > Rotate)", abs(best_deg))
     out = []
     for deg in ((0.0, best_deg) if best_deg != 0.0 else (0.0,)):
         r = _rotation(deg)
