@@ -1212,11 +1212,11 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, start: tuple[np.ndarray, np
     """Previous spines in this session's pixels: rigid ICP, then a local, smooth correction.
 
     Starts from the image registration's rigid map ``(R, t)`` (or a shift); each round pairs
-    the points one to one within a
-    shrinking distance and fits a rotation and translation (kept only if at least 4 points
-    pair). Tissue also deforms a little between sessions, so each previous spine is then
-    moved by the median residual displacement of its ``n_neighbours`` nearest paired spines
-    (a non-parametric smooth deformation field), twice. Returns (predicted positions,
+    the points one to one within a shrinking distance and fits a rotation and translation
+    (kept only if at least 4 points pair). Tissue also deforms a little between sessions, so
+    each previous spine is then moved by the median residual displacement of its
+    ``n_neighbours`` nearest paired spines, its own pair left out (a non-parametric smooth
+    deformation field), twice, pairing within 1.5 and then 1 ``tol_px``. Returns (predicted positions,
     ``extra`` points of the previous session mapped the same way, R, t) with the rigid part
     prev ~ cur @ R.T + t.
     """
@@ -1272,8 +1272,9 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     peaks highest), each candidate refined to a rigid map (rotation + translation) by
     iterative closest points on the detected spines and then by a local median of the paired
     spines' residual displacements (small tissue deformation; each spine's own pair left
-    out); the candidate whose refined map pairs the spines best is kept. Spines are detected per session (:func:`detect_spines`), and the previous
-    session's spines, moved by the shift, are matched one to one to this session's within
+    out); the candidate whose refined map pairs the spines best is kept. Spines are
+    detected per session (:func:`detect_spines`), and the previous session's spines, moved
+    by that map, are matched one to one to this session's within
     ``max_distance_um`` (:func:`analysis.measure.matching.match_points`). Hysteresis keeps
     spines near the threshold from flickering: a previous spine that finds no detection may
     still match a weaker candidate (passing ``hysteresis`` x both cuts) within half of
