@@ -402,14 +402,15 @@ def test_track_a_field_turned_by_7_degrees_is_all_stable(deg, simulated_field, c
     assert (common.status == "stable").sum() >= 0.95 * n0
     assert (s1.status == "lost").sum() + (common.status == "gained").sum() <= 0.03 * n0
     assert abs(abs(tr.attrs["rotation_deg"][1]) - abs(deg)) < 0.3
-    assert "turned by" not in caplog.text  # (within the rotations searched)
+    assert "turned by" not in caplog.text and tr.attrs["turned_beyond_search"] == []
 
 
 def test_track_warns_when_the_sessions_are_turned_beyond_the_search(simulated_field, caplog):
     img, px = simulated_field
     with caplog.at_level("WARNING", logger="analysis.measure.spines"):
-        track_spines([img, _turned(img, 12.0)], px)
-    assert "turned by 8 degrees or more" in caplog.text and "Rotate" in caplog.text
+        tr = track_spines([img, img, _turned(img, 12.0)], px)
+    assert "sessions 1 and 2 are turned by 8 degrees or more" in caplog.text and "Rotate" in caplog.text
+    assert tr.attrs["turned_beyond_search"] == [2]
 
 
 def test_track_two_erased_spines_are_exactly_the_two_lost():

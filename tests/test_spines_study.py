@@ -137,3 +137,32 @@ def test_qc_overlay_draws_the_stored_dendrites_and_tracks(spine_study: tuple[Pat
         lost = [c for c in ax.collections if c.get_label() == "lost"]
         assert sum(len(c.get_offsets()) for c in lost) == int((t["status"] == "lost").sum())
     plt.close(fig)
+
+
+def test_a_session_turned_beyond_the_search_is_named_in_the_log(spine_study: tuple[Path, Path], tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A session turned by 12 degrees (more than the tracker searches) quantifies, and the log names the
+    position and the image whose links are doubtful."""
+    import shutil
+
+    import tifffile
+    from scipy import ndimage as ndi
+
+    raw, _ = spine_study
+    copy = tmp_path / "raw"
+    shutil.copytree(raw, copy)
+    s = load_samples(copy / "samples.csv")
+    turned = s[(s["animal_id"] == "M002") & (s["day"] == 7)].iloc[0]
+    data = tifffile.imread(turned["abs_path"])
+    a = np.radians(12.0)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    c = (np.array(data.shape) - 1) / 2
+    out = ndi.affine_transform(data.astype(float), rot.T, offset=c - rot.T @ c, order=1, mode="nearest")
+    px = float(turned["pixel_size_um"])
+    tifffile.imwrite(turned["abs_path"], np.rint(out).astype(data.dtype), ome=True, photometric="minisblack",
+                     metadata={"axes": "YX", "PhysicalSizeX": px, "PhysicalSizeY": px})
+    with caplog.at_level("WARNING", logger="analysis.pipeline.quantify"):
+        quantify_study(copy / "samples.csv", tmp_path / "out", workers=1, progress=False)
+    text = caplog.text
+    assert "animal_id M002" in text and f"image {turned['image_id']} is turned" in text
+    assert "M001" not in text

@@ -1111,9 +1111,10 @@ def _rotation(deg: float) -> np.ndarray:
     return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
 
 
-def _register(ref: np.ndarray, mov: np.ndarray,
-              angles_deg: Sequence[float] = ROTATION_SEARCH_DEG) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Candidate rigid maps (R, t) with ``mov`` coordinates ``p`` -> ``p @ R.T + t`` in ``ref``.
+def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = ROTATION_SEARCH_DEG
+              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    """Candidate rigid maps (R, t) with ``mov`` coordinates ``p`` -> ``p @ R.T + t`` in ``ref``,
+    and the angle searched whose correlation peaked highest (degrees).
 
     ``mov`` is turned about its centre by each angle of ``angles_deg`` and phase-correlated
     with ``ref`` (Hann window, on copies reduced to about 256 pixels per side); the angle with
@@ -1154,10 +1155,6 @@ def _register(ref: np.ndarray, mov: np.ndarray,
             cc = np.fft.ifft2(fa * np.conj(np.fft.fft2(tb * win_s)))
             peaks.append(float(np.abs(cc).max()) / (np.linalg.norm(tb * win_s) + 1e-12))
         best_deg = float(angles_deg[int(np.argmax(peaks))])
-        if abs(best_deg) >= max(abs(float(v)) for v in angles_deg):
-            log.warning("the sessions are turned by %g degrees or more, the end of the rotations searched "
-                        "(ROTATION_SEARCH_DEG); the spines may be linked wrongly: turn the images by about "
-                        "that angle before tracking (e.g. Fiji Image > Transform > Rotate)", abs(best_deg))
     out = []
     for deg in ((0.0, best_deg) if best_deg != 0.0 else (0.0,)):
         r = _rotation(deg)
@@ -1170,7 +1167,7 @@ def _register(ref: np.ndarray, mov: np.ndarray,
                 shift, _, _ = phase_cross_correlation(x, y, upsample_factor=10, normalization=norm)
                 # p -> R (p - c) + c + shift
                 out.append((r, centre - r @ centre + np.asarray(shift, float)))
-    return out
+    return out, best_deg
 
 
 def _pairing_score(cur: np.ndarray, pred: np.ndarray, tol_px: float) -> float:
@@ -1328,7 +1325,9 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         ``type``, ``dendrite_id``, ``intensity`` (NaN on ``lost`` rows). ``df.attrs["shifts"]``
         holds the (dy, dx) of each session relative to the previous one at the image centre
         (a list of tuples from the image registration; session pixel + shift = previous
-        session pixel, at the centre) and ``df.attrs["rotation_deg"]`` the fitted rotation.
+        session pixel, at the centre), ``df.attrs["rotation_deg"]`` the fitted rotation and
+        ``df.attrs["turned_beyond_search"]`` the sessions turned against the previous one by
+        the largest angle searched or more (logged as a warning: their links are doubtful).
     """
     if isinstance(images, np.ndarray) and images.ndim == 2:
         raise ValueError("track_spines needs a sequence of images (one per session), got one 2-D image")
@@ -1344,6 +1343,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     rows: list[pd.DataFrame] = []
     shifts = [np.zeros(2)]
     rotations = [0.0]
+    at_edge: list[int] = []  # sessions turned to the end of the rotation search
     next_id = 0
     prev: pd.DataFrame | None = None  # spines present in the previous session (with track_id)
     max_px = max_distance_um / px
@@ -1375,9 +1375,16 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
             prev = cur
             continue
         # previous spines in this session's pixels
+        candidates, turn = _register(planes[s - 1], planes[s])
+        if abs(turn) >= max(abs(v) for v in ROTATION_SEARCH_DEG):
+            at_edge.append(s)
+            log.warning("sessions %d and %d are turned by %g degrees or more, the end of the rotations "
+                        "searched (ROTATION_SEARCH_DEG): their spines may be linked wrongly; turn session %d "
+                        "by about that angle before tracking (e.g. Fiji Image > Transform > Rotate)",
+                        s - 1, s, abs(turn), s)
         start, (pred, prev_weak_here, rot, t) = _best_alignment(
-            _register(planes[s - 1], planes[s]), strong[["y", "x"]].to_numpy(float),
-            prev[["y", "x"]].to_numpy(float), max_px, extra=prev_weak[["y", "x"]].to_numpy(float))
+            candidates, strong[["y", "x"]].to_numpy(float), prev[["y", "x"]].to_numpy(float), max_px,
+            extra=prev_weak[["y", "x"]].to_numpy(float))
         centre = (np.array(planes[s].shape, float) - 1.0) / 2.0
         shifts.append(centre @ start[0].T + start[1] - centre)  # (the registration's shift at the centre)
         rotations.append(float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0]))))
@@ -1446,4 +1453,5 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     out = out.sort_values(["session", "track_id"], ignore_index=True)
     out.attrs["shifts"] = [tuple(float(v) for v in sh) for sh in shifts]
     out.attrs["rotation_deg"] = rotations
+    out.attrs["turned_beyond_search"] = at_edge
     return out

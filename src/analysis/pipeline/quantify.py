@@ -697,6 +697,11 @@ def _write_series_tables(samples: pd.DataFrame, keys: dict[str, str], out: Path,
                     px = px or (float(r.pixel_size_um) if not pd.isna(r.pixel_size_um) else info.pixel_size_um)
                 table = readout.series(images, px, params=params.by_readout().get(readout.name, {}))
                 ids, days = sub["image_id"].to_numpy(), sub["day"].to_numpy(int)
+                for k in table.attrs.get("turned_beyond_search", []):
+                    log.warning("%s of %s: image %s is turned against %s by the largest angle searched or "
+                                "more; its links are doubtful (turn it before quantifying)", readout.name,
+                                ", ".join(f"{c} {v}" for c, v in zip(by, key if isinstance(key, tuple) else (key,))),
+                                ids[k], ids[k - 1])
                 table.insert(0, "day", days[table["session"].to_numpy(int)])
                 table.insert(0, "image_id", ids[table["session"].to_numpy(int)])
                 entry.parent.mkdir(parents=True, exist_ok=True)
