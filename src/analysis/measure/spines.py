@@ -178,6 +178,13 @@ def _hessian(img: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.
     return gyy, gxx, gyx
 
 
+def _block_mean(img: np.ndarray, f: int) -> np.ndarray:
+    """``img`` reduced by the mean over blocks of ``f`` x ``f`` pixels (the rows and columns
+    beyond the last whole block are dropped)."""
+    hh, ww = (img.shape[0] // f) * f, (img.shape[1] // f) * f
+    return img[:hh, :ww].reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
+
+
 def _ridge_radius(img: np.ndarray, r_min_px: float, r_max_px: float) -> float:
     """Typical shaft radius (pixels) from the scale of the strongest ridges.
 
@@ -192,11 +199,7 @@ def _ridge_radius(img: np.ndarray, r_min_px: float, r_max_px: float) -> float:
     h, w = img.shape
     for s in sig:
         f = max(1, int(s // 2))
-        if f > 1:
-            hh, ww = (h // f) * f, (w // f) * f
-            small = img[:hh, :ww].reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
-        else:
-            small = img
+        small = _block_mean(img, f) if f > 1 else img
         sf = s / f
         iyy, ixx, ixy = _hessian(small, sf)
         lam = 0.5 * (ixx + iyy) - np.sqrt(0.25 * (ixx - iyy) ** 2 + ixy ** 2)
@@ -1111,6 +1114,15 @@ def _rotation(deg: float) -> np.ndarray:
     return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
 
 
+def _turned(img: np.ndarray, deg: float) -> np.ndarray:
+    """``img`` turned about its centre by ``deg`` degrees (the point ``p`` lands on
+    ``R (p - c) + c``, :func:`_rotation`); linear interpolation, 0 outside."""
+    r = _rotation(deg)
+    c = (np.array(img.shape, float) - 1.0) / 2.0
+    # out[o] = img[R^T (o - c) + c]
+    return ndi.affine_transform(img, r.T, offset=c - r.T @ c, order=1, mode="constant", cval=0.0)
+
+
 def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = ROTATION_SEARCH_DEG
               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
     """Candidate rigid maps (R, t) with ``mov`` coordinates ``p`` -> ``p @ R.T + t`` in ``ref``,
@@ -1133,32 +1145,22 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
     same = a.shape == b.shape
     win = window("hann", a.shape) if same else None
     centre = (np.array(b.shape, float) - 1.0) / 2.0
-
-    def turned(img: np.ndarray, deg: float) -> np.ndarray:
-        # out[o] = img[R^T (o - c) + c]: the point p of img lands on R (p - c) + c
-        r = _rotation(deg)
-        return ndi.affine_transform(img, r.T, offset=centre - r.T @ centre, order=1, mode="constant", cval=0.0)
-
     best_deg = 0.0
     if same and len(angles_deg) > 1 and min(a.shape) >= 32:
         f = max(1, int(round(min(a.shape) / 256)))
-        h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
-        small_a = a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
-        small_b = b[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
-        c_small = (np.array(small_b.shape, float) - 1.0) / 2.0
+        small_a, small_b = _block_mean(a, f), _block_mean(b, f)
         win_s = window("hann", small_a.shape)
         fa = np.fft.fft2(small_a * win_s)
         peaks = []
         for deg in angles_deg:
-            r = _rotation(deg)
-            tb = ndi.affine_transform(small_b, r.T, offset=c_small - r.T @ c_small, order=1, mode="constant")
+            tb = _turned(small_b, deg)
             cc = np.fft.ifft2(fa * np.conj(np.fft.fft2(tb * win_s)))
             peaks.append(float(np.abs(cc).max()) / (np.linalg.norm(tb * win_s) + 1e-12))
         best_deg = float(angles_deg[int(np.argmax(peaks))])
     out = []
     for deg in ((0.0, best_deg) if best_deg != 0.0 else (0.0,)):
         r = _rotation(deg)
-        x0 = turned(b, deg) if deg else b
+        x0 = _turned(b, deg) if deg else b
         for norm in (None, "phase"):
             for use_win in (False, True):
                 if use_win and win is None:

@@ -682,6 +682,7 @@ def _write_series_tables(samples: pd.DataFrame, keys: dict[str, str], out: Path,
         by = [c for c in readout.series_by if c in rows.columns]
         parts = []
         for key, sub in rows.groupby(by, sort=False):
+            key = key if isinstance(key, tuple) else (key,)
             sub = sub.sort_values("day", kind="stable")
             if len(sub) < 2:
                 continue
@@ -700,13 +701,12 @@ def _write_series_tables(samples: pd.DataFrame, keys: dict[str, str], out: Path,
                 for k in table.attrs.get("turned_beyond_search", []):
                     log.warning("%s of %s: image %s is turned against %s by the largest angle searched or "
                                 "more; its links are doubtful (turn it before quantifying)", readout.name,
-                                ", ".join(f"{c} {v}" for c, v in zip(by, key if isinstance(key, tuple) else (key,))),
+                                ", ".join(f"{c} {v}" for c, v in zip(by, key)),
                                 ids[k], ids[k - 1])
                 table.insert(0, "day", days[table["session"].to_numpy(int)])
                 table.insert(0, "image_id", ids[table["session"].to_numpy(int)])
                 entry.parent.mkdir(parents=True, exist_ok=True)
                 write_parquet(table, entry)
-            key = key if isinstance(key, tuple) else (key,)
             for col, value in zip(by, key, strict=True):
                 table.insert(0, col, value)
             parts.append(table)

@@ -70,6 +70,7 @@ _LONGEST_FIRST: tuple[str, ...] = ("04_validation",)
 #: Subfolder of the reports folder with the auditor HTML (notebooks with their code).
 AUDIT_DIR = "audit"
 
+
 def _check_fittable(path: Path) -> None:
     """Raise InputError naming why the models cannot be fitted to the measurements table at
     ``path`` (the checks of ``python -m analysis fit``, which ``validate`` lists as notes),
