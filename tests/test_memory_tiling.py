@@ -78,11 +78,13 @@ def test_tiled_detection_finds_the_puncta_of_the_whole_plane(plane: np.ndarray, 
     m = match_points(whole[["y", "x"]].to_numpy(), tiled[["y", "x"]].to_numpy(), 0.1)
     w, t = whole.iloc[m.pairs[:, 0]], tiled.iloc[m.pairs[:, 1]]
     assert np.median(np.abs(w["intensity"].to_numpy() / t["intensity"].to_numpy() - 1)) < 1e-6
-    # a tile boundary holds no duplicate: no two puncta closer than the minimum separation
+    # a tile boundary holds no duplicate: no more pairs closer than the minimum separation than
+    # in the whole plane (where such pairs are the two puncta of a split blob)
     from scipy.spatial import cKDTree
 
-    sep = synapses._SEPARATION_PER_RADIUS * tiled.attrs["punctum_radius_um"] / 0.2
-    assert len(cKDTree(tiled[["y", "x"]].to_numpy()).query_pairs(0.999 * max(sep, 1.0))) == 0
+    sep = 0.999 * max(synapses._SEPARATION_PER_RADIUS * tiled.attrs["punctum_radius_um"] / 0.2, 1.0)
+    close_w = len(cKDTree(whole[["y", "x"]].to_numpy()).query_pairs(sep))
+    assert len(cKDTree(tiled[["y", "x"]].to_numpy()).query_pairs(sep)) <= close_w
 
 
 def test_tiled_detection_at_every_snr_level() -> None:

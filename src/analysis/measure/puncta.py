@@ -25,7 +25,11 @@ fitted amplitude is significant is kept:
    is re-fitted on its deblended response (log-parabola, sub-pixel).  Candidates whose
    amplitude is below ``threshold_sd`` noise SDs, or that a blob 2.5 x broader explains
    significantly better (out-of-focus light of other planes), are dropped, weakest first,
-   and the fit is repeated until every remaining punctum is significant.
+   and the fit is repeated until every remaining punctum is significant.  After the first
+   fit, a punctum whose light two puncta of the nominal size explain significantly better
+   (chi-square gain > 20 plus the model error of step 6; two spots closer than the minimum
+   separation make one maximum) is replaced by the two, which stay two in the second fit down
+   to one sigma apart (2-D; :func:`_split_unresolved`).
 
 5. **Size from the image.**  The punctum size (PSF convolved with the synapse) differs
    between microscopes; unless given, it is measured on the image
@@ -1102,7 +1106,9 @@ def detect_puncta(
         density (module docstring); 4.5 gives 0.1-0.25.
     min_separation_um : float, optional
         Two puncta closer than this are one.  Default: 5/3 of the punctum radius (0.25 um,
-        the lateral resolution of a confocal, for a 0.15 um punctum).
+        the lateral resolution of a confocal, for a 0.15 um punctum).  In 2-D, closer pairs
+        are still found when one blob is fitted significantly better by two puncta of the
+        nominal size (down to one sigma apart; module docstring, step 4).
     background_radius_um : float, optional
         Structures broader than about this (dendritic shafts, haze, illumination) count as
         background: the image minus its Gaussian blur of this sigma is fitted.  Default: twice
@@ -1269,6 +1275,7 @@ def detect_puncta(
             part = _detect_block(block, **settings, region=(lo, hi))
             del block
             part["pos"][:, -2:] += [r0, q0]
+            part["tile"] = np.full(len(part["pos"]), len(parts))
             parts.append(part)
         found = {key: (np.concatenate([p[key] for p in parts]) if key != "n_cand" else sum(p[key] for p in parts))
                  for key in parts[0]}
@@ -1431,7 +1438,11 @@ def _detect_block(
 
     a = t = np.zeros(0)
     k = np.zeros(0, int)
+    twin = None  # index of the other punctum of a split blob, -1
+    split_min_d = max(_MIN_SEPARATION_PX, _SPLIT_MIN_SEP * float(sigma0[-2:].max()))
     for rnd in range(2):
+        if twin is not None and len(twin) < len(pos):
+            twin = np.concatenate([twin, np.full(len(pos) - len(twin), -1)])
         resp, unit_sd, sn, pairs = at(pos)
         keep = np.ones(len(pos), bool)
         k = np.concatenate([k, np.full(len(pos) - len(k), nom)]) if rnd else np.full(len(pos), nom)
@@ -1515,6 +1526,11 @@ def _detect_block(
             # two puncta closer than the minimum separation (re-centring can bring them
             # together) are one: the weaker goes
             close = ((d2 / sep**2).sum(axis=1) < 1.0) if len(i) else np.zeros(0, bool)
+            if twin is not None and len(i):
+                # the two puncta fitted to one blob (_split_unresolved) stay two down to the
+                # closest separation tried there
+                tw = twin[idx[i]] == idx[j]
+                close[tw] = np.sqrt(d2[tw].sum(axis=1)) < split_min_d
             merged = np.zeros(n, bool)
             merged[np.where(tt[i] < tt[j], i, j)[close]] = True
             low = (tt < threshold_sd) | broad | merged
@@ -1555,8 +1571,24 @@ def _detect_block(
         # second pass: maxima of the residual significance (puncta hidden by brighter ones)
         hh_model = _double_high_pass(_render(shape, pos, a, sig_all[k]), bg)[0]
         z_res = nominal.response(hh_model)
-        del hh_model
         np.subtract(f_nom, z_res, out=z_res)
+        if ndim == 2:
+            pos, k, a, t, n_split, (old_pos, old_a, old_k) = _split_unresolved(
+                pos, k, a, t, z_res, noise=noise, sd_nom=sd_nom, nominal=nominal, nom=nom, sig_all=sig_all,
+                c_all=c_all, k0_all=k0_all, bg=bg, threshold_sd=threshold_sd, sep=sep, edges=edges)
+            if n_split:
+                first = len(pos) - 2 * n_split
+                twin = np.full(len(pos), -1)
+                twin[first : first + n_split] = np.arange(first + n_split, len(pos))
+                twin[first + n_split :] = np.arange(first, first + n_split)
+                # the residual of the split model: changed in closed form around the split blobs
+                # (or computed again when they cover more than the image)
+                p_, a_, k_ = (np.concatenate([x[first:], y]) for x, y in ((pos, old_pos), (a, -old_a), (k, old_k)))
+                if not _subtract_models(z_res, p_, a_, sig_all[k_], c_all[k_], nominal, bg):
+                    hh_model = _double_high_pass(_render(shape, pos, a, sig_all[k]), bg)[0]
+                    z_res = nominal.response(hh_model)
+                    np.subtract(f_nom, z_res, out=z_res)
+        del hh_model
         z_res /= sd_nom
         peaks = _extrema(z_res, footprint, z_res >= threshold_sd)
         new = _subpixel(z_res, peaks, edges)
@@ -1585,6 +1617,173 @@ def _detect_block(
         pos, k, a, t = pos[own], k[own], a[own], t[own]
     sn = ndi.map_coordinates(noise, pos.T, order=1, mode="nearest") if len(pos) else np.zeros(0)
     return {"pos": pos, "k": k, "a": a, "t": t, "sn": sn, "n_cand": n_cand, "neg": neg}
+
+
+#: Chi-square gain (beyond one punctum's) needed to call one blob two puncta.  The gain of the
+#: best pair over a single spot is the maximum over ~10^2-10^3 pair placements, not one
+#: chi-square variable; on isolated Gaussian spots with Poisson noise it exceeds 20 in
+#: fewer than 1 in 1,000 spots (benchmarks/RESULTS.md, session 19).
+_SPLIT_CHI2 = 20.0
+#: Closest pair of puncta fitted to one blob, in nominal sigmas (closer, two spots are a
+#: broader one: the pair's design matrix becomes singular).
+_SPLIT_MIN_SEP = 1.0
+
+
+def _pair_terms(d2: np.ndarray, s: np.ndarray, c0: float, b: np.ndarray, k0: float, q0: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares terms of two nominal puncta at squared offsets ``d2`` (per axis): their
+    overlap ``k12``, the determinant of the 2 x 2 normal matrix and the variance of either
+    amplitude per unit pixel noise (``(K^-1 Q K^-1)_11``)."""
+    k12 = _overlap(d2, s, s, c0, c0, b, _W_K)
+    q12 = _overlap(d2, s, s, c0, c0, b, _W_Q)
+    det = k0**2 - k12**2
+    return k12, det, (k0**2 * q0 - 2.0 * k0 * k12 * q12 + k12**2 * q0) / det**2
+
+
+def _split_unresolved(
+    pos: np.ndarray,
+    k: np.ndarray,
+    a: np.ndarray,
+    t: np.ndarray,
+    res: np.ndarray,
+    *,
+    noise: np.ndarray,
+    sd_nom: np.ndarray,
+    nominal: _Scale,
+    nom: int,
+    sig_all: np.ndarray,
+    c_all: np.ndarray,
+    k0_all: np.ndarray,
+    bg: np.ndarray,
+    threshold_sd: float,
+    sep: np.ndarray,
+    edges: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, tuple[np.ndarray, ...]]:
+    """Puncta that two puncta of the nominal size explain significantly better than one (2-D).
+
+    Two puncta closer than the minimum separation (about 2 sigma) make one maximum, which the
+    joint fit takes for one punctum, often of a larger size, centred between them (both then
+    missed by a match within a sigma).  For each punctum, its light (the residual response
+    ``res`` of the fit, with the punctum's own model added back) is fitted by two nominal
+    puncta at every pair of pixels within 1.25 sigma of it, at least ``_SPLIT_MIN_SEP`` sigma
+    apart (closed-form 2 x 2 least squares), and the punctum is split when the best pair gains
+    more than ``_SPLIT_CHI2`` plus the model error (5 % of the amplitude: ``(0.05 t)^2``) in
+    chi-square over the single punctum, and both amplitudes are significant.  A pair member
+    closer than the minimum separation to another punctum is that punctum (the split is
+    dropped; of two splits that claim the same light the more significant is kept), and puncta
+    within 2 sigma of an image edge are not split (a spot and its mirror image look like a
+    pair).  The two members (at pixel centres, with their least-squares amplitudes) go back to
+    the joint fit, which re-centres, re-sizes and prunes them like any candidate.
+
+    Returns the new ``pos, k, a, t`` (split members last: the first members, then their
+    twins in the same order), the number of puncta split and the ``pos, a, k`` of the puncta
+    they replace.
+    """
+    n = len(pos)
+    s = nominal.sigma
+    k0, c0 = nominal.k0, nominal.c
+    q0 = float(_overlap(np.zeros(2), s, s, c0, c0, bg, _W_Q))
+    min_d = max(_MIN_SEPARATION_PX, _SPLIT_MIN_SEP * float(s.max()))
+    # pixel offsets around a punctum and the pairs of them tried
+    rho = 1.25 * float(s.max()) + 0.5
+    r = int(np.ceil(rho))
+    offs = np.argwhere(np.ones((2 * r + 1, 2 * r + 1), bool)) - r
+    offs = offs[(offs**2).sum(axis=1) <= rho**2]
+    ia, ib = np.triu_indices(len(offs), 1)
+    keep_pair = np.hypot(*(offs[ia] - offs[ib]).T) >= min_d
+    ia, ib = ia[keep_pair], ib[keep_pair]
+    k12, det, var_u = _pair_terms((offs[ia] - offs[ib]).astype(float) ** 2, s, c0, bg, k0, q0)
+    hi = np.array(res.shape) - 1
+    centres = np.clip(np.rint(pos).astype(int), 0, hi)
+    sn = noise[centres[:, 0], centres[:, 1]]
+    kappa = k0 / sd_nom[centres[:, 0], centres[:, 1]] ** 2  # least-squares gain -> chi-square
+
+    def own(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The fitted model of punctum ``rows`` seen by a nominal punctum at ``q`` (.., 2)."""
+        shape_ = (-1,) + (1,) * (q.ndim - 2)
+        return a[rows].reshape(shape_) * _overlap((q - pos[rows].reshape(shape_ + (2,))) ** 2, s,
+                                                 sig_all[k[rows]].reshape(shape_ + (2,)), c0,
+                                                 c_all[k[rows]].reshape(shape_), bg, _W_K)
+
+    dchi = np.full(n, -np.inf)
+    best = np.zeros(n, int)
+    amp2, t2 = np.zeros((n, 2)), np.zeros((n, 2))
+    chunk = max(1, (4 << 20) // (8 * max(len(ia), len(offs))))
+    for c in range(0, n, chunk):
+        rows = np.arange(c, min(n, c + chunk))
+        pts = centres[rows, None, :] + offs[None]
+        inside = np.all((pts >= 0) & (pts <= hi), axis=-1)
+        ptc = np.clip(pts, 0, hi)
+        light = np.where(inside, res[ptc[..., 0], ptc[..., 1]] + own(pts, rows), 0.0)
+        g1 = np.maximum((light**2).max(axis=1) / k0, a[rows] ** 2 * k0_all[k[rows]])
+        y1, y2 = light[:, ia], light[:, ib]
+        a1 = (k0 * y1 - k12 * y2) / det
+        a2 = (k0 * y2 - k12 * y1) / det
+        g2 = (k0 * y1**2 - 2.0 * k12 * y1 * y2 + k0 * y2**2) / det
+        floor = threshold_sd * sn[rows, None] * np.sqrt(var_u)
+        g2[(a1 < floor) | (a2 < floor)] = -np.inf
+        best[rows] = g2.argmax(axis=1)
+        r_ = np.arange(len(rows))
+        dchi[rows] = kappa[rows] * (g2[r_, best[rows]] - g1)
+        amp2[rows] = np.c_[a1[r_, best[rows]], a2[r_, best[rows]]]
+        t2[rows] = amp2[rows] / floor[r_, best[rows]][:, None] * threshold_sd
+    near_edge = ((pos - edges[0]) < 2.0 * s).any(axis=1) | ((edges[1] - pos) < 2.0 * s).any(axis=1)
+    cand = np.flatnonzero((dchi > _SPLIT_CHI2 + (_PSF_MODEL_ERROR * t) ** 2) & ~near_edge)
+    if len(cand) == 0:
+        return pos, k, a, t, 0, (pos[:0], a[:0], k[:0])
+    # a member within the minimum separation of an unsplit punctum, or of a member of a more
+    # significant split, is that punctum
+    cand = cand[np.argsort(-dchi[cand], kind="stable")]
+    p1 = (centres[cand] + offs[ia[best[cand]]]).astype(float)
+    p2 = (centres[cand] + offs[ib[best[cand]]]).astype(float)
+    sep2 = np.asarray(sep, float)[-2:]
+    others = np.setdiff1d(np.arange(n), cand)
+    ok = np.ones(len(cand), bool)
+    if len(others):
+        tree = cKDTree(pos[others] / sep2)
+        ok = (tree.query(p1 / sep2)[0] >= 1.0) & (tree.query(p2 / sep2)[0] >= 1.0)
+    taken: list[np.ndarray] = []
+    for m_ in np.flatnonzero(ok):
+        mine = np.stack([p1[m_], p2[m_]]) / sep2
+        if taken and cKDTree(np.concatenate(taken)).query(mine)[0].min() < 1.0:
+            ok[m_] = False
+        else:
+            taken.append(mine)
+    cand, p1, p2 = cand[ok], p1[ok], p2[ok]
+    if len(cand) == 0:
+        return pos, k, a, t, 0, (pos[:0], a[:0], k[:0])
+    log.debug("%d puncta split into two", len(cand))
+    rest = np.setdiff1d(np.arange(n), cand)
+    m = len(cand)
+    (a1, a2), (t1, t2_) = amp2[cand].T, t2[cand].T
+    return (np.concatenate([pos[rest], _within_lateral_edges(np.concatenate([p1, p2]), edges)]),
+            np.concatenate([k[rest], np.full(2 * m, nom)]),
+            np.concatenate([a[rest], a1, a2]),
+            np.concatenate([t[rest], t1, t2_]), m, (pos[cand], a[cand], k[cand]))
+
+
+def _subtract_models(res: np.ndarray, pos: np.ndarray, amp: np.ndarray, sig: np.ndarray, c: np.ndarray,
+                     nominal: _Scale, bg: np.ndarray) -> bool:
+    """Subtract the nominal response of Gaussian spots (peak ``amp``, per-axis ``sig``, 2-D) from
+    the residual response ``res`` in place, in closed form within 4 SDs of each spot's widest
+    term (the filters' reflecting edges are not modelled: for spots away from the edges).
+    Returns False, leaving ``res`` as it was, when the spots' windows would cover more pixels
+    than the image (rendering the whole model and filtering it is then cheaper)."""
+    if len(pos) == 0:
+        return True
+    reach = np.sqrt(nominal.sigma**2 + sig.max(axis=0) ** 2 + 2.0 * bg**2)
+    r = np.ceil(4.0 * reach).astype(int)
+    if len(pos) * np.prod(2 * r + 1) > res.size:
+        return False
+    oy, ox = np.mgrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1]
+    offs = np.c_[oy.ravel(), ox.ravel()]
+    pts = np.rint(pos).astype(int)[:, None, :] + offs[None]
+    val = amp[:, None] * _overlap((pts - pos[:, None, :]) ** 2, nominal.sigma, sig[:, None, :], nominal.c,
+                                  c[:, None], bg, _W_K)
+    inside = np.all((pts >= 0) & (pts < np.array(res.shape)), axis=-1)
+    idx = pts[..., 0] * res.shape[1] + pts[..., 1]
+    res -= np.bincount(idx[inside], val[inside], minlength=res.size).reshape(res.shape)
+    return True
 
 
 def _double_high_pass(x: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1696,12 +1895,14 @@ def _tile_margin(sig_all: np.ndarray, bg: np.ndarray) -> int:
 
 
 def _merge_tile_duplicates(found: dict[str, Any], sep: np.ndarray) -> dict[str, Any]:
-    """Of two puncta closer than the minimum separation (one found near the edge of each of two
-    neighbouring tiles), the weaker goes (the detector's own rule within a tile)."""
+    """Of two puncta of two neighbouring tiles closer than the minimum separation (one found
+    near the edge of each), the weaker goes (the detector's own rule within a tile; two puncta
+    of one tile that close are the two of a split blob)."""
     pos, t = found["pos"], found["t"]
     if len(pos) < 2:
         return found
     pr = cKDTree(pos / sep).query_pairs(1.0, output_type="ndarray")
+    pr = pr[found["tile"][pr[:, 0]] != found["tile"][pr[:, 1]]] if len(pr) else pr
     if not len(pr):
         return found
     i, j = pr.T
