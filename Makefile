@@ -44,6 +44,7 @@ bench: setup
 .PHONY: calibrate
 calibrate: setup
 	$(PY) benchmarks/calibrate_stats.py
+	$(PY) benchmarks/calibrate_split.py
 
 # validation against real images, an independent simulator (sim-fish) and the peer big-fish
 validate: $(VALIDATE_STAMP)

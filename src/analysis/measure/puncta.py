@@ -1257,8 +1257,12 @@ def detect_puncta(
     c_all = (2 * np.pi) ** (ndim / 2) * np.prod(sig_all, axis=1)
     settings = {"sigma0": sigma0, "bg": bg, "sep": sep, "noise_info": noise_info, "threshold_sd": threshold_sd,
                 "reject_out_of_focus": reject_out_of_focus}
+    # the edge of a not-imaged fill cuts puncta like an image edge: none is split near it
+    no_split = None
+    if outside is not None and outside.any():
+        no_split = ndi.distance_transform_edt(~outside) <= 2.0 * float(sigma0[-1]) + 1.0
     if len(tiles) == 1:
-        found = _detect_block(arr, **settings)
+        found = _detect_block(arr, **settings, no_split=no_split)
     else:
         margin = _tile_margin(sig_all, bg)
         parts = []
@@ -1272,7 +1276,8 @@ def detect_puncta(
             hi = np.full(ndim, np.inf)
             lo[-2:] = [y0 - 0.5 - r0 if y0 > 0 else -np.inf, x0 - 0.5 - q0 if x0 > 0 else -np.inf]
             hi[-2:] = [y1 - 0.5 - r0 if y1 < arr.shape[-2] else np.inf, x1 - 0.5 - q0 if x1 < arr.shape[-1] else np.inf]
-            part = _detect_block(block, **settings, region=(lo, hi))
+            part = _detect_block(block, **settings, region=(lo, hi),
+                                 no_split=None if no_split is None else no_split[r0:r1, q0:q1])
             del block
             part["pos"][:, -2:] += [r0, q0]
             part["tile"] = np.full(len(part["pos"]), len(parts))
@@ -1364,6 +1369,7 @@ def _detect_block(
     threshold_sd: float,
     reject_out_of_focus: bool,
     region: tuple[np.ndarray, np.ndarray] | None = None,
+    no_split: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Steps 2-4 of :func:`detect_puncta` on one block of the image (the whole image, or a
     tile with its margin): candidates, joint fit and pruning, second pass.  Returns the
@@ -1575,7 +1581,8 @@ def _detect_block(
         if ndim == 2:
             pos, k, a, t, n_split, (old_pos, old_a, old_k) = _split_unresolved(
                 pos, k, a, t, z_res, noise=noise, sd_nom=sd_nom, nominal=nominal, nom=nom, sig_all=sig_all,
-                c_all=c_all, k0_all=k0_all, bg=bg, threshold_sd=threshold_sd, sep=sep, edges=edges)
+                c_all=c_all, k0_all=k0_all, bg=bg, threshold_sd=threshold_sd, sep=sep, edges=edges,
+                no_split=no_split)
             if n_split:
                 first = len(pos) - 2 * n_split
                 twin = np.full(len(pos), -1)
@@ -1658,6 +1665,7 @@ def _split_unresolved(
     threshold_sd: float,
     sep: np.ndarray,
     edges: tuple[np.ndarray, np.ndarray],
+    no_split: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, tuple[np.ndarray, ...]]:
     """Puncta that two puncta of the nominal size explain significantly better than one (2-D).
 
@@ -1671,7 +1679,8 @@ def _split_unresolved(
     chi-square over the single punctum, and both amplitudes are significant.  A pair member
     closer than the minimum separation to another punctum is that punctum (the split is
     dropped; of two splits that claim the same light the more significant is kept), and puncta
-    within 2 sigma of an image edge are not split (a spot and its mirror image look like a
+    within 2 sigma of an image edge, or where ``no_split`` holds (near a not-imaged fill,
+    which cuts puncta like an edge), are not split (a spot and its mirror image look like a
     pair).  The two members (at pixel centres, with their least-squares amplitudes) go back to
     the joint fit, which re-centres, re-sizes and prunes them like any candidate.
 
@@ -1728,6 +1737,8 @@ def _split_unresolved(
         amp2[rows] = np.c_[a1[r_, best[rows]], a2[r_, best[rows]]]
         t2[rows] = amp2[rows] / floor[r_, best[rows]][:, None] * threshold_sd
     near_edge = ((pos - edges[0]) < 2.0 * s).any(axis=1) | ((edges[1] - pos) < 2.0 * s).any(axis=1)
+    if no_split is not None:
+        near_edge |= no_split[centres[:, 0], centres[:, 1]]
     cand = np.flatnonzero((dchi > _SPLIT_CHI2 + (_PSF_MODEL_ERROR * t) ** 2) & ~near_edge)
     if len(cand) == 0:
         return pos, k, a, t, 0, (pos[:0], a[:0], k[:0])
