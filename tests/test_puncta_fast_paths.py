@@ -6,7 +6,9 @@ ndi.maximum_filter(z, size)))`` (and the minimum filter) and
 checked here against scipy on random data with ties, windows that reach the edges, windows
 larger than the array, 3-D windows and sizes of 1 along an axis.  The candidate pairs of a
 stack are queried within :func:`analysis.measure.puncta._strong_pair_radius`: checked against
-the overlaps it bounds and against detection with the full interaction distance.
+the overlaps it bounds and against detection with the full interaction distance.  The
+residual of split blobs is changed in closed form (:func:`analysis.measure.puncta._subtract_models`):
+checked against rendering the spots and filtering them.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from analysis.measure.puncta import (_IN_FOCUS_SCALES, _OUT_OF_FOCUS_SCALES, _W_K, _Scale, _extrema,
-                                     _gaussian_at, _overlap, _strong_pair_radius)
+from analysis.measure.puncta import (_IN_FOCUS_SCALES, _OUT_OF_FOCUS_SCALES, _W_K, _Scale, _double_high_pass,
+                                     _extrema, _gaussian_at, _overlap, _render, _strong_pair_radius,
+                                     _subtract_models)
 
 CASES = [
     ((200, 300), (5, 5)),
@@ -102,3 +105,23 @@ def test_stack_detection_is_the_same_with_the_strong_pair_radius(monkeypatch) ->
     full = P.detect_puncta(stack, 0.2, z_step_um=0.3)
     assert len(full) > 300
     pd.testing.assert_frame_equal(fast, full)
+
+
+def test_closed_form_residual_update_equals_the_filtered_model() -> None:
+    # spots of several sizes and amplitudes (some negative: removed puncta) away from the edges
+    rng = np.random.default_rng(3)
+    shape, bg = (160, 200), np.array([3.5, 3.5])
+    nominal = _Scale(shape, np.array([1.5, 1.5]), bg)
+    pos = rng.uniform(30, 130, (12, 2))
+    amp = rng.uniform(-80, 150, 12)
+    sig = rng.uniform(1.2, 2.1, (12, 2))
+    c = 2 * np.pi * sig.prod(axis=1)
+    filtered = nominal.response(_double_high_pass(_render(shape, pos, amp, sig), bg)[0])
+    res = np.zeros(shape)
+    assert _subtract_models(res, pos, amp, sig, c, nominal, bg)
+    np.testing.assert_allclose(-res, filtered, atol=1e-4 * np.abs(filtered).max())
+    # too many spots for windows: declined, and the residual left as it was
+    many = np.zeros(shape)
+    assert not _subtract_models(many, np.repeat(pos, 60, axis=0), np.repeat(amp, 60), np.repeat(sig, 60, axis=0),
+                                np.repeat(c, 60), nominal, bg)
+    assert not many.any()

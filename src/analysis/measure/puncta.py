@@ -1589,7 +1589,7 @@ def _detect_block(
                 twin[first : first + n_split] = np.arange(first + n_split, len(pos))
                 twin[first + n_split :] = np.arange(first, first + n_split)
                 # the residual of the split model: changed in closed form around the split blobs
-                # (or computed again when they cover more than the image)
+                # (or computed again when they cover more than twice the image)
                 p_, a_, k_ = (np.concatenate([x[first:], y]) for x, y in ((pos, old_pos), (a, -old_a), (k, old_k)))
                 if not _subtract_models(z_res, p_, a_, sig_all[k_], c_all[k_], nominal, bg):
                     hh_model = _double_high_pass(_render(shape, pos, a, sig_all[k]), bg)[0]
@@ -1778,21 +1778,28 @@ def _subtract_models(res: np.ndarray, pos: np.ndarray, amp: np.ndarray, sig: np.
     """Subtract the nominal response of Gaussian spots (peak ``amp``, per-axis ``sig``, 2-D) from
     the residual response ``res`` in place, in closed form within 4 SDs of each spot's widest
     term (the filters' reflecting edges are not modelled: for spots away from the edges).
-    Returns False, leaving ``res`` as it was, when the spots' windows would cover more pixels
-    than the image (rendering the whole model and filtering it is then cheaper)."""
+    Returns False, leaving ``res`` as it was, when the spots' windows would cover more than
+    twice the image's pixels (rendering the whole model and filtering it is then cheaper)."""
     if len(pos) == 0:
         return True
     reach = np.sqrt(nominal.sigma**2 + sig.max(axis=0) ** 2 + 2.0 * bg**2)
     r = np.ceil(4.0 * reach).astype(int)
-    if len(pos) * np.prod(2 * r + 1) > res.size:
+    if len(pos) * np.prod(2 * r + 1) > 2 * res.size:
         return False
-    oy, ox = np.mgrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1]
-    offs = np.c_[oy.ravel(), ox.ravel()]
-    pts = np.rint(pos).astype(int)[:, None, :] + offs[None]
-    val = amp[:, None] * _overlap((pts - pos[:, None, :]) ** 2, nominal.sigma, sig[:, None, :], nominal.c,
-                                  c[:, None], bg, _W_K)
-    inside = np.all((pts >= 0) & (pts < np.array(res.shape)), axis=-1)
-    idx = pts[..., 0] * res.shape[1] + pts[..., 1]
+    # separable: per spot and axis, the 1-D factors of each of the overlap's Gaussian terms
+    centre = np.rint(pos).astype(int)
+    prof = []
+    for ax in range(2):
+        off = centre[:, ax : ax + 1] + np.arange(-r[ax], r[ax] + 1)[None, :]
+        d2 = (off - pos[:, ax : ax + 1]) ** 2
+        v0 = nominal.sigma[ax] ** 2 + sig[:, ax : ax + 1] ** 2
+        prof.append((off, [np.exp(-0.5 * d2 / (v0 + q * bg[ax] ** 2)) / np.sqrt(2.0 * np.pi * (v0 + q * bg[ax] ** 2))
+                           for q in range(len(_W_K))]))
+    (oy, py), (ox, px_) = prof
+    val = sum(w * py[q][:, :, None] * px_[q][:, None, :] for q, w in enumerate(_W_K))
+    val *= (amp * nominal.c * c)[:, None, None]
+    inside = ((oy >= 0) & (oy < res.shape[0]))[:, :, None] & ((ox >= 0) & (ox < res.shape[1]))[:, None, :]
+    idx = oy[:, :, None] * res.shape[1] + ox[:, None, :]
     res -= np.bincount(idx[inside], val[inside], minlength=res.size).reshape(res.shape)
     return True
 
