@@ -1578,6 +1578,7 @@ def _detect_block(
         hh_model = _double_high_pass(_render(shape, pos, a, sig_all[k]), bg)[0]
         z_res = nominal.response(hh_model)
         np.subtract(f_nom, z_res, out=z_res)
+        n_split = 0
         if ndim == 2:
             pos, k, a, t, n_split, (old_pos, old_a, old_k) = _split_unresolved(
                 pos, k, a, t, z_res, noise=noise, sd_nom=sd_nom, nominal=nominal, nom=nom, sig_all=sig_all,
@@ -1602,8 +1603,8 @@ def _detect_block(
         if len(new):
             dist, _ = cKDTree(pos / sep).query(new / sep)
             new = new[dist >= 1.0]
-        if len(new) == 0:
-            break
+        if len(new) == 0 and not n_split:
+            break  # (split puncta go through the second fit even without new candidates)
         pos = np.concatenate([pos, new])
 
     neg = np.zeros(0)
@@ -1628,8 +1629,8 @@ def _detect_block(
 
 #: Chi-square gain (beyond one punctum's) needed to call one blob two puncta.  The gain of the
 #: best pair over a single spot is the maximum over ~10^2-10^3 pair placements, not one
-#: chi-square variable; on isolated Gaussian spots with Poisson noise it exceeds 20 in
-#: fewer than 1 in 1,000 spots (benchmarks/RESULTS.md, session 19).
+#: chi-square variable; on 4,320 isolated Gaussian spots with Poisson noise (sigma 1-4 px,
+#: peak SNR 1.5-630) it split none (``benchmarks/calibrate_split.py``; RESULTS.md, session 19).
 _SPLIT_CHI2 = 20.0
 #: Closest pair of puncta fitted to one blob, in nominal sigmas (closer, two spots are a
 #: broader one: the pair's design matrix becomes singular).
