@@ -15,7 +15,7 @@ not any generator's), with the spot size given (so that the size estimate is not
 
 Usage::
 
-    python benchmarks/calibrate_split.py          # ~2 min on 2 cores
+    python benchmarks/calibrate_split.py          # ~40 s (one core)
 """
 
 from __future__ import annotations
