@@ -1637,17 +1637,6 @@ _SPLIT_CHI2 = 20.0
 _SPLIT_MIN_SEP = 1.0
 
 
-def _pair_terms(d2: np.ndarray, s: np.ndarray, c0: float, b: np.ndarray, k0: float, q0: float
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Least-squares terms of two nominal puncta at squared offsets ``d2`` (per axis): their
-    overlap ``k12``, the determinant of the 2 x 2 normal matrix and the variance of either
-    amplitude per unit pixel noise (``(K^-1 Q K^-1)_11``)."""
-    k12 = _overlap(d2, s, s, c0, c0, b, _W_K)
-    q12 = _overlap(d2, s, s, c0, c0, b, _W_Q)
-    det = k0**2 - k12**2
-    return k12, det, (k0**2 * q0 - 2.0 * k0 * k12 * q12 + k12**2 * q0) / det**2
-
-
 def _split_unresolved(
     pos: np.ndarray,
     k: np.ndarray,
@@ -1702,18 +1691,17 @@ def _split_unresolved(
     ia, ib = np.triu_indices(len(offs), 1)
     keep_pair = np.hypot(*(offs[ia] - offs[ib]).T) >= min_d
     ia, ib = ia[keep_pair], ib[keep_pair]
-    k12, det, var_u = _pair_terms((offs[ia] - offs[ib]).astype(float) ** 2, s, c0, bg, k0, q0)
+    # the pair's 2 x 2 normal matrix [[k0, k12], [k12, k0]], its determinant and the variance of
+    # either amplitude per unit pixel noise ((K^-1 Q K^-1)_11, Q: the responses' noise covariance)
+    d2 = (offs[ia] - offs[ib]).astype(float) ** 2
+    k12 = _overlap(d2, s, s, c0, c0, bg, _W_K)
+    q12 = _overlap(d2, s, s, c0, c0, bg, _W_Q)
+    det = k0**2 - k12**2
+    var_u = (k0**2 * q0 - 2.0 * k0 * k12 * q12 + k12**2 * q0) / det**2
     hi = np.array(res.shape) - 1
     centres = np.clip(np.rint(pos).astype(int), 0, hi)
     sn = noise[centres[:, 0], centres[:, 1]]
     kappa = k0 / sd_nom[centres[:, 0], centres[:, 1]] ** 2  # least-squares gain -> chi-square
-
-    def own(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The fitted model of punctum ``rows`` seen by a nominal punctum at ``q`` (.., 2)."""
-        shape_ = (-1,) + (1,) * (q.ndim - 2)
-        return a[rows].reshape(shape_) * _overlap((q - pos[rows].reshape(shape_ + (2,))) ** 2, s,
-                                                 sig_all[k[rows]].reshape(shape_ + (2,)), c0,
-                                                 c_all[k[rows]].reshape(shape_), bg, _W_K)
 
     dchi = np.full(n, -np.inf)
     best = np.zeros(n, int)
@@ -1724,7 +1712,10 @@ def _split_unresolved(
         pts = centres[rows, None, :] + offs[None]
         inside = np.all((pts >= 0) & (pts <= hi), axis=-1)
         ptc = np.clip(pts, 0, hi)
-        light = np.where(inside, res[ptc[..., 0], ptc[..., 1]] + own(pts, rows), 0.0)
+        # the punctum's own fitted model, as seen by a nominal punctum at each offset
+        own = a[rows, None] * _overlap((pts - pos[rows, None, :]) ** 2, s, sig_all[k[rows]][:, None, :], c0,
+                                       c_all[k[rows]][:, None], bg, _W_K)
+        light = np.where(inside, res[ptc[..., 0], ptc[..., 1]] + own, 0.0)
         g1 = np.maximum((light**2).max(axis=1) / k0, a[rows] ** 2 * k0_all[k[rows]])
         y1, y2 = light[:, ia], light[:, ib]
         a1 = (k0 * y1 - k12 * y2) / det
@@ -1787,21 +1778,11 @@ def _subtract_models(res: np.ndarray, pos: np.ndarray, amp: np.ndarray, sig: np.
     r = np.ceil(4.0 * reach).astype(int)
     if len(pos) * np.prod(2 * r + 1) > 2 * res.size:
         return False
-    # separable: per spot and axis, the 1-D factors of each of the overlap's Gaussian terms
-    centre = np.rint(pos).astype(int)
-    prof = []
-    for ax in range(2):
-        off = centre[:, ax : ax + 1] + np.arange(-r[ax], r[ax] + 1)[None, :]
-        d2 = (off - pos[:, ax : ax + 1]) ** 2
-        v0 = nominal.sigma[ax] ** 2 + sig[:, ax : ax + 1] ** 2
-        prof.append((off, [np.exp(-0.5 * d2 / (v0 + q * bg[ax] ** 2)) / np.sqrt(2.0 * np.pi * (v0 + q * bg[ax] ** 2))
-                           for q in range(len(_W_K))]))
-    (oy, py), (ox, px_) = prof
-    val = sum(w * py[q][:, :, None] * px_[q][:, None, :] for q, w in enumerate(_W_K))
-    val *= (amp * nominal.c * c)[:, None, None]
-    inside = ((oy >= 0) & (oy < res.shape[0]))[:, :, None] & ((ox >= 0) & (ox < res.shape[1]))[:, None, :]
-    idx = oy[:, :, None] * res.shape[1] + ox[:, None, :]
-    res -= np.bincount(idx[inside], val[inside], minlength=res.size).reshape(res.shape)
+    # each of the overlap's Gaussian terms (variance ``s^2 + sig^2 + q b^2``) rendered as a spot
+    for q, w in enumerate(_W_K):
+        v = nominal.sigma**2 + sig**2 + q * bg**2
+        peak = amp * nominal.c * c * w / np.sqrt(2.0 * np.pi * v).prod(axis=1)
+        res -= _render(res.shape, pos, peak, np.sqrt(v), radius=r)
     return True
 
 
