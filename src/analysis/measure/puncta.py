@@ -451,6 +451,70 @@ def _within_lateral_edges(p: np.ndarray, edges: tuple[np.ndarray, np.ndarray] | 
     return out
 
 
+def _fold_1d(x: np.ndarray, p: np.ndarray, e: np.ndarray, kap: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """One axis of a Gaussian term of :func:`_overlap` for a punctum next to a reflecting edge.
+
+    A filter of variance ``kap`` at ``x`` applied with reflecting edges to a Gaussian punctum
+    of variance ``s2`` at ``p`` that is imaged only on its side of the edge line ``e``: the
+    filter sees that part and its mirror image, ``N(x - p) Phi(z(x)) + N(x' - p) Phi(z(x'))``
+    with ``x' = 2 e - x`` and ``Phi(z)`` the fraction of the light the filter gathers from
+    ``x`` that lies inside the image (normal densities of variance ``kap + s2``).  Where ``e``
+    is NaN (no edge near) this is the plain ``N(x - p)``."""
+    from scipy.special import ndtr
+
+    v = kap + s2
+    plain = np.exp(-0.5 * (x - p) ** 2 / v) / np.sqrt(2.0 * np.pi * v)
+    has = np.isfinite(e)
+    if not np.any(has):
+        return plain
+    e0 = np.where(has, e, 0.0)
+    sd = np.sqrt(kap * s2 / v)
+    below = p < e0  # the image lies on this side of the edge line
+    folded = 0.0
+    for xx in (x, 2.0 * e0 - x):
+        mu = (xx * s2 + p * kap) / v  # where the light the filter gathers at xx comes from
+        frac = ndtr(np.where(below, e0 - mu, mu - e0) / sd)
+        folded = folded + np.exp(-0.5 * (xx - p) ** 2 / v) / np.sqrt(2.0 * np.pi * v) * frac
+    return np.where(has, folded, plain)
+
+
+def _folded_overlap(
+    x: np.ndarray, p: np.ndarray, e: np.ndarray, s_a: np.ndarray, s_b: np.ndarray, c_a, c_b, b: np.ndarray
+) -> np.ndarray:
+    """:func:`_overlap` (``weights`` ``_W_K``) of a size-``s_a`` response at ``x`` with a size-``s_b``
+    punctum at ``p`` whose nearest reflecting edge line per axis is ``e`` (NaN: none near; see
+    :func:`_edge_lines`): the response a punctum near an image edge really makes, as the
+    filters reflect the image at its edges (:func:`_fold_1d` per axis).  With no edge it equals
+    :func:`_overlap` at ``d2 = (x - p)^2``."""
+    total = 0.0
+    for q, w in enumerate(_W_K):
+        kap = s_a**2 + q * b**2
+        s2 = s_b**2
+        term = 1.0
+        for ax in range(np.shape(x)[-1]):
+            term = term * _fold_1d(x[..., ax], p[..., ax], e[..., ax], kap[..., ax], s2[..., ax])
+        total = total + w * term
+    return c_a * c_b * total
+
+
+def _edge_lines(p: np.ndarray, edges: tuple[np.ndarray, np.ndarray] | None, reach: np.ndarray) -> np.ndarray:
+    """Per punctum and axis, the reflecting edge line (half a pixel beyond the outermost pixel)
+    nearer than ``reach`` (pixels, per axis), NaN where there is none (far from the edges, a
+    tile's margin, the axial axis).  The filters see a punctum within that reach of an image
+    edge together with its mirror image across that line (:func:`_folded_overlap`)."""
+    e = np.full(p.shape, np.nan)
+    if edges is None or len(p) == 0:
+        return e
+    ndim = p.shape[1]
+    for k in range(2):
+        ax = ndim - 2 + k
+        lo, hi = edges[0][k] - 0.5, edges[1][k] + 0.5
+        d_lo, d_hi = p[:, ax] - lo, hi - p[:, ax]
+        line = np.where(d_lo <= d_hi, lo, hi)
+        e[:, ax] = np.where(np.minimum(d_lo, d_hi) < np.broadcast_to(reach, p.shape)[:, ax], line, np.nan)
+    return e
+
+
 def _render(
     shape: tuple[int, ...], pos: np.ndarray, amp: np.ndarray, sigma: np.ndarray, radius: np.ndarray | None = None
 ) -> np.ndarray:
@@ -590,10 +654,16 @@ def _refine(
     nominal: _Scale,
     bg: np.ndarray,
     edges: tuple[np.ndarray, np.ndarray] | None = None,
+    sizes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sub-pixel centres from the deblended nominal response (the response map minus the
     neighbours' fitted models) at each centre pixel and its axial neighbours, by fitting a
-    parabola to the logarithm along each axis (exact for a Gaussian peak)."""
+    parabola to the logarithm along each axis (exact for a Gaussian peak).  Within two
+    response widths of a reflecting image edge, the centre along that axis is instead the
+    least-squares fit of the punctum's folded profile (:func:`_edge_profile_model`) to 9
+    deblended probes across it, over a 0.02-pixel grid within 2 pixels and over ``sizes``
+    (the punctum sizes, (k, ndim); default: its fitted size), as the edge widens the blob
+    that the size choice sees."""
     n, ndim = p.shape
     c = np.rint(p).astype(int)
     shape = np.array(f_nom.shape)
@@ -619,7 +689,65 @@ def _refine(
         lv = np.where(positive[..., None], np.log(np.where(vals > 0, vals, 1.0)), vals)
         den = lv[..., 0] - 2 * lv[..., 1] + lv[..., 2]
         off = np.where(den < 0, 0.5 * (lv[..., 0] - lv[..., 2]) / den, 0.0)
-    return _within_lateral_edges(c + np.clip(np.nan_to_num(off), -1.0, 1.0), edges)
+    out = c + np.clip(np.nan_to_num(off), -1.0, 1.0)
+    # near an image edge the filters see the punctum with its mirror image (they reflect the
+    # image there): a parabola finds the centre of the two, on or near the edge; instead the
+    # centre across that edge is the one whose folded profile fits the deblended response
+    # along a line of probes best (least squares, over the sizes given)
+    e_all = _edge_lines(p, edges, 2.0 * np.sqrt(nominal.sigma**2 + sig**2))
+    probes = np.arange(-4, 5)
+    offsets = np.linspace(-2.0, 2.0, 201)
+    for ax in range(ndim):
+        near = np.flatnonzero(np.isfinite(e_all[:, ax]))
+        if len(near) == 0:
+            continue
+        x = np.repeat(c[near][:, None, :], len(probes), axis=1)
+        x[:, :, ax] += probes
+        valid = (x[:, :, ax] >= 0) & (x[:, :, ax] <= shape[ax] - 1)
+        x = np.clip(x, 0, shape - 1)  # (m, P, ndim)
+        v = f_nom[tuple(x.reshape(-1, ndim).T)].astype(float).reshape(len(near), len(probes))
+        if len(i):
+            # the neighbours' fitted models at the probes (as ``neighbours`` does at three)
+            row_of = np.full(n, -1)
+            row_of[near] = np.arange(len(near))
+            for src, dst in ((j, i), (i, j)):
+                hit = row_of[dst] >= 0
+                if not hit.any():
+                    continue
+                s_, r_ = src[hit], row_of[dst[hit]]
+                d2 = (x[r_] - p[s_][:, None, :]) ** 2  # (pairs, P, ndim)
+                o = amp[s_][:, None] * _overlap(d2, nominal.sigma, sig[s_][:, None, :], nominal.c, cc[s_][:, None],
+                                                bg, _W_K)
+                np.subtract.at(v, r_, o)
+        v = v * valid
+        grid = np.clip(c[near][:, ax, None] + offsets[None], 0, shape[ax] - 1)  # (m, G)
+        centre = np.repeat(p[near][:, None, :], grid.shape[1], axis=1)  # (m, G, ndim)
+        centre[:, :, ax] = grid
+        e_near = e_all[near][:, None, None, :]
+        gain = np.full(grid.shape, -np.inf)
+        for s_try in ([sig[near]] if sizes is None else [np.broadcast_to(sz, sig[near].shape) for sz in sizes]):
+            model = _folded_overlap(x[:, None, :, :], centre[:, :, None, :], e_near, nominal.sigma,
+                                    s_try[:, None, None, :], 1.0, 1.0, bg) * valid[:, None, :]
+            vm = (v[:, None, :] * model).sum(axis=2)
+            mm = (model * model).sum(axis=2)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # (the residual sum of squares is |v|^2 minus this gain)
+                gain = np.maximum(gain, np.where((vm > 0) & (mm > 0), vm * vm / mm, -np.inf))
+        rows = np.arange(len(near))
+        best = gain.argmax(axis=1)
+        ok = np.isfinite(gain[rows, best])
+        # between grid points: the vertex of the parabola through the best and its neighbours
+        # (the same centre, to rounding, for a flipped image, whose grid is the mirror image)
+        inner = (best > 0) & (best < grid.shape[1] - 1)
+        b_in = np.where(inner, best, 1)
+        g0, g1, g2 = gain[rows, b_in - 1], gain[rows, b_in], gain[rows, b_in + 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            den = g0 - 2.0 * g1 + g2
+            frac = np.where(inner & np.isfinite(den) & (den < 0), 0.5 * (g0 - g2) / den, 0.0)
+        step = grid[rows, np.minimum(best + 1, grid.shape[1] - 1)] - grid[rows, best]
+        step = np.where(inner, step, 0.0)
+        out[near[ok], ax] = (grid[rows, best] + np.clip(np.nan_to_num(frac), -0.5, 0.5) * step)[ok]
+    return _within_lateral_edges(out, edges)
 
 
 # --------------------------------------------------------------------------- detection
@@ -1488,7 +1616,16 @@ def _detect_block(
             qij = _overlap(d2, sig[i], sig[j], cc[i], cc[j], bg, _W_Q)
             y = resp[kk, idx]
             q = unit_sd[kk, idx] ** 2
-            amp, var = _solve_clusters(n, i, j, m, q, kij, qij, y, corr)
+            # a punctum near an image edge: the filters see it with its mirror image, so its
+            # own response at its centre is the folded one (the neighbours' overlaps stay plain)
+            e_p = _edge_lines(p, edges, 2.0 * np.sqrt(nominal.sigma**2 + sig**2))
+            at_edge = np.flatnonzero(np.isfinite(e_p).any(axis=1))
+            m_fit = m
+            if len(at_edge):
+                pe, ee = p[at_edge], e_p[at_edge]
+                m_fit = m.astype(float).copy()
+                m_fit[at_edge] = _folded_overlap(pe, pe, ee, sig[at_edge], sig[at_edge], cc[at_edge], cc[at_edge], bg)
+            amp, var = _solve_clusters(n, i, j, m_fit, q, kij, qij, y, corr)
             tt = amp / (sn[idx] * np.sqrt(np.maximum(var, 1e-300)))
             # responses with the neighbours' fitted models removed (deblended), every scale
             deb = resp[:, idx].copy()
@@ -1515,7 +1652,14 @@ def _detect_block(
                 rows = np.arange(n_s)[:, None] * n
                 deb -= np.bincount((rows + i).ravel(), into_i.ravel(), minlength=n_s * n).reshape(n_s, n)
                 deb -= np.bincount((rows + j).ravel(), into_j.ravel(), minlength=n_s * n).reshape(n_s, n)
-            fit = np.sign(deb) * deb**2 / k0_all[:, None]  # least-squares gain of each size
+            deb_fit = deb
+            if len(at_edge):  # (each size's response as that of the same punctum away from the edge)
+                deb_fit = deb.copy()
+                for s_i in range(len(scales)):
+                    folded = _folded_overlap(pe, pe, ee, sig_all[s_i], sig[at_edge], c_all[s_i], cc[at_edge], bg)
+                    plain = _overlap(np.zeros_like(pe), sig_all[s_i], sig[at_edge], c_all[s_i], cc[at_edge], bg, _W_K)
+                    deb_fit[s_i, at_edge] *= plain / folded
+            fit = np.sign(deb_fit) * deb_fit**2 / k0_all[:, None]  # least-squares gain of each size
             z2 = (deb[nom] / (sn[idx] * unit_sd[nom, idx])) ** 2
             best_in = fit[:n_in].argmax(axis=0)
             f_in = fit[best_in, np.arange(n)]
@@ -1557,7 +1701,7 @@ def _detect_block(
             moved = np.zeros(n, bool)
             if refined < 2:
                 refined += 1
-                new_p = _refine(p, amp, sig, cc, i, j, f_nom, nominal, bg, edges)
+                new_p = _refine(p, amp, sig, cc, i, j, f_nom, nominal, bg, edges, sig_all[:n_in])
                 moved = np.abs(new_p - p).max(axis=1) > 0.02
             if not (resize or moved.any()):
                 break
