@@ -654,16 +654,14 @@ def _refine(
     nominal: _Scale,
     bg: np.ndarray,
     edges: tuple[np.ndarray, np.ndarray] | None = None,
-    sizes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sub-pixel centres from the deblended nominal response (the response map minus the
     neighbours' fitted models) at each centre pixel and its axial neighbours, by fitting a
     parabola to the logarithm along each axis (exact for a Gaussian peak).  Within two
     response widths of a reflecting image edge, the centre along that axis is instead the
-    least-squares fit of the punctum's folded profile (:func:`_edge_profile_model`) to 9
-    deblended probes across it, over a 0.02-pixel grid within 2 pixels and over ``sizes``
-    (the punctum sizes, (k, ndim); default: its fitted size), as the edge widens the blob
-    that the size choice sees."""
+    least-squares fit of the punctum's folded profile (:func:`_folded_overlap`, at its fitted
+    size) to 9 deblended probes across it, on a 0.1-pixel grid within 2 pixels refined by a
+    parabola through the best grid point and its neighbours."""
     n, ndim = p.shape
     c = np.rint(p).astype(int)
     shape = np.array(f_nom.shape)
@@ -693,10 +691,9 @@ def _refine(
     # near an image edge the filters see the punctum with its mirror image (they reflect the
     # image there): a parabola finds the centre of the two, on or near the edge; instead the
     # centre across that edge is the one whose folded profile fits the deblended response
-    # along a line of probes best (least squares, over the sizes given)
+    # along a line of probes best (least squares, at its fitted size)
     e_all = _edge_lines(p, edges, 2.0 * np.sqrt(nominal.sigma**2 + sig**2))
     probes = np.arange(-4, 5)
-    offsets = np.linspace(-2.0, 2.0, 201)
     for ax in range(ndim):
         near = np.flatnonzero(np.isfinite(e_all[:, ax]))
         if len(near) == 0:
@@ -720,20 +717,36 @@ def _refine(
                                                 bg, _W_K)
                 np.subtract.at(v, r_, o)
         v = v * valid
-        grid = np.clip(c[near][:, ax, None] + offsets[None], 0, shape[ax] - 1)  # (m, G)
-        centre = np.repeat(p[near][:, None, :], grid.shape[1], axis=1)  # (m, G, ndim)
-        centre[:, :, ax] = grid
-        e_near = e_all[near][:, None, None, :]
-        gain = np.full(grid.shape, -np.inf)
-        for s_try in ([sig[near]] if sizes is None else [np.broadcast_to(sz, sig[near].shape) for sz in sizes]):
-            model = _folded_overlap(x[:, None, :, :], centre[:, :, None, :], e_near, nominal.sigma,
-                                    s_try[:, None, None, :], 1.0, 1.0, bg) * valid[:, None, :]
+        pn, en = p[near], e_all[near]
+        s2 = sig[near] ** 2
+        # _folded_overlap (up to c_nom c_i), its Gaussian terms stacked on a first axis, with
+        # the factor of the other axes (the same at every grid point) taken once
+        q_ = np.arange(len(_W_K)).reshape(-1, 1, 1)
+        w_ = np.asarray(_W_K).reshape(-1, 1, 1, 1)
+        other = np.ones((len(_W_K),) + x.shape[:2])
+        for a2 in range(ndim):
+            if a2 != ax:
+                other = other * _fold_1d(x[None, :, :, a2], pn[None, :, None, a2], en[None, :, None, a2],
+                                         nominal.sigma[a2] ** 2 + q_ * bg[a2] ** 2, s2[None, :, None, a2])
+        other = w_ * (other * valid)[:, :, None, :]  # (terms, m, 1, P)
+        kap = (nominal.sigma[ax] ** 2 + q_ * bg[ax] ** 2)[..., None]
+
+        def gain_at(grid: np.ndarray) -> np.ndarray:
+            """|v|^2 minus the residual sum of squares of the best amplitude, per centre."""
+            along = _fold_1d(x[None, :, None, :, ax], grid[None, :, :, None], en[None, :, None, None, ax], kap,
+                             s2[None, :, None, None, ax])
+            model = (other * along).sum(axis=0)  # (m, G, P)
             vm = (v[:, None, :] * model).sum(axis=2)
             mm = (model * model).sum(axis=2)
             with np.errstate(divide="ignore", invalid="ignore"):
-                # (the residual sum of squares is |v|^2 minus this gain)
-                gain = np.maximum(gain, np.where((vm > 0) & (mm > 0), vm * vm / mm, -np.inf))
+                return np.where((vm > 0) & (mm > 0), vm * vm / mm, -np.inf)
+
         rows = np.arange(len(near))
+        # coarse (0.5 px within 2 px), then fine (0.1 px within half a pixel of the best)
+        coarse = np.clip(c[near][:, ax, None] + np.linspace(-2.0, 2.0, 9)[None], 0, shape[ax] - 1)
+        start = coarse[rows, gain_at(coarse).argmax(axis=1)]
+        grid = np.clip(start[:, None] + np.linspace(-0.5, 0.5, 11)[None], 0, shape[ax] - 1)
+        gain = gain_at(grid)
         best = gain.argmax(axis=1)
         ok = np.isfinite(gain[rows, best])
         # between grid points: the vertex of the parabola through the best and its neighbours
@@ -1573,6 +1586,7 @@ def _detect_block(
     a = t = np.zeros(0)
     k = np.zeros(0, int)
     twin = None  # index of the other punctum of a split blob, -1
+    edge_terms: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # folded self-terms of edge puncta
     split_min_d = max(_MIN_SEPARATION_PX, _SPLIT_MIN_SEP * float(sigma0[-2:].max()))
     for rnd in range(2):
         if twin is not None and len(twin) < len(pos):
@@ -1622,9 +1636,23 @@ def _detect_block(
             at_edge = np.flatnonzero(np.isfinite(e_p).any(axis=1))
             m_fit = m
             if len(at_edge):
-                pe, ee = p[at_edge], e_p[at_edge]
+                # (a punctum keeps its place and size over most rounds: its terms are kept)
+                pe, ke = p[at_edge], kk[at_edge]
+                keys = [row.tobytes() + int(k_).to_bytes(2, "little") for row, k_ in zip(pe, ke)]
+                new_rows = [r for r, key in enumerate(keys) if key not in edge_terms]
+                if new_rows:
+                    pn, ee = pe[new_rows], e_p[at_edge][new_rows]
+                    s_e, c_e = sig_all[ke[new_rows]], c_all[ke[new_rows]]
+                    s_a, c_a = sig_all[:, None, :], c_all[:, None]
+                    # each size's response to the punctum as away from the edge, over the folded one
+                    ratio = (_overlap(np.zeros((1,) + pn.shape), s_a, s_e[None], c_a, c_e[None], bg, _W_K)
+                             / _folded_overlap(pn[None], pn[None], ee[None], s_a, s_e[None], c_a, c_e[None], bg))
+                    m_self = _folded_overlap(pn, pn, ee, s_e, s_e, c_e, c_e, bg)
+                    for r_, r in enumerate(new_rows):
+                        edge_terms[keys[r]] = (m_self[r_], ratio[:, r_])
                 m_fit = m.astype(float).copy()
-                m_fit[at_edge] = _folded_overlap(pe, pe, ee, sig[at_edge], sig[at_edge], cc[at_edge], cc[at_edge], bg)
+                m_fit[at_edge] = [edge_terms[key][0] for key in keys]
+                edge_ratio = np.stack([edge_terms[key][1] for key in keys], axis=1)
             amp, var = _solve_clusters(n, i, j, m_fit, q, kij, qij, y, corr)
             tt = amp / (sn[idx] * np.sqrt(np.maximum(var, 1e-300)))
             # responses with the neighbours' fitted models removed (deblended), every scale
@@ -1655,10 +1683,7 @@ def _detect_block(
             deb_fit = deb
             if len(at_edge):  # (each size's response as that of the same punctum away from the edge)
                 deb_fit = deb.copy()
-                for s_i in range(len(scales)):
-                    folded = _folded_overlap(pe, pe, ee, sig_all[s_i], sig[at_edge], c_all[s_i], cc[at_edge], bg)
-                    plain = _overlap(np.zeros_like(pe), sig_all[s_i], sig[at_edge], c_all[s_i], cc[at_edge], bg, _W_K)
-                    deb_fit[s_i, at_edge] *= plain / folded
+                deb_fit[:, at_edge] *= edge_ratio
             fit = np.sign(deb_fit) * deb_fit**2 / k0_all[:, None]  # least-squares gain of each size
             z2 = (deb[nom] / (sn[idx] * unit_sd[nom, idx])) ** 2
             best_in = fit[:n_in].argmax(axis=0)
@@ -1701,7 +1726,7 @@ def _detect_block(
             moved = np.zeros(n, bool)
             if refined < 2:
                 refined += 1
-                new_p = _refine(p, amp, sig, cc, i, j, f_nom, nominal, bg, edges, sig_all[:n_in])
+                new_p = _refine(p, amp, sig, cc, i, j, f_nom, nominal, bg, edges)
                 moved = np.abs(new_p - p).max(axis=1) > 0.02
             if not (resize or moved.any()):
                 break
