@@ -29,7 +29,12 @@ fitted amplitude is significant is kept:
    fit, a punctum whose light two puncta of the nominal size explain significantly better
    (chi-square gain > 20 plus the model error of step 6; two spots closer than the minimum
    separation make one maximum) is replaced by the two, which stay two in the second fit down
-   to one sigma apart (2-D; :func:`_split_unresolved`).
+   to one sigma apart (2-D; :func:`_split_unresolved`).  Every filter reflects the image at
+   its edges, so a punctum within two response widths of an image edge is seen with its
+   mirror image: its own response, amplitude, size choice and centre across that edge use
+   the part of it inside the image folded at the edge (:func:`_folded_overlap`; a plain
+   parabola put a punctum 1 pixel inside 0.7 pixel outward and lost most puncta of sigma
+   2 pixels lying 0.5-1 pixel inside).
 
 5. **Size from the image.**  The punctum size (PSF convolved with the synapse) differs
    between microscopes; unless given, it is measured on the image
@@ -97,7 +102,7 @@ from scipy import stats
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
-from scipy.special import erf
+from scipy.special import erf, ndtr
 
 from analysis.measure.matching import PointMatch, match_points  # noqa: F401  (re-exported)
 from analysis.measure.hotpixels import MIN_SIGMA_PX as _HOT_MIN_SIGMA_PX
@@ -460,8 +465,6 @@ def _fold_1d(x: np.ndarray, p: np.ndarray, e: np.ndarray, kap: np.ndarray, s2: n
     with ``x' = 2 e - x`` and ``Phi(z)`` the fraction of the light the filter gathers from
     ``x`` that lies inside the image (normal densities of variance ``kap + s2``).  Where ``e``
     is NaN (no edge near) this is the plain ``N(x - p)``."""
-    from scipy.special import ndtr
-
     v = kap + s2
     plain = np.exp(-0.5 * (x - p) ** 2 / v) / np.sqrt(2.0 * np.pi * v)
     has = np.isfinite(e)
@@ -513,6 +516,44 @@ def _edge_lines(p: np.ndarray, edges: tuple[np.ndarray, np.ndarray] | None, reac
         line = np.where(d_lo <= d_hi, lo, hi)
         e[:, ax] = np.where(np.minimum(d_lo, d_hi) < np.broadcast_to(reach, p.shape)[:, ax], line, np.nan)
     return e
+
+
+def _clipped_light_fraction(image: np.ndarray, pos: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Per punctum, the fraction of its light lost to the detector's saturation (0 when its
+    centre pixel is not clipped; planes only, 0 for stacks).
+
+    A Gaussian punctum of peak ``A`` clipped at level ``L`` has a plateau of ``n`` pixels with
+    ``A / L = exp(n / (2 pi sx sy))``, and loses ``1 - (1 + ln(A/L)) L / A`` of its light above
+    the plateau; ``n`` is the connected patch of pixels at the saturation level under the
+    punctum (integer data: :func:`analysis.measure.quality.integer_saturation_level`;
+    floating-point data: the image's maximum when at least 3 pixels share it).  The fitted
+    Gaussian misses that light, so near a clipped punctum the model error is that large."""
+    out = np.zeros(len(pos))
+    img = np.asarray(image)
+    if img.ndim != 2 or len(pos) == 0 or not np.issubdtype(img.dtype, np.number):
+        return out
+    if np.issubdtype(img.dtype, np.integer):
+        from analysis.measure.quality import integer_saturation_level  # (quality imports this module)
+
+        at = img >= integer_saturation_level(img)
+    else:
+        finite = np.isfinite(img)
+        if not finite.any():
+            return out
+        top = img[finite].max()
+        at = img == top
+        if np.count_nonzero(at) < 3:
+            return out
+    if not at.any():
+        return out
+    lab, _ = ndi.label(at, np.ones((3, 3), bool))
+    size = np.bincount(lab.ravel())
+    size[0] = 0
+    ij = np.clip(np.rint(pos[:, -2:]).astype(int), 0, np.array(img.shape) - 1)
+    # the patch under the centre pixel or one of its 8 neighbours
+    patch = ndi.maximum_filter(lab, size=3, mode="constant")[ij[:, 0], ij[:, 1]]
+    u = size[patch] / (2.0 * np.pi * sigma[:, -2] * sigma[:, -1])  # ln(A / L)
+    return np.where(patch > 0, 1.0 - (1.0 + u) * np.exp(-u), 0.0)
 
 
 def _render(
@@ -660,8 +701,9 @@ def _refine(
     parabola to the logarithm along each axis (exact for a Gaussian peak).  Within two
     response widths of a reflecting image edge, the centre along that axis is instead the
     least-squares fit of the punctum's folded profile (:func:`_folded_overlap`, at its fitted
-    size) to 9 deblended probes across it, on a 0.1-pixel grid within 2 pixels refined by a
-    parabola through the best grid point and its neighbours."""
+    size) to 9 deblended probes across it: a 0.5-pixel grid within 2 pixels, then a 0.1-pixel
+    grid within half a pixel of its best point, refined by a parabola through the best point
+    and its neighbours."""
     n, ndim = p.shape
     c = np.rint(p).astype(int)
     shape = np.array(f_nom.shape)
@@ -1312,7 +1354,7 @@ def detect_puncta(
     >>> len(p), p["x"].round().tolist()
     (2, [30.0, 34.0])
     """
-    arr = np.asarray(image)
+    arr = raw = np.asarray(image)
     if arr.ndim not in (2, 3):
         raise ValueError(f"image must be YX or ZYX, got shape {arr.shape}")
     if not pixel_size_um > 0:
@@ -1435,9 +1477,11 @@ def detect_puncta(
         pr = cKDTree(pos / reach).query_pairs(1.0, output_type="ndarray")
         if len(pr):
             i, j = pr.T
+            # (a clipped punctum's model misses the light above the saturation level)
+            err = np.maximum(_PSF_MODEL_ERROR, _clipped_light_fraction(raw, pos, sig_all[k]))
             shadowed = np.zeros(len(pos), bool)
-            shadowed[i[a[i] < _PSF_MODEL_ERROR * a[j]]] = True
-            shadowed[j[a[j] < _PSF_MODEL_ERROR * a[i]]] = True
+            shadowed[i[a[i] < err[j] * a[j]]] = True
+            shadowed[j[a[j] < err[i] * a[i]]] = True
             pos, k, a, t, sn = pos[~shadowed], k[~shadowed], a[~shadowed], t[~shadowed], sn[~shadowed]
     # a punctum counts when its centre lies in the imaged field: laterally within the outer
     # pixels, axially between the first and last plane (maxima beyond them are light from
