@@ -456,7 +456,8 @@ def test_puncta_a_few_pixels_from_an_edge_are_not_pulled_onto_it() -> None:
     along = 20.0 + 28.0 * np.arange(4)
     true = np.vstack([np.c_[d, along], np.c_[127.0 - d, along + 8], np.c_[along + 4, d], np.c_[along + 12, 127.0 - d]])
     img = _spots((128, 128), true, 1.5, 2000.0, 300.0, seed=3)
-    found = detect_puncta(img, 0.1)[["y", "x"]].to_numpy()
+    detected = detect_puncta(img, 0.1)
+    found = detected[["y", "x"]].to_numpy()
     m = match_points(found, true, 1.5)
     assert m.recall == 1.0, (m.recall, found)
     err = found[m.pairs[:, 0]] - true[m.pairs[:, 1]]
@@ -464,7 +465,7 @@ def test_puncta_a_few_pixels_from_an_edge_are_not_pulled_onto_it() -> None:
     across = np.where(np.isin(m.pairs[:, 1], np.r_[0:8]), err[:, 0], err[:, 1])
     assert np.abs(across).max() <= 0.2, np.c_[true[m.pairs[:, 1]], across]
     assert np.abs(err).max() <= 0.25, err
-    amp = detect_puncta(img, 0.1)["intensity"].to_numpy()[m.pairs[:, 0]]
+    amp = detected["intensity"].to_numpy()[m.pairs[:, 0]]
     assert np.abs(amp / 2000.0 - 1.0).max() <= 0.05, amp
 
 

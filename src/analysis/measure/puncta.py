@@ -525,25 +525,15 @@ def _clipped_light_fraction(image: np.ndarray, pos: np.ndarray, sigma: np.ndarra
     A Gaussian punctum of peak ``A`` clipped at level ``L`` has a plateau of ``n`` pixels with
     ``A / L = exp(n / (2 pi sx sy))``, and loses ``1 - (1 + ln(A/L)) L / A`` of its light above
     the plateau; ``n`` is the connected patch of pixels at the saturation level under the
-    punctum (integer data: :func:`analysis.measure.quality.integer_saturation_level`;
-    floating-point data: the image's maximum when at least 3 pixels share it).  The fitted
-    Gaussian misses that light, so near a clipped punctum the model error is that large."""
+    punctum (:func:`analysis.measure.quality.saturated_mask`).  The fitted Gaussian misses
+    that light, so near a clipped punctum the model error is that large."""
+    from analysis.measure.quality import saturated_mask  # (quality imports this module)
+
     out = np.zeros(len(pos))
     img = np.asarray(image)
     if img.ndim != 2 or len(pos) == 0 or not np.issubdtype(img.dtype, np.number):
         return out
-    if np.issubdtype(img.dtype, np.integer):
-        from analysis.measure.quality import integer_saturation_level  # (quality imports this module)
-
-        at = img >= integer_saturation_level(img)
-    else:
-        finite = np.isfinite(img)
-        if not finite.any():
-            return out
-        top = img[finite].max()
-        at = img == top
-        if np.count_nonzero(at) < 3:
-            return out
+    at = saturated_mask(img)
     if not at.any():
         return out
     lab, _ = ndi.label(at, np.ones((3, 3), bool))
@@ -1694,7 +1684,7 @@ def _detect_block(
                     m_self = _folded_overlap(pn, pn, ee, s_e, s_e, c_e, c_e, bg)
                     for r_, r in enumerate(new_rows):
                         edge_terms[keys[r]] = (m_self[r_], ratio[:, r_])
-                m_fit = m.astype(float).copy()
+                m_fit = m.copy()
                 m_fit[at_edge] = [edge_terms[key][0] for key in keys]
                 edge_ratio = np.stack([edge_terms[key][1] for key in keys], axis=1)
             amp, var = _solve_clusters(n, i, j, m_fit, q, kij, qij, y, corr)

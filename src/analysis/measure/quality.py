@@ -44,6 +44,7 @@ __all__ = [
     "VALIDATED_RANGE",
     "bit_depth",
     "saturated_fraction",
+    "saturated_mask",
     "integer_saturation_level",
     "fit_brightness",
     "image_snr",
@@ -182,13 +183,30 @@ def saturated_fraction(image: np.ndarray, dtype_max: float | None = None) -> flo
         return 0.0
     if dtype_max is not None:
         return float(np.mean(a >= dtype_max))
-    top = a.max()
+    return float(np.mean(saturated_mask(a)))
+
+
+def saturated_mask(image: np.ndarray) -> np.ndarray:
+    """Pixels at the detector's saturation level (the default of :func:`saturated_fraction`).
+
+    Integer data: at or above :func:`integer_saturation_level`; floating-point data: the
+    infinite pixels if any, else the pixels at the image's maximum when at least 3 share it.
+
+    Examples
+    --------
+    >>> saturated_mask(np.array([[3, 255, 255]], np.uint8)).tolist()
+    [[False, True, True]]
+    """
+    a = np.asarray(image)
+    if a.size == 0:
+        return np.zeros(a.shape, bool)
     if np.issubdtype(a.dtype, np.integer):
-        return float(np.mean(a >= integer_saturation_level(a)))
+        return a >= integer_saturation_level(a)
+    top = a.max()
     if not np.isfinite(top):
-        return float(np.mean(np.isinf(a)))
-    n_top = int(np.count_nonzero(a == top))
-    return n_top / a.size if n_top >= 3 else 0.0
+        return np.isinf(a)
+    at = a == top
+    return at if np.count_nonzero(at) >= 3 else np.zeros(a.shape, bool)
 
 
 # --------------------------------------------------------------------------- brightness
