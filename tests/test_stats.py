@@ -325,3 +325,68 @@ def test_fit_warnings_keep_the_models_and_not_a_collected_objects(monkeypatch: p
     trend = fit_synapse_trend(simulate_measurements("default", 0))
     assert trend["warnings"].str.contains("a warning of the fit itself").all()
     assert not trend["warnings"].str.contains("unclosed").any()
+
+
+def _positions_table(seed: int = 3, sd_position: float = 0.3) -> pd.DataFrame:
+    """Spine-arm-like table: 2 groups x 6 animals x 2 positions x 3 sessions, the same positions
+    every session; log density = cell mean + animal + animal x session + position + residual."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for compound, dose, drop in (("vehicle", 0.0, 0.0), ("diazepam", 5.0, np.log(0.87))):
+        for a in range(6):
+            animal = f"{compound[:3]}{a}"
+            u_a = rng.normal(0, 0.1)
+            u_s = {d: rng.normal(0, 0.03) for d in (-3, 7, 63)}
+            for f in (1, 2):
+                u_p = rng.normal(0, sd_position)
+                for d in (-3, 7, 63):
+                    mu = np.log(0.8) + (drop if d == 7 else 0.0)
+                    rows.append({"animal_id": animal, "genotype": "WT", "compound": compound, "dose_mg_kg": dose,
+                                 "treatment_days": 7, "day": d, "field": f,
+                                 "density": float(np.exp(mu + u_a + u_s[d] + u_p + rng.normal(0, 0.05)))})
+    return pd.DataFrame(rows)
+
+
+def test_position_effect_measures_changes_within_each_position() -> None:
+    """Positions imaged at every session (two-photon spine arm): with the position effect the
+    change versus vehicle has the same estimate (balanced design) and a much narrower interval
+    that still covers the truth; the position variance is recovered."""
+    m = _positions_table()
+    plain = session_contrasts(fit_synapse_lmm(m, "density"))
+    fit = fit_synapse_lmm(m, "density", position="field")
+    within = session_contrasts(fit)
+    row = lambda c: c[(c["group"] == "WT diazepam 5 mg/kg x 7 d") & (c["day"] == 7)].iloc[0]  # noqa: E731
+    a, b = row(plain), row(within)
+    assert b["pct_vs_vehicle"] == pytest.approx(a["pct_vs_vehicle"], abs=1e-6)
+    width = lambda r: r["pct_vs_vehicle_ci_high"] - r["pct_vs_vehicle_ci_low"]  # noqa: E731
+    assert width(b) < 0.5 * width(a)
+    assert b["pct_vs_vehicle_ci_low"] < -13.0 < b["pct_vs_vehicle_ci_high"]
+    vc = fit.variance_components.set_index("component")["variance"]
+    # between positions: animal + position (0.1^2 + 0.3^2 simulated; two positions per animal
+    # split it between the two poorly, as lme4 does: tests/test_stats_lme4.py)
+    assert 0.03 < vc["animal"] + vc["position (same at every session)"] < 0.3
+    assert vc["residual (field)"] < 0.02
+
+
+def test_position_without_repeated_sessions_is_noted_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    m = _positions_table()
+    m["field"] = m["field"].astype(str) + "_" + m["day"].astype(str)  # a new position every session
+    with caplog.at_level(logging.WARNING, logger="analysis.stats.models"):
+        fit = fit_synapse_lmm(m, "density", position="field")
+    assert "position (same at every session)" not in set(fit.variance_components["component"])
+    assert any("no field imaged at more than one session" in w for w in fit.warnings)
+    plain = fit_synapse_lmm(m, "density")
+    np.testing.assert_allclose(fit.coefficients["se"], plain.coefficients["se"], rtol=1e-6)
+    with pytest.raises(KeyError, match="position column 'site'"):
+        fit_synapse_lmm(m, "density", position="site")
+
+
+def test_one_position_per_animal_is_the_animal_effect() -> None:
+    """With one imaged position per animal the position effect would duplicate the animal's
+    (a singular model): the fit is the model without it."""
+    m = _positions_table()
+    m = m[m["field"] == 1]
+    fit = fit_synapse_lmm(m, "density", position="field")
+    plain = fit_synapse_lmm(m, "density")
+    assert "position (same at every session)" not in set(fit.variance_components["component"])
+    np.testing.assert_allclose(fit.coefficients["se"], plain.coefficients["se"], rtol=1e-6)

@@ -46,7 +46,7 @@ from analysis.io.files import atomic_path, write_csv
 from analysis.io import ANALYSIS_PLAN, REQUIRED_COLUMNS
 from analysis.sim.truth import WILD_TYPE, calibrated_model
 
-__all__ = ["simulate_study", "SAMPLE_COLUMNS"]
+__all__ = ["simulate_study", "series_sessions", "SAMPLE_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +143,28 @@ def _render_one(task: dict[str, Any]) -> dict[str, Any]:
     return truth
 
 
-def _render_series(task: dict[str, Any]) -> list[dict[str, Any]]:
-    """Render the two-photon sessions of one imaged position (the same dendrites every day)."""
+def series_sessions(rows: list[dict[str, Any]], *, seed: int, spine_preset: str) -> list[Any]:
+    """The two-photon sessions of one imaged position of a study (the same dendrites every day).
+
+    ``rows`` are the design rows of the position (:func:`analysis.sim.design.build_design`, one
+    per session, sharing ``series``); ``seed`` is the study's.  Returns one
+    :class:`analysis.sim.spines.SpineSession` per row, as :func:`simulate_study` writes them.
+    """
     from analysis.sim import spines
 
+    series_seed = zlib.crc32(f"{seed}/{rows[0]['series']}".encode())
+    return spines.simulate_spine_sessions(
+        series_seed, preset=spine_preset, snr=rows[0]["snr_level"],
+        days=[float(r["day"]) for r in rows], target_density_ratio=[r["true_spine_density_ratio"] for r in rows],
+        spine_density_per_um=spines.PRESETS[spine_preset]["spine_density_per_um"] * rows[0]["spine_animal_effect"],
+        dtype="uint16")
+
+
+def _render_series(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """Render the two-photon sessions of one imaged position (the same dendrites every day)."""
     out = Path(task["out_dir"])
     rows = task["rows"]
-    series_seed = zlib.crc32(f"{task['seed']}/{rows[0]['series']}".encode())
-    sessions = spines.simulate_spine_sessions(
-        series_seed, preset=task["spine_preset"], snr=rows[0]["snr_level"],
-        days=[float(r["day"]) for r in rows], target_density_ratio=[r["true_spine_density_ratio"] for r in rows],
-        spine_density_per_um=spines.PRESETS[task["spine_preset"]]["spine_density_per_um"]
-        * rows[0]["spine_animal_effect"],
-        dtype="uint16")
+    sessions = series_sessions(rows, seed=task["seed"], spine_preset=task["spine_preset"])
     truths = []
     for r, sess in zip(rows, sessions, strict=True):
         image_id = r["image_id"]

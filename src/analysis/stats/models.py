@@ -8,7 +8,9 @@ within an animal.  The models here therefore never treat fields (or cells) as in
 * :func:`fit_synapse_lmm` fits a linear mixed model on log density with one mean per
   treatment group and session (a cell-means model, so no shape of the dose or time course is
   assumed), a random intercept per animal and a random animal x session intercept, to the
-  image-level rows; :func:`session_contrasts` turns it into percent changes from baseline
+  image-level rows (and, for the two-photon spine arm, where the same dendrites are imaged
+  at every session, a random intercept per imaged position); :func:`session_contrasts` turns
+  it into percent changes from baseline
   and versus the matching vehicle group with 95 % confidence intervals and Holm-adjusted
   p values, reporting n as animals.
 
@@ -193,7 +195,7 @@ class SynapseFit:
 
 def fit_synapse_lmm(
     measurements: pd.DataFrame, value: str = "puncta_density_per_100um2", *, zeros: str = "exclude",
-    covariates: Sequence[str] = (),
+    covariates: Sequence[str] = (), position: str | None = None,
 ) -> SynapseFit:
     """Linear mixed model of log density: group x session means, animal and animal x session effects.
 
@@ -220,13 +222,23 @@ def fit_synapse_lmm(
         are at the study's average covariate values and contrasts compare groups at equal
         image quality.  Fields where a covariate is missing are left out and counted in the
         warnings.
+    position : str, optional
+        Column naming the imaged position within an animal when the *same* position is imaged
+        at several sessions (the ``field`` of the two-photon spine arm: the same dendrites every
+        session).  The model then has a position-within-animal effect too, so each position's
+        own level (a denser dendrite, a dimmer image where fewer spines are detected) is common
+        to its sessions and cancels from the change from baseline; without it that level is
+        residual noise, independent between sessions, and the intervals of changes are too
+        wide.  Ignored (with a note) when no position is imaged at more than one session, and
+        when every animal has one position (the animal's effect is then the position's).
 
     Returns
     -------
     SynapseFit
         ``coefficients`` (one row per group x session cell: estimate on the log scale, SE as
         lme4 reports it, :func:`fixed_effects_covariance`),
-        ``variance_components`` (animal, animal x session, residual), ``cells`` (the group and
+        ``variance_components`` (animal, animal x session, position when modelled, residual),
+        ``cells`` (the group and
         day of each coefficient with the number of animals), the statsmodels result, whether
         it converged and the warnings raised while fitting (surfaced, not hidden).
 
@@ -274,6 +286,16 @@ def fit_synapse_lmm(
     # a cross-sectional design (every animal imaged in one session) has no animal x session
     # component separate from the animal's own: the model keeps the animal intercept only
     longitudinal = bool(df.groupby("animal_id")["day"].nunique().max() > 1) if len(df) else False
+    repeated = False
+    if position is not None:
+        if position not in df:
+            raise KeyError(f"position column {position!r} is not a column of the measurements")
+        df["_position"] = df[position].astype(str)
+        repeated = bool(longitudinal and df.groupby(["animal_id", "_position"])["day"].nunique().max() > 1)
+        if not repeated:
+            notes.append(f"no {position} imaged at more than one session: no position effect modelled")
+        # one position per animal: its level is the animal's own effect (already in the model)
+        repeated = repeated and bool(df.groupby("animal_id")["_position"].nunique().max() > 1)
     if not longitudinal:
         notes.append("cross-sectional design (one session per animal): animal x session variance not "
                      "separable from the animal's, modelled as one animal effect")
@@ -289,10 +311,11 @@ def fit_synapse_lmm(
         if one_image:
             result = smf.ols(formula, df).fit()
         else:
-            model = smf.mixedlm(
-                formula, df, groups="animal_id", re_formula="1",
-                **({"vc_formula": {"session": "0 + C(day)"}} if longitudinal else {}),
-            )
+            vc = {"session": "0 + C(day)"} if longitudinal else {}
+            if repeated:
+                vc["position"] = "0 + C(_position)"
+            model = smf.mixedlm(formula, df, groups="animal_id", re_formula="1",
+                                **({"vc_formula": vc} if vc else {}))
             try:
                 result = model.fit(reml=True, method=["lbfgs", "powell"])
             except np.linalg.LinAlgError:
@@ -328,18 +351,19 @@ def fit_synapse_lmm(
     coef = coef[~is_cov].copy()
     coef["cell"] = coef["term"].str.replace(r"^C\(cell\)\[(.*)\]$", r"\1", regex=True)
     coef = coef.merge(cells, on="cell", how="left")
-    vc = pd.DataFrame(
-        {
-            "component": ["animal", "animal x session", "residual (field)"],
-            "variance": [np.nan if one_image else float(result.cov_re.iloc[0, 0]),
-                         float(result.vcomp[0]) if longitudinal and not one_image else np.nan,
-                         float(result.scale)],
-        }
-    )
+    vcomp = ({} if one_image else dict(zip(result.model.exog_vc.names, np.asarray(result.vcomp, float)))
+             if longitudinal else {})
+    components = ["animal", "animal x session", *(["position (same at every session)"] if repeated else []),
+                  "residual (field)"]
+    variances = [np.nan if one_image else float(result.cov_re.iloc[0, 0]), vcomp.get("session", np.nan),
+                 *([vcomp.get("position", np.nan)] if repeated else []), float(result.scale)]
+    vc = pd.DataFrame({"component": components, "variance": variances})
     # between-animal SD of one animal's session mean (log scale): the scale of Cohen's d
     fields = float(df.groupby(["animal_id", "day"]).size().mean())
-    sd_animal = float(np.sqrt(np.nan_to_num(vc["variance"].iloc[0]) + np.nan_to_num(vc["variance"].iloc[1])
-                              + vc["variance"].iloc[2] / fields))
+    positions = float(df.groupby("animal_id")["_position"].nunique().mean()) if repeated else 1.0
+    sd_animal = float(np.sqrt(np.nan_to_num(variances[0]) + np.nan_to_num(variances[1])
+                              + (np.nan_to_num(variances[2]) / positions if repeated else 0.0)
+                              + variances[-1] / fields))
     # degrees of freedom of group contrasts: animals minus groups (the between-animal rule;
     # Wald z is too liberal with a handful of animals per group).  For the within-animal
     # contrasts (changes from baseline and their differences) lmerTest's Satterthwaite and
@@ -734,15 +758,19 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
 
 #: Image-level readout of the two-photon spine arm (:mod:`analysis.measure.spines`).
 SPINE_VALUE = "spine_density_per_um"
+#: Sheet column naming the imaged position of the spine arm (the same dendrites every session;
+#: :mod:`analysis.stats.turnover` follows spines within it too).
+SPINE_POSITION = "field"
 
 
 def _fit_spines(m: pd.DataFrame, out: Path, *, primary: str | None) -> dict[str, Path]:
     """Spine density over sessions: the longitudinal model of :func:`fit_synapse_lmm` on log
-    spines per um (animal and animal x session effects; the same dendrites every session),
-    percent change from baseline and versus vehicle, the primary group tested first."""
+    spines per um (animal and animal x session effects, and a position effect where the sheet's
+    ``field`` names the imaged position: the same dendrites every session), percent change
+    from baseline and versus vehicle, the primary group tested first."""
     from analysis.io.files import write_csv
 
-    fit = fit_synapse_lmm(m, SPINE_VALUE)
+    fit = fit_synapse_lmm(m, SPINE_VALUE, position=SPINE_POSITION if SPINE_POSITION in m else None)
     paths = {"spine_session_means": out / "spine_session_means.csv",
              "spine_coefficients": out / "spine_lmm_coefficients.csv",
              "spine_variance": out / "spine_lmm_variance.csv",

@@ -1,0 +1,259 @@
+"""End-to-end calibration of the spine-density statistics: two-photon images -> detection -> model.
+
+The spine arm of the default study (:data:`analysis.sim.design.PRESETS`, ``"default"``: WT and
+TSPO-KO, vehicle and diazepam 5 mg/kg x 7 d, 6 animals per group, 2 imaged positions per
+animal, sessions on days -3, 7 and 63) is simulated *as images* for many more animals than a
+study has (the "bank": ``--animals`` per group), and every image is measured by the pipeline's
+own per-image entry (:func:`analysis.pipeline.quantify.measure_image`, the registry's
+``spines`` readout with its defaults: what ``analysis quantify`` does).  Studies are then drawn
+from the bank (6 animals per group, without replacement within a study) and fitted by the
+report's spine model (:func:`analysis.stats.models.fit_synapse_lmm` on log spines per um,
+:func:`session_contrasts`), with and without a position-within-animal effect, on the measured
+densities and on the true densities of the same images (``perfect``).
+
+*Effect* studies keep the bank's groups (the truth model's spine loss: -13 % at the end of
+7 days of 5 mg/kg in WT, none in the knockout, recovery by day 63).  *Null* studies draw 12
+vehicle animals of a genotype and call 6 of them treated: every contrast's truth is 0 and the
+draws have the vehicle's distribution.
+
+Figures per contrast: bias of the percent change versus vehicle (points), CI coverage of the
+truth, CI width, power or type I error at alpha 0.05 (for the primary contrast, WT diazepam
+5 mg/kg x 7 d at day 7, tested first in the report's fixed sequence).  Studies drawn from one
+bank share animals, so the bank's own sampling error (a bank of 40 animals per group against
+6 per study) is common to all of them: the Monte-Carlo interval of a coverage of 0.95 over
+400 studies (+-0.02) understates it.
+
+Usage::
+
+    python benchmarks/calibrate_spines_e2e.py bank --animals 40 --workers 2
+    python benchmarks/calibrate_spines_e2e.py analyse --studies 400
+
+The bank is cached in ``benchmarks/results/spines_e2e/bank_seed<seed>.parquet``; results go to
+``benchmarks/results/spines_e2e/`` (``studies.csv`` per study and contrast, ``summary.md``;
+stage ``summary`` rewrites the summary from ``studies.csv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "spines_e2e"
+PRIMARY = "WT diazepam 5 mg/kg x 7 d"
+VALUE = "spine_density_per_um"
+TRUE = "true_spine_density_per_um"
+ANIMALS_PER_STUDY = 6
+
+log = logging.getLogger("calibrate_spines_e2e")
+
+
+def bank_design(animals: int, seed: int) -> pd.DataFrame:
+    """Design rows of the default spine arm with ``animals`` animals per group (truth columns kept)."""
+    from analysis.sim.design import PRESETS, build_design
+    from analysis.sim.truth import calibrated_model
+
+    base = PRESETS["default"]
+    preset = dataclasses.replace(base, groups=(), animals_per_group=0, spine_animals_per_group=animals)
+    design = build_design(preset, calibrated_model(), seed)
+    return design[design["readout"] == "spine"].reset_index(drop=True)
+
+
+def _measure_series(task: tuple[list[dict], int, str]) -> list[dict]:
+    """Render one position's sessions as ``simulate_study`` does and measure each image as ``quantify`` does."""
+    from analysis.pipeline.quantify import measure_image
+    from analysis.sim.simulate import series_sessions
+
+    rows, seed, spine_preset = task
+    out = []
+    for r, sess in zip(rows, series_sessions(rows, seed=seed, spine_preset=spine_preset), strict=True):
+        px = float(sess.info["pixel_size_um"])
+        row, _ = measure_image(np.asarray(sess.image)[None, None], px, {"dendrite_channel": 0})
+        length = float(sess.info["length_in_field_um"])
+        out.append({k: r[k] for k in ("image_id", "animal_id", "genotype", "compound", "dose_mg_kg",
+                                      "treatment_days", "day", "field", "snr_level", "true_spine_density_ratio")}
+                   | {VALUE: row.get(VALUE, np.nan), "n_spines": row.get("n_spines", np.nan),
+                      "dendrite_length_um": row.get("dendrite_length_um", np.nan),
+                      "true_spine_count": int(sess.info["spines_in_field"]), "true_dendrite_length_um": length,
+                      TRUE: int(sess.info["spines_in_field"]) / length if length > 0 else np.nan})
+    return out
+
+
+def build_bank(animals: int, seed: int, workers: int) -> Path:
+    from analysis.sim.design import PRESETS
+
+    path = OUT / f"bank_seed{seed}.parquet"
+    design = bank_design(animals, seed)
+    tasks = [(sub.to_dict("records"), seed, PRESETS["default"].spine_preset)
+             for _, sub in design.groupby("series", sort=False)]
+    t0 = time.perf_counter()
+    rows = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for i, res in enumerate(pool.map(_measure_series, tasks)):
+            rows += res
+            if (i + 1) % 20 == 0:
+                log.info("%d / %d positions, %.0f s", i + 1, len(tasks), time.perf_counter() - t0)
+    bank = pd.DataFrame(rows)
+    OUT.mkdir(parents=True, exist_ok=True)
+    bank.to_parquet(path)
+    log.info("bank: %d images of %d animals in %.0f s -> %s", len(bank), bank.animal_id.nunique(),
+             time.perf_counter() - t0, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- studies
+def draw_study(bank: pd.DataFrame, rng: np.random.Generator, null: bool) -> pd.DataFrame:
+    """One study: ``ANIMALS_PER_STUDY`` animals per group of the bank (null: vehicles relabelled)."""
+    parts = []
+    for genotype, sub in bank.groupby("genotype"):
+        veh = sub[sub["compound"] == "vehicle"]
+        trt = sub[sub["compound"] != "vehicle"]
+        veh_animals = veh["animal_id"].unique()
+        if null:
+            pick = rng.choice(veh_animals, 2 * ANIMALS_PER_STUDY, replace=False)
+            a, b = pick[:ANIMALS_PER_STUDY], pick[ANIMALS_PER_STUDY:]
+            template = trt.iloc[0]
+            treated = veh[veh["animal_id"].isin(b)].assign(
+                compound=template["compound"], dose_mg_kg=template["dose_mg_kg"], true_spine_density_ratio=1.0,
+                animal_id=lambda d: d["animal_id"] + "t")
+            parts += [veh[veh["animal_id"].isin(a)], treated]
+        else:
+            a = rng.choice(veh_animals, ANIMALS_PER_STUDY, replace=False)
+            b = rng.choice(trt["animal_id"].unique(), ANIMALS_PER_STUDY, replace=False)
+            parts += [veh[veh["animal_id"].isin(a)], trt[trt["animal_id"].isin(b)]]
+    return pd.concat(parts, ignore_index=True)
+
+
+def truth_pct(study: pd.DataFrame) -> dict[tuple[str, int], float]:
+    """True percent change versus vehicle of every treated group and day (the truth model's ratio)."""
+    from analysis.io.vocabulary import group_label
+
+    out = {}
+    for (g, c, d, t, day), sub in study.groupby(["genotype", "compound", "dose_mg_kg", "treatment_days", "day"]):
+        if c == "vehicle":
+            continue
+        base = study[(study.genotype == g) & (study.compound == c) & (study.day == study.day.min())]
+        out[(group_label(g, c, d, t), int(day))] = 100 * (sub["true_spine_density_ratio"].mean()
+                                                          / base["true_spine_density_ratio"].mean() - 1)
+    return out
+
+
+def fit_one(study: pd.DataFrame, value: str, position: str | None) -> pd.DataFrame:
+    from analysis.stats.models import fit_synapse_lmm, session_contrasts
+
+    fit = fit_synapse_lmm(study, value, position=position)
+    con = session_contrasts(fit, primary=PRIMARY)
+    con = con[con["pct_vs_vehicle"].notna()].copy()
+    return con[["group", "day", "pct_vs_vehicle", "pct_vs_vehicle_ci_low", "pct_vs_vehicle_ci_high",
+                "p_vs_vehicle", "p_vs_vehicle_adjusted", "planned", "primary"]].assign(converged=fit.converged)
+
+
+MODELS = {"report (animal, animal x session)": None, "with position effect": "field"}
+
+
+def _analyse_one(task: tuple[pd.DataFrame, int, bool]) -> list[pd.DataFrame]:
+    import warnings
+
+    bank, k, null = task
+    rng = np.random.default_rng([k, int(null)])
+    study = draw_study(bank, rng, null)
+    truth = truth_pct(study)
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for counts, value in (("measured", VALUE), ("perfect", TRUE)):
+            for model, position in MODELS.items():
+                con = fit_one(study, value, position)
+                con["truth"] = [truth[(g, int(d))] for g, d in zip(con["group"], con["day"])]
+                out.append(con.assign(study=k, null=null, counts=counts, model=model))
+    return out
+
+
+def summarise(res: pd.DataFrame) -> pd.DataFrame:
+    res = res.assign(covered=(res.pct_vs_vehicle_ci_low <= res.truth) & (res.truth <= res.pct_vs_vehicle_ci_high),
+                     width=res.pct_vs_vehicle_ci_high - res.pct_vs_vehicle_ci_low,
+                     error=res.pct_vs_vehicle - res.truth,
+                     significant=res.p_vs_vehicle < 0.05,
+                     significant_adjusted=res.p_vs_vehicle_adjusted < 0.05)
+    keys = ["null", "counts", "model", "group", "day"]
+    s = res.groupby(keys).agg(studies=("study", "nunique"), truth=("truth", "mean"), mean_estimate=("pct_vs_vehicle", "mean"),
+                              bias=("error", "mean"), coverage=("covered", "mean"), ci_width=("width", "median"),
+                              rejected=("significant", "mean"), rejected_adjusted=("significant_adjusted", "mean"),
+                              converged=("converged", "mean")).reset_index()
+    return s
+
+
+def analyse(bank_path: Path, studies: int, workers: int) -> None:
+    bank = pd.read_parquet(bank_path)
+    t0 = time.perf_counter()
+    tasks = [(bank, k, null) for null in (False, True) for k in range(studies)]
+    parts = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for i, res in enumerate(pool.map(_analyse_one, tasks, chunksize=8)):
+            parts += res
+            if (i + 1) % 100 == 0:
+                log.info("%d / %d studies, %.0f s", i + 1, len(tasks), time.perf_counter() - t0)
+    res = pd.concat(parts, ignore_index=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    res.to_csv(OUT / "studies.csv", index=False)
+    log.info("%d studies fitted in %.0f s", len(tasks), time.perf_counter() - t0)
+    write_summary(res, bank, bank_path.name)
+
+
+def write_summary(res: pd.DataFrame, bank: pd.DataFrame, bank_name: str) -> None:
+    """``summary.csv`` and ``summary.md`` (printed) from the per-study rows of :func:`analyse`."""
+    s = summarise(res)
+    s.to_csv(OUT / "summary.csv", index=False)
+    studies = res.groupby("null")["study"].nunique()
+    lines = [f"# Spine density statistics end to end ({studies.get(False, 0)} effect + {studies.get(True, 0)} null "
+             f"studies from {bank_name}: {bank.animal_id.nunique()} animals, {len(bank)} images)", ""]
+    for null in (False, True):
+        sub = s[s.null == null].sort_values(["group", "day", "counts", "model"])
+        lines += [f"## {'Null' if null else 'Effect'} studies", "",
+                  "| group @ day | counts | model | truth % | mean estimate % | bias (points) | coverage | CI width (points) | "
+                  f"{'type I error' if null else 'power'} (unadjusted / adjusted) | converged |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sub.itertuples():
+            lines.append(f"| {r.group} @ {r.day} | {r.counts} | {r.model} | {r.truth:+.1f} | {r.mean_estimate:+.1f} | "
+                         f"{r.bias:+.1f} | {r.coverage:.3f} | {r.ci_width:.1f} | {r.rejected:.3f} / "
+                         f"{r.rejected_adjusted:.3f} | {r.converged:.3f} |")
+        lines.append("")
+    ratio = (bank[VALUE] / bank[TRUE]).groupby(bank["snr_level"])
+    lines += ["## Bank: measured / true spine density per image, by SNR level", "",
+              "| SNR level | images | median | 10th-90th percentile |", "|---|---|---|---|"]
+    for level, r in ratio:
+        lines.append(f"| {level} | {r.size} | {r.median():.3f} | {r.quantile(0.1):.3f}-{r.quantile(0.9):.3f} |")
+    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("stage", choices=["bank", "analyse", "summary"])
+    ap.add_argument("--animals", type=int, default=40, help="animals per group in the bank")
+    ap.add_argument("--seed", type=int, default=70_000, help="seed of the bank's design and images")
+    ap.add_argument("--studies", type=int, default=400, help="effect studies (and as many null studies)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.stage == "bank":
+        build_bank(args.animals, args.seed, args.workers)
+    elif args.stage == "analyse":
+        analyse(OUT / f"bank_seed{args.seed}.parquet", args.studies, args.workers)
+    else:  # the tables again from the per-study rows of the last analyse
+        path = OUT / f"bank_seed{args.seed}.parquet"
+        write_summary(pd.read_csv(OUT / "studies.csv"), pd.read_parquet(path), path.name)
+
+
+if __name__ == "__main__":
+    main()
