@@ -11,6 +11,13 @@ report's spine model (:func:`analysis.stats.models.fit_synapse_lmm` on log spine
 :func:`session_contrasts`), with and without a position-within-animal effect, on the measured
 densities and on the true densities of the same images (``perfect``).
 
+Each position's sessions are also tracked as ``quantify``'s series step does
+(:func:`analysis.pipeline.readouts.track_spines_series`), and the simulation's own identities
+give the true tracks (:func:`true_tracks`).  Per study the lost and gained fractions per animal
+and interval are compared with vehicle as the report does
+(:func:`analysis.stats.turnover.spine_turnover`, :func:`versus_vehicle`: Welch's t over animals),
+on the measured and on the true tracks.
+
 *Effect* studies keep the bank's groups (the truth model's spine loss: -13 % at the end of
 7 days of 5 mg/kg in WT, none in the knockout, recovery by day 63).  *Null* studies draw 12
 vehicle animals of a genotype and call 6 of them treated: every contrast's truth is 0 and the
@@ -30,9 +37,12 @@ Usage::
     python benchmarks/calibrate_spines_e2e.py bank --animals 40 --workers 2
     python benchmarks/calibrate_spines_e2e.py analyse --studies 400
 
-The bank is cached in ``benchmarks/results/spines_e2e/bank_seed<seed>.parquet``; results go to
-``benchmarks/results/spines_e2e/`` (``studies.csv`` per study and contrast, ``summary.md``;
-stage ``summary`` rewrites the summary from ``studies.csv``).
+The bank is cached in ``benchmarks/results/spines_e2e/bank_seed<seed>.parquet`` (images) and
+``tracks_seed<seed>.parquet`` (tracks); results go to
+``benchmarks/results/spines_e2e/`` (``studies.csv`` per study and contrast, ``summary.md``,
+``summary.csv``, ``summary_turnover.csv``; the summary is also written to the committed
+``benchmarks/calibration_spines_e2e.md`` that the report's validation notebook shows; stage
+``summary`` rewrites it from ``studies.csv``).
 """
 
 from __future__ import annotations
@@ -50,12 +60,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from calibrate_e2e import _commit  # noqa: E402  (benchmarks/ is the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "spines_e2e"
 PRIMARY = "WT diazepam 5 mg/kg x 7 d"
 VALUE = "spine_density_per_um"
 TRUE = "true_spine_density_per_um"
 ANIMALS_PER_STUDY = 6
+#: The committed summary (shown by the report's validation notebook).
+COMMITTED = ROOT / "benchmarks" / "calibration_spines_e2e.md"
 
 log = logging.getLogger("calibrate_spines_e2e")
 
@@ -71,14 +85,45 @@ def bank_design(animals: int, seed: int) -> pd.DataFrame:
     return design[design["readout"] == "spine"].reset_index(drop=True)
 
 
-def _measure_series(task: tuple[list[dict], int, str]) -> list[dict]:
-    """Render one position's sessions as ``simulate_study`` does and measure each image as ``quantify`` does."""
+_POSITION_COLUMNS = ("animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "field")
+
+
+def true_tracks(sessions: list) -> pd.DataFrame:
+    """The simulation's truth in the layout of :func:`analysis.measure.spines.track_spines`:
+    one row per in-field spine per session (``track_id`` = its identity), ``status`` stable /
+    gained relative to the previous session, a ``lost`` row for each spine of the previous
+    session's field that no longer exists; ``in_common_field`` for spines in both sessions'
+    fields, new ones and lost ones (a persistent spine that entered or left the field gets
+    no call)."""
+    rows = []
+    prev_all: set[int] = set()
+    prev_in: set[int] = set()
+    for k, sess in enumerate(sessions):
+        sp = sess.spines
+        now_all = set(sp["spine_id"].tolist())
+        now_in = set(sp.loc[sp["in_field"].astype(bool), "spine_id"].tolist())
+        for i in sorted(now_in):
+            new = k > 0 and i not in prev_all
+            rows.append((k, i, "gained" if new else "stable", bool(k == 0 or new or i in prev_in)))
+        if k > 0:
+            rows += [(k, i, "lost", True) for i in sorted(prev_in - now_all)]
+        prev_all, prev_in = now_all, now_in
+    return pd.DataFrame(rows, columns=["session", "track_id", "status", "in_common_field"])
+
+
+def _measure_series(task: tuple[list[dict], int, str]) -> tuple[list[dict], pd.DataFrame]:
+    """Render one position's sessions as ``simulate_study`` does, measure each image as
+    ``quantify`` does and track its spines as ``quantify``'s series step does; also the true
+    tracks (:func:`true_tracks`).  Returns the image rows and both tracks (``counts``
+    measured / perfect)."""
     from analysis.pipeline.quantify import measure_image
+    from analysis.pipeline.readouts import track_spines_series
     from analysis.sim.simulate import series_sessions
 
     rows, seed, spine_preset = task
+    sessions = series_sessions(rows, seed=seed, spine_preset=spine_preset)
     out = []
-    for r, sess in zip(rows, series_sessions(rows, seed=seed, spine_preset=spine_preset), strict=True):
+    for r, sess in zip(rows, sessions, strict=True):
         px = float(sess.info["pixel_size_um"])
         row, _ = measure_image(np.asarray(sess.image)[None, None], px, {"dendrite_channel": 0})
         length = float(sess.info["length_in_field_um"])
@@ -88,7 +133,21 @@ def _measure_series(task: tuple[list[dict], int, str]) -> list[dict]:
                       "dendrite_length_um": row.get("dendrite_length_um", np.nan),
                       "true_spine_count": int(sess.info["spines_in_field"]), "true_dendrite_length_um": length,
                       TRUE: int(sess.info["spines_in_field"]) / length if length > 0 else np.nan})
-    return out
+    days = np.array([r["day"] for r in rows], int)
+    measured = track_spines_series([np.asarray(s.image) for s in sessions], float(sessions[0].info["pixel_size_um"]),
+                                   params={})[["session", "track_id", "status", "in_common_field"]]
+    tracks = pd.concat([measured.assign(counts="measured"), true_tracks(sessions).assign(counts="perfect")],
+                       ignore_index=True)
+    tracks["in_common_field"] = tracks["in_common_field"].astype(bool)
+    tracks.insert(1, "day", days[tracks["session"].to_numpy(int)])
+    for c in reversed(_POSITION_COLUMNS):
+        tracks.insert(0, c, rows[0][c])
+    return out, tracks
+
+
+def tracks_path(bank_path: Path) -> Path:
+    """The tracks of a bank (measured and true, one row per spine per session)."""
+    return bank_path.with_name(bank_path.name.replace("bank_", "tracks_"))
 
 
 def build_bank(animals: int, seed: int, workers: int) -> Path:
@@ -99,40 +158,51 @@ def build_bank(animals: int, seed: int, workers: int) -> Path:
     tasks = [(sub.to_dict("records"), seed, PRESETS["default"].spine_preset)
              for _, sub in design.groupby("series", sort=False)]
     t0 = time.perf_counter()
-    rows = []
+    rows, tracks = [], []
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for i, res in enumerate(pool.map(_measure_series, tasks)):
+        for i, (res, tr) in enumerate(pool.map(_measure_series, tasks)):
             rows += res
+            tracks.append(tr)
             if (i + 1) % 20 == 0:
                 log.info("%d / %d positions, %.0f s", i + 1, len(tasks), time.perf_counter() - t0)
     bank = pd.DataFrame(rows)
     OUT.mkdir(parents=True, exist_ok=True)
     bank.to_parquet(path)
+    pd.concat(tracks, ignore_index=True).to_parquet(tracks_path(path))
     log.info("bank: %d images of %d animals in %.0f s -> %s", len(bank), bank.animal_id.nunique(),
              time.perf_counter() - t0, path)
     return path
 
 
 # ----------------------------------------------------------------------------- studies
-def draw_study(bank: pd.DataFrame, rng: np.random.Generator, null: bool) -> pd.DataFrame:
-    """One study: ``ANIMALS_PER_STUDY`` animals per group of the bank (null: vehicles relabelled)."""
-    parts = []
-    for genotype, sub in bank.groupby("genotype"):
+def draw_study(bank: pd.DataFrame, rng: np.random.Generator, null: bool) -> dict[str, dict]:
+    """One study's animals: ``ANIMALS_PER_STUDY`` per group of the bank, as bank animal id ->
+    the columns it gets in the study (null: half of a genotype's drawn vehicles relabelled treated,
+    under a new id).  Apply to any bank table with :func:`study_rows`."""
+    draw: dict[str, dict] = {}
+    for _, sub in bank.groupby("genotype"):
         veh = sub[sub["compound"] == "vehicle"]
         trt = sub[sub["compound"] != "vehicle"]
         veh_animals = veh["animal_id"].unique()
         if null:
             pick = rng.choice(veh_animals, 2 * ANIMALS_PER_STUDY, replace=False)
-            a, b = pick[:ANIMALS_PER_STUDY], pick[ANIMALS_PER_STUDY:]
             template = trt.iloc[0]
-            treated = veh[veh["animal_id"].isin(b)].assign(
-                compound=template["compound"], dose_mg_kg=template["dose_mg_kg"], true_spine_density_ratio=1.0,
-                animal_id=lambda d: d["animal_id"] + "t")
-            parts += [veh[veh["animal_id"].isin(a)], treated]
+            draw.update({a: {} for a in pick[:ANIMALS_PER_STUDY]})
+            draw.update({a: {"compound": template["compound"], "dose_mg_kg": template["dose_mg_kg"],
+                             "true_spine_density_ratio": 1.0, "animal_id": a + "t"}
+                         for a in pick[ANIMALS_PER_STUDY:]})
         else:
-            a = rng.choice(veh_animals, ANIMALS_PER_STUDY, replace=False)
-            b = rng.choice(trt["animal_id"].unique(), ANIMALS_PER_STUDY, replace=False)
-            parts += [veh[veh["animal_id"].isin(a)], trt[trt["animal_id"].isin(b)]]
+            draw.update({a: {} for a in rng.choice(veh_animals, ANIMALS_PER_STUDY, replace=False)})
+            draw.update({a: {} for a in rng.choice(trt["animal_id"].unique(), ANIMALS_PER_STUDY, replace=False)})
+    return draw
+
+
+def study_rows(table: pd.DataFrame, draw: dict[str, dict]) -> pd.DataFrame:
+    """The rows of ``table`` of the drawn animals, relabelled as the draw says."""
+    parts = []
+    for animal, sub in table[table["animal_id"].isin(list(draw))].groupby("animal_id", sort=False):
+        change = {k: v for k, v in draw[animal].items() if k in sub}
+        parts.append(sub.assign(**change) if change else sub)
     return pd.concat(parts, ignore_index=True)
 
 
@@ -163,12 +233,28 @@ def fit_one(study: pd.DataFrame, value: str, position: str | None) -> pd.DataFra
 MODELS = {"report (animal, animal x session)": None, "with position effect": "field"}
 
 
-def _analyse_one(task: tuple[pd.DataFrame, int, bool]) -> list[pd.DataFrame]:
+def turnover_contrasts(tracks: pd.DataFrame) -> pd.DataFrame:
+    """Lost and gained fractions per animal and interval (:func:`spine_turnover`), each treated
+    group minus its vehicle (:func:`versus_vehicle`, the report's): ``measure``, ``group``,
+    ``day``, ``difference_pp`` with ``ci_low`` / ``ci_high``, ``p_value``."""
+    from analysis.stats.turnover import spine_turnover, versus_vehicle
+
+    per = spine_turnover(tracks)
+    out = []
+    for measure in ("fraction_lost", "fraction_gained"):
+        v = versus_vehicle(per, measure, ["from_day", "day"])
+        v = v[v["difference_pp"].notna()] if "difference_pp" in v else v.iloc[0:0]
+        out.append(v[["group", "day", "difference_pp", "ci_low", "ci_high", "p_value"]].assign(measure=measure))
+    return pd.concat(out, ignore_index=True)
+
+
+def _analyse_one(task: tuple[pd.DataFrame, pd.DataFrame | None, int, bool]) -> list[pd.DataFrame]:
     import warnings
 
-    bank, k, null = task
+    bank, tracks, k, null = task
     rng = np.random.default_rng([k, int(null)])
-    study = draw_study(bank, rng, null)
+    draw = draw_study(bank, rng, null)
+    study = study_rows(bank, draw)
     truth = truth_pct(study)
     out = []
     with warnings.catch_warnings():
@@ -177,7 +263,12 @@ def _analyse_one(task: tuple[pd.DataFrame, int, bool]) -> list[pd.DataFrame]:
             for model, position in MODELS.items():
                 con = fit_one(study, value, position)
                 con["truth"] = [truth[(g, int(d))] for g, d in zip(con["group"], con["day"])]
-                out.append(con.assign(study=k, null=null, counts=counts, model=model))
+                out.append(con.assign(study=k, null=null, counts=counts, model=model, measure="density"))
+        if tracks is not None:
+            t = study_rows(tracks, draw)
+            for counts, sub in t.groupby("counts"):
+                out.append(turnover_contrasts(sub).assign(study=k, null=null, counts=counts,
+                                                          model="Welch t over animals"))
     return out
 
 
@@ -221,8 +312,9 @@ def summarise(res: pd.DataFrame, realised: dict[tuple[str, int], float] | None =
 
 def analyse(bank_path: Path, studies: int, workers: int) -> None:
     bank = pd.read_parquet(bank_path)
+    tracks = pd.read_parquet(tracks_path(bank_path)) if tracks_path(bank_path).exists() else None
     t0 = time.perf_counter()
-    tasks = [(bank, k, null) for null in (False, True) for k in range(studies)]
+    tasks = [(bank, tracks, k, null) for null in (False, True) for k in range(studies)]
     parts = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for i, res in enumerate(pool.map(_analyse_one, tasks, chunksize=8)):
@@ -236,16 +328,51 @@ def analyse(bank_path: Path, studies: int, workers: int) -> None:
     write_summary(res, bank, bank_path.name)
 
 
+def turnover_summary(res: pd.DataFrame, tracks_file: Path) -> list[str]:
+    """Markdown lines: per turnover measure, interval and group, the treated-minus-vehicle
+    difference (percentage points) on measured and true tracks: mean, coverage of the bank's
+    own true difference (null studies: 0), CI width, rejection rate."""
+    true_all = pd.read_parquet(tracks_file)
+    realised = turnover_contrasts(true_all[true_all["counts"] == "perfect"])
+    bank = {(m, g, int(d)): v for m, g, d, v in zip(realised["measure"], realised["group"], realised["day"],
+                                                      realised["difference_pp"])}
+    truth = np.where(res["null"].to_numpy(bool), 0.0,
+                     [bank.get((m, g, int(d)), np.nan) for m, g, d in zip(res["measure"], res["group"], res["day"])])
+    res = res.assign(truth=truth, covered=(res["ci_low"] <= truth) & (truth <= res["ci_high"]),
+                     width=res["ci_high"] - res["ci_low"], significant=res["p_value"] < 0.05)
+    s = (res.groupby(["null", "measure", "group", "day", "counts"])
+         .agg(truth=("truth", "mean"), mean=("difference_pp", "mean"), coverage=("covered", "mean"),
+              width=("width", "median"), rejected=("significant", "mean")).reset_index())
+    s.to_csv(OUT / "summary_turnover.csv", index=False)
+    lines = ["## Turnover: treated minus vehicle, percentage points (Welch t over animals, as the report)", "",
+             "Truth: the difference the bank's true tracks give over all its animals (null studies: 0).", "",
+             "| studies | fraction | group | interval to day | tracks | truth (pp) | mean estimate (pp) | coverage | "
+             "CI width (pp) | rejected at 0.05 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in s.sort_values(["null", "measure", "group", "day", "counts"]).itertuples():
+        lines.append(f"| {'null' if r.null else 'effect'} | {r.measure.replace('fraction_', '')} | {r.group} | {r.day} | "
+                     f"{r.counts} | {r.truth:+.1f} | {r.mean:+.1f} | {r.coverage:.3f} | {r.width:.1f} | {r.rejected:.3f} |")
+    return lines + [""]
+
+
 def write_summary(res: pd.DataFrame, bank: pd.DataFrame, bank_name: str) -> None:
     """``summary.csv`` and ``summary.md`` (printed) from the per-study rows of :func:`analyse`."""
+    turnover = res[res["measure"] != "density"] if "measure" in res else res.iloc[0:0]
+    res = res[res["measure"] == "density"] if "measure" in res else res
     s = summarise(res, bank_truth(bank))
     s.to_csv(OUT / "summary.csv", index=False)
     studies = res.groupby("null")["study"].nunique()
-    lines = [f"# Spine density statistics end to end ({studies.get(False, 0)} effect + {studies.get(True, 0)} null "
-             f"studies from {bank_name}: {bank.animal_id.nunique()} animals, {len(bank)} images)", ""]
+    lines = ["# End-to-end calibration of the spine statistics", "",
+             f"Generated by `benchmarks/calibrate_spines_e2e.py` on {time.strftime('%Y-%m-%d')} at commit {_commit()}: "
+             f"{studies.get(False, 0)} effect and {studies.get(True, 0)} null studies of the default design's spine arm "
+             f"(6 animals per group, 2 imaged positions each, days -3 / 7 / 63) drawn from a bank of "
+             f"{bank.animal_id.nunique()} animals and {len(bank)} two-photon images ({bank_name}), each image "
+             "rendered, measured and tracked by the pipeline (images -> quantify -> fit).  The report's model of "
+             "the spine density has the position effect; the model without it is the report's before 2026-12-02.  "
+             "Truth: the truth model's effect and the effect the bank's own true densities realise (its sampling "
+             "error is common to every study drawn from it).", ""]
     for null in (False, True):
         sub = s[s.null == null].sort_values(["group", "day", "counts", "model"])
-        lines += [f"## {'Null' if null else 'Effect'} studies", "",
+        lines += [f"## Spine density, {'null' if null else 'effect'} studies", "",
                   "| group @ day | counts | model | truth % (model / bank) | mean estimate % | bias, points (model / bank) | "
                   "coverage (model / bank) | CI width (points) | "
                   f"{'type I error' if null else 'power'} (unadjusted / adjusted) | converged |",
@@ -256,12 +383,15 @@ def write_summary(res: pd.DataFrame, bank: pd.DataFrame, bank_name: str) -> None
                          f"{r.coverage_bank:.3f} | {r.ci_width:.1f} | {r.rejected:.3f} / "
                          f"{r.rejected_adjusted:.3f} | {r.converged:.3f} |")
         lines.append("")
+    if len(turnover):
+        lines += turnover_summary(turnover, tracks_path(OUT / bank_name))
     ratio = (bank[VALUE] / bank[TRUE]).groupby(bank["snr_level"])
-    lines += ["## Bank: measured / true spine density per image, by SNR level", "",
+    lines += ["## Measured / true spine density per image, by SNR level", "",
               "| SNR level | images | median | 10th-90th percentile |", "|---|---|---|---|"]
     for level, r in ratio:
         lines.append(f"| {level} | {r.size} | {r.median():.3f} | {r.quantile(0.1):.3f}-{r.quantile(0.9):.3f} |")
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+    COMMITTED.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -450,6 +450,21 @@ def load_morphology_calibration(path: str | os.PathLike[str] | None = None) -> R
     return _load_summary(path, MORPHOLOGY_CALIBRATION_FILE, "morphology calibration")
 
 
+#: The committed end-to-end calibration of the spine statistics (``benchmarks/calibrate_spines_e2e.py``).
+SPINES_CALIBRATION_FILE = Path("benchmarks") / "calibration_spines_e2e.md"
+
+
+def load_spines_calibration(path: str | os.PathLike[str] | None = None) -> RealValidation | None:
+    """The committed end-to-end calibration of the spine statistics, or None when absent.
+
+    Simulated studies of the two-photon spine arm whose images were rendered, measured and
+    tracked by the pipeline: bias, coverage and power of the spine-density contrasts (the
+    report's model beside the model without the position effect, measured beside true
+    densities) and of the turnover differences.  Parsed like :func:`load_real_validation`.
+    """
+    return _load_summary(path, SPINES_CALIBRATION_FILE, "spine calibration")
+
+
 #: Section of :data:`MORPHOLOGY_CALIBRATION_FILE` with the detector's error, and its endpoint
 #: names -> keys of :data:`analysis.report.findings.ENDPOINTS`.
 TERMINAL_BANK_SECTION = "With the detector's error (terminal-field bank)"
