@@ -212,6 +212,13 @@ def test_validation_notebook_shows_the_morphology_calibration(small_report: Path
 
     spines = load_spines_calibration()
     assert spines is not None and spines.header in shown, "benchmarks/calibration_spines_e2e.md is shown"
+    from analysis.report.validation import spine_calibration_figures
+
+    f = spine_calibration_figures(spines)
+    index_text = (small_report / "reports" / "index.html").read_text()
+    assert (f"spine-density headline power {f['power']:.2f}, coverage of the simulated effect "
+            f"{f['coverage_min']:.3f}-{f['coverage_max']:.3f}") in index_text
+    assert f"{f['regrowth_ratio']:.2f} of the regrowth after it" in index_text
     # and the index states its coverage, the same numbers as the file
     per = m.sections["Per endpoint"][0]
     effect = per[per["studies"] == "default"]["coverage"]

@@ -681,6 +681,19 @@ def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
             return None
         return f"{min(cov):.3f}-{max(cov):.3f} with the drug effect, {min(null):.3f}-{max(null):.3f} without"
 
+    spines = rec.get("spines_calibration")
+    if isinstance(spines, dict) and spines:
+        sentence += ("Spine arm end to end (simulated studies whose two-photon images were measured and tracked by "
+                     "this pipeline, then the report's models; benchmarks/calibration_spines_e2e.md): spine-density "
+                     f"headline power {spines['power']:.2f}, coverage of the simulated effect "
+                     f"{spines['coverage_min']:.3f}-{spines['coverage_max']:.3f}")
+        if "type1_min" in spines:
+            sentence += f", type I error {spines['type1_min']:.3f}-{spines['type1_max']:.3f} without the drug effect"
+        sentence += (f"; the detector reports {spines['change_ratio']:.2f} of a true change in density")
+        if "lost_ratio" in spines and "regrowth_ratio" in spines:
+            sentence += (f", {spines['lost_ratio']:.2f} of the extra spine loss during dosing and "
+                         f"{spines['regrowth_ratio']:.2f} of the regrowth after it (tracking)")
+        sentence += ". "
     morph = coverage_range("morphology_calibration")
     if morph:
         sentence += ("Morphology contrasts (skeleton length, branch points) on simulated studies whose cells come "

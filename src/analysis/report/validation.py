@@ -45,6 +45,8 @@ __all__ = [
     "parse_validation_markdown",
     "load_real_validation",
     "load_e2e_calibration",
+    "load_spines_calibration",
+    "spine_calibration_figures",
     "section_purpose",
     "REAL_VALIDATION_FILE",
     "E2E_CALIBRATION_FILE",
@@ -463,6 +465,62 @@ def load_spines_calibration(path: str | os.PathLike[str] | None = None) -> RealV
     densities) and of the turnover differences.  Parsed like :func:`load_real_validation`.
     """
     return _load_summary(path, SPINES_CALIBRATION_FILE, "spine calibration")
+
+
+def spine_calibration_figures(summary: RealValidation | None = None,
+                              primary: str = "WT diazepam 5 mg/kg x 7 d") -> dict[str, float]:
+    """The headline figures of the spine calibration, for the index page (empty when absent).
+
+    From the measured densities fitted with the report's model (with the position effect):
+    ``power`` of the ``primary`` contrast at the end of dosing (adjusted), ``coverage_min`` /
+    ``coverage_max`` of the effect the bank realises over the effect studies' contrasts,
+    ``type1_min`` / ``type1_max`` (unadjusted) over the null studies', ``change_ratio``: the
+    primary contrast's mean measured log change over the true densities' (how much of a real
+    change the detector reports); and from the turnover section ``lost_ratio`` and
+    ``regrowth_ratio``: the measured over the true difference from vehicle of the primary
+    group's lost fraction during dosing and gained fraction after it.
+
+    Examples
+    --------
+    >>> text = ("# c\\n\\n## Spine density, effect studies\\n\\n| group @ day | counts | model | "
+    ...         "coverage (model / bank) | power (unadjusted / adjusted) | mean estimate % |\\n|---|---|---|---|---|---|\\n"
+    ...         "| WT diazepam 5 mg/kg x 7 d @ 7 | measured | with position effect | 0.76 / 0.94 | 0.6 / 0.6 | -8.0 |\\n"
+    ...         "| WT diazepam 5 mg/kg x 7 d @ 7 | perfect | with position effect | 0.9 / 0.97 | 0.8 / 0.8 | -10.0 |\\n")
+    >>> f = spine_calibration_figures(parse_validation_markdown(text))
+    >>> f["power"], f["coverage_min"], round(f["change_ratio"], 2)
+    (0.6, 0.94, 0.79)
+    """
+    summary = load_spines_calibration() if summary is None else summary
+    effect = summary.sections.get("Spine density, effect studies") if summary is not None else None
+    if not effect:
+        return {}
+    part = lambda col, i: col.astype(str).str.split(" / ").str[i].astype(float)  # noqa: E731
+    model = lambda t, counts: t[(t["counts"] == counts) & t["model"].str.startswith("with position")]  # noqa: E731
+    e = model(effect[0], "measured")
+    first = e[e["group @ day"] == f"{primary} @ 7"]
+    true_first = model(effect[0], "perfect")
+    true_first = true_first[true_first["group @ day"] == f"{primary} @ 7"]
+    if first.empty or true_first.empty:
+        return {}
+    cov = part(e["coverage (model / bank)"], 1)
+    out = {"power": float(part(first["power (unadjusted / adjusted)"], 1).iloc[0]),
+           "coverage_min": float(cov.min()), "coverage_max": float(cov.max()),
+           "change_ratio": float(np.log1p(float(first["mean estimate %"].iloc[0]) / 100)
+                                 / np.log1p(float(true_first["mean estimate %"].iloc[0]) / 100))}
+    null = summary.sections.get("Spine density, null studies")
+    if null:
+        n = model(null[0], "measured")
+        t1 = part(n["type I error (unadjusted / adjusted)"], 0)
+        out.update({"type1_min": float(t1.min()), "type1_max": float(t1.max())})
+    turnover = next((v for k, v in summary.sections.items() if k.startswith("Turnover")), None)
+    if turnover:
+        t = turnover[0]
+        t = t[(t["studies"] == "effect") & (t["group"] == primary)]
+        for key, fraction, day in (("lost_ratio", "lost", 7), ("regrowth_ratio", "gained", 63)):
+            sub = t[(t["fraction"] == fraction) & (t["interval to day"].astype(int) == day)].set_index("tracks")
+            if {"measured", "perfect"} <= set(sub.index):
+                out[key] = float(sub.loc["measured", "mean estimate (pp)"]) / float(sub.loc["perfect", "mean estimate (pp)"])
+    return out
 
 
 #: Section of :data:`MORPHOLOGY_CALIBRATION_FILE` with the detector's error, and its endpoint
