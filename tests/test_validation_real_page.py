@@ -216,7 +216,7 @@ def test_validation_notebook_shows_the_morphology_calibration(small_report: Path
 
     f = spine_calibration_figures(spines)
     index_text = (small_report / "reports" / "index.html").read_text()
-    assert (f"spine-density headline power {f['power']:.2f}, coverage of the simulated effect "
+    assert (f"spine-density headline power {f['power']:.2f}, coverage of the effect the simulated images realise "
             f"{f['coverage_min']:.3f}-{f['coverage_max']:.3f}") in index_text
     assert f"{f['regrowth_ratio']:.2f} of the regrowth after it" in index_text
     # and the index states its coverage, the same numbers as the file

@@ -685,7 +685,7 @@ def validation_summary(reports_dir: Path) -> tuple[str, pd.DataFrame] | None:
     if isinstance(spines, dict) and spines:
         sentence += ("Spine arm end to end (simulated studies whose two-photon images were measured and tracked by "
                      "this pipeline, then the report's models; benchmarks/calibration_spines_e2e.md): spine-density "
-                     f"headline power {spines['power']:.2f}, coverage of the simulated effect "
+                     f"headline power {spines['power']:.2f}, coverage of the effect the simulated images realise "
                      f"{spines['coverage_min']:.3f}-{spines['coverage_max']:.3f}")
         if "type1_min" in spines:
             sentence += f", type I error {spines['type1_min']:.3f}-{spines['type1_max']:.3f} without the drug effect"
