@@ -736,18 +736,15 @@ def _refine(
         x = np.clip(x, 0, shape - 1)  # (m, P, ndim)
         v = f_nom[tuple(x.reshape(-1, ndim).T)].astype(float).reshape(len(near), len(probes))
         if len(i):
-            # the neighbours' fitted models at the probes (as ``neighbours`` does at three)
-            row_of = np.full(n, -1)
-            row_of[near] = np.arange(len(near))
-            for src, dst in ((j, i), (i, j)):
-                hit = row_of[dst] >= 0
-                if not hit.any():
-                    continue
-                s_, r_ = src[hit], row_of[dst[hit]]
-                d2 = (x[r_] - p[s_][:, None, :]) ** 2  # (pairs, P, ndim)
-                o = amp[s_][:, None] * _overlap(d2, nominal.sigma, sig[s_][:, None, :], nominal.c, cc[s_][:, None],
-                                                bg, _W_K)
-                np.subtract.at(v, r_, o)
+            # minus the neighbours' fitted models at the probes (only the pairs with a punctum
+            # near the edge: ``neighbours`` at each probe of those)
+            is_near = np.zeros(n, bool)
+            is_near[near] = True
+            to_i, to_j = is_near[i], is_near[j]
+            at = c.copy()
+            for col in range(len(probes)):
+                at[near] = x[:, col]
+                v[:, col] -= (neighbours(at, j[to_i], i[to_i]) + neighbours(at, i[to_j], j[to_j]))[near]
         v = v * valid
         pn, en = p[near], e_all[near]
         s2 = sig[near] ** 2

@@ -351,8 +351,8 @@ def fit_synapse_lmm(
     coef = coef[~is_cov].copy()
     coef["cell"] = coef["term"].str.replace(r"^C\(cell\)\[(.*)\]$", r"\1", regex=True)
     coef = coef.merge(cells, on="cell", how="left")
-    vcomp = ({} if one_image else dict(zip(result.model.exog_vc.names, np.asarray(result.vcomp, float)))
-             if longitudinal else {})
+    vcomp = (dict(zip(result.model.exog_vc.names, np.asarray(result.vcomp, float)))
+             if longitudinal and not one_image else {})
     components = ["animal", "animal x session", *(["position (same at every session)"] if repeated else []),
                   "residual (field)"]
     variances = [np.nan if one_image else float(result.cov_re.iloc[0, 0]), vcomp.get("session", np.nan),
