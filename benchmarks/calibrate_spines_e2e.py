@@ -88,6 +88,9 @@ def bank_design(animals: int, seed: int) -> pd.DataFrame:
     return design[design["readout"] == "spine"].reset_index(drop=True)
 
 
+#: The spine readout's quality columns kept in the bank (the per-image check of the spike-in).
+QUALITY = ("measured_snr", "spike_in_recall", "spike_in_recall_ci_low", "spike_in_recall_ci_high")
+
 _POSITION_COLUMNS = ("animal_id", "genotype", "compound", "dose_mg_kg", "treatment_days", "field")
 
 
@@ -134,6 +137,7 @@ def _measure_series(task: tuple[list[dict], int, str]) -> tuple[list[dict], pd.D
                                       "treatment_days", "day", "field", "snr_level", "true_spine_density_ratio")}
                    | {VALUE: row.get(VALUE, np.nan), "n_spines": row.get("n_spines", np.nan),
                       "dendrite_length_um": row.get("dendrite_length_um", np.nan),
+                      **{q: row.get(q, np.nan) for q in QUALITY},
                       "true_spine_count": int(sess.info["spines_in_field"]), "true_dendrite_length_um": length,
                       TRUE: int(sess.info["spines_in_field"]) / length if length > 0 else np.nan})
     days = np.array([r["day"] for r in rows], int)
@@ -313,6 +317,47 @@ def summarise(res: pd.DataFrame, realised: dict[tuple[str, int], float] | None =
     return s
 
 
+def quality_check(bank_path: Path) -> list[str]:
+    """The spine readout's per-image quality (``measured_snr``, ``spike_in_recall``) against the
+    bank's truth: per SNR level, the spike-in recall beside the share of the true in-field
+    spines counted (``n_spines / true_spine_count``: the recall, over a precision of ~0.99),
+    their per-image difference and rank correlation (over all images and within a level),
+    the measured SNR, and the slope of log(measured / true density) on log true density
+    (the detector's attenuation of density differences) with the measured density and with it
+    divided by the image's spike-in recall.  Writes ``quality.md`` beside the bank and returns
+    its lines."""
+    from scipy import stats
+
+    bank = pd.read_parquet(bank_path)
+    if "spike_in_recall" not in bank:
+        raise SystemExit(f"{bank_path} has no quality columns: rebuild it with the current code (stage bank)")
+    b = bank.assign(counted=bank["n_spines"] / bank["true_spine_count"],
+                    corrected=bank[VALUE] / bank["spike_in_recall"])
+    lines = [f"Per-image quality of the spine readout against truth ({bank_path.name}: {len(b)} images).", "",
+             "| SNR level | images | spike-in recall (mean) | counted / true spines (mean) | difference: mean / RMS "
+             "| rank correlation | measured SNR (median) | attenuation slope: measured / recall-corrected |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def slope(y: pd.Series, x: pd.Series) -> float:
+        ok = np.isfinite(y) & np.isfinite(x)
+        return float(np.polyfit(np.log(x[ok]), np.log(y[ok] / x[ok]), 1)[0])
+
+    for level, g in [*b.groupby("snr_level", sort=False), ("all", b)]:
+        d = g["spike_in_recall"] - g["counted"]
+        rho = stats.spearmanr(g["spike_in_recall"], g["counted"], nan_policy="omit").statistic
+        lines.append(f"| {level} | {len(g)} | {g['spike_in_recall'].mean():.3f} | {g['counted'].mean():.3f} | "
+                     f"{d.mean():+.3f} / {np.sqrt((d ** 2).mean()):.3f} | {rho:.2f} | {g['measured_snr'].median():.1f} | "
+                     f"{slope(g[VALUE], g[TRUE]):+.3f} / {slope(g['corrected'], g[TRUE]):+.3f} |")
+    within = b.groupby("snr_level")[["spike_in_recall", "counted"]].transform(lambda v: v - v.mean())
+    rho_w = stats.spearmanr(within["spike_in_recall"], within["counted"], nan_policy="omit").statistic
+    lines += ["", f"Rank correlation of spike-in recall and counted / true within SNR levels (level means removed): "
+              f"{rho_w:.2f}."]
+    text = "\n".join(lines) + "\n"
+    (bank_path.parent / "quality.md").write_text(text)
+    print(text)
+    return lines
+
+
 def analyse(bank_path: Path, studies: int, workers: int) -> None:
     bank = pd.read_parquet(bank_path)
     tracks = pd.read_parquet(tracks_path(bank_path)) if tracks_path(bank_path).exists() else None
@@ -400,7 +445,7 @@ def write_summary(res: pd.DataFrame, bank: pd.DataFrame, bank_name: str) -> None
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("stage", choices=["bank", "analyse", "summary"])
+    ap.add_argument("stage", choices=["bank", "analyse", "summary", "quality"])
     ap.add_argument("--animals", type=int, default=40, help="animals per group in the bank")
     ap.add_argument("--seed", type=int, default=70_000, help="seed of the bank's design and images")
     ap.add_argument("--studies", type=int, default=400, help="effect studies (and as many null studies)")
@@ -409,6 +454,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.stage == "bank":
         build_bank(args.animals, args.seed, args.workers)
+    elif args.stage == "quality":
+        quality_check(OUT / f"bank_seed{args.seed}.parquet")
     elif args.stage == "analyse":
         analyse(OUT / f"bank_seed{args.seed}.parquet", args.studies, args.workers)
     else:  # the tables again from the per-study rows of the last analyse

@@ -55,6 +55,7 @@ __all__ = [
     "in_validated_range",
     "image_quality",
     "wilson_interval",
+    "spaced_points",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ VALIDATED_RANGE: dict[str, dict[str, Any]] = {
         # two-photon simulations at 0.12 um, the SpineDetector frames at ~0.04 um
         "pixel_size_um": (0.03, 0.2),
         "bit_depth": (8, 12, 16),
+        # analysis.measure.spine_quality.spine_image_snr: the simulator's low SNR level (4.5 per
+        # plane; detection F1 ~0.69, recall ~0.53) measures 5.4 (median), 3.0 at its 5th
+        # percentile over 54 images of the spine bank (benchmarks/calibrate_spines_e2e.py quality)
+        "min_snr": 3.0,
         "max_saturated_fraction": 0.01,
     },
 }
@@ -623,15 +628,22 @@ def _spike_positions(
     spacing_px: float,
 ) -> np.ndarray:
     """Up to ``n`` random positions in ``allowed``, >= clearance from ``existing`` and >= spacing apart."""
-    from scipy.spatial import cKDTree
-
     cand_pix = np.flatnonzero(allowed)
     if len(cand_pix) == 0 or n == 0:
         return np.zeros((0, 2))
     m = 8 * n + 64
     pick = cand_pix[rng.integers(0, len(cand_pix), m)]
     pts = np.column_stack(np.unravel_index(pick, allowed.shape)).astype(float) + rng.uniform(-0.5, 0.5, (m, 2))
-    if len(existing):
+    return spaced_points(pts, existing, n, clearance_px, spacing_px)
+
+
+def spaced_points(pts: np.ndarray, existing: np.ndarray, n: int, clearance_px: float, spacing_px: float
+                  ) -> np.ndarray:
+    """The first ``n`` of the candidate points ``pts`` (in order) that lie ``clearance_px`` or
+    more from every ``existing`` point and ``spacing_px`` or more from the points kept before."""
+    from scipy.spatial import cKDTree
+
+    if len(existing) and len(pts):
         dist, _ = cKDTree(existing).query(pts)
         pts = pts[dist >= clearance_px]
     chosen: list[np.ndarray] = []
@@ -916,7 +928,8 @@ def in_validated_range(
     bit_depth : int or None
         :func:`bit_depth` of the data (None: floating-point data, not covered).
     snr : float, optional
-        :func:`image_snr` (required for readouts with a ``min_snr``; NaN is outside).
+        :func:`image_snr` (for spines :func:`analysis.measure.spine_quality.spine_image_snr`);
+        required for readouts with a ``min_snr`` (NaN is outside).
     saturated : float
         :func:`saturated_fraction`.
     readout : str
@@ -965,6 +978,7 @@ def image_quality(
     detect_params: dict[str, Any] | None = None,
     readout: str = "puncta",
     spike_in: bool = True,
+    snr: float | None = None,
     **spike_params: Any,
 ) -> dict[str, Any]:
     """Quality columns of one image row.
@@ -989,6 +1003,9 @@ def image_quality(
         "puncta", or "microglia" / "spines" (no SNR, recall, precision).
     spike_in : bool
         Run the spike-in (one more detection).
+    snr : float, optional
+        The image's measured SNR for the validated range of readouts other than puncta (the
+        spines readout's :func:`analysis.measure.spine_quality.spine_image_snr`).
     **spike_params
         Further arguments of :func:`spike_in_recall`.
 
@@ -1003,7 +1020,7 @@ def image_quality(
     depth = bit_depth(image)
     if readout != "puncta" or puncta is None:
         return {"saturated_fraction": sat,
-                "in_validated_range": in_validated_range(pixel_size_um, depth, saturated=sat, readout=readout)}
+                "in_validated_range": in_validated_range(pixel_size_um, depth, snr, saturated=sat, readout=readout)}
     if np.ndim(image) == 2:
         # a padded plane (registration, stitching): the background, the spike-in and the
         # surrogate see the imaged edge's level where the fill was, as the detector did

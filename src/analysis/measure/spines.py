@@ -136,22 +136,20 @@ def _noise_sigma(img: np.ndarray) -> float:
     return float(max(MAD_TO_SD * mad / np.sqrt(2.0), 1e-3 * (float(img.max() - img.min()) + 1e-12)))
 
 
-def _stabilise(img: np.ndarray) -> np.ndarray:
-    """Variance-stabilised copy of ``img`` (generalised Anscombe transform).
+def _noise_model(img: np.ndarray) -> tuple[float, float] | None:
+    """The image's noise model ``variance = a + b * mean`` (shot noise plus a floor), or None.
 
-    The noise model var = a + b * mean (shot noise plus a constant floor) is fitted to this
-    image: the robust variance of a fine high-pass residual in 16 bins of the local mean.
-    Pixels at the image's lowest value (clipped or padded background) are left out of the
-    fit. Scale factors common to a and b (e.g. correlated noise of resampled images) cancel
-    in the detector, which measures the response's noise on the background of the
-    stabilised image.
+    Fitted to the robust variance of a fine high-pass residual in 16 bins of the local mean;
+    pixels at the image's lowest value (clipped or padded background) are left out. ``a`` may
+    be negative (a camera or digitiser offset adds to the mean but not to the shot noise).
+    None when there are too few pixels or bins, or the noise does not grow with the signal.
     """
     mean = ndi.gaussian_filter(img, 2.0)
     hp = img - ndi.gaussian_filter(img, 1.0)
     ok = img > img.min()
     m, h = mean[ok], hp[ok]
     if m.size < 1000:
-        return img
+        return None
     edges = np.unique(np.quantile(m, np.linspace(0, 1, 17)))
     idx = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, len(edges) - 2)
     mu, var = [], []
@@ -161,11 +159,26 @@ def _stabilise(img: np.ndarray) -> np.ndarray:
             mu.append(float(np.median(m[idx == k])))
             var.append(_robust_sigma(sel) ** 2)
     if len(mu) < 3:
-        return img
+        return None
     b, a = np.polyfit(np.asarray(mu), np.asarray(var), 1)
     if not np.isfinite(b) or b <= 1e-9 * max(float(np.max(var)), 1e-12) or b * np.max(mu) < 0.5 * max(a, 0):
-        return img  # noise does not grow with the signal: nothing to stabilise
-    a = max(float(a), 0.0)
+        return None  # noise does not grow with the signal
+    return float(a), float(b)
+
+
+def _stabilise(img: np.ndarray) -> np.ndarray:
+    """Variance-stabilised copy of ``img`` (generalised Anscombe transform).
+
+    The noise model var = a + b * mean (:func:`_noise_model`) is fitted to this image;
+    without one (noise that does not grow with the signal) the image is returned as it is.
+    Scale factors common to a and b (e.g. correlated noise of resampled images) cancel
+    in the detector, which measures the response's noise on the background of the
+    stabilised image.
+    """
+    fit = _noise_model(img)
+    if fit is None:
+        return img
+    a, b = max(fit[0], 0.0), np.float64(fit[1])  # (a numpy scalar: the transform is computed in float64)
     return (2.0 / b) * np.sqrt(np.clip(b * img + a + 0.375 * b * b, 0, None))
 
 

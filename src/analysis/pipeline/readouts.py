@@ -15,7 +15,9 @@ named tables out).  Importing this module registers them, in the order they run:
   extends the ``cells`` table and adds the lysosome boundaries to ``outlines``;
 * ``spines`` (``dendrite_channel``, two-photon images of GFP-filled dendrites): traced
   dendrites, spine heads (:mod:`analysis.measure.spines`) and their density per um of
-  dendrite; tables ``spines`` and ``dendrites`` (the traced centreline pixels, for QC).
+  dendrite, the image's measured SNR and spike-in recall
+  (:mod:`analysis.measure.spine_quality`); tables ``spines`` and ``dendrites`` (the traced
+  centreline pixels, for QC).
 """
 
 from __future__ import annotations
@@ -230,11 +232,15 @@ def measure_spines_readout(channels: Mapping[str, np.ndarray], pixel_size_um: fl
                            quality: Mapping[str, Any]) -> Measured:
     """The ``spines`` readout of one two-photon image: dendrites, spine heads, density per um."""
     from analysis.measure import spines
+    from analysis.measure.spine_quality import spine_quality
 
     img = channels["dendrite_channel"]
-    q = image_quality(img, pixel_size_um, readout="spines")
     trace = spines.trace_dendrites(img, pixel_size_um)
     found = spines.detect_spines(img, pixel_size_um, trace=trace, **params)
+    # measured SNR and the detector's recall on this image by spike-in (two more detections)
+    sq = spine_quality(img, pixel_size_um, found, trace, seed=image_seed(seed, img),
+                       spike_in=bool(quality.get("spike_in", True)), detect_params=dict(params))
+    q = {**image_quality(img, pixel_size_um, readout="spines", snr=sq["measured_snr"]), **sq}
     length = float(trace.table["length_um"].sum()) if len(trace.table) else 0.0
     row = {"n_spines": int(len(found)), "dendrite_length_um": length,
            "spine_density_per_um": len(found) / length if length > 0 else np.nan,
@@ -271,6 +277,7 @@ def track_spines_series(images: list[np.ndarray], pixel_size_um: float, *, param
 
 register(Readout(
     name="spines", roles=("dendrite_channel",), measure=measure_spines_readout,
-    modules=("analysis.pipeline.readouts", "analysis.measure.spines", "analysis.measure.matching"),
+    modules=("analysis.pipeline.readouts", "analysis.measure.spines", "analysis.measure.spine_quality",
+             "analysis.measure.matching"),
     notebook="05_spines.ipynb", description="two-photon dendrite (GFP) channel",
     series=track_spines_series, series_by=("animal_id", "field"), series_table="spine_tracks"))

@@ -461,10 +461,17 @@ def _quality_summary(measurements: pd.DataFrame | None) -> pd.DataFrame:
     if measurements is None or measurements.empty:
         return pd.DataFrame()
     rows = []
-    kinds = {"longitudinal synapse fields": measurements["microglia_channel"].isna()
-             if "microglia_channel" in measurements else pd.Series(True, index=measurements.index)}
+    # two-photon spine images are their own kind: their SNR and recall are the spine
+    # detector's (analysis.measure.spine_quality), not the puncta detector's
+    spine = (measurements["dendrite_channel"].notna() if "dendrite_channel" in measurements
+             else pd.Series(False, index=measurements.index))
+    kinds = {"longitudinal synapse fields": (measurements["microglia_channel"].isna()
+                                             if "microglia_channel" in measurements
+                                             else pd.Series(True, index=measurements.index)) & ~spine}
     if "microglia_channel" in measurements and measurements["microglia_channel"].notna().any():
-        kinds["terminal fields"] = measurements["microglia_channel"].notna()
+        kinds["terminal fields"] = measurements["microglia_channel"].notna() & ~spine
+    if spine.any():
+        kinds["two-photon spine images"] = spine
     for kind, mask in kinds.items():
         sub = measurements[mask]
         for col, label in _QUALITY_COLUMNS:

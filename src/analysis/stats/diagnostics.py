@@ -5,7 +5,9 @@ animal effects.  :func:`lmm_residuals` returns the per-image residuals and the p
 animal effects, :func:`diagnostics_summary` the numbers a reviewer checks (skewness, excess
 kurtosis, the largest standardised residual, a Shapiro-Wilk test of the animal effects, the
 spread of residuals across fitted values, convergence and warnings) and
-:func:`diagnostics_figure` the usual three panels.
+:func:`diagnostics_figure` the usual three panels.  :func:`quality_balance` checks that the
+detector saw the groups alike: a per-image quality figure (spike-in recall, measured SNR)
+compared between each treated group and its vehicle at every session.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-__all__ = ["lmm_residuals", "diagnostics_summary", "diagnostics_figure"]
+__all__ = ["lmm_residuals", "diagnostics_summary", "diagnostics_figure", "quality_balance"]
 
 
 def lmm_residuals(fit) -> tuple[pd.DataFrame, pd.Series]:
@@ -116,3 +118,61 @@ def diagnostics_figure(table: pd.DataFrame, effects: pd.Series, *, figsize: tupl
     ax[2].hist(effects, bins=max(5, min(30, len(effects) // 3)), color="0.5")
     ax[2].set(xlabel="animal intercept (log)", ylabel="animals", title=f"Animal effects (n = {len(effects)})")
     return fig
+
+
+def quality_balance(measurements: pd.DataFrame, column: str = "spike_in_recall", by: tuple[str, ...] = ("day",),
+                    *, scale: float = 1.0) -> pd.DataFrame:
+    """A per-image quality figure per group and session, each treated group against its vehicle.
+
+    A density change can be made by the detector as well as by the tissue: if the treated
+    animals' images were detected with a lower recall (dimmer expression, worse imaging) their
+    density would read low.  The images' figure (e.g. ``spike_in_recall``) is averaged per
+    animal and session and compared between groups as the turnover fractions are
+    (:func:`analysis.stats.turnover.versus_vehicle`: the animal is the unit, Welch's t).  A
+    difference here is a warning to read beside the density contrast, not a correction.
+
+    Parameters
+    ----------
+    measurements : DataFrame
+        Image rows with ``animal_id``, the group columns, ``by`` and ``column``.
+    column : str
+        The quality figure.
+    by : tuple of str
+        Session keys.
+    scale : float
+        Factor of ``difference`` (and its CI) in the result: 100 for fractions in points.
+
+    Returns
+    -------
+    DataFrame
+        :func:`analysis.stats.turnover.versus_vehicle` columns (``group``, ``n_animals``,
+        ``mean``, ``sd``; for treated groups ``difference``, ``ci_low``, ``ci_high``,
+        ``p_value``) with ``quantity`` = ``column``; empty without the column.
+
+    Examples
+    --------
+    >>> m = pd.DataFrame({"animal_id": list("abcdef"), "genotype": "WT",
+    ...                   "compound": ["vehicle"] * 3 + ["diazepam"] * 3, "dose_mg_kg": [0.0] * 3 + [5.0] * 3,
+    ...                   "treatment_days": 7, "day": 7, "spike_in_recall": [0.8, 0.82, 0.78, 0.7, 0.72, 0.68]})
+    >>> t = quality_balance(m)
+    >>> round(float(t.loc[t["compound"] != "vehicle", "difference"].iloc[0]), 3)
+    -0.1
+    """
+    from analysis.io.vocabulary import GROUP_COLUMNS, group_label
+    from analysis.stats.turnover import versus_vehicle
+
+    need = ["animal_id", *GROUP_COLUMNS, *by, column]
+    if column not in measurements or not all(c in measurements for c in need):
+        return pd.DataFrame()
+    d = measurements[need].copy()
+    d[column] = pd.to_numeric(d[column], errors="coerce")
+    d = d.dropna(subset=[column])
+    if d.empty:
+        return pd.DataFrame()
+    per_animal = d.groupby(["animal_id", *GROUP_COLUMNS, *by], as_index=False, sort=False)[column].mean()
+    per_animal["group"] = [group_label(*k) for k in per_animal[GROUP_COLUMNS].itertuples(index=False)]
+    out = versus_vehicle(per_animal, column, list(by))
+    for c in ("difference_pp", "ci_low", "ci_high"):
+        if c in out:
+            out[c] = out[c] * scale / 100.0
+    return out.rename(columns={"difference_pp": "difference"}).assign(quantity=column)
