@@ -76,6 +76,12 @@ def test_the_readout_row_is_the_detector_on_that_image(spine_study: tuple[Path, 
     # measure_image gives the same row without the study machinery
     row, tables = measure_image(data, px, {"dendrite_channel": 0}, params=QuantifyParams())
     assert row["n_spines"] == len(found) and len(tables["spines"]) == len(found)
+    # every spine image row carries its quality (DESIGN.md), the same from the study and alone
+    for col in ("measured_snr", "spike_in_recall", "spike_in_recall_ci_low", "spike_in_recall_ci_high"):
+        assert np.isfinite(m[col]).all(), col
+        assert row[col] == pytest.approx(m.loc[image_id, col]), col
+    assert ((m["spike_in_recall_ci_low"] <= m["spike_in_recall"])
+            & (m["spike_in_recall"] <= m["spike_in_recall_ci_high"])).all()
 
 
 def test_spine_density_is_modelled_per_animal_over_sessions(spine_study: tuple[Path, Path]) -> None:
@@ -166,3 +172,19 @@ def test_a_session_turned_beyond_the_search_is_named_in_the_log(spine_study: tup
     text = caplog.text
     assert "animal_id M002" in text and f"image {turned['image_id']} is turned" in text
     assert "M001" not in text
+
+
+def test_imaging_quality_is_compared_between_groups_and_stated(spine_study: tuple[Path, Path]) -> None:
+    from analysis.report.findings import load_tables, quality_caveats
+
+    _, out = spine_study
+    t = pd.read_csv(out / "spine_quality_balance.csv")
+    assert set(t["quantity"]) == {"spike_in_recall", "measured_snr"}
+    row = t[(t["quantity"] == "spike_in_recall") & (t["compound"] == "diazepam") & (t["day"] == 7)].iloc[0]
+    # animals are the unit: the treated animals' mean recall minus the vehicle animals', in points
+    m = pd.read_parquet(out / "measurements.parquet")
+    per_animal = m[m["day"] == 7].groupby(["compound", "animal_id"])["spike_in_recall"].mean()
+    expected = 100 * (per_animal["diazepam"].mean() - per_animal["vehicle"].mean())
+    assert row["difference"] == pytest.approx(expected) and row["ci_low"] < row["difference"] < row["ci_high"]
+    text = quality_caveats(load_tables(out), headline=row["group"])["spine_density"]
+    assert f"{row['difference']:+.1f} points" in text and row["group"] in text

@@ -66,7 +66,7 @@ HEADLINE_GROUP = group_label(WILD_TYPE, "diazepam", 5.0, 7)
 TABLES: tuple[str, ...] = (
     "synapse_contrasts.csv", "spine_contrasts.csv", "microglia_contrasts.csv", "synapse_trend.csv", "synapse_dose_response.csv",
     "synapse_recovery.csv", "synapse_mechanism.csv", "synapse_lmm_variance.csv", "synapse_session_means.csv",
-    "failures.csv",
+    "spine_quality_balance.csv", "failures.csv",
 )
 
 #: Model of each kind of endpoint, as fitted by :mod:`analysis.stats` and :mod:`analysis.stats.trend`.
@@ -513,6 +513,47 @@ def _other_sentence(endpoint: Endpoint, others: pd.DataFrame) -> tuple[str, list
     return (f"Of the other {n} planned {lower_label(endpoint.label)} contrasts, {k} showed a detectable change "
             f"(95 % CI excluding 0; {which} significant after adjustment): "
             + "; ".join(items) + rest + ".", found)
+
+
+def quality_caveats(tables: Mapping[str, pd.DataFrame], headline: str = HEADLINE_GROUP) -> dict[str, str]:
+    """A sentence on whether the spine detector saw the headline group's images as it saw vehicle's.
+
+    From ``spine_quality_balance`` (:func:`analysis.stats.diagnostics.quality_balance`): the
+    spike-in recall of the headline group (else the first treated group) minus that of its
+    vehicle at the end of dosing, in points with its 95 % CI.  A CI that excludes 0 says part of
+    the density change may come from the imaging or the detector (crowding included: fewer
+    spines are found at a higher rate); one that includes 0 says the groups were seen alike.
+
+    Returns
+    -------
+    dict
+        ``{"spine_density": sentence}``, or empty without the table.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"quantity": ["spike_in_recall"], "group": ["g"], "compound": ["diazepam"],
+    ...                   "treatment_days": [7], "day": [7], "difference": [-4.0], "ci_low": [-7.5],
+    ...                   "ci_high": [-0.5]})
+    >>> quality_caveats({"spine_quality_balance": t}, headline="g")["spine_density"][62:]
+    "differed from vehicle's by -4.0 points (95 % CI -7.5 to -0.5): part of the density change may come from the imaging or the detector, not the tissue (see the quality table of 05_spines)."
+    """
+    t = tables.get("spine_quality_balance")
+    if t is None or t.empty or "difference" not in t:
+        return {}
+    t = t[(t["quantity"] == "spike_in_recall") & t["difference"].notna() & (t["day"] == t["treatment_days"])]
+    if t.empty:
+        return {}
+    head = t[t["group"] == headline]
+    r = next((head if len(head) else t.iloc[:1]).itertuples())
+    ci = f"{r.difference:+.1f} points (95 % CI {r.ci_low:+.1f} to {r.ci_high:+.1f})"
+    if r.ci_low > 0 or r.ci_high < 0:
+        text = (f"The spine detector's recall (spike-in) on {r.group}'s images at day {int(r.day)} differed from "
+                f"vehicle's by {ci}: part of the density change may come from the imaging or the detector, not "
+                "the tissue (see the quality table of 05_spines).")
+    else:
+        text = (f"The spine detector's recall (spike-in) on {r.group}'s images at day {int(r.day)} was that of "
+                f"vehicle's within {ci}: the groups were imaged and detected alike.")
+    return {"spine_density": text}
 
 
 def abstract(contrasts: pd.DataFrame, headline: str = HEADLINE_GROUP,

@@ -812,7 +812,10 @@ def write_index(
         headline = F.HEADLINE_GROUP
     from analysis.report.validation import calibration_caveats
 
-    found = F.abstract(contrasts, headline=headline, caveats=calibration_caveats())
+    caveats = calibration_caveats()
+    for key, text in F.quality_caveats(tables, headline).items():
+        caveats[key] = f"{caveats[key]} {text}" if key in caveats else text
+    found = F.abstract(contrasts, headline=headline, caveats=caveats)
     trend = F.trend_findings(tables.get("synapse_trend")) + F.mechanism_findings(tables.get("synapse_mechanism"))
     estimab = F.estimability(tables.get("synapse_dose_response"), tables.get("synapse_recovery"),
                              doses=_doses(processed_dir), follow_up_days=_follow_up_days(tables), order=order)

@@ -172,7 +172,9 @@ def quality_balance(measurements: pd.DataFrame, column: str = "spike_in_recall",
     per_animal = d.groupby(["animal_id", *GROUP_COLUMNS, *by], as_index=False, sort=False)[column].mean()
     per_animal["group"] = [group_label(*k) for k in per_animal[GROUP_COLUMNS].itertuples(index=False)]
     out = versus_vehicle(per_animal, column, list(by))
+    for c in ("n_animals_vehicle", "difference_pp", "ci_low", "ci_high", "p_value"):
+        if c not in out:  # (no treated group with a vehicle to compare)
+            out[c] = np.nan
     for c in ("difference_pp", "ci_low", "ci_high"):
-        if c in out:
-            out[c] = out[c] * scale / 100.0
+        out[c] = out[c] * scale / 100.0
     return out.rename(columns={"difference_pp": "difference"}).assign(quantity=column)

@@ -767,7 +767,9 @@ def _fit_spines(m: pd.DataFrame, out: Path, *, primary: str | None) -> dict[str,
     """Spine density over sessions: the longitudinal model of :func:`fit_synapse_lmm` on log
     spines per um (animal and animal x session effects, and a position effect where the sheet's
     ``field`` names the imaged position: the same dendrites every session), percent change
-    from baseline and versus vehicle, the primary group tested first."""
+    from baseline and versus vehicle, the primary group tested first; and the images' quality
+    per group and session against vehicle (``spine_quality_balance.csv``,
+    :func:`analysis.stats.diagnostics.quality_balance`) when the rows carry it."""
     from analysis.io.files import write_csv
 
     fit = fit_synapse_lmm(m, SPINE_VALUE, position=SPINE_POSITION if SPINE_POSITION in m else None)
@@ -780,6 +782,15 @@ def _fit_spines(m: pd.DataFrame, out: Path, *, primary: str | None) -> dict[str,
     write_csv(fit.variance_components.assign(converged=fit.converged, warnings="; ".join(fit.warnings)),
               paths["spine_variance"])
     write_csv(session_contrasts(fit, primary=primary), paths["spine_contrasts"])
+    # did the detector see the groups alike? the images' spike-in recall (points) and measured
+    # SNR, each treated group against its vehicle per session (analysis.stats.diagnostics)
+    from analysis.stats.diagnostics import quality_balance
+
+    balance = [quality_balance(m, "spike_in_recall", scale=100.0), quality_balance(m, "measured_snr")]
+    balance = [b for b in balance if len(b)]
+    if balance:
+        paths["spine_quality_balance"] = out / "spine_quality_balance.csv"
+        write_csv(pd.concat(balance, ignore_index=True), paths["spine_quality_balance"])
     return paths
 
 
