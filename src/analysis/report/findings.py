@@ -522,7 +522,8 @@ def quality_caveats(tables: Mapping[str, pd.DataFrame], headline: str = HEADLINE
     spike-in recall of the headline group (else the first treated group) minus that of its
     vehicle at the end of dosing, in points with its 95 % CI.  A CI that excludes 0 says part of
     the density change may come from the imaging or the detector (crowding included: fewer
-    spines are found at a higher rate); one that includes 0 says the groups were seen alike.
+    spines are found at a higher rate); one that includes 0 only that no difference was
+    detected (its width says how large a difference could have gone unseen).
 
     Returns
     -------
@@ -551,8 +552,8 @@ def quality_caveats(tables: Mapping[str, pd.DataFrame], headline: str = HEADLINE
                 f"vehicle's by {ci}: part of the density change may come from the imaging or the detector, not "
                 "the tissue (see the quality table of 05_spines).")
     else:
-        text = (f"The spine detector's recall (spike-in) on {r.group}'s images at day {int(r.day)} was that of "
-                f"vehicle's within {ci}: the groups were imaged and detected alike.")
+        text = (f"The spine detector's recall (spike-in) on {r.group}'s images at day {int(r.day)} did not "
+                f"differ detectably from vehicle's: {ci}.")
     return {"spine_density": text}
 
 
