@@ -67,12 +67,11 @@ def _background_mask(plane: np.ndarray, trace: sp.DendriteTrace) -> np.ndarray:
     return ~ndi.binary_dilation(trace.foreground, iterations=r) & (plane > plane.min())
 
 
-def _local_background(plane: np.ndarray, trace: sp.DendriteTrace) -> np.ndarray:
-    """Mean of the background pixels around each pixel (Gaussian weights over 8 shaft radii).
+def _local_background(plane: np.ndarray, trace: sp.DendriteTrace, back: np.ndarray) -> np.ndarray:
+    """Mean of the background pixels ``back`` around each pixel (Gaussian weights over 8 shaft radii).
 
     A mean, not the low percentile the detector's flattening uses: that one sits below the
     background by a multiple of the noise, which would count as head amplitude."""
-    back = _background_mask(plane, trace)
     if back.sum() < 100:
         return np.asarray(trace.background, np.float64)
     s = 8.0 * trace.shaft_radius_px
@@ -82,11 +81,10 @@ def _local_background(plane: np.ndarray, trace: sp.DendriteTrace) -> np.ndarray:
     return np.where(w > 1e-3, level / np.maximum(w, 1e-12), fallback)
 
 
-def _background_noise_sd(plane: np.ndarray, trace: sp.DendriteTrace) -> float:
+def _background_noise_sd(plane: np.ndarray, trace: sp.DendriteTrace, back: np.ndarray) -> float:
     """Pixel noise SD of the background: the SD of differences of neighbouring pixels
-    (over sqrt 2) away from the traced foreground (beyond one shaft radius of it) and off the
-    image's lowest value (clipped or padded); the trace's noise sigma when too few such pixels."""
-    back = _background_mask(plane, trace)
+    (over sqrt 2) within the background pixels ``back`` (:func:`_background_mask`); the
+    trace's noise sigma when too few such pixels."""
     pair_x = back[:, :-1] & back[:, 1:]
     pair_y = back[:-1, :] & back[1:, :]
     diff = np.concatenate([(plane[:, :-1] - plane[:, 1:])[pair_x], (plane[:-1, :] - plane[1:, :])[pair_y]])
@@ -114,10 +112,13 @@ def _shot_noise_slope(plane: np.ndarray) -> float:
     return float(fit[1]) / hp_var
 
 
-def _beside(spines: pd.DataFrame, trace: sp.DendriteTrace) -> tuple[np.ndarray, np.ndarray]:
+def _beside(spines: pd.DataFrame, trace: sp.DendriteTrace, d_cent: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Which heads lie beside a shaft (not found on its centreline), and every head's distance
-    from the nearest centreline (pixels)."""
-    d_cent = ndi.distance_transform_edt(~trace.skeleton)
+    from the nearest centreline (pixels; ``d_cent``, the distance transform of the centrelines,
+    is computed when not given)."""
+    if d_cent is None:
+        d_cent = ndi.distance_transform_edt(~trace.skeleton)
     h, w = d_cent.shape
     iy = np.clip(np.rint(spines["y"].to_numpy(float)).astype(int), 0, h - 1)
     ix = np.clip(np.rint(spines["x"].to_numpy(float)).astype(int), 0, w - 1)
@@ -130,8 +131,9 @@ def spine_brightness(image: np.ndarray, pixel_size_um: float, spines: pd.DataFra
     """Brightness of the image's spine heads, corrected for the faint heads not detected.
 
     A head's amplitude is the image minus its local background (the mean of the pixels away
-    from the traced foreground, over 8 shaft radii) at the head centre, smoothed at the median head sigma (and corrected for the half of the peak that
-    smoothing takes from a Gaussian head of that size).  Its detection score ``snr`` (1 at the
+    from the traced foreground, over 8 shaft radii) at the head centre, smoothed at the median
+    head sigma (and corrected for the half of the peak that smoothing takes from a Gaussian
+    head of that size).  Its detection score ``snr`` (1 at the
     detector's cut) times ``k_sigma`` is its response in noise sigmas when the noise test is the
     one that binds, so the detected heads are a sample of a population cut at ``k_sigma *
     min_snr`` noise sigmas, measured with unit error: the model of
@@ -167,7 +169,8 @@ def spine_brightness(image: np.ndarray, pixel_size_um: float, spines: pd.DataFra
     plane = img.max(axis=0) if img.ndim == 3 else img
     k_sigma, min_snr = _detect_defaults(detect_params)
     nan = float("nan")
-    noise_bg = _background_noise_sd(plane, trace)
+    back = _background_mask(plane, trace)
+    noise_bg = _background_noise_sd(plane, trace, back)
     out: dict[str, Any] = {"mu": nan, "sigma": nan, "mean_snr": nan, "peak_per_sd": nan, "model_recall": nan,
                            "n": 0, "method": "none", "head_sigma_px": nan, "background_noise_sd": float(noise_bg)}
     if len(spines) == 0 or not trace.skeleton.any():
@@ -184,7 +187,7 @@ def spine_brightness(image: np.ndarray, pixel_size_um: float, spines: pd.DataFra
     # peak of a Gaussian head of sigma s_h smoothed at s loses the factor s_h^2 / (s_h^2 + s^2),
     # restored here
     s_h = float(out["head_sigma_px"])
-    sm = ndi.gaussian_filter(plane - _local_background(plane, trace), s_h) * 2.0
+    sm = ndi.gaussian_filter(plane - _local_background(plane, trace, back), s_h) * 2.0
     iy = np.clip(np.rint(side["y"].to_numpy(float)).astype(int), 0, plane.shape[0] - 1)
     ix = np.clip(np.rint(side["x"].to_numpy(float)).astype(int), 0, plane.shape[1] - 1)
     amp = sm[iy, ix].astype(float)
@@ -208,22 +211,23 @@ def spine_image_snr(brightness: dict[str, Any]) -> float:
     return float(val) if np.isfinite(val) and val > 0 else float("nan")
 
 
-def _spike_places(rng: np.random.Generator, trace: sp.DendriteTrace, carriers: np.ndarray, offsets_px: np.ndarray,
-                  existing: np.ndarray, n: int, clearance_px: float, spacing_px: float, margin_px: float
-                  ) -> np.ndarray:
+def _spike_places(rng: np.random.Generator, trace: sp.DendriteTrace, angle: np.ndarray, nearest: np.ndarray,
+                  carriers: np.ndarray, offsets_px: np.ndarray, existing: np.ndarray, n: int, clearance_px: float,
+                  spacing_px: float, margin_px: float) -> np.ndarray:
     """Up to ``n`` places beside the centrelines of the ``carriers`` dendrites (ids).
 
     A random centreline pixel of a carrier, moved perpendicular to the local centreline by an
     offset drawn from ``offsets_px`` (the distances of the image's own heads from their
     centreline) to a random side; kept when it is off every shaft core, nearest to that
     dendrite's centreline, ``margin_px`` inside the image, ``clearance_px`` from every detected
-    spine and ``spacing_px`` from the other places.
+    spine and ``spacing_px`` from the other places.  ``angle``: the local centreline direction
+    (:func:`analysis.measure.spines._centreline_angle`); ``nearest``: the dendrite id of the
+    centreline pixel nearest to each pixel.
     """
     cl = trace.centreline
     cl = cl[np.isin(cl["dendrite_id"].to_numpy(), carriers)]
     if len(cl) == 0 or len(offsets_px) == 0 or n <= 0:
         return np.zeros((0, 2))
-    angle = sp._centreline_angle(trace.skeleton, 2.0 * trace.shaft_radius_px)
     m = 12 * n + 64
     pick = rng.integers(0, len(cl), m)
     cy, cx = cl["y"].to_numpy()[pick], cl["x"].to_numpy()[pick]
@@ -237,9 +241,7 @@ def _spike_places(rng: np.random.Generator, trace: sp.DendriteTrace, carriers: n
     py, pxx, dend = py[ok], pxx[ok], dend[ok]
     iy, ix = np.rint(py).astype(int), np.rint(pxx).astype(int)
     # beside its own dendrite: not on a shaft, and nearest to that dendrite's centreline
-    _, (ny, nx) = ndi.distance_transform_edt(~trace.skeleton, return_indices=True)
-    lab = trace.labels
-    ok = (lab[iy, ix] == 0) & (lab[ny[iy, ix], nx[iy, ix]] == dend)
+    ok = (trace.labels[iy, ix] == 0) & (nearest[iy, ix] == dend)
     return spaced_points(np.column_stack([py[ok], pxx[ok]]), existing, n, clearance_px, spacing_px)
 
 
@@ -350,12 +352,14 @@ def spine_spike_in_recall(
     plane = img.max(axis=0) if img.ndim == 3 else img
     b = brightness if brightness is not None else spine_brightness(img, pixel_size_um, spines, trace,
                                                                    detect_params=detect_params)
-    beside, d_head = (_beside(spines, trace) if len(spines) and trace.skeleton.any()
-                      else (np.zeros(len(spines), bool), np.zeros(len(spines))))
-    side = spines[beside]
-    if len(side) == 0 or not np.isfinite(b["mu"]) or not np.isfinite(b["head_sigma_px"]):
+    if not (np.isfinite(b["mu"]) and np.isfinite(b["head_sigma_px"])):  # (no head beside a traced shaft)
         log.info("spine spike-in: no heads beside a shaft to take size and brightness from")
         return out
+    d_cent, (ny, nx) = ndi.distance_transform_edt(~trace.skeleton, return_indices=True)
+    beside, d_head = _beside(spines, trace, d_cent)
+    side = spines[beside]
+    angle = sp._centreline_angle(trace.skeleton, 2.0 * trace.shaft_radius_px)
+    nearest = trace.labels[ny, nx]
     rng = np.random.default_rng(seed)
     sig = float(b["head_sigma_px"])
     head_d = _FWHM_PER_SIGMA * sig
@@ -364,9 +368,11 @@ def spine_spike_in_recall(
     offsets = d_head[beside]
     carriers = np.unique(side["dendrite_id"].to_numpy(int))
     per_round = max(int(round(spike_fraction * len(side))), math.ceil(min_spikes / max(int(rounds), 1)))
+
     def place() -> np.ndarray:
-        return _spike_places(rng, trace, carriers, offsets, pos_det, per_round, clearance_head_diameters * head_d,
-                             spacing_head_diameters * head_d, margin_px=3.0 * sig + 2.0)
+        return _spike_places(rng, trace, angle, nearest, carriers, offsets, pos_det, per_round,
+                             clearance_head_diameters * head_d, spacing_head_diameters * head_d,
+                             margin_px=3.0 * sig + 2.0)
 
     def spiked_image(pos: np.ndarray, amp: np.ndarray) -> np.ndarray:
         spikes = _render_heads(plane.shape, pos, amp, sig)

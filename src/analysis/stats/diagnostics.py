@@ -162,7 +162,7 @@ def quality_balance(measurements: pd.DataFrame, column: str = "spike_in_recall",
     from analysis.stats.turnover import versus_vehicle
 
     need = ["animal_id", *GROUP_COLUMNS, *by, column]
-    if column not in measurements or not all(c in measurements for c in need):
+    if not all(c in measurements for c in need):
         return pd.DataFrame()
     d = measurements[need].copy()
     d[column] = pd.to_numeric(d[column], errors="coerce")
