@@ -32,10 +32,19 @@ bank share animals, so the bank's own sampling error (a bank of 40 animals per g
 truth model's effect and against the effect the bank's true densities realise
 (:func:`bank_truth`).
 
+Imaging quality that changes between sessions (``--session-photon-sd SD``: each image's photons
+scaled by ``exp(N(0, SD))``, the design's ``spine_session_photon_sd``) gives a bank of its own
+(``bank_seed<seed>_photonsd<SD>.parquet``, results in a folder named after it, the committed
+summary untouched; so does ``--scratch`` for any bank).  Every study is also fitted with the
+report's sensitivity analysis (the position-effect model with each image's log measured SNR,
+:func:`analysis.stats.models.snr_adjusted_spine_contrasts`).
+
 Usage::
 
     python benchmarks/calibrate_spines_e2e.py bank --animals 40 --workers 2
     python benchmarks/calibrate_spines_e2e.py analyse --studies 400
+    python benchmarks/calibrate_spines_e2e.py bank --animals 20 --seed 72000 --session-photon-sd 0.4
+    python benchmarks/calibrate_spines_e2e.py analyse --studies 200 --seed 72000 --session-photon-sd 0.4
 
 Cost on the 2-core reference machine: the bank (960 images, 320 tracked positions) 947 s with
 2 workers; the 800 studies 400 s.
@@ -77,13 +86,16 @@ COMMITTED = ROOT / "benchmarks" / "calibration_spines_e2e.md"
 log = logging.getLogger("calibrate_spines_e2e")
 
 
-def bank_design(animals: int, seed: int) -> pd.DataFrame:
-    """Design rows of the default spine arm with ``animals`` animals per group (truth columns kept)."""
+def bank_design(animals: int, seed: int, photon_sd: float = 0.0) -> pd.DataFrame:
+    """Design rows of the default spine arm with ``animals`` animals per group (truth columns kept);
+    ``photon_sd``: imaging quality varying between sessions (the design's
+    ``spine_session_photon_sd``)."""
     from analysis.sim.design import PRESETS, build_design
     from analysis.sim.truth import calibrated_model
 
     base = PRESETS["default"]
-    preset = dataclasses.replace(base, groups=(), animals_per_group=0, spine_animals_per_group=animals)
+    preset = dataclasses.replace(base, groups=(), animals_per_group=0, spine_animals_per_group=animals,
+                                 spine_session_photon_sd=photon_sd)
     design = build_design(preset, calibrated_model(), seed)
     return design[design["readout"] == "spine"].reset_index(drop=True)
 
@@ -135,6 +147,7 @@ def _measure_series(task: tuple[list[dict], int, str]) -> tuple[list[dict], pd.D
         length = float(sess.info["length_in_field_um"])
         out.append({k: r[k] for k in ("image_id", "animal_id", "genotype", "compound", "dose_mg_kg",
                                       "treatment_days", "day", "field", "snr_level", "true_spine_density_ratio")}
+                   | {"photon_scale": float(r.get("photon_scale", 1.0)), "true_snr": float(sess.info["snr"])}
                    | {VALUE: row.get(VALUE, np.nan), "n_spines": row.get("n_spines", np.nan),
                       "dendrite_length_um": row.get("dendrite_length_um", np.nan),
                       **{q: row.get(q, np.nan) for q in QUALITY},
@@ -157,11 +170,16 @@ def tracks_path(bank_path: Path) -> Path:
     return bank_path.with_name(bank_path.name.replace("bank_", "tracks_"))
 
 
-def build_bank(animals: int, seed: int, workers: int) -> Path:
+def bank_path(seed: int, photon_sd: float = 0.0) -> Path:
+    """Where the bank of a seed (and session photon SD, when not 0) is cached."""
+    return OUT / (f"bank_seed{seed}.parquet" if not photon_sd else f"bank_seed{seed}_photonsd{photon_sd:g}.parquet")
+
+
+def build_bank(animals: int, seed: int, workers: int, photon_sd: float = 0.0) -> Path:
     from analysis.sim.design import PRESETS
 
-    path = OUT / f"bank_seed{seed}.parquet"
-    design = bank_design(animals, seed)
+    path = bank_path(seed, photon_sd)
+    design = bank_design(animals, seed, photon_sd)
     tasks = [(sub.to_dict("records"), seed, PRESETS["default"].spine_preset)
              for _, sub in design.groupby("series", sort=False)]
     t0 = time.perf_counter()
@@ -227,17 +245,26 @@ def truth_pct(study: pd.DataFrame) -> dict[tuple[str, int], float]:
     return out
 
 
-def fit_one(study: pd.DataFrame, value: str, position: str | None) -> pd.DataFrame:
-    from analysis.stats.models import fit_synapse_lmm, session_contrasts
+def fit_one(study: pd.DataFrame, value: str, position: str | None, quality: bool = False) -> pd.DataFrame:
+    """Contrasts versus vehicle of the spine model; ``quality``: the report's sensitivity
+    analysis with each image's log measured SNR as a covariate
+    (:func:`analysis.stats.models.snr_adjusted_spine_contrasts`; measured densities only)."""
+    from analysis.stats.models import fit_synapse_lmm, session_contrasts, snr_adjusted_spine_contrasts
 
-    fit = fit_synapse_lmm(study, value, position=position)
-    con = session_contrasts(fit, primary=PRIMARY)
+    if quality:
+        con, _ = snr_adjusted_spine_contrasts(study, primary=PRIMARY, position=position)
+        converged = True  # (the adjusted fit's convergence is not returned; its warnings are logged)
+    else:
+        fit = fit_synapse_lmm(study, value, position=position)
+        con, converged = session_contrasts(fit, primary=PRIMARY), fit.converged
     con = con[con["pct_vs_vehicle"].notna()].copy()
     return con[["group", "day", "pct_vs_vehicle", "pct_vs_vehicle_ci_low", "pct_vs_vehicle_ci_high",
-                "p_vs_vehicle", "p_vs_vehicle_adjusted", "planned", "primary"]].assign(converged=fit.converged)
+                "p_vs_vehicle", "p_vs_vehicle_adjusted", "planned", "primary"]].assign(converged=converged)
 
 
-MODELS = {"report (animal, animal x session)": None, "with position effect": "field"}
+#: model name -> (position column, with the SNR covariate of :func:`fit_one`)
+MODELS = {"report (animal, animal x session)": (None, False), "with position effect": ("field", False),
+          "position effect + log measured SNR (the report's sensitivity analysis)": ("field", True)}
 
 
 def turnover_contrasts(tracks: pd.DataFrame) -> pd.DataFrame:
@@ -267,8 +294,10 @@ def _analyse_one(task: tuple[pd.DataFrame, pd.DataFrame | None, int, bool]) -> l
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for counts, value in (("measured", VALUE), ("perfect", TRUE)):
-            for model, position in MODELS.items():
-                con = fit_one(study, value, position)
+            for model, (position, quality) in MODELS.items():
+                if quality and counts == "perfect":
+                    continue  # true densities carry no detection error to adjust
+                con = fit_one(study, value, position, quality)
                 con["truth"] = [truth[(g, int(d))] for g, d in zip(con["group"], con["day"])]
                 out.append(con.assign(study=k, null=null, counts=counts, model=model, measure="density"))
         if tracks is not None:
@@ -317,14 +346,14 @@ def summarise(res: pd.DataFrame, realised: dict[tuple[str, int], float] | None =
     return s
 
 
-def quality_check(bank_path: Path) -> list[str]:
+def quality_check(bank_path: Path, scratch: bool = False) -> list[str]:
     """The spine readout's per-image quality (``measured_snr``, ``spike_in_recall``) against the
     bank's truth: per SNR level, the spike-in recall beside the share of the true in-field
     spines counted (``n_spines / true_spine_count``: the recall, over a precision of ~0.99),
     their per-image difference and rank correlation (over all images and within a level),
     the measured SNR, and the slope of log(measured / true density) on log true density
     (the detector's attenuation of density differences) with the measured density and with it
-    divided by the image's spike-in recall.  Writes ``quality.md`` beside the bank and returns
+    divided by the image's spike-in recall.  Writes ``quality.md`` with the results (:func:`results_dir`) and returns
     its lines."""
     from scipy import stats
 
@@ -353,12 +382,24 @@ def quality_check(bank_path: Path) -> list[str]:
     lines += ["", f"Rank correlation of spike-in recall and counted / true within SNR levels (level means removed): "
               f"{rho_w:.2f}."]
     text = "\n".join(lines) + "\n"
-    (bank_path.parent / "quality.md").write_text(text)
+    out = results_dir(bank_path, scratch)[0]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.md").write_text(text)
     print(text)
     return lines
 
 
-def analyse(bank_path: Path, studies: int, workers: int) -> None:
+def results_dir(bank_path: Path, scratch: bool = False) -> tuple[Path, bool]:
+    """Where the analysis of a bank goes, and whether it is the committed summary's: a default
+    bank's results in ``OUT`` (the summary also in :data:`COMMITTED`); those of a bank with
+    session-varying imaging quality, or of any bank with ``scratch``, in a folder named after
+    the bank (the committed summary untouched)."""
+    if scratch or "_photonsd" in bank_path.stem:
+        return OUT / bank_path.stem.replace("bank_", ""), False
+    return OUT, True
+
+
+def analyse(bank_path: Path, studies: int, workers: int, scratch: bool = False) -> None:
     bank = pd.read_parquet(bank_path)
     tracks = pd.read_parquet(tracks_path(bank_path)) if tracks_path(bank_path).exists() else None
     t0 = time.perf_counter()
@@ -370,13 +411,14 @@ def analyse(bank_path: Path, studies: int, workers: int) -> None:
             if (i + 1) % 100 == 0:
                 log.info("%d / %d studies, %.0f s", i + 1, len(tasks), time.perf_counter() - t0)
     res = pd.concat(parts, ignore_index=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    res.to_csv(OUT / "studies.csv", index=False)
+    out = results_dir(bank_path, scratch)[0]
+    out.mkdir(parents=True, exist_ok=True)
+    res.to_csv(out / "studies.csv", index=False)
     log.info("%d studies fitted in %.0f s", len(tasks), time.perf_counter() - t0)
-    write_summary(res, bank, bank_path.name)
+    write_summary(res, bank, bank_path.name, scratch)
 
 
-def turnover_summary(res: pd.DataFrame, tracks_file: Path) -> list[str]:
+def turnover_summary(res: pd.DataFrame, tracks_file: Path, out: Path = OUT) -> list[str]:
     """Markdown lines: per turnover measure, interval and group, the treated-minus-vehicle
     difference (percentage points) on measured and true tracks: mean, coverage of the bank's
     own true difference (null studies: 0), CI width, rejection rate."""
@@ -391,7 +433,7 @@ def turnover_summary(res: pd.DataFrame, tracks_file: Path) -> list[str]:
     s = (res.groupby(["null", "measure", "group", "day", "counts"])
          .agg(truth=("truth", "mean"), mean=("difference_pp", "mean"), coverage=("covered", "mean"),
               width=("width", "median"), rejected=("significant", "mean")).reset_index())
-    s.to_csv(OUT / "summary_turnover.csv", index=False)
+    s.to_csv(out / "summary_turnover.csv", index=False)
     lines = ["## Turnover: treated minus vehicle, percentage points (Welch t over animals, as the report)", "",
              "Truth: the difference the bank's true tracks give over all its animals (null studies: 0).", "",
              "| studies | fraction | group | interval to day | tracks | truth (pp) | mean estimate (pp) | coverage | "
@@ -402,12 +444,13 @@ def turnover_summary(res: pd.DataFrame, tracks_file: Path) -> list[str]:
     return lines + [""]
 
 
-def write_summary(res: pd.DataFrame, bank: pd.DataFrame, bank_name: str) -> None:
+def write_summary(res: pd.DataFrame, bank: pd.DataFrame, bank_name: str, scratch: bool = False) -> None:
     """``summary.csv`` and ``summary.md`` (printed) from the per-study rows of :func:`analyse`."""
     turnover = res[res["measure"] != "density"] if "measure" in res else res.iloc[0:0]
     res = res[res["measure"] == "density"] if "measure" in res else res
+    out, committed = results_dir(OUT / bank_name, scratch)
     s = summarise(res, bank_truth(bank))
-    s.to_csv(OUT / "summary.csv", index=False)
+    s.to_csv(out / "summary.csv", index=False)
     studies = res.groupby("null")["study"].nunique()
     lines = ["# End-to-end calibration of the spine statistics", "",
              f"Generated by `benchmarks/calibrate_spines_e2e.py` on {time.strftime('%Y-%m-%d')} at commit {_commit()}: "
@@ -415,7 +458,9 @@ def write_summary(res: pd.DataFrame, bank: pd.DataFrame, bank_name: str) -> None
              f"(6 animals per group, 2 imaged positions each, days -3 / 7 / 63) drawn from a bank of "
              f"{bank.animal_id.nunique()} animals and {len(bank)} two-photon images ({bank_name}), each image "
              "rendered, measured and tracked by the pipeline (images -> quantify -> fit).  The report's model of "
-             "the spine density has the position effect; the model without it is the report's before 2026-12-02.  "
+             "the spine density has the position effect; the model without it is the report's before 2026-12-02; "
+             "the sensitivity analysis adds each image's log measured SNR as a covariate to the position-effect "
+             "model.  "
              "Truth: the truth model's effect and the effect the bank's own true densities realise (its sampling "
              "error is common to every study drawn from it).", ""]
     for null in (False, True):
@@ -432,14 +477,19 @@ def write_summary(res: pd.DataFrame, bank: pd.DataFrame, bank_name: str) -> None
                          f"{r.rejected_adjusted:.3f} | {r.converged:.3f} |")
         lines.append("")
     if len(turnover):
-        lines += turnover_summary(turnover, tracks_path(OUT / bank_name))
+        lines += turnover_summary(turnover, tracks_path(OUT / bank_name), out)
     ratio = (bank[VALUE] / bank[TRUE]).groupby(bank["snr_level"])
     lines += ["## Measured / true spine density per image, by SNR level", "",
               "| SNR level | images | median | 10th-90th percentile |", "|---|---|---|---|"]
     for level, r in ratio:
         lines.append(f"| {level} | {r.size} | {r.median():.3f} | {r.quantile(0.1):.3f}-{r.quantile(0.9):.3f} |")
-    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
-    COMMITTED.write_text("\n".join(lines) + "\n")
+    if "photon_scale" in bank and bank["photon_scale"].nunique() > 1:
+        lines += ["", f"Imaging quality varies between sessions: photon scale per image log-SD "
+                  f"{np.log(bank['photon_scale']).std():.2f} (median {bank['photon_scale'].median():.2f}, "
+                  f"{bank['photon_scale'].min():.2f}-{bank['photon_scale'].max():.2f})."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    if committed:
+        COMMITTED.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -450,17 +500,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=70_000, help="seed of the bank's design and images")
     ap.add_argument("--studies", type=int, default=400, help="effect studies (and as many null studies)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--session-photon-sd", type=float, default=0.0,
+                    help="imaging quality varying between sessions: log-SD of each image's photon scale "
+                         "(0: every session of a position imaged alike, the default study)")
+    ap.add_argument("--scratch", action="store_true",
+                    help="results in a folder named after the bank; the committed summary is left as it is")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    path = bank_path(args.seed, args.session_photon_sd)
     if args.stage == "bank":
-        build_bank(args.animals, args.seed, args.workers)
+        build_bank(args.animals, args.seed, args.workers, args.session_photon_sd)
     elif args.stage == "quality":
-        quality_check(OUT / f"bank_seed{args.seed}.parquet")
+        quality_check(path, args.scratch)
     elif args.stage == "analyse":
-        analyse(OUT / f"bank_seed{args.seed}.parquet", args.studies, args.workers)
+        analyse(path, args.studies, args.workers, args.scratch)
     else:  # the tables again from the per-study rows of the last analyse
-        path = OUT / f"bank_seed{args.seed}.parquet"
-        write_summary(pd.read_csv(OUT / "studies.csv"), pd.read_parquet(path), path.name)
+        write_summary(pd.read_csv(results_dir(path, args.scratch)[0] / "studies.csv"), pd.read_parquet(path), path.name,
+                      args.scratch)
 
 
 if __name__ == "__main__":

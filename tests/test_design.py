@@ -96,3 +96,22 @@ def test_design_summary_counts_animals(default_design: pd.DataFrame) -> None:
     row = s[s.group == "WT diazepam 5 mg/kg x 7 d"].iloc[0]
     assert row.session_days == "-3, 7, 14, 28, 42, 63" and row.two_photon_days == "-3, 7, 63"
     assert row.n_terminal_images == 16
+
+
+def test_spine_sessions_imaging_quality_varies_only_when_asked() -> None:
+    import dataclasses
+
+    import numpy as np
+
+    base = dataclasses.replace(PRESETS["default"], groups=(), animals_per_group=0, spine_animals_per_group=20)
+    alike = build_design(base, calibrated_model(), seed=3)
+    assert (alike["photon_scale"] == 1.0).all()
+    varied = build_design(dataclasses.replace(base, spine_session_photon_sd=0.4), calibrated_model(), seed=3)
+    # the same animals, levels and truth; only the sessions' photon scale is drawn
+    pd.testing.assert_frame_equal(varied.drop(columns="photon_scale"), alike.drop(columns="photon_scale"))
+    logs = np.log(varied["photon_scale"])
+    assert len(logs) == 480 and logs.std() == pytest.approx(0.4, abs=0.04) and abs(logs.mean()) < 0.06
+    # drawn per image: the sessions of one position differ
+    assert (varied.groupby("series")["photon_scale"].nunique() == 3).all()
+    with pytest.raises(ValueError, match="spine_session_photon_sd"):
+        build_design(dataclasses.replace(base, spine_session_photon_sd=-0.1), calibrated_model(), seed=3)

@@ -453,6 +453,24 @@ def test_presets_and_snr_levels() -> None:
         simulate_spine_sessions(0, preset="test", pixel_size=0.1)
 
 
+def test_photon_scale_changes_the_imaging_of_one_session_only() -> None:
+    plain = simulate_spine_sessions(5, preset="test")
+    scaled = simulate_spine_sessions(5, preset="test", photon_scale=[1.0, 0.25])
+    # a factor of 1 leaves the session as it was (same draws); the scaled one has the same
+    # tissue, motion and noise draws, with a quarter of the photons
+    np.testing.assert_array_equal(scaled[0].image, plain[0].image)
+    assert scaled[1].spines.drop(columns="peak_photons").equals(plain[1].spines.drop(columns="peak_photons"))
+    np.testing.assert_allclose(scaled[1].spines["peak_photons"], 0.25 * plain[1].spines["peak_photons"], rtol=1e-6)
+    p = SNR_LEVELS["default"]
+    assert scaled[1].info["snr"] == pytest.approx(0.25 * p["signal_photons"] / math.sqrt(
+        0.25 * p["background_photons"] + p["read_noise_e"] ** 2))
+    assert [s.info["photon_scale"] for s in scaled] == [1.0, 0.25]
+    np.testing.assert_allclose(scaled[1].expected, 0.25 * plain[1].expected, rtol=1e-5)
+    for bad in ([1.0], [1.0, 0.0], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match="photon_scale"):
+            simulate_spine_sessions(5, preset="test", photon_scale=bad)
+
+
 def test_sessions_follow_the_requested_density() -> None:
     ratios, n_in, len_in = [], 0, 0.0
     for seed in range(12):

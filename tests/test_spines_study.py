@@ -188,3 +188,24 @@ def test_imaging_quality_is_compared_between_groups_and_stated(spine_study: tupl
     assert row["difference"] == pytest.approx(expected) and row["ci_low"] < row["difference"] < row["ci_high"]
     text = quality_caveats(load_tables(out), headline=row["group"])["spine_density"]
     assert f"{row['difference']:+.1f} points" in text and row["group"] in text
+
+
+def test_the_snr_adjusted_sensitivity_model_is_written_and_stated(spine_study: tuple[Path, Path]) -> None:
+    from analysis.report.findings import load_tables, quality_caveats
+    from analysis.stats.models import snr_adjusted_spine_contrasts
+
+    _, out = spine_study
+    written = pd.read_csv(out / "spine_contrasts_snr_adjusted.csv")
+    m = pd.read_parquet(out / "measurements.parquet")
+    spine_rows = m[m["spine_density_per_um"].notna()]
+    again, _ = snr_adjusted_spine_contrasts(spine_rows, position="field")
+    cols = ["pct_vs_vehicle", "pct_vs_vehicle_ci_low", "pct_vs_vehicle_ci_high", "snr_slope",
+            "within_position_sd_log_snr"]
+    np.testing.assert_allclose(written[cols].to_numpy(float), again[cols].to_numpy(float), rtol=1e-9)
+    row = written[(written["compound"] == "diazepam") & (written["day"] == 7)].iloc[0]
+    text = quality_caveats(load_tables(out), headline=row["group"])["spine_density"]
+    assert f"is {row['pct_vs_vehicle']:+.1f} % (95 % CI {row['pct_vs_vehicle_ci_low']:+.1f}" in text
+    # without the quality adjustment (`analysis fit --no-quality-adjustment`) it is not fitted
+    plain = out / "plain"
+    fit_study(str(out / "measurements.parquet"), str(plain), adjust_for_quality=False)
+    assert not (plain / "spine_contrasts_snr_adjusted.csv").exists() and (plain / "spine_contrasts.csv").exists()

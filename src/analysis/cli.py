@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                         '(e.g. "WT diazepam 5 mg/kg x 7 d"; default: Holm over all; `report` reads it from '
                         'analysis_plan.json beside samples.csv)')
     p.add_argument("--no-quality-adjustment", action="store_true",
-                   help="do not use the measured SNR of each image as a covariate of the synapse model")
+                   help="do not use the measured SNR of each image as a covariate of the synapse model "
+                        "(nor fit the spine model's SNR-adjusted sensitivity analysis)")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("power", help="power of the planned synapse contrasts for a design, by simulation with "

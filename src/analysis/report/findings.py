@@ -55,6 +55,8 @@ __all__ = [
     "primary_table",
     "trend_findings",
     "mechanism_findings",
+    "quality_caveats",
+    "snr_adjusted_sentence",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ HEADLINE_GROUP = group_label(WILD_TYPE, "diazepam", 5.0, 7)
 TABLES: tuple[str, ...] = (
     "synapse_contrasts.csv", "spine_contrasts.csv", "microglia_contrasts.csv", "synapse_trend.csv", "synapse_dose_response.csv",
     "synapse_recovery.csv", "synapse_mechanism.csv", "synapse_lmm_variance.csv", "synapse_session_means.csv",
-    "spine_quality_balance.csv", "failures.csv",
+    "spine_quality_balance.csv", "spine_contrasts_snr_adjusted.csv", "failures.csv",
 )
 
 #: Model of each kind of endpoint, as fitted by :mod:`analysis.stats` and :mod:`analysis.stats.trend`.
@@ -538,23 +540,58 @@ def quality_caveats(tables: Mapping[str, pd.DataFrame], headline: str = HEADLINE
     >>> quality_caveats({"spine_quality_balance": t}, headline="g")["spine_density"][62:]
     "differed from vehicle's by -4.0 points (95 % CI -7.5 to -0.5): part of the density change may come from the imaging or the detector, not the tissue (see the quality table of 05_spines)."
     """
+    texts = []
     t = tables.get("spine_quality_balance")
-    if t is None or t.empty or "difference" not in t:
-        return {}
-    t = t[(t["quantity"] == "spike_in_recall") & t["difference"].notna() & (t["day"] == t["treatment_days"])]
+    if t is not None and not t.empty and "difference" in t:
+        t = t[(t["quantity"] == "spike_in_recall") & t["difference"].notna() & (t["day"] == t["treatment_days"])]
+    if t is not None and not t.empty and "difference" in t:
+        head = t[t["group"] == headline]
+        r = next((head if len(head) else t.iloc[:1]).itertuples())
+        ci = f"{r.difference:+.1f} points (95 % CI {r.ci_low:+.1f} to {r.ci_high:+.1f})"
+        if r.ci_low > 0 or r.ci_high < 0:
+            texts.append(f"The spine detector's recall (spike-in) on {r.group}'s images at day {int(r.day)} differed "
+                         f"from vehicle's by {ci}: part of the density change may come from the imaging or the "
+                         "detector, not the tissue (see the quality table of 05_spines).")
+        else:
+            texts.append(f"The spine detector's recall (spike-in) on {r.group}'s images at day {int(r.day)} did not "
+                         f"differ detectably from vehicle's: {ci}.")
+    adjusted = snr_adjusted_sentence(tables.get("spine_contrasts_snr_adjusted"), headline)
+    if adjusted:
+        texts.append(adjusted)
+    return {"spine_density": " ".join(texts)} if texts else {}
+
+
+def snr_adjusted_sentence(adjusted: pd.DataFrame | None, headline: str = HEADLINE_GROUP) -> str:
+    """The spine model's sensitivity analysis in one sentence ('' without it).
+
+    From ``spine_contrasts_snr_adjusted`` (:func:`analysis.stats.snr_adjusted_spine_contrasts`):
+    the headline group's (else the first treated group's) change versus vehicle at the end of
+    dosing with each image's log measured SNR as a covariate, and how much the imaging varied
+    between sessions of the same dendrites.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"group": ["g"], "day": [7], "treatment_days": [7], "pct_vs_vehicle": [-11.2],
+    ...                   "pct_vs_vehicle_ci_low": [-18.0], "pct_vs_vehicle_ci_high": [-3.9],
+    ...                   "within_position_sd_log_snr": [0.21]})
+    >>> print(snr_adjusted_sentence(t, "g"))
+    Adjusted for each image's measured SNR (sensitivity analysis), g's change versus vehicle at day 7 is -11.2 % (95 % CI -18.0 to -3.9); the measured SNR of the same dendrites varied between sessions by a factor of 1.23 (geometric SD).
+    """
+    if adjusted is None or adjusted.empty or "pct_vs_vehicle" not in adjusted:
+        return ""
+    t = adjusted[adjusted["pct_vs_vehicle"].notna()]
+    if "treatment_days" in t:
+        t = t[t["day"] == t["treatment_days"]]
     if t.empty:
-        return {}
+        return ""
     head = t[t["group"] == headline]
     r = next((head if len(head) else t.iloc[:1]).itertuples())
-    ci = f"{r.difference:+.1f} points (95 % CI {r.ci_low:+.1f} to {r.ci_high:+.1f})"
-    if r.ci_low > 0 or r.ci_high < 0:
-        text = (f"The spine detector's recall (spike-in) on {r.group}'s images at day {int(r.day)} differed from "
-                f"vehicle's by {ci}: part of the density change may come from the imaging or the detector, not "
-                "the tissue (see the quality table of 05_spines).")
-    else:
-        text = (f"The spine detector's recall (spike-in) on {r.group}'s images at day {int(r.day)} did not "
-                f"differ detectably from vehicle's: {ci}.")
-    return {"spine_density": text}
+    sd = getattr(r, "within_position_sd_log_snr", float("nan"))
+    spread = (f"; the measured SNR of the same dendrites varied between sessions by a factor of {np.exp(sd):.2f} "
+              "(geometric SD)" if np.isfinite(sd) else "")
+    return (f"Adjusted for each image's measured SNR (sensitivity analysis), {r.group}'s change versus vehicle at "
+            f"day {int(r.day)} is {r.pct_vs_vehicle:+.1f} % (95 % CI {r.pct_vs_vehicle_ci_low:+.1f} to "
+            f"{r.pct_vs_vehicle_ci_high:+.1f}){spread}.")
 
 
 def abstract(contrasts: pd.DataFrame, headline: str = HEADLINE_GROUP,

@@ -115,6 +115,11 @@ class Preset:
         Field preset of :func:`analysis.sim.spines.simulate_spine_sessions` (``"default"``:
         512 x 512 maximum projections at 0.12 um), positions per animal and the mix of its
         SNR levels (:data:`analysis.sim.spines.SNR_LEVELS`).
+    spine_session_photon_sd : float
+        Imaging quality that varies between sessions of the same position: each spine image's
+        signal and background photons are scaled by ``exp(N(0, sd))`` (column ``photon_scale``;
+        laser power at the focus, window clarity).  0 (default): every session of a position
+        is imaged alike.
     """
 
     name: str
@@ -139,6 +144,7 @@ class Preset:
     spine_preset: str = "default"
     spine_fields: int = 1
     spine_snr_mix: dict[str, float] = field(default_factory=lambda: {"high": 0.3, "default": 0.5, "low": 0.2})
+    spine_session_photon_sd: float = 0.0
 
 
 def _spine_groups() -> tuple[Group, ...]:
@@ -304,6 +310,11 @@ def _spine_rows(preset: Preset, model: TruthModel, seed: int, *, first_animal: i
     if not preset.spine_animals_per_group:
         return []
     rng = np.random.default_rng(np.random.SeedSequence([seed, 5]))
+    # the sessions' imaging quality from a stream of its own (the other draws do not change)
+    photon_rng = np.random.default_rng(np.random.SeedSequence([seed, 6]))
+    photon_sd = float(preset.spine_session_photon_sd)
+    if not (np.isfinite(photon_sd) and photon_sd >= 0):
+        raise ValueError(f"spine_session_photon_sd must be >= 0, got {photon_sd!r}")
     levels = list(preset.spine_snr_mix)
     probs = np.array([preset.spine_snr_mix[k] for k in levels], dtype=float)
     probs /= probs.sum()
@@ -347,6 +358,7 @@ def _spine_rows(preset: Preset, model: TruthModel, seed: int, *, first_animal: i
                         "true_synapse_loss": model.max_synapse_loss * a,
                         "true_spine_density_ratio": readout_multipliers(model, a)["synapse_density"],
                         "spine_animal_effect": float(np.exp(re_spine)),
+                        "photon_scale": float(np.exp(photon_rng.normal(0.0, photon_sd))) if photon_sd else 1.0,
                     })
     return rows
 

@@ -157,7 +157,7 @@ def series_sessions(rows: list[dict[str, Any]], *, seed: int, spine_preset: str)
         series_seed, preset=spine_preset, snr=rows[0]["snr_level"],
         days=[float(r["day"]) for r in rows], target_density_ratio=[r["true_spine_density_ratio"] for r in rows],
         spine_density_per_um=spines.PRESETS[spine_preset]["spine_density_per_um"] * rows[0]["spine_animal_effect"],
-        dtype="uint16")
+        photon_scale=[float(r.get("photon_scale", 1.0)) for r in rows], dtype="uint16")
 
 
 def _render_series(task: dict[str, Any]) -> list[dict[str, Any]]:

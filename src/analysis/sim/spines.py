@@ -1035,7 +1035,7 @@ _TRUTH_KEYS = ("field_um", "depth_um", "n_dendrites", "spine_density_per_um", "t
 _RENDER_KEYS = ("pixel_size_um", "psf_sigma_xy_um", "psf_sigma_z_um", "mode", "z_step_um", "dtype",
                 "signal_photons", "background_photons", "read_noise_e", "background_cv", "background_scale_um")
 _OTHER_KEYS = ("days", "target_density_ratio", "drift_sd_um", "drift_z_sd_um", "rotation_sd_deg", "deformation_um",
-               "gain_rate_per_day", "loss_rate_per_day")
+               "gain_rate_per_day", "loss_rate_per_day", "photon_scale")
 
 
 def _settings(preset: str | Mapping[str, Any], snr: str | Mapping[str, float], overrides: Mapping[str, Any]
@@ -1098,6 +1098,13 @@ def simulate_spine_sessions(
         Imaging days (increasing); overrides the preset.
     target_density_ratio : sequence of float, optional
         Expected density relative to baseline at each session, same length as ``days``.
+    photon_scale : sequence of float, optional
+        Imaging efficiency of each session relative to the SNR level (same length as
+        ``days``; default 1 for every session): the session's signal and background
+        photo-electrons are both multiplied by it (laser power at the focus, a clearer or
+        cloudier cranial window, collection efficiency scale all fluorescence alike; the read
+        noise stays).  The per-plane SNR of the session is in ``session.info["snr"]``, its
+        factor in ``session.info["photon_scale"]``.
     **overrides
         Any key of the preset, of the SNR level, or ``gain_rate_per_day`` /
         ``loss_rate_per_day`` (e.g. ``mode="stack"``, ``pixel_size_um=0.1``).
@@ -1119,6 +1126,10 @@ def simulate_spine_sessions(
     if len(day_list) != len(ratios) or not day_list:
         raise ValueError(f"days ({len(day_list)}) and target_density_ratio ({len(ratios)}) must have the same, "
                          "non-zero length")
+    scales = cfg.get("photon_scale")
+    scales = [1.0] * len(day_list) if scales is None else [float(v) for v in np.atleast_1d(scales)]
+    if len(scales) != len(day_list) or not all(np.isfinite(v) and v > 0 for v in scales):
+        raise ValueError(f"photon_scale must give one positive factor per session ({len(day_list)}), got {scales}")
     if any(b < a for a, b in zip(day_list, day_list[1:])):
         raise ValueError(f"days must be increasing, got {day_list}")
     root = np.random.SeedSequence(seed)
@@ -1133,8 +1144,10 @@ def simulate_spine_sessions(
             truth = evolve_spines(truth, np.random.default_rng(evolve_ss[i]), days=interval,
                                   gain_rate_per_day=cfg["gain_rate_per_day"],
                                   loss_rate_per_day=cfg["loss_rate_per_day"], target_density_ratio=ratio)
-        session = _render_with_motion(truth, np.random.default_rng(render_ss[i]), cfg)
-        session.info.update({"session": i, "target_density_ratio": ratio})
+        cfg_i = cfg if scales[i] == 1.0 else {**cfg, "signal_photons": cfg["signal_photons"] * scales[i],
+                                               "background_photons": cfg["background_photons"] * scales[i]}
+        session = _render_with_motion(truth, np.random.default_rng(render_ss[i]), cfg_i)
+        session.info.update({"session": i, "target_density_ratio": ratio, "photon_scale": scales[i]})
         sessions.append(session)
         log.info("session %d (day %g): %d spines, density %.3f per um", i, day, len(truth.spines),
                  truth.density_per_um)

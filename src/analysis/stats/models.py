@@ -53,6 +53,7 @@ __all__ = [
     "gatekeeping",
     "sex_differences",
     "quality_covariates",
+    "snr_adjusted_spine_contrasts",
     "false_detection_corrected",
     "correlation",
     "SPINE_VALUE",
@@ -631,6 +632,61 @@ def quality_covariates(measurements: pd.DataFrame) -> tuple[pd.DataFrame, list[s
     return out, ["log_measured_snr", "log_measured_snr_sq"]
 
 
+def snr_adjusted_spine_contrasts(measurements: pd.DataFrame, *, primary: str | None = None,
+                                 position: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Sensitivity analysis of the spine model: the same fit with each image's log measured SNR
+    as a covariate.
+
+    Two-photon imaging quality changes between sessions of the same dendrites (laser power at
+    the focus, the cranial window's clarity); the detector finds fewer spines in a noisier
+    session, so such changes add to the session-to-session noise of each position's density,
+    which the position effect cannot absorb.  The image's measured SNR
+    (:func:`analysis.measure.spine_quality.spine_image_snr`) follows the imaging: adjusting for
+    it (one linear term in log SNR, centred) narrows the intervals when the quality varied
+    and widens them a little when it did not (``benchmarks/calibrate_spines_e2e.py``,
+    RESULTS.md session 23), so the report keeps the unadjusted model as its primary
+    analysis and gives this one beside it.  It assumes the treatment does not change the
+    measured SNR itself (e.g. by shrinking spine heads): ``spine_quality_balance.csv`` shows
+    whether the groups' SNR differed.
+
+    Parameters
+    ----------
+    measurements : DataFrame
+        Spine image rows with ``spine_density_per_um`` and ``measured_snr``.
+    primary : str, optional
+        The primary group (:func:`session_contrasts`).
+    position : str, optional
+        Column of the imaged position (:func:`fit_synapse_lmm`).
+
+    Returns
+    -------
+    contrasts : DataFrame
+        :func:`session_contrasts` of the adjusted fit, with ``within_position_sd_log_snr`` (the
+        SD of log measured SNR about each position's mean: how much the imaging varied between
+        sessions of the same dendrites; about 0.10 on the simulator's sessions imaged alike,
+        where it is the estimate's own noise) and ``snr_slope`` / ``snr_slope_se`` (change in
+        log density per unit log SNR).  Empty when fewer than 3 images have a measured SNR.
+    covariates : DataFrame or None
+        The covariate's coefficient (:attr:`SynapseFit.covariates`).
+    """
+    snr = pd.to_numeric(measurements.get("measured_snr", pd.Series(np.nan, index=measurements.index)),
+                        errors="coerce")
+    if int((snr > 0).sum()) < 3:
+        return pd.DataFrame(), None
+    m = measurements.assign(log_measured_snr=np.log(snr.where(snr > 0)))
+    fit = fit_synapse_lmm(m, SPINE_VALUE, position=position, covariates=["log_measured_snr"])
+    con = session_contrasts(fit, primary=primary)
+    keys = ["animal_id", *([position] if position is not None and position in m else [])]
+    dev = m["log_measured_snr"] - m.groupby(keys)["log_measured_snr"].transform("mean")
+    multi = m.groupby(keys)["log_measured_snr"].transform("count") > 1
+    sd = float(dev[multi].std(ddof=1)) if int(multi.sum()) > 1 else float("nan")
+    slope = fit.covariates.set_index("covariate").loc["log_measured_snr"] if fit.covariates is not None else None
+    con = con.assign(within_position_sd_log_snr=sd,
+                     snr_slope=float(slope["estimate"]) if slope is not None else np.nan,
+                     snr_slope_se=float(slope["se"]) if slope is not None else np.nan)
+    return con, fit.covariates
+
+
 def false_detection_corrected(measurements: pd.DataFrame, value: str = "puncta_density_per_100um2"
                               ) -> tuple[pd.DataFrame, bool]:
     """Measured density minus the false detections expected at each image's SNR.
@@ -707,7 +763,9 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
     ``primary`` names the pre-specified primary group (tested first, see
     :func:`session_contrasts`); with ``adjust_for_quality`` the per-image measured SNR enters
     the synapse model as a covariate (:func:`quality_covariates`; its coefficients are written
-    to ``synapse_lmm_covariates.csv``).
+    to ``synapse_lmm_covariates.csv``), and the spine model is also fitted with it as a
+    sensitivity analysis (``spine_contrasts_snr_adjusted.csv``,
+    :func:`snr_adjusted_spine_contrasts`; the unadjusted spine model stays the primary one).
 
     Only longitudinal synapse images (no microglia channel) enter the model.  Written into
     ``out_dir``: ``synapse_session_means.csv`` (animal x session), ``synapse_lmm_coefficients.csv``,
@@ -741,7 +799,7 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
         log.info("no synapse density (%s) in %s: the synapse model is skipped", value, measurements_path)
     spines = synapse_rows(everything, SPINE_VALUE)
     if len(spines):
-        paths.update(_fit_spines(spines, out, primary=primary))
+        paths.update(_fit_spines(spines, out, primary=primary, adjust_for_quality=adjust_for_quality))
     tracks = Path(tracks_path) if tracks_path is not None else Path(measurements_path).with_name("spine_tracks.parquet")
     if tracks.exists():
         paths.update(_fit_turnover(pd.read_parquet(tracks), everything, out))
@@ -763,13 +821,16 @@ SPINE_VALUE = "spine_density_per_um"
 SPINE_POSITION = "field"
 
 
-def _fit_spines(m: pd.DataFrame, out: Path, *, primary: str | None) -> dict[str, Path]:
+def _fit_spines(m: pd.DataFrame, out: Path, *, primary: str | None, adjust_for_quality: bool = True
+                ) -> dict[str, Path]:
     """Spine density over sessions: the longitudinal model of :func:`fit_synapse_lmm` on log
     spines per um (animal and animal x session effects, and a position effect where the sheet's
     ``field`` names the imaged position: the same dendrites every session), percent change
     from baseline and versus vehicle, the primary group tested first; and the images' quality
     per group and session against vehicle (``spine_quality_balance.csv``,
-    :func:`analysis.stats.diagnostics.quality_balance`) when the rows carry it."""
+    :func:`analysis.stats.diagnostics.quality_balance`) when the rows carry it; with
+    ``adjust_for_quality`` also the sensitivity analysis adjusted for each image's measured SNR
+    (``spine_contrasts_snr_adjusted.csv``, :func:`snr_adjusted_spine_contrasts`)."""
     from analysis.io.files import write_csv
 
     fit = fit_synapse_lmm(m, SPINE_VALUE, position=SPINE_POSITION if SPINE_POSITION in m else None)
@@ -791,6 +852,18 @@ def _fit_spines(m: pd.DataFrame, out: Path, *, primary: str | None) -> dict[str,
     if balance:
         paths["spine_quality_balance"] = out / "spine_quality_balance.csv"
         write_csv(pd.concat(balance, ignore_index=True), paths["spine_quality_balance"])
+    # sensitivity: the same model adjusted for each image's measured SNR (imaging that changed
+    # between sessions of the same dendrites)
+    if adjust_for_quality and "measured_snr" in m:
+        try:
+            adjusted, _ = snr_adjusted_spine_contrasts(m, primary=primary,
+                                                       position=SPINE_POSITION if SPINE_POSITION in m else None)
+        except (ValueError, np.linalg.LinAlgError) as exc:  # a model the data cannot carry: said, not fatal
+            log.warning("the SNR-adjusted spine model could not be fitted (%s); the unadjusted one stands", exc)
+            adjusted = pd.DataFrame()
+        if len(adjusted):
+            paths["spine_contrasts_snr_adjusted"] = out / "spine_contrasts_snr_adjusted.csv"
+            write_csv(adjusted, paths["spine_contrasts_snr_adjusted"])
     return paths
 
 
