@@ -253,7 +253,7 @@ def fit_one(study: pd.DataFrame, value: str, position: str | None, quality: bool
 
     if quality:
         con, _ = snr_adjusted_spine_contrasts(study, primary=PRIMARY, position=position)
-        converged = True  # (the adjusted fit's convergence is not returned; its warnings are logged)
+        converged = bool(con["converged"].all())
     else:
         fit = fit_synapse_lmm(study, value, position=position)
         con, converged = session_contrasts(fit, primary=PRIMARY), fit.converged

@@ -518,14 +518,16 @@ def _other_sentence(endpoint: Endpoint, others: pd.DataFrame) -> tuple[str, list
 
 
 def quality_caveats(tables: Mapping[str, pd.DataFrame], headline: str = HEADLINE_GROUP) -> dict[str, str]:
-    """A sentence on whether the spine detector saw the headline group's images as it saw vehicle's.
+    """Sentences on whether the spine detector saw the headline group's images as it saw vehicle's.
 
     From ``spine_quality_balance`` (:func:`analysis.stats.diagnostics.quality_balance`): the
     spike-in recall of the headline group (else the first treated group) minus that of its
     vehicle at the end of dosing, in points with its 95 % CI.  A CI that excludes 0 says part of
     the density change may come from the imaging or the detector (crowding included: fewer
     spines are found at a higher rate); one that includes 0 only that no difference was
-    detected (its width says how large a difference could have gone unseen).
+    detected (its width says how large a difference could have gone unseen).  Then, from
+    ``spine_contrasts_snr_adjusted``, the same change adjusted for each image's measured SNR
+    (:func:`snr_adjusted_sentence`).
 
     Returns
     -------

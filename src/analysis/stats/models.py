@@ -665,7 +665,8 @@ def snr_adjusted_spine_contrasts(measurements: pd.DataFrame, *, primary: str | N
         SD of log measured SNR about each position's mean: how much the imaging varied between
         sessions of the same dendrites; about 0.10 on the simulator's sessions imaged alike,
         where it is the estimate's own noise) and ``snr_slope`` / ``snr_slope_se`` (change in
-        log density per unit log SNR).  Empty when fewer than 3 images have a measured SNR.
+        log density per unit log SNR), ``converged`` and the fit's ``warnings``.  Empty when
+        fewer than 3 images have a measured SNR.
     covariates : DataFrame or None
         The covariate's coefficient (:attr:`SynapseFit.covariates`).
     """
@@ -683,7 +684,8 @@ def snr_adjusted_spine_contrasts(measurements: pd.DataFrame, *, primary: str | N
     slope = fit.covariates.set_index("covariate").loc["log_measured_snr"] if fit.covariates is not None else None
     con = con.assign(within_position_sd_log_snr=sd,
                      snr_slope=float(slope["estimate"]) if slope is not None else np.nan,
-                     snr_slope_se=float(slope["se"]) if slope is not None else np.nan)
+                     snr_slope_se=float(slope["se"]) if slope is not None else np.nan,
+                     converged=fit.converged, warnings="; ".join(fit.warnings))
     return con, fit.covariates
 
 
