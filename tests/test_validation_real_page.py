@@ -242,7 +242,8 @@ def test_committed_spine_calibration() -> None:
     width without it, the null studies' type I errors are within Monte-Carlo error of 0.05
     (400 studies: +-0.022, widened for studies drawn from one bank) and the bank's realised
     effect is covered at 0.93 or more; without it the measured intervals never exclude 0 in
-    null studies (coverage 1.000): the report's model before 2026-12-02 was that wide."""
+    null studies (coverage 1.000): the report's model before 2026-12-02 was that wide.  The
+    SNR-adjusted sensitivity analysis meets the same type I error and coverage bounds."""
     from analysis.report.validation import SPINES_CALIBRATION_FILE, load_spines_calibration
 
     if not (real_validation_path().parent / SPINES_CALIBRATION_FILE.name).exists():
@@ -262,4 +263,10 @@ def test_committed_spine_calibration() -> None:
     type1 = first(measured(null, "with position")["type I error (unadjusted / adjusted)"])
     assert type1.between(0.02, 0.08).all(), null
     assert (second(measured(effect, "with position")["coverage (model / bank)"]) >= 0.93).all(), effect
+    # the report's sensitivity analysis (log measured SNR as a covariate): calibrated alike
+    sens_null = measured(null, "position effect + log measured SNR")
+    sens_effect = measured(effect, "position effect + log measured SNR")
+    assert len(sens_null) == len(sens_effect) == 4
+    assert first(sens_null["type I error (unadjusted / adjusted)"]).between(0.02, 0.08).all(), null
+    assert (second(sens_effect["coverage (model / bank)"]) >= 0.93).all(), effect
     assert re.search(r"at commit [0-9a-f]{7,40}", s.header)
