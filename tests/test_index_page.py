@@ -127,6 +127,20 @@ def test_methods_state_the_synapse_models_quality_adjustment(hand_built) -> None
            "square as covariates." in " ".join(text.split())
 
 
+def test_methods_state_the_spine_model_and_its_sensitivity_analysis(hand_built) -> None:
+    data, processed, reports = hand_built
+    assert "Dendritic spine density:" not in _text(_write(data, processed, reports))  # no spine arm, no entry
+    spine = synapse_table().assign(day=7)
+    spine.to_csv(processed / "spine_contrasts.csv", index=False)
+    text = " ".join(_text(_write(data, processed, reports)).split())
+    assert "Dendritic spine density: log(density) ~ 0 + C(group x session)" in text
+    assert "with a random intercept per imaged position" in text and "Sensitivity analysis" not in text
+    spine.to_csv(processed / "spine_contrasts_snr_adjusted.csv", index=False)
+    text = " ".join(_text(_write(data, processed, reports)).split())
+    assert "Sensitivity analysis (spine_contrasts_snr_adjusted.csv): the same model with each image's log measured " \
+           "SNR as a covariate" in text
+
+
 def test_no_absolute_machine_path_on_the_page(hand_built, tmp_path: Path) -> None:
     page = _write(*hand_built)
     assert str(tmp_path) not in page and str(tmp_path.resolve()) not in page

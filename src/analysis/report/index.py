@@ -506,6 +506,15 @@ def _models_html(tables: dict[str, pd.DataFrame], contrasts: pd.DataFrame) -> st
         items.append(f"Synapse density: {F.MODEL_FORMULAS['synapse_lmm']}. The fit{conv}.{quality} Contrasts use "
                      f"Student's t with df = animals minus groups (the between-animal containment rule): df = "
                      f"{', '.join(f'{d:g}' for d in df) or 'not recorded'}.")
+    spine = tables.get("spine_contrasts")
+    if spine is not None and len(spine):
+        adjusted = tables.get("spine_contrasts_snr_adjusted")
+        sens = (" Sensitivity analysis (spine_contrasts_snr_adjusted.csv): the same model with each image's log "
+                "measured SNR as a covariate, for imaging that changed between sessions of the same dendrites."
+                if adjusted is not None and len(adjusted) else "")
+        items.append(f"Dendritic spine density: {F.MODEL_FORMULAS['synapse_lmm']}, with a random intercept per "
+                     "imaged position as well where the same dendrites are imaged every session (the sheet's "
+                     f"field).{sens}")
     mg = tables.get("microglia_contrasts")
     if mg is not None and len(mg):
         items.append(f"Microglia density and engulfed puncta per cell: {F.MODEL_FORMULAS['count']}. "
