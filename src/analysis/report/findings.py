@@ -544,9 +544,9 @@ def quality_caveats(tables: Mapping[str, pd.DataFrame], headline: str = HEADLINE
     """
     texts = []
     t = tables.get("spine_quality_balance")
-    if t is not None and not t.empty and "difference" in t:
+    if t is not None and "difference" in t:
         t = t[(t["quantity"] == "spike_in_recall") & t["difference"].notna() & (t["day"] == t["treatment_days"])]
-    if t is not None and not t.empty and "difference" in t:
+    if t is not None and len(t) and "difference" in t:
         head = t[t["group"] == headline]
         r = next((head if len(head) else t.iloc[:1]).itertuples())
         ci = f"{r.difference:+.1f} points (95 % CI {r.ci_low:+.1f} to {r.ci_high:+.1f})"

@@ -670,11 +670,9 @@ def snr_adjusted_spine_contrasts(measurements: pd.DataFrame, *, primary: str | N
     covariates : DataFrame or None
         The covariate's coefficient (:attr:`SynapseFit.covariates`).
     """
-    snr = pd.to_numeric(measurements.get("measured_snr", pd.Series(np.nan, index=measurements.index)),
-                        errors="coerce")
-    if int((snr > 0).sum()) < 3:
+    m, names = quality_covariates(measurements)  # (its square is not used here)
+    if "log_measured_snr" not in names or int(m["log_measured_snr"].notna().sum()) < 3:
         return pd.DataFrame(), None
-    m = measurements.assign(log_measured_snr=np.log(snr.where(snr > 0)))
     fit = fit_synapse_lmm(m, SPINE_VALUE, position=position, covariates=["log_measured_snr"])
     con = session_contrasts(fit, primary=primary)
     keys = ["animal_id", *([position] if position is not None and position in m else [])]
