@@ -469,3 +469,66 @@ def test_small_study_still_validates(small_study: Path) -> None:
     s = load_samples(small_study / "samples.csv")
     assert len(s) == 30 and s["z_step_um"].isna().all()
     assert set(s["compound"]) == {"vehicle", "diazepam", "XBD173"}
+
+
+# --- images of one animal and day that a series readout could not tell apart ---------------
+
+def _dendrite_study(root: Path, fields: list[str] | None, blank_line: bool = False) -> Path:
+    """The small study with a `dendrite_channel` on v7 and d7 and a second dendrite image of
+    animal 002 on day 7 (row 4, line 6): two spine images of one animal on one day."""
+    s = make_study(root)
+    ome(root / "images" / "d7b.ome.tif", np.ones((64, 64), np.uint16), "YX")
+    s.rows.append(["d7b", "images/d7b.ome.tif", "002", "WT", "diazepam", "5", "7", "7", "0.2", "", "", "", "M"])
+    s.add_column("dendrite_channel", ["", "0", "0", "", "0"])
+    for r in (1, 2, 4):
+        s.set(r, "synapse_channel", "")
+    if fields is not None:
+        s.add_column("field", fields)
+    if blank_line:
+        s.prefix = ""
+        s.raw = s.text().replace("\nv7,", "\n\nv7,", 1).encode()
+    return s.write()
+
+
+def _series_problems(sheet: Path) -> list:
+    import analysis.pipeline.readouts  # noqa: F401  (registers the spine readout and its series step)
+    from analysis.io.sheet import sheet_lines
+    from analysis.pipeline.registry import series_problems
+
+    return series_problems(load_samples(sheet), str(sheet), sheet_lines(sheet))
+
+
+@pytest.mark.parametrize(("fields", "blank", "line", "why"), [
+    (None, False, 6, "the sheet has no `field` column"),
+    (["", "", "", "", ""], False, 6, "`field` is empty on these rows"),
+    (None, True, 7, "the sheet has no `field` column"),  # a blank line moves the line numbers
+])
+def test_two_dendrite_images_of_one_animal_and_day_need_a_field(tmp_path: Path, fields, blank, line, why) -> None:
+    sheet = _dendrite_study(tmp_path, fields, blank)
+    problems = _series_problems(sheet)
+    assert len(problems) == 1, problems
+    p = problems[0]
+    assert (p.file, p.row, p.column) == (str(sheet), line, "field")
+    assert f"animal '002' has 2 images with a dendrite_channel on day 7 (lines {line - 2}, {line})" in p.message
+    assert why in p.message and "add a `field` column" in p.message
+
+
+def test_distinct_or_repeated_positions_are_fine(tmp_path: Path) -> None:
+    # two positions of animal 002 on day 7; and one position imaged twice that day (a repeat)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert _series_problems(_dendrite_study(tmp_path / "a", ["", "1", "1", "", "2"])) == []
+    assert _series_problems(_dendrite_study(tmp_path / "b", ["", "1", "1", "", "1"])) == []
+
+
+def test_quantify_and_validate_refuse_before_measuring(tmp_path: Path, capsys) -> None:
+    from analysis.cli import main
+    from analysis.pipeline.quantify import quantify_study
+
+    sheet = _dendrite_study(tmp_path, None)
+    out = tmp_path / "out"
+    with pytest.raises(SampleSheetError, match="line 6, column 'field'"):
+        quantify_study(sheet, out, workers=1, progress=False)
+    assert not out.exists()  # refused before anything was measured or written
+    assert main(["validate", str(sheet)]) == 2
+    assert "has 2 images with a dendrite_channel on day 7" in capsys.readouterr().err

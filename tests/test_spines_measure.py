@@ -413,6 +413,38 @@ def test_track_warns_when_the_sessions_are_turned_beyond_the_search(simulated_fi
     assert tr.attrs["turned_beyond_search"] == [2]
 
 
+def test_sessions_of_other_dendrites_are_not_linked(simulated_field, caplog):
+    """Two images that do not show the same dendrites (another simulated position; the same
+    field turned by 15 degrees, beyond the rotation search): their spines used to be linked
+    wherever the registration put them, and the interval gave made-up turnover (unrelated
+    real frames: 5 and 11 spines `stable`); now nothing is linked, the session's spines are
+    new tracks outside the common field, no spine is `lost`, the turnover tables skip the
+    interval and a warning names the sessions.  The same field moved stays linked."""
+    from analysis.measure.spines import MIN_SESSION_CORRELATION
+    from analysis.sim.spines import simulate_spine_sessions
+    from analysis.stats.turnover import spine_turnover
+
+    img, px = simulated_field
+    other = simulate_spine_sessions(1, preset="default", snr="high")[0].image.astype(float)
+    with caplog.at_level("WARNING", logger="analysis.measure.spines"):
+        tr = track_spines([img, _turned(img, 3.0, (4.0, -5.0)), other, _turned(other, 15.0)], px)
+    r = tr.attrs["session_correlation"]
+    assert np.isnan(r[0]) and r[1] >= 0.8 and r[2] < MIN_SESSION_CORRELATION and r[3] < MIN_SESSION_CORRELATION
+    assert tr.attrs["unmatched_sessions"] == [2, 3]
+    assert "sessions 1 and 2 do not show the same dendrites" in caplog.text
+    assert "sessions 2 and 3 do not show the same dendrites" in caplog.text
+    s1 = tr[tr.session == 1]
+    assert (s1.status == "stable").sum() >= 0.95 * (tr.session == 0).sum()
+    for k in (2, 3):
+        sk = tr[tr.session == k]
+        assert len(sk) > 50 and (sk.status == "gained").all() and not sk.in_common_field.astype(bool).any()
+        assert not set(sk.track_id) & set(tr[tr.session < k].track_id)
+    t = tr.assign(animal_id="m1", field=1, genotype="WT", compound="vehicle", dose_mg_kg=0.0, treatment_days=7,
+                  day=tr.session.map({0: -3, 1: 0, 2: 7, 3: 14}))
+    turnover = spine_turnover(t)
+    assert turnover[["from_day", "day"]].to_numpy().tolist() == [[-3, 0]]
+
+
 def test_track_two_erased_spines_are_exactly_the_two_lost():
     img, truth, _ = make_dendrite(seed=4)
     img2, truth2, _ = make_dendrite(seed=4, skip=(3, 8))

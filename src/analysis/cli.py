@@ -47,6 +47,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from analysis.stats.design import design_notes, fit_problems
 
     samples = load_samples(args.samples)
+    import analysis.pipeline.readouts  # noqa: F401  (the registry's readouts, for their series checks)
+    from analysis.errors import SampleSheetError
+    from analysis.io.sheet import sheet_lines
+    from analysis.pipeline.registry import series_problems
+
+    series = series_problems(samples, str(args.samples), sheet_lines(args.samples))
+    if series:  # quantify refuses these: a sheet validate accepts does not fail later
+        raise SampleSheetError(series)
     problems = fit_problems(samples, str(args.samples))
     counts = f"{args.samples}: {len(samples)} images of {samples['animal_id'].nunique()} animals"
     if problems:

@@ -46,6 +46,7 @@ __all__ = [
     "MIN_IMAGE_PIXELS",
     "MIN_IMAGE_UM",
     "load_samples",
+    "sheet_lines",
     "resolve_image_path",
     "normalise_vocabulary",
     "ANALYSIS_PLAN",
@@ -342,6 +343,12 @@ def _parse_sheet(sheet: Path) -> tuple[pd.DataFrame, pd.Series]:
         columns=[names[j] for j in keep], dtype=object,
     )
     return table, pd.Series([line for line, _ in rows], index=table.index)
+
+
+def sheet_lines(samples_csv: str | os.PathLike[str]) -> pd.Series:
+    """The line number of each row of a sample sheet, as an editor shows it (the header is
+    line 1), indexed like :func:`load_samples`' table (blank lines are skipped there)."""
+    return _parse_sheet(Path(samples_csv))[1]
 
 
 def load_samples(samples_csv: str | os.PathLike[str], *, check_images: bool = True) -> pd.DataFrame:

@@ -1185,6 +1185,48 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
     return out, best_deg
 
 
+#: Smallest correlation of two sessions' registered images (at the spine scale, slow trends
+#: removed) for them to count as the same dendrites; below it their spines are not linked.
+#: Sessions of one simulated position (drift, rotation <= 10 degrees, warp, 13 % turnover,
+#: photons down to a quarter of the low SNR level) gave 0.58-0.90; different positions and
+#: sessions turned 15 degrees (beyond :data:`ROTATION_SEARCH_DEG`) 0.00-0.21
+#: (``benchmarks/RESULTS.md``, session 24).
+MIN_SESSION_CORRELATION = 0.4
+
+
+def _session_correlation(prev: np.ndarray, cur: np.ndarray, rot: np.ndarray, t: np.ndarray,
+                         shaft_radius_px: float) -> float:
+    """Pearson correlation of two sessions' planes where they overlap, ``cur`` mapped into
+    ``prev`` by the rigid map ``prev ~ cur @ rot.T + t``.
+
+    Both planes are smoothed at half a shaft radius (pixel noise averages out; shafts and
+    heads stay) and their trends slower than 8 shaft radii are removed (uneven illumination
+    is shared by unrelated fields). NaN when they overlap on fewer than 100 pixels.
+    """
+    r = max(1.0, 0.5 * float(shaft_radius_px))
+    slow = 8.0 * max(1.0, float(shaft_radius_px))
+
+    def band(x: np.ndarray) -> np.ndarray:
+        f = ndi.gaussian_filter(np.asarray(x, np.float32), r)
+        return f - ndi.gaussian_filter(f, slow)
+
+    a, b = band(prev), band(cur)
+    h, w = a.shape
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    # prev pixel p shows cur pixel (p - t) @ rot
+    qy = (yy - t[0]) * rot[0, 0] + (xx - t[1]) * rot[1, 0]
+    qx = (yy - t[0]) * rot[0, 1] + (xx - t[1]) * rot[1, 1]
+    bw = ndi.map_coordinates(b, [qy, qx], order=1, mode="constant", cval=np.nan)
+    ok = np.isfinite(bw)
+    if ok.sum() < 100:
+        return float("nan")
+    x, y = a[ok].astype(float), bw[ok].astype(float)
+    x -= x.mean()
+    y -= y.mean()
+    den = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / den) if den > 0 else float("nan")
+
+
 def _pairing_score(cur: np.ndarray, pred: np.ndarray, tol_px: float) -> float:
     """How well two point sets pair: one-to-one pairs within ``2 tol_px``, each weighted by
     ``exp(-d^2 / (2 (tol_px / 2)^2))`` (a wrong alignment pairs loosely)."""
@@ -1299,6 +1341,14 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     twice with independent noise): the place is given, so this is one test rather than a
     search over the image, and a spine near the cut that dips in one image stays one track.
 
+    Two sessions are linked only if they show the same dendrites: their registered planes
+    (smoothed at half a shaft radius, slow trends removed) must correlate at least
+    :data:`MIN_SESSION_CORRELATION` where they overlap. Below it (another position, a wrong
+    file, a field turned or moved beyond what the registration finds) nothing is linked: the
+    session's spines start new tracks as ``gained`` outside the common field, the previous
+    session's tracks end without a ``lost`` row, so the interval adds no turnover, and a
+    warning names the sessions.
+
     Conventions (one row per spine per session):
 
     - ``session`` 0 lists its spines with status ``stable`` (the baseline);
@@ -1342,7 +1392,10 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         (a list of tuples from the image registration; session pixel + shift = previous
         session pixel, at the centre), ``df.attrs["rotation_deg"]`` the fitted rotation and
         ``df.attrs["turned_beyond_search"]`` the sessions turned against the previous one by
-        the largest angle searched or more (logged as a warning: their links are doubtful).
+        the largest angle searched or more (logged as a warning: their links are doubtful),
+        ``df.attrs["session_correlation"]`` each session's correlation with the previous one
+        (NaN for the first) and ``df.attrs["unmatched_sessions"]`` those below
+        :data:`MIN_SESSION_CORRELATION` (not linked).
     """
     if isinstance(images, np.ndarray) and images.ndim == 2:
         raise ValueError("track_spines needs a sequence of images (one per session), got one 2-D image")
@@ -1358,6 +1411,8 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     rows: list[pd.DataFrame] = []
     shifts = [np.zeros(2)]
     rotations = [0.0]
+    correlations = [float("nan")]
+    unmatched: list[int] = []  # sessions that do not show the previous one's dendrites
     at_edge: list[int] = []  # sessions turned to the end of the rotation search
     next_id = 0
     prev: pd.DataFrame | None = None  # spines present in the previous session (with track_id)
@@ -1372,22 +1427,27 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         return ((w["snr"].to_numpy(float) >= hysteresis * min_snr)
                 | (strong_snr - w["snr_noise"].to_numpy(float) <= agree))
     rescue_px = 0.5 * max_px  # weak candidates must sit closer: chance noise maxima are common
+
+    def start_tracks(spines: pd.DataFrame, session: int, status: str, common: bool) -> pd.DataFrame:
+        """Every spine of ``spines`` starts a new track in ``session`` (added to the rows)."""
+        nonlocal next_id
+        new = spines.copy()
+        new["track_id"] = np.arange(len(new)) + next_id
+        next_id += len(new)
+        new["status"] = status
+        new["in_common_field"] = common
+        rows.append(new.assign(session=session))
+        return new
     for s, im in enumerate(images):
+        tr = trace_dendrites(planes[s], px)  # (detect_spines would trace the same plane the same way)
         cand = detect_spines(im, pixel_size_um, return_all=True, min_snr=min_snr, min_blobness=min_blobness,
-                             **params)
+                             trace=tr, **params)
         is_strong = (cand["snr"] >= min_snr) & (cand["blob"] >= min_blobness)
         strong = cand[is_strong].reset_index(drop=True)
         weak = cand[~is_strong & (cand["snr"] >= min(hysteresis, rescue_z / k_sigma) * min_snr)
                     & (cand["blob"] >= hysteresis * min_blobness)].reset_index(drop=True)
-        if prev is None:
-            prev_weak = weak
-            cur = strong.copy()
-            cur["track_id"] = np.arange(len(cur)) + next_id
-            next_id += len(cur)
-            cur["status"] = "stable"
-            cur["in_common_field"] = True
-            rows.append(cur.assign(session=s))
-            prev = cur
+        if prev is None:  # the baseline: every spine starts a track
+            prev, prev_weak = start_tracks(strong, s, "stable", True), weak
             continue
         # previous spines in this session's pixels
         candidates, turn = _register(planes[s - 1], planes[s])
@@ -1403,6 +1463,19 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         centre = (np.array(planes[s].shape, float) - 1.0) / 2.0
         shifts.append(centre @ start[0].T + start[1] - centre)  # (the registration's shift at the centre)
         rotations.append(float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0]))))
+        r_s = _session_correlation(planes[s - 1], planes[s], rot, t, tr.shaft_radius_px)
+        correlations.append(r_s)
+        if not r_s >= MIN_SESSION_CORRELATION:
+            # not the same dendrites (another position, a wrong file, or turned or moved beyond
+            # what the registration finds): no links, so no turnover is made up; this
+            # session's spines start new tracks outside the common field, the previous
+            # ones leave it
+            unmatched.append(s)
+            log.warning("sessions %d and %d do not show the same dendrites (correlation %.2f of their registered "
+                        "images, below %.2f): their spines are not linked and the interval gives no turnover; "
+                        "check that both images are of the same position", s - 1, s, r_s, MIN_SESSION_CORRELATION)
+            prev, prev_weak = start_tracks(strong, s, "gained", False), weak
+            continue
         m = match_points(strong[["y", "x"]].to_numpy(float), pred, max_px)
         matched_cur = np.zeros(len(strong), bool)
         matched_prev = np.zeros(len(prev), bool)
@@ -1469,4 +1542,6 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     out.attrs["shifts"] = [tuple(float(v) for v in sh) for sh in shifts]
     out.attrs["rotation_deg"] = rotations
     out.attrs["turned_beyond_search"] = at_edge
+    out.attrs["session_correlation"] = correlations
+    out.attrs["unmatched_sessions"] = unmatched
     return out

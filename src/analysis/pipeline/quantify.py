@@ -27,10 +27,10 @@ import pandas as pd
 from analysis.pipeline import cache, registry
 from analysis.pipeline import readouts as _builtin_readouts  # noqa: F401  (registers puncta, microglia, engulfment)
 from analysis.pipeline.readouts import PUNCTA_COLUMNS
-from analysis.errors import ImageReadError, InputError, Problem
+from analysis.errors import ImageReadError, InputError, Problem, SampleSheetError
 from analysis.progress import progress as track
 from analysis.io.files import atomic_path, check_manifest, write_csv, write_parquet
-from analysis.io import image_info, load_samples, read_image, without_file_bytes
+from analysis.io import image_info, load_samples, read_image, sheet_lines, without_file_bytes
 from analysis.measure.quality import integer_saturation_level
 
 __all__ = ["QuantifyParams", "quantify_image", "measure_image", "quantify_study", "image_problem", "read_puncta",
@@ -703,6 +703,12 @@ def _write_series_tables(samples: pd.DataFrame, keys: dict[str, str], out: Path,
                                 "more; its links are doubtful (turn it before quantifying)", readout.name,
                                 ", ".join(f"{c} {v}" for c, v in zip(by, key)),
                                 ids[k], ids[k - 1])
+                for k in table.attrs.get("unmatched_sessions", []):
+                    log.warning("%s of %s: image %s does not show the dendrites of image %s (correlation %.2f of the "
+                                "registered images): their spines are not linked and that interval gives no turnover; "
+                                "check the sheet's animal_id, field and day of both", readout.name,
+                                ", ".join(f"{c} {v}" for c, v in zip(by, key)), ids[k], ids[k - 1],
+                                table.attrs["session_correlation"][k])
                 table.insert(0, "day", days[table["session"].to_numpy(int)])
                 table.insert(0, "image_id", ids[table["session"].to_numpy(int)])
                 entry.parent.mkdir(parents=True, exist_ok=True)
@@ -905,6 +911,9 @@ def quantify_study(
     ...                    scheduler="tcp://10.0.0.5:8786")  # doctest: +SKIP
     """
     samples = load_samples(samples_csv, check_images=False)
+    series = registry.series_problems(samples, str(samples_csv), sheet_lines(samples_csv))
+    if series:
+        raise SampleSheetError(series)
     if "z_step_um" in samples.columns:  # a number (NaN when empty), whatever version of the sheet loader
         samples["z_step_um"] = pd.to_numeric(samples["z_step_um"], errors="coerce").astype(float)
     out = Path(out_dir)

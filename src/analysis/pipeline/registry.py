@@ -37,11 +37,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.errors import Problem
 from analysis.io.sheet import register_channel_role
 from analysis.pipeline.heap import release_free_memory
 
 __all__ = ["Measured", "Readout", "READOUTS", "register", "unregister", "readouts_for", "channel_roles",
-           "code_modules", "notebooks_for", "BASE_MODULES"]
+           "code_modules", "notebooks_for", "series_problems", "BASE_MODULES"]
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,69 @@ def channel_roles() -> tuple[str, ...]:
         for role in (*r.roles, *r.optional_roles):
             seen.setdefault(role, None)
     return tuple(seen)
+
+
+def _blank(values: pd.Series) -> pd.Series:
+    """True where a sheet value is missing (NaN, None or an empty / blank string)."""
+    return values.isna() | values.astype(str).str.strip().eq("")
+
+
+def series_problems(samples: pd.DataFrame, sheet: str, lines: Mapping[Any, int] | None = None) -> list[Problem]:
+    """Images that a readout's series step could not tell apart: two images of one animal on
+    one day, of a readout that follows one imaged position across sessions, without the sheet
+    column that says which position each shows.
+
+    A series step (e.g. spine tracking) takes the images of one position (the readout's
+    ``series_by`` columns, e.g. ``animal_id`` and ``field``) in order of ``day``.  When the
+    sheet lacks a position column, or leaves it empty, every image of an animal is taken as
+    one position: two images of the same day would then be tracked as two sessions of the
+    same dendrites (different dendrites give turnover that is not there).  With the column
+    filled, two images of one position on one day are a repeat (sessions minutes apart) and
+    are tracked in sheet order.
+
+    Parameters
+    ----------
+    samples : DataFrame
+        The loaded sheet (:func:`analysis.io.load_samples`).
+    sheet : str
+        The sheet's name, for the messages.
+    lines : mapping, optional
+        The sheet's line number of each row (:func:`analysis.io.sheet.sheet_lines`; default:
+        index + 2, a header line and no blank lines).
+
+    Returns
+    -------
+    list of Problem
+        One per image that repeats an animal's day, naming the lines and the fix.
+    """
+    problems: list[Problem] = []
+    lines = dict(lines) if lines is not None else {}
+    line = lambda i: int(lines.get(i, i + 2)) if isinstance(i, (int, np.integer)) else None  # noqa: E731
+    for readout in READOUTS.values():
+        role = readout.roles[0]
+        if readout.series is None or role not in samples or "day" not in samples or "animal_id" not in samples:
+            continue
+        rows = samples[samples[role].notna()]
+        extra = [c for c in readout.series_by if c not in ("animal_id", "day")]
+        if not len(rows) or not extra:
+            continue
+        unknown = pd.Series(False, index=rows.index)
+        for c in extra:
+            unknown |= _blank(rows[c]) if c in rows else True
+        rows = rows[unknown]
+        dup = rows[rows.duplicated(["animal_id", "day"], keep=False)]
+        for (animal, day), grp in dup.groupby(["animal_id", "day"], sort=False):
+            where = ", ".join(str(line(i)) for i in grp.index)
+            absent = [c for c in extra if c not in samples]
+            cols = " and ".join(f"`{c}`" for c in extra)
+            why = (f"the sheet has no {cols} column" if absent else f"{cols} is empty on these rows")
+            problems.append(Problem(
+                sheet, f"animal {animal!r} has {len(grp)} images with a {role} on day {day:g} (lines {where}) and {why} "
+                       f"to say which imaged position each shows, so the {readout.name} readout would track them as "
+                       f"sessions of the same dendrites; add a {cols} column naming the position (the same value for "
+                       "the same dendrites in every session; a repeat image of one position shares it)",
+                row=line(grp.index[1]), column=extra[0]))
+    return problems
 
 
 def code_modules() -> tuple[str, ...]:
