@@ -445,6 +445,42 @@ def test_sessions_of_other_dendrites_are_not_linked(simulated_field, caplog):
     assert turnover[["from_day", "day"]].to_numpy().tolist() == [[-3, 0]]
 
 
+@pytest.mark.parametrize("zoom", [1.25, 0.8])
+def test_track_a_session_at_another_zoom_with_its_own_pixel_size(zoom, simulated_field):
+    """The same field imaged at another zoom (its own pixel size given): it used to stop the run
+    (frames of two sizes) or, at one pixel size for all, leave nothing linked; now it is resampled
+    to the first session's pixels, every spine stays linked and its rows are in its own pixels."""
+    from analysis.measure.spines import _resampled
+
+    img, px = simulated_field
+    tr = track_spines([img, _resampled(img, zoom)], [px, px / zoom])
+    t0 = tr[tr.session == 0].set_index("track_id")
+    s1 = tr[tr.session == 1]
+    stable = s1[s1.status == "stable"].set_index("track_id")
+    assert len(stable) >= 0.97 * len(t0) and (s1.status != "stable").sum() <= 0.03 * len(t0)
+    common = t0.index.intersection(stable.index)
+    err = np.hypot(stable.loc[common, "y"] - zoom * t0.loc[common, "y"], stable.loc[common, "x"] - zoom * t0.loc[common, "x"])
+    assert np.median(err) < 0.2 and np.quantile(err, 0.9) < 1.0
+
+
+def test_track_frames_of_two_sizes(simulated_field):
+    """A later session cropped to another frame size (it stopped the run in the registration):
+    its spines are linked, at their place in the cropped frame."""
+    img, px = simulated_field
+    tr = track_spines([img, img[30:470, 12:500]], px)
+    n0 = int((tr.session == 0).sum())
+    s1 = tr[tr.session == 1]
+    common = s1[s1.in_common_field.astype(bool)]
+    assert (common.status == "stable").sum() >= 0.8 * n0 and (common.status == "gained").sum() <= 2
+    assert np.allclose(tr.attrs["shifts"][1], (30.0, 12.0), atol=0.3)
+
+
+def test_track_needs_one_pixel_size_or_one_per_session(simulated_field):
+    img, px = simulated_field
+    with pytest.raises(ValueError, match="one per session"):
+        track_spines([img, img, img], [px, px])
+
+
 def test_track_two_erased_spines_are_exactly_the_two_lost():
     img, truth, _ = make_dendrite(seed=4)
     img2, truth2, _ = make_dendrite(seed=4, skip=(3, 8))

@@ -16,6 +16,7 @@ import pytest
 
 from analysis.io import load_samples, read_image
 from analysis.measure import spines
+from analysis.measure.matching import match_points
 from analysis.pipeline.quantify import QuantifyParams, measure_image, quantify_study, read_table
 from analysis.sim.design import PRESETS, build_design
 from analysis.sim.simulate import simulate_study
@@ -145,21 +146,27 @@ def test_qc_overlay_draws_the_stored_dendrites_and_tracks(spine_study: tuple[Pat
     plt.close(fig)
 
 
+def _copy_with_its_day7_image(spine_study: tuple[Path, Path], tmp_path: Path) -> tuple[Path, pd.Series, np.ndarray]:
+    """A copy of the study's raw folder, the sheet row of animal M002's day-7 image and its pixels."""
+    import shutil
+
+    import tifffile
+
+    copy = tmp_path / "raw"
+    shutil.copytree(spine_study[0], copy)
+    s = load_samples(copy / "samples.csv")
+    row = s[(s["animal_id"] == "M002") & (s["day"] == 7)].iloc[0]
+    return copy, row, tifffile.imread(row["abs_path"])
+
+
 def test_a_session_turned_beyond_the_search_is_named_in_the_log(spine_study: tuple[Path, Path], tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """A session turned by 12 degrees (more than the tracker searches) quantifies, and the log names the
     position and the image whose links are doubtful."""
-    import shutil
-
     import tifffile
     from scipy import ndimage as ndi
 
-    raw, _ = spine_study
-    copy = tmp_path / "raw"
-    shutil.copytree(raw, copy)
-    s = load_samples(copy / "samples.csv")
-    turned = s[(s["animal_id"] == "M002") & (s["day"] == 7)].iloc[0]
-    data = tifffile.imread(turned["abs_path"])
+    copy, turned, data = _copy_with_its_day7_image(spine_study, tmp_path)
     a = np.radians(12.0)
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     c = (np.array(data.shape) - 1) / 2
@@ -172,6 +179,44 @@ def test_a_session_turned_beyond_the_search_is_named_in_the_log(spine_study: tup
     text = caplog.text
     assert "animal_id M002" in text and f"image {turned['image_id']} is turned" in text
     assert "M001" not in text
+
+
+def test_a_session_imaged_at_another_zoom_is_tracked_in_its_own_pixels(spine_study: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    """One session of a position imaged at another zoom (1.25 x: the file and the sheet give its own
+    pixel size): the series step used to take the first session's pixel size for every session
+    (and frames of two sizes stopped the run in the registration); now that session is resampled
+    to the first one's pixels for detection and registration, its spines are linked as before and
+    its rows are in its own pixels."""
+    import tifffile
+
+    from analysis.measure.spines import _resampled
+
+    out0 = spine_study[1]
+    copy, row, data = _copy_with_its_day7_image(spine_study, tmp_path)
+    px = float(row["pixel_size_um"])
+    zoomed = _resampled(data.astype(np.float32), 1.25)
+    tifffile.imwrite(row["abs_path"], np.rint(zoomed).astype(data.dtype), ome=True, photometric="minisblack",
+                     metadata={"axes": "YX", "PhysicalSizeX": px / 1.25, "PhysicalSizeY": px / 1.25})
+    sheet = pd.read_csv(copy / "samples.csv", dtype=str, keep_default_na=False)
+    sheet.loc[sheet["image_id"] == row["image_id"], "pixel_size_um"] = repr(px / 1.25)
+    sheet.to_csv(copy / "samples.csv", index=False)
+    quantify_study(copy / "samples.csv", tmp_path / "out", workers=1, progress=False)
+    key = ["animal_id", "field", "image_id"]
+    before = pd.read_parquet(out0 / "spine_tracks.parquet")
+    after = pd.read_parquet(tmp_path / "out" / "spine_tracks.parquet")
+    mine = lambda t: t[t["image_id"] == row["image_id"]]  # noqa: E731
+    b, a = mine(before), mine(after)
+    assert len(b) and set(b["field"]) == set(a["field"])
+    # the same spines are linked: the counts of each status within a few
+    for status in ("stable", "gained", "lost"):
+        assert abs((a["status"] == status).sum() - (b["status"] == status).sum()) <= max(3, 0.1 * len(b)), status
+    assert (a["status"] == "stable").sum() >= 0.5 * len(b)
+    # and its rows are in the zoomed image's pixels: 1.25 x the original coordinates
+    pairs = match_points(a[["y", "x"]].to_numpy(float) / 1.25, b[["y", "x"]].to_numpy(float), 2.0)
+    assert pairs.tp >= 0.8 * len(b)
+    other = after[after["image_id"] != row["image_id"]].sort_values(key + ["track_id"]).reset_index(drop=True)
+    assert len(other) == len(before[before["image_id"] != row["image_id"]])
 
 
 def test_imaging_quality_is_compared_between_groups_and_stated(spine_study: tuple[Path, Path]) -> None:

@@ -1155,11 +1155,16 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
 
     a = ref - np.median(ref)
     b = mov - np.median(mov)
-    same = a.shape == b.shape
-    win = window("hann", a.shape) if same else None
+    if a.shape != b.shape:
+        # frames of different sizes (another crop or frame size): both padded at the bottom and
+        # right to a common shape with their median level, which keeps every pixel's index
+        shape = tuple(max(m, n) for m, n in zip(a.shape, b.shape))
+        a = np.pad(a, [(0, m - n) for m, n in zip(shape, a.shape)])
+        b = np.pad(b, [(0, m - n) for m, n in zip(shape, b.shape)])
+    win = window("hann", a.shape)
     centre = (np.array(b.shape, float) - 1.0) / 2.0
     best_deg = 0.0
-    if same and len(angles_deg) > 1 and min(a.shape) >= 32:
+    if len(angles_deg) > 1 and min(a.shape) >= 32:
         f = max(1, int(round(min(a.shape) / 256)))
         small_a, small_b = _block_mean(a, f), _block_mean(b, f)
         win_s = window("hann", small_a.shape)
@@ -1176,8 +1181,6 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
         x0 = _turned(b, deg) if deg else b
         for norm in (None, "phase"):
             for use_win in (False, True):
-                if use_win and win is None:
-                    continue
                 x, y = (a * win, x0 * win) if use_win else (a, x0)
                 shift, _, _ = phase_cross_correlation(x, y, upsample_factor=10, normalization=norm)
                 # p -> R (p - c) + c + shift
@@ -1316,7 +1319,34 @@ def _align_points(cur: np.ndarray, prev: np.ndarray, start: tuple[np.ndarray, np
     return pred, extra, rot, t
 
 
-def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_distance_um: float = 0.8,
+#: Relative difference of two sessions' pixel sizes below which they count as the same zoom.
+_SAME_PIXEL_SIZE = 0.01
+
+
+def _session_pixel_sizes(pixel_size_um: float | Sequence[float], n: int) -> np.ndarray:
+    """One pixel size per session from a number or a sequence of ``n`` (checked later)."""
+    sizes = np.atleast_1d(np.asarray(pixel_size_um, dtype=object))
+    if sizes.ndim != 1 or sizes.size not in (1, n):
+        raise ValueError(f"pixel_size_um must be one number or one per session ({n}), got {pixel_size_um!r}")
+    try:
+        sizes = sizes.astype(float)
+    except (TypeError, ValueError):
+        raise ValueError(f"pixel_size_um must be numbers in um, got {pixel_size_um!r}") from None
+    return np.repeat(sizes, n) if sizes.size == 1 else sizes
+
+
+def _resampled(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` (y, x) or (z, y, x) resampled laterally by ``factor`` (output pixels per input
+    pixel; linear interpolation): output pixel ``j`` is input position ``j / factor``."""
+    img = np.asarray(image, np.float32)
+    lat = tuple(int(np.floor((n - 1) * factor)) + 1 for n in img.shape[-2:])
+    if img.ndim == 2:
+        return ndi.affine_transform(img, [1.0 / factor, 1.0 / factor], output_shape=lat, order=1, mode="nearest")
+    return ndi.affine_transform(img, [1.0, 1.0 / factor, 1.0 / factor], output_shape=(img.shape[0], *lat),
+                                order=1, mode="nearest")
+
+
+def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[float], *, max_distance_um: float = 0.8,
                  min_snr: float = 1.0, min_blobness: float = 0.3, hysteresis: float = 0.6,
                  rescue_z: float = 2.0, **params: Any) -> pd.DataFrame:
     """Detect spines in every session and link them to the previous session.
@@ -1366,8 +1396,11 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     ----------
     images : sequence of ndarray
         One 2-D or 3-D image per session, same field of view (drift allowed).
-    pixel_size_um : float
-        Lateral pixel size (um).
+    pixel_size_um : float or sequence of float
+        Lateral pixel size (um), or one per session when the zoom changed between sessions:
+        a session whose pixel size differs from the first's by more than 1 % is resampled
+        (linear interpolation) to the first session's pixels for detection and registration,
+        and its rows are given in its own pixels.
     max_distance_um : float
         Largest distance between a spine and its partner after registration (um).
     min_snr, min_blobness : float
@@ -1390,7 +1423,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         ``type``, ``dendrite_id``, ``intensity`` (NaN on ``lost`` rows). ``df.attrs["shifts"]``
         holds the (dy, dx) of each session relative to the previous one at the image centre
         (a list of tuples from the image registration; session pixel + shift = previous
-        session pixel, at the centre), ``df.attrs["rotation_deg"]`` the fitted rotation and
+        session pixel, at the centre; in the first session's pixels when the zoom changed), ``df.attrs["rotation_deg"]`` the fitted rotation and
         ``df.attrs["turned_beyond_search"]`` the sessions turned against the previous one by
         the largest angle searched or more (logged as a warning: their links are doubtful),
         ``df.attrs["session_correlation"]`` each session's correlation with the previous one
@@ -1404,10 +1437,20 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
         raise ValueError("track_spines needs at least one image")
     if not (np.isfinite(max_distance_um) and max_distance_um > 0):
         raise ValueError(f"max_distance_um must be > 0, got {max_distance_um!r}")
+    sizes = _session_pixel_sizes(pixel_size_um, len(images))
     planes = []
+    scale = np.ones(len(images))  # pixels of the common grid per pixel of the session's own image
     for i, im in enumerate(images):
-        plane, _, px = _check_image(im, pixel_size_um, what=f"image of session {i}")
+        plane, stack, px_i = _check_image(im, sizes[i], what=f"image of session {i}")
+        if abs(px_i / sizes[0] - 1.0) > _SAME_PIXEL_SIZE:
+            # another zoom: resampled to the first session's pixels (detection and registration
+            # work on one grid); its rows are given in its own pixels again at the end
+            scale[i] = px_i / sizes[0]
+            images[i] = _resampled(stack if stack is not None else plane, scale[i])
+            plane = images[i].max(axis=0) if images[i].ndim == 3 else images[i]
         planes.append(plane)
+    px = float(sizes[0])
+    pixel_size_um = px
     rows: list[pd.DataFrame] = []
     shifts = [np.zeros(2)]
     rotations = [0.0]
@@ -1539,6 +1582,10 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float, *, max_dist
     out["track_id"] = out["track_id"].astype(int)
     out["session"] = out["session"].astype(int)
     out = out.sort_values(["session", "track_id"], ignore_index=True)
+    if np.any(scale != 1.0):
+        f = scale[out["session"].to_numpy(int)]
+        out["y"] = out["y"].to_numpy(float) / f
+        out["x"] = out["x"].to_numpy(float) / f
     out.attrs["shifts"] = [tuple(float(v) for v in sh) for sh in shifts]
     out.attrs["rotation_deg"] = rotations
     out.attrs["turned_beyond_search"] = at_edge

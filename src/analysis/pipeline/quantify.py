@@ -691,12 +691,12 @@ def _write_series_tables(samples: pd.DataFrame, keys: dict[str, str], out: Path,
             if use_cache and entry.exists():
                 table = pd.read_parquet(entry)
             else:
-                images, px = [], None
+                images, sizes = [], []  # one pixel size per session: the zoom may differ between sessions
                 for r in sub.itertuples():
                     data, info = read_image(r.abs_path)
                     images.append(_channel(data, getattr(r, role)))
-                    px = px or (float(r.pixel_size_um) if not pd.isna(r.pixel_size_um) else info.pixel_size_um)
-                table = readout.series(images, px, params=params.by_readout().get(readout.name, {}))
+                    sizes.append(float(r.pixel_size_um) if not pd.isna(r.pixel_size_um) else info.pixel_size_um)
+                table = readout.series(images, sizes, params=params.by_readout().get(readout.name, {}))
                 ids, days = sub["image_id"].to_numpy(), sub["day"].to_numpy(int)
                 for k in table.attrs.get("turned_beyond_search", []):
                     log.warning("%s of %s: image %s is turned against %s by the largest angle searched or "

@@ -23,7 +23,7 @@ named tables out).  Importing this module registers them, in the order they run:
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -265,10 +265,12 @@ register(Readout(
     needs=("puncta", "microglia"), measure=measure_engulfment_readout,
     modules=("analysis.pipeline.readouts", "analysis.measure.engulfment"),
     notebook="03_microglia.ipynb", description="lysosome (CD68) channel"))
-def track_spines_series(images: list[np.ndarray], pixel_size_um: float, *, params: Mapping[str, Any]) -> pd.DataFrame:
+def track_spines_series(images: list[np.ndarray], pixel_size_um: float | Sequence[float], *,
+                        params: Mapping[str, Any]) -> pd.DataFrame:
     """The ``spines`` readout's study-level step: one position's sessions registered and its
-    spines tracked (:func:`analysis.measure.spines.track_spines`): one row per spine per
-    session with ``status`` stable / gained / lost and ``in_common_field``."""
+    spines tracked (:func:`analysis.measure.spines.track_spines`; one pixel size per session,
+    or one for all): one row per spine per session with ``status`` stable / gained / lost and
+    ``in_common_field``."""
     from analysis.measure import spines
 
     tracks = spines.track_spines(images, pixel_size_um, **params).reset_index(drop=True)

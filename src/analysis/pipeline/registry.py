@@ -109,8 +109,9 @@ class Readout:
         One line for the report when a study lacks this readout.
     series : callable, optional
         A study-level step over the images of one imaged position in session order
-        (``series(images, pixel_size_um, *, params) -> DataFrame`` with a ``session`` column,
-        0-based): e.g. spines tracked across sessions.  Run by
+        (``series(images, pixel_sizes_um, *, params) -> DataFrame`` with a ``session`` column,
+        0-based; one pixel size per image, as the zoom may change between sessions): e.g.
+        spines tracked across sessions.  Run by
         :func:`analysis.pipeline.quantify.quantify_study` for every group of ``series_by``
         with two or more images; written to ``<series_table>.parquet``.
     series_by : tuple of str
