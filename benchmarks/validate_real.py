@@ -697,7 +697,7 @@ def part_i(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     the same dendrites, on pairs that do and pairs that do not."""
     from validate_spines import PIXEL_SIZE_UM, REAL, load_grey
 
-    from analysis.measure.spines import MIN_SESSION_CORRELATION, ROTATION_SEARCH_DEG, _turned, track_spines
+    from analysis.measure.spines import MIN_SESSION_CORRELATION, ROTATION_EXTEND_DEG, _turned, track_spines
     from analysis.sim.spines import simulate_spine_sessions
 
     seeds = (0,) if args.quick else (0, 1, 2)
@@ -709,7 +709,6 @@ def part_i(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
         rows.append({"kind": kind, "r": tr.attrs["session_correlation"][1], "linked": not tr.attrs["unmatched_sessions"],
                      "stable_share": float((s1["status"] == "stable").mean()) if len(s1) else np.nan})
 
-    beyond = max(abs(v) for v in ROTATION_SEARCH_DEG) + 7.0
     for snr in ("high", "default", "low"):
         for seed in seeds:
             for scale in (1.0, 0.5, 0.25):
@@ -720,8 +719,10 @@ def part_i(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
                      ses[0].image, ses[2].image, px)
             other = simulate_spine_sessions(seed + 100, preset="default", snr=snr)[2].image
             pair("simulated, another position", ses[0].image, other, px)
-            pair(f"simulated, same position turned {beyond:g} degrees (beyond the search)", ses[0].image,
-                 _turned(ses[2].image.astype(np.float32), beyond), px)
+            for deg in (20.0, ROTATION_EXTEND_DEG + 10.0):
+                where = "beyond the search" if deg > ROTATION_EXTEND_DEG else "beyond the first search of +-8"
+                pair(f"simulated, same position turned {deg:g} degrees ({where})", ses[0].image,
+                     _turned(ses[2].image.astype(np.float32), deg), px)
     if REAL.is_dir():
         files = sorted((REAL / "valid" / "images").glob("*.jpg"))
         rng = np.random.default_rng(args.seed)

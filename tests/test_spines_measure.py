@@ -405,17 +405,33 @@ def test_track_a_field_turned_by_7_degrees_is_all_stable(deg, simulated_field, c
     assert "turned by" not in caplog.text and tr.attrs["turned_beyond_search"] == []
 
 
+@pytest.mark.parametrize("deg", [20.0, -14.0])
+def test_track_a_field_turned_beyond_8_degrees_is_found_by_the_extended_search(deg, simulated_field, caplog):
+    """Turned by more than the first search (-8..8 degrees; a head plate remounted another way): the
+    search goes on from its end and the spines stay linked (the linking used to depend on the
+    point alignment finding the rest, and a session turned 12 degrees was only flagged)."""
+    img, px = simulated_field
+    with caplog.at_level("WARNING", logger="analysis.measure.spines"):
+        tr = track_spines([img, _turned(img, deg, (5.0, 3.0))], px)
+    n0 = int((tr.session == 0).sum())
+    common = tr[(tr.session == 1) & tr.in_common_field.astype(bool)]
+    assert (common.status == "stable").sum() >= 0.9 * n0
+    assert abs(abs(tr.attrs["rotation_deg"][1]) - abs(deg)) < 0.3
+    assert "turned by" not in caplog.text and tr.attrs["turned_beyond_search"] == [] == tr.attrs["unmatched_sessions"]
+
+
 def test_track_warns_when_the_sessions_are_turned_beyond_the_search(simulated_field, caplog):
     img, px = simulated_field
     with caplog.at_level("WARNING", logger="analysis.measure.spines"):
-        tr = track_spines([img, img, _turned(img, 12.0)], px)
-    assert "sessions 1 and 2 are turned by 8 degrees or more" in caplog.text and "Rotate" in caplog.text
+        tr = track_spines([img, img, _turned(img, 40.0)], px)
+    assert "sessions 1 and 2 are turned by 30 degrees or more" in caplog.text and "Rotate" in caplog.text
     assert tr.attrs["turned_beyond_search"] == [2]
+    assert tr.attrs["unmatched_sessions"] == [2]  # not linked wrongly: the interval gives no turnover
 
 
 def test_sessions_of_other_dendrites_are_not_linked(simulated_field, caplog):
     """Two images that do not show the same dendrites (another simulated position; the same
-    field turned by 15 degrees, beyond the rotation search): their spines used to be linked
+    field turned by 40 degrees, beyond the rotation search): their spines used to be linked
     wherever the registration put them, and the interval gave made-up turnover (unrelated
     real frames: 5 and 11 spines `stable`); now nothing is linked, the session's spines are
     new tracks outside the common field, no spine is `lost`, the turnover tables skip the
@@ -427,7 +443,7 @@ def test_sessions_of_other_dendrites_are_not_linked(simulated_field, caplog):
     img, px = simulated_field
     other = simulate_spine_sessions(1, preset="default", snr="high")[0].image.astype(float)
     with caplog.at_level("WARNING", logger="analysis.measure.spines"):
-        tr = track_spines([img, _turned(img, 3.0, (4.0, -5.0)), other, _turned(other, 15.0)], px)
+        tr = track_spines([img, _turned(img, 3.0, (4.0, -5.0)), other, _turned(other, 40.0)], px)
     r = tr.attrs["session_correlation"]
     assert np.isnan(r[0]) and r[1] >= 0.8 and r[2] < MIN_SESSION_CORRELATION and r[3] < MIN_SESSION_CORRELATION
     assert tr.attrs["unmatched_sessions"] == [2, 3]

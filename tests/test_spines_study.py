@@ -161,13 +161,13 @@ def _copy_with_its_day7_image(spine_study: tuple[Path, Path], tmp_path: Path) ->
 
 def test_a_session_turned_beyond_the_search_is_named_in_the_log(spine_study: tuple[Path, Path], tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    """A session turned by 12 degrees (more than the tracker searches) quantifies, and the log names the
+    """A session turned by 40 degrees (more than the tracker searches) quantifies, and the log names the
     position and the image whose links are doubtful."""
     import tifffile
     from scipy import ndimage as ndi
 
     copy, turned, data = _copy_with_its_day7_image(spine_study, tmp_path)
-    a = np.radians(12.0)
+    a = np.radians(40.0)
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     c = (np.array(data.shape) - 1) / 2
     out = ndi.affine_transform(data.astype(float), rot.T, offset=c - rot.T @ c, order=1, mode="nearest")

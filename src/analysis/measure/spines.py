@@ -1119,6 +1119,10 @@ def spine_density(spines: pd.DataFrame, dendrites: DendriteTrace | pd.DataFrame)
 #: simulator, 5 degrees between two sessions is common), which translation-only phase
 #: correlation does not survive.
 ROTATION_SEARCH_DEG = tuple(float(a) for a in range(-8, 9))
+#: When the best of :data:`ROTATION_SEARCH_DEG` is at one of its ends, the search goes on in
+#: that direction, a degree at a time, up to this angle (a field turned further, e.g. a head
+#: plate remounted another way, is found without turning the image by hand).
+ROTATION_EXTEND_DEG = 30.0
 
 
 def _rotation(deg: float) -> np.ndarray:
@@ -1142,8 +1146,10 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
     and the angle searched whose correlation peaked highest (degrees).
 
     ``mov`` is turned about its centre by each angle of ``angles_deg`` and phase-correlated
-    with ``ref`` (Hann window, on copies reduced to about 256 pixels per side); the angle with
-    the highest correlation peak gives candidates of full-resolution phase correlation, as the
+    with ``ref`` (Hann window, on copies reduced to about 256 pixels per side); when the
+    highest correlation peak is at an end of ``angles_deg`` the search goes on beyond it, a
+    degree at a time, up to :data:`ROTATION_EXTEND_DEG`. The angle with the highest
+    correlation peak gives candidates of full-resolution phase correlation, as the
     unturned image does: with and without a Hann window and with plain or phase-only
     (whitened) cross-power. The plain one follows the bright shafts, the whitened one the fine
     detail (spines), and either can lock onto a wrong peak when a straight dendrite or a
@@ -1169,12 +1175,22 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
         small_a, small_b = _block_mean(a, f), _block_mean(b, f)
         win_s = window("hann", small_a.shape)
         fa = np.fft.fft2(small_a * win_s)
-        peaks = []
-        for deg in angles_deg:
+
+        def peak(deg: float) -> float:
             tb = _turned(small_b, deg)
             cc = np.fft.ifft2(fa * np.conj(np.fft.fft2(tb * win_s)))
-            peaks.append(float(np.abs(cc).max()) / (np.linalg.norm(tb * win_s) + 1e-12))
-        best_deg = float(angles_deg[int(np.argmax(peaks))])
+            return float(np.abs(cc).max()) / (np.linalg.norm(tb * win_s) + 1e-12)
+
+        peaks = {float(deg): peak(deg) for deg in angles_deg}
+        best_deg = max(peaks, key=peaks.__getitem__)
+        lo, hi = min(peaks), max(peaks)
+        if best_deg in (lo, hi) and best_deg != 0.0:
+            step = 1.0 if best_deg == hi else -1.0
+            deg = best_deg + step
+            while abs(deg) <= ROTATION_EXTEND_DEG:
+                peaks[deg] = peak(deg)
+                deg += step
+            best_deg = max(peaks, key=peaks.__getitem__)
     out = []
     for deg in ((0.0, best_deg) if best_deg != 0.0 else (0.0,)):
         r = _rotation(deg)
@@ -1190,10 +1206,10 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
 
 #: Smallest correlation of two sessions' registered images (at the spine scale, slow trends
 #: removed) for them to count as the same dendrites; below it their spines are not linked.
-#: Sessions of one simulated position (drift, rotation <= 10 degrees, warp, 13 % turnover,
-#: photons down to a quarter of the low SNR level) gave 0.58-0.90; different positions and
-#: sessions turned 15 degrees (beyond :data:`ROTATION_SEARCH_DEG`) 0.00-0.21
-#: (``benchmarks/RESULTS.md``, session 24).
+#: Sessions of one simulated position (drift, rotation, warp, 13 % fewer spines, photons down
+#: to a quarter of the low SNR level) gave 0.58-0.90; other simulated positions -0.01-0.03,
+#: pairs of different real wide-field frames -0.05-0.31 (``benchmarks/validation_real.md``,
+#: part i). One straight dendrite registered onto another can pass (zoomed real frames).
 MIN_SESSION_CORRELATION = 0.4
 
 
@@ -1352,7 +1368,8 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
     """Detect spines in every session and link them to the previous session.
 
     Each session is registered to the previous one by phase correlation (sub-pixel; also
-    with the session turned by the rotation of :data:`ROTATION_SEARCH_DEG` whose correlation
+    with the session turned by the rotation of :data:`ROTATION_SEARCH_DEG` (extended up to
+    :data:`ROTATION_EXTEND_DEG` when the best is at its end) whose correlation
     peaks highest), each candidate refined to a rigid map (rotation + translation) by
     iterative closest points on the detected spines and then by a local median of the paired
     spines' residual displacements (small tissue deformation; each spine's own pair left
@@ -1494,10 +1511,10 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
             continue
         # previous spines in this session's pixels
         candidates, turn = _register(planes[s - 1], planes[s])
-        if abs(turn) >= max(abs(v) for v in ROTATION_SEARCH_DEG):
+        if abs(turn) >= max(ROTATION_EXTEND_DEG, *(abs(v) for v in ROTATION_SEARCH_DEG)):
             at_edge.append(s)
             log.warning("sessions %d and %d are turned by %g degrees or more, the end of the rotations "
-                        "searched (ROTATION_SEARCH_DEG): their spines may be linked wrongly; turn session %d "
+                        "searched (ROTATION_EXTEND_DEG): their spines may be linked wrongly; turn session %d "
                         "by about that angle before tracking (e.g. Fiji Image > Transform > Rotate)",
                         s - 1, s, abs(turn), s)
         start, (pred, prev_weak_here, rot, t) = _best_alignment(
