@@ -1170,6 +1170,7 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
     win = window("hann", a.shape)
     centre = (np.array(b.shape, float) - 1.0) / 2.0
     best_deg = 0.0
+    starts = [0.0]  # rotations whose phase correlations are candidates
     if len(angles_deg) > 1 and min(a.shape) >= 32:
         f = max(1, int(round(min(a.shape) / 256)))
         small_a, small_b = _block_mean(a, f), _block_mean(b, f)
@@ -1183,6 +1184,7 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
 
         peaks = {float(deg): peak(deg) for deg in angles_deg}
         best_deg = max(peaks, key=peaks.__getitem__)
+        starts.append(best_deg)
         lo, hi = min(peaks), max(peaks)
         if best_deg in (lo, hi) and best_deg != 0.0:
             step = 1.0 if best_deg == hi else -1.0
@@ -1191,8 +1193,11 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
                 peaks[deg] = peak(deg)
                 deg += step
             best_deg = max(peaks, key=peaks.__getitem__)
+            # the coarse peak is broad: the end of the first search stays a candidate too (a
+            # field turned ~5 degrees can peak at 8 and 9, and only 8 refines to the truth)
+            starts.append(best_deg)
     out = []
-    for deg in ((0.0, best_deg) if best_deg != 0.0 else (0.0,)):
+    for deg in dict.fromkeys(starts):
         r = _rotation(deg)
         x0 = _turned(b, deg) if deg else b
         for norm in (None, "phase"):
@@ -1207,9 +1212,10 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
 #: Smallest correlation of two sessions' registered images (at the spine scale, slow trends
 #: removed) for them to count as the same dendrites; below it their spines are not linked.
 #: Sessions of one simulated position (drift, rotation, warp, 13 % fewer spines, photons down
-#: to a quarter of the low SNR level) gave 0.58-0.90; other simulated positions -0.01-0.03,
-#: pairs of different real wide-field frames -0.05-0.31 (``benchmarks/validation_real.md``,
-#: part i). One straight dendrite registered onto another can pass (zoomed real frames).
+#: to a quarter of the low SNR level) gave 0.58-0.90, the default study's 96 intervals
+#: 0.52-0.89; other simulated positions -0.01-0.10, pairs of different real wide-field frames
+#: -0.01-0.39 (``benchmarks/validation_real.md``, part i; ``benchmarks/RESULTS.md``, session
+#: 24). One straight dendrite registered onto another can pass (zoomed real frames).
 MIN_SESSION_CORRELATION = 0.4
 
 
@@ -1440,7 +1446,8 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
         ``type``, ``dendrite_id``, ``intensity`` (NaN on ``lost`` rows). ``df.attrs["shifts"]``
         holds the (dy, dx) of each session relative to the previous one at the image centre
         (a list of tuples from the image registration; session pixel + shift = previous
-        session pixel, at the centre; in the first session's pixels when the zoom changed), ``df.attrs["rotation_deg"]`` the fitted rotation and
+        session pixel, at the centre; in the first session's pixels when the zoom changed),
+        ``df.attrs["rotation_deg"]`` the fitted rotation and
         ``df.attrs["turned_beyond_search"]`` the sessions turned against the previous one by
         the largest angle searched or more (logged as a warning: their links are doubtful),
         ``df.attrs["session_correlation"]`` each session's correlation with the previous one
