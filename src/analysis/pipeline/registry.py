@@ -208,7 +208,7 @@ def series_problems(samples: pd.DataFrame, sheet: str, lines: Mapping[Any, int] 
     ``series_by`` columns, e.g. ``animal_id`` and ``field``) in order of ``day``.  When the
     sheet lacks a position column, or leaves it empty, every image of an animal is taken as
     one position: two images of the same day would then be tracked as two sessions of the
-    same dendrites (different dendrites give turnover that is not there).  With the column
+    same position (for spines: different dendrites give turnover that is not there).  With the column
     filled, two images of one position on one day are a repeat (sessions minutes apart) and
     are tracked in sheet order.
 
@@ -251,8 +251,8 @@ def series_problems(samples: pd.DataFrame, sheet: str, lines: Mapping[Any, int] 
             problems.append(Problem(
                 sheet, f"animal {animal!r} has {len(grp)} images with a {role} on day {day:g} (lines {where}) and {why} "
                        f"to say which imaged position each shows, so the {readout.name} readout would track them as "
-                       f"sessions of the same dendrites; add a {cols} column naming the position (the same value for "
-                       "the same dendrites in every session; a repeat image of one position shares it)",
+                       f"sessions of one position; add a {cols} column naming the position (the same value for "
+                       "the same position in every session; a repeat image of one position shares it)",
                 row=line(grp.index[1]), column=extra[0]))
     return problems
 
