@@ -1236,12 +1236,9 @@ def _session_correlation(prev: np.ndarray, cur: np.ndarray, rot: np.ndarray, t: 
         return f - ndi.gaussian_filter(f, slow)
 
     a, b = band(prev), band(cur)
-    h, w = a.shape
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    # prev pixel p shows cur pixel (p - t) @ rot
-    qy = (yy - t[0]) * rot[0, 0] + (xx - t[1]) * rot[1, 0]
-    qx = (yy - t[0]) * rot[0, 1] + (xx - t[1]) * rot[1, 1]
-    bw = ndi.map_coordinates(b, [qy, qx], order=1, mode="constant", cval=np.nan)
+    # prev pixel p shows cur pixel (p - t) @ rot = rot.T (p - t)
+    bw = ndi.affine_transform(b, rot.T, offset=-rot.T @ t, output_shape=a.shape, order=1, mode="constant",
+                              cval=np.nan)
     ok = np.isfinite(bw)
     if ok.sum() < 100:
         return float("nan")
@@ -1473,8 +1470,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
             images[i] = _resampled(stack if stack is not None else plane, scale[i])
             plane = images[i].max(axis=0) if images[i].ndim == 3 else images[i]
         planes.append(plane)
-    px = float(sizes[0])
-    pixel_size_um = px
+    px = float(sizes[0])  # the common grid: the first session's pixels
     rows: list[pd.DataFrame] = []
     shifts = [np.zeros(2)]
     rotations = [0.0]
@@ -1507,7 +1503,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
         return new
     for s, im in enumerate(images):
         tr = trace_dendrites(planes[s], px)  # (detect_spines would trace the same plane the same way)
-        cand = detect_spines(im, pixel_size_um, return_all=True, min_snr=min_snr, min_blobness=min_blobness,
+        cand = detect_spines(im, px, return_all=True, min_snr=min_snr, min_blobness=min_blobness,
                              trace=tr, **params)
         is_strong = (cand["snr"] >= min_snr) & (cand["blob"] >= min_blobness)
         strong = cand[is_strong].reset_index(drop=True)
