@@ -576,8 +576,62 @@ def test_empty_image_has_no_spines():
     assert len(det) <= 1
 
 
+def _binned(img: np.ndarray, f: int) -> np.ndarray:
+    """``img`` summed over f x f blocks (a camera or scan with f times larger pixels)."""
+    h, w = (img.shape[0] // f) * f, (img.shape[1] // f) * f
+    return img[:h, :w].reshape(h // f, f, w // f, f).sum(axis=(1, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_coarsely_sampled_session_is_detected_on_a_finer_grid(seed, monkeypatch):
+    # failure mode: at 0.24 um pixels the shaft radius is ~2 px and heads 1-2 px across; the
+    # blob filter's smallest scales, the local maxima and the distance transforms were too
+    # coarse there, and recall fell from 0.81 / 0.74 (0.12 um) to 0.61 / 0.56 (seeds 0 / 3).
+    # Detected on a grid interpolated to 4 px per shaft radius: 0.79 / 0.72, positions on the
+    # image's own grid
+    import analysis.measure.spines as sp
+    from analysis.sim.spines import simulate_spine_sessions
+
+    ses = simulate_spine_sessions(seed, preset="default", snr="default", days=[0.0], target_density_ratio=[1.0])[0]
+    px = ses.info["pixel_size_um"]
+    truth = ses.spines[ses.spines["in_field"]][["y", "x"]].to_numpy(float)
+    coarse = _binned(ses.image.astype(float), 2)
+
+    def recall_precision(img, f):
+        det = detect_spines(img, px * f)
+        yx = (det[["y", "x"]].to_numpy(float) + 0.5) * f - 0.5  # back to the simulator's pixels
+        m = match_points(yx, truth, 0.5 / px)
+        off = np.linalg.norm(yx[m.pairs[:, 0]] - truth[m.pairs[:, 1]], axis=1) * px
+        assert set(det["dendrite_id"]) <= set(trace_dendrites(img, px * f).table["dendrite_id"])
+        return m.recall, m.precision, float(np.median(off))
+
+    r1, _, _ = recall_precision(ses.image, 1)
+    r2, p2, off2 = recall_precision(coarse, 2)
+    assert r2 >= 0.9 * r1, (r1, r2)
+    assert p2 >= 0.95 and off2 < 0.1
+    monkeypatch.setattr(sp, "MIN_SHAFT_RADIUS_PX", 0.0)  # detected on the coarse grid itself
+    r0, _, _ = recall_precision(coarse, 2)
+    assert r0 < 0.85 * r1, (r1, r0)
+
+
+def test_a_coarse_stack_gives_the_spines_of_its_projection():
+    from analysis.sim.spines import simulate_spine_sessions
+
+    ses = simulate_spine_sessions(0, preset="default", snr="high", days=[0.0], target_density_ratio=[1.0])[0]
+    plane = _binned(ses.image.astype(float), 2)
+    stack = np.stack([0.3 * plane, plane, 0.5 * plane])
+    px = 2 * ses.info["pixel_size_um"]
+    d2, d3 = detect_spines(plane, px), detect_spines(stack, px)
+    assert len(d2) > 20
+    np.testing.assert_allclose(d3[["y", "x"]].to_numpy(float), d2[["y", "x"]].to_numpy(float))
+    assert set(d3["z"]) == {1.0}
+
+
 @pytest.mark.skipif(not REAL.exists(), reason=f"real two-photon frames not found at {REAL}")
-def test_real_frames_f1_above_measured_floor():
+@pytest.mark.parametrize("binning, floor", [(1, 0.5), (3, 0.55)])
+def test_real_frames_f1_above_measured_floor(binning, floor):
+    # binned 3x (0.12 um pixels, shaft radius ~2 px): F1 0.531 on the coarse grid itself,
+    # 0.571 detected on the finer grid (session 25); 0.611 unbinned
     from skimage import io
 
     pts = pd.read_csv(REAL / "valid_spine_points.csv")
@@ -585,13 +639,12 @@ def test_real_frames_f1_above_measured_floor():
     tp = fp = fn = 0
     for name in names:
         im = io.imread(REAL / "valid" / "images" / name)
-        img = (im[..., 0] if im.ndim == 3 else im).astype(np.float32)
-        det = detect_spines(img, 0.04)
+        img = _binned((im[..., 0] if im.ndim == 3 else im).astype(np.float32), binning)
+        det = detect_spines(img, 0.04 * binning)
         t = pts[pts.image == name]
-        m = match_points(det[["y", "x"]].to_numpy(), t[["y_px", "x_px"]].to_numpy(), 10.0)
+        yx = (det[["y", "x"]].to_numpy(float) + 0.5) * binning - 0.5
+        m = match_points(yx, t[["y_px", "x_px"]].to_numpy(), 10.0)
         tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-    assert f1 >= REAL_F1_FLOOR, f"F1 {f1:.3f} on {names}"
+    assert f1 >= floor, f"F1 {f1:.3f} on {names} binned {binning}x"
 
-
-REAL_F1_FLOOR = 0.5  # measured 0.58 on these five frames at commit 1de4a34 (benchmarks/validate_spines.py)

@@ -17,7 +17,11 @@ What is assumed
   spatial scale of the detector (smoothing, background window, head sizes searched, how far
   from the shaft a head may be) is a multiple of it. ``pixel_size_um`` converts to um and
   bounds the plausible shaft width (0.2-6 um); a pixel size that is only approximate
-  changes the reported um, not which spines are found.
+  changes the reported um, not which spines are found. Filters, distances and maxima are
+  taken on the pixel grid, so an image sampled coarser than
+  :data:`MIN_SHAFT_RADIUS_PX` pixels per shaft radius (e.g. 0.15-0.2 um pixels) is
+  interpolated (cubic spline) onto a grid that fine for detection, and the heads' positions
+  are given on the image's own grid again.
 - Thresholds come from the image: a variance-stabilising transform fitted to the image's own
   noise (variance = a + b x mean: shot noise plus a floor), the blob filter's noise measured as
   a robust (MAD) sigma on the background pixels, Otsu's threshold on the background-flattened
@@ -85,8 +89,40 @@ SPINE_TYPES = ("filopodia", "mushroom", "thin", "stubby")
 
 _MIN_PIXEL_UM, _MAX_PIXEL_UM = 1e-3, 5.0
 
+#: Finest sampling the detector needs, in pixels per shaft radius: an image whose measured
+#: shaft radius is fewer pixels is interpolated onto a grid this fine for detection (heads are
+#: then 1-2 pixels across, where the blob filter's smallest scales, the local maxima and the
+#: distance transforms are too coarse). Measured on the real two-photon frames of
+#: ``../shared/realdata/spines_2p`` binned 2-4x (``benchmarks/RESULTS.md``, session 25).
+MIN_SHAFT_RADIUS_PX = 4.0
+_MAX_FINER = 4.0  # at most this many times finer (a shaft of a pixel or two carries no spines)
+
 
 # ----------------------------------------------------------------------------- input checks
+def _finer(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` (y, x) or (z, y, x) interpolated laterally onto a grid ``factor`` times finer.
+
+    Cubic spline on pixel areas (scipy's ``grid_mode``): output pixel ``j`` is centred on input
+    position ``(j + 0.5) * n / n_out - 0.5``. Values are clipped to the input's range, so a
+    background clipped at the lowest value stays at it (the noise estimates leave it out).
+    """
+    img = np.asarray(image, np.float32)
+    zoom = (factor, factor) if img.ndim == 2 else (1.0, factor, factor)
+    out = ndi.zoom(img, zoom, order=3, mode="grid-mirror", grid_mode=True)
+    return np.clip(out, img.min(), img.max(), out=out)
+
+
+def _nearest_dendrite(tr: DendriteTrace, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Dendrite id of the shaft pixel of ``tr`` nearest to each position (pixels of ``tr``)."""
+    if not (tr.labels > 0).any():
+        return np.zeros(len(y), int)
+    _, (iy, ix) = ndi.distance_transform_edt(tr.labels == 0, return_indices=True)
+    h, w = tr.labels.shape
+    py = np.clip(np.rint(y).astype(int), 0, h - 1)
+    pxx = np.clip(np.rint(x).astype(int), 0, w - 1)
+    return tr.labels[iy[py, pxx], ix[py, pxx]].astype(int)
+
+
 def _check_image(image: Any, pixel_size_um: Any, what: str = "image") -> tuple[np.ndarray, np.ndarray | None, float]:
     """Return (2-D plane, 3-D stack or None, pixel size) or raise ValueError saying what to fix."""
     arr = np.asarray(image)
@@ -1034,7 +1070,10 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
         maxima along the centreline); used for the hysteresis of :func:`track_spines`.
     trace : DendriteTrace, optional
         A trace of this image from :func:`trace_dendrites` (computed with its defaults if
-        not given).
+        not given). When its shaft radius is below :data:`MIN_SHAFT_RADIUS_PX` pixels, the
+        image is interpolated (cubic spline, at most 4x) onto a grid with that many pixels per
+        shaft radius and detected there (traced again on that grid with the defaults); ``y``,
+        ``x`` are given in this image's pixels and ``dendrite_id`` is that of ``trace``.
 
     Returns
     -------
@@ -1059,14 +1098,30 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     img, stack, px = _check_image(image, pixel_size_um)
     if not np.isfinite(min_snr) or min_snr < 0:
         raise ValueError(f"min_snr must be >= 0, got {min_snr!r}")
-    tr = trace if trace is not None else _trace(img, px, k_sigma=4.0, min_length_shaft_diameters=4.0,
-                                                min_shaft_diameter_um=0.2, max_shaft_diameter_um=6.0)
-    df = _candidates(img, stack, px, tr, max_reach_shaft_diameters=max_reach_shaft_diameters,
+    trace_defaults = dict(k_sigma=4.0, min_length_shaft_diameters=4.0, min_shaft_diameter_um=0.2,
+                          max_shaft_diameter_um=6.0)
+    tr = trace if trace is not None else _trace(img, px, **trace_defaults)
+    finer = min(MIN_SHAFT_RADIUS_PX / tr.shaft_radius_px, _MAX_FINER)
+    work_img, work_stack, work_px, work_tr = img, stack, px, tr
+    if finer > 1.0:
+        # coarse sampling: detect on a finer grid (traced again there), positions back below
+        up = _finer(stack if stack is not None else img, finer)
+        work_stack = up if stack is not None else None
+        work_img = up.max(axis=0) if stack is not None else up
+        fy, fx = work_img.shape[0] / img.shape[0], work_img.shape[1] / img.shape[1]
+        work_px = px / float(np.sqrt(fy * fx))
+        work_tr = _trace(work_img, work_px, **trace_defaults)
+        log.debug("detect_spines: shaft radius %.2f px, detected on a grid %.2f x finer", tr.shaft_radius_px, finer)
+    df = _candidates(work_img, work_stack, work_px, work_tr, max_reach_shaft_diameters=max_reach_shaft_diameters,
                      head_radius_shaft_ratios=head_radius_shaft_ratios,
                      min_separation_head_diameters=min_separation_head_diameters, k_sigma=k_sigma,
                      min_shaft_contrast=min_shaft_contrast, min_offset_shaft_radii=min_offset_shaft_radii,
                      min_dendrite_relative_intensity=min_dendrite_relative_intensity,
                      min_snr=min_snr, min_blobness=min_blobness)
+    if finer > 1.0 and len(df):
+        df["y"] = (df["y"].to_numpy(float) + 0.5) / fy - 0.5
+        df["x"] = (df["x"].to_numpy(float) + 0.5) / fx - 0.5
+        df["dendrite_id"] = _nearest_dendrite(tr, df["y"].to_numpy(float), df["x"].to_numpy(float))
     if not return_all and len(df):
         df = df[(df["snr"] >= min_snr) & (df["blob"] >= min_blobness)]
     df = df.reset_index(drop=True)
