@@ -105,12 +105,13 @@ def test_heads_touching_the_shaft_are_found():
     assert fp <= 2
 
 
-@pytest.mark.parametrize("snr, min_recall", [("default", 0.73), ("low", 0.56)])
+@pytest.mark.parametrize("snr, min_recall", [("default", 0.73), ("low", 0.54)])
 def test_dim_heads_near_the_shaft_of_a_simulated_session(snr, min_recall):
     # failure mode: next to the shaft, the flank of its ridge lowers a dim head's blob
     # response below the noise cut; measured without the shaft it passes. One session of the
     # project's simulator (seed 3): recall 0.703 / 0.523 (default / low SNR) before, 0.744 /
-    # 0.574 after, precision 1.0 both
+    # 0.574 after, precision 1.0 both; 0.749 / 0.554 since the offset-invariant stabilisation
+    # of session 25 (this float image has its photon zero at 0, the old transform's assumption)
     from analysis.sim.spines import simulate_spine_sessions
 
     ses = simulate_spine_sessions(3, preset="default", snr=snr, days=[0.0], target_density_ratio=[1.0])[0]
@@ -612,6 +613,26 @@ def test_a_coarsely_sampled_session_is_detected_on_a_finer_grid(seed, monkeypatc
     monkeypatch.setattr(sp, "MIN_SHAFT_RADIUS_PX", 0.0)  # detected on the coarse grid itself
     r0, _, _ = recall_precision(coarse, 2)
     assert r0 < 0.85 * r1, (r1, r0)
+
+
+def test_an_offset_added_to_every_pixel_changes_no_spine():
+    # failure mode: the variance-stabilising transform clipped the noise model's intercept at
+    # 0, taking 0 for the level where shot noise vanishes; a camera baseline moved that level
+    # and the detector's sensitivity with it. The simulated study's uint16 images (100 above
+    # the photon zero) were detected with recall 0.714 against 0.768 as float photo-electrons
+    # (default SNR, seeds 0-1, session 25); this session (seed 0): 0.814 as float, 0.738 with
+    # +1000 or as int16 with its background at -50
+    from analysis.sim.spines import simulate_spine_sessions
+
+    ses = simulate_spine_sessions(0, preset="default", snr="default", days=[0.0], target_density_ratio=[1.0])[0]
+    px = ses.info["pixel_size_um"]
+    img = np.round(ses.image.astype(np.float32))
+    ref = detect_spines(img, px)
+    assert len(ref) > 50
+    for shifted in (img + 1000.0, (img - np.median(img) - 50).astype(np.int16)):
+        det = detect_spines(shifted, px)
+        assert len(det) == len(ref)
+        np.testing.assert_allclose(det[["y", "x"]].to_numpy(float), ref[["y", "x"]].to_numpy(float), atol=1e-3)
 
 
 def test_a_coarse_stack_gives_the_spines_of_its_projection():
