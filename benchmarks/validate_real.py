@@ -784,6 +784,14 @@ def part_j(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     binnings = (1, 3) if args.quick else SPINE_BINNINGS
     rows = []
 
+    def ours_timed(im: np.ndarray, px: float) -> np.ndarray:
+        c0 = time.process_time()
+        yx = detect_spines(im, px)[["y", "x"]].to_numpy(float)
+        cpu.append(time.process_time() - c0)
+        return yx
+
+    cpu: list[float] = []
+
     def score(kind: str, method: str, f: int, px: float, det: np.ndarray, true: np.ndarray, radius: float,
               shape: tuple[int, ...]) -> None:
         yx = (np.asarray(det, float).reshape(-1, 2) + 0.5) * f - 0.5  # back to the original pixels
@@ -791,7 +799,8 @@ def part_j(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
         keep = (true[:, 0] < (shape[0] // f) * f - 0.5) & (true[:, 1] < (shape[1] // f) * f - 0.5)
         m = match_points(yx, true[keep], radius)
         rows.append({"set": kind, "binning": f, "pixel_um": px * f, "method": method,
-                     "n_true": int(keep.sum()), "n_det": len(yx), "tp": m.tp})
+                     "n_true": int(keep.sum()), "n_det": len(yx), "tp": m.tp,
+                     "cpu_s": cpu.pop() if method == "ours" else float("nan")})
 
     if REAL.is_dir():
         pts = pd.read_csv(REAL / "valid_spine_points.csv")
@@ -803,8 +812,8 @@ def part_j(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
             true = by.get(fpath.name, pts.iloc[:0])[["y_px", "x_px"]].to_numpy(float)
             for f in binnings:
                 im = binned(img, f)
-                score("real frames", "ours", f, PIXEL_SIZE_UM,
-                      detect_spines(im, PIXEL_SIZE_UM * f)[["y", "x"]].to_numpy(float), true, MATCH_PX, img.shape)
+                score("real frames", "ours", f, PIXEL_SIZE_UM, ours_timed(im, PIXEL_SIZE_UM * f), true, MATCH_PX,
+                      img.shape)
                 score("real frames", "plain LoG", f, PIXEL_SIZE_UM, plain_log_spines(im, PIXEL_SIZE_UM * f), true,
                       MATCH_PX, img.shape)
         n_real = len(held_out[:20] if args.quick else held_out)
@@ -818,19 +827,19 @@ def part_j(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
         true = ses.spines[ses.spines["in_field"]][["y", "x"]].to_numpy(float)
         for f in binnings:
             im = binned(img, f)
-            score("simulated (default SNR)", "ours", f, px, detect_spines(im, px * f)[["y", "x"]].to_numpy(float),
-                  true, 0.5 / px, img.shape)
+            score("simulated (default SNR)", "ours", f, px, ours_timed(im, px * f), true, 0.5 / px, img.shape)
             score("simulated (default SNR)", "plain LoG", f, px, plain_log_spines(im, px * f), true, 0.5 / px,
                   img.shape)
     df = pd.DataFrame(rows)
     save(df, "j_spines_binned")
-    g = df.groupby(["set", "binning", "method"], sort=False)[["n_true", "n_det", "tp", "pixel_um"]].agg(
-        {"n_true": "sum", "n_det": "sum", "tp": "sum", "pixel_um": "first"}).reset_index()
+    g = df.groupby(["set", "binning", "method"], sort=False)[["n_true", "n_det", "tp", "pixel_um", "cpu_s"]].agg(
+        {"n_true": "sum", "n_det": "sum", "tp": "sum", "pixel_um": "first", "cpu_s": "median"}).reset_index()
     p, r = g["tp"] / g["n_det"].clip(lower=1), g["tp"] / g["n_true"].clip(lower=1)
     out = pd.DataFrame({"set": g["set"], "binning": g["binning"], "pixel size (um)": [fmt(v, 2) for v in g["pixel_um"]],
                         "method": g["method"], "marks / detected": [f"{a} / {b}" for a, b in zip(g["n_true"], g["n_det"])],
                         "P / R / F1": [f"{fmt(a, 3)} / {fmt(b, 3)} / **{fmt(2 * a * b / max(a + b, 1e-12), 3)}**"
-                                       for a, b in zip(p, r)]})
+                                       for a, b in zip(p, r)],
+                        "CPU s / image (median)": [fmt(v, 2) if np.isfinite(v) else "" for v in g["cpu_s"]]})
     note = (f"real: {n_real} held-out SpineDetector frames of part g (every 4th), at {PIXEL_SIZE_UM} um x the binning, "
             f"matched within {MATCH_PX:g} original pixels; simulated: session 0 of seeds "
             f"{', '.join(map(str, seeds))} of the default preset at default SNR, matched within 0.5 um.  Pixels are summed "
