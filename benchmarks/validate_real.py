@@ -20,7 +20,8 @@ and prints a markdown table):
 
 a. **Real culture images** (``../shared/realdata/culture_puncta``, fields 11 and 12, 0.325
    um): pre- and postsynaptic puncta per detector; label-free checks of
-   :mod:`analysis.measure.labelfree` (MAP2 enrichment within 1 um, fraction in DAPI nuclei, pre/post
+   :mod:`analysis.measure.labelfree` (MAP2 enrichment within 1 um, fraction in DAPI nuclei and in
+   MAP2 somata, with the density in somata over the field's, pre/post
    pairing above chance with the pre channel shifted by 3, 4, 5 um in +-x and +-y, density
    per 10 um of dendrite), time per image; an overlay PNG per field
    (``benchmarks/results/overlay_field<N>.png``: crops on dendrites, on dark background and
@@ -92,6 +93,7 @@ from analysis.measure.labelfree import (
     fraction_inside,
     nucleus_mask,
     pairing_above_chance,
+    soma_mask,
 )
 from analysis.measure.puncta import detect_puncta, match_points
 from analysis.measure.matching import resolvable_count
@@ -280,7 +282,7 @@ def part_a(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     for field in fields:
         read = lambda ch: tifffile.imread(CULTURE / f"{field}_{ch}.tif")  # noqa: E731
         post, pre, map2, dapi = read("postEx"), read("preEx"), read("MAP2"), read("DAPI")
-        dend, nuc = dendrite_mask(map2, px), nucleus_mask(dapi, px)
+        dend, nuc, soma = dendrite_mask(map2, px), nucleus_mask(dapi, px), soma_mask(map2, px)
         length = dendrite_length_um(dend, px)
         area = post.size * px**2
         shown = {}
@@ -297,12 +299,14 @@ def part_a(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
                     "n_puncta": len(p), "per_100um2": 100 * len(p) / area,
                     "map2_enrichment_1um": enrichment_near(p, dend, px, 1.0),
                     "fraction_in_nuclei": fraction_inside(p, nuc),
+                    "fraction_in_somata": fraction_inside(p, soma),
                     "density_per_10um": density_per_10um(p, dend, px, 1.0),
                     "pairing_observed": pair["observed"] if ch == "post" else np.nan,
                     "pairing_chance": pair["chance"] if ch == "post" else np.nan,
                     "pairing_above_chance": pair["above_chance"] if ch == "post" else np.nan,
                     "seconds": secs[ch], "dendrite_length_um": length, "dendrite_area_fraction": dend.mean(),
-                    "nucleus_area_fraction": nuc.mean(), "note": notes[0 if ch == "post" else 1],
+                    "nucleus_area_fraction": nuc.mean(), "soma_area_fraction": soma.mean(),
+                    "note": notes[0 if ch == "post" else 1],
                 })
             if name in DETECTORS:
                 shown[name] = pts["post"]
@@ -319,6 +323,8 @@ def part_a(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
         "post / pre puncta": [f"{fmt(a)} / {fmt(b)}" for a, b in zip(post_rows.n_puncta, pre_rows.n_puncta)],
         "MAP2 enrichment (post / pre)": [f"{fmt(a)} / {fmt(b)}" for a, b in zip(post_rows.map2_enrichment_1um, pre_rows.map2_enrichment_1um)],
         "in nuclei (post / pre)": [f"{fmt(a, 3)} / {fmt(b, 3)}" for a, b in zip(post_rows.fraction_in_nuclei, pre_rows.fraction_in_nuclei)],
+        "in somata (post / pre)": [f"{fmt(a, 3)} / {fmt(b, 3)}" for a, b in zip(post_rows.fraction_in_somata, pre_rows.fraction_in_somata)],
+        "post density in somata / field": [fmt(a / r, 2) for a, r in zip(post_rows.fraction_in_somata, post_rows.soma_area_fraction)],
         "pairing obs / chance": [f"{fmt(a)} / {fmt(b)}" for a, b in zip(post_rows.pairing_observed, post_rows.pairing_chance)],
         "pairing above chance": [fmt(v) for v in post_rows.pairing_above_chance],
         "post per 10 um dendrite": [fmt(v, 1) for v in post_rows.density_per_10um],
@@ -326,7 +332,11 @@ def part_a(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     })
     masks = df.drop_duplicates("field")
     note = "; ".join(f"{r.field}: dendrite mask {100 * r.dendrite_area_fraction:.1f} % of the field, skeleton "
-                     f"{r.dendrite_length_um:,.0f} um; nuclei {100 * r.nucleus_area_fraction:.1f} %" for r in masks.itertuples())
+                     f"{r.dendrite_length_um:,.0f} um; nuclei {100 * r.nucleus_area_fraction:.1f} %; somata "
+                     f"{100 * r.soma_area_fraction:.1f} %" for r in masks.itertuples())
+    note += (".  In somata: the fraction of puncta inside the soma mask (`labelfree.soma_mask`: MAP2 opened by a "
+             "3 um disk, Otsu's threshold, objects >= 80 um^2); density in somata / field: that fraction over the "
+             "mask's share of the field (1: as many per um^2 in the cell bodies as in the field as a whole)")
     failed = df[df.note != ""]
     if len(failed):
         note += "; failures: " + "; ".join(f"{r.field} {r.detector} {r.channel}: {r.note}" for r in failed.itertuples())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from analysis.measure.labelfree import (
     dendrite_length_um,
@@ -18,6 +19,7 @@ from analysis.measure.labelfree import (
     enrichment_near,
     fraction_inside,
     nucleus_mask,
+    soma_mask,
     pairing_above_chance,
 )
 
@@ -144,6 +146,22 @@ def test_nucleus_mask_fills_holes_and_drops_specks() -> None:
     m = nucleus_mask(img + rng.normal(0, 50, img.shape), 0.3)
     assert m[50, 50] and not m[150, 150]
     assert m.sum() * 0.09 == pytest.approx(np.pi * 36, rel=0.08)
+
+
+def test_soma_mask_keeps_cell_bodies_and_drops_dendrites_and_small_blobs() -> None:
+    # at 0.25 um: a 16 um soma with a 2.5 um thick dendrite leaving it, a 1 um dendrite, a
+    # 6 um wide blob (28 um^2 < 80 um^2) and a tilted background
+    rng = np.random.default_rng(6)
+    yy, xx = np.mgrid[:320, :320] * 0.25
+    img = 200 + 2 * xx + 900 * (np.hypot(yy - 20, xx - 20) < 8)
+    img = img + 700 * ((np.abs(yy - 20) < 1.25) & (xx > 20)) + 500 * (np.abs(xx - 60) < 0.5)
+    img = img + 900 * (np.hypot(yy - 60, xx - 30) < 3)
+    m = soma_mask(img + rng.normal(0, 25, img.shape), 0.25)
+    assert m[80, 80]  # soma centre
+    assert m.sum() * 0.25**2 == pytest.approx(np.pi * 64, rel=0.1)
+    assert not m[80, 200] and not m[200, 240]  # the thick dendrite away from the soma, the thin one
+    assert not m[240, 120]  # the small blob
+    assert ndi.label(m)[1] == 1  # one soma
 
 
 @pytest.mark.slow

@@ -8,6 +8,9 @@ judged on them with what the biology guarantees, given the other channels of the
   well above the fraction of the field that lies that close (:func:`enrichment_near`, 1 for
   points placed at random);
 * **not in nuclei** -- almost none inside DAPI nuclei (:func:`fraction_inside`);
+* **not in somata** -- the bright cell bodies of the dendritic marker (:func:`soma_mask`) hold
+  the marker's intracellular pool, not synapses: the density of puncta there should not exceed
+  the field's (:func:`fraction_inside` over the mask's share of the field);
 * **paired** -- pre- and postsynaptic puncta face each other across the cleft (~0.1 um, less
   than the resolution), so more postsynaptic puncta have a presynaptic partner nearby than
   when one channel is shifted by a few micrometres (:func:`pairing_above_chance`);
@@ -33,6 +36,7 @@ __all__ = [
     "dendrite_mask",
     "dendrite_length_um",
     "nucleus_mask",
+    "soma_mask",
     "enrichment_near",
     "fraction_inside",
     "pairing_above_chance",
@@ -235,6 +239,59 @@ def nucleus_mask(dapi: np.ndarray, pixel_size_um: float, *, smooth_um: float = 0
         return np.zeros(img.shape, dtype=bool)
     mask = ndi.binary_fill_holes(smooth > filters.threshold_otsu(smooth))
     return _drop_small(mask, min_area_um2 / pixel_size_um**2)
+
+
+def soma_mask(map2: np.ndarray, pixel_size_um: float, *, smooth_um: float = 0.5,
+              radius_um: float = 3.0, min_area_um2: float = 80.0) -> np.ndarray:
+    """Neuronal cell bodies from a MAP2 (or other somatodendritic marker) image.
+
+    Somata are the parts of the marker wider than any dendrite: light smoothing
+    (``smooth_um``), a grey opening with a disk of radius ``radius_um`` (dendrites, at most
+    ~3-5 um wide, are narrower than the disk and drop to the background around them; a soma,
+    10-20 um across, holds it), Otsu's threshold of the opened image (bright bodies against
+    the rest), and objects smaller than ``min_area_um2`` removed (a soma 10 um across is
+    ~80 um^2; the thick base of a primary dendrite is smaller).
+
+    Parameters
+    ----------
+    map2 : ndarray
+        MAP2 image (YX).
+    pixel_size_um : float
+        Pixel size.
+    smooth_um : float
+        Sigma of the smoothing.
+    radius_um : float
+        Radius of the opening's disk: structures narrower than twice this are not somata.
+    min_area_um2 : float
+        Smallest soma kept.
+
+    Returns
+    -------
+    ndarray of bool
+        Soma mask, the image's shape.
+
+    Examples
+    --------
+    A soma 14 um across with a 2 um wide dendrite leaving it, at 0.25 um pixels:
+
+    >>> rng = np.random.default_rng(0)
+    >>> yy, xx = np.mgrid[:200, :200] * 0.25
+    >>> img = 100 + 800 * (np.hypot(yy - 25, xx - 15) < 7) + 600 * ((np.abs(yy - 25) < 1) & (xx > 15))
+    >>> m = soma_mask(img + rng.normal(0, 20, img.shape), 0.25)
+    >>> bool(m[100, 60]), bool(m[100, 160]), round(float(m.sum() * 0.25**2 / (np.pi * 7**2)), 2)
+    (True, False, 1.0)
+    """
+    img = np.asarray(map2, dtype=float)
+    if img.ndim != 2:
+        raise ValueError(f"map2 must be a 2-D (YX) image, got shape {img.shape}")
+    if not pixel_size_um > 0:
+        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
+    smooth = ndi.gaussian_filter(img, smooth_um / pixel_size_um) if smooth_um > 0 else img
+    radius = max(int(round(radius_um / pixel_size_um)), 1)
+    opened = ndi.grey_opening(smooth, footprint=morphology.disk(radius))
+    if np.ptp(opened) == 0:
+        return np.zeros(img.shape, dtype=bool)
+    return _drop_small(opened > filters.threshold_otsu(opened), min_area_um2 / pixel_size_um**2)
 
 
 def enrichment_near(points_yx: np.ndarray, mask: np.ndarray, pixel_size_um: float,
