@@ -66,6 +66,16 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
     return m
 
 
+def _smoothed(image: np.ndarray, pixel_size_um: float, smooth_um: float, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` as a float YX array (checked) and its Gaussian smoothing at ``smooth_um``."""
+    img = np.asarray(image, dtype=float)
+    if img.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (YX) image, got shape {img.shape}")
+    if not pixel_size_um > 0:
+        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
+    return img, (ndi.gaussian_filter(img, smooth_um / pixel_size_um) if smooth_um > 0 else img)
+
+
 def _drop_small(mask: np.ndarray, min_px: float) -> np.ndarray:
     """Mask without its 8-connected objects of fewer than ``min_px`` pixels."""
     labels, n = ndi.label(mask, structure=np.ones((3, 3)))
@@ -140,12 +150,7 @@ def dendrite_mask(
     >>> bool(cols[98:103].min() == 1), float(cols[:90].max()), float(cols[111:].max())
     (True, 0.0, 0.0)
     """
-    img = np.asarray(map2, dtype=float)
-    if img.ndim != 2:
-        raise ValueError(f"map2 must be a 2-D (YX) image, got shape {img.shape}")
-    if not pixel_size_um > 0:
-        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
-    smooth = ndi.gaussian_filter(img, smooth_um / pixel_size_um) if smooth_um > 0 else img
+    img, smooth = _smoothed(map2, pixel_size_um, smooth_um, "map2")
     radius = max(int(round(background_radius_um / pixel_size_um)), 1)
     tophat = smooth - ndi.grey_opening(smooth, footprint=morphology.disk(radius))
     if np.ptp(tophat) == 0:
@@ -229,12 +234,7 @@ def nucleus_mask(dapi: np.ndarray, pixel_size_um: float, *, smooth_um: float = 0
     >>> bool(m[48, 48]), bool(m[80, 80]), round(m.sum() * 0.25**2)  # centre filled, speck gone
     (True, False, 78)
     """
-    img = np.asarray(dapi, dtype=float)
-    if img.ndim != 2:
-        raise ValueError(f"dapi must be a 2-D (YX) image, got shape {img.shape}")
-    if not pixel_size_um > 0:
-        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
-    smooth = ndi.gaussian_filter(img, smooth_um / pixel_size_um) if smooth_um > 0 else img
+    img, smooth = _smoothed(dapi, pixel_size_um, smooth_um, "dapi")
     if np.ptp(smooth) == 0:
         return np.zeros(img.shape, dtype=bool)
     mask = ndi.binary_fill_holes(smooth > filters.threshold_otsu(smooth))
@@ -281,12 +281,7 @@ def soma_mask(map2: np.ndarray, pixel_size_um: float, *, smooth_um: float = 0.5,
     >>> bool(m[100, 60]), bool(m[100, 160]), round(float(m.sum() * 0.25**2 / (np.pi * 7**2)), 2)
     (True, False, 1.0)
     """
-    img = np.asarray(map2, dtype=float)
-    if img.ndim != 2:
-        raise ValueError(f"map2 must be a 2-D (YX) image, got shape {img.shape}")
-    if not pixel_size_um > 0:
-        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
-    smooth = ndi.gaussian_filter(img, smooth_um / pixel_size_um) if smooth_um > 0 else img
+    img, smooth = _smoothed(map2, pixel_size_um, smooth_um, "map2")
     radius = max(int(round(radius_um / pixel_size_um)), 1)
     opened = ndi.grey_opening(smooth, footprint=morphology.disk(radius))
     if np.ptp(opened) == 0:
