@@ -221,7 +221,8 @@ REAL_VALIDATION_FILE = Path("benchmarks") / "validation_real.md"
 _SECTION_PURPOSES: tuple[tuple[str, str], ...] = (
     ("culture", "Real images of cultured neurons from another lab, without annotations, checked "
                 "label-free: true synaptic puncta lie on MAP2 dendrites (enrichment above 1), rarely in "
-                "DAPI nuclei, and pre- and postsynaptic puncta pair more often than with the "
+                "DAPI nuclei or in the bright MAP2 cell bodies (a density there over the field's of 1 or "
+                "less), and pre- and postsynaptic puncta pair more often than with the "
                 "presynaptic channel shifted (pairing above chance above 0)."),
     ("sim-fish", "Images from sim-fish, a simulator none of us wrote, with known spot positions: "
                  "precision, recall and F1 of each detector (one-to-one matching) across spot "
@@ -237,6 +238,12 @@ _SECTION_PURPOSES: tuple[tuple[str, str], ...] = (
     ("microglia", "Real Iba1 images from another lab with hand-corrected cell masks: cells found "
                   "(one-to-one at IoU >= 0.5) and per-cell skeleton length and branch points ranked "
                   "against the source tool's table, beside plain threshold pipelines."),
+    ("coarser pixels", "The real two-photon frames and simulated sessions with known spines binned to coarser "
+                       "pixels (as a scan or camera with larger pixels records them), detected at the matching "
+                       "pixel size: the same spines should be found at every sampling the optics allow."),
+    ("same dendrites", "Pairs of spine sessions that do and do not show the same dendrites: the correlation of "
+                       "their registered images decides whether the tracker links them (a pair that is not "
+                       "linked gives no turnover)."),
     ("spine", "Real two-photon frames of GFP-filled dendrites from another lab with hand-marked "
               "spine heads: precision, recall and F1 of the detected heads (one-to-one matching), "
               "beside a plain blob detector without a dendrite model."),
