@@ -84,7 +84,7 @@ VALIDATED_RANGE: dict[str, dict[str, Any]] = {
     "spines": {
         # two-photon simulations at 0.12 um, the SpineDetector frames at ~0.04 um; both binned
         # 2-4x in benchmarks/validate_real.py part j (real to 0.16 um, simulated to 0.48 um:
-        # simulated detection F1 0.83 at 0.24 um against 0.86 at 0.12 um, falling beyond)
+        # simulated detection F1 0.84 at 0.24 um against 0.86 at 0.12 um, falling beyond)
         "pixel_size_um": (0.03, 0.25),
         "bit_depth": (8, 12, 16),
         # analysis.measure.spine_quality.spine_image_snr: the simulator's low SNR level (4.5 per

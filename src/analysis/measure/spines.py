@@ -209,8 +209,9 @@ def _stabilise(img: np.ndarray) -> np.ndarray:
     without one (noise that does not grow with the signal) the image is returned as it is.
     The intercept ``a`` is clipped at 0, which takes the image's value 0 for the level where
     shot noise vanishes: an offset added to every pixel (a camera baseline) changes the
-    transform and, slightly, which spines are found (a known gap: ``benchmarks/RESULTS.md``,
-    session 25, where the offset-invariant form was tried and reverted).
+    transform and which spines are found (one simulated session: recall 0.814 as it is, 0.738
+    with 1000 added; a known gap: ``benchmarks/RESULTS.md``, session 25, where the
+    offset-invariant form was tried and reverted).
     Scale factors common to a and b (e.g. correlated noise of resampled images) cancel
     in the detector, which measures the response's noise on the background of the
     stabilised image.
