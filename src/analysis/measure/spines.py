@@ -197,9 +197,24 @@ def _noise_model(img: np.ndarray) -> tuple[float, float] | None:
     if len(mu) < 3:
         return None
     b, a = np.polyfit(np.asarray(mu), np.asarray(var), 1)
-    if not np.isfinite(b) or b <= 1e-9 * max(float(np.max(var)), 1e-12) or b * np.max(mu) < 0.5 * max(a, 0):
+    zero = _zero_level(img)  # levels are counted from the photon zero
+    if not np.isfinite(b) or b <= 1e-9 * max(float(np.max(var)), 1e-12) or \
+            b * (np.max(mu) - zero) < 0.5 * max(a + b * zero, 0):
         return None  # noise does not grow with the signal
     return float(a), float(b)
+
+
+def _zero_level(img: np.ndarray) -> float:
+    """The level taken for no photons: 0, or the image's darkest level (0.01st percentile)
+    where the image goes below 0.
+
+    Photon counts are not negative, so an image whose darkest pixels lie below 0 (an integer
+    format with the digitiser offset subtracted, as two-photon acquisition software writes
+    int16 frames, with the background at -50) has its zero at its darkest level; otherwise
+    the value 0 is taken (an offset above 0 is the known gap of :func:`_stabilise`).
+    """
+    lo = float(np.percentile(img, 0.01))
+    return min(lo, 0.0) if np.isfinite(lo) else 0.0
 
 
 def _stabilise(img: np.ndarray) -> np.ndarray:
@@ -207,10 +222,11 @@ def _stabilise(img: np.ndarray) -> np.ndarray:
 
     The noise model var = a + b * mean (:func:`_noise_model`) is fitted to this image;
     without one (noise that does not grow with the signal) the image is returned as it is.
-    The intercept ``a`` is clipped at 0, which takes the image's value 0 for the level where
-    shot noise vanishes: an offset added to every pixel (a camera baseline) changes the
-    transform and which spines are found (one simulated session: recall 0.814 as it is, 0.738
-    with 1000 added; a known gap: ``benchmarks/RESULTS.md``, session 25, where the
+    The intercept ``a`` (at the photon zero of :func:`_zero_level`) is clipped at 0, which
+    takes the image's value 0 for the level where shot noise vanishes, or its darkest level
+    where the image goes below 0: an offset added to every pixel (a camera baseline) changes
+    the transform and which spines are found (one simulated session: recall 0.814 as it is,
+    0.738 with 1000 added; a known gap: ``benchmarks/RESULTS.md``, session 25, where the
     offset-invariant form was tried and reverted).
     Scale factors common to a and b (e.g. correlated noise of resampled images) cancel
     in the detector, which measures the response's noise on the background of the
@@ -219,8 +235,10 @@ def _stabilise(img: np.ndarray) -> np.ndarray:
     fit = _noise_model(img)
     if fit is None:
         return img
-    a, b = max(fit[0], 0.0), np.float64(fit[1])  # (a numpy scalar: the transform is computed in float64)
-    return (2.0 / b) * np.sqrt(np.clip(b * img + a + 0.375 * b * b, 0, None))
+    zero = _zero_level(img)
+    b = np.float64(fit[1])  # (a numpy scalar: the transform is computed in float64)
+    a = max(fit[0] + b * zero, 0.0)
+    return (2.0 / b) * np.sqrt(np.clip(b * (img - zero) + a + 0.375 * b * b, 0, None))
 
 
 def _hessian(img: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -802,7 +820,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     peaks[:edge], peaks[-edge:], peaks[:, :edge], peaks[:, -edge:] = False, False, False, False
     # only on dendrites bright enough to be in focus (relative to the brightest dendrite)
     if len(tr.table):
-        inten = tr.table["intensity"].to_numpy(float)
+        inten = tr.table["intensity"].to_numpy(float) - _zero_level(img)
         bright = np.concatenate([[False], inten >= min_dendrite_relative_intensity * np.nanmax(inten)])
         peaks &= bright[tr.labels[iy, ix]]
     yy, xx = np.nonzero(peaks)
@@ -1069,7 +1087,8 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     min_separation_head_diameters : float
         Two maxima closer than this many head radii (of the larger) are one head.
     min_dendrite_relative_intensity : float
-        Dendrites dimmer than this fraction of the brightest one (out of focus) carry no spines.
+        Dendrites dimmer than this fraction of the brightest one (out of focus) carry no spines
+        (intensities counted from the photon zero, see ``_zero_level``).
     return_all : bool
         Return every candidate with its score and features (no cut; ``on_shaft`` marks the
         maxima along the centreline); used for the hysteresis of :func:`track_spines`.
