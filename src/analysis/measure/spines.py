@@ -197,48 +197,50 @@ def _noise_model(img: np.ndarray) -> tuple[float, float] | None:
     if len(mu) < 3:
         return None
     b, a = np.polyfit(np.asarray(mu), np.asarray(var), 1)
-    zero = _zero_level(img)  # levels are counted from the photon zero
-    if not np.isfinite(b) or b <= 1e-9 * max(float(np.max(var)), 1e-12) or \
-            b * (np.max(mu) - zero) < 0.5 * max(a + b * zero, 0):
+    # the variance must grow over the image's levels by at least half of the darkest level's
+    # (differences of levels, so an offset added to the image changes nothing)
+    if (not np.isfinite(b) or b <= 1e-9 * max(float(np.max(var)), 1e-12)
+            or b * (max(mu) - min(mu)) < 0.5 * max(a + b * min(mu), 0)):
         return None  # noise does not grow with the signal
     return float(a), float(b)
 
 
-def _zero_level(img: np.ndarray) -> float:
-    """The level taken for no photons: 0, or the image's darkest level (0.01st percentile)
-    where the image goes below 0.
+def _photon_zero(img: np.ndarray, fit: tuple[float, float] | None) -> float:
+    """The level where the image's shot noise vanishes (its photon zero), in image units.
 
-    Photon counts are not negative, so an image whose darkest pixels lie below 0 (an integer
-    format with the digitiser offset subtracted, as two-photon acquisition software writes
-    int16 frames, with the background at -50) has its zero at its darkest level; otherwise
-    the value 0 is taken (an offset above 0 is the known gap of :func:`_stabilise`).
+    ``-a / b`` of the noise model ``fit`` (:func:`_noise_model`), never above the image's darkest
+    level (its 0.01st percentile: a few dead pixels do not set it; a straight line through a
+    variance that bends at dim levels can put the zero above the darkest pixels); without a
+    noise model, the darkest level. An offset added to every pixel (a camera's or digitiser's
+    baseline; 16-bit data with the offset subtracted, negative values included) moves it alike.
     """
     lo = float(np.percentile(img, 0.01))
-    return min(lo, 0.0) if np.isfinite(lo) else 0.0
+    if fit is None:
+        return lo
+    return min(-fit[0] / fit[1], lo)
 
 
-def _stabilise(img: np.ndarray) -> np.ndarray:
+def _stabilise(img: np.ndarray, fit: tuple[float, float] | None = None) -> np.ndarray:
     """Variance-stabilised copy of ``img`` (generalised Anscombe transform).
 
-    The noise model var = a + b * mean (:func:`_noise_model`) is fitted to this image;
-    without one (noise that does not grow with the signal) the image is returned as it is.
-    The intercept ``a`` (at the photon zero of :func:`_zero_level`) is clipped at 0, which
-    takes the image's value 0 for the level where shot noise vanishes, or its darkest level
-    where the image goes below 0: an offset added to every pixel (a camera baseline) changes
-    the transform and which spines are found (one simulated session: recall 0.814 as it is,
-    0.738 with 1000 added; a known gap: ``benchmarks/RESULTS.md``, session 25, where the
-    offset-invariant form was tried and reverted).
+    The noise model var = a + b * mean (``fit``; :func:`_noise_model` of this image when not
+    given) gives the transform ``2 / b * sqrt(b * (img - zero) + 3 b^2 / 8)`` with ``zero`` the
+    image's photon zero (:func:`_photon_zero`); without a noise model (noise that does not grow
+    with the signal) the image is returned as it is. An offset added to every pixel shifts the
+    noise model's intercept and the zero alike, so it changes nothing. (Before session 26 the
+    intercept was clipped at 0, which took the value 0 for the photon zero: the simulated
+    study's uint16 images, 100 above it, were detected with recall 0.714 instead of 0.768 at
+    default SNR, and frames below 0 lost their dim spines; ``benchmarks/RESULTS.md``.)
     Scale factors common to a and b (e.g. correlated noise of resampled images) cancel
     in the detector, which measures the response's noise on the background of the
     stabilised image.
     """
-    fit = _noise_model(img)
+    fit = _noise_model(img) if fit is None else fit
     if fit is None:
         return img
-    zero = _zero_level(img)
     b = np.float64(fit[1])  # (a numpy scalar: the transform is computed in float64)
-    a = max(fit[0] + b * zero, 0.0)
-    return (2.0 / b) * np.sqrt(np.clip(b * (img - zero) + a + 0.375 * b * b, 0, None))
+    zero = _photon_zero(img, fit)
+    return (2.0 / b) * np.sqrt(np.clip(b * (img - zero) + 0.375 * b * b, 0, None))
 
 
 def _hessian(img: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -729,7 +731,8 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     if not tr.skeleton.any():
         return empty
     flat = img - tr.background
-    vst = _stabilise(img)
+    noise_fit = _noise_model(img)
+    vst = _stabilise(img, noise_fit)
     d_cent, (cy, cx) = ndi.distance_transform_edt(~tr.skeleton, return_indices=True)
     # the bare shafts (above the background) in the same units: the shape (blobness) of a
     # head is measured without them, so a head touching the shaft is not taken for the
@@ -820,7 +823,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     peaks[:edge], peaks[-edge:], peaks[:, :edge], peaks[:, -edge:] = False, False, False, False
     # only on dendrites bright enough to be in focus (relative to the brightest dendrite)
     if len(tr.table):
-        inten = tr.table["intensity"].to_numpy(float) - _zero_level(img)
+        inten = tr.table["intensity"].to_numpy(float) - _photon_zero(img, noise_fit)
         bright = np.concatenate([[False], inten >= min_dendrite_relative_intensity * np.nanmax(inten)])
         peaks &= bright[tr.labels[iy, ix]]
     yy, xx = np.nonzero(peaks)
@@ -1088,7 +1091,7 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
         Two maxima closer than this many head radii (of the larger) are one head.
     min_dendrite_relative_intensity : float
         Dendrites dimmer than this fraction of the brightest one (out of focus) carry no spines
-        (intensities counted from the photon zero, see ``_zero_level``).
+        (intensities counted from the image's photon zero).
     return_all : bool
         Return every candidate with its score and features (no cut; ``on_shaft`` marks the
         maxima along the centreline); used for the hysteresis of :func:`track_spines`.
