@@ -623,15 +623,21 @@ def test_an_offset_added_to_every_pixel_changes_no_spine():
     # (default SNR, seeds 0-1, session 25); seed 0: 0.814 as float, 0.738 with +1000
     from analysis.sim.spines import simulate_spine_sessions
 
+    from analysis.measure.spine_quality import spine_quality
+
     ses = simulate_spine_sessions(0, preset="default", snr="default", days=[0.0], target_density_ratio=[1.0])[0]
     px = ses.info["pixel_size_um"]
     img = np.round(ses.image.astype(np.float32))
     ref = detect_spines(img, px)
     assert len(ref) > 50
+    snr = spine_quality(img, px, ref, trace_dendrites(img, px), seed=[0], spike_in=False)["measured_snr"]
     for shifted in (img + 1000.0, (img + 100).astype(np.uint16), (img - np.median(img) - 50).astype(np.int16)):
         det = detect_spines(shifted, px)
         assert len(det) == len(ref)
         np.testing.assert_allclose(det[["y", "x"]].to_numpy(float), ref[["y", "x"]].to_numpy(float), atol=1e-3)
+        if shifted.dtype == np.uint16:  # the image row's measured SNR too (before: 9.9 as float, 13.2 here)
+            q = spine_quality(shifted, px, det, trace_dendrites(shifted, px), seed=[0], spike_in=False)
+            assert q["measured_snr"] == pytest.approx(snr, rel=1e-6)
 
 
 def test_an_image_below_zero_is_stabilised_from_its_darkest_level():
