@@ -84,13 +84,14 @@ VALIDATED_RANGE: dict[str, dict[str, Any]] = {
     "spines": {
         # two-photon simulations at 0.12 um, the SpineDetector frames at ~0.04 um; both binned
         # 2-4x in benchmarks/validate_real.py part j (real to 0.16 um, simulated to 0.48 um:
-        # simulated detection F1 0.84 at 0.24 um against 0.86 at 0.12 um, falling beyond)
+        # simulated detection F1 0.83 at 0.24 um against 0.86 at 0.12 um, falling beyond; session 26)
         "pixel_size_um": (0.03, 0.25),
         "bit_depth": (8, 12, 16),
         # analysis.measure.spine_quality.spine_image_snr: the simulator's low SNR level (4.5 per
-        # plane; detection F1 ~0.69, recall ~0.53) measures 5.4 (median), 3.0 at its 5th
-        # percentile over 54 images of the spine bank (benchmarks/calibrate_spines_e2e.py quality).
-        # The SNR is per pixel: the same tissue imaged with 2x larger pixels measures ~2x higher
+        # plane; detection F1 ~0.70, recall ~0.54) measures 5.5 (median), 4.0 at its 5th
+        # percentile and 3.05 at its lowest over 237 images of the spine bank
+        # (benchmarks/calibrate_spines_e2e.py quality, session 26). The SNR is per pixel: the
+        # same tissue imaged with 2x larger pixels measures ~2x higher
         "min_snr": 3.0,
         "max_saturated_fraction": 0.01,
     },
