@@ -141,6 +141,24 @@ def test_methods_state_the_spine_model_and_its_sensitivity_analysis(hand_built) 
            "SNR as a covariate" in text
 
 
+def test_the_spine_calibration_caveat_follows_the_spine_findings(hand_built) -> None:
+    """The spine arm's end-to-end calibration (benchmarks/calibration_spines_e2e.md: the detector
+    reports about 0.77 of a true density change) is said right after the spine-density findings,
+    and not on a study without a spine arm."""
+    from analysis.report import validation
+
+    caveat = validation.spine_calibration_caveats(primary=HEAD).get("spine_density")
+    if caveat is None:
+        pytest.skip("no committed spine calibration (not a source checkout), or it flags nothing")
+    data, processed, reports = hand_built
+    assert "spine detector reported" not in _text(_write(data, processed, reports))
+    synapse_table().assign(day=7).to_csv(processed / "spine_contrasts.csv", index=False)
+    text = " ".join(_text(_write(data, processed, reports)).split())
+    caveat = " ".join(caveat.split())
+    assert text.count(caveat) == 1 and text.index(caveat) > text.index("Dendritic spine density decreased in")
+    assert f"reported {validation.spine_calibration_figures()['change_ratio']:.2f} of the change" in caveat
+
+
 def test_no_absolute_machine_path_on_the_page(hand_built, tmp_path: Path) -> None:
     page = _write(*hand_built)
     assert str(tmp_path) not in page and str(tmp_path.resolve()) not in page

@@ -621,9 +621,8 @@ def test_an_offset_added_to_every_pixel_changes_no_spine():
     # and the detector's sensitivity with it. The simulated study's uint16 images (100 above
     # the photon zero) were detected with recall 0.714 against 0.768 as float photo-electrons
     # (default SNR, seeds 0-1, session 25); seed 0: 0.814 as float, 0.738 with +1000
-    from analysis.sim.spines import simulate_spine_sessions
-
     from analysis.measure.spine_quality import spine_quality
+    from analysis.sim.spines import simulate_spine_sessions
 
     ses = simulate_spine_sessions(0, preset="default", snr="default", days=[0.0], target_density_ratio=[1.0])[0]
     px = ses.info["pixel_size_um"]

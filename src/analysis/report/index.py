@@ -819,9 +819,9 @@ def write_index(
         headline = load_analysis_plan(data_dir).get("primary_contrast") or F.HEADLINE_GROUP
     except InputError:  # (reported by fit; the index still renders)
         headline = F.HEADLINE_GROUP
-    from analysis.report.validation import calibration_caveats
+    from analysis.report.validation import calibration_caveats, spine_calibration_caveats
 
-    caveats = calibration_caveats()
+    caveats = {**calibration_caveats(), **spine_calibration_caveats(primary=headline)}
     for key, text in F.quality_caveats(tables, headline).items():
         caveats[key] = f"{caveats[key]} {text}" if key in caveats else text
     found = F.abstract(contrasts, headline=headline, caveats=caveats)

@@ -11,7 +11,9 @@ recorded validation against data we did not make.
   (:func:`parse_validation_markdown` parses any such markdown file of pipe tables);
 * **calibration caveats** (:func:`calibration_caveats`): the endpoints whose contrasts the
   calibration with the detector's error (``benchmarks/calibration_morphology.md``) found biased
-  or under-covered, one sentence each, which the index says after the endpoint's findings.
+  or under-covered, one sentence each, which the index says after the endpoint's findings;
+  the spine density's from the spine arm's end-to-end calibration
+  (``benchmarks/calibration_spines_e2e.md``, :func:`spine_calibration_caveats`).
 
 The checks that simulate (accuracy per SNR level, calibration of the statistics, the true
 effects of a simulated study) are in :mod:`analysis.sim.validation`.
@@ -47,6 +49,7 @@ __all__ = [
     "load_e2e_calibration",
     "load_spines_calibration",
     "spine_calibration_figures",
+    "spine_calibration_caveats",
     "section_purpose",
     "REAL_VALIDATION_FILE",
     "E2E_CALIBRATION_FILE",
@@ -528,6 +531,45 @@ def spine_calibration_figures(summary: RealValidation | None = None,
             if {"measured", "perfect"} <= set(sub.index):
                 out[key] = float(sub.loc["measured", "mean estimate (pp)"]) / float(sub.loc["perfect", "mean estimate (pp)"])
     return out
+
+
+def spine_calibration_caveats(summary: RealValidation | None = None, *, min_coverage: float = 0.93,
+                              max_error_pct: float = 5.0, primary: str = "WT diazepam 5 mg/kg x 7 d"
+                              ) -> dict[str, str]:
+    """What the spine arm's end-to-end calibration says a reader of the spine findings should know.
+
+    From :func:`spine_calibration_figures` of the committed :data:`SPINES_CALIBRATION_FILE`
+    (simulated studies whose two-photon images the pipeline measured, fitted with the report's
+    model): when the ``primary`` contrast's measured change is off the true densities' by more
+    than ``max_error_pct`` percent, or the effect contrasts covered the effect the simulated
+    images realise less often than ``min_coverage``, one sentence with those figures for the
+    ``spine_density`` endpoint (the same limits as :func:`calibration_caveats`). Empty when the
+    summary is absent or within both.
+
+    Examples
+    --------
+    >>> text = ("# c\\n\\n## Spine density, effect studies\\n\\n| group @ day | counts | model | "
+    ...         "coverage (model / bank) | power (unadjusted / adjusted) | mean estimate % |\\n|---|---|---|---|---|---|\\n"
+    ...         "| WT diazepam 5 mg/kg x 7 d @ 7 | measured | with position effect | 0.71 / 0.915 | 0.6 / 0.6 | -8.0 |\\n"
+    ...         "| WT diazepam 5 mg/kg x 7 d @ 7 | perfect | with position effect | 0.9 / 0.97 | 0.8 / 0.8 | -10.3 |\\n")
+    >>> spine_calibration_caveats(parse_validation_markdown(text))["spine_density"][:80]
+    'Calibration of the method: on simulated studies with the drug effect whose two-p'
+    >>> "reported 0.77 of the change" in spine_calibration_caveats(parse_validation_markdown(text))["spine_density"]
+    True
+    """
+    fig = spine_calibration_figures(summary, primary=primary)
+    if not fig:
+        return {}
+    ratio, cov_lo, cov_hi = fig["change_ratio"], fig["coverage_min"], fig["coverage_max"]
+    if cov_lo >= min_coverage and abs(ratio - 1.0) * 100 <= max_error_pct:
+        return {}
+    return {"spine_density": (
+        f"Calibration of the method: on simulated studies with the drug effect whose two-photon images this "
+        f"pipeline measured and tracked ({SPINES_CALIBRATION_FILE.as_posix()}), the spine detector reported "
+        f"{ratio:.2f} of the change in density that the same images' true spines give ({primary} at the end of "
+        f"dosing), and the 95 % CIs covered the effect the simulated images realise in {100 * cov_lo:.1f}-"
+        f"{100 * cov_hi:.1f} % of studies (nominal 95 %): a real change in spine density reads "
+        f"{'smaller' if ratio < 1 else 'larger'} than it is.")}
 
 
 #: Section of :data:`MORPHOLOGY_CALIBRATION_FILE` with the detector's error, and its endpoint
