@@ -147,7 +147,7 @@ def test_the_spine_calibration_caveat_follows_the_spine_findings(hand_built) -> 
     and not on a study without a spine arm."""
     from analysis.report import validation
 
-    caveat = validation.spine_calibration_caveats(primary=HEAD).get("spine_density")
+    caveat = validation.spine_calibration_caveats().get("spine_density")
     if caveat is None:
         pytest.skip("no committed spine calibration (not a source checkout), or it flags nothing")
     data, processed, reports = hand_built

@@ -821,7 +821,9 @@ def write_index(
         headline = F.HEADLINE_GROUP
     from analysis.report.validation import calibration_caveats, spine_calibration_caveats
 
-    caveats = {**calibration_caveats(), **spine_calibration_caveats(primary=headline)}
+    # (the spine calibration's own primary contrast, named in its sentence: it characterises the
+    # detector whatever the study's headline)
+    caveats = {**calibration_caveats(), **spine_calibration_caveats()}
     for key, text in F.quality_caveats(tables, headline).items():
         caveats[key] = f"{caveats[key]} {text}" if key in caveats else text
     found = F.abstract(contrasts, headline=headline, caveats=caveats)
