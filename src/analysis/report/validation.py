@@ -566,9 +566,9 @@ def spine_calibration_caveats(summary: RealValidation | None = None, *, min_cove
     if not fig:
         return {}
     ratio, cov_lo, cov_hi = fig["change_ratio"], fig["coverage_min"], fig["coverage_max"]
-    if cov_lo >= min_coverage and abs(ratio - 1.0) * 100 <= max_error_pct:
-        return {}
     off = abs(ratio - 1.0) * 100 > max_error_pct
+    if cov_lo >= min_coverage and not off:
+        return {}
     end = f": a real change in spine density reads {'smaller' if ratio < 1 else 'larger'} than it is." if off else "."
     return {"spine_density": (
         f"Calibration of the method: on simulated studies with the drug effect whose two-photon images this "
