@@ -286,19 +286,19 @@ def test_microglia_foreground_under_flips_and_rotations(microglia_fields, microg
     assert worst <= 0.02, f"up to {worst:.1%} of the foreground pixels change"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "branch points are not invariant under flips, rotations or transposition: over 4 phantom "
-    "fields (17-33 branch points each) x 6 transforms the field's total changes by up to 10.5 % "
-    "(seed 3: 19 -> 21): the tips, from which they are counted, change with the thinning's scan "
-    "direction (endpoints by up to 5.7 %; pruning length 0.6 um, 3 px).  "
-    "Branch points are counted as endpoints - primary processes since session 14; as junction "
-    "clusters of the skeleton the field's total changed by up to 19 % (up to 28 % before the "
-    "background grid was centred)"))
 def test_microglia_branch_points_under_flips_and_rotations(microglia_fields, microglia_transformed) -> None:
+    """Branch points are not exactly invariant under flips, rotations or transposition: the tips,
+    from which they are counted (endpoints - primary processes since session 14), change with the
+    thinning's scan direction (endpoints by up to 5.7 %; pruning length 0.6 um, 3 px).  Over the 4
+    phantom fields (17-33 branch points each) x 6 transforms the field's total changed by up to
+    10.5 % on one machine (seed 3: 19 -> 21; this was a strict xfail of a 10 % bound) and by less
+    than 10 % on another (AMD EPYC with AVX2, session 27: the phantoms' floating point differs in
+    the last bits), so the test bounds the known gap rather than the wish: a two-branch-point
+    change in a small field is within it; more fails.  (As junction clusters of the skeleton the
+    total changed by up to 19 %, up to 28 % before the background grid was centred.)"""
     worst = max(abs(microglia_transformed[seed, name][1]["branch_points"].sum() / ref["branch_points"].sum() - 1)
                 for seed, (_, _, ref) in microglia_fields.items() for name in TRANSFORMS)
-    # tolerance: a tenth of the field's branch points (the pipeline reports field means)
-    assert worst <= 0.10, f"field branch points change by up to {worst:.0%}"
+    assert worst <= 0.15, f"field branch points change by up to {worst:.0%}"
 
 
 @pytest.mark.parametrize("dtype", ["uint16_x16", "float32", "float64"])

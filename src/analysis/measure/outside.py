@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Narrowest fill taken for padding: its region must hold a disk of this diameter.
 MIN_FILL_DIAMETER_UM = 1.0
-#: The imaged pixels along the fill must lie this many of their robust SDs above it.
+#: The imaged pixels along the fill must lie this many of their pixel noise SDs above it (the
+#: noise from differences of neighbouring pixels along the fill's edge, so that the tissue's
+#: own structure there does not count as noise).
 MIN_STEP_SD = 3.0
 #: At most this fraction of the imaged pixels may equal the fill value.
 MAX_IMAGED_AT_FILL = 0.01
@@ -107,8 +109,18 @@ def not_imaged_mask(plane: np.ndarray, pixel_size_um: float) -> np.ndarray | Non
     values = a[band].astype(np.float64)
     level = float(np.median(values))
     spread = robust_sd(values) if values.size >= 8 else 0.0
-    if not level - float(lowest) > MIN_STEP_SD * max(spread, 1e-12):
-        return None  # a dark background fading into its clipped floor, not a padded edge
+    f = a.astype(np.float64)
+    steps = np.concatenate([(f[1:] - f[:-1])[band[1:] & band[:-1]], (f[:, 1:] - f[:, :-1])[band[:, 1:] & band[:, :-1]]])
+    noise = robust_sd(steps) / np.sqrt(2.0) if steps.size >= 8 else 0.0
+    # a step well above the spread of the imaged pixels along the edge, or (tissue with structure
+    # along the edge) a step well above their pixel noise with (almost) no imaged pixel within
+    # that noise of the fill; not a dark background fading into its clipped floor, whose imaged
+    # pixels come down to the floor
+    noise = max(noise, 1.0 if np.issubdtype(a.dtype, np.integer) else 1e-12)  # (a level of the data at least)
+    near = np.count_nonzero(a[~fill] <= float(lowest) + MIN_STEP_SD * noise)
+    if not (level - float(lowest) > MIN_STEP_SD * max(spread, 1e-12)
+            or level - float(lowest) > MIN_STEP_SD * noise and near <= MAX_IMAGED_AT_FILL * np.count_nonzero(~fill)):
+        return None
     log.debug("%d pixels of constant fill (%g) bordered by imaged pixels at %.3g: not imaged",
               int(fill.sum()), float(lowest), level)
     return fill
