@@ -713,7 +713,13 @@ def part_i(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     the same dendrites, on pairs that do and pairs that do not."""
     from validate_spines import PIXEL_SIZE_UM, REAL, load_grey
 
-    from analysis.measure.spines import MIN_SESSION_CORRELATION, ROTATION_EXTEND_DEG, _turned, track_spines
+    from analysis.measure.spines import (
+        MIN_SESSION_CORRELATION,
+        MIN_TURNED_SESSION_CORRELATION,
+        ROTATION_EXTEND_DEG,
+        _turned,
+        track_spines,
+    )
     from analysis.sim.spines import simulate_spine_sessions
 
     seeds = (0,) if args.quick else (0, 1, 2)
@@ -735,8 +741,9 @@ def part_i(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
                      ses[0].image, ses[2].image, px)
             other = simulate_spine_sessions(seed + 100, preset="default", snr=snr)[2].image
             pair("simulated, another position", ses[0].image, other, px)
-            for deg in (20.0, ROTATION_EXTEND_DEG + 10.0):
-                where = "beyond the search" if deg > ROTATION_EXTEND_DEG else "beyond the first search of +-8"
+            for deg in (20.0, ROTATION_EXTEND_DEG + 10.0, 90.0, 180.0):
+                where = (f"beyond the image search of +-{ROTATION_EXTEND_DEG:g}: the spectra's angle"
+                         if deg > ROTATION_EXTEND_DEG else "beyond the first search of +-8")
                 pair(f"simulated, same position turned {deg:g} degrees ({where})", ses[0].image,
                      _turned(ses[2].image.astype(np.float32), deg), px)
     if REAL.is_dir():
@@ -759,7 +766,9 @@ def part_i(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
                         "stable share of linked pairs (median)": [fmt(stable.get(k, np.nan), 2) for k in g["kind"]]})
     note = (f"`analysis.measure.spines.track_spines` links two sessions only if their registered images (smoothed at "
             f"half a shaft radius, trends slower than 8 shaft radii removed) correlate at least "
-            f"{MIN_SESSION_CORRELATION:g} where they overlap; otherwise the interval gives no turnover.  Simulated: "
+            f"{MIN_SESSION_CORRELATION:g} where they overlap ({MIN_TURNED_SESSION_CORRELATION:g} when they are turned "
+            f"by more than {ROTATION_EXTEND_DEG:g} degrees, an angle found from their power spectra); otherwise the "
+            "interval gives no turnover.  Simulated: "
             f"default preset (three dendrites, 512 x 512), seeds {', '.join(map(str, seeds))} at each SNR level, "
             "session 0 against session 2 (day -7 against day 7: 13 % fewer spines, new drift, rotation and warp), "
             "photons of both sessions scaled as given; another position = another seed.  Real: random pairs of "

@@ -422,18 +422,41 @@ def test_track_a_field_turned_beyond_8_degrees_is_found_by_the_extended_search(d
     assert "turned by" not in caplog.text and tr.attrs["turned_beyond_search"] == [] == tr.attrs["unmatched_sessions"]
 
 
-def test_track_warns_when_the_sessions_are_turned_beyond_the_search(simulated_field, caplog):
+@pytest.mark.parametrize("deg", [40.0, 90.0, 150.0, -120.0])
+def test_track_a_field_turned_by_any_angle_is_found_by_its_spectrum(deg, simulated_field, caplog):
+    """Turned beyond the image search (-30..30 degrees; a stage or head plate turned another
+    way for one session): the rotation of the power spectra gives the angle (modulo 180, the
+    image search picks the half turn), and the spines stay linked with no warning.  Before,
+    such a field was left unlinked with a warning to turn it by hand (40 degrees: correlation
+    of the registered images 0.12-0.81, linked in 4 of 9 simulated pairs)."""
     img, px = simulated_field
     with caplog.at_level("WARNING", logger="analysis.measure.spines"):
-        tr = track_spines([img, img, _turned(img, 40.0)], px)
+        tr = track_spines([img, _turned(img, deg, (4.0, -3.0))], px)
+    n0 = int((tr.session == 0).sum())
+    common = tr[(tr.session == 1) & tr.in_common_field.astype(bool)]
+    assert (common.status == "stable").sum() >= 0.85 * n0  # (corners turned out of the field)
+    assert abs((tr.attrs["rotation_deg"][1] + deg + 180.0) % 360.0 - 180.0) < 0.3
+    assert tr.attrs["turned_beyond_search"] == [] == tr.attrs["unmatched_sessions"]
+    assert "turned by" not in caplog.text and "do not show" not in caplog.text
+
+
+def test_track_warns_when_no_angle_tried_fits(simulated_field, caplog, monkeypatch):
+    """When the spectra give no better angle (here: made to give 0 and 180 degrees) a field
+    turned beyond the image search ends it at its last angle: a warning says to turn the
+    session by hand, and the sessions are not linked wrongly."""
+    from analysis.measure import spines as spm
+
+    monkeypatch.setattr(spm, "_spectrum_rotation", lambda ref, mov: (0.0, 180.0))
+    img, px = simulated_field
+    with caplog.at_level("WARNING", logger="analysis.measure.spines"):
+        tr = track_spines([img, img, _turned(img, 60.0)], px)
     assert "sessions 1 and 2 are turned by 30 degrees or more" in caplog.text and "Rotate" in caplog.text
     assert tr.attrs["turned_beyond_search"] == [2]
     assert tr.attrs["unmatched_sessions"] == [2]  # not linked wrongly: the interval gives no turnover
 
 
 def test_sessions_of_other_dendrites_are_not_linked(simulated_field, caplog):
-    """Two images that do not show the same dendrites (another simulated position; the same
-    field turned by 40 degrees, beyond the rotation search): their spines used to be linked
+    """Two images that do not show the same dendrites (other simulated positions): their spines used to be linked
     wherever the registration put them, and the interval gave made-up turnover (unrelated
     real frames: 5 and 11 spines `stable`); now nothing is linked, the session's spines are
     new tracks outside the common field, no spine is `lost`, the turnover tables skip the
@@ -444,8 +467,9 @@ def test_sessions_of_other_dendrites_are_not_linked(simulated_field, caplog):
 
     img, px = simulated_field
     other = simulate_spine_sessions(1, preset="default", snr="high")[0].image.astype(float)
+    third = simulate_spine_sessions(2, preset="default", snr="high")[0].image.astype(float)
     with caplog.at_level("WARNING", logger="analysis.measure.spines"):
-        tr = track_spines([img, _turned(img, 3.0, (4.0, -5.0)), other, _turned(other, 40.0)], px)
+        tr = track_spines([img, _turned(img, 3.0, (4.0, -5.0)), other, _turned(third, 40.0)], px)
     r = tr.attrs["session_correlation"]
     assert np.isnan(r[0]) and r[1] >= 0.8 and r[2] < MIN_SESSION_CORRELATION and r[3] < MIN_SESSION_CORRELATION
     assert tr.attrs["unmatched_sessions"] == [2, 3]

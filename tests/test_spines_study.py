@@ -159,12 +159,19 @@ def _copy_with_its_day7_image(spine_study: tuple[Path, Path], tmp_path: Path) ->
     return copy, row, tifffile.imread(row["abs_path"])
 
 
-def test_a_session_turned_beyond_the_search_is_named_in_the_log(spine_study: tuple[Path, Path], tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    """A session turned by 40 degrees (more than the tracker searches) quantifies, and the log names the
-    position and the image whose links are doubtful."""
+def test_a_session_turned_beyond_every_angle_tried_is_named_in_the_log(
+        spine_study: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session turned by 40 degrees, beyond the tracker's image search, whose power spectra give
+    no better angle (made to give 0 and 180 degrees here; tests/test_spines_measure.py has the
+    spectra find such turns), quantifies, and the log names the position and the image whose links
+    are doubtful."""
     import tifffile
     from scipy import ndimage as ndi
+
+    from analysis.measure import spines as spm
+
+    monkeypatch.setattr(spm, "_spectrum_rotation", lambda ref, mov: (0.0, 180.0))  # (workers=1: in this process)
 
     copy, turned, data = _copy_with_its_day7_image(spine_study, tmp_path)
     a = np.radians(40.0)

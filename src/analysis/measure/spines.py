@@ -1202,9 +1202,42 @@ def spine_density(spines: pd.DataFrame, dendrites: DendriteTrace | pd.DataFrame)
 #: correlation does not survive.
 ROTATION_SEARCH_DEG = tuple(float(a) for a in range(-8, 9))
 #: When the best of :data:`ROTATION_SEARCH_DEG` is at one of its ends, the search goes on in
-#: that direction, a degree at a time, up to this angle (a field turned further, e.g. a head
-#: plate remounted another way, is found without turning the image by hand).
+#: that direction, a degree at a time, up to this angle. A field turned further (a head plate
+#: remounted another way, a stage turned for another session) is found by the rotation of the
+#: images' power spectra (:func:`_spectrum_rotation`), without turning the image by hand.
 ROTATION_EXTEND_DEG = 30.0
+
+
+def _spectrum_rotation(ref: np.ndarray, mov: np.ndarray) -> tuple[float, float]:
+    """The two angles (degrees, 180 apart) by which ``mov`` turned about its centre matches
+    ``ref``, from the rotation of their power spectra (Reddy & Chatterji 1996).
+
+    A rigid map turns an image's power spectrum by the same angle and leaves it unmoved by the
+    shift, so the angle is the shift of the spectra's polar images along their angle axis
+    (phase correlation; a power spectrum is symmetric, hence the angle only modulo 180).
+    Trends slower than 8 pixels are removed and both images are padded to one square (equal
+    frequency steps on both axes) and Hann-windowed; the spectra enter as log(1 + |F|) over
+    the frequencies from 1/32 to 1/2 of the Nyquist radius (the window's own spectrum and the
+    finest, noisiest frequencies out). Any angle: unlike the image search of :func:`_register`
+    it does not need a starting guess, but it is less precise, so its angles are only starts.
+    """
+    from skimage.filters import window
+    from skimage.registration import phase_cross_correlation
+    from skimage.transform import warp_polar
+
+    side = max(*ref.shape, *mov.shape)
+
+    def spectrum(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        x = x - ndi.gaussian_filter(x, 8.0)
+        x = np.pad(x, [(0, side - n) for n in x.shape])
+        return np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(x * window("hann", x.shape)))))
+
+    r = side // 2
+    polar = [warp_polar(spectrum(x), radius=r, output_shape=(360, r))[:180, r // 16: r // 2] for x in (ref, mov)]
+    shift, _, _ = phase_cross_correlation(polar[0], polar[1], upsample_factor=10, normalization=None)
+    deg = -float(shift[0])
+    return deg, deg + 180.0 if deg <= 0 else deg - 180.0
 
 
 def _rotation(deg: float) -> np.ndarray:
@@ -1223,14 +1256,18 @@ def _turned(img: np.ndarray, deg: float) -> np.ndarray:
 
 
 def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = ROTATION_SEARCH_DEG
-              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, bool]:
     """Candidate rigid maps (R, t) with ``mov`` coordinates ``p`` -> ``p @ R.T + t`` in ``ref``,
-    and the angle searched whose correlation peaked highest (degrees).
+    the angle tried whose correlation peaked highest (degrees), and whether that angle is the
+    last one of the extended search (the field may be turned further than anything tried).
 
     ``mov`` is turned about its centre by each angle of ``angles_deg`` and phase-correlated
     with ``ref`` (Hann window, on copies reduced to about 256 pixels per side); when the
     highest correlation peak is at an end of ``angles_deg`` the search goes on beyond it, a
-    degree at a time, up to :data:`ROTATION_EXTEND_DEG`. The angle with the highest
+    degree at a time, up to :data:`ROTATION_EXTEND_DEG`. The two angles of
+    :func:`_spectrum_rotation` that lie outside the angles searched, and a degree to each side
+    of them, are tried the same way (a field turned by any angle, a half turn included); one of
+    them is taken when it correlates better than every angle searched. The angle with the highest
     correlation peak gives candidates of full-resolution phase correlation, as the
     unturned image does: with and without a Hann window and with plain or phase-only
     (whitened) cross-power. The plain one follows the bright shafts, the whitened one the fine
@@ -1252,6 +1289,7 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
     win = window("hann", a.shape)
     centre = (np.array(b.shape, float) - 1.0) / 2.0
     best_deg = 0.0
+    at_end = False
     starts = [0.0]  # rotations whose phase correlations are candidates
     if len(angles_deg) > 1 and min(a.shape) >= 32:
         f = max(1, int(round(min(a.shape) / 256)))
@@ -1278,6 +1316,19 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
             # the coarse peak is broad: the end of the first search stays a candidate too (a
             # field turned ~5 degrees can peak at 8 and 9, and only 8 refines to the truth)
             starts.append(best_deg)
+            at_end = abs(best_deg) >= ROTATION_EXTEND_DEG
+        # any other angle: the spectra's rotation, tried outside the angles searched
+        lo, hi = min(peaks), max(peaks)
+        wide = {}
+        for deg in _spectrum_rotation(small_a, small_b):
+            for d in (deg - 1.0, deg, deg + 1.0):
+                d = (d + 180.0) % 360.0 - 180.0
+                if not lo - 0.5 <= d <= hi + 0.5:
+                    wide[d] = peak(d)
+        if wide and max(wide.values()) > peaks[best_deg]:
+            best_deg = max(wide, key=wide.__getitem__)
+            starts.append(best_deg)
+            at_end = False
     out = []
     for deg in dict.fromkeys(starts):
         r = _rotation(deg)
@@ -1288,7 +1339,7 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
                 shift, _, _ = phase_cross_correlation(x, y, upsample_factor=10, normalization=norm)
                 # p -> R (p - c) + c + shift
                 out.append((r, centre - r @ centre + np.asarray(shift, float)))
-    return out, best_deg
+    return out, best_deg, at_end
 
 
 #: Smallest correlation of two sessions' registered images (at the spine scale, slow trends
@@ -1299,6 +1350,13 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
 #: -0.01-0.39 (``benchmarks/validation_real.md``, part i; ``benchmarks/RESULTS.md``, session
 #: 24). One straight dendrite registered onto another can pass (zoomed real frames).
 MIN_SESSION_CORRELATION = 0.4
+#: The same for two sessions registered at a rotation beyond :data:`ROTATION_EXTEND_DEG` (found
+#: by the power spectra): every angle tried gives two unrelated fields another chance to look
+#: alike. Unrelated real wide-field frames registered at any angle correlated up to 0.53,
+#: straight single dendrites of the zoomed real frames up to 0.62; a simulated field turned
+#: by 40-180 degrees against another session of it 0.83-0.84 (``benchmarks/RESULTS.md``,
+#: session 27).
+MIN_TURNED_SESSION_CORRELATION = 0.6
 
 
 def _session_correlation(prev: np.ndarray, cur: np.ndarray, rot: np.ndarray, t: np.ndarray,
@@ -1475,7 +1533,9 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
 
     Two sessions are linked only if they show the same dendrites: their registered planes
     (smoothed at half a shaft radius, slow trends removed) must correlate at least
-    :data:`MIN_SESSION_CORRELATION` where they overlap. Below it (another position, a wrong
+    :data:`MIN_SESSION_CORRELATION` where they overlap (:data:`MIN_TURNED_SESSION_CORRELATION`
+    when they are turned against each other by more than :data:`ROTATION_EXTEND_DEG`, an angle
+    found by the rotation of their power spectra). Below it (another position, a wrong
     file, a field turned or moved beyond what the registration finds) nothing is linked: the
     session's spines start new tracks as ``gained`` outside the common field, the previous
     session's tracks end without a ``lost`` row, so the interval adds no turnover, and a
@@ -1527,11 +1587,12 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
         (a list of tuples from the image registration; session pixel + shift = previous
         session pixel, at the centre; in the first session's pixels when the zoom changed),
         ``df.attrs["rotation_deg"]`` the fitted rotation and
-        ``df.attrs["turned_beyond_search"]`` the sessions turned against the previous one by
-        the largest angle searched or more (logged as a warning: their links are doubtful),
+        ``df.attrs["turned_beyond_search"]`` the sessions whose image search ended at its
+        largest angle with no better angle from the spectra (logged as a warning: their
+        links are doubtful),
         ``df.attrs["session_correlation"]`` each session's correlation with the previous one
         (NaN for the first) and ``df.attrs["unmatched_sessions"]`` those below
-        :data:`MIN_SESSION_CORRELATION` (not linked).
+        :data:`MIN_SESSION_CORRELATION` (or :data:`MIN_TURNED_SESSION_CORRELATION`; not linked).
     """
     if isinstance(images, np.ndarray) and images.ndim == 2:
         raise ValueError("track_spines needs a sequence of images (one per session), got one 2-D image")
@@ -1595,8 +1656,8 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
             prev, prev_weak = start_tracks(strong, s, "stable", True), weak
             continue
         # previous spines in this session's pixels
-        candidates, turn = _register(planes[s - 1], planes[s])
-        if abs(turn) >= max(ROTATION_EXTEND_DEG, *(abs(v) for v in ROTATION_SEARCH_DEG)):
+        candidates, turn, at_search_end = _register(planes[s - 1], planes[s])
+        if at_search_end:
             at_edge.append(s)
             log.warning("sessions %d and %d are turned by %g degrees or more, the end of the rotations "
                         "searched (ROTATION_EXTEND_DEG): their spines may be linked wrongly; turn session %d "
@@ -1610,15 +1671,19 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
         rotations.append(float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0]))))
         r_s = _session_correlation(planes[s - 1], planes[s], rot, t, tr.shaft_radius_px)
         correlations.append(r_s)
-        if not r_s >= MIN_SESSION_CORRELATION:
+        turned = abs(rotations[-1]) > ROTATION_EXTEND_DEG + 1.0  # (found by the spectra, not the image search)
+        r_min = MIN_TURNED_SESSION_CORRELATION if turned else MIN_SESSION_CORRELATION
+        if not r_s >= r_min:
             # not the same dendrites (another position, a wrong file, or turned or moved beyond
             # what the registration finds): no links, so no turnover is made up; this
             # session's spines start new tracks outside the common field, the previous
             # ones leave it
             unmatched.append(s)
             log.warning("sessions %d and %d do not show the same dendrites (correlation %.2f of their registered "
-                        "images, below %.2f): their spines are not linked and the interval gives no turnover; "
-                        "check that both images are of the same position", s - 1, s, r_s, MIN_SESSION_CORRELATION)
+                        "images%s, below %.2f): their spines are not linked and the interval gives no turnover; "
+                        "check that both images are of the same position%s", s - 1, s, r_s,
+                        f" turned by {rotations[-1]:.0f} degrees" if turned else "", r_min,
+                        f" (if they are, turn session {s} by about that angle before tracking)" if turned else "")
             prev, prev_weak = start_tracks(strong, s, "gained", False), weak
             continue
         m = match_points(strong[["y", "x"]].to_numpy(float), pred, max_px)
