@@ -766,9 +766,9 @@ def part_i(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
                         "stable share of linked pairs (median)": [fmt(stable.get(k, np.nan), 2) for k in g["kind"]]})
     note = (f"`analysis.measure.spines.track_spines` links two sessions only if their registered images (smoothed at "
             f"half a shaft radius, trends slower than 8 shaft radii removed) correlate at least "
-            f"{MIN_SESSION_CORRELATION:g} where they overlap ({MIN_TURNED_SESSION_CORRELATION:g} when they are turned "
-            f"by more than {ROTATION_EXTEND_DEG:g} degrees, an angle found from their power spectra); otherwise the "
-            "interval gives no turnover.  Simulated: "
+            f"{MIN_SESSION_CORRELATION:g} where they overlap ({MIN_TURNED_SESSION_CORRELATION:g} when aligned at an "
+            "angle found from their power spectra, beyond those the image search tried); otherwise the interval gives "
+            "no turnover.  Simulated: "
             f"default preset (three dendrites, 512 x 512), seeds {', '.join(map(str, seeds))} at each SNR level, "
             "session 0 against session 2 (day -7 against day 7: 13 % fewer spines, new drift, rotation and warp), "
             "photons of both sessions scaled as given; another position = another seed.  Real: random pairs of "

@@ -1256,10 +1256,12 @@ def _turned(img: np.ndarray, deg: float) -> np.ndarray:
 
 
 def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = ROTATION_SEARCH_DEG
-              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, bool]:
+              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, bool, float | None]:
     """Candidate rigid maps (R, t) with ``mov`` coordinates ``p`` -> ``p @ R.T + t`` in ``ref``,
-    the angle tried whose correlation peaked highest (degrees), and whether that angle is the
-    last one of the extended search (the field may be turned further than anything tried).
+    the angle tried whose correlation peaked highest (degrees), whether that angle is the
+    last one of the extended search (the field may be turned further than anything tried), and
+    the angle taken from the spectra (None when no angle of theirs correlated better than the
+    search's).
 
     ``mov`` is turned about its centre by each angle of ``angles_deg`` and phase-correlated
     with ``ref`` (Hann window, on copies reduced to about 256 pixels per side); when the
@@ -1290,6 +1292,7 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
     centre = (np.array(b.shape, float) - 1.0) / 2.0
     best_deg = 0.0
     at_end = False
+    spectral: float | None = None
     starts = [0.0]  # rotations whose phase correlations are candidates
     if len(angles_deg) > 1 and min(a.shape) >= 32:
         f = max(1, int(round(min(a.shape) / 256)))
@@ -1326,7 +1329,7 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
                 if not lo - 0.5 <= d <= hi + 0.5:
                     wide[d] = peak(d)
         if wide and max(wide.values()) > peaks[best_deg]:
-            best_deg = max(wide, key=wide.__getitem__)
+            best_deg = spectral = max(wide, key=wide.__getitem__)
             starts.append(best_deg)
             at_end = False
     out = []
@@ -1339,7 +1342,7 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
                 shift, _, _ = phase_cross_correlation(x, y, upsample_factor=10, normalization=norm)
                 # p -> R (p - c) + c + shift
                 out.append((r, centre - r @ centre + np.asarray(shift, float)))
-    return out, best_deg, at_end
+    return out, best_deg, at_end, spectral
 
 
 #: Smallest correlation of two sessions' registered images (at the spine scale, slow trends
@@ -1350,9 +1353,9 @@ def _register(ref: np.ndarray, mov: np.ndarray, angles_deg: Sequence[float] = RO
 #: -0.01-0.39 (``benchmarks/validation_real.md``, part i; ``benchmarks/RESULTS.md``, session
 #: 24). One straight dendrite registered onto another can pass (zoomed real frames).
 MIN_SESSION_CORRELATION = 0.4
-#: The same for two sessions registered at a rotation beyond :data:`ROTATION_EXTEND_DEG` (found
-#: by the power spectra): every angle tried gives two unrelated fields another chance to look
-#: alike. Unrelated real wide-field frames registered at any angle correlated up to 0.53,
+#: The same for two sessions aligned from the rotation of their power spectra, an angle beyond
+#: those the image search tried (:func:`_register`): every angle tried gives two unrelated
+#: fields another chance to look alike. Unrelated real wide-field frames registered at any angle correlated up to 0.53,
 #: straight single dendrites of the zoomed real frames up to 0.62; a simulated field turned
 #: by 40-180 degrees against another session of it 0.83-0.84 (``benchmarks/RESULTS.md``,
 #: session 27).
@@ -1534,8 +1537,8 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
     Two sessions are linked only if they show the same dendrites: their registered planes
     (smoothed at half a shaft radius, slow trends removed) must correlate at least
     :data:`MIN_SESSION_CORRELATION` where they overlap (:data:`MIN_TURNED_SESSION_CORRELATION`
-    when they are turned against each other by more than :data:`ROTATION_EXTEND_DEG`, an angle
-    found by the rotation of their power spectra). Below it (another position, a wrong
+    when they are aligned at an angle found by the rotation of their power spectra, beyond the
+    angles the image search tried). Below it (another position, a wrong
     file, a field turned or moved beyond what the registration finds) nothing is linked: the
     session's spines start new tracks as ``gained`` outside the common field, the previous
     session's tracks end without a ``lost`` row, so the interval adds no turnover, and a
@@ -1656,7 +1659,7 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
             prev, prev_weak = start_tracks(strong, s, "stable", True), weak
             continue
         # previous spines in this session's pixels
-        candidates, turn, at_search_end = _register(planes[s - 1], planes[s])
+        candidates, turn, at_search_end, spectral = _register(planes[s - 1], planes[s])
         if at_search_end:
             at_edge.append(s)
             log.warning("sessions %d and %d are turned by %g degrees or more, the end of the rotations "
@@ -1671,7 +1674,8 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
         rotations.append(float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0]))))
         r_s = _session_correlation(planes[s - 1], planes[s], rot, t, tr.shaft_radius_px)
         correlations.append(r_s)
-        turned = abs(rotations[-1]) > ROTATION_EXTEND_DEG + 1.0  # (found by the spectra, not the image search)
+        # aligned from the spectra's angle (beyond the angles the image search tried)
+        turned = spectral is not None and np.allclose(start[0], _rotation(spectral))
         r_min = MIN_TURNED_SESSION_CORRELATION if turned else MIN_SESSION_CORRELATION
         if not r_s >= r_min:
             # not the same dendrites (another position, a wrong file, or turned or moved beyond
