@@ -440,6 +440,21 @@ def test_track_a_field_turned_by_any_angle_is_found_by_its_spectrum(deg, simulat
     assert "turned by" not in caplog.text and "do not show" not in caplog.text
 
 
+def test_an_alignment_from_the_spectra_needs_the_stricter_correlation(simulated_field, caplog, monkeypatch):
+    """An alignment at the spectra's angle must pass MIN_TURNED_SESSION_CORRELATION, not the
+    search's MIN_SESSION_CORRELATION: with it raised beyond any correlation, the same field turned by
+    90 degrees (correlation about 1: the same pixels) is left unlinked, and the warning says why."""
+    from analysis.measure import spines as spm
+
+    monkeypatch.setattr(spm, "MIN_TURNED_SESSION_CORRELATION", 1.01)
+    img, px = simulated_field
+    with caplog.at_level("WARNING", logger="analysis.measure.spines"):
+        tr = track_spines([img, _turned(img, 90.0)], px)
+    assert tr.attrs["session_correlation"][1] > 0.9
+    assert tr.attrs["unmatched_sessions"] == [1]
+    assert "turned by" in caplog.text and "below 1.01" in caplog.text
+
+
 def test_track_warns_when_no_angle_tried_fits(simulated_field, caplog, monkeypatch):
     """When the spectra give no better angle (here: made to give 0 and 180 degrees) a field
     turned beyond the image search ends it at its last angle: a warning says to turn the
@@ -456,8 +471,8 @@ def test_track_warns_when_no_angle_tried_fits(simulated_field, caplog, monkeypat
 
 
 def test_sessions_of_other_dendrites_are_not_linked(simulated_field, caplog):
-    """Two images that do not show the same dendrites (other simulated positions): their spines used to be linked
-    wherever the registration put them, and the interval gave made-up turnover (unrelated
+    """Two images that do not show the same dendrites (other simulated positions): their spines
+    used to be linked wherever the registration put them, and the interval gave made-up turnover (unrelated
     real frames: 5 and 11 spines `stable`); now nothing is linked, the session's spines are
     new tracks outside the common field, no spine is `lost`, the turnover tables skip the
     interval and a warning names the sessions.  The same field moved stays linked."""
