@@ -736,3 +736,32 @@ def test_real_frames_f1_above_measured_floor(binning, floor):
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
     assert f1 >= floor, f"F1 {f1:.3f} on {names} binned {binning}x"
 
+
+
+def test_the_fast_filters_equal_scipys_exactly() -> None:
+    """The detector's own grey opening along a line, window maximum at points and neighbourhood
+    medians (session 28, for speed) give scipy's and numpy's numbers bit for bit."""
+    from scipy import ndimage as ndi
+    from scipy.spatial import cKDTree
+
+    from analysis.measure.spines import (_grey_opening, _line_footprint, _neighbour_medians, _neighbour_values,
+                                         _window_max)
+
+    rng = np.random.default_rng(3)
+    img = ndi.gaussian_filter(rng.normal(size=(97, 130)), 1.5)
+    img[40:50, 60:70] = 1.0  # ties
+    for length in (3, 16, 23):
+        for k in range(24):
+            fp = _line_footprint(length, k * np.pi / 24)
+            assert np.array_equal(_grey_opening(img, fp), ndi.grey_opening(img, footprint=fp, mode="nearest"))
+    yy, xx = rng.integers(0, 97, 200), rng.integers(0, 130, 200)
+    yy[:4], xx[:4] = (0, 96, 0, 96), (0, 129, 129, 0)  # the corners
+    for size in (3, 7, 11):
+        assert np.array_equal(_window_max(img, yy, xx, size), ndi.maximum_filter(img, size, mode="nearest")[yy, xx])
+    pts = np.c_[yy, xx]
+    neighbours = cKDTree(pts).query_ball_point(pts, 9.0)
+    vals = img[yy, xx]
+    assert np.array_equal(_neighbour_medians(vals, neighbours), [np.median(vals[nb]) for nb in neighbours])
+    near, count = _neighbour_values(vals, neighbours, -np.inf)
+    assert np.array_equal(count, [len(nb) for nb in neighbours])
+    assert np.array_equal(near.max(axis=1), [vals[nb].max() for nb in neighbours])

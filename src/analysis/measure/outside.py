@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 #: Narrowest fill taken for padding: its region must hold a disk of this diameter.
 MIN_FILL_DIAMETER_UM = 1.0
-#: The imaged pixels along the fill must lie this many of their pixel noise SDs above it (the
-#: noise from differences of neighbouring pixels along the fill's edge, so that the tissue's
-#: own structure there does not count as noise).
+#: The imaged pixels along the fill must lie this many SDs above it: SDs of their spread
+#: (robust SD of their values), or SDs of their pixel noise (from differences of neighbouring
+#: pixels along the fill's edge, so that the tissue's own structure there does not count) when
+#: at most :data:`MAX_IMAGED_AT_FILL` of the imaged pixels lie within that noise of the fill.
 MIN_STEP_SD = 3.0
 #: At most this fraction of the imaged pixels may equal the fill value.
 MAX_IMAGED_AT_FILL = 0.01
