@@ -1002,13 +1002,17 @@ def _neighbour_values(values: np.ndarray, neighbours: np.ndarray, fill: float) -
     return out, count
 
 
-def _window_max(img: np.ndarray, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+def _window_max(img: np.ndarray, yy: np.ndarray, xx: np.ndarray, size: int, chunk: int = 1 << 20) -> np.ndarray:
     """``ndi.maximum_filter(img, size, mode="nearest")[yy, xx]`` for an odd ``size``, computed at
-    those pixels only."""
+    those pixels only (about ``chunk`` window pixels at a time)."""
     d = np.arange(size) - size // 2
-    wy = np.clip(yy[:, None, None] + d[None, :, None], 0, img.shape[0] - 1)
-    wx = np.clip(xx[:, None, None] + d[None, None, :], 0, img.shape[1] - 1)
-    return img[wy, wx].reshape(len(yy), -1).max(axis=1, initial=-np.inf)
+    out = np.empty(len(yy), img.dtype)
+    step = max(1, chunk // (size * size))
+    for a in range(0, len(yy), step):
+        wy = np.clip(yy[a:a + step, None, None] + d[None, :, None], 0, img.shape[0] - 1)
+        wx = np.clip(xx[a:a + step, None, None] + d[None, None, :], 0, img.shape[1] - 1)
+        out[a:a + step] = img[wy, wx].reshape(len(wy), -1).max(axis=1)
+    return out
 
 
 def _neighbour_scale_z(z_scale: Sequence[tuple[np.ndarray, int]], best_i: np.ndarray, yy: np.ndarray,
