@@ -110,8 +110,10 @@ def not_imaged_mask(plane: np.ndarray, pixel_size_um: float) -> np.ndarray | Non
     values = a[band].astype(np.float64)
     level = float(np.median(values))
     spread = robust_sd(values) if values.size >= 8 else 0.0
-    f = a.astype(np.float64)
-    steps = np.concatenate([(f[1:] - f[:-1])[band[1:] & band[:-1]], (f[:, 1:] - f[:, :-1])[band[:, 1:] & band[:, :-1]]])
+    # (differences of neighbouring band pixels only: no full-plane float copy)
+    down, right = band[1:] & band[:-1], band[:, 1:] & band[:, :-1]
+    steps = np.concatenate([a[1:][down].astype(np.float64) - a[:-1][down],
+                            a[:, 1:][right].astype(np.float64) - a[:, :-1][right]])
     noise = robust_sd(steps) / np.sqrt(2.0) if steps.size >= 8 else 0.0
     # a step well above the spread of the imaged pixels along the edge, or (tissue with structure
     # along the edge) a step well above their pixel noise with (almost) no imaged pixel within
