@@ -267,18 +267,33 @@ MODELS = {"report (animal, animal x session)": (None, False), "with position eff
           "position effect + log measured SNR (the report's sensitivity analysis)": ("field", True)}
 
 
-def turnover_contrasts(tracks: pd.DataFrame) -> pd.DataFrame:
+#: turnover model name -> None (the report's Welch t, :func:`versus_vehicle`) or the keyword
+#: arguments of the sensitivity analysis (:func:`analysis.stats.turnover.snr_adjusted_turnover`;
+#: measured tracks only)
+TURNOVER_MODELS = {"Welch t over animals": None,
+                   "+ change in log measured SNR (the report's sensitivity analysis)": {}}
+
+
+def turnover_contrasts(tracks: pd.DataFrame, images: pd.DataFrame | None = None) -> pd.DataFrame:
     """Lost and gained fractions per animal and interval (:func:`spine_turnover`), each treated
     group minus its vehicle (:func:`versus_vehicle`, the report's): ``measure``, ``group``,
-    ``day``, ``difference_pp`` with ``ci_low`` / ``ci_high``, ``p_value``."""
-    from analysis.stats.turnover import spine_turnover, versus_vehicle
+    ``day``, ``difference_pp`` with ``ci_low`` / ``ci_high``, ``p_value``, ``model``; with the
+    ``images`` (their ``measured_snr``) also the sensitivity analyses of
+    :data:`TURNOVER_MODELS`."""
+    from analysis.stats.turnover import snr_adjusted_turnover, spine_turnover, versus_vehicle
 
     per = spine_turnover(tracks)
+    keep = ["group", "day", "difference_pp", "ci_low", "ci_high", "p_value"]
     out = []
-    for measure in ("fraction_lost", "fraction_gained"):
-        v = versus_vehicle(per, measure, ["from_day", "day"])
-        v = v[v["difference_pp"].notna()] if "difference_pp" in v else v.iloc[0:0]
-        out.append(v[["group", "day", "difference_pp", "ci_low", "ci_high", "p_value"]].assign(measure=measure))
+    for model, kwargs in TURNOVER_MODELS.items():
+        if kwargs is None:
+            for measure in ("fraction_lost", "fraction_gained"):
+                v = versus_vehicle(per, measure, ["from_day", "day"])
+                v = v[v["difference_pp"].notna()] if "difference_pp" in v else v.iloc[0:0]
+                out.append(v[keep].assign(measure=measure, model=model))
+        elif images is not None:
+            a = snr_adjusted_turnover(tracks, images, **kwargs)
+            out.append(a[[*keep, "measure"]].assign(model=model))
     return pd.concat(out, ignore_index=True)
 
 
@@ -303,8 +318,8 @@ def _analyse_one(task: tuple[pd.DataFrame, pd.DataFrame | None, int, bool]) -> l
         if tracks is not None:
             t = study_rows(tracks, draw)
             for counts, sub in t.groupby("counts"):
-                out.append(turnover_contrasts(sub).assign(study=k, null=null, counts=counts,
-                                                          model="Welch t over animals"))
+                out.append(turnover_contrasts(sub, study if counts == "measured" else None).assign(
+                    study=k, null=null, counts=counts))
     return out
 
 
@@ -430,17 +445,23 @@ def turnover_summary(res: pd.DataFrame, tracks_file: Path, out: Path = OUT) -> l
                      [bank.get((m, g, int(d)), np.nan) for m, g, d in zip(res["measure"], res["group"], res["day"])])
     res = res.assign(truth=truth, covered=(res["ci_low"] <= truth) & (truth <= res["ci_high"]),
                      width=res["ci_high"] - res["ci_low"], significant=res["p_value"] < 0.05)
-    s = (res.groupby(["null", "measure", "group", "day", "counts"])
+    if "model" not in res:
+        res = res.assign(model="Welch t over animals")
+    s = (res.groupby(["null", "measure", "group", "day", "counts", "model"])
          .agg(truth=("truth", "mean"), mean=("difference_pp", "mean"), coverage=("covered", "mean"),
               width=("width", "median"), rejected=("significant", "mean")).reset_index())
     s.to_csv(out / "summary_turnover.csv", index=False)
-    lines = ["## Turnover: treated minus vehicle, percentage points (Welch t over animals, as the report)", "",
+    lines = ["## Turnover: treated minus vehicle, percentage points", "",
+             "Models: the report's (Welch t over animals) and its sensitivity analysis (least squares over the "
+             "animals of the interval with the change in log measured SNR between the two sessions as a "
+             "covariate, :func:`analysis.stats.turnover.snr_adjusted_turnover`; measured tracks only).  "
              "Truth: the difference the bank's true tracks give over all its animals (null studies: 0).", "",
-             "| studies | fraction | group | interval to day | tracks | truth (pp) | mean estimate (pp) | coverage | "
-             "CI width (pp) | rejected at 0.05 |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in s.sort_values(["null", "measure", "group", "day", "counts"]).itertuples():
+             "| studies | fraction | group | interval to day | tracks | model | truth (pp) | mean estimate (pp) | "
+             "coverage | CI width (pp) | rejected at 0.05 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in s.sort_values(["null", "measure", "group", "day", "counts", "model"]).itertuples():
         lines.append(f"| {'null' if r.null else 'effect'} | {r.measure.replace('fraction_', '')} | {r.group} | {r.day} | "
-                     f"{r.counts} | {r.truth:+.1f} | {r.mean:+.1f} | {r.coverage:.3f} | {r.width:.1f} | {r.rejected:.3f} |")
+                     f"{r.counts} | {r.model} | {r.truth:+.1f} | {r.mean:+.1f} | {r.coverage:.3f} | {r.width:.1f} | "
+                     f"{r.rejected:.3f} |")
     return lines + [""]
 
 

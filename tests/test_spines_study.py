@@ -261,3 +261,33 @@ def test_the_snr_adjusted_sensitivity_model_is_written_and_stated(spine_study: t
     plain = out / "plain"
     fit_study(str(out / "measurements.parquet"), str(plain), adjust_for_quality=False)
     assert not (plain / "spine_contrasts_snr_adjusted.csv").exists() and (plain / "spine_contrasts.csv").exists()
+    assert not (plain / "spine_turnover_contrasts_snr_adjusted.csv").exists()
+    assert (plain / "spine_turnover_contrasts.csv").exists()
+
+
+def test_the_snr_adjusted_turnover_is_written_from_the_tracked_images(spine_study: tuple[Path, Path]) -> None:
+    """The turnover's sensitivity analysis is fitted on the tracks with the measured SNR of the
+    tracked images (the same table again from the stored tracks); each group's change in log
+    SNR is that of its images."""
+    from analysis.stats.turnover import interval_snr_change, snr_adjusted_turnover
+
+    _, out = spine_study
+    written = pd.read_csv(out / "spine_turnover_contrasts_snr_adjusted.csv")
+    tracks = pd.read_parquet(out / "spine_tracks.parquet")
+    m = pd.read_parquet(out / "measurements.parquet")
+    groups = m[["image_id", "genotype", "compound", "dose_mg_kg", "treatment_days"]]
+    again = snr_adjusted_turnover(tracks.drop(columns=[c for c in groups if c in tracks and c != "image_id"])
+                                  .merge(groups, on="image_id"), m)
+    assert set(written["measure"]) == {"fraction_lost", "fraction_gained"} and (written["compound"] == "diazepam").all()
+    cols = ["difference_pp", "ci_low", "ci_high", "p_value", "snr_slope_pp", "sd_change_log_snr"]
+    np.testing.assert_allclose(written[cols].to_numpy(float), again[cols].to_numpy(float), rtol=1e-9)
+    assert (written["ci_low"] < written["difference_pp"]).all() and (written["difference_pp"] < written["ci_high"]).all()
+    # one animal's change by hand: its positions' changes weighted by the spines followed there
+    change = interval_snr_change(tracks, m)
+    one = change.iloc[0]
+    t = tracks[(tracks["animal_id"] == one["animal_id"]) & (tracks["day"] == one["day"])
+               & tracks["in_common_field"].astype(bool) & (tracks["status"] != "gained")]
+    w = t.groupby("field").size()
+    logs = np.log(m[m["animal_id"] == one["animal_id"]].set_index(["field", "day"])["measured_snr"])
+    by_hand = sum(w[f] * (logs[(f, one["day"])] - logs[(f, one["from_day"])]) for f in w.index) / w.sum()
+    assert one["change_log_snr"] == pytest.approx(by_hand, rel=1e-12)

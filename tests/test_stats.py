@@ -424,3 +424,91 @@ def test_snr_adjusted_spine_model_removes_imaging_that_changed_between_sessions(
     # no measured SNR: nothing to adjust
     empty, none = snr_adjusted_spine_contrasts(m.drop(columns="measured_snr"), primary=primary, position="field")
     assert empty.empty and none is None
+
+
+def _turnover_tracks(seed: int, slope: float, treated_snr_day7: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tracks and image rows of 2 groups x 8 animals x 2 positions x 3 sessions (days -3, 7, 63):
+    each position follows 150 spines; the true fraction lost in the interval to day 7 is 0.10 in
+    vehicle and 0.18 in treated animals (0.10 in both to day 63), gained 0.10 everywhere; the
+    detector adds ``slope`` x (log SNR before - log SNR after) to the apparent loss and the same
+    times (after - before) to the apparent gain.  The treated animals' day-7 sessions are imaged
+    with their SNR times ``treated_snr_day7``."""
+    rng = np.random.default_rng(seed)
+    tracks, images = [], []
+    for compound, dose, extra in (("vehicle", 0.0, 0.0), ("diazepam", 5.0, 0.08)):
+        for a in range(8):
+            animal = f"{compound[:3]}{a}"
+            for f in (1, 2):
+                log_snr = rng.normal(np.log(8.0), 0.15, 3)
+                if compound == "diazepam":
+                    log_snr[1] += np.log(treated_snr_day7)
+                for s, d in enumerate((-3, 7, 63)):
+                    images.append({"image_id": f"{animal}_{f}_{d}", "animal_id": animal, "field": f, "day": d,
+                                   "measured_snr": float(np.exp(log_snr[s]))})
+                    base = {"animal_id": animal, "field": f, "genotype": "WT", "compound": compound,
+                            "dose_mg_kg": dose, "treatment_days": 7, "session": s, "day": d,
+                            "image_id": f"{animal}_{f}_{d}", "in_common_field": True}
+                    if s == 0:
+                        tracks += [base | {"status": "stable"}] * 150
+                        continue
+                    change = log_snr[s] - log_snr[s - 1]
+                    p_lost = 0.10 + (extra if d == 7 else 0.0) - slope * change
+                    p_gained = 0.10 + slope * change
+                    n_lost, n_gained = rng.binomial(150, np.clip(p_lost, 0, 1)), rng.binomial(150, np.clip(p_gained, 0, 1))
+                    tracks += ([base | {"status": "lost"}] * n_lost + [base | {"status": "stable"}] * (150 - n_lost)
+                               + [base | {"status": "gained"}] * n_gained)
+    return pd.DataFrame(tracks), pd.DataFrame(images)
+
+
+def test_snr_adjusted_turnover_removes_imaging_that_changed_between_sessions() -> None:
+    """Treated animals imaged at day 7 with half the SNR: the detector misses spines there, so
+    Welch's t reads extra loss to day 7 and extra gain to day 63.  Adjusted for the change in
+    log measured SNR, the loss difference covers the truth (+8 points) and the gain difference
+    0, the slopes come back (-/+ 20 points per unit log SNR), and the fit equals statsmodels' OLS
+    of the same formula (reference implementation)."""
+    import statsmodels.formula.api as smf
+
+    from analysis.stats.turnover import interval_snr_change, snr_adjusted_turnover, spine_turnover, versus_vehicle
+
+    tracks, images = _turnover_tracks(seed=4, slope=0.20, treated_snr_day7=0.5)
+    per = spine_turnover(tracks)
+    welch = versus_vehicle(per, "fraction_lost", ["from_day", "day"])
+    w7 = welch[(welch["day"] == 7) & welch["difference_pp"].notna()].iloc[0]
+    assert w7["ci_low"] > 8.0  # the halved SNR read as extra loss (about +8 + 20 x 0.69 points)
+    adj = snr_adjusted_turnover(tracks, images)
+    lost7 = adj[(adj["measure"] == "fraction_lost") & (adj["day"] == 7)].iloc[0]
+    gained63 = adj[(adj["measure"] == "fraction_gained") & (adj["day"] == 63)].iloc[0]
+    assert lost7["ci_low"] < 8.0 < lost7["ci_high"] and abs(lost7["difference_pp"] - 8.0) < 3.0
+    assert gained63["ci_low"] < 0.0 < gained63["ci_high"]
+    for r, truth in ((lost7, -20.0), (gained63, 20.0)):
+        assert abs(r["snr_slope_pp"] - truth) < 3 * r["snr_slope_se_pp"] and r["snr_slope_se_pp"] < 8.0
+    assert int(lost7["n_animals"]) == 8 and int(lost7["n_animals_vehicle"]) == 8
+    # the same model by statsmodels
+    d = per.merge(interval_snr_change(tracks, images).astype({"day": int, "from_day": int}),
+                  on=["animal_id", "from_day", "day"])
+    d7 = d[d["day"] == 7].assign(c=lambda t: t["change_log_snr"] - t["change_log_snr"].mean())
+    ref = smf.ols("fraction_lost ~ 0 + C(group) + c", data=d7).fit()
+    names = {g: f"C(group)[{g}]" for g in d7["group"].unique()}
+    diff = ref.params[names["WT diazepam 5 mg/kg x 7 d"]] - ref.params[names["WT vehicle x 7 d"]]
+    ci = ref.t_test(f"{names['WT diazepam 5 mg/kg x 7 d']} - {names['WT vehicle x 7 d']} = 0").conf_int()[0]
+    assert lost7["difference_pp"] == pytest.approx(100 * diff, rel=1e-9)
+    assert [lost7["ci_low"], lost7["ci_high"]] == pytest.approx(list(100 * ci), rel=1e-9)
+    assert lost7["snr_slope_pp"] == pytest.approx(100 * ref.params["c"], rel=1e-9)
+    # every animal's change: the positions' changes weighted by their followed spines (by hand)
+    one = tracks[(tracks["animal_id"] == "dia0") & (tracks["session"] == 1)]
+    w = one[one["status"] != "gained"].groupby("field").size()
+    logs = images[images["animal_id"] == "dia0"].set_index(["field", "day"])["measured_snr"].pipe(np.log)
+    by_hand = sum(w[f] * (logs[(f, 7)] - logs[(f, -3)]) for f in (1, 2)) / w.sum()
+    got = d[(d["animal_id"] == "dia0") & (d["day"] == 7)]["change_log_snr"].iloc[0]
+    assert got == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_snr_adjusted_turnover_without_a_measured_snr_is_empty() -> None:
+    """No measured SNR, or none for a session: no adjusted row for the intervals it touches."""
+    from analysis.stats.turnover import snr_adjusted_turnover
+
+    tracks, images = _turnover_tracks(seed=5, slope=0.0, treated_snr_day7=1.0)
+    assert snr_adjusted_turnover(tracks, images.drop(columns="measured_snr")).empty
+    no63 = images.assign(measured_snr=images["measured_snr"].where(images["day"] != 63))
+    out = snr_adjusted_turnover(tracks, no63)
+    assert set(out["day"]) == {7.0} and len(out) == 2

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'analysis_plan.json beside samples.csv)')
     p.add_argument("--no-quality-adjustment", action="store_true",
                    help="do not use the measured SNR of each image as a covariate of the synapse model "
-                        "(nor fit the spine model's SNR-adjusted sensitivity analysis)")
+                        "(nor fit the SNR-adjusted sensitivity analyses of the spine model and the spine turnover)")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("power", help="power of the planned synapse contrasts for a design, by simulation with "

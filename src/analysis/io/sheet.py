@@ -744,7 +744,8 @@ def load_analysis_plan(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     Keys (all optional): ``primary_contrast``, the group tested first, before the other
     planned contrasts (e.g. ``"WT diazepam 5 mg/kg x 7 d"``, as the group is named in the
     report); ``adjust_for_quality`` (default true), the measured SNR of each image as a
-    covariate of the synapse model (and of the spine model's sensitivity analysis);
+    covariate of the synapse model (and of the sensitivity analyses of the spine model and
+    the spine turnover);
     ``reference_compound`` and ``reference_genotype``, the
     sheet's names of the control treatment and genotype when they are not ``vehicle`` and
     ``WT`` (e.g. ``"saline"``, ``"C57BL/6J"``): those rows are read as the reference groups

@@ -802,7 +802,7 @@ def fit_study(measurements_path: str, out_dir: str, value: str = "puncta_density
         paths.update(_fit_spines(spines, out, primary=primary, adjust_for_quality=adjust_for_quality))
     tracks = Path(tracks_path) if tracks_path is not None else Path(measurements_path).with_name("spine_tracks.parquet")
     if tracks.exists():
-        paths.update(_fit_turnover(pd.read_parquet(tracks), everything, out))
+        paths.update(_fit_turnover(pd.read_parquet(tracks), everything, out, adjust_for_quality=adjust_for_quality))
     cells_path = Path(cells_path) if cells_path is not None else Path(measurements_path).with_name("cells.parquet")
     if "microglia_count" in everything and everything["microglia_count"].notna().any() and cells_path.exists():
         paths.update(_fit_microglia(everything, pd.read_parquet(cells_path), out))
@@ -867,11 +867,15 @@ def _fit_spines(m: pd.DataFrame, out: Path, *, primary: str | None, adjust_for_q
     return paths
 
 
-def _fit_turnover(tracks: pd.DataFrame, measurements: pd.DataFrame, out: Path) -> dict[str, Path]:
+def _fit_turnover(tracks: pd.DataFrame, measurements: pd.DataFrame, out: Path, *,
+                  adjust_for_quality: bool = True) -> dict[str, Path]:
     """Spine turnover and survival per animal, and each treated group minus vehicle
-    (:mod:`analysis.stats.turnover`); the groups are the measurements' (by ``image_id``)."""
+    (:mod:`analysis.stats.turnover`); the groups are the measurements' (by ``image_id``); with
+    ``adjust_for_quality`` and a measured SNR per image, also the sensitivity analysis adjusted
+    for the change in measured SNR between sessions (``spine_turnover_contrasts_snr_adjusted.csv``,
+    :func:`analysis.stats.turnover.snr_adjusted_turnover`)."""
     from analysis.io.files import write_csv
-    from analysis.stats.turnover import spine_survival, spine_turnover, versus_vehicle
+    from analysis.stats.turnover import snr_adjusted_turnover, spine_survival, spine_turnover, versus_vehicle
 
     if tracks.empty or "image_id" not in tracks:
         return {}
@@ -887,6 +891,11 @@ def _fit_turnover(tracks: pd.DataFrame, measurements: pd.DataFrame, out: Path) -
     write_csv(turnover, paths["spine_turnover"])
     write_csv(survival, paths["spine_survival"])
     write_csv(contrasts, paths["spine_turnover_contrasts"])
+    if adjust_for_quality and "measured_snr" in measurements:
+        adjusted = snr_adjusted_turnover(tracks, measurements)
+        if len(adjusted):
+            paths["spine_turnover_contrasts_snr_adjusted"] = out / "spine_turnover_contrasts_snr_adjusted.csv"
+            write_csv(adjusted, paths["spine_turnover_contrasts_snr_adjusted"])
     return paths
 
 
