@@ -285,3 +285,31 @@ def test_committed_spine_calibration() -> None:
         allowed = norm.cdf(1.959964 - k) - norm.cdf(-1.959964 - k) - 0.035
         assert (second(e["coverage (model / bank)"]) >= allowed).all(), (e, allowed)
     assert re.search(r"at commit [0-9a-f]{7,40}", s.header)
+
+
+def test_spine_calibration_figures_read_the_reports_turnover_model() -> None:
+    """The turnover table of calibration_spines_e2e.md has a model column since session 29 (the
+    report's Welch t and its SNR-adjusted sensitivity analysis, both on measured tracks): the
+    index's ratios are the report's model's, measured over true; the older table without the
+    column still reads."""
+    from analysis.report.validation import parse_validation_markdown, spine_calibration_figures
+
+    density = ("# c\n\n## Spine density, effect studies\n\n| group @ day | counts | model | coverage (model / bank) | "
+               "power (unadjusted / adjusted) | mean estimate % |\n|---|---|---|---|---|---|\n"
+               "| G @ 7 | measured | with position effect | 0.9 / 0.94 | 0.6 / 0.6 | -8.0 |\n"
+               "| G @ 7 | perfect | with position effect | 0.9 / 0.97 | 0.8 / 0.8 | -10.0 |\n\n")
+    head = "| studies | fraction | group | interval to day | tracks | model | mean estimate (pp) |\n|---|---|---|---|---|---|---|\n"
+    rows = ["| effect | lost | G | 7 | measured | + change in log measured SNR (sensitivity) | +2.0 |",
+            "| effect | lost | G | 7 | measured | Welch t over animals | +6.0 |",
+            "| effect | lost | G | 7 | perfect | Welch t over animals | +8.0 |",
+            "| effect | gained | G | 63.0 | measured | Welch t over animals | +9.0 |",
+            "| effect | gained | G | 63.0 | perfect | Welch t over animals | +12.0 |",
+            "| effect | gained | G | 63.0 | measured | + change in log measured SNR (sensitivity) | +3.0 |"]
+    f = spine_calibration_figures(parse_validation_markdown(density + "## Turnover: treated minus vehicle\n\n" + head
+                                                            + "\n".join(rows) + "\n"), primary="G")
+    assert f["lost_ratio"] == pytest.approx(0.75) and f["regrowth_ratio"] == pytest.approx(0.75)
+    old = head.replace(" model |", "").replace("---|---|---|---|---|---|---|", "---|---|---|---|---|---|")
+    old_rows = [r.replace(" Welch t over animals |", "") for r in rows if "sensitivity" not in r]
+    f = spine_calibration_figures(parse_validation_markdown(density + "## Turnover: treated minus vehicle (Welch)\n\n"
+                                                            + old + "\n".join(old_rows) + "\n"), primary="G")
+    assert f["lost_ratio"] == pytest.approx(0.75) and f["regrowth_ratio"] == pytest.approx(0.75)

@@ -526,8 +526,11 @@ def spine_calibration_figures(summary: RealValidation | None = None,
     if turnover:
         t = turnover[0]
         t = t[(t["studies"] == "effect") & (t["group"] == primary)]
+        if "model" in t:  # the report's comparison (Welch's t), not its sensitivity analysis
+            t = t[t["model"].astype(str).str.startswith("Welch")]
         for key, fraction, day in (("lost_ratio", "lost", 7), ("regrowth_ratio", "gained", 63)):
-            sub = t[(t["fraction"] == fraction) & (t["interval to day"].astype(int) == day)].set_index("tracks")
+            sub = t[(t["fraction"] == fraction)
+                    & (t["interval to day"].astype(float).round().astype(int) == day)].set_index("tracks")
             if {"measured", "perfect"} <= set(sub.index):
                 out[key] = float(sub.loc["measured", "mean estimate (pp)"]) / float(sub.loc["perfect", "mean estimate (pp)"])
     return out
