@@ -291,3 +291,27 @@ def test_the_snr_adjusted_turnover_is_written_from_the_tracked_images(spine_stud
     logs = np.log(m[m["animal_id"] == one["animal_id"]].set_index(["field", "day"])["measured_snr"])
     by_hand = sum(w[f] * (logs[(f, one["day"])] - logs[(f, one["from_day"])]) for f in w.index) / w.sum()
     assert one["change_log_snr"] == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_the_spines_notebook_records_the_fitted_tables(spine_study: tuple[Path, Path], tmp_path: Path) -> None:
+    """05_spines run through papermill on the small spine study (it is otherwise run only by
+    `make report`): the numbers it records are those of the fitted tables, the turnover's
+    sensitivity analysis included."""
+    from analysis.report.run import recorded, run_notebook
+
+    raw, out = spine_study
+    root = Path(__file__).resolve().parents[1]
+    executed = run_notebook(root / "notebooks" / "05_spines.ipynb", tmp_path / "05.ipynb",
+                            {"data_dir": str(raw), "processed_dir": str(out)})
+    values = recorded(executed)
+    m = pd.read_parquet(out / "measurements.parquet")
+    assert values["n_spine_images"] == int(m["spine_density_per_um"].notna().sum())
+    adjusted = pd.read_csv(out / "spine_turnover_contrasts_snr_adjusted.csv")
+    assert len(adjusted) >= 2
+    for r in adjusted.itertuples():
+        key = f"spine_{r.measure}_snr_adjusted/{r.group} @ day {int(r.day)}"
+        assert values[key] == pytest.approx([round(r.difference_pp, 2), round(r.ci_low, 2), round(r.ci_high, 2)])
+    c = pd.read_csv(out / "spine_contrasts.csv")
+    row = c[c["pct_vs_vehicle"].notna()].iloc[0]
+    assert values[f"spine_pct_vs_vehicle/{row['group']} @ day {int(row['day'])}"][0] == pytest.approx(
+        round(row["pct_vs_vehicle"], 2))
