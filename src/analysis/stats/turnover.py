@@ -222,9 +222,8 @@ def interval_snr_change(tracks: pd.DataFrame, images: pd.DataFrame) -> pd.DataFr
     out_cols = ["animal_id", "from_day", "day", "change_log_snr", "mean_log_snr", "n_positions_with_snr"]
     if snr is None or counts.empty:
         return pd.DataFrame(columns=out_cols)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = images[keys].assign(day=pd.to_numeric(images["day"], errors="coerce").astype(float),
-                                   log_snr=np.where(snr > 0, np.log(snr.where(snr > 0)), np.nan))
+    logs = images[keys].assign(day=pd.to_numeric(images["day"], errors="coerce").astype(float),
+                               log_snr=np.log(snr.where(snr > 0)))  # no SNR, or not positive: NaN
     logs = logs.groupby([*keys, "day"], as_index=False)["log_snr"].mean()
     c = counts.assign(day=counts["day"].astype(float), from_day=counts["from_day"].astype(float))
     c = c.merge(logs, on=[*keys, "day"], how="left").merge(
