@@ -28,12 +28,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 #: The xdist group of the tests that read the small study (one worker runs them all).
 SMALL_STUDY_GROUP = "small_study"
 
+#: Notebook parameters of the small study's report: one phantom field per SNR level and kind in
+#: 04_validation (the notebook's default of 2 doubles its longest cell, ~10 s of each report).
+SMALL_REPORT_PARAMETERS = {"snr_fields": 1}
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Put every test that uses :func:`small_quantified` (directly or through the report built
     from it) in one xdist group, so the study is quantified once per run under
-    ``--dist loadgroup``.
+    ``--dist loadgroup``; every other test in the group of its module (its module-scoped
+    fixtures were built once in each worker that ran one of its tests: ~27 s of a run).
 
     ``tryfirst``: pytest-xdist reads the ``xdist_group`` marks in its own
     ``pytest_collection_modifyitems`` (it appends the group to the node id), and hooks of
@@ -43,6 +48,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "small_quantified" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(SMALL_STUDY_GROUP))
+        elif item.get_closest_marker("xdist_group") is None:
+            # the rest of a module runs in one worker, so its module-scoped fixtures (simulated
+            # sessions, spike-in runs) are built once per run, not once per worker
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -123,5 +132,6 @@ def small_report(small_study: Path, small_quantified: Path, tmp_path_factory: py
         reports_dir=out / "reports",
         notebooks_dir=root / "notebooks",
         workers=2,
+        parameters=SMALL_REPORT_PARAMETERS,
     )
     return out

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis.report.run import ReportError, recorded, run_notebook, run_report, study_notebooks
+from conftest import SMALL_REPORT_PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,7 +237,8 @@ def test_report_twice_gives_identical_tables_and_html(design_report: Path, small
 
     again = tmp_path / "again"
     shutil.copytree(small_quantified, again / "processed")
-    run_report(small_study, again / "processed", again / "reports", ROOT / "notebooks", workers=2)
+    run_report(small_study, again / "processed", again / "reports", ROOT / "notebooks", workers=2,
+               parameters=SMALL_REPORT_PARAMETERS)
     first, second = design_report / "processed", again / "processed"
     tables = sorted(p.relative_to(first) for p in first.rglob("*") if p.suffix in {".csv", ".parquet"})
     assert {p.relative_to(second) for p in second.rglob("*") if p.suffix in {".csv", ".parquet"}} == set(tables)
