@@ -98,6 +98,15 @@ _MIN_PIXEL_UM, _MAX_PIXEL_UM = 1e-3, 5.0
 MIN_SHAFT_RADIUS_PX = 4.0
 _MAX_FINER = 4.0  # at most this many times finer (a shaft of a pixel or two carries no spines)
 
+#: Share of the background (pixels away from the dendrites) at the image's lowest value above
+#: which the background counts as clipped: the detector's offset was set above its level, so
+#: its few pixels above the floor are the upper tail of its noise and measure no noise
+#: (a simulated session clipped at its background's 90th percentile had 0.85 of its
+#: background at 0: the response noise measured on the rest read 4.3x that of the unclipped
+#: image and recall fell from 0.84 to 0.06). The noise of such an image is then taken from its
+#: shafts instead (see :func:`_candidates`).
+CLIPPED_BACKGROUND_SHARE = 0.5
+
 
 # ----------------------------------------------------------------------------- input checks
 def _finer(image: np.ndarray, factor: float) -> np.ndarray:
@@ -609,6 +618,23 @@ def _robust_sigma(values: np.ndarray) -> float:
     return float(MAD_TO_SD * np.median(np.abs(values - np.median(values))))
 
 
+def _clipped_background(floor: np.ndarray, away: np.ndarray, solid_px: int = 8) -> bool:
+    """Is the imaged background mostly at the image's floor (clipped by the detector's offset)?
+
+    ``floor``: pixels at the image's lowest value; ``away``: the background, away from the
+    dendrites. Blocks of ``solid_px`` x ``solid_px`` floor pixels are padding or masked parts
+    that were not imaged, and are left out: in a clipped background the noise keeps lifting
+    pixels above the floor here and there (a background 85 % at the floor holds such a block
+    with probability 0.85^64 ~ 3e-5 at each place). True when at least
+    :data:`CLIPPED_BACKGROUND_SHARE` of the rest is at the floor.
+    """
+    n_away = int(away.sum())
+    if (floor & away).sum() < CLIPPED_BACKGROUND_SHARE * max(n_away, 1):
+        return False
+    imaged = ~ndi.binary_opening(floor, structure=np.ones((solid_px, solid_px), bool))
+    return bool((floor & away & imaged).sum() >= CLIPPED_BACKGROUND_SHARE * max(int((away & imaged).sum()), 1))
+
+
 def _noise_pattern(resp: np.ndarray, back: np.ndarray, tile: int) -> np.ndarray:
     """Relative local noise: robust (MAD) sigma of ``resp`` over background pixels per tile of
     ``tile`` pixels, divided by the sigma over all background pixels, never below 1, bilinearly
@@ -749,7 +775,9 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     (the scale-space test of the score). The filter's noise is measured on the background pixels of this image (robust
     sigma overall, scaled by a per-tile pattern), so resampled or compressed images, whose
     pixel noise is correlated, and frames whose noise varies from place to place get the
-    right threshold.
+    right threshold. A background mostly at the image's floor (:func:`_clipped_background`:
+    the offset set above it) carries no measurable noise: there the noise is the lower of that
+    figure and the robust sigma of the shaft-free response over the shafts, the same everywhere.
     """
     r = tr.shaft_radius_px
     empty = pd.DataFrame(columns=SPINE_COLUMNS)
@@ -768,7 +796,9 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     vst = vst - ndi.gaussian_filter(vst, 4.0 * r)  # the blob filter ignores slow trends; keeps values small
     vres = vst - model
     lo = img > img.min()  # clipped (padded) background carries no noise information
-    back = ~ndi.binary_dilation(tr.foreground, iterations=max(1, int(round(r)))) & lo
+    away = ~ndi.binary_dilation(tr.foreground, iterations=max(1, int(round(r))))
+    back = away & lo
+    clipped = _clipped_background(~lo, away)
     if back.sum() < 100:
         back = ~tr.foreground
     radii = np.maximum(1.0, np.asarray(head_radius_shaft_ratios, float) * r)
@@ -790,10 +820,19 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         resp = -(ixx + iyy) * sg ** 2
         glob = _robust_sigma(resp[back])
         glob = glob if np.isfinite(glob) and glob > 0 else tr.noise_sigma
+        ryy, rxx, rxy = _hessian(vres, sg)
+        # the same without the shaft; its noise also counts the model's residual texture over
+        # the shaft (robust sigma there: spines cover a minority of the shaft)
+        rresp = -(rxx + ryy) * sg ** 2
+        band_sigma = _robust_sigma(rresp[band]) if band.sum() >= 100 else float("nan")
+        if clipped:
+            # the background's noise is not measurable: that of the response over the shafts
+            # (without them) if lower, the same everywhere (no tile pattern)
+            glob = min(glob, band_sigma) if np.isfinite(band_sigma) and band_sigma > 0 else glob
+            pattern = np.ones(img.shape, np.float32)
         if pattern is None:  # spatial pattern of the noise, from the smallest scale, used for all
             pattern = _noise_pattern(resp, back, tile) if i == 0 else None
         noise_r = glob * (pattern if pattern is not None else 1.0)
-        ryy, rxx, rxy = _hessian(vres, sg)
         half_tr, root = 0.5 * (rxx + ryy), np.sqrt(0.25 * (rxx - ryy) ** 2 + rxy ** 2)
         ratio = np.clip(-(half_tr + root), 0, None) / np.maximum(-(half_tr - root), 1e-12)
         z_r = resp / noise_r
@@ -802,10 +841,6 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         np.copyto(best_i, i, where=better)
         np.copyto(best_z, z_r, where=better)
         np.copyto(lam_ratio, ratio, where=better)
-        # the same without the shaft; its noise also counts the model's residual texture over
-        # the shaft (robust sigma there: spines cover a minority of the shaft)
-        rresp = -(rxx + ryy) * sg ** 2
-        band_sigma = _robust_sigma(rresp[band]) if band.sum() >= 100 else float("nan")
         rnoise = np.maximum(noise_r, band_sigma) if np.isfinite(band_sigma) else noise_r
         rz_r = rresp / rnoise
         better = rresp > rbest
@@ -1092,7 +1127,8 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     whose centre lies more than ``min_offset_shaft_radii`` local shaft radii from the
     centreline and at most ``max_reach_shaft_diameters`` shaft diameters from the shaft
     edge. This finds protrusions attached by a visible neck as well as heads whose neck is
-    too dim to see. Maxima are ranked by their response in noise sigmas. A less significant
+    too dim to see. Maxima are ranked by their response in noise sigmas (measured on the
+    background, or over the shafts when the background is clipped at the image's floor). A less significant
     maximum lying on the path from a more significant one that passes the cuts below to its
     nearest centreline pixel (within the larger head radius) is that spine's neck and is
     dropped. A
