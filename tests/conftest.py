@@ -7,7 +7,8 @@ copies it first (``shutil.copytree``) into its own ``tmp_path``.
 that use the small study's quantification are put in one group
 (:func:`pytest_collection_modifyitems`), so they run in one worker and the study is quantified
 and reported once per run, not once per worker (a worker that runs a test needing only the
-simulated images simulates them itself: a few seconds).
+simulated images simulates them itself: a few seconds); every other test is in its module's
+group, so a module's fixtures are built once.
 """
 
 from __future__ import annotations
