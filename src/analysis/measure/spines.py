@@ -628,11 +628,11 @@ def _clipped_background(floor: np.ndarray, away: np.ndarray, solid_px: int = 8) 
     with probability 0.85^64 ~ 3e-5 at each place). True when at least
     :data:`CLIPPED_BACKGROUND_SHARE` of the rest is at the floor.
     """
-    n_away = int(away.sum())
-    if (floor & away).sum() < CLIPPED_BACKGROUND_SHARE * max(n_away, 1):
+    low = floor & away
+    if low.sum() < CLIPPED_BACKGROUND_SHARE * max(int(away.sum()), 1):
         return False
     imaged = ~ndi.binary_opening(floor, structure=np.ones((solid_px, solid_px), bool))
-    return bool((floor & away & imaged).sum() >= CLIPPED_BACKGROUND_SHARE * max(int((away & imaged).sum()), 1))
+    return bool((low & imaged).sum() >= CLIPPED_BACKGROUND_SHARE * max(int((away & imaged).sum()), 1))
 
 
 def _noise_pattern(resp: np.ndarray, back: np.ndarray, tile: int) -> np.ndarray:
@@ -803,7 +803,8 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         back = ~tr.foreground
     radii = np.maximum(1.0, np.asarray(head_radius_shaft_ratios, float) * r)
     tile = max(16, int(round(8 * r)))  # tiles of the local noise estimate
-    pattern: np.ndarray | None = None
+    # a clipped background has no measurable noise pattern: the same noise everywhere
+    pattern: np.ndarray | None = np.ones(img.shape, np.float32) if clipped else None
     best = np.full(img.shape, -np.inf)
     best_i = np.zeros(img.shape, np.int8)
     best_z = np.zeros(img.shape)  # response in noise sigmas at the chosen scale
@@ -825,11 +826,10 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         # the shaft (robust sigma there: spines cover a minority of the shaft)
         rresp = -(rxx + ryy) * sg ** 2
         band_sigma = _robust_sigma(rresp[band]) if band.sum() >= 100 else float("nan")
-        if clipped:
+        if clipped and np.isfinite(band_sigma) and band_sigma > 0:
             # the background's noise is not measurable: that of the response over the shafts
-            # (without them) if lower, the same everywhere (no tile pattern)
-            glob = min(glob, band_sigma) if np.isfinite(band_sigma) and band_sigma > 0 else glob
-            pattern = np.ones(img.shape, np.float32)
+            # (without them) if lower
+            glob = min(glob, band_sigma)
         if pattern is None:  # spatial pattern of the noise, from the smallest scale, used for all
             pattern = _noise_pattern(resp, back, tile) if i == 0 else None
         noise_r = glob * (pattern if pattern is not None else 1.0)
