@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -105,6 +106,8 @@ def test_whole_report_on_the_small_study(design_report: Path, small_study: Path)
     for name in ("00_study_design", "01_quantify_images", "02_synapse_dose_duration", "03_microglia"):
         html = (reports / f"{name}.html").read_text()
         assert len(_figures(html)) >= 1 and "Traceback" not in html, name
+        # result tables go through analysis.report.tables.result_table: no "NaN" cell for a reviewer
+        assert re.findall(r"<td[^>]*>\s*(?:NaN|nan|None)\s*</td>", html) == [], name
     q = recorded(reports / "executed" / "01_quantify_images.ipynb")
     assert q["n_images_quantified"] == 30 and q["n_images_failed"] == 0
     s = recorded(reports / "executed" / "02_synapse_dose_duration.ipynb")

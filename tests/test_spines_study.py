@@ -315,3 +315,12 @@ def test_the_spines_notebook_records_the_fitted_tables(spine_study: tuple[Path, 
     row = c[c["pct_vs_vehicle"].notna()].iloc[0]
     assert values[f"spine_pct_vs_vehicle/{row['group']} @ day {int(row['day'])}"][0] == pytest.approx(
         round(row["pct_vs_vehicle"], 2))
+    # the reviewer's tables: the vehicle rows' empty comparisons read as a dash, never "NaN"
+    import nbformat
+
+    from analysis.report.tables import EMPTY
+
+    html = [o["data"]["text/html"] for cell in nbformat.read(executed, as_version=4).cells
+            for o in cell.get("outputs", []) if "<table" in o.get("data", {}).get("text/html", "")]
+    assert len(html) >= 4 and not any("NaN" in t for t in html)
+    assert c["pct_vs_vehicle"].isna().any() and any(f">{EMPTY}</td>" in t for t in html)
