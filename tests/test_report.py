@@ -18,8 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _figures(html: str) -> list[str]:
     """Embedded figures of a rendered notebook (img elements with PNG data, not CSS icons)."""
-    import re
-
     return re.findall(r'<img[^>]+src="data:image/png;base64,', html)
 
 
@@ -52,7 +50,6 @@ def test_design_html_for_reviewers(design_report: Path) -> None:
     assert "Study design" in html and "Example fields" in html
     assert len(_figures(html)) >= 1  # the figure is embedded
     assert "from analysis" not in html  # reviewer HTML has no code cells
-    import re
 
     external = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?://[^"]+)"', html)
     assert external == []  # nothing is fetched from another host
@@ -126,7 +123,6 @@ def test_whole_report_on_the_small_study(design_report: Path, small_study: Path)
 @pytest.mark.slow
 def test_index_has_contents_results_and_provenance(design_report: Path, small_study: Path) -> None:
     import hashlib
-    import re
 
     import pandas as pd
 
@@ -156,8 +152,6 @@ def test_index_has_contents_results_and_provenance(design_report: Path, small_st
 
 @pytest.mark.slow
 def test_auditor_html_has_the_code_and_is_self_contained(design_report: Path) -> None:
-    import re
-
     for name in NOTEBOOKS:
         reviewer = (design_report / "reports" / f"{name}.html").read_text()
         audit = (design_report / "reports" / "audit" / f"{name}.html").read_text()
@@ -216,8 +210,6 @@ def test_validation_notebook_skips_without_ground_truth(small_study: Path, tmp_p
 def _normalised_html(path: Path, roots: list[Path]) -> str:
     """HTML with the run's own folders, date, run time and git commit replaced by placeholders
     (the commit: a checkout shared with other work may gain commits between the two runs)."""
-    import re
-
     text = path.read_text(encoding="utf-8")
     for k, root in enumerate(roots):
         text = text.replace(str(root), "<ROOT>")

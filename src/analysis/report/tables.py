@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,7 @@ def is_p_value_column(name: object) -> bool:
     return isinstance(name, str) and bool(_P_COLUMN.search(name))
 
 
-def _p_formatter(digits: int):
+def _p_formatter(digits: int) -> Callable[[object], str]:
     floor = 10.0 ** -digits
 
     def fmt(value: object) -> str:
