@@ -22,6 +22,7 @@ named tables out).  Importing this module registers them, in the order they run:
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,6 +37,8 @@ from analysis.measure import puncta as synapses
 from analysis.measure.quality import image_quality
 from analysis.pipeline.heap import release_free_memory
 from analysis.pipeline.registry import Measured, Readout, register
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MORPHOLOGY", "OUTLINE_KINDS", "PUNCTA_COLUMNS", "image_seed", "kept_puncta", "nearest_label",
            "pixel_table"]
@@ -241,6 +244,13 @@ def measure_spines_readout(channels: Mapping[str, np.ndarray], pixel_size_um: fl
     sq = spine_quality(img, pixel_size_um, found, trace, seed=image_seed(seed, img),
                        spike_in=bool(quality.get("spike_in", True)), detect_params=dict(params))
     q = {**image_quality(img, pixel_size_um, readout="spines", snr=sq["measured_snr"]), **sq}
+    if sq["background_clipped"]:
+        # the detector copes with it; the quality columns were not validated on it
+        q["in_validated_range"] = False
+        log.warning("spine image: its background is clipped at the image's lowest value (the offset set above "
+                    "it): measured_snr and spike_in_recall are not validated on such images, so the row is "
+                    "outside the validated range (lower the offset, or keep the background above zero, to measure "
+                    "them)")
     length = float(trace.table["length_um"].sum()) if len(trace.table) else 0.0
     row = {"n_spines": int(len(found)), "dendrite_length_um": length,
            "spine_density_per_um": len(found) / length if length > 0 else np.nan,
