@@ -986,6 +986,14 @@ def quantify_study(
                                   f"{what}: fix those images or the sheet and run again")])
     if len(failures):
         log.warning("%d image(s) could not be quantified; see %s", len(failures), failures_csv)
+    if "background_clipped" in measurements:
+        clipped = measurements.loc[measurements["background_clipped"].eq(True), "image_id"].astype(str).tolist()
+        if clipped:
+            log.warning("%d spine image(s) have a background clipped at the image's lowest value (%s%s): their "
+                        "measured_snr and spike_in_recall are not validated there, so in_validated_range is false "
+                        "(column background_clipped in %s; keep the offset below the background to measure them)",
+                        len(clipped), ", ".join(clipped[:5]), ", ..." if len(clipped) > 5 else "",
+                        out / "measurements.parquet")
     log.info("quantified %d images (%d cells, %d puncta%s) into %s", len(measurements), n_cells, n_puncta,
              "".join(f", {n} {name}" for name, n in other_tables.items()), out)
     return measurements

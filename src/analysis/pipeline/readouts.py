@@ -245,12 +245,10 @@ def measure_spines_readout(channels: Mapping[str, np.ndarray], pixel_size_um: fl
                        spike_in=bool(quality.get("spike_in", True)), detect_params=dict(params))
     q = {**image_quality(img, pixel_size_um, readout="spines", snr=sq["measured_snr"]), **sq}
     if sq["background_clipped"]:
-        # the detector copes with it; the quality columns were not validated on it
+        # the detector copes with it; the quality columns were not validated on it (the study's
+        # images that are: named by quantify_study)
         q["in_validated_range"] = False
-        log.warning("spine image: its background is clipped at the image's lowest value (the offset set above "
-                    "it): measured_snr and spike_in_recall are not validated on such images, so the row is "
-                    "outside the validated range (lower the offset, or keep the background above zero, to measure "
-                    "them)")
+        log.debug("spine image: background clipped at the image's lowest value: outside the validated range")
     length = float(trace.table["length_um"].sum()) if len(trace.table) else 0.0
     row = {"n_spines": int(len(found)), "dendrite_length_um": length,
            "spine_density_per_um": len(found) / length if length > 0 else np.nan,
