@@ -7,6 +7,8 @@ SNR the simulator was given.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -197,7 +199,7 @@ def test_quality_balance_flags_a_group_imaged_worse():
     assert quality_balance(_group_table(0.8).drop(columns="spike_in_recall")).empty
 
 
-def test_index_quality_summary_keeps_spine_images_apart():
+def test_index_quality_summary_keeps_spine_images_apart(tmp_path: Path):
     import pandas as pd
 
     from analysis.report.index import _quality_summary
@@ -211,3 +213,17 @@ def test_index_quality_summary_keeps_spine_images_apart():
     assert snr.loc["longitudinal synapse fields", "median"] == "8"
     assert snr.loc["two-photon spine images", "median"] == "12"
     assert int(snr.loc["two-photon spine images", "n images"]) == len(spines)
+    assert not table["quantity"].str.contains("clipped").any()
+    # spine images with a clipped background are counted apart (their quality columns are not validated)
+    spines["background_clipped"] = [i < 3 for i in range(len(spines))]
+    table = _quality_summary(pd.concat([synapse, spines], ignore_index=True)).set_index(["images", "quantity"])
+    row = table.loc[("two-photon spine images", "background clipped at the floor (quality not validated)")]
+    assert row["min to max"] == f"3 of {len(spines)} images"
+    assert ("longitudinal synapse fields", "background clipped at the floor (quality not validated)") not in table.index
+    # and the methods' exclusions say why those rows are outside the validated range
+    from analysis.report.index import _arrive_html
+
+    spines["in_validated_range"] = ~spines["background_clipped"]
+    text = " ".join(_arrive_html(tmp_path, tmp_path, spines, {}).split())
+    assert "3 image(s) outside the detector's validated range (3 of them spine images with a background clipped at " \
+           "the floor): flagged, kept in the models" in text
