@@ -150,7 +150,7 @@ def test_spine_image_rows_carry_the_quality_columns(high_low):
 
 
 def test_a_clipped_background_takes_the_row_out_of_the_validated_range(high_low):
-    """The offset set above the background (85 % of it at 0): the detector copes, its quality
+    """The offset set above the background (its 90th percentile): the detector copes, its quality
     columns are not validated there (session 30: measured SNR 7.8 against 23.7, spike-in
     recall 0.955 against a true 0.77), so the row says so; the same image unclipped does not."""
     from analysis.pipeline.quantify import QuantifyParams, measure_image

@@ -67,8 +67,8 @@ def background_clipped(image: np.ndarray, trace: sp.DendriteTrace) -> bool:
     of the background beyond one shaft radius of the traced dendrites at the image's lowest
     value, solid blocks of padding left out), on the image or its maximum projection.  The
     detector copes with such a background (it takes its noise from the shafts); the quality
-    columns do not: on simulated sessions with 85 % of the background clipped the measured SNR
-    read 0.33-0.58 of the unclipped image's and the spike-in recall 0.19-0.30 above the true
+    columns do not: on three simulated sessions clipped at their background's 90th percentile
+    the measured SNR read 0.33-0.58 of the unclipped image's and the spike-in recall 0.19-0.30 above the true
     recall (``benchmarks/RESULTS.md``, sessions 30-31), so such an image is outside the
     validated range.
 
@@ -82,15 +82,18 @@ def background_clipped(image: np.ndarray, trace: sp.DendriteTrace) -> bool:
     """
     img = np.asarray(image, dtype=np.float32)
     plane = img.max(axis=0) if img.ndim == 3 else img
-    away = ~ndi.binary_dilation(trace.foreground, iterations=max(1, int(round(trace.shaft_radius_px))))
-    return sp._clipped_background(plane <= plane.min(), away)
+    return sp._clipped_background(plane <= plane.min(), _away_from_dendrites(trace))
+
+
+def _away_from_dendrites(trace: sp.DendriteTrace) -> np.ndarray:
+    """Pixels beyond one shaft radius of the traced foreground (the detector's background)."""
+    return ~ndi.binary_dilation(trace.foreground, iterations=max(1, int(round(trace.shaft_radius_px))))
 
 
 def _background_mask(plane: np.ndarray, trace: sp.DendriteTrace) -> np.ndarray:
     """Background pixels: beyond one shaft radius of the traced foreground, off the image's
     lowest value (clipped or padded)."""
-    r = max(1, int(round(trace.shaft_radius_px)))
-    return ~ndi.binary_dilation(trace.foreground, iterations=r) & (plane > plane.min())
+    return _away_from_dendrites(trace) & (plane > plane.min())
 
 
 def _local_background(plane: np.ndarray, trace: sp.DendriteTrace, back: np.ndarray) -> np.ndarray:

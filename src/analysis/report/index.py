@@ -457,6 +457,11 @@ def _detector_parameters(quantify: dict, readouts: set[str] | None = None) -> pd
     return pd.DataFrame(rows, columns=["function", "parameter", "value", "source"])
 
 
+def _n_clipped(measurements: pd.DataFrame) -> int:
+    """Spine images whose background is clipped at the floor (``background_clipped``)."""
+    return int(measurements["background_clipped"].eq(True).sum()) if "background_clipped" in measurements else 0
+
+
 def _quality_summary(measurements: pd.DataFrame | None) -> pd.DataFrame:
     if measurements is None or measurements.empty:
         return pd.DataFrame()
@@ -484,7 +489,7 @@ def _quality_summary(measurements: pd.DataFrame | None) -> pd.DataFrame:
             inside = sub["in_validated_range"].fillna(False).astype(bool)
             rows.append({"images": kind, "quantity": "in the detector's validated range",
                          "n images": len(sub), "median": "", "min to max": f"{int(inside.sum())} of {len(sub)} images"})
-        clipped = int(sub["background_clipped"].eq(True).sum()) if "background_clipped" in sub else 0
+        clipped = _n_clipped(sub)
         if clipped:  # (spine images: their quality columns are not validated there)
             rows.append({"images": kind, "quantity": "background clipped at the floor (quality not validated)",
                          "n images": len(sub), "median": "", "min to max": f"{clipped} of {len(sub)} images"})
@@ -625,8 +630,7 @@ def _arrive_html(processed: Path, data_dir: Path, measurements: pd.DataFrame | N
     if measurements is not None and "in_validated_range" in measurements:
         out = int((~measurements["in_validated_range"].fillna(False).astype(bool)).sum())
         if out:
-            clipped = (int(measurements["background_clipped"].eq(True).sum())
-                       if "background_clipped" in measurements else 0)
+            clipped = _n_clipped(measurements)
             why = f" ({clipped} of them spine images with a background clipped at the floor)" if clipped else ""
             excl.append(f"{out} image(s) outside the detector's validated range{why}: flagged, kept in the models")
     parts.append("<p>Exclusions" + (":</p><ul>" + "".join(f"<li>{_e(x)}</li>" for x in excl) + "</ul>"
