@@ -801,9 +801,10 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     (the scale-space test of the score). The filter's noise is measured on the background pixels of this image (robust
     sigma overall, scaled by a per-tile pattern), so resampled or compressed images, whose
     pixel noise is correlated, and frames whose noise varies from place to place get the
-    right threshold. A background mostly at the image's floor (:func:`_clipped_background`:
-    the offset set above it) carries no measurable noise: there the noise is the lower of that
-    figure and the robust sigma of the shaft-free response over the shafts, the same everywhere.
+    right threshold. A background mostly at the image's floor (the offset set above it, or
+    padding) may carry no measurable noise: there the noise is the lower of that figure and
+    the robust sigma of the shaft-free response over the shafts, and when the background is
+    clipped (:func:`_clipped_background`) the same everywhere.
     """
     r = tr.shaft_radius_px
     empty = pd.DataFrame(columns=SPINE_COLUMNS)
@@ -825,6 +826,10 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     away = ~ndi.binary_dilation(tr.foreground, iterations=max(1, int(round(r))))
     back = away & lo
     clipped = _clipped_background(~lo, away)
+    # most of the background at the floor, clipped or padded: what is left above it may be only
+    # the upper tail of a clipped noise (clumped next to the dendrites, where the block test
+    # takes the rest for padding), so the background's noise is capped by the shafts' below
+    at_floor = np.count_nonzero(~lo & away) >= CLIPPED_BACKGROUND_SHARE * max(int(away.sum()), 1)
     if back.sum() < 100:
         back = ~tr.foreground
     radii = np.maximum(1.0, np.asarray(head_radius_shaft_ratios, float) * r)
@@ -852,9 +857,11 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         # the shaft (robust sigma there: spines cover a minority of the shaft)
         rresp = -(rxx + ryy) * sg ** 2
         band_sigma = _robust_sigma(rresp[band]) if band.sum() >= 100 else float("nan")
-        if clipped and np.isfinite(band_sigma) and band_sigma > 0:
-            # the background's noise is not measurable: that of the response over the shafts
-            # (without them) if lower
+        if at_floor and np.isfinite(band_sigma) and band_sigma > 0:
+            # the background's noise may not be measurable: that of the response over the
+            # shafts (without them) if lower (on a padded frame, whose imaged background
+            # measures its noise, it is seldom lower: 1 of the 50 padded real frames changed,
+            # by one detection)
             glob = min(glob, band_sigma)
         if pattern is None:  # spatial pattern of the noise, from the smallest scale, used for all
             pattern = _noise_pattern(resp, back, tile) if i == 0 else None
