@@ -146,17 +146,22 @@ def test_qc_overlay_draws_the_stored_dendrites_and_tracks(spine_study: tuple[Pat
     plt.close(fig)
 
 
+def _its_day7_image(raw: Path) -> tuple[pd.Series, np.ndarray]:
+    """The sheet row of animal M002's day-7 image in the study folder ``raw`` and its pixels."""
+    import tifffile
+
+    s = load_samples(raw / "samples.csv")
+    row = s[(s["animal_id"] == "M002") & (s["day"] == 7)].iloc[0]
+    return row, tifffile.imread(row["abs_path"])
+
+
 def _copy_with_its_day7_image(spine_study: tuple[Path, Path], tmp_path: Path) -> tuple[Path, pd.Series, np.ndarray]:
     """A copy of the study's raw folder, the sheet row of animal M002's day-7 image and its pixels."""
     import shutil
 
-    import tifffile
-
     copy = tmp_path / "raw"
     shutil.copytree(spine_study[0], copy)
-    s = load_samples(copy / "samples.csv")
-    row = s[(s["animal_id"] == "M002") & (s["day"] == 7)].iloc[0]
-    return copy, row, tifffile.imread(row["abs_path"])
+    return (copy, *_its_day7_image(copy))
 
 
 def test_a_session_turned_beyond_every_angle_tried_is_named_in_the_log(
@@ -355,7 +360,7 @@ def test_a_clipped_session_is_named_and_outside_the_validated_range(spine_study:
 
 
 def test_a_session_clipped_with_its_background_left_only_beside_the_dendrites_keeps_its_spines(
-        spine_study: tuple[Path, Path], tmp_path: Path) -> None:
+        spine_study: tuple[Path, Path]) -> None:
     """The same session clipped at its background's 90th percentile: 95 % of the background at 0,
     the rest in clumps beside the dendrites, so the clipped test takes the empty background for
     padding (this image's clipped flag stays false).  The noise measured on those clumps read
@@ -363,7 +368,7 @@ def test_a_session_clipped_with_its_background_left_only_beside_the_dendrites_ke
     at the floor the noise is now capped by that of the shafts: 11 spines, as unclipped."""
     from analysis.measure.spines import detect_spines, trace_dendrites
 
-    _, row, data = _copy_with_its_day7_image(spine_study, tmp_path)
+    row, data = _its_day7_image(spine_study[0])
     px = float(row["pixel_size_um"])
     tr = trace_dendrites(data, px)
     clipped = np.rint(np.clip(data.astype(float) - np.percentile(data[~tr.foreground], 90), 0, None)).astype(data.dtype)

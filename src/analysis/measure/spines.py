@@ -618,6 +618,11 @@ def _robust_sigma(values: np.ndarray) -> float:
     return float(MAD_TO_SD * np.median(np.abs(values - np.median(values))))
 
 
+def _mostly_at_floor(floor: np.ndarray, away: np.ndarray) -> bool:
+    """At least :data:`CLIPPED_BACKGROUND_SHARE` of the background ``away`` at the floor."""
+    return bool(np.count_nonzero(floor & away) >= CLIPPED_BACKGROUND_SHARE * max(int(away.sum()), 1))
+
+
 def _clipped_background(floor: np.ndarray, away: np.ndarray, solid_px: int = 8,
                         false_blocks: float = 0.01) -> bool:
     """Is the imaged background mostly at the image's floor (clipped by the detector's offset)?
@@ -627,8 +632,8 @@ def _clipped_background(floor: np.ndarray, away: np.ndarray, solid_px: int = 8,
     imaged, and are left out: in a clipped background the noise keeps lifting pixels above
     the floor here and there. The block is the smallest (at least ``solid_px`` pixels wide)
     that a background with the measured share ``q`` of lifted pixels holds by chance at fewer
-    than ``false_blocks`` of its places, ``(1 - q) ** (k * k) * n < false_blocks``: 8 px while
-    the noise lifts 40 % of it, 27 px at 2.3 %. Fixed 8 px blocks took most of a background
+    than ``false_blocks`` of its places, ``(1 - q) ** (k * k) * n < false_blocks``: in a
+    512 x 512 image, 8 px while the noise lifts 40 % of it, 27 px at 2.3 %. Fixed 8 px blocks took most of a background
     97.7 % at the floor for padding (a simulated session clipped at its background's 95th
     percentile: recall 0.01), and more so where the pixel noise is correlated (lifted pixels
     come in clumps). True when at least :data:`CLIPPED_BACKGROUND_SHARE` of the rest is at
@@ -648,10 +653,10 @@ def _clipped_background(floor: np.ndarray, away: np.ndarray, solid_px: int = 8,
     >>> _clipped_background(padded <= 0, everywhere)
     False
     """
+    if not _mostly_at_floor(floor, away):
+        return False
     n_away = max(int(away.sum()), 1)
     low = floor & away
-    if low.sum() < CLIPPED_BACKGROUND_SHARE * n_away:
-        return False
     lifted = 1.0 - low.sum() / n_away  # share of the background the noise lifts above the floor
     if lifted <= 0.0:
         return False  # nothing above the floor: no imaged background to judge
@@ -829,7 +834,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     # most of the background at the floor, clipped or padded: what is left above it may be only
     # the upper tail of a clipped noise (clumped next to the dendrites, where the block test
     # takes the rest for padding), so the background's noise is capped by the shafts' below
-    at_floor = np.count_nonzero(~lo & away) >= CLIPPED_BACKGROUND_SHARE * max(int(away.sum()), 1)
+    at_floor = _mostly_at_floor(~lo, away)
     if back.sum() < 100:
         back = ~tr.foreground
     radii = np.maximum(1.0, np.asarray(head_radius_shaft_ratios, float) * r)
