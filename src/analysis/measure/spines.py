@@ -633,11 +633,11 @@ def _clipped_background(floor: np.ndarray, away: np.ndarray, solid_px: int = 8,
     the floor here and there. The block is the smallest (at least ``solid_px`` pixels wide)
     that a background with the measured share ``q`` of lifted pixels holds by chance at fewer
     than ``false_blocks`` of its places, ``(1 - q) ** (k * k) * n < false_blocks``: in a
-    512 x 512 image, 8 px while the noise lifts 40 % of it, 27 px at 2.3 %. Fixed 8 px blocks took most of a background
-    97.7 % at the floor for padding (a simulated session clipped at its background's 95th
-    percentile: recall 0.01), and more so where the pixel noise is correlated (lifted pixels
-    come in clumps). True when at least :data:`CLIPPED_BACKGROUND_SHARE` of the rest is at
-    the floor.
+    512 x 512 image, 8 px while the noise lifts 40 % of it, 27 px at 2.3 %. Fixed 8 px
+    blocks took most of a background 97.7 % at the floor for padding (a simulated session
+    clipped at its background's 95th percentile: recall 0.01), and more so where the pixel
+    noise is correlated (lifted pixels come in clumps). True when at least
+    :data:`CLIPPED_BACKGROUND_SHARE` of the rest is at the floor.
 
     Examples
     --------
