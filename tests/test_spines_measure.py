@@ -610,6 +610,20 @@ def test_track_needs_a_sequence():
         track_spines(np.zeros((64, 64)), PX)
 
 
+def test_a_blank_session_is_linked_to_neither_neighbour(dendrite, caplog):
+    # a failed acquisition in the middle of a series: before, phase correlation of an empty
+    # image warned and the sessions were reported as "correlation nan"
+    img, _, _ = dendrite
+    with caplog.at_level("WARNING", logger="analysis.measure.spines"):
+        df = track_spines([img, np.zeros_like(img), img], PX)
+    assert "session 1 is blank (every pixel 0)" in caplog.text
+    assert df.attrs["unmatched_sessions"] == [1, 2]
+    first, last = df[df.session == 0], df[df.session == 2]
+    assert len(first) >= 8 and len(last) == len(first)  # the same image: the same spines, all new
+    assert (last.status == "gained").all() and not last.in_common_field.any()
+    assert not (df.status == "lost").any() and not (df.session == 1).any()
+
+
 def test_empty_image_has_no_spines():
     img = np.random.default_rng(0).normal(20, 2, (128, 128)).astype(np.float32)
     det = detect_spines(img, PX)

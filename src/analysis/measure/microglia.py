@@ -71,6 +71,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import disk, local_maxima, skeletonize
 from skimage.segmentation import watershed
 
+from analysis.measure.checks import COLOUR_HINT, require_finite, require_plane_size
 from analysis.measure.noise import MAD_TO_SD, noise_sd
 from analysis.measure.puncta import _label_sizes
 from analysis.measure.hotpixels import repair_hot_pixels
@@ -1274,8 +1275,11 @@ def segment_microglia(
     # (small integers are exact in float32 and the smoothing reads them in double either way:
     # no float32 copy of the image, the same smoothed image)
     if img.ndim != 2:
-        raise ValueError(f"segment_microglia needs a 2-D (YX) image, got shape {img.shape}; "
-                         "use a maximum projection of a stack")
+        colour = img.ndim == 3 and img.shape[-1] in (3, 4)
+        raise ValueError(f"segment_microglia needs a 2-D (YX) image, got shape {img.shape}"
+                         + (COLOUR_HINT if colour else "; use a maximum projection of a stack"))
+    require_plane_size(img.shape)
+    require_finite(img)
     if not pixel_size_um > 0:
         raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
     if border_somata not in ("centre", "all"):

@@ -104,6 +104,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from scipy.special import erf, ndtr
 
+from analysis.measure.checks import require_finite, require_plane_size
 from analysis.measure.matching import PointMatch, match_points  # noqa: F401  (re-exported)
 from analysis.measure.hotpixels import MIN_SIGMA_PX as _HOT_MIN_SIGMA_PX
 from analysis.measure.hotpixels import hot_pixels as _hot_pixels
@@ -1348,8 +1349,8 @@ def detect_puncta(
         raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         arr = np.asarray(arr, dtype=np.float64)
-    if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all():
-        raise ValueError("image contains NaN or infinite values; replace them (e.g. by the median) first")
+    require_plane_size(arr.shape)
+    require_finite(arr)
     if mask is not None and np.shape(mask) not in (arr.shape, arr.shape[-2:]):
         raise ValueError(f"mask shape {np.shape(mask)} does not match the image {arr.shape} (or its YX plane)")
     # the constant fill of registration, rotation or stitching (:mod:`analysis.measure.outside`):

@@ -68,6 +68,7 @@ from scipy.spatial import cKDTree
 from skimage.filters import threshold_otsu
 from skimage.morphology import skeletonize
 
+from analysis.measure.checks import require_finite, require_plane_size
 from analysis.measure.matching import match_points
 from analysis.measure.noise import MAD_TO_SD
 
@@ -141,12 +142,9 @@ def _check_image(image: Any, pixel_size_um: Any, what: str = "image") -> tuple[n
     if arr.ndim not in (2, 3):
         raise ValueError(f"{what} must be 2-D (y, x) or 3-D (z, y, x), got {arr.ndim}-D with shape "
                          f"{arr.shape}; take one channel (and one time point) first")
-    if min(arr.shape[-2:]) < 16:
-        raise ValueError(f"{what} is too small ({arr.shape}); need at least 16 x 16 pixels")
+    require_plane_size(arr.shape, what)
     arr = arr.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{what} contains NaN or infinite values ({int(np.sum(~np.isfinite(arr)))} pixels); "
-                         "replace them (e.g. with the background level) before detection")
+    require_finite(arr, what)
     try:
         px = float(pixel_size_um)
     except (TypeError, ValueError):
@@ -297,7 +295,8 @@ def _ridge_radius(img: np.ndarray, r_min_px: float, r_max_px: float) -> float:
         better = resp > best
         best = np.where(better, resp, best)
         np.copyto(arg, s, where=better)
-    strong = best >= 0.5 * np.percentile(best, 99.5)
+    # (a blank or constant frame has no ridge anywhere: the default radius, and no dendrite)
+    strong = (best >= 0.5 * np.percentile(best, 99.5)) & (best > 0)
     if strong.sum() < 10:
         return float(np.clip(3.0, r_min_px, r_max_px))
     return float(np.median(arg[strong]) / 0.82)
@@ -1674,7 +1673,8 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
     file, a field turned or moved beyond what the registration finds) nothing is linked: the
     session's spines start new tracks as ``gained`` outside the common field, the previous
     session's tracks end without a ``lost`` row, so the interval adds no turnover, and a
-    warning names the sessions.
+    warning names the sessions. A blank session (one value everywhere: a failed acquisition)
+    is linked to neither neighbour in the same way.
 
     Conventions (one row per spine per session):
 
@@ -1789,6 +1789,19 @@ def track_spines(images: Sequence[np.ndarray], pixel_size_um: float | Sequence[f
                     & (cand["blob"] >= hysteresis * min_blobness)].reset_index(drop=True)
         if prev is None:  # the baseline: every spine starts a track
             prev, prev_weak = start_tracks(strong, s, "stable", True), weak
+            continue
+        blank = [k for k in (s - 1, s) if np.ptp(planes[k]) == 0]
+        if blank:
+            # nothing to register (a failed acquisition or an empty export): not linked, as
+            # for a session of other dendrites
+            shifts.append(np.full(2, np.nan))
+            rotations.append(float("nan"))
+            correlations.append(float("nan"))
+            unmatched.append(s)
+            log.warning("session %d is blank (every pixel %g): sessions %d and %d are not linked and the interval "
+                        "gives no turnover; check the acquisition and the export of that session", blank[0],
+                        float(planes[blank[0]].flat[0]), s - 1, s)
+            prev, prev_weak = start_tracks(strong, s, "gained", False), weak
             continue
         # previous spines in this session's pixels
         candidates, turn, at_search_end, spectral = _register(planes[s - 1], planes[s])
