@@ -69,3 +69,20 @@ def test_the_checks_pass_what_can_be_measured():
     require_finite(np.ones((4, 4)))
     with pytest.raises(ValueError, match="15 x 16"):
         require_plane_size((15, 16))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: detect_puncta(_noise((64, 64)), 65.0),
+    lambda: detect_puncta(_noise((5, 64, 64)), 0.1, z_step_um=300.0),
+    lambda: segment_microglia(_noise((64, 64)), 755.0),
+    lambda: measure_microglia(np.zeros((64, 64), int), None, 755.0),
+])
+def test_a_pixel_size_in_nanometres_is_named(call):
+    # (detect_puncta gave 2 "puncta" of a field of 40 at 65 or 100 "um" per pixel, and at 1e-4
+    # um it was still building its filters after 5 minutes)
+    with pytest.raises(ValueError, match=r"looks like nanometres"):
+        call()
+    with pytest.raises(ValueError, match=r"must be > 0"):
+        detect_puncta(_noise((64, 64)), float("nan"))
+    with pytest.raises(ValueError, match=r"plausible pixel size"):
+        segment_microglia(_noise((64, 64)), 1e-4)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from analysis.io.sheet import PIXEL_SIZE_RANGE_UM, Z_STEP_RANGE_UM, _unit_hint
+
 #: smallest plane (pixels per side) a detector is given: a few punctum, head or soma widths
 MIN_PLANE_PX = 16
 
@@ -51,3 +53,34 @@ def require_finite(arr: np.ndarray, what: str = "image") -> None:
         if bad:
             raise ValueError(f"{what} contains NaN or infinite values ({bad} pixels); replace them (e.g. with the "
                              "background level) before measuring")
+
+
+def require_pixel_size(value: object, name: str = "pixel_size_um") -> float:
+    """The pixel size (or z step, ``name="z_step_um"``) as a float, or ValueError when it is not a
+    plausible light-microscope value in micrometres (:data:`analysis.io.sheet.PIXEL_SIZE_RANGE_UM`,
+    ``Z_STEP_RANGE_UM``), naming a unit slip when one explains it.
+
+    A pixel size given in nanometres made the puncta detector report two "puncta" in a field
+    of forty, and one of 0.1 nm left it building filters thousands of pixels wide.
+
+    Examples
+    --------
+    >>> require_pixel_size(0.1)
+    0.1
+    >>> require_pixel_size(65)
+    Traceback (most recent call last):
+    ...
+    ValueError: pixel_size_um is 65, outside the plausible pixel size of 0.01-5 um (65 looks like nanometres: 0.065 um?); give it in micrometres (um)
+    """
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in um, got {value!r}") from None
+    lo, hi = PIXEL_SIZE_RANGE_UM if name != "z_step_um" else Z_STEP_RANGE_UM
+    what = "z step" if name == "z_step_um" else "pixel size"
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be > 0 (the {what} in um), got {value!r}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} is {value:g}, outside the plausible {what} of {lo:g}-{hi:g} um"
+                         f"{_unit_hint(v, lo, hi)}; give it in micrometres (um)")
+    return v

@@ -71,7 +71,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import disk, local_maxima, skeletonize
 from skimage.segmentation import watershed
 
-from analysis.measure.checks import COLOUR_HINT, require_finite, require_plane_size
+from analysis.measure.checks import COLOUR_HINT, require_finite, require_pixel_size, require_plane_size
 from analysis.measure.noise import MAD_TO_SD, noise_sd
 from analysis.measure.puncta import _label_sizes
 from analysis.measure.hotpixels import repair_hot_pixels
@@ -1280,8 +1280,7 @@ def segment_microglia(
                          + (COLOUR_HINT if colour else "; use a maximum projection of a stack"))
     require_plane_size(img.shape)
     require_finite(img)
-    if not pixel_size_um > 0:
-        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
+    require_pixel_size(pixel_size_um)
     if border_somata not in ("centre", "all"):
         raise ValueError(f"border_somata must be 'centre' or 'all', got {border_somata!r}")
     # the constant fill of registration or stitching (:mod:`analysis.measure.outside`) would pull

@@ -60,6 +60,8 @@ from skimage.draw import line as draw_line
 from skimage.measure import regionprops
 from skimage.morphology import skeletonize
 
+from analysis.measure.checks import require_pixel_size
+
 
 __all__ = ["MEASURE_COLUMNS", "measure_microglia", "sholl_profile", "skeleton_image", "border_cells",
            "inner_boundaries"]
@@ -514,7 +516,7 @@ def measure_microglia(
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"measure_microglia needs a 2-D label image, got shape {labels.shape}")
-    px = float(pixel_size_um)
+    px = require_pixel_size(pixel_size_um)
     border = border_cells(labels)
     if image is not None and np.ndim(image) == 2:
         # a cell cut by the constant fill of registration or stitching is cut by the field's

@@ -104,7 +104,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from scipy.special import erf, ndtr
 
-from analysis.measure.checks import require_finite, require_plane_size
+from analysis.measure.checks import require_finite, require_pixel_size, require_plane_size
 from analysis.measure.matching import PointMatch, match_points  # noqa: F401  (re-exported)
 from analysis.measure.hotpixels import MIN_SIGMA_PX as _HOT_MIN_SIGMA_PX
 from analysis.measure.hotpixels import hot_pixels as _hot_pixels
@@ -1345,8 +1345,9 @@ def detect_puncta(
     arr = raw = np.asarray(image)
     if arr.ndim not in (2, 3):
         raise ValueError(f"image must be YX or ZYX, got shape {arr.shape}")
-    if not pixel_size_um > 0:
-        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
+    require_pixel_size(pixel_size_um)
+    if z_step_um:
+        require_pixel_size(z_step_um, "z_step_um")
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         arr = np.asarray(arr, dtype=np.float64)
     require_plane_size(arr.shape)
