@@ -407,6 +407,10 @@ def _noise(kind: str, rng: np.random.Generator, shape=(512, 512)) -> np.ndarray:
         return np.clip(np.rint(2.0 * rng.poisson(3.0, shape) - 6.0 + rng.normal(0, 4.0, shape)), 0, None).astype(np.uint16)
     if kind == "photomultiplier excess noise":
         return np.clip(rng.gamma(rng.poisson(8, shape) + 1e-9, 20) + 10, 0, 4095).astype(np.uint16)
+    if kind == "background subtracted":  # Fiji's Subtract Background: a smoothed top-hat, kept >= 0
+        raw = (rng.poisson(50, shape) * 3 + 500).astype(float)
+        back = ndi.grey_opening(ndi.uniform_filter(raw, 3), size=(41, 41))  # a 20 px "ball"
+        return np.rint(np.clip(raw - back, 0, None)).astype(np.uint16)  # (~20 % of the pixels at 0)
     raise ValueError(kind)
 
 
@@ -417,12 +421,29 @@ def _noise(kind: str, rng: np.random.Generator, shape=(512, 512)) -> np.ndarray:
     "clipped at zero",
     "clipped at zero, half the pixels",  # (the Cornish-Fisher term failed here: 36 per 1,000 um^2)
     "photomultiplier excess noise",
+    "background subtracted",  # (a guard: no false punctum at either pixel size when it was added)
 ])
 @pytest.mark.parametrize("pixel_size_um", [0.1, 0.3])
 def test_pure_noise_of_each_kind_gives_at_most_one_false_punctum_per_1000um2(kind: str, pixel_size_um: float) -> None:
     img = _noise(kind, np.random.default_rng(11))
     p = detect_puncta(img, pixel_size_um)
     assert 1000 * len(p) / (img.size * pixel_size_um**2) <= 1.0, len(p)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap (session 33): the noise model measures independent pixel noise (Immerkaer's 3 x 3 "
+    "residual), so noise correlated by smoothing, a median filter or interpolation is read far too low: "
+    "pure shot noise smoothed at sigma 0.5 / 1 px gave 1,767 / 3,230 false puncta per 1,000 um^2, a 3 x 3 "
+    "median 2,933, 2x linear upsampling 5,099 (white: 0). The statistics tried for telling correlated "
+    "noise apart (Immerkaer at 1 and 2 px spacing, in Gaussian-looking boxes; the fit residual's lower "
+    "half) read as high on the culture fields and the crowded sim-fish cases, whose dense faint puncta "
+    "are a correlated field too (benchmarks/RESULTS.md, session 33)"))
+@pytest.mark.parametrize("smoothing", ["gaussian 1 px", "median 3 x 3"])
+def test_smoothed_pure_noise_gives_at_most_one_false_punctum_per_1000um2(smoothing: str) -> None:
+    raw = (np.random.default_rng(5).poisson(50, (256, 256)) * 3 + 500).astype(float)
+    img = ndi.gaussian_filter(raw, 1.0) if smoothing.startswith("gaussian") else ndi.median_filter(raw, 3)
+    p = detect_puncta(img.astype(np.float32), 0.1)
+    assert 1000 * len(p) / (img.size * 0.1**2) <= 1.0, len(p)
 
 
 def test_puncta_on_the_outermost_pixels_are_detected() -> None:

@@ -25,7 +25,8 @@ What is assumed
 - Thresholds come from the image: a variance-stabilising transform fitted to the image's own
   noise (variance = a + b x mean: shot noise plus a floor), the blob filter's noise measured as
   a robust (MAD) sigma on the background pixels, Otsu's threshold on the background-flattened
-  image (never below ``k_sigma`` noise sigmas) for the foreground.
+  image (never below ``k_sigma`` noise sigmas of the smoothed image, measured on it, so that
+  noise correlated by smoothing or interpolation traces no dendrite) for the foreground.
 - A spine is a maximum of the scale-normalised blob filter (negative Laplacian of Gaussian)
   outside the shaft core and within reach of a shaft, round enough (Hessian eigenvalue ratio)
   and with enough contrast against noise and against the shaft next to it; a head is a blob
@@ -97,6 +98,7 @@ _MIN_PIXEL_UM, _MAX_PIXEL_UM = 1e-3, 5.0
 #: distance transforms are too coarse). Measured on the real two-photon frames of
 #: ``../shared/realdata/spines_2p`` binned 2-4x (``benchmarks/RESULTS.md``, session 25).
 MIN_SHAFT_RADIUS_PX = 4.0
+_ONE_SD_BELOW = 0.15866  # the share of a normal distribution more than one SD below its median
 _MAX_FINER = 4.0  # at most this many times finer (a shaft of a pixel or two carries no spines)
 
 #: Share of the background (pixels away from the dendrites) at the image's lowest value above
@@ -456,6 +458,10 @@ def _trace(img: np.ndarray, px: float, *, k_sigma: float, min_length_shaft_diame
         bg = _background(s, 8.0 * r_px)
         flat = s - bg
         noise_s = noise / (2.0 * np.sqrt(np.pi) * sigma)  # white-noise sigma after smoothing
+        # pixel noise correlated by smoothing, a median filter or interpolation is not averaged
+        # down as white noise is: the smoothed image's own noise, from the lower half of its
+        # values (dendrites only add to them), when larger
+        noise_s = max(noise_s, float(np.median(flat) - np.quantile(flat, _ONE_SD_BELOW)))
         floor = k_sigma * max(noise_s, 1e-12)
         t = max(floor, float(threshold_otsu(flat)))
         fg = _remove_small(flat > t, np.pi * r_px ** 2 * 2)
@@ -530,7 +536,10 @@ def trace_dendrites(image: np.ndarray, pixel_size_um: float, *, k_sigma: float =
 
     A first shaft radius comes from the scale of the strongest Hessian ridges. At that scale
     the image is smoothed (sigma = radius / 4) and flattened (background = low percentile over
-    8 radii); the foreground is above Otsu's threshold (never below ``k_sigma`` noise sigmas).
+    8 radii); the foreground is above Otsu's threshold (never below ``k_sigma`` noise sigmas of
+    the smoothed image: the pixel noise averaged as white noise, or the spread of the lower half
+    of the flattened values when larger, as for noise correlated by a median filter, smoothing
+    or interpolation). A frame without dendrites gives no spines.
     The shaft core is the foreground above half of the local maximum within 3 radii (the
     shaft's full width at half maximum, which a fringe of dimmer spines does not widen); the
     radius is re-measured on the core (60th percentile of its distance transform on its
@@ -1261,6 +1270,12 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     trace_defaults = dict(k_sigma=4.0, min_length_shaft_diameters=4.0, min_shaft_diameter_um=0.2,
                           max_shaft_diameter_um=6.0)
     tr = trace if trace is not None else _trace(img, px, **trace_defaults)
+    cols = SPINE_COLUMNS + (["snr_noise", "snr_shaft", "snr_scale", "d_cent_r", "d_edge_r", "on_shaft"]
+                            if return_all else [])
+    if not tr.skeleton.any():
+        # no dendrite, no spine (the finer grid below, traced again, found "dendrites" in the
+        # interpolated noise of a blank field: 20-170 spines on pure Poisson noise)
+        return pd.DataFrame(columns=cols)
     finer = min(MIN_SHAFT_RADIUS_PX / tr.shaft_radius_px, _MAX_FINER)
     work_img, work_stack, work_px, work_tr = img, stack, px, tr
     if finer > 1.0:
@@ -1287,8 +1302,6 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     df = df.reset_index(drop=True)
     log.debug("detect_spines: shaft radius %.1f px, noise %.3g, %d spines", tr.shaft_radius_px,
               tr.noise_sigma, len(df))
-    cols = SPINE_COLUMNS + (["snr_noise", "snr_shaft", "snr_scale", "d_cent_r", "d_edge_r", "on_shaft"]
-                            if return_all else [])
     return df.reindex(columns=cols)
 
 
