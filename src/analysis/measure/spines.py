@@ -539,7 +539,7 @@ def trace_dendrites(image: np.ndarray, pixel_size_um: float, *, k_sigma: float =
     8 radii); the foreground is above Otsu's threshold (never below ``k_sigma`` noise sigmas of
     the smoothed image: the pixel noise averaged as white noise, or the spread of the lower half
     of the flattened values when larger, as for noise correlated by a median filter, smoothing
-    or interpolation). A frame without dendrites gives no spines.
+    or interpolation).
     The shaft core is the foreground above half of the local maximum within 3 radii (the
     shaft's full width at half maximum, which a fringe of dimmer spines does not widen); the
     radius is re-measured on the core (60th percentile of its distance transform on its
@@ -1243,6 +1243,7 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
         image is interpolated (cubic spline, at most 4x) onto a grid with that many pixels per
         shaft radius and detected there (traced again on that grid with the defaults); ``y``,
         ``x`` are given in this image's pixels and ``dendrite_id`` is that of ``trace``.
+        A trace without dendrites gives no spines.
 
     Returns
     -------
