@@ -187,9 +187,28 @@ def test_image_quality_is_deterministic_and_bounded() -> None:
     b = image_quality(f.image, PX, p, mask=mask, seed=[0, 1], min_spikes=30, rounds=1, window_px=128)
     assert a == b
     assert set(a) == {"measured_snr", "spike_in_recall", "spike_in_recall_ci_low", "spike_in_recall_ci_high",
-                      "est_precision", "saturated_fraction", "in_validated_range"}
+                      "est_precision", "saturated_fraction", "in_validated_range", "noise_correlation"}
     assert 0 <= a["spike_in_recall_ci_low"] <= a["spike_in_recall"] <= a["spike_in_recall_ci_high"] <= 1
     assert 0 <= a["est_precision"] <= 1 and a["in_validated_range"] is True
+
+
+def test_correlated_pixel_noise_takes_a_puncta_row_out_of_the_validated_range(caplog) -> None:
+    # the detector counts correlated noise as puncta (a strict xfail in test_synapses.py): a field
+    # smoothed at 1 px (as by a denoising step, kept 16-bit) must not pass as validated
+    from scipy import ndimage as ndi
+
+    f = render_synapse_field(np.random.default_rng(4), shape=(192, 192))
+    smooth = np.rint(ndi.gaussian_filter(f.image.astype(float), 1.0)).astype(np.uint16)
+    rows = {}
+    for name, img in (("raw", f.image), ("smoothed", smooth)):
+        p = detect_puncta(img, PX)
+        with caplog.at_level("WARNING", logger="analysis.measure.quality"):
+            rows[name] = image_quality(img, PX, p, spike_in=False)
+    assert rows["raw"]["noise_correlation"] < 1.5 and rows["raw"]["in_validated_range"]
+    assert rows["smoothed"]["noise_correlation"] > 10 and not rows["smoothed"]["in_validated_range"]
+    assert "pixel noise is correlated" in caplog.text and "measure the raw image" in caplog.text
+    assert not in_validated_range(0.1, 16, 8.0, noise_correlation=6.0)
+    assert in_validated_range(0.1, 16, 8.0, noise_correlation=2.6)  # the culture fields' darkest boxes
 
 
 def test_wilson_interval() -> None:

@@ -4,6 +4,8 @@
   the signal in a minority of the values;
 * :func:`noise_sd`: the noise SD of an image from Immerkaer's second-difference operator
   (:data:`IMMERKAER`), insensitive to smooth signal, edges and bright objects;
+* :func:`noise_correlation`: whether the pixel noise is independent, as the models above
+  assume (1), or correlated by smoothing, a median filter or interpolation (well above 1);
 * :func:`noise_sd_map`: a spatially varying noise model (Poisson-Gaussian: variance linear
   in the local level, fitted per image in boxes), and :func:`background_corrected`, the
   smoothed image minus a broad background with its noise SD; used by the puncta detector,
@@ -17,7 +19,8 @@ import logging
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["MAD_TO_SD", "IMMERKAER", "robust_sd", "noise_sd", "noise_sd_map", "background_corrected"]
+__all__ = ["MAD_TO_SD", "IMMERKAER", "robust_sd", "noise_sd", "noise_sd_map", "background_corrected",
+           "noise_correlation"]
 
 log = logging.getLogger(__name__)
 
@@ -383,3 +386,52 @@ def _dark_skewness(resid_blocks: np.ndarray, level: np.ndarray, var: np.ndarray)
         return 0.0
     g = float(np.mean((r - r.mean()) ** 3)) / m2**1.5
     return float(np.clip(6.0 * g, 0.0, 2.0))
+
+
+def noise_correlation(image: np.ndarray, pixel_size_um: float, *, box_um: float = 3.0) -> float:
+    """How much of the pixel noise is correlated between neighbouring pixels: 1 when independent.
+
+    Immerkaer's operator (:data:`IMMERKAER`) with its taps 2 px apart passes independent noise
+    with the same variance as with its taps 1 px apart; noise correlated over a pixel or more
+    (an image smoothed, median-filtered, interpolated or denoised) is cancelled by the 1 px
+    operator much more than by the 2 px one.  Returned: the ratio of the two robust (MAD)
+    variances, median over the darkest quarter of the boxes of :func:`noise_sd_map` (the
+    fewest puncta: dense punctate staining adds to the 2 px variance too).  Gaussian-smoothed
+    independent noise gives ~1.3 / 2.2 / 9.5 / 37 at a smoothing sigma of 0.4 / 0.5 / 0.7 / 1 px,
+    a 3 x 3 median ~3, 2x interpolation ~130 (benchmarks/RESULTS.md, session 33).
+
+    Parameters
+    ----------
+    image : ndarray
+        YX or ZYX intensities.
+    pixel_size_um : float
+        Lateral pixel size (sets the boxes).
+    box_um : float
+        Box side.
+
+    Returns
+    -------
+    float
+        The variance ratio (NaN when the image has no noise to measure).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> noise = rng.poisson(50.0, (256, 256)).astype(float)
+    >>> round(noise_correlation(noise, 0.1), 1)
+    1.0
+    >>> bool(noise_correlation(ndi.gaussian_filter(noise, 1.0), 0.1) > 20)
+    True
+    """
+    img = np.asarray(image, dtype=np.float64)
+    lead = (1,) * (img.ndim - 2)
+    wide = np.zeros((5, 5))
+    wide[::2, ::2] = IMMERKAER
+    nb, bs, start = _box_grid(img.shape, pixel_size_um, box_um)
+    level = np.median(_blocks(ndi.gaussian_filter(img, [0.0] * (img.ndim - 2) + [0.5 / pixel_size_um] * 2),
+                              nb, bs, start), axis=1)
+    var = [_box_var(_blocks(ndi.correlate(img, k.reshape(lead + k.shape), mode="reflect"), nb, bs, start))
+           for k in (IMMERKAER, wide)]
+    dark = level <= np.quantile(level, 0.25)
+    v1, v2 = float(np.median(var[0][dark])), float(np.median(var[1][dark]))
+    return v2 / v1 if v1 > 0 else float("nan")

@@ -36,7 +36,7 @@ from scipy import optimize, special
 
 from analysis.measure.puncta import _render as render_spots
 from analysis.measure.area import _exact_medians
-from analysis.measure.noise import noise_sd_map
+from analysis.measure.noise import noise_correlation, noise_sd_map
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.puncta import detect_puncta, match_points
 
@@ -67,13 +67,20 @@ log = logging.getLogger(__name__)
 #: recall ~0.73, less the scatter of the SNR measured on single 256 x 256 fields rendered at
 #: that level: 2.7-3.4 over 20 fields with the current detector, 3.1-3.6 with the previous),
 #: ``max_saturated_fraction`` (images above it are rejected by
-#: :func:`analysis.pipeline.quantify.image_problem` anyway).
+#: :func:`analysis.pipeline.quantify.image_problem` anyway), ``max_noise_correlation``
+#: (:func:`analysis.measure.noise.noise_correlation`: the puncta detector's noise model takes
+#: the pixel noise as independent; pure noise smoothed, median-filtered or interpolated gives
+#: thousands of false puncta per 1,000 um^2.  At most 5, a correlation over ~0.6 px: every
+#: validation set reads 0.9-2.6, the dense faint puncta of the culture fields and crowded
+#: sim-fish spots the highest, so milder smoothing is not caught; benchmarks/RESULTS.md,
+#: session 33).
 VALIDATED_RANGE: dict[str, dict[str, Any]] = {
     "puncta": {
         "pixel_size_um": (0.05, 0.8),
         "bit_depth": (8, 12, 16),
         "min_snr": 2.7,
         "max_saturated_fraction": 0.01,
+        "max_noise_correlation": 5.0,
     },
     "microglia": {
         # phantoms at 0.2 um, the EMBL Iba1 images at 0.755 um
@@ -922,6 +929,7 @@ def in_validated_range(
     saturated: float = 0.0,
     readout: str = "puncta",
     ranges: dict[str, dict[str, Any]] | None = None,
+    noise_correlation: float | None = None,
 ) -> bool:
     """Whether an image's acquisition lies inside what the validation covered.
 
@@ -940,6 +948,9 @@ def in_validated_range(
         Key of ``ranges`` ("puncta", "microglia" or "spines").
     ranges : dict, optional
         The ranges (default :data:`VALIDATED_RANGE`).
+    noise_correlation : float, optional
+        :func:`analysis.measure.noise.noise_correlation`, for readouts with a
+        ``max_noise_correlation`` (not checked when not given).
 
     Returns
     -------
@@ -963,6 +974,8 @@ def in_validated_range(
         reasons.append(f"SNR {snr} below {r['min_snr']}")
     if saturated > r.get("max_saturated_fraction", 1.0):
         reasons.append(f"saturated fraction {saturated:.3g} above {r['max_saturated_fraction']}")
+    if noise_correlation is not None and noise_correlation > r.get("max_noise_correlation", np.inf):
+        reasons.append(f"pixel noise correlated ({noise_correlation:.3g} above {r['max_noise_correlation']})")
     if reasons:
         log.debug("%s outside the validated range: %s", readout, "; ".join(reasons))
     return not reasons
@@ -1018,7 +1031,7 @@ def image_quality(
     dict
         ``saturated_fraction``, ``in_validated_range`` and, for puncta, ``measured_snr``,
         ``spike_in_recall``, ``spike_in_recall_ci_low``, ``spike_in_recall_ci_high``,
-        ``est_precision``.
+        ``est_precision``, ``noise_correlation``.
     """
     sat = saturated_fraction(image)
     depth = bit_depth(image)
@@ -1049,5 +1062,13 @@ def image_quality(
                     "spike_in_recall_ci_high": r["recall_ci_high"],
                     "est_precision": estimated_precision(n_detected, r["false_detections"])})
     row["saturated_fraction"] = sat
-    row["in_validated_range"] = in_validated_range(pixel_size_um, depth, snr, saturated=sat, readout=readout)
+    corr = noise_correlation(image, pixel_size_um)
+    row["noise_correlation"] = corr
+    row["in_validated_range"] = in_validated_range(pixel_size_um, depth, snr, saturated=sat, readout=readout,
+                                                   noise_correlation=corr)
+    if corr > VALIDATED_RANGE[readout].get("max_noise_correlation", np.inf):
+        log.warning("the pixel noise is correlated between neighbouring pixels (%.3g, independent noise: 1): "
+                    "a smoothed, median-filtered, interpolated or denoised image? The puncta detector takes the "
+                    "noise as independent and counts noise as puncta on such images; this row is outside the "
+                    "validated range: measure the raw image", corr)
     return row
