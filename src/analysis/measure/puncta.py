@@ -49,10 +49,11 @@ fitted amplitude is significant is kept:
    size.  Random-field theory gives the rate of noise maxima above ``u`` SDs as
    ~``lambda / (2 pi)^(3/2) * u * exp(-u^2 / 2)`` per unit area (2-D), which falls 6-fold from
    u = 3.5 to 4 and again from 4 to 4.5; the detector's own rate on white Gaussian noise is
-   calibrated (:func:`noise_detection_rate`; ~0.5 per 100 x 100 pixels above 4 SDs).  At
+   calibrated (:func:`noise_detection_rate`; ~0.5 per 100 x 100 pixels above 4 SDs; per voxel
+   of a stack, fewer as a punctum spans more planes).  At
    ``threshold_sd`` (default 4) that is 1-2 % of a cortical PSD95 density (30-60 puncta per
    100 um^2 at 0.1 um pixels), but in a sparse field or in pure noise it would be most of
-   what is reported.  So (2-D) the threshold is raised, Benjamini-Hochberg fashion, until
+   what is reported.  So the threshold is raised, Benjamini-Hochberg fashion, until
    the expected number of noise maxima in the field is at most ``noise_fdr`` (5 %) of the
    puncta reported: crowded fields keep ``threshold_sd``, pure noise gives nothing.  Skewed
    pixel noise (few photons per pixel, clipping at zero, photomultiplier gain noise) has a
@@ -77,6 +78,9 @@ fitted amplitude is significant is kept:
    misses the pixel-integrated peak of a punctum narrower than a pixel) do not count.  On
    sim-fish fields of bright spots this removed most false puncta next to bright ones
    (crowded, sigma 100 nm: 148 -> 2 in 4 images; 8-bit: 25 -> 4) at no cost in recall.
+   Steps 7 and 8 hold in stacks too (before, stacks kept ``threshold_sd``: pure noise stacks
+   gave 4-151 puncta per 256 x 256 field; sim-fish stacks of sparse bright spots 36 false
+   puncta around 60 spots, now 1).
 9. **Hot pixels.**  A pixel 10 noise SDs above its surroundings whose four neighbours carry
    less than 0.15 of its excess is not light through the optics (the neighbours of a
    Gaussian spot's peak carry at least ``exp(-1 / (2 sigma^2))`` of it), once the measured
@@ -135,6 +139,18 @@ _SHARP = 0.6  # scale of the candidate (Laplacian of Gaussian) map, x punctum si
 _NOISE_RATE_SIGMA_PX = (0.5, 0.8, 1.3, 2.0, 3.0)
 _NOISE_RATE_A = (-8.600, -8.023, -8.801, -9.600, -10.337)
 _NOISE_RATE_B, _NOISE_RATE_C = 3.2215, -0.87421
+#: The rate per voxel of a z-stack is the plane's rate per pixel times ``exp(d + e (u - 4))``,
+#: with ``d``, ``e`` tabulated against the axial punctum sigma in planes (measured by
+#: ``benchmarks/calibrate_noise_rate.py --stacks`` at the default threshold: 24 white-noise
+#: stacks of 256 x 256 pixels and 24-32 planes per size, lateral sigma 1.27 px; within ~20 % of
+#: the counts above 4.25-5.5 SDs, 10-30 % high at 4).  A maximum of a stack must also stand
+#: above the planes around it, so the factor falls as a punctum spans more planes (as
+#: ``1 / sigma`` beyond the table, by random-field theory); the fit of a 3-D spot has a heavier
+#: upper tail than a plane's (``e > 0``).  Stacks at lateral sigmas 0.8-3 px agree within
+#: ~25 %; stacks of 5 planes have 1.5-3x fewer noise maxima per voxel (on the safe side).
+_NOISE_RATE_Z_SIGMA = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0)
+_NOISE_RATE_Z_D = (-0.994, -0.847, -0.455, -0.809, -1.055, -1.374, -1.714, -2.359)
+_NOISE_RATE_Z_E = (0.214, 1.019, 0.845, 1.496, 1.391, 0.986, 0.843, 1.053)
 #: Images up to this many pixels per side are processed whole by :func:`detect_puncta` (every
 #: image of the simulated studies); larger ones in tiles of at most :data:`LARGE_TILE_PX`.
 TILE_PX = 1024
@@ -149,6 +165,7 @@ LARGE_TILE_PX = 768
 _STRIP_PX = 256
 _BATCH_BYTES = 4 * 2**20  # image patches of the candidates held at once (32 MB: the peak of a tile)
 _PAIR_CHUNK = 1 << 18  # candidate pairs whose overlaps are computed at once (about 30 MB of temporaries per chunk in 3-D)
+_DIP_CHUNK = 8192  # dips of a stack whose surrounding bumps are summed at once (negative control)
 _PSF_MODEL_ERROR = 0.05  # relative error of the Gaussian PSF model near a bright punctum
 _PROTECT = 0.1  # two weak candidates compete for the same light above this correlation
 
@@ -811,10 +828,11 @@ _SEPARATION_PER_RADIUS = 0.25 / 0.15  # confocal resolution (0.25 um) per punctu
 _MIN_SEPARATION_PX = 1.5
 
 
-def noise_detection_rate(u: np.ndarray | float, sigma_px: float) -> np.ndarray:
-    """Expected number of puncta per pixel that :func:`detect_puncta` reports on pure white
-    Gaussian noise with a significance above ``u``, for a nominal punctum sigma of
-    ``sigma_px`` pixels (2-D; a calibration of the method, see ``_NOISE_RATE_*``).
+def noise_detection_rate(u: np.ndarray | float, sigma_px: float, axial_sigma_px: float | None = None) -> np.ndarray:
+    """Expected number of puncta per pixel (per voxel of a stack) that :func:`detect_puncta`
+    reports on pure white Gaussian noise with a significance above ``u``, for a nominal punctum
+    sigma of ``sigma_px`` pixels (and ``axial_sigma_px`` planes in a stack, at the default
+    threshold of 4); a calibration of the method, see ``_NOISE_RATE_*``.
 
     Examples
     --------
@@ -822,6 +840,12 @@ def noise_detection_rate(u: np.ndarray | float, sigma_px: float) -> np.ndarray:
 
     >>> round(float(noise_detection_rate(4.0, 1.3) * 1e4), 1)
     0.5
+
+    In a stack, per 100 x 100 pixels of each plane, when a punctum's axial sigma spans two
+    planes (a maximum must stand above the planes around it too):
+
+    >>> round(float(noise_detection_rate(4.0, 1.3, axial_sigma_px=2.0) * 1e4), 2)
+    0.13
     """
     log_s = np.log(np.asarray(_NOISE_RATE_SIGMA_PX))
     ls = float(np.log(sigma_px))
@@ -829,7 +853,16 @@ def noise_detection_rate(u: np.ndarray | float, sigma_px: float) -> np.ndarray:
     if ls > log_s[-1]:  # coarser than the table: maxima scale with the area of a punctum
         a = _NOISE_RATE_A[-1] - 2.0 * (ls - log_s[-1])
     u = np.asarray(u, float)
-    return np.exp(a + _NOISE_RATE_B * u + _NOISE_RATE_C * u**2)
+    log_rate = a + _NOISE_RATE_B * u + _NOISE_RATE_C * u**2
+    if axial_sigma_px is not None:
+        log_z = np.log(np.asarray(_NOISE_RATE_Z_SIGMA))
+        lz = float(np.log(axial_sigma_px))
+        d = np.interp(lz, log_z, _NOISE_RATE_Z_D)
+        e = np.interp(lz, log_z, _NOISE_RATE_Z_E)
+        if lz > log_z[-1]:  # finer planes than the table: maxima scale with 1 / axial sigma
+            d = _NOISE_RATE_Z_D[-1] - (lz - log_z[-1])
+        log_rate = log_rate + d + e * (u - 4.0)
+    return np.exp(log_rate)
 
 
 def _gaussian_equivalent(u: np.ndarray, skew: float) -> np.ndarray:
@@ -902,9 +935,14 @@ def _mirror_windows(stack: np.ndarray, plane: np.ndarray, pts: np.ndarray, R: in
 
 @functools.lru_cache(maxsize=64)
 def _surround_ratio_cached(sigma: tuple[float, ...], b: tuple[float, ...]) -> float:
-    r = int(np.ceil(4 * max(max(sigma), 1.0) + 8 * max(b)))
-    delta = np.zeros((2 * r + 1,) * 2)
-    delta[r, r] = 1.0
+    if len(sigma) == 3:  # (a stack: each axis its own reach)
+        r3 = tuple(int(np.ceil(4 * max(s_, 1.0) + 8 * b_)) for s_, b_ in zip(sigma, b))
+        delta = np.zeros(tuple(2 * r_ + 1 for r_ in r3))
+        delta[r3] = 1.0
+    else:
+        r = int(np.ceil(4 * max(max(sigma), 1.0) + 8 * max(b)))
+        delta = np.zeros((2 * r + 1,) * 2)
+        delta[r, r] = 1.0
     spot = ndi.gaussian_filter(delta, sigma, mode="constant")
     b1 = ndi.gaussian_filter(spot, b, mode="constant")
     resp = ndi.gaussian_filter(spot - 2.0 * b1 + ndi.gaussian_filter(b1, b, mode="constant"), sigma, mode="constant")
@@ -913,14 +951,22 @@ def _surround_ratio_cached(sigma: tuple[float, ...], b: tuple[float, ...]) -> fl
 
 def _surround_ratio(scale: "_Scale") -> float:
     """Depth of the negative surround of a punctum's nominal response (the high pass leaves a
-    ring below zero around it) as a fraction of its peak (~0.14 for the default background
-    radius of twice the punctum radius)."""
-    return _surround_ratio_cached(tuple(float(v) for v in scale.sigma[-2:]), tuple(float(v) for v in scale.b[-2:]))
+    ring below zero around it) as a fraction of its peak (~0.14 in a plane for the default
+    background radius of twice the punctum radius)."""
+    return _surround_ratio_cached(tuple(float(v) for v in scale.sigma), tuple(float(v) for v in scale.b))
 
 
 def _kernel_skew_factor(scale: "_Scale") -> float:
-    """``sum w^3 / (sum w^2)^(3/2)`` of the response kernel of a scale (2-D): the skewness of
-    the response per unit skewness of independent pixel noise."""
+    """``sum w^3 / (sum w^2)^(3/2)`` of the response kernel of a scale (2-D or 3-D): the
+    skewness of the response per unit skewness of independent pixel noise."""
+    if len(scale.sigma) == 3:  # (a stack: the kernel spans planes too, each axis its own reach)
+        r3 = np.ceil(4 * np.maximum(scale.filters[2], 1.0)).astype(int)
+        delta = np.zeros(tuple(2 * r3 + 1))
+        delta[tuple(r3)] = 1.0
+        b1 = ndi.gaussian_filter(delta, scale.b, mode="constant")
+        hh = delta - 2.0 * b1 + ndi.gaussian_filter(b1, scale.b, mode="constant")
+        w = ndi.gaussian_filter(hh, scale.sigma, mode="constant")
+        return float(np.sum(w**3) / np.sum(w**2) ** 1.5)
     r = int(np.ceil(4 * max(scale.filters[2].max(), 1.0)))
     delta = np.zeros((2 * r + 1,) * 2)
     delta[r, r] = 1.0
@@ -1295,10 +1341,10 @@ def detect_puncta(
         Drop spots that a blob 2.5x broader than a punctum explains significantly better
         (out-of-focus puncta of neighbouring planes in a single optical section).
     noise_fdr : float or None
-        Largest expected fraction of the reported puncta that are noise maxima (2-D images).
-        The threshold is raised above ``threshold_sd`` to the lowest significance ``u`` at
-        which the number of noise maxima expected in the field (:func:`noise_detection_rate`
-        times the number of pixels) is at most ``noise_fdr`` times the number of puncta
+        Largest expected fraction of the reported puncta that are noise maxima (planes and
+        stacks).  The threshold is raised above ``threshold_sd`` to the lowest significance ``u``
+        at which the number of noise maxima expected in the field (:func:`noise_detection_rate`
+        times the number of pixels, or of voxels) is at most ``noise_fdr`` times the number of puncta
         above ``u`` (a Benjamini-Hochberg step-up with the calibrated noise rate, corrected
         for skewed noise; module docstring), or, when larger, the number of punctum-shaped dips
         at least as deep in the residual (the image's own negative control, step 8 of the
@@ -1485,13 +1531,16 @@ def detect_puncta(
         inside &= ~outside[ij[:, 0], ij[:, 1]]
     pos, k, a, t, sn = pos[inside], k[inside], a[inside], t[inside], sn[inside]
     threshold_used = float(threshold_sd)
-    if noise_fdr is not None and ndim == 2 and len(t):
+    if noise_fdr is not None and len(t):
         # step-up: the lowest significance at which expected noise maxima <= fdr x reported
         order = np.sort(t)[::-1]
         # skewed pixel noise (few photons, clipping, photomultiplier gain) has a heavier upper
         # tail: the Gaussian equivalent of each significance, with the response's skewness
         gamma = noise_info["skew"] * _kernel_skew_factor(_Scale((1,) * ndim, sigma0, bg))
-        expected = noise_detection_rate(_gaussian_equivalent(order, gamma), float(sigma0[-1])) * arr.size
+        # (per voxel in a stack: a maximum stands above the planes around it too)
+        axial = float(sigma0[0]) if ndim == 3 else None
+        expected = noise_detection_rate(_gaussian_equivalent(order, gamma), float(sigma0[-1]),
+                                        axial_sigma_px=axial) * arr.size
         # the image's own negative control: punctum-shaped dips of the residual at least as
         # deep (background structure that pixel noise does not account for)
         neg = np.sort(found["neg"])
@@ -1802,6 +1851,7 @@ def _detect_block(
         z_res /= sd_nom
         peaks = _extrema(z_res, footprint, z_res >= threshold_sd)
         new = _subpixel(z_res, peaks, edges)
+        del z_res
         if len(new):
             dist, _ = cKDTree(pos / sep).query(new / sep)
             new = new[dist >= 1.0]
@@ -1809,23 +1859,23 @@ def _detect_block(
             break  # (split puncta go through the second fit even without new candidates)
         pos = np.concatenate([pos, new])
 
-    neg = np.zeros(0)
-    if ndim == 2:
-        neg_at = _negative_control(hh_img, pos, a, sig_all[k], f_nom, sd_nom, nominal,
-                                   scales[-1] if reject_out_of_focus else None, bg, footprint, 0.5 * threshold_sd)
-        if len(neg_at) and len(pos):
-            # a dip on the centre pixel of a more significant punctum is that punctum's model
-            # error (the fitted Gaussian misses the pixel-integrated peak of a spot narrower
-            # than a pixel), not background: a peak there could not have been reported
-            dist, j = cKDTree(pos).query(neg_at[:, :2])
-            neg_at = neg_at[~((dist <= 1.0) & (t[j] >= neg_at[:, 2]))]
-        if region is not None and len(neg_at):
-            neg_at = neg_at[np.all((neg_at[:, :2] >= region[0]) & (neg_at[:, :2] < region[1]), axis=1)]
-        neg = neg_at[:, 2]
+    # (the pixel noise at every punctum first: its map goes before the negative control's maps)
+    sn = ndi.map_coordinates(noise, pos.T, order=1, mode="nearest") if len(pos) else np.zeros(0)
+    del noise
+    neg_at = _negative_control(hh_img, pos, a, sig_all[k], f_nom, sd_nom, nominal,
+                               scales[-1] if reject_out_of_focus else None, bg, footprint, 0.5 * threshold_sd)
+    if len(neg_at) and len(pos):
+        # a dip on the centre pixel of a more significant punctum is that punctum's model
+        # error (the fitted Gaussian misses the pixel-integrated peak of a spot narrower
+        # than a pixel), not background: a peak there could not have been reported
+        dist, j = cKDTree(pos).query(neg_at[:, :ndim])
+        neg_at = neg_at[~((dist <= 1.0) & (t[j] >= neg_at[:, ndim]))]
+    if region is not None and len(neg_at):
+        neg_at = neg_at[np.all((neg_at[:, :ndim] >= region[0]) & (neg_at[:, :ndim] < region[1]), axis=1)]
+    neg = neg_at[:, ndim]
     if region is not None and len(pos):
         own = np.all((pos >= region[0]) & (pos < region[1]), axis=1)
-        pos, k, a, t = pos[own], k[own], a[own], t[own]
-    sn = ndi.map_coordinates(noise, pos.T, order=1, mode="nearest") if len(pos) else np.zeros(0)
+        pos, k, a, t, sn = pos[own], k[own], a[own], t[own], sn[own]
     return {"pos": pos, "k": k, "a": a, "t": t, "sn": sn, "n_cand": n_cand, "neg": neg}
 
 
@@ -2013,7 +2063,7 @@ def _negative_control(
     min_depth: float,
 ) -> np.ndarray:
     """Punctum-shaped dips of the residual: the image's own estimate of how often its background
-    alone makes a punctum of a given significance (2-D).
+    alone makes a punctum of a given significance (planes and stacks).
 
     The fitted puncta are subtracted (their model seen through the same high pass, so their
     negative surround goes too) and the local minima of the residual's nominal significance,
@@ -2022,7 +2072,8 @@ def _negative_control(
     (out-of-focus haze, autofluorescent texture), dips as often and as deeply as it peaks,
     and a dip cannot be a punctum.  A dip that a blob 2.5 x broader explains significantly
     better (the test that puncta pass, step 4) is not counted, as a broad bump is not
-    reported.  Returns (n, 3): row, column and depth (in noise SDs, >= ``min_depth``).
+    reported.  Returns (n, ndim + 1): the dip's pixel ((plane,) row, column) and its depth (in
+    noise SDs, >= ``min_depth``).
     """
     if len(pos):
         hh_model = _double_high_pass(_render(hh_img.shape, pos, a, sig), bg)[0]
@@ -2045,9 +2096,16 @@ def _negative_control(
             reach = 3.0 * np.sqrt((broad.sigma if broad is not None else nominal.sigma) ** 2 + 2.0 * bg**2)
             height = z[tuple(bumps.T)] * _surround_ratio(nominal)
             # (every dip-bump pair within the reach at once: a list per dip summed in Python
-            # took half of this step)
-            pairs = cKDTree(dips / reach).sparse_distance_matrix(cKDTree(bumps / reach), 1.0, output_type="ndarray")
-            surround = np.bincount(pairs["i"], height[pairs["j"]], minlength=len(dips))
+            # took half of this step; a stack's reach holds tens of bumps per dip, so there the
+            # dips go in chunks: 7 million pairs, 176 MB, in a dense 30-plane field)
+            bump_tree = cKDTree(bumps / reach)
+            step = len(dips) if hh_img.ndim == 2 else _DIP_CHUNK
+            surround = np.zeros(len(dips))
+            for c0 in range(0, len(dips), max(step, 1)):
+                part = dips[c0 : c0 + step]
+                pairs = cKDTree(part / reach).sparse_distance_matrix(bump_tree, 1.0, output_type="ndarray")
+                surround[c0 : c0 + len(part)] = np.bincount(pairs["i"], height[pairs["j"]], minlength=len(part))
+                del pairs
             keep = surround < depth
             dips, depth, rn = dips[keep], depth[keep], rn[keep]
     if broad is not None and len(dips):
@@ -2064,7 +2122,7 @@ def _negative_control(
             gain = depth**2 * (fit_b / np.maximum(fit_n, 1e-300) - 1.0)
         keep = ~(gain > _LIKELIHOOD_GAIN)
         dips, depth = dips[keep], depth[keep]
-    return np.column_stack([dips.astype(float), depth]) if len(dips) else np.zeros((0, 3))
+    return np.column_stack([dips.astype(float), depth]) if len(dips) else np.zeros((0, hh_img.ndim + 1))
 
 
 def _tiles(lateral: tuple[int, ...], tile_px: int | None) -> list[tuple[tuple[int, int], tuple[int, int]]]:
