@@ -47,9 +47,11 @@ calibrate: setup
 	$(PY) benchmarks/calibrate_split.py
 
 # validation against real images, an independent simulator (sim-fish) and the peer big-fish;
-# then the spine images' quality columns against the hand-marked real frames (every 5th frame)
+# puncta in sim-fish z-stacks; then the spine images' quality columns against the hand-marked
+# real frames (every 5th frame)
 validate: $(VALIDATE_STAMP)
 	$(PY) benchmarks/validate_real.py
+	$(PY) benchmarks/validate_stacks.py
 	$(PY) benchmarks/validate_spine_quality.py --every 5
 
 $(VALIDATE_STAMP): $(STAMP) pyproject.toml

@@ -546,9 +546,9 @@ def synapse_density(
     pixel_size_um : float
         Lateral pixel size.
     z_step_um : float, optional
-        Axial step: with a ``z`` column the density is per volume.  A punctum centred within
-        its axial half width of the first or last plane cannot be located (its light is cut
-        off by the stack's end), so the volume counted is the stack's ``n_z`` planes
+        Axial step: with a ``z`` column the density is per volume.  The light of a punctum
+        beyond the first or last plane is reported on that plane (the detector keeps centres
+        inside the stack), so the volume counted is the stack's ``n_z`` planes
         (``puncta.attrs['n_z']``) minus a guard band at either end of ``max(1 plane, axial
         half width)`` (``puncta.attrs['axial_radius_um']``), and only puncta whose fitted
         ``z`` lies inside it are counted.  A stack too thin for any volume inside the guard

@@ -181,7 +181,9 @@ def noise_sd_map(
         ``alpha``, ``beta`` (the fitted line), ``zero_level`` (``-beta / alpha``: the
         intensity with no photons, i.e. the offset, NaN without a slope) and ``skew`` (the
         skewness of the pixel noise in the darkest quarter of the boxes, in [0, 2]);
-        ``var_min``, ``var_max``: the variance range the line is clipped to.
+        ``var_min``, ``var_max``: the variance range the line is clipped to; for a stack,
+        ``plane_sd``: each plane's noise SD over the line's (its boxes' median), by which
+        the map of that plane is scaled.
 
     Examples
     --------
@@ -211,6 +213,8 @@ def noise_sd_map(
     skew = _dark_skewness(rb[ok], lev[ok], var[ok])
     del rb
     info = _noise_line(var[ok], lev[ok], skew)
+    if img.ndim == 3:
+        info["plane_sd"] = _plane_sd_factors(info, var, lev, img.shape[0])
     return _noise_at(info, level), info
 
 
@@ -360,12 +364,36 @@ def _noise_model(
         m3 = sums[3] / n - 3.0 * mean * sums[2] / n + 2.0 * mean**3
         if m2 > 0:
             skew = float(np.clip(6.0 * m3 / m2**1.5, 0.0, 2.0))
-    return _noise_line(var[ok], lev[ok], skew)
+    info = _noise_line(var[ok], lev[ok], skew)
+    if nd == 3:
+        info["plane_sd"] = _plane_sd_factors(info, var, lev, img.shape[0])
+    return info
+
+
+def _plane_sd_factors(info: dict[str, float], var: np.ndarray, lev: np.ndarray, n_planes: int) -> tuple[float, ...]:
+    """Per plane of a stack, the noise SD of its boxes over the stack's fitted line (the square
+    root of the median ratio of box variance to the line at the box level; 1 for a plane
+    without boxes of noise).  The planes of a stack are taken one after another, and gain,
+    laser power or bleaching can change between them: a plane noisier than the line says would
+    have its noise maxima taken for puncta.  ``var`` and ``lev`` are the boxes of every plane,
+    in the order of :func:`_blocks` (plane first)."""
+    line = np.clip(info["alpha"] * lev + info["beta"], info["var_min"], info["var_max"])
+    ratio = (var / line).reshape(n_planes, -1)
+    out = []
+    for r, v in zip(ratio, var.reshape(n_planes, -1)):
+        r = r[v > 0]
+        out.append(float(np.sqrt(np.median(r))) if len(r) else 1.0)
+    return tuple(out)
 
 
 def _noise_at(info: dict[str, float], level: np.ndarray) -> np.ndarray:
-    """The fitted noise line of :func:`noise_sd_map` evaluated at another intensity level."""
-    return np.sqrt(np.clip(info["alpha"] * level + info["beta"], info["var_min"], info["var_max"]))
+    """The fitted noise line of :func:`noise_sd_map` evaluated at another intensity level (a
+    stack's planes each scaled by their own factor, ``info["plane_sd"]``, when it has them)."""
+    sd = np.sqrt(np.clip(info["alpha"] * level + info["beta"], info["var_min"], info["var_max"]))
+    planes = info.get("plane_sd")
+    if planes is not None and np.ndim(level) == 3 and len(planes) == np.shape(level)[0]:
+        sd *= np.asarray(planes)[:, None, None]
+    return sd
 
 
 def _dark_skewness(resid_blocks: np.ndarray, level: np.ndarray, var: np.ndarray) -> float:

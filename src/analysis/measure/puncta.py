@@ -9,10 +9,12 @@ fitted amplitude is significant is kept:
    ``var = alpha * intensity + beta``).  Both coefficients are fitted to the image itself: the
    median absolute deviation (MAD) of Immerkaer's noise residual (a 3 x 3 second difference
    that cancels smooth signal) in boxes of a few micrometres, against the box intensity
-   (:func:`noise_sd_map`).
+   (:func:`noise_sd_map`).  In a stack each plane's noise is scaled by its own boxes (gain
+   and laser power can change from plane to plane).
 2. **Significance.**  A punctum's amplitude is estimated by least squares (a Gaussian of the
    expected size on top of a local background: everything smoother than
-   ``background_radius_um`` is removed by subtracting a Gaussian blur) and divided by its
+   ``background_radius_um`` is removed by subtracting a Gaussian blur, in a stack after
+   each plane's median level) and divided by its
    exact noise SD under the fitted noise model.  For an isolated punctum this is a matched
    filter with ~87 % of the ideal sensitivity (~1.3 x that of a Laplacian of Gaussian).
 3. **Candidates.**  Local maxima of a sharper Laplacian of Gaussian (0.6 x the punctum size),
@@ -30,7 +32,8 @@ fitted amplitude is significant is kept:
    (chi-square gain > 20 plus the model error of step 6; two spots closer than the minimum
    separation make one maximum) is replaced by the two, which stay two in the second fit down
    to one sigma apart (2-D; :func:`_split_unresolved`).  Every filter reflects the image at
-   its edges, so a punctum within two response widths of an image edge is seen with its
+   its edges (a stack's first and last planes too), so a punctum within two response widths
+   of an image edge is seen with its
    mirror image: its own response, amplitude, size choice and centre across that edge use
    the part of it inside the image folded at the edge (:func:`_folded_overlap`; a plain
    parabola put a punctum 1 pixel inside 0.7 pixel outward and lost most puncta of sigma
@@ -143,14 +146,14 @@ _NOISE_RATE_B, _NOISE_RATE_C = 3.2215, -0.87421
 #: with ``d``, ``e`` tabulated against the axial punctum sigma in planes (measured by
 #: ``benchmarks/calibrate_noise_rate.py --stacks`` at the default threshold: 24 white-noise
 #: stacks of 256 x 256 pixels and 24-32 planes per size, lateral sigma 1.27 px; within ~20 % of
-#: the counts above 4.25-5.5 SDs, 10-30 % high at 4).  A maximum of a stack must also stand
+#: the counts above 4.25-5 SDs, 10-30 % high at 4).  A maximum of a stack must also stand
 #: above the planes around it, so the factor falls as a punctum spans more planes (as
 #: ``1 / sigma`` beyond the table, by random-field theory); the fit of a 3-D spot has a heavier
-#: upper tail than a plane's (``e > 0``).  Stacks at lateral sigmas 0.8-3 px agree within
-#: ~25 %; stacks of 5 planes have 1.5-3x fewer noise maxima per voxel (on the safe side).
+#: upper tail than a plane's (``e > 0``).  Stacks at lateral sigmas 0.8-3 px have 0.78-1.14x
+#: the tabulated rate; stacks of 5 planes 0.59-1.08x.
 _NOISE_RATE_Z_SIGMA = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0)
-_NOISE_RATE_Z_D = (-0.994, -0.847, -0.455, -0.809, -1.055, -1.374, -1.714, -2.359)
-_NOISE_RATE_Z_E = (0.214, 1.019, 0.845, 1.496, 1.391, 0.986, 0.843, 1.053)
+_NOISE_RATE_Z_D = (-0.854, -0.744, -0.374, -0.722, -0.866, -1.240, -1.500, -1.992)
+_NOISE_RATE_Z_E = (0.073, 0.970, 0.863, 1.455, 1.206, 1.083, 1.017, 0.676)
 #: Images up to this many pixels per side are processed whole by :func:`detect_puncta` (every
 #: image of the simulated studies); larger ones in tiles of at most :data:`LARGE_TILE_PX`.
 TILE_PX = 1024
@@ -386,8 +389,8 @@ def _patches(level: np.ndarray, centres: np.ndarray, radius: np.ndarray, padded:
 
 
 def _subpixel(z: np.ndarray, peaks: np.ndarray, edges: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Quadratic (parabola) refinement of integer peak positions along each axis (lateral
-    coordinates kept within ``edges``, see :func:`_within_lateral_edges`)."""
+    """Quadratic (parabola) refinement of integer peak positions along each axis (kept within
+    ``edges``, see :func:`_within_edges`)."""
     out = peaks.astype(float)
     f0 = z[tuple(peaks.T)]
     for ax in range(z.ndim):
@@ -400,7 +403,7 @@ def _subpixel(z: np.ndarray, peaks: np.ndarray, edges: tuple[np.ndarray, np.ndar
         with np.errstate(divide="ignore", invalid="ignore"):
             off = np.where(den < 0, 0.5 * (fm - fp) / den, 0.0)
         out[:, ax] += np.clip(off, -0.5, 0.5)
-    return _within_lateral_edges(out, edges)
+    return _within_edges(out, edges)
 
 
 def _extrema(z: np.ndarray, size: tuple[int, ...], mask: np.ndarray, lowest: bool = False) -> np.ndarray:
@@ -450,27 +453,29 @@ def _extrema(z: np.ndarray, size: tuple[int, ...], mask: np.ndarray, lowest: boo
 
 
 def _image_edges(shape: tuple[int, ...], region: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Lateral limits of puncta positions in a block: the outermost pixel centres where the
-    block's edge is the image's edge (no limit where it is a tile's margin)."""
-    lo = np.zeros(2)
-    hi = np.array(shape[-2:], float) - 1.0
+    """Limits of puncta positions in a block, per axis (a stack's planes too): the outermost
+    pixel centres where the block's edge is the image's edge (no limit where it is a tile's
+    margin; tiles never cut the planes)."""
+    lo = np.zeros(len(shape))
+    hi = np.array(shape, float) - 1.0
     if region is not None:
-        lo = np.where(np.isfinite(region[0][-2:]), -np.inf, lo)
-        hi = np.where(np.isfinite(region[1][-2:]), np.inf, hi)
+        lo = np.where(np.isfinite(region[0]), -np.inf, lo)
+        hi = np.where(np.isfinite(region[1]), np.inf, hi)
     return lo, hi
 
 
-def _within_lateral_edges(p: np.ndarray, edges: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    """Positions with the lateral (last two) coordinates kept within ``edges`` (see
-    :func:`_image_edges`).  At a reflecting image edge a punctum on the outermost pixel and its
-    mirror image are one blob centred on the edge itself, so the sub-pixel steps would carry it
-    half a pixel or more outward, where the model no longer fits the light and the punctum
-    falls outside the field (sim-fish's spots on edge pixels were missed); on the outermost
-    pixel the model (punctum plus mirror image) is the data."""
+def _within_edges(p: np.ndarray, edges: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Positions kept within ``edges`` (see :func:`_image_edges`).  At a reflecting image edge a
+    punctum on the outermost pixel (or plane) and its mirror image are one blob centred on the
+    edge itself, so the sub-pixel steps would carry it half a pixel or more outward, where the
+    model no longer fits the light and the punctum falls outside the field (sim-fish's spots on
+    edge pixels were missed, and every one of its spots on the first or last plane of a
+    stack); on the outermost pixel the model (punctum plus mirror image) is the data."""
     if edges is None or len(p) == 0:
         return p
+    n = len(edges[0])
     out = p.copy()
-    out[:, -2:] = np.clip(out[:, -2:], edges[0], edges[1])
+    out[:, -n:] = np.clip(out[:, -n:], edges[0], edges[1])
     return out
 
 
@@ -519,16 +524,17 @@ def _folded_overlap(
 
 
 def _edge_lines(p: np.ndarray, edges: tuple[np.ndarray, np.ndarray] | None, reach: np.ndarray) -> np.ndarray:
-    """Per punctum and axis, the reflecting edge line (half a pixel beyond the outermost pixel)
-    nearer than ``reach`` (pixels, per axis), NaN where there is none (far from the edges, a
-    tile's margin, the axial axis).  The filters see a punctum within that reach of an image
-    edge together with its mirror image across that line (:func:`_folded_overlap`)."""
+    """Per punctum and axis, the reflecting edge line (half a pixel, or plane, beyond the
+    outermost one) nearer than ``reach`` (pixels, per axis), NaN where there is none (far from
+    the edges, a tile's margin).  The filters see a punctum within that reach of an image edge
+    together with its mirror image across that line (:func:`_folded_overlap`)."""
     e = np.full(p.shape, np.nan)
     if edges is None or len(p) == 0:
         return e
     ndim = p.shape[1]
-    for k in range(2):
-        ax = ndim - 2 + k
+    n = len(edges[0])
+    for k in range(n):
+        ax = ndim - n + k
         lo, hi = edges[0][k] - 0.5, edges[1][k] + 0.5
         d_lo, d_hi = p[:, ax] - lo, hi - p[:, ax]
         line = np.where(d_lo <= d_hi, lo, hi)
@@ -807,7 +813,7 @@ def _refine(
         step = grid[rows, np.minimum(best + 1, grid.shape[1] - 1)] - grid[rows, best]
         step = np.where(inner, step, 0.0)
         out[near[ok], ax] = (grid[rows, best] + np.clip(np.nan_to_num(frac), -0.5, 0.5) * step)[ok]
-    return _within_lateral_edges(out, edges)
+    return _within_edges(out, edges)
 
 
 # --------------------------------------------------------------------------- detection
@@ -845,7 +851,7 @@ def noise_detection_rate(u: np.ndarray | float, sigma_px: float, axial_sigma_px:
     planes (a maximum must stand above the planes around it too):
 
     >>> round(float(noise_detection_rate(4.0, 1.3, axial_sigma_px=2.0) * 1e4), 2)
-    0.13
+    0.14
     """
     log_s = np.log(np.asarray(_NOISE_RATE_SIGMA_PX))
     ls = float(np.log(sigma_px))
@@ -1475,6 +1481,12 @@ def detect_puncta(
     c_all = (2 * np.pi) ** (ndim / 2) * np.prod(sig_all, axis=1)
     settings = {"sigma0": sigma0, "bg": bg, "sep": sep, "noise_info": noise_info, "threshold_sd": threshold_sd,
                 "reject_out_of_focus": reject_out_of_focus}
+    if ndim == 3:
+        # each plane's own level (its median) is background too: the planes of a stack differ
+        # in brightness (laser power, flicker), which the background's blur across planes does
+        # not follow, and a plane brighter than its neighbours was covered in puncta (sim-fish
+        # stacks with 5 % brightness flicker between planes: 1,068 false puncta around 450 spots)
+        settings["plane_level"] = np.array([float(np.median(pl)) for pl in arr])
     # the edge of a not-imaged fill cuts puncta like an image edge: none is split near it
     no_split = None
     if outside is not None and outside.any():
@@ -1593,9 +1605,11 @@ def _detect_block(
     reject_out_of_focus: bool,
     region: tuple[np.ndarray, np.ndarray] | None = None,
     no_split: np.ndarray | None = None,
+    plane_level: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Steps 2-4 of :func:`detect_puncta` on one block of the image (the whole image, or a
-    tile with its margin): candidates, joint fit and pruning, second pass.  Returns the
+    tile with its margin; ``plane_level``: a stack's planes' levels, removed as background):
+    candidates, joint fit and pruning, second pass.  Returns the
     puncta (``pos`` in the block's pixels, size index ``k``, amplitude ``a``, significance
     ``t``, local pixel noise ``sn``) whose centre lies in ``region`` (lo <= p < hi per axis; all
     without), and ``n_cand``."""
@@ -1606,6 +1620,10 @@ def _detect_block(
     ndim = img.ndim
     shape = img.shape
     hh_img, blur2 = _double_high_pass(img, bg)  # H'H I: the image seen by every size's response
+    if plane_level is not None:
+        # the planes' levels as a background of their own: their part of H'H I goes
+        hh_lev = _double_high_pass(np.asarray(plane_level, float), bg[:1])[0]
+        hh_img -= hh_lev[:, None, None]
     noise = _noise_at(noise_info, blur2)
     del blur2
     scales = [_Scale(shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]
@@ -2011,7 +2029,7 @@ def _split_unresolved(
     rest = np.setdiff1d(np.arange(n), cand)
     m = len(cand)
     (a1, a2), (t1, t2_) = amp2[cand].T, t2[cand].T
-    return (np.concatenate([pos[rest], _within_lateral_edges(np.concatenate([p1, p2]), edges)]),
+    return (np.concatenate([pos[rest], _within_edges(np.concatenate([p1, p2]), edges)]),
             np.concatenate([k[rest], np.full(2 * m, nom)]),
             np.concatenate([a[rest], a1, a2]),
             np.concatenate([t[rest], t1, t2_]), m, (pos[cand], a[cand], k[cand]))

@@ -1,0 +1,140 @@
+"""Puncta in z-stacks from an independent simulator, beside big-fish (part of ``make validate``).
+
+sim-fish (``simfish.simulate_images`` with ``ndim=3``; not ours) renders stacks of 16 planes of
+256 x 256 pixels, 100 nm pixels and 300 nm planes, with Gaussian spots of lateral / axial sigma
+150 / 350 nm (250 / 600 nm in the "wide" case) on a Poisson background of 300, 3 stacks per
+case.  Two detectors run on each stack:
+
+* ``ours``: :func:`analysis.measure.puncta.detect_puncta` with its defaults, given the pixel
+  size and the z step only;
+* ``big-fish``: ``bigfish.detection.detect_spots`` with its automatic (elbow) threshold, given
+  the voxel size and the true spot sigmas in nm.
+
+A detection matches a true spot one-to-one (:func:`analysis.measure.matching.match_points`)
+within 2 pixels laterally and 1.5 planes axially (an ellipsoid).  sim-fish puts spots on the
+first and last planes too (at whole planes), and the "pure noise" case has no spot at all:
+every detection there is false.  The "flicker" cases are the medium case with each plane's
+brightness multiplied by ``1 + f * N(0, 1)`` (laser power or detector gain changing between
+planes).
+
+Usage::
+
+    python benchmarks/validate_stacks.py      # ~2 min on one core
+
+Writes ``benchmarks/results/validate_stacks.csv`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.measure.matching import match_points
+from analysis.measure.puncta import detect_puncta
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from validate_real import RESULTS, fmt, md_table, prf, timed  # noqa: E402
+
+PX_NM, DZ_NM = 100.0, 300.0
+SHAPE = (16, 256, 256)
+MATCH = np.array([1.5, 2.0, 2.0])  # planes, pixels, pixels
+#: (name, spots per stack, peak amplitude, background, lateral sigma nm, axial sigma nm, flicker)
+CASES: list[tuple[str, int, float, float, float, float, float]] = [
+    ("sparse bright", 20, 5000, 300, 150, 350, 0.0),
+    ("medium", 150, 300, 300, 150, 350, 0.0),
+    ("medium faint", 150, 115, 300, 150, 350, 0.0),
+    ("crowded", 800, 1000, 300, 150, 350, 0.0),
+    ("medium wide", 150, 300, 300, 250, 600, 0.0),
+    ("pure noise", 0, 0, 300, 150, 350, 0.0),
+    ("medium, flicker 5 %", 150, 300, 300, 150, 350, 0.05),
+    ("medium, flicker 15 %", 150, 300, 300, 150, 350, 0.15),
+]
+
+
+def ours(image: np.ndarray, sigma_nm: tuple[float, float]) -> np.ndarray:
+    """Our detector with its defaults; (n, 3) z, y, x in planes and pixels."""
+    return detect_puncta(image, PX_NM / 1000, z_step_um=DZ_NM / 1000)[["z", "y", "x"]].to_numpy(float).reshape(-1, 3)
+
+
+def bigfish(image: np.ndarray, sigma_nm: tuple[float, float]) -> np.ndarray:
+    """big-fish ``detect_spots`` (automatic threshold) given the true sigmas; (n, 3)."""
+    from bigfish.detection import detect_spots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spots = detect_spots(np.asarray(image, np.float64), threshold=None, voxel_size=(DZ_NM, PX_NM, PX_NM),
+                             spot_radius=(sigma_nm[1], sigma_nm[0], sigma_nm[0]))
+    return np.asarray(spots, float).reshape(-1, 3)
+
+
+def stacks(k: int, n: int, amp: float, bg: float, s: float, sz: float, flicker: float,
+           seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Three sim-fish stacks of one case and their true (z, y, x); global RNG seeded here."""
+    import simfish
+
+    np.random.seed([seed, 3, k])
+    gen = simfish.simulate_images(3, 3, max(n, 1), image_shape=SHAPE, image_dtype=np.uint16,
+                                  voxel_size=(DZ_NM, PX_NM, PX_NM), sigma=(sz, s, s), amplitude=max(amp, 1e-9),
+                                  noise_level=bg)
+    rng = np.random.default_rng([seed, 4, k])
+    out = []
+    for img, gt in gen:
+        truth = np.asarray(gt, float)[:, :3] if n else np.zeros((0, 3))
+        if flicker:
+            f = 1.0 + flicker * rng.standard_normal(img.shape[0])
+            img = np.clip(np.rint(img * f[:, None, None]), 0, 65535).astype(np.uint16)
+        out.append((img, truth))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    rows = []
+    for k, (name, n, amp, bg, s, sz, flicker) in enumerate(CASES):
+        for i, (img, truth) in enumerate(stacks(k, n, amp, bg, s, sz, flicker, args.seed)):
+            for det_name, det in (("ours", ours), ("big-fish", bigfish)):
+                pts, secs, note = timed(lambda im, _px, _s: det(im, (s, sz)), img, PX_NM / 1000, s / 1000)
+                pts = pts.reshape(-1, 3)
+                m = match_points(pts / MATCH, truth / MATCH, 1.0)
+                border = (truth[:, 0] < 0.5) | (truth[:, 0] > SHAPE[0] - 1.5)
+                hit = np.zeros(len(truth), bool)
+                hit[m.pairs[:, 1]] = True
+                rows.append({"case": name, "image": i, "detector": det_name, "tp": m.tp, "fp": m.fp, "fn": m.fn,
+                             "border_spots": int(border.sum()), "border_found": int(hit[border].sum()),
+                             "seconds": secs, "note": note})
+        print(f"  {name} done", flush=True)
+    df = pd.DataFrame(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "validate_stacks.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+    g = df.groupby(["case", "detector"], sort=False).agg(
+        tp=("tp", "sum"), fp=("fp", "sum"), fn=("fn", "sum"), border=("border_spots", "sum"),
+        border_found=("border_found", "sum"), sec=("seconds", "median")).reset_index()
+    g["precision"] = g.tp / (g.tp + g.fp).where(g.tp + g.fp > 0)
+    g["recall"] = g.tp / (g.tp + g.fn).where(g.tp + g.fn > 0)
+    g["f1"] = 2 * g.tp / (2 * g.tp + g.fp + g.fn).where(2 * g.tp + g.fp + g.fn > 0)
+    out = []
+    for case, sub in g.groupby("case", sort=False):
+        row: dict[str, str] = {"case": case}
+        for r in sub.itertuples():
+            row[f"{r.detector} P / R / F1"] = prf(r)
+            row[f"{r.detector} false"] = fmt(int(r.fp))
+            row[f"{r.detector} first / last plane found"] = f"{int(r.border_found)} / {int(r.border)}"
+        for r in sub.itertuples():
+            row[f"{r.detector} s / stack"] = fmt(r.sec, 2)
+        out.append(row)
+    print(md_table(pd.DataFrame(out)))
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
