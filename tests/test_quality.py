@@ -116,9 +116,10 @@ def test_fit_brightness_that_leaves_its_grid_summarises_the_detected_puncta() ->
     """The 60 maxima of a tiny 3-plane stack (test_bad_input_images.py) drove the truncated fit to
     mu = -1529: a mean SNR of 0.0 (and 0/0 for the modelled recall) went into the image's row.
     Now the detected puncta's own summary, as for too few puncta.  (The detector no longer
-    reports those maxima, since stacks have a background of their own per plane and the noise
-    false-discovery step: 6 puncta.  Their table is built here as it was: 54 maxima piled just
-    above the cut of 4 noise SDs, 6 bright puncta.)"""
+    reports those maxima: since session 34 each plane's level is background and the stack's
+    first and last planes are edges, and it finds the 6 puncta, with or without the noise
+    false-discovery step.  Their table is built here as it was: 54 maxima piled just above the
+    cut of 4 noise SDs, 6 bright puncta.)"""
     import warnings
 
     rng = np.random.default_rng(0)

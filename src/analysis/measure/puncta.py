@@ -82,8 +82,8 @@ fitted amplitude is significant is kept:
    sim-fish fields of bright spots this removed most false puncta next to bright ones
    (crowded, sigma 100 nm: 148 -> 2 in 4 images; 8-bit: 25 -> 4) at no cost in recall.
    Steps 7 and 8 hold in stacks too (before, stacks kept ``threshold_sd``: pure noise stacks
-   gave 4-151 puncta per 256 x 256 field; sim-fish stacks of sparse bright spots 36 false
-   puncta around 60 spots, now 1).
+   gave 4-151 puncta per 256 x 256 field, now 0-1; sim-fish stacks of sparse bright spots 36
+   false puncta around 60 spots, now 3).
 9. **Hot pixels.**  A pixel 10 noise SDs above its surroundings whose four neighbours carry
    less than 0.15 of its excess is not light through the optics (the neighbours of a
    Gaussian spot's peak carry at least ``exp(-1 / (2 sigma^2))`` of it), once the measured
