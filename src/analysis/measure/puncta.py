@@ -168,7 +168,7 @@ LARGE_TILE_PX = 768
 _STRIP_PX = 256
 _BATCH_BYTES = 4 * 2**20  # image patches of the candidates held at once (32 MB: the peak of a tile)
 _PAIR_CHUNK = 1 << 18  # candidate pairs whose overlaps are computed at once (about 30 MB of temporaries per chunk in 3-D)
-_DIP_CHUNK = 8192  # dips of a stack whose surrounding bumps are summed at once (negative control)
+_DIP_CHUNK = 8192  # dips whose surrounding bumps are summed at once (negative control)
 _PSF_MODEL_ERROR = 0.05  # relative error of the Gaussian PSF model near a bright punctum
 _PROTECT = 0.1  # two weak candidates compete for the same light above this correlation
 
@@ -941,14 +941,9 @@ def _mirror_windows(stack: np.ndarray, plane: np.ndarray, pts: np.ndarray, R: in
 
 @functools.lru_cache(maxsize=64)
 def _surround_ratio_cached(sigma: tuple[float, ...], b: tuple[float, ...]) -> float:
-    if len(sigma) == 3:  # (a stack: each axis its own reach)
-        r3 = tuple(int(np.ceil(4 * max(s_, 1.0) + 8 * b_)) for s_, b_ in zip(sigma, b))
-        delta = np.zeros(tuple(2 * r_ + 1 for r_ in r3))
-        delta[r3] = 1.0
-    else:
-        r = int(np.ceil(4 * max(max(sigma), 1.0) + 8 * max(b)))
-        delta = np.zeros((2 * r + 1,) * 2)
-        delta[r, r] = 1.0
+    r = tuple(int(np.ceil(4 * max(s_, 1.0) + 8 * b_)) for s_, b_ in zip(sigma, b))  # (each axis its own reach)
+    delta = np.zeros(tuple(2 * r_ + 1 for r_ in r))
+    delta[r] = 1.0
     spot = ndi.gaussian_filter(delta, sigma, mode="constant")
     b1 = ndi.gaussian_filter(spot, b, mode="constant")
     resp = ndi.gaussian_filter(spot - 2.0 * b1 + ndi.gaussian_filter(b1, b, mode="constant"), sigma, mode="constant")
@@ -965,20 +960,12 @@ def _surround_ratio(scale: "_Scale") -> float:
 def _kernel_skew_factor(scale: "_Scale") -> float:
     """``sum w^3 / (sum w^2)^(3/2)`` of the response kernel of a scale (2-D or 3-D): the
     skewness of the response per unit skewness of independent pixel noise."""
-    if len(scale.sigma) == 3:  # (a stack: the kernel spans planes too, each axis its own reach)
-        r3 = np.ceil(4 * np.maximum(scale.filters[2], 1.0)).astype(int)
-        delta = np.zeros(tuple(2 * r3 + 1))
-        delta[tuple(r3)] = 1.0
-        b1 = ndi.gaussian_filter(delta, scale.b, mode="constant")
-        hh = delta - 2.0 * b1 + ndi.gaussian_filter(b1, scale.b, mode="constant")
-        w = ndi.gaussian_filter(hh, scale.sigma, mode="constant")
-        return float(np.sum(w**3) / np.sum(w**2) ** 1.5)
-    r = int(np.ceil(4 * max(scale.filters[2].max(), 1.0)))
-    delta = np.zeros((2 * r + 1,) * 2)
-    delta[r, r] = 1.0
-    b1 = ndi.gaussian_filter(delta, scale.b[-2:], mode="constant")
-    hh = delta - 2.0 * b1 + ndi.gaussian_filter(b1, scale.b[-2:], mode="constant")
-    w = ndi.gaussian_filter(hh, scale.sigma[-2:], mode="constant")
+    r = np.ceil(4 * np.maximum(scale.filters[2], 1.0)).astype(int)  # (each axis its own reach)
+    delta = np.zeros(tuple(2 * r + 1))
+    delta[tuple(r)] = 1.0
+    b1 = ndi.gaussian_filter(delta, scale.b, mode="constant")
+    hh = delta - 2.0 * b1 + ndi.gaussian_filter(b1, scale.b, mode="constant")
+    w = ndi.gaussian_filter(hh, scale.sigma, mode="constant")
     return float(np.sum(w**3) / np.sum(w**2) ** 1.5)
 
 
@@ -2113,14 +2100,13 @@ def _negative_control(
         if len(bumps):
             reach = 3.0 * np.sqrt((broad.sigma if broad is not None else nominal.sigma) ** 2 + 2.0 * bg**2)
             height = z[tuple(bumps.T)] * _surround_ratio(nominal)
-            # (every dip-bump pair within the reach at once: a list per dip summed in Python
-            # took half of this step; a stack's reach holds tens of bumps per dip, so there the
-            # dips go in chunks: 7 million pairs, 176 MB, in a dense 30-plane field)
+            # (the dip-bump pairs within the reach, for chunks of dips at once: a list per dip
+            # summed in Python took half of this step, and a stack's reach holds tens of bumps
+            # per dip: 7 million pairs, 176 MB, at once in a dense 30-plane field)
             bump_tree = cKDTree(bumps / reach)
-            step = len(dips) if hh_img.ndim == 2 else _DIP_CHUNK
             surround = np.zeros(len(dips))
-            for c0 in range(0, len(dips), max(step, 1)):
-                part = dips[c0 : c0 + step]
+            for c0 in range(0, len(dips), _DIP_CHUNK):
+                part = dips[c0 : c0 + _DIP_CHUNK]
                 pairs = cKDTree(part / reach).sparse_distance_matrix(bump_tree, 1.0, output_type="ndarray")
                 surround[c0 : c0 + len(part)] = np.bincount(pairs["i"], height[pairs["j"]], minlength=len(part))
                 del pairs
