@@ -39,11 +39,16 @@ def test_noise_model_in_strips_equals_the_whole_image(plane: np.ndarray) -> None
         for key in ("alpha", "beta", "var_min", "var_max"):
             assert info[key] == whole[key]
         assert info["skew"] == pytest.approx(whole["skew"], rel=1e-9, abs=1e-12)
-    # and for a stack (boxes per plane)
-    stack = np.stack([plane[:200, :300], plane[200:400, :300], plane[400:600, :300]])
+        # (the correlation figure: the wide operator in two 1-D passes here, per box there)
+        assert info["correlation"] == pytest.approx(whole["correlation"], rel=1e-9)
+    # and for a stack (boxes per plane), with the correlation figure along z too
+    stack = np.stack([plane[:200, :300], plane[200:400, :300], plane[400:600, :300]] * 2)
     _, whole3 = noise_sd_map(stack.astype(np.float64), 0.2)
     info3 = synapses._noise_model(stack, 0.2, strip_px=64)
     assert info3["alpha"] == whole3["alpha"] and info3["beta"] == whole3["beta"]
+    assert info3["correlation"] == pytest.approx(whole3["correlation"], rel=1e-9)
+    assert info3["axial_correlation"] == pytest.approx(whole3["axial_correlation"], rel=1e-9)
+    assert np.isfinite(whole3["axial_correlation"])
 
 
 def test_punctum_size_in_strips_equals_the_whole_image(plane: np.ndarray, field: phantoms.SynapseField) -> None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -29,6 +30,43 @@ MAD_TO_SD = 1.4826
 #: Immerkaer's noise operator (difference of two Laplacians), scaled to unit noise gain: it
 #: cancels any locally linear signal, and white noise of SD ``s`` comes out with SD ``s``.
 IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]) / 6.0
+#: :func:`noise_correlation` above which the pixel noise is taken as correlated (smoothed,
+#: median-filtered, interpolated or denoised): a correlation over ~0.6 px (Gaussian
+#: smoothing: 9.5 at 0.7 px, 37 at 1 px; 2x interpolation ~130).  Every validation set reads
+#: 0.9-2.6 (the dense faint puncta of the culture fields and the crowded sim-fish spots the
+#: highest: a dense field of faint puncta is itself a correlated field), so milder smoothing
+#: (0.4-0.5 px, a 3 x 3 median: 1.3-3.1) is not caught (benchmarks/RESULTS.md, session 33).
+CORRELATED_NOISE = 5.0
+_IMMERKAER_1D = np.array([1.0, -2.0, 1.0])
+_IMMERKAER_WIDE_1D = np.array([1.0, 0.0, -2.0, 0.0, 1.0])  # (its taps 2 px apart)
+
+
+def _immerkaer_wide(img: np.ndarray) -> np.ndarray:
+    """Immerkaer's operator with its taps 2 px apart, on each plane (two 1-D passes)."""
+    out = ndi.correlate1d(img, _IMMERKAER_WIDE_1D, axis=-2, mode="reflect")
+    ndi.correlate1d(out, _IMMERKAER_WIDE_1D, axis=-1, mode="reflect", output=out)
+    out /= 6.0
+    return out
+
+
+def _wide_box_var(img: np.ndarray, nb: list[int], bs: list[int], start: tuple[int, int],
+                  which: np.ndarray) -> np.ndarray:
+    """:func:`_box_var` of :func:`_immerkaer_wide` in the boxes ``which`` (a boolean over the
+    boxes in the order of :func:`_blocks`) only: each box is read with the operator's margin
+    (the image reflected at its edges, as :func:`_immerkaer_wide` does)."""
+    lead = img.shape[:-2]
+    n_planes = int(np.prod(lead)) if lead else 1
+    flat = img.reshape((n_planes,) + img.shape[-2:])
+    pad = np.pad(flat, ((0, 0), (2, 2), (2, 2)), mode="symmetric")
+    plane, row, col = np.unravel_index(np.flatnonzero(which), (n_planes, nb[0], nb[1]))
+    y = start[0] + row * bs[0]
+    x = start[1] + col * bs[1]
+    win = np.lib.stride_tricks.sliding_window_view(pad, (bs[0] + 4, bs[1] + 4), axis=(1, 2))
+    w = win[plane, y, x]  # (boxes, bs + 4, bs + 4), windows of the padded image
+    v = _IMMERKAER_WIDE_1D
+    along_y = sum(v[i] * w[:, i : i + bs[0], :] for i in range(5) if v[i])
+    out = sum(v[i] * along_y[:, :, i : i + bs[1]] for i in range(5) if v[i]) / 6.0
+    return _box_var(out.reshape(len(out), -1))
 
 
 def robust_sd(x: np.ndarray, max_samples: int = 200_000) -> float:
@@ -181,9 +219,10 @@ def noise_sd_map(
         ``alpha``, ``beta`` (the fitted line), ``zero_level`` (``-beta / alpha``: the
         intensity with no photons, i.e. the offset, NaN without a slope) and ``skew`` (the
         skewness of the pixel noise in the darkest quarter of the boxes, in [0, 2]);
-        ``var_min``, ``var_max``: the variance range the line is clipped to; for a stack,
-        ``plane_sd``: each plane's noise SD over the line's (its boxes' median), by which
-        the map of that plane is scaled.
+        ``var_min``, ``var_max``: the variance range the line is clipped to;
+        ``correlation``: :func:`noise_correlation` (of the darkest quarter of the boxes by
+        ``level``); for a stack, ``plane_sd``: each plane's noise SD over the line's (its
+        boxes' median), by which the map of that plane is scaled.
 
     Examples
     --------
@@ -213,8 +252,12 @@ def noise_sd_map(
     skew = _dark_skewness(rb[ok], lev[ok], var[ok])
     del rb
     info = _noise_line(var[ok], lev[ok], skew)
+    dark = lev <= np.quantile(lev, 0.25)
+    info["correlation"] = _correlation(var[dark], _wide_box_var(img, nb, bs, start, dark))
     if img.ndim == 3:
         info["plane_sd"] = _plane_sd_factors(info, var, lev, img.shape[0])
+        v1, v2 = _axial_box_vars(img, nb, bs, start)
+        info["axial_correlation"] = _axial_correlation(v1[dark], v2[dark])
     return _noise_at(info, level), info
 
 
@@ -244,6 +287,37 @@ def _box_grid(shape: tuple[int, ...], pixel_size_um: float,
         sizes.append(bs)
         starts.append((n - nb * bs) // 2)
     return nbs, sizes, (starts[0], starts[1])
+
+
+def _correlation(var1: np.ndarray, var2: np.ndarray) -> float:
+    """:func:`noise_correlation` from the box variances of Immerkaer's operator with its taps 1
+    and 2 px apart (the darkest quarter of the boxes)."""
+    v1, v2 = float(np.median(var1)), float(np.median(var2))
+    return v2 / v1 if v1 > 0 else float("nan")
+
+
+def _axial_box_vars(stack: np.ndarray, nb: list[int], bs: list[int],
+                    start: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """Box variances (:func:`_box_var`, boxes in the order of :func:`_blocks`) of the second
+    difference along z with its taps 1 and 2 planes apart; NaN on the two planes at each end
+    (whose differences reach beyond the stack)."""
+    out = []
+    for taps in (_IMMERKAER_1D, _IMMERKAER_WIDE_1D):
+        v = _box_var(_blocks(ndi.correlate1d(stack, taps, axis=0, mode="reflect"), nb, bs, start))
+        v = v.reshape(stack.shape[0], -1)
+        v[:2] = v[-2:] = np.nan
+        out.append(v.ravel())
+    return out[0], out[1]
+
+
+def _axial_correlation(var1: np.ndarray, var2: np.ndarray) -> float:
+    """:func:`noise_correlation` along z from :func:`_axial_box_vars` (the darkest quarter of
+    the boxes), squared: on the scale of the lateral figure, whose operator is the product of
+    a second difference along each of two axes (NaN for a stack of fewer than 5 planes)."""
+    ok = np.isfinite(var1)
+    if not ok.any():
+        return float("nan")
+    return _correlation(var1[ok], var2[ok]) ** 2
 
 
 def _box_var(rb: np.ndarray) -> np.ndarray:
@@ -318,14 +392,19 @@ def _noise_model(
     cols = slice(left, left + nb[1] * bs[1])
     kernel = IMMERKAER.reshape((1,) * (nd - 2) + (3, 3))
 
-    def strip_maps(b0: int, b1: int, need_level: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def strip_maps(b0: int, b1: int, need_level: bool) -> tuple[np.ndarray, Any]:
+        """The strip's boxes of Immerkaer's residual, and their levels (or, without
+        ``need_level``, their residual with the taps 2 px apart and, for a stack, the box
+        variances of :func:`_axial_box_vars`)."""
         y0, y1 = top + b0 * bs[0], top + b1 * bs[0]
         r0, r1 = max(0, y0 - margin), min(img.shape[-2], y1 + margin)
         blk = np.asarray(img[..., r0:r1, :], dtype=np.float64)
         resid = ndi.correlate(blk, kernel, mode="reflect")[..., y0 - r0 : y1 - r0, cols]
         rb = _blocks(resid, [b1 - b0, nb[1]], bs)
         if not need_level:
-            return rb, None
+            wb = _blocks(_immerkaer_wide(blk)[..., y0 - r0 : y1 - r0, cols], [b1 - b0, nb[1]], bs)
+            axial = _axial_box_vars(blk[..., y0 - r0 : y1 - r0, cols], [b1 - b0, nb[1]], bs) if nd == 3 else None
+            return rb, (wb, axial)
         level = ndi.gaussian_filter(blk, [0.0] * (nd - 2) + [sig] * 2)[..., y0 - r0 : y1 - r0, cols]
         return rb, np.median(_blocks(level, [b1 - b0, nb[1]], bs), axis=1)
 
@@ -341,18 +420,27 @@ def _noise_model(
     ok = var > 0
     if not ok.any():
         return _no_noise_info(np.array([float(img.min()), float(img.max())]))[1]
-    # skewness of the darkest quarter of the boxes (:func:`_dark_skewness`), from power sums
+    # skewness of the darkest quarter of the boxes (:func:`_dark_skewness`), from power sums,
+    # and the wide operator's variances there (:func:`noise_correlation`; of all boxes)
     dark = np.zeros(len(var), bool)
     dark[np.flatnonzero(ok)] = lev[ok] <= np.quantile(lev[ok], 0.25)
+    dark_all = lev <= np.quantile(lev, 0.25)
     sums = np.zeros(4)
+    wide_var = np.zeros(len(var))
+    axial_var = np.full((2, len(var)), np.nan)
     grid = np.arange(len(var)).reshape(n_planes, nb[0], nb[1])
     for b0 in range(0, nb[0], rows):
         b1 = min(nb[0], b0 + rows)
         idx = grid[:, b0:b1].ravel()
         sel = dark[idx]
+        if not (sel.any() or dark_all[idx].any()):
+            continue
+        rb, (wb, axial) = strip_maps(b0, b1, False)
+        wide_var[idx[dark_all[idx]]] = _box_var(wb[dark_all[idx]])
+        if axial is not None:
+            axial_var[:, idx] = axial
         if not sel.any():
             continue
-        rb, _ = strip_maps(b0, b1, False)
         r = rb[sel] / np.sqrt(np.maximum(var[idx[sel]], 1e-300))[:, None]
         r = np.clip(r - np.median(r, axis=1, keepdims=True), -6.0, 6.0).ravel()
         sums += [r.size, r.sum(), (r**2).sum(), (r**3).sum()]
@@ -365,8 +453,10 @@ def _noise_model(
         if m2 > 0:
             skew = float(np.clip(6.0 * m3 / m2**1.5, 0.0, 2.0))
     info = _noise_line(var[ok], lev[ok], skew)
+    info["correlation"] = _correlation(var[dark_all], wide_var[dark_all])
     if nd == 3:
         info["plane_sd"] = _plane_sd_factors(info, var, lev, img.shape[0])
+        info["axial_correlation"] = _axial_correlation(axial_var[0, dark_all], axial_var[1, dark_all])
     return info
 
 
@@ -424,9 +514,11 @@ def noise_correlation(image: np.ndarray, pixel_size_um: float, *, box_um: float 
     (an image smoothed, median-filtered, interpolated or denoised) is cancelled by the 1 px
     operator much more than by the 2 px one.  Returned: the ratio of the two robust (MAD)
     variances, median over the darkest quarter of the boxes of :func:`noise_sd_map` (the
-    fewest puncta: dense punctate staining adds to the 2 px variance too).  Gaussian-smoothed
-    independent noise gives ~1.3 / 2.2 / 9.5 / 37 at a smoothing sigma of 0.4 / 0.5 / 0.7 / 1 px,
-    a 3 x 3 median ~3, 2x interpolation ~130 (benchmarks/RESULTS.md, session 33).
+    fewest puncta: dense punctate staining adds to the 2 px variance too), as measured by
+    :func:`noise_sd_map` (its ``info["correlation"]``).  Gaussian-smoothed independent noise
+    gives ~1.3 / 2.2 / 9.5 / 37 at a smoothing sigma of 0.4 / 0.5 / 0.7 / 1 px, a 3 x 3 median
+    ~3, 2x interpolation ~130 (benchmarks/RESULTS.md, session 33); above
+    :data:`CORRELATED_NOISE` the puncta detector measures the noise on its filtered image.
 
     Parameters
     ----------
@@ -451,15 +543,4 @@ def noise_correlation(image: np.ndarray, pixel_size_um: float, *, box_um: float 
     >>> bool(noise_correlation(ndi.gaussian_filter(noise, 1.0), 0.1) > 20)
     True
     """
-    img = np.asarray(image, dtype=np.float64)
-    lead = (1,) * (img.ndim - 2)
-    wide = np.zeros((5, 5))
-    wide[::2, ::2] = IMMERKAER
-    nb, bs, start = _box_grid(img.shape, pixel_size_um, box_um)
-    level = np.median(_blocks(ndi.gaussian_filter(img, [0.0] * (img.ndim - 2) + [0.5 / pixel_size_um] * 2),
-                              nb, bs, start), axis=1)
-    var = [_box_var(_blocks(ndi.correlate(img, k.reshape(lead + k.shape), mode="reflect"), nb, bs, start))
-           for k in (IMMERKAER, wide)]
-    dark = level <= np.quantile(level, 0.25)
-    v1, v2 = float(np.median(var[0][dark])), float(np.median(var[1][dark]))
-    return v2 / v1 if v1 > 0 else float("nan")
+    return float(noise_sd_map(image, pixel_size_um, box_um=box_um)[1].get("correlation", np.nan))

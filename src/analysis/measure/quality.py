@@ -36,7 +36,7 @@ from scipy import optimize, special
 
 from analysis.measure.puncta import _render as render_spots
 from analysis.measure.area import _exact_medians
-from analysis.measure.noise import noise_correlation, noise_sd_map
+from analysis.measure.noise import CORRELATED_NOISE, noise_correlation, noise_sd_map
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.puncta import detect_puncta, match_points
 
@@ -69,18 +69,19 @@ log = logging.getLogger(__name__)
 #: ``max_saturated_fraction`` (images above it are rejected by
 #: :func:`analysis.pipeline.quantify.image_problem` anyway), ``max_noise_correlation``
 #: (:func:`analysis.measure.noise.noise_correlation`: the puncta detector's noise model takes
-#: the pixel noise as independent; pure noise smoothed, median-filtered or interpolated gives
-#: thousands of false puncta per 1,000 um^2.  At most 5, a correlation over ~0.6 px: every
+#: the pixel noise as independent; above :data:`analysis.measure.noise.CORRELATED_NOISE` (5, a
+#: correlation over ~0.6 px) it measures the noise of its filtered image instead, which keeps
+#: pure noise clean but costs faint puncta (benchmarks/RESULTS.md, session 35).  Every
 #: validation set reads 0.9-2.6, the dense faint puncta of the culture fields and crowded
-#: sim-fish spots the highest, so milder smoothing is not caught; benchmarks/RESULTS.md,
-#: session 33).
+#: sim-fish spots the highest; milder smoothing is not caught, and pure noise smoothed over
+#: 0.5 px or median-filtered still gives thousands of false puncta per 1,000 um^2; session 33).
 VALIDATED_RANGE: dict[str, dict[str, Any]] = {
     "puncta": {
         "pixel_size_um": (0.05, 0.8),
         "bit_depth": (8, 12, 16),
         "min_snr": 2.7,
         "max_saturated_fraction": 0.01,
-        "max_noise_correlation": 5.0,
+        "max_noise_correlation": CORRELATED_NOISE,
     },
     "microglia": {
         # phantoms at 0.2 um, the EMBL Iba1 images at 0.755 um
@@ -1068,7 +1069,7 @@ def image_quality(
                                                    noise_correlation=corr)
     if corr > VALIDATED_RANGE[readout].get("max_noise_correlation", np.inf):
         log.warning("the pixel noise is correlated between neighbouring pixels (%.3g, independent noise: 1): "
-                    "a smoothed, median-filtered, interpolated or denoised image? The puncta detector takes the "
-                    "noise as independent and counts noise as puncta on such images; this row is outside the "
+                    "a smoothed, median-filtered, interpolated or denoised image? The puncta detector measured "
+                    "its noise on the filtered image instead, which costs faint puncta; this row is outside the "
                     "validated range: measure the raw image", corr)
     return row
