@@ -900,7 +900,7 @@ def processed(img: np.ndarray, sigma_px: float, median: int, zoom: int, order: i
 
 def part_k(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     """Puncta in processed images (correlated pixel noise): pure noise, sim-fish, our phantoms."""
-    from analysis.measure.noise import noise_correlation
+    from analysis.measure.noise import neighbour_tie_ratio, noise_correlation
     from analysis.sim.phantoms import SNR_LEVELS, render_synapse_field
 
     px = 0.1
@@ -924,11 +924,11 @@ def part_k(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
             im = processed(img, sigma_px, median, zoom, order)
             # (scipy's zoom maps the corner pixels onto each other)
             scale = (np.array(im.shape) - 1) / (np.array(img.shape) - 1)
-            corr = noise_correlation(im, px / zoom)
+            corr, ties = noise_correlation(im, px / zoom), neighbour_tie_ratio(im)
             for det_name, det in DETECTORS.items():
                 pts, secs, note = timed(det, im, px / zoom, sigma_um)
                 row = {"processing": kind, "set": set_name, "detector": det_name, "n_found": len(pts),
-                       "area_um2": img.size * px**2, "noise_correlation": corr, "note": note}
+                       "area_um2": img.size * px**2, "noise_correlation": corr, "tie_ratio": ties, "note": note}
                 if truth is not None:
                     m = match_points(np.asarray(pts, float).reshape(-1, 2) / scale, truth, match_px)
                     row.update(tp=m.tp, fp=m.fp, fn=m.fn)
@@ -938,7 +938,8 @@ def part_k(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     save(df, "k_processed")
     out = []
     for kind, sub in df.groupby("processing", sort=False):
-        row = {"processing": kind, "noise correlation (median)": fmt(sub["noise_correlation"].median(), 1)}
+        row = {"processing": kind, "noise correlation / tie ratio (median)":
+               f"{fmt(sub['noise_correlation'].median(), 1)} / {fmt(sub['tie_ratio'].median(), 1)}"}
         for det_name in DETECTORS:
             d = sub[sub.detector == det_name]
             nz = d[d.set == "pure noise"]
@@ -951,9 +952,11 @@ def part_k(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     note = (f"{n} images of 256 x 256 px at 0.1 um per set (pure noise: the Poisson-Gaussian 16-bit camera of part d; "
             "sim-fish: its medium case at sigma 150 nm, peak SNR 13; our phantoms at default SNR), processed as "
             "named (interpolated images detected at 0.05 um pixels, positions mapped back), matched as in parts b and "
-            "c.  Noise correlation: `analysis.measure.noise.noise_correlation`, median over the set's images (1: "
-            "independent pixels); above 5 (`CORRELATED_NOISE`) our detector measures the noise of its filtered image "
-            "instead of the pixel noise model's (`noise_factor`)")
+            "c.  Noise correlation: `analysis.measure.noise.noise_correlation`; tie ratio: "
+            "`analysis.measure.noise.neighbour_tie_ratio` (how much more often neighbouring pixels are equal than "
+            "pixels 3 apart); medians over the set's images, both ~1 for independent pixels.  Above 5 "
+            "(`CORRELATED_NOISE`), or a tie ratio above 2.5 (`TIED_NEIGHBOURS`, a median filter), our detector "
+            "measures the noise of its filtered image instead of the pixel noise model's (`noise_factor`)")
     return pd.DataFrame(out), note
 
 

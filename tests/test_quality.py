@@ -190,7 +190,8 @@ def test_image_quality_is_deterministic_and_bounded() -> None:
     b = image_quality(f.image, PX, p, mask=mask, seed=[0, 1], min_spikes=30, rounds=1, window_px=128)
     assert a == b
     assert set(a) == {"measured_snr", "spike_in_recall", "spike_in_recall_ci_low", "spike_in_recall_ci_high",
-                      "est_precision", "saturated_fraction", "in_validated_range", "noise_correlation"}
+                      "est_precision", "saturated_fraction", "in_validated_range", "noise_correlation",
+                      "tie_ratio"}
     assert 0 <= a["spike_in_recall_ci_low"] <= a["spike_in_recall"] <= a["spike_in_recall_ci_high"] <= 1
     assert 0 <= a["est_precision"] <= 1 and a["in_validated_range"] is True
 
@@ -212,6 +213,11 @@ def test_correlated_pixel_noise_takes_a_puncta_row_out_of_the_validated_range(ca
     assert "pixel noise is correlated" in caplog.text and "measure the raw image" in caplog.text
     assert not in_validated_range(0.1, 16, 8.0, noise_correlation=6.0)
     assert in_validated_range(0.1, 16, 8.0, noise_correlation=2.6)  # the culture fields' darkest boxes
+    # a median filter (Fiji's Despeckle) reads as mildly correlated (3-4) but ties neighbours
+    despeckled = ndi.median_filter(f.image, 3)
+    row = image_quality(despeckled, PX, detect_puncta(despeckled, PX), spike_in=False)
+    assert rows["raw"]["tie_ratio"] < 1.5 and row["tie_ratio"] > 2.5 and not row["in_validated_range"]
+    assert in_validated_range(0.1, 16, 8.0, tie_ratio=1.7)  # the culture fields
 
 
 def test_wilson_interval() -> None:

@@ -6,6 +6,8 @@
   (:data:`IMMERKAER`), insensitive to smooth signal, edges and bright objects;
 * :func:`noise_correlation`: whether the pixel noise is independent, as the models above
   assume (1), or correlated by smoothing, a median filter or interpolation (well above 1);
+  :func:`neighbour_tie_ratio`: whether a median filter has copied values into neighbouring
+  pixels (a correlation the former reads as mild);
 * :func:`noise_sd_map`: a spatially varying noise model (Poisson-Gaussian: variance linear
   in the local level, fitted per image in boxes), and :func:`background_corrected`, the
   smoothed image minus a broad background with its noise SD; used by the puncta detector,
@@ -21,7 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = ["MAD_TO_SD", "IMMERKAER", "robust_sd", "noise_sd", "noise_sd_map", "background_corrected",
-           "noise_correlation"]
+           "noise_correlation", "neighbour_tie_ratio"]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,14 @@ IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]) / 
 #: smoothing: 9.5 at 0.7 px, 37 at 1 px; 2x interpolation ~130).  Every validation set reads
 #: 0.9-2.6 (the dense faint puncta of the culture fields and the crowded sim-fish spots the
 #: highest: a dense field of faint puncta is itself a correlated field), so milder smoothing
-#: (0.4-0.5 px, a 3 x 3 median: 1.3-3.1) is not caught (benchmarks/RESULTS.md, session 33).
+#: (0.4-0.5 px: 1.3-2.2) is not caught, nor a 3 x 3 median (~3; :data:`TIED_NEIGHBOURS` is)
+#: (benchmarks/RESULTS.md, sessions 33 and 35).
 CORRELATED_NOISE = 5.0
+#: :func:`neighbour_tie_ratio` above which an image is taken as median-filtered (its pixel noise
+#: correlated although :func:`noise_correlation` reads 3-4): raw images read 0.95-1.7 (every
+#: validation set: sim-fish, our phantoms, the culture fields, five kinds of pure noise),
+#: a 3 x 3 median 2.9-160 (benchmarks/RESULTS.md, session 35).
+TIED_NEIGHBOURS = 2.5
 _IMMERKAER_1D = np.array([1.0, -2.0, 1.0])
 _IMMERKAER_WIDE_1D = np.array([1.0, 0.0, -2.0, 0.0, 1.0])  # (its taps 2 px apart)
 
@@ -504,6 +512,32 @@ def _dark_skewness(resid_blocks: np.ndarray, level: np.ndarray, var: np.ndarray)
         return 0.0
     g = float(np.mean((r - r.mean()) ** 3)) / m2**1.5
     return float(np.clip(6.0 * g, 0.0, 2.0))
+
+
+def neighbour_tie_ratio(image: np.ndarray) -> float:
+    """How much more often a pixel equals its right-hand neighbour than the pixel three to its
+    right: ~1 for independent pixel noise, more where the signal is smooth on the scale of the
+    noise's quantisation, and far more after a median filter, which copies one value into
+    neighbouring pixels (:data:`TIED_NEIGHBOURS`).  Pixels at the image's lowest or highest value
+    (clipped) are left out.  NaN when fewer than 100 pixels tie with either neighbour.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> noise = (rng.poisson(50, (256, 256)) * 3 + 500).astype(np.uint16)
+    >>> bool(0.8 < neighbour_tie_ratio(noise) < 1.2), bool(neighbour_tie_ratio(ndi.median_filter(noise, 3)) > 3)
+    (True, True)
+    """
+    a = np.asarray(image)
+    lo, hi = a.min(), a.max()
+    left = a[..., :-3]
+    valid = (left != lo) & (left != hi)
+    ties = []
+    for right in (a[..., 1:-2], a[..., 3:]):
+        ties.append(int(np.count_nonzero((right == left) & valid & (right != lo) & (right != hi))))
+    if ties[0] + ties[1] < 100:
+        return float("nan")
+    return ties[0] / max(ties[1], 1)
 
 
 def noise_correlation(image: np.ndarray, pixel_size_um: float, *, box_um: float = 3.0) -> float:

@@ -12,15 +12,18 @@ fitted amplitude is significant is kept:
    (:func:`noise_sd_map`).  In a stack each plane's noise is scaled by its own boxes (gain
    and laser power can change from plane to plane).  Noise correlated between pixels (an
    image smoothed, interpolated or denoised; :func:`~analysis.measure.noise.noise_correlation`
-   above :data:`~analysis.measure.noise.CORRELATED_NOISE`) passes a punctum-sized filter far
-   more than that residual says (pure noise smoothed at 1 px: 3,230 false puncta per
+   above :data:`~analysis.measure.noise.CORRELATED_NOISE`, or neighbouring pixels tied by a
+   median filter, :data:`~analysis.measure.noise.TIED_NEIGHBOURS`) passes a punctum-sized
+   filter far more than that residual says (pure noise smoothed at 1 px: 3,230 false puncta per
    1,000 um^2).  There the noise of the filtered image itself is measured instead, as the
    spread of the lower half of the nominal response in the darkest quarter of the image
    (puncta add to the upper half): the model's noise is scaled by it (``noise_factor``).
 2. **Significance.**  A punctum's amplitude is estimated by least squares (a Gaussian of the
    expected size on top of a local background: everything smoother than
    ``background_radius_um`` is removed by subtracting a Gaussian blur, in a stack after
-   each plane's median level) and divided by its
+   each plane's median level; a plane brighter or dimmer than the planes' trend, by laser
+   power or gain changing between planes, is first divided by its gain above the offset,
+   :func:`_plane_gains`) and divided by its
    exact noise SD under the fitted noise model.  For an isolated punctum this is a matched
    filter with ~87 % of the ideal sensitivity (~1.3 x that of a Laplacian of Gaussian).
 3. **Candidates.**  Local maxima of a sharper Laplacian of Gaussian (0.6 x the punctum size),
@@ -126,8 +129,8 @@ from analysis.measure.hotpixels import MIN_SIGMA_PX as _HOT_MIN_SIGMA_PX
 from analysis.measure.hotpixels import hot_pixels as _hot_pixels
 from analysis.measure.hotpixels import repaired as _repaired
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
-from analysis.measure.noise import (CORRELATED_NOISE, MAD_TO_SD, _gauss_radius, _noise_at, _noise_model, _row_strips,
-                                    noise_sd_map, robust_sd)
+from analysis.measure.noise import (CORRELATED_NOISE, MAD_TO_SD, TIED_NEIGHBOURS, _gauss_radius, _noise_at,
+                                    _noise_model, _row_strips, neighbour_tie_ratio, noise_sd_map, robust_sd)
 
 __all__ = [
     "detect_puncta",
@@ -1176,8 +1179,9 @@ def estimate_axial_radius(
     averages the profile over the punctum's footprint), the ``n_points`` brightest local maxima
     of the maximum projection whose brightest plane is not the first or last are taken, and
     the axial profile through each is fitted by least squares with a point-sampled Gaussian
-    plus a straight line (the background's trend with depth), over a grid of sizes (log-spaced over ``radius_range_um``) and of centres
-    within the brightest plane; spots fitted at least 8 noise SDs high count, the best size of
+    plus a straight line (the background's trend with depth), over a grid of sizes
+    (log-spaced over ``radius_range_um``) and of centres within the brightest plane; spots
+    whose fitted Gaussian stands at least 8 noise SDs high on the planes count, the best size of
     each is refined by a parabola in log size and the median is returned (spots at the largest
     size are left out while 5 others remain, as in :func:`estimate_punctum_radius`; when they
     are more than half of the spots, the largest size is returned).  The
@@ -1322,9 +1326,9 @@ def detect_puncta(
     ----------
     image : ndarray
         Raw intensities (not background-subtracted, not deconvolved: the noise model assumes
-        independent pixel noise; strongly correlated noise is measured on the filtered image
-        instead, at a cost in sensitivity, and mildly smoothed or median-filtered noise gives
-        false puncta), YX or ZYX.
+        independent pixel noise; strongly correlated noise, or a median filter's, is
+        measured on the filtered image instead, at a cost in sensitivity, and mildly smoothed
+        noise, Gaussian ~0.5 px, still gives false puncta), YX or ZYX.
     pixel_size_um : float
         Lateral pixel size.
     z_step_um : float, optional
@@ -1401,9 +1405,11 @@ def detect_puncta(
         ``noise_sd`` (local pixel noise SD, times ``noise_factor``).  ``attrs`` holds ``n_z``
         (planes), the parameters, the noise model (``noise_alpha``, ``noise_beta``),
         ``noise_correlation`` (:func:`~analysis.measure.noise.noise_correlation`; in a stack
-        the larger of it and the same figure along z) and
-        ``noise_factor`` (1, or, for correlated noise, the factor by which the filtered
-        image's noise exceeds the model's; module docstring, step 1).
+        the larger of it and the same figure along z), ``tie_ratio``
+        (:func:`~analysis.measure.noise.neighbour_tie_ratio`) and ``noise_factor`` (1, or,
+        for correlated noise, the factor by which the filtered image's noise exceeds the
+        model's; module docstring, step 1).  In a stack whose planes' brightness jumps,
+        intensities are in units of the planes' trend (step 2).
 
     Examples
     --------
@@ -1448,6 +1454,7 @@ def detect_puncta(
         if len(tiles) == 1:
             img = np.asarray(arr, dtype=np.float64)
             noise0, info = noise_sd_map(img, pixel_size_um, box_um=noise_box_um)
+            info["tie_ratio"] = neighbour_tie_ratio(arr)
             if estimated:
                 projected = noise0 if ndim == 2 else None  # (a stack's projection has its own noise)
                 radius = estimate_punctum_radius(img, pixel_size_um, noise_sd=projected)
@@ -1456,6 +1463,7 @@ def detect_puncta(
         # computed strip by strip and tile by tile, never on full-size floating-point maps
         strip = min(int(tile_px), _STRIP_PX)
         info = _noise_model(arr, pixel_size_um, box_um=noise_box_um, strip_px=strip)
+        info["tie_ratio"] = neighbour_tie_ratio(arr)
         if estimated:
             radius = estimate_punctum_radius(arr, pixel_size_um, strip_px=strip,
                                              noise_model=info if ndim == 2 else None)
@@ -1623,6 +1631,7 @@ def detect_puncta(
             "noise_alpha": noise_info["alpha"],
             "noise_beta": noise_info["beta"],
             "noise_correlation": _noise_correlation(noise_info),
+            "tie_ratio": float(noise_info.get("tie_ratio", np.nan)),
             "noise_factor": float(found["noise_factor"]),
             "not_imaged_px": int(outside.sum()) if outside is not None else 0,
             "hot_pixels": int(n_hot),
@@ -1663,7 +1672,10 @@ def _detect_block(
         hh_lev = _double_high_pass(np.asarray(plane_level, float), bg[:1])[0]
         hh_img -= hh_lev[:, None, None]
     noise = _noise_at(noise_info, blur2)
-    correlated = _noise_correlation(noise_info) > CORRELATED_NOISE
+    # (a median filter's ties: their noise reads as mildly correlated, 3-4, and gave ~2,000
+    # false puncta per 1,000 um^2 of noise)
+    correlated = (_noise_correlation(noise_info) > CORRELATED_NOISE
+                  or noise_info.get("tie_ratio", 1.0) > TIED_NEIGHBOURS)
     dark = blur2 <= np.quantile(blur2, 0.25) if correlated else None
     del blur2
     scales = [_Scale(shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]

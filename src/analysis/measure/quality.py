@@ -36,7 +36,7 @@ from scipy import optimize, special
 
 from analysis.measure.puncta import _render as render_spots
 from analysis.measure.area import _exact_medians
-from analysis.measure.noise import CORRELATED_NOISE, noise_correlation, noise_sd_map
+from analysis.measure.noise import CORRELATED_NOISE, TIED_NEIGHBOURS, neighbour_tie_ratio, noise_correlation, noise_sd_map
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.puncta import detect_puncta, match_points
 
@@ -74,7 +74,10 @@ log = logging.getLogger(__name__)
 #: pure noise clean but costs faint puncta (benchmarks/RESULTS.md, session 35).  Every
 #: validation set reads 0.9-2.6, the dense faint puncta of the culture fields and crowded
 #: sim-fish spots the highest; milder smoothing is not caught, and pure noise smoothed over
-#: 0.5 px or median-filtered still gives thousands of false puncta per 1,000 um^2; session 33).
+#: 0.5 px still gives thousands of false puncta per 1,000 um^2; session 33), and
+#: ``max_tie_ratio`` (:func:`analysis.measure.noise.neighbour_tie_ratio`, above
+#: :data:`analysis.measure.noise.TIED_NEIGHBOURS`: a median-filtered image, on which the
+#: detector does the same; raw images read 0.95-1.7).
 VALIDATED_RANGE: dict[str, dict[str, Any]] = {
     "puncta": {
         "pixel_size_um": (0.05, 0.8),
@@ -82,6 +85,7 @@ VALIDATED_RANGE: dict[str, dict[str, Any]] = {
         "min_snr": 2.7,
         "max_saturated_fraction": 0.01,
         "max_noise_correlation": CORRELATED_NOISE,
+        "max_tie_ratio": TIED_NEIGHBOURS,
     },
     "microglia": {
         # phantoms at 0.2 um, the EMBL Iba1 images at 0.755 um
@@ -931,6 +935,7 @@ def in_validated_range(
     readout: str = "puncta",
     ranges: dict[str, dict[str, Any]] | None = None,
     noise_correlation: float | None = None,
+    tie_ratio: float | None = None,
 ) -> bool:
     """Whether an image's acquisition lies inside what the validation covered.
 
@@ -952,6 +957,9 @@ def in_validated_range(
     noise_correlation : float, optional
         :func:`analysis.measure.noise.noise_correlation`, for readouts with a
         ``max_noise_correlation`` (not checked when not given).
+    tie_ratio : float, optional
+        :func:`analysis.measure.noise.neighbour_tie_ratio`, for readouts with a
+        ``max_tie_ratio`` (not checked when not given or NaN).
 
     Returns
     -------
@@ -977,6 +985,8 @@ def in_validated_range(
         reasons.append(f"saturated fraction {saturated:.3g} above {r['max_saturated_fraction']}")
     if noise_correlation is not None and noise_correlation > r.get("max_noise_correlation", np.inf):
         reasons.append(f"pixel noise correlated ({noise_correlation:.3g} above {r['max_noise_correlation']})")
+    if tie_ratio is not None and tie_ratio > r.get("max_tie_ratio", np.inf):
+        reasons.append(f"neighbouring pixels tied ({tie_ratio:.3g} above {r['max_tie_ratio']}): median-filtered?")
     if reasons:
         log.debug("%s outside the validated range: %s", readout, "; ".join(reasons))
     return not reasons
@@ -1032,7 +1042,7 @@ def image_quality(
     dict
         ``saturated_fraction``, ``in_validated_range`` and, for puncta, ``measured_snr``,
         ``spike_in_recall``, ``spike_in_recall_ci_low``, ``spike_in_recall_ci_high``,
-        ``est_precision``, ``noise_correlation``.
+        ``est_precision``, ``noise_correlation``, ``tie_ratio``.
     """
     sat = saturated_fraction(image)
     depth = bit_depth(image)
@@ -1064,9 +1074,15 @@ def image_quality(
                     "est_precision": estimated_precision(n_detected, r["false_detections"])})
     row["saturated_fraction"] = sat
     corr = noise_correlation(image, pixel_size_um)
+    ties = neighbour_tie_ratio(image)
     row["noise_correlation"] = corr
+    row["tie_ratio"] = ties
     row["in_validated_range"] = in_validated_range(pixel_size_um, depth, snr, saturated=sat, readout=readout,
-                                                   noise_correlation=corr)
+                                                   noise_correlation=corr, tie_ratio=ties)
+    if ties > VALIDATED_RANGE[readout].get("max_tie_ratio", np.inf):
+        log.warning("neighbouring pixels are equal %.3g times as often as pixels 3 apart (independent noise: ~1): a "
+                    "median-filtered image? The puncta detector measured its noise on the filtered image instead, "
+                    "which costs faint puncta; this row is outside the validated range: measure the raw image", ties)
     if corr > VALIDATED_RANGE[readout].get("max_noise_correlation", np.inf):
         log.warning("the pixel noise is correlated between neighbouring pixels (%.3g, independent noise: 1): "
                     "a smoothed, median-filtered, interpolated or denoised image? The puncta detector measured "

@@ -130,7 +130,7 @@ def quantify_image(
         ``puncta_median_snr`` (median detection SNR of the puncta found: fitted amplitude in
         units of its noise SD, a QC figure), the image's quality (synapse channel:
         ``measured_snr``, ``spike_in_recall``, ``spike_in_recall_ci_low``,
-        ``spike_in_recall_ci_high``, ``est_precision``, ``noise_correlation``; every image:
+        ``spike_in_recall_ci_high``, ``est_precision``, ``noise_correlation``, ``tie_ratio``; every image:
         ``saturated_fraction``, the largest over the channels read, and ``in_validated_range``,
         true when every readout of the row lies in :data:`analysis.measure.quality.VALIDATED_RANGE`; see
         :func:`analysis.measure.quality.image_quality`), ``microglia_count``, ``microglia_field_area_mm2``,
