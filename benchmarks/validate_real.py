@@ -61,7 +61,7 @@ j. **Spines at coarser pixels**: the real frames of part g (every 4th held-out f
 k. **Puncta in processed images**: pure noise, sim-fish and our phantoms smoothed (Gaussian
    0.5-1 px), median-filtered or interpolated 2x (:data:`PROCESSING`), as software may leave
    an image before it reaches us: false puncta per 1,000 um^2 of noise, F1 with the truth,
-   and the noise correlation our detector measures.
+   and the noise correlation and tie ratio our detector measures.
 
 ``benchmarks/validation_real.md`` (committed) is regenerated from a full run (all parts, not
 ``--quick``); other runs write ``benchmarks/results/validation_real.md``.

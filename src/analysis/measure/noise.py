@@ -549,7 +549,9 @@ def noise_correlation(image: np.ndarray, pixel_size_um: float, *, box_um: float 
     operator much more than by the 2 px one.  Returned: the ratio of the two robust (MAD)
     variances, median over the darkest quarter of the boxes of :func:`noise_sd_map` (the
     fewest puncta: dense punctate staining adds to the 2 px variance too), as measured by
-    :func:`noise_sd_map` (its ``info["correlation"]``).  Gaussian-smoothed independent noise
+    :func:`noise_sd_map` (its ``info["correlation"]``; for a stack of 5 planes or more, the
+    larger of that and the same figure along z, squared onto the lateral scale: noise
+    interpolated or smoothed between planes).  Gaussian-smoothed independent noise
     gives ~1.3 / 2.2 / 9.5 / 37 at a smoothing sigma of 0.4 / 0.5 / 0.7 / 1 px, a 3 x 3 median
     ~3, 2x interpolation ~130 (benchmarks/RESULTS.md, session 33); above
     :data:`CORRELATED_NOISE` the puncta detector measures the noise on its filtered image.
@@ -577,4 +579,13 @@ def noise_correlation(image: np.ndarray, pixel_size_um: float, *, box_um: float 
     >>> bool(noise_correlation(ndi.gaussian_filter(noise, 1.0), 0.1) > 20)
     True
     """
-    return float(noise_sd_map(image, pixel_size_um, box_um=box_um)[1].get("correlation", np.nan))
+    return _info_correlation(noise_sd_map(image, pixel_size_um, box_um=box_um)[1])
+
+
+def _info_correlation(info: dict[str, Any]) -> float:
+    """:func:`noise_correlation` from the ``info`` of :func:`noise_sd_map` or
+    :func:`_noise_model`: the larger of its lateral and (stacks) axial figures, NaN when
+    neither was measured."""
+    vals = [float(v) for v in (info.get("correlation"), info.get("axial_correlation"))
+            if v is not None and np.isfinite(v)]
+    return max(vals) if vals else float("nan")

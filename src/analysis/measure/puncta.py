@@ -129,8 +129,8 @@ from analysis.measure.hotpixels import MIN_SIGMA_PX as _HOT_MIN_SIGMA_PX
 from analysis.measure.hotpixels import hot_pixels as _hot_pixels
 from analysis.measure.hotpixels import repaired as _repaired
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
-from analysis.measure.noise import (CORRELATED_NOISE, MAD_TO_SD, TIED_NEIGHBOURS, _gauss_radius, _noise_at,
-                                    _noise_model, _row_strips, neighbour_tie_ratio, noise_sd_map, robust_sd)
+from analysis.measure.noise import (CORRELATED_NOISE, MAD_TO_SD, TIED_NEIGHBOURS, _gauss_radius, _info_correlation,
+                                    _noise_at, _noise_model, _row_strips, neighbour_tie_ratio, noise_sd_map, robust_sd)
 
 __all__ = [
     "detect_puncta",
@@ -499,7 +499,8 @@ def _fold_1d(x: np.ndarray, p: np.ndarray, e: np.ndarray, kap: np.ndarray, s2: n
 
     A filter of variance ``kap`` at ``x`` applied with reflecting edges to a Gaussian punctum
     of variance ``s2`` at ``p`` (inside the image or beyond its edge) that is imaged only on
-    the image's side of the edge line ``e``: the filter sees that part and its mirror image, ``N(x - p) Phi(z(x)) + N(x' - p) Phi(z(x'))``
+    the image's side of the edge line ``e``: the filter sees that part and its mirror image,
+    ``N(x - p) Phi(z(x)) + N(x' - p) Phi(z(x'))``
     with ``x' = 2 e - x`` and ``Phi(z)`` the fraction of the light the filter gathers from
     ``x`` that lies inside the image (normal densities of variance ``kap + s2``).  Where ``e``
     is NaN (no edge near) this is the plain ``N(x - p)``."""
@@ -1630,7 +1631,7 @@ def detect_puncta(
             "punctum_radius_estimated": bool(estimated),
             "noise_alpha": noise_info["alpha"],
             "noise_beta": noise_info["beta"],
-            "noise_correlation": _noise_correlation(noise_info),
+            "noise_correlation": _info_correlation(noise_info),
             "tie_ratio": float(noise_info.get("tie_ratio", np.nan)),
             "noise_factor": float(found["noise_factor"]),
             "not_imaged_px": int(outside.sum()) if outside is not None else 0,
@@ -1674,7 +1675,7 @@ def _detect_block(
     noise = _noise_at(noise_info, blur2)
     # (a median filter's ties: their noise reads as mildly correlated, 3-4, and gave ~2,000
     # false puncta per 1,000 um^2 of noise)
-    correlated = (_noise_correlation(noise_info) > CORRELATED_NOISE
+    correlated = (_info_correlation(noise_info) > CORRELATED_NOISE
                   or noise_info.get("tie_ratio", 1.0) > TIED_NEIGHBOURS)
     dark = blur2 <= np.quantile(blur2, 0.25) if correlated else None
     del blur2
@@ -2248,14 +2249,6 @@ def _negative_control(
         keep = ~(gain > _LIKELIHOOD_GAIN)
         dips, depth = dips[keep], depth[keep]
     return np.column_stack([dips.astype(float), depth]) if len(dips) else np.zeros((0, hh_img.ndim + 1))
-
-
-def _noise_correlation(noise_info: dict[str, Any]) -> float:
-    """The larger of the noise model's lateral and (in a stack) axial correlation figures
-    (:func:`~analysis.measure.noise.noise_sd_map`; NaN when neither was measured)."""
-    vals = [float(v) for v in (noise_info.get("correlation"), noise_info.get("axial_correlation"))
-            if v is not None and np.isfinite(v)]
-    return max(vals) if vals else float("nan")
 
 
 #: Plane-to-plane brightness jumps smaller than this (relative) are left alone by

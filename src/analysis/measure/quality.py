@@ -36,7 +36,8 @@ from scipy import optimize, special
 
 from analysis.measure.puncta import _render as render_spots
 from analysis.measure.area import _exact_medians
-from analysis.measure.noise import CORRELATED_NOISE, TIED_NEIGHBOURS, neighbour_tie_ratio, noise_correlation, noise_sd_map
+from analysis.measure.noise import (CORRELATED_NOISE, TIED_NEIGHBOURS, neighbour_tie_ratio, noise_correlation,
+                                    noise_sd_map)
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.puncta import detect_puncta, match_points
 
@@ -68,16 +69,15 @@ log = logging.getLogger(__name__)
 #: that level: 2.7-3.4 over 20 fields with the current detector, 3.1-3.6 with the previous),
 #: ``max_saturated_fraction`` (images above it are rejected by
 #: :func:`analysis.pipeline.quantify.image_problem` anyway), ``max_noise_correlation``
-#: (:func:`analysis.measure.noise.noise_correlation`: the puncta detector's noise model takes
-#: the pixel noise as independent; above :data:`analysis.measure.noise.CORRELATED_NOISE` (5, a
-#: correlation over ~0.6 px) it measures the noise of its filtered image instead, which keeps
-#: pure noise clean but costs faint puncta (benchmarks/RESULTS.md, session 35).  Every
-#: validation set reads 0.9-2.6, the dense faint puncta of the culture fields and crowded
-#: sim-fish spots the highest; milder smoothing is not caught, and pure noise smoothed over
-#: 0.5 px still gives thousands of false puncta per 1,000 um^2; session 33), and
-#: ``max_tie_ratio`` (:func:`analysis.measure.noise.neighbour_tie_ratio`, above
-#: :data:`analysis.measure.noise.TIED_NEIGHBOURS`: a median-filtered image, on which the
-#: detector does the same; raw images read 0.95-1.7).
+#: (:func:`analysis.measure.noise.noise_correlation`) and ``max_tie_ratio``
+#: (:func:`analysis.measure.noise.neighbour_tie_ratio`): the puncta detector's noise model
+#: takes the pixel noise as independent.  Above these limits
+#: (:data:`analysis.measure.noise.CORRELATED_NOISE`, a correlation over ~0.6 px;
+#: :data:`analysis.measure.noise.TIED_NEIGHBOURS`, a median filter) it measures the noise of
+#: its filtered image instead, which keeps pure noise clean but costs faint puncta, and the
+#: validation does not cover such images (benchmarks/RESULTS.md, sessions 33 and 35).  Every
+#: validation set reads 0.9-2.6 and 0.95-1.7; milder smoothing (Gaussian ~0.5 px, 2.2) is not
+#: caught and still gives thousands of false puncta per 1,000 um^2 of pure noise.
 VALIDATED_RANGE: dict[str, dict[str, Any]] = {
     "puncta": {
         "pixel_size_um": (0.05, 0.8),
