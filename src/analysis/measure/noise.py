@@ -49,19 +49,11 @@ _IMMERKAER_1D = np.array([1.0, -2.0, 1.0])
 _IMMERKAER_WIDE_1D = np.array([1.0, 0.0, -2.0, 0.0, 1.0])  # (its taps 2 px apart)
 
 
-def _immerkaer_wide(img: np.ndarray) -> np.ndarray:
-    """Immerkaer's operator with its taps 2 px apart, on each plane (two 1-D passes)."""
-    out = ndi.correlate1d(img, _IMMERKAER_WIDE_1D, axis=-2, mode="reflect")
-    ndi.correlate1d(out, _IMMERKAER_WIDE_1D, axis=-1, mode="reflect", output=out)
-    out /= 6.0
-    return out
-
-
 def _wide_box_var(img: np.ndarray, nb: list[int], bs: list[int], start: tuple[int, int],
                   which: np.ndarray) -> np.ndarray:
-    """:func:`_box_var` of :func:`_immerkaer_wide` in the boxes ``which`` (a boolean over the
-    boxes in the order of :func:`_blocks`) only: each box is read with the operator's margin
-    (the image reflected at its edges, as :func:`_immerkaer_wide` does)."""
+    """:func:`_box_var` of Immerkaer's operator with its taps 2 px apart (on each plane) in the
+    boxes ``which`` (a boolean over the boxes in the order of :func:`_blocks`) only: each box
+    is read with the operator's margin, the array reflected at its edges."""
     lead = img.shape[:-2]
     n_planes = int(np.prod(lead)) if lead else 1
     flat = img.reshape((n_planes,) + img.shape[-2:])
@@ -400,17 +392,18 @@ def _noise_model(
     cols = slice(left, left + nb[1] * bs[1])
     kernel = IMMERKAER.reshape((1,) * (nd - 2) + (3, 3))
 
-    def strip_maps(b0: int, b1: int, need_level: bool) -> tuple[np.ndarray, Any]:
+    def strip_maps(b0: int, b1: int, need_level: bool, wide: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
         """The strip's boxes of Immerkaer's residual, and their levels (or, without
-        ``need_level``, their residual with the taps 2 px apart and, for a stack, the box
-        variances of :func:`_axial_box_vars`)."""
+        ``need_level``, the variances of :func:`_wide_box_var` in its boxes ``wide`` and, for
+        a stack, those of :func:`_axial_box_vars`)."""
         y0, y1 = top + b0 * bs[0], top + b1 * bs[0]
         r0, r1 = max(0, y0 - margin), min(img.shape[-2], y1 + margin)
         blk = np.asarray(img[..., r0:r1, :], dtype=np.float64)
         resid = ndi.correlate(blk, kernel, mode="reflect")[..., y0 - r0 : y1 - r0, cols]
         rb = _blocks(resid, [b1 - b0, nb[1]], bs)
         if not need_level:
-            wb = _blocks(_immerkaer_wide(blk)[..., y0 - r0 : y1 - r0, cols], [b1 - b0, nb[1]], bs)
+            # (the strip's margin rows, or the image's reflected edge, around its boxes)
+            wb = _wide_box_var(blk, [b1 - b0, nb[1]], bs, (y0 - r0, left), wide)
             axial = _axial_box_vars(blk[..., y0 - r0 : y1 - r0, cols], [b1 - b0, nb[1]], bs) if nd == 3 else None
             return rb, (wb, axial)
         level = ndi.gaussian_filter(blk, [0.0] * (nd - 2) + [sig] * 2)[..., y0 - r0 : y1 - r0, cols]
@@ -443,8 +436,8 @@ def _noise_model(
         sel = dark[idx]
         if not (sel.any() or dark_all[idx].any()):
             continue
-        rb, (wb, axial) = strip_maps(b0, b1, False)
-        wide_var[idx[dark_all[idx]]] = _box_var(wb[dark_all[idx]])
+        rb, (wv, axial) = strip_maps(b0, b1, False, dark_all[idx])
+        wide_var[idx[dark_all[idx]]] = wv
         if axial is not None:
             axial_var[:, idx] = axial
         if not sel.any():

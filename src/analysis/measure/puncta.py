@@ -1483,7 +1483,6 @@ def detect_puncta(
             log.info("%d hot pixel(s) (single-pixel spikes) replaced by the median of their neighbours", n_hot)
             arr = _repaired(arr, hot)
             noise_info, radius0 = noise_and_size(arr)
-    plane_gain = None
     if ndim == 3:
         # brightness jumps between planes (laser power, detector gain): each plane above the
         # offset is divided by its gain relative to the planes around it, so that a punctum's
