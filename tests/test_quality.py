@@ -220,6 +220,28 @@ def test_correlated_pixel_noise_takes_a_puncta_row_out_of_the_validated_range(ca
     assert in_validated_range(0.1, 16, 8.0, tie_ratio=1.7)  # the culture fields
 
 
+def test_quality_row_takes_the_noise_figures_the_detector_measured() -> None:
+    """The row's ``noise_correlation`` and ``tie_ratio`` are the detector's (its ``attrs``: the
+    figures it acted on), not a second noise model of the image (146 ms per 1024^2 plane);
+    a table without them, or detected at another pixel size, gets them measured here."""
+    from analysis.measure.noise import neighbour_tie_ratio, noise_correlation
+
+    f = render_synapse_field(np.random.default_rng(4), shape=(192, 192))
+    p = detect_puncta(f.image, PX)
+    row = image_quality(f.image, PX, p, spike_in=False)
+    assert row["noise_correlation"] == p.attrs["noise_correlation"] == noise_correlation(f.image, PX)
+    assert row["tie_ratio"] == p.attrs["tie_ratio"] == neighbour_tie_ratio(f.image)
+    # the recorded figures are used as they are (here set out of range: the row says so)
+    marked = p.copy()
+    marked.attrs = {**p.attrs, "noise_correlation": 7.5, "tie_ratio": 3.0}
+    row = image_quality(f.image, PX, marked, spike_in=False)
+    assert (row["noise_correlation"], row["tie_ratio"], row["in_validated_range"]) == (7.5, 3.0, False)
+    for attrs in ({}, {**marked.attrs, "pixel_size_um": 2 * PX}):
+        marked.attrs = attrs
+        row = image_quality(f.image, PX, marked, spike_in=False)
+        assert row["noise_correlation"] == noise_correlation(f.image, PX) and row["in_validated_range"]
+
+
 def test_wilson_interval() -> None:
     lo, hi = quality.wilson_interval(0, 30)
     assert lo == 0.0 and 0.1 < hi < 0.12  # 3.84 / (30 + 3.84)

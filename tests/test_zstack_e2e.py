@@ -139,19 +139,25 @@ def test_interior_of_the_stack_matches_the_truth(stack_study: dict) -> None:
 
 
 def test_stack_density_matches_the_truth(stack_study: dict) -> None:
-    """The reported density per um^3 within 10 % of the realised truth of the whole stack.
+    """The reported density per um^3 within 6 % of the realised truth of the volume it counts
+    (inside the axial guard bands).
 
     Before the axial guard bands (synapse_density) it was 17 % low: puncta within about half a
     plane of the first and last plane are not found (11 of 32 there vs 79 of 81 inside), yet
-    the whole n_z x z step was the volume.  Recall and precision >= 0.95 in the interior.
-    Then it read ~11 % high: over 8 scenes of this kind (seeds [16, 3 + 100 k]) 1.11 +- 0.03
-    (1.05-1.15; this scene 1.101), as puncta centred just outside the lateral field were
-    placed on its edge pixels and counted.  Since they are refitted without that limit
-    (session 35): 1.06 +- 0.03 (1.02-1.11; this scene 1.055)."""
+    the whole n_z x z step was the volume.  Then it read ~11 % high against the whole stack's
+    truth: puncta centred just outside the lateral field were placed on its edge pixels and
+    counted.  Since they are refitted without that limit (session 35), over 8 scenes of this
+    kind (seeds [16, 3 + 100 k]): 1.06 +- 0.03 against the whole stack's truth, of which
+    1.033 +- 0.029 is the truth itself (the counted sub-volume's realised density over the
+    whole stack's: sampling, which this comparison leaves out) and 1.027 +- 0.030 the
+    detector (1.01-1.08; 24 false puncta in 743 at SNR 4-5, within the 5 % noise
+    false-discovery rate; this scene 1.034)."""
     row = stack_study["m"].loc["stack_true_step"]
-    n_true = int(_inside(stack_study["pts"], -0.5 * DZ, (NZ - 0.5) * DZ).sum())
-    truth = n_true / ((NPX * PX) ** 2 * NZ * DZ)
-    assert row["puncta_density_per_um3"] / truth == pytest.approx(1.0, abs=0.10), (row["n_puncta"], n_true)
+    guard = max(1.0, row["axial_radius_um"] / DZ)
+    pts = stack_study["pts"]
+    n_true = int(_inside(pts, (guard - 0.5) * DZ, (NZ - 0.5 - guard) * DZ).sum())
+    truth = n_true / row["analysed_volume_um3"]
+    assert row["puncta_density_per_um3"] / truth == pytest.approx(1.0, abs=0.06), (row["n_puncta"], n_true)
 
 
 def test_a_wrong_z_step_changes_the_density_in_proportion(stack_study: dict) -> None:

@@ -995,6 +995,16 @@ def in_validated_range(
 # --------------------------------------------------------------------------- image row
 
 
+def _detector_figure(puncta: pd.DataFrame, key: str, pixel_size_um: float) -> float | None:
+    """A figure of the image that :func:`analysis.measure.puncta.detect_puncta` recorded in its
+    table's ``attrs`` (``noise_correlation``, ``tie_ratio``), or None when the table does not
+    carry it or was detected at another pixel size."""
+    attrs = getattr(puncta, "attrs", {}) or {}
+    if key not in attrs or attrs.get("pixel_size_um") != float(pixel_size_um):
+        return None
+    return float(attrs[key])
+
+
 def image_quality(
     image: np.ndarray,
     pixel_size_um: float,
@@ -1073,8 +1083,14 @@ def image_quality(
                     "spike_in_recall_ci_high": r["recall_ci_high"],
                     "est_precision": estimated_precision(n_detected, r["false_detections"])})
     row["saturated_fraction"] = sat
-    corr = noise_correlation(image, pixel_size_um)
-    ties = neighbour_tie_ratio(image)
+    # the figures the detector measured on this image and acted on (after its hot-pixel and
+    # plane-gain repairs), or measured here: 146 ms for a 1024^2 plane, 0.7 s at 2048^2
+    corr = _detector_figure(puncta, "noise_correlation", pixel_size_um)
+    if corr is None:
+        corr = noise_correlation(image, pixel_size_um)
+    ties = _detector_figure(puncta, "tie_ratio", pixel_size_um)
+    if ties is None:
+        ties = neighbour_tie_ratio(image)
     row["noise_correlation"] = corr
     row["tie_ratio"] = ties
     row["in_validated_range"] = in_validated_range(pixel_size_um, depth, snr, saturated=sat, readout=readout,
