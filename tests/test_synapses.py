@@ -284,6 +284,30 @@ def test_issue_targets_hard_f1_and_count_bias(simulated: dict[str, np.ndarray]) 
     assert abs(simulated["default"][1]) <= 0.05
 
 
+@pytest.mark.parametrize("n, seed", [(256, 0), (512, 1)])
+def test_noise_free_boxes_of_a_jpeg_do_not_enter_the_noise_model(n: int, seed: int) -> None:
+    """A JPEG compression flattens some boxes completely: Immerkaer's residual there is
+    floating-point round-off (box variances ~1e-32 in an 8-bit image), which the noise line
+    took as the darkest boxes' noise (256 px, seed 0), and, when one class of boxes held
+    nothing else, its weight of 1e12 made the fit's covariance singular: ``LinAlgError`` from
+    ``detect_puncta`` (512 px, seed 1).  Such boxes carry no noise; the 8-bit grey level's own
+    quantisation (1/12 ADU^2) is the least a real box can hold."""
+    import io
+
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:n, :n] / n
+    lam = 200 + 1500 * xx + 2500 * np.exp(-((yy - 0.6) ** 2 + (xx - 0.4) ** 2) / (2 * 0.2**2))
+    a = rng.poisson(lam).astype(float)
+    buf = io.BytesIO()
+    Image.fromarray(np.rint((a - a.min()) / np.ptp(a) * 255).astype(np.uint8)).save(buf, format="JPEG", quality=75)
+    img = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+    sd, info = noise_sd_map(img, 0.1)
+    assert info["var_min"] > 1e-3 and np.isfinite(sd).all() and sd.min() > 0, info
+    p = detect_puncta(img, 0.1)  # (runs; the compressed noise itself is the correlated-noise gap)
+    assert p.attrs["noise_alpha"] >= 0
+
+
 def test_noise_model_holds_in_dark_regions_of_undersampled_fields() -> None:
     # 0.2 um terminal fields: puncta (sigma ~0.13 um) are undersampled and inflate the noise
     # residual of bright boxes; the fit must still give the right noise in dark somata/voids,

@@ -244,6 +244,7 @@ def noise_sd_map(
     rb = _blocks(resid, nb, bs, start)
     del resid
     var = _box_var(rb)
+    var[var <= _round_off_var(img)] = 0.0
     lev = np.median(_blocks(level, nb, bs, start), axis=1)
     ok = var > 0
     if not ok.any():
@@ -325,6 +326,15 @@ def _box_var(rb: np.ndarray) -> np.ndarray:
     return (MAD_TO_SD * np.median(np.abs(rb - np.median(rb, axis=1, keepdims=True)), axis=1)) ** 2
 
 
+def _round_off_var(img: np.ndarray) -> float:
+    """Box variances up to this are floating-point round-off of Immerkaer's residual (which is
+    exactly 0 on a locally linear signal), not noise: ``(64 eps max|img|)^2``.  Boxes with no
+    noise at all (a JPEG compression's flat blocks, a noise-free rendering) read 1e-32-1e-30
+    in an 8-bit image, took all the weight of the noise line and made its fit singular."""
+    top = float(np.max(np.abs(img))) if np.size(img) else 0.0
+    return (64.0 * np.finfo(np.float64).eps * (top if np.isfinite(top) and top > 0 else 1.0)) ** 2
+
+
 def _no_noise_info(img: np.ndarray) -> tuple[float, dict[str, float]]:
     log.warning("no pixel noise found (noise-free image?); using 1 %% of the range as noise")
     sd0 = 1e-2 * float(np.ptp(img)) or 1.0
@@ -349,7 +359,14 @@ def _noise_line(var: np.ndarray, lev: np.ndarray, skew: float) -> dict[str, floa
         if np.ptp(xs) > 0:
             # weighted by 1 / variance: a variance estimate's SD is proportional to the
             # variance, and the bright classes are the ones inflated by unresolved puncta
-            coef, cov = np.polyfit(xs, vs, 1, w=1.0 / np.maximum(vs, 1e-12), cov=True)
+            # (floored at 1e-3 of the median class: a class of boxes with almost no noise, as
+            # in an image whose noise a JPEG compression removed, took all the weight and the
+            # fit's covariance was singular)
+            w = 1.0 / np.maximum(vs, 1e-3 * float(np.median(vs)) + 1e-300)
+            try:
+                coef, cov = np.polyfit(xs, vs, 1, w=w, cov=True)
+            except np.linalg.LinAlgError:  # (the classes' levels too close to fit a slope)
+                coef, cov = np.zeros(2), np.full((2, 2), np.inf)
             if coef[0] > 2.0 * np.sqrt(max(cov[0, 0], 0.0)):
                 alpha, beta = float(coef[0]), float(coef[1])
     # below the darkest class the line is an extrapolation (and a steep line from classes
@@ -418,6 +435,7 @@ def _noise_model(
         lev_parts.append(lev.reshape(n_planes, b1 - b0, nb[1]))
     var = np.concatenate(var_parts, axis=1).ravel()  # the order of :func:`_blocks`: plane, row, column
     lev = np.concatenate(lev_parts, axis=1).ravel()
+    var[var <= _round_off_var(img)] = 0.0
     ok = var > 0
     if not ok.any():
         return _no_noise_info(np.array([float(img.min()), float(img.max())]))[1]
