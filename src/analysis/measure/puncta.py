@@ -58,7 +58,13 @@ fitted amplitude is significant is kept:
    scale with it.
 6. **Model error near bright puncta.**  The PSF is not exactly Gaussian (Airy rings,
    aberrations), so light within the reach of a bright punctum's model and below 5 % of its
-   amplitude is not a punctum of its own, however many noise SDs it has.
+   amplitude is not a punctum of its own, however many noise SDs it has.  In a plane, the
+   light the Gaussian model leaves around a punctum is also measured on the image itself: the
+   radial profile of the residual around its bright isolated puncta (:func:`_psf_wing`; ~0
+   for a Gaussian PSF, +2.5 % of the punctum's significance at 0.3 um for a Moffat PSF of
+   beta 2.5).  Scaled to each punctum, it is taken out of the residual before the second
+   pass looks for puncta hidden by brighter ones (it had found the noise on that ring: 51
+   false puncta around 120 spots of peak SNR ~50, now 5).
 7. **Noise false-discovery control.**  The threshold is a number of noise SDs, so it means
    the same false-positive rate per pixel whatever the brightness, gain, offset or pixel
    size.  Random-field theory gives the rate of noise maxima above ``u`` SDs as
@@ -1705,6 +1711,7 @@ def _detect_block(
     del z_nom
 
     footprint = tuple(2 * int(s) + 1 for s in sep)
+    wing_reach = 3.0 * float(np.sqrt(sigma0[-1] ** 2 + 2.0 * bg[-1] ** 2))  # (the model error's reach)
     sharp = ndi.gaussian_laplace(img, _SHARP * sigma0, mode="reflect")
     np.negative(sharp, out=sharp)
     del img
@@ -1932,6 +1939,12 @@ def _detect_block(
                     np.subtract(f_nom, z_res, out=z_res)
         del hh_model
         z_res /= sd_nom
+        if ndim == 2:
+            # the light a non-Gaussian PSF leaves around bright puncta (heavier wings), measured
+            # around the image's own bright isolated puncta, is not a punctum hidden by them
+            wing = _psf_wing(z_res, pos, t, wing_reach)
+            if wing is not None:
+                _subtract_wings(z_res, pos, t, wing)
         peaks = _extrema(z_res, footprint, z_res >= threshold_sd)
         new = _subpixel(z_res, peaks, edges)
         del z_res
@@ -2127,6 +2140,69 @@ def _subtract_models(res: np.ndarray, pos: np.ndarray, amp: np.ndarray, sig: np.
         peak = amp * nominal.c * c * w / np.sqrt(2.0 * np.pi * v).prod(axis=1)
         res -= _render(res.shape, pos, peak, np.sqrt(v), radius=r)
     return True
+
+
+#: Puncta at least this significant, with no other punctum within the reach of the model error,
+#: show the image's own PSF wing (:func:`_psf_wing`); it needs at least ``_WING_MIN_SPOTS``.
+_WING_MIN_T = 30.0
+_WING_MIN_SPOTS = 3
+
+
+def _psf_wing(z_res: np.ndarray, pos: np.ndarray, t: np.ndarray, reach: float) -> np.ndarray | None:
+    """The light the Gaussian model leaves around a punctum (a plane's residual significance,
+    per unit of the punctum's own, at integer radii 0..ceil(``reach``) pixels), measured on the
+    image: around its bright isolated puncta (significance >= ``_WING_MIN_T``, no other
+    punctum within ``reach``, the whole window inside the image), the median radial profile,
+    shrunk towards 0 by twice its standard error.  A Gaussian PSF reads within ~1 % of 0
+    (sim-fish at 1024 x 1024: 0.6-1.0 %, the pixel integration that a Gaussian sampled at pixel
+    centres misses; 0.2-0.3 % at 256 x 256, fewer spots); a PSF with heavier wings (a Moffat profile of beta 2.5, aberrations) +2.5 %
+    at 0.3 um, which noise on that ring lifted into false puncta.  None when fewer than
+    ``_WING_MIN_SPOTS`` puncta qualify or nothing is left after the shrinkage."""
+    R = int(np.ceil(reach))
+    inside = np.all((pos >= R) & (pos <= np.array(z_res.shape) - 1 - R), axis=1)
+    cand = np.flatnonzero((t >= _WING_MIN_T) & inside)
+    if len(cand) < _WING_MIN_SPOTS:
+        return None
+    alone = cKDTree(pos).query_ball_point(pos[cand], reach, return_length=True) == 1
+    sel = cand[alone]
+    if len(sel) < _WING_MIN_SPOTS:
+        return None
+    c = np.rint(pos[sel]).astype(int)
+    off = np.arange(-R, R + 1)
+    win = z_res[(c[:, 0:1] + off)[:, :, None], (c[:, 1:2] + off)[:, None, :]] / t[sel, None, None]
+    dy = off[None, :, None] - (pos[sel, 0] - c[:, 0])[:, None, None]
+    dx = off[None, None, :] - (pos[sel, 1] - c[:, 1])[:, None, None]
+    ring = np.minimum(np.rint(np.hypot(dy, dx)).astype(int), R + 1)
+    idx = (np.arange(len(sel))[:, None, None] * (R + 2) + ring).ravel()
+    n = np.bincount(idx, minlength=len(sel) * (R + 2))
+    prof = (np.bincount(idx, win.ravel(), minlength=len(n)) / np.maximum(n, 1)).reshape(len(sel), R + 2)[:, : R + 1]
+    med = np.median(prof, axis=0)
+    se = np.sqrt(np.pi / 2.0) * prof.std(axis=0, ddof=1) / np.sqrt(len(sel))  # (of a median)
+    w = np.sign(med) * np.maximum(np.abs(med) - 2.0 * se, 0.0)
+    return w if np.any(w) else None
+
+
+def _subtract_wings(z_res: np.ndarray, pos: np.ndarray, t: np.ndarray, wing: np.ndarray) -> None:
+    """Subtract each punctum's PSF wing (:func:`_psf_wing`, scaled by its significance and
+    interpolated at each pixel's distance from its centre) from a plane's residual
+    significance ``z_res``, in place; puncta whose wing stays below 0.5 everywhere are left."""
+    big = np.flatnonzero(t * np.abs(wing).max() >= 0.5)
+    if len(big) == 0:
+        return
+    R = len(wing) - 1
+    grid = np.arange(R + 1, dtype=float)
+    off = np.arange(-R, R + 1)
+    ny, nx = z_res.shape
+    for b0 in range(0, len(big), 1024):
+        sel = big[b0 : b0 + 1024]
+        c = np.rint(pos[sel]).astype(int)
+        yy = c[:, 0:1] + off  # (spots, 2R + 1)
+        xx = c[:, 1:2] + off
+        r = np.hypot((yy - pos[sel, 0:1])[:, :, None], (xx - pos[sel, 1:2])[:, None, :])
+        val = t[sel, None, None] * np.interp(r, grid, wing, right=0.0)
+        ok = ((yy >= 0) & (yy < ny))[:, :, None] & ((xx >= 0) & (xx < nx))[:, None, :]
+        flat = (yy[:, :, None] * nx + xx[:, None, :])[ok]
+        z_res -= np.bincount(flat, val[ok], minlength=ny * nx).reshape(ny, nx)
 
 
 def _double_high_pass(x: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
