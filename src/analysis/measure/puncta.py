@@ -59,15 +59,15 @@ fitted amplitude is significant is kept:
 6. **Model error near bright puncta.**  The PSF is not exactly Gaussian (Airy rings,
    aberrations), so light within the reach of a bright punctum's model and below 5 % of its
    amplitude is not a punctum of its own, however many noise SDs it has.  In a plane, what
-   the Gaussian model leaves around a punctum is also measured on the image itself, around
-   its bright isolated puncta (:func:`_psf_residual`): the residual's mean radial profile
-   (the wing: ~0 for a Gaussian PSF, +2.2 % of the punctum's significance at 0.3 um for a
-   Moffat PSF of beta 2.5) and its variance beyond the noise's (the model error: ~0, and an
-   SD of ~4 % of the significance at 0.3 um).  Before the second pass looks for puncta hidden by
-   brighter ones, each punctum's wing is taken out of the residual and its model error added
-   to the noise the threshold is set by (around 120 Moffat spots of peak SNR ~50 the second
-   pass had found 58 false puncta on that ring, now 6, and 1 true spot is lost; around 450
-   crowded ones of peak SNR 200, 119, now 14: benchmarks/validate_real.py part l).
+   the Gaussian model leaves around a punctum (its PSF's wing) is also measured on the image,
+   around its bright isolated puncta (:func:`_psf_wing`: the median over them of each ring's
+   median residual; within ~1 % of 0 for a Gaussian PSF, +2.2 % of the punctum's
+   significance at 0.3 um for a Moffat PSF of beta 2.5).  Before the second pass looks for
+   puncta hidden by brighter ones, each punctum's wing is taken out of the residual and, as a
+   punctum's own wing differs from the mean by about as much, its square added to the noise
+   the threshold is set by (around 120 Moffat spots of peak SNR ~50 the second pass had found
+   58 false puncta on that ring; around 450 crowded ones of peak SNR 200, 119;
+   benchmarks/validate_real.py part l).
 7. **Noise false-discovery control.**  The threshold is a number of noise SDs, so it means
    the same false-positive rate per pixel whatever the brightness, gain, offset or pixel
    size.  Random-field theory gives the rate of noise maxima above ``u`` SDs as
@@ -1943,15 +1943,17 @@ def _detect_block(
         del hh_model
         z_res /= sd_nom
         if ndim == 2:
-            # what a PSF that is not Gaussian leaves around bright puncta (heavier wings, a core
-            # of another shape), measured around the image's own bright isolated puncta, is not
-            # a punctum hidden by them: its mean (the wing) is taken out of the residual and its
-            # scatter (the model error's variance) added to the noise the threshold is set by
-            wing, err2 = _psf_residual(z_res, pos, t, wing_reach, 2.0 * float(sigma0[-1]))
-            if wing is not None and (w_map := _radial_sum(shape, pos, t, wing, 0.5)) is not None:
-                z_res -= w_map
-            if err2 is not None and (v_map := _radial_sum(shape, pos, t**2, err2, 0.05)) is not None:
-                z_res /= np.sqrt(1.0 + v_map)
+            # what a PSF that is not Gaussian leaves around bright puncta (heavier wings),
+            # measured around the image's own bright isolated puncta, is not a punctum hidden
+            # by them: the wing is taken out of the residual
+            wing = _psf_wing(z_res, pos, t, wing_reach, 2.0 * float(sigma0[-1]))
+            if wing is not None:
+                if (w_map := _radial_sum(shape, pos, t, wing, 0.5)) is not None:
+                    z_res -= w_map
+                # (a punctum's own wing differs from this mean with its size, sub-pixel
+                # position and neighbours, by as much as the wing: its square is model error)
+                if (v_map := _radial_sum(shape, pos, t**2, wing**2, 0.05)) is not None:
+                    z_res /= np.sqrt(1.0 + v_map)
         peaks = _extrema(z_res, footprint, z_res >= threshold_sd)
         new = _subpixel(z_res, peaks, edges)
         del z_res
@@ -2151,41 +2153,33 @@ def _subtract_models(res: np.ndarray, pos: np.ndarray, amp: np.ndarray, sig: np.
 
 #: Puncta at least this significant, with no other punctum of a quarter of their significance
 #: within the reach of the model error (but for one in their own blob), show the image's own
-#: departure from the Gaussian model (:func:`_psf_residual`); it needs ``_PSF_MIN_SPOTS`` of them.
+#: departure from the Gaussian model (:func:`_psf_wing`); it needs ``_PSF_MIN_SPOTS`` of them.
 _PSF_MIN_T = 30.0
 _PSF_MIN_SPOTS = 3
 _PSF_NEIGHBOUR = 0.25
-_PSF_MAX_SPOTS = 400  # (the brightest; enough for the profiles, bounded time)
-#: Median of a chi-square variable with 1 degree of freedom: of ``z^2`` for pure noise.
-_CHI2_1_MEDIAN = 0.45493642311957283
+_PSF_MAX_SPOTS = 400  # (the brightest; enough for the profile, bounded time)
 
 
-def _psf_residual(z_res: np.ndarray, pos: np.ndarray, t: np.ndarray, reach: float,
-                  core: float) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """What the Gaussian model leaves around a punctum, measured on a plane's residual
-    significance ``z_res`` around its bright isolated puncta (significance >= ``_PSF_MIN_T``;
-    no other punctum of >= ``_PSF_NEIGHBOUR`` of theirs within ``reach`` pixels, but for one
-    within ``core`` pixels: a blob split in two; the window inside the image), as radial
-    profiles at integer radii 0..ceil(``reach``), per unit of each punctum's significance:
+def _psf_wing(z_res: np.ndarray, pos: np.ndarray, t: np.ndarray, reach: float, core: float) -> np.ndarray | None:
+    """What the Gaussian model leaves around a punctum (its PSF's *wing*), measured on a plane's
+    residual significance ``z_res`` around the image's bright isolated puncta: a radial
+    profile at integer radii 0..ceil(``reach``) pixels, per unit of the punctum's
+    significance.
 
-    * ``wing``: the mean residual (median over the puncta of their ring means);
-    * ``err2``: the residual's variance beyond the noise's, per unit of the significance
-      squared (median over the puncta of ``median(r^2) / 0.455 - 1`` on each ring, ``r`` the
-      residual less the wing: the model error's variance, which scatters about the wing
-      with the punctum's size, position and neighbours).
-
-    Each is shrunk towards 0 by twice its standard error and is None when nothing is left.  A
-    Gaussian PSF reads ~0 (the wing within ~1 %: sim-fish at 1024 x 1024, 0.6-1.0 %, the pixel
-    integration that a Gaussian sampled at pixel centres misses); a Moffat PSF of beta 2.5
-    (heavier wings) has a wing of +2.2 % at 0.3 um and a model error of SD ~4 % of the
-    punctum's significance there (wing included: a punctum's own wing differs from the mean
-    with its size, sub-pixel position and neighbours), which the second pass took for
-    puncta."""
+    The puncta: significance >= ``_PSF_MIN_T``, no other punctum of >= ``_PSF_NEIGHBOUR`` of
+    theirs within ``reach`` but for one within ``core`` pixels (a blob split in two), the
+    window inside the image; the brightest ``_PSF_MAX_SPOTS``.  Each one's profile is the
+    median of each ring (a PSF's wing is the same all round; another punctum on the ring is
+    not), the wing the median over the puncta, shrunk towards 0 by twice its standard error;
+    None with fewer than ``_PSF_MIN_SPOTS`` puncta or nothing left.  A Gaussian PSF reads
+    within ~1 % of 0 (the pixel integration that a Gaussian sampled at pixel centres misses);
+    a Moffat PSF of beta 2.5 (heavier wings) +2.2 % at 0.3 um, where the second pass took the
+    noise on that ring for puncta."""
     R = int(np.ceil(reach))
     inside = np.all((pos >= R) & (pos <= np.array(z_res.shape) - 1 - R), axis=1)
     cand = np.flatnonzero((t >= _PSF_MIN_T) & inside)
     if len(cand) < _PSF_MIN_SPOTS:
-        return None, None
+        return None
     cand = cand[np.argsort(-t[cand], kind="stable")][: 4 * _PSF_MAX_SPOTS]
     tree = cKDTree(pos)
     alone = np.ones(len(cand), bool)
@@ -2195,36 +2189,28 @@ def _psf_residual(z_res: np.ndarray, pos: np.ndarray, t: np.ndarray, reach: floa
         alone[n_] = not np.any((near != i) & (t[near] >= _PSF_NEIGHBOUR * t[i]) & (d >= core))
     sel = cand[alone][:_PSF_MAX_SPOTS]
     if len(sel) < _PSF_MIN_SPOTS:
-        return None, None
+        return None
     c = np.rint(pos[sel]).astype(int)
     off = np.arange(-R, R + 1)
     win = z_res[(c[:, 0:1] + off)[:, :, None], (c[:, 1:2] + off)[:, None, :]] / t[sel, None, None]
     dy = off[None, :, None] - (pos[sel, 0] - c[:, 0])[:, None, None]
     dx = off[None, None, :] - (pos[sel, 1] - c[:, 1])[:, None, None]
     ring = np.minimum(np.rint(np.hypot(dy, dx)).astype(int), R + 1)
+    # each punctum's ring medians: a PSF's wing is the same all round, another punctum on the
+    # ring (synapses cluster along dendrites) is not (the values sorted within rings, the
+    # middle one or two)
     idx = (np.arange(len(sel))[:, None, None] * (R + 2) + ring).ravel()
     n = np.bincount(idx, minlength=len(sel) * (R + 2))
-    prof = (np.bincount(idx, win.ravel(), minlength=len(n)) / np.maximum(n, 1)).reshape(len(sel), R + 2)[:, : R + 1]
-
-    def shrunk(x: np.ndarray) -> np.ndarray | None:
-        med = np.median(x, axis=0)
-        se = np.sqrt(np.pi / 2.0) * x.std(axis=0, ddof=1) / np.sqrt(len(x))  # (of a median)
-        out = np.sign(med) * np.maximum(np.abs(med) - 2.0 * se, 0.0)
-        return out if np.any(out) else None
-
-    wing = shrunk(prof)
-    # the model error's variance on each ring, in noise units: the residual's own, wing and
-    # all (the wing taken out is the mean over these puncta; a punctum's own differs with its
-    # size, sub-pixel position and neighbours, by as much as the wing itself)
-    r2 = (win * t[sel, None, None]) ** 2
-    # (the median of each punctum's ring: the values sorted within rings, the middle one or two)
-    vals = r2.ravel()[np.lexsort((r2.ravel(), idx))]
+    vals = win.ravel()[np.lexsort((win.ravel(), idx))]
     start = np.concatenate([[0], np.cumsum(n)[:-1]])
     lo, hi = start + np.maximum(n - 1, 0) // 2, start + n // 2
-    med = np.where(n > 0, 0.5 * (vals[np.minimum(lo, len(vals) - 1)] + vals[np.minimum(hi, len(vals) - 1)]), 0.0)
-    excess = (med / _CHI2_1_MEDIAN - 1.0).reshape(len(sel), R + 2)[:, : R + 1] / t[sel, None] ** 2
-    err2 = shrunk(excess)
-    return wing, (np.maximum(err2, 0.0) if err2 is not None and np.any(err2 > 0) else None)
+    last = len(vals) - 1
+    prof = np.where(n > 0, 0.5 * (vals[np.minimum(lo, last)] + vals[np.minimum(hi, last)]), 0.0)
+    prof = prof.reshape(len(sel), R + 2)[:, : R + 1]
+    med = np.median(prof, axis=0)
+    se = np.sqrt(np.pi / 2.0) * prof.std(axis=0, ddof=1) / np.sqrt(len(sel))  # (of a median)
+    wing = np.sign(med) * np.maximum(np.abs(med) - 2.0 * se, 0.0)
+    return wing if np.any(wing) else None
 
 
 def _radial_sum(shape: tuple[int, int], pos: np.ndarray, weight: np.ndarray, profile: np.ndarray,

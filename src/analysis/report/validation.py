@@ -235,6 +235,9 @@ _SECTION_PURPOSES: tuple[tuple[str, str], ...] = (
     ("noise", "Images without any punctum, of several noise kinds: every detection is false "
               "(target: at most 1 per 1,000 um^2)."),
     ("speed", "Detection time per image at several image sizes, on the same machine."),
+    ("not gaussian", "Spots whose point spread function is not the Gaussian the detectors model (an Airy "
+                     "pattern with its rings, a Moffat profile with heavier wings), at two densities and three "
+                     "signal-to-noise ratios: precision, recall and F1 of each detector."),
     ("resampled", "The real Iba1 fields resampled to other pixel sizes (and their hand masks with them), "
                   "segmented with the matching pixel size: parameters in physical units find the same cells "
                   "at every sampling."),
