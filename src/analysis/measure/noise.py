@@ -37,8 +37,8 @@ IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]) / 
 #: smoothing: 9.5 at 0.7 px, 37 at 1 px; 2x interpolation ~130).  Every validation set reads
 #: 0.9-2.6 (the dense faint puncta of the culture fields and the crowded sim-fish spots the
 #: highest: a dense field of faint puncta is itself a correlated field), so milder smoothing
-#: (0.4-0.5 px: 1.3-2.2) is not caught, nor a 3 x 3 median (~3; :data:`TIED_NEIGHBOURS` is)
-#: (benchmarks/RESULTS.md, sessions 33 and 35).
+#: (0.4-0.6 px: 1.3-4.6) and JPEG compression (quality 75: ~4) are not caught, nor a 3 x 3
+#: median (~3; :data:`TIED_NEIGHBOURS` is) (benchmarks/RESULTS.md, sessions 33, 35 and 36).
 CORRELATED_NOISE = 5.0
 #: :func:`neighbour_tie_ratio` above which an image is taken as median-filtered (its pixel noise
 #: correlated although :func:`noise_correlation` reads 3-4): raw images read 0.95-1.7 (every

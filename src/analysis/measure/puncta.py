@@ -61,7 +61,7 @@ fitted amplitude is significant is kept:
    amplitude is not a punctum of its own, however many noise SDs it has.  In a plane, what
    the Gaussian model leaves around a punctum (its PSF's wing) is also measured on the image,
    around its bright isolated puncta (:func:`_psf_wing`: the median over them of each ring's
-   median residual; within ~1 % of 0 for a Gaussian PSF, +2.2 % of the punctum's
+   median residual; within ~1 % of 0 for a Gaussian PSF, +2.2-2.7 % of the punctum's
    significance at 0.3 um for a Moffat PSF of beta 2.5).  Before the second pass looks for
    puncta hidden by brighter ones, each punctum's wing is taken out of the residual and, as a
    punctum's own wing differs from the mean by about as much, its square added to the noise
@@ -2173,8 +2173,8 @@ def _psf_wing(z_res: np.ndarray, pos: np.ndarray, t: np.ndarray, reach: float, c
     not), the wing the median over the puncta, shrunk towards 0 by twice its standard error;
     None with fewer than ``_PSF_MIN_SPOTS`` puncta or nothing left.  A Gaussian PSF reads
     within ~1 % of 0 (the pixel integration that a Gaussian sampled at pixel centres misses);
-    a Moffat PSF of beta 2.5 (heavier wings) +2.2 % at 0.3 um, where the second pass took the
-    noise on that ring for puncta."""
+    a Moffat PSF of beta 2.5 (heavier wings) +2.2-2.7 % at 0.3 um, where the second pass took
+    the noise on that ring for puncta.  In a tiled image each tile measures its own."""
     R = int(np.ceil(reach))
     inside = np.all((pos >= R) & (pos <= np.array(z_res.shape) - 1 - R), axis=1)
     cand = np.flatnonzero((t >= _PSF_MIN_T) & inside)
