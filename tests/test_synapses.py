@@ -290,8 +290,8 @@ def test_noise_free_boxes_of_a_jpeg_do_not_enter_the_noise_model(n: int, seed: i
     floating-point round-off (box variances ~1e-32 in an 8-bit image), which the noise line
     took as the darkest boxes' noise (256 px, seed 0), and, when one class of boxes held
     nothing else, its weight of 1e12 made the fit's covariance singular: ``LinAlgError`` from
-    ``detect_puncta`` (512 px, seed 1).  Such boxes carry no noise; the 8-bit grey level's own
-    quantisation (1/12 ADU^2) is the least a real box can hold."""
+    ``detect_puncta`` (512 px, seed 1).  Such boxes carry no noise and are left out (the
+    least box variance the model keeps here is 0.015-0.06 ADU^2)."""
     import io
 
     Image = pytest.importorskip("PIL.Image")
@@ -688,9 +688,9 @@ def test_puncta_on_the_outermost_pixels_are_detected() -> None:
 
 
 def _moffat_spots(rng: np.random.Generator, n: int, px: float, amp: float, n_spots: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """20 spots with a Moffat PSF (beta 2.5, FWHM 0.25 um: a core like a Gaussian's and heavier
-    wings, as aberrations give), pixel-integrated, peak ``amp`` photons on a background of 100
-    with shot noise; (image, true y x in pixels)."""
+    """``n_spots`` spots with a Moffat PSF (beta 2.5, FWHM 0.25 um: a core like a Gaussian's
+    and heavier wings, as aberrations give), pixel-integrated, peak ``amp`` photons on a
+    background of 100 with shot noise; (image, true y x in pixels)."""
     from analysis.sim.optics import render_psf_spots
 
     pts = rng.uniform(10, n - 10, (n_spots, 2))
