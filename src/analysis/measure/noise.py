@@ -331,7 +331,8 @@ def _round_off_var(img: np.ndarray) -> float:
     exactly 0 on a locally linear signal), not noise: ``(64 eps max|img|)^2``.  Boxes with no
     noise at all (a JPEG compression's flat blocks, a noise-free rendering) read 1e-32-1e-30
     in an 8-bit image, took all the weight of the noise line and made its fit singular."""
-    top = float(np.max(np.abs(img))) if np.size(img) else 0.0
+    # (the extremes, not np.abs of the image: no full-size copy of a large image)
+    top = max(abs(float(np.min(img))), abs(float(np.max(img)))) if np.size(img) else 0.0
     return (64.0 * np.finfo(np.float64).eps * (top if np.isfinite(top) and top > 0 else 1.0)) ** 2
 
 

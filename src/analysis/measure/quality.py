@@ -76,8 +76,9 @@ log = logging.getLogger(__name__)
 #: :data:`analysis.measure.noise.TIED_NEIGHBOURS`, a median filter) it measures the noise of
 #: its filtered image instead, which keeps pure noise clean but costs faint puncta, and the
 #: validation does not cover such images (benchmarks/RESULTS.md, sessions 33 and 35).  Every
-#: validation set reads 0.9-2.6 and 0.95-1.7; milder smoothing (Gaussian ~0.5 px, 2.2) is not
-#: caught and still gives thousands of false puncta per 1,000 um^2 of pure noise.
+#: validation set reads 0.9-2.6 and 0.95-1.7; milder smoothing (Gaussian 0.4-0.6 px, 1.3-4.6)
+#: and JPEG compression (quality 75, ~4) are not caught and give up to thousands of false
+#: puncta per 1,000 um^2 of pure noise (session 36).
 VALIDATED_RANGE: dict[str, dict[str, Any]] = {
     "puncta": {
         "pixel_size_um": (0.05, 0.8),
