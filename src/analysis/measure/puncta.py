@@ -58,16 +58,17 @@ fitted amplitude is significant is kept:
    scale with it.
 6. **Model error near bright puncta.**  The PSF is not exactly Gaussian (Airy rings,
    aberrations), so light within the reach of a bright punctum's model and below 5 % of its
-   amplitude is not a punctum of its own, however many noise SDs it has.  In a plane, what
-   the Gaussian model leaves around a punctum (its PSF's wing) is also measured on the image,
-   around its bright isolated puncta (:func:`_psf_wing`: the median over them of each ring's
-   median residual; within ~1 % of 0 for a Gaussian PSF, +2.2-2.7 % of the punctum's
-   significance at 0.3 um for a Moffat PSF of beta 2.5).  Before the second pass looks for
-   puncta hidden by brighter ones, each punctum's wing is taken out of the residual and, as a
-   punctum's own wing differs from the mean by about as much, its square added to the noise
-   the threshold is set by (around 120 Moffat spots of peak SNR ~50 the second pass had found
-   58 false puncta on that ring; around 450 crowded ones of peak SNR 200, 119;
-   benchmarks/validate_real.py part l).
+   amplitude is not a punctum of its own, however many noise SDs it has.  What the Gaussian
+   model leaves around a punctum (its PSF's wing) is also measured on the image, around its
+   bright isolated puncta (:func:`_psf_wing`: the median over them of each ring's median
+   residual, in a stack per axial offset too; within ~1 % of 0 for a Gaussian PSF, +2.2-2.7 %
+   of the punctum's significance at 0.3 um for a Moffat PSF of beta 2.5).  Before the second
+   pass looks for puncta hidden by brighter ones, each punctum's wing is taken out of the
+   residual and, as a punctum's own wing differs from the mean by about as much, its square
+   added to the noise the threshold is set by (around 120 Moffat spots of peak SNR ~50 the
+   second pass had found 58 false puncta on that ring; around 450 crowded ones of peak SNR
+   200, 119; benchmarks/validate_real.py part l; in stacks of 16 planes, 13-56 around 40-300
+   spots, benchmarks/validate_stacks.py).
 7. **Noise false-discovery control.**  The threshold is a number of noise SDs, so it means
    the same false-positive rate per pixel whatever the brightness, gain, offset or pixel
    size.  Random-field theory gives the rate of noise maxima above ``u`` SDs as
@@ -1715,7 +1716,11 @@ def _detect_block(
     del z_nom
 
     footprint = tuple(2 * int(s) + 1 for s in sep)
-    wing_reach = 3.0 * float(np.sqrt(sigma0[-1] ** 2 + 2.0 * bg[-1] ** 2))  # (the model error's reach)
+    # (the model error's reach: laterally that of the double high pass; in a stack axially
+    # that of the punctum itself, where a lateral wing's light is)
+    wing_reach = np.full(ndim, 3.0 * float(np.sqrt(sigma0[-1] ** 2 + 2.0 * bg[-1] ** 2)))
+    if ndim == 3:
+        wing_reach[0] = 3.0 * float(sigma0[0])
     sharp = ndi.gaussian_laplace(img, _SHARP * sigma0, mode="reflect")
     np.negative(sharp, out=sharp)
     del img
@@ -1943,18 +1948,17 @@ def _detect_block(
                     np.subtract(f_nom, z_res, out=z_res)
         del hh_model
         z_res /= sd_nom
-        if ndim == 2:
-            # what a PSF that is not Gaussian leaves around bright puncta (heavier wings),
-            # measured around the image's own bright isolated puncta, is not a punctum hidden
-            # by them: the wing is taken out of the residual
-            wing = _psf_wing(z_res, pos, t, wing_reach, 2.0 * float(sigma0[-1]))
-            if wing is not None:
-                if (w_map := _radial_sum(shape, pos, t, wing, 0.5)) is not None:
-                    z_res -= w_map
-                # (a punctum's own wing differs from this mean with its size, sub-pixel
-                # position and neighbours, by as much as the wing: its square is model error)
-                if (v_map := _radial_sum(shape, pos, t**2, wing**2, 0.05)) is not None:
-                    z_res /= np.sqrt(1.0 + v_map)
+        # what a PSF that is not Gaussian leaves around bright puncta (heavier wings),
+        # measured around the image's own bright isolated puncta, is not a punctum hidden
+        # by them: the wing is taken out of the residual
+        wing = _psf_wing(z_res, pos, t, wing_reach, 2.0 * float(sigma0[-1]))
+        if wing is not None:
+            if (w_map := _radial_sum(shape, pos, t, wing, 0.5)) is not None:
+                z_res -= w_map
+            # (a punctum's own wing differs from this mean with its size, sub-pixel
+            # position and neighbours, by as much as the wing: its square is model error)
+            if (v_map := _radial_sum(shape, pos, t**2, wing**2, 0.05)) is not None:
+                z_res /= np.sqrt(1.0 + v_map)
         peaks = _extrema(z_res, footprint, z_res >= threshold_sd)
         new = _subpixel(z_res, peaks, edges)
         del z_res
@@ -2159,68 +2163,99 @@ _PSF_MIN_T = 30.0
 _PSF_MIN_SPOTS = 3
 _PSF_NEIGHBOUR = 0.25
 _PSF_MAX_SPOTS = 400  # (the brightest; enough for the profile, bounded time)
+_PSF_MAX_VALUES = 4_000_000  # (and at most this many window pixels: a stack's windows are large)
 
 
-def _psf_wing(z_res: np.ndarray, pos: np.ndarray, t: np.ndarray, reach: float, core: float) -> np.ndarray | None:
-    """What the Gaussian model leaves around a punctum (its PSF's *wing*), measured on a plane's
-    residual significance ``z_res`` around the image's bright isolated puncta: a radial
-    profile at integer radii 0..ceil(``reach``) pixels, per unit of the punctum's
+def _psf_wing(z_res: np.ndarray, pos: np.ndarray, t: np.ndarray, reach: np.ndarray, core: float) -> np.ndarray | None:
+    """What the Gaussian model leaves around a punctum (its PSF's *wing*), measured on the
+    residual significance ``z_res`` (a plane or a stack) around the image's bright isolated
+    puncta: a profile at integer lateral radii 0..ceil(``reach[-1]``) pixels (and, in a stack,
+    integer axial offsets 0..ceil(``reach[0]``) planes: rows), per unit of the punctum's
     significance.
 
     The puncta: significance >= ``_PSF_MIN_T``, no other punctum of >= ``_PSF_NEIGHBOUR`` of
-    theirs within ``reach`` but for one within ``core`` pixels (a blob split in two), the
-    window inside the image; the brightest ``_PSF_MAX_SPOTS``.  Each one's profile is the
-    median of each ring (a PSF's wing is the same all round; another punctum on the ring is
-    not), the wing the median over the puncta, shrunk towards 0 by twice its standard error;
-    None with fewer than ``_PSF_MIN_SPOTS`` puncta or nothing left.  A Gaussian PSF reads
-    within ~1 % of 0 (the pixel integration that a Gaussian sampled at pixel centres misses);
-    a Moffat PSF of beta 2.5 (heavier wings) +2.2-2.7 % at 0.3 um, where the second pass took
-    the noise on that ring for puncta.  In a tiled image each tile measures its own."""
-    R = int(np.ceil(reach))
-    inside = np.all((pos >= R) & (pos <= np.array(z_res.shape) - 1 - R), axis=1)
+    theirs within ``reach`` (per axis: an ellipsoid in a stack) but for one within ``core``
+    lateral pixels of it (a blob split in two), the window laterally inside the image (a
+    stack's planes beyond its ends are left out); the brightest ``_PSF_MAX_SPOTS``, fewer when
+    their windows would exceed ``_PSF_MAX_VALUES`` pixels.  Each one's profile is the median
+    of each ring (a PSF's wing is the same all round; another punctum on the ring is not), the
+    wing the median over the puncta, shrunk towards 0 by twice its standard error; None with
+    fewer than ``_PSF_MIN_SPOTS`` puncta or nothing left.  A Gaussian PSF reads within ~1 % of
+    0 (the pixel integration that a Gaussian sampled at pixel centres misses); a Moffat PSF of
+    beta 2.5 (heavier wings) +2.2-2.7 % at 0.3 um in a plane, up to ~4 % in the spots' planes
+    of a stack, where the second pass took the noise on that ring for puncta.  In a tiled
+    image each tile measures its own."""
+    ndim = z_res.ndim
+    reach = np.broadcast_to(np.asarray(reach, float), (ndim,))
+    R = int(np.ceil(reach[-1]))
+    Rz = int(np.ceil(reach[0])) if ndim == 3 else 0
+    # (laterally the window inside the image; a stack's planes beyond its ends are left out)
+    lat_pos = pos[:, -2:]
+    inside = np.all((lat_pos >= R) & (lat_pos <= np.array(z_res.shape[-2:]) - 1 - R), axis=1)
     cand = np.flatnonzero((t >= _PSF_MIN_T) & inside)
     if len(cand) < _PSF_MIN_SPOTS:
         return None
     cand = cand[np.argsort(-t[cand], kind="stable")][: 4 * _PSF_MAX_SPOTS]
-    # (the candidate-punctum pairs within the reach, at once)
-    pairs = cKDTree(pos[cand]).sparse_distance_matrix(cKDTree(pos), reach, output_type="ndarray")
+    # (the candidate-punctum pairs within the reach, at once; a stack's axes scaled to the
+    # lateral reach)
+    scaled = pos * (reach[-1] / reach)
+    pairs = cKDTree(scaled[cand]).sparse_distance_matrix(cKDTree(scaled), reach[-1], output_type="ndarray")
     i, j, d = pairs["i"], pairs["j"], pairs["v"]
-    crowding = (j != cand[i]) & (t[j] >= _PSF_NEIGHBOUR * t[cand[i]]) & (d >= core)
+    lat = np.hypot(*(pos[cand[i], -2:] - pos[j, -2:]).T) if ndim == 3 else d
+    crowding = (j != cand[i]) & (t[j] >= _PSF_NEIGHBOUR * t[cand[i]]) & (lat >= core)
     alone = np.bincount(i[crowding], minlength=len(cand)) == 0
-    sel = cand[alone][:_PSF_MAX_SPOTS]
+    window = (2 * Rz + 1) * (2 * R + 1) ** 2
+    sel = cand[alone][: min(_PSF_MAX_SPOTS, max(_PSF_MIN_SPOTS, _PSF_MAX_VALUES // window))]
     if len(sel) < _PSF_MIN_SPOTS:
         return None
     c = np.rint(pos[sel]).astype(int)
     off = np.arange(-R, R + 1)
-    win = z_res[(c[:, 0:1] + off)[:, :, None], (c[:, 1:2] + off)[:, None, :]] / t[sel, None, None]
-    dy = off[None, :, None] - (pos[sel, 0] - c[:, 0])[:, None, None]
-    dx = off[None, None, :] - (pos[sel, 1] - c[:, 1])[:, None, None]
-    ring = np.minimum(np.rint(np.hypot(dy, dx)).astype(int), R + 1)
+    if ndim == 2:
+        win = z_res[(c[:, 0:1] + off)[:, :, None], (c[:, 1:2] + off)[:, None, :]]
+        ring = np.zeros(win.shape, int)
+    else:
+        zi = c[:, 0:1] + np.arange(-Rz, Rz + 1)
+        win = z_res[np.clip(zi, 0, z_res.shape[0] - 1)[:, :, None, None], (c[:, 1:2] + off)[:, None, :, None],
+                    (c[:, 2:3] + off)[:, None, None, :]]
+        az = np.minimum(np.rint(np.abs(zi - pos[sel, 0:1])).astype(int), Rz + 1)
+        az[(zi < 0) | (zi >= z_res.shape[0])] = Rz + 1  # (the discarded ring)
+        ring = np.broadcast_to((az * (R + 2))[:, :, None, None], win.shape)
+    win = win / t[sel].reshape((-1,) + (1,) * ndim)
+    dy = off[None, :, None] - (pos[sel, -2] - c[:, -2])[:, None, None]
+    dx = off[None, None, :] - (pos[sel, -1] - c[:, -1])[:, None, None]
+    ring = ring + np.minimum(np.rint(np.hypot(dy, dx)).astype(int), R + 1).reshape(
+        (len(sel),) + (1,) * (ndim - 2) + (2 * R + 1, 2 * R + 1))
     # each punctum's ring medians: a PSF's wing is the same all round, another punctum on the
     # ring (synapses cluster along dendrites) is not (the values sorted within rings, the
     # middle one or two)
-    idx = (np.arange(len(sel))[:, None, None] * (R + 2) + ring).ravel()
-    n = np.bincount(idx, minlength=len(sel) * (R + 2))
+    n_ring = (Rz + 2) * (R + 2)
+    idx = (np.arange(len(sel)).reshape((-1,) + (1,) * ndim) * n_ring + ring).ravel()
+    n = np.bincount(idx, minlength=len(sel) * n_ring)
     vals = win.ravel()[np.lexsort((win.ravel(), idx))]
     start = np.concatenate([[0], np.cumsum(n)[:-1]])
     lo, hi = start + np.maximum(n - 1, 0) // 2, start + n // 2
     last = len(vals) - 1
     prof = np.where(n > 0, 0.5 * (vals[np.minimum(lo, last)] + vals[np.minimum(hi, last)]), 0.0)
-    prof = prof.reshape(len(sel), R + 2)[:, : R + 1]
+    prof = prof.reshape(len(sel), Rz + 2, R + 2)[:, : Rz + 1, : R + 1]
+    if ndim == 2:
+        prof = prof[:, 0]
     med = np.median(prof, axis=0)
     se = np.sqrt(np.pi / 2.0) * prof.std(axis=0, ddof=1) / np.sqrt(len(sel))  # (of a median)
     wing = np.sign(med) * np.maximum(np.abs(med) - 2.0 * se, 0.0)
     return wing if np.any(wing) else None
 
 
-def _radial_sum(shape: tuple[int, int], pos: np.ndarray, weight: np.ndarray, profile: np.ndarray,
+def _radial_sum(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarray, profile: np.ndarray,
                 least: float) -> np.ndarray | None:
     """``sum_j weight_j profile(|x - p_j|)`` on a plane's pixels (``profile`` at integer radii,
     interpolated, 0 beyond), over the puncta whose term reaches ``least`` somewhere (None when
-    none does)."""
+    none does).  In a stack ``profile`` has a row per integer axial offset (planes) and the
+    term is ``profile(|dz|, r)``, interpolated in both."""
     big = np.flatnonzero(weight * np.abs(profile).max() >= least)
     if len(big) == 0:
         return None
+    if len(shape) == 3:
+        return _radial_sum_stack(shape, pos[big], weight[big], profile)
     # (out to the first 0 after the last ring that is not: beyond, every term is 0)
     profile = profile[: min(len(profile), int(np.flatnonzero(profile).max()) + 2)]
     R = len(profile) - 1
@@ -2238,6 +2273,41 @@ def _radial_sum(shape: tuple[int, int], pos: np.ndarray, weight: np.ndarray, pro
         ok = ((yy >= 0) & (yy < ny))[:, :, None] & ((xx >= 0) & (xx < nx))[:, None, :]
         out += np.bincount((yy[:, :, None] * nx + xx[:, None, :])[ok], val[ok], minlength=ny * nx)
     return out.reshape(ny, nx)
+
+
+def _radial_sum_stack(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarray,
+                      profile: np.ndarray) -> np.ndarray:
+    """:func:`_radial_sum` in a stack: ``profile[|dz|, r]`` bilinear in axial offset (planes)
+    and lateral radius (pixels), 0 beyond its last row and column."""
+    nz, ny, nx = shape
+    # (out to the first 0 after the last row and column that are not)
+    nzr, nzc = np.nonzero(profile)
+    profile = profile[: min(profile.shape[0], int(nzr.max()) + 2), : min(profile.shape[1], int(nzc.max()) + 2)]
+    Rz, R = profile.shape[0] - 1, profile.shape[1] - 1
+    padded = np.zeros((Rz + 2, R + 2))
+    padded[: Rz + 1, : R + 1] = profile
+    off = np.arange(-R, R + 1)
+    offz = np.arange(-Rz, Rz + 1)
+    out = np.zeros(nz * ny * nx)
+    batch = max(1, 2_000_000 // (len(offz) * len(off) ** 2))
+    for b0 in range(0, len(pos), batch):
+        p, w = pos[b0 : b0 + batch], weight[b0 : b0 + batch]
+        c = np.rint(p).astype(int)
+        zz, yy, xx = c[:, 0:1] + offz, c[:, 1:2] + off, c[:, 2:3] + off
+        r = np.minimum(np.hypot((yy - p[:, 1:2])[:, :, None], (xx - p[:, 2:3])[:, None, :]), R + 1.0)
+        i0 = np.minimum(r.astype(int), R)[:, None]
+        fr = (r - i0[:, 0])[:, None]
+        a = np.minimum(np.abs(zz - p[:, 0:1]), Rz + 1.0)
+        a0 = np.minimum(a.astype(int), Rz)[:, :, None, None]
+        fa = (a - a0[:, :, 0, 0])[:, :, None, None]
+        val = (1.0 - fa) * ((1.0 - fr) * padded[a0, i0] + fr * padded[a0, i0 + 1])
+        val += fa * ((1.0 - fr) * padded[a0 + 1, i0] + fr * padded[a0 + 1, i0 + 1])
+        val *= w[:, None, None, None]
+        ok = (((zz >= 0) & (zz < nz))[:, :, None, None] & ((yy >= 0) & (yy < ny))[:, None, :, None]
+              & ((xx >= 0) & (xx < nx))[:, None, None, :])
+        flat = (zz[:, :, None, None] * ny + yy[:, None, :, None]) * nx + xx[:, None, None, :]
+        out += np.bincount(flat[ok], val[ok], minlength=nz * ny * nx)
+    return out.reshape(nz, ny, nx)
 
 
 def _double_high_pass(x: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -96,41 +96,57 @@ def psf_profile(r_um: np.ndarray, psf: str = "moffat", *, fwhm_um: float = 0.25,
     raise ValueError(f"psf must be 'moffat' or 'airy', not {psf!r}")
 
 
-def render_psf_spots(rng: np.random.Generator, shape: tuple[int, int], pixel_size_um: float, yx: np.ndarray,
+def render_psf_spots(rng: np.random.Generator, shape: tuple[int, ...], pixel_size_um: float, yx: np.ndarray,
                      amplitude: float, background: float = 100.0, psf: str = "moffat", *, supersample: int = 5,
+                     z_step_um: float | None = None, axial_sigma_um: float = 0.3,
                      **psf_params: float) -> np.ndarray:
     """Point-like spots with a non-Gaussian PSF (:func:`psf_profile`), integrated over each
     pixel (``supersample`` x ``supersample`` sub-pixels), on a flat ``background`` (photons),
     with shot noise, as uint16: a check of the detectors on light that is not the Gaussian
-    they model.
+    they model.  A stack (``shape`` ZYX) has that lateral profile in every plane, times a
+    Gaussian of ``axial_sigma_um`` along z sampled at the planes (an optical section).
 
     Parameters
     ----------
     rng : numpy.random.Generator
         Source of the shot noise.
-    shape : (int, int)
-        Image shape (pixels).
+    shape : (int, int) or (int, int, int)
+        Image shape (pixels; planes first for a stack).
     pixel_size_um : float
         Pixel size.
-    yx : ndarray, shape (n, 2)
-        Spot centres (pixels, pixel centres at integers), on the image's pixels.
+    yx : ndarray, shape (n, 2) or (n, 3)
+        Spot centres (pixels, pixel centres at integers; a stack's with the plane first), on
+        the image's pixels.
     amplitude : float
-        Peak of a spot centred on a pixel, in photons above the background.
+        Peak of a spot centred on a pixel (and plane), in photons above the background.
     background : float
         Photons per pixel.
     psf : {"moffat", "airy"}
         The profile; ``psf_params`` are passed to :func:`psf_profile`.
     supersample : int
         Sub-pixels per pixel and axis.
+    z_step_um : float, optional
+        A stack's plane spacing (required for a stack).
+    axial_sigma_um : float
+        A stack's axial Gaussian SD.
 
     Returns
     -------
     ndarray of uint16
         The image (photons).
     """
-    ny, nx = _check_shape(shape)
-    yx = np.asarray(yx, float).reshape(-1, 2)
-    if len(yx) and not ((np.rint(yx) >= 0).all() and (np.rint(yx) <= [ny - 1, nx - 1]).all()):
+    if len(shape) == 3:
+        nz = int(shape[0])
+        if nz < 1 or z_step_um is None or not z_step_um > 0 or not axial_sigma_um > 0:
+            raise ValueError("render_psf_spots: a stack needs planes, z_step_um > 0 and axial_sigma_um > 0")
+        ny, nx = _check_shape(tuple(shape[1:]))
+        zyx = np.asarray(yx, float).reshape(-1, 3)
+    else:
+        nz = 0
+        ny, nx = _check_shape(shape)
+        zyx = np.column_stack([np.zeros(len(np.asarray(yx).reshape(-1, 2))), np.asarray(yx, float).reshape(-1, 2)])
+    lat = zyx[:, 1:]
+    if len(lat) and not ((np.rint(lat) >= 0).all() and (np.rint(lat) <= [ny - 1, nx - 1]).all()):
         raise ValueError("render_psf_spots: spot centres must lie on the image's pixels (0 .. shape - 1)")
     sub = int(supersample)
     u = (np.arange(sub) + 0.5) / sub - 0.5  # sub-pixel centres within a pixel
@@ -138,15 +154,18 @@ def render_psf_spots(rng: np.random.Generator, shape: tuple[int, int], pixel_siz
     half = int(np.ceil(_PSF_REACH_UM / pixel_size_um))  # (each spot within 2 um of its pixel)
     off = np.arange(-half, half + 1)
     fine = (off[:, None] + u[None, :]).ravel()  # sub-pixel offsets from the spot's pixel
-    lam = np.zeros((ny + 2 * half, nx + 2 * half))
-    for y, x in yx:
+    lam = np.zeros((max(nz, 1), ny + 2 * half, nx + 2 * half))
+    planes = np.arange(max(nz, 1))
+    for z, y, x in zyx:
         cy, cx = int(np.rint(y)), int(np.rint(x))
         r = np.hypot((fine + cy - y)[:, None], (fine + cx - x)[None, :]) * pixel_size_um
         win = psf_profile(r, psf, **psf_params).reshape(len(off), sub, len(off), sub).mean(axis=(1, 3))
-        lam[cy : cy + 2 * half + 1, cx : cx + 2 * half + 1] += win  # (padded by ``half``)
-    lam = lam[half : half + ny, half : half + nx]
+        axial = np.exp(-0.5 * ((planes - z) * z_step_um / axial_sigma_um) ** 2) if nz else np.ones(1)
+        lam[:, cy : cy + 2 * half + 1, cx : cx + 2 * half + 1] += axial[:, None, None] * win  # (padded by ``half``)
+    lam = lam[:, half : half + ny, half : half + nx]
     counts = rng.poisson(background + amplitude / peak * lam)
-    return np.clip(counts, 0, _UINT16_MAX).astype(np.uint16)
+    counts = np.clip(counts, 0, _UINT16_MAX).astype(np.uint16)
+    return counts if nz else counts[0]
 
 
 # =========================================================================================
