@@ -238,6 +238,10 @@ _SECTION_PURPOSES: tuple[tuple[str, str], ...] = (
     ("not gaussian", "Spots whose point spread function is not the Gaussian the detectors model (an Airy "
                      "pattern with its rings, a Moffat profile with heavier wings), at two densities and three "
                      "signal-to-noise ratios: precision, recall and F1 of each detector."),
+    ("elongated", "Spots drawn out along a line (elliptical, aspect 1 to 2, as an astigmatic PSF or "
+                  "synapses seen edge-on give), which detectors of round spots may count twice, at three "
+                  "signal-to-noise ratios: precision, recall and F1 of each detector, and how many fields "
+                  "ours read as elongated."),
     ("resampled", "The real Iba1 fields resampled to other pixel sizes (and their hand masks with them), "
                   "segmented with the matching pixel size: parameters in physical units find the same cells "
                   "at every sampling."),
