@@ -69,12 +69,14 @@ fitted amplitude is significant is kept:
    second pass had found 58 false puncta on that ring; around 450 crowded ones of peak SNR
    200, 119; benchmarks/validate_real.py part l; in stacks of 16 planes, 13-56 around 40-300
    spots, benchmarks/validate_stacks.py).  Puncta drawn out along a line (an astigmatic PSF,
-   synapses seen edge-on) are fitted by two or three round ones, or split in two: in a plane
-   whose bright isolated puncta one elongated punctum explains better than a round one
-   (:func:`_elongation_seen`), a split or a group of puncta within 3 sigma must beat one
-   elongated punctum as a split beats one round punctum (:func:`_merge_elongated`;
-   elliptical spots of aspect 1.3-2 at peak SNR 20-400 gave 0.35-1.4 false puncta per spot,
-   now 0.005-0.1; ``attrs["elongated_puncta"]``).  Planes of round puncta are unchanged.
+   synapses seen edge-on) are fitted by two or three round ones, or split in two: in an
+   image whose bright isolated puncta one elongated punctum explains better than a round one
+   (:func:`_elongation_seen`; in a stack, drawn out laterally), a split or a group of puncta
+   within 3 sigma must beat one elongated punctum as a split beats one round punctum
+   (:func:`_merge_elongated`; ``attrs["elongated_puncta"]``).  Elliptical spots of aspect
+   1.3-2 at peak SNR 20-400 gave 0.40-1.34 false puncta per spot, now 0-0.06
+   (benchmarks/validate_real.py part m; aspect 1.15 is not recognised, 0.07-0.10); in stacks
+   of aspect 1.3-1.6, 14-100 around 135 spots, now 0-7.  Images of round puncta are unchanged.
 7. **Noise false-discovery control.**  The threshold is a number of noise SDs, so it means
    the same false-positive rate per pixel whatever the brightness, gain, offset or pixel
    size.  Random-field theory gives the rate of noise maxima above ``u`` SDs as
@@ -1426,9 +1428,9 @@ def detect_puncta(
         the larger of it and the same figure along z), ``tie_ratio``
         (:func:`~analysis.measure.noise.neighbour_tie_ratio`), ``noise_factor`` (1, or,
         for correlated noise, the factor by which the filtered image's noise exceeds the
-        model's; module docstring, step 1) and ``elongated_puncta`` (True when the plane's
-        single puncta were found drawn out along a line; step 6).  In a stack whose planes' brightness jumps,
-        intensities are in units of the planes' trend (step 2).
+        model's; module docstring, step 1) and ``elongated_puncta`` (True when the image's
+        single puncta were found drawn out along a line; step 6).  In a stack whose planes'
+        brightness jumps, intensities are in units of the planes' trend (step 2).
 
     Examples
     --------
@@ -1939,9 +1941,9 @@ def _detect_block(
         z_res = nominal.response(hh_model)
         np.subtract(f_nom, z_res, out=z_res)
         n_split = 0
+        elongated = _elongation_seen(z_res, pos, a, k, t, sd_nom=sd_nom, nominal=nominal, sig_all=sig_all,
+                                     c_all=c_all, k0_all=k0_all, bg=bg, reach=wing_reach)
         if ndim == 2:
-            elongated = _elongation_seen(z_res, pos, a, k, t, sd_nom=sd_nom, nominal=nominal, sig_all=sig_all,
-                                         c_all=c_all, k0_all=k0_all, bg=bg, reach=float(wing_reach[-1]))
             pos, k, a, t, n_split, (old_pos, old_a, old_k) = _split_unresolved(
                 pos, k, a, t, z_res, noise=noise, sd_nom=sd_nom, nominal=nominal, nom=nom, sig_all=sig_all,
                 c_all=c_all, k0_all=k0_all, bg=bg, threshold_sd=threshold_sd, sep=sep, edges=edges,
@@ -2037,63 +2039,73 @@ def _elongated_gain(res: np.ndarray, centres: np.ndarray, own_pos: np.ndarray, o
                     own_sig: np.ndarray, own_c: np.ndarray, s: np.ndarray, c0: float,
                     bg: np.ndarray, shifts: np.ndarray = _ELONGATION_SHIFTS) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares gain (the units of :func:`_split_unresolved`'s ``g1``, ``g2``) of the best
-    single *elongated* punctum of each of ``n`` groups of fitted puncta (2-D), and its centre.
+    single *elongated* punctum of each of ``n`` groups of fitted puncta, and its centre (in a
+    stack, lines and shifts are lateral).
 
     The elongated punctum is a nominal punctum blurred along a line, ``E = sum_k w_k T(p + u_k
     e)``, with Gaussian weights ``w_k`` (samples every half pixel), over
     :data:`_ELONGATION_ANGLES` and :data:`_ELONGATION_SD`, centred at each of ``centres`` (n, c,
-    2) and :data:`_ELONGATION_SHIFTS` around them.  Its light is ``sum_k w_k y(p + u_k e)``,
+    ndim) and ``shifts`` (lateral) around them.  Its light is ``sum_k w_k y(p + u_k e)``,
     ``y`` the residual response ``res`` (bilinear) plus the group's own fitted models (``own_*``:
     (n, m, ...) positions, amplitudes, per-axis sigmas and normalisations), and its norm ``sum_kl
     w_k w_l <H T_k, H T_l>``: the pair of :func:`_split_unresolved` is the two-sample case of
     the same family."""
-    n = len(centres)
+    n, ndim = len(centres), res.ndim
     best = np.zeros(n)
     where = centres[:, 0].copy()
     hi = np.array(res.shape, float) - 1.0
-    sm = float(np.mean(s))
-    ctr = (centres[:, :, None, :] + shifts[None, None, :, :]).reshape(n, -1, 2)
+    sm = float(np.mean(s[-2:]))
+    if ndim == 3:  # (lateral lines and shifts in a stack)
+        shifts = np.column_stack([np.zeros(len(shifts)), shifts])
+    ctr = (centres[:, :, None, :] + shifts[None, None, :, :]).reshape(n, -1, ndim)
     for f in _ELONGATION_SD:
         se = f * sm
         u = np.arange(-np.ceil(6.0 * se), np.ceil(6.0 * se) + 1) * 0.5
         w = np.exp(-0.5 * (u / se) ** 2)
         w /= w.sum()
-        for th in _ELONGATION_ANGLES:
-            e = np.array([np.sin(th), np.cos(th)])
-            # the template's norm: every pair of its samples
-            dd = (u[:, None] - u[None, :])[..., None] * e
-            norm = float(w @ _overlap(dd**2, s, s, c0, c0, bg, _W_K) @ w)
-            pts = ctr[:, :, None, :] + u[None, None, :, None] * e  # (groups, centres, samples, 2)
-            flat = np.clip(pts.reshape(-1, 2), 0.0, hi)
-            light = ndi.map_coordinates(res, flat.T, order=1, mode="nearest").reshape(pts.shape[:-1])
-            for j in range(own_pos.shape[1]):
-                light += own_a[:, j, None, None] * _overlap(
-                    (pts - own_pos[:, j, None, None, :]) ** 2, s, own_sig[:, j, None, None, :], c0,
-                    own_c[:, j, None, None], bg, _W_K)
-            y = np.maximum(light @ w, 0.0)  # (groups, centres)
-            g = (y**2).max(axis=1) / norm
-            better = g > best
-            where[better] = ctr[better, (y**2).argmax(axis=1)[better]]
-            best = np.maximum(best, g)
+        # every angle at once: directions (angles, ndim)
+        e = np.zeros((len(_ELONGATION_ANGLES), ndim))
+        e[:, -2], e[:, -1] = np.sin(_ELONGATION_ANGLES), np.cos(_ELONGATION_ANGLES)
+        # the template's norm: every pair of its samples
+        dd = (u[:, None] - u[None, :])[None, :, :, None] * e[:, None, None, :]
+        norm = np.einsum("i,aij,j->a", w, _overlap(dd**2, s, s, c0, c0, bg, _W_K), w)
+        # (groups, centres, angles, samples, ndim)
+        pts = ctr[:, :, None, None, :] + u[None, None, None, :, None] * e[None, None, :, None, :]
+        flat = np.clip(pts.reshape(-1, ndim), 0.0, hi)
+        light = ndi.map_coordinates(res, flat.T, order=1, mode="nearest").reshape(pts.shape[:-1])
+        for j in range(own_pos.shape[1]):
+            light += own_a[:, j, None, None, None] * _overlap(
+                (pts - own_pos[:, j, None, None, None, :]) ** 2, s, own_sig[:, j, None, None, None, :], c0,
+                own_c[:, j, None, None, None], bg, _W_K)
+        y = np.maximum(light @ w, 0.0)  # (groups, centres, angles)
+        g = (y**2 / norm).reshape(n, -1)
+        top = g.argmax(axis=1)
+        g = g[np.arange(n), top]
+        better = g > best
+        where[better] = ctr[better, top[better] // len(_ELONGATION_ANGLES)]
+        best = np.maximum(best, g)
     return best, where
 
 
 #: The elongated hypothesis (:func:`_elongation_seen`) needs this many bright isolated puncta,
-#: and three in four of them better explained by one elongated punctum than by a round one.
+#: and three in four of them better explained by one elongated punctum than by a round one
+#: (measured on the brightest ``_ELONGATION_MAX_SPOTS``: enough for the quartile, bounded time).
 _ELONGATION_MIN_SPOTS = 20
+_ELONGATION_MAX_SPOTS = 100
 
 
 def _elongation_seen(res: np.ndarray, pos: np.ndarray, a: np.ndarray, k: np.ndarray, t: np.ndarray, *,
                      sd_nom: np.ndarray, nominal: _Scale, sig_all: np.ndarray, c_all: np.ndarray,
-                     k0_all: np.ndarray, bg: np.ndarray, reach: float) -> float | None:
-    """Whether the image's single puncta are drawn out along a line (2-D: an astigmatic PSF,
-    synapses seen edge-on), as opposed to round puncta of which some lie close together; and
+                     k0_all: np.ndarray, bg: np.ndarray, reach: np.ndarray) -> float | None:
+    """Whether the image's single puncta are drawn out along a line (an astigmatic PSF, synapses
+    seen edge-on; in a stack, laterally), as opposed to round puncta of which some lie close together; and
     if so, how much better than one elongated punctum two round ones fit such a single one.
 
     Measured on the bright isolated puncta: significance >= ``_PSF_MIN_T``, no other punctum
-    of ``_PSF_NEIGHBOUR`` of their significance within ``reach`` pixels but for those within
+    of ``_PSF_NEIGHBOUR`` of their significance within ``reach`` (per axis, as in
+    :func:`_psf_wing`) but for those within
     ``_LOBE_REACH`` nominal sigmas (round fits of the same elongated punctum: their light is
-    the punctum's), the window inside the image; the brightest ``_PSF_MAX_SPOTS``, at least
+    the punctum's), the window laterally inside the image; the brightest ``_ELONGATION_MAX_SPOTS``, at least
     ``_ELONGATION_MIN_SPOTS``.  Elongated when, for three in four of them, the best single
     elongated punctum (:func:`_elongated_gain`) explains more of that light than the best round
     one (a nominal punctum at and around the centre, or the fitted one): the median round spot
@@ -2104,19 +2116,22 @@ def _elongation_seen(res: np.ndarray, pos: np.ndarray, a: np.ndarray, k: np.ndar
     (:func:`_pair_grid`) over the elongated punctum, per unit of significance squared (>= 0):
     the model error of the elongated punctum, which :func:`_split_unresolved` and
     :func:`_merge_elongated` allow for when they weigh one elongated punctum against two."""
-    R = int(np.ceil(reach))
+    ndim = res.ndim
+    reach = np.broadcast_to(np.asarray(reach, float), (ndim,))
+    R = int(np.ceil(reach[-1]))
     s = nominal.sigma
-    inside = np.all((pos >= R) & (pos <= np.array(res.shape) - 1 - R), axis=1)
+    inside = np.all((pos[:, -2:] >= R) & (pos[:, -2:] <= np.array(res.shape[-2:]) - 1 - R), axis=1)
     cand = np.flatnonzero((t >= _PSF_MIN_T) & inside)
     if len(cand) < _ELONGATION_MIN_SPOTS:
         return None
     cand = cand[np.argsort(-t[cand], kind="stable")][: 4 * _PSF_MAX_SPOTS]
-    pairs = cKDTree(pos[cand]).sparse_distance_matrix(cKDTree(pos), reach, output_type="ndarray")
+    scaled = pos * (reach[-1] / reach)
+    pairs = cKDTree(scaled[cand]).sparse_distance_matrix(cKDTree(scaled), reach[-1], output_type="ndarray")
     i, j = pairs["i"], pairs["j"]
-    near = np.hypot(*((pos[cand[i]] - pos[j]) / s).T) <= _LOBE_REACH
+    near = np.sqrt((((pos[cand[i]] - pos[j]) / s) ** 2).sum(axis=1)) <= _LOBE_REACH
     crowding = (j != cand[i]) & (t[j] >= _PSF_NEIGHBOUR * t[cand[i]]) & ~near
     alone = np.bincount(i[crowding], minlength=len(cand)) == 0
-    sel = np.flatnonzero(alone)[:_PSF_MAX_SPOTS]
+    sel = np.flatnonzero(alone)[:_ELONGATION_MAX_SPOTS]
     if len(sel) < _ELONGATION_MIN_SPOTS:
         return None
     # each one's group: itself and the puncta within _LOBE_REACH sigmas (padded with empty models)
@@ -2127,8 +2142,8 @@ def _elongation_seen(res: np.ndarray, pos: np.ndarray, a: np.ndarray, k: np.ndar
     centre = pos[cand[sel]]
     hi = np.array(res.shape, float) - 1.0
 
-    def light(pts: np.ndarray) -> np.ndarray:  # (groups, points, 2) -> (groups, points)
-        out = ndi.map_coordinates(res, np.clip(pts.reshape(-1, 2), 0.0, hi).T, order=1,
+    def light(pts: np.ndarray) -> np.ndarray:  # (groups, points, ndim) -> (groups, points)
+        out = ndi.map_coordinates(res, np.clip(pts.reshape(-1, ndim), 0.0, hi).T, order=1,
                                   mode="nearest").reshape(pts.shape[:-1])
         for m in range(width):
             out += amp[:, m, None] * _overlap((pts - pos[idx[:, m], None, :]) ** 2, s,
@@ -2136,9 +2151,12 @@ def _elongation_seen(res: np.ndarray, pos: np.ndarray, a: np.ndarray, k: np.ndar
                                               c_all[k[idx[:, m]]][:, None], bg, _W_K)
         return out
 
-    g_e = _elongated_gain(res, centre[:, None], pos[idx], amp, sig_all[k[idx]], c_all[k[idx]], s, nominal.c, bg)[0]
+    g_e = _elongated_gain(res, centre[:, None], pos[idx], amp, sig_all[k[idx]], c_all[k[idx]], s, nominal.c, bg,
+                          np.zeros((1, 2)))[0]
     # the best round punctum: a nominal one at and around the centre, or the fitted one
-    y = light(centre[:, None, :] + _ELONGATION_SHIFTS[None])
+    shifts = _ELONGATION_SHIFTS if ndim == 2 else np.column_stack([np.zeros(len(_ELONGATION_SHIFTS)),
+                                                                     _ELONGATION_SHIFTS])
+    y = light(centre[:, None, :] + shifts[None])
     g_round = np.maximum((np.maximum(y, 0.0) ** 2).max(axis=1) / nominal.k0, a[cand[sel]] ** 2 * k0_all[k[cand[sel]]])
     if not np.quantile(g_e - g_round, 0.25) > 0.0:
         return None
@@ -2150,7 +2168,7 @@ def _elongation_seen(res: np.ndarray, pos: np.ndarray, a: np.ndarray, k: np.ndar
     g2 = (k0 * y1**2 - 2.0 * k12 * y1 * y2 + k0 * y2**2) / det
     g2[((k0 * y1 - k12 * y2) <= 0) | ((k0 * y2 - k12 * y1) <= 0)] = 0.0
     ij = np.rint(centre).astype(int)
-    kappa = k0 / sd_nom[ij[:, 0], ij[:, 1]] ** 2
+    kappa = k0 / sd_nom[tuple(ij.T)] ** 2
     adv = kappa * (g2.max(axis=1) - np.maximum(g_e, g_round)) / t[cand[sel]] ** 2
     return float(max(0.0, np.quantile(adv, 0.9)))
 
@@ -2164,7 +2182,7 @@ def _merge_elongated(pos: np.ndarray, a: np.ndarray, k: np.ndarray, t: np.ndarra
                      sd_nom: np.ndarray, nominal: _Scale, sig_all: np.ndarray, c_all: np.ndarray,
                      bg: np.ndarray, edges: tuple[np.ndarray, np.ndarray],
                      model_error: float) -> tuple[np.ndarray, np.ndarray]:
-    """Puncta that are the elongation of a brighter punctum beside them (2-D): a mask, and the
+    """Puncta that are the elongation of a brighter punctum beside them: a mask, and the
     positions of the brighter ones moved to the centre of the elongated punctum.
 
     A punctum drawn out along a line (an astigmatic PSF, a synapse seen edge-on) is fitted by
@@ -2219,8 +2237,8 @@ def _merge_elongated(pos: np.ndarray, a: np.ndarray, k: np.ndarray, t: np.ndarra
     k0, c0 = nominal.k0, nominal.c
     amp = np.where(real, a[idx], 0.0)
 
-    def light(x: np.ndarray) -> np.ndarray:  # (groups, points, 2) -> (groups, points)
-        out = ndi.map_coordinates(res, np.clip(x.reshape(-1, 2), 0.0, hi).T, order=1,
+    def light(x: np.ndarray) -> np.ndarray:  # (groups, points, ndim) -> (groups, points)
+        out = ndi.map_coordinates(res, np.clip(x.reshape(-1, x.shape[-1]), 0.0, hi).T, order=1,
                                   mode="nearest").reshape(x.shape[:-1])
         for m in range(width):
             out += amp[:, m, None] * _overlap((x - pos[idx[:, m], None, :]) ** 2, s, sig_all[k[idx[:, m]]][:, None, :],
@@ -2240,7 +2258,7 @@ def _merge_elongated(pos: np.ndarray, a: np.ndarray, k: np.ndarray, t: np.ndarra
     ge, centre = _elongated_gain(res, np.stack([pos[mains], centroid], axis=1), pos[idx], amp, sig_all[k[idx]],
                                  c_all[k[idx]], s, c0, bg, np.zeros((1, 2)))
     ij = np.clip(np.rint(pos[mains]).astype(int), 0, hi.astype(int))
-    kappa = k0 / sd_nom[ij[:, 0], ij[:, 1]] ** 2
+    kappa = k0 / sd_nom[tuple(ij.T)] ** 2
     dchi = kappa * (g_group - np.maximum(g1, ge))
     weak = dchi <= size * _SPLIT_CHI2 + (_PSF_MODEL_ERROR**2 + model_error) * t[mains] ** 2
     for g in np.flatnonzero(weak):
@@ -2251,20 +2269,24 @@ def _merge_elongated(pos: np.ndarray, a: np.ndarray, k: np.ndarray, t: np.ndarra
 
 def _pair_grid(nominal: _Scale, bg: np.ndarray) -> tuple[np.ndarray, ...]:
     """The pairs of nominal puncta that :func:`_split_unresolved` tries for one blob: pixel
-    offsets within 1.25 sigma (+ half a pixel) of its centre, the index pairs of them at least
-    the minimum separation apart, each pair's 2 x 2 normal matrix ``[[k0, k12], [k12, k0]]``
-    (``k12`` and the determinant) and the variance of either amplitude per unit pixel noise
-    (``(K^-1 Q K^-1)_11``, ``Q``: the responses' noise covariance)."""
+    offsets within 1.25 lateral sigma (+ half a pixel) of its centre (in a stack, in its
+    plane), the index pairs of them at least the minimum separation apart, each pair's 2 x 2
+    normal matrix ``[[k0, k12], [k12, k0]]`` (``k12`` and the determinant) and the variance of
+    either amplitude per unit pixel noise (``(K^-1 Q K^-1)_11``, ``Q``: the responses' noise
+    covariance)."""
     s, k0, c0 = nominal.sigma, nominal.k0, nominal.c
-    q0 = float(_overlap(np.zeros(2), s, s, c0, c0, bg, _W_Q))
-    min_d = max(_MIN_SEPARATION_PX, _SPLIT_MIN_SEP * float(s.max()))
-    rho = 1.25 * float(s.max()) + 0.5
+    q0 = float(_overlap(np.zeros(len(s)), s, s, c0, c0, bg, _W_Q))
+    lat = float(s[-2:].max())
+    min_d = max(_MIN_SEPARATION_PX, _SPLIT_MIN_SEP * lat)
+    rho = 1.25 * lat + 0.5
     r = int(np.ceil(rho))
     offs = np.argwhere(np.ones((2 * r + 1, 2 * r + 1), bool)) - r
     offs = offs[(offs**2).sum(axis=1) <= rho**2]
     ia, ib = np.triu_indices(len(offs), 1)
     keep_pair = np.hypot(*(offs[ia] - offs[ib]).T) >= min_d
     ia, ib = ia[keep_pair], ib[keep_pair]
+    if len(s) == 3:  # (in a stack: pairs in the punctum's plane)
+        offs = np.column_stack([np.zeros(len(offs), int), offs])
     d2 = (offs[ia] - offs[ib]).astype(float) ** 2
     k12 = _overlap(d2, s, s, c0, c0, bg, _W_K)
     q12 = _overlap(d2, s, s, c0, c0, bg, _W_Q)
@@ -2310,8 +2332,9 @@ def _split_unresolved(
     which cuts puncta like an edge), are not split (a spot and its mirror image look like a
     pair).  When the image's single puncta are elongated (``elongated``: the model error of
     :func:`_elongation_seen`, None for round puncta), the pair must also gain that much more
-    over the best single elongated punctum (:func:`_elongated_gain`).  The two members (at pixel centres, with their least-squares amplitudes) go back to
-    the joint fit, which re-centres, re-sizes and prunes them like any candidate.
+    over the best single elongated punctum (:func:`_elongated_gain`).  The two members (at
+    pixel centres, with their least-squares amplitudes) go back to the joint fit, which
+    re-centres, re-sizes and prunes them like any candidate.
 
     Returns the new ``pos, k, a, t`` (split members last: the first members, then their
     twins in the same order), the number of puncta split and the ``pos, a, k`` of the puncta

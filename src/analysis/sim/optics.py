@@ -168,26 +168,30 @@ def render_psf_spots(rng: np.random.Generator, shape: tuple[int, ...], pixel_siz
     return counts if nz else counts[0]
 
 
-def render_elliptical_spots(rng: np.random.Generator, shape: tuple[int, int], pixel_size_um: float,
+def render_elliptical_spots(rng: np.random.Generator, shape: tuple[int, ...], pixel_size_um: float,
                             yx: np.ndarray, amplitude: float, background: float = 100.0, *,
                             sigma_um: float = 0.09, aspect: float = 1.5, angle_rad: float = 0.0,
-                            supersample: int = 5) -> np.ndarray:
+                            supersample: int = 5, z_step_um: float | None = None,
+                            axial_sigma_um: float = 0.3) -> np.ndarray:
     """Elongated spots: elliptical Gaussians of minor SD ``sigma_um`` and major SD ``aspect``
     times that, their major axis at ``angle_rad`` from the x axis (towards +y), integrated over
     each pixel (``supersample`` x ``supersample`` sub-pixels), on a flat ``background``
     (photons), with shot noise, as uint16: an astigmatic PSF (one angle for all), or synapses
-    seen edge-on; a check of detectors that model round spots.
+    seen edge-on; a check of detectors that model round spots.  A stack (``shape`` ZYX) has
+    that lateral profile in every plane, times a Gaussian of ``axial_sigma_um`` along z
+    sampled at the planes.
 
     Parameters
     ----------
     rng : numpy.random.Generator
         Source of the shot noise.
-    shape : (int, int)
-        Image shape (pixels).
+    shape : (int, int) or (int, int, int)
+        Image shape (pixels; planes first for a stack).
     pixel_size_um : float
         Pixel size.
-    yx : ndarray, shape (n, 2)
-        Spot centres (pixels, pixel centres at integers), on the image's pixels.
+    yx : ndarray, shape (n, 2) or (n, 3)
+        Spot centres (pixels, pixel centres at integers; a stack's with the plane first), on
+        the image's pixels.
     amplitude : float
         Peak of a spot, in photons above the background (before pixel integration).
     background : float
@@ -196,6 +200,10 @@ def render_elliptical_spots(rng: np.random.Generator, shape: tuple[int, int], pi
         Minor-axis SD, major / minor SD ratio (>= 1), direction of the major axis.
     supersample : int
         Sub-pixels per pixel and axis.
+    z_step_um : float, optional
+        A stack's plane spacing (required for a stack).
+    axial_sigma_um : float
+        A stack's axial Gaussian SD.
 
     Returns
     -------
@@ -209,12 +217,22 @@ def render_elliptical_spots(rng: np.random.Generator, shape: tuple[int, int], pi
     >>> int(img[16, 16 + 3] > 3 * img[16 + 3, 16])  # drawn out along x
     1
     """
-    ny, nx = _check_shape(shape)
+    if len(shape) == 3:
+        nz = int(shape[0])
+        if nz < 1 or z_step_um is None or not z_step_um > 0 or not axial_sigma_um > 0:
+            raise ValueError("render_elliptical_spots: a stack needs planes, z_step_um > 0 and axial_sigma_um > 0")
+        ny, nx = _check_shape(tuple(shape[1:]))
+        zyx = np.asarray(yx, float).reshape(-1, 3)
+    else:
+        nz = 0
+        ny, nx = _check_shape(shape)
+        lat2 = np.asarray(yx, float).reshape(-1, 2)
+        zyx = np.column_stack([np.zeros(len(lat2)), lat2])
     _check_positive(pixel_size_um=pixel_size_um, sigma_um=sigma_um)
     if not aspect >= 1.0:
         raise ValueError(f"render_elliptical_spots: aspect must be >= 1, got {aspect!r}")
-    yx = np.asarray(yx, float).reshape(-1, 2)
-    if len(yx) and not ((np.rint(yx) >= 0).all() and (np.rint(yx) <= [ny - 1, nx - 1]).all()):
+    lat = zyx[:, 1:]
+    if len(lat) and not ((np.rint(lat) >= 0).all() and (np.rint(lat) <= [ny - 1, nx - 1]).all()):
         raise ValueError("render_elliptical_spots: spot centres must lie on the image's pixels (0 .. shape - 1)")
     s_minor = sigma_um / pixel_size_um
     s_major = aspect * s_minor
@@ -224,16 +242,19 @@ def render_elliptical_spots(rng: np.random.Generator, shape: tuple[int, int], pi
     off = np.arange(-half, half + 1)
     fine = (off[:, None] + u[None, :]).ravel()
     c, sn = np.cos(angle_rad), np.sin(angle_rad)
-    lam = np.zeros((ny + 2 * half, nx + 2 * half))
-    for y, x in yx:
+    lam = np.zeros((max(nz, 1), ny + 2 * half, nx + 2 * half))
+    planes = np.arange(max(nz, 1))
+    for z, y, x in zyx:
         cy, cx = int(np.rint(y)), int(np.rint(x))
         dy, dx = (fine + cy - y)[:, None], (fine + cx - x)[None, :]
         along, across = c * dx + sn * dy, -sn * dx + c * dy
         win = np.exp(-0.5 * ((along / s_major) ** 2 + (across / s_minor) ** 2))
-        lam[cy : cy + 2 * half + 1, cx : cx + 2 * half + 1] += win.reshape(len(off), sub, len(off), sub).mean(axis=(1, 3))
-    lam = lam[half : half + ny, half : half + nx]
-    counts = rng.poisson(background + amplitude * lam)
-    return np.clip(counts, 0, _UINT16_MAX).astype(np.uint16)
+        win = win.reshape(len(off), sub, len(off), sub).mean(axis=(1, 3))
+        axial = np.exp(-0.5 * ((planes - z) * z_step_um / axial_sigma_um) ** 2) if nz else np.ones(1)
+        lam[:, cy : cy + 2 * half + 1, cx : cx + 2 * half + 1] += axial[:, None, None] * win
+    lam = lam[:, half : half + ny, half : half + nx]
+    counts = np.clip(rng.poisson(background + amplitude * lam), 0, _UINT16_MAX).astype(np.uint16)
+    return counts if nz else counts[0]
 
 
 # =========================================================================================
