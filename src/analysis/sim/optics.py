@@ -135,19 +135,7 @@ def render_psf_spots(rng: np.random.Generator, shape: tuple[int, ...], pixel_siz
     ndarray of uint16
         The image (photons).
     """
-    if len(shape) == 3:
-        nz = int(shape[0])
-        if nz < 1 or z_step_um is None or not z_step_um > 0 or not axial_sigma_um > 0:
-            raise ValueError("render_psf_spots: a stack needs planes, z_step_um > 0 and axial_sigma_um > 0")
-        ny, nx = _check_shape(tuple(shape[1:]))
-        zyx = np.asarray(yx, float).reshape(-1, 3)
-    else:
-        nz = 0
-        ny, nx = _check_shape(shape)
-        zyx = np.column_stack([np.zeros(len(np.asarray(yx).reshape(-1, 2))), np.asarray(yx, float).reshape(-1, 2)])
-    lat = zyx[:, 1:]
-    if len(lat) and not ((np.rint(lat) >= 0).all() and (np.rint(lat) <= [ny - 1, nx - 1]).all()):
-        raise ValueError("render_psf_spots: spot centres must lie on the image's pixels (0 .. shape - 1)")
+    nz, ny, nx, zyx = _spot_centres("render_psf_spots", shape, yx, z_step_um, axial_sigma_um)
     sub = int(supersample)
     u = (np.arange(sub) + 0.5) / sub - 0.5  # sub-pixel centres within a pixel
     peak = float(np.mean(psf_profile(np.hypot(u[:, None], u[None, :]) * pixel_size_um, psf, **psf_params)))
@@ -217,23 +205,10 @@ def render_elliptical_spots(rng: np.random.Generator, shape: tuple[int, ...], pi
     >>> int(img[16, 16 + 3] > 3 * img[16 + 3, 16])  # drawn out along x
     1
     """
-    if len(shape) == 3:
-        nz = int(shape[0])
-        if nz < 1 or z_step_um is None or not z_step_um > 0 or not axial_sigma_um > 0:
-            raise ValueError("render_elliptical_spots: a stack needs planes, z_step_um > 0 and axial_sigma_um > 0")
-        ny, nx = _check_shape(tuple(shape[1:]))
-        zyx = np.asarray(yx, float).reshape(-1, 3)
-    else:
-        nz = 0
-        ny, nx = _check_shape(shape)
-        lat2 = np.asarray(yx, float).reshape(-1, 2)
-        zyx = np.column_stack([np.zeros(len(lat2)), lat2])
+    nz, ny, nx, zyx = _spot_centres("render_elliptical_spots", shape, yx, z_step_um, axial_sigma_um)
     _check_positive(pixel_size_um=pixel_size_um, sigma_um=sigma_um)
     if not aspect >= 1.0:
         raise ValueError(f"render_elliptical_spots: aspect must be >= 1, got {aspect!r}")
-    lat = zyx[:, 1:]
-    if len(lat) and not ((np.rint(lat) >= 0).all() and (np.rint(lat) <= [ny - 1, nx - 1]).all()):
-        raise ValueError("render_elliptical_spots: spot centres must lie on the image's pixels (0 .. shape - 1)")
     s_minor = sigma_um / pixel_size_um
     s_major = aspect * s_minor
     half = int(np.ceil(4.0 * s_major)) + 1
@@ -260,6 +235,28 @@ def render_elliptical_spots(rng: np.random.Generator, shape: tuple[int, ...], pi
 # =========================================================================================
 # generic helpers
 # =========================================================================================
+def _spot_centres(who: str, shape: tuple[int, ...], yx: np.ndarray, z_step_um: float | None,
+                  axial_sigma_um: float) -> tuple[int, int, int, np.ndarray]:
+    """``(nz, ny, nx, zyx)`` of a plane (``nz`` 0, ``z`` 0) or a stack of spots rendered by
+    ``who``, its arguments checked: a stack needs planes, a z step and an axial SD; every
+    centre lies on the image's pixels."""
+    if len(shape) == 3:
+        nz = int(shape[0])
+        if nz < 1 or z_step_um is None or not z_step_um > 0 or not axial_sigma_um > 0:
+            raise ValueError(f"{who}: a stack needs planes, z_step_um > 0 and axial_sigma_um > 0")
+        ny, nx = _check_shape(tuple(shape[1:]))
+        zyx = np.asarray(yx, float).reshape(-1, 3)
+    else:
+        nz = 0
+        ny, nx = _check_shape(shape)
+        lat = np.asarray(yx, float).reshape(-1, 2)
+        zyx = np.column_stack([np.zeros(len(lat)), lat])
+    lat = zyx[:, 1:]
+    if len(lat) and not ((np.rint(lat) >= 0).all() and (np.rint(lat) <= [ny - 1, nx - 1]).all()):
+        raise ValueError(f"{who}: spot centres must lie on the image's pixels (0 .. shape - 1)")
+    return nz, ny, nx, zyx
+
+
 def _check_shape(shape: tuple[int, int]) -> tuple[int, int]:
     if len(shape) != 2 or min(shape) < 16:
         raise ValueError(f"shape must be two sizes >= 16 pixels, got {shape!r}")
