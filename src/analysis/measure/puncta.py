@@ -2136,16 +2136,11 @@ def _elongation_seen(res: np.ndarray, pos: np.ndarray, a: np.ndarray, k: np.ndar
     when they weigh one elongated punctum against two."""
     ndim = res.ndim
     reach = np.broadcast_to(np.asarray(reach, float), (ndim,))
-    R = int(np.ceil(reach[-1]))
     s = nominal.sigma
-    inside = np.all((pos[:, -2:] >= R) & (pos[:, -2:] <= np.array(res.shape[-2:]) - 1 - R), axis=1)
-    cand = np.flatnonzero((t >= _PSF_MIN_T) & inside)
-    if len(cand) < _ELONGATION_MIN_SPOTS:
+    found = _bright_with_neighbours(pos, t, res.shape, reach, _ELONGATION_MIN_SPOTS)
+    if found is None:
         return None
-    cand = cand[np.argsort(-t[cand], kind="stable")][: 4 * _PSF_MAX_SPOTS]
-    scaled = pos * (reach[-1] / reach)
-    pairs = cKDTree(scaled[cand]).sparse_distance_matrix(cKDTree(scaled), reach[-1], output_type="ndarray")
-    i, j = pairs["i"], pairs["j"]
+    cand, i, j, _ = found
     near = np.sqrt((((pos[cand[i]] - pos[j]) / s) ** 2).sum(axis=1)) <= _LOBE_REACH
     crowding = (j != cand[i]) & (t[j] >= _PSF_NEIGHBOUR * t[cand[i]]) & ~near
     alone = np.bincount(i[crowding], minlength=len(cand)) == 0
@@ -2474,6 +2469,29 @@ _PSF_MAX_VALUES = 4_000_000  # (and at most this many window pixels: a stack's w
 _PSF_QUAD_Z = 5.0
 
 
+def _bright_with_neighbours(pos: np.ndarray, t: np.ndarray, shape: tuple[int, ...], reach: np.ndarray,
+                            least: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The bright puncta that show the image's own departure from the Gaussian model
+    (:func:`_psf_wing`, :func:`_elongation_seen`) and the puncta around them: the indices of
+    those of significance >= ``_PSF_MIN_T`` whose window of lateral half-width
+    ceil(``reach[-1]``) lies inside the image, brightest first, at most
+    ``4 * _PSF_MAX_SPOTS`` (None when fewer than ``least``); and every (candidate, punctum)
+    pair within ``reach`` (per axis: an ellipsoid in a stack) as candidate positions in that
+    list, punctum indices and distances in units scaled to the lateral reach."""
+    R = int(np.ceil(reach[-1]))
+    lat_pos = pos[:, -2:]
+    inside = np.all((lat_pos >= R) & (lat_pos <= np.array(shape[-2:]) - 1 - R), axis=1)
+    cand = np.flatnonzero((t >= _PSF_MIN_T) & inside)
+    if len(cand) < least:
+        return None
+    cand = cand[np.argsort(-t[cand], kind="stable")][: 4 * _PSF_MAX_SPOTS]
+    # (the candidate-punctum pairs within the reach, at once; a stack's axes scaled to the
+    # lateral reach)
+    scaled = pos * (reach[-1] / reach)
+    pairs = cKDTree(scaled[cand]).sparse_distance_matrix(cKDTree(scaled), reach[-1], output_type="ndarray")
+    return cand, pairs["i"], pairs["j"], pairs["v"]
+
+
 def _psf_wing(z_res: np.ndarray, pos: np.ndarray, t: np.ndarray, reach: np.ndarray,
               core: float) -> tuple[np.ndarray | None, np.ndarray | None]:
     """What the Gaussian model leaves around a punctum (its PSF's *wing*), measured on the
@@ -2501,17 +2519,10 @@ def _psf_wing(z_res: np.ndarray, pos: np.ndarray, t: np.ndarray, reach: np.ndarr
     R = int(np.ceil(reach[-1]))
     Rz = int(np.ceil(reach[0])) if ndim == 3 else 0
     # (laterally the window inside the image; a stack's planes beyond its ends are left out)
-    lat_pos = pos[:, -2:]
-    inside = np.all((lat_pos >= R) & (lat_pos <= np.array(z_res.shape[-2:]) - 1 - R), axis=1)
-    cand = np.flatnonzero((t >= _PSF_MIN_T) & inside)
-    if len(cand) < _PSF_MIN_SPOTS:
+    found = _bright_with_neighbours(pos, t, z_res.shape, reach, _PSF_MIN_SPOTS)
+    if found is None:
         return None, None
-    cand = cand[np.argsort(-t[cand], kind="stable")][: 4 * _PSF_MAX_SPOTS]
-    # (the candidate-punctum pairs within the reach, at once; a stack's axes scaled to the
-    # lateral reach)
-    scaled = pos * (reach[-1] / reach)
-    pairs = cKDTree(scaled[cand]).sparse_distance_matrix(cKDTree(scaled), reach[-1], output_type="ndarray")
-    i, j, d = pairs["i"], pairs["j"], pairs["v"]
+    cand, i, j, d = found
     lat = np.hypot(*(pos[cand[i], -2:] - pos[j, -2:]).T) if ndim == 3 else d
     crowding = (j != cand[i]) & (t[j] >= _PSF_NEIGHBOUR * t[cand[i]]) & (lat >= core)
     alone = np.bincount(i[crowding], minlength=len(cand)) == 0
