@@ -2636,8 +2636,7 @@ def _take_out_wing(z: np.ndarray, pos: np.ndarray, t: np.ndarray, wing: np.ndarr
         if z.ndim == 3:  # (the radial part per signed axial offset, as the quadrupole's)
             radial = radial[np.abs(np.arange(-(quad.shape[1] // 2), quad.shape[1] // 2 + 1))]
         full = np.concatenate([radial[None], quad])
-        w_map = _radial_sum(z.shape, pos, t, full, 0.5, harmonic=True)
-        v_map = _radial_sum(z.shape, pos, t**2, full, 0.05, harmonic=True, square=True)
+        w_map, v_map = _radial_sum(z.shape, pos, t, full, np.sqrt(0.05), harmonic=True) or (None, None)
     elif wing is not None:
         w_map = _radial_sum(z.shape, pos, t, wing, 0.5)
         v_map = _radial_sum(z.shape, pos, t**2, wing**2, 0.05)
@@ -2650,20 +2649,20 @@ def _take_out_wing(z: np.ndarray, pos: np.ndarray, t: np.ndarray, wing: np.ndarr
 
 
 def _radial_sum(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarray, profile: np.ndarray,
-                least: float, harmonic: bool = False, square: bool = False) -> np.ndarray | None:
+                least: float, harmonic: bool = False) -> Any:
     """``sum_j weight_j profile(|x - p_j|)`` on a plane's pixels (``profile`` at integer radii,
     interpolated, 0 beyond), over the puncta whose term reaches ``least`` somewhere (None when
     none does).  In a stack ``profile`` has a row per integer axial offset (planes) and the
     term is ``profile(|dz|, r)``, interpolated in both.  With ``harmonic`` the profile has a
     quadrupole too (:func:`_take_out_wing`): its first axis holds the radial part and the
     cos 2 theta and sin 2 theta amplitudes (in a stack their rows are signed axial offsets
-    -Rz..Rz), the term their sum at the pixel's angle about the punctum, squared with
-    ``square``."""
-    big = np.flatnonzero(weight * np.abs(profile).max() ** (2 if square else 1) >= least)
+    -Rz..Rz), the term their sum at the pixel's angle about the punctum, and the result the
+    pair of that sum and the sum of ``weight_j^2`` times each term's square."""
+    big = np.flatnonzero(weight * np.abs(profile).max() >= least)
     if len(big) == 0:
         return None
     if len(shape) == 3:
-        return _radial_sum_stack(shape, pos[big], weight[big], profile, harmonic, square)
+        return _radial_sum_stack(shape, pos[big], weight[big], profile, harmonic)
     # (out to the first 0 after the last ring that is not: beyond, every term is 0)
     last = int(np.flatnonzero(np.any(np.atleast_2d(profile) != 0, axis=0)).max())
     profile = profile[..., : min(profile.shape[-1], last + 2)]
@@ -2672,6 +2671,7 @@ def _radial_sum(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarray, pro
     off = np.arange(-R, R + 1)
     ny, nx = shape
     out = np.zeros(ny * nx)
+    out2 = np.zeros(ny * nx) if harmonic else None
     for b0 in range(0, len(big), 1024):
         sel = big[b0 : b0 + 1024]
         c = np.rint(pos[sel]).astype(int)
@@ -2683,13 +2683,16 @@ def _radial_sum(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarray, pro
             cos2, sin2 = _double_angle(dy, dx, r)
             val = np.interp(r, grid, profile[0], right=0.0)
             val += cos2 * np.interp(r, grid, profile[1], right=0.0) + sin2 * np.interp(r, grid, profile[2], right=0.0)
-            if square:
-                val *= val
             val *= weight[sel, None, None]
         else:
             val = weight[sel, None, None] * np.interp(r, grid, profile, right=0.0)
         ok = ((yy >= 0) & (yy < ny))[:, :, None] & ((xx >= 0) & (xx < nx))[:, None, :]
-        out += np.bincount((yy[:, :, None] * nx + xx[:, None, :])[ok], val[ok], minlength=ny * nx)
+        flat = (yy[:, :, None] * nx + xx[:, None, :])[ok]
+        out += np.bincount(flat, val[ok], minlength=ny * nx)
+        if harmonic:
+            out2 += np.bincount(flat, val[ok] ** 2, minlength=ny * nx)
+    if harmonic:
+        return out.reshape(ny, nx), out2.reshape(ny, nx)
     return out.reshape(ny, nx)
 
 
@@ -2700,13 +2703,19 @@ def _double_angle(dy: np.ndarray, dx: np.ndarray, r: np.ndarray) -> tuple[np.nda
 
 
 def _radial_sum_stack(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarray, profile: np.ndarray,
-                      harmonic: bool = False, square: bool = False) -> np.ndarray:
+                      harmonic: bool = False) -> Any:
     """:func:`_radial_sum` in a stack: ``profile[|dz|, r]`` bilinear in axial offset (planes)
     and lateral radius (pixels), 0 beyond its last row and column; with ``harmonic``
     ``profile[h, dz + Rz, r]`` (radial, cos 2 theta, sin 2 theta) by signed axial offset."""
     nz, ny, nx = shape
     if harmonic:
-        Rz, R = profile.shape[1] // 2, profile.shape[2] - 1
+        # (out to the first 0 after the last column, and the last row on either side, that are
+        # not)
+        rows, cols = np.nonzero(np.any(profile != 0, axis=0))
+        mid = profile.shape[1] // 2
+        Rz = min(mid, int(np.abs(rows - mid).max()) + 1)
+        profile = profile[:, mid - Rz : mid + Rz + 1, : min(profile.shape[2], int(cols.max()) + 2)]
+        R = profile.shape[2] - 1
         padded = np.zeros((3, 2 * Rz + 3, R + 2))  # (rows -Rz - 1..Rz + 1: zeros at both ends)
         padded[:, 1 : 2 * Rz + 2, : R + 1] = profile
     else:
@@ -2719,6 +2728,7 @@ def _radial_sum_stack(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarra
     off = np.arange(-R, R + 1)
     offz = np.arange(-Rz, Rz + 1)
     out = np.zeros(nz * ny * nx)
+    out2 = np.zeros(nz * ny * nx) if harmonic else None
     batch = max(1, 2_000_000 // (len(offz) * len(off) ** 2))
     for b0 in range(0, len(pos), batch):
         p, w = pos[b0 : b0 + batch], weight[b0 : b0 + batch]
@@ -2744,13 +2754,15 @@ def _radial_sum_stack(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarra
         if harmonic:
             cos2, sin2 = _double_angle(dy, dx, r)
             val += cos2[:, None] * terms[1] + sin2[:, None] * terms[2]
-            if square:
-                val *= val
         val *= w[:, None, None, None]
         ok = (((zz >= 0) & (zz < nz))[:, :, None, None] & ((yy >= 0) & (yy < ny))[:, None, :, None]
               & ((xx >= 0) & (xx < nx))[:, None, None, :])
         flat = (zz[:, :, None, None] * ny + yy[:, None, :, None]) * nx + xx[:, None, None, :]
         out += np.bincount(flat[ok], val[ok], minlength=nz * ny * nx)
+        if harmonic:
+            out2 += np.bincount(flat[ok], val[ok] ** 2, minlength=nz * ny * nx)
+    if harmonic:
+        return out.reshape(nz, ny, nx), out2.reshape(nz, ny, nx)
     return out.reshape(nz, ny, nx)
 
 
