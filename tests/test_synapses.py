@@ -842,6 +842,24 @@ def test_an_astigmatic_psf_leaves_no_lobes_counted_as_puncta() -> None:
     assert detect_puncta(round_img, 0.065).attrs["psf_quadrupole"] == 0.0
 
 
+def test_the_psf_shape_the_detector_read_is_on_the_image_row() -> None:
+    """``quantify_image`` carries ``detect_puncta``'s reading of the PSF into the image's row:
+    the quadrupole of the astigmatic field of
+    :func:`test_an_astigmatic_psf_leaves_no_lobes_counted_as_puncta`, 0 on round spots; and
+    whether the puncta read as drawn out along a line (aspect 2)."""
+    from analysis.pipeline.quantify import QuantifyParams, quantify_image
+
+    params = QuantifyParams(quality={"spike_in": False})
+    rows = {}
+    for aspect, snr in ((1.2, 400), (1.0, 100), (2.0, 400)):
+        img, _ = _elliptical_field(aspect, snr)
+        out = quantify_image(img[None, None], 0.065, synapse_channel=0, params=params)
+        rows[aspect] = out[0] if isinstance(out, tuple) else out
+    assert 0.02 <= rows[1.2]["psf_quadrupole"] <= 0.1 and not rows[1.2]["puncta_elongated"]
+    assert rows[1.0]["psf_quadrupole"] == 0.0 and not rows[1.0]["puncta_elongated"]
+    assert rows[2.0]["puncta_elongated"]
+
+
 def _elliptical_stack(key: list[int], aspect: float, amplitude: float) -> tuple[np.ndarray, np.ndarray]:
     """100 elliptical spots of :func:`_elliptical_field` (at 0.7 rad) in a z-stack of 16 planes
     of 320 x 320 px, z step 0.15 um, axial SD 0.3 um, peak ``amplitude`` photons on 100;

@@ -128,7 +128,9 @@ def quantify_image(
         Image-level readouts: ``n_puncta``, ``analysed_area_um2``,
         ``puncta_density_per_100um2`` (or ``puncta_density_per_um3`` for z-stacks),
         ``puncta_median_snr`` (median detection SNR of the puncta found: fitted amplitude in
-        units of its noise SD, a QC figure), the image's quality (synapse channel:
+        units of its noise SD, a QC figure), ``psf_quadrupole`` and ``puncta_elongated`` (the
+        PSF's astigmatic part and whether the puncta read as drawn out along a line:
+        ``detect_puncta``'s ``attrs``), the image's quality (synapse channel:
         ``measured_snr``, ``spike_in_recall``, ``spike_in_recall_ci_low``,
         ``spike_in_recall_ci_high``, ``est_precision``, ``noise_correlation``, ``tie_ratio``; every image:
         ``saturated_fraction``, the largest over the channels read, and ``in_validated_range``,

@@ -5,8 +5,9 @@ per-image function of :class:`analysis.pipeline.registry.Readout` (channels in, 
 named tables out).  Importing this module registers them, in the order they run:
 
 * ``puncta`` (``synapse_channel``): :func:`analysis.measure.puncta.detect_puncta`, the analysed
-  area and the density (per 100 um^2, or per um^3 for z-stacks), the median detection SNR
-  and the channel's quality (spike-in recall, estimated precision, whether its pixel noise is
+  area and the density (per 100 um^2, or per um^3 for z-stacks), the median detection SNR,
+  the PSF's shape as the detector read it (``psf_quadrupole``: its astigmatic part;
+  ``puncta_elongated``: puncta drawn out along a line) and the channel's quality (spike-in recall, estimated precision, whether its pixel noise is
   independent, ``noise_correlation``, ``tie_ratio``); table ``puncta``;
 * ``microglia`` (``microglia_channel``, maximum projection): cells, density per mm^2 and the
   mean morphology of interior cells; tables ``cells`` and ``outlines`` (the pixels of each
@@ -109,6 +110,9 @@ def measure_puncta(channels: Mapping[str, np.ndarray], pixel_size_um: float, *, 
     row = dict(area.synapse_density(puncta, mask, pixel_size_um, z_step_um=z_step_um))
     # image-quality figure for QC: the median detection SNR of the puncta found
     row["puncta_median_snr"] = float(puncta["snr"].median()) if len(puncta) else np.nan
+    # the PSF's shape as the detector read it (astigmatism, puncta drawn out along a line)
+    row["psf_quadrupole"] = float(puncta.attrs.get("psf_quadrupole", 0.0))
+    row["puncta_elongated"] = bool(puncta.attrs.get("elongated_puncta", False))
     detect_params = dict(params)
     if z_step_um and syn.ndim == 3:
         # (the spike-in detects with the stack's own axial size, measured once above)
