@@ -2636,7 +2636,7 @@ def _take_out_wing(z: np.ndarray, pos: np.ndarray, t: np.ndarray, wing: np.ndarr
         if z.ndim == 3:  # (the radial part per signed axial offset, as the quadrupole's)
             radial = radial[np.abs(np.arange(-(quad.shape[1] // 2), quad.shape[1] // 2 + 1))]
         full = np.concatenate([radial[None], quad])
-        w_map, v_map = _radial_sum(z.shape, pos, t, full, np.sqrt(0.05), harmonic=True) or (None, None)
+        w_map, v_map = _radial_sum(z.shape, pos, t, full, (0.5, 0.05), harmonic=True) or (None, None)
     elif wing is not None:
         w_map = _radial_sum(z.shape, pos, t, wing, 0.5)
         v_map = _radial_sum(z.shape, pos, t**2, wing**2, 0.05)
@@ -2649,7 +2649,7 @@ def _take_out_wing(z: np.ndarray, pos: np.ndarray, t: np.ndarray, wing: np.ndarr
 
 
 def _radial_sum(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarray, profile: np.ndarray,
-                least: float, harmonic: bool = False) -> Any:
+                least: float | tuple[float, float], harmonic: bool = False) -> Any:
     """``sum_j weight_j profile(|x - p_j|)`` on a plane's pixels (``profile`` at integer radii,
     interpolated, 0 beyond), over the puncta whose term reaches ``least`` somewhere (None when
     none does).  In a stack ``profile`` has a row per integer axial offset (planes) and the
@@ -2657,12 +2657,21 @@ def _radial_sum(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarray, pro
     quadrupole too (:func:`_take_out_wing`): its first axis holds the radial part and the
     cos 2 theta and sin 2 theta amplitudes (in a stack their rows are signed axial offsets
     -Rz..Rz), the term their sum at the pixel's angle about the punctum, and the result the
-    pair of that sum and the sum of ``weight_j^2`` times each term's square."""
-    big = np.flatnonzero(weight * np.abs(profile).max() >= least)
+    pair of that sum and the sum of ``weight_j^2`` times each term's square, each over the
+    puncta whose term, or its square, reaches its part of ``least`` (a pair), from one pass
+    over the puncta (as the radial wing's two calls in :func:`_take_out_wing`)."""
+    top = weight * np.abs(profile).max()
+    first = None
+    if harmonic:
+        first = top >= least[0]
+        big = np.flatnonzero(first | (top**2 >= least[1]))
+        first = first[big]
+    else:
+        big = np.flatnonzero(top >= least)
     if len(big) == 0:
         return None
     if len(shape) == 3:
-        return _radial_sum_stack(shape, pos[big], weight[big], profile, harmonic)
+        return _radial_sum_stack(shape, pos[big], weight[big], profile, first)
     # (out to the first 0 after the last ring that is not: beyond, every term is 0)
     last = int(np.flatnonzero(np.any(np.atleast_2d(profile) != 0, axis=0)).max())
     profile = profile[..., : min(profile.shape[-1], last + 2)]
@@ -2684,13 +2693,16 @@ def _radial_sum(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarray, pro
             val = np.interp(r, grid, profile[0], right=0.0)
             val += cos2 * np.interp(r, grid, profile[1], right=0.0) + sin2 * np.interp(r, grid, profile[2], right=0.0)
             val *= weight[sel, None, None]
+            in_sum = first[b0 : b0 + 1024, None, None]
         else:
             val = weight[sel, None, None] * np.interp(r, grid, profile, right=0.0)
         ok = ((yy >= 0) & (yy < ny))[:, :, None] & ((xx >= 0) & (xx < nx))[:, None, :]
         flat = (yy[:, :, None] * nx + xx[:, None, :])[ok]
-        out += np.bincount(flat, val[ok], minlength=ny * nx)
         if harmonic:
+            out += np.bincount(flat, (val * in_sum)[ok], minlength=ny * nx)
             out2 += np.bincount(flat, val[ok] ** 2, minlength=ny * nx)
+        else:
+            out += np.bincount(flat, val[ok], minlength=ny * nx)
     if harmonic:
         return out.reshape(ny, nx), out2.reshape(ny, nx)
     return out.reshape(ny, nx)
@@ -2703,10 +2715,12 @@ def _double_angle(dy: np.ndarray, dx: np.ndarray, r: np.ndarray) -> tuple[np.nda
 
 
 def _radial_sum_stack(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarray, profile: np.ndarray,
-                      harmonic: bool = False) -> Any:
+                      first: np.ndarray | None = None) -> Any:
     """:func:`_radial_sum` in a stack: ``profile[|dz|, r]`` bilinear in axial offset (planes)
-    and lateral radius (pixels), 0 beyond its last row and column; with ``harmonic``
+    and lateral radius (pixels), 0 beyond its last row and column.  With ``first`` (which
+    puncta count in the sum; all count in the sum of squares) the harmonic profile
     ``profile[h, dz + Rz, r]`` (radial, cos 2 theta, sin 2 theta) by signed axial offset."""
+    harmonic = first is not None
     nz, ny, nx = shape
     if harmonic:
         # (out to the first 0 after the last column, and the last row on either side, that are
@@ -2758,9 +2772,11 @@ def _radial_sum_stack(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarra
         ok = (((zz >= 0) & (zz < nz))[:, :, None, None] & ((yy >= 0) & (yy < ny))[:, None, :, None]
               & ((xx >= 0) & (xx < nx))[:, None, None, :])
         flat = (zz[:, :, None, None] * ny + yy[:, None, :, None]) * nx + xx[:, None, None, :]
-        out += np.bincount(flat[ok], val[ok], minlength=nz * ny * nx)
         if harmonic:
+            out += np.bincount(flat[ok], (val * first[b0 : b0 + batch, None, None, None])[ok], minlength=nz * ny * nx)
             out2 += np.bincount(flat[ok], val[ok] ** 2, minlength=nz * ny * nx)
+        else:
+            out += np.bincount(flat[ok], val[ok], minlength=nz * ny * nx)
     if harmonic:
         return out.reshape(nz, ny, nx), out2.reshape(nz, ny, nx)
     return out.reshape(nz, ny, nx)
