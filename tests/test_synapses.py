@@ -838,7 +838,7 @@ def test_an_astigmatic_psf_leaves_no_lobes_counted_as_puncta() -> None:
     assert not found.attrs["elongated_puncta"]
     assert 0.02 <= found.attrs["psf_quadrupole"] <= 0.1, found.attrs["psf_quadrupole"]
     assert m.fp <= 4 and m.fn <= 1, (m.tp, m.fp, m.fn)
-    round_img, round_pts = _elliptical_field(1.0, 100)
+    round_img, _ = _elliptical_field(1.0, 100)
     assert detect_puncta(round_img, 0.065).attrs["psf_quadrupole"] == 0.0
 
 

@@ -2601,24 +2601,23 @@ def _psf_quadrupole(win: np.ndarray, dy: np.ndarray, dx: np.ndarray, R: int, row
     r = np.hypot(dy, dx)
     ring = np.minimum(np.rint(r).astype(int), R + 1)
     cos2, sin2 = _double_angle(dy, dx, r)
+    plane = row is None
+    if plane:  # (a plane: one window plane, row 0)
+        win, row = win[:, None], np.zeros((n, 1), int)
     bins = n_rows * (R + 2)
-    if row is None:
-        idx = np.arange(n)[:, None, None] * bins + ring
-        keep = np.ones(win.shape, bool)
-    else:  # (a plane axis: each window plane's row, those left out binned apart)
-        idx = (np.arange(n)[:, None] * bins + np.maximum(row, 0) * (R + 2))[:, :, None, None] + ring[:, None]
-        keep = np.broadcast_to((row >= 0)[:, :, None, None], win.shape)
-        cos2, sin2 = cos2[:, None], sin2[:, None]
-    idx = idx[keep] if row is not None else idx.ravel()
+    # (each window plane's row, those left out binned apart)
+    idx = (np.arange(n)[:, None] * bins + np.maximum(row, 0) * (R + 2))[:, :, None, None] + ring[:, None]
+    keep = np.broadcast_to((row >= 0)[:, :, None, None], win.shape)
+    idx = idx[keep]
     amps = []
-    for h in (cos2, sin2):
+    for h in (cos2[:, None], sin2[:, None]):
         hw = np.broadcast_to(h, win.shape)
-        num = np.bincount(idx, (win * hw)[keep] if row is not None else (win * hw).ravel(), minlength=n * bins)
-        den = np.bincount(idx, (hw * hw)[keep] if row is not None else (hw * hw).ravel(), minlength=n * bins)
+        num = np.bincount(idx, (win * hw)[keep], minlength=n * bins)
+        den = np.bincount(idx, (hw * hw)[keep], minlength=n * bins)
         amps.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0).reshape(n, n_rows, R + 2)[..., : R + 1])
     amps = np.stack(amps, axis=1)  # (puncta, 2, rows, rings)
     amps[..., 0] = 0.0  # (the centre pixel has no direction)
-    if row is None:
+    if plane:
         amps = amps[:, :, 0]
     med = np.median(amps, axis=0)
     se = np.sqrt(np.pi / 2.0) * amps.std(axis=0, ddof=1) / np.sqrt(n)
