@@ -73,6 +73,11 @@ m. **Elongated puncta**: elliptical Gaussian spots (minor SD 0.091 um, aspect 1-
    100 per 384 x 384 field at 0.065 um, three peak SNRs: P/R/F1 of the three detectors (big-fish
    and the LoG given the geometric-mean sigma), matched within 2.5 px, and how many fields our
    detector read as elongated (``attrs["elongated_puncta"]``).
+n. **Puncta in JPEG images**: sim-fish's sparse bright, medium (150 nm) and crowded (100 nm)
+   cases, our default phantoms and pure 8-bit noise, stretched to 8 bits and saved as JPEG at
+   quality 95, 90 and 75 (:func:`jpeg`), as web tools and some exports leave an image: P/R/F1
+   (false puncta per 1,000 um^2 for the noise) of the three detectors, and the block ratio
+   (:func:`analysis.measure.noise.jpeg_block_ratio`) our detector measured.
 
 ``benchmarks/validation_real.md`` (committed) is regenerated from a full run (all parts, not
 ``--quick``); other runs write ``benchmarks/results/validation_real.md``.
@@ -903,6 +908,15 @@ PROCESSING: tuple[tuple[str, float, int, int, int], ...] = (
 )
 
 
+def scored(row: dict, pts: np.ndarray, truth: np.ndarray | None, match_px: float) -> dict:
+    """``row`` with the one-to-one matches of ``pts`` to ``truth`` within ``match_px`` (``tp``,
+    ``fp``, ``fn``; unchanged when there is no truth, as for pure noise)."""
+    if truth is not None:
+        m = match_points(pts, truth, match_px)
+        row.update(tp=m.tp, fp=m.fp, fn=m.fn)
+    return row
+
+
 def processed(img: np.ndarray, sigma_px: float, median: int, zoom: int, order: int) -> np.ndarray:
     """``img`` as a user's software may have left it: smoothed, median-filtered or interpolated
     (float32)."""
@@ -945,12 +959,9 @@ def part_k(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
             corr, ties = noise_correlation(im, px / zoom), neighbour_tie_ratio(im)
             for det_name, det in DETECTORS.items():
                 pts, secs, note = timed(det, im, px / zoom, sigma_um)
-                row = {"processing": kind, "set": set_name, "detector": det_name, "n_found": len(pts),
-                       "area_um2": img.size * px**2, "noise_correlation": corr, "tie_ratio": ties, "note": note}
-                if truth is not None:
-                    m = match_points(np.asarray(pts, float).reshape(-1, 2) / scale, truth, match_px)
-                    row.update(tp=m.tp, fp=m.fp, fn=m.fn)
-                rows.append(row)
+                rows.append(scored({"processing": kind, "set": set_name, "detector": det_name, "n_found": len(pts),
+                                    "area_um2": img.size * px**2, "noise_correlation": corr, "tie_ratio": ties,
+                                    "note": note}, np.asarray(pts, float).reshape(-1, 2) / scale, truth, match_px))
         print(f"  k {kind} done", flush=True)
     df = pd.DataFrame(rows)
     save(df, "k_processed")
@@ -1081,6 +1092,85 @@ def part_m(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(out), note + failures(df, "aspect")
 
 
+#: Part n: JPEG qualities (and None: the 8-bit image before compression).
+JPEG_QUALITIES = (None, 95, 90, 75)
+
+
+def jpeg(img: np.ndarray, quality: int | None) -> np.ndarray:
+    """``img`` stretched to 8 bits (its minimum to 0, its maximum to 255) and, with a
+    ``quality``, saved as a JPEG of that quality and read back."""
+    import io
+
+    from PIL import Image
+
+    a = np.asarray(img, float)
+    img8 = np.rint(255 * (a - a.min()) / max(float(np.ptp(a)), 1e-12)).astype(np.uint8)
+    if quality is None:
+        return img8
+    buf = io.BytesIO()
+    Image.fromarray(img8).save(buf, format="JPEG", quality=int(quality))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+
+
+def part_n(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
+    """Puncta in JPEG images beside the peers."""
+    from analysis.sim.phantoms import SNR_LEVELS, render_synapse_field
+
+    px = SIMFISH_PX_UM
+    n = 1 if args.quick else 2
+    sets = []
+    for case, sig in (("sparse bright", 150), ("medium", 150), ("crowded", 100)):
+        k = next(i for i, c in enumerate(SIMFISH_CASES) if c[0] == case and c[4] == sig)
+        _, n_spots, amp, bg, _, dtype = SIMFISH_CASES[k]
+        sets += [(f"sim-fish {case} {sig} nm", im, t, sig / 1000) for im, t in
+                 simfish_images([args.seed, 2, k], n, n_spots, amp, bg, sig, dtype)]
+    for i in range(n):
+        f = render_synapse_field(np.random.default_rng([args.seed, 1, i]), shape=(256, 256), pixel_size_um=px,
+                                 snr=SNR_LEVELS["default"])
+        sets.append(("phantoms default", f.image, f.puncta[["y", "x"]].to_numpy(), PHANTOM_SPOT_SIGMA_UM))
+    rng = np.random.default_rng([args.seed, 14])
+    sets += [("pure noise, 8-bit", noise_image("8-bit low counts", rng, (256, 256)), None, NOISE_SPOT_SIGMA_UM[px])
+             for _ in range(n)]
+    rows = []
+    for set_name, img, truth, sigma_um in sets:
+        for q in JPEG_QUALITIES:
+            im = jpeg(img, q)
+            for det_name, det in DETECTORS.items():
+                blocks = np.nan
+                if det_name == "ours":
+                    found = detect_puncta(im, px)
+                    pts, note = found[["y", "x"]].to_numpy(float), ""
+                    blocks = float(found.attrs["block_ratio"])
+                else:
+                    pts, _, note = timed(det, im, px, sigma_um)
+                rows.append(scored({"set": set_name, "quality": "8-bit" if q is None else str(q), "detector": det_name,
+                                    "n_found": len(pts), "area_um2": im.size * px**2, "block_ratio": blocks,
+                                    "note": note}, np.asarray(pts, float).reshape(-1, 2), truth, SIMFISH_MATCH_PX))
+        print(f"  n {set_name} done", flush=True)
+    df = pd.DataFrame(rows)
+    save(df, "n_jpeg")
+    out = []
+    for (set_name, q), sub in df.groupby(["set", "quality"], sort=False):
+        row = {"set": set_name, "JPEG quality": q,
+               "block ratio (ours, median)": fmt(sub[sub.detector == "ours"].block_ratio.median(), 2)}
+        for det_name in DETECTORS:
+            d = sub[sub.detector == det_name]
+            if set_name.startswith("pure noise"):
+                row[det_name] = f"{fmt(1000 * d.n_found.sum() / d.area_um2.sum(), 1)} false / 1,000 um^2"
+            else:
+                t = d[["tp", "fp", "fn"]].sum()
+                p_, r_ = t.tp / max(t.tp + t.fp, 1), t.tp / max(t.tp + t.fn, 1)
+                row[det_name] = f"{fmt(p_, 2)} / {fmt(r_, 2)} / **{fmt(2 * t.tp / max(2 * t.tp + t.fp + t.fn, 1), 2)}**"
+        out.append(row)
+    note = (f"{n} images of 256 x 256 px at {px} um per set (sim-fish cases as in part b, our phantoms at default "
+            "SNR, the 8-bit noise of part d), stretched to 8 bits (minimum to 0, maximum to 255) and saved as JPEG "
+            "(Pillow) at the quality named; P / R / F1 matched as in part b.  Block ratio: "
+            "`analysis.measure.noise.jpeg_block_ratio` (the steps between neighbouring pixels on the 8 x 8 grid "
+            "over the steps elsewhere, ~1 for an image never compressed); above 1.1 (`JPEG_BLOCKS`) our detector "
+            "measures the noise of its filtered image (`noise_factor`), as for the correlated noise of part k")
+    return pd.DataFrame(out), note + failures(df, "set")
+
+
 PARTS = {
     "a": ("a. Real culture images (label-free checks)", part_a),
     "b": ("b. sim-fish (independent simulator)", part_b),
@@ -1095,6 +1185,7 @@ PARTS = {
     "k": ("k. Puncta in processed images (correlated pixel noise)", part_k),
     "l": ("l. Puncta with PSFs that are not Gaussian (Airy, Moffat)", part_l),
     "m": ("m. Elongated puncta (an astigmatic PSF)", part_m),
+    "n": ("n. Puncta in JPEG images", part_n),
 }
 
 

@@ -7,7 +7,8 @@
 * :func:`noise_correlation`: whether the pixel noise is independent, as the models above
   assume (1), or correlated by smoothing, a median filter or interpolation (well above 1);
   :func:`neighbour_tie_ratio`: whether a median filter has copied values into neighbouring
-  pixels (a correlation the former reads as mild);
+  pixels (a correlation the former reads as mild); :func:`jpeg_block_ratio`: whether the image
+  went through JPEG compression (its 8 x 8 pixel blocks);
 * :func:`noise_sd_map`: a spatially varying noise model (Poisson-Gaussian: variance linear
   in the local level, fitted per image in boxes), and :func:`background_corrected`, the
   smoothed image minus a broad background with its noise SD; used by the puncta detector,
@@ -23,7 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = ["MAD_TO_SD", "IMMERKAER", "robust_sd", "noise_sd", "noise_sd_map", "background_corrected",
-           "noise_correlation", "neighbour_tie_ratio"]
+           "noise_correlation", "neighbour_tie_ratio", "jpeg_block_ratio"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,13 @@ CORRELATED_NOISE = 5.0
 #: validation set: sim-fish, our phantoms, the culture fields, five kinds of pure noise),
 #: a 3 x 3 median 2.9-160 (benchmarks/RESULTS.md, session 35).
 TIED_NEIGHBOURS = 2.5
+#: :func:`jpeg_block_ratio` above which an image is taken as JPEG-compressed (its noise
+#: quantised away block by block, what is left correlated within the blocks, although
+#: :func:`noise_correlation` may read ~1): raw images read 1.00-1.03 (every validation set,
+#: 106 planes: sim-fish, our phantoms, the culture fields, the EMBL microglia fields, 2-4x
+#: interpolation), sparse bright spots saved as JPEG at quality 75-95 1.23-1.37 and the
+#: SpineDetector JPEG frames up to 1.9 (benchmarks/RESULTS.md, session 39).
+JPEG_BLOCKS = 1.1
 _IMMERKAER_1D = np.array([1.0, -2.0, 1.0])
 _IMMERKAER_WIDE_1D = np.array([1.0, 0.0, -2.0, 0.0, 1.0])  # (its taps 2 px apart)
 
@@ -550,6 +558,60 @@ def neighbour_tie_ratio(image: np.ndarray) -> float:
     if ties[0] + ties[1] < 100:
         return float("nan")
     return ties[0] / max(ties[1], 1)
+
+
+def jpeg_block_ratio(image: np.ndarray) -> float:
+    """How much larger the steps between neighbouring pixels are at the boundaries of a grid of
+    8 x 8 pixel blocks than anywhere else: ~1 for an image that never was a JPEG, more for one
+    that was (the JPEG codec quantises each 8 x 8 block on its own, so the blocks do not meet
+    smoothly; :data:`JPEG_BLOCKS`).
+
+    Per axis, the mean absolute difference between neighbouring pixels is taken at each of the
+    8 positions modulo 8 (over every row, or column, and plane); the figure is the largest over
+    the second largest (a grid at any offset, as in a JPEG cropped after decoding; a pattern
+    of period 2 or 4, as from interpolation, has two or four equal largest and reads 1), and
+    the image's figure the smaller of its two axes' (the blocks are a grid in both).  NaN for
+    an image narrower than 16 pixels.
+
+    Parameters
+    ----------
+    image : ndarray
+        YX or ZYX (or any ...YX) intensities.
+
+    Returns
+    -------
+    float
+        The ratio (1 when the image is constant).
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> rng = np.random.default_rng(0)
+    >>> yy, xx = np.mgrid[:128, :128]
+    >>> raw = rng.poisson(100 + 2000 * np.exp(-((yy - 40.3) ** 2 + (xx - 70.6) ** 2) / 4.5))
+    >>> img = np.rint(255 * (raw - raw.min()) / np.ptp(raw)).astype(np.uint8)  # one spot, 8 bits
+    >>> buf = io.BytesIO()
+    >>> Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    >>> jpeg = np.asarray(Image.open(buf))
+    >>> round(jpeg_block_ratio(img), 1), bool(jpeg_block_ratio(jpeg) > JPEG_BLOCKS)
+    (1.0, True)
+    """
+    a = np.asarray(image)
+    if a.ndim < 2:
+        return float("nan")
+    a = a.astype(np.float32, copy=False)
+    out = []
+    for axis in (-1, -2):
+        d = np.moveaxis(np.abs(np.diff(a, axis=axis)), axis, -1)
+        n8 = (d.shape[-1] // 8) * 8
+        if n8 < 16:
+            return float("nan")
+        m = d[..., :n8].reshape(-1, n8 // 8, 8).mean(axis=(0, 1), dtype=np.float64)
+        top = int(np.argmax(m))
+        second = float(np.delete(m, top).max())
+        out.append(float(m[top]) / second if second > 0 else (np.inf if m[top] > 0 else 1.0))
+    return float(min(out))
 
 
 def noise_correlation(image: np.ndarray, pixel_size_um: float, *, box_um: float = 3.0) -> float:
