@@ -49,10 +49,11 @@ TIED_NEIGHBOURS = 2.5
 #: :func:`jpeg_block_ratio` above which an image is taken as JPEG-compressed (its noise
 #: quantised away block by block, what is left correlated within the blocks, although
 #: :func:`noise_correlation` may read ~1): raw images read 1.00-1.03 (every validation set,
-#: 106 planes: sim-fish, our phantoms, the culture fields, the EMBL microglia fields, 2-4x
-#: interpolation), sparse bright spots saved as JPEG at quality 75-95 1.23-1.37 and the
-#: SpineDetector JPEG frames up to 1.9 (benchmarks/RESULTS.md, session 39).
+#: 106 planes: sim-fish, our phantoms, the culture fields, the EMBL microglia fields, pure
+#: noise interpolated 2-4x), sparse bright spots saved as JPEG at quality 75-95 1.13-1.44, the
+#: SpineDetector JPEG frames 1.01-1.9 (median 1.2) (benchmarks/RESULTS.md, session 39).
 JPEG_BLOCKS = 1.1
+_BLOCK_STRIP = 1024  # rows per strip of :func:`jpeg_block_ratio` (a multiple of 8)
 _IMMERKAER_1D = np.array([1.0, -2.0, 1.0])
 _IMMERKAER_WIDE_1D = np.array([1.0, 0.0, -2.0, 0.0, 1.0])  # (its taps 2 px apart)
 
@@ -600,14 +601,24 @@ def jpeg_block_ratio(image: np.ndarray) -> float:
     a = np.asarray(image)
     if a.ndim < 2:
         return float("nan")
-    a = a.astype(np.float32, copy=False)
+    h, w = a.shape[-2:]
+    nx8, ny8 = ((w - 1) // 8) * 8, ((h - 1) // 8) * 8  # (the steps on whole periods of 8)
+    if min(nx8, ny8) < 16:
+        return float("nan")
+    sums = np.zeros((2, 8))  # per axis (x, y), per position modulo 8
+    # (plane by plane, in strips of rows: the memory of a strip, not of the image)
+    for plane in a.reshape(-1, h, w):
+        for r0 in range(0, h, _BLOCK_STRIP):
+            rows = np.asarray(plane[r0 : r0 + _BLOCK_STRIP + 1], dtype=np.float32)
+            n_own = min(_BLOCK_STRIP, h - r0)
+            dx = np.abs(np.diff(rows[:n_own, : nx8 + 1], axis=1))
+            sums[0] += dx.reshape(n_own, nx8 // 8, 8).sum(axis=(0, 1), dtype=np.float64)
+            n_dy = max(0, min(n_own, ny8 - r0))  # (steps from rows r0 .. r0 + n_dy - 1 to the next)
+            if n_dy:
+                dy = np.abs(np.diff(rows[: n_dy + 1], axis=0))
+                sums[1] += dy.reshape(n_dy // 8, 8, w).sum(axis=(0, 2), dtype=np.float64)
     out = []
-    for axis in (-1, -2):
-        d = np.moveaxis(np.abs(np.diff(a, axis=axis)), axis, -1)
-        n8 = (d.shape[-1] // 8) * 8
-        if n8 < 16:
-            return float("nan")
-        m = d[..., :n8].reshape(-1, n8 // 8, 8).mean(axis=(0, 1), dtype=np.float64)
+    for m in sums:
         top = int(np.argmax(m))
         second = float(np.delete(m, top).max())
         out.append(float(m[top]) / second if second > 0 else (np.inf if m[top] > 0 else 1.0))

@@ -15,10 +15,11 @@ fitted amplitude is significant is kept:
    above :data:`~analysis.measure.noise.CORRELATED_NOISE`, or neighbouring pixels tied by a
    median filter, :data:`~analysis.measure.noise.TIED_NEIGHBOURS`, or the 8 x 8 blocks of a
    JPEG compression, :data:`~analysis.measure.noise.JPEG_BLOCKS`) passes a punctum-sized
-   filter far more than that residual says (pure noise smoothed at 1 px: 3,230 false puncta per
-   1,000 um^2; 20 bright spots saved as JPEG at quality 95: 767 puncta).  There the noise of the filtered image itself is measured instead, as the
-   spread of the lower half of the nominal response in the darkest quarter of the image
-   (puncta add to the upper half): the model's noise is scaled by it (``noise_factor``).
+   filter far more than that residual says (pure noise smoothed at 1 px: 3,230 false puncta
+   per 1,000 um^2; 20 bright spots saved as JPEG at quality 95: 767 puncta).  There the
+   noise of the filtered image itself is measured instead, as the spread of the lower half of
+   the nominal response in the darkest quarter of the image (puncta add to the upper half):
+   the model's noise is scaled by it (``noise_factor``).
 2. **Significance.**  A punctum's amplitude is estimated by least squares (a Gaussian of the
    expected size on top of a local background: everything smoother than
    ``background_radius_um`` is removed by subtracting a Gaussian blur, in a stack after
