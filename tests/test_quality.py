@@ -191,7 +191,7 @@ def test_image_quality_is_deterministic_and_bounded() -> None:
     assert a == b
     assert set(a) == {"measured_snr", "spike_in_recall", "spike_in_recall_ci_low", "spike_in_recall_ci_high",
                       "est_precision", "saturated_fraction", "in_validated_range", "noise_correlation",
-                      "tie_ratio", "block_ratio"}
+                      "tie_ratio", "block_ratio", "jpeg_lattice"}
     assert 0 <= a["spike_in_recall_ci_low"] <= a["spike_in_recall"] <= a["spike_in_recall_ci_high"] <= 1
     assert 0 <= a["est_precision"] <= 1 and a["in_validated_range"] is True
 
@@ -236,17 +236,24 @@ def test_a_jpeg_takes_a_puncta_row_out_of_the_validated_range(caplog) -> None:
     for name, img in (("8-bit", img8), ("jpeg", jpeg)):
         with caplog.at_level("WARNING", logger="analysis.measure.quality"):
             rows[name] = image_quality(img, PX, detect_puncta(img, PX), spike_in=False)
-    assert rows["8-bit"]["block_ratio"] < 1.05 and rows["8-bit"]["in_validated_range"]
+    assert rows["8-bit"]["block_ratio"] < 1.05 and rows["8-bit"]["jpeg_lattice"] < 4 and rows["8-bit"]["in_validated_range"]
     assert rows["jpeg"]["block_ratio"] > 1.1 and not rows["jpeg"]["in_validated_range"]
-    assert "a JPEG?" in caplog.text and "original (TIFF) image" in caplog.text
+    assert "reads as a JPEG" in caplog.text and "original (TIFF) image" in caplog.text
     assert not in_validated_range(0.1, 16, 8.0, block_ratio=1.3) and in_validated_range(0.1, 16, 8.0, block_ratio=1.03)
+    # at quality 95 no block edges show; the blocks' cosine transforms are quantised all the same
+    buf = io.BytesIO()
+    Image.fromarray(img8).save(buf, format="JPEG", quality=95)
+    fine = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+    row = image_quality(fine, PX, detect_puncta(fine, PX), spike_in=False)
+    assert row["block_ratio"] < 1.1 and row["jpeg_lattice"] > 6 and not row["in_validated_range"]
+    assert not in_validated_range(0.1, 16, 8.0, jpeg_lattice=50.0) and in_validated_range(0.1, 16, 8.0, jpeg_lattice=2.5)
 
 
 def test_quality_row_takes_the_noise_figures_the_detector_measured() -> None:
     """The row's ``noise_correlation`` and ``tie_ratio`` are the detector's (its ``attrs``: the
     figures it acted on), not a second noise model of the image (146 ms per 1024^2 plane);
     a table without them, or detected at another pixel size, gets them measured here."""
-    from analysis.measure.noise import jpeg_block_ratio, neighbour_tie_ratio, noise_correlation
+    from analysis.measure.noise import jpeg_block_ratio, jpeg_lattice, neighbour_tie_ratio, noise_correlation
 
     f = render_synapse_field(np.random.default_rng(4), shape=(192, 192))
     p = detect_puncta(f.image, PX)
@@ -254,6 +261,7 @@ def test_quality_row_takes_the_noise_figures_the_detector_measured() -> None:
     assert row["noise_correlation"] == p.attrs["noise_correlation"] == noise_correlation(f.image, PX)
     assert row["tie_ratio"] == p.attrs["tie_ratio"] == neighbour_tie_ratio(f.image)
     assert row["block_ratio"] == p.attrs["block_ratio"] == jpeg_block_ratio(f.image)
+    assert row["jpeg_lattice"] == p.attrs["jpeg_lattice"] == jpeg_lattice(f.image)
     # the recorded figures are used as they are (here set out of range: the row says so)
     marked = p.copy()
     marked.attrs = {**p.attrs, "noise_correlation": 7.5, "tie_ratio": 3.0}

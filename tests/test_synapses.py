@@ -644,28 +644,55 @@ def test_puncta_in_a_smoothed_image_are_found_without_noise_puncta(smoothing: st
 
 @pytest.mark.xfail(strict=True, reason=(
     "known gap (session 33): the noise model measures independent pixel noise (Immerkaer's 3 x 3 "
-    "residual), so noise correlated by mild smoothing or JPEG compression is read too low: pure shot "
-    "noise smoothed at sigma 0.4 / 0.5 / 0.6 px gave 11 / 1,268 / 4,358 false puncta per 1,000 um^2 "
-    "(white: 0), 8-bit noise saved as JPEG at quality 75 2,625. Their noise_correlation (1.3 / 2.2 / "
-    "4.6 / 4.0) is below the detector's CORRELATED_NOISE (5): the culture fields and the crowded "
-    "sim-fish cases read up to 2.6, their dense faint puncta being a correlated field too, and no "
-    "statistic tried tells the two apart (benchmarks/RESULTS.md, sessions 33, 35 and 36; a 3 x 3 "
-    "median is caught by its ties)"))
-@pytest.mark.parametrize("smoothing", ["gaussian 0.4 px", "gaussian 0.5 px", "gaussian 0.6 px", "jpeg 75"])
+    "residual), so noise correlated by mild smoothing is read too low: pure shot noise smoothed at "
+    "sigma 0.4 / 0.5 / 0.6 px gave 11 / 1,268 / 4,358 false puncta per 1,000 um^2 (white: 0). Their "
+    "noise_correlation (1.3 / 2.2 / 4.6) is below the detector's CORRELATED_NOISE (5): the culture "
+    "fields and the crowded sim-fish cases read up to 2.6, their dense faint puncta being a correlated "
+    "field too, and no statistic tried tells the two apart (benchmarks/RESULTS.md, sessions 33, 35 and "
+    "36; a 3 x 3 median is caught by its ties, a JPEG by its blocks or quantised coefficients)"))
+@pytest.mark.parametrize("smoothing", ["gaussian 0.4 px", "gaussian 0.5 px", "gaussian 0.6 px"])
 def test_mildly_smoothed_pure_noise_gives_at_most_one_false_punctum_per_1000um2(smoothing: str) -> None:
-    if smoothing.startswith("jpeg"):
-        import io
-
-        Image = pytest.importorskip("PIL.Image")
-        raw8 = np.clip(np.random.default_rng(5).poisson(30, (256, 256)) * 2 + 20, 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(raw8).save(buf, format="JPEG", quality=int(smoothing.split()[1]))
-        img = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
-    else:
-        raw = (np.random.default_rng(5).poisson(50, (256, 256)) * 3 + 500).astype(float)
-        img = _smoothed(raw, smoothing)[0].astype(np.float32)
+    raw = (np.random.default_rng(5).poisson(50, (256, 256)) * 3 + 500).astype(float)
+    img = _smoothed(raw, smoothing)[0].astype(np.float32)
     p = detect_puncta(img, 0.1)
     assert 1000 * len(p) / (img.size * 0.1**2) <= 1.0, len(p)
+
+
+@pytest.mark.parametrize("quality", [75, 90, 98])
+def test_pure_noise_saved_as_jpeg_gives_at_most_one_false_punctum_per_1000um2(quality: int) -> None:
+    """8-bit shot noise saved as JPEG: at quality 75 the codec's rounding correlates the noise
+    within each block (noise_correlation 4.0, block ratio 1.07: below both limits) and the
+    detector reported 2,625 false puncta per 1,000 um^2 (a strict xfail since session 33).  The
+    blocks' cosine transforms sit on the quantisation lattice (``jpeg_lattice``, far above
+    ``JPEG_LATTICE``), so the noise of the filtered image is measured instead."""
+    import io
+
+    from analysis.measure.noise import JPEG_LATTICE
+
+    Image = pytest.importorskip("PIL.Image")
+    raw8 = np.clip(np.random.default_rng(5).poisson(30, (256, 256)) * 2 + 20, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(raw8).save(buf, format="JPEG", quality=quality)
+    img = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+    p = detect_puncta(img, 0.1)
+    assert p.attrs["jpeg_lattice"] > JPEG_LATTICE > detect_puncta(raw8, 0.1).attrs["jpeg_lattice"]
+    assert 1000 * len(p) / (img.size * 0.1**2) <= 1.0, len(p)
+
+
+def test_puncta_in_a_jpeg_without_visible_blocks_keep_their_precision() -> None:
+    """Our default phantom field stretched to 8 bits and saved at quality 90: the noise survives
+    the compression (no block edges: block ratio ~1.0) but is rounded within each block, and the
+    detector took it for white noise: 355 puncta for 213, F1 0.73 (0.95 before compression).
+    Seen by its quantised coefficients, it measures the noise of its filtered image: F1 0.87."""
+    from analysis.sim.phantoms import render_synapse_field
+
+    f = render_synapse_field(np.random.default_rng([0, 1, 0]), shape=(256, 256), pixel_size_um=0.1, snr=8.0)
+    truth = f.puncta[["y", "x"]].to_numpy()
+    img = _jpeg(f.image, 90)
+    p = detect_puncta(img, 0.1)
+    m = match_points(p[["y", "x"]].to_numpy(), truth, 2.5)
+    assert p.attrs["block_ratio"] < 1.05 and p.attrs["noise_factor"] > 1.5, p.attrs
+    assert m.f1 >= 0.85 and m.fp <= 15, (m.f1, m.fp, len(p))
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:

@@ -7,8 +7,9 @@
 * :func:`noise_correlation`: whether the pixel noise is independent, as the models above
   assume (1), or correlated by smoothing, a median filter or interpolation (well above 1);
   :func:`neighbour_tie_ratio`: whether a median filter has copied values into neighbouring
-  pixels (a correlation the former reads as mild); :func:`jpeg_block_ratio`: whether the image
-  went through JPEG compression (its 8 x 8 pixel blocks);
+  pixels (a correlation the former reads as mild); :func:`jpeg_block_ratio` and
+  :func:`jpeg_lattice`: whether the image went through JPEG compression (its 8 x 8 pixel
+  blocks; the quantised coefficients of their cosine transforms);
 * :func:`noise_sd_map`: a spatially varying noise model (Poisson-Gaussian: variance linear
   in the local level, fitted per image in boxes), and :func:`background_corrected`, the
   smoothed image minus a broad background with its noise SD; used by the puncta detector,
@@ -24,7 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = ["MAD_TO_SD", "IMMERKAER", "robust_sd", "noise_sd", "noise_sd_map", "background_corrected",
-           "noise_correlation", "neighbour_tie_ratio", "jpeg_block_ratio"]
+           "noise_correlation", "neighbour_tie_ratio", "jpeg_block_ratio", "jpeg_lattice"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,18 @@ TIED_NEIGHBOURS = 2.5
 #: SpineDetector JPEG frames 1.01-1.9 (median 1.2) (benchmarks/RESULTS.md, session 39).
 JPEG_BLOCKS = 1.1
 _BLOCK_STRIP = 1024  # rows per strip of :func:`jpeg_block_ratio` (a multiple of 8)
+#: :func:`jpeg_lattice` above which an image is taken as decoded from a JPEG.  A Rayleigh test:
+#: where no lattice is, ``N R^2`` exceeds ``x`` with probability ``exp(-x)``, so the median
+#: over the block transform's 63 coefficients, of the largest over 7 periods, stays near
+#: ``ln 7 + 0.58 ~ 2.5``: 191 raw planes read at most 2.9 (sim-fish, our phantoms, five kinds
+#: of noise, each also stretched to 8 bits and scaled by 16 and by 257, the culture and EMBL
+#: microglia fields); the same saved as JPEG at quality 98 / 95 / 90 read 17 / 9.8 / 4.3 at
+#: least (median 166 / 211 / 187; the lowest are sparse spots on a flat background or noise
+#: clipped at zero, whose blocks are mostly flat: :func:`jpeg_block_ratio` sees those), the
+#: SpineDetector frames 23-45 (benchmarks/RESULTS.md, session 39).
+JPEG_LATTICE = 6.0
+_LATTICE_PERIODS = np.arange(2, 9)  # quantisation steps tested (a larger step has a divisor here)
+_LATTICE_BLOCKS = 512  # 8 x 8 blocks read (spread over the image)
 _IMMERKAER_1D = np.array([1.0, -2.0, 1.0])
 _IMMERKAER_WIDE_1D = np.array([1.0, 0.0, -2.0, 0.0, 1.0])  # (its taps 2 px apart)
 
@@ -623,6 +636,71 @@ def jpeg_block_ratio(image: np.ndarray) -> float:
         second = float(np.delete(m, top).max())
         out.append(float(m[top]) / second if second > 0 else (np.inf if m[top] > 0 else 1.0))
     return float(min(out))
+
+
+def jpeg_lattice(image: np.ndarray) -> float:
+    """How strongly the cosine-transform coefficients of the image's 8 x 8 pixel blocks sit on
+    a lattice: ~2.5 for an image that never was a JPEG, tens to hundreds for one decoded from
+    a JPEG of quality 98 or less, even where no block edges show (:data:`JPEG_LATTICE`).
+
+    A JPEG stores each block's orthonormal 2-D DCT coefficients rounded to multiples of its
+    quantisation table's steps; decoded (and rounded to integers), the blocks' coefficients lie
+    within ~0.3 of those multiples (Fan & de Queiroz 2003, IEEE Trans. Image Process. 12:230,
+    "Identification of bitmap compression history").  For each of the 63 AC coefficients, over
+    up to 512 blocks on the grid from the top-left pixel (a JPEG decoded whole) and every
+    period ``q`` of 2-8, the coefficients of at least 1.5 ``q`` (those at 0 say nothing) give
+    the Rayleigh statistic ``N R^2`` of their phases ``2 pi c / q`` (``R``: the length of the
+    mean phasor, ``N``: how many; at least 30); the figure is the median over the
+    coefficients of its largest over the periods.  Integer-valued images only (a decoded JPEG
+    is): 0 for others, NaN for an image smaller than 8 x 8 pixels.
+
+    Parameters
+    ----------
+    image : ndarray
+        YX or ZYX (or any ...YX) intensities; a stack is read on up to 4 of its planes.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> rng = np.random.default_rng(0)
+    >>> img = rng.poisson(100, (128, 128)).clip(0, 255).astype(np.uint8)  # shot noise, 8 bits
+    >>> buf = io.BytesIO()
+    >>> Image.fromarray(img).save(buf, format="JPEG", quality=95)  # no visible blocks
+    >>> jpeg = np.asarray(Image.open(buf))
+    >>> bool(jpeg_lattice(img) < 5), bool(jpeg_lattice(jpeg) > JPEG_LATTICE)
+    (True, True)
+    """
+    from scipy import fft
+
+    a = np.asarray(image)
+    if a.ndim < 2 or min(a.shape[-2:]) < 8:
+        return float("nan")
+    h, w = a.shape[-2:]
+    planes = a.reshape(-1, h, w)
+    planes = planes[np.unique(np.linspace(0, len(planes) - 1, min(4, len(planes))).astype(int))]
+    if not np.issubdtype(a.dtype, np.integer) and not all(np.array_equal(p, np.round(p)) for p in planes):
+        return 0.0
+    h8, w8 = (h // 8) * 8, (w // 8) * 8
+    blocks = np.concatenate([p[:h8, :w8].reshape(h8 // 8, 8, w8 // 8, 8).swapaxes(1, 2).reshape(-1, 8, 8)
+                             for p in planes])
+    if len(blocks) > _LATTICE_BLOCKS:
+        blocks = blocks[np.linspace(0, len(blocks) - 1, _LATTICE_BLOCKS).astype(int)]
+    c = fft.dctn(blocks.astype(np.float64), axes=(1, 2), norm="ortho").reshape(len(blocks), 64)[:, 1:]
+    q = _LATTICE_PERIODS.astype(np.float32)
+    c = c.astype(np.float32)  # (the phases need no more: coefficients lie within 0.3 of the lattice)
+    use = np.abs(c)[:, :, None] >= 1.5 * q
+    n = use.sum(axis=0)
+    phase = (2.0 * np.pi / q) * c[:, :, None]
+    stat = ((np.cos(phase) * use).sum(axis=0, dtype=np.float64) ** 2
+            + (np.sin(phase) * use).sum(axis=0, dtype=np.float64) ** 2) / np.maximum(n, 1)
+    best = np.where(n >= 30, stat, -1.0).max(axis=1)
+    best = best[best >= 0]
+    return float(np.median(best)) if len(best) >= 5 else 0.0
 
 
 def noise_correlation(image: np.ndarray, pixel_size_um: float, *, box_um: float = 3.0) -> float:

@@ -13,10 +13,12 @@ fitted amplitude is significant is kept:
    and laser power can change from plane to plane).  Noise correlated between pixels (an
    image smoothed, interpolated or denoised; :func:`~analysis.measure.noise.noise_correlation`
    above :data:`~analysis.measure.noise.CORRELATED_NOISE`, or neighbouring pixels tied by a
-   median filter, :data:`~analysis.measure.noise.TIED_NEIGHBOURS`, or the 8 x 8 blocks of a
-   JPEG compression, :data:`~analysis.measure.noise.JPEG_BLOCKS`) passes a punctum-sized
-   filter far more than that residual says (pure noise smoothed at 1 px: 3,230 false puncta
-   per 1,000 um^2; 20 bright spots saved as JPEG at quality 95: 767 puncta).  There the
+   median filter, :data:`~analysis.measure.noise.TIED_NEIGHBOURS`, or a JPEG compression, by
+   its 8 x 8 blocks or their quantised cosine transforms,
+   :data:`~analysis.measure.noise.JPEG_BLOCKS`, :data:`~analysis.measure.noise.JPEG_LATTICE`)
+   passes a punctum-sized filter far more than that residual says (pure noise smoothed at
+   1 px: 3,230 false puncta per 1,000 um^2; 20 bright spots saved as JPEG at quality 95: 767
+   puncta; 8-bit noise at quality 75: 2,625 per 1,000 um^2).  There the
    noise of the filtered image itself is measured instead, as the spread of the lower half of
    the nominal response in the darkest quarter of the image (puncta add to the upper half):
    the model's noise is scaled by it (``noise_factor``).
@@ -161,9 +163,9 @@ from analysis.measure.hotpixels import MIN_SIGMA_PX as _HOT_MIN_SIGMA_PX
 from analysis.measure.hotpixels import hot_pixels as _hot_pixels
 from analysis.measure.hotpixels import repaired as _repaired
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
-from analysis.measure.noise import (CORRELATED_NOISE, JPEG_BLOCKS, MAD_TO_SD, TIED_NEIGHBOURS, _gauss_radius,
-                                    _info_correlation, _noise_at, _noise_model, _row_strips, jpeg_block_ratio,
-                                    neighbour_tie_ratio, noise_sd_map, robust_sd)
+from analysis.measure.noise import (CORRELATED_NOISE, JPEG_BLOCKS, JPEG_LATTICE, MAD_TO_SD, TIED_NEIGHBOURS,
+                                    _gauss_radius, _info_correlation, _noise_at, _noise_model, _row_strips,
+                                    jpeg_block_ratio, jpeg_lattice, neighbour_tie_ratio, noise_sd_map, robust_sd)
 
 __all__ = [
     "detect_puncta",
@@ -1442,7 +1444,8 @@ def detect_puncta(
         ``noise_correlation`` (:func:`~analysis.measure.noise.noise_correlation`; in a stack
         the larger of it and the same figure along z), ``tie_ratio``
         (:func:`~analysis.measure.noise.neighbour_tie_ratio`), ``block_ratio``
-        (:func:`~analysis.measure.noise.jpeg_block_ratio`), ``noise_factor`` (1, or,
+        (:func:`~analysis.measure.noise.jpeg_block_ratio`), ``jpeg_lattice``
+        (:func:`~analysis.measure.noise.jpeg_lattice`), ``noise_factor`` (1, or,
         for correlated noise, the factor by which the filtered image's noise exceeds the
         model's; module docstring, step 1), ``elongated_puncta`` (True when the image's
         single puncta were found drawn out along a line; step 6) and ``psf_quadrupole`` (the
@@ -1495,6 +1498,7 @@ def detect_puncta(
             noise0, info = noise_sd_map(img, pixel_size_um, box_um=noise_box_um)
             info["tie_ratio"] = neighbour_tie_ratio(arr)
             info["block_ratio"] = jpeg_block_ratio(arr)
+            info["jpeg_lattice"] = jpeg_lattice(arr)
             if estimated:
                 projected = noise0 if ndim == 2 else None  # (a stack's projection has its own noise)
                 radius = estimate_punctum_radius(img, pixel_size_um, noise_sd=projected)
@@ -1505,6 +1509,7 @@ def detect_puncta(
         info = _noise_model(arr, pixel_size_um, box_um=noise_box_um, strip_px=strip)
         info["tie_ratio"] = neighbour_tie_ratio(arr)
         info["block_ratio"] = jpeg_block_ratio(arr)
+        info["jpeg_lattice"] = jpeg_lattice(arr)
         if estimated:
             radius = estimate_punctum_radius(arr, pixel_size_um, strip_px=strip,
                                              noise_model=info if ndim == 2 else None)
@@ -1675,6 +1680,7 @@ def detect_puncta(
             "noise_correlation": _info_correlation(noise_info),
             "tie_ratio": float(noise_info.get("tie_ratio", np.nan)),
             "block_ratio": float(noise_info.get("block_ratio", np.nan)),
+            "jpeg_lattice": float(noise_info.get("jpeg_lattice", np.nan)),
             "noise_factor": float(found["noise_factor"]),
             "elongated_puncta": bool(found["elongated"]),
             "psf_quadrupole": float(found["quadrupole"]),
@@ -1718,11 +1724,12 @@ def _detect_block(
         hh_img -= hh_lev[:, None, None]
     noise = _noise_at(noise_info, blur2)
     # (a median filter's ties: their noise reads as mildly correlated, 3-4, and gave ~2,000
-    # false puncta per 1,000 um^2 of noise; a JPEG's blocks may read ~1 where the codec
-    # quantised the noise of a flat background away)
+    # false puncta per 1,000 um^2 of noise; a JPEG may read ~1-4, where the codec quantised
+    # the noise away block by block: its blocks, or its quantised coefficients, tell)
     correlated = (_info_correlation(noise_info) > CORRELATED_NOISE
                   or noise_info.get("tie_ratio", 1.0) > TIED_NEIGHBOURS
-                  or noise_info.get("block_ratio", 1.0) > JPEG_BLOCKS)
+                  or noise_info.get("block_ratio", 1.0) > JPEG_BLOCKS
+                  or noise_info.get("jpeg_lattice", 0.0) > JPEG_LATTICE)
     dark = blur2 <= np.quantile(blur2, 0.25) if correlated else None
     del blur2
     scales = [_Scale(shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]

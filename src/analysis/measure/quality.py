@@ -36,8 +36,8 @@ from scipy import optimize, special
 
 from analysis.measure.puncta import _render as render_spots
 from analysis.measure.area import _exact_medians
-from analysis.measure.noise import (CORRELATED_NOISE, JPEG_BLOCKS, TIED_NEIGHBOURS, jpeg_block_ratio,
-                                    neighbour_tie_ratio, noise_correlation, noise_sd_map)
+from analysis.measure.noise import (CORRELATED_NOISE, JPEG_BLOCKS, JPEG_LATTICE, TIED_NEIGHBOURS, jpeg_block_ratio,
+                                    jpeg_lattice, neighbour_tie_ratio, noise_correlation, noise_sd_map)
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.puncta import detect_puncta, match_points
 
@@ -70,18 +70,19 @@ log = logging.getLogger(__name__)
 #: ``max_saturated_fraction`` (images above it are rejected by
 #: :func:`analysis.pipeline.quantify.image_problem` anyway), ``max_noise_correlation``
 #: (:func:`analysis.measure.noise.noise_correlation`), ``max_tie_ratio``
-#: (:func:`analysis.measure.noise.neighbour_tie_ratio`) and ``max_block_ratio``
-#: (:func:`analysis.measure.noise.jpeg_block_ratio`): the puncta detector's noise model
+#: (:func:`analysis.measure.noise.neighbour_tie_ratio`), ``max_block_ratio``
+#: (:func:`analysis.measure.noise.jpeg_block_ratio`) and ``max_jpeg_lattice``
+#: (:func:`analysis.measure.noise.jpeg_lattice`): the puncta detector's noise model
 #: takes the pixel noise as independent.  Above these limits
 #: (:data:`analysis.measure.noise.CORRELATED_NOISE`, a correlation over ~0.6 px;
 #: :data:`analysis.measure.noise.TIED_NEIGHBOURS`, a median filter;
-#: :data:`analysis.measure.noise.JPEG_BLOCKS`, a JPEG compression) it measures the noise of
+#: :data:`analysis.measure.noise.JPEG_BLOCKS` and :data:`analysis.measure.noise.JPEG_LATTICE`,
+#: a JPEG compression) it measures the noise of
 #: its filtered image instead, which keeps pure noise clean but costs faint puncta, and the
 #: validation does not cover such images (benchmarks/RESULTS.md, sessions 33, 35 and 39).  Every
-#: validation set reads 0.9-2.6, 0.95-1.7 and 1.00-1.03; milder smoothing (Gaussian 0.4-0.6 px,
-#: 1.3-4.6) and a JPEG compression that leaves no blocks (pure noise at quality 75: ~4, block
-#: ratio ~1.0) are not caught and give up to thousands of false puncta per 1,000 um^2 of pure
-#: noise (session 36).
+#: validation set reads 0.9-2.6, 0.95-1.7, 1.00-1.03 and at most 2.9; milder smoothing
+#: (Gaussian 0.4-0.6 px, 1.3-4.6) is not caught and gives up to thousands of false puncta per
+#: 1,000 um^2 of pure noise (session 36).
 VALIDATED_RANGE: dict[str, dict[str, Any]] = {
     "puncta": {
         "pixel_size_um": (0.05, 0.8),
@@ -91,6 +92,7 @@ VALIDATED_RANGE: dict[str, dict[str, Any]] = {
         "max_noise_correlation": CORRELATED_NOISE,
         "max_tie_ratio": TIED_NEIGHBOURS,
         "max_block_ratio": JPEG_BLOCKS,
+        "max_jpeg_lattice": JPEG_LATTICE,
     },
     "microglia": {
         # phantoms at 0.2 um, the EMBL Iba1 images at 0.755 um
@@ -942,6 +944,7 @@ def in_validated_range(
     noise_correlation: float | None = None,
     tie_ratio: float | None = None,
     block_ratio: float | None = None,
+    jpeg_lattice: float | None = None,
 ) -> bool:
     """Whether an image's acquisition lies inside what the validation covered.
 
@@ -969,6 +972,9 @@ def in_validated_range(
     block_ratio : float, optional
         :func:`analysis.measure.noise.jpeg_block_ratio`, for readouts with a
         ``max_block_ratio`` (not checked when not given or NaN).
+    jpeg_lattice : float, optional
+        :func:`analysis.measure.noise.jpeg_lattice`, for readouts with a
+        ``max_jpeg_lattice`` (not checked when not given or NaN).
 
     Returns
     -------
@@ -998,6 +1004,8 @@ def in_validated_range(
         reasons.append(f"neighbouring pixels tied ({tie_ratio:.3g} above {r['max_tie_ratio']}): median-filtered?")
     if block_ratio is not None and block_ratio > r.get("max_block_ratio", np.inf):
         reasons.append(f"8 x 8 pixel blocks ({block_ratio:.3g} above {r['max_block_ratio']}): a JPEG?")
+    if jpeg_lattice is not None and jpeg_lattice > r.get("max_jpeg_lattice", np.inf):
+        reasons.append(f"quantised block transforms ({jpeg_lattice:.3g} above {r['max_jpeg_lattice']}): a JPEG?")
     if reasons:
         log.debug("%s outside the validated range: %s", readout, "; ".join(reasons))
     return not reasons
@@ -1063,7 +1071,7 @@ def image_quality(
     dict
         ``saturated_fraction``, ``in_validated_range`` and, for puncta, ``measured_snr``,
         ``spike_in_recall``, ``spike_in_recall_ci_low``, ``spike_in_recall_ci_high``,
-        ``est_precision``, ``noise_correlation``, ``tie_ratio``, ``block_ratio``.
+        ``est_precision``, ``noise_correlation``, ``tie_ratio``, ``block_ratio``, ``jpeg_lattice``.
     """
     sat = saturated_fraction(image)
     depth = bit_depth(image)
@@ -1105,16 +1113,23 @@ def image_quality(
     blocks = _detector_figure(puncta, "block_ratio", pixel_size_um)
     if blocks is None:
         blocks = jpeg_block_ratio(image)
+    lattice = _detector_figure(puncta, "jpeg_lattice", pixel_size_um)
+    if lattice is None:
+        lattice = jpeg_lattice(image)
     row["noise_correlation"] = corr
     row["tie_ratio"] = ties
     row["block_ratio"] = blocks
+    row["jpeg_lattice"] = lattice
     row["in_validated_range"] = in_validated_range(pixel_size_um, depth, snr, saturated=sat, readout=readout,
-                                                   noise_correlation=corr, tie_ratio=ties, block_ratio=blocks)
-    if blocks > VALIDATED_RANGE[readout].get("max_block_ratio", np.inf):
-        log.warning("the steps between neighbouring pixels are %.3g times larger on a grid of 8 x 8 pixel blocks "
-                    "(never compressed: ~1): a JPEG? The puncta detector measured its noise on the filtered image "
-                    "instead, which costs faint puncta; this row is outside the validated range: measure the "
-                    "original (TIFF) image", blocks)
+                                                   noise_correlation=corr, tie_ratio=ties, block_ratio=blocks,
+                                                   jpeg_lattice=lattice)
+    limits = VALIDATED_RANGE[readout]
+    if blocks > limits.get("max_block_ratio", np.inf) or lattice > limits.get("max_jpeg_lattice", np.inf):
+        log.warning("the image reads as a JPEG (steps on a grid of 8 x 8 pixel blocks %.3g times those elsewhere, "
+                    "never compressed: ~1; its blocks' cosine transforms on a quantisation lattice %.3g, never "
+                    "compressed: ~2.5): the puncta detector measured its noise on the filtered image instead, which "
+                    "costs faint puncta; this row is outside the validated range: measure the original (TIFF) image",
+                    blocks, lattice)
     if ties > VALIDATED_RANGE[readout].get("max_tie_ratio", np.inf):
         log.warning("neighbouring pixels are equal %.3g times as often as pixels 3 apart (independent noise: ~1): a "
                     "median-filtered image? The puncta detector measured its noise on the filtered image instead, "

@@ -132,7 +132,8 @@ def quantify_image(
         PSF's astigmatic part and whether the puncta read as drawn out along a line:
         ``detect_puncta``'s ``attrs``), the image's quality (synapse channel:
         ``measured_snr``, ``spike_in_recall``, ``spike_in_recall_ci_low``,
-        ``spike_in_recall_ci_high``, ``est_precision``, ``noise_correlation``, ``tie_ratio``, ``block_ratio``; every image:
+        ``spike_in_recall_ci_high``, ``est_precision``, ``noise_correlation``, ``tie_ratio``, ``block_ratio``,
+        ``jpeg_lattice``; every image:
         ``saturated_fraction``, the largest over the channels read, and ``in_validated_range``,
         true when every readout of the row lies in :data:`analysis.measure.quality.VALIDATED_RANGE`; see
         :func:`analysis.measure.quality.image_quality`), ``microglia_count``, ``microglia_field_area_mm2``,

@@ -9,7 +9,7 @@ named tables out).  Importing this module registers them, in the order they run:
   the PSF's shape as the detector read it (``psf_quadrupole``: its astigmatic part;
   ``puncta_elongated``: puncta drawn out along a line) and the channel's quality (spike-in
   recall, estimated precision, whether its pixel noise is independent, ``noise_correlation``,
-  ``tie_ratio``, ``block_ratio``); table ``puncta``;
+  ``tie_ratio``, ``block_ratio``, ``jpeg_lattice``); table ``puncta``;
 * ``microglia`` (``microglia_channel``, maximum projection): cells, density per mm^2 and the
   mean morphology of interior cells; tables ``cells`` and ``outlines`` (the pixels of each
   cell's boundary and pruned skeleton, for the QC overlays);
