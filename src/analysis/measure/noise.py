@@ -647,7 +647,8 @@ def jpeg_lattice(image: np.ndarray) -> float:
     quantisation table's steps; decoded (and rounded to integers), the blocks' coefficients lie
     within ~0.3 of those multiples (Fan & de Queiroz 2003, IEEE Trans. Image Process. 12:230,
     "Identification of bitmap compression history").  For each of the 63 AC coefficients, over
-    up to 512 blocks on the grid from the top-left pixel (a JPEG decoded whole) and every
+    up to 512 blocks on the grid from the top-left pixel (a JPEG decoded whole; spread evenly
+    over the image, and over the planes of a stack) and every
     period ``q`` of 2-8, the coefficients of at least 1.5 ``q`` (those at 0 say nothing) give
     the Rayleigh statistic ``N R^2`` of their phases ``2 pi c / q`` (``R``: the length of the
     mean phasor, ``N``: how many; at least 30); the figure is the median over the
@@ -657,7 +658,7 @@ def jpeg_lattice(image: np.ndarray) -> float:
     Parameters
     ----------
     image : ndarray
-        YX or ZYX (or any ...YX) intensities; a stack is read on up to 4 of its planes.
+        YX or ZYX (or any ...YX) intensities.
 
     Returns
     -------
@@ -682,15 +683,18 @@ def jpeg_lattice(image: np.ndarray) -> float:
         return float("nan")
     h, w = a.shape[-2:]
     planes = a.reshape(-1, h, w)
-    planes = planes[np.unique(np.linspace(0, len(planes) - 1, min(4, len(planes))).astype(int))]
-    if not np.issubdtype(a.dtype, np.integer) and not all(np.array_equal(p, np.round(p)) for p in planes):
+    # (only the blocks read are gathered: spread evenly over the planes, rows and columns)
+    nby, nbx = h // 8, w // 8
+    total = len(planes) * nby * nbx
+    pick = np.linspace(0, total - 1, min(total, _LATTICE_BLOCKS)).astype(int)
+    plane, rest = np.divmod(pick, nby * nbx)
+    by, bx = np.divmod(rest, nbx)
+    off = np.arange(8)
+    blocks = planes[plane[:, None, None], (8 * by)[:, None, None] + off[None, :, None],
+                    (8 * bx)[:, None, None] + off[None, None, :]].astype(np.float64)
+    if not np.issubdtype(a.dtype, np.integer) and not np.array_equal(blocks, np.round(blocks)):
         return 0.0
-    h8, w8 = (h // 8) * 8, (w // 8) * 8
-    blocks = np.concatenate([p[:h8, :w8].reshape(h8 // 8, 8, w8 // 8, 8).swapaxes(1, 2).reshape(-1, 8, 8)
-                             for p in planes])
-    if len(blocks) > _LATTICE_BLOCKS:
-        blocks = blocks[np.linspace(0, len(blocks) - 1, _LATTICE_BLOCKS).astype(int)]
-    c = fft.dctn(blocks.astype(np.float64), axes=(1, 2), norm="ortho").reshape(len(blocks), 64)[:, 1:]
+    c = fft.dctn(blocks, axes=(1, 2), norm="ortho").reshape(len(blocks), 64)[:, 1:]
     q = _LATTICE_PERIODS.astype(np.float32)
     c = c.astype(np.float32)  # (the phases need no more: coefficients lie within 0.3 of the lattice)
     use = np.abs(c)[:, :, None] >= 1.5 * q
