@@ -21,7 +21,12 @@ fitted amplitude is significant is kept:
    puncta; 8-bit noise at quality 75: 2,625 per 1,000 um^2).  There the
    noise of the filtered image itself is measured instead, as the spread of the lower half of
    the nominal response in the darkest quarter of the image (puncta add to the upper half):
-   the model's noise is scaled by it (``noise_factor``).
+   the model's noise is scaled by it (``noise_factor``).  The filter's negative surrounds of
+   the puncta widen that lower half too, in a crowded field by far (sim-fish's crowded fields
+   smoothed, median-filtered or interpolated read 1.5-53 times the factor of their noise
+   alone, and lost up to 80 % of their puncta): so the spread is measured again on the
+   residual of the fit (the image minus the puncta's models, surrounds and all), and the
+   detection is repeated with that factor until it settles (:data:`_NOISE_FACTOR_PASSES`).
 2. **Significance.**  A punctum's amplitude is estimated by least squares (a Gaussian of the
    expected size on top of a local background: everything smoother than
    ``background_radius_um`` is removed by subtracting a Gaussian blur, in a stack after
@@ -221,6 +226,11 @@ _PSF_MODEL_ERROR = 0.05  # relative error of the Gaussian PSF model near a brigh
 _PROTECT = 0.1  # two weak candidates compete for the same light above this correlation
 _ONE_SD_BELOW = float(stats.norm.cdf(-1.0))  # quantile one SD below the median of Gaussian noise
 _BLOCK_SCALARS = ("n_cand", "noise_factor", "elongated", "quadrupole")  # what :func:`_detect_block` returns for the block as a whole
+#: Correlated pixel noise: how many more times at most :func:`_detect_block` detects again with
+#: the noise factor measured on the residual of its fit, and the relative change of the factor
+#: below which it stops (the factor falls as more puncta and their surrounds are fitted).
+_NOISE_FACTOR_PASSES = 4
+_NOISE_FACTOR_TOL = 0.03
 
 
 # --------------------------------------------------------------------------- spot models
@@ -1692,7 +1702,52 @@ def detect_puncta(
     return out
 
 
-def _detect_block(
+def _detect_block(block: np.ndarray, **settings: Any) -> dict[str, Any]:
+    """Steps 2-4 of :func:`detect_puncta` on one block of the image (the whole image, or a
+    tile with its margin; ``settings``: the keywords of :func:`_detect_block_pass`, among them
+    ``plane_level``, a stack's planes' levels, removed as background): candidates, joint fit
+    and pruning, second pass.  Returns the
+    puncta (``pos`` in the block's pixels, size index ``k``, amplitude ``a``, significance
+    ``t``, local pixel noise ``sn``) whose centre lies in ``region`` (lo <= p < hi per axis; all
+    without), and ``n_cand``.
+
+    Where the pixel noise is correlated, the noise factor measured on the response is an
+    overestimate wherever puncta are (their filter surrounds); the block is detected again
+    with the factor measured on the residual of the previous fit, until it changes by less
+    than :data:`_NOISE_FACTOR_TOL` (at most :data:`_NOISE_FACTOR_PASSES` more times; the
+    passes between the first and the last stop at the first fit)."""
+    found = _detect_block_pass(block, **settings)
+    f_res = found.pop("residual_factor")  # (None: the noise is not correlated)
+    factor = found["noise_factor"]
+    passes = 0
+    while f_res is not None and passes < _NOISE_FACTOR_PASSES:
+        new = max(1.0, f_res)
+        if abs(new - factor) <= _NOISE_FACTOR_TOL * factor:
+            break  # (settled: the factor of the fit it was measured on is kept)
+        log.debug("correlated noise: factor %.3f, %.3f on the residual of its fit", factor, new)
+        factor = new
+        passes += 1
+        f_res = (_detect_block_pass(block, **settings, noise_factor=factor, factor_only=True)
+                 if passes < _NOISE_FACTOR_PASSES else None)
+    if factor != found["noise_factor"]:
+        found = _detect_block_pass(block, **settings, noise_factor=factor)
+        del found["residual_factor"]
+    return found
+
+
+def _correlated(noise_info: dict[str, float]) -> bool:
+    """Whether the pixel noise of ``noise_info`` (:func:`_noise_model`) is correlated: by its
+    correlation figure, a median filter's ties or a JPEG's blocks or quantised coefficients."""
+    # (a median filter's ties: their noise reads as mildly correlated, 3-4, and gave ~2,000
+    # false puncta per 1,000 um^2 of noise; a JPEG may read ~1-4, where the codec quantised
+    # the noise away block by block: its blocks, or its quantised coefficients, tell)
+    return (_info_correlation(noise_info) > CORRELATED_NOISE
+            or noise_info.get("tie_ratio", 1.0) > TIED_NEIGHBOURS
+            or noise_info.get("block_ratio", 1.0) > JPEG_BLOCKS
+            or noise_info.get("jpeg_lattice", 0.0) > JPEG_LATTICE)
+
+
+def _detect_block_pass(
     block: np.ndarray,
     *,
     sigma0: np.ndarray,
@@ -1704,13 +1759,13 @@ def _detect_block(
     region: tuple[np.ndarray, np.ndarray] | None = None,
     no_split: np.ndarray | None = None,
     plane_level: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Steps 2-4 of :func:`detect_puncta` on one block of the image (the whole image, or a
-    tile with its margin; ``plane_level``: a stack's planes' levels, removed as background):
-    candidates, joint fit and pruning, second pass.  Returns the
-    puncta (``pos`` in the block's pixels, size index ``k``, amplitude ``a``, significance
-    ``t``, local pixel noise ``sn``) whose centre lies in ``region`` (lo <= p < hi per axis; all
-    without), and ``n_cand``."""
+    noise_factor: float | None = None,
+    factor_only: bool = False,
+) -> Any:
+    """One detection of :func:`_detect_block`; ``noise_factor``: the correlated noise's factor
+    to use (None: measured on the response).  Returns also ``residual_factor``: for correlated
+    noise the factor measured on the residual of the first fit (the factor used when that fit
+    found nothing), else None; ``factor_only``: returns only that."""
     # (the block is converted here, so that its floating-point copy goes as soon as it is used;
     # full-size maps are computed in place where the values are the same)
     img = np.asarray(block, dtype=np.float64)
@@ -1723,13 +1778,7 @@ def _detect_block(
         hh_lev = _double_high_pass(np.asarray(plane_level, float), bg[:1])[0]
         hh_img -= hh_lev[:, None, None]
     noise = _noise_at(noise_info, blur2)
-    # (a median filter's ties: their noise reads as mildly correlated, 3-4, and gave ~2,000
-    # false puncta per 1,000 um^2 of noise; a JPEG may read ~1-4, where the codec quantised
-    # the noise away block by block: its blocks, or its quantised coefficients, tell)
-    correlated = (_info_correlation(noise_info) > CORRELATED_NOISE
-                  or noise_info.get("tie_ratio", 1.0) > TIED_NEIGHBOURS
-                  or noise_info.get("block_ratio", 1.0) > JPEG_BLOCKS
-                  or noise_info.get("jpeg_lattice", 0.0) > JPEG_LATTICE)
+    correlated = _correlated(noise_info)
     dark = blur2 <= np.quantile(blur2, 0.25) if correlated else None
     del blur2
     scales = [_Scale(shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]
@@ -1742,7 +1791,8 @@ def _detect_block(
     sd_nom = nominal.unit_sd()
     sd_nom *= noise
     z_nom = f_nom / sd_nom
-    noise_factor = 1.0
+    factor_given, noise_factor = noise_factor, 1.0
+    residual_factor = None
     elongated = None  # (measured before the first split: are the image's single puncta drawn out?)
     quad_peak = 0.0  # (the largest amplitude of the wing's quadrupole, when one is seen)
     wing = quad = None
@@ -1751,10 +1801,12 @@ def _detect_block(
         # response far more than Immerkaer's operator says: the response's own noise, the
         # spread of its lower half in the darkest quarter of the block (puncta add to its
         # upper half; their filter surrounds make it, if anything, an overestimate)
-        zd = z_nom[dark]
-        med = float(np.median(zd))
-        noise_factor = max(1.0, med - float(np.quantile(zd, _ONE_SD_BELOW)))
-        del zd, dark
+        if factor_given is None:
+            zd = z_nom[dark]
+            noise_factor = max(1.0, float(np.median(zd)) - float(np.quantile(zd, _ONE_SD_BELOW)))
+            del zd
+        else:
+            noise_factor = factor_given
         noise *= noise_factor
         sd_nom *= noise_factor
         z_nom /= noise_factor
@@ -1968,6 +2020,10 @@ def _detect_block(
                 pairs = cKDTree(pos / unit).query_pairs(cut, output_type="ndarray").astype(np.int32)
         # (normally all of ``final`` passed; after the iteration cap, keep only those that did)
         pos, k, a, t = pos[final][ok], k_used[ok], a[ok], t[ok]
+        if rnd == 0 and correlated:
+            residual_factor = noise_factor
+            if factor_only and len(pos) == 0:
+                return residual_factor
         if rnd == 1 or len(pos) == 0:
             break
         # second pass: maxima of the residual significance (puncta hidden by brighter ones)
@@ -1996,6 +2052,14 @@ def _detect_block(
                     np.subtract(f_nom, z_res, out=z_res)
         del hh_model
         z_res /= sd_nom
+        if correlated and rnd == 0:
+            # (the same spread on the residual of this first fit: the surrounds of the puncta
+            # found are gone with their models)
+            zd = z_res[dark]
+            residual_factor = noise_factor * (float(np.median(zd)) - float(np.quantile(zd, _ONE_SD_BELOW)))
+            del zd
+            if factor_only:
+                return residual_factor
         # what a PSF that is not Gaussian leaves around bright puncta (heavier wings),
         # measured around the image's own bright isolated puncta, is not a punctum hidden
         # by them: the wing is taken out of the residual
@@ -2048,7 +2112,8 @@ def _detect_block(
         own = np.all((pos >= region[0]) & (pos < region[1]), axis=1)
         pos, k, a, t, sn = pos[own], k[own], a[own], t[own], sn[own]
     return {"pos": pos, "k": k, "a": a, "t": t, "sn": sn, "n_cand": n_cand, "neg": neg,
-            "noise_factor": noise_factor, "elongated": elongated is not None, "quadrupole": quad_peak}
+            "noise_factor": noise_factor, "elongated": elongated is not None, "quadrupole": quad_peak,
+            "residual_factor": residual_factor}
 
 
 #: Chi-square gain (beyond one punctum's) needed to call one blob two puncta.  The gain of the
