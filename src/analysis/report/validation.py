@@ -232,9 +232,9 @@ _SECTION_PURPOSES: tuple[tuple[str, str], ...] = (
                  "density, size, signal-to-noise ratio and bit depth."),
     ("phantom", "Our own simulated fields at each SNR level (the detector's authors wrote them, so "
                 "agreement here proves the least): precision, recall, F1 and count bias."),
-    ("processed", "Images smoothed, median-filtered or interpolated, as software may leave them before "
-                  "they reach us (their pixel noise correlated): false puncta in pure noise and F1 on "
-                  "sim-fish and our phantoms, with the noise figures our detector measured."),
+    ("processed", "Images smoothed, median-filtered, interpolated or deconvolved, as software may leave "
+                  "them before they reach us (their pixel noise correlated): false puncta in pure noise and "
+                  "F1 on sim-fish and our phantoms, with the noise figures our detector measured."),
     ("jpeg", "Images saved as JPEG at several qualities (the codec quantises each 8 x 8 block and "
              "leaves correlated noise): F1 of each detector on sim-fish and our phantoms, false puncta in "
              "pure noise, and the block and quantisation figures by which our detector recognises a JPEG."),
