@@ -22,11 +22,12 @@ fitted amplitude is significant is kept:
    noise of the filtered image itself is measured instead, as the spread of the lower half of
    the nominal response in the darkest quarter of the image (puncta add to the upper half):
    the model's noise is scaled by it (``noise_factor``).  The filter's negative surrounds of
-   the puncta widen that lower half too, in a crowded field by far (sim-fish's crowded fields
-   smoothed, median-filtered or interpolated read 1.5-53 times the factor of their noise
-   alone, and lost up to 80 % of their puncta): so the spread is measured again on the
-   residual of the fit (the image minus the puncta's models, surrounds and all), and the
-   detection is repeated with that factor until it settles (:data:`_NOISE_FACTOR_PASSES`).
+   the puncta widen that lower half too, in a crowded field by far (sim-fish's crowded
+   fields smoothed, median-filtered or interpolated read 1.5-53 times the factor of their
+   noise alone, and kept as few as a fifth of the puncta found before processing): so the
+   spread is measured again on the residual of the fit (the image minus the puncta's models,
+   surrounds and all), and the detection is repeated with that factor until it settles
+   (:data:`_NOISE_FACTOR_PASSES`).
 2. **Significance.**  A punctum's amplitude is estimated by least squares (a Gaussian of the
    expected size on top of a local background: everything smoother than
    ``background_radius_um`` is removed by subtracting a Gaussian blur, in a stack after
