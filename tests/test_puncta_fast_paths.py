@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from analysis.measure.puncta import (_IN_FOCUS_SCALES, _OUT_OF_FOCUS_SCALES, _W_K, _Scale, _double_high_pass,
-                                     _extrema, _gaussian_at, _overlap, _render, _strong_pair_radius,
+from analysis.measure.puncta import (_OUT_OF_FOCUS_SCALES, _W_K, _Scale, _double_high_pass,
+                                     _extrema, _gaussian_at, _in_focus_scales, _overlap, _render, _strong_pair_radius,
                                      _subtract_models)
 
 CASES = [
@@ -62,7 +62,7 @@ def _stack_scales() -> tuple[list, np.ndarray, np.ndarray]:
     sigma0 = np.array([0.5 / 1.1774 / 0.3, 0.2 / 1.1774 / 0.2, 0.2 / 1.1774 / 0.2])
     bg = np.array([2.0 * 0.2 * 2.5 / 0.3, 2.0, 2.0])
     shape = (30, 128, 128)
-    inf = [_Scale(shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]
+    inf = [_Scale(shape, sigma0 * f, bg) for f in _in_focus_scales(float(sigma0[-1]))]
     widest = np.stack([s.sigma for s in inf] + [sigma0 * f for f in _OUT_OF_FOCUS_SCALES]).max(axis=0)
     return inf, np.maximum(widest, bg), bg
 

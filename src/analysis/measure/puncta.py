@@ -186,16 +186,27 @@ log = logging.getLogger(__name__)
 
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 _IN_FOCUS_SCALES = (0.8, 0.9, 1.0, 1.12, 1.25, 1.4)  # multiples of the nominal punctum size
+#: Narrower multiples, fitted where their sigma is at least :data:`_NARROW_MIN_PX` (a pixel: a
+#: narrower Gaussian sampled on pixels is close to a single-pixel spike, as skewed noise makes
+#: them): puncta in one field differ in size.  With sizes of 0.8-1.4 x the image's nominal
+#: size alone, narrower spots were misfitted and the rings of their residuals gave false
+#: puncta 5-10 px away (fields of spot sigmas 1-3 px: precision 0.92, big-fish 1.00 on such
+#: fields).  A widest size of 1.6 x helped too but cost our high-SNR phantoms precision
+#: (benchmarks/RESULTS.md, session 40).
+_NARROW_SCALES = (0.5, 0.6, 0.7)
+_NARROW_MIN_PX = 1.0
 _OUT_OF_FOCUS_SCALES = (2.5,)  # blobs this much broader than a punctum are out-of-focus light
 _LIKELIHOOD_GAIN = 4.0  # chi-square gain needed to prefer another size (~p 0.05, 1 d.o.f.)
 _SHARP = 0.6  # scale of the candidate (Laplacian of Gaussian) map, x punctum sigma
 #: Rate of noise maxima that the detector reports above a significance ``u`` on white Gaussian
 #: noise, per pixel: ``exp(a(sigma) + b u + c u^2)``, with ``a`` tabulated against the nominal
 #: punctum sigma in pixels (measured by ``benchmarks/calibrate_noise_rate.py``: 16 noise images
-#: of 512 x 512 pixels per size, threshold 3, Poisson maximum likelihood).
+#: of 512 x 512 pixels per size, threshold 3, Poisson maximum likelihood; session 40, with the
+#: sizes of :data:`_NARROW_SCALES`: at 2 / 3 px 1.45 / 1.7x the count above 4 SDs of the sizes
+#: 0.8-1.4 alone, at 0.5-1.3 px the same counts).
 _NOISE_RATE_SIGMA_PX = (0.5, 0.8, 1.3, 2.0, 3.0)
-_NOISE_RATE_A = (-8.600, -8.023, -8.801, -9.600, -10.337)
-_NOISE_RATE_B, _NOISE_RATE_C = 3.2215, -0.87421
+_NOISE_RATE_A = (-8.873, -8.259, -9.056, -9.614, -10.357)
+_NOISE_RATE_B, _NOISE_RATE_C = 3.3177, -0.88381
 #: The rate per voxel of a z-stack is the plane's rate per pixel times ``exp(d + e (u - 4))``,
 #: with ``d``, ``e`` tabulated against the axial punctum sigma in planes (measured by
 #: ``benchmarks/calibrate_noise_rate.py --stacks`` at the default threshold: 24 white-noise
@@ -203,11 +214,12 @@ _NOISE_RATE_B, _NOISE_RATE_C = 3.2215, -0.87421
 #: the counts above 4.25-5 SDs, 10-30 % high at 4).  A maximum of a stack must also stand
 #: above the planes around it, so the factor falls as a punctum spans more planes (as
 #: ``1 / sigma`` beyond the table, by random-field theory); the fit of a 3-D spot has a heavier
-#: upper tail than a plane's (``e > 0``).  Stacks at lateral sigmas 0.8-3 px have 0.78-1.14x
-#: the tabulated rate; stacks of 5 planes 0.59-1.08x.
+#: upper tail than a plane's (``e > 0``).  Stacks at lateral sigmas 0.8-3 px have 0.68-0.97x
+#: the tabulated rate above 4.25 SDs; stacks of 5 planes 0.60-1.03x (session 40, with the
+#: narrower punctum sizes of :data:`_NARROW_SCALES`).
 _NOISE_RATE_Z_SIGMA = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0)
-_NOISE_RATE_Z_D = (-0.854, -0.744, -0.374, -0.722, -0.866, -1.240, -1.500, -1.992)
-_NOISE_RATE_Z_E = (0.073, 0.970, 0.863, 1.455, 1.206, 1.083, 1.017, 0.676)
+_NOISE_RATE_Z_D = (-0.833, -0.724, -0.360, -0.713, -0.854, -1.228, -1.490, -1.982)
+_NOISE_RATE_Z_E = (0.063, 0.957, 0.859, 1.444, 1.183, 1.079, 1.013, 0.683)
 #: Images up to this many pixels per side are processed whole by :func:`detect_puncta` (every
 #: image of the simulated studies); larger ones in tiles of at most :data:`LARGE_TILE_PX`.
 TILE_PX = 1024
@@ -1575,7 +1587,7 @@ def detect_puncta(
         sigma0[0] = axial_radius_um / (_FWHM_PER_SIGMA / 2) / dz
         bg[0] = background_radius_um * ratio / dz
         sep[0] = max(min_separation_um * ratio / dz, 1.0)
-    factors = _IN_FOCUS_SCALES + (_OUT_OF_FOCUS_SCALES if reject_out_of_focus else ())
+    factors = _in_focus_scales(float(sigma0[-1])) + (_OUT_OF_FOCUS_SCALES if reject_out_of_focus else ())
     sig_all = np.stack([sigma0 * f for f in factors])
     c_all = (2 * np.pi) ** (ndim / 2) * np.prod(sig_all, axis=1)
     settings = {"sigma0": sigma0, "bg": bg, "sep": sep, "noise_info": noise_info, "threshold_sd": threshold_sd,
@@ -1736,6 +1748,19 @@ def _detect_block(block: np.ndarray, **settings: Any) -> dict[str, Any]:
     return found
 
 
+def _in_focus_scales(sigma_px: float) -> tuple[float, ...]:
+    """The in-focus punctum sizes fitted, as multiples of the nominal lateral sigma
+    ``sigma_px`` (pixels): :data:`_IN_FOCUS_SCALES`, and those of :data:`_NARROW_SCALES` whose
+    sigma is at least :data:`_NARROW_MIN_PX`.
+
+    >>> _in_focus_scales(2.0)
+    (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.12, 1.25, 1.4)
+    >>> _in_focus_scales(1.27)
+    (0.8, 0.9, 1.0, 1.12, 1.25, 1.4)
+    """
+    return tuple(f for f in _NARROW_SCALES if f * sigma_px >= _NARROW_MIN_PX) + _IN_FOCUS_SCALES
+
+
 def _correlated(noise_info: dict[str, float]) -> bool:
     """Whether the pixel noise of ``noise_info`` (:func:`_noise_model`) is correlated: by its
     correlation figure, a median filter's ties or a JPEG's blocks or quantised coefficients."""
@@ -1782,11 +1807,12 @@ def _detect_block_pass(
     correlated = _correlated(noise_info)
     dark = blur2 <= np.quantile(blur2, 0.25) if correlated else None
     del blur2
-    scales = [_Scale(shape, sigma0 * f, bg) for f in _IN_FOCUS_SCALES]
+    in_focus = _in_focus_scales(float(sigma0[-1]))
+    scales = [_Scale(shape, sigma0 * f, bg) for f in in_focus]
     if reject_out_of_focus:
         scales.extend(_Scale(shape, sigma0 * f, bg) for f in _OUT_OF_FOCUS_SCALES)
-    n_in = len(_IN_FOCUS_SCALES)
-    nom = _IN_FOCUS_SCALES.index(1.0)
+    n_in = len(in_focus)
+    nom = in_focus.index(1.0)
     nominal = scales[nom]
     f_nom = nominal.response(hh_img)
     sd_nom = nominal.unit_sd()

@@ -238,6 +238,8 @@ _SECTION_PURPOSES: tuple[tuple[str, str], ...] = (
     ("jpeg", "Images saved as JPEG at several qualities (the codec quantises each 8 x 8 block and "
              "leaves correlated noise): F1 of each detector on sim-fish and our phantoms, false puncta in "
              "pure noise, and the block and quantisation figures by which our detector recognises a JPEG."),
+    ("varied sizes", "Fields whose puncta differ in size (sim-fish draws each spot's width), as puncta of "
+                     "one stain do: precision, recall and F1 of each detector."),
     ("noise", "Images without any punctum, of several noise kinds: every detection is false "
               "(target: at most 1 per 1,000 um^2)."),
     ("speed", "Detection time per image at several image sizes, on the same machine."),
