@@ -2085,6 +2085,7 @@ def _detect_block_pass(
             zd = z_res[dark]
             residual_factor = noise_factor * (float(np.median(zd)) - float(np.quantile(zd, _ONE_SD_BELOW)))
             del zd
+            dark = None  # (a full-size mask, needed no further)
             if factor_only:
                 return residual_factor
         # what a PSF that is not Gaussian leaves around bright puncta (heavier wings),
