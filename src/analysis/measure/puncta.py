@@ -1508,7 +1508,9 @@ def detect_puncta(
         model's; module docstring, step 1), ``elongated_puncta`` (True when the image's
         single puncta were found drawn out along a line; step 6) and ``psf_quadrupole`` (the
         largest amplitude of the astigmatic part of the PSF's wing, per unit of a punctum's
-        significance; 0 when none was seen; step 6).  In a stack whose planes'
+        significance; 0 when none was seen; step 6), ``threshold_used`` (the significance
+        the puncta reported stand at or above: ``threshold_sd``, raised by the noise
+        false-discovery step; step 7; infinite when nothing is reported).  In a stack whose planes'
         brightness jumps, intensities are in units of the planes' trend (step 2).
 
     Examples
@@ -1707,7 +1709,16 @@ def detect_puncta(
         neg = np.sort(found["neg"])
         expected = np.maximum(expected, len(neg) - np.searchsorted(neg, order, side="left"))
         ok = expected <= noise_fdr * np.arange(1, len(order) + 1)
-        threshold_used = float(order[_best_f1_cut(expected, int(np.flatnonzero(ok).max()))]) if ok.any() else np.inf
+        threshold_used = np.inf
+        if ok.any():
+            last = int(np.flatnonzero(ok).max())
+            cut = _best_f1_cut(expected, last)
+            threshold_used = float(order[cut])
+            if cut < last and order[cut + 1] < order[cut]:
+                # (the cut lies in a gap: a true punctum anywhere above the most significant
+                # one left out would have been kept, and the brightness model of the quality
+                # measures must be truncated there, not at the faintest punctum kept)
+                threshold_used = float(np.nextafter(order[cut + 1], np.inf))
         keep = t >= threshold_used
         pos, k, a, t, sn = pos[keep], k[keep], a[keep], t[keep], sn[keep]
     cols = ["z", "y", "x"][3 - ndim :]
