@@ -707,23 +707,55 @@ def test_puncta_of_varied_sizes_in_one_field_leave_no_false_puncta_around_them()
     assert fn <= 3 and tp / (tp + fp) >= 0.95, (tp, fp, fn)
 
 
+def test_puncta_wider_than_the_sizes_fitted_leave_few_false_puncta_on_their_rings() -> None:
+    """70 spots of sigma 1.5 px and 30 of 2.8 px (1.8x the size measured on the field, beyond
+    the widest size fitted, 1.4x) at peak SNR 100, 4 fields: the wide spots' misfit left a ring
+    ~4 px out, and the second pass found 59 false puncta on those rings (all 400 spots found).
+    With each bright punctum's own rings taken out of the residual first: 36."""
+    yy, xx = np.mgrid[:256, :256]
+    tp = fp = 0
+    for seed in range(4):
+        rng = np.random.default_rng([43, seed])
+        centres = spread_points(100, rng, (25.6, 25.6), min_dist=1.2, margin=0.5) / 0.1
+        sigma = np.where(np.arange(100) < 70, 1.5, 2.8)
+        lam = np.full((256, 256), 100.0)
+        for (y, x), s_ in zip(centres, sigma):
+            lam += 1000.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * s_**2))
+        m = match_points(detect_puncta(rng.poisson(lam).astype(np.float32), 0.1)[["y", "x"]].to_numpy(), centres, 2.0)
+        tp, fp = tp + m.tp, fp + m.fp
+    assert tp == 400 and fp <= 45, (tp, fp)
+
+
+def test_a_crowded_field_leaves_no_false_puncta_between_its_spots() -> None:
+    """600 spots of sigma 1.5 px at peak SNR 30 in 256 x 256 px, some 3 px apart: the misfit
+    of merged and overlapping spots left rings in the residual, and the second pass found 60
+    false puncta on them (595 of the spots found).  With each bright punctum's own rings taken
+    out of the residual first: 1 (594 found)."""
+    rng = np.random.default_rng(21)
+    centres = spread_points(600, rng, (25.6, 25.6), min_dist=0.3, margin=0.3) / 0.1
+    raw = _spots((256, 256), centres, 1.5, 300.0, 100.0, seed=22).astype(float)
+    m = match_points(detect_puncta(raw, 0.1)[["y", "x"]].to_numpy(), centres, 2.0)
+    assert m.tp >= 590 and m.fp <= 10, (m.tp, m.fp)
+
+
 @pytest.mark.parametrize("smoothing", ["gaussian 0.7 px", "gaussian 1 px", "median 3 x 3", "wiener"])
 def test_a_crowded_smoothed_field_keeps_its_puncta(smoothing: str) -> None:
     """In a crowded field the filter's negative surrounds of the puncta widen the lower half of
     the response, where the correlated noise is measured: the old code read a noise factor of
     39 / 136 / 22 / 109 (the same noise alone: 6.6 / 28.5 / 5.4 / 58) and found 0.93 / 0.84 /
     0.86 / 0.86 of 600 spots (smoothed, median-filtered, Wiener-deconvolved).  Measured again on
-    the residual of the fit (surrounds and all), the factor is within 30 % of the noise's own."""
+    the residual of the fit (surrounds and all), the factor is within 30 % of the noise's own,
+    and no more false puncta are found than 1 in 30 of the spots (6 / 12 / 2 / 5; the field
+    before smoothing: 1, 60 before each bright punctum's own rings were taken out)."""
     rng = np.random.default_rng(21)
     centres = spread_points(600, rng, (25.6, 25.6), min_dist=0.3, margin=0.3) / 0.1
     raw = _spots((256, 256), centres, 1.5, 300.0, 100.0, seed=22).astype(float)
     noise_only = _spots((256, 256), np.zeros((0, 2)), 1.5, 300.0, 100.0, seed=22).astype(float)
     p = detect_puncta(_smoothed(raw, smoothing)[0], 0.1)
     own = detect_puncta(_smoothed(noise_only, smoothing)[0], 0.1).attrs["noise_factor"]
-    m_raw = match_points(detect_puncta(raw, 0.1)[["y", "x"]].to_numpy(), centres, 2.0)
     m = match_points(p[["y", "x"]].to_numpy(), centres, 2.0)
     assert own > 5.0 and abs(p.attrs["noise_factor"] / own - 1.0) <= 0.3, (p.attrs["noise_factor"], own)
-    assert m.recall >= 0.94 and m.fp <= m_raw.fp, (m.recall, m.fp, m_raw.fp)
+    assert m.recall >= 0.94 and m.fp <= 20, (m.recall, m.fp)
 
 
 @pytest.mark.xfail(strict=True, reason=(
