@@ -2639,6 +2639,9 @@ _PSF_QUAD_Z = 5.0
 #: Reach of a bright punctum's own rings (:func:`_take_out_own_rings`), in nominal sigmas: the
 #: ring a punctum of up to twice the nominal size leaves when fitted at 1.4x lies within ~3.
 _OWN_RING_REACH = 4.0
+#: Window pixels per batch of :func:`_take_out_own_rings` (its ~10 arrays of that size: with 4
+#: million, a crowded 1,024^2 field peaked 180 MB above the detector's own peak).
+_OWN_RING_VALUES = 500_000
 
 
 def _bright_with_neighbours(pos: np.ndarray, t: np.ndarray, shape: tuple[int, ...], reach: np.ndarray,
@@ -2826,7 +2829,7 @@ def _take_out_own_rings(z: np.ndarray, pos: np.ndarray, reach: int) -> None:
     R = int(reach)
     off = np.arange(-R, R + 1)
     n_ring = R + 2  # (radii 0..R; R + 1 collects what lies beyond, or outside the image)
-    batch = max(1, _PSF_MAX_VALUES // len(off) ** 2)
+    batch = max(1, _OWN_RING_VALUES // len(off) ** 2)
     total = np.zeros(z.size)
     for b0 in range(0, len(pos), batch):
         p = pos[b0 : b0 + batch]
