@@ -2727,7 +2727,7 @@ def _psf_wing(z_res: np.ndarray, pos: np.ndarray, t: np.ndarray, reach: np.ndarr
     # middle one or two)
     n_ring = (Rz + 2) * (R + 2)
     idx = (np.arange(len(sel)).reshape((-1,) + (1,) * ndim) * n_ring + ring).ravel()
-    prof = _group_medians(win.ravel(), idx, len(sel) * n_ring)[0]
+    prof = _group_medians(win.ravel(), idx, len(sel) * n_ring)
     prof = prof.reshape(len(sel), Rz + 2, R + 2)[:, : Rz + 1, : R + 1]
     if ndim == 2:
         prof = prof[:, 0]
@@ -2793,22 +2793,22 @@ def _psf_quadrupole(win: np.ndarray, dy: np.ndarray, dx: np.ndarray, R: int, row
     return np.sign(med) * np.maximum(np.abs(med) - 2.0 * se, 0.0)
 
 
-def _group_medians(values: np.ndarray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+def _group_medians(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """The median of ``values`` in each of ``n_groups`` groups (``group``: each value's group,
-    0-based; 0 for an empty group) and the groups' counts, at once (the values sorted within
-    groups, the middle one or two).
+    0-based; 0 for an empty group), at once (the values sorted within groups, the middle one
+    or two).
 
-    >>> _group_medians(np.array([5.0, 1.0, 3.0, 2.0, 4.0]), np.array([0, 0, 0, 2, 2]), 3)[0].tolist()
+    >>> _group_medians(np.array([5.0, 1.0, 3.0, 2.0, 4.0]), np.array([0, 0, 0, 2, 2]), 3).tolist()
     [3.0, 0.0, 3.0]
     """
     n = np.bincount(group, minlength=n_groups)
     if len(values) == 0:
-        return np.zeros(n_groups), n
+        return np.zeros(n_groups)
     vals = values[np.lexsort((values, group))]
     start = np.concatenate([[0], np.cumsum(n)[:-1]])
     lo, hi = start + np.maximum(n - 1, 0) // 2, start + n // 2
     last = len(vals) - 1
-    return np.where(n > 0, 0.5 * (vals[np.minimum(lo, last)] + vals[np.minimum(hi, last)]), 0.0), n
+    return np.where(n > 0, 0.5 * (vals[np.minimum(lo, last)] + vals[np.minimum(hi, last)]), 0.0)
 
 
 def _take_out_own_rings(z: np.ndarray, pos: np.ndarray, reach: int) -> None:
