@@ -1016,7 +1016,9 @@ def part_k(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
             "`analysis.measure.noise.neighbour_tie_ratio` (how much more often neighbouring pixels are equal than "
             "pixels 3 apart); medians over the set's images, both ~1 for independent pixels.  Above 5 "
             "(`CORRELATED_NOISE`), or a tie ratio above 2.5 (`TIED_NEIGHBOURS`, a median filter), our detector "
-            "measures the noise of its filtered image instead of the pixel noise model's (`noise_factor`)")
+            "measures the noise of its filtered image instead of the pixel noise model's (`noise_factor`); in a "
+            "plane above 1.2 (`MILD_CORRELATION`) as well, at most by the factor of Gaussian-smoothed noise of "
+            "that figure")
     return pd.DataFrame(out), note
 
 
