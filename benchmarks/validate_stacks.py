@@ -27,7 +27,10 @@ A detection matches within 2 pixels laterally and 0.45 um axially (1.5 planes of
 3 of 150 nm).  Last, stacks of laterally elongated spots (an astigmatic PSF: elliptical
 Gaussians of minor SD 91 nm and aspect 1.3 or 1.6 in every plane, one random direction per
 stack, times the same axial Gaussian), 100 spots in 16 planes of 320 x 320 pixels at peak SNR
-20 and 100, 2 stacks each; big-fish is given the geometric-mean lateral sigma.
+20 and 100, 2 stacks each; big-fish is given the geometric-mean lateral sigma.  And stacks of
+the first cases smoothed after imaging (:data:`SMOOTHED`: a Gaussian of 0.4-0.6 px in the
+planes or 0.5 px in 3-D, saved again as 16-bit integers), as denoising, deconvolution or
+resampling leave them.
 
 Usage::
 
@@ -152,6 +155,30 @@ def stacks(k: int, n: int, amp: float, bg: float, s: float, sz: float, flicker: 
     return out
 
 
+#: Stacks of :data:`CASES` smoothed after imaging (denoised, deconvolved, resampled): (name,
+#: the case's name, Gaussian sigma per axis z, y, x in planes and pixels).  Mild smoothing in
+#: the planes reads a lateral ``noise_correlation`` of 1.3-4.6; until session 43 it was bounded
+#: in planes only, and a stack of pure noise smoothed at 0.5 px gave thousands of false puncta.
+SMOOTHED: list[tuple[str, str, tuple[float, float, float]]] = [
+    ("pure noise, smoothed 0.5 px in planes", "pure noise", (0.0, 0.5, 0.5)),
+    ("pure noise, smoothed 0.5 px in 3-D", "pure noise", (0.5, 0.5, 0.5)),
+    ("medium, smoothed 0.4 px in planes", "medium", (0.0, 0.4, 0.4)),
+    ("medium, smoothed 0.5 px in planes", "medium", (0.0, 0.5, 0.5)),
+    ("medium faint, smoothed 0.6 px in planes", "medium faint", (0.0, 0.6, 0.6)),
+    ("medium, smoothed 0.5 px in 3-D", "medium", (0.5, 0.5, 0.5)),
+]
+
+
+def smoothed_stacks(case: str, smoothing: tuple[float, float, float], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The stacks of the case named ``case`` (:func:`stacks`) smoothed by a Gaussian of
+    ``smoothing`` (planes, pixels, pixels) and saved again as 16-bit integers."""
+    from scipy import ndimage as ndi
+
+    k = [c[0] for c in CASES].index(case)
+    return [(np.clip(np.rint(ndi.gaussian_filter(img.astype(np.float64), smoothing)), 0, 65535).astype(np.uint16),
+             truth) for img, truth in stacks(k, *CASES[k][1:], seed)]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -166,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
                (1000 * ELLIPSE_SIGMA_UM * np.sqrt(aspect), 1000 * PSF_AXIAL_UM), PSF_PX_NM, PSF_DZ_NM,
                lambda aspect=aspect, snr=snr: elliptical_stacks(aspect, snr, args.seed))
               for aspect in (1.3, 1.6) for snr in (20.0, 100.0)]
+    cases += [(name, (CASES[k][4], CASES[k][5]), PX_NM, DZ_NM,
+               lambda base=base, sm=sm: smoothed_stacks(base, sm, args.seed))
+              for name, base, sm in SMOOTHED for k in [[c[0] for c in CASES].index(base)]]
     rows = []
     for name, sigma_nm, px_nm, dz_nm, make in cases:
         scale = np.array([MATCH_AXIAL_NM / dz_nm, MATCH[1], MATCH[2]])

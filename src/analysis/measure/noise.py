@@ -41,14 +41,14 @@ IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]) / 
 #: highest: a dense field of faint puncta is itself a correlated field), so milder smoothing
 #: (0.4-0.6 px: 1.3-4.6) and JPEG compression (quality 75: ~4) are not caught here, nor a 3 x 3
 #: median (~3; :data:`TIED_NEIGHBOURS` is) (benchmarks/RESULTS.md, sessions 33, 35 and 36);
-#: in a plane, milder smoothing is taken by :data:`MILD_CORRELATION`.
+#: milder smoothing is taken by :data:`MILD_CORRELATION`.
 CORRELATED_NOISE = 5.0
-#: :func:`noise_correlation` above which a plane's noise is taken as possibly mildly correlated
+#: :func:`noise_correlation` above which an image's noise is taken as possibly mildly correlated
 #: (Gaussian smoothing of 0.4-0.6 px reads 1.3-4.6, independent noise 0.9-1.1 on the
 #: validation sets; dense faint puncta read up to ~2.6 with independent noise): the puncta
 #: detector measures the noise on its filtered image as for :data:`CORRELATED_NOISE`, but at
 #: most by the factor that Gaussian-smoothed noise of that figure would give (benchmarks/RESULTS.md,
-#: session 42).
+#: sessions 42 and 43; in a stack from the lateral and the axial figure).
 MILD_CORRELATION = 1.2
 #: :func:`neighbour_tie_ratio` above which an image is taken as median-filtered (its pixel noise
 #: correlated although :func:`noise_correlation` reads 3-4): raw images read 0.95-1.7 (every
@@ -729,8 +729,8 @@ def noise_correlation(image: np.ndarray, pixel_size_um: float, *, box_um: float 
     interpolated or smoothed between planes).  Gaussian-smoothed independent noise
     gives ~1.3 / 2.2 / 9.5 / 37 at a smoothing sigma of 0.4 / 0.5 / 0.7 / 1 px, a 3 x 3 median
     ~3, 2x interpolation ~130 (benchmarks/RESULTS.md, session 33); above
-    :data:`CORRELATED_NOISE` the puncta detector measures the noise on its filtered image (in
-    a plane, above :data:`MILD_CORRELATION`, bounded by what smoothed noise of that figure gives).
+    :data:`CORRELATED_NOISE` the puncta detector measures the noise on its filtered image (above
+    :data:`MILD_CORRELATION`, bounded by what smoothed noise of that figure gives).
 
     Parameters
     ----------

@@ -28,12 +28,13 @@ fitted amplitude is significant is kept:
    spread is measured again on the residual of the fit (the image minus the puncta's models,
    surrounds and all), and the detection is repeated with that factor until it settles
    (:data:`_NOISE_FACTOR_PASSES`).  Milder smoothing (0.4-0.6 px) reads a correlation figure
-   (1.3-4.6) that dense faint puncta on independent noise reach too (up to ~2.6); in a plane
+   (1.3-4.6) that dense faint puncta on independent noise reach too (up to ~2.6); in an image
    whose figure is above :data:`~analysis.measure.noise.MILD_CORRELATION` the factor is
    measured in the same way, once on the response and once on the residual of its fit, but
    never above what white noise smoothed by a Gaussian to that figure gives
-   (:func:`_smoothed_noise_table`, computed for the filter in use): an upper bound, since
-   puncta only raise the figure.  Unfitted or unresolved puncta leave a residual spread of
+   (:func:`_smoothed_noise_factor`, computed for the filter in use; in a stack from the
+   lateral and the axial figure, each giving the smoothing along its axes): an upper bound,
+   since puncta only raise the figures.  Unfitted or unresolved puncta leave a residual spread of
    10-12 in sim-fish's crowded fields at 250 nm; bounded, they keep their threshold.
 2. **Significance.**  A punctum's amplitude is estimated by least squares (a Gaussian of the
    expected size on top of a local background: everything smoother than
@@ -138,7 +139,8 @@ fitted amplitude is significant is kept:
    the number of punctum-shaped *dips* at least ``u`` deep in the residual (the image minus
    the fitted puncta, seen through the same filter; :func:`_negative_control`): anything in
    the background that is symmetric about its local level dips as often as it peaks, and a
-   dip cannot be a punctum.  The step-up of 7 uses the larger of the two estimates.  Dips
+   dip cannot be a punctum.  The step-up of 7 uses the larger of the two estimates (the
+   dips counted at each significance linearly between their depths, :func:`_dips_at_least`).  Dips
    in the surround of light that the fit left unexplained (the filter's negative ring around
    an undetected bump), dips better explained by a broad blob, and dips on the centre pixel
    of a more significant punctum (its model error: a Gaussian sampled at pixel centres
@@ -1376,6 +1378,22 @@ def estimate_axial_radius(
     return float(np.exp(_median_log_size(sse[significant], np.log(sizes))) * hw * dz)
 
 
+def _dips_at_least(neg: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """How many of the negative control's dips (significances ``neg``, sorted) are at least
+    each of ``levels`` deep, interpolated linearly between the dips (a step function counts
+    a dip just below a punctum's significance as none: the expected F1 of the cuts jumped at
+    every dip, and of two cuts near a tie the one chosen changed with one dip more or less:
+    a phantom field at high SNR detected whole or in tiles, 637 or 628 puncta).
+
+    >>> _dips_at_least(np.array([3.0, 4.0, 5.0]), np.array([2.0, 3.5, 4.0, 5.0, 6.0]))
+    array([3. , 2.5, 2. , 1. , 0. ])
+    """
+    if len(neg) == 0:
+        return np.zeros(len(levels))
+    counts = len(neg) - np.arange(len(neg), dtype=float)
+    return np.interp(levels, neg, counts, right=0.0)
+
+
 def _best_f1_cut(expected: np.ndarray, last: int) -> int:
     """Where to cut a list of puncta sorted by falling significance: the cut, at or before
     ``last`` (the Benjamini-Hochberg one), with the highest expected F1.
@@ -1718,7 +1736,7 @@ def detect_puncta(
         # the image's own negative control: punctum-shaped dips of the residual at least as
         # deep (background structure that pixel noise does not account for)
         neg = np.sort(found["neg"])
-        expected = np.maximum(expected, len(neg) - np.searchsorted(neg, order, side="left"))
+        expected = np.maximum(expected, _dips_at_least(neg, order))
         ok = expected <= noise_fdr * np.arange(1, len(order) + 1)
         threshold_used = np.inf
         if ok.any():
@@ -1785,7 +1803,7 @@ def _detect_block(block: np.ndarray, **settings: Any) -> dict[str, Any]:
     overestimate wherever puncta are (their filter surrounds); the block is detected again
     with the factor measured on the residual of the previous fit, until it changes by less
     than :data:`_NOISE_FACTOR_TOL` (at most :data:`_NOISE_FACTOR_PASSES` more times; the
-    passes between the first and the last stop at the first fit).  A plane whose noise may
+    passes between the first and the last stop at the first fit).  An image whose noise may
     be mildly correlated (``factor_cap`` in ``settings``, :func:`_mild_factor_cap`) is detected
     again once at most, with the residual's factor bounded by that cap (each pass of a
     1,024^2 culture field costs ~10 s)."""
@@ -1834,9 +1852,8 @@ def _smoothed_noise_table(sigma_px: float, background_px: float) -> tuple[np.nda
     :func:`~analysis.measure.noise.noise_correlation` (Immerkaer's operator with taps 2 px
     apart over taps 1 px apart, variances), and the factor by which the nominal response's
     noise SD (a punctum of sigma ``sigma_px`` on the background of ``background_px``,
-    :class:`_Scale`) exceeds the noise model's (which reads the noise through Immerkaer's
-    operator as if it were independent).  Exact, by Parseval's theorem on a grid wide
-    enough for every kernel; both rise with the smoothing.
+    :class:`_Scale`) exceeds the noise model's (:func:`_smoothed_noise_factor`).  Both rise
+    with the smoothing; the figure does not depend on the filter.
 
     >>> corr, factor = _smoothed_noise_table(1.5, 3.5)
     >>> [round(float(corr[i]), 2) for i in (0, 40, 50, 70)]  # sigma 0, 0.4, 0.5, 0.7 px
@@ -1844,52 +1861,118 @@ def _smoothed_noise_table(sigma_px: float, background_px: float) -> tuple[np.nda
     >>> [round(float(factor[i]), 2) for i in (0, 40, 50, 70)]
     [1.0, 1.3, 2.2, 7.74]
     """
-    r = int(np.ceil(4.0 * np.sqrt(sigma_px**2 + 2.0 * background_px**2) + 4.0 * _SMOOTHING_SIGMAS[-1])) + 3
-    n = 2 * r + 1
-    delta = np.zeros((n, n))
-    delta[r, r] = 1.0
-    g = ndi.gaussian_filter(delta, background_px, mode="constant")
-    h = ndi.gaussian_filter(delta - 2.0 * g + ndi.gaussian_filter(g, background_px, mode="constant"), sigma_px,
-                            mode="constant")
-    wide = np.zeros((5, 5))
-    wide[::2, ::2] = IMMERKAER  # (the same taps, 2 px apart)
-    power = [np.abs(np.fft.rfft2(k, (n, n))) ** 2 for k in (IMMERKAER, wide, h)]
-    corr, factor = np.ones(len(_SMOOTHING_SIGMAS)), np.ones(len(_SMOOTHING_SIGMAS))
-    for i, sm in enumerate(_SMOOTHING_SIGMAS):
-        if sm == 0.0:
-            continue
-        ks = np.abs(np.fft.rfft2(ndi.gaussian_filter(delta, sm, mode="constant"))) ** 2
-        v1, v2, vh = (float(np.sum(ks * p * _rfft_weights(n))) for p in power)
-        corr[i] = v2 / v1
-        factor[i] = np.sqrt(vh / float(np.sum(power[2] * _rfft_weights(n))) / v1)
+    corr = _smoothed_correlations()
+    factor = np.array([_smoothed_noise_factor((sigma_px,) * 2, (background_px,) * 2, (float(sm),) * 2)
+                       for sm in _SMOOTHING_SIGMAS])
     return corr, factor
 
 
-@functools.lru_cache(maxsize=4)
-def _rfft_weights(n: int) -> np.ndarray:
-    """Weights of a real 2-D FFT's half spectrum (columns counted twice but the first and,
-    for even ``n``, the last) so that its weighted sum of power / n^2 is the sum of squares."""
-    w = np.full(n // 2 + 1, 2.0)
-    w[0] = 1.0
-    if n % 2 == 0:
-        w[-1] = 1.0
-    return np.broadcast_to(w / n**2, (n, n // 2 + 1))
+def _sampled_gaussian_transform(n: int, sigma: float) -> np.ndarray:
+    """The transform (length ``n``, real: centred on sample 0) of a unit impulse filtered by
+    :func:`scipy.ndimage.gaussian_filter1d` with ``sigma`` (the identity for 0)."""
+    d = np.zeros(n)
+    d[n // 2] = 1.0
+    k = d if sigma <= 0 else ndi.gaussian_filter1d(d, sigma, mode="constant")
+    return np.fft.fft(np.fft.ifftshift(k)).real
+
+
+def _immerkaer_axis_vars(n: int, smooth2: np.ndarray) -> tuple[float, float]:
+    """Variances of the second difference along one axis, with its taps 1 and 2 samples apart,
+    of white noise of unit variance whose squared transform along that axis is ``smooth2``
+    (length ``n``; Parseval)."""
+    taps = np.array([1.0, -2.0, 1.0])
+    wide = np.array([1.0, 0.0, -2.0, 0.0, 1.0])
+    return tuple(float(np.mean(np.abs(np.fft.fft(t, n)) ** 2 * smooth2)) for t in (taps, wide))
+
+
+@functools.lru_cache(maxsize=1)
+def _smoothed_correlations() -> np.ndarray:
+    """:func:`~analysis.measure.noise.noise_correlation` of white noise smoothed by a Gaussian
+    of each sigma of :data:`_SMOOTHING_SIGMAS` (the square of
+    :func:`_smoothed_axis_correlation`; a stack's axial figure too, along z)."""
+    return np.array([_smoothed_axis_correlation(float(sm)) ** 2 for sm in _SMOOTHING_SIGMAS])
+
+
+@functools.lru_cache(maxsize=128)
+def _smoothed_axis_correlation(smoothing_px: float) -> float:
+    """The ratio of :func:`_immerkaer_axis_vars` (taps 2 over 1 apart) of white noise smoothed
+    along one axis by a Gaussian of ``smoothing_px``: 1 for independent noise.  The noise
+    model's figures are products of it: :func:`~analysis.measure.noise.noise_correlation` in a
+    plane (Immerkaer's operator is a second difference along each axis) its square, and along
+    a stack's z axis its square too."""
+    n = 2 * (int(np.ceil(4.0 * smoothing_px)) + 4) + 1
+    v1, v2 = _immerkaer_axis_vars(n, _sampled_gaussian_transform(n, smoothing_px) ** 2)
+    return v2 / v1
+
+
+@functools.lru_cache(maxsize=256)
+def _smoothed_noise_factor(sigma_px: tuple[float, ...], background_px: tuple[float, ...],
+                           smoothing_px: tuple[float, ...]) -> float:
+    """The factor by which the nominal response's noise SD (a punctum of sigma ``sigma_px`` on
+    the background of ``background_px``, per axis, :class:`_Scale`) exceeds the noise model's,
+    for white noise smoothed by a Gaussian of ``smoothing_px`` per axis (sampled as
+    :func:`scipy.ndimage.gaussian_filter` does).  The noise model reads each plane's noise
+    through Immerkaer's operator as if it were independent: the lateral smoothing lowers that
+    reading far more than it lowers the response's noise; smoothing along a stack's z axis
+    lowers the planes' noise as much as the reading of it, and the response's noise less.
+    Exact, by Parseval's theorem on a grid wide enough for every kernel: every kernel is a
+    product over the axes (the background's ``1 - G`` squared is formed from its transform).
+
+    >>> round(_smoothed_noise_factor((1.5, 1.5), (3.5, 3.5), (0.5, 0.5)), 2)
+    2.2
+    >>> round(_smoothed_noise_factor((2.5, 1.5, 1.5), (5.0, 3.5, 3.5), (0.0, 0.5, 0.5)), 2)  # z, y, x
+    2.23
+    """
+    nd = len(sigma_px)
+    resp, back, smooth2 = [], [], []
+    lateral, plane_var = 1.0, 1.0
+    for ax in range(nd):
+        n = 2 * (int(np.ceil(4.0 * np.hypot(sigma_px[ax], np.sqrt(2.0) * background_px[ax])
+                             + 4.0 * smoothing_px[ax])) + 3) + 1
+        shape = [1] * nd
+        shape[ax] = n
+        k2 = _sampled_gaussian_transform(n, smoothing_px[ax]) ** 2
+        resp.append(_sampled_gaussian_transform(n, sigma_px[ax]).reshape(shape))
+        back.append(_sampled_gaussian_transform(n, background_px[ax]).reshape(shape))
+        smooth2.append(k2.reshape(shape))
+        if ax < nd - 2:
+            plane_var *= float(np.mean(k2))  # (a stack's planes average over z: less noise per plane)
+        else:
+            lateral *= _immerkaer_axis_vars(n, k2)[0] / 6.0  # (Immerkaer's operator, / 6 per axis)
+    h2 = functools.reduce(np.multiply, resp) * (1.0 - functools.reduce(np.multiply, back)) ** 2
+    h2 *= h2
+    smoothed = float(np.mean(h2 * functools.reduce(np.multiply, smooth2)))
+    return float(np.sqrt(smoothed / float(np.mean(h2)) / (lateral * plane_var)))
 
 
 def _mild_factor_cap(noise_info: dict[str, float], sigma0: np.ndarray, bg: np.ndarray) -> float | None:
-    """The largest noise factor a plane whose noise may be mildly correlated is given: what
-    Gaussian-smoothed white noise of its :func:`~analysis.measure.noise.noise_correlation`
-    gives (:func:`_smoothed_noise_table`).  Dense puncta raise that figure too, so it bounds
-    the noise's own correlation from above, as the spread measured on the residual of the fit
-    does (unfitted or misfitted puncta widen it: 10-12 on sim-fish's crowded fields at
-    250 nm, whose noise is independent); the smaller of the two is used.  None where the
-    figure is at most :data:`~analysis.measure.noise.MILD_CORRELATION` (independent noise), for
-    stacks, and where :func:`_correlated` holds (measured without a bound)."""
+    """The largest noise factor an image whose noise may be mildly correlated is given: what
+    white noise smoothed by a Gaussian to its correlation figures gives
+    (:func:`_smoothed_noise_factor`; in a plane, from :func:`_smoothed_noise_table`).  In a
+    stack the lateral figure (``correlation``) and the axial one (``axial_correlation``) each
+    give a smoothing sigma along their axes (:func:`_smoothed_axis_correlation`).  Dense
+    puncta raise those figures too, so they bound the noise's own correlation from above, as
+    the spread measured on the residual of the fit does (unfitted or misfitted puncta widen
+    it: 10-12 on sim-fish's crowded fields at 250 nm, whose noise is independent); the
+    smaller of the two is used.  None where the figure
+    (:func:`~analysis.measure.noise.noise_correlation`) is at most
+    :data:`~analysis.measure.noise.MILD_CORRELATION` (independent noise), and where
+    :func:`_correlated` holds (measured without a bound)."""
     c = _info_correlation(noise_info)
-    if len(sigma0) != 2 or not np.isfinite(c) or c <= MILD_CORRELATION or _correlated(noise_info):
+    if not np.isfinite(c) or c <= MILD_CORRELATION or _correlated(noise_info):
         return None
-    corr, factor = _smoothed_noise_table(float(sigma0[-1]), float(bg[-1]))
-    return float(np.interp(c, corr, factor))
+    if len(sigma0) == 2:
+        corr, factor = _smoothed_noise_table(float(sigma0[-1]), float(bg[-1]))
+        return float(np.interp(c, corr, factor))
+    corr = _smoothed_correlations()
+    smoothing = []
+    for key in ("axial_correlation", "correlation"):
+        v = float(noise_info.get(key, np.nan))
+        # (figures at or below 1, and an axial figure not measured (fewer than 5 planes): none)
+        smoothing.append(float(np.interp(v, corr, _SMOOTHING_SIGMAS)) if np.isfinite(v) and v > 1.0 else 0.0)
+    sz, sl = (round(s, 3) for s in smoothing)
+    return _smoothed_noise_factor(tuple(round(float(s), 6) for s in sigma0),
+                                  tuple(round(float(b), 6) for b in bg), (sz, sl, sl))
 
 
 def _correlated(noise_info: dict[str, float]) -> bool:
