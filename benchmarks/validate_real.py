@@ -664,8 +664,8 @@ def part_g(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     detectors = {"ours": lambda im: detect_spines(im, PIXEL_SIZE_UM)[["y", "x"]].to_numpy(float),
                  "plain LoG": lambda im: plain_log_spines(im, PIXEL_SIZE_UM)}
     df, _ = real_benchmark(limit=50 if args.quick else None, detectors=detectors)
-    n_marks = len(pd.read_csv(REAL / "valid_spine_points.csv"))
-    _, left_out = real_marks()
+    scored, left_out = real_marks()
+    n_marks = len(scored) + sum(left_out.values())
     save(df, "g_spines")
     out = []
     for name in detectors:
