@@ -38,19 +38,26 @@ def _interp_matrix(n: int, at: np.ndarray) -> np.ndarray:
     return out
 
 
-def _local_percentile(a: np.ndarray, q: float, width: int, step: int) -> np.ndarray:
+def _local_percentile(a: np.ndarray, q: float, width: int, step: int, rank: int | None = None) -> np.ndarray:
     """Percentile ``q`` of the ``width`` x ``width`` window (reflecting edges, like
     :func:`scipy.ndimage.percentile_filter`) evaluated every ``step`` elements per axis (and at
     the last one) and linearly interpolated in between.
 
     For a level that varies slowly on the scale of the window this equals the full filter up
-    to the interpolation, at ~1 / step^2 of its cost.
+    to the interpolation, at ~1 / step^2 of its cost. ``rank``: the order statistic (0-based)
+    taken instead of numpy's nearest rank of ``q``; with ``int(q / 100 * width**2)`` (scipy's
+    rank) and ``step`` 1 the result is that of ``percentile_filter`` itself, to the last bit
+    and 1.5-2x faster.
 
     Examples
     --------
     >>> a = np.add.outer(np.arange(40.0), np.arange(40.0))
     >>> full = ndi.percentile_filter(a, 50, size=9, mode="reflect")
     >>> bool(np.abs(_local_percentile(a, 50, 9, 3) - full)[5:-5, 5:-5].max() < 1e-9)
+    True
+    >>> b = np.random.default_rng(0).normal(size=(30, 40))
+    >>> exact = _local_percentile(b, 20, 7, 1, rank=int(20 / 100 * 7 ** 2))
+    >>> bool(np.array_equal(exact, ndi.percentile_filter(b, 20, size=7, mode="reflect")))
     True
     """
     h = width // 2
@@ -62,7 +69,7 @@ def _local_percentile(a: np.ndarray, q: float, width: int, step: int) -> np.ndar
     # np.percentile(..., method="nearest") picks one order statistic of each window: its rank
     # (numpy's own rounding, read off an arange) and a partition give the same values, 2-20x
     # faster than the percentile over the last axis of a 3-D array
-    k = int(np.percentile(np.arange(width * width), q, method="nearest"))
+    k = int(np.percentile(np.arange(width * width), q, method="nearest")) if rank is None else int(rank)
     pieces = []
     for i in range(0, len(at[0]), chunk):
         gathered = windows[np.ix_(at[0][i : i + chunk], at[1])].reshape(len(at[0][i : i + chunk]), len(at[1]), -1)
