@@ -848,7 +848,7 @@ def test_the_fast_distances_and_openings_equal_scipys() -> None:
     img = ndi.gaussian_filter(rng.normal(size=(70, 90)), 1.0) * 50 + 100
     for axis in (0, 1):
         assert np.array_equal(_derivative(img, axis), np.gradient(img, axis=axis))
-    for sigma in (3.0, 8.0, 14.0):
+    for sigma in (6.0, 8.0, 14.0):  # (the FFT path: narrower kernels go to scipy itself)
         assert np.abs(_wide_gaussian(img, sigma) - ndi.gaussian_filter(img, sigma)).max() < 1e-10
 
 
