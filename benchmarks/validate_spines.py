@@ -29,7 +29,8 @@ persistent spines), and the apparent turnover of two images minutes apart
 Speed: ``detect_spines`` on a synthetic 512 x 512 frame, one thread (wall and CPU time).
 
 Run: ``python benchmarks/validate_spines.py [--limit N] [--subset all|tuning|held-out] [--no-real]
-[--no-sim] [--sim-seeds 2] [--repeat-seeds N] [--out benchmarks/results/spines_validation.md]``
+[--no-sim] [--sim-seeds 2] [--repeat-seeds N] [--max-elevation-deg 90]
+[--out benchmarks/results/spines_validation.md]``
 """
 
 from __future__ import annotations
@@ -236,12 +237,16 @@ def linking_ceiling(sessions, max_distance_um: float, n_neighbours: int = 8) -> 
     return out
 
 
-def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None) -> list[str]:
+def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None,
+                  max_elevation_deg: float | None = None) -> list[str]:
     """Detection, density, tracking and repeat-imaging turnover on the project's simulator.
 
     ``repeat_seeds`` (default: ``seeds``) are the seeds of the repeat-imaging pairs; a pair
     costs two detections, so more pairs than series narrow the apparent-turnover figure
-    (about 90-140 spines per pair).
+    (about 90-140 spines per pair). ``max_elevation_deg``: the largest angle of a spine out of
+    the image plane (default: the simulator's, 30 degrees; 90 draws spines in every direction
+    around the shaft, so that some heads lie over or under it in the projection). Detection
+    recall is also given by the spine's true angle out of the plane.
     """
     repeat_seeds = tuple(seeds if repeat_seeds is None else repeat_seeds)
     from analysis.measure.spines import trace_dendrites, track_spines
@@ -250,10 +255,11 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None) -> lis
     import inspect
 
     gate_um = float(inspect.signature(track_spines).parameters["max_distance_um"].default)
-    det_rows, trk_rows, rep_rows, ceil_rows = [], [], [], []
+    sim_kw = {} if max_elevation_deg is None else {"max_elevation_deg": float(max_elevation_deg)}
+    det_rows, trk_rows, rep_rows, ceil_rows, el_rows = [], [], [], [], []
     for snr in ("high", "default", "low"):
         for seed in seeds:
-            sessions = simulate_spine_sessions(seed, preset="default", snr=snr)
+            sessions = simulate_spine_sessions(seed, preset="default", snr=snr, **sim_kw)
             px = sessions[0].info["pixel_size_um"]
             mpx = match_um / px
             for k, ses in enumerate(sessions):
@@ -261,6 +267,11 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None) -> lis
                 tr = trace_dendrites(ses.image, px)
                 det = detect_spines(ses.image, px, trace=tr)
                 m = match_points(det[["y", "x"]].to_numpy(float), truth[["y", "x"]].to_numpy(float), mpx)
+                elevation = truth["spine_id"].map(ses.truth.spines.set_index("spine_id")["elevation_deg"])
+                hit = np.zeros(len(truth), bool)
+                hit[m.pairs[:, 1]] = True
+                el_rows.append(pd.DataFrame({"snr": snr, "abs_elevation_deg": np.abs(elevation.to_numpy(float)),
+                                             "found": hit}))
                 dens_true = len(truth) / max(_true_length_um(ses), 1e-9)
                 dens = len(det) / max(float(tr.table["length_um"].sum()), 1e-9)
                 det_rows.append({"snr": snr, "seed": seed, "session": k, "tp": m.tp, "fp": m.fp, "fn": m.fn,
@@ -295,7 +306,7 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None) -> lis
                                  "gained_true": len(true_gained), "lost_tp": l_tp, "lost_pred": len(lost),
                                  "lost_true": len(true_lost)})
         for seed in repeat_seeds:
-            a, b = simulate_repeat_imaging(seed, preset="default", snr=snr)
+            a, b = simulate_repeat_imaging(seed, preset="default", snr=snr, **sim_kw)
             px = a.info["pixel_size_um"]
             rep = track_spines([a.image, b.image], px)
             n0 = int((rep.session == 0).sum())
@@ -305,9 +316,10 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None) -> lis
     det, trk, ceil = pd.DataFrame(det_rows), pd.DataFrame(trk_rows), pd.DataFrame(ceil_rows)
     # (no repeat-imaging pairs, --repeat-seeds 0: the turnover column is empty)
     rep = pd.DataFrame(rep_rows, columns=["snr", "seed", "n0", "changed"])
+    elev = "" if max_elevation_deg is None else f"; spines up to {max_elevation_deg:g} degrees out of the plane"
     lines = ["## Simulator (analysis.sim.spines, preset 'default': 512 x 512 MIP, 0.12 um/px, 3 dendrites, "
              f"4 sessions; seeds {list(seeds)}, repeat-imaging pairs {list(repeat_seeds)}; match within "
-             f"{match_um} um)", "",
+             f"{match_um} um{elev})", "",
              "| SNR | detection precision | recall | F1 | density rel. error (median) | stable spines linked | "
              "gained P / R / F1 | lost P / R / F1 | gained / lost F1, true heads linked (ceiling) | "
              "apparent turnover, repeat imaging |",
@@ -332,6 +344,17 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None) -> lis
               "Apparent "
               "turnover: (gained + lost) / spines of the first image, two images minutes apart "
               "(simulate_repeat_imaging).", ""]
+    el = pd.concat(el_rows, ignore_index=True)
+    el["angle"] = pd.cut(el.abs_elevation_deg, [0, 30, 60, 90], include_lowest=True,
+                         labels=["0-30", "30-60", "60-90"])
+    rec = el.groupby(["snr", "angle"], observed=True).found.agg(["mean", "size"])
+    lines += ["Detection recall by the spine's angle out of the image plane (degrees, absolute):", "",
+              "| SNR | " + " | ".join(rec.index.get_level_values("angle").unique().astype(str)) + " |",
+              "|---|" + "---|" * rec.index.get_level_values("angle").nunique()]
+    for snr in ("high", "default", "low"):
+        cells = [f"{r['mean']:.2f} ({int(r['size'])})" for _, r in rec.loc[snr].iterrows()]
+        lines.append(f"| {snr} | " + " | ".join(cells) + " |")
+    lines += ["", "(recall (true heads) per bin, pooled over sessions and seeds)", ""]
     return lines
 
 
@@ -348,6 +371,8 @@ def main() -> None:
     ap.add_argument("--no-real", action="store_true")
     ap.add_argument("--no-sim", action="store_true")
     ap.add_argument("--sim-seeds", type=int, default=2)
+    ap.add_argument("--max-elevation-deg", type=float, default=None,
+                    help="simulator: largest angle of a spine out of the image plane (default: the simulator's, 30)")
     ap.add_argument("--repeat-seeds", type=int, default=None,
                     help="number of repeat-imaging pairs per SNR (default: --sim-seeds)")
     ap.add_argument("--subset", choices=("all", "tuning", "held-out"), default="all",
@@ -383,7 +408,8 @@ def main() -> None:
             lines += ["simulator analysis.sim.spines not available: skipped", ""]
         else:
             lines += sim_benchmark(tuple(range(a.sim_seeds)),
-                                   repeat_seeds=None if a.repeat_seeds is None else tuple(range(a.repeat_seeds)))
+                                   repeat_seeds=None if a.repeat_seeds is None else tuple(range(a.repeat_seeds)),
+                                   max_elevation_deg=a.max_elevation_deg)
     wall, cpu = speed()
     lines += [f"## Speed: detect_spines on a 512 x 512 frame, one thread: {wall:.3f} s wall, {cpu:.3f} s CPU "
               "(median of 5; wall time is inflated when other jobs share the cores)", ""]
