@@ -426,8 +426,6 @@ def _nearest_pixel(target: np.ndarray, yy: np.ndarray, xx: np.ndarray,
     tree = _rim_tree(target) if tree is None else tree
     if tree is None:
         return None
-    if len(yy) == 0:
-        return np.empty(0), np.empty(0, int), np.empty(0, int)
     dist, k = tree.query(np.c_[yy, xx].astype(float))
     pts = tree.data.astype(int)
     return dist, pts[k, 0], pts[k, 1]
