@@ -2,8 +2,11 @@
 the whole-image computation.
 
 The tile size is a parameter, set small here so that a small phantom plane is cut into
-several tiles.  Exact equality is asserted where the tiled computation is exact (the noise
-model, the punctum size, the quality columns' noise map and surrogate, the per-label sizes);
+several tiles.  Equality is asserted where the tiled computation is exact in arithmetic (the
+noise model, the punctum size, the quality columns' noise map and surrogate, the per-label
+sizes): to rounding (relative 1e-12) where a Gaussian filter of a strip is involved, because
+:mod:`analysis.measure.filters` sums in blocks of rows and a row's last bits depend on where its
+strip starts (a margin one row short is off by ~5e-6 of the maximum), bit for bit elsewhere;
 the puncta themselves are fitted per tile, whose pruning loop converges in fewer rounds than
 that of the whole image, so a few per cent of them may settle a little differently.
 """
@@ -37,7 +40,7 @@ def test_noise_model_in_strips_equals_the_whole_image(plane: np.ndarray) -> None
     for strip in (40, 100, 333):
         info = synapses._noise_model(plane, 0.2, strip_px=strip)
         for key in ("alpha", "beta", "var_min", "var_max"):
-            assert info[key] == whole[key]
+            assert info[key] == pytest.approx(whole[key], rel=1e-12, abs=0)
         assert info["skew"] == pytest.approx(whole["skew"], rel=1e-9, abs=1e-12)
         # (the correlation figure: the wide operator in two 1-D passes here, per box there)
         assert info["correlation"] == pytest.approx(whole["correlation"], rel=1e-9)
@@ -45,7 +48,8 @@ def test_noise_model_in_strips_equals_the_whole_image(plane: np.ndarray) -> None
     stack = np.stack([plane[:200, :300], plane[200:400, :300], plane[400:600, :300]] * 2)
     _, whole3 = noise_sd_map(stack.astype(np.float64), 0.2)
     info3 = synapses._noise_model(stack, 0.2, strip_px=64)
-    assert info3["alpha"] == whole3["alpha"] and info3["beta"] == whole3["beta"]
+    assert info3["alpha"] == pytest.approx(whole3["alpha"], rel=1e-12, abs=0)
+    assert info3["beta"] == pytest.approx(whole3["beta"], rel=1e-12, abs=0)
     assert info3["correlation"] == pytest.approx(whole3["correlation"], rel=1e-9)
     assert info3["axial_correlation"] == pytest.approx(whole3["axial_correlation"], rel=1e-9)
     assert np.isfinite(whole3["axial_correlation"])
@@ -132,11 +136,12 @@ def test_quality_helpers_without_full_maps_are_exact(field: phantoms.SynapseFiel
     sigma = 0.42 / 0.1
     level = ndi.gaussian_filter(img.astype(np.float64), sigma, mode="reflect")
     var = 2.0 * level - 150.0
-    assert quality._median_variance(img, sigma, 2.0, -150.0, strip_px=77) == float(np.median(var))
+    assert quality._median_variance(img, sigma, 2.0, -150.0, strip_px=77) == pytest.approx(float(np.median(var)),
+                                                                                          rel=1e-12, abs=0)
     pts = np.random.default_rng(0).uniform(-0.5, 511.5, (400, 2))
     want = ndi.map_coordinates(np.sqrt(np.maximum(var, 1.0)), pts.T, order=1, mode="nearest")
     got = quality._level_at(img, sigma, pts, lambda lv: np.sqrt(np.maximum(2.0 * lv - 150.0, 1.0)), strip_px=61)
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
     full = quality.flipped_surrogate(img, 0.1, p)
     for win in ((slice(0, 192), slice(0, 192)), (slice(101, 293), slice(320, 512)), (slice(33, 97), slice(7, 300))):
         np.testing.assert_array_equal(quality._surrogate_window(img, 0.1, p, win), full[win])

@@ -15,6 +15,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from analysis.measure import filters as _filters
 from analysis.measure.noise import _blocks, noise_sd_map
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
 from analysis.measure.puncta import _label_sizes, detect_puncta
@@ -160,10 +161,12 @@ def _row_strips(n: int, rows: int, align: int = 1) -> list[tuple[int, int]]:
 
 def _smooth_rows(img: np.ndarray, sigma: float, r0: int, r1: int) -> np.ndarray:
     """Rows ``r0:r1`` of ``ndi.gaussian_filter(img, sigma, mode="reflect", output=float64)``,
-    identical to those of the whole image (the filter is separable and reaches ``4 sigma``)."""
+    equal to those of the whole image to rounding (the filter is separable and reaches ``4 sigma``;
+    :mod:`analysis.measure.filters` sums in blocks of rows, so a row's last bits can depend on
+    where the strip starts)."""
     reach = int(4.0 * sigma + 0.5) + 1
     a, b = max(0, r0 - reach), min(img.shape[0], r1 + reach)
-    return ndi.gaussian_filter(img[a:b], sigma, mode="reflect", output=np.float64)[r0 - a : r1 - a]
+    return _filters.gaussian_filter(np.asarray(img[a:b], dtype=np.float64), sigma, mode="reflect")[r0 - a : r1 - a]
 
 
 def _core_rows(void_blocks: np.ndarray, bs: int, r0: int, r1: int, width: int) -> np.ndarray:
@@ -403,7 +406,7 @@ def analysed_area_mask(
         lo_hi = (min(a for a, _ in fin), max(b for _, b in fin)) if fin else (0.0, 1.0)
     alpha, beta = puncta.attrs.get("noise_alpha"), puncta.attrs.get("noise_beta")
     if alpha is None or beta is None:
-        smooth = ndi.gaussian_filter(img, sigma_s, mode="reflect", output=np.float64)
+        smooth = _filters.gaussian_filter(np.asarray(img, dtype=np.float64), sigma_s, mode="reflect")
         _, info = noise_sd_map(img, pixel_size_um, level=smooth)
         del smooth
         alpha, beta = info["alpha"], info["beta"]

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from analysis.measure import filters as _filters
+
 __all__ = ["MAD_TO_SD", "IMMERKAER", "robust_sd", "noise_sd", "noise_sd_map", "background_corrected",
            "noise_correlation", "neighbour_tie_ratio", "jpeg_block_ratio", "jpeg_lattice"]
 
@@ -268,7 +270,7 @@ def noise_sd_map(
     """
     img = np.asarray(image, dtype=np.float64)
     if level is None:
-        level = ndi.gaussian_filter(img, [0.0] * (img.ndim - 2) + [0.5 / pixel_size_um] * 2)
+        level = _filters.gaussian_filter(img, [0.0] * (img.ndim - 2) + [0.5 / pixel_size_um] * 2)
     resid = ndi.correlate(img, IMMERKAER.reshape((1,) * (img.ndim - 2) + (3, 3)), mode="reflect")
     nb, bs, start = _box_grid(img.shape, pixel_size_um, box_um)
     rb = _blocks(resid, nb, bs, start)
@@ -454,7 +456,7 @@ def _noise_model(
             wb = _wide_box_var(blk, [b1 - b0, nb[1]], bs, (y0 - r0, left), wide)
             axial = _axial_box_vars(blk[..., y0 - r0 : y1 - r0, cols], [b1 - b0, nb[1]], bs) if nd == 3 else None
             return rb, (wb, axial)
-        level = ndi.gaussian_filter(blk, [0.0] * (nd - 2) + [sig] * 2)[..., y0 - r0 : y1 - r0, cols]
+        level = _filters.gaussian_filter(blk, [0.0] * (nd - 2) + [sig] * 2)[..., y0 - r0 : y1 - r0, cols]
         return rb, np.median(_blocks(level, [b1 - b0, nb[1]], bs), axis=1)
 
     n_planes = int(np.prod(img.shape[:-2])) if nd > 2 else 1

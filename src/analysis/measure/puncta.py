@@ -181,6 +181,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from scipy.special import erf, ndtr
 
+from analysis.measure import filters as _filters
 from analysis.measure.checks import require_finite, require_pixel_size, require_plane_size
 from analysis.measure.matching import PointMatch, match_points  # noqa: F401  (re-exported)
 from analysis.measure.hotpixels import MIN_SIGMA_PX as _HOT_MIN_SIGMA_PX
@@ -362,7 +363,7 @@ class _Scale:
     def response(self, hh: np.ndarray) -> np.ndarray:
         """``F`` as a full map from the doubly background-subtracted image
         ``H'H I = I - 2 G_b I + G_b G_b I`` (``F`` is linear: one Gaussian pass)."""
-        out = ndi.gaussian_filter(hh, self.sigma, mode="reflect")
+        out = _filters.gaussian_filter(hh, self.sigma, mode="reflect")
         out *= self.c
         return out
 
@@ -1013,8 +1014,8 @@ def _gaussian_at(img: np.ndarray, sigma: float, pts: np.ndarray, batch: int = 40
     radius = _gauss_radius(sigma)
     n = img.shape[1]
     if radius >= n:
-        return ndi.gaussian_filter(img, sigma)[tuple(pts.T)]
-    cols = ndi.gaussian_filter1d(img, sigma, axis=0)
+        return _filters.gaussian_filter(img, sigma)[tuple(pts.T)]
+    cols = _filters.gaussian_filter1d(img, sigma, axis=0)
     x = np.arange(-radius, radius + 1)
     w = np.exp(-0.5 / (sigma * sigma) * x**2)
     w /= w.sum()
@@ -1155,7 +1156,7 @@ def estimate_punctum_radius(
     if noise_sd is None and noise_model is None:
         noise_model = _noise_model(proj, pixel_size_um, strip_px=strip_px)
     # local maxima, their height above a broad background and their noise, in strips of rows
-    # (with the margin of the filters; the same values as on the whole image)
+    # (with the margin of the filters; the same values as on the whole image, to rounding)
     h_img, w_img = proj.shape
     level_sigma = 0.5 / pixel_size_um
     margin = max(_gauss_radius(3 * s_hi), _gauss_radius(s_lo) + r, _gauss_radius(level_sigma)) + r + 2
@@ -1163,7 +1164,7 @@ def estimate_punctum_radius(
     any_max = False
     for y0, y1, r0, r1 in _row_strips(h_img, strip_px, margin):
         blk = np.asarray(proj[r0:r1], dtype=np.float64)
-        smooth = ndi.gaussian_filter(blk, s_lo)
+        smooth = _filters.gaussian_filter(blk, s_lo)
         inner = np.ones(blk.shape, bool)
         rows = np.arange(r0, r1)
         inner[(rows < max(y0, edge)) | (rows >= min(y1, h_img - edge))] = False
@@ -1181,7 +1182,7 @@ def estimate_punctum_radius(
         if noise_sd is not None:
             noise = np.asarray(noise_sd)[tuple((loc + [r0, 0]).T)]
         else:
-            level = ndi.gaussian_filter(blk, level_sigma)
+            level = _filters.gaussian_filter(blk, level_sigma)
             noise = _noise_at(noise_model, level[tuple(loc.T)])
         hh = height / (gain * noise)
         pts_parts.append((loc + [r0, 0])[hh > _SIZE_SPOT_SD])
@@ -1314,7 +1315,7 @@ def estimate_axial_radius(
     s_xy = max(punctum_radius_um / hw / pixel_size_um, 0.5)
     if noise_model is None:
         noise_model = _noise_model(arr, pixel_size_um)
-    smooth = ndi.gaussian_filter(arr, [0.0, s_xy, s_xy])
+    smooth = _filters.gaussian_filter(arr, [0.0, s_xy, s_xy])
     gain = _white_noise_gain(s_xy, 4 * int(np.ceil(s_xy)))
     proj = smooth.max(axis=0)
     r = max(1, int(np.ceil(2 * s_xy)))
@@ -2065,7 +2066,7 @@ def _detect_block_pass(
     wing_reach = np.full(ndim, 3.0 * float(np.sqrt(sigma0[-1] ** 2 + 2.0 * bg[-1] ** 2)))
     if ndim == 3:
         wing_reach[0] = 3.0 * float(sigma0[0])
-    sharp = ndi.gaussian_laplace(img, _SHARP * sigma0, mode="reflect")
+    sharp = _filters.gaussian_laplace(img, _SHARP * sigma0, mode="reflect")
     np.negative(sharp, out=sharp)
     del img
     cand = _extrema(sharp, footprint, strong)
@@ -3198,8 +3199,8 @@ def _radial_sum_stack(shape: tuple[int, ...], pos: np.ndarray, weight: np.ndarra
 def _double_high_pass(x: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``H'H x = x - 2 G x + G G x`` (``G``: Gaussian blur of sigma ``bg``, reflecting edges),
     built in place of the first blur (the same values as that expression), and ``G G x``."""
-    hh = ndi.gaussian_filter(x, bg, mode="reflect")
-    blur2 = ndi.gaussian_filter(hh, bg, mode="reflect")
+    hh = _filters.gaussian_filter(x, bg, mode="reflect")
+    blur2 = _filters.gaussian_filter(hh, bg, mode="reflect")
     hh *= -2.0
     hh += x
     hh += blur2

@@ -34,6 +34,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy import optimize, special
 
+from analysis.measure import filters as _filters
 from analysis.measure.puncta import _render as render_spots
 from analysis.measure.area import _exact_medians
 from analysis.measure.noise import (CORRELATED_NOISE, JPEG_BLOCKS, JPEG_LATTICE, TIED_NEIGHBOURS, jpeg_block_ratio,
@@ -467,7 +468,7 @@ def _level_at(image: np.ndarray, sigma: float, points: np.ndarray, fn: Callable[
     ``points`` (YX, nearest edge value beyond the image): ``map_coordinates(fn(blur), points,
     order=1, mode="nearest")`` without the full-size maps (the blur is computed in strips of
     ``strip_px`` rows around the points, default ~2 MB of float64 each, with the kernel's
-    margin; the same values).  ``fn`` may work in place on the blur it is given."""
+    margin; the same values, to rounding).  ``fn`` may work in place on the blur it is given."""
     out = np.zeros(len(points))
     if len(points) == 0:
         return out
@@ -481,7 +482,7 @@ def _level_at(image: np.ndarray, sigma: float, points: np.ndarray, fn: Callable[
         if not sel.any():
             continue
         c0, c1 = max(0, y0 - margin), min(h, y1 + 1 + margin)
-        val = fn(ndi.gaussian_filter(np.asarray(image[c0:c1], dtype=np.float64), sigma, mode="reflect"))
+        val = fn(_filters.gaussian_filter(np.asarray(image[c0:c1], dtype=np.float64), sigma, mode="reflect"))
         out[sel] = ndi.map_coordinates(val, (points[sel] - [c0, 0]).T, order=1, mode="nearest")
         del val
     return out
@@ -544,7 +545,7 @@ def _median_variance(image: np.ndarray, sigma: float, alpha: float, beta: float,
         for y0 in range(0, h, strip_px):
             y1 = min(h, y0 + strip_px)
             c0, c1 = max(0, y0 - margin), min(h, y1 + margin)
-            blur = ndi.gaussian_filter(np.asarray(image[c0:c1], dtype=np.float64), sigma, mode="reflect")
+            blur = _filters.gaussian_filter(np.asarray(image[c0:c1], dtype=np.float64), sigma, mode="reflect")
             v = blur[y0 - c0 : y1 - c0]
             v *= alpha  # (in place: the same values as alpha * v + beta)
             v += beta
