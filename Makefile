@@ -37,6 +37,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_quantify.py
+	$(PY) benchmarks/bench_filters.py
 	$(PY) benchmarks/bench_memory.py --no-traced --cases plane256,plane2048,plane2048_syn,stack30
 
 # type I error and CI coverage of every model on 1000 simulated studies each (~1 h of CPU);

@@ -105,6 +105,20 @@ def test_gaussian_laplace(shape, sigma) -> None:
     _close(filters.gaussian_laplace(x, sigma), ndi.gaussian_laplace(x, sigma))
 
 
+def test_non_finite_pixels_spread_as_far_as_in_scipy() -> None:
+    # through the banded product a NaN would reach every line of its block (0 * NaN is NaN)
+    x = np.random.default_rng(10).random((512, 512))
+    x[200, 300] = np.nan
+    x[400, 10] = np.inf
+    for axis in (0, 1):
+        ours = filters.gaussian_filter1d(x, 5.0, axis=axis)
+        theirs = ndi.gaussian_filter1d(x, 5.0, axis=axis)
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+        assert np.isnan(ours).sum() == 2 * 20 + 1  # the NaN's reach, radius 20 (the inf stays inf)
+        assert np.isinf(ours).sum() > 0
+        np.testing.assert_array_equal(ours, theirs)
+
+
 def test_non_contiguous_input() -> None:
     x = np.random.default_rng(9).random((600, 700))[::2, ::-1].T  # strided, reversed, transposed
     for axis in (0, 1):
