@@ -125,3 +125,34 @@ def test_closed_form_residual_update_equals_the_filtered_model() -> None:
     assert not _subtract_models(many, np.repeat(pos, 60, axis=0), np.repeat(amp, 60), np.repeat(sig, 60, axis=0),
                                 np.repeat(c, 60), nominal, bg)
     assert not many.any()
+
+
+def test_pair_overlaps_kept_over_the_rounds_give_the_same_puncta(monkeypatch) -> None:
+    """The pruning loop keeps each pair's overlap while neither punctum moves or changes size:
+    the same puncta, bit for bit, as computing every overlap in every round, with fewer pairs
+    computed (a plane and a stack of crowded phantom fields)."""
+    from analysis.measure import puncta as P
+    from analysis.sim.phantoms import render_terminal_field
+
+    plane = render_terminal_field(np.random.default_rng([8, 1]), shape=(192, 192)).image[0]
+    stack = np.stack([render_terminal_field(np.random.default_rng([8, z]), shape=(80, 80)).image[0] for z in range(6)])
+    computed = []
+    overlap = P._overlap
+
+    def counting(d2, *args):
+        if args[-1] is P._W_K and d2.ndim == 2:  # (the pairs' overlaps; the deblending's are 3-D)
+            computed.append(len(d2))
+        return overlap(d2, *args)
+
+    monkeypatch.setattr(P, "_overlap", counting)
+    for img, kwargs in ((plane, {}), (stack, {"z_step_um": 0.3})):
+        computed.clear()
+        kept = P.detect_puncta(img, 0.2, **kwargs)
+        n_kept = sum(computed)
+        monkeypatch.setattr(P, "_CACHE_PAIR_OVERLAPS", False)
+        computed.clear()
+        every = P.detect_puncta(img, 0.2, **kwargs)
+        monkeypatch.setattr(P, "_CACHE_PAIR_OVERLAPS", True)
+        assert len(every) > 100
+        pd.testing.assert_frame_equal(kept, every)
+        assert n_kept < 0.9 * sum(computed), (n_kept, sum(computed))

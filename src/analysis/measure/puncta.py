@@ -253,6 +253,9 @@ LARGE_TILE_PX = 768
 _STRIP_PX = 256
 _BATCH_BYTES = 4 * 2**20  # image patches of the candidates held at once (32 MB: the peak of a tile)
 _PAIR_CHUNK = 1 << 18  # candidate pairs whose overlaps are computed at once (about 30 MB of temporaries per chunk in 3-D)
+#: Keep each candidate pair's overlap over the pruning rounds while neither punctum moves or
+#: changes size (False: every round computes them all again; the tests compare the two).
+_CACHE_PAIR_OVERLAPS = True
 _DIP_CHUNK = 8192  # dips whose surrounding bumps are summed at once (negative control)
 _PSF_MODEL_ERROR = 0.05  # relative error of the Gaussian PSF model near a bright punctum
 _PROTECT = 0.1  # two weak candidates compete for the same light above this correlation
@@ -2123,6 +2126,9 @@ def _detect_block_pass(
         final, k_used, ok = np.zeros(0, int), np.zeros(0, int), np.zeros(0, bool)
         a = t = np.zeros(0)
         resized, refined = (0, 0) if rnd == 0 else (2, 1)  # survivors are settled already
+        # each pair's overlap <H g_i, H g_j>, kept over the rounds while neither punctum moves
+        # or changes size (most rounds only drop candidates); reset with ``pairs`` (a move)
+        pair_k, pairs_of_cache, k_seen = np.zeros(0), None, np.zeros(0, int)
         for _ in range(100):
             idx = np.flatnonzero(keep)
             n = len(idx)
@@ -2138,16 +2144,26 @@ def _detect_block_pass(
             m = k0_all[kk]
             # the pairs that overlap (|correlation| > 0.01), in chunks of pairs: a stack has many
             # more close pairs than overlapping ones (GBs of per-pair temporaries at once)
+            if pairs_of_cache is not pairs or not _CACHE_PAIR_OVERLAPS:
+                pair_k, pairs_of_cache, k_seen = np.empty(len(pairs)), pairs, np.full(len(pos), -1)
+            changed = k != k_seen
             chunks = []
             for c0 in range(0, len(pairs), _PAIR_CHUNK):
-                pr = remap[pairs[c0 : c0 + _PAIR_CHUNK]]
+                pg = pairs[c0 : c0 + _PAIR_CHUNK]
+                pr = remap[pg]
                 both = np.minimum(pr[:, 0], pr[:, 1]) >= 0  # (= (pr >= 0).all(axis=1), several times faster)
                 ic, jc = pr[both, 0], pr[both, 1]
                 d2c = (p[ic] - p[jc]) ** 2
-                kc = _overlap(d2c, sig[ic], sig[jc], cc[ic], cc[jc], bg, _W_K)
+                rows = c0 + np.flatnonzero(both)
+                stale = changed[pg[both, 0]] | changed[pg[both, 1]]
+                if stale.any():  # (the same numbers as computing every pair: elementwise)
+                    i_s, j_s = ic[stale], jc[stale]
+                    pair_k[rows[stale]] = _overlap(d2c[stale], sig[i_s], sig[j_s], cc[i_s], cc[j_s], bg, _W_K)
+                kc = pair_k[rows]
                 rc = kc / np.sqrt(m[ic] * m[jc])
                 strong = np.abs(rc) > 0.01
                 chunks.append((ic[strong], jc[strong], d2c[strong], kc[strong], rc[strong]))
+            k_seen = k.copy()
             if chunks:
                 i, j, d2, kij, corr = (np.concatenate(x) for x in zip(*chunks))
             else:
