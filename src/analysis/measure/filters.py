@@ -211,14 +211,13 @@ def gaussian_filter(x: np.ndarray, sigma: float | Sequence[float], order: int | 
     """
     sigmas = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (x.ndim,))
     orders = np.broadcast_to(np.asarray(order, dtype=int), (x.ndim,))
+    if not (sigmas > 1e-15).any():
+        return np.array(x, copy=True)
     out = np.asarray(x)
-    done = False
-    for ax in range(x.ndim):
-        if sigmas[ax] > 1e-15:
-            out = gaussian_filter1d(out, float(sigmas[ax]), axis=ax, order=int(orders[ax]), mode=mode,
-                                    truncate=truncate)
-            done = True
-    return out if done else np.array(x, copy=True)
+    for ax in np.flatnonzero(sigmas > 1e-15):
+        out = gaussian_filter1d(out, float(sigmas[ax]), axis=int(ax), order=int(orders[ax]), mode=mode,
+                                truncate=truncate)
+    return out
 
 
 def gaussian_laplace(x: np.ndarray, sigma: float | Sequence[float], mode: str = "reflect",
