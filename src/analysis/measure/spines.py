@@ -9,8 +9,11 @@ What is assumed
 - The image shows fluorescent (e.g. Thy1-GFP) dendrites brighter than the background: a 2-D
   frame (y, x) or a z-stack (z, y, x). Z-stacks are reduced to their maximum projection for
   tracing and detection (y, x); the ``z`` of each spine head is the plane of the brightest
-  (smoothed) voxel at the head's (y, x). Spines pointing along z project onto the shaft; their
-  heads are found only where they make the shaft brighter than along the rest of it (below).
+  (smoothed) voxel at the head's (y, x). Spines pointing along z project onto the shaft; in a
+  2-D frame their heads are found only where they make the shaft brighter than along the rest
+  of it (below); in a stack of 3 or more planes also where the shaft's axial profile has more
+  light on one side of the shaft's plane than along the rest of the shaft (the head in its own
+  plane, where the shaft is out of focus).
 - Dendrite shafts are wider than spine necks and brighter along their centre than a fringe of
   spines. The shaft radius is measured in every image (scale of the strongest Hessian ridges,
   then the distance transform of the shaft's half-maximum mask along its skeleton), and every
@@ -42,7 +45,12 @@ What is assumed
   below it) is a brighter spot on the shaft: a maximum of the shaft's brightness along its
   centreline, ``k_sigma`` robust sigmas of the centreline's own variation above its running
   median over 4 shaft radii, and more than a shaft diameter from any head found beside it
-  (whose light, or neck base, it would be).
+  (whose light, or neck base, it would be). In a stack the same maximum may instead be of
+  the axial excess (:func:`_axial_excess`): the profile across the planes, read from the
+  shaft's plane, against the median of its neighbours along the centreline, at least 2 planes
+  from the shaft's, less the excess on the mirrored side, in robust sigmas, the best of the
+  offsets counted as one test (Sidak); such a head is centred on the blob filter's maximum in
+  its own plane.
 - Sessions of the same field differ by a rigid motion plus a small smooth deformation
   (see :func:`track_spines`).
 
@@ -58,6 +66,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +76,7 @@ import pandas as pd
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
+from scipy.special import log_ndtr, ndtri_exp
 from skimage.filters import threshold_otsu
 from skimage.morphology import skeletonize
 
@@ -1176,7 +1186,14 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     # heads over or under the shaft (seen end-on, or in a focal plane above or below it): a
     # maximum of the shaft's brightness along its centreline, significant against the
     # centreline's own variation, and not the base of (or light from) a head beside the shaft
-    py, pxx, pz = _centreline_maxima(vst_plain, tr)
+    vst_stack = None
+    if stack is not None and stack.shape[0] >= 3:
+        # the noise model in y and x only, from the three brightest planes on top of each other
+        # (they hold the dendrites in focus and the background: the range of levels it needs)
+        bright_planes = np.sort(np.argsort(stack.mean(axis=(1, 2)), kind="stable")[-3:])
+        fit = _noise_model(stack[bright_planes].reshape(-1, stack.shape[-1]))
+        vst_stack = _stabilise(stack.reshape(-1, stack.shape[-1]), fit).reshape(stack.shape)
+    py, pxx, pz, pplane = _centreline_maxima(vst_plain, tr, vst_stack=vst_stack)
     if py.size:
         ok = bright[tr.labels[py, pxx]]
         ok &= (py >= edge) & (py < img.shape[0] - edge) & (pxx >= edge) & (pxx < img.shape[1] - edge)
@@ -1184,7 +1201,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         if passing.any():
             dist, _ = cKDTree(np.c_[yy[passing], xx[passing]]).query(np.c_[py, pxx])
             ok &= dist > 2.0 * r
-        py, pxx, pz = py[ok], pxx[ok], pz[ok]
+        py, pxx, pz, pplane = py[ok], pxx[ok], pz[ok], pplane[ok]
     n_side = yy.size
     yy, xx = np.concatenate([yy, py]), np.concatenate([xx, pxx])
     hr = np.concatenate([hr, np.full(py.size, float(np.median(radii)))])
@@ -1203,6 +1220,13 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         zs = ndi.gaussian_filter(stack, (0, 0.5 * radii.min(), 0.5 * radii.min()))
         z = zs[:, yy, xx].argmax(axis=0).astype(float)
     ry, rx = _refine(sm, yy, xx, max(1, int(round(float(np.median(hr))))))
+    if vst_stack is not None and (pplane >= 0).any():
+        # heads found in the stack above or below the shaft: centred in their own plane
+        # (in the projection the shaft outshines them)
+        for k in np.unique(pplane[pplane >= 0]):
+            at = np.flatnonzero(pplane == k)
+            hy, hx = _head_in_plane(vst_stack[k], py[at], pxx[at], float(np.median(radii)), 1.5 * r)
+            ry[n_side + at], rx[n_side + at], z[n_side + at] = hy, hx, float(k)
     df = pd.DataFrame({
         "y": ry, "x": rx, "z": z,
         "head_diameter_um": head_d * px, "neck_length_um": neck * px,
@@ -1215,32 +1239,118 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     return df.sort_values(["y", "x"], ignore_index=True)
 
 
-def _centreline_maxima(vst: np.ndarray, tr: DendriteTrace, window_shaft_radii: float = 4.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Local maxima of the shaft's brightness along its centreline (pixels y, x, and noise sigmas).
+def _centreline_maxima(vst: np.ndarray, tr: DendriteTrace, window_shaft_radii: float = 4.0,
+                       vst_stack: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Local maxima of the shaft's brightness along its centreline (pixels y, x, noise sigmas,
+    and the plane of a head found in ``stack``, -1 elsewhere).
 
     The variance-stabilised image, smoothed at half the shaft radius, is read on the
     centreline; each pixel's excess over the running median of the centreline within
     ``window_shaft_radii`` shaft radii (the bare shaft) is measured in robust sigmas of that
     excess over the whole centreline (its own variation: noise, beads and heads together;
-    heads are a minority). Returned are the pixels whose excess is positive and the largest
-    within one shaft radius along the centreline (the detector's noise cut decides which are
-    heads; weaker ones serve the tracker's hysteresis).
+    heads are a minority). With a z-stack (``vst_stack``: variance-stabilised, at least 3 planes), each pixel's significance is
+    the larger of that and of :func:`_axial_excess` (a head above or below the shaft, in its
+    own plane). Returned are the pixels whose significance is positive and the largest within
+    one shaft radius along the centreline (the detector's noise cut decides which are heads;
+    weaker ones serve the tracker's hysteresis).
     """
-    empty = np.empty(0, int), np.empty(0, int), np.empty(0)
+    empty = np.empty(0, int), np.empty(0, int), np.empty(0), np.empty(0, int)
     r = tr.shaft_radius_px
     yy, xx = np.nonzero(tr.skeleton)
     if yy.size < 20:
         return empty
     v = ndi.gaussian_filter(vst, max(0.7, 0.5 * r))[yy, xx]
     tree = cKDTree(np.c_[yy, xx])
-    excess = v - _neighbour_medians(v, tree.query_ball_point(np.c_[yy, xx], window_shaft_radii * r))
+    near = tree.query_ball_point(np.c_[yy, xx], window_shaft_radii * r)
+    excess = v - _neighbour_medians(v, near)
     sigma = _robust_sigma(excess)
     if not np.isfinite(sigma) or sigma <= 0:
         return empty
     z = excess / sigma
+    plane = np.full(yy.size, -1)
+    if vst_stack is not None and vst_stack.shape[0] >= 3:
+        z_ax, plane_ax = _axial_excess(vst_stack, yy, xx, near, max(0.7, 0.5 * r))
+        wins = z_ax > z
+        z = np.where(wins, z_ax, z)
+        plane = np.where(wins, plane_ax, -1)
     local = z >= _neighbour_values(z, tree.query_ball_point(np.c_[yy, xx], max(2.0, r)), -np.inf)[0].max(axis=1)
     sel = local & (z > 0)
-    return yy[sel], xx[sel], z[sel]
+    return yy[sel], xx[sel], z[sel], plane[sel]
+
+
+def _axial_excess(vs: np.ndarray, yy: np.ndarray, xx: np.ndarray, near: Sequence[Sequence[int]],
+                  smooth_px: float, min_offset_planes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Significance (noise sigmas) and plane of a head above or below the shaft at each
+    centreline pixel (``yy``, ``xx``; ``near``: each pixel's neighbours along the centreline).
+
+    In a maximum projection a head over or under the shaft shows only where it is brighter
+    than the shaft; in the stack it lies in planes where the shaft is dimmer. Each pixel's
+    axial profile (the variance-stabilised planes ``vs``, smoothed by ``smooth_px`` in y and x) is
+    read relative to the shaft's plane there (the running median, along the centreline, of
+    the planes of the profiles' maxima: a head cannot move it) and compared with the median
+    profile of its neighbours read the same way (the bare shaft, heads being a minority).
+    The excess at each offset is reduced by the positive excess at the mirrored offset (a
+    head lies on one side of the shaft; a thicker stretch of shaft raises both sides), offsets
+    within ``min_offset_planes - 1`` planes of the shaft's are left to the projection's test
+    (the shaft's own plane, and the rounding of a tilted shaft's plane), and the excess is in
+    robust sigmas of all excesses. The best offset of each pixel is one of several tests: its
+    significance is that of a single test at the same family-wise error (Sidak:
+    ``Phi(z)^n``). Returns the significance and the plane (index into ``vs``) of the best
+    offset.
+    """
+    nz = vs.shape[0]
+    prof = np.stack([ndi.gaussian_filter(p, smooth_px)[yy, xx] for p in vs], axis=1)  # (pixels, planes)
+    shaft = np.rint(_neighbour_medians(prof.argmax(axis=1).astype(float), near)).astype(int)
+    d = np.arange(-(nz - 1), nz)
+    at = shaft[:, None] + d[None, :]
+    inside = (at >= 0) & (at < nz)
+    aligned = np.where(inside, np.take_along_axis(prof, np.clip(at, 0, nz - 1), axis=1), np.nan)
+    nb, count = _neighbour_values(np.arange(yy.size), near, -1)
+    rows = np.where(nb >= 0, nb, 0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (offsets no neighbour reaches: NaN)
+        gathered = np.where((nb >= 0)[:, :, None], aligned[rows], np.nan)
+        excess = aligned - np.nanmedian(gathered, axis=1)
+    del gathered
+    excess[:, np.abs(d) < min_offset_planes] = np.nan
+    excess -= np.clip(np.nan_to_num(excess[:, ::-1], nan=0.0), 0, None)
+    sigma = _robust_sigma(excess[np.isfinite(excess)])
+    if not np.isfinite(sigma) or sigma <= 0:
+        return np.full(yy.size, -np.inf), np.full(yy.size, -1)
+    zz = np.where(np.isfinite(excess), excess / sigma, -np.inf)
+    best = zz.argmax(axis=1)
+    z_max = zz[np.arange(yy.size), best]
+    n_tests = np.maximum(np.isfinite(excess).sum(axis=1), 1)
+    with np.errstate(all="ignore"):
+        z_one = ndtri_exp(n_tests * log_ndtr(z_max))
+    # (far in the tail the correction is below rounding: the best offset's own figure)
+    z_one = np.where(np.isfinite(z_one) | (z_max == -np.inf), z_one, z_max)
+    return z_one, shaft + d[best]
+
+
+def _head_in_plane(plane: np.ndarray, y: np.ndarray, x: np.ndarray, head_radius: float,
+                   reach: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (y, x, sub-pixel) of the head nearest each centreline pixel in one plane: the
+    maximum of the blob filter (-LoG at ``head_radius / sqrt 2``) within ``reach`` pixels,
+    refined by the intensity centroid of the smoothed plane within the head's radius."""
+    s = head_radius / np.sqrt(2.0)
+    q = int(np.ceil(reach))
+    w = max(1, int(round(head_radius)))
+    # (the filters on the box around the pixels, with a margin of the filters' reach: the same
+    # values there as on the whole plane)
+    m = q + w + int(4.0 * s + 0.5) + 2
+    y0, x0 = max(int(y.min()) - m, 0), max(int(x.min()) - m, 0)
+    box = plane[y0:int(y.max()) + m + 1, x0:int(x.max()) + m + 1]
+    y, x = y - y0, x - x0
+    resp = -ndi.gaussian_laplace(box, s)
+    oy, ox = np.mgrid[-q:q + 1, -q:q + 1]
+    disk_ = (oy ** 2 + ox ** 2 <= reach * reach).ravel()
+    wy = np.clip(y[:, None] + oy.ravel()[None, :], 0, box.shape[0] - 1)
+    wx = np.clip(x[:, None] + ox.ravel()[None, :], 0, box.shape[1] - 1)
+    j = np.where(disk_[None, :], resp[wy, wx], -np.inf).argmax(axis=1)
+    rows = np.arange(y.size)
+    hy, hx = _refine(ndi.gaussian_filter(box, max(0.7, 0.5 * s)), wy[rows, j], wx[rows, j], w)
+    return hy + y0, hx + x0
 
 
 def _neighbour_medians(values: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
@@ -1387,8 +1497,10 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     Parameters
     ----------
     image : ndarray
-        2-D (y, x) or 3-D (z, y, x) image. 3-D stacks are detected on the maximum projection;
-        ``z`` of a head is the plane of its brightest smoothed voxel (NaN for 2-D input).
+        2-D (y, x) or 3-D (z, y, x) image. 3-D stacks are detected on the maximum projection,
+        and heads above or below a shaft also in the stack's planes (3 or more; see the
+        module's notes); ``z`` of a head is the plane of its brightest smoothed voxel, or for a
+        head found above or below the shaft its own plane (NaN for 2-D input).
     pixel_size_um : float
         Lateral pixel size (um); used for the um columns.
     k_sigma : float
