@@ -238,7 +238,8 @@ def linking_ceiling(sessions, max_distance_um: float, n_neighbours: int = 8) -> 
 
 
 def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None,
-                  max_elevation_deg: float | None = None) -> list[str]:
+                  max_elevation_deg: float | None = None, mode: str = "mip",
+                  z_step_um: float | None = None) -> list[str]:
     """Detection, density, tracking and repeat-imaging turnover on the project's simulator.
 
     ``repeat_seeds`` (default: ``seeds``) are the seeds of the repeat-imaging pairs; a pair
@@ -246,7 +247,9 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None,
     (about 90-140 spines per pair). ``max_elevation_deg``: the largest angle of a spine out of
     the image plane (default: the simulator's, 30 degrees; 90 draws spines in every direction
     around the shaft, so that some heads lie over or under it in the projection). Detection
-    recall is also given by the spine's true angle out of the plane.
+    recall is also given by the spine's true angle out of the plane. ``mode="stack"``: the
+    sessions are z-stacks (``z_step_um``, default the preset's 1 um) given to the detector and
+    the tracker as such, instead of their maximum projections.
     """
     repeat_seeds = tuple(seeds if repeat_seeds is None else repeat_seeds)
     from analysis.measure.spines import trace_dendrites, track_spines
@@ -256,6 +259,10 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None,
 
     gate_um = float(inspect.signature(track_spines).parameters["max_distance_um"].default)
     sim_kw = {} if max_elevation_deg is None else {"max_elevation_deg": float(max_elevation_deg)}
+    if mode != "mip":
+        sim_kw["mode"] = mode
+    if z_step_um is not None:
+        sim_kw["z_step_um"] = float(z_step_um)
     det_rows, trk_rows, rep_rows, ceil_rows, el_rows = [], [], [], [], []
     for snr in ("high", "default", "low"):
         for seed in seeds:
@@ -317,7 +324,8 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None,
     # (no repeat-imaging pairs, --repeat-seeds 0: the turnover column is empty)
     rep = pd.DataFrame(rep_rows, columns=["snr", "seed", "n0", "changed"])
     elev = "" if max_elevation_deg is None else f"; spines up to {max_elevation_deg:g} degrees out of the plane"
-    lines = ["## Simulator (analysis.sim.spines, preset 'default': 512 x 512 MIP, 0.12 um/px, 3 dendrites, "
+    frame = "MIP" if mode == "mip" else f"z-stacks ({z_step_um or 1.0:g} um steps)"
+    lines = [f"## Simulator (analysis.sim.spines, preset 'default': 512 x 512 {frame}, 0.12 um/px, 3 dendrites, "
              f"4 sessions; seeds {list(seeds)}, repeat-imaging pairs {list(repeat_seeds)}; match within "
              f"{match_um} um{elev})", "",
              "| SNR | detection precision | recall | F1 | density rel. error (median) | stable spines linked | "
@@ -373,6 +381,9 @@ def main() -> None:
     ap.add_argument("--sim-seeds", type=int, default=2)
     ap.add_argument("--max-elevation-deg", type=float, default=None,
                     help="simulator: largest angle of a spine out of the image plane (default: the simulator's, 30)")
+    ap.add_argument("--mode", choices=("mip", "stack"), default="mip",
+                    help="simulator: sessions as maximum projections (default) or as z-stacks")
+    ap.add_argument("--z-step-um", type=float, default=None, help="simulator, --mode stack: z step (default 1 um)")
     ap.add_argument("--repeat-seeds", type=int, default=None,
                     help="number of repeat-imaging pairs per SNR (default: --sim-seeds)")
     ap.add_argument("--subset", choices=("all", "tuning", "held-out"), default="all",
@@ -409,7 +420,7 @@ def main() -> None:
         else:
             lines += sim_benchmark(tuple(range(a.sim_seeds)),
                                    repeat_seeds=None if a.repeat_seeds is None else tuple(range(a.repeat_seeds)),
-                                   max_elevation_deg=a.max_elevation_deg)
+                                   max_elevation_deg=a.max_elevation_deg, mode=a.mode, z_step_um=a.z_step_um)
     wall, cpu = speed()
     lines += [f"## Speed: detect_spines on a 512 x 512 frame, one thread: {wall:.3f} s wall, {cpu:.3f} s CPU "
               "(median of 5; wall time is inflated when other jobs share the cores)", ""]

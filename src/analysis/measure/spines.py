@@ -1279,7 +1279,7 @@ def _centreline_maxima(vst: np.ndarray, tr: DendriteTrace, window_shaft_radii: f
 
 
 def _axial_excess(vs: np.ndarray, yy: np.ndarray, xx: np.ndarray, near: Sequence[Sequence[int]],
-                  smooth_px: float, min_offset_planes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                  smooth_px: float) -> tuple[np.ndarray, np.ndarray]:
     """Significance (noise sigmas) and plane of a head above or below the shaft at each
     centreline pixel (``yy``, ``xx``; ``near``: each pixel's neighbours along the centreline).
 
@@ -1290,13 +1290,13 @@ def _axial_excess(vs: np.ndarray, yy: np.ndarray, xx: np.ndarray, near: Sequence
     the planes of the profiles' maxima: a head cannot move it) and compared with the median
     profile of its neighbours read the same way (the bare shaft, heads being a minority).
     The excess at each offset is reduced by the positive excess at the mirrored offset (a
-    head lies on one side of the shaft; a thicker stretch of shaft raises both sides), offsets
-    within ``min_offset_planes - 1`` planes of the shaft's are left to the projection's test
-    (the shaft's own plane, and the rounding of a tilted shaft's plane), and the excess is in
-    robust sigmas of all excesses. The best offset of each pixel is one of several tests: its
-    significance is that of a single test at the same family-wise error (Sidak:
-    ``Phi(z)^n``). Returns the significance and the plane (index into ``vs``) of the best
-    offset.
+    head lies on one side of the shaft; a thicker stretch of shaft raises both sides); offsets
+    within the shaft's axial half width at half maximum (measured on the median profile: the
+    microscope's axial blur and the z step, from the image) are left to the projection's
+    test; the excess is in robust sigmas of all excesses. The best offset of each pixel is one
+    of several tests: its significance is that of a single test at the same family-wise error
+    (Sidak: ``Phi(z)^n``). Returns the significance and the plane (index into ``vs``) of the
+    best offset.
     """
     nz = vs.shape[0]
     prof = np.stack([ndi.gaussian_filter(p, smooth_px)[yy, xx] for p in vs], axis=1)  # (pixels, planes)
@@ -1305,14 +1305,20 @@ def _axial_excess(vs: np.ndarray, yy: np.ndarray, xx: np.ndarray, near: Sequence
     at = shaft[:, None] + d[None, :]
     inside = (at >= 0) & (at < nz)
     aligned = np.where(inside, np.take_along_axis(prof, np.clip(at, 0, nz - 1), axis=1), np.nan)
-    nb, count = _neighbour_values(np.arange(yy.size), near, -1)
+    nb, _ = _neighbour_values(np.arange(yy.size), near, -1)
     rows = np.where(nb >= 0, nb, 0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # (offsets no neighbour reaches: NaN)
         gathered = np.where((nb >= 0)[:, :, None], aligned[rows], np.nan)
         excess = aligned - np.nanmedian(gathered, axis=1)
     del gathered
-    excess[:, np.abs(d) < min_offset_planes] = np.nan
+    # the shaft's own axial blur: offsets within its half width at half maximum (of the typical
+    # profile) are left to the projection's test
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        typical = np.nanmedian(aligned, axis=0)
+    excess[:, np.abs(d) <= max(_half_width(typical, nz - 1), 0.5)] = np.nan
+    # a head lies on one side of the shaft; a thicker stretch of shaft raises both
     excess -= np.clip(np.nan_to_num(excess[:, ::-1], nan=0.0), 0, None)
     sigma = _robust_sigma(excess[np.isfinite(excess)])
     if not np.isfinite(sigma) or sigma <= 0:
@@ -1326,6 +1332,30 @@ def _axial_excess(vs: np.ndarray, yy: np.ndarray, xx: np.ndarray, near: Sequence
     # (far in the tail the correction is below rounding: the best offset's own figure)
     z_one = np.where(np.isfinite(z_one) | (z_max == -np.inf), z_one, z_max)
     return z_one, shaft + d[best]
+
+
+def _half_width(profile: np.ndarray, centre: int) -> float:
+    """Half width at half maximum (samples) of a peaked ``profile`` around index ``centre``,
+    above its lowest value: the mean of the two sides' linearly interpolated crossings (a side
+    that does not fall to half counts as reaching the profile's end).
+
+    >>> _half_width(np.exp(-0.5 * (np.arange(-6, 7) / 2.0) ** 2), 6)  # sigma 2: 2.355
+    2.3...
+    """
+    p = np.asarray(profile, float)
+    ok = np.isfinite(p)
+    floor = float(np.min(p[ok]))
+    half = floor + 0.5 * (p[centre] - floor)
+    widths = []
+    for step in (1, -1):
+        k, w = centre, None
+        while 0 <= k + step < p.size and np.isfinite(p[k + step]):
+            if p[k + step] <= half:
+                w = abs(k - centre) + (p[k] - half) / max(p[k] - p[k + step], 1e-12)
+                break
+            k += step
+        widths.append(abs(k - centre) if w is None else w)
+    return float(np.mean(widths))
 
 
 def _head_in_plane(plane: np.ndarray, y: np.ndarray, x: np.ndarray, head_radius: float,
