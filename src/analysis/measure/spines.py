@@ -47,10 +47,10 @@ What is assumed
   median over 4 shaft radii, and more than a shaft diameter from any head found beside it
   (whose light, or neck base, it would be). In a stack the same maximum may instead be of
   the axial excess (:func:`_axial_excess`): the profile across the planes, read from the
-  shaft's plane, against the median of its neighbours along the centreline, at least 2 planes
-  from the shaft's, less the excess on the mirrored side, in robust sigmas, the best of the
-  offsets counted as one test (Sidak); such a head is centred on the blob filter's maximum in
-  its own plane.
+  shaft's plane, against the median of its neighbours along the centreline, beyond the shaft's
+  own axial half width (measured), less the excess on the mirrored side, in robust sigmas, the
+  best of the offsets counted as one test (Sidak); such a head is centred on the blob filter's
+  maximum in its own plane.
 - Sessions of the same field differ by a rigid motion plus a small smooth deformation
   (see :func:`track_spines`).
 
@@ -1242,15 +1242,15 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
 def _centreline_maxima(vst: np.ndarray, tr: DendriteTrace, window_shaft_radii: float = 4.0,
                        vst_stack: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Local maxima of the shaft's brightness along its centreline (pixels y, x, noise sigmas,
-    and the plane of a head found in ``stack``, -1 elsewhere).
+    and the plane of a head found in ``vst_stack``, -1 elsewhere).
 
     The variance-stabilised image, smoothed at half the shaft radius, is read on the
     centreline; each pixel's excess over the running median of the centreline within
     ``window_shaft_radii`` shaft radii (the bare shaft) is measured in robust sigmas of that
     excess over the whole centreline (its own variation: noise, beads and heads together;
-    heads are a minority). With a z-stack (``vst_stack``: variance-stabilised, at least 3 planes), each pixel's significance is
-    the larger of that and of :func:`_axial_excess` (a head above or below the shaft, in its
-    own plane). Returned are the pixels whose significance is positive and the largest within
+    heads are a minority). With a z-stack (``vst_stack``: variance-stabilised, at least 3
+    planes), each pixel's significance is the larger of that and of :func:`_axial_excess` (a
+    head above or below the shaft, in its own plane). Returned are the pixels whose significance is positive and the largest within
     one shaft radius along the centreline (the detector's noise cut decides which are heads;
     weaker ones serve the tracker's hysteresis).
     """
@@ -1306,11 +1306,14 @@ def _axial_excess(vs: np.ndarray, yy: np.ndarray, xx: np.ndarray, near: Sequence
     inside = (at >= 0) & (at < nz)
     aligned = np.where(inside, np.take_along_axis(prof, np.clip(at, 0, nz - 1), axis=1), np.nan)
     nb, _ = _neighbour_values(np.arange(yy.size), near, -1)
-    rows = np.where(nb >= 0, nb, 0)
+    excess = np.empty_like(aligned)
+    step = max(1, (1 << 22) // max(nb.shape[1] * d.size, 1))  # (~32 MB of gathered profiles at a time)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # (offsets no neighbour reaches: NaN)
-        gathered = np.where((nb >= 0)[:, :, None], aligned[rows], np.nan)
-        excess = aligned - np.nanmedian(gathered, axis=1)
+        for a in range(0, yy.size, step):
+            part = nb[a:a + step]
+            gathered = np.where((part >= 0)[:, :, None], aligned[np.where(part >= 0, part, 0)], np.nan)
+            excess[a:a + step] = aligned[a:a + step] - np.nanmedian(gathered, axis=1)
     del gathered
     # the shaft's own axial blur: offsets within its half width at half maximum (of the typical
     # profile) are left to the projection's test
