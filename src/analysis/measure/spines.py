@@ -1287,8 +1287,9 @@ def _axial_excess(vs: np.ndarray, yy: np.ndarray, xx: np.ndarray, near: Sequence
     than the shaft; in the stack it lies in planes where the shaft is dimmer. Each pixel's
     axial profile (the variance-stabilised planes ``vs``, smoothed by ``smooth_px`` in y and x) is
     read relative to the shaft's plane there (the running median, along the centreline, of
-    the planes of the profiles' maxima: a head cannot move it) and compared with the median
-    profile of its neighbours read the same way (the bare shaft, heads being a minority).
+    the profiles' maxima located to a fraction of a plane: a head cannot move it; the profile
+    is read between planes by linear interpolation) and compared with the median profile of
+    its neighbours read the same way (the bare shaft, heads being a minority).
     The excess at each offset is reduced by the positive excess at the mirrored offset (a
     head lies on one side of the shaft; a thicker stretch of shaft raises both sides); offsets
     within the shaft's axial half width at half maximum (measured on the median profile: the
@@ -1300,11 +1301,25 @@ def _axial_excess(vs: np.ndarray, yy: np.ndarray, xx: np.ndarray, near: Sequence
     """
     nz = vs.shape[0]
     prof = np.stack([ndi.gaussian_filter(p, smooth_px)[yy, xx] for p in vs], axis=1)  # (pixels, planes)
-    shaft = np.rint(_neighbour_medians(prof.argmax(axis=1).astype(float), near)).astype(int)
+    # each profile's maximum to a fraction of a plane (the parabola through it and its two
+    # neighbours): a shaft centred between two planes has two near-equal maxima, and profiles
+    # aligned on whole planes would be read one plane apart by neighbours
+    rows = np.arange(yy.size)
+    k = prof.argmax(axis=1)
+    below, top, above = prof[rows, np.clip(k - 1, 0, nz - 1)], prof[rows, k], prof[rows, np.clip(k + 1, 0, nz - 1)]
+    curv = below - 2.0 * top + above
+    inner = (k > 0) & (k < nz - 1) & (curv < 0)
+    frac = np.where(inner, 0.5 * (below - above) / np.where(inner, curv, -1.0), 0.0)
+    shaft = _neighbour_medians(k + np.clip(frac, -0.5, 0.5), near)
     d = np.arange(-(nz - 1), nz)
-    at = shaft[:, None] + d[None, :]
-    inside = (at >= 0) & (at < nz)
-    aligned = np.where(inside, np.take_along_axis(prof, np.clip(at, 0, nz - 1), axis=1), np.nan)
+    at = shaft[:, None] + d[None, :]  # (planes, fractional: read by linear interpolation)
+    lower = np.floor(at).astype(int)
+    w = at - lower
+    aligned = (np.take_along_axis(prof, np.clip(lower, 0, nz - 1), axis=1) * (1.0 - w)
+               + np.take_along_axis(prof, np.clip(lower + 1, 0, nz - 1), axis=1) * w)
+    # (within half a plane beyond the first or last plane, that plane's value: the whole planes
+    # read as whole planes would be)
+    aligned[(at < -0.5) | (at > nz - 0.5)] = np.nan
     nb, _ = _neighbour_values(np.arange(yy.size), near, -1)
     excess = np.empty_like(aligned)
     step = max(1, (1 << 22) // max(nb.shape[1] * d.size, 1))  # (~32 MB of gathered profiles at a time)
@@ -1334,7 +1349,7 @@ def _axial_excess(vs: np.ndarray, yy: np.ndarray, xx: np.ndarray, near: Sequence
         z_one = ndtri_exp(n_tests * log_ndtr(z_max))
     # (far in the tail the correction is below rounding: the best offset's own figure)
     z_one = np.where(np.isfinite(z_one) | (z_max == -np.inf), z_one, z_max)
-    return z_one, shaft + d[best]
+    return z_one, np.clip(np.rint(shaft + d[best]), 0, nz - 1).astype(int)
 
 
 def _half_width(profile: np.ndarray, centre: int) -> float:
