@@ -85,6 +85,7 @@ from analysis.measure.checks import require_finite, require_plane_size
 from analysis.measure.matching import match_points
 from analysis.measure.microglia import _binary_rank, _disk_rows, _square_max, _within_steps
 from analysis.measure.noise import MAD_TO_SD
+from analysis.measure.puncta import _subpixel
 
 __all__ = [
     "DendriteTrace",
@@ -1250,9 +1251,9 @@ def _centreline_maxima(vst: np.ndarray, tr: DendriteTrace, window_shaft_radii: f
     excess over the whole centreline (its own variation: noise, beads and heads together;
     heads are a minority). With a z-stack (``vst_stack``: variance-stabilised, at least 3
     planes), each pixel's significance is the larger of that and of :func:`_axial_excess` (a
-    head above or below the shaft, in its own plane). Returned are the pixels whose significance is positive and the largest within
-    one shaft radius along the centreline (the detector's noise cut decides which are heads;
-    weaker ones serve the tracker's hysteresis).
+    head above or below the shaft, in its own plane). Returned are the pixels whose
+    significance is positive and the largest within one shaft radius along the centreline (the
+    detector's noise cut decides which are heads; weaker ones serve the tracker's hysteresis).
     """
     empty = np.empty(0, int), np.empty(0, int), np.empty(0), np.empty(0, int)
     r = tr.shaft_radius_px
@@ -1304,13 +1305,11 @@ def _axial_excess(vs: np.ndarray, yy: np.ndarray, xx: np.ndarray, near: Sequence
     # each profile's maximum to a fraction of a plane (the parabola through it and its two
     # neighbours): a shaft centred between two planes has two near-equal maxima, and profiles
     # aligned on whole planes would be read one plane apart by neighbours
-    rows = np.arange(yy.size)
+    # (puncta's parabola along the planes, axis 1; a maximum on the first or last plane stays
+    # on it)
     k = prof.argmax(axis=1)
-    below, top, above = prof[rows, np.clip(k - 1, 0, nz - 1)], prof[rows, k], prof[rows, np.clip(k + 1, 0, nz - 1)]
-    curv = below - 2.0 * top + above
-    inner = (k > 0) & (k < nz - 1) & (curv < 0)
-    frac = np.where(inner, 0.5 * (below - above) / np.where(inner, curv, -1.0), 0.0)
-    shaft = _neighbour_medians(k + np.clip(frac, -0.5, 0.5), near)
+    peak = np.where((k > 0) & (k < nz - 1), _subpixel(prof, np.c_[np.arange(yy.size), k])[:, 1], k)
+    shaft = _neighbour_medians(peak, near)
     d = np.arange(-(nz - 1), nz)
     at = shaft[:, None] + d[None, :]  # (planes, fractional: read by linear interpolation)
     lower = np.floor(at).astype(int)
