@@ -239,7 +239,7 @@ def linking_ceiling(sessions, max_distance_um: float, n_neighbours: int = 8) -> 
 
 def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None,
                   max_elevation_deg: float | None = None, mode: str = "mip",
-                  z_step_um: float | None = None) -> list[str]:
+                  z_step_um: float | None = None, plane_jitter_um: float | None = None) -> list[str]:
     """Detection, density, tracking and repeat-imaging turnover on the project's simulator.
 
     ``repeat_seeds`` (default: ``seeds``) are the seeds of the repeat-imaging pairs; a pair
@@ -249,7 +249,9 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None,
     around the shaft, so that some heads lie over or under it in the projection). Detection
     recall is also given by the spine's true angle out of the plane. ``mode="stack"``: the
     sessions are z-stacks (``z_step_um``, default the preset's 1 um) given to the detector and
-    the tracker as such, instead of their maximum projections.
+    the tracker as such, instead of their maximum projections. ``plane_jitter_um``: motion
+    within each stack, a random lateral shift of each plane with this SD per axis (the
+    detector registers the planes of a stack of 3 or more).
     """
     repeat_seeds = tuple(seeds if repeat_seeds is None else repeat_seeds)
     from analysis.measure.spines import trace_dendrites, track_spines
@@ -263,6 +265,8 @@ def sim_benchmark(seeds=(0, 1), match_um: float = 0.5, repeat_seeds=None,
         sim_kw["mode"] = mode
     if z_step_um is not None:
         sim_kw["z_step_um"] = float(z_step_um)
+    if plane_jitter_um:
+        sim_kw["plane_jitter_um"] = float(plane_jitter_um)
     det_rows, trk_rows, rep_rows, ceil_rows, el_rows = [], [], [], [], []
     for snr in ("high", "default", "low"):
         for seed in seeds:
@@ -384,6 +388,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=("mip", "stack"), default="mip",
                     help="simulator: sessions as maximum projections (default) or as z-stacks")
     ap.add_argument("--z-step-um", type=float, default=None, help="simulator, --mode stack: z step (default 1 um)")
+    ap.add_argument("--plane-jitter-um", type=float, default=None,
+                    help="simulator: SD of a random lateral shift of each plane (motion within a stack; default 0)")
     ap.add_argument("--repeat-seeds", type=int, default=None,
                     help="number of repeat-imaging pairs per SNR (default: --sim-seeds)")
     ap.add_argument("--subset", choices=("all", "tuning", "held-out"), default="all",
@@ -420,7 +426,8 @@ def main() -> None:
         else:
             lines += sim_benchmark(tuple(range(a.sim_seeds)),
                                    repeat_seeds=None if a.repeat_seeds is None else tuple(range(a.repeat_seeds)),
-                                   max_elevation_deg=a.max_elevation_deg, mode=a.mode, z_step_um=a.z_step_um)
+                                   max_elevation_deg=a.max_elevation_deg, mode=a.mode, z_step_um=a.z_step_um,
+                                   plane_jitter_um=a.plane_jitter_um)
     wall, cpu = speed()
     lines += [f"## Speed: detect_spines on a 512 x 512 frame, one thread: {wall:.3f} s wall, {cpu:.3f} s CPU "
               "(median of 5; wall time is inflated when other jobs share the cores)", ""]

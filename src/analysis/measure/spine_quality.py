@@ -194,7 +194,7 @@ def spine_brightness(image: np.ndarray, pixel_size_um: float, spines: pd.DataFra
         median head FWHM over 2.355) and ``background_noise_sd`` (pixel noise SD of the
         background away from the dendrites, from differences of neighbouring pixels).
     """
-    img = np.asarray(image, dtype=np.float32)
+    img = sp._registered(np.asarray(image, dtype=np.float32), pixel_size_um)  # as the detector sees it
     plane = img.max(axis=0) if img.ndim == 3 else img
     k_sigma, min_snr = _detect_defaults(detect_params)
     nan = float("nan")
@@ -377,7 +377,7 @@ def spine_spike_in_recall(
     nan = float("nan")
     out: dict[str, Any] = {"recall": nan, "recall_ci_low": nan, "recall_ci_high": nan, "n_spikes": 0,
                            "n_recovered": 0, "rounds": 0, "peak_per_sd": nan}
-    img = np.asarray(image, dtype=np.float32)
+    img = sp._registered(np.asarray(image, dtype=np.float32), pixel_size_um)  # spiked as the detector sees it
     plane = img.max(axis=0) if img.ndim == 3 else img
     b = brightness if brightness is not None else spine_brightness(img, pixel_size_um, spines, trace,
                                                                    detect_params=detect_params)
@@ -465,6 +465,7 @@ def spine_quality(image: np.ndarray, pixel_size_um: float, spines: pd.DataFrame,
         image) and ``background_clipped`` (:func:`background_clipped`: the other figures are
         then outside their validation).
     """
+    image = sp._registered(np.asarray(image, dtype=np.float32), pixel_size_um)  # once, for all three
     b = spine_brightness(image, pixel_size_um, spines, trace, detect_params=detect_params)
     row: dict[str, Any] = {"measured_snr": spine_image_snr(b), "spike_in_recall": np.nan,
                            "spike_in_recall_ci_low": np.nan, "spike_in_recall_ci_high": np.nan,

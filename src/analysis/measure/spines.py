@@ -13,7 +13,10 @@ What is assumed
   2-D frame their heads are found only where they make the shaft brighter than along the rest
   of it (below); in a stack of 3 or more planes also where the shaft's axial profile has more
   light on one side of the shaft's plane than along the rest of the shaft (the head in its own
-  plane, where the shaft is out of focus).
+  plane, where the shaft is out of focus). The planes of a stack of 3 or more are first
+  registered to one another (:func:`analysis.measure.planes.register_planes`: whole-pixel
+  lateral shifts onto the planes' median position, for tissue that moved between planes), and
+  positions are given in that registered frame.
 - Dendrite shafts are wider than spine necks and brighter along their centre than a fringe of
   spines. The shaft radius is measured in every image (scale of the strongest Hessian ridges,
   then the distance transform of the shaft's half-maximum mask along its skeleton), and every
@@ -85,6 +88,7 @@ from analysis.measure.checks import require_finite, require_plane_size
 from analysis.measure.matching import match_points
 from analysis.measure.microglia import _binary_rank, _disk_rows, _square_max, _within_steps
 from analysis.measure.noise import MAD_TO_SD
+from analysis.measure.planes import register_planes
 from analysis.measure.puncta import _subpixel
 
 __all__ = [
@@ -169,8 +173,17 @@ def _check_image(image: Any, pixel_size_um: Any, what: str = "image") -> tuple[n
         raise ValueError(f"pixel_size_um={pixel_size_um!r} is not a plausible two-photon pixel size; "
                          f"give the lateral pixel size in um, between {_MIN_PIXEL_UM} and {_MAX_PIXEL_UM}")
     if arr.ndim == 3:
+        arr = _registered(arr, px)
         return arr.max(axis=0), arr, px
     return arr, None, px
+
+
+def _registered(image: np.ndarray, px: float) -> np.ndarray:
+    """A stack of 3 or more planes with its planes registered to one another (tissue that
+    moved between planes: :func:`analysis.measure.planes.register_planes`); other input as is."""
+    if image.ndim == 3 and image.shape[0] >= 3:
+        return register_planes(image, px)[0]
+    return image
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -294,6 +294,6 @@ def track_spines_series(images: list[np.ndarray], pixel_size_um: float | Sequenc
 register(Readout(
     name="spines", roles=("dendrite_channel",), measure=measure_spines_readout,
     modules=("analysis.pipeline.readouts", "analysis.measure.spines", "analysis.measure.spine_quality",
-             "analysis.measure.matching"),
+             "analysis.measure.planes", "analysis.measure.matching"),
     notebook="05_spines.ipynb", description="two-photon dendrite (GFP) channel",
     series=track_spines_series, series_by=("animal_id", "field"), series_table="spine_tracks"))

@@ -51,7 +51,8 @@ What is not modelled
 Out-of-focus neuropil, other fluorescent cells and blood vessels (only as an optional
 smooth background variation, ``background_cv``); scattering with depth
 (loss of signal and a wider PSF); PMT multiplicative noise (approximated by Poisson plus
-Gaussian read noise); motion within a stack (breathing, heartbeat), line-scan artefacts;
+Gaussian read noise); motion within a stack other than a lateral shift of each plane
+(``plane_jitter_um``), line-scan artefacts;
 changes of spine size or shape between sessions; spine-type-dependent survival (thin spines
 and filopodia are in reality more transient than mushroom spines); branching dendrites;
 z-tilt of the imaging plane between sessions.
@@ -879,6 +880,7 @@ def render_session(
     drift_um: Sequence[float] = (0.0, 0.0),
     rotation_deg: float = 0.0,
     deformation_um: float = 0.0,
+    plane_jitter_um: float = 0.0,
     dtype: Literal["float32", "uint16"] = "float32",
 ) -> SpineSession:
     """Render one two-photon session of ``truth`` with its truth in pixel coordinates.
@@ -923,6 +925,11 @@ def render_session(
         -y (counter-clockwise as displayed with y pointing down).
     deformation_um : float
         RMS displacement per axis of the smooth warp (um); 0 for none.
+    plane_jitter_um : float
+        SD (um, per lateral axis) of a random shift of each plane, about the stack's mean
+        position (motion within the stack: breathing and heartbeat between planes); 0 for
+        none. The shifts are in ``info["plane_shifts_px"]`` (y, x per plane); the truth stays
+        at the mean position. With ``mode="mip"`` the projection is of the shifted planes.
     dtype : {"float32", "uint16"}
         Output type (uint16: electrons + 100 offset, rounded and clipped).
 
@@ -946,6 +953,8 @@ def render_session(
         raise ValueError("pixel_size_um, z_step_um and the PSF sigmas must be > 0")
     if signal_photons < 0 or background_photons < 0 or read_noise_e < 0:
         raise ValueError("signal_photons, background_photons and read_noise_e must be >= 0")
+    if not (np.isfinite(plane_jitter_um) and plane_jitter_um >= 0):
+        raise ValueError(f"plane_jitter_um must be >= 0 (um), got {plane_jitter_um!r}")
     move = _motion(rng, truth.field_um, drift_um, rotation_deg, deformation_um)
     ny, nx = (int(round(v / pixel_size_um)) for v in truth.field_um)
     nz = int(math.floor(truth.depth_um / z_step_um + 1e-9)) + 1
@@ -965,6 +974,14 @@ def render_session(
     grid = _splat(shape, vox + np.array([zpad[0], pad_xy, pad_xy]), wt)
     grid = ndimage.gaussian_filter(grid, _blur_sigma(psf_sigma_xy_um, psf_sigma_z_um, pixel_size_um, z_step_um),
                                    mode="constant", truncate=4.0)
+    plane_shifts = np.zeros((nz, 2))
+    if plane_jitter_um > 0:
+        # each plane imaged with the tissue moved (before the noise, as in the microscope)
+        plane_shifts = rng.normal(0.0, plane_jitter_um / pixel_size_um, (nz, 2))
+        plane_shifts -= plane_shifts.mean(axis=0)
+        for k in range(nz):
+            zk = zpad[0] + k
+            grid[zk] = ndimage.shift(grid[zk], plane_shifts[k], order=1, mode="nearest")
     grid = grid[zpad[0]: zpad[0] + nz, pad_xy: pad_xy + ny, pad_xy: pad_xy + nx]
     scale = signal_photons / _reference_peak(float(pixel_size_um), float(z_step_um), float(psf_sigma_xy_um),
                                              float(psf_sigma_z_um))
@@ -1022,7 +1039,8 @@ def render_session(
         "snr": signal_photons / math.sqrt(background_photons + read_noise_e ** 2)
         if background_photons + read_noise_e ** 2 > 0 else math.inf,
         "drift_um": tuple(float(v) for v in drift_um), "rotation_deg": float(rotation_deg),
-        "deformation_um": float(deformation_um), "dtype": dtype,
+        "deformation_um": float(deformation_um), "dtype": dtype, "plane_jitter_um": float(plane_jitter_um),
+        "plane_shifts_px": plane_shifts.tolist(),
         "length_in_field_um": length_in_field, "spines_in_field": int(in_field.sum()),
     }
     return SpineSession(image=image, spines=table, dendrites=dend, expected=expected.astype(np.float32),
@@ -1033,7 +1051,8 @@ def render_session(
 _TRUTH_KEYS = ("field_um", "depth_um", "n_dendrites", "spine_density_per_um", "type_fractions",
                "dendrite_radius_um", "margin_um", "min_separation_um", "min_spacing_um", "max_elevation_deg")
 _RENDER_KEYS = ("pixel_size_um", "psf_sigma_xy_um", "psf_sigma_z_um", "mode", "z_step_um", "dtype",
-                "signal_photons", "background_photons", "read_noise_e", "background_cv", "background_scale_um")
+                "signal_photons", "background_photons", "read_noise_e", "background_cv", "background_scale_um",
+                "plane_jitter_um")
 _OTHER_KEYS = ("days", "target_density_ratio", "drift_sd_um", "drift_z_sd_um", "rotation_sd_deg", "deformation_um",
                "gain_rate_per_day", "loss_rate_per_day", "photon_scale")
 
