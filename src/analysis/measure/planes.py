@@ -49,18 +49,18 @@ MIN_SIGNIFICANCE = 8.0
 MIN_GAIN_OVER_NONE = 2.0
 
 
-def _band_passed_spectra(stack: np.ndarray, pixel_size_um: float) -> np.ndarray:
-    """Spectra of the planes, tapered to 0 at the field's edges (so the cross-correlation does
-    not match the edges) and band-passed: a difference of Gaussians that keeps structures of
-    the size of dendrites and heads and drops pixel noise (below 0.1 um) and the background
-    (broader than 1 um)."""
+def _band_pass(shape: tuple[int, int], pixel_size_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """The taper (to 0 at the field's edges, so that the cross-correlation does not match the
+    edges) and the band-pass gain of a plane's spectrum: a difference of Gaussians that keeps
+    structures of the size of dendrites and heads and drops pixel noise (below 0.1 um) and the
+    background (broader than 1 um)."""
     fine = max(0.7, 0.1 / pixel_size_um)
     broad = max(2.0 * fine, 1.0 / pixel_size_um)
-    ny, nx = stack.shape[1:]
+    ny, nx = shape
     taper = np.outer(tukey(ny, 0.2), tukey(nx, 0.2)).astype(np.float32)
     f2 = sfft.fftfreq(ny)[:, None] ** 2 + sfft.rfftfreq(nx)[None, :] ** 2
     gain = np.exp(-2.0 * np.pi ** 2 * fine ** 2 * f2) - np.exp(-2.0 * np.pi ** 2 * broad ** 2 * f2)
-    return sfft.rfft2(stack * taper) * gain
+    return taper, gain.astype(np.float32)
 
 
 def _vertex(m: float, c: float, p: float) -> float:
@@ -141,12 +141,15 @@ def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um
     max_px = int(min(np.ceil(max_shift_um / pixel_size_um), min(ny, nx) // 4))
     if nz < 2 or max_px < 1:
         return pos
-    spectra = _band_passed_spectra(st, pixel_size_um)
+    taper, gain = _band_pass((ny, nx), pixel_size_um)
     rel = np.zeros((nz - 1, 2))
-    for k in range(nz - 1):
-        d, z = _displacement(spectra[k], spectra[k + 1], (ny, nx), max_px)
+    below = sfft.rfft2(st[-1] * taper) * gain  # (two planes' spectra at a time: a long stack fits)
+    for k in range(nz - 2, -1, -1):
+        here = sfft.rfft2(st[k] * taper) * gain
+        d, z = _displacement(here, below, (ny, nx), max_px)
         if np.isfinite(z) and z >= min_significance:
             rel[k] = d
+        below = here
     pos[:-1] = np.cumsum(rel[::-1], axis=0)[::-1]  # pos[k] = pos[k + 1] + rel[k], pos[-1] = 0
     return pos - np.median(pos, axis=0)
 
