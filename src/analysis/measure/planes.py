@@ -12,13 +12,22 @@ position. Whole-pixel shifts move pixels without interpolating them, so the nois
 plane keeps its statistics (the detectors' noise models are fitted to it); what is left is
 at most half a pixel.
 
-What is assumed: the displacement is a lateral translation per plane (not the distortion
-within a plane of a line scan), smaller than ``max_shift_um``, and neighbouring planes share
-structure (the z step is below the axial extent of the dendrites). A pair of planes whose
-correlation peak is not significant (blank planes, planes of noise beyond the tissue) is
-taken as not displaced against each other. A dendrite running obliquely through the stack
-moves from plane to plane as well; the registration cannot tell that from motion and
-straightens it, which moves it by at most its lateral run over the stack.
+What is assumed:
+
+* the displacement is a lateral translation of each plane (not the distortion within a plane
+  of a line scan), at most ``max_shift_um`` (1 um) between neighbouring planes; larger motion
+  (awake animals) needs a dedicated registration first;
+* neighbouring planes share structure (the z step is below the axial extent of the
+  dendrites). A pair of planes whose correlation peak is not significant
+  (:data:`MIN_SIGNIFICANCE`: blank planes, noise beyond the tissue) is taken as not displaced;
+* motion moves each plane at random, while the tissue's geometry moves a structure steadily
+  from plane to plane: a dendrite rising obliquely through the stack shows its next stretch
+  in the next plane. A peak barely higher than the correlation at no displacement lies on the
+  ridge such a dendrite makes (:data:`MIN_GAIN_OVER_NONE`) and is not taken; a step that the
+  pairs of planes share (:data:`STEADY_SIGMAS`) is kept as geometry and only departures from
+  it by more than a pixel are registered. Where only a rising dendrite is in focus (often at
+  a stack's ends), motion along it cannot be told from its rise: such planes may be left off
+  by up to ``max_shift_um``.
 """
 
 from __future__ import annotations
@@ -43,10 +52,15 @@ MIN_SIGNIFICANCE = 8.0
 #: displacement by this many robust sigmas of chance correlation (else the planes are taken as
 #: not displaced). A dendrite running obliquely through the stack shows other stretches of
 #: itself in neighbouring planes; their correlation is a ridge along the dendrite, whose
-#: maximum may lie anywhere on it. On the simulated stacks without motion, the 11 of 174
-#: significant pairs whose peak was more than a pixel off read 0.1-1.1 here; of the pairs
-#: moved by a pixel or more, 5 % read below 1.3, the median 16.
+#: maximum may lie anywhere on it. On the simulated stacks without motion (searched within
+#: 2 um), the 11 of 174 significant pairs whose peak was more than a pixel off read 0.1-1.1
+#: here; of the pairs moved by a pixel or more, 5 % read below 1.3, the median 16.
 MIN_GAIN_OVER_NONE = 2.0
+#: A displacement shared by the pairs of planes (their median step) is the tissue's geometry
+#: when it lies this many standard errors from 0 (the step's scatter over the pairs). Random
+#: motion between planes gives steps scattered about 0.
+STEADY_SIGMAS = 3.0
+_MEDIAN_SE = 1.2533  # standard error of a normal sample's median, in SDs / sqrt(n)
 
 
 def _band_pass(shape: tuple[int, int], pixel_size_um: float) -> tuple[np.ndarray, np.ndarray]:
@@ -69,15 +83,20 @@ def _vertex(m: float, c: float, p: float) -> float:
     return 0.5 * (m - p) / d if d < 0 else 0.0
 
 
-def _displacement(fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int], max_px: int) -> tuple[np.ndarray, float]:
+def _displacement(fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int], max_px: int
+                  ) -> tuple[np.ndarray | None, float, np.ndarray]:
     """Displacement (pixels, y x) of plane ``a``'s content relative to plane ``b``'s from their
-    spectra, and the significance of the correlation peak (NaN when at the search's edge)."""
+    spectra, the significance of the correlation peak (NaN when at the search's edge or
+    without chance correlation to measure it by) and the peak's whole-pixel position. The
+    displacement is 0 when the peak is at no displacement, and None when the peak is barely
+    higher than there (see :data:`MIN_GAIN_OVER_NONE`)."""
     c = sfft.fftshift(sfft.irfft2(fa * np.conj(fb), s=shape))
     cy, cx = shape[0] // 2, shape[1] // 2
     win = c[cy - max_px: cy + max_px + 1, cx - max_px: cx + max_px + 1]
     iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
+    peak = np.array([iy - max_px, ix - max_px], float)
     if iy in (0, win.shape[0] - 1) or ix in (0, win.shape[1] - 1):
-        return np.zeros(2), float("nan")
+        return None, float("nan"), peak
     far = np.ones(shape, bool)  # the correlation away from any displacement searched: chance alone
     far[max(cy - 3 * max_px, 0): cy + 3 * max_px + 1, max(cx - 3 * max_px, 0): cx + 3 * max_px + 1] = False
     if np.count_nonzero(far) < 100:
@@ -87,15 +106,17 @@ def _displacement(fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int], max_px
     med = float(np.median(ref))
     spread = MAD_TO_SD * float(np.median(np.abs(ref - med)))
     if not spread > 0:
-        return np.zeros(2), float("nan")
+        return None, float("nan"), peak
     z = (float(win[iy, ix]) - med) / spread
+    if iy == ix == max_px:
+        return np.zeros(2), z, peak  # (whole pixels: planes in place stay in place)
     if (float(win[iy, ix]) - float(c[cy, cx])) / spread < MIN_GAIN_OVER_NONE:
         # barely better than no displacement: the correlation's ridge along an oblique dendrite
         # (its planes show other stretches of it), not motion
-        return np.zeros(2), z
+        return None, z, peak
     dy = _vertex(win[iy - 1, ix], win[iy, ix], win[iy + 1, ix])
     dx = _vertex(win[iy, ix - 1], win[iy, ix], win[iy, ix + 1])
-    return np.array([iy - max_px + dy, ix - max_px + dx]), z
+    return peak + np.array([dy, dx]), z, peak
 
 
 def _shifted(plane: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -108,7 +129,7 @@ def _shifted(plane: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return big[y0: y0 + plane.shape[0], x0: x0 + plane.shape[1]]
 
 
-def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 2.0,
+def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 1.0,
                         min_significance: float = MIN_SIGNIFICANCE) -> np.ndarray:
     """Lateral position of each plane's content relative to the planes' median (pixels).
 
@@ -143,18 +164,38 @@ def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um
         return pos
     taper, gain = _band_pass((ny, nx), pixel_size_um)
     rel = np.zeros((nz - 1, 2))
+    seen = np.full((nz - 1, 2), np.nan)  # each significant pair's step, taken or not
+    taken = np.zeros(nz - 1, bool)
     below = sfft.rfft2(st[-1] * taper) * gain  # (two planes' spectra at a time: a long stack fits)
     for k in range(nz - 2, -1, -1):
         here = sfft.rfft2(st[k] * taper) * gain
-        d, z = _displacement(here, below, (ny, nx), max_px)
-        if np.isfinite(z) and z >= min_significance:
-            rel[k] = d
+        d, z, peak = _displacement(here, below, (ny, nx), max_px)
+        if z >= min_significance:
+            seen[k] = peak if d is None else d
+            if d is not None:
+                rel[k], taken[k] = d, True
         below = here
+    found = np.flatnonzero(taken)
+    steps = seen[np.isfinite(seen[:, 0])]
+    if len(steps) >= 3:
+        # a displacement that the pairs of planes share is the tissue's geometry (a dendrite
+        # running obliquely through the stack moves by the same step from plane to plane), not
+        # motion (which moves each plane at random): it is kept, and only the departures from
+        # it are registered (the pairs whose peak lay on a ridge count as evidence of it)
+        step = np.median(steps, axis=0)
+        spread = MAD_TO_SD * np.median(np.abs(steps - step), axis=0)
+        steady = np.abs(step) > STEADY_SIGMAS * _MEDIAN_SE * spread / np.sqrt(len(steps))
+        if steady.any():
+            rel[found] -= np.where(steady, step, 0.0)
+            # (departures within a pixel of the step are its own scatter: whole-pixel peaks on
+            # either side of a step between two pixels, and the fractions of a pixel that would
+            # add up over the planes)
+            rel[found[np.abs(rel[found]).max(axis=1) <= 1.0]] = 0.0
     pos[:-1] = np.cumsum(rel[::-1], axis=0)[::-1]  # pos[k] = pos[k + 1] + rel[k], pos[-1] = 0
     return pos - np.median(pos, axis=0)
 
 
-def register_planes(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 2.0,
+def register_planes(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 1.0,
                     min_significance: float = MIN_SIGNIFICANCE) -> tuple[np.ndarray, np.ndarray]:
     """Shift the planes of a z-stack by whole pixels onto their median lateral position.
 
