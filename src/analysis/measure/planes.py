@@ -60,6 +60,7 @@ MIN_GAIN_OVER_NONE = 2.0
 #: when it lies this many standard errors from 0 (the step's scatter over the pairs). Random
 #: motion between planes gives steps scattered about 0.
 STEADY_SIGMAS = 3.0
+_PASSES = 3  # estimates at most, each on the stack registered by the ones before
 _MEDIAN_SE = 1.2533  # standard error of a normal sample's median, in SDs / sqrt(n)
 
 
@@ -200,8 +201,10 @@ def register_planes(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: fl
     """Shift the planes of a z-stack by whole pixels onto their median lateral position.
 
     Each plane's displacement is found from its neighbours' (:func:`plane_displacements`) and
-    rounded to whole pixels; the margin a shift uncovers mirrors the pixels next to it. See
-    the module's notes for what is assumed.
+    rounded to whole pixels; the margin a shift uncovers mirrors the pixels next to it. The
+    displacements are estimated again on the registered stack until none is left (at most 3
+    times), so a registered stack registered again stays as it is. See the module's notes for
+    what is assumed.
 
     Parameters
     ----------
@@ -234,13 +237,21 @@ def register_planes(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: fl
     [[0, 0], [-3, 0], [0, 0]]
     """
     st = np.asarray(stack, dtype=np.float32)
-    pos = plane_displacements(st, pixel_size_um, max_shift_um=max_shift_um, min_significance=min_significance)
-    shifts = -np.rint(pos).astype(int)
+    shifts = np.zeros((st.shape[0], 2), int)
+    out = st
+    for _ in range(_PASSES):
+        # (again on the registered planes: whole-pixel rounding can leave neighbours a pixel
+        # apart, and a stack registered once more should not move again)
+        more = -np.rint(plane_displacements(out, pixel_size_um, max_shift_um=max_shift_um,
+                                            min_significance=min_significance)).astype(int)
+        if not more.any():
+            break
+        shifts += more
+        out = np.empty_like(st)
+        for k in range(st.shape[0]):
+            out[k] = _shifted(st[k], int(shifts[k, 0]), int(shifts[k, 1]))
     if not shifts.any():
         return st, shifts
-    out = np.empty_like(st)
-    for k in range(st.shape[0]):
-        out[k] = _shifted(st[k], int(shifts[k, 0]), int(shifts[k, 1]))
     log.info("register_planes: %d of %d planes shifted, by up to %d px", int(np.count_nonzero(shifts.any(axis=1))),
              st.shape[0], int(np.abs(shifts).max()))
     return out, shifts
