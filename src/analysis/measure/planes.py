@@ -208,14 +208,8 @@ def register_planes(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: fl
 
     Parameters
     ----------
-    stack : ndarray
-        (z, y, x) stack.
-    pixel_size_um : float
-        Lateral pixel size (um).
-    max_shift_um : float
-        Largest displacement between neighbouring planes searched (um).
-    min_significance : float
-        Smallest significance of a correlation peak taken as a displacement.
+    stack, pixel_size_um, max_shift_um, min_significance :
+        As for :func:`plane_displacements`.
 
     Returns
     -------
