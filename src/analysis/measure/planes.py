@@ -15,8 +15,10 @@ at most half a pixel.
 What is assumed:
 
 * the displacement is a lateral translation of each plane (not the distortion within a plane
-  of a line scan), at most ``max_shift_um`` (1 um) between neighbouring planes; larger motion
-  (awake animals) needs a dedicated registration first;
+  of a line scan), at most ``max_shift_um`` (2 um) between neighbouring planes; larger motion
+  (awake animals) needs a dedicated registration first. The peak is searched within 1 um
+  (the broadest structure the band-pass keeps) first, and up to ``max_shift_um`` only for
+  pairs of planes with no significant displacement within it;
 * neighbouring planes share structure (the z step is below the axial extent of the
   dendrites). A pair of planes whose correlation peak is not significant
   (:data:`MIN_SIGNIFICANCE`: blank planes, noise beyond the tissue) is taken as not displaced;
@@ -25,9 +27,10 @@ What is assumed:
   in the next plane. A peak barely higher than the correlation at no displacement lies on the
   ridge such a dendrite makes (:data:`MIN_GAIN_OVER_NONE`) and is not taken; a step that the
   pairs of planes share (:data:`STEADY_SIGMAS`) is kept as geometry and only departures from
-  it by more than a pixel are registered. Where only a rising dendrite is in focus (often at
-  a stack's ends), motion along it cannot be told from its rise: such planes may be left off
-  by up to ``max_shift_um``.
+  it by more than a pixel are registered. A step beyond 1 um on a ridge running along it, far
+  longer than the other pairs' steps, is such a dendrite too (:data:`MIN_RIDGE_SHARE`). Where
+  only a rising dendrite is in focus (often at a stack's ends), motion along it cannot be
+  told from its rise: such planes may be left off by up to ``max_shift_um``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import logging
 
 import numpy as np
 import scipy.fft as sfft
+from scipy import ndimage as ndi
 from scipy.signal.windows import tukey
 
 from analysis.measure.checks import require_finite
@@ -60,8 +64,32 @@ MIN_GAIN_OVER_NONE = 2.0
 #: when it lies this many standard errors from 0 (the step's scatter over the pairs). Random
 #: motion between planes gives steps scattered about 0.
 STEADY_SIGMAS = 3.0
+#: A step beyond 1 um (the broadest structure the band-pass keeps, found only where nothing
+#: significant lies within 1 um) is taken as a dendrite rising through the stack, not motion,
+#: when the correlation runs as a ridge from no displacement to the peak, at least this share
+#: of the peak's height (above chance) all the way, ...
+MIN_RIDGE_SHARE = 0.3
+#: ... along the displacement (half a micrometre from the peak, the correlation along it
+#: exceeds that across it by this share of the peak's height), ...
+MIN_RIDGE_ALONG = 0.1
+#: ... and longer than this many SDs (per axis) of the other pairs' steps (at least half a
+#: pixel): motion is a property of the whole stack, and a rising dendrite's step stands out
+#: from it. On hand-built stacks of a dendrite rising at 20-45 degrees (1 um steps, 1.6-1.9 um
+#: per plane along it, 46 pairs searched within 2 um) the ridge read at least 0.46 of the peak
+#: and the excess along it at least 0.19; of the pairs of simulated stacks moved by more than
+#: 1 um (0.5 and 0.7 um SD per plane), 19 of 86 read above both (one dendrite in focus, moved
+#: along itself). Such steps were at most 2.8 SDs (0.5 um, 38 steps) and 3.4 SDs (0.7 um, 42)
+#: of their stack's other steps; the rising dendrites' (1 px of motion), 9.5-14.3.
+RIDGE_OUTLIER_SIGMAS = 5.0
 _PASSES = 3  # estimates at most, each on the stack registered by the ones before
+_RAYLEIGH_MEDIAN = 1.1774  # median length of a 2-D standard normal vector, sqrt(2 ln 2)
 _MEDIAN_SE = 1.2533  # standard error of a normal sample's median, in SDs / sqrt(n)
+
+
+def _scales_px(pixel_size_um: float) -> tuple[float, float]:
+    """The finest and the broadest structure the band-pass keeps (pixels): 0.1 and 1 um."""
+    fine = max(0.7, 0.1 / pixel_size_um)
+    return fine, max(2.0 * fine, 1.0 / pixel_size_um)
 
 
 def _band_pass(shape: tuple[int, int], pixel_size_um: float) -> tuple[np.ndarray, np.ndarray]:
@@ -69,8 +97,7 @@ def _band_pass(shape: tuple[int, int], pixel_size_um: float) -> tuple[np.ndarray
     edges) and the band-pass gain of a plane's spectrum: a difference of Gaussians that keeps
     structures of the size of dendrites and heads and drops pixel noise (below 0.1 um) and the
     background (broader than 1 um)."""
-    fine = max(0.7, 0.1 / pixel_size_um)
-    broad = max(2.0 * fine, 1.0 / pixel_size_um)
+    fine, broad = _scales_px(pixel_size_um)
     ny, nx = shape
     taper = np.outer(tukey(ny, 0.2), tukey(nx, 0.2)).astype(np.float32)
     f2 = sfft.fftfreq(ny)[:, None] ** 2 + sfft.rfftfreq(nx)[None, :] ** 2
@@ -84,20 +111,30 @@ def _vertex(m: float, c: float, p: float) -> float:
     return 0.5 * (m - p) / d if d < 0 else 0.0
 
 
-def _displacement(fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int], max_px: int
-                  ) -> tuple[np.ndarray | None, float, np.ndarray]:
-    """Displacement (pixels, y x) of plane ``a``'s content relative to plane ``b``'s from their
-    spectra, the significance of the correlation peak (NaN when at the search's edge or
-    without chance correlation to measure it by) and the peak's whole-pixel position. The
-    displacement is 0 when the peak is at no displacement, and None when the peak is barely
-    higher than there (see :data:`MIN_GAIN_OVER_NONE`)."""
-    c = sfft.fftshift(sfft.irfft2(fa * np.conj(fb), s=shape))
+def _on_ridge(c: np.ndarray, peak: np.ndarray, base: float, height: float, half_px: float) -> bool:
+    """Does the correlation ``c`` (no displacement at its centre) run as a ridge from no
+    displacement to ``peak`` (pixels from the centre), along it (:data:`MIN_RIDGE_SHARE`,
+    :data:`MIN_RIDGE_ALONG`)? ``base``: the chance level; ``height``: the peak above it;
+    ``half_px``: the distance from the peak at which along and across are compared."""
+    centre = np.array([c.shape[0] // 2, c.shape[1] // 2], float)
+    t = np.linspace(0.0, 1.0, 9)[:-1, None]
+    joined = ndi.map_coordinates(c, (centre + t * peak).T, order=1) - base
+    u = peak / np.hypot(*peak)
+    v = np.array([-u[1], u[0]])
+    around = centre + peak + half_px * np.array([u, -u, v, -v])
+    near = ndi.map_coordinates(c, around.T, order=1) - base
+    return bool(joined.min() >= MIN_RIDGE_SHARE * height and near[:2].min() - near[2:].max() >= MIN_RIDGE_ALONG * height)
+
+
+def _peak(c: np.ndarray, max_px: int, reach_px: float) -> tuple[np.ndarray | None, float, np.ndarray, bool]:
+    """The correlation's peak within ``max_px`` of no displacement (see :func:`_displacement`)."""
+    shape = c.shape
     cy, cx = shape[0] // 2, shape[1] // 2
     win = c[cy - max_px: cy + max_px + 1, cx - max_px: cx + max_px + 1]
     iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
     peak = np.array([iy - max_px, ix - max_px], float)
     if iy in (0, win.shape[0] - 1) or ix in (0, win.shape[1] - 1):
-        return None, float("nan"), peak
+        return None, float("nan"), peak, False
     far = np.ones(shape, bool)  # the correlation away from any displacement searched: chance alone
     far[max(cy - 3 * max_px, 0): cy + 3 * max_px + 1, max(cx - 3 * max_px, 0): cx + 3 * max_px + 1] = False
     if np.count_nonzero(far) < 100:
@@ -107,17 +144,39 @@ def _displacement(fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int], max_px
     med = float(np.median(ref))
     spread = MAD_TO_SD * float(np.median(np.abs(ref - med)))
     if not spread > 0:
-        return None, float("nan"), peak
+        return None, float("nan"), peak, False
     z = (float(win[iy, ix]) - med) / spread
     if iy == ix == max_px:
-        return np.zeros(2), z, peak  # (whole pixels: planes in place stay in place)
+        return np.zeros(2), z, peak, False  # (whole pixels: planes in place stay in place)
     if (float(win[iy, ix]) - float(c[cy, cx])) / spread < MIN_GAIN_OVER_NONE:
         # barely better than no displacement: the correlation's ridge along an oblique dendrite
         # (its planes show other stretches of it), not motion
-        return None, z, peak
+        return None, z, peak, False
+    ridge = bool(np.hypot(*peak) > reach_px and _on_ridge(c, peak, med, float(win[iy, ix]) - med, 0.5 * reach_px))
     dy = _vertex(win[iy - 1, ix], win[iy, ix], win[iy + 1, ix])
     dx = _vertex(win[iy, ix - 1], win[iy, ix], win[iy, ix + 1])
-    return peak + np.array([dy, dx]), z, peak
+    return peak + np.array([dy, dx]), z, peak, ridge
+
+
+def _displacement(fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int], windows: tuple[int, int],
+                  reach_px: float, min_significance: float) -> tuple[np.ndarray | None, float, np.ndarray, bool]:
+    """Displacement (pixels, y x) of plane ``a``'s content relative to plane ``b``'s from their
+    spectra, the significance of the correlation peak (NaN when at the search's edge or
+    without chance correlation to measure it by), the peak's whole-pixel position and whether
+    it lies beyond ``reach_px`` (the widest structure the band-pass keeps) on a ridge from no
+    displacement (:func:`_on_ridge`). The displacement is 0 when the peak is at no
+    displacement, and None when the peak is barely higher than there (see
+    :data:`MIN_GAIN_OVER_NONE`).
+
+    The peak is searched within ``windows[0]`` pixels, and within ``windows[1]`` only where
+    no significant displacement is found in the first: the correlation of the planes'
+    structures is searched before that of structures running from one plane to the next."""
+    c = sfft.fftshift(sfft.irfft2(fa * np.conj(fb), s=shape))
+    near = _peak(c, windows[0], reach_px)
+    if (near[0] is not None and near[1] >= min_significance) or windows[1] <= windows[0]:
+        return near
+    wide = _peak(c, windows[1], reach_px)
+    return wide if wide[1] >= min_significance else near
 
 
 def _shifted(plane: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -130,7 +189,7 @@ def _shifted(plane: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return big[y0: y0 + plane.shape[0], x0: x0 + plane.shape[1]]
 
 
-def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 1.0,
+def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 2.0,
                         min_significance: float = MIN_SIGNIFICANCE) -> np.ndarray:
     """Lateral position of each plane's content relative to the planes' median (pixels).
 
@@ -141,7 +200,8 @@ def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um
     pixel_size_um : float
         Lateral pixel size (um).
     max_shift_um : float
-        Largest displacement between neighbouring planes searched (um).
+        Largest displacement between neighbouring planes searched (um); beyond 1 um only for
+        pairs of planes without a significant peak within 1 um.
     min_significance : float
         Smallest significance of a correlation peak taken as a displacement (see
         :data:`MIN_SIGNIFICANCE`).
@@ -164,18 +224,32 @@ def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um
     if nz < 2 or max_px < 1:
         return pos
     taper, gain = _band_pass((ny, nx), pixel_size_um)
+    reach_px = _scales_px(pixel_size_um)[1]
+    windows = (min(int(np.ceil(reach_px)), max_px), max_px)
     rel = np.zeros((nz - 1, 2))
     seen = np.full((nz - 1, 2), np.nan)  # each significant pair's step, taken or not
     taken = np.zeros(nz - 1, bool)
+    ridge = np.zeros(nz - 1, bool)
     below = sfft.rfft2(st[-1] * taper) * gain  # (two planes' spectra at a time: a long stack fits)
     for k in range(nz - 2, -1, -1):
         here = sfft.rfft2(st[k] * taper) * gain
-        d, z, peak = _displacement(here, below, (ny, nx), max_px)
+        d, z, peak, ridge[k] = _displacement(here, below, (ny, nx), windows, reach_px, min_significance)
         if z >= min_significance:
             seen[k] = peak if d is None else d
             if d is not None:
                 rel[k], taken[k] = d, True
         below = here
+    long = np.flatnonzero(taken & ridge)
+    if len(long):
+        # a long step on a ridge, far beyond the steps of the other pairs: a dendrite rising
+        # through the stack (see MIN_RIDGE_SHARE), not motion. The other steps' SD per axis from
+        # their median length (that of a 2-D normal step is sqrt(2 ln 2) SDs); with fewer than
+        # two of them, the half-pixel floor: every such step is the dendrite's
+        other = np.hypot(*rel[taken & ~ridge].T)
+        scale = float(np.median(other)) / _RAYLEIGH_MEDIAN if len(other) >= 2 else 0.0
+        out = np.hypot(rel[long, 0], rel[long, 1]) > RIDGE_OUTLIER_SIGMAS * max(scale, 0.5)
+        rel[long[out]], taken[long[out]] = 0.0, False
+        seen[long[out]] = np.nan  # (settled: no evidence for the steady step below)
     found = np.flatnonzero(taken)
     steps = seen[np.isfinite(seen[:, 0])]
     if len(steps) >= 3:
@@ -196,7 +270,7 @@ def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um
     return pos - np.median(pos, axis=0)
 
 
-def register_planes(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 1.0,
+def register_planes(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 2.0,
                     min_significance: float = MIN_SIGNIFICANCE) -> tuple[np.ndarray, np.ndarray]:
     """Shift the planes of a z-stack by whole pixels onto their median lateral position.
 
