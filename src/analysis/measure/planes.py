@@ -15,7 +15,7 @@ at most half a pixel.
 What is assumed:
 
 * the displacement is a lateral translation of each plane (not the distortion within a plane
-  of a line scan), at most ``max_shift_um`` (2 um) between neighbouring planes; larger motion
+  of a line scan), at most ``max_shift_um`` (3 um) between neighbouring planes; larger motion
   (awake animals) needs a dedicated registration first. The peak is searched within 1 um
   (the broadest structure the band-pass keeps) first, and up to ``max_shift_um`` only for
   pairs of planes with no significant displacement within it;
@@ -78,8 +78,9 @@ MIN_RIDGE_ALONG = 0.1
 #: per plane along it, 46 pairs searched within 2 um) the ridge read at least 0.46 of the peak
 #: and the excess along it at least 0.19; of the pairs of simulated stacks moved by more than
 #: 1 um (0.5 and 0.7 um SD per plane), 19 of 86 read above both (one dendrite in focus, moved
-#: along itself). Such steps were at most 2.8 SDs (0.5 um, 38 steps) and 3.4 SDs (0.7 um, 42)
-#: of their stack's other steps; the rising dendrites' (1 px of motion), 9.5-14.3.
+#: along itself). Searched within 3 um, such steps were at most 2.8 SDs (0.5 um, 38 steps) and
+#: 2.9 SDs (0.7 um, 48) of their stack's other steps; the rising dendrites' (15-40 degrees,
+#: 1 px of motion), 9.5-16.7.
 RIDGE_OUTLIER_SIGMAS = 5.0
 _PASSES = 3  # estimates at most, each on the stack registered by the ones before
 _RAYLEIGH_MEDIAN = 1.1774  # median length of a 2-D standard normal vector, sqrt(2 ln 2)
@@ -170,12 +171,16 @@ def _displacement(fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int], window
 
     The peak is searched within ``windows[0]`` pixels, and within ``windows[1]`` only where
     no significant displacement is found in the first: the correlation of the planes'
-    structures is searched before that of structures running from one plane to the next."""
+    structures is searched before that of structures running from one plane to the next. A
+    peak of the second search inside the first's window (not on its edge) is the first's to
+    judge."""
     c = sfft.fftshift(sfft.irfft2(fa * np.conj(fb), s=shape))
     near = _peak(c, windows[0], reach_px)
     if (near[0] is not None and near[1] >= min_significance) or windows[1] <= windows[0]:
         return near
     wide = _peak(c, windows[1], reach_px)
+    if np.abs(wide[2]).max() < windows[0]:
+        return near  # (the same peak, judged by the first search)
     return wide if wide[1] >= min_significance else near
 
 
@@ -189,7 +194,7 @@ def _shifted(plane: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return big[y0: y0 + plane.shape[0], x0: x0 + plane.shape[1]]
 
 
-def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 2.0,
+def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 3.0,
                         min_significance: float = MIN_SIGNIFICANCE) -> np.ndarray:
     """Lateral position of each plane's content relative to the planes' median (pixels).
 
@@ -270,7 +275,7 @@ def plane_displacements(stack: np.ndarray, pixel_size_um: float, *, max_shift_um
     return pos - np.median(pos, axis=0)
 
 
-def register_planes(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 2.0,
+def register_planes(stack: np.ndarray, pixel_size_um: float, *, max_shift_um: float = 3.0,
                     min_significance: float = MIN_SIGNIFICANCE) -> tuple[np.ndarray, np.ndarray]:
     """Shift the planes of a z-stack by whole pixels onto their median lateral position.
 
