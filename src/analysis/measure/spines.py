@@ -35,7 +35,9 @@ What is assumed
   noise correlated by smoothing or interpolation traces no dendrite) for the foreground.
 - A spine is a maximum of the scale-normalised blob filter (negative Laplacian of Gaussian)
   outside the shaft core and within reach of a shaft, round enough (Hessian eigenvalue ratio)
-  and with enough contrast against noise and against the shaft next to it; a head is a blob
+  and with enough contrast against noise and against the shaft next to it (a larger fraction
+  of the shaft's brightness than the shafts vary by along their own length, measured on the
+  image: :func:`_shaft_variation`); a head is a blob
   over a range of scales, so its response passes the noise cut at a neighbouring head radius
   too (a maximum significant at one scale only is noise or pixel texture): protrusions
   attached by a neck and heads whose neck is too dim to be seen are both found. Roundness is
@@ -127,6 +129,14 @@ _MAX_FINER = 4.0  # at most this many times finer (a shaft of a pixel or two car
 #: image and recall fell from 0.84 to 0.06). The noise of such an image is then taken from its
 #: shafts instead (see :func:`_candidates`).
 CLIPPED_BACKGROUND_SHARE = 0.5
+
+#: Shaft-contrast floor used when the image's own is not measurable (fewer than 20 centreline
+#: pixels): a head's smoothed intensity at least this fraction of the shaft's beside it.
+FALLBACK_SHAFT_CONTRAST = 0.05
+#: Lowest shaft-contrast floor a measurement may give: a noise-free synthetic shaft varies by
+#: nothing along its length, and a head dimmer than 1 % of the shaft beside it is within the
+#: flank of the shaft's own light in any two-photon image.
+MIN_SHAFT_CONTRAST = 0.01
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -1002,7 +1012,7 @@ def _shaft_model(flat: np.ndarray, tr: DendriteTrace, cy: np.ndarray, cx: np.nda
 def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: DendriteTrace, *,
                 max_reach_shaft_diameters: float, head_radius_shaft_ratios: Sequence[float],
                 min_separation_head_diameters: float, k_sigma: float,
-                min_shaft_contrast: float, min_offset_shaft_radii: float,
+                min_shaft_contrast: float | None, min_offset_shaft_radii: float,
                 min_dendrite_relative_intensity: float, min_snr: float, min_blobness: float) -> pd.DataFrame:
     """All head-like maxima near a shaft with their features and score (no cut applied).
 
@@ -1165,6 +1175,8 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     z_near = _neighbour_scale_z(z_scale, best_i[yy, xx], yy, xx)
     del z_scale
     sm = ndi.gaussian_filter(flat, max(0.7, 0.35 * float(np.median(radii))))
+    if min_shaft_contrast is None:
+        min_shaft_contrast = _shaft_variation(sm, tr)
     if yy.size > 1:
         # one protrusion, one head: a weaker maximum on the path from a head to the shaft
         # (its neck, or the neck's base on the shaft's flank) is part of that spine. Only a
@@ -1251,6 +1263,33 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     })
     df["type"] = classify_spines(df["head_diameter_um"], df["neck_length_um"])
     return df.sort_values(["y", "x"], ignore_index=True)
+
+
+def _shaft_variation(sm: np.ndarray, tr: DendriteTrace, window_shaft_radii: float = 4.0) -> float:
+    """The shafts' own relative variation along their length: the floor of a head's contrast.
+
+    ``sm`` (the background-flattened image smoothed at the heads' scale) is read on the
+    centrelines; each pixel's value relative to the running median of its centreline within
+    ``window_shaft_radii`` shaft radii, minus 1, is the shaft's relative variation there (its
+    texture, beads, haze and noise; heads over the shaft and spine bases are a minority, so a
+    robust sigma leaves them out). Its robust sigma over all centrelines is returned, at least
+    :data:`MIN_SHAFT_CONTRAST`, or :data:`FALLBACK_SHAFT_CONTRAST` when fewer than 20
+    centreline pixels are bright enough to measure it. A candidate beside the shaft whose
+    smoothed intensity is a smaller fraction of the shaft's is within what the shaft itself
+    varies by (the flank of a brighter stretch of shaft, a ripple of out-of-focus light).
+    """
+    r = tr.shaft_radius_px
+    yy, xx = np.nonzero(tr.skeleton)
+    if yy.size >= 20:
+        v = sm[yy, xx]
+        tree = cKDTree(np.c_[yy, xx])
+        level = _neighbour_medians(v, tree.query_ball_point(np.c_[yy, xx], window_shaft_radii * r))
+        ok = level > 0
+        if ok.sum() >= 20:
+            sigma = _robust_sigma(v[ok] / level[ok] - 1.0)
+            if np.isfinite(sigma):
+                return float(max(sigma, MIN_SHAFT_CONTRAST))
+    return FALLBACK_SHAFT_CONTRAST
 
 
 def _centreline_maxima(vst: np.ndarray, tr: DendriteTrace, window_shaft_radii: float = 4.0,
@@ -1510,7 +1549,7 @@ def _head_diameters(sm: np.ndarray, yy: np.ndarray, xx: np.ndarray, r: float) ->
 
 
 def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4.0,
-                  min_snr: float = 1.0, min_shaft_contrast: float = 0.05, min_blobness: float = 0.3,
+                  min_snr: float = 1.0, min_shaft_contrast: float | None = None, min_blobness: float = 0.3,
                   max_reach_shaft_diameters: float = 3.0, min_offset_shaft_radii: float = 0.8,
                   head_radius_shaft_ratios: Sequence[float] = (0.4, 0.6, 0.85, 1.2),
                   min_separation_head_diameters: float = 1.0,
@@ -1568,9 +1607,17 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
         at the head's radius and at a neighbouring one of ``head_radius_shaft_ratios``.
     min_snr : float
         Smallest score kept (1 = exactly at both thresholds).
-    min_shaft_contrast : float
-        Smallest head contrast (over background) relative to the shaft next to it; rejects
-        texture and out-of-focus haze that the noise level does not.
+    min_shaft_contrast : float or None
+        Smallest head contrast (over background, smoothed at the heads' scale) relative to the
+        shaft next to it; rejects texture and out-of-focus haze that the noise level does not.
+        None (default): measured on the image, as the shafts' own relative variation along
+        their length (robust sigma of the smoothed centreline over its running median within
+        4 shaft radii; texture, beads, haze and noise together), at least
+        :data:`MIN_SHAFT_CONTRAST` (:data:`FALLBACK_SHAFT_CONTRAST` where the centrelines are
+        too short to measure it). It reads 0.016 / 0.025 / 0.042 on the simulator's high /
+        default / low SNR frames and 0.07-0.08 (median) on the real two-photon frames of
+        ``../shared/realdata/spines_2p``. A float fixes it (0.05 gives the detector's earlier
+        fixed default).
     min_blobness : float
         Smallest ratio of the smaller to the larger Hessian eigenvalue magnitude at the head,
         without the shaft (1 for a round blob, 0 for a line such as a neck).
@@ -1621,6 +1668,9 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
     img, stack, px = _check_image(image, pixel_size_um)
     if not np.isfinite(min_snr) or min_snr < 0:
         raise ValueError(f"min_snr must be >= 0, got {min_snr!r}")
+    if min_shaft_contrast is not None and not (np.isfinite(min_shaft_contrast) and min_shaft_contrast > 0):
+        raise ValueError(f"min_shaft_contrast must be > 0 (a fraction of the shaft's intensity, e.g. 0.05) or None "
+                         f"(measured on the image), got {min_shaft_contrast!r}")
     trace_defaults = dict(k_sigma=4.0, min_length_shaft_diameters=4.0, min_shaft_diameter_um=0.2,
                           max_shaft_diameter_um=6.0)
     tr = trace if trace is not None else _trace(img, px, **trace_defaults)
