@@ -310,6 +310,22 @@ def test_the_shaft_contrast_floor_is_the_shafts_own_variation():
         img, heads = _dim_heads_beside(seed, 6.0, texture=0.1)
         found += len(detect_spines(img, PX))
     assert found == 0
+    # a shaft saturated at the top of the range (real 8-bit frames: 80-90 % of some frames'
+    # centrelines at 255) shows no variation of its own: the fallback, not the 1 % minimum
+    from analysis.measure.spines import FALLBACK_SHAFT_CONTRAST
+
+    clipped = np.minimum(smooth, 80.0)
+    tr = trace_dendrites(clipped, PX)
+    sm = ndi.gaussian_filter(clipped - tr.background, 1.0)
+    assert _shaft_variation(sm, tr, unclipped=clipped < 80.0) == FALLBACK_SHAFT_CONTRAST
+    assert _shaft_variation(sm, tr) == MIN_SHAFT_CONTRAST
+    # and the detector uses the fallback there: heads of ~4 % of the clipped shaft are cut as
+    # with the fixed 0.05 (all 36 found with the 1 % minimum)
+    img, heads = _dim_heads_beside(0, 3.0)
+    img = np.minimum(img, np.float32(80.0))
+    assert match_points(detect_spines(img, PX)[["y", "x"]].to_numpy(), heads, 5.0).tp == 0
+    assert match_points(detect_spines(img, PX, min_shaft_contrast=MIN_SHAFT_CONTRAST)[["y", "x"]].to_numpy(),
+                        heads, 5.0).tp >= 11
 
 
 def test_a_head_over_the_shaft_is_found_as_a_maximum_along_its_centreline():

@@ -1176,7 +1176,8 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     del z_scale
     sm = ndi.gaussian_filter(flat, max(0.7, 0.35 * float(np.median(radii))))
     if min_shaft_contrast is None:
-        min_shaft_contrast = _shaft_variation(sm, tr)
+        top = float(img.max())  # (a plateau stays exact through the finer grid's spline)
+        min_shaft_contrast = _shaft_variation(sm, tr, unclipped=img < top - 1e-6 * max(abs(top), 1.0))
     if yy.size > 1:
         # one protrusion, one head: a weaker maximum on the path from a head to the shaft
         # (its neck, or the neck's base on the shaft's flank) is part of that spine. Only a
@@ -1265,7 +1266,8 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     return df.sort_values(["y", "x"], ignore_index=True)
 
 
-def _shaft_variation(sm: np.ndarray, tr: DendriteTrace, window_shaft_radii: float = 4.0) -> float:
+def _shaft_variation(sm: np.ndarray, tr: DendriteTrace, window_shaft_radii: float = 4.0,
+                     unclipped: np.ndarray | None = None) -> float:
     """The shafts' own relative variation along their length: the floor of a head's contrast.
 
     ``sm`` (the background-flattened image smoothed at the heads' scale) is read on the
@@ -1274,7 +1276,9 @@ def _shaft_variation(sm: np.ndarray, tr: DendriteTrace, window_shaft_radii: floa
     texture, beads, haze and noise; heads over the shaft and spine bases are a minority, so a
     robust sigma leaves them out). Its robust sigma over all centrelines is returned, at least
     :data:`MIN_SHAFT_CONTRAST`, or :data:`FALLBACK_SHAFT_CONTRAST` when fewer than 20
-    centreline pixels are bright enough to measure it. A candidate beside the shaft whose
+    centreline pixels are bright enough to measure it. Centreline pixels outside ``unclipped``
+    (the image's maximum: a shaft saturated at the top of the detector's range shows no
+    variation of its own) are not counted. A candidate beside the shaft whose
     smoothed intensity is a smaller fraction of the shaft's is within what the shaft itself
     varies by (the flank of a brighter stretch of shaft, a ripple of out-of-focus light).
     """
@@ -1285,6 +1289,8 @@ def _shaft_variation(sm: np.ndarray, tr: DendriteTrace, window_shaft_radii: floa
         tree = cKDTree(np.c_[yy, xx])
         level = _neighbour_medians(v, tree.query_ball_point(np.c_[yy, xx], window_shaft_radii * r))
         ok = level > 0
+        if unclipped is not None:
+            ok &= unclipped[yy, xx]
         if ok.sum() >= 20:
             sigma = _robust_sigma(v[ok] / level[ok] - 1.0)
             if np.isfinite(sigma):
