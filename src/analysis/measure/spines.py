@@ -1175,9 +1175,11 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     z_near = _neighbour_scale_z(z_scale, best_i[yy, xx], yy, xx)
     del z_scale
     sm = ndi.gaussian_filter(flat, max(0.7, 0.35 * float(np.median(radii))))
+    centreline = _centreline_neighbours(tr)  # (for the contrast floor and the maxima along the shaft)
     if min_shaft_contrast is None:
         top = float(img.max())  # (a plateau stays exact through the finer grid's spline)
-        min_shaft_contrast = _shaft_variation(sm, tr, unclipped=img < top - 1e-6 * max(abs(top), 1.0))
+        min_shaft_contrast = _shaft_variation(sm, tr, unclipped=img < top - 1e-6 * max(abs(top), 1.0),
+                                              centreline=centreline)
     if yy.size > 1:
         # one protrusion, one head: a weaker maximum on the path from a head to the shaft
         # (its neck, or the neck's base on the shaft's flank) is part of that spine. Only a
@@ -1220,7 +1222,7 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
         bright_planes = np.sort(np.argsort(stack.mean(axis=(1, 2)), kind="stable")[-3:])
         fit = _noise_model(stack[bright_planes].reshape(-1, stack.shape[-1]))
         vst_stack = _stabilise(stack.reshape(-1, stack.shape[-1]), fit).reshape(stack.shape)
-    py, pxx, pz, pplane = _centreline_maxima(vst_plain, tr, vst_stack=vst_stack)
+    py, pxx, pz, pplane = _centreline_maxima(vst_plain, tr, vst_stack=vst_stack, centreline=centreline)
     if py.size:
         ok = bright[tr.labels[py, pxx]]
         ok &= (py >= edge) & (py < img.shape[0] - edge) & (pxx >= edge) & (pxx < img.shape[1] - edge)
@@ -1266,8 +1268,18 @@ def _candidates(img: np.ndarray, stack: np.ndarray | None, px: float, tr: Dendri
     return df.sort_values(["y", "x"], ignore_index=True)
 
 
+def _centreline_neighbours(tr: DendriteTrace, window_shaft_radii: float = 4.0) -> tuple[
+        np.ndarray, np.ndarray, cKDTree, np.ndarray]:
+    """The centreline pixels (``yy``, ``xx``), their KD-tree and each one's neighbours along
+    the centreline within ``window_shaft_radii`` shaft radii (a ``query_ball_point`` result)."""
+    yy, xx = np.nonzero(tr.skeleton)
+    tree = cKDTree(np.c_[yy, xx])
+    return yy, xx, tree, tree.query_ball_point(np.c_[yy, xx], window_shaft_radii * tr.shaft_radius_px)
+
+
 def _shaft_variation(sm: np.ndarray, tr: DendriteTrace, window_shaft_radii: float = 4.0,
-                     unclipped: np.ndarray | None = None) -> float:
+                     unclipped: np.ndarray | None = None,
+                     centreline: tuple | None = None) -> float:
     """The shafts' own relative variation along their length: the floor of a head's contrast.
 
     ``sm`` (the background-flattened image smoothed at the heads' scale) is read on the
@@ -1281,13 +1293,12 @@ def _shaft_variation(sm: np.ndarray, tr: DendriteTrace, window_shaft_radii: floa
     variation of its own) are not counted. A candidate beside the shaft whose
     smoothed intensity is a smaller fraction of the shaft's is within what the shaft itself
     varies by (the flank of a brighter stretch of shaft, a ripple of out-of-focus light).
+    ``centreline``: :func:`_centreline_neighbours` of ``tr`` with this window, if at hand.
     """
-    r = tr.shaft_radius_px
-    yy, xx = np.nonzero(tr.skeleton)
+    yy, xx, _, near = centreline if centreline is not None else _centreline_neighbours(tr, window_shaft_radii)
     if yy.size >= 20:
         v = sm[yy, xx]
-        tree = cKDTree(np.c_[yy, xx])
-        level = _neighbour_medians(v, tree.query_ball_point(np.c_[yy, xx], window_shaft_radii * r))
+        level = _neighbour_medians(v, near)
         ok = level > 0
         if unclipped is not None:
             ok &= unclipped[yy, xx]
@@ -1299,7 +1310,8 @@ def _shaft_variation(sm: np.ndarray, tr: DendriteTrace, window_shaft_radii: floa
 
 
 def _centreline_maxima(vst: np.ndarray, tr: DendriteTrace, window_shaft_radii: float = 4.0,
-                       vst_stack: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                       vst_stack: np.ndarray | None = None,
+                       centreline: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Local maxima of the shaft's brightness along its centreline (pixels y, x, noise sigmas,
     and the plane of a head found in ``vst_stack``, -1 elsewhere).
 
@@ -1315,12 +1327,10 @@ def _centreline_maxima(vst: np.ndarray, tr: DendriteTrace, window_shaft_radii: f
     """
     empty = np.empty(0, int), np.empty(0, int), np.empty(0), np.empty(0, int)
     r = tr.shaft_radius_px
-    yy, xx = np.nonzero(tr.skeleton)
+    yy, xx, tree, near = centreline if centreline is not None else _centreline_neighbours(tr, window_shaft_radii)
     if yy.size < 20:
         return empty
     v = ndi.gaussian_filter(vst, max(0.7, 0.5 * r))[yy, xx]
-    tree = cKDTree(np.c_[yy, xx])
-    near = tree.query_ball_point(np.c_[yy, xx], window_shaft_radii * r)
     excess = v - _neighbour_medians(v, near)
     sigma = _robust_sigma(excess)
     if not np.isfinite(sigma) or sigma <= 0:
@@ -1621,7 +1631,7 @@ def detect_spines(image: np.ndarray, pixel_size_um: float, *, k_sigma: float = 4
         4 shaft radii; texture, beads, haze and noise together), at least
         :data:`MIN_SHAFT_CONTRAST` (:data:`FALLBACK_SHAFT_CONTRAST` where the centrelines are
         too short to measure it). It reads 0.016 / 0.025 / 0.042 on the simulator's high /
-        default / low SNR frames and 0.07-0.08 (median) on the real two-photon frames of
+        default / low SNR frames and 0.07-0.09 (medians) on the real two-photon frames of
         ``../shared/realdata/spines_2p``. A float fixes it (0.05 gives the detector's earlier
         fixed default).
     min_blobness : float
