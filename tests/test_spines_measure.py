@@ -294,8 +294,8 @@ def test_dim_heads_beside_a_smooth_shaft_are_found():
 def test_the_shaft_contrast_floor_is_the_shafts_own_variation():
     # a smooth shaft varies by its noise only (the 1 % minimum); one whose brightness varies by
     # +-10 % along it (a sine of 2.4 shaft radii: robust sigma ~0.1 over its running median)
-    # reads about that, and heads of 3-6 % of the shaft beside it are within the shaft's own
-    # variation, so none is taken
+    # reads about that, and heads of ~6 % of the shaft beside it are within the shaft's own
+    # variation, so none is taken (the fixed 0.05 takes 3 of 36)
     from scipy import ndimage as ndi
 
     from analysis.measure.spines import MIN_SHAFT_CONTRAST, _shaft_variation
