@@ -49,11 +49,13 @@ calibrate: setup
 
 # validation against real images, an independent simulator (sim-fish) and the peer big-fish;
 # puncta in sim-fish z-stacks; then the spine images' quality columns against the hand-marked
-# real frames (every 5th frame)
+# real frames (every 5th frame); then spine detection on our simulator beside an oracle that
+# knows the bare dendrites and the ideal observer (~2 min)
 validate: $(VALIDATE_STAMP)
 	$(PY) benchmarks/validate_real.py
 	$(PY) benchmarks/validate_stacks.py
 	$(PY) benchmarks/validate_spine_quality.py --every 5
+	$(PY) benchmarks/spine_bounds.py
 
 $(VALIDATE_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,validate]"

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 
@@ -21,6 +22,7 @@ from analysis.sim.spines import (
     SNR_LEVELS,
     SPINE_MORPHOLOGY,
     evolve_spines,
+    render_again,
     render_session,
     simulate_dendrite_truth,
     simulate_repeat_imaging,
@@ -505,3 +507,43 @@ def test_repeat_imaging_has_no_turnover() -> None:
     ids_b = b.spines["spine_id"].to_numpy()[match.pairs[:, 0]]
     ids_a = a.spines["spine_id"].to_numpy()[match.pairs[:, 1]]
     assert np.mean(ids_a == ids_b) >= 0.95
+
+
+def test_render_again_keeps_the_motion_and_changes_only_what_is_imaged() -> None:
+    sessions = simulate_spine_sessions(3, preset="test", snr="low", plane_jitter_um=0.1)
+    a, _ = simulate_repeat_imaging(3, preset="test")
+    for ses in (sessions[1], a):
+        # the session itself, to the last bit (motion, warp, plane shifts, background and noise)
+        again = render_again(ses)
+        np.testing.assert_array_equal(again.image, ses.image)
+        pd.testing.assert_frame_equal(again.spines, ses.spines)
+        assert again.info == ses.info
+    ses = sessions[1]
+    # the stack behind the projection: its expected maximum over planes is the projection's
+    stack = render_again(ses, mode="stack")
+    assert stack.image.ndim == 3 and stack.info["mode"] == "stack"
+    np.testing.assert_allclose(stack.expected.max(axis=0), ses.expected, rtol=1e-6)
+    np.testing.assert_allclose(stack.spines[["y", "x"]], ses.spines[["y", "x"]])
+    # the bare dendrites: darker only where the spines' light reaches (the PSF within 4 sigmas
+    # of a head, neck or base), the same elsewhere
+    bare = render_again(ses, with_spines(ses.truth, ses.truth.spines.iloc[:0]))
+    assert len(bare.spines) == 0
+    light = ses.expected - bare.expected
+    assert light.min() > -1e-4
+    px = ses.info["pixel_size_um"]
+    t = np.linspace(0.0, 1.0, 30)[:, None]
+    ends = ses.spines[["y", "x", "base_y", "base_x"]].to_numpy()
+    path = np.concatenate([e[:2] + t * (e[2:] - e[:2]) for e in ends])  # head to base, in pixels
+    grid = np.argwhere(np.ones(light.shape, bool))
+    dist = cKDTree(path).query(grid)[0].reshape(light.shape) * px
+    # (the PSF's kernel ends at 4 sigmas; heads are at most 1.6 um across; planes shift by ~0.1 um)
+    near = dist <= 4 * ses.info["psf_sigma_xy_um"] + 0.8 + 0.5
+    assert np.abs(light[~near]).max() < 1e-4
+    # each head's own light: at its centre, the head is brighter than the bare dendrites
+    iy, ix = np.rint(ses.spines[["y", "x"]].to_numpy()).astype(int).T
+    inside = (iy >= 0) & (iy < light.shape[0]) & (ix >= 0) & (ix < light.shape[1])
+    assert (light[iy[inside], ix[inside]] > 0).all()
+    with pytest.raises(ValueError, match="not imaging settings"):
+        render_again(ses, drift_um=(1.0, 0.0))
+    with pytest.raises(ValueError, match="render_seed"):
+        render_again(render_session(ses.truth, 0))

@@ -16,7 +16,9 @@ seeded :class:`numpy.random.Generator`:
   shot noise, uniform background and Gaussian read noise.  Returns the truth in the pixel
   coordinates of that image.
 * :func:`simulate_spine_sessions` (named presets and SNR levels) and
-  :func:`simulate_repeat_imaging` (two sessions minutes apart, no turnover).
+  :func:`simulate_repeat_imaging` (two sessions minutes apart, no turnover);
+  :func:`render_again` images one of their sessions again with the same motion and
+  background, of another truth (e.g. the bare dendrites) or as the stack behind a projection.
 
 What is modelled
 ----------------
@@ -114,6 +116,7 @@ __all__ = [
     "SPINE_TYPES",
     "SpineSession",
     "evolve_spines",
+    "render_again",
     "render_session",
     "simulate_dendrite_truth",
     "simulate_repeat_imaging",
@@ -1076,11 +1079,80 @@ def _settings(preset: str | Mapping[str, Any], snr: str | Mapping[str, float], o
     return cfg
 
 
-def _render_with_motion(truth: DendriteTruth, rng: np.random.Generator, cfg: Mapping[str, Any]) -> SpineSession:
-    drift = rng.normal(0.0, [cfg["drift_sd_um"], cfg["drift_sd_um"], cfg.get("drift_z_sd_um", 0.0)])
-    rotation = float(rng.normal(0.0, cfg["rotation_sd_deg"]))
-    return render_session(truth, rng, drift_um=tuple(drift), rotation_deg=rotation,
-                          deformation_um=cfg["deformation_um"], **{k: cfg[k] for k in _RENDER_KEYS if k in cfg})
+def _session_rng(seed: np.random.SeedSequence, drift_sd_um: float, drift_z_sd_um: float,
+                 rotation_sd_deg: float) -> tuple[np.random.Generator, np.ndarray, float]:
+    """The generator of one session's rendering, after its drift (y, x, z um) and rotation
+    (degrees) are drawn from it: the one place of that order of draws."""
+    rng = np.random.default_rng(seed)
+    drift = rng.normal(0.0, [drift_sd_um, drift_sd_um, drift_z_sd_um])
+    rotation = float(rng.normal(0.0, rotation_sd_deg))
+    return rng, drift, rotation
+
+
+def _render_with_motion(truth: DendriteTruth, seed: np.random.SeedSequence, cfg: Mapping[str, Any]) -> SpineSession:
+    rng, drift, rotation = _session_rng(seed, cfg["drift_sd_um"], cfg.get("drift_z_sd_um", 0.0), cfg["rotation_sd_deg"])
+    session = render_session(truth, rng, drift_um=tuple(drift), rotation_deg=rotation,
+                             deformation_um=cfg["deformation_um"], **{k: cfg[k] for k in _RENDER_KEYS if k in cfg})
+    session.info["render_seed"] = {"entropy": seed.entropy, "spawn_key": [int(k) for k in seed.spawn_key]}
+    return session
+
+
+def render_again(session: SpineSession, truth: DendriteTruth | None = None, **overrides: Any) -> SpineSession:
+    """The field of a simulated session imaged again with the same motion and background.
+
+    Used to ask what the same image would hold with another truth: without spines (the
+    shafts and background a detector has to tell heads from), with one spine only (its own
+    light), or as the z-stack behind a projection (``mode="stack"``).
+
+    Parameters
+    ----------
+    session : SpineSession
+        A session of :func:`simulate_spine_sessions` or :func:`simulate_repeat_imaging`
+        (its ``info["render_seed"]`` names the random stream it was rendered from).
+    truth : DendriteTruth, optional
+        What to image (default: ``session.truth``), e.g. ``with_spines(session.truth,
+        session.truth.spines.iloc[:0])`` for the bare dendrites.
+    **overrides
+        Imaging settings of :func:`render_session` to change (``mode``, ``dtype``, the
+        photon figures, ...); the rest are the session's (``session.info``).
+
+    Returns
+    -------
+    SpineSession
+        Same drift, rotation, warp, plane shifts and background variation as ``session``
+        (the last two as long as ``plane_jitter_um`` and the pixel grid are not overridden).
+        ``expected`` is exact; the noise draws are the same only while the expected image
+        is (Poisson draws use a varying number of random numbers), so with the session's
+        own truth and settings the image is ``session.image`` to the last bit.
+
+    Examples
+    --------
+    >>> session = simulate_spine_sessions(0, preset="test")[1]
+    >>> bool((render_again(session).image == session.image).all())
+    True
+    >>> bare = render_again(session, with_spines(session.truth, session.truth.spines.iloc[:0]))
+    >>> bool((bare.expected <= session.expected + 1e-4).all()), len(bare.spines)
+    (True, 0)
+    """
+    info = session.info
+    seed = info.get("render_seed")
+    if seed is None:
+        raise ValueError("render_again: the session has no info['render_seed'] (only sessions of "
+                         "simulate_spine_sessions and simulate_repeat_imaging can be rendered again); "
+                         "call render_session with a seeded generator instead")
+    unknown = sorted(set(overrides) - set(_RENDER_KEYS))
+    if unknown:
+        raise ValueError(f"render_again: {unknown} are not imaging settings; use one of {list(_RENDER_KEYS)}")
+    # the drift and rotation are drawn first (their values are the session's, in info)
+    rng, _, _ = _session_rng(np.random.SeedSequence(seed["entropy"], spawn_key=tuple(seed["spawn_key"])),
+                             1.0, 1.0, 1.0)
+    settings = {**{k: info[k] for k in _RENDER_KEYS if k in info}, **overrides}
+    out = render_session(session.truth if truth is None else truth, rng, drift_um=tuple(info["drift_um"]),
+                         rotation_deg=float(info["rotation_deg"]), deformation_um=float(info["deformation_um"]),
+                         **settings)
+    out.info.update({k: v for k, v in info.items() if k not in out.info})
+    out.info["render_seed"] = seed
+    return out
 
 
 def simulate_spine_sessions(
@@ -1165,7 +1237,7 @@ def simulate_spine_sessions(
                                   loss_rate_per_day=cfg["loss_rate_per_day"], target_density_ratio=ratio)
         cfg_i = cfg if scales[i] == 1.0 else {**cfg, "signal_photons": cfg["signal_photons"] * scales[i],
                                                "background_photons": cfg["background_photons"] * scales[i]}
-        session = _render_with_motion(truth, np.random.default_rng(render_ss[i]), cfg_i)
+        session = _render_with_motion(truth, render_ss[i], cfg_i)
         session.info.update({"session": i, "target_density_ratio": ratio, "photon_scale": scales[i]})
         sessions.append(session)
         log.info("session %d (day %g): %d spines, density %.3f per um", i, day, len(truth.spines),
@@ -1219,7 +1291,7 @@ def simulate_repeat_imaging(
                                     **{k: cfg[k] for k in _TRUTH_KEYS if k in cfg})
     out = []
     for i, ss in enumerate(render_root.spawn(2)):
-        session = _render_with_motion(truth, np.random.default_rng(ss), cfg)
+        session = _render_with_motion(truth, ss, cfg)
         session.info.update({"session": i, "interval_min": float(interval_min) * i, "repeat": True})
         out.append(session)
     return out[0], out[1]
