@@ -146,7 +146,7 @@ def one_seed(job: tuple[str, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
                           "n_detected": int((value >= t).sum()), "n_true": len(truth)})
         near = max(1, int(round(0.25 / px)))
         at_head = ndi.maximum_filter(stat, size=2 * near + 1)
-        iy, ix = (np.clip(np.rint(true_yx[:, i]).astype(int), 0, stat.shape[i] - 1) for i in (0, 1))
+        iy, ix = (np.clip(np.rint(true_yx[:, ax]).astype(int), 0, stat.shape[ax] - 1) for ax in (0, 1))
         dprime = ideal_dprime(ses, full, bare, rng)[ses.spines["in_field"].to_numpy(bool)]
         nn = cKDTree(true_yx).query(true_yx, 2)[0][:, 1] * px if len(truth) > 1 else np.full(len(truth), np.inf)
         heads.append(pd.DataFrame({"level": level, "seed": seed, "session": k,
