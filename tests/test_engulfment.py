@@ -185,10 +185,12 @@ def test_three_dimensional_stack() -> None:
 @pytest.fixture(scope="module")
 def phantom_fields():
     phantoms = pytest.importorskip("analysis.sim.phantoms")
+    # six fields per SNR level, each its own draw (about 75 cells; the two levels used to share
+    # their four seeds, so the same 28 cells counted twice)
     return [
-        phantoms.render_terminal_field(np.random.default_rng([13, s]), shape=(640, 640),
+        phantoms.render_terminal_field(np.random.default_rng([13, i, s]), shape=(640, 640),
                                        snr=phantoms.SNR_LEVELS[level], engulfed_per_cell=3.0)
-        for level in ("default", "hard") for s in range(4)
+        for i, level in enumerate(("default", "hard")) for s in range(6)
     ]
 
 
@@ -211,14 +213,17 @@ def test_engulfment_on_phantoms(phantom_fields) -> None:
     recall = p["true_hits"].sum() / p["engulfed_count"].sum()
     false_per_cell = (p["engulfed_puncta"] - p["true_hits"]).mean()
     # lysosomes are disks blurred by the PSF, combined by maximum; each is cut at half of its
-    # own level (the brightest value within the edge reach): measured recall 1.00, 0.07 false
-    # per cell, area ratio 0.97, r 0.99 (CD68 area r 0.97).  Cutting a dim lysosome merged
-    # with a bright one at half the bright peak, on the lightly smoothed image, gave recall
-    # 0.92, area ratio 0.82, r 0.96 (CD68 area r 0.88)
+    # own level (the brightest value within the edge reach).  Over 12 draws of these 12 fields
+    # (seeds [13 + 100 k, level, field], k = 0-11; benchmarks/RESULTS.md, session 54): recall
+    # 0.978-1.000, false per cell 0.015-0.118, area ratio 0.961-0.973, r 0.967-0.997, CD68 area
+    # r 0.944-0.980.  The false counts are ordinary puncta lying over a lysosome of a process:
+    # in the image they are inside CD68 inside the cell, so any image-based count takes them.
+    # Cutting a dim lysosome merged with a bright one at half the bright peak, on the lightly
+    # smoothed image, gave recall 0.92, area ratio 0.82, r 0.96 (CD68 area r 0.88)
     assert 0.97 <= recall <= 1.0
     assert false_per_cell <= 0.2
     assert 0.9 <= p["cd68_area_um2"].sum() / p["cd68_area_um2_true"].sum() <= 1.05
-    assert pearsonr(p["engulfed_puncta"], p["engulfed_count"])[0] >= 0.97
+    assert pearsonr(p["engulfed_puncta"], p["engulfed_count"])[0] >= 0.95
     assert pearsonr(p["cd68_area_um2"], p["cd68_area_um2_true"])[0] >= 0.93
 
 

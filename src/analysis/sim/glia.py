@@ -28,7 +28,9 @@ from analysis.sim.optics import (
     _READ_E,
     _render_disks,
     _render_gaussians,
+    _ROUNDING,
     _smooth_noise,
+    _substeps,
     _wrap,
 )
 from analysis.sim.neuropil import _PUNCTA_MIN_DIST_UM, _psd95_channel
@@ -332,7 +334,9 @@ def _prune_stubs(
     n_children = np.bincount(seg_parent[seg_parent >= 0], minlength=n_seg)
     kept = np.ones(n_seg, dtype=bool)
     for s in range(n_seg - 1, -1, -1):  # children come after their parents
-        if seg_parent[s] >= 0 and n_children[s] == 0 and seg_len[s] < min_um:
+        # a stub of whole steps adding up to ``min_um`` is kept on every CPU (its summed
+        # length is min_um to within rounding, which differs between vector code paths)
+        if seg_parent[s] >= 0 and n_children[s] == 0 and seg_len[s] < min_um * (1 - _ROUNDING):
             kept[s] = False
             n_children[seg_parent[s]] -= 1
     keep_pt = kept[pt_seg]
@@ -522,7 +526,7 @@ def _densify_index(pt_seg: np.ndarray, yx: np.ndarray, max_step: float) -> tuple
     """Index of the starting point and fraction along each step for dense sampling."""
     same = pt_seg[1:] == pt_seg[:-1]
     length = np.hypot(*(yx[1:] - yx[:-1]).T)
-    nsub = np.where(same, np.maximum(1, np.ceil(length / max_step)), 1).astype(np.int64)
+    nsub = np.where(same, _substeps(length, max_step), 1)
     src = np.repeat(np.arange(len(nsub)), nsub)
     t = (np.arange(len(src)) - np.repeat(np.cumsum(nsub) - nsub, nsub)) / nsub[src]
     t = np.where(same[src], t, 0.0)

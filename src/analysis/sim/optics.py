@@ -423,6 +423,29 @@ def _broad_blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
     return ndi.map_coordinates(small, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest")
 
 
+#: relative tolerance for lengths made of whole steps of a fixed size: their sums differ
+#: between CPUs by a few units in the last place (vector code for sin, cos and hypot), and a
+#: comparison at a whole number of steps must not depend on that
+_ROUNDING = 1e-9
+
+
+def _substeps(length: np.ndarray, max_step: float) -> np.ndarray:
+    """Number of equal sub-steps (at least 1) that cover each ``length`` in steps <= ``max_step``.
+
+    A length that is a whole number of ``max_step`` up to rounding gets exactly that number.
+    The simulated processes grow in steps of a fixed length, so their segments are whole
+    multiples of the sampling step to within a few units in the last place, and those units
+    depend on the CPU's vector code for ``sin`` and ``cos``. A bare ``ceil`` would then
+    subdivide a segment into n or n + 1 pieces depending on the machine, and the same seed
+    would give a different image on another CPU.
+
+    >>> _substeps(np.array([1.0, 1.0 + 1e-15, 1.2, 0.0]), 0.5).tolist()
+    [2, 2, 3, 1]
+    """
+    ratio = np.asarray(length, dtype=float) / max_step
+    return np.maximum(1, np.ceil(ratio - _ROUNDING * np.maximum(ratio, 1.0))).astype(np.int64)
+
+
 def _rasterise_polyline(points: np.ndarray, max_step: float) -> tuple[np.ndarray, np.ndarray]:
     """Densify an (n, 2) polyline so consecutive points are at most ``max_step`` apart.
 
@@ -431,7 +454,7 @@ def _rasterise_polyline(points: np.ndarray, max_step: float) -> tuple[np.ndarray
     if len(points) < 2:
         return points.copy(), np.zeros(len(points), dtype=np.int64)
     seg = np.diff(points, axis=0)
-    nsub = np.maximum(1, np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / max_step).astype(np.int64))
+    nsub = _substeps(np.hypot(seg[:, 0], seg[:, 1]), max_step)
     src = np.repeat(np.arange(len(seg)), nsub)
     t = np.arange(len(src)) - np.repeat(np.cumsum(nsub) - nsub, nsub)
     t = t / nsub[src]
