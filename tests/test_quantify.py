@@ -84,6 +84,31 @@ def test_puncta_table_holds_the_counted_detections(quantified: Path, small_study
     assert (again / "cells.parquet").read_bytes() == (quantified / "cells.parquet").read_bytes()
 
 
+def test_pixel_size_from_the_files_metadata_is_recorded(quantified: Path, small_study: Path,
+                                                        tmp_path: Path) -> None:
+    """A sheet that leaves pixel_size_um empty (the file's OME metadata has it): the table says
+    what the image was measured with, as load_samples fills it, not NaN (figures read it for
+    their scale bars)."""
+    from analysis.io import image_info, load_samples
+
+    raw = subset_study(small_study, tmp_path / "raw", n_synapse=2, n_terminal=1)
+    sheet = pd.read_csv(raw / "samples.csv", dtype=str, keep_default_na=False)
+    blank = sheet["image_id"].iloc[[0, 2]].tolist()  # a synapse field and a terminal field (3 channels)
+    sheet.loc[sheet["image_id"].isin(blank), "pixel_size_um"] = ""
+    sheet.to_csv(raw / "samples.csv", index=False)
+    meta = {i: image_info(raw / p).pixel_size_um for i, p in zip(sheet["image_id"], sheet["path"])}
+    assert all(meta[i] is not None for i in blank)
+    m = quantify_study(raw / "samples.csv", tmp_path / "out", workers=1, progress=False).set_index("image_id")
+    assert m.loc[blank, "pixel_size_um"].tolist() == [meta[i] for i in blank]
+    assert m["pixel_size_um"].tolist() == load_samples(raw / "samples.csv")["pixel_size_um"].tolist()
+    assert m["pixel_size_um"].notna().all() and "pixel_size_um_x" not in m.columns
+    # measured with that size: the same numbers as the session's run with the sheet's value
+    full = pd.read_parquet(quantified / "measurements.parquet").set_index("image_id").loc[m.index]
+    for col in ("n_puncta", "analysed_area_um2", "microglia_count", "pixel_size_um"):
+        assert np.array_equal(m[col].astype(float), full[col].astype(float), equal_nan=True), col
+    # the z step as load_samples gives it too (NaN for a single plane)
+    assert m["z_step_um"].equals(load_samples(raw / "samples.csv").set_index("image_id")["z_step_um"])
+
 def test_numbers_follow_the_truth(quantified: Path, small_study: Path) -> None:
     m = pd.read_parquet(quantified / "measurements.parquet").merge(
         pd.read_csv(small_study / "ground_truth.csv"), on="image_id")

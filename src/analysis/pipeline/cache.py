@@ -47,7 +47,8 @@ __all__ = ["CACHE_FORMAT", "code_digest", "entry_key", "entry_path", "write_entr
 log = logging.getLogger(__name__)
 
 #: Version of the entry layout; bump it when the layout or its meaning changes.
-CACHE_FORMAT = 3  # 2: the per-punctum detections are stored too; 3: other readouts' named tables
+CACHE_FORMAT = 4  # 2: the per-punctum detections are stored too; 3: other readouts' named tables;
+#                   4: the row records the pixel size and z step the image was measured with
 
 _ROW_KEY = b"analysis.row"
 _PUNCTA_KEY = b"analysis.puncta"

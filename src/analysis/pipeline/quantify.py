@@ -359,11 +359,48 @@ def _quantify_row(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, pd.Da
         if problem is not None:
             return {}, {}, _failure(task, problem)
         row, tables = measure_image(data, pixel_size, roles, z_step_um=z_step, params=task["params"])
+        # what the image was measured with (the sheet's value, else the file's metadata): an
+        # empty cell of the sheet is filled with it in the measurements table
+        row = {**row, **{col: value for col, value in _measured_with(data, pixel_size, z_step).items() if col not in row}}
     except Exception as exc:  # one image must not abort the run: record it, keep the traceback in the log
         log.debug("quantifying image %r (%s) failed", task["image_id"], task["abs_path"], exc_info=True)
         return {}, {}, _failure(task, f"measuring failed with {type(exc).__name__}: {exc}; check the image "
                                       "(run with --verbose for the traceback) and report it if the image looks right")
     return row, tables, None
+
+
+#: Sheet columns that an image's row records as it was measured (:func:`_measured_with`).
+MEASURED_WITH = ("pixel_size_um", "z_step_um")
+
+
+def _measured_with(data: np.ndarray, pixel_size: float, z_step: float | None) -> dict[str, float]:
+    """The pixel size and z step an image was measured with, as :func:`analysis.io.load_samples`
+    fills them from the file's metadata when it reads the images: the z step of a single plane
+    is NaN."""
+    return {"pixel_size_um": float(pixel_size),
+            "z_step_um": float(z_step) if data.shape[1] > 1 and z_step is not None else float("nan")}
+
+
+def _fill_measured_with(samples: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The sheet with its empty :data:`MEASURED_WITH` cells filled from the images' rows (the
+    values read from each file's metadata), and the rows without those columns.
+
+    Examples
+    --------
+    >>> sheet = pd.DataFrame({"image_id": ["a", "b"], "pixel_size_um": [0.2, np.nan]})
+    >>> rows = pd.DataFrame({"image_id": ["b", "a"], "pixel_size_um": [0.325, 0.2], "n": [1, 2]})
+    >>> filled, rest = _fill_measured_with(sheet, rows)
+    >>> filled["pixel_size_um"].tolist(), list(rest.columns)
+    ([0.2, 0.325], ['image_id', 'n'])
+    """
+    samples = samples.copy()
+    for col in MEASURED_WITH:
+        if col not in rows.columns:
+            continue
+        used = samples["image_id"].map(rows.set_index("image_id")[col])
+        samples[col] = samples[col].astype(float).fillna(used) if col in samples.columns else used
+        rows = rows.drop(columns=col)
+    return samples, rows
 
 
 def _measurable(data: np.ndarray, info: Any, task: dict[str, Any],
@@ -973,7 +1010,7 @@ def quantify_study(
     rows = pd.DataFrame([{**cache.read_row(e), "image_id": image_id} for image_id, e in entries])
     if rows.empty:
         rows = pd.DataFrame({"image_id": pd.Series([], dtype=object)})
-    ok = samples[~samples["image_id"].isin(bad)]
+    ok, rows = _fill_measured_with(samples[~samples["image_id"].isin(bad)], rows)
     measurements = ok.drop(columns=["abs_path"]).merge(rows, on="image_id", how="left", validate="1:1")
     n_cells = _write_cells(entries, out / "cells.parquet")
     n_puncta = _write_puncta(entries, out / "puncta.parquet")
