@@ -36,8 +36,9 @@ b. **sim-fish** (``simfish.simulate_images``, an independent simulator; seeded t
 c. **Our phantoms** (:func:`analysis.sim.phantoms.render_synapse_field`) at every SNR level of
    :data:`analysis.sim.phantoms.SNR_LEVELS`, the same fields and scores as
    ``benchmarks/validate_puncta.py`` (its ``summarise``), for the three detectors.
-d. **Pure noise** of five kinds at 0.1 and 0.3 um pixels: false puncta per 1,000 um^2
-   (target <= 1).
+d. **Pure noise** of seven kinds at 0.1 and 0.3 um pixels (:func:`noise_image`; the last two
+   with stripes: a camera's column and row offsets, a scanner's line-to-line gain): false
+   puncta per 1,000 um^2 (target <= 1).
 e. **Speed**: median detection time per image at 256, 512 and 1024 px squares (sim-fish
    images) and the ratio ours / big-fish.
 f. **Real microglia** (``../shared/realdata/microglia_iba1_embl``, three 8-bit Iba1 fields with
@@ -84,6 +85,11 @@ n. **Puncta in JPEG images**: sim-fish's sparse bright, medium (150 nm) and crow
 o. **Puncta of varied sizes in one field**: sim-fish fields whose spot sigma is drawn per spot
    (its ``random_sigma``: normal, SD 25-40 % of the mean sigma), as puncta of one stain differ
    in size: P/R/F1 of the three detectors (big-fish and the LoG given the mean sigma).
+p. **Puncta in striped images**: sim-fish medium (150 nm), our default phantoms and pure
+   16-bit noise with their columns offset (0.25-1.5 SDs of the pixel noise: a camera's column
+   pattern) or their rows' gain jittered (3 %, 10 %: a scanner's line noise) (:data:`STRIPES`):
+   F1 (false puncta per 1,000 um^2 for the noise) of the three detectors, the stripe ratio our
+   detector measured and whether it removed the offsets (:mod:`analysis.measure.stripes`).
 
 ``benchmarks/validation_real.md`` (committed) is regenerated from a full run (all parts, not
 ``--quick``); other runs write ``benchmarks/results/validation_real.md``.
@@ -179,6 +185,17 @@ def plain_log(image: np.ndarray, pixel_size_um: float, spot_sigma_um: float, k: 
 
 
 DETECTORS: dict[str, Detector] = {"ours": ours, "big-fish": bigfish, "plain LoG": plain_log}
+
+
+def detected(name: str, detector: Detector, image: np.ndarray, px: float, sigma_um: float,
+             keys: tuple[str, ...]) -> tuple[np.ndarray, str, dict[str, float]]:
+    """Points and error note of one detector, and for ours the figures ``keys`` of its table's
+    ``attrs`` (NaN for the peers, and for a figure ours does not record)."""
+    if name != "ours":
+        pts, _, note = timed(detector, image, px, sigma_um)
+        return pts, note, dict.fromkeys(keys, np.nan)
+    found = detect_puncta(image, px)
+    return found[["y", "x"]].to_numpy(float), "", {k: float(found.attrs.get(k, np.nan)) for k in keys}
 
 
 def timed(detector: Detector, image: np.ndarray, px: float, sigma_um: float) -> tuple[np.ndarray, float, str]:
@@ -537,10 +554,19 @@ def noise_image(kind: str, rng: np.random.Generator, shape: tuple[int, int]) -> 
         lam = 200 + 1500 * xx + 2500 * np.exp(-((yy - 0.6) ** 2 + (xx - 0.4) ** 2) / (2 * 0.2**2))
         adu = 100 + 2.0 * rng.poisson(lam) + rng.normal(0, 3.0, shape)
         return np.clip(np.rint(adu), 0, 65535).astype(np.uint16)
+    if kind == "sCMOS column pattern":  # the 16-bit camera above; column offsets SD 4 ADU, rows 2 ADU
+        adu = (100 + 2.0 * rng.poisson(20.0, shape) + rng.normal(0, 3.0, shape)
+               + rng.normal(0, 4.0, (1, nx)) + rng.normal(0, 2.0, (ny, 1)))
+        return np.clip(np.rint(adu), 0, 65535).astype(np.uint16)
+    if kind == "scanner line noise":  # the photomultiplier above, each line's gain jittered by 5 %
+        n = rng.poisson(4.0, shape)
+        adu = (10 + rng.gamma(2.0 * n, 25.0)) * (1 + 0.05 * rng.standard_normal((ny, 1))) + rng.normal(0, 2.0, shape)
+        return np.clip(np.rint(adu), 0, 65535).astype(np.uint16)
     raise ValueError(kind)
 
 
-NOISE_KINDS = ("Poisson-Gaussian 16-bit", "8-bit low counts", "clipped at zero", "PMT excess noise", "widefield haze")
+NOISE_KINDS = ("Poisson-Gaussian 16-bit", "8-bit low counts", "clipped at zero", "PMT excess noise", "widefield haze",
+               "sCMOS column pattern", "scanner line noise")
 
 
 def part_d(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
@@ -930,6 +956,21 @@ WIENER_BALANCE = 0.03
 RL_ITERATIONS = 10
 
 
+def detector_cells(sub: pd.DataFrame, set_name: str) -> dict[str, str]:
+    """Per detector, the table cell of one set's rows (``tp``, ``fp``, ``fn``, ``n_found``,
+    ``area_um2``): P / R / F1, or for pure noise the false puncta per 1,000 um^2."""
+    cells = {}
+    for det_name in DETECTORS:
+        d = sub[sub.detector == det_name]
+        if set_name.startswith("pure noise"):
+            cells[det_name] = f"{fmt(1000 * d.n_found.sum() / d.area_um2.sum(), 1)} false / 1,000 um^2"
+        else:
+            t = d[["tp", "fp", "fn"]].sum()
+            p_, r_ = t.tp / max(t.tp + t.fp, 1), t.tp / max(t.tp + t.fn, 1)
+            cells[det_name] = f"{fmt(p_, 2)} / {fmt(r_, 2)} / **{fmt(2 * t.tp / max(2 * t.tp + t.fp + t.fn, 1), 2)}**"
+    return cells
+
+
 def scored(row: dict, pts: np.ndarray, truth: np.ndarray | None, match_px: float) -> dict:
     """``row`` with the one-to-one matches of ``pts`` to ``truth`` within ``match_px`` (``tp``,
     ``fp``, ``fn``; unchanged when there is no truth, as for pure noise)."""
@@ -1178,17 +1219,10 @@ def part_n(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
         for q in JPEG_QUALITIES:
             im = jpeg(img, q)
             for det_name, det in DETECTORS.items():
-                blocks = lattice = np.nan
-                if det_name == "ours":
-                    found = detect_puncta(im, px)
-                    pts, note = found[["y", "x"]].to_numpy(float), ""
-                    blocks, lattice = float(found.attrs["block_ratio"]), float(found.attrs["jpeg_lattice"])
-                else:
-                    pts, _, note = timed(det, im, px, sigma_um)
+                pts, note, seen = detected(det_name, det, im, px, sigma_um, ("block_ratio", "jpeg_lattice"))
                 rows.append(scored({"set": set_name, "quality": "8-bit" if q is None else str(q), "detector": det_name,
-                                    "n_found": len(pts), "area_um2": im.size * px**2, "block_ratio": blocks,
-                                    "jpeg_lattice": lattice, "note": note}, np.asarray(pts, float).reshape(-1, 2),
-                                   truth, SIMFISH_MATCH_PX))
+                                    "n_found": len(pts), "area_um2": im.size * px**2, **seen, "note": note},
+                                   np.asarray(pts, float).reshape(-1, 2), truth, SIMFISH_MATCH_PX))
         print(f"  n {set_name} done", flush=True)
     df = pd.DataFrame(rows)
     save(df, "n_jpeg")
@@ -1198,15 +1232,7 @@ def part_n(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
         row = {"set": set_name, "JPEG quality": q,
                "block ratio / lattice (ours, median)": f"{fmt(ours.block_ratio.median(), 2)} / "
                                                        f"{fmt(ours.jpeg_lattice.median(), 1)}"}
-        for det_name in DETECTORS:
-            d = sub[sub.detector == det_name]
-            if set_name.startswith("pure noise"):
-                row[det_name] = f"{fmt(1000 * d.n_found.sum() / d.area_um2.sum(), 1)} false / 1,000 um^2"
-            else:
-                t = d[["tp", "fp", "fn"]].sum()
-                p_, r_ = t.tp / max(t.tp + t.fp, 1), t.tp / max(t.tp + t.fn, 1)
-                row[det_name] = f"{fmt(p_, 2)} / {fmt(r_, 2)} / **{fmt(2 * t.tp / max(2 * t.tp + t.fp + t.fn, 1), 2)}**"
-        out.append(row)
+        out.append({**row, **detector_cells(sub, set_name)})
     note = (f"{n} images of 256 x 256 px at {px} um per set (sim-fish cases as in part b, our phantoms at default "
             "SNR, the 8-bit noise of part d), stretched to 8 bits (minimum to 0, maximum to 255) and saved as JPEG "
             "(Pillow) at the quality named; P / R / F1 matched as in part b.  Block ratio: "
@@ -1266,6 +1292,77 @@ def part_o(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(out), note + failures(df, "case")
 
 
+# --------------------------------------------------------------------------- p. stripes
+
+#: Stripes of part p: (name, axis, kind, size): rows (axis 0) or columns (axis 1) offset by
+#: ``size`` x the background's pixel-noise SD, or their gain jittered by ``size``.
+STRIPES = (("none", 0, "offset", 0.0), ("columns offset 0.25 SD", 1, "offset", 0.25),
+           ("columns offset 0.5 SD", 1, "offset", 0.5), ("columns offset 1.5 SD", 1, "offset", 1.5),
+           ("rows gain 3 %", 0, "gain", 0.03), ("rows gain 10 %", 0, "gain", 0.10))
+
+
+def striped(img: np.ndarray, axis: int, kind: str, size: float, rng: np.random.Generator) -> np.ndarray:
+    """``img`` with its rows (``axis=0``) or columns offset by ``size`` x the pixel noise SD of
+    its background (differences of neighbouring pixels) or their gain jittered by ``size``
+    (``kind`` "offset" / "gain"), rounded to the image's integer type."""
+    a = np.asarray(img, np.float64)
+    shape = (a.shape[0], 1) if axis == 0 else (1, a.shape[1])
+    if kind == "offset":
+        sd = 1.4826 * float(np.median(np.abs(np.diff(a, axis=1)))) / np.sqrt(2.0)
+        a = a + size * sd * rng.standard_normal(shape)
+    else:
+        a = a * (1.0 + size * rng.standard_normal(shape))
+    if np.issubdtype(np.asarray(img).dtype, np.integer):
+        lim = np.iinfo(np.asarray(img).dtype)
+        return np.clip(np.rint(a), lim.min, lim.max).astype(np.asarray(img).dtype)
+    return a
+
+
+def part_p(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
+    """Puncta in striped images (a scanner's line noise, a camera's column pattern) beside the peers."""
+    from analysis.sim.phantoms import SNR_LEVELS, render_synapse_field
+
+    px = SIMFISH_PX_UM
+    n = 1 if args.quick else 3
+    k_sf = next(k for k, c in enumerate(SIMFISH_CASES) if c[0] == "medium" and c[4] == 150)
+    _, n_spots, amp, bg, sig, dtype = SIMFISH_CASES[k_sf]
+    sets = [("sim-fish medium 150 nm", im, t, sig / 1000) for im, t in
+            simfish_images([args.seed, 2, k_sf], n, n_spots, amp, bg, sig, dtype)]
+    for i in range(n):
+        f = render_synapse_field(np.random.default_rng([args.seed, 1, i]), shape=(256, 256), pixel_size_um=px,
+                                 snr=SNR_LEVELS["default"])
+        sets.append(("phantoms default", f.image, f.puncta[["y", "x"]].to_numpy(), PHANTOM_SPOT_SIGMA_UM))
+    rng = np.random.default_rng([args.seed, 17])
+    sets += [("pure noise 16-bit", noise_image("Poisson-Gaussian 16-bit", rng, (512, 512)), None,
+              NOISE_SPOT_SIGMA_UM[px]) for _ in range(n)]
+    rows = []
+    for j, (set_name, img, truth, sigma_um) in enumerate(sets):
+        for k, (name, axis, kind, size) in enumerate(STRIPES):
+            im = striped(img, axis, kind, size, np.random.default_rng([args.seed, 17, j, k]))
+            for det_name, det in DETECTORS.items():
+                pts, note, seen = detected(det_name, det, im, px, sigma_um, ("stripe_ratio", "stripes_removed"))
+                rows.append(scored({"set": set_name, "stripes": name, "detector": det_name, "n_found": len(pts),
+                                    "area_um2": im.size * px**2, **seen, "note": note},
+                                   np.asarray(pts, float).reshape(-1, 2), truth, SIMFISH_MATCH_PX))
+        print(f"  p {set_name} done", flush=True)
+    df = pd.DataFrame(rows)
+    save(df, "p_stripes")
+    out = []
+    for (set_name, name), sub in df.groupby(["set", "stripes"], sort=False):
+        mine = sub[sub.detector == "ours"]
+        row = {"set": set_name, "stripes": name,
+               "stripe ratio (ours)": f"{fmt(mine.stripe_ratio.min(), 1)}-{fmt(mine.stripe_ratio.max(), 1)}",
+               "removed": f"{int(np.nansum(mine.stripes_removed))} of {len(mine)}"}
+        out.append({**row, **detector_cells(sub, set_name)})
+    note = (f"{n} images per set at {px} um (sim-fish and phantoms 256 x 256 px, noise 512 x 512), each with its rows "
+            "or columns offset by a normal draw of the SD named (in SDs of the background's pixel noise, a camera's "
+            "column pattern or a scanner's line offsets) or their gain jittered by the percentage named (laser "
+            "power from line to line); cells: P / R / F1 (matched within 2 px), for pure noise false puncta per "
+            "1,000 um^2 (target <= 1); *stripe ratio*: `analysis.measure.stripes.stripe_ratio`, the larger of rows and columns "
+            "(~1 without stripes; our detector removes the offsets from 2, `removed`)")
+    return pd.DataFrame(out), note + failures(df, "stripes")
+
+
 PARTS = {
     "a": ("a. Real culture images (label-free checks)", part_a),
     "b": ("b. sim-fish (independent simulator)", part_b),
@@ -1282,6 +1379,7 @@ PARTS = {
     "m": ("m. Elongated puncta (an astigmatic PSF)", part_m),
     "n": ("n. Puncta in JPEG images", part_n),
     "o": ("o. Puncta of varied sizes in one field", part_o),
+    "p": ("p. Puncta in striped images (line noise, a camera's column pattern)", part_p),
 }
 
 

@@ -191,7 +191,7 @@ def test_image_quality_is_deterministic_and_bounded() -> None:
     assert a == b
     assert set(a) == {"measured_snr", "spike_in_recall", "spike_in_recall_ci_low", "spike_in_recall_ci_high",
                       "est_precision", "saturated_fraction", "in_validated_range", "noise_correlation",
-                      "tie_ratio", "block_ratio", "jpeg_lattice"}
+                      "tie_ratio", "block_ratio", "jpeg_lattice", "stripe_ratio"}
     assert 0 <= a["spike_in_recall_ci_low"] <= a["spike_in_recall"] <= a["spike_in_recall_ci_high"] <= 1
     assert 0 <= a["est_precision"] <= 1 and a["in_validated_range"] is True
 

@@ -160,6 +160,12 @@ fitted amplitude is significant is kept:
    punctum sigma is at least 0.6 px: such pixels (a camera's hot pixels, spikes) are
    replaced by the median of their neighbours in a copy before detection.  Two puncta are
    at least 1.5 px apart laterally (resolved maxima have a lower pixel between them).
+10. **Stripes.**  Offsets shared by whole rows or columns (a scanner's line noise, a camera's
+   column pattern) are noise the pixel noise model does not know: pure Poisson noise whose
+   rows carry a gain jitter of 10 % of its level gave ~1,500 false puncta per 1,000 um^2.
+   Where the rows' (or columns') levels differ twice as much as the pixel noise explains,
+   their offsets are measured and subtracted first (:mod:`analysis.measure.stripes`; 0.1-0.3
+   false puncta per 1,000 um^2 then); other images are detected as they are.
 
 All sizes are in micrometres and converted with the pixel size, so the same parameters work
 at any sampling.
@@ -188,6 +194,7 @@ from analysis.measure.hotpixels import MIN_SIGMA_PX as _HOT_MIN_SIGMA_PX
 from analysis.measure.hotpixels import hot_pixels as _hot_pixels
 from analysis.measure.hotpixels import repaired as _repaired
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
+from analysis.measure.stripes import remove_stripes
 from analysis.measure.noise import (CORRELATED_NOISE, IMMERKAER, JPEG_BLOCKS, JPEG_LATTICE, MAD_TO_SD, MILD_CORRELATION,
                                     TIED_NEIGHBOURS, _gauss_radius, _info_correlation, _noise_at, _noise_model, _row_strips,
                                     jpeg_block_ratio, jpeg_lattice, neighbour_tie_ratio, noise_sd_map, robust_sd)
@@ -1543,8 +1550,10 @@ def detect_puncta(
         largest amplitude of the astigmatic part of the PSF's wing, per unit of a punctum's
         significance; 0 when none was seen; step 6), ``threshold_used`` (the significance
         the puncta reported stand at or above: ``threshold_sd``, raised by the noise
-        false-discovery step; step 7; infinite when nothing is reported).  In a stack whose planes'
-        brightness jumps, intensities are in units of the planes' trend (step 2).
+        false-discovery step; step 7; infinite when nothing is reported), ``stripe_ratio`` and
+        ``stripes_removed`` (step 10: :func:`analysis.measure.stripes.remove_stripes`).  In a
+        stack whose planes' brightness jumps, intensities are in units of the planes' trend
+        (step 2).
 
     Examples
     --------
@@ -1577,6 +1586,9 @@ def detect_puncta(
     outside = not_imaged_mask(arr, pixel_size_um) if arr.ndim == 2 else None
     if outside is not None:
         arr = fill_not_imaged(arr, outside, pixel_size_um)
+    # offsets shared by whole rows or columns (a scanner's line noise, a camera's column pattern;
+    # :mod:`analysis.measure.stripes`): removed where significant, else ``arr`` stays as it is
+    arr, stripes = remove_stripes(arr)
     ndim = arr.ndim
     dz = float(z_step_um) if z_step_um else float(pixel_size_um)
     estimated = punctum_radius_um is None
@@ -1788,6 +1800,8 @@ def detect_puncta(
             "psf_quadrupole": float(found["quadrupole"]),
             "not_imaged_px": int(outside.sum()) if outside is not None else 0,
             "hot_pixels": int(n_hot),
+            "stripe_ratio": stripes["stripe_ratio"],
+            "stripes_removed": int(stripes["stripes_removed"]),
         }
     )
     log.debug("detected %d puncta (%d candidates, %d tile(s))", len(out), found["n_cand"], len(tiles))

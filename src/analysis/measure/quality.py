@@ -40,6 +40,7 @@ from analysis.measure.area import _exact_medians
 from analysis.measure.noise import (CORRELATED_NOISE, JPEG_BLOCKS, JPEG_LATTICE, TIED_NEIGHBOURS, jpeg_block_ratio,
                                     jpeg_lattice, neighbour_tie_ratio, noise_correlation, noise_sd_map)
 from analysis.measure.outside import fill_not_imaged, not_imaged_mask
+from analysis.measure.stripes import remove_stripes, stripe_ratio
 from analysis.measure.puncta import detect_puncta, match_points
 
 __all__ = [
@@ -1025,6 +1026,15 @@ def _detector_figure(puncta: pd.DataFrame, key: str, pixel_size_um: float) -> fl
     return float(attrs[key])
 
 
+def _stripe_ratio(image: np.ndarray) -> float:
+    """The largest :func:`~analysis.measure.stripes.stripe_ratio` of a plane's (or a stack's
+    planes') rows and columns; NaN when none can be measured."""
+    planes = np.asarray(image)
+    values = [stripe_ratio(p, axis) for p in (planes if planes.ndim == 3 else [planes]) for axis in (0, 1)]
+    values = [v for v in values if np.isfinite(v)]
+    return float(max(values)) if values else float("nan")
+
+
 def image_quality(
     image: np.ndarray,
     pixel_size_um: float,
@@ -1072,7 +1082,10 @@ def image_quality(
     dict
         ``saturated_fraction``, ``in_validated_range`` and, for puncta, ``measured_snr``,
         ``spike_in_recall``, ``spike_in_recall_ci_low``, ``spike_in_recall_ci_high``,
-        ``est_precision``, ``noise_correlation``, ``tie_ratio``, ``block_ratio``, ``jpeg_lattice``.
+        ``est_precision``, ``noise_correlation``, ``tie_ratio``, ``block_ratio``, ``jpeg_lattice``,
+        ``stripe_ratio`` (:func:`analysis.measure.stripes.stripe_ratio`, the larger of rows and
+        columns, of the plane or the stack's planes: ~1 without stripes; the detector removes
+        the offsets from 2).
     """
     sat = saturated_fraction(image)
     depth = bit_depth(image)
@@ -1085,6 +1098,10 @@ def image_quality(
         outside = not_imaged_mask(image, pixel_size_um)
         if outside is not None:
             image = fill_not_imaged(image, outside, pixel_size_um)
+    if (getattr(puncta, "attrs", {}) or {}).get("stripes_removed"):
+        # the offsets of whole rows or columns the detector removed (:mod:`analysis.measure.stripes`):
+        # removed here too, so that the noise, the spike-in and the surrogate see what it saw
+        image, _ = remove_stripes(image)
     brightness = fit_brightness(puncta)
     snr = image_snr(puncta, brightness, background_sd=background_noise_sd(image, puncta, mask))
     row: dict[str, Any] = {"measured_snr": snr, "spike_in_recall": np.nan, "spike_in_recall_ci_low": np.nan,
@@ -1121,6 +1138,8 @@ def image_quality(
     row["tie_ratio"] = ties
     row["block_ratio"] = blocks
     row["jpeg_lattice"] = lattice
+    stripes = _detector_figure(puncta, "stripe_ratio", pixel_size_um)
+    row["stripe_ratio"] = stripes if stripes is not None else _stripe_ratio(image)
     row["in_validated_range"] = in_validated_range(pixel_size_um, depth, snr, saturated=sat, readout=readout,
                                                    noise_correlation=corr, tie_ratio=ties, block_ratio=blocks,
                                                    jpeg_lattice=lattice)
