@@ -162,9 +162,9 @@ fitted amplitude is significant is kept:
    at least 1.5 px apart laterally (resolved maxima have a lower pixel between them).
 10. **Stripes.**  Offsets shared by whole rows or columns (a scanner's line noise, a camera's
    column pattern) are noise the pixel noise model does not know: pure Poisson noise whose
-   rows carry a gain jitter of 10 % of its level gave ~1,500 false puncta per 1,000 um^2.
+   rows carry a gain jitter of 10 % of its level gave 800-1,550 false puncta per 1,000 um^2.
    Where the rows' (or columns') levels differ twice as much as the pixel noise explains,
-   their offsets are measured and subtracted first (:mod:`analysis.measure.stripes`; 0.1-0.3
+   their offsets are measured and subtracted first (:mod:`analysis.measure.stripes`; 0.13-0.25
    false puncta per 1,000 um^2 then); other images are detected as they are.
 
 All sizes are in micrometres and converted with the pixel size, so the same parameters work
