@@ -84,7 +84,10 @@ log = logging.getLogger(__name__)
 #: validation does not cover such images (benchmarks/RESULTS.md, sessions 33, 35 and 39).  Every
 #: validation set reads 0.9-2.6, 0.95-1.7, 1.00-1.03 and at most 2.9; milder smoothing
 #: (Gaussian 0.4-0.6 px, 1.3-4.6) is not caught and gives up to thousands of false puncta per
-#: 1,000 um^2 of pure noise (session 36).
+#: 1,000 um^2 of pure noise (session 36).  ``max_stripe_ratio``
+#: (:func:`analysis.measure.stripes.stripe_ratio`): the detector removes offsets shared by
+#: whole rows or columns from a ratio of 2; part p of ``benchmarks/validate_real.py`` covers
+#: ratios up to 19.5 (columns offset by 1.5 noise SDs, rows' gain jittered by 10 %; session 55).
 VALIDATED_RANGE: dict[str, dict[str, Any]] = {
     "puncta": {
         "pixel_size_um": (0.05, 0.8),
@@ -95,6 +98,7 @@ VALIDATED_RANGE: dict[str, dict[str, Any]] = {
         "max_tie_ratio": TIED_NEIGHBOURS,
         "max_block_ratio": JPEG_BLOCKS,
         "max_jpeg_lattice": JPEG_LATTICE,
+        "max_stripe_ratio": 20.0,
     },
     "microglia": {
         # phantoms at 0.2 um, the EMBL Iba1 images at 0.755 um
@@ -947,6 +951,7 @@ def in_validated_range(
     tie_ratio: float | None = None,
     block_ratio: float | None = None,
     jpeg_lattice: float | None = None,
+    stripe_ratio: float | None = None,
 ) -> bool:
     """Whether an image's acquisition lies inside what the validation covered.
 
@@ -977,6 +982,9 @@ def in_validated_range(
     jpeg_lattice : float, optional
         :func:`analysis.measure.noise.jpeg_lattice`, for readouts with a
         ``max_jpeg_lattice`` (not checked when not given or NaN).
+    stripe_ratio : float, optional
+        :func:`analysis.measure.stripes.stripe_ratio` (the larger of rows and columns), for
+        readouts with a ``max_stripe_ratio`` (not checked when not given or NaN).
 
     Returns
     -------
@@ -1008,6 +1016,8 @@ def in_validated_range(
         reasons.append(f"8 x 8 pixel blocks ({block_ratio:.3g} above {r['max_block_ratio']}): a JPEG?")
     if jpeg_lattice is not None and jpeg_lattice > r.get("max_jpeg_lattice", np.inf):
         reasons.append(f"quantised block transforms ({jpeg_lattice:.3g} above {r['max_jpeg_lattice']}): a JPEG?")
+    if stripe_ratio is not None and stripe_ratio > r.get("max_stripe_ratio", np.inf):
+        reasons.append(f"stripes ({stripe_ratio:.3g} above {r['max_stripe_ratio']}): line noise or a column pattern")
     if reasons:
         log.debug("%s outside the validated range: %s", readout, "; ".join(reasons))
     return not reasons
@@ -1142,8 +1152,14 @@ def image_quality(
     row["stripe_ratio"] = stripes if stripes is not None else _stripe_ratio(image)
     row["in_validated_range"] = in_validated_range(pixel_size_um, depth, snr, saturated=sat, readout=readout,
                                                    noise_correlation=corr, tie_ratio=ties, block_ratio=blocks,
-                                                   jpeg_lattice=lattice)
+                                                   jpeg_lattice=lattice, stripe_ratio=row["stripe_ratio"])
     limits = VALIDATED_RANGE[readout]
+    if row["stripe_ratio"] > limits.get("max_stripe_ratio", np.inf):
+        log.warning("whole rows or columns of the image are offset from each other %.3g times as much as its pixel "
+                    "noise explains (no stripes: ~1): the puncta detector removed the offsets, but stripes this strong "
+                    "are beyond what the validation covers and this row is outside the validated range: correct the "
+                    "camera's or scanner's line pattern at acquisition (a dark-frame or flat-field correction)",
+                    row["stripe_ratio"])
     if blocks > limits.get("max_block_ratio", np.inf) or lattice > limits.get("max_jpeg_lattice", np.inf):
         log.warning("the image reads as a JPEG (steps on a grid of 8 x 8 pixel blocks %.3g times those elsewhere, "
                     "never compressed: ~1; its blocks' cosine transforms on a quantisation lattice %.3g, never "
