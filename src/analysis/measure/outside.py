@@ -23,9 +23,10 @@ import logging
 import numpy as np
 from scipy import ndimage as ndi
 
+from analysis.measure import filters as _filters
 from analysis.measure.noise import _noise_at, _noise_model, robust_sd
 
-__all__ = ["not_imaged_mask", "fill_not_imaged"]
+__all__ = ["not_imaged_mask", "fill_not_imaged", "tissue_edge_regions", "edges_lined_with_puncta", "fill_beyond_edge"]
 
 log = logging.getLogger(__name__)
 
@@ -159,4 +160,313 @@ def fill_not_imaged(plane: np.ndarray, outside: np.ndarray, pixel_size_um: float
         lim = np.iinfo(a.dtype)
         new = np.clip(np.rint(new), lim.min, lim.max)
     out[out_] = new.astype(a.dtype)
+    return out
+
+
+# --- beyond the tissue's edge ---------------------------------------------------------------
+#: Smallest region taken as beyond the tissue: it holds a disk of this diameter (and so does the
+#: tissue along its edge).
+VOID_MIN_DIAMETER_UM = 2.0
+#: Block of the coarse search (the block means smooth the pixel noise; the region is then placed
+#: at full resolution).
+VOID_BLOCK_UM = 1.0
+#: The tissue's background along the edge stands this many pixel-noise SDs above the region.
+VOID_MIN_STEP_SD = 3.0
+#: At least this fraction of the edge is tissue that holds the disk (a section's border; not the
+#: neurites of a culture on glass, 0.59-0.63).
+VOID_MIN_SOLID_EDGE = 0.8
+#: Puncta line an edge when the band along it holds at least this many times the puncta that the
+#: tissue 1-3 um further in predicts ...
+EDGE_EXCESS = 2.0
+#: ... and as many or more would come by chance (Poisson) with at most this probability.
+EDGE_EXCESS_P = 0.01
+#: The tissue level carried into the void is averaged over this along the edge.
+VOID_FILL_SIGMA_UM = 1.0
+
+
+def _block_means(a: np.ndarray, b: int) -> np.ndarray:
+    """Means of ``b`` x ``b`` blocks (the last partial row and column of blocks dropped)."""
+    ny, nx = a.shape[0] // b, a.shape[1] // b
+    return a[: ny * b, : nx * b].reshape(ny, b, nx, b).mean(axis=(1, 3), dtype=np.float64)
+
+
+def _dark_regions(s: np.ndarray, r: int, unit_um: float) -> np.ndarray | None:
+    """The dark regions of ``s`` (block means) that hold disks of radius ``r`` (its elements),
+    split at the level half-way between their interior (> 1 um inside) and the tissue 1-3 um
+    beyond them (iterated a few times from half-way between the 1st percentile and the median),
+    or None."""
+    lo, mid = np.quantile(s, [0.01, 0.5])
+    t = (lo + mid) / 2.0
+    disk = _disk(r)
+    near, reach = (max(1, int(round(d / unit_um))) for d in (1.0, 3.0))
+    last = void = None
+    for _ in range(3):
+        dark = s < t
+        if last is not None and np.array_equal(dark, last):
+            break  # (the same region: the same levels)
+        last = dark
+        core = ndi.binary_erosion(dark, disk, border_value=1)
+        if not core.any():
+            return None
+        void = ndi.binary_propagation(core, mask=dark)
+        far = ndi.binary_dilation(void, iterations=reach) & ~ndi.binary_dilation(void, iterations=near)
+        inner = ndi.binary_erosion(void, iterations=near, border_value=1)
+        if not far.any():
+            return None
+        t = (float(np.median(s[inner] if inner.any() else s[void])) + float(np.median(s[far]))) / 2.0
+    return void
+
+
+def _grow(win: tuple[slice, slice], margin: int, shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """``win`` widened by ``margin`` pixels on each side, within ``shape``."""
+    return tuple(slice(max(0, w.start - margin), min(n, w.stop + margin)) for w, n in zip(win, shape))
+
+
+def _embedded(win: tuple[slice, slice], mask: np.ndarray, big: tuple[slice, slice]) -> np.ndarray:
+    """``mask`` (the pixels of ``win``) placed in a False array over the larger window ``big``."""
+    out = np.zeros((big[0].stop - big[0].start, big[1].stop - big[1].start), bool)
+    out[win[0].start - big[0].start: win[0].stop - big[0].start, win[1].start - big[1].start: win[1].stop - big[1].start] = mask
+    return out
+
+
+#: A region beyond the tissue's edge: its window (slices of the plane) and its pixels there.
+Region = tuple[tuple[slice, slice], np.ndarray]
+
+
+def tissue_edge_regions(plane: np.ndarray, pixel_size_um: float, noise_info: dict[str, float]) -> list[Region]:
+    """Dark regions of a 2-D plane beyond a significant step from solid tissue (glass beside a
+    section's border, a tear, a soma or vessel with a sharp border), each as its window (a pair
+    of slices) and its pixels in that window; empty when there is none.
+
+    A spot detector whose background is a blur of the image (:mod:`analysis.measure.puncta`)
+    may see such a step as a ridge and line it with false puncta (measured: ~1.7 per um of a
+    glass edge blurred by the PSF, ``tests/test_tissue_edge.py``); whether it did is tested on
+    its detections (:func:`edges_lined_with_puncta`).  A region is a candidate when all of
+    these hold:
+
+    1. it is dark and solid: below the level half-way between its interior and the tissue 1-3
+       um beyond it, holding disks of :data:`VOID_MIN_DIAMETER_UM` (searched on block means of
+       :data:`VOID_BLOCK_UM`, then placed at that level at full resolution, after a smoothing
+       of 0.25 um);
+    2. the step is significant: at least :data:`VOID_MIN_STEP_SD` SDs of the pixel noise at the
+       tissue's level (``noise_info``: the Poisson-Gaussian line of
+       :func:`analysis.measure.noise.noise_sd_map`);
+    3. the tissue along it is solid: at least :data:`VOID_MIN_SOLID_EDGE` of the edge belongs to
+       tissue holding the same disks (not the neurites of a culture on glass).
+
+    The work memory is that of the block means and of each region's window.
+
+    Parameters
+    ----------
+    plane : ndarray
+        YX intensities.
+    pixel_size_um : float
+        Pixel size.
+    noise_info : dict
+        The fitted noise line (``alpha``, ``beta``, ``var_min``, ``var_max``).
+
+    Returns
+    -------
+    list of (tuple of slice, ndarray of bool)
+
+    Examples
+    --------
+    >>> from analysis.measure.noise import _noise_model
+    >>> rng = np.random.default_rng(0)
+    >>> img = rng.poisson(np.where(np.arange(256) < 160, 60.0, 2.0)[None, :] * np.ones((128, 1))).astype(float)
+    >>> regions = tissue_edge_regions(img, 0.1, _noise_model(img, 0.1))
+    >>> (win, glass), = regions
+    >>> full = np.zeros(img.shape, bool)
+    >>> full[win] = glass
+    >>> round(float(full[:, 160:].mean()), 2), float(full[:, :158].mean())
+    (1.0, 0.0)
+    >>> tissue_edge_regions(rng.poisson(60.0, (128, 256)).astype(float), 0.1, _noise_model(img, 0.1))
+    []
+    """
+    a = np.asarray(plane)
+    if a.ndim != 2 or min(a.shape) < 8:
+        return []
+    px = float(pixel_size_um)
+    b = max(1, int(round(VOID_BLOCK_UM / px)))
+    unit = b * px
+    coarse = _block_means(a, b)
+    if min(coarse.shape) < 4:
+        return []
+    rb = max(1, int(np.ceil(VOID_MIN_DIAMETER_UM / 2.0 / unit)))
+    cvoid = _dark_regions(coarse, rb, unit)
+    if cvoid is None:
+        return []
+    near_b, reach_b = (max(1, int(round(d / unit))) for d in (1.0, 3.0))
+    ctissue = ~cvoid
+    solid = ndi.binary_dilation(ndi.binary_erosion(ctissue, _disk(rb), border_value=1), _disk(rb))
+    labels, _ = ndi.label(cvoid, np.ones((3, 3), bool))
+    out: list[Region] = []
+    for k, box in enumerate(ndi.find_objects(labels), start=1):
+        # each dark region on its own: its level and the tissue's 1-3 um beyond it
+        pad = reach_b + 1
+        sl = tuple(slice(max(0, q.start - pad), q.stop + pad) for q in box)
+        comp = labels[sl] == k
+        far = (ndi.binary_dilation(comp, iterations=reach_b) & ~ndi.binary_dilation(comp, iterations=near_b)
+               & ctissue[sl])
+        inner = ndi.binary_erosion(comp, iterations=near_b, border_value=1)
+        if not far.any():
+            continue
+        cs = coarse[sl]
+        lv = float(np.median(cs[inner] if inner.any() else cs[comp]))
+        lt = float(np.median(cs[far]))
+        sd_t = float(_noise_at(noise_info, np.array([lt]))[0])
+        edge = ctissue[sl] & ndi.binary_dilation(comp, np.ones((3, 3), bool))
+        solid_edge = float(solid[sl][edge].mean()) if edge.any() else 0.0
+        log.debug("dark region: step %.1f noise SDs, solid edge %.2f", (lt - lv) / sd_t, solid_edge)
+        if not (lt - lv > VOID_MIN_STEP_SD * sd_t and solid_edge >= VOID_MIN_SOLID_EDGE):
+            continue
+        win, void = _placed(a, px, b, sl, comp, inner, (lv + lt) / 2.0)
+        if void is not None:
+            out.append((win, void))
+    return out
+
+
+def _placed(a: np.ndarray, px: float, b: int, sl: tuple[slice, slice], comp: np.ndarray, inner: np.ndarray,
+            level: float) -> tuple[tuple[slice, slice], np.ndarray | None]:
+    """The full-resolution window of a coarse region (``comp`` in the block slice ``sl``) and
+    the region in it: the pixels of the plane ``a``, smoothed over 0.25 um, below ``level``
+    within a block of it, connected to its interior (``inner``; the region itself when it has
+    none)."""
+    shape = a.shape
+
+    def up(m: np.ndarray) -> np.ndarray:
+        u = np.repeat(np.repeat(m, b, 0), b, 1)
+        # (the partial blocks at the far edges of the plane take their neighbours')
+        pad = [(0, shape[0] % b if sl[0].start * b + u.shape[0] >= (shape[0] // b) * b else 0),
+               (0, shape[1] % b if sl[1].start * b + u.shape[1] >= (shape[1] // b) * b else 0)]
+        return np.pad(u, pad, mode="edge")[: shape[0] - sl[0].start * b, : shape[1] - sl[1].start * b]
+
+    near = up(ndi.binary_dilation(comp, np.ones((3, 3), bool)))
+    win = (slice(sl[0].start * b, sl[0].start * b + near.shape[0]), slice(sl[1].start * b, sl[1].start * b + near.shape[1]))
+    sigma = max(1.0, 0.25 / px)
+    big = _grow(win, int(4 * sigma + 1), shape)  # (the smoothing's reach)
+    s = _gauss(np.asarray(a[big], dtype=np.float64), sigma)
+    s = s[win[0].start - big[0].start: win[0].stop - big[0].start, win[1].start - big[1].start: win[1].stop - big[1].start]
+    dark = near & (s < level)
+    seed = dark & up(inner if inner.any() else comp)
+    if not seed.any():
+        return win, None
+    return win, ndi.binary_propagation(seed, mask=dark)
+
+
+def edges_lined_with_puncta(regions: list[Region], points: np.ndarray, pixel_size_um: float, background_px: float,
+                            shape: tuple[int, int]) -> list[int]:
+    """The indices of the regions of :func:`tissue_edge_regions` whose edge is lined with puncta.
+
+    A detector that subtracts a blur of sigma ``background_px`` twice (H'H, the detector of
+    :mod:`analysis.measure.puncta`) turns a step into a ridge on its bright side (within ~2
+    sigmas of the border) and another one at the foot of its dark side (2-3 sigmas out, within
+    4).  An edge is lined when, on either side, its band holds at least :data:`EDGE_EXCESS` times
+    the puncta (``points``: y, x in pixels of the plane of ``shape``) that the density of the
+    tissue 1-3 um from the region predicts for that band, significantly (Poisson,
+    :data:`EDGE_EXCESS_P`).  Synapses do not crowd along a border, false puncta on a step's
+    ridges do.  Each region is tested in its own window (other regions there are neither
+    tissue nor band).
+
+    Examples
+    --------
+    >>> glass = [((slice(0, 100), slice(60, 100)), np.ones((100, 40), bool))]
+    >>> yy, xx = np.mgrid[5:100:10, 5:60:10]  # puncta every 10 px in the tissue
+    >>> even = np.c_[yy.ravel(), xx.ravel()].astype(float)
+    >>> edges_lined_with_puncta(glass, even, 0.1, 3.0, (100, 100))
+    []
+    >>> ridge = np.c_[np.arange(0, 100, 2.0), np.full(50, 57.0)]  # 50 more along the tissue side
+    >>> edges_lined_with_puncta(glass, np.concatenate([even, ridge]), 0.1, 3.0, (100, 100))
+    [0]
+    >>> foot = np.c_[np.arange(0, 100, 2.5), np.full(40, 68.0)]  # 40 at the dark side's foot
+    >>> edges_lined_with_puncta(glass, np.concatenate([even, foot]), 0.1, 3.0, (100, 100))
+    [0]
+    """
+    from scipy import stats
+
+    pts = np.asarray(points, float).reshape(-1, 2)
+    if not len(pts) or not regions:
+        return []
+    ij = np.clip(np.rint(pts).astype(int), 0, np.array(shape) - 1)
+    margin = max(int(np.ceil(3.0 / pixel_size_um)), int(np.ceil(4.0 * background_px))) + 1
+    out = []
+    for i, (win, void) in enumerate(regions):
+        big = _grow(win, margin, shape)
+        vm = _embedded(win, void, big)
+        others = np.zeros_like(vm)
+        for j, (w2, v2) in enumerate(regions):
+            if j != i and all(a.start < c.stop and c.start < a.stop for a, c in zip(w2, big)):
+                lo = [max(a.start, c.start) for a, c in zip(w2, big)]
+                hi = [min(a.stop, c.stop) for a, c in zip(w2, big)]
+                others[lo[0] - big[0].start: hi[0] - big[0].start, lo[1] - big[1].start: hi[1] - big[1].start] |= \
+                    v2[lo[0] - w2[0].start: hi[0] - w2[0].start, lo[1] - w2[1].start: hi[1] - w2[1].start]
+        tissue = ~vm & ~others
+        d_out = ndi.distance_transform_edt(~vm)
+        d_in = ndi.distance_transform_edt(vm)
+        ring = tissue & (d_out * pixel_size_um > 1.0) & (d_out * pixel_size_um <= 3.0)
+        bands = (tissue & (d_out <= 2.0 * background_px), vm & (d_in <= 4.0 * background_px))
+        inside = np.all((ij >= [big[0].start, big[1].start]) & (ij < [big[0].stop, big[1].stop]), axis=1)
+        py, px_ = (ij[inside] - [big[0].start, big[1].start]).T
+        a_ring = np.count_nonzero(ring)
+        if not a_ring:
+            continue
+        # (one punctum added to the ring: an empty ring is no certainty)
+        rate = (np.count_nonzero(ring[py, px_]) + 1) / a_ring
+        for side, band in zip(("tissue", "dark"), bands):
+            expected = rate * np.count_nonzero(band)
+            n = int(np.count_nonzero(band[py, px_]))
+            p = float(stats.poisson.sf(n - 1, expected)) if expected > 0 else 1.0
+            log.debug("edge of region %d, %s side: %d puncta, %.1f expected (p %.2g)", i, side, n, expected, p)
+            if n >= EDGE_EXCESS * expected and p <= EDGE_EXCESS_P:
+                out.append(i)
+                break
+    return out
+
+
+def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:
+    return _filters.gaussian_filter(a, sigma, mode="reflect")
+
+
+def fill_beyond_edge(plane: np.ndarray, regions: list[Region], pixel_size_um: float, noise_info: dict[str, float], *,
+                     margin_px: int, seed: int = 0) -> np.ndarray:
+    """A copy of ``plane`` whose pixels in ``regions`` (:func:`tissue_edge_regions`) and within
+    ``margin_px`` of them (the edge's blur) show the background of the tissue along the edge:
+    the tissue pixels within 3 px of it, averaged over :data:`VOID_FILL_SIGMA_UM` along the edge
+    and carried to each filled pixel from the nearest tissue pixel, plus noise of the plane's
+    noise model at that level, so that no step is left for a detector.  Same dtype; ``seed``
+    fixes the noise.  Each region is filled in its own window, from the plane's own pixels.
+
+    Examples
+    --------
+    >>> from analysis.measure.noise import _noise_model
+    >>> rng = np.random.default_rng(0)
+    >>> img = rng.poisson(np.where(np.arange(256) < 160, 60.0, 2.0)[None, :] * np.ones((128, 1))).astype(float)
+    >>> info = _noise_model(img, 0.1)
+    >>> out = fill_beyond_edge(img, tissue_edge_regions(img, 0.1, info), 0.1, info, margin_px=2)
+    >>> round(float(out[:, 170:].mean()))  # the tissue's level
+    60
+    >>> bool(abs(out[:, 170:].std() - _noise_at(info, np.array([60.0]))[0]) < 0.3)  # and the model's noise
+    True
+    """
+    a = np.asarray(plane)
+    out = a.copy()
+    rng = np.random.default_rng(seed)
+    sigma = max(VOID_FILL_SIGMA_UM / float(pixel_size_um), 1.0)
+    for win, void in regions:
+        big = _grow(win, int(margin_px) + 4 + int(4 * sigma + 1), a.shape)
+        vm = _embedded(win, void, big)
+        region = ndi.binary_dilation(vm, iterations=int(margin_px)) if margin_px > 0 else vm
+        band = ~region & ndi.binary_dilation(region, np.ones((3, 3), bool), iterations=3)
+        part = np.asarray(a[big], dtype=np.float64)
+        w = _gauss(band.astype(np.float64), sigma)
+        v = _gauss(np.where(band, part, 0.0), sigma)
+        _, (iy, ix) = ndi.distance_transform_edt(region, return_indices=True)
+        ty, tx = iy[region], ix[region]
+        level = v[ty, tx] / np.maximum(w[ty, tx], 1e-12)
+        new = level + _noise_at(noise_info, level) * rng.standard_normal(level.size)
+        if np.issubdtype(a.dtype, np.integer):
+            lim = np.iinfo(a.dtype)
+            new = np.clip(np.rint(new), lim.min, lim.max)
+        view = out[big]
+        view[region] = new.astype(a.dtype)
     return out
