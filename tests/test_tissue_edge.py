@@ -1,6 +1,6 @@
 """The sharp edge of the tissue (a section's border, a tear): no line of false puncta along it.
 
-Before session 56 a default-SNR phantom field whose right 96 columns were glass got 38-48 false
+Before session 56 a default-SNR phantom field whose right 96 columns were glass got 32-48 false
 puncta within 6 px of its 25.6 um edge (~1.7 per um): the detector's background, a Gaussian
 blur, was pulled down by the glass along the tissue side.  The detector now finds dark regions beyond
 a step from solid tissue (:func:`analysis.measure.outside.tissue_edge_regions`) and, where its puncta

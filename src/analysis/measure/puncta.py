@@ -168,7 +168,7 @@ fitted amplitude is significant is kept:
    false puncta per 1,000 um^2 then); other images are detected as they are.
 11. **The tissue's edge.**  Beside glass (a section's border, a tear) the background blur is
    pulled down along the tissue side, which then stands out as a ridge: a default-SNR phantom
-   field with glass beyond a 25.6 um edge got 38-48 false puncta along it (~1.7 per um).  Dark,
+   field with glass beyond a 25.6 um edge got 32-48 false puncta along it (~1.7 per um).  Dark,
    solid regions beyond a significant step from solid tissue are found on the plane
    (:func:`analysis.measure.outside.tissue_edge_regions`; planes only); where the puncta found
    line such an edge (twice the density of the tissue 1-3 um further in, significantly:
@@ -1613,14 +1613,13 @@ def _detect_puncta(
     threshold_sd: float = 4.0,
     min_separation_um: float | None = None,
     background_radius_um: float | None = None,
-    mask: np.ndarray | None = None,
     noise_box_um: float = 3.0,
     reject_out_of_focus: bool = True,
     noise_fdr: float | None = 0.05,
     tile_px: int | None = TILE_PX,
     beyond: list | None = None,
 ) -> tuple[pd.DataFrame, list, float]:
-    """:func:`detect_puncta` without its ``mask`` (``mask`` is ignored here), and the dark regions
+    """:func:`detect_puncta` without its ``mask`` (applied by the caller), and the dark regions
     beyond a step from solid tissue (:func:`analysis.measure.outside.tissue_edge_regions`; empty
     when there is none, or when ``beyond`` is given) and the detector's background radius
     (pixels).  ``beyond``: such regions, filled with the tissue's background along their edge

@@ -222,6 +222,13 @@ REAL_VALIDATION_FILE = Path("benchmarks") / "validation_real.md"
 #: What each part of the real-data validation tests, keyed by a word of its section title
 #: (lower case; the first key found in a title wins).
 _SECTION_PURPOSES: tuple[tuple[str, str], ...] = (
+    ("striped", "Images whose rows or columns carry offsets or gains of their own (a scanner's line "
+                "noise, a camera's column pattern): F1 of each detector on sim-fish and our phantoms, false "
+                "puncta in pure noise, and the stripe ratio our detector measured before removing them."),
+    ("edge of the tissue", "Fields with glass beside the tissue (a section's border, a tear), its edge "
+                           "sharp or softer: precision, recall and F1 of each detector against the puncta "
+                           "on the tissue side, and whether our detector found the edge lined with false "
+                           "puncta and filled the glass."),
     ("culture", "Real images of cultured neurons from another lab, without annotations, checked "
                 "label-free: true synaptic puncta lie on MAP2 dendrites (enrichment above 1), rarely in "
                 "DAPI nuclei or in the bright MAP2 cell bodies (a density there over the field's of 1 or "
