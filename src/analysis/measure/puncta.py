@@ -166,7 +166,8 @@ fitted amplitude is significant is kept:
    Where the rows' (or columns') levels differ twice as much as the pixel noise explains,
    their offsets are measured and subtracted first (:mod:`analysis.measure.stripes`; 0.13-0.25
    false puncta per 1,000 um^2 then); other images are detected as they are.
-11. **The tissue's edge.**  Beside glass (a section's border, a tear) the background blur is
+11. **The tissue's edge** (``repair_tissue_edges=True``; off by default, see the parameter).
+   Beside glass (a section's border, a tear) the background blur is
    pulled down along the tissue side, which then stands out as a ridge: a default-SNR phantom
    field with glass beyond a 25.6 um edge got 32-48 false puncta along it (~1.7 per um).  Dark,
    solid regions beyond a significant step from solid tissue are found on the plane
@@ -1460,6 +1461,7 @@ def detect_puncta(
     reject_out_of_focus: bool = True,
     noise_fdr: float | None = 0.05,
     tile_px: int | None = TILE_PX,
+    repair_tissue_edges: bool = False,
 ) -> pd.DataFrame:
     """Detect puncta (diffraction-limited spots) in a 2-D (YX) or 3-D (ZYX) image.
 
@@ -1541,6 +1543,15 @@ def detect_puncta(
         whole plane at the same positions (within 0.1 pixel), and F1 against the truth within
         0.002 of the whole plane's.
 
+    repair_tissue_edges : bool
+        Step 11 of the module docstring (planes whose noise is not correlated): where the puncta
+        found line the edge of a dark region beyond a step from solid tissue (glass beside a
+        section's border, a tear), detect again with the region filled by the tissue's
+        background.  Off by default: it removes the line of false puncta along such an edge
+        (part q of ``make validate``), but near the voids of low-SNR fields at 0.2 um pixels it
+        also lost true puncta that the step's ridge had lifted (3 % of them over 11 fields of the
+        default study; ``benchmarks/RESULTS.md``, session 56).
+
     Returns
     -------
     DataFrame
@@ -1588,7 +1599,7 @@ def detect_puncta(
                     threshold_sd=threshold_sd, min_separation_um=min_separation_um,
                     background_radius_um=background_radius_um, noise_box_um=noise_box_um,
                     reject_out_of_focus=reject_out_of_focus, noise_fdr=noise_fdr, tile_px=tile_px)
-    out, regions, bg_px = _detect_puncta(image, pixel_size_um, **settings)
+    out, regions, bg_px = _detect_puncta(image, pixel_size_um, **settings, find_edges=repair_tissue_edges)
     if regions:
         lined = edges_lined_with_puncta(regions, out[["y", "x"]].to_numpy(float), pixel_size_um, bg_px,
                                         np.shape(image)[-2:])
@@ -1618,12 +1629,14 @@ def _detect_puncta(
     noise_fdr: float | None = 0.05,
     tile_px: int | None = TILE_PX,
     beyond: list | None = None,
+    find_edges: bool = True,
 ) -> tuple[pd.DataFrame, list, float]:
     """:func:`detect_puncta` without its ``mask`` (applied by the caller), and the dark regions
     beyond a step from solid tissue (:func:`analysis.measure.outside.tissue_edge_regions`; empty
     when there is none, or when ``beyond`` is given) and the detector's background radius
     (pixels).  ``beyond``: such regions, filled with the tissue's background along their edge
-    before the detection; puncta centred in them are dropped."""
+    before the detection; puncta centred in them are dropped.  ``find_edges``: search for such
+    regions at all."""
     arr = raw = np.asarray(image)
     if arr.ndim not in (2, 3):
         raise ValueError(f"image must be YX or ZYX, got shape {arr.shape}")
@@ -1701,7 +1714,7 @@ def _detect_puncta(
     # noise factor measured on the response would read it there; smoothed, interpolated,
     # deconvolved and JPEG phantom fields lost 0.01-0.04 of F1)
     white = not (_correlated(noise_info) or _info_correlation(noise_info) > MILD_CORRELATION)
-    if ndim == 2 and beyond is None and white:
+    if ndim == 2 and beyond is None and white and find_edges:
         regions = tissue_edge_regions(arr, pixel_size_um, noise_info)
     elif beyond:
         arr = fill_beyond_edge(arr, beyond, pixel_size_um, noise_info, margin_px=int(np.ceil(r_px)))
