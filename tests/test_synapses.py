@@ -151,6 +151,7 @@ def test_mask_restricts_the_reported_puncta() -> None:
     p = detect_puncta(img, 0.1, mask=mask)
     assert ((p[["y", "x"]] < 127.5).all(axis=1)).all()  # nothing outside the mask
     assert match(p, truth).tp == 1 and match(detect_puncta(img, 0.1), truth).tp == 4
+    assert list(p.index) == list(range(len(p)))  # numbered 0..n-1, as without a mask
 
 
 def test_3d_stack_with_anisotropic_sampling() -> None:

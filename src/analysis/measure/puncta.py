@@ -1610,7 +1610,7 @@ def detect_puncta(
     if mask is not None and len(out):
         mk = np.asarray(mask, bool)
         ij = np.clip(np.rint(out[["z", "y", "x"][-mk.ndim :]].to_numpy(float)).astype(int), 0, np.array(mk.shape) - 1)
-        out = out[mk[tuple(ij.T)]]
+        out = out[mk[tuple(ij.T)]].reset_index(drop=True)  # (rows numbered 0..n-1, as without a mask)
     return out
 
 
