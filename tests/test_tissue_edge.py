@@ -4,7 +4,9 @@ Before session 56 a default-SNR phantom field whose right 96 columns were glass 
 puncta within 6 px of its 25.6 um edge (~1.7 per um): the detector's background, a Gaussian
 blur, was pulled down by the glass along the tissue side.  With ``repair_tissue_edges=True`` the
 detector finds dark regions beyond a step from solid tissue (:func:`analysis.measure.outside.tissue_edge_regions`)
-and, where its puncta line their edge, detects again with them filled by the tissue's background.
+and, where its puncta line their edge, detects again with them raised to the tissue's background
+(on by default since session 57; session 56's fill replaced the region's pixels and lost true
+puncta at and inside voids).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from analysis.measure.noise import _noise_model
-from analysis.measure.outside import fill_beyond_edge, tissue_edge_regions
+from analysis.measure.outside import lift_beyond_edge, tissue_edge_regions
 from analysis.measure.puncta import detect_puncta, match_points
 from analysis.sim.optics import _camera
 from analysis.sim.phantoms import SNR_LEVELS, render_synapse_field
@@ -58,7 +60,9 @@ def test_a_sharp_tissue_edge_makes_no_line_of_false_puncta(seed: int) -> None:
     _, clean = _scores(detect_puncta(f.image.astype(np.float32), PX), f)
     assert recall >= clean - 0.03, (recall, clean)
     assert p.attrs["beyond_edge_px"] >= 0.9 * 256 * (256 - EDGE)
-    assert not (p["x"] > EDGE + 1).any(), "puncta reported on the glass"
+    # (deep in the glass the first detection stands, under its own false-discovery step over
+    # the glass: a noise maximum there passes it in ~5 % of such fields)
+    assert (p["x"] > EDGE + 1).sum() <= 1, "puncta reported on the glass"
 
 
 def test_the_glass_region_is_found_at_the_half_level_and_integer_data_stay_integers() -> None:
@@ -71,9 +75,14 @@ def test_the_glass_region_is_found_at_the_half_level_and_integer_data_stay_integ
     void[regions[0][0]] = regions[0][1]
     cols = void.mean(axis=0)
     assert cols[EDGE + 2:].min() > 0.99 and cols[:EDGE - 2].max() < 0.01, np.flatnonzero((cols > 0.01) & (cols < 0.99))
-    out = fill_beyond_edge(image, regions, PX, info, margin_px=2)
+    out = lift_beyond_edge(image, regions, PX, margin_px=2, punctum_px=1.5)
     assert out.dtype == np.uint16 and np.array_equal(image, before)  # (a copy: the raw data are not touched)
-    assert abs(np.median(out[:, EDGE + 5:]) - np.median(image[:, 100:EDGE - 5])) < 0.1 * np.median(image[:, 100:EDGE - 5])
+    tissue = np.median(image[:, 100:EDGE - 5])
+    assert abs(np.median(out[:, EDGE + 5:]) - tissue) < 0.1 * tissue
+    # the glass keeps its own pixel noise (raised, not replaced)
+    assert np.allclose(np.diff(out[:, EDGE + 10:].astype(float), axis=0).std(),
+                       np.diff(image[:, EDGE + 10:].astype(float), axis=0).std(), rtol=0.1)
+    assert np.array_equal(out[:, :EDGE - 12], image[:, :EDGE - 12])  # the tissue away from the edge as it was
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -89,25 +98,34 @@ def test_a_softer_edge_makes_no_line_of_false_puncta_either(seed: int) -> None:
 
 
 #: Phantom fields (default-study phantoms, 0.1 um) whose own somata or vessels are lined with false puncta
-#: (before session 56: 36, 76 and 103 false puncta; after: 13, 53 and 55).
+#: (within 1 um of a void, without the repair: 24, 26 and 58 false puncta; with it, session 57: 4, 15 and 34).
 LINED_PHANTOMS = (("low", 0, 256, 7), ("default", 5, 512, 0), ("high", 5, 512, 1))
 
 
 @pytest.mark.parametrize(("level", "seed", "size", "i"), LINED_PHANTOMS)
-def test_the_phantoms_own_voids_lined_with_false_puncta_are_filled(level: str, seed: int, size: int, i: int) -> None:
+def test_the_phantoms_own_voids_lined_with_false_puncta_are_repaired(level: str, seed: int, size: int, i: int) -> None:
     from analysis.measure.puncta import _detect_puncta
 
     k = list(SNR_LEVELS).index(level)
     f = render_synapse_field(np.random.default_rng([seed, k, i]), shape=(size, size), pixel_size_um=PX,
                              snr=SNR_LEVELS[level])
     truth = f.puncta[["y", "x"]].to_numpy() * PX
-    first, regions, _ = _detect_puncta(f.image, PX)  # (the detection without the step)
+    first, regions, *_ = _detect_puncta(f.image, PX)  # (the detection without the step)
     p = detect_puncta(f.image, PX, repair_tissue_edges=True)
     assert regions and p.attrs["beyond_edge_px"] > 0
-    before = match_points(first[["y", "x"]].to_numpy() * PX, truth, 0.25)
-    after = match_points(p[["y", "x"]].to_numpy() * PX, truth, 0.25)
-    assert after.fp <= 0.75 * before.fp, (before.fp, after.fp)
-    assert after.tp >= before.tp - 0.04 * len(truth), (before.tp, after.tp)
+    inside = f.analysed_mask
+    to_void = np.where(inside, ndi.distance_transform_edt(inside), ndi.distance_transform_edt(~inside)) * PX
+
+    def near_void_false(d) -> tuple[int, int]:
+        m = match_points(d[["y", "x"]].to_numpy() * PX, truth, 0.25)
+        false = np.ones(len(d), bool)
+        false[m.pairs[:, 0]] = False
+        ij = np.rint(d[["y", "x"]].to_numpy()).astype(int)
+        return m.tp, int((false & (to_void[ij[:, 0], ij[:, 1]] <= 1.0)).sum())
+
+    (tp0, fp0), (tp1, fp1) = near_void_false(first), near_void_false(p)
+    assert fp1 <= 2 / 3 * fp0, (fp0, fp1)  # at least a third of the line gone
+    assert tp1 >= tp0 - 0.04 * len(truth), (tp0, tp1)
 
 
 def test_a_phantom_field_whose_voids_are_not_lined_is_detected_as_it_is() -> None:
@@ -115,7 +133,7 @@ def test_a_phantom_field_whose_voids_are_not_lined_is_detected_as_it_is() -> Non
 
     f = render_synapse_field(np.random.default_rng([0, 1, 3]), shape=(256, 256), pixel_size_um=PX,
                              snr=SNR_LEVELS["default"])
-    first, regions, _ = _detect_puncta(f.image, PX)
+    first, regions, *_ = _detect_puncta(f.image, PX)
     p = detect_puncta(f.image, PX, repair_tissue_edges=True)
     assert regions, "a field with candidate regions, so that the test exercises the check"
     assert p.attrs["beyond_edge_px"] == 0
@@ -130,16 +148,34 @@ def test_images_with_correlated_noise_are_left_as_they_were() -> None:
 
     image, _ = _field(0, 1.0)
     smoothed = ndi.gaussian_filter(image.astype(float), 0.7)
-    first, regions, _ = _detect_puncta(smoothed, PX)
+    first, regions, *_ = _detect_puncta(smoothed, PX)
     p = detect_puncta(smoothed, PX, repair_tissue_edges=True)
     assert regions == [] and p.attrs["beyond_edge_px"] == 0 and p.equals(first)
 
 
-def test_the_repair_is_off_by_default() -> None:
-    # (near the voids of low-SNR fields at 0.2 um it lost true puncta: RESULTS.md, session 56)
+def test_the_repair_is_on_by_default_and_can_be_turned_off() -> None:
     from analysis.measure.puncta import _detect_puncta
 
     image, _ = _field(0, 1.0)
-    first, regions, _ = _detect_puncta(image, PX, find_edges=False)
+    first, regions, *_ = _detect_puncta(image, PX, find_edges=False)
     p = detect_puncta(image, PX)
-    assert p.attrs["beyond_edge_px"] == 0 and p.equals(first)
+    assert p.attrs["beyond_edge_px"] > 0 and p.equals(detect_puncta(image, PX, repair_tissue_edges=True))
+    off = detect_puncta(image, PX, repair_tissue_edges=False)
+    assert off.attrs["beyond_edge_px"] == 0 and off.equals(first)
+
+
+def test_puncta_inside_and_at_the_border_of_a_void_are_kept() -> None:
+    # a dark void in the tissue can hold puncta (a microglial cell's engulfed synapses, in the
+    # PSD95 channel): session 56's fill replaced the region's pixels and lost them
+    image, f = _field(0, 1.0)
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:256, :256]
+    placed = [(40.0, 230.0), (120.0, 215.0), (200.0, 240.0), (90.0, 161.5), (170.0, 162.0)]  # deep, deep, deep, border
+    lam = np.zeros((256, 256))
+    for y, x in placed:
+        lam += 60.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.4**2))
+    img = image + rng.poisson(lam) * 1.0
+    p = detect_puncta(img.astype(np.float32), PX)
+    assert p.attrs["beyond_edge_px"] > 0
+    m = match_points(p[["y", "x"]].to_numpy() * PX, np.array(placed) * PX, 0.25)
+    assert m.tp == len(placed), m

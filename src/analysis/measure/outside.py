@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 from analysis.measure import filters as _filters
 from analysis.measure.noise import _noise_at, _noise_model, robust_sd
 
-__all__ = ["not_imaged_mask", "fill_not_imaged", "tissue_edge_regions", "edges_lined_with_puncta", "fill_beyond_edge"]
+__all__ = ["not_imaged_mask", "fill_not_imaged", "tissue_edge_regions", "edges_lined_with_puncta", "lift_beyond_edge"]
 
 log = logging.getLogger(__name__)
 
@@ -427,46 +427,73 @@ def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:
     return _filters.gaussian_filter(a, sigma, mode="reflect")
 
 
-def fill_beyond_edge(plane: np.ndarray, regions: list[Region], pixel_size_um: float, noise_info: dict[str, float], *,
-                     margin_px: int, seed: int = 0) -> np.ndarray:
-    """A copy of ``plane`` whose pixels in ``regions`` (:func:`tissue_edge_regions`) and within
-    ``margin_px`` of them (the edge's blur) show the background of the tissue along the edge:
-    the tissue pixels within 3 px of it, averaged over :data:`VOID_FILL_SIGMA_UM` along the edge
-    and carried to each filled pixel from the nearest tissue pixel, plus noise of the plane's
-    noise model at that level, so that no step is left for a detector.  Same dtype; ``seed``
-    fixes the noise.  Each region is filled in its own window, from the plane's own pixels.
+def lift_beyond_edge(plane: np.ndarray, regions: list[Region], pixel_size_um: float, *, margin_px: int,
+                     punctum_px: float) -> np.ndarray:
+    """A copy of ``plane`` in which each of ``regions`` (:func:`tissue_edge_regions`), and the
+    pixels within ``margin_px`` of it (the edge's blur), are raised by the step to the tissue's
+    background, so that no step is left for a detector; every pixel keeps its own deviation
+    from its local background, so a punctum inside or at the border of the region stays.
+
+    The step at a pixel is the tissue's level along the edge (the tissue pixels within 3 px
+    beyond the raised zone, averaged over :data:`VOID_FILL_SIGMA_UM` along the edge and carried
+    to the pixel from the nearest of them) minus the pixel's local background: the median over
+    2 punctum diameters (``punctum_px``: the punctum radius in pixels), taken along the edge
+    within that distance of it (a square window there would reach across the edge and read
+    the tissue low) and over a square window elsewhere.  Pixels already at or above the tissue's
+    level stay as they are.  Same dtype (integers rounded and kept in range); each region is
+    lifted in its own window, from the plane's own pixels.
 
     Examples
     --------
-    >>> from analysis.measure.noise import _noise_model
+    Glass (2 photons) beside tissue (60), with a bright punctum in the glass:
+
     >>> rng = np.random.default_rng(0)
-    >>> img = rng.poisson(np.where(np.arange(256) < 160, 60.0, 2.0)[None, :] * np.ones((128, 1))).astype(float)
-    >>> info = _noise_model(img, 0.1)
-    >>> out = fill_beyond_edge(img, tissue_edge_regions(img, 0.1, info), 0.1, info, margin_px=2)
-    >>> round(float(out[:, 170:].mean()))  # the tissue's level
+    >>> lam = np.where(np.arange(256) < 160, 60.0, 2.0)[None, :] * np.ones((128, 1))
+    >>> lam[60:63, 200:203] += 40.0
+    >>> img = rng.poisson(lam).astype(float)
+    >>> from analysis.measure.noise import _noise_model
+    >>> regions = tissue_edge_regions(img, 0.1, _noise_model(img, 0.1))
+    >>> out = lift_beyond_edge(img, regions, 0.1, margin_px=2, punctum_px=1.5)
+    >>> round(float(np.median(out[:, 170:])))  # the glass at the tissue's level
     60
-    >>> bool(abs(out[:, 170:].std() - _noise_at(info, np.array([60.0]))[0]) < 0.3)  # and the model's noise
+    >>> round(float(out[61, 201] - np.median(out[:, 170:])))  # the punctum kept above it
+    40
+    >>> bool(np.array_equal(out[:, :150], img[:, :150]))  # the tissue as it was
     True
     """
     a = np.asarray(plane)
     out = a.copy()
-    rng = np.random.default_rng(seed)
     sigma = max(VOID_FILL_SIGMA_UM / float(pixel_size_um), 1.0)
+    h = max(1, int(np.ceil(2.0 * punctum_px)))
+    steps = np.arange(-h, h + 1)
     for win, void in regions:
-        big = _grow(win, int(margin_px) + 4 + int(4 * sigma + 1), a.shape)
+        big = _grow(win, int(margin_px) + 4 + int(4 * sigma + 1) + 2 * h + 1, a.shape)
         vm = _embedded(win, void, big)
-        region = ndi.binary_dilation(vm, iterations=int(margin_px)) if margin_px > 0 else vm
-        band = ~region & ndi.binary_dilation(region, np.ones((3, 3), bool), iterations=3)
+        zone = ndi.binary_dilation(vm, iterations=int(margin_px)) if margin_px > 0 else vm
+        band = ~zone & ndi.binary_dilation(zone, np.ones((3, 3), bool), iterations=3)
         part = np.asarray(a[big], dtype=np.float64)
+        local = ndi.median_filter(part, size=2 * h + 1, mode="reflect")
+        # near the edge, the median along it: the tangent of the smoothed region's border
+        gy, gx = np.gradient(_gauss(vm.astype(np.float64), max(1.0, h / 2.0)))
+        edge_dist = np.where(vm, ndi.distance_transform_edt(vm), ndi.distance_transform_edt(~vm))
+        near = zone & (edge_dist <= h + 1)
+        yy, xx = np.nonzero(near)
+        norm = np.hypot(gy[near], gx[near])
+        ok = norm > 1e-9
+        ty = np.where(ok, -gx[near] / np.where(ok, norm, 1.0), 0.0)
+        tx = np.where(ok, gy[near] / np.where(ok, norm, 1.0), 1.0)
+        cy = yy[:, None] + steps[None, :] * ty[:, None]
+        cx = xx[:, None] + steps[None, :] * tx[:, None]
+        along = ndi.map_coordinates(part, [cy.ravel(), cx.ravel()], order=1, mode="nearest").reshape(cy.shape)
+        local[near] = np.median(along, axis=1)
         w = _gauss(band.astype(np.float64), sigma)
         v = _gauss(np.where(band, part, 0.0), sigma)
-        _, (iy, ix) = ndi.distance_transform_edt(region, return_indices=True)
-        ty, tx = iy[region], ix[region]
-        level = v[ty, tx] / np.maximum(w[ty, tx], 1e-12)
-        new = level + _noise_at(noise_info, level) * rng.standard_normal(level.size)
+        _, (iy, ix) = ndi.distance_transform_edt(zone, return_indices=True)
+        level = v[iy[zone], ix[zone]] / np.maximum(w[iy[zone], ix[zone]], 1e-12)
+        new = part[zone] + np.clip(level - local[zone], 0.0, None)
         if np.issubdtype(a.dtype, np.integer):
             lim = np.iinfo(a.dtype)
             new = np.clip(np.rint(new), lim.min, lim.max)
         view = out[big]
-        view[region] = new.astype(a.dtype)
+        view[zone] = new.astype(a.dtype)
     return out

@@ -166,7 +166,7 @@ fitted amplitude is significant is kept:
    Where the rows' (or columns') levels differ twice as much as the pixel noise explains,
    their offsets are measured and subtracted first (:mod:`analysis.measure.stripes`; 0.13-0.25
    false puncta per 1,000 um^2 then); other images are detected as they are.
-11. **The tissue's edge** (``repair_tissue_edges=True``; off by default, see the parameter).
+11. **The tissue's edge** (``repair_tissue_edges``, on by default).
    Beside glass (a section's border, a tear) the background blur is
    pulled down along the tissue side, which then stands out as a ridge: a default-SNR phantom
    field with glass beyond a 25.6 um edge got 32-48 false puncta along it (~1.7 per um).  Dark,
@@ -174,11 +174,16 @@ fitted amplitude is significant is kept:
    (:func:`analysis.measure.outside.tissue_edge_regions`; planes only); where the puncta found
    line such an edge (twice the density of the tissue 1-3 um further in, significantly:
    :func:`analysis.measure.outside.edges_lined_with_puncta`), the detection runs again with the
-   region filled by the tissue's background along the edge and the plane's own noise, and
-   puncta centred in it are outside the tissue (``attrs['beyond_edge_px']``).  Synapses do not
-   crowd along a border, so other edges are left as they are.  Not where the pixel noise is
-   correlated (figure above :data:`~analysis.measure.noise.MILD_CORRELATION`, ties, JPEG): the
-   fill's noise is white, and the noise factor of step 1 would read it (a known gap).
+   region and the edge's blur raised by the step to the tissue's background along the edge,
+   each pixel keeping its deviation from its local background
+   (:func:`analysis.measure.outside.lift_beyond_edge`; ``attrs['beyond_edge_px']``: the
+   region's pixels), with the first detection's noise model, punctum size and threshold.
+   Deeper than :data:`EDGE_DEEP_BACKGROUND_RADII` background radii inside the region the first
+   detection stands (a punctum in a dark void, such as a microglial cell's engulfed synapse,
+   is measured against the void's own background).  Synapses do not crowd along a border, so
+   other edges are left as they are.  Not where the pixel noise is correlated (figure above
+   :data:`~analysis.measure.noise.MILD_CORRELATION`, ties, JPEG): measured with an earlier
+   repair only (session 56), a known gap.
 
 All sizes are in micrometres and converted with the pixel size, so the same parameters work
 at any sampling.
@@ -206,7 +211,7 @@ from analysis.measure.matching import PointMatch, match_points  # noqa: F401  (r
 from analysis.measure.hotpixels import MIN_SIGMA_PX as _HOT_MIN_SIGMA_PX
 from analysis.measure.hotpixels import hot_pixels as _hot_pixels
 from analysis.measure.hotpixels import repaired as _repaired
-from analysis.measure.outside import (edges_lined_with_puncta, fill_beyond_edge, fill_not_imaged, not_imaged_mask,
+from analysis.measure.outside import (edges_lined_with_puncta, fill_not_imaged, lift_beyond_edge, not_imaged_mask,
                                       tissue_edge_regions)
 from analysis.measure.stripes import remove_stripes
 from analysis.measure.noise import (CORRELATED_NOISE, IMMERKAER, JPEG_BLOCKS, JPEG_LATTICE, MAD_TO_SD, MILD_CORRELATION,
@@ -263,6 +268,10 @@ _NOISE_RATE_Z_E = (0.063, 0.957, 0.859, 1.444, 1.183, 1.079, 1.013, 0.683)
 #: Images up to this many pixels per side are processed whole by :func:`detect_puncta` (every
 #: image of the simulated studies); larger ones in tiles of at most :data:`LARGE_TILE_PX`.
 TILE_PX = 1024
+#: Step 11: deeper than this many background radii inside a region beyond the tissue's edge,
+#: the detection on the plane as imaged stands (the dark side's false puncta of the step's
+#: ridge lie within 2-3 of them: ``edges_lined_with_puncta`` counts them within 4).
+EDGE_DEEP_BACKGROUND_RADII = 4.0
 #: Largest side of the tiles of images larger than ``tile_px`` (a 2048 x 2048 plane: 3 x 3 tiles
 #: of 683 pixels).  Peak resident working memory of detection on the 2048 x 2048 plane of
 #: ``benchmarks/bench_memory.py`` (0.2 um pixels): 13.5x the plane's uint16 bytes with tiles of
@@ -1461,7 +1470,7 @@ def detect_puncta(
     reject_out_of_focus: bool = True,
     noise_fdr: float | None = 0.05,
     tile_px: int | None = TILE_PX,
-    repair_tissue_edges: bool = False,
+    repair_tissue_edges: bool = True,
 ) -> pd.DataFrame:
     """Detect puncta (diffraction-limited spots) in a 2-D (YX) or 3-D (ZYX) image.
 
@@ -1546,11 +1555,9 @@ def detect_puncta(
     repair_tissue_edges : bool
         Step 11 of the module docstring (planes whose noise is not correlated): where the puncta
         found line the edge of a dark region beyond a step from solid tissue (glass beside a
-        section's border, a tear), detect again with the region filled by the tissue's
-        background.  Off by default: it removes the line of false puncta along such an edge
-        (part q of ``make validate``), but near the voids of low-SNR fields at 0.2 um pixels it
-        also lost true puncta that the step's ridge had lifted (3 % of them over 11 fields of the
-        default study; ``benchmarks/RESULTS.md``, session 56).
+        section's border, a tear, a void), detect again with the region raised to the tissue's
+        background (part q of ``make validate``).  False: the plane as it is (the line of false
+        puncta along such an edge stays).
 
     Returns
     -------
@@ -1576,7 +1583,7 @@ def detect_puncta(
         the puncta reported stand at or above: ``threshold_sd``, raised by the noise
         false-discovery step; step 7; infinite when nothing is reported), ``stripe_ratio`` and
         ``stripes_removed`` (step 10: :func:`analysis.measure.stripes.remove_stripes`),
-        ``beyond_edge_px`` (step 11: pixels beyond the tissue's edge, filled).  In a
+        ``beyond_edge_px`` (step 11: pixels beyond the tissue's edge, raised).  In a
         stack whose planes' brightness jumps, intensities are in units of the planes' trend
         (step 2).
 
@@ -1599,19 +1606,54 @@ def detect_puncta(
                     threshold_sd=threshold_sd, min_separation_um=min_separation_um,
                     background_radius_um=background_radius_um, noise_box_um=noise_box_um,
                     reject_out_of_focus=reject_out_of_focus, noise_fdr=noise_fdr, tile_px=tile_px)
-    out, regions, bg_px = _detect_puncta(image, pixel_size_um, **settings, find_edges=repair_tissue_edges)
+    out, regions, bg_px, rate = _detect_puncta(image, pixel_size_um, **settings, find_edges=repair_tissue_edges)
     if regions:
         lined = edges_lined_with_puncta(regions, out[["y", "x"]].to_numpy(float), pixel_size_um, bg_px,
                                         np.shape(image)[-2:])
         if lined:
-            log.info("puncta line the edge of %d dark region(s) beyond the tissue: detected again with them filled",
+            log.info("puncta line the edge of %d dark region(s) beyond the tissue: detected again with them raised",
                      len(lined))
-            out, _, _ = _detect_puncta(image, pixel_size_um, **settings, beyond=[regions[i] for i in lined])
+            first = out
+            out = _detect_puncta(image, pixel_size_um, **settings, beyond=[regions[i] for i in lined],
+                                 threshold_fixed=first.attrs["threshold_used"])[0]
+            # deep inside a region (beyond the dark side's foot of the step's ridge, 4
+            # background radii) the first detection stands: there the step did not reach, and
+            # a punctum in a dark void (a microglial cell's engulfed synapse) is measured
+            # against the void's own background and noise.  Its false-discovery step is taken
+            # again over the region alone (few puncta lie there, and glass holds none).
+            in_first, in_out = np.zeros(len(first), bool), np.zeros(len(out), bool)
+            area = 0
+            for i in lined:
+                (sy, sx), m = regions[i]
+                deep = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1] > EDGE_DEEP_BACKGROUND_RADII * bg_px
+                area += int(deep.sum())
+                in_first |= _centred_in(first, deep, (sy.start, sx.start))
+                in_out |= _centred_in(out, deep, (sy.start, sx.start))
+            kept = first[in_first]
+            if noise_fdr is not None and len(kept):
+                order = np.sort(kept["snr"].to_numpy())[::-1]
+                expected = noise_detection_rate(_gaussian_equivalent(order, rate["skew"]), rate["sigma_px"]) * area
+                ok = np.flatnonzero(expected <= noise_fdr * np.arange(1, len(order) + 1))
+                kept = kept[kept["snr"].to_numpy() >= (order[ok.max()] if len(ok) else np.inf)]
+            attrs = dict(out.attrs)
+            out = pd.concat([out[~in_out], kept])
+            out = out.sort_values(["y", "x"], ignore_index=True)
+            out.attrs.update(attrs)
     if mask is not None and len(out):
         mk = np.asarray(mask, bool)
         ij = np.clip(np.rint(out[["z", "y", "x"][-mk.ndim :]].to_numpy(float)).astype(int), 0, np.array(mk.shape) - 1)
         out = out[mk[tuple(ij.T)]].reset_index(drop=True)  # (rows numbered 0..n-1, as without a mask)
     return out
+
+
+def _centred_in(points: pd.DataFrame, mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Which rows of a puncta table are centred in the YX ``mask`` whose first pixel is the
+    plane's pixel ``origin``."""
+    ij = np.rint(points[["y", "x"]].to_numpy(float)).astype(int) - np.array(origin)
+    ok = np.all((ij >= 0) & (ij < np.array(mask.shape)), axis=1)
+    hit = np.zeros(len(ij), bool)
+    hit[ok] = mask[ij[ok, 0], ij[ok, 1]]
+    return hit
 
 
 def _detect_puncta(
@@ -1630,13 +1672,16 @@ def _detect_puncta(
     tile_px: int | None = TILE_PX,
     beyond: list | None = None,
     find_edges: bool = True,
-) -> tuple[pd.DataFrame, list, float]:
+    threshold_fixed: float | None = None,
+) -> tuple[pd.DataFrame, list, float, dict]:
     """:func:`detect_puncta` without its ``mask`` (applied by the caller), and the dark regions
     beyond a step from solid tissue (:func:`analysis.measure.outside.tissue_edge_regions`; empty
-    when there is none, or when ``beyond`` is given) and the detector's background radius
-    (pixels).  ``beyond``: such regions, filled with the tissue's background along their edge
-    before the detection; puncta centred in them are dropped.  ``find_edges``: search for such
-    regions at all."""
+    when there is none, or when ``beyond`` is given), the detector's background radius
+    (pixels) and what :func:`noise_detection_rate` needs for this image (``skew``: the
+    response's; ``sigma_px``, ``axial_sigma_px``).  ``beyond``: such regions, raised to the tissue's background along their edge
+    before the detection (:func:`analysis.measure.outside.lift_beyond_edge`).  ``find_edges``:
+    search for such regions at all.  ``threshold_fixed``: the significance threshold to use
+    instead of the noise false-discovery step's."""
     arr = raw = np.asarray(image)
     if arr.ndim not in (2, 3):
         raise ValueError(f"image must be YX or ZYX, got shape {arr.shape}")
@@ -1700,14 +1745,14 @@ def _detect_puncta(
             log.info("%d hot pixel(s) (single-pixel spikes) replaced by the median of their neighbours", n_hot)
             arr = _repaired(arr, hot)
             noise_info, radius0 = noise_and_size(arr)
-    # beyond the tissue's edge (glass beside a section's border, a tear; planes only): the dark
-    # regions beyond a significant step are returned, and when the puncta found line their edge
-    # the detection is run again with them filled by the tissue's background along the edge, so
-    # that the step is not a ridge, and puncta centred there outside the tissue
-    # (:mod:`analysis.measure.outside`)
+    # beyond the tissue's edge (glass beside a section's border, a tear, a void; planes only):
+    # the dark regions beyond a significant step are returned, and when the puncta found line
+    # their edge the detection is run again with them raised to the tissue's background along
+    # the edge, so that the step is not a ridge (:mod:`analysis.measure.outside`)
     r_px = (radius0 if radius0 is not None and np.isfinite(radius0) else _NOMINAL_RADIUS_UM) / pixel_size_um
     bg_px = background_radius_um / pixel_size_um if background_radius_um is not None else 2.0 * r_px
     regions: list = []
+    n_beyond = 0
     if beyond is not None and not len(beyond):
         beyond = None
     # (not where the pixel noise is correlated, even mildly: the fill's noise is white, and the
@@ -1717,13 +1762,12 @@ def _detect_puncta(
     if ndim == 2 and beyond is None and white and find_edges:
         regions = tissue_edge_regions(arr, pixel_size_um, noise_info)
     elif beyond:
-        arr = fill_beyond_edge(arr, beyond, pixel_size_um, noise_info, margin_px=int(np.ceil(r_px)))
-        noise_info, radius0 = noise_and_size(arr)
-        mask_beyond = np.zeros(arr.shape[-2:], bool)
-        for win, m in beyond:
-            mask_beyond[win] |= m
-        beyond = mask_beyond
-        log.info("%d pixels beyond the tissue's edge filled with the tissue's background", int(beyond.sum()))
+        # (the noise model and the punctum size stay those measured on the plane as imaged: the
+        # lift is a local repair; re-measured on it, they moved enough to cost a 640 x 640 field
+        # at 0.2 um pixels 16 % of its true puncta in session 56)
+        arr = lift_beyond_edge(arr, beyond, pixel_size_um, margin_px=int(np.ceil(r_px)), punctum_px=r_px)
+        n_beyond = int(sum(m.sum() for _, m in beyond))
+        log.info("%d pixels beyond the tissue's edge raised to the tissue's background", n_beyond)
     if ndim == 3:
         # brightness jumps between planes (laser power, detector gain): each plane above the
         # offset is divided by its gain relative to the planes around it, so that a punctum's
@@ -1825,20 +1869,27 @@ def _detect_puncta(
     if ndim == 3:
         lo[0], hi[0] = 0.0, arr.shape[0] - 1.0
     inside = np.all((pos >= lo) & (pos <= hi), axis=1) if len(pos) else np.zeros(0, bool)
-    for away in (outside, beyond):
-        if away is not None and len(pos):
-            ij = np.clip(np.rint(pos[:, -2:]).astype(int), 0, np.array(away.shape) - 1)
-            inside &= ~away[ij[:, 0], ij[:, 1]]
+    if outside is not None and len(pos):
+        ij = np.clip(np.rint(pos[:, -2:]).astype(int), 0, np.array(outside.shape) - 1)
+        inside &= ~outside[ij[:, 0], ij[:, 1]]
     pos, k, a, t, sn = pos[inside], k[inside], a[inside], t[inside], sn[inside]
     threshold_used = float(threshold_sd)
-    if noise_fdr is not None and len(t):
+    # skewed pixel noise (few photons, clipping, photomultiplier gain) has a heavier upper tail
+    # than Gaussian noise: the skewness of the response, for the Gaussian equivalent of each
+    # significance in the noise false-discovery step (and the caller's, step 11)
+    gamma = noise_info["skew"] * _kernel_skew_factor(_Scale((1,) * ndim, sigma0, bg))
+    # (per voxel in a stack: a maximum stands above the planes around it too)
+    axial = float(sigma0[0]) if ndim == 3 else None
+    if threshold_fixed is not None:
+        # (a detection again with a region lifted: the first one's threshold, so that the repair
+        # stays local; re-derived, it moved with the false puncta removed and cost a 640 x 640
+        # field at 0.2 um pixels 4 % of its true puncta in session 56)
+        threshold_used = float(threshold_fixed)
+        keep = t >= threshold_used
+        pos, k, a, t, sn = pos[keep], k[keep], a[keep], t[keep], sn[keep]
+    elif noise_fdr is not None and len(t):
         # step-up: the lowest significance at which expected noise maxima <= fdr x reported
         order = np.sort(t)[::-1]
-        # skewed pixel noise (few photons, clipping, photomultiplier gain) has a heavier upper
-        # tail: the Gaussian equivalent of each significance, with the response's skewness
-        gamma = noise_info["skew"] * _kernel_skew_factor(_Scale((1,) * ndim, sigma0, bg))
-        # (per voxel in a stack: a maximum stands above the planes around it too)
-        axial = float(sigma0[0]) if ndim == 3 else None
         expected = noise_detection_rate(_gaussian_equivalent(order, gamma), float(sigma0[-1]),
                                         axial_sigma_px=axial) * arr.size
         # the image's own negative control: punctum-shaped dips of the residual at least as
@@ -1887,14 +1938,14 @@ def _detect_puncta(
             "elongated_puncta": bool(found["elongated"]),
             "psf_quadrupole": float(found["quadrupole"]),
             "not_imaged_px": int(outside.sum()) if outside is not None else 0,
-            "beyond_edge_px": int(beyond.sum()) if beyond is not None else 0,
+            "beyond_edge_px": n_beyond,
             "hot_pixels": int(n_hot),
             "stripe_ratio": stripes["stripe_ratio"],
             "stripes_removed": int(stripes["stripes_removed"]),
         }
     )
     log.debug("detected %d puncta (%d candidates, %d tile(s))", len(out), found["n_cand"], len(tiles))
-    return out, regions, bg_px
+    return out, regions, bg_px, {"skew": float(gamma), "sigma_px": float(sigma0[-1]), "axial_sigma_px": axial}
 
 
 def _detect_block(block: np.ndarray, **settings: Any) -> dict[str, Any]:

@@ -227,8 +227,9 @@ _SECTION_PURPOSES: tuple[tuple[str, str], ...] = (
                 "puncta in pure noise, and the stripe ratio our detector measured before removing them."),
     ("edge of the tissue", "Fields with glass beside the tissue (a section's border, a tear), its edge "
                            "sharp or softer: precision, recall and F1 of each detector against the puncta "
-                           "on the tissue side, and whether our detector found the edge lined with false "
-                           "puncta and filled the glass."),
+                           "on the tissue side (ours with its repair of such edges and without it), and "
+                           "whether our detector found the edge lined with false puncta and raised the glass "
+                           "to the tissue's background."),
     ("culture", "Real images of cultured neurons from another lab, without annotations, checked "
                 "label-free: true synaptic puncta lie on MAP2 dendrites (enrichment above 1), rarely in "
                 "DAPI nuclei or in the bright MAP2 cell bodies (a density there over the field's of 1 or "
