@@ -129,3 +129,17 @@ def test_registry_derives_roles_and_notebooks(toy: Readout) -> None:
         registry.register(Readout(name="blobs", roles=("blob_channel",), measure=measure_blobs))
     with pytest.raises(ValueError, match="needs"):
         registry.register(Readout(name="x", roles=("x_channel",), measure=measure_blobs, needs=("nothing",)))
+
+
+def test_the_cache_key_follows_the_helpers_a_readout_imports() -> None:
+    # (before session 57 only the modules a readout named entered the key: an edit of
+    # analysis.measure.outside or .stripes, which change every detection of the puncta readout,
+    # reused stale cached rows)
+    import analysis.pipeline.readouts  # noqa: F401  (registers the built-in readouts)
+
+    modules = registry.code_modules()
+    for helper in ("analysis.measure.outside", "analysis.measure.stripes", "analysis.measure.hotpixels",
+                   "analysis.measure.filters"):
+        assert helper in modules, helper
+    assert not [m for m in modules if m.startswith(("analysis.stats", "analysis.report", "analysis.sim"))]
+    assert len(set(modules)) == len(modules)

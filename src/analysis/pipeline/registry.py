@@ -29,9 +29,13 @@ Adding a readout is one module and one call::
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -258,12 +262,57 @@ def series_problems(samples: pd.DataFrame, sheet: str, lines: Mapping[Any, int] 
 
 
 def code_modules() -> tuple[str, ...]:
-    """Modules whose source enters the cache key: :data:`BASE_MODULES` and every readout's."""
+    """Modules whose source enters the cache key: :data:`BASE_MODULES` and every readout's, with
+    the modules of :data:`CLOSED_PACKAGES` they import, directly or through each other (an
+    edit of a helper such as ``analysis.measure.outside`` changes the detections of
+    ``analysis.measure.puncta`` as much as an edit of that module itself)."""
     seen: dict[str, None] = dict.fromkeys(BASE_MODULES)
     for r in READOUTS.values():
         for m in r.modules:
             seen.setdefault(m, None)
+    for m in list(seen):
+        for dep in _imported(m):
+            seen.setdefault(dep, None)
     return tuple(seen)
+
+
+#: Packages whose modules :func:`code_modules` follows through imports: those that turn an
+#: image into numbers (not the pipeline's runner, the statistics or the report).
+CLOSED_PACKAGES: tuple[str, ...] = ("analysis.measure.", "analysis.io.")
+
+
+def _is_module(name: str) -> bool:
+    """Whether ``name`` is an importable module (not a function or class of one)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # (its parent is a module, not a package)
+        return False
+
+
+@functools.cache
+def _imported(module: str) -> tuple[str, ...]:
+    """The modules of :data:`CLOSED_PACKAGES` that ``module`` imports anywhere in its source
+    (at the top or inside functions), and theirs, in the order first met."""
+    found: dict[str, None] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop(0)
+        spec = importlib.util.find_spec(name) if _is_module(name) else None
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # (``from analysis.measure import filters``: the submodule, when it is one)
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                if name.startswith(CLOSED_PACKAGES) and name not in found and name != module and _is_module(name):
+                    found[name] = None
+                    todo.append(name)
+    return tuple(found)
 
 
 def notebooks_for(samples: pd.DataFrame | None = None) -> tuple[list[str], list[tuple[str, str]]]:
