@@ -179,8 +179,9 @@ fitted amplitude is significant is kept:
    (:func:`analysis.measure.outside.lift_beyond_edge`; ``attrs['beyond_edge_px']``: the
    region's pixels), with the first detection's noise model, punctum size and threshold.
    Deeper than :data:`EDGE_DEEP_BACKGROUND_RADII` background radii inside the region the first
-   detection stands (a punctum in a dark void, such as a microglial cell's engulfed synapse,
-   is measured against the void's own background).  Synapses do not crowd along a border, so
+   detection stands, under a false-discovery step of its own over the region's area (a
+   punctum in a dark void, such as a microglial cell's engulfed synapse, is measured against
+   the void's own background).  Synapses do not crowd along a border, so
    other edges are left as they are.  Not where the pixel noise is correlated (figure above
    :data:`~analysis.measure.noise.MILD_CORRELATION`, ties, JPEG): measured with an earlier
    repair only (session 56), a known gap.
