@@ -141,9 +141,9 @@ def test_a_phantom_field_whose_voids_are_not_lined_is_detected_as_it_is() -> Non
 
 
 def test_images_with_correlated_noise_are_left_as_they_were() -> None:
-    # the fill's noise is white: in a smoothed image it would bias the noise factor measured on the
-    # response (smoothed, interpolated, deconvolved and JPEG phantoms lost 0.01-0.04 of F1), so such
-    # images are detected as before, their edges included (a known gap)
+    # where the pixel noise is correlated the repair cost processed phantom fields up to 0.02 of F1
+    # (session 57; session 56's fill 0.01-0.04), so such images are detected as before, their edges
+    # included (a known gap)
     from analysis.measure.puncta import _detect_puncta
 
     image, _ = _field(0, 1.0)
@@ -170,7 +170,7 @@ def test_puncta_inside_and_at_the_border_of_a_void_are_kept() -> None:
     image, f = _field(0, 1.0)
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[:256, :256]
-    placed = [(40.0, 230.0), (120.0, 215.0), (200.0, 240.0), (90.0, 161.5), (170.0, 162.0)]  # deep, deep, deep, border
+    placed = [(40.0, 230.0), (120.0, 215.0), (200.0, 240.0), (90.0, 161.5), (170.0, 162.0)]  # 3 deep, 2 at the border
     lam = np.zeros((256, 256))
     for y, x in placed:
         lam += 60.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.4**2))

@@ -183,8 +183,8 @@ fitted amplitude is significant is kept:
    punctum in a dark void, such as a microglial cell's engulfed synapse, is measured against
    the void's own background).  Synapses do not crowd along a border, so
    other edges are left as they are.  Not where the pixel noise is correlated (figure above
-   :data:`~analysis.measure.noise.MILD_CORRELATION`, ties, JPEG): measured with an earlier
-   repair only (session 56), a known gap.
+   :data:`~analysis.measure.noise.MILD_CORRELATION`, ties, JPEG): there the repair cost
+   processed phantom fields up to 0.02 of F1 (``benchmarks/RESULTS.md``, session 57).
 
 All sizes are in micrometres and converted with the pixel size, so the same parameters work
 at any sampling.
@@ -1612,39 +1612,53 @@ def detect_puncta(
         lined = edges_lined_with_puncta(regions, out[["y", "x"]].to_numpy(float), pixel_size_um, bg_px,
                                         np.shape(image)[-2:])
         if lined:
-            log.info("puncta line the edge of %d dark region(s) beyond the tissue: detected again with them raised",
-                     len(lined))
-            first = out
-            out = _detect_puncta(image, pixel_size_um, **settings, beyond=[regions[i] for i in lined],
-                                 threshold_fixed=first.attrs["threshold_used"])[0]
-            # deep inside a region (beyond the dark side's foot of the step's ridge, 4
-            # background radii) the first detection stands: there the step did not reach, and
-            # a punctum in a dark void (a microglial cell's engulfed synapse) is measured
-            # against the void's own background and noise.  Its false-discovery step is taken
-            # again over the region alone (few puncta lie there, and glass holds none).
-            in_first, in_out = np.zeros(len(first), bool), np.zeros(len(out), bool)
-            area = 0
-            for i in lined:
-                (sy, sx), m = regions[i]
-                deep = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1] > EDGE_DEEP_BACKGROUND_RADII * bg_px
-                area += int(deep.sum())
-                in_first |= _centred_in(first, deep, (sy.start, sx.start))
-                in_out |= _centred_in(out, deep, (sy.start, sx.start))
-            kept = first[in_first]
-            if noise_fdr is not None and len(kept):
-                order = np.sort(kept["snr"].to_numpy())[::-1]
-                expected = noise_detection_rate(_gaussian_equivalent(order, rate["skew"]), rate["sigma_px"]) * area
-                ok = np.flatnonzero(expected <= noise_fdr * np.arange(1, len(order) + 1))
-                kept = kept[kept["snr"].to_numpy() >= (order[ok.max()] if len(ok) else np.inf)]
-            attrs = dict(out.attrs)
-            out = pd.concat([out[~in_out], kept])
-            out = out.sort_values(["y", "x"], ignore_index=True)
-            out.attrs.update(attrs)
+            out = _with_edges_lifted(image, pixel_size_um, settings, out, [regions[i] for i in lined], bg_px, rate)
     if mask is not None and len(out):
         mk = np.asarray(mask, bool)
         ij = np.clip(np.rint(out[["z", "y", "x"][-mk.ndim :]].to_numpy(float)).astype(int), 0, np.array(mk.shape) - 1)
         out = out[mk[tuple(ij.T)]].reset_index(drop=True)  # (rows numbered 0..n-1, as without a mask)
     return out
+
+
+def _with_edges_lifted(image: np.ndarray, pixel_size_um: float, settings: dict[str, Any], first: pd.DataFrame,
+                       lined: list, bg_px: float, rate: dict[str, float]) -> pd.DataFrame:
+    """Step 11: the puncta of ``image`` detected again with the ``lined`` regions raised to the
+    tissue's background (the first detection ``first``'s noise model, size and threshold),
+    except deep inside the regions, where ``first`` stands under a false-discovery step of its
+    own over their area."""
+    log.info("puncta line the edge of %d dark region(s) beyond the tissue: detected again with them raised",
+             len(lined))
+    out = _detect_puncta(image, pixel_size_um, **settings, beyond=lined,
+                         threshold_fixed=first.attrs["threshold_used"])[0]
+    # deep inside a region (beyond the dark side's foot of the step's ridge, 4 background radii)
+    # the step did not reach, and a punctum in a dark void (a microglial cell's engulfed synapse)
+    # is measured against the void's own background and noise; few puncta lie there, and glass
+    # holds none, so the false-discovery step is taken again over the regions alone
+    in_first, in_out = np.zeros(len(first), bool), np.zeros(len(out), bool)
+    area = 0
+    for (sy, sx), m in lined:
+        deep = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1] > EDGE_DEEP_BACKGROUND_RADII * bg_px
+        area += int(deep.sum())
+        in_first |= _centred_in(first, deep, (sy.start, sx.start))
+        in_out |= _centred_in(out, deep, (sy.start, sx.start))
+    kept = first[in_first]
+    fdr = settings["noise_fdr"]
+    if fdr is not None and len(kept):
+        order = np.sort(kept["snr"].to_numpy())[::-1]
+        last = _last_discovery(noise_detection_rate(_gaussian_equivalent(order, rate["skew"]), rate["sigma_px"]) * area,
+                               fdr)
+        kept = kept[kept["snr"].to_numpy() >= (order[last] if last is not None else np.inf)]
+    joined = pd.concat([out[~in_out], kept]).sort_values(["y", "x"], ignore_index=True)
+    joined.attrs.update(out.attrs)
+    return joined
+
+
+def _last_discovery(expected: np.ndarray, fdr: float) -> int | None:
+    """The false-discovery step-up: the last rank (0-based, of detections sorted by falling
+    significance) at which the expected number of noise maxima is at most ``fdr`` times the
+    number reported, or None."""
+    ok = np.flatnonzero(expected <= fdr * np.arange(1, len(expected) + 1))
+    return int(ok.max()) if len(ok) else None
 
 
 def _centred_in(points: pd.DataFrame, mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -1678,10 +1692,10 @@ def _detect_puncta(
     """:func:`detect_puncta` without its ``mask`` (applied by the caller), and the dark regions
     beyond a step from solid tissue (:func:`analysis.measure.outside.tissue_edge_regions`; empty
     when there is none, or when ``beyond`` is given), the detector's background radius
-    (pixels) and what :func:`noise_detection_rate` needs for this image (``skew``: the
-    response's; ``sigma_px``, ``axial_sigma_px``).  ``beyond``: such regions, raised to the tissue's background along their edge
-    before the detection (:func:`analysis.measure.outside.lift_beyond_edge`).  ``find_edges``:
-    search for such regions at all.  ``threshold_fixed``: the significance threshold to use
+    (pixels) and what :func:`noise_detection_rate` needs for a plane of this image (``skew``:
+    the response's; ``sigma_px``).  ``beyond``: such regions, raised to the tissue's background
+    along their edge before the detection (:func:`analysis.measure.outside.lift_beyond_edge`).
+    ``find_edges``: search for such regions at all.  ``threshold_fixed``: the significance threshold to use
     instead of the noise false-discovery step's."""
     arr = raw = np.asarray(image)
     if arr.ndim not in (2, 3):
@@ -1756,9 +1770,8 @@ def _detect_puncta(
     n_beyond = 0
     if beyond is not None and not len(beyond):
         beyond = None
-    # (not where the pixel noise is correlated, even mildly: the fill's noise is white, and the
-    # noise factor measured on the response would read it there; smoothed, interpolated,
-    # deconvolved and JPEG phantom fields lost 0.01-0.04 of F1)
+    # (not where the pixel noise is correlated, even mildly: there the repair cost interpolated,
+    # smoothed and JPEG phantom fields up to 0.02 of F1, session 57; session 56's fill 0.01-0.04)
     white = not (_correlated(noise_info) or _info_correlation(noise_info) > MILD_CORRELATION)
     if ndim == 2 and beyond is None and white and find_edges:
         regions = tissue_edge_regions(arr, pixel_size_um, noise_info)
@@ -1897,10 +1910,9 @@ def _detect_puncta(
         # deep (background structure that pixel noise does not account for)
         neg = np.sort(found["neg"])
         expected = np.maximum(expected, _dips_at_least(neg, order))
-        ok = expected <= noise_fdr * np.arange(1, len(order) + 1)
+        last = _last_discovery(expected, noise_fdr)
         threshold_used = np.inf
-        if ok.any():
-            last = int(np.flatnonzero(ok).max())
+        if last is not None:
             cut = _best_f1_cut(expected, last)
             threshold_used = float(order[cut])
             if cut < last and order[cut + 1] < order[cut]:
@@ -1946,7 +1958,7 @@ def _detect_puncta(
         }
     )
     log.debug("detected %d puncta (%d candidates, %d tile(s))", len(out), found["n_cand"], len(tiles))
-    return out, regions, bg_px, {"skew": float(gamma), "sigma_px": float(sigma0[-1]), "axial_sigma_px": axial}
+    return out, regions, bg_px, {"skew": float(gamma), "sigma_px": float(sigma0[-1])}
 
 
 def _detect_block(block: np.ndarray, **settings: Any) -> dict[str, Any]:
