@@ -61,7 +61,7 @@ def test_a_sharp_tissue_edge_makes_no_line_of_false_puncta(seed: int) -> None:
     assert recall >= clean - 0.03, (recall, clean)
     assert p.attrs["beyond_edge_px"] >= 0.9 * 256 * (256 - EDGE)
     # (deep in the glass the first detection stands, under its own false-discovery step over
-    # the glass: a noise maximum there passes it in ~5 % of such fields)
+    # the glass: in one of these four fields a noise maximum there passes it)
     assert (p["x"] > EDGE + 1).sum() <= 1, "puncta reported on the glass"
 
 
