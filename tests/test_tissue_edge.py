@@ -179,3 +179,44 @@ def test_puncta_inside_and_at_the_border_of_a_void_are_kept() -> None:
     assert p.attrs["beyond_edge_px"] > 0
     m = match_points(p[["y", "x"]].to_numpy() * PX, np.array(placed) * PX, 0.25)
     assert m.tp == len(placed), m
+
+
+@pytest.mark.parametrize("offset_px", [-1, 0, 1])
+def test_a_punctum_at_the_edge_keeps_its_height_through_the_lift(offset_px: int) -> None:
+    # the background along the edge is a median over a line of 2 punctum diameters: a punctum
+    # on that line moved it, and before session 58 a punctum at the edge (5 noise SDs of the
+    # tissue) kept 0.61-0.73 of its height above the lifted background
+    h, w, edge, sig = 96, 128, 64, 1.1
+    void = np.zeros((h, w), bool)
+    void[:, edge:] = True
+    lam = 20.0 + 80.0 * ndi.gaussian_filter((~void).astype(float), 1.0)
+    yy, xx = np.mgrid[:h, :w]
+    g = np.exp(-((yy - 48) ** 2 + (xx - (edge - 0.5 - offset_px)) ** 2) / (2 * sig**2))
+    near = (yy - 48) ** 2 + (xx - (edge - 0.5 - offset_px)) ** 2 <= 25
+    design = np.column_stack([g[near], np.ones(near.sum())])
+    info = {"alpha": 1.0, "beta": 0.0, "var_min": 0.0, "var_max": 1e12}  # (shot noise, 1 count per photon)
+    kept = []
+    for seed in range(8):
+        noise = np.random.default_rng(seed).normal(0.0, 1.0, (h, w)) * np.sqrt(lam)
+        regions = [((slice(0, h), slice(edge, w)), void[:, edge:])]
+        lifted = [lift_beyond_edge(lam + noise + 50.0 * g * on, regions, PX, margin_px=2, punctum_px=1.3,
+                                   noise_info=info) for on in (1, 0)]
+        kept.append(np.linalg.lstsq(design, (lifted[0] - lifted[1])[near], rcond=None)[0][0] / 50.0)
+    assert 0.85 <= np.mean(kept) <= 1.1, kept
+
+
+def test_an_edge_blurred_beyond_the_margin_leaves_no_dark_trough() -> None:
+    # an edge blurred over 2.5 px with a margin of 1 px: the lift raised the region and the 1 px
+    # beside it, and the plane 1-3 px further stayed dark (-0.7 noise SDs in the terminal fields'
+    # voids, session 58); the zone now covers the blur measured on the plane
+    rng = np.random.default_rng(0)
+    lam = 20.0 + 80.0 * ndi.gaussian_filter((np.arange(256) < 160).astype(float), 2.5)[None, :] * np.ones((128, 1))
+    img = rng.poisson(lam).astype(float)
+    info = _noise_model(img, PX)
+    regions = tissue_edge_regions(img, PX, info)
+    assert len(regions) == 1
+    out = lift_beyond_edge(img, regions, PX, margin_px=1, punctum_px=1.3, noise_info=info)
+    tissue, sd = np.median(img[:, 100:140]), np.sqrt(100.0)
+    cols = [np.median(out[:, c]) for c in range(150, 200)]
+    assert min(cols) > tissue - 0.5 * sd, np.round((np.array(cols) - tissue) / sd, 2)
+    assert abs(np.median(out[:, 170:]) - tissue) < 0.5 * sd

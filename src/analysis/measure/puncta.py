@@ -175,7 +175,8 @@ fitted amplitude is significant is kept:
    line such an edge (twice the density of the tissue 1-3 um further in, significantly:
    :func:`analysis.measure.outside.edges_lined_with_puncta`), the detection runs again with the
    region and the edge's blur raised by the step to the tissue's background along the edge,
-   each pixel keeping its deviation from its local background
+   each pixel keeping its deviation from its local background (read without the puncta: a
+   punctum at the edge kept 0.6-0.7 of its height before session 58)
    (:func:`analysis.measure.outside.lift_beyond_edge`; ``attrs['beyond_edge_px']``: the
    region's pixels), with the first detection's noise model, punctum size and threshold.
    Deeper than :data:`EDGE_DEEP_BACKGROUND_RADII` background radii inside the region the first
@@ -1779,7 +1780,8 @@ def _detect_puncta(
         # (the noise model and the punctum size stay those measured on the plane as imaged: the
         # lift is a local repair; re-measured on it, they moved enough to cost a 640 x 640 field
         # at 0.2 um pixels 16 % of its true puncta in session 56)
-        arr = lift_beyond_edge(arr, beyond, pixel_size_um, margin_px=int(np.ceil(r_px)), punctum_px=r_px)
+        arr = lift_beyond_edge(arr, beyond, pixel_size_um, margin_px=int(np.ceil(r_px)), punctum_px=r_px,
+                               noise_info=noise_info)
         n_beyond = int(sum(m.sum() for _, m in beyond))
         log.info("%d pixels beyond the tissue's edge raised to the tissue's background", n_beyond)
     if ndim == 3:
