@@ -207,8 +207,8 @@ def test_a_punctum_at_the_edge_keeps_its_height_through_the_lift(offset_px: int)
 
 def test_an_edge_blurred_beyond_the_margin_leaves_no_dark_trough() -> None:
     # an edge blurred over 2.5 px with a margin of 1 px: the lift raised the region and the 1 px
-    # beside it, and the plane 1-3 px further stayed dark (-0.7 noise SDs in the terminal fields'
-    # voids, session 58); the zone now covers the blur measured on the plane
+    # beside it, and the plane 1-3 px further stayed dark (-0.7 noise SDs 1-2 px beside the
+    # terminal fields' voids, session 58); the zone now covers the blur measured on the plane
     rng = np.random.default_rng(0)
     lam = 20.0 + 80.0 * ndi.gaussian_filter((np.arange(256) < 160).astype(float), 2.5)[None, :] * np.ones((128, 1))
     img = rng.poisson(lam).astype(float)

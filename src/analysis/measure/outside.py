@@ -459,6 +459,8 @@ def _ramp_px(part: np.ndarray, vm: np.ndarray, margin: int, h: int) -> int:
         return margin
     tissue = float(np.median(v[far]))
     step = tissue - float(np.median(part[vm]))
+    if step <= 0:
+        return margin
     last = margin
     for k in range(margin + 1, margin + 2 * h + 1):
         ring = v[d == k]
@@ -481,9 +483,9 @@ def lift_beyond_edge(plane: np.ndarray, regions: list[Region], pixel_size_um: fl
     pixels within 3 px beyond the raised zone, puncta left out, averaged over
     :data:`VOID_FILL_SIGMA_UM` along the edge and carried to the pixel from the nearest of them)
     minus the pixel's local background: the median over 2 punctum diameters (``punctum_px``:
-    the punctum radius in pixels), taken along the edge within that distance of it (a square
-    window there would reach across the edge and read the tissue low) and over a square window
-    elsewhere.  That median is taken twice: the second time without the puncta, the pixels
+    the punctum radius in pixels), taken along the edge within that distance of it and over the
+    blur beyond the region (a square window there would reach across the edge and read the
+    tissue low) and over a square window elsewhere.  That median is taken twice: the second time without the puncta, the pixels
     whose residual from the first, smoothed at the punctum's size, stands
     :data:`LIFT_OUTLIER_SD` SDs of smoothed noise above it (``noise_info``: the plane's noise
     model, :func:`analysis.measure.noise.noise_sd_map`'s; None: the residual's robust SD), and
@@ -514,7 +516,6 @@ def lift_beyond_edge(plane: np.ndarray, regions: list[Region], pixel_size_um: fl
     out = a.copy()
     sigma = max(VOID_FILL_SIGMA_UM / float(pixel_size_um), 1.0)
     h = max(1, int(np.ceil(2.0 * punctum_px)))
-    steps = np.arange(-h, h + 1)
     for win, void in regions:
         big = _grow(win, int(margin_px) + 4 * h + 4 + int(4 * sigma + 1) + 2 * h + 1, a.shape)
         vm = _embedded(win, void, big)
@@ -534,6 +535,7 @@ def lift_beyond_edge(plane: np.ndarray, regions: list[Region], pixel_size_um: fl
         ok = norm > 1e-9
         ty = np.where(ok, -gx[near] / np.where(ok, norm, 1.0), 0.0)
         tx = np.where(ok, gy[near] / np.where(ok, norm, 1.0), 1.0)
+
         def along(values: np.ndarray, reach: int) -> np.ndarray:
             """``values`` sampled along the edge's tangent, ``reach`` pixels either side."""
             k = np.arange(-reach, reach + 1)

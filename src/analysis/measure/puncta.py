@@ -176,7 +176,7 @@ fitted amplitude is significant is kept:
    :func:`analysis.measure.outside.edges_lined_with_puncta`), the detection runs again with the
    region and the edge's blur raised by the step to the tissue's background along the edge,
    each pixel keeping its deviation from its local background (read without the puncta: a
-   punctum at the edge kept 0.6-0.7 of its height before session 58)
+   punctum at the edge kept 0.61-0.73 of its height before session 58)
    (:func:`analysis.measure.outside.lift_beyond_edge`; ``attrs['beyond_edge_px']``: the
    region's pixels), with the first detection's noise model, punctum size and threshold.
    Deeper than :data:`EDGE_DEEP_BACKGROUND_RADII` background radii inside the region the first
