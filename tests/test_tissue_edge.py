@@ -220,3 +220,16 @@ def test_an_edge_blurred_beyond_the_margin_leaves_no_dark_trough() -> None:
     cols = [np.median(out[:, c]) for c in range(150, 200)]
     assert min(cols) > tissue - 0.5 * sd, np.round((np.array(cols) - tissue) / sd, 2)
     assert abs(np.median(out[:, 170:]) - tissue) < 0.5 * sd
+
+
+def test_the_square_median_at_some_pixels_is_scipys_median_filter_there() -> None:
+    # (the lift takes its second square median only where a punctum is in the window)
+    from analysis.measure.outside import _window_medians
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(40, 57))
+    where = rng.random(values.shape) < 0.3
+    where[0, 0] = where[-1, -1] = True  # (corners: the reflection at the border)
+    for h in (1, 3):
+        expected = ndi.median_filter(values, size=2 * h + 1, mode="reflect")[where]
+        assert np.array_equal(_window_medians(values, where, h, chunk=50), expected)
