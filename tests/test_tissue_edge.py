@@ -195,10 +195,10 @@ def test_a_punctum_at_the_edge_keeps_its_height_through_the_lift(offset_px: int)
     near = (yy - 48) ** 2 + (xx - (edge - 0.5 - offset_px)) ** 2 <= 25
     design = np.column_stack([g[near], np.ones(near.sum())])
     info = {"alpha": 1.0, "beta": 0.0, "var_min": 0.0, "var_max": 1e12}  # (shot noise, 1 count per photon)
+    regions = [((slice(0, h), slice(edge, w)), void[:, edge:])]
     kept = []
     for seed in range(8):
         noise = np.random.default_rng(seed).normal(0.0, 1.0, (h, w)) * np.sqrt(lam)
-        regions = [((slice(0, h), slice(edge, w)), void[:, edge:])]
         lifted = [lift_beyond_edge(lam + noise + 50.0 * g * on, regions, PX, margin_px=2, punctum_px=1.3,
                                    noise_info=info) for on in (1, 0)]
         kept.append(np.linalg.lstsq(design, (lifted[0] - lifted[1])[near], rcond=None)[0][0] / 50.0)

@@ -446,12 +446,11 @@ def _window_medians(values: np.ndarray, where: np.ndarray, h: int, chunk: int = 
     return out
 
 
-def _ramp_px(part: np.ndarray, vm: np.ndarray, margin: int, h: int) -> int:
+def _ramp_px(part: np.ndarray, vm: np.ndarray, beyond: np.ndarray, margin: int, h: int) -> int:
     """How far (pixels, at least ``margin``, at most ``margin + 2 h``) beyond the region ``vm``
-    the plane ``part`` stays below the tissue's level (its median 2-4 ``h`` beyond the margin)
-    by more than :data:`RAMP_END` of the step from the region's median: the last such ring of
-    1 px, by its median."""
-    beyond = ndi.distance_transform_edt(~vm)
+    (``beyond``: each pixel's distance to it) the plane ``part`` stays below the tissue's level
+    (its median 2-4 ``h`` beyond the margin) by more than :data:`RAMP_END` of the step from the
+    region's median: the last such ring of 1 px, by its median."""
     sel = (beyond > 0) & (beyond <= margin + 4 * h)
     d, v = np.ceil(beyond[sel]).astype(int), part[sel]
     far = d > margin + 2 * h
@@ -522,13 +521,14 @@ def lift_beyond_edge(plane: np.ndarray, regions: list[Region], pixel_size_um: fl
         part = np.asarray(a[big], dtype=np.float64)
         # (the edge's blur can reach further than the margin: the zone covers it, so that the
         # tissue's level is read beyond it and no dark trough is left along the edge)
-        grow = _ramp_px(part, vm, int(margin_px), h)
+        beyond = ndi.distance_transform_edt(~vm)
+        grow = _ramp_px(part, vm, beyond, int(margin_px), h)
         zone = ndi.binary_dilation(vm, iterations=grow) if grow > 0 else vm
         band = ~zone & ndi.binary_dilation(zone, np.ones((3, 3), bool), iterations=3)
         # near the edge, the median along it: the tangent of the smoothed region's border
         # (and over all of the blur beyond the region)
         gy, gx = np.gradient(_gauss(vm.astype(np.float64), max(1.0, h / 2.0, grow / 3.0)))
-        edge_dist = np.where(vm, ndi.distance_transform_edt(vm), ndi.distance_transform_edt(~vm))
+        edge_dist = np.where(vm, ndi.distance_transform_edt(vm), beyond)
         near = zone & ((edge_dist <= h + 1) | ~vm)
         yy, xx = np.nonzero(near)
         norm = np.hypot(gy[near], gx[near])
